@@ -1,0 +1,62 @@
+"""One exception tree, grouped by what the caller should do.
+
+Every error the command line can meet derives from :class:`BatcherError` and carries the exit code
+the contract gives it, so ``cli.py`` maps any of them with a single ``except``. Messages must never
+contain secrets: they are printed to users and cron logs.
+"""
+
+from __future__ import annotations
+
+
+class BatcherError(Exception):
+    """Root of every error batcher raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(BatcherError):
+    """Bad flags, bad input file, wrong journal: nothing was sent (exit 2)."""
+
+    exit_code = 2
+
+
+class InputError(UsageError):
+    """The input file cannot be used at all (no usable column, unreadable, empty)."""
+
+
+class JournalError(UsageError):
+    """The journal belongs to another input, or another run holds it."""
+
+
+class AbortError(BatcherError):
+    """The job stopped before finishing; re-running the same command resumes (exit 3)."""
+
+    exit_code = 3
+
+
+class AuthError(AbortError):
+    """Credentials missing, refused, or a refresh failed."""
+
+
+class PermissionDenied(AbortError):
+    """The token lacks a scope or the user lacks a permission (OAUTH_SCOPE_MISMATCH, NO_PERMISSION)."""
+
+
+class BudgetExhausted(AbortError):
+    """``--max-calls`` was reached."""
+
+
+class Interrupted(AbortError):
+    """Ctrl-C or a termination signal."""
+
+
+class TransientError(BatcherError):
+    """An answer worth retrying (5xx, HTML page, reset, timeout, 429). Internal to the executor."""
+
+    def __init__(self, message: str, *, code: str = "", http_status: int | None = None,
+                 retry_after: float | None = None, throttled: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.throttled = throttled

@@ -1,0 +1,60 @@
+"""Plain data shared by every layer: statuses, batches, per-pair outcomes, result columns.
+
+IDs are ``str`` everywhere: Zoho ids exceed 2**53 and a float anywhere corrupts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    UNENROLLED = "unenrolled"
+    NOT_ENROLLED = "not_enrolled"
+    SCHEDULED = "scheduled"
+    FAILED = "failed"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    NOT_SENT = "not_sent"
+
+
+#: statuses that make exit code 0 when every row has one of them
+SUCCESS_STATUSES = frozenset(
+    {Status.UNENROLLED, Status.NOT_ENROLLED, Status.SCHEDULED, Status.DUPLICATE}
+)
+
+#: the results file's columns, in order (DESIGN.md §2 Results)
+RESULT_COLUMNS = (
+    "row", "module", "record_id", "cadence_id", "status", "code", "message",
+    "http_status", "attempts", "batch_id", "retryable", "finished_at",
+)
+
+MAX_CADENCES_PER_CALL = 5
+MAX_RECORDS_PER_CALL = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One un-enrol call: every record × every cadence of it was asked for."""
+
+    batch_id: str
+    module: str
+    record_ids: tuple[str, ...]
+    cadence_ids: tuple[str, ...]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(r, c) for r in self.record_ids for c in self.cadence_ids]
+
+
+@dataclass(frozen=True, slots=True)
+class PairOutcome:
+    """The final word on one (record, cadence) pair of a batch."""
+
+    record_id: str
+    cadence_id: str
+    status: Status
+    code: str = ""
+    message: str = ""
+    http_status: int | None = None
+    retryable: bool = False

@@ -1,0 +1,125 @@
+"""The command line: parse flags, call the library, map BatcherError to its exit code.
+
+Everything a scheduler needs lives in the library (``batcher.job``); this module only translates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import BatcherError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad usage, which is already the contract's code for usage errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"batcher: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="batcher", description="Un-enroll Zoho CRM records from cadences in bulk.")
+    p.add_argument("--version", action="version", version=f"batcher {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def where(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--api-domain", help="Zoho API domain (else ZOHO_API_DOMAIN or --dc)")
+        sp.add_argument("--accounts-url", help="Zoho accounts URL (else ZOHO_ACCOUNTS_URL or --dc)")
+        sp.add_argument("--dc", help="data centre: us, eu, in, au, jp, cn, ca, sa, uk")
+
+    run = sub.add_parser("run", help="un-enroll every (record, cadence) pair of INPUT")
+    run.add_argument("input")
+    run.add_argument("--results", required=True, help="results file (.csv or .parquet)")
+    run.add_argument("--journal", help="job journal (default: <results stem>.journal)")
+    run.add_argument("--module", help="module for rows without a module column")
+    run.add_argument("--concurrency", type=int, default=4,
+                     help="most calls in flight at once (default 4: leaves room for other apps)")
+    run.add_argument("--max-calls", type=int, help="stop after this many API calls (resumable)")
+    run.add_argument("--dry-run", action="store_true", help="validate, plan, preflight; send nothing")
+    run.add_argument("--no-preflight", action="store_true", help="skip reading the org's cadences")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    where(run)
+
+    plan = sub.add_parser("plan", help="validate INPUT and show the calls a run would make")
+    plan.add_argument("input")
+    plan.add_argument("--module", help="module for rows without a module column")
+    plan.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    cad = sub.add_parser("cadences", help="list the org's cadences")
+    cad.add_argument("--module", help="only cadences of this module")
+    cad.add_argument("--json", action="store_true")
+    where(cad)
+
+    rep = sub.add_parser("report", help="write the results of a job from its journal")
+    rep.add_argument("--journal", required=True)
+    rep.add_argument("--results", required=True)
+
+    sb = sub.add_parser("sandbox", help="serve a local Zoho-shaped sandbox for rehearsals")
+    sb.add_argument("--port", type=int, default=8765)
+    sb.add_argument("--from", dest="from_input", help="enroll every valid pair of this input")
+    sb.add_argument("--faults", default="none",
+                    help="none, flaky, throttled, lossy, slow, short_tokens, mix")
+    sb.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .planreport import plan_input
+
+    report = plan_input(args.input, default_module=args.module)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=None))
+    else:
+        print(report.human())
+    return report.exit_code()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .job import run_from_args
+
+    return run_from_args(args, env=os.environ)
+
+
+def _cmd_cadences(args: argparse.Namespace) -> int:
+    from .job import list_cadences
+
+    return list_cadences(args, env=os.environ)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .job import report_from_journal
+
+    return report_from_journal(args.journal, args.results)
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from .sandbox.serve import main as serve_main
+
+    return serve_main(port=args.port, from_input=args.from_input, faults=args.faults,
+                      seed=args.seed)
+
+
+_COMMANDS = {"plan": _cmd_plan, "run": _cmd_run, "cadences": _cmd_cadences,
+             "report": _cmd_report, "sandbox": _cmd_sandbox}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except BatcherError as exc:
+        print(f"batcher: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("batcher: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -136,5 +136,7 @@ class FaultDice:
         elif u < p.retry_after_absent + p.retry_after_zero:
             retry_after = "0"
         else:
-            retry_after = str(1 + int(v * self._retry_after_max) % self._retry_after_max)
+            present = max(1e-9, 1.0 - p.retry_after_absent - p.retry_after_zero)
+            frac = min(0.999999, (u - p.retry_after_absent - p.retry_after_zero) / present)
+            retry_after = str(1 + int(frac * self._retry_after_max))
         return retry_after, v < p.ratelimit_headers

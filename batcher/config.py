@@ -1,0 +1,184 @@
+"""Where to talk to Zoho and with which credentials.
+
+Credentials come only from the environment (never flags: flags end up in shell history and ``ps``).
+Endpoints are checked here once, so no later layer can send a token over plain http to a remote host
+or follow an ``api_domain`` that is not Zoho's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import httpx
+
+from batcher.errors import AuthError, UsageError
+
+#: data centre → (accounts server, API domain), DESIGN.md §1
+DATA_CENTRES: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "us": ("https://accounts.zoho.com", "https://www.zohoapis.com"),
+    "eu": ("https://accounts.zoho.eu", "https://www.zohoapis.eu"),
+    "in": ("https://accounts.zoho.in", "https://www.zohoapis.in"),
+    "au": ("https://accounts.zoho.com.au", "https://www.zohoapis.com.au"),
+    "jp": ("https://accounts.zoho.jp", "https://www.zohoapis.jp"),
+    "cn": ("https://accounts.zoho.com.cn", "https://www.zohoapis.com.cn"),
+    "ca": ("https://accounts.zohocloud.ca", "https://www.zohoapis.ca"),
+    "sa": ("https://accounts.zoho.sa", "https://www.zohoapis.sa"),
+    "uk": ("https://accounts.zoho.uk", "https://www.zohoapis.uk"),
+})
+DEFAULT_DC = "us"
+
+REFRESH_VARS = ("ZOHO_CLIENT_ID", "ZOHO_CLIENT_SECRET", "ZOHO_REFRESH_TOKEN")
+ACCESS_VAR = "ZOHO_ACCESS_TOKEN"
+
+_ZOHO_TLDS = "|".join(re.escape(api.split("zohoapis.", 1)[1]) for _, api in DATA_CENTRES.values())
+_ZOHO_API_HOST = re.compile(rf"^(?:[a-z0-9-]+\.)+zohoapis\.(?:{_ZOHO_TLDS})$")
+_NON_PRODUCTION = ("sandbox.", "developer.")
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """OAuth material. Secrets are kept out of ``repr`` so a logged object leaks nothing."""
+
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    access_token: str | None = field(default=None, repr=False)
+
+    @property
+    def can_refresh(self) -> bool:
+        return bool(self.client_id and self.client_secret and self.refresh_token)
+
+    def secrets(self) -> tuple[str, ...]:
+        """The values that must never be printed (for redaction and leak scans)."""
+        return tuple(s for s in (self.client_secret, self.refresh_token, self.access_token) if s)
+
+    def __repr__(self) -> str:
+        def shown(value: str | None) -> str:
+            return "<set>" if value else "<unset>"
+
+        return (f"Credentials(client_id={self.client_id!r}, client_secret={shown(self.client_secret)}, "
+                f"refresh_token={shown(self.refresh_token)}, "
+                f"access_token={shown(self.access_token)})")
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    api_domain: str
+    accounts_url: str
+
+
+def load_credentials(env: Mapping[str, str]) -> Credentials:
+    """Refresh-token flow when all three variables are set, else a plain access token."""
+    values = {name: (env.get(name) or "").strip() or None for name in (*REFRESH_VARS, ACCESS_VAR)}
+    client_id, client_secret, refresh_token = (values[name] for name in REFRESH_VARS)
+    access_token = values[ACCESS_VAR]
+    if client_id and client_secret and refresh_token:
+        return Credentials(client_id, client_secret, refresh_token, access_token)
+    if access_token:
+        return Credentials(access_token=access_token)
+    missing = [name for name in REFRESH_VARS if not values[name]]
+    raise AuthError(
+        "no usable Zoho credentials in the environment: set "
+        f"{', '.join(REFRESH_VARS)} (missing: {', '.join(missing)}), "
+        f"or set {ACCESS_VAR} for a short job"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(url: str, source: str) -> str:
+    """Normalise a base URL and refuse plain http to anything but loopback."""
+    try:
+        parsed = httpx.URL(url.strip())
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise UsageError(f"{source}: {url!r} is not a valid URL") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UsageError(f"{source}: {url!r} must be an https:// URL with a host name")
+    if parsed.query or parsed.fragment:
+        raise UsageError(f"{source}: {url!r} must not carry a query or fragment")
+    if parsed.scheme == "http" and not is_loopback(parsed.host):
+        raise UsageError(
+            f"{source}: plain http:// is refused for {parsed.host} (tokens would travel "
+            "unencrypted); use https://, or a loopback host such as 127.0.0.1 for a local sandbox"
+        )
+    return str(parsed).rstrip("/")
+
+
+def _dc_urls(dc: str, source: str) -> tuple[str, str]:
+    key = dc.strip().lower()
+    if key not in DATA_CENTRES:
+        raise UsageError(
+            f"{source}: unknown data centre {dc!r}; valid ones: {', '.join(DATA_CENTRES)}"
+        )
+    return DATA_CENTRES[key]
+
+
+def resolve_endpoints(api_domain: str | None, accounts_url: str | None, dc: str | None,
+                      env: Mapping[str, str]) -> Endpoints:
+    """Flags beat the environment; within each, an explicit URL beats the data centre."""
+    env_api = (env.get("ZOHO_API_DOMAIN") or "").strip() or None
+    env_accounts = (env.get("ZOHO_ACCOUNTS_URL") or "").strip() or None
+    env_dc = (env.get("ZOHO_DC") or "").strip() or None
+    flag_dc_urls = _dc_urls(dc, "--dc") if dc else None
+    env_dc_urls = _dc_urls(env_dc, "ZOHO_DC") if env_dc else None
+    default_urls = DATA_CENTRES[DEFAULT_DC]
+
+    def pick(flag: str | None, flag_name: str, env_value: str | None, env_name: str,
+             index: int) -> str:
+        candidates = (
+            (flag, flag_name),
+            (flag_dc_urls[index] if flag_dc_urls else None, "--dc"),
+            (env_value, env_name),
+            (env_dc_urls[index] if env_dc_urls else None, "ZOHO_DC"),
+            (default_urls[index], "default data centre"),
+        )
+        value, source = next((v, s) for v, s in candidates if v)
+        return _check_url(value, source)
+
+    return Endpoints(
+        api_domain=pick(api_domain, "--api-domain", env_api, "ZOHO_API_DOMAIN", 1),
+        accounts_url=pick(accounts_url, "--accounts-url", env_accounts, "ZOHO_ACCOUNTS_URL", 0),
+    )
+
+
+def accept_api_domain(configured: str, returned: str | None) -> str:
+    """The api_domain to call after a token came back with ``returned``.
+
+    A returned Zoho host corrects a wrong data centre. It is ignored when it is not Zoho's (a token
+    must never be sent elsewhere), when the configured domain is loopback (a local sandbox or proxy
+    stays in the loop; only another loopback URL is taken), and when it would move a sandbox or
+    developer environment onto production.
+    """
+    if not returned or not isinstance(returned, str):
+        return configured
+    try:
+        url = httpx.URL(returned.strip())
+        conf = httpx.URL(configured)
+    except (httpx.InvalidURL, TypeError):
+        return configured
+    host = (url.host or "").lower()
+    if url.scheme not in ("http", "https") or not host or url.query or url.fragment:
+        return configured
+    if is_loopback(conf.host or ""):
+        return str(url).rstrip("/") if is_loopback(host) else configured
+    if url.scheme != "https" or not _ZOHO_API_HOST.match(host):
+        return configured
+    conf_host = (conf.host or "").lower()
+    for prefix in _NON_PRODUCTION:
+        if conf_host.startswith(prefix) and not host.startswith(prefix):
+            return configured
+    return f"https://{host}" + (f":{url.port}" if url.port else "")

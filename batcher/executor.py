@@ -1,0 +1,216 @@
+"""The async engine: sends planned batches, classifies answers, records them in the journal.
+
+Every answer is committed to the journal before the next step that depends on it, so a crash at
+any point leaves either an answered batch (never sent again) or a pending one (sent again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import httpx
+
+from .errors import AuthError, BudgetExhausted, TransientError
+from .limiter import AdaptiveLimiter, LimiterSettings
+from .models import Batch, PairOutcome, Status
+from .retry import RetryPolicy, call_with_retries
+from .zoho.api import Answered, Fatal, Rejected, TokenInvalid, Transient, Unlocated, build_request
+from .zoho.api import classify as classify_answer
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    concurrency: int = 4
+    max_calls: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    calm_seconds: float = 5.0
+
+
+@dataclass
+class Counters:
+    """What this run spent; the journal keeps the running totals across resumes."""
+
+    calls: int = 0
+    retries: int = 0
+    throttled: int = 0
+    batches_done: int = 0
+    pairs_done: int = 0
+
+
+class Executor:
+    def __init__(self, client: httpx.AsyncClient, journal, settings: ExecutorSettings, *,
+                 api_domain: Callable[[], str], calls_before: int = 0,
+                 on_progress: Callable[[Counters], None] | None = None) -> None:
+        self._client = client
+        self._journal = journal
+        self._s = settings
+        self._api_domain = api_domain
+        self._calls_before = calls_before
+        self._limiter = AdaptiveLimiter(LimiterSettings(
+            max_concurrency=settings.concurrency, calm_seconds=settings.calm_seconds))
+        self.counters = Counters()
+        self._on_progress = on_progress or (lambda c: None)
+
+    @property
+    def lowest_concurrency(self) -> int:
+        return self._limiter.lowest
+
+    async def run(self, batches: Iterable[Batch]) -> Counters:
+        """Send every batch; stop everything on the first fatal error (auth, permission, budget)."""
+        queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self._s.concurrency * 4)
+        workers = [asyncio.create_task(self._worker(queue))
+                   for _ in range(self._s.concurrency)]
+        feeder = asyncio.create_task(self._feed(queue, batches, len(workers)))
+        try:
+            done, _ = await asyncio.wait([feeder, *workers],
+                                         return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            await asyncio.gather(feeder, *workers)
+        finally:
+            for task in [feeder, *workers]:
+                task.cancel()
+            await asyncio.gather(feeder, *workers, return_exceptions=True)
+        return self.counters
+
+    async def _feed(self, queue: asyncio.Queue, batches: Iterable[Batch], n_workers: int) -> None:
+        for batch in batches:
+            await queue.put(batch)
+        for _ in range(n_workers):
+            await queue.put(None)
+
+    async def _worker(self, queue: asyncio.Queue) -> None:
+        while (batch := await queue.get()) is not None:
+            await self._process(batch)
+
+    async def _process(self, batch: Batch) -> None:
+        """Send a batch; re-send what is left after rejections or splits until all is answered."""
+        stack = [batch]
+        while stack:
+            current = stack.pop()
+            answer, attempts = await self._send(current)
+            stack.extend(self._settle(current, answer, attempts))
+            self._on_progress(self.counters)
+
+    def _settle(self, batch: Batch, answer, attempts: int) -> list[Batch]:
+        """Record the answer; return the sub-batches that still have to be sent."""
+        j = self._journal
+        if isinstance(answer, Answered):
+            j.record_outcomes(batch.batch_id, answer.outcomes, attempts)
+            self._done(batch, len(answer.outcomes))
+            return []
+        if isinstance(answer, Rejected):
+            failed, children = _reject(batch, answer)
+            j.settle_and_split(batch.batch_id, failed, children, attempts)
+            self.counters.pairs_done += len(failed)
+            return children
+        if isinstance(answer, Unlocated):
+            if len(batch.record_ids) * len(batch.cadence_ids) == 1:
+                j.record_outcomes(batch.batch_id, _all(batch, Status.FAILED, answer.code,
+                                                       answer.message, answer.http_status),
+                                  attempts)
+                self._done(batch, 1)
+                return []
+            children = _halves(batch)
+            j.settle_and_split(batch.batch_id, [], children, attempts)
+            return children
+        if isinstance(answer, TransientError):
+            outcomes = _all(batch, Status.FAILED, answer.code or "TRANSIENT_ERROR", str(answer),
+                            answer.http_status, retryable=True)
+            j.record_outcomes(batch.batch_id, outcomes, attempts)
+            self._done(batch, len(outcomes))
+            return []
+        raise TypeError(f"unexpected answer {answer!r}")  # pragma: no cover
+
+    def _done(self, batch: Batch, pairs: int) -> None:
+        self.counters.batches_done += 1
+        self.counters.pairs_done += pairs
+
+    async def _send(self, batch: Batch):
+        """One batch through the retry policy: (answer, attempts)."""
+        attempts = 0
+
+        async def once():
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                self.counters.retries += 1
+            return await self._call(batch)
+
+        try:
+            answer, _ = await call_with_retries(once, self._s.retry, on_retry=self._on_retry)
+        except TransientError as exc:
+            return exc, attempts
+        except httpx.TransportError as exc:
+            return _transport_failure(exc), attempts
+        return answer, attempts
+
+    def _on_retry(self, attempt: int, exc: BaseException, wait: float) -> None:
+        if isinstance(exc, TransientError) and exc.throttled:
+            self._limiter.throttled(wait)
+
+    async def _call(self, batch: Batch):
+        budget = self._s.max_calls
+        async with self._limiter:
+            if budget is not None and self._calls_before + self.counters.calls >= budget:
+                raise BudgetExhausted(
+                    f"--max-calls {budget} reached; re-run the same command to continue")
+            self._journal.mark_sent(batch.batch_id)
+            self.counters.calls += 1
+            url, body = build_request(self._api_domain(), batch.module, batch.record_ids,
+                                      batch.cadence_ids)
+            response = await self._client.post(url, json=body)
+            content = await response.aread()
+        answer = classify_answer(batch.record_ids, batch.cadence_ids, response.status_code,
+                                 response.headers, content)
+        if isinstance(answer, Transient):
+            if answer.throttled:
+                self.counters.throttled += 1
+            raise answer.to_error()
+        if isinstance(answer, Fatal):
+            raise answer.to_error()
+        if isinstance(answer, TokenInvalid):
+            raise AuthError("Zoho still answers INVALID_TOKEN after a token refresh; check that "
+                            "the refresh token is valid and belongs to this data centre")
+        return answer
+
+
+def _all(batch: Batch, status: Status, code: str, message: str, http_status: int | None,
+         retryable: bool = False) -> list[PairOutcome]:
+    return [PairOutcome(r, c, status, code, message, http_status, retryable)
+            for r, c in batch.pairs()]
+
+
+def _reject(batch: Batch, answer: Rejected) -> tuple[list[PairOutcome], list[Batch]]:
+    """Fail the pairs the API named; the rest of the batch goes back as one child."""
+    bad_r = {batch.record_ids[i] for i in answer.bad_record_idx if i < len(batch.record_ids)}
+    bad_c = {batch.cadence_ids[i] for i in answer.bad_cadence_idx if i < len(batch.cadence_ids)}
+    if not bad_r and not bad_c:  # a path outside the batch: treat as unlocated
+        return [], _halves(batch)
+    failed = [PairOutcome(r, c, Status.FAILED, answer.code, answer.message, answer.http_status)
+              for r, c in batch.pairs() if r in bad_r or c in bad_c]
+    records = tuple(r for r in batch.record_ids if r not in bad_r)
+    cadences = tuple(c for c in batch.cadence_ids if c not in bad_c)
+    children = []
+    if records and cadences:
+        children.append(Batch(f"{batch.batch_id}.1", batch.module, records, cadences))
+    return failed, children
+
+
+def _halves(batch: Batch) -> list[Batch]:
+    """Split to isolate a culprit the API did not name: records first, then cadences."""
+    r, c = batch.record_ids, batch.cadence_ids
+    if len(r) > 1:
+        parts = [(r[: len(r) // 2], c), (r[len(r) // 2:], c)]
+    else:
+        parts = [(r, c[: len(c) // 2]), (r, c[len(c) // 2:])]
+    return [Batch(f"{batch.batch_id}.{i}", batch.module, rr, cc)
+            for i, (rr, cc) in enumerate(parts, 1)]
+
+
+def _transport_failure(exc: httpx.TransportError) -> TransientError:
+    code = "TIMEOUT" if isinstance(exc, httpx.TimeoutException) else "CONNECTION_ERROR"
+    return TransientError(f"no answer from Zoho after retries: {type(exc).__name__}", code=code)

@@ -1,0 +1,596 @@
+"""The job's durable state in one SQLite file: input fingerprint, plan, batch states, pair outcomes.
+
+Everything a resume needs is committed as answers arrive, each answer in one transaction, so a
+crash, Ctrl-C or ``kill -9`` at any instant leaves either the whole answer or none of it. A batch
+recorded as answered is never handed out again (invariant 3). Memory stays flat whatever the job
+size: rows go in and come out in chunks, and batches are paged.
+
+Concurrency: one process per journal, enforced by ``flock`` on ``<journal>.lock`` (the kernel drops
+it when the process dies, so ``kill -9`` leaves no stale lock). Within the process, methods may be
+called from worker threads (``asyncio.to_thread``); a mutex serialises them.
+
+Caller mistakes (outcomes for pairs outside a batch, children that do not cover a parent, re-sending
+an answered batch) raise ``ValueError`` and roll back: they are bugs, never user errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import JournalError
+from .models import RESULT_COLUMNS, Batch, PairOutcome, Status
+
+SCHEMA_VERSION = 1
+CHUNK_ROWS = 50_000
+_PAGE_BATCHES = 500
+_COUNTERS = ("calls", "retries", "throttled", "credits")
+_OPEN_STATES = ("pending", "sent")  # a 'sent' batch may or may not have been applied: re-sendable
+
+#: Arrow schema of the results, column for column RESULT_COLUMNS
+RESULT_SCHEMA = pa.schema([
+    ("row", pa.int64()), ("module", pa.string()), ("record_id", pa.string()),
+    ("cadence_id", pa.string()), ("status", pa.string()), ("code", pa.string()),
+    ("message", pa.string()), ("http_status", pa.int64()), ("attempts", pa.int64()),
+    ("batch_id", pa.string()), ("retryable", pa.bool_()), ("finished_at", pa.string()),
+])
+assert tuple(RESULT_SCHEMA.names) == RESULT_COLUMNS
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY,
+    batch_id TEXT NOT NULL UNIQUE,
+    module TEXT NOT NULL,
+    record_ids TEXT NOT NULL,
+    cadence_ids TEXT NOT NULL,
+    npairs INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    parent TEXT
+);
+CREATE INDEX IF NOT EXISTS batches_open ON batches (seq) WHERE state IN ('pending', 'sent');
+CREATE TABLE IF NOT EXISTS rows (
+    row INTEGER PRIMARY KEY,
+    module TEXT, record_id TEXT, cadence_id TEXT,
+    status TEXT NOT NULL, code TEXT, message TEXT, http_status INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0, batch_id TEXT, retryable INTEGER, finished_at TEXT
+);
+"""
+# built after the bulk insert (much faster than maintaining it row by row); its uniqueness also
+# proves that no pair sits twice in one batch
+_PAIR_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS rows_pair "
+               "ON rows (batch_id, record_id, cadence_id) WHERE batch_id IS NOT NULL")
+
+_K_VERSION, _K_FINGERPRINT = "batcher.schema_version", "batcher.fingerprint"
+_K_INPUT = "batcher.input"
+_K_LOADED, _K_ROWS, _K_STARTED = "batcher.loaded", "batcher.rows", "batcher.started_at"
+
+
+def utc_now() -> str:
+    """UTC, ISO 8601, millisecond precision, ``Z`` suffix."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class StatusCounts:
+    rows: int
+    by_status: dict[str, int]
+    #: status → code → rows, for rows that carry a code
+    by_code: dict[str, dict[str, int]]
+
+
+class Journal:
+    """One job's state. Use :meth:`open`; a context manager that releases the lock on exit."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection, lock_fd: int, is_new: bool) -> None:
+        self.path = path
+        self._db = db
+        self._lock_fd = lock_fd
+        self._mutex = threading.RLock()
+        self.is_new = is_new
+
+    # ------------------------------------------------------------------ open / close
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], fingerprint: str | None, *,
+             input_name: str | None = None) -> Journal:
+        """Create or open the journal and hold its lock until :meth:`close`.
+
+        ``fingerprint`` binds the journal to one input; ``None`` opens an existing journal whatever
+        its input (``batcher report``). ``input_name`` is only remembered for error messages.
+        """
+        path = Path(path)
+        if fingerprint is None and not path.is_file():
+            raise JournalError(f"no journal at {path}")
+        if not path.parent.is_dir():
+            raise JournalError(
+                f"cannot create journal {path}: directory {path.parent} does not exist")
+        lock_fd = _acquire_lock(path)
+        try:
+            db = _connect(path)
+            try:
+                is_new = _prepare(db, path, fingerprint, input_name)
+            except BaseException:
+                db.close()
+                raise
+        except BaseException:
+            _release_lock(lock_fd)
+            raise
+        return cls(path, db, lock_fd, is_new)
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._lock_fd < 0:
+                return
+            try:
+                self._db.close()
+            finally:
+                _release_lock(self._lock_fd)
+                self._lock_fd = -1
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Journal({str(self.path)!r}, new={self.is_new})"
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            if self._lock_fd < 0:
+                raise ValueError("journal is closed")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._mutex:
+            if self._lock_fd < 0:
+                raise ValueError("journal is closed")
+            return self._db.execute(sql, params).fetchall()
+
+    # ------------------------------------------------------------------ load
+
+    def load(self, rows: pa.Table, batches: Iterable[Batch], *,
+             chunk_rows: int = CHUNK_ROWS) -> None:
+        """Store every input row and the plan, all in one transaction (never half-loaded).
+
+        ``rows``: the reader's columns (row, module, record_id, cadence_id, status, reason, optional
+        code) plus ``batch_id`` (the planned batch of each valid row, null otherwise).
+        """
+        if not self.is_new:
+            raise ValueError(f"journal {self.path} is already loaded")
+        missing = {"row", "module", "record_id", "cadence_id", "status", "reason", "batch_id"}
+        missing -= set(rows.column_names)
+        if missing:
+            raise ValueError(f"rows table lacks column(s) {sorted(missing)}")
+        now = utc_now()
+        with self._tx() as db:
+            db.execute("DELETE FROM rows")
+            db.execute("DELETE FROM batches")
+            db.execute("DROP INDEX IF EXISTS rows_pair")
+            n_valid = 0
+            for chunk in rows.to_batches(max_chunksize=chunk_rows):
+                records, valid = _load_records(chunk, now)
+                n_valid += valid
+                db.executemany("INSERT INTO rows (row, module, record_id, cadence_id, status, code,"
+                               " message, batch_id, retryable, finished_at)"
+                               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+            n_pairs = _insert_batches(db, batches, seq0=1)
+            try:
+                db.execute(_PAIR_INDEX)
+            except sqlite3.IntegrityError:
+                raise ValueError("plan error: a pair appears twice in one batch") from None
+            bad = db.execute(
+                "SELECT b.batch_id, b.npairs, coalesce(r.n, 0) FROM batches b LEFT JOIN"
+                " (SELECT batch_id, count(*) AS n FROM rows WHERE batch_id IS NOT NULL"
+                "  GROUP BY batch_id) r ON r.batch_id = b.batch_id"
+                " WHERE coalesce(r.n, 0) != b.npairs LIMIT 1").fetchone()
+            if bad:
+                raise ValueError(f"plan error: batch {bad[0]} has {bad[1]} pairs but "
+                                 f"{bad[2]} input rows")
+            if n_pairs != n_valid:  # with the check above: some row names an unknown batch
+                raise ValueError(f"plan error: {n_valid} valid rows but the batches hold "
+                                 f"{n_pairs} pairs")
+            _set_meta(db, _K_ROWS, rows.num_rows)
+            _set_meta(db, _K_LOADED, now)
+        self.is_new = False
+
+    # ------------------------------------------------------------------ batches
+
+    def pending_batches(self) -> Iterator[Batch]:
+        """Batches not yet answered (including sent-but-unanswered ones), in plan order, paged.
+
+        Only batches that exist when iteration starts are yielded: split children created meanwhile
+        belong to the caller that created them (a fresh call, or a resume, sees them). A batch
+        answered while iterating is skipped. Each batch is checked against its rows before it is
+        handed out, so a call can only ever name valid input pairs (invariant 1).
+        """
+        (last,) = self._query("SELECT coalesce(max(seq), 0) FROM batches")[0]
+        after = 0
+        while True:
+            page = self._query(
+                "SELECT seq, batch_id, module, record_ids, cadence_ids FROM batches"
+                " WHERE state IN ('pending', 'sent') AND seq > ? AND seq <= ?"
+                " ORDER BY seq LIMIT ?", (after, last, _PAGE_BATCHES))
+            if not page:
+                return
+            batches = [Batch(b, m, tuple(json.loads(r)), tuple(json.loads(c)))
+                       for _, b, m, r, c in page]
+            self._check_exact(batches)
+            yield from batches
+            after = page[-1][0]
+
+    def _check_exact(self, batches: list[Batch]) -> None:
+        marks = ",".join("?" * len(batches))
+        found: dict[str, set[tuple[str, str]]] = {b.batch_id: set() for b in batches}
+        for batch_id, record_id, cadence_id in self._query(
+                f"SELECT batch_id, record_id, cadence_id FROM rows WHERE batch_id IN ({marks})",
+                [b.batch_id for b in batches]):
+            found[batch_id].add((record_id, cadence_id))
+        for b in batches:
+            if found[b.batch_id] != set(b.pairs()):
+                raise JournalError(f"journal {self.path} is inconsistent: batch {b.batch_id} does "
+                                   "not match its input rows; refusing to send it")
+
+    def mark_sent(self, batch_id: str) -> int:
+        """Record that a call for this batch is about to go out; returns its attempt count."""
+        with self._tx() as db:
+            self._open_batch(db, batch_id)
+            db.execute("UPDATE batches SET state = 'sent', attempts = attempts + 1"
+                       " WHERE batch_id = ?", (batch_id,))
+            return db.execute("SELECT attempts FROM batches WHERE batch_id = ?",
+                              (batch_id,)).fetchone()[0]
+
+    def record_outcomes(self, batch_id: str, outcomes: Iterable[PairOutcome],
+                        attempts: int | None = None, final: bool = True) -> None:
+        """Store the outcome of pairs of one batch and, when ``final``, mark it answered.
+
+        A final record must leave no pair of the batch without an outcome. ``attempts`` defaults to
+        the number of :meth:`mark_sent` calls the journal saw for the batch (across resumes).
+        """
+        outs = list(outcomes)
+        with self._tx() as db:
+            sent = self._open_batch(db, batch_id)
+            self._apply(db, batch_id, outs, sent if attempts is None else attempts)
+            if final:
+                left = db.execute("SELECT count(*) FROM rows WHERE batch_id = ? AND"
+                                  " status = 'not_sent'", (batch_id,)).fetchone()[0]
+                if left:
+                    raise ValueError(f"batch {batch_id}: {left} pair(s) left without an outcome")
+                db.execute("UPDATE batches SET state = 'answered' WHERE batch_id = ?", (batch_id,))
+
+    def settle_and_split(self, batch_id: str, outcomes: Iterable[PairOutcome],
+                         children: Sequence[Batch], attempts: int | None = None) -> None:
+        """Settle some pairs of a batch and re-plan the rest as new pending child batches.
+
+        The children must cover exactly the batch's pairs that ``outcomes`` leaves unsettled, each
+        pair once, with the parent's module. The parent's remaining rows move to their child.
+        """
+        outs = list(outcomes)
+        with self._tx() as db:
+            sent = self._open_batch(db, batch_id)
+            module = db.execute("SELECT module FROM batches WHERE batch_id = ?",
+                                (batch_id,)).fetchone()[0]
+            self._apply(db, batch_id, outs, sent if attempts is None else attempts)
+            settled = {(o.record_id, o.cadence_id) for o in outs}
+            remaining = {p for p in db.execute(
+                "SELECT record_id, cadence_id FROM rows WHERE batch_id = ?", (batch_id,))
+                if p not in settled}
+            moves = _check_children(db, batch_id, module, remaining, children)
+            (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
+            _insert_batches(db, children, seq0=last + 1, parent=batch_id)
+            db.executemany("UPDATE rows SET batch_id = ? WHERE batch_id = ? AND record_id = ?"
+                           " AND cadence_id = ?", [(c, batch_id, r, k) for c, r, k in moves])
+            db.execute("UPDATE batches SET state = ? WHERE batch_id = ?",
+                       ("split" if children else "answered", batch_id))
+
+    def _open_batch(self, db: sqlite3.Connection, batch_id: str) -> int:
+        got = db.execute("SELECT state, attempts FROM batches WHERE batch_id = ?",
+                         (batch_id,)).fetchone()
+        if got is None:
+            raise ValueError(f"unknown batch {batch_id!r}")
+        if got[0] not in _OPEN_STATES:
+            raise ValueError(f"batch {batch_id} is already {got[0]}; it must not be sent again")
+        return got[1]
+
+    @staticmethod
+    def _apply(db: sqlite3.Connection, batch_id: str, outs: list[PairOutcome],
+               attempts: int) -> None:
+        if not outs:
+            return
+        now = utc_now()
+        params = []
+        for o in outs:
+            status = Status(o.status)
+            if status in (Status.NOT_SENT, Status.DUPLICATE):
+                raise ValueError(f"{status} is not an outcome")
+            params.append((status.value, o.code or None, o.message or None, o.http_status,
+                           attempts, int(bool(o.retryable)), now,
+                           batch_id, o.record_id, o.cadence_id))
+        if len({(o.record_id, o.cadence_id) for o in outs}) != len(outs):
+            raise ValueError(f"batch {batch_id}: a pair has two outcomes")
+        cur = db.executemany(
+            "UPDATE rows SET status = ?, code = ?, message = ?, http_status = ?, attempts = ?,"
+            " retryable = ?, finished_at = ?"
+            " WHERE batch_id = ? AND record_id = ? AND cadence_id = ?",
+            params)
+        if cur.rowcount != len(outs):
+            have = set(db.execute("SELECT record_id, cadence_id FROM rows WHERE batch_id = ?",
+                                  (batch_id,)))
+            stray = next(((o.record_id, o.cadence_id) for o in outs
+                          if (o.record_id, o.cadence_id) not in have), None)
+            raise ValueError(f"batch {batch_id}: pair {stray} is not one of its pairs")
+
+    def batch_counts(self) -> dict[str, dict[str, int]]:
+        """state → {"batches": n, "pairs": n}: for progress bars and resume messages."""
+        return {s: {"batches": n, "pairs": p or 0} for s, n, p in self._query(
+            "SELECT state, count(*), sum(npairs) FROM batches GROUP BY state")}
+
+    # ------------------------------------------------------------------ counters, metadata
+
+    def add_counters(self, calls: int = 0, retries: int = 0, throttled: int = 0,
+                     credits: int = 0) -> None:
+        deltas = {"calls": calls, "retries": retries, "throttled": throttled, "credits": credits}
+        with self._tx() as db:
+            db.executemany("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name)"
+                           " DO UPDATE SET value = value + excluded.value",
+                           [(k, v) for k, v in deltas.items() if v])
+
+    def counters(self) -> dict[str, int]:
+        got = dict(self._query("SELECT name, value FROM counters"))
+        return {k: int(got.get(k, 0)) for k in (*_COUNTERS, "runs")}
+
+    @property
+    def started_at(self) -> str:
+        return self._meta(_K_STARTED)
+
+    @property
+    def rows(self) -> int:
+        """Input rows loaded (0 before :meth:`load`)."""
+        return int(self._meta(_K_ROWS, 0))
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Remember a JSON-serialisable value (kept apart from the journal's own keys)."""
+        with self._tx() as db:
+            _set_meta(db, "user." + key, value)
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        return self._meta("user." + key, default)
+
+    def _meta(self, key: str, default: Any = None) -> Any:
+        got = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(got[0][0]) if got else default
+
+    # ------------------------------------------------------------------ results
+
+    def iter_result_chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
+        """Every row in input order, as tables of :data:`RESULT_SCHEMA`."""
+        after = 0
+        while True:
+            got = self._query(f"SELECT {', '.join(RESULT_COLUMNS)} FROM rows WHERE row > ?"
+                              " ORDER BY row LIMIT ?", (after, chunk_rows))
+            if not got:
+                return
+            after = got[-1][0]
+            cols = list(zip(*got, strict=True))
+            del got
+            arrays = [pa.array(col, type=f.type if f.type != pa.bool_() else pa.int8())
+                      for col, f in zip(cols, RESULT_SCHEMA, strict=True)]
+            arrays[10] = pc.cast(arrays[10], pa.bool_())
+            yield pa.Table.from_arrays(arrays, schema=RESULT_SCHEMA)
+
+    def status_counts(self) -> StatusCounts:
+        by_status: dict[str, int] = {}
+        by_code: dict[str, dict[str, int]] = {}
+        for status, code, n in self._query(
+                "SELECT status, code, count(*) FROM rows GROUP BY status, code"):
+            by_status[status] = by_status.get(status, 0) + n
+            if code:
+                by_code.setdefault(status, {})[code] = n
+        return StatusCounts(sum(by_status.values()), by_status, by_code)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _acquire_lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise JournalError(
+                f"journal {path} is in use by another batcher run (pid {holder}); wait for it to "
+                "finish, or give this run another --journal") from None
+        raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _release_lock(fd: int) -> None:
+    with suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)  # closing the descriptor drops the flock
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open journal {path}: {exc}") from None
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        # FULL: a committed answer survives power loss too, never only a process crash
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA cache_size = -32000")  # bounded: 32 MB whatever the job size
+        db.execute("PRAGMA journal_size_limit = 67108864")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise JournalError(f"{path} is not a batcher journal ({exc})") from None
+    return db
+
+
+def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | None,
+             input_name: str | None) -> bool:
+    """Create the schema if needed and check the input binding; returns ``is_new``."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:
+            raise JournalError(f"{path} is an SQLite file but not a batcher journal")
+        if not tables:
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        version = json.loads(meta.get(_K_VERSION, str(SCHEMA_VERSION)))
+        if version != SCHEMA_VERSION:
+            raise JournalError(f"journal {path} has format {version}; this batcher reads "
+                               f"format {SCHEMA_VERSION}")
+        loaded = _K_LOADED in meta
+        if fingerprint is None:
+            if not loaded:
+                raise JournalError(f"journal {path} holds no job (it was never loaded)")
+        elif loaded and json.loads(meta[_K_FINGERPRINT]) != fingerprint:
+            was = json.loads(meta.get(_K_INPUT, "null")) or "another file"
+            now = f"{input_name!r}" if input_name else "this input"
+            raise JournalError(
+                f"journal {path} belongs to another input: it was made for {was!r} "
+                f"(fingerprint {json.loads(meta[_K_FINGERPRINT])[:12]}), but {now} has fingerprint "
+                f"{fingerprint[:12]}. Use another --journal, or delete this one to start over.")
+        elif not loaded:  # nothing was done yet: (re)bind to this input
+            _set_meta(db, _K_VERSION, SCHEMA_VERSION)
+            _set_meta(db, _K_FINGERPRINT, fingerprint)
+            _set_meta(db, _K_INPUT, input_name)
+            if _K_STARTED not in meta:
+                _set_meta(db, _K_STARTED, utc_now())
+        db.execute("INSERT INTO counters (name, value) VALUES ('runs', 1) ON CONFLICT (name)"
+                   " DO UPDATE SET value = value + 1")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return not loaded
+
+
+def _set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+
+def _col(chunk: pa.RecordBatch, name: str) -> pa.Array:
+    return pc.cast(chunk.column(name), pa.string())
+
+
+def _load_records(chunk: pa.RecordBatch, now: str) -> tuple[list[tuple], int]:
+    """One chunk of reader rows → INSERT parameters; the status mapping is done columnwise."""
+    status = _col(chunk, "status")
+    known = pc.is_in(status, value_set=pa.array(["valid", "invalid", "duplicate"]))
+    if not pc.all(pc.fill_null(known, False)).as_py():
+        raise ValueError("rows table: status must be valid, invalid or duplicate")
+    valid = pc.equal(status, "valid")
+    invalid = pc.equal(status, "invalid")
+    null = pa.scalar(None, pa.string())
+    batch_id = pc.if_else(valid, _col(chunk, "batch_id"), null)
+    n_valid = pc.sum(valid).as_py() or 0
+    if pc.sum(pc.is_valid(batch_id)).as_py() != n_valid:
+        raise ValueError("rows table: a valid row has no batch_id")
+    if "code" in chunk.schema.names:
+        code = pc.coalesce(_col(chunk, "code"), pa.scalar("INVALID_INPUT"))
+    else:
+        code = pa.scalar("INVALID_INPUT")
+    columns = [
+        pc.cast(chunk.column("row"), pa.int64()),
+        _col(chunk, "module"), _col(chunk, "record_id"), _col(chunk, "cadence_id"),
+        pc.if_else(valid, pa.scalar(Status.NOT_SENT.value), status),
+        pc.if_else(invalid, code, null),
+        pc.if_else(valid, null, _col(chunk, "reason")),
+        batch_id,
+        pc.cast(valid, pa.int8()),  # a row never attempted is worth retrying
+        pc.if_else(valid, null, pa.scalar(now)),
+    ]
+    return list(zip(*(c.to_pylist() for c in columns), strict=True)), n_valid
+
+
+def _insert_batches(db: sqlite3.Connection, batches: Iterable[Batch], seq0: int,
+                    parent: str | None = None) -> int:
+    """Insert batches in order from ``seq0``, in slices; returns the number of pairs."""
+    total, seq, buf = 0, seq0, []
+    for b in batches:
+        if not b.record_ids or not b.cadence_ids:
+            raise ValueError(f"batch {b.batch_id} is empty")
+        n = len(b.record_ids) * len(b.cadence_ids)
+        buf.append((seq, b.batch_id, b.module, json.dumps(list(b.record_ids)),
+                    json.dumps(list(b.cadence_ids)), n, parent))
+        total += n
+        seq += 1
+        if len(buf) >= 10_000:
+            _flush_batches(db, buf)
+            buf = []
+    _flush_batches(db, buf)
+    return total
+
+
+def _flush_batches(db: sqlite3.Connection, buf: list[tuple]) -> None:
+    try:
+        db.executemany("INSERT INTO batches (seq, batch_id, module, record_ids, cadence_ids,"
+                       " npairs, parent) VALUES (?, ?, ?, ?, ?, ?, ?)", buf)
+    except sqlite3.IntegrityError:
+        raise ValueError("plan error: a batch id is used twice") from None
+
+
+def _check_children(db: sqlite3.Connection, parent: str, module: str,
+                    remaining: set[tuple[str, str]], children: Sequence[Batch]
+                    ) -> list[tuple[str, str, str]]:
+    """Validate a split; returns (child id, record, cadence) for every moved row."""
+    moves: list[tuple[str, str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for child in children:
+        if child.module != module:
+            raise ValueError(f"child {child.batch_id} has module {child.module}, parent {module}")
+        if db.execute("SELECT 1 FROM batches WHERE batch_id = ?", (child.batch_id,)).fetchone():
+            raise ValueError(f"batch id {child.batch_id} already exists")
+        for pair in child.pairs():
+            if pair not in remaining:
+                raise ValueError(f"child {child.batch_id}: pair {pair} is not an unsettled pair "
+                                 f"of {parent}")
+            if pair in seen:
+                raise ValueError(f"child {child.batch_id}: pair {pair} is in two children")
+            seen.add(pair)
+            moves.append((child.batch_id, *pair))
+    if children and seen != remaining:
+        raise ValueError(f"split of {parent}: {len(remaining - seen)} unsettled pair(s) are in no "
+                         "child")
+    if not children and remaining:
+        raise ValueError(f"split of {parent} without children leaves {len(remaining)} pair(s)")
+    return moves

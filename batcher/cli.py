@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, default=4,
                      help="most calls in flight at once (default 4: leaves room for other apps)")
     run.add_argument("--max-calls", type=int, help="stop after this many API calls (resumable)")
-    run.add_argument("--dry-run", action="store_true", help="validate, plan, preflight; send nothing")
+    run.add_argument("--dry-run", action="store_true", help="plan and preflight only")
     run.add_argument("--no-preflight", action="store_true", help="skip reading the org's cadences")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     where(run)

@@ -7,6 +7,7 @@ the one the server tells us about by throttling. Additive increase, multiplicati
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,10 +38,8 @@ class AdaptiveLimiter:
                 wait = self._paused_until - self._clock()
                 if wait > 0:
                     # a shared pause: every worker honours the server's Retry-After, not just one
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._cond.wait(), timeout=wait)
-                    except TimeoutError:
-                        pass
                     continue
                 if self.in_flight < self.limit:
                     self.in_flight += 1

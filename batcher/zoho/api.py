@@ -1,0 +1,381 @@
+"""The un-enrol call: build the request, and map every HTTP answer to exactly one class.
+
+``classify`` is the single place that reads Zoho answers, so the executor only ever decides on
+plain data: ``Answered`` (one outcome per pair), ``Rejected`` (these indices are bad, re-send the
+rest), ``Unlocated`` (split to find the culprit), ``Transient`` (retry), ``TokenInvalid`` (refresh),
+``Fatal`` (abort, resumable).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from batcher.errors import AbortError, AuthError, PermissionDenied, TransientError
+from batcher.models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, PairOutcome, Status
+from batcher.retry import parse_retry_after
+
+FATAL_CODES = frozenset({"OAUTH_SCOPE_MISMATCH", "NO_PERMISSION", "AUTHENTICATION_FAILURE"})
+TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "INTERNAL_ERROR", "TOO_MANY_REQUESTS"})
+LOCATABLE_CODES = frozenset({"INVALID_DATA", "NOT_ALLOWED"})
+#: codes that can only concern the whole request, never one record
+WHOLE_REQUEST_CODES = FATAL_CODES | TRANSIENT_CODES | frozenset({
+    "INVALID_TOKEN", "MANDATORY_NOT_FOUND", "LIMIT_EXCEEDED", "INVALID_MODULE",
+    "INVALID_URL_PATTERN",
+})
+_PATH = re.compile(r"^\$\.(ids|cadences_ids)(?:\[(\d+)\])?$")
+_MODULE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_MAX_MESSAGE = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    outcomes: tuple[PairOutcome, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    bad_record_idx: frozenset[int]
+    bad_cadence_idx: frozenset[int]
+    code: str
+    message: str
+    http_status: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unlocated:
+    code: str
+    message: str
+    http_status: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transient:
+    code: str
+    message: str
+    http_status: int
+    retry_after: float | None = None
+    throttled: bool = False
+
+    def to_error(self) -> TransientError:
+        return TransientError(f"{self.code}: {self.message} (HTTP {self.http_status})",
+                              code=self.code, http_status=self.http_status,
+                              retry_after=self.retry_after, throttled=self.throttled)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInvalid:
+    http_status: int = 401
+
+    def to_error(self) -> AuthError:
+        return AuthError("Zoho rejected the access token (INVALID_TOKEN): it expired or was revoked; "
+                         "set ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET and ZOHO_REFRESH_TOKEN so batcher "
+                         "can refresh it, then re-run the same command to resume")
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    code: str
+    message: str
+    http_status: int
+
+    def to_error(self, module: str | None = None) -> AbortError:
+        """An abort whose message says what the user must fix before re-running."""
+        mod = module or "{module}"
+        resume = "then re-run the same command to resume"
+        if self.code == "OAUTH_SCOPE_MISMATCH":
+            return PermissionDenied(
+                f"the Zoho token lacks the scope to un-enrol records (OAUTH_SCOPE_MISMATCH): create "
+                f"a new refresh token with scope ZohoCRM.modules.CREATE (or "
+                f"ZohoCRM.modules.{mod}.CREATE, or ZohoCRM.modules.ALL) and set "
+                f"ZOHO_REFRESH_TOKEN; {resume}")
+        if self.code == "NO_PERMISSION":
+            return PermissionDenied(
+                f"the Zoho user behind the token may not un-enrol {module or 'these'} records "
+                f"from cadences (NO_PERMISSION: {self.message}): ask a Zoho CRM administrator to grant "
+                f"the profile access to cadences and edit rights on the module; {resume}")
+        if self.code == "AUTHENTICATION_FAILURE":
+            return AuthError(
+                f"Zoho could not authenticate the request (AUTHENTICATION_FAILURE: {self.message}): "
+                f"check that ZOHO_DC / --api-domain match the data centre of the account and that "
+                f"the token belongs to this org; {resume}")
+        cls = PermissionDenied if self.http_status == 403 else AuthError
+        return cls(f"Zoho refused access ({self.code}, HTTP {self.http_status}: {self.message}); "
+                   f"check the credentials and their scopes; {resume}")
+
+
+Answer = Answered | Rejected | Unlocated | Transient | TokenInvalid | Fatal
+
+
+def build_request(api_domain: str, module: str, record_ids: Sequence[str],
+                  cadence_ids: Sequence[str]) -> tuple[str, dict[str, list[str]]]:
+    """URL and JSON body of one un-enrol call; refuses anything Zoho would refuse on size."""
+    if not _MODULE.match(module or ""):
+        raise ValueError(f"invalid module API name {module!r}")
+    if not 1 <= len(record_ids) <= MAX_RECORDS_PER_CALL:
+        raise ValueError(f"a call takes 1..{MAX_RECORDS_PER_CALL} records, got {len(record_ids)}")
+    if not 1 <= len(cadence_ids) <= MAX_CADENCES_PER_CALL:
+        raise ValueError(
+            f"a call takes 1..{MAX_CADENCES_PER_CALL} cadences, got {len(cadence_ids)}")
+    for value in (*record_ids, *cadence_ids):
+        if not isinstance(value, str):
+            raise ValueError(f"ids must be strings, got {type(value).__name__}")
+    url = f"{api_domain.rstrip('/')}/crm/v7/{module}/actions/unenrol_from_cadences"
+    return url, {"cadences_ids": list(cadence_ids), "ids": list(record_ids)}
+
+
+async def send_unenrol(client: httpx.AsyncClient, api_domain: str, module: str,
+                       record_ids: Sequence[str], cadence_ids: Sequence[str]) -> Answer:
+    """One call, classified. Transport errors propagate for the caller's retry loop."""
+    url, body = build_request(api_domain, module, record_ids, cadence_ids)
+    response = await client.post(url, json=body)
+    return classify(record_ids, cadence_ids, response.status_code, response.headers,
+                    response.content)
+
+
+def error_code(body: bytes) -> str | None:
+    """The code of a whole-request answer (top level or single ``data`` entry), if any."""
+    payload = _parse_json(body)
+    if not isinstance(payload, dict):
+        return None
+    data = payload.get("data")
+    entry = data[0] if isinstance(data, list) and len(data) == 1 else payload
+    code = entry.get("code") if isinstance(entry, dict) else None
+    return str(code).upper() if code else None
+
+
+def classify(record_ids: Sequence[str], cadence_ids: Sequence[str], status_code: int,
+             headers: Mapping[str, str], body: bytes, now: float | None = None) -> Answer:
+    payload = _parse_json(body)
+    if status_code == 429 or status_code >= 500 or not isinstance(payload, dict):
+        return _without_answer(record_ids, cadence_ids, status_code, headers, body, payload, now)
+    whole = _whole_request_entry(payload, status_code, len(record_ids))
+    if whole is not None:
+        return _whole(whole, record_ids, cadence_ids, status_code, headers, now)
+    if isinstance(payload.get("data"), list):
+        return _per_record(payload["data"], record_ids, cadence_ids, status_code)
+    if isinstance(payload.get("cadences"), list):
+        return _per_cadence(payload["cadences"], record_ids, cadence_ids, status_code)
+    return _without_answer(record_ids, cadence_ids, status_code, headers, body, None, now)
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body and body.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _code(entry: Mapping[str, Any], default: str = "") -> str:
+    code = entry.get("code")
+    return str(code).upper() if code else default
+
+
+def _details(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    details = entry.get("details")
+    return details if isinstance(details, dict) else {}
+
+
+def _is_error(entry: Mapping[str, Any]) -> bool:
+    status = str(entry.get("status", "")).lower()
+    return status == "error" or (not status and _code(entry) not in ("SUCCESS", "SCHEDULED", ""))
+
+
+def _message(entry: Mapping[str, Any]) -> str:
+    """The API's message plus the scalar details that say which element or limit it means."""
+    text = str(entry.get("message") or "").strip()
+    extra = [f"{k}={v}" for k, v in _details(entry).items()
+             if k != "id" and isinstance(v, str | int | float) and not isinstance(v, bool)]
+    if extra:
+        text = f"{text} ({', '.join(extra)})" if text else ", ".join(extra)
+    return text[:_MAX_MESSAGE]
+
+
+def _whole_request_entry(payload: Mapping[str, Any], status: int,
+                         n_records: int) -> Mapping[str, Any] | None:
+    """The entry that speaks for the whole request, in either of its two forms, else None."""
+    if "code" in payload and not isinstance(payload.get("data"), list) \
+            and not isinstance(payload.get("cadences"), list):
+        return payload
+    data = payload.get("data")
+    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
+        return None
+    entry = data[0]
+    if _code(entry) == "SCHEDULED" and "id" not in _details(entry):
+        return entry
+    if not _is_error(entry) or "id" in _details(entry):
+        return None
+    if status >= 400 or n_records > 1 or _code(entry) in WHOLE_REQUEST_CODES:
+        return entry
+    return None
+
+
+def _whole(entry: Mapping[str, Any], record_ids: Sequence[str], cadence_ids: Sequence[str],
+           status: int, headers: Mapping[str, str], now: float | None) -> Answer:
+    code = _code(entry, f"HTTP_{status}")
+    message = _message(entry)
+    if code == "SCHEDULED" and not _is_error(entry):
+        return _all(record_ids, cadence_ids, Status.SCHEDULED, code, message, status, False)
+    if code == "INVALID_TOKEN":
+        return TokenInvalid(status)
+    if code in FATAL_CODES:
+        return Fatal(code, message, status)
+    if code in TRANSIENT_CODES:
+        return Transient(code, message, status, parse_retry_after(headers, now),
+                         throttled=code == "TOO_MANY_REQUESTS")
+    if code in LOCATABLE_CODES:
+        located = _locate(_details(entry), record_ids, cadence_ids)
+        if located is None:
+            return Unlocated(code, message, status)
+        return Rejected(located[0], located[1], code, message, status)
+    if not _is_error(entry):
+        return _without_answer(record_ids, cadence_ids, status, headers, b"", None, now)
+    if status in (401, 403):
+        return Fatal(code, message, status)
+    return _all(record_ids, cadence_ids, Status.FAILED, code, message, status, False)
+
+
+def _locate(details: Mapping[str, Any], record_ids: Sequence[str],
+            cadence_ids: Sequence[str]) -> tuple[frozenset[int], frozenset[int]] | None:
+    """Which record or cadence index the error names, from json_path, api_name or id."""
+    arrays = {"ids": record_ids, "cadences_ids": cadence_ids}
+    match = _PATH.match(str(details.get("json_path") or "").strip())
+    name = match.group(1) if match else str(details.get("api_name") or "")
+    index: int | None = None
+    if match and match.group(2) is not None:
+        index = int(match.group(2))
+    elif name in arrays and len(arrays[name]) == 1:
+        index = 0
+    elif details.get("id") is not None:
+        bad = str(details["id"])
+        for candidate, values in arrays.items():
+            if bad in values:
+                name, index = candidate, list(values).index(bad)
+    if name not in arrays or index is None or not 0 <= index < len(arrays[name]):
+        return None
+    found = frozenset({index})
+    return (found, frozenset()) if name == "ids" else (frozenset(), found)
+
+
+def _all(record_ids: Sequence[str], cadence_ids: Sequence[str], status: Status, code: str,
+         message: str, http_status: int, retryable: bool) -> Answered:
+    return Answered(tuple(PairOutcome(r, c, status, code, message, http_status, retryable)
+                          for r in record_ids for c in cadence_ids))
+
+
+def _without_answer(record_ids: Sequence[str], cadence_ids: Sequence[str], status: int,
+                    headers: Mapping[str, str], body: bytes, payload: Any,
+                    now: float | None) -> Answer:
+    """429, 5xx, and bodies that are not a Zoho answer: nothing known about any pair."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
+        payload = data[0]
+    code = _code(payload) if isinstance(payload, dict) else ""
+    message = _message(payload) if isinstance(payload, dict) else ""
+    if not message:
+        text = body.lstrip()[:200].lower()
+        kind = ("empty body" if not text else "an HTML page" if text.startswith(b"<")
+                else "a body that is not a Zoho answer")
+        message = f"HTTP {status} with {kind}"
+    retry_after = parse_retry_after(headers, now)
+    if status == 429 or code == "TOO_MANY_REQUESTS":
+        return Transient(code or "TOO_MANY_REQUESTS", message, status, retry_after, True)
+    if 400 <= status < 500 and status not in (408, 425):
+        # a proxy or wrong URL answered; not worth hammering now, but a re-run may succeed
+        return _all(record_ids, cadence_ids, Status.FAILED, code or f"HTTP_{status}", message,
+                    status, True)
+    fallback = f"HTTP_{status}" if status >= 400 else "UNPARSEABLE_ANSWER"
+    return Transient(code or fallback, message, status, retry_after, False)
+
+
+def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequence[str],
+                status: int) -> Answered:
+    by_record = _match_entries(entries, record_ids, "ids")
+    outcomes: list[PairOutcome] = []
+    for i, record_id in enumerate(record_ids):
+        entry = by_record.get(i)
+        if entry is None:
+            outcomes += [_missing(record_id, c, status) for c in cadence_ids]
+            continue
+        code, message = _code(entry), _message(entry)
+        if _is_error(entry):
+            outcomes += [PairOutcome(record_id, c, Status.FAILED, code or "UNKNOWN_ERROR",
+                                     message, status, code in TRANSIENT_CODES)
+                         for c in cadence_ids]
+        elif code == "SCHEDULED":
+            outcomes += [PairOutcome(record_id, c, Status.SCHEDULED, code, message, status)
+                         for c in cadence_ids]
+        else:
+            removed = _removed_cadences(entry)
+            for c in cadence_ids:
+                if c in removed:
+                    outcomes.append(PairOutcome(record_id, c, Status.UNENROLLED, code or "SUCCESS",
+                                                message, status))
+                else:
+                    outcomes.append(PairOutcome(
+                        record_id, c, Status.NOT_ENROLLED, code or "SUCCESS",
+                        "the API did not list this cadence as removed (record was not in it)",
+                        status))
+    return Answered(tuple(outcomes))
+
+
+def _per_cadence(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequence[str],
+                 status: int) -> Answered:
+    by_cadence = _match_entries(entries, cadence_ids, "cadences_ids")
+    outcomes: list[PairOutcome] = []
+    for r in record_ids:
+        for j, c in enumerate(cadence_ids):
+            entry = by_cadence.get(j)
+            if entry is None:
+                outcomes.append(_missing(r, c, status))
+            elif _is_error(entry):
+                code = _code(entry, "UNKNOWN_ERROR")
+                outcomes.append(PairOutcome(r, c, Status.FAILED, code, _message(entry), status,
+                                            code in TRANSIENT_CODES))
+            else:
+                status_ = Status.SCHEDULED if _code(entry) == "SCHEDULED" else Status.UNENROLLED
+                outcomes.append(PairOutcome(r, c, status_, _code(entry, "SUCCESS"),
+                                            _message(entry), status))
+    return Answered(tuple(outcomes))
+
+
+def _match_entries(entries: list[Any], ids: Sequence[str], array: str) -> dict[int, Mapping]:
+    """Entry per index: by ``details.id``, else by ``json_path``, else by position."""
+    index_of = {value: i for i, value in enumerate(ids)}
+    matched: dict[int, Mapping] = {}
+    unplaced: list[tuple[int, Mapping]] = []
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        details = _details(entry)
+        index = index_of.get(str(details["id"])) if details.get("id") is not None else None
+        if index is None:
+            match = _PATH.match(str(details.get("json_path") or ""))
+            if match and match.group(1) == array and match.group(2) is not None \
+                    and int(match.group(2)) < len(ids):
+                index = int(match.group(2))
+        if index is None:
+            unplaced.append((position, entry))
+        else:
+            matched.setdefault(index, entry)
+    for position, entry in unplaced:
+        if position < len(ids) and position not in matched:
+            matched[position] = entry
+    return matched
+
+
+def _removed_cadences(entry: Mapping[str, Any]) -> frozenset[str]:
+    cadences = _details(entry).get("cadences")
+    if not isinstance(cadences, list):
+        return frozenset()
+    return frozenset(str(c["id"]) for c in cadences if isinstance(c, dict) and c.get("id"))
+
+
+def _missing(record_id: str, cadence_id: str, status: int) -> PairOutcome:
+    return PairOutcome(record_id, cadence_id, Status.FAILED, "MISSING_IN_ANSWER",
+                       "the answer had no entry for this pair", status, True)

@@ -60,7 +60,8 @@ class Credentials:
         def shown(value: str | None) -> str:
             return "<set>" if value else "<unset>"
 
-        return (f"Credentials(client_id={self.client_id!r}, client_secret={shown(self.client_secret)}, "
+        return (f"Credentials(client_id={self.client_id!r}, "
+                f"client_secret={shown(self.client_secret)}, "
                 f"refresh_token={shown(self.refresh_token)}, "
                 f"access_token={shown(self.access_token)})")
 

@@ -39,7 +39,7 @@ class AuthError(AbortError):
 
 
 class PermissionDenied(AbortError):
-    """The token lacks a scope or the user lacks a permission (OAUTH_SCOPE_MISMATCH, NO_PERMISSION)."""
+    """The token lacks a scope or the user a permission (OAUTH_SCOPE_MISMATCH, NO_PERMISSION)."""
 
 
 class BudgetExhausted(AbortError):

@@ -114,7 +114,11 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
             aborted = "interrupted; re-run the same command to resume"
         summary = write_results(journal, Path(settings.results),
                                 duration_s=time.monotonic() - started,
-                                extra={"dry_run": settings.dry_run, "aborted": aborted})
+                                extra={"dry_run": settings.dry_run, "aborted": aborted,
+                                       "send_s": journal.get_meta("send_s", 0.0),
+                                       "token_refreshes": journal.get_meta("token_refreshes", 0),
+                                       "lowest_concurrency":
+                                           journal.get_meta("lowest_concurrency")})
     if not settings.quiet:
         print(summary.human(), file=stream)
         if aborted:
@@ -255,6 +259,7 @@ async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncC
         calls_before=before.get("calls", 0) if settings.max_calls is not None else 0,
         on_progress=progress.update)
     aborted = None
+    start = time.monotonic()
     try:
         await executor.run(journal.pending_batches())
     except AbortError as exc:
@@ -265,6 +270,7 @@ async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncC
                              credits=c.calls)
         journal.set_meta("token_refreshes", getattr(auth, "refreshes", 0))
         journal.set_meta("lowest_concurrency", executor.lowest_concurrency)
+        journal.set_meta("send_s", journal.get_meta("send_s", 0.0) + time.monotonic() - start)
         progress.close(c)
     return aborted
 

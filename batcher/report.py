@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -82,15 +82,15 @@ class Summary:
         lines.append(f"{self.calls} calls, {self.retries} retries, {self.throttled} × 429, "
                      f"{self.credits} credits, {self.duration_s:.1f} s")
         lines.append(f"results: {self.results_path}")
-        retry = (f"{self.retry_rows} rows to retry: batcher run {self.retry_path} ..."
-                 if self.retry_rows else "nothing to retry")
+        retry = f"{self.retry_rows} rows to retry" if self.retry_rows else "nothing to retry"
         lines.append(f"retry:   {self.retry_path} ({retry})")
         lines.append(f"summary: {self.summary_path}")
         return "\n".join(lines)
 
 
 def side_paths(results_path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """(retry file, summary file) beside the results: ``<stem>.retry.csv``, ``<stem>.summary.json``."""
+    """(retry file, summary file) beside the results: ``<stem>.retry.csv``, ``<stem>.summary.json``.
+    """
     p = Path(results_path)
     return p.with_name(p.stem + ".retry.csv"), p.with_name(p.stem + ".summary.json")
 
@@ -188,20 +188,12 @@ def _atomic(target: Path) -> Iterator[Path]:
 
     Nested blocks rename in reverse order of entry, so the results file (entered first) lands last.
     """
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

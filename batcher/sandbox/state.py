@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 from .config import SandboxConfig
 from .faults import FaultDice, profile_named
+from .unenrol import Answer, Parsed, answer_unenrol
 from .world import World
 
 Triple = tuple[str, str, str]
@@ -95,7 +96,7 @@ class Sandbox:
         return _tightest(self.config.rate_limit, self.profile.rate_limit)
 
     def wrap(self, key: str) -> bool:
-        """Whether a whole-request error goes inside ``data[]`` (see SandboxConfig.error_wrapping)."""
+        """Whether a whole-request error goes inside ``data[]`` (SandboxConfig.error_wrapping)."""
         mode = self.config.error_wrapping
         return mode == "wrapped" or (mode == "mixed" and coin(self.config.seed, key))
 
@@ -192,14 +193,19 @@ class Sandbox:
         with self._lock:
             self._named.update((module, str(r), str(c)) for r in ids for c in cadence_ids)
 
-    def apply(self, triples: Iterable[Triple], *, later: bool = False) -> None:
-        """Un-enrol now, or (``later``) after SandboxConfig.scheduled_delay."""
-        triples = tuple(triples)
+    def unenrol(self, module: str, parsed: Parsed) -> Answer:
+        """Answer a well-formed call and apply it (now, or scheduled) as one atomic step."""
+        cfg = self.config
         with self._lock:
-            if later:
-                self._pending.append((self.clock() + self.config.scheduled_delay, triples))
-                return
-            self._remove(triples)
+            answer = answer_unenrol(self.world, module, parsed.ids, parsed.cadence_ids,
+                                    shape=cfg.answer_shape, scheduled=cfg.scheduled != "off",
+                                    wrap=self.wrap)
+            if cfg.scheduled == "later":
+                if answer.remove:
+                    self._pending.append((self.clock() + cfg.scheduled_delay, answer.remove))
+            else:
+                self._remove(answer.remove)
+        return answer
 
     def apply_due(self, *, everything: bool = False) -> None:
         """Carry out scheduled removals whose time has come (all of them with ``everything``)."""

@@ -66,7 +66,7 @@ class World:
 
     def add_cadence(self, module: str, type: str = MANUAL, cadence_id: str | None = None,
                     name: str | None = None, active: bool = True) -> Cadence:
-        """Add a cadence of ``module``; use ``type=CUSTOM_VIEW`` for one that refuses un-enrolment."""
+        """Add a cadence of ``module``; ``type=CUSTOM_VIEW`` makes one that refuses un-enrolment."""
         if type not in CADENCE_TYPES:
             raise ValueError(f"cadence type must be one of {CADENCE_TYPES}, not {type!r}")
         cadence_id = str(cadence_id) if cadence_id is not None else self.new_id()
@@ -84,7 +84,7 @@ class World:
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[str, str, str]]) -> World:
-        """Every (module, record_id, cadence_id) enrolled; each new cadence a manual one of its module.
+        """Every (module, record_id, cadence_id) enrolled; each new cadence a manual one.
 
         A cadence id seen under two modules keeps the first module; pairs naming it under the other
         module stay un-enrollable (INVALID_DATA), as they would in a real org.
@@ -106,8 +106,10 @@ class World:
         world = cls()
         names = ("Welcome", "Nurture", "Re-engage", "Onboarding", "Renewal", "Win-back", "Upsell")
         for module in modules:
-            manual = [world.add_cadence(module, MANUAL, name=f"{rng.choice(names)} {module} {i + 1}")
-                      for i in range(manual_per_module)]
+            manual = [
+                world.add_cadence(module, MANUAL, name=f"{rng.choice(names)} {module} {i + 1}")
+                for i in range(manual_per_module)
+            ]
             for i in range(custom_view_per_module):
                 world.add_cadence(module, CUSTOM_VIEW, name=f"View-driven {module} {i + 1}")
             for _ in range(records_per_module):

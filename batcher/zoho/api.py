@@ -73,9 +73,9 @@ class TokenInvalid:
     http_status: int = 401
 
     def to_error(self) -> AuthError:
-        return AuthError("Zoho rejected the access token (INVALID_TOKEN): it expired or was revoked; "
-                         "set ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET and ZOHO_REFRESH_TOKEN so batcher "
-                         "can refresh it, then re-run the same command to resume")
+        return AuthError("Zoho rejected the access token (INVALID_TOKEN): it expired or was "
+                         "revoked; set ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET and ZOHO_REFRESH_TOKEN "
+                         "so batcher can refresh it, then re-run the same command to resume")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,20 +90,20 @@ class Fatal:
         resume = "then re-run the same command to resume"
         if self.code == "OAUTH_SCOPE_MISMATCH":
             return PermissionDenied(
-                f"the Zoho token lacks the scope to un-enrol records (OAUTH_SCOPE_MISMATCH): create "
-                f"a new refresh token with scope ZohoCRM.modules.CREATE (or "
+                f"the Zoho token lacks the scope to un-enrol records (OAUTH_SCOPE_MISMATCH): "
+                f"create a new refresh token with scope ZohoCRM.modules.CREATE (or "
                 f"ZohoCRM.modules.{mod}.CREATE, or ZohoCRM.modules.ALL) and set "
                 f"ZOHO_REFRESH_TOKEN; {resume}")
         if self.code == "NO_PERMISSION":
             return PermissionDenied(
                 f"the Zoho user behind the token may not un-enrol {module or 'these'} records "
-                f"from cadences (NO_PERMISSION: {self.message}): ask a Zoho CRM administrator to grant "
-                f"the profile access to cadences and edit rights on the module; {resume}")
+                f"from cadences (NO_PERMISSION: {self.message}): ask a Zoho CRM administrator "
+                f"to grant the profile access to cadences and edit rights on the module; {resume}")
         if self.code == "AUTHENTICATION_FAILURE":
             return AuthError(
-                f"Zoho could not authenticate the request (AUTHENTICATION_FAILURE: {self.message}): "
-                f"check that ZOHO_DC / --api-domain match the data centre of the account and that "
-                f"the token belongs to this org; {resume}")
+                f"Zoho could not authenticate the request (AUTHENTICATION_FAILURE: "
+                f"{self.message}): check that ZOHO_DC / --api-domain match the data centre of the "
+                f"account and that the token belongs to this org; {resume}")
         cls = PermissionDenied if self.http_status == 403 else AuthError
         return cls(f"Zoho refused access ({self.code}, HTTP {self.http_status}: {self.message}); "
                    f"check the credentials and their scopes; {resume}")

@@ -1,0 +1,167 @@
+"""Serving the sandbox with uvicorn: ``batcher sandbox`` in the foreground, or a background thread
+for end-to-end tests in the same process."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import TextIO
+
+import uvicorn
+
+from .app import create_app
+from .config import SandboxConfig
+from .faults import PROFILES, DroppedConnection
+from .state import Sandbox
+from .world import World
+
+_START_TIMEOUT = 10.0
+
+
+class _HideDrops(logging.Filter):
+    """uvicorn logs every exception as an error; a deliberate drop is not one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, DroppedConnection)
+
+
+def _quiet_drops() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _HideDrops) for f in logger.filters):
+        logger.addFilter(_HideDrops())
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextlib.contextmanager
+def _serving(world: World, config: SandboxConfig, host: str, port: int
+             ) -> Iterator[tuple[str, Sandbox, uvicorn.Server, threading.Thread]]:
+    """uvicorn in a background thread (no signal handlers of its own) on a bound socket."""
+    _quiet_drops()
+    app = create_app(world, config)
+    sock = _bind(host, port)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           lifespan="off", http="h11", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                              name="batcher-sandbox", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the sandbox server did not start")
+            time.sleep(0.01)
+        base_url = f"http://{host}:{sock.getsockname()[1]}"
+        yield base_url, app.state.sandbox, server, thread
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+        sock.close()
+
+
+@contextlib.contextmanager
+def running_sandbox(world: World, config: SandboxConfig | None = None,
+                    host: str = "127.0.0.1") -> Iterator[tuple[str, Sandbox]]:
+    """Serve on a free loopback port for the duration of the block: yields (base_url, sandbox)."""
+    with _serving(world, config or SandboxConfig(), host, 0) as (base_url, sandbox, _, _):
+        yield base_url, sandbox
+
+
+def environment(base_url: str, config: SandboxConfig) -> dict[str, str]:
+    """What a user exports to point batcher at the sandbox (fake sandbox credentials)."""
+    return {
+        "ZOHO_API_DOMAIN": base_url,
+        "ZOHO_ACCOUNTS_URL": base_url,
+        "ZOHO_CLIENT_ID": config.client_id,
+        "ZOHO_CLIENT_SECRET": config.client_secret,
+        "ZOHO_REFRESH_TOKEN": config.refresh_token,
+    }
+
+
+def serve(world: World, config: SandboxConfig, host: str = "127.0.0.1", port: int = 0,
+          out: TextIO | None = None) -> int:
+    """Serve until Ctrl-C or SIGTERM, after printing the exports and the truth URL. Exit code."""
+    out = out or sys.stdout
+    stop = threading.Event()
+    previous = _install_stop_handlers(stop)
+    try:
+        with _serving(world, config, host, port) as (base_url, sandbox, server, thread):
+            _announce(out, base_url, sandbox, config)
+            while thread.is_alive() and not stop.is_set():
+                stop.wait(0.2)
+            server.should_exit = True
+            calls, removed = len(sandbox.calls), len(sandbox.removed)
+    finally:
+        _restore_handlers(previous)
+    print(f"sandbox stopped: {calls} un-enrol calls received, {removed} pairs un-enrolled",
+          file=out, flush=True)
+    return 0
+
+
+def _announce(out: TextIO, base_url: str, sandbox: Sandbox, config: SandboxConfig) -> None:
+    world = sandbox.world
+    records = sum(len(ids) for ids in world.records.values())
+    print(f"Zoho sandbox listening on {base_url} (faults: {config.fault_profile}, "
+          f"seed: {config.seed}) — {records} records, {len(world.cadences)} cadences, "
+          f"{len(sandbox.initially_enrolled)} enrollments", file=out)
+    print("Point batcher at it with:", file=out)
+    for name, value in environment(base_url, config).items():
+        print(f"export {name}={value}", file=out)
+    print(f"Truth (every call, every pair named and removed): GET {base_url}/__sandbox__/truth",
+          file=out)
+    print("Press Ctrl-C to stop.", file=out, flush=True)
+
+
+def _install_stop_handlers(stop: threading.Event) -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, lambda *_: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def main(port: int, from_input: str | None, faults: str, seed: int,
+         module: str | None = None) -> int:
+    """``batcher sandbox``: build the world (from INPUT, else from the seed) and serve it.
+
+    ``module`` is the default for rows without one (as ``--module`` of ``batcher run``). Raises
+    ``InputError`` (exit 2) when INPUT cannot be read; returns 2 for a bad profile or port.
+    """
+    if faults not in PROFILES:
+        print(f"batcher sandbox: unknown fault profile {faults!r}; choose one of: "
+              f"{', '.join(PROFILES)}", file=sys.stderr)
+        return 2
+    if from_input is not None:
+        from ..inputs import read_input
+
+        world = World.from_pairs(read_input(from_input, module).valid_pairs())
+    else:
+        world = World.generate(seed)
+    config = SandboxConfig(fault_profile=faults, seed=seed)
+    try:
+        return serve(world, config, port=port)
+    except OSError as exc:
+        print(f"batcher sandbox: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2

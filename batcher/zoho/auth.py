@@ -1,0 +1,220 @@
+"""OAuth for every request: one shared token, one refresh in flight, never a refresh storm.
+
+Zoho issues at most 10 access tokens per refresh token per 10 minutes, so concurrent workers must
+share a refresh: the first one to need it refreshes under a lock, the others wait and reuse the
+token it got. A sliding window refuses an 11th refresh inside 10 minutes with an ``AuthError``
+rather than getting the refresh token throttled. Token endpoint failures come as HTTP 200 with
+``{"error": ...}``; they become messages that say what to fix and never carry a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Generator
+from typing import Any
+
+import httpx
+
+from batcher.config import Credentials, Endpoints, accept_api_domain
+from batcher.errors import AuthError, TransientError
+from batcher.retry import parse_retry_after
+from batcher.zoho.api import error_code
+
+_RESUME = "then re-run the same command to resume"
+
+
+class ZohoAuth(httpx.Auth):
+    """``Authorization: Zoho-oauthtoken …`` on every request, refreshed when needed.
+
+    ``api_domain`` is the domain to call: the configured one, or the one Zoho returned with the
+    last token when :func:`accept_api_domain` accepts it. Requests addressed to the configured
+    domain are re-routed to it, so callers that built URLs early still reach the right one.
+    ``refreshes`` counts token refreshes for the summary.
+    """
+
+    def __init__(self, credentials: Credentials, endpoints: Endpoints, *,
+                 token_client: httpx.AsyncClient | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 refresh_ahead: float = 60.0, max_refreshes: int = 10,
+                 window: float = 600.0) -> None:
+        if not credentials.can_refresh and not credentials.access_token:
+            raise AuthError("no Zoho credentials: set ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET and "
+                            "ZOHO_REFRESH_TOKEN, or ZOHO_ACCESS_TOKEN")
+        self._credentials = credentials
+        self._configured_domain = endpoints.api_domain
+        self._token_url = f"{endpoints.accounts_url.rstrip('/')}/oauth/v2/token"
+        self._owns_client = token_client is None
+        self._client = token_client or httpx.AsyncClient(transport=transport, timeout=30.0)
+        self._clock = clock
+        self._refresh_ahead = refresh_ahead
+        self._max_refreshes = max_refreshes
+        self._window = window
+        self._recent: deque[float] = deque()
+        self._lock = asyncio.Lock()
+        self._token = credentials.access_token
+        self._expires_at: float | None = None  # unknown for a token given by the user
+        self._generation = 0
+        self._failure: AuthError | None = None
+        self.api_domain = endpoints.api_domain
+        self.refreshes = 0
+
+    def __repr__(self) -> str:
+        return f"ZohoAuth(api_domain={self.api_domain!r}, refreshes={self.refreshes})"
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def ensure_token(self) -> None:
+        """Get a token now (and so the final ``api_domain``) before building any request."""
+        await self._valid_token()
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response,
+                                                                   None]:
+        raise RuntimeError("ZohoAuth needs an httpx.AsyncClient")
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
+                                                                               httpx.Response]:
+        token, generation = await self._valid_token()
+        self._prepare(request, token)
+        response = yield request
+        if not await self._token_invalid(response):
+            return
+        if not self._credentials.can_refresh:
+            raise AuthError("Zoho rejected the access token (INVALID_TOKEN): it expired or was "
+                            "revoked and cannot be refreshed; set ZOHO_REFRESH_TOKEN, "
+                            "ZOHO_CLIENT_ID and ZOHO_CLIENT_SECRET (or a new ZOHO_ACCESS_TOKEN), "
+                            f"{_RESUME}")
+        token, _ = await self._refresh(stale_generation=generation)
+        self._prepare(request, token)
+        response = yield request
+        if await self._token_invalid(response):
+            raise AuthError("Zoho rejected a freshly refreshed access token (INVALID_TOKEN): check "
+                            "that ZOHO_DC / --api-domain match the data centre of the account; "
+                            f"{_RESUME}")
+
+    @staticmethod
+    async def _token_invalid(response: httpx.Response) -> bool:
+        if response.status_code != 401:
+            return False
+        await response.aread()
+        return error_code(response.content) == "INVALID_TOKEN"
+
+    def _prepare(self, request: httpx.Request, token: str) -> None:
+        request.headers["Authorization"] = f"Zoho-oauthtoken {token}"
+        if self.api_domain == self._configured_domain:
+            return
+        old, new = httpx.URL(self._configured_domain), httpx.URL(self.api_domain)
+        url = request.url
+        if (url.scheme, url.host, url.port) == (old.scheme, old.host, old.port):
+            request.url = url.copy_with(scheme=new.scheme, host=new.host, port=new.port)
+            request.headers["Host"] = request.url.netloc.decode("ascii")
+
+    def _fresh(self) -> bool:
+        if not self._token:
+            return False
+        return self._expires_at is None or self._clock() < self._expires_at - self._refresh_ahead
+
+    async def _valid_token(self) -> tuple[str, int]:
+        if self._fresh() or (self._token and not self._credentials.can_refresh):
+            return self._token, self._generation  # type: ignore[return-value]
+        return await self._refresh(stale_generation=self._generation)
+
+    async def _refresh(self, stale_generation: int) -> tuple[str, int]:
+        async with self._lock:
+            if self._failure is not None:
+                raise self._failure
+            if self._generation != stale_generation and self._token:
+                return self._token, self._generation  # another request refreshed meanwhile
+            self._admit()
+            try:
+                body = await self._request_token()
+            except AuthError as exc:
+                self._failure = exc
+                raise
+            self._token = str(body["access_token"])
+            self._expires_at = self._clock() + _expires_in(body)
+            self._generation += 1
+            self.refreshes += 1
+            self.api_domain = accept_api_domain(self._configured_domain, body.get("api_domain"))
+            return self._token, self._generation
+
+    def _admit(self) -> None:
+        """Sliding window: refuse rather than exceed Zoho's token issuing limit."""
+        now = self._clock()
+        while self._recent and now - self._recent[0] >= self._window:
+            self._recent.popleft()
+        if len(self._recent) >= self._max_refreshes:
+            raise AuthError(
+                f"refusing to refresh the access token again: {len(self._recent)} refreshes in "
+                f"the last {self._window / 60:g} minutes already (Zoho allows "
+                f"{self._max_refreshes}); something keeps invalidating tokens — make sure no "
+                f"other job revokes or shares this refresh token, wait 10 minutes, {_RESUME}")
+        self._recent.append(now)
+
+    async def _request_token(self) -> dict[str, Any]:
+        creds = self._credentials
+        form = {"grant_type": "refresh_token", "client_id": creds.client_id or "",
+                "client_secret": creds.client_secret or "",
+                "refresh_token": creds.refresh_token or ""}
+        try:
+            response = await self._client.post(self._token_url, data=form)
+        except httpx.TransportError as exc:
+            raise TransientError(f"could not reach the Zoho accounts server {self._token_url} "
+                                 f"({type(exc).__name__})", code="TOKEN_ENDPOINT_UNREACHABLE"
+                                 ) from None
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise TransientError(f"the Zoho accounts server answered HTTP {status}",
+                                 code=f"TOKEN_HTTP_{status}", http_status=status,
+                                 retry_after=parse_retry_after(response.headers),
+                                 throttled=status == 429)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise AuthError(f"the Zoho accounts server {self._token_url} answered HTTP {status} "
+                            "without a token; check ZOHO_ACCOUNTS_URL / ZOHO_DC")
+        if body.get("error") or not body.get("access_token"):
+            raise AuthError(self._redact(_refusal_message(body, self._token_url)))
+        return body
+
+    def _redact(self, text: str) -> str:
+        for secret in self._credentials.secrets():
+            text = text.replace(secret, "***")
+        return text
+
+
+def _expires_in(body: dict[str, Any]) -> float:
+    """Seconds the token lives; older answers give ``expires_in`` in ms next to ``_sec``."""
+    for key in ("expires_in_sec", "expires_in"):
+        try:
+            value = float(body[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+        return value / 1000.0 if value > 86_400 else value
+    return 3600.0
+
+
+def _refusal_message(body: dict[str, Any], token_url: str) -> str:
+    error = str(body.get("error") or "no access_token in the answer")[:100]
+    description = str(body.get("error_description") or "")[:200]
+    if error == "invalid_code":
+        return ("Zoho refused the refresh token: invalid_code — create a new refresh token (Zoho "
+                "API console, with scopes ZohoCRM.modules.CREATE and "
+                "ZohoCRM.settings.cadences.READ) and set ZOHO_REFRESH_TOKEN; it must come from "
+                f"the same data centre as {token_url}; {_RESUME}")
+    if error == "invalid_client":
+        return ("Zoho refused the client: invalid_client — check ZOHO_CLIENT_ID and "
+                "ZOHO_CLIENT_SECRET, and that the client was registered in the data centre of "
+                f"{token_url} (ZOHO_DC / --dc / --accounts-url); {_RESUME}")
+    if "too many" in description.lower() or error.lower() == "access denied":
+        return ("Zoho refused to issue another access token (too many token requests for this "
+                "refresh token in 10 minutes): make sure no other job uses the same refresh "
+                f"token, wait 10 minutes, {_RESUME}")
+    detail = f" ({description})" if description else ""
+    return f"Zoho refused the token refresh: {error}{detail}; {_RESUME}"

@@ -1,0 +1,277 @@
+"""End to end: `run_job` over real loopback HTTP against the sandbox, checked against its truth.
+
+The sandbox records every pair every call named and every pair it actually removed, so these
+tests prove exactness and completeness from the server's side, not from the client's report.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from batcher.job import RunSettings, run_job
+from batcher.retry import RetryPolicy
+from batcher.sandbox.world import CUSTOM_VIEW, World
+
+from .conftest import REFRESH, SECRET, read_results, write_pairs
+
+FAST_RETRY = RetryPolicy(attempts=8, base=0.01, max_wait=0.2, min_wait_on_zero_retry_after=0.01)
+
+
+def make_rows(n_records: int, n_cadences: int, module: str = "Leads", seed: int = 1,
+              base: int = 554023000001000000) -> list[tuple[str, str, str]]:
+    rnd = random.Random(seed)
+    cadences = [str(554023000004000000 + base % 1000 * 100 + j) for j in range(n_cadences)]
+    rows = []
+    for i in range(n_records):
+        for c in sorted(rnd.sample(cadences, rnd.randint(1, n_cadences))):
+            rows.append((module, str(base + i), c))
+    return rows
+
+
+def settings(tmp_path: Path, inp: Path, **kw) -> RunSettings:
+    kw.setdefault("retry", FAST_RETRY)
+    kw.setdefault("quiet", True)
+    kw.setdefault("timeout", 2.0)
+    return RunSettings(input=inp, results=tmp_path / "out.csv", **kw)
+
+
+def assert_exact(sandbox, rows) -> None:
+    """Invariant 1: no call named a combination that was not an input pair."""
+    asked = {(m, r, c) for m, r, c in rows}
+    named = set(sandbox.named_pairs)
+    assert named <= asked, f"calls named pairs never asked for: {sorted(named - asked)[:5]}"
+
+
+def by_pair(results):
+    return {(r["module"], r["record_id"], r["cadence_id"]): r for r in results}
+
+
+def test_clean_job_unenrolls_every_pair_and_reports_every_row(tmp_path, serve):
+    rows = make_rows(250, 7) + make_rows(40, 3, module="Contacts", base=554023000002000000)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+
+    result = run_job(settings(tmp_path, inp), live.env)
+
+    assert result.exit_code == 0
+    assert_exact(live.sandbox, rows)
+    assert set(live.sandbox.removed) == set(rows)  # completeness, seen from the server
+    results = read_results(tmp_path / "out.csv")
+    assert [int(r["row"]) for r in results] == list(range(1, len(rows) + 1))
+    assert {r["status"] for r in results} == {"unenrolled"}
+    for r, (module, rec, cad) in zip(results, rows, strict=True):
+        assert (r["module"], r["record_id"], r["cadence_id"]) == (module, rec, cad)
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["reconciled"] and summary["rows"] == len(rows)
+    # the planner's promise: far fewer calls than pairs, never more than 5 x 100 per call
+    assert len(live.sandbox.calls) < len(rows) / 3
+    assert all(len(c.record_ids) <= 100 and len(c.cadence_ids) <= 5 for c in live.sandbox.calls)
+
+
+def test_not_enrolled_bad_rows_and_duplicates(tmp_path, serve):
+    rows = make_rows(30, 3)
+    world = World.from_pairs(rows[1:])  # the first pair is asked for but not enrolled
+    live = serve(world)
+    bad = [("Leads", "5.54023E+17", rows[0][2]), ("", rows[0][1], rows[0][2])]
+    inp = write_pairs(tmp_path / "in.csv", rows + bad + [rows[2]])
+
+    result = run_job(settings(tmp_path, inp), live.env)
+
+    assert result.exit_code == 1  # invalid rows
+    results = read_results(tmp_path / "out.csv")
+    assert len(results) == len(rows) + 3
+    assert results[0]["status"] == "not_enrolled"
+    assert {r["status"] for r in results[1:len(rows)]} == {"unenrolled"}
+    assert [r["status"] for r in results[len(rows):]] == ["invalid", "invalid", "duplicate"]
+    assert "spreadsheet" in results[len(rows)]["message"]
+    assert "row 3" in results[-1]["message"]
+    assert_exact(live.sandbox, rows)
+
+
+def test_preflight_marks_unknown_and_non_manual_cadences_invalid_without_a_call(tmp_path, serve):
+    rows = make_rows(20, 2)
+    world = World.from_pairs(rows)
+    auto = world.add_cadence("Leads", CUSTOM_VIEW)
+    for i in range(5):
+        world.enroll("Leads", rows[i][1], auto.id)
+    unknown = "554023000009999999"
+    extra = [("Leads", rows[i][1], auto.id) for i in range(5)] + [("Leads", rows[0][1], unknown)]
+    live = serve(world)
+    inp = write_pairs(tmp_path / "in.csv", rows + extra)
+
+    result = run_job(settings(tmp_path, inp), live.env)
+
+    assert result.exit_code == 1
+    res = by_pair(read_results(tmp_path / "out.csv"))
+    for pair in extra[:5]:
+        assert (res[pair]["status"], res[pair]["code"]) == ("invalid", "NOT_ALLOWED")
+    assert (res[extra[5]]["status"], res[extra[5]]["code"]) == ("invalid", "INVALID_DATA")
+    named_cadences = {c for _, _, c in live.sandbox.named_pairs}
+    assert auto.id not in named_cadences and unknown not in named_cadences
+    assert set(live.sandbox.removed) == set(rows)
+
+
+def test_without_preflight_the_api_rejects_and_the_rest_is_resent(tmp_path, serve):
+    rows = make_rows(40, 3)
+    world = World.from_pairs(rows)
+    auto = world.add_cadence("Leads", CUSTOM_VIEW)
+    unknown_record = "554023000007777777"
+    extra = [("Leads", rows[i][1], auto.id) for i in range(3)]
+    extra += [("Leads", unknown_record, rows[0][2])]
+    live = serve(world)
+    inp = write_pairs(tmp_path / "in.csv", rows + extra)
+
+    result = run_job(settings(tmp_path, inp, preflight=False), live.env)
+
+    assert result.exit_code == 1
+    res = by_pair(read_results(tmp_path / "out.csv"))
+    assert {res[p]["code"] for p in extra[:3]} == {"NOT_ALLOWED"}
+    assert {res[p]["status"] for p in extra} == {"failed"}
+    assert res[extra[3]]["code"] == "INVALID_DATA"
+    assert {res[p]["status"] for p in rows} == {"unenrolled"}
+    assert set(live.sandbox.removed) == set(rows)
+    assert_exact(live.sandbox, rows + extra)
+
+
+@pytest.mark.parametrize("shape,scheduled,status", [("v8", "off", "unenrolled"),
+                                                     ("v7", "now", "scheduled")])
+def test_other_answer_shapes(tmp_path, serve, shape, scheduled, status):
+    rows = make_rows(30, 4)
+    live = serve(World.from_pairs(rows), answer_shape=shape, scheduled=scheduled)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    result = run_job(settings(tmp_path, inp), live.env)
+    assert result.exit_code == 0
+    assert {r["status"] for r in read_results(tmp_path / "out.csv")} == {status}
+    assert_exact(live.sandbox, rows)
+
+
+def test_max_calls_stops_then_the_same_command_resumes(tmp_path, serve):
+    rows = make_rows(600, 6)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+
+    first = run_job(settings(tmp_path, inp, max_calls=3, concurrency=2), live.env)
+    assert first.exit_code == 3
+    assert len(live.sandbox.calls) == 3
+    statuses = [r["status"] for r in read_results(tmp_path / "out.csv")]
+    assert "not_sent" in statuses and "unenrolled" in statuses
+    retry_rows = read_results(tmp_path / "out.retry.csv")
+    assert len(retry_rows) == statuses.count("not_sent")
+
+    second = run_job(settings(tmp_path, inp), live.env)
+    assert second.exit_code == 0
+    assert set(live.sandbox.removed) == set(rows)
+    seen = [(c.record_ids, c.cadence_ids) for c in live.sandbox.calls if c.http_status == 200]
+    assert len(seen) == len(set(seen)), "an answered batch was sent again"
+    # a third run has nothing left to do and sends nothing
+    calls = len(live.sandbox.calls)
+    assert run_job(settings(tmp_path, inp), live.env).exit_code == 0
+    assert len(live.sandbox.calls) == calls
+
+
+def test_other_input_against_the_same_journal_is_refused(tmp_path, serve):
+    rows = make_rows(10, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    run_job(settings(tmp_path, inp), live.env)
+    other = write_pairs(tmp_path / "other.csv", rows[:-1])
+    from batcher.errors import JournalError
+
+    with pytest.raises(JournalError):
+        run_job(settings(tmp_path, other), live.env)
+
+
+def test_dry_run_sends_nothing_and_reports_not_sent(tmp_path, serve):
+    rows = make_rows(30, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    result = run_job(settings(tmp_path, inp, dry_run=True), live.env)
+    assert result.exit_code == 0
+    assert live.sandbox.calls == [] or len(live.sandbox.calls) == 0
+    assert {r["status"] for r in read_results(tmp_path / "out.csv")} == {"not_sent"}
+    assert not (tmp_path / "out.journal").exists()
+
+
+@pytest.mark.parametrize("profile", ["flaky", "throttled", "lossy", "slow", "short_tokens", "mix"])
+def test_fault_profiles_keep_the_invariants(tmp_path, serve, profile):
+    rows = make_rows(300, 6, seed=3)
+    live = serve(World.from_pairs(rows), fault_profile=profile, seed=11, slow_seconds=2.5,
+                 retry_after_max=1)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+
+    result = run_job(settings(tmp_path, inp, concurrency=6, timeout=1.0), live.env)
+
+    assert result.exit_code in (0, 1)
+    assert_exact(live.sandbox, rows)
+    results = read_results(tmp_path / "out.csv")
+    assert len(results) == len(rows)
+    removed = set(live.sandbox.removed)
+    for r in results:
+        pair = (r["module"], r["record_id"], r["cadence_id"])
+        # completeness: every enrolled pair is gone, or its row says it failed and may be retried
+        assert pair in removed or (r["status"] == "failed" and r["retryable"] == "True"), r
+        assert r["status"] != "not_sent"
+    # nothing answered was sent again: a second run re-sends only the failed rows' batches
+    failed = sum(r["status"] == "failed" for r in results)
+    before = len(live.sandbox.calls)
+    run_job(settings(tmp_path, inp), live.env)
+    if not failed:
+        assert len(live.sandbox.calls) == before
+
+
+def test_revoked_token_is_refreshed_once_and_the_job_goes_on(tmp_path, serve):
+    rows = make_rows(200, 5)
+    live = serve(World.from_pairs(rows), latency=0.01)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    first = run_job(settings(tmp_path, inp, max_calls=2), live.env)
+    assert first.exit_code == 3
+    live.sandbox.revoke_tokens()
+    refreshes = live.sandbox.refresh_count
+    assert run_job(settings(tmp_path, inp), live.env).exit_code == 0
+    assert live.sandbox.refresh_count - refreshes <= 2
+    assert set(live.sandbox.removed) == set(rows)
+
+
+def test_bad_credentials_abort_with_exit_3_and_leak_nothing(tmp_path, serve, capsys):
+    rows = make_rows(10, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    env = dict(live.env, ZOHO_CLIENT_SECRET="wrong-" + SECRET)
+    result = run_job(settings(tmp_path, inp, quiet=False), env)
+    assert result.exit_code == 3
+    assert result.aborted and "invalid_client" in result.aborted
+    assert live.sandbox.calls == [] or len(live.sandbox.calls) == 0
+    assert {r["status"] for r in read_results(tmp_path / "out.csv")} == {"not_sent"}
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err and REFRESH not in out.out + out.err
+
+
+@pytest.mark.parametrize("config,code", [({"scopes": ("ZohoCRM.settings.cadences.READ",)},
+                                          "OAUTH_SCOPE_MISMATCH"),
+                                         ({"no_permission": True}, "NO_PERMISSION")])
+def test_missing_scope_or_permission_aborts_resumably(tmp_path, serve, config, code):
+    rows = make_rows(10, 2)
+    live = serve(World.from_pairs(rows), **config)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    result = run_job(settings(tmp_path, inp), live.env)
+    assert result.exit_code == 3
+    assert code in result.aborted
+    assert not live.sandbox.removed
+
+
+def test_no_secret_reaches_any_file_or_output(tmp_path, serve, capsys):
+    rows = make_rows(60, 4)
+    live = serve(World.from_pairs(rows), fault_profile="mix", seed=5, token_ttl=1.0)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    run_job(settings(tmp_path, inp, quiet=False), live.env)
+    out = capsys.readouterr()
+    blobs = [out.out.encode(), out.err.encode()]
+    blobs += [p.read_bytes() for p in tmp_path.iterdir() if p.is_file()]
+    issued = list(live.sandbox._tokens)  # every access token the server issued
+    for secret in [SECRET, REFRESH, *issued]:
+        for blob in blobs:
+            assert secret.encode() not in blob

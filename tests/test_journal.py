@@ -1,0 +1,345 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from batcher.errors import JournalError
+from batcher.journal import RESULT_SCHEMA, Journal
+from batcher.models import RESULT_COLUMNS, Batch, PairOutcome, Status
+
+# 19-digit ids above 2**63: no integer or float type can carry them
+R1, R2, R3, R4 = (f"98765432100{i:08d}" for i in (1, 2, 3, 4))
+C1, C2, C3 = (f"55402300000409{i:04d}0" for i in (1, 2, 3))
+
+ROWS = [  # module, record, cadence, status, reason, batch
+    ("Leads", R1, C1, "valid", None, "b1"),
+    ("Leads", R1, C2, "valid", None, "b1"),
+    ("Leads", R2, C1, "valid", None, "b1"),
+    ("Leads", R2, C2, "valid", None, "b1"),
+    ("Leads", R1, C1, "duplicate", "same pair as row 1", None),
+    ("Leads", "12ab", C1, "invalid", "bad record id: '12ab' is not a 15-19 digit Zoho id", None),
+    ("Contacts", R3, C3, "valid", None, "b2"),
+    (None, R4, C3, "invalid", "missing module (add a module column or pass --module)", None),
+]
+PLAN = [Batch("b1", "Leads", (R1, R2), (C1, C2)), Batch("b2", "Contacts", (R3,), (C3,))]
+
+
+def rows_table(rows=ROWS, code: list[str | None] | None = None) -> pa.Table:
+    cols = list(zip(*rows, strict=True))
+    data = {
+        "row": pa.array(range(1, len(rows) + 1), pa.int64()),
+        "module": pa.array(cols[0], pa.string()),
+        "record_id": pa.array(cols[1], pa.string()),
+        "cadence_id": pa.array(cols[2], pa.string()),
+        "status": pa.array(cols[3], pa.string()),
+        "reason": pa.array(cols[4], pa.string()),
+        "batch_id": pa.array(cols[5], pa.string()),
+    }
+    if code is not None:
+        data["code"] = pa.array(code, pa.string())
+    return pa.table(data)
+
+
+def results(j: Journal, chunk_rows: int = 50_000) -> list[dict]:
+    return [r for t in j.iter_result_chunks(chunk_rows) for r in t.to_pylist()]
+
+
+def ok(record: str, cadence: str, status: Status = Status.UNENROLLED, **kw) -> PairOutcome:
+    return PairOutcome(record, cadence, status, **kw)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "job.journal"
+
+
+@pytest.fixture
+def loaded(path: Path) -> Path:
+    with Journal.open(path, "fp-A", input_name="a.csv") as j:
+        assert j.is_new
+        j.load(rows_table(), PLAN)
+    return path
+
+
+def test_load_gives_every_row_its_initial_status(loaded: Path) -> None:
+    with Journal.open(loaded, "fp-A") as j:
+        assert not j.is_new
+        assert j.rows == len(ROWS)
+        got = results(j)
+    assert [r["row"] for r in got] == list(range(1, 9))
+    assert [r["status"] for r in got] == ["not_sent"] * 4 + ["duplicate", "invalid", "not_sent",
+                                                               "invalid"]
+    assert [r["record_id"] for r in got] == [row[1] for row in ROWS]
+    assert got[4]["message"] == "same pair as row 1" and got[4]["code"] is None
+    assert got[5]["code"] == "INVALID_INPUT" and got[5]["message"].startswith("bad record id")
+    assert got[7]["module"] is None and got[7]["batch_id"] is None
+    assert [r["batch_id"] for r in got[:4]] == ["b1"] * 4
+    assert all(r["retryable"] for r in got if r["status"] == "not_sent")
+    assert not any(r["retryable"] for r in got if r["status"] != "not_sent")
+    assert got[5]["finished_at"].endswith("Z") and got[0]["finished_at"] is None
+
+
+def test_load_takes_invalid_codes_from_the_code_column(path: Path) -> None:
+    codes = [None] * 5 + [None, None, "NOT_ALLOWED"]
+    with Journal.open(path, "fp") as j:
+        j.load(rows_table(code=codes), PLAN)
+        got = results(j)
+    assert got[5]["code"] == "INVALID_INPUT"
+    assert got[7]["code"] == "NOT_ALLOWED"
+
+
+def test_result_chunks_have_the_result_schema_and_keep_input_order_across_chunks(
+        loaded: Path) -> None:
+    with Journal.open(loaded, "fp-A") as j:
+        chunks = list(j.iter_result_chunks(chunk_rows=3))
+    assert [c.num_rows for c in chunks] == [3, 3, 2]
+    assert all(c.schema == RESULT_SCHEMA for c in chunks)
+    assert tuple(chunks[0].column_names) == RESULT_COLUMNS
+    assert pa.concat_tables(chunks)["row"].to_pylist() == list(range(1, 9))
+
+
+def test_reopen_resumes_pending_batches_counters_and_meta(loaded: Path) -> None:
+    with Journal.open(loaded, "fp-A") as j:
+        started = j.started_at
+        assert list(j.pending_batches()) == PLAN
+        j.mark_sent("b1")
+        j.record_outcomes("b1", [ok(R1, C1), ok(R1, C2), ok(R2, C1, Status.NOT_ENROLLED),
+                                 ok(R2, C2)], attempts=1)
+        j.add_counters(calls=1, credits=1)
+        j.add_counters(calls=2, retries=1, throttled=1, credits=2)
+        j.set_meta("settings", {"concurrency": 4})
+    with Journal.open(loaded, "fp-A") as j:
+        assert not j.is_new
+        assert list(j.pending_batches()) == [PLAN[1]]
+        assert j.counters() == {"calls": 3, "retries": 1, "throttled": 1, "credits": 3, "runs": 3}
+        assert j.get_meta("settings") == {"concurrency": 4}
+        assert j.get_meta("missing", "dflt") == "dflt"
+        assert j.started_at == started
+        got = results(j)
+    assert [r["status"] for r in got[:4]] == ["unenrolled", "unenrolled", "not_enrolled",
+                                              "unenrolled"]
+    assert got[4]["status"] == "duplicate"  # its pair's outcome lives on row 1 only
+
+
+def test_an_answered_batch_is_never_handed_out_or_sent_again(loaded: Path) -> None:
+    with Journal.open(loaded, "fp-A") as j:
+        j.mark_sent("b2")
+        j.record_outcomes("b2", [ok(R3, C3)], attempts=1)
+        with pytest.raises(ValueError, match="already answered"):
+            j.mark_sent("b2")
+        with pytest.raises(ValueError, match="already answered"):
+            j.record_outcomes("b2", [ok(R3, C3, Status.FAILED)], attempts=2)
+    with Journal.open(loaded, "fp-A") as j:
+        assert "b2" not in [b.batch_id for b in j.pending_batches()]
+        with pytest.raises(ValueError):
+            j.mark_sent("b2")
+        assert results(j)[6]["status"] == "unenrolled"
+
+
+def test_sent_but_unanswered_batch_is_pending_again_and_counts_attempts(loaded: Path) -> None:
+    with Journal.open(loaded, "fp-A") as j:
+        assert j.mark_sent("b2") == 1  # then the process dies before the answer is recorded
+    with Journal.open(loaded, "fp-A") as j:
+        assert [b.batch_id for b in j.pending_batches()] == ["b1", "b2"]
+        assert j.mark_sent("b2") == 2
+        j.record_outcomes("b2", [ok(R3, C3, Status.FAILED, code="INTERNAL_SERVER_ERROR",
+                                    message="boom", http_status=500, retryable=True)])
+        row = results(j)[6]
+    assert row["status"] == "failed" and row["code"] == "INTERNAL_SERVER_ERROR"
+    assert row["http_status"] == 500 and row["retryable"] is True
+    assert row["attempts"] == 2 and row["finished_at"].endswith("Z")
+
+
+def test_outcomes_are_all_or_nothing(loaded: Path) -> None:
+    with Journal.open(loaded, "fp-A") as j:
+        with pytest.raises(ValueError, match="not one of its pairs"):
+            j.record_outcomes("b1", [ok(R1, C1), ok(R1, C2), ok(R2, C1), ok(R3, C3)], attempts=1)
+        with pytest.raises(ValueError, match="left without an outcome"):
+            j.record_outcomes("b1", [ok(R1, C1), ok(R1, C2)], attempts=1)
+        with pytest.raises(ValueError):
+            j.record_outcomes("nope", [], attempts=1)
+        assert [r["status"] for r in results(j)[:4]] == ["not_sent"] * 4
+        assert [b.batch_id for b in j.pending_batches()] == ["b1", "b2"]
+        j.record_outcomes("b1", [ok(R1, C1)], attempts=1, final=False)  # partial: stays pending
+        assert [b.batch_id for b in j.pending_batches()] == ["b1", "b2"]
+        assert results(j)[0]["status"] == "unenrolled"
+
+
+def test_split_settles_rejected_pairs_and_replans_the_rest(loaded: Path) -> None:
+    bad = PairOutcome(R1, C1, Status.FAILED, code="INVALID_DATA", message="given id seems to be "
+                      "invalid", http_status=400)
+    children = [Batch("b1.1", "Leads", (R1,), (C2,)), Batch("b1.2", "Leads", (R2,), (C1, C2))]
+    with Journal.open(loaded, "fp-A") as j:
+        j.mark_sent("b1")
+        it = j.pending_batches()
+        assert next(it).batch_id == "b1"
+        j.settle_and_split("b1", [bad], children)
+        # children created while iterating belong to their creator, not to this iteration
+        assert [b.batch_id for b in it] == ["b2"]
+        with pytest.raises(ValueError):
+            j.mark_sent("b1")
+    with Journal.open(loaded, "fp-A") as j:
+        assert list(j.pending_batches()) == [PLAN[1], *children]
+        got = results(j)
+        assert j.batch_counts()["split"] == {"batches": 1, "pairs": 4}
+    assert (got[0]["status"], got[0]["code"], got[0]["batch_id"]) == ("failed", "INVALID_DATA",
+                                                                      "b1")
+    assert got[0]["attempts"] == 1 and got[0]["retryable"] is False
+    assert [r["batch_id"] for r in got[1:4]] == ["b1.1", "b1.2", "b1.2"]
+    assert [r["status"] for r in got[1:4]] == ["not_sent"] * 3
+
+
+@pytest.mark.parametrize("children, message", [
+    ([Batch("b1.1", "Leads", (R1, R2), (C2,))], "in no child"),  # R2×C1 left out
+    ([Batch("b1.1", "Leads", (R1, R2), (C1, C2))], "not an unsettled pair"),  # R1×C1 is settled
+    ([Batch("b1.1", "Leads", (R1, R2), (C2,)), Batch("b1.2", "Leads", (R2,), (C1, C2))],
+     "in two children"),
+    ([Batch("b1.1", "Contacts", (R1,), (C2,)), Batch("b1.2", "Leads", (R2,), (C1, C2))],
+     "module"),
+    ([Batch("b2", "Leads", (R1,), (C2,)), Batch("b1.2", "Leads", (R2,), (C1, C2))],
+     "already exists"),
+    ([], "without children"),
+])
+def test_split_refuses_children_that_do_not_cover_the_rest_exactly(
+        loaded: Path, children: list[Batch], message: str) -> None:
+    with Journal.open(loaded, "fp-A") as j:
+        with pytest.raises(ValueError, match=message):
+            j.settle_and_split("b1", [ok(R1, C1, Status.FAILED)], children, attempts=1)
+        assert list(j.pending_batches()) == PLAN
+        assert [r["status"] for r in results(j)[:4]] == ["not_sent"] * 4
+
+
+def test_a_plan_that_does_not_match_the_rows_is_refused_and_leaves_the_journal_new(
+        path: Path) -> None:
+    with Journal.open(path, "fp") as j:
+        with pytest.raises(ValueError, match="b1 has 2 pairs but 4"):
+            j.load(rows_table(), [Batch("b1", "Leads", (R1, R2), (C1,)), PLAN[1]])
+        assert j.is_new
+    with Journal.open(path, "fp") as j:
+        assert j.is_new and j.rows == 0 and results(j) == []
+        j.load(rows_table(), PLAN)
+        assert list(j.pending_batches()) == PLAN
+
+
+def test_interrupted_load_leaves_nothing_half_loaded(path: Path) -> None:
+    def plan_then_ctrl_c():
+        yield PLAN[0]
+        raise KeyboardInterrupt
+
+    with Journal.open(path, "fp") as j, pytest.raises(KeyboardInterrupt):
+        j.load(rows_table(), plan_then_ctrl_c())
+    with Journal.open(path, "fp-other-input-is-fine-nothing-was-done") as j:
+        assert j.is_new and results(j) == [] and list(j.pending_batches()) == []
+
+
+def test_a_batch_naming_a_pair_that_is_not_an_input_row_is_never_handed_out(path: Path) -> None:
+    rows = [("Leads", R1, C1, "valid", None, "b1"), ("Leads", R3, C1, "valid", None, "b1")]
+    with Journal.open(path, "fp") as j:
+        j.load(rows_table(rows), [Batch("b1", "Leads", (R1, R2), (C1,))])  # counts agree
+        with pytest.raises(JournalError, match="refusing to send"):
+            list(j.pending_batches())
+
+
+def test_another_input_is_refused(loaded: Path) -> None:
+    with pytest.raises(JournalError) as err:
+        Journal.open(loaded, "fp-B", input_name="b.csv")
+    text = str(err.value)
+    assert "belongs to another input" in text and "'a.csv'" in text and "'b.csv'" in text
+    assert err.value.exit_code == 2
+    with Journal.open(loaded, None) as j:  # batcher report: any input
+        assert j.rows == len(ROWS)
+
+
+def test_open_without_fingerprint_needs_an_existing_loaded_journal(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="no journal"):
+        Journal.open(tmp_path / "nope.journal", None)
+    with Journal.open(tmp_path / "empty.journal", "fp"):
+        pass
+    with pytest.raises(JournalError, match="never loaded"):
+        Journal.open(tmp_path / "empty.journal", None)
+
+
+def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "results.csv"
+    junk.write_text("row,status\n" * 200)
+    with pytest.raises(JournalError, match="not a batcher journal"):
+        Journal.open(junk, "fp")
+    with pytest.raises(JournalError, match="does not exist"):
+        Journal.open(tmp_path / "no" / "such" / "dir.journal", "fp")
+
+
+def test_second_open_in_the_same_process_is_refused(loaded: Path) -> None:
+    with Journal.open(loaded, "fp-A"):
+        with pytest.raises(JournalError, match=f"in use by another batcher run \\(pid {os.getpid()}"):
+            Journal.open(loaded, "fp-A")
+    Journal.open(loaded, "fp-A").close()  # released on close
+
+
+def test_lock_held_by_another_process_and_released_by_kill_9(loaded: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys
+            from batcher.journal import Journal
+            j = Journal.open(sys.argv[1], "fp-A")
+            print("ready", flush=True)
+            sys.stdin.read()
+        """), str(loaded)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(JournalError) as err:
+            Journal.open(loaded, "fp-A")
+        assert f"in use by another batcher run (pid {holder.pid})" in str(err.value)
+        assert err.value.exit_code == 2
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        with Journal.open(loaded, "fp-A") as j:  # no stale lock after kill -9
+            assert list(j.pending_batches()) == PLAN
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.stdin.close()
+        holder.stdout.close()
+
+
+def test_million_row_load_and_scan(tmp_path: Path) -> None:
+    cadences = [f"5540230000040920{i:02d}" for i in range(5)]
+    n_records = 200_000
+    t0 = time.perf_counter()
+    records = [f"98765432100{i:08d}" for i in range(n_records)]
+    n = n_records * len(cadences)
+    rows = pa.table({
+        "row": pa.array(range(1, n + 1), pa.int64()),
+        "module": pa.array(["Leads"] * n),
+        "record_id": pa.array([r for r in records for _ in cadences]),
+        "cadence_id": pa.array(cadences * n_records),
+        "status": pa.array(["valid"] * n),
+        "reason": pa.nulls(n, pa.string()),
+        "batch_id": pa.array([f"b{i // 500}" for i in range(n)]),
+    })
+    plan = (Batch(f"b{k}", "Leads", tuple(records[k * 100:(k + 1) * 100]), tuple(cadences))
+            for k in range(n_records // 100))
+    built = time.perf_counter()
+    with Journal.open(tmp_path / "big.journal", "fp") as j:
+        j.load(rows, plan)
+        loaded = time.perf_counter()
+        pending = sum(1 for _ in j.pending_batches())
+        listed = time.perf_counter()
+        last = None
+        total = 0
+        for chunk in j.iter_result_chunks():
+            total += chunk.num_rows
+            last = chunk
+        scanned = time.perf_counter()
+    print(f"\n1M rows: build {built - t0:.1f}s, load {loaded - built:.1f}s, "
+          f"pending batches {listed - loaded:.1f}s, results scan {scanned - listed:.1f}s")
+    assert (pending, total) == (2000, n)
+    assert last["record_id"][-1].as_py() == records[-1]

@@ -39,6 +39,11 @@ _PARQUET_MAGIC = b"PAR1"
 _SNIFF_BYTES = 64 * 1024
 
 
+def _excerpt(exc: BaseException, limit: int = 200) -> str:
+    """Library error text, shortened and kept to one printable line (it may quote raw bytes)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc)[:limit])
+
+
 def _normalise_header(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", str(name).strip().lstrip("\ufeff")).lower()
 
@@ -120,6 +125,9 @@ def _read_raw(path: Path) -> tuple[dict[str, pa.ChunkedArray], tuple[str, ...]]:
         raise InputError(f"{path}: the file is empty")
     if head.startswith(_PARQUET_MAGIC) or path.suffix.lower() in (".parquet", ".pq"):
         return _read_parquet(path, head, size)
+    if b"\x00" in head:
+        raise InputError(f"{path}: is not UTF-8 text (it contains NUL bytes: a binary file or "
+                         "UTF-16 text); save it as 'CSV UTF-8' or Parquet")
     return _read_csv(path, head)
 
 
@@ -156,7 +164,7 @@ def _read_parquet(path: Path, head: bytes, size: int) -> tuple[dict, tuple[str, 
         raise
     except Exception as exc:  # pyarrow raises several types for damaged files
         what = "truncated or damaged" if head.startswith(_PARQUET_MAGIC) else "not a Parquet file"
-        raise InputError(f"{path}: {what} ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise InputError(f"{path}: {what} ({type(exc).__name__}: {_excerpt(exc)})") from None
     return {role: _as_strings(table[name]) for role, name in roles.items()}, tuple(names)
 
 
@@ -197,7 +205,7 @@ def _read_csv(path: Path, head: bytes) -> tuple[dict, tuple[str, ...]]:
             convert_options=pacsv.ConvertOptions(column_types={}, include_columns=[]),
         ).schema.names
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV file ({str(exc)[:200]})") from None
+        raise InputError(f"{path}: not a readable CSV file ({_excerpt(exc)})") from None
     header = [h.lstrip("\ufeff") for h in header]
     roles = _require_columns(path, header)
     wanted = list(dict.fromkeys(roles.values()))
@@ -211,10 +219,10 @@ def _read_csv(path: Path, head: bytes) -> tuple[dict, tuple[str, ...]]:
             parse_options=parse, convert_options=convert,
         )
     except pa.ArrowInvalid as exc:
-        msg = str(exc)
-        if "UTF8" in msg or "utf8" in msg.lower():
+        msg = _excerpt(exc, 300)
+        if "UTF8" in str(exc) or "utf8" in str(exc).lower():
             msg = "it is not UTF-8 text; save it as 'CSV UTF-8'"
-        raise InputError(f"{path}: cannot be read as CSV: {msg[:300]}") from None
+        raise InputError(f"{path}: cannot be read as CSV: {msg}") from None
     return {role: table[name] for role, name in roles.items()}, tuple(header)
 
 
@@ -345,7 +353,7 @@ def _validate(path: Path, raw: dict, found: tuple[str, ...], default_module: str
     reasons.update(_id_reasons(record, ~rec_ok, "record id"))  # the record's reason comes first
     for i in np.flatnonzero(module_bad & rec_ok & cad_ok).tolist():
         reasons[i] = "missing module (add a module column or pass --module)"
-        if "module" in raw and raw["module"][i].as_py():
+        if "module" in raw and (raw["module"][i].as_py() or "").strip():
             reasons[i] = "bad module name (not a Zoho module API name)"
     invalid_rows = list(reasons)
 

@@ -36,7 +36,7 @@ from .models import RESULT_COLUMNS, Batch, PairOutcome, Status
 
 SCHEMA_VERSION = 1
 CHUNK_ROWS = 50_000
-_PAGE_BATCHES = 500
+_PAGE_BATCHES = 100  # ≤ 50,000 rows checked per page
 _COUNTERS = ("calls", "retries", "throttled", "credits")
 _OPEN_STATES = ("pending", "sent")  # a 'sent' batch may or may not have been applied: re-sendable
 

@@ -213,7 +213,7 @@ def test_fault_profiles_keep_the_invariants(tmp_path, serve, profile):
     for r in results:
         pair = (r["module"], r["record_id"], r["cadence_id"])
         # completeness: every enrolled pair is gone, or its row says it failed and may be retried
-        assert pair in removed or (r["status"] == "failed" and r["retryable"] == "True"), r
+        assert pair in removed or (r["status"] == "failed" and r["retryable"] == "true"), r
         assert r["status"] != "not_sent"
     # nothing answered was sent again: a second run re-sends only the failed rows' batches
     failed = sum(r["status"] == "failed" for r in results)

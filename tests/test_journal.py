@@ -277,9 +277,9 @@ def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
 
 
 def test_second_open_in_the_same_process_is_refused(loaded: Path) -> None:
-    with Journal.open(loaded, "fp-A"):
-        with pytest.raises(JournalError, match=f"in use by another batcher run \\(pid {os.getpid()}"):
-            Journal.open(loaded, "fp-A")
+    expected = f"in use by another batcher run \\(pid {os.getpid()}\\)"
+    with Journal.open(loaded, "fp-A"), pytest.raises(JournalError, match=expected):
+        Journal.open(loaded, "fp-A")
     Journal.open(loaded, "fp-A").close()  # released on close
 
 

@@ -191,7 +191,7 @@ async def _unenrol_call(request: Request, sb: Sandbox, decision: F.Decision,
             seq=sb.next_seq(), module=module, record_ids=tuple(map(str, ids)),
             cadence_ids=tuple(map(str, cadence_ids)), http_status=status, code=code,
             applied=answer is not None and answer.status in (200, 202, 207), removed=removed,
-            fault=fault))
+            fault=fault, delayed=decision.slow))
 
     if decision.kind == F.THROTTLE:
         record(429, "TOO_MANY_REQUESTS", fault=decision.kind)

@@ -44,6 +44,8 @@ class CallRecord:
     #: (record_id, cadence_id) pairs this call un-enrolled
     removed: tuple[tuple[str, str], ...] = ()
     fault: str | None = None
+    #: the "slow" fault held this answer back by SandboxConfig.slow_seconds
+    delayed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,627 @@
+"""The input reader as an operations user meets it: what each file becomes, row by row.
+
+Contract: DESIGN.md §2 "Input" — every data row comes out once, in order, as a valid pair,
+``invalid`` with a reason, or ``duplicate`` of the first row with the same pair; a file that
+cannot be used at all is one clear InputError line naming the file and what was found.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batcher.errors import InputError, UsageError
+from batcher.inputs import read_input
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
+BAD = SAMPLE / "bad"
+
+REC = "554023000001798647"
+REC2 = "554023000001798648"
+REC3 = "554023000001798649"
+CAD = "554023000004092008"
+CAD2 = "554023000004092009"
+
+
+def write(tmp_path: Path, text: str, name: str = "in.csv", encoding: str = "utf-8") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def rows_of(path: Path, default_module: str | None = None) -> list[dict]:
+    return read_input(path, default_module=default_module).table.to_pylist()
+
+
+def only_row(path: Path, default_module: str | None = None) -> dict:
+    rows = rows_of(path, default_module)
+    assert len(rows) == 1
+    return rows[0]
+
+
+def input_error(path: Path, default_module: str | None = None) -> str:
+    with pytest.raises(InputError) as info:
+        read_input(path, default_module=default_module)
+    return str(info.value)
+
+
+def assert_one_clear_line(message: str, path: Path) -> None:
+    """What a user sees on the terminal: one printable line that says which file."""
+    assert str(path) in message
+    assert "\n" not in message and "\r" not in message
+    assert message.isprintable(), f"control characters in {message!r}"
+    assert "Traceback" not in message
+    assert len(message) < 600
+
+
+# --------------------------------------------------------------------------- the bad corpus
+
+#: what the one-line message must say for each file of sample_data/bad (lower-cased substrings)
+BAD_EXPECTED: dict[str, tuple[str, ...]] = {
+    "empty.csv": ("empty",),
+    "header_only.csv": ("no data rows", "record_id", "cadence_id"),
+    "no_usable_columns.csv": ("columns found", "email", "campaign"),
+    "only_record_column.csv": ("cadence_id", "columns found", "record_id"),
+    "latin1.csv": ("utf-8",),
+    "ragged.csv": ("expected 3 columns, got 4",),
+    "truncated.parquet": ("truncated or damaged",),
+    "not_really.parquet": ("not a parquet file",),
+    "binary_junk.csv": ("not utf-8",),
+}
+#: files that are readable but whose rows must all come out invalid, with this reason
+BAD_ROWS_EXPECTED: dict[str, str] = {
+    "float_ids.parquet": "mangled by a spreadsheet",
+}
+
+
+def test_bad_corpus_expectations_name_existing_files():
+    listed = {p.name for p in BAD.iterdir()}
+    assert set(BAD_EXPECTED) | set(BAD_ROWS_EXPECTED) <= listed
+
+
+@pytest.mark.parametrize("path", sorted(BAD.iterdir()), ids=lambda p: p.name)
+def test_every_bad_sample_is_refused_clearly(path: Path):
+    if path.name in BAD_ROWS_EXPECTED:
+        table = read_input(path, default_module="Leads")
+        rows = table.table.to_pylist()
+        assert rows, "a readable bad file must still report its rows"
+        for row in rows:
+            assert row["status"] == "invalid"
+            assert row["code"] == "INVALID_INPUT"
+            assert BAD_ROWS_EXPECTED[path.name] in row["reason"]
+        assert list(table.valid_pairs()) == []
+        return
+    with pytest.raises(InputError) as info:
+        read_input(path, default_module="Leads")
+    message = str(info.value)
+    assert_one_clear_line(message, path)
+    assert info.value.exit_code == 2
+    for phrase in BAD_EXPECTED.get(path.name, ()):
+        assert phrase in message.lower(), f"{phrase!r} missing from {message!r}"
+
+
+def test_float_ids_never_turn_into_digits():
+    """A float column must not yield a 'valid' id that differs from what the user had."""
+    rows = rows_of(BAD / "float_ids.parquet")
+    assert [r["row"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["status"] == "invalid"
+        assert "record id" in r["reason"]
+        assert not r["record_id"].isdigit()
+
+
+def test_directory_as_input(tmp_path: Path):
+    message = input_error(tmp_path)
+    assert_one_clear_line(message, tmp_path)
+    assert "directory" in message
+
+
+def test_missing_file(tmp_path: Path):
+    path = tmp_path / "nope.csv"
+    message = input_error(path)
+    assert_one_clear_line(message, path)
+    assert "no such file" in message
+
+
+def test_ragged_row_deep_in_a_large_file_is_one_clear_line(tmp_path: Path):
+    good = f"{REC},{CAD},Leads\n" * 60_000  # past the reader's first block
+    path = write(tmp_path, "record_id,cadence_id,module\n" + good + f"{REC},{CAD},Leads,\x1b[2J\n")
+    message = input_error(path)
+    assert_one_clear_line(message, path)
+    assert "expected 3 columns, got 4" in message.lower()
+
+
+def test_input_error_is_a_usage_error():
+    assert issubclass(InputError, UsageError)
+
+
+def test_utf16_file_says_it_is_not_utf8(tmp_path: Path):
+    """Excel's 'Unicode text' export: the message must point at the encoding, not a parse error."""
+    path = write(tmp_path, f"record_id,cadence_id\r\n{REC},{CAD}\r\n", encoding="utf-16")
+    message = input_error(path, "Leads")
+    assert_one_clear_line(message, path)
+    assert "utf-8" in message.lower()
+
+
+def test_whitespace_only_file_is_empty(tmp_path: Path):
+    path = write(tmp_path, "\ufeff \r\n\r\n")
+    assert "empty" in input_error(path)
+
+
+def test_invalid_default_module_is_refused(tmp_path: Path):
+    path = write(tmp_path, f"record_id,cadence_id\n{REC},{CAD}\n")
+    message = input_error(path, default_module="Leads/../admin")
+    assert "--module" in message and "Leads/../admin" in message
+
+
+# --------------------------------------------------------------------------- CSV dialects
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|"],
+                         ids=["comma", "semicolon", "tab", "pipe"])
+def test_delimiters_are_sniffed(tmp_path: Path, delimiter: str):
+    lines = [
+        ["record_id", "cadence_id", "module", "owner"],
+        [REC, CAD, "Leads", "ann@example.com"],
+        [REC2, CAD2, "Contacts", "bob@example.com"],
+    ]
+    path = write(tmp_path, "\n".join(delimiter.join(line) for line in lines) + "\n")
+    table = read_input(path)
+    assert list(table.valid_pairs()) == [("Leads", REC, CAD), ("Contacts", REC2, CAD2)]
+    assert table.columns_found == ("record_id", "cadence_id", "module", "owner")
+
+
+def test_utf8_bom_and_crlf(tmp_path: Path):
+    path = write(tmp_path, f"\ufeffrecord_id,cadence_id,module\r\n{REC},{CAD},Leads\r\n"
+                           f"{REC2},{CAD},Leads\r\n")
+    table = read_input(path)
+    assert table.columns_found[0] == "record_id"  # no BOM glued to the first header
+    assert list(table.valid_pairs()) == [("Leads", REC, CAD), ("Leads", REC2, CAD)]
+    assert all("\r" not in v for r in table.table.to_pylist() for v in r.values()
+               if isinstance(v, str))
+
+
+def test_bom_with_semicolons_and_crlf(tmp_path: Path):
+    path = write(tmp_path, f"\ufeffRecord Id;Cadence Id\r\n{REC};{CAD}\r\n")
+    assert list(read_input(path, "Deals").valid_pairs()) == [("Deals", REC, CAD)]
+
+
+@pytest.mark.parametrize("delimiter", [",", ";"])
+def test_quoted_fields_containing_the_delimiter(tmp_path: Path, delimiter: str):
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    writer.writerow(["Owner", "record_id", "cadence_id", "Note"])
+    writer.writerow([f"Smith{delimiter} John", REC, CAD, f"left{delimiter} see HR"])
+    writer.writerow([f"Doe{delimiter} Jane", REC2, CAD2, 'said "bye"'])
+    path = write(tmp_path, buf.getvalue())
+    table = read_input(path, "Leads")
+    assert list(table.valid_pairs()) == [("Leads", REC, CAD), ("Leads", REC2, CAD2)]
+
+
+def test_quoted_ids_are_read_as_plain_ids(tmp_path: Path):
+    path = write(tmp_path, f'"record_id","cadence_id","module"\n"{REC}","{CAD}","Leads"\n')
+    assert list(read_input(path).valid_pairs()) == [("Leads", REC, CAD)]
+
+
+# --------------------------------------------------------------------------- columns
+
+
+@pytest.mark.parametrize(
+    ("record_header", "cadence_header", "module_header"),
+    [
+        ("record_id", "cadence_id", "module"),
+        ("Record Id", "Cadence Id", "Module"),
+        ("id", "cadences_id", "MODULE"),
+        ("RECORD_ID", "Cadence", "module"),
+        ("Record_Id", "CADENCES ID", "Module"),
+        (" record id ", " cadence_id ", " module "),
+        ("recordid", "cadenceid", "mOdUlE"),
+    ],
+)
+def test_header_variants(tmp_path: Path, record_header: str, cadence_header: str,
+                         module_header: str):
+    path = write(tmp_path, f"{record_header},{cadence_header},{module_header}\n"
+                           f"{REC},{CAD},Contacts\n")
+    assert list(read_input(path).valid_pairs()) == [("Contacts", REC, CAD)]
+
+
+def test_columns_may_come_in_any_order_and_extras_are_ignored(tmp_path: Path):
+    path = write(tmp_path, "Owner,Module,Email,Cadence,Notes,Record Id,Stage\n"
+                           f"ann,Leads,ann@example.com,{CAD},x,{REC},Closed\n"
+                           f"bob,Leads,bob@example.com,{CAD2},,{REC2},\n")
+    table = read_input(path)
+    assert list(table.valid_pairs()) == [("Leads", REC, CAD), ("Leads", REC2, CAD2)]
+    assert table.table.column_names == [
+        "row", "module", "record_id", "cadence_id", "status", "code", "reason"]
+    assert "Owner" in table.columns_found and "Stage" in table.columns_found
+
+
+def test_record_id_column_wins_over_a_generic_id_column(tmp_path: Path):
+    path = write(tmp_path, f"id,record_id,cadence_id\n1,{REC},{CAD}\n")
+    assert list(read_input(path, "Leads").valid_pairs()) == [("Leads", REC, CAD)]
+
+
+def test_unusable_columns_message_lists_what_was_found(tmp_path: Path):
+    path = write(tmp_path, f"Contact,Cadence Name\n{REC},Spring\n")
+    message = input_error(path)
+    assert_one_clear_line(message, path)
+    assert "record_id or cadence_id" in message
+    assert "'Contact'" in message and "'Cadence Name'" in message
+
+
+# --------------------------------------------------------------------------- values
+
+
+def test_values_are_trimmed_and_zcrm_prefix_removed(tmp_path: Path):
+    path = write(tmp_path, "record_id,cadence_id,module\n"
+                           f"  zcrm_{REC} , {CAD}\t,  leads \n"
+                           f"zcrm_{REC2},zcrm_{CAD},Leads\n")
+    rows = rows_of(path)
+    assert [(r["record_id"], r["cadence_id"], r["module"], r["status"]) for r in rows] == [
+        (REC, CAD, "Leads", "valid"),
+        (REC2, CAD, "Leads", "valid"),
+    ]
+
+
+@pytest.mark.parametrize("rid", ["9223372036854775807", "1234567890123456789",
+                                 "9999999999999999999", "100000000000000"])
+def test_long_ids_survive_exactly_as_strings_csv(tmp_path: Path, rid: str):
+    path = write(tmp_path, f"record_id,cadence_id\n{rid},{rid}\n{rid},{CAD}\n{rid},{rid}\n")
+    table = read_input(path, "Leads")
+    assert table.table.schema.field("record_id").type == pa.string()
+    assert list(table.valid_pairs()) == [("Leads", rid, rid), ("Leads", rid, CAD)]
+    assert table.table.to_pylist()[2]["status"] == "duplicate"
+
+
+def test_19_digit_ids_from_parquet_int64_are_exact(tmp_path: Path):
+    ids = [9223372036854775807, 1234567890123456789, 554023000001798647]
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"record_id": pa.array(ids, pa.int64()),
+                             "cadence_id": pa.array([554023000004092008] * 3, pa.int64())}), path)
+    table = read_input(path, "Leads")
+    assert [p[1] for p in table.valid_pairs()] == [str(i) for i in ids]
+    assert {p[2] for p in table.valid_pairs()} == {CAD}
+
+
+def test_parquet_uint64_ids_above_int64(tmp_path: Path):
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"record_id": pa.array([9999999999999999999], pa.uint64()),
+                             "cadence_id": [CAD]}), path)
+    assert list(read_input(path, "Leads").valid_pairs()) == [
+        ("Leads", "9999999999999999999", CAD)]
+
+
+def test_parquet_string_and_dictionary_columns(tmp_path: Path):
+    path = tmp_path / "dict.parquet"
+    pq.write_table(pa.table({
+        "Record Id": pa.array([f"zcrm_{REC}", REC2, f" {REC3} "]),
+        "Cadence": pa.array([CAD, CAD2, CAD]).dictionary_encode(),
+        "Module": pa.array(["leads", "Contacts", "leads"]).dictionary_encode(),
+        "Owner": ["a", "b", "c"],
+    }), path)
+    assert pq.read_schema(path).field("Cadence").type.id == pa.dictionary(
+        pa.int32(), pa.string()).id
+    assert list(read_input(path).valid_pairs()) == [
+        ("Leads", REC, CAD), ("Contacts", REC2, CAD2), ("Leads", REC3, CAD)]
+
+
+def test_parquet_dictionary_of_integers(tmp_path: Path):
+    path = tmp_path / "dictint.parquet"
+    pq.write_table(pa.table({
+        "record_id": pa.array([int(REC), int(REC2)], pa.int64()),
+        "cadence_id": pa.array([int(CAD), int(CAD)], pa.int64()).dictionary_encode(),
+    }), path)
+    assert list(read_input(path, "Leads").valid_pairs()) == [
+        ("Leads", REC, CAD), ("Leads", REC2, CAD)]
+
+
+def test_parquet_nulls_are_reported_not_dropped(tmp_path: Path):
+    path = tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({
+        "record_id": pa.array([int(REC), None, int(REC2)], pa.int64()),
+        "cadence_id": pa.array([CAD, CAD, None]),
+        "module": pa.array(["Leads", "Leads", None]),
+    }), path)
+    rows = rows_of(path)
+    assert [r["status"] for r in rows] == ["valid", "invalid", "invalid"]
+    assert "missing record id" in rows[1]["reason"]
+    assert "missing cadence id" in rows[2]["reason"]
+
+
+def test_parquet_detected_by_content_and_csv_named_parquet_refused(tmp_path: Path):
+    disguised = tmp_path / "export.csv"
+    pq.write_table(pa.table({"record_id": [REC], "cadence_id": [CAD]}), disguised)
+    assert list(read_input(disguised, "Leads").valid_pairs()) == [("Leads", REC, CAD)]
+    fake = write(tmp_path, f"record_id,cadence_id\n{REC},{CAD}\n", name="list.parquet")
+    message = input_error(fake, "Leads")
+    assert_one_clear_line(message, fake)
+    assert "not a parquet file" in message.lower()
+
+
+def test_parquet_without_usable_columns_names_them(tmp_path: Path):
+    path = tmp_path / "cols.parquet"
+    pq.write_table(pa.table({"email": ["a@example.com"], "score": [3]}), path)
+    message = input_error(path)
+    assert_one_clear_line(message, path)
+    assert "'email'" in message and "'score'" in message
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def test_module_column_and_default_module(tmp_path: Path):
+    path = write(tmp_path, "record_id,cadence_id,module\n"
+                           f"{REC},{CAD},Contacts\n"
+                           f"{REC2},{CAD},\n"
+                           f"{REC3},{CAD},   \n")
+    assert [(r["module"], r["status"]) for r in rows_of(path, "Leads")] == [
+        ("Contacts", "valid"), ("Leads", "valid"), ("Leads", "valid")]
+    rows = rows_of(path)
+    assert [r["status"] for r in rows] == ["valid", "invalid", "invalid"]
+    assert rows[1]["module"] is None
+    for r in rows[1:]:
+        assert r["reason"].startswith("missing module"), r["reason"]
+        assert r["code"] == "INVALID_INPUT"
+
+
+def test_no_module_column_uses_default_or_marks_every_row(tmp_path: Path):
+    path = write(tmp_path, f"record_id,cadence_id\n{REC},{CAD}\n{REC2},{CAD}\n")
+    assert {r["module"] for r in rows_of(path, "vendors")} == {"Vendors"}
+    rows = rows_of(path)
+    assert len(rows) == 2
+    assert all(r["status"] == "invalid" and "missing module" in r["reason"] for r in rows)
+    assert list(read_input(path).valid_pairs()) == []
+
+
+@pytest.mark.parametrize(("given_name", "canonical"), [
+    ("leads", "Leads"), ("LEADS", "Leads"), (" contacts ", "Contacts"), ("deals", "Deals"),
+    ("Vendors", "Vendors"), ("Partners__c", "Partners__c"),
+])
+def test_module_names_are_canonical(tmp_path: Path, given_name: str, canonical: str):
+    path = write(tmp_path, f"record_id,cadence_id,module\n{REC},{CAD},{given_name}\n")
+    row = only_row(path)
+    assert (row["module"], row["status"]) == (canonical, "valid")
+
+
+@pytest.mark.parametrize("bad_module", ["Leads/../x", "Leads?x=1", "1Leads", "Le ads", "Léads",
+                                        "Leads%2F"])
+def test_malformed_module_names_are_invalid(tmp_path: Path, bad_module: str):
+    path = write(tmp_path, f"record_id,cadence_id,module\n{REC},{CAD},{bad_module}\n"
+                           f"{REC2},{CAD},Leads\n")
+    rows = rows_of(path, default_module="Leads")  # a default never rescues a bad name
+    assert rows[0]["status"] == "invalid"
+    assert "bad module name" in rows[0]["reason"]
+    assert rows[1]["status"] == "valid"
+
+
+# --------------------------------------------------------------------------- invalid ids
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("55402300000179", "not a 15-19 digit"),              # 14 digits
+    ("55402300000179864712", "not a 15-19 digit"),        # 20 digits
+    ("55402300000179864x", "not a 15-19 digit"),          # typo
+    ("abc", "not a 15-19 digit"),
+    ("-554023000001798647", "not a 15-19 digit"),
+    ("5540 2300 0001 7986", "not a 15-19 digit"),
+    ("ZCRM_554023000001798647", "not a 15-19 digit"),
+    ("", "missing"),
+    ("5.54023E+17", "mangled by a spreadsheet"),
+    ("5.54023e17", "mangled by a spreadsheet"),
+    ("554023000001798647.0", "mangled by a spreadsheet"),
+])
+@pytest.mark.parametrize("column", ["record", "cadence"])
+def test_invalid_ids_are_reported_with_a_reason(tmp_path: Path, value: str, reason: str,
+                                                column: str):
+    bad = f"{value},{CAD}" if column == "record" else f"{REC},{value}"
+    path = write(tmp_path, f"record_id,cadence_id,module\n{REC2},{CAD},Leads\n{bad},Leads\n"
+                           f"{REC3},{CAD},Leads\n")
+    table = read_input(path)
+    rows = table.table.to_pylist()
+    assert [r["row"] for r in rows] == [1, 2, 3]
+    assert [r["status"] for r in rows] == ["valid", "invalid", "valid"]
+    assert rows[1]["code"] == "INVALID_INPUT"
+    assert f"{column} id" in rows[1]["reason"]
+    assert reason in rows[1]["reason"]
+    if value:
+        assert repr(value) in rows[1]["reason"]  # the user sees what was in the cell
+    assert rows[0]["reason"] is None and rows[0]["code"] is None
+    assert list(table.valid_pairs()) == [("Leads", REC2, CAD), ("Leads", REC3, CAD)]
+
+
+def test_spreadsheet_reason_mentions_formatting_as_text(tmp_path: Path):
+    path = write(tmp_path, f"record_id,cadence_id\n5.54023E+17,{CAD}\n")
+    reason = only_row(path, "Leads")["reason"]
+    assert "5.54023E+17" in reason and "text" in reason
+
+
+# --------------------------------------------------------------------------- duplicates, order
+
+
+def test_duplicates_point_at_the_first_row(tmp_path: Path):
+    path = write(tmp_path, "record_id,cadence_id,module\n"
+                           f"{REC},{CAD},Leads\n"         # 1
+                           f"{REC2},{CAD},Leads\n"        # 2
+                           f"{REC},{CAD},Leads\n"         # 3 dup of 1
+                           f"zcrm_{REC}, {CAD},leads\n"   # 4 dup of 1 (not of 3)
+                           f"{REC},{CAD},Contacts\n"      # 5 other module: not a dup
+                           f"{REC},{CAD2},Leads\n"        # 6 other cadence
+                           f"{REC2},{CAD},Leads\n"        # 7 dup of 2
+                           f"{REC},{CAD},Contacts\n")     # 8 dup of 5
+    table = read_input(path)
+    rows = table.table.to_pylist()
+    assert [(r["row"], r["status"], r["reason"]) for r in rows] == [
+        (1, "valid", None),
+        (2, "valid", None),
+        (3, "duplicate", "same pair as row 1"),
+        (4, "duplicate", "same pair as row 1"),
+        (5, "valid", None),
+        (6, "valid", None),
+        (7, "duplicate", "same pair as row 2"),
+        (8, "duplicate", "same pair as row 5"),
+    ]
+    assert all(r["code"] is None for r in rows)
+    assert list(table.valid_pairs()) == [
+        ("Leads", REC, CAD), ("Leads", REC2, CAD), ("Contacts", REC, CAD), ("Leads", REC, CAD2)]
+    assert table.count("valid") == 4 and table.count("duplicate") == 4
+    assert table.count("invalid") == 0
+
+
+def test_repeated_invalid_rows_stay_invalid(tmp_path: Path):
+    path = write(tmp_path, f"record_id,cadence_id\nabc,{CAD}\nabc,{CAD}\n{REC},{CAD}\n")
+    assert [r["status"] for r in rows_of(path, "Leads")] == ["invalid", "invalid", "valid"]
+
+
+def test_duplicate_of_a_row_whose_module_came_from_the_default(tmp_path: Path):
+    path = write(tmp_path, f"record_id,cadence_id,module\n{REC},{CAD},\n{REC},{CAD},Leads\n")
+    rows = rows_of(path, "Leads")
+    assert [(r["status"], r["reason"]) for r in rows] == [
+        ("valid", None), ("duplicate", "same pair as row 1")]
+
+
+def test_sample_file_every_row_reported_in_order():
+    path = SAMPLE / "offboarding.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    table = read_input(path)
+    rows = table.table.to_pylist()
+    assert len(rows) == len(lines)  # nothing dropped
+    assert [r["row"] for r in rows] == list(range(1, len(lines) + 1))
+    for line, row in zip(lines, rows, strict=True):
+        assert row["record_id"] == line.split(",")[0].removeprefix("zcrm_")
+    assert sum(table.count(s) for s in ("valid", "invalid", "duplicate")) == len(rows)
+    tail = rows[-5:]
+    assert [r["status"] for r in tail] == ["invalid", "invalid", "invalid", "duplicate", "invalid"]
+    assert "spreadsheet" in tail[0]["reason"]
+    assert "missing module" in tail[1]["reason"]
+    assert "bad record id" in tail[2]["reason"]
+    assert tail[3]["reason"] == "same pair as row 1"
+    assert "missing cadence id" in tail[4]["reason"]
+
+
+def test_sample_parquet_matches_the_csv_pairs():
+    csv_table = read_input(SAMPLE / "offboarding.csv")
+    parquet_table = read_input(SAMPLE / "offboarding.parquet")
+    assert parquet_table.count("valid") == parquet_table.rows
+    assert list(parquet_table.valid_pairs()) == list(csv_table.valid_pairs())
+
+
+def test_valid_arrays_and_pairs_are_first_seen_valid_rows_in_order(tmp_path: Path):
+    path = write(tmp_path, "record_id,cadence_id,module\n"
+                           f"{REC3},{CAD},Leads\n"
+                           f"bad,{CAD},Leads\n"
+                           f"{REC},{CAD2},Contacts\n"
+                           f"{REC3},{CAD},Leads\n"
+                           f"{REC2},{CAD},Leads\n")
+    table = read_input(path)
+    module, record, cadence = table.valid_arrays()
+    assert module.to_pylist() == ["Leads", "Contacts", "Leads"]
+    assert record.to_pylist() == [REC3, REC, REC2]
+    assert cadence.to_pylist() == [CAD, CAD2, CAD]
+    assert record.type == pa.string() and cadence.type == pa.string()
+    pairs = list(table.valid_pairs())
+    assert pairs == [("Leads", REC3, CAD), ("Contacts", REC, CAD2), ("Leads", REC2, CAD)]
+    assert all(isinstance(v, str) for p in pairs for v in p)
+    assert table.valid_row_indices().tolist() == [0, 2, 4]
+
+
+def test_fingerprint_follows_the_file_content(tmp_path: Path):
+    path = write(tmp_path, f"record_id,cadence_id\n{REC},{CAD}\n")
+    first = read_input(path, "Leads").fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{64}", first)
+    assert read_input(path, "Leads").fingerprint() == first
+    copy = write(tmp_path, f"record_id,cadence_id\n{REC},{CAD}\n", name="copy.csv")
+    assert read_input(copy, "Leads").fingerprint() == first
+    path.write_text(f"record_id,cadence_id\n{REC},{CAD2}\n")
+    assert read_input(path, "Leads").fingerprint() != first
+
+
+# --------------------------------------------------------------------------- property test
+
+_GOOD_IDS = [REC, REC2, REC3, CAD, CAD2, "9999999999999999999", "100000000000000",
+             "1234567890123456789"]
+_BAD_IDS = ["", "123", "55402300000179", "55402300000179864712", "5.54023E+17", "abc",
+            "554023000001798647.5", "zcrm_", "12345678901234a"]
+_MODULES = ["Leads", "leads", "Contacts", "CONTACTS", "Partners__c", "", "  ", "Leads/../x",
+            "1bad"]
+
+
+def _id_values() -> st.SearchStrategy[str]:
+    good = st.sampled_from(_GOOD_IDS)
+    dressed = st.tuples(st.sampled_from(["", " ", "\t"]), st.sampled_from(["", "zcrm_"]), good,
+                        st.sampled_from(["", " "])).map("".join)
+    return st.one_of(dressed, st.sampled_from(_BAD_IDS))
+
+
+_ROW = st.tuples(_id_values(), _id_values(), st.sampled_from(_MODULES))
+
+
+def _oracle(rows: list[tuple[str, str, str]], default: str | None
+            ) -> list[tuple[str, str | None]]:
+    """(status, reason-or-None for duplicates) per row, from the contract alone."""
+    canonical = {"leads": "Leads", "contacts": "Contacts", "deals": "Deals", "vendors": "Vendors"}
+
+    def clean(v: str) -> str:
+        v = v.strip()
+        return v[5:] if v.startswith("zcrm_") else v
+
+    def module_of(m: str) -> str | None:
+        m = m.strip()
+        if not m:
+            return default
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", m):
+            return None
+        return canonical.get(m.lower(), m)
+
+    first: dict[tuple[str, str, str], int] = {}
+    out: list[tuple[str, str | None]] = []
+    for n, (rec, cad, mod) in enumerate(rows, start=1):
+        rec, cad, module = clean(rec), clean(cad), module_of(mod)
+        ok = all(re.fullmatch(r"[0-9]{15,19}", v) for v in (rec, cad)) and module is not None
+        if not ok:
+            out.append(("invalid", None))
+        elif (module, rec, cad) in first:
+            out.append(("duplicate", f"same pair as row {first[(module, rec, cad)]}"))
+        else:
+            first[(module, rec, cad)] = n
+            out.append(("valid", None))
+    return out
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_ROW, min_size=1, max_size=25),
+       delimiter=st.sampled_from([",", ";", "\t", "|"]),
+       quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]),
+       default=st.sampled_from([None, "Deals"]))
+def test_reader_agrees_with_a_simple_oracle(tmp_path: Path, rows, delimiter, quoting, default):
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=delimiter, quoting=quoting, lineterminator="\r\n")
+    writer.writerow(["Record Id", "Cadence Id", "Module", "Owner"])
+    for rec, cad, mod in rows:
+        writer.writerow([rec, cad, mod, "ops@example.com"])
+    path = write(tmp_path, buf.getvalue(), name="prop.csv")
+
+    table = read_input(path, default_module=default)
+    got = table.table.to_pylist()
+    expected = _oracle(rows, default)
+
+    assert [r["row"] for r in got] == list(range(1, len(rows) + 1))
+    assert [r["status"] for r in got] == [s for s, _ in expected]
+    for r, (status, dup_reason) in zip(got, expected, strict=True):
+        if status == "duplicate":
+            assert r["reason"] == dup_reason
+        elif status == "invalid":
+            assert r["code"] == "INVALID_INPUT" and r["reason"]
+        else:
+            assert r["reason"] is None and r["code"] is None
+    valid = [(r["module"], r["record_id"], r["cadence_id"]) for r in got if r["status"] == "valid"]
+    assert list(table.valid_pairs()) == valid
+    assert len(set(valid)) == len(valid)

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from batcher.inputs import read_input
+from batcher.journal import RESULT_SCHEMA, Journal
+from batcher.models import RESULT_COLUMNS, Batch, PairOutcome, Status
+from batcher.report import reconcile_line, side_paths, write_results
+
+R1, R2, R3, R4 = (f"98765432100{i:08d}" for i in (1, 2, 3, 4))  # 19 digits, above 2**63
+C1, C2, C3 = (f"55402300000409{i:04d}0" for i in (1, 2, 3))
+ROWS = [  # module, record, cadence, status, reason, batch
+    ("Leads", R1, C1, "valid", None, "b1"),
+    ("Leads", R1, C2, "valid", None, "b1"),
+    ("Leads", R2, C1, "valid", None, "b1"),
+    ("Leads", R2, C2, "valid", None, "b1"),
+    ("Leads", R1, C1, "duplicate", "same pair as row 1", None),
+    ("Leads", "12ab", C1, "invalid", "bad record id", None),
+    ("Contacts", R3, C3, "valid", None, "b2"),
+    (None, R4, C3, "invalid", "missing module", None),
+]
+PLAN = [Batch("b1", "Leads", (R1, R2), (C1, C2)), Batch("b2", "Contacts", (R3,), (C3,))]
+
+
+def rows_table(rows=ROWS) -> pa.Table:
+    names = ("module", "record_id", "cadence_id", "status", "reason", "batch_id")
+    cols = {n: pa.array(c, pa.string()) for n, c in zip(names, zip(*rows, strict=True),
+                                                         strict=True)}
+    return pa.table({"row": pa.array(range(1, len(rows) + 1), pa.int64()), **cols})
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    """The small job of test_journal after a run: b1 answered with a mix, b2 never sent."""
+    with Journal.open(tmp_path / "job.journal", "fp") as j:
+        j.load(rows_table(), PLAN)
+        j.mark_sent("b1")
+        j.record_outcomes("b1", [
+            PairOutcome(R1, C1, Status.UNENROLLED, "SUCCESS", "records manually unenrolled", 200),
+            PairOutcome(R1, C2, Status.NOT_ENROLLED, "SUCCESS", "", 200),
+            PairOutcome(R2, C1, Status.FAILED, "INTERNAL_SERVER_ERROR", "boom, \"again\"", 500,
+                        retryable=True),
+            PairOutcome(R2, C2, Status.FAILED, "INVALID_DATA", "given id seems to be invalid",
+                        400, retryable=False),
+        ], attempts=1)
+        j.add_counters(calls=3, retries=2, throttled=1, credits=3)
+        yield j
+
+
+def read_results_csv(path: Path) -> pa.Table:
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in ("module", "record_id", "cadence_id", "code",
+                                               "message", "batch_id", "finished_at")}))
+
+
+def test_csv_results_round_trip_with_exact_ids(journal: Journal, tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    write_results(journal, out, duration_s=1.25)
+    with open(out, newline="") as fh:
+        raw = list(csv.DictReader(fh))
+    assert tuple(raw[0]) == RESULT_COLUMNS
+    assert [r["record_id"] for r in raw] == [row[1] for row in ROWS]
+    assert [r["cadence_id"] for r in raw] == [row[2] for row in ROWS]
+    assert [r["status"] for r in raw] == ["unenrolled", "not_enrolled", "failed", "failed",
+                                          "duplicate", "invalid", "not_sent", "invalid"]
+    assert raw[2]["message"] == 'boom, "again"' and raw[2]["retryable"] == "true"
+    table = read_results_csv(out)
+    assert table["row"].to_pylist() == list(range(1, 9))
+    assert table["record_id"].to_pylist()[:4] == [R1, R1, R2, R2]
+    assert table["http_status"].to_pylist()[:4] == [200, 200, 500, 400]
+
+
+def test_parquet_results_keep_the_schema_and_exact_ids(journal: Journal, tmp_path: Path) -> None:
+    out = tmp_path / "results.parquet"
+    summary = write_results(journal, out, duration_s=0.5)
+    table = pq.read_table(out)
+    assert table.schema.equals(RESULT_SCHEMA)
+    assert table["record_id"].to_pylist() == [row[1] for row in ROWS]
+    assert table["row"].to_pylist() == list(range(1, 9))
+    assert summary.retry_path == str(tmp_path / "results.retry.csv")
+    assert Path(summary.retry_path).exists()  # the retry file is CSV whatever the results format
+
+
+def test_retry_file_holds_not_sent_and_retryable_failures_and_is_a_valid_input(
+        journal: Journal, tmp_path: Path) -> None:
+    summary = write_results(journal, tmp_path / "results.csv", duration_s=0)
+    retry = Path(summary.retry_path)
+    assert retry.read_text().splitlines()[0] == "module,record_id,cadence_id"
+    with open(retry, newline="") as fh:
+        got = [tuple(r.values()) for r in csv.DictReader(fh)]
+    assert got == [("Leads", R2, C1), ("Contacts", R3, C3)]  # not the INVALID_DATA failure
+    assert summary.retry_rows == 2
+    again = read_input(retry)
+    assert list(again.valid_pairs()) == got
+    assert again.rows == 2
+
+
+def test_summary_reconciles_and_reports_counts(journal: Journal, tmp_path: Path) -> None:
+    summary = write_results(journal, tmp_path / "out.csv", duration_s=2.5, extra={"dry_run": False})
+    assert summary.reconciled
+    assert summary.reconcile == ("8 rows = 1 unenrolled + 1 not_enrolled + 2 failed + 2 invalid"
+                                 " + 1 duplicate + 1 not_sent")
+    head, parts = summary.reconcile.split(" = ")
+    assert sum(int(p.split()[0]) for p in parts.split(" + ")) == int(head.split()[0]) == len(ROWS)
+    assert summary.exit_code() == 1
+    doc = json.loads((tmp_path / "out.summary.json").read_text())
+    assert doc["rows"] == 8
+    assert doc["by_status"] == {"unenrolled": 1, "not_enrolled": 1, "failed": 2, "invalid": 2,
+                                "duplicate": 1, "not_sent": 1}
+    assert doc["by_code"]["failed"] == {"INTERNAL_SERVER_ERROR": 1, "INVALID_DATA": 1}
+    assert doc["by_code"]["invalid"] == {"INVALID_INPUT": 2}
+    assert (doc["calls"], doc["retries"], doc["throttled"], doc["credits"]) == (3, 2, 1, 3)
+    assert doc["duration_s"] == 2.5 and doc["reconciled"] is True
+    assert doc["results"] == str(tmp_path / "out.csv")
+    assert doc["retry"] == str(tmp_path / "out.retry.csv")
+    assert doc["reconcile"] == summary.reconcile and doc["extra"] == {"dry_run": False}
+    text = summary.human()
+    assert summary.reconcile in text and str(tmp_path / "out.csv") in text
+    assert "3 calls, 2 retries, 1 × 429" in text
+    assert "failed: 1 INTERNAL_SERVER_ERROR, 1 INVALID_DATA" in text
+    assert "2 rows to retry" in text
+
+
+def test_exit_code_is_zero_only_when_every_row_ended_well(tmp_path: Path) -> None:
+    rows = [row for row in ROWS if row[3] != "invalid"]
+    with Journal.open(tmp_path / "j", "fp") as j:
+        j.load(rows_table(rows), PLAN)
+        j.record_outcomes("b1", [PairOutcome(r, c, Status.UNENROLLED) for r in (R1, R2)
+                                 for c in (C1, C2)], attempts=1)
+        assert write_results(j, tmp_path / "a.csv", duration_s=0).exit_code() == 1  # b2 not sent
+        j.record_outcomes("b2", [PairOutcome(R3, C3, Status.SCHEDULED, "SCHEDULED")], attempts=1)
+        summary = write_results(j, tmp_path / "a.csv", duration_s=0)
+    assert summary.exit_code() == 0
+    assert summary.reconcile == "6 rows = 4 unenrolled + 1 scheduled + 1 duplicate"
+    assert summary.retry_rows == 0 and "nothing to retry" in summary.human()
+    assert (tmp_path / "a.retry.csv").read_text() == "module,record_id,cadence_id\n"
+
+
+def test_reconcile_line_flags_a_missing_row() -> None:
+    line, ok = reconcile_line(10, {"unenrolled": 7, "failed": 2})
+    assert not ok and line.startswith("10 rows != 7 unenrolled + 2 failed")
+    assert reconcile_line(0, {}) == ("0 rows = 0", True)
+
+
+class _Source:
+    """A journal stand-in whose stream fails, or loses a row, part-way."""
+
+    def __init__(self, real: Journal, *, fail_after: int | None = None, drop: int = 0) -> None:
+        self.real, self.fail_after, self.drop = real, fail_after, drop
+        self.rows, self.started_at = real.rows, real.started_at
+
+    def counters(self) -> dict[str, int]:
+        return self.real.counters()
+
+    def iter_result_chunks(self, chunk_rows: int = 50_000) -> Iterator[pa.Table]:
+        for i, chunk in enumerate(self.real.iter_result_chunks(chunk_rows=chunk_rows)):
+            if self.fail_after is not None and i >= self.fail_after:
+                raise OSError("disk full")
+            yield chunk.slice(self.drop)
+
+
+@pytest.mark.parametrize("name", ["results.csv", "results.parquet"])
+def test_a_failed_write_leaves_the_previous_files_and_no_partial_file(
+        journal: Journal, tmp_path: Path, name: str) -> None:
+    out = tmp_path / name
+    write_results(journal, out, duration_s=1)
+    retry, summary = side_paths(out)
+    before = {p: p.read_bytes() for p in (out, retry, summary)}
+    with pytest.raises(OSError, match="disk full"):
+        write_results(_Source(journal, fail_after=1), out, duration_s=1, chunk_rows=3)
+    assert {p: p.read_bytes() for p in (out, retry, summary)} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("job.journal")) \
+        == sorted(p.name for p in before)
+
+
+def test_a_failed_first_write_leaves_no_file_at_all(journal: Journal, tmp_path: Path) -> None:
+    out = tmp_path / "fresh" / "results.csv"
+    out.parent.mkdir()
+    with pytest.raises(OSError):
+        write_results(_Source(journal, fail_after=0), out, duration_s=1)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_rows_lost_between_journal_and_file_are_not_reconciled(journal: Journal,
+                                                                tmp_path: Path) -> None:
+    summary = write_results(_Source(journal, drop=1), tmp_path / "r.csv", duration_s=0,
+                            chunk_rows=4)
+    assert not summary.reconciled and summary.exit_code() == 1
+    assert re.match(r"8 rows != .* \(= 6\); 6 rows written$", summary.reconcile)
+    assert summary.human().startswith("WARNING")
+
+
+def test_split_children_appear_in_results_under_their_batch(tmp_path: Path) -> None:
+    with Journal.open(tmp_path / "j", "fp") as j:
+        j.load(rows_table(), PLAN)
+        j.settle_and_split("b1", [PairOutcome(R1, C1, Status.FAILED, "INVALID_DATA")],
+                           [Batch("b1.1", "Leads", (R1,), (C2,)),
+                            Batch("b1.2", "Leads", (R2,), (C1, C2))], attempts=1)
+        j.record_outcomes("b1.2", [PairOutcome(R2, c, Status.UNENROLLED) for c in (C1, C2)],
+                          attempts=1)
+        write_results(j, tmp_path / "r.parquet", duration_s=0)
+    table = pq.read_table(tmp_path / "r.parquet")
+    assert table["batch_id"].to_pylist()[:4] == ["b1", "b1.1", "b1.2", "b1.2"]
+    assert table["status"].to_pylist()[:4] == ["failed", "not_sent", "unenrolled", "unenrolled"]

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from batcher.errors import AuthError, TransientError
+from batcher.retry import RetryPolicy, call_with_retries, compute_wait, parse_retry_after
+
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize("headers, expected", [
+    ({}, None),
+    ({"Retry-After": "7"}, 7.0),
+    ({"retry-after": "0"}, 0.0),
+    ({"Retry-After": "-3"}, 0.0),
+    ({"Retry-After": format_datetime(datetime.fromtimestamp(NOW + 30, UTC), usegmt=True)}, 30.0),
+    ({"Retry-After": format_datetime(datetime.fromtimestamp(NOW - 30, UTC), usegmt=True)}, 0.0),
+    ({"Retry-After": "soon"}, None),
+    ({"X-RATELIMIT-RESET": str(int((NOW + 12) * 1000))}, 12.0),   # epoch milliseconds
+    ({"x-ratelimit-reset": str(int(NOW + 5))}, 5.0),              # epoch seconds
+    ({"X-RateLimit-Reset": "20"}, 20.0),                         # seconds to wait
+    ({"Retry-After": "2", "X-RATELIMIT-RESET": "20"}, 2.0),
+])
+def test_parse_retry_after(headers, expected):
+    got = parse_retry_after(headers, NOW)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(expected)
+
+
+def test_parse_retry_after_accepts_httpx_headers():
+    assert parse_retry_after(httpx.Headers({"RETRY-AFTER": "3"}), NOW) == 3.0
+
+
+def test_wait_honours_retry_after_with_floor_and_cap():
+    policy = RetryPolicy(max_wait=60, min_wait_on_zero_retry_after=0.5)
+    assert compute_wait(policy, 1, TransientError("x", retry_after=0.0)) == 0.5
+    assert compute_wait(policy, 1, TransientError("x", retry_after=9.0)) == 9.0
+    assert compute_wait(policy, 1, TransientError("x", retry_after=3600.0)) == 60
+
+
+def test_backoff_is_exponential_and_jittered_within_bounds():
+    fixed = RetryPolicy(base=0.5, max_wait=3, jitter=False)
+    assert [compute_wait(fixed, n, None) for n in (1, 2, 3, 4, 5)] == [0.5, 1, 2, 3, 3]
+    jittered = RetryPolicy(base=0.5, max_wait=60)
+    rng = random.Random(1)
+    waits = [compute_wait(jittered, 4, None, rng) for _ in range(200)]
+    assert all(0 <= w <= 4 for w in waits) and len(set(waits)) > 100
+
+
+class Flaky:
+    def __init__(self, errors):
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+NO_JITTER = RetryPolicy(jitter=False)
+
+
+def run(fn, policy=NO_JITTER, **kw):
+    sleeps: list[float] = []
+
+    async def sleep(seconds):
+        sleeps.append(seconds)
+
+    result = asyncio.run(call_with_retries(fn, policy, sleep=sleep, **kw))
+    return result, sleeps
+
+
+def test_retries_transient_and_transport_errors_then_succeeds():
+    req = httpx.Request("POST", "https://x")
+    fn = Flaky([TransientError("502", http_status=502), httpx.ReadTimeout("t", request=req),
+                httpx.RemoteProtocolError("reset", request=req), httpx.ConnectError("c")])
+    seen = []
+    (result, attempts), sleeps = run(fn, on_retry=lambda n, e, w: seen.append((n, type(e), w)))
+    assert result == "ok" and attempts == 5 and fn.calls == 5
+    assert sleeps == [0.5, 1.0, 2.0, 4.0]
+    assert [s[:2] for s in seen] == [(1, TransientError), (2, httpx.ReadTimeout),
+                                     (3, httpx.RemoteProtocolError), (4, httpx.ConnectError)]
+
+
+def test_zero_retry_after_still_waits():
+    fn = Flaky([TransientError("429", retry_after=0.0, throttled=True)] * 3)
+    (_, attempts), sleeps = run(fn)
+    assert attempts == 4 and sleeps == [0.5, 0.5, 0.5]
+
+
+def test_last_error_reraised_after_all_attempts():
+    errors = [TransientError(f"boom {i}", http_status=503) for i in range(6)]
+    fn = Flaky(errors)
+    with pytest.raises(TransientError, match="boom 5"):
+        run(fn, RetryPolicy(attempts=6, jitter=False))
+    assert fn.calls == 6
+
+
+def test_other_errors_are_not_retried():
+    fn = Flaky([AuthError("refused")])
+    with pytest.raises(AuthError):
+        run(fn)
+    assert fn.calls == 1
+    fn = Flaky([httpx.UnsupportedProtocol("ftp")])
+    with pytest.raises(httpx.UnsupportedProtocol):
+        run(fn)
+    assert fn.calls == 1
+
+
+def test_first_try_success_counts_one_attempt():
+    (result, attempts), sleeps = run(Flaky([]))
+    assert (result, attempts, sleeps) == ("ok", 1, [])
+
+
+def test_policy_validates():
+    with pytest.raises(ValueError):
+        RetryPolicy(attempts=0)

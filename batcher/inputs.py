@@ -301,7 +301,9 @@ def _duplicates(module: pa.Array, record: pa.ChunkedArray, cadence: pa.ChunkedAr
     mc, n_mod = _codes(mod.to_numpy(zero_copy_only=False))
     cc, n_cad = _codes(pc.cast(cadence, pa.uint64()).to_numpy())
     rc, n_rec = _codes(pc.cast(record, pa.uint64()).to_numpy())
-    key = rc * n_cad + cc if n_mod == 1 else (mc * n_cad + cc) * n_rec + rc  # fits in int64
+    if n_mod > 1:  # (module, cadence) combinations that occur: at most one per row
+        cc, n_cad = _codes(mc * n_cad + cc)
+    key = cc * n_rec + rc  # < rows * records: fits in int64 for any input that fits in memory
     codes, n_pairs = _codes(key)
     if n_pairs == len(key):
         return first_of

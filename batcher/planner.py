@@ -241,7 +241,8 @@ def _choose_peel(parents: np.ndarray, below: np.ndarray, below_counts: np.ndarra
             return chosen
         left ^= low
         where = index.get_indexer(parents ^ low)
-        pooled = np.where(where >= 0, below_counts[np.maximum(where, 0)], 0)
+        pooled = np.zeros(len(parents), dtype=np.int64)
+        pooled[where >= 0] = below_counts[where[where >= 0]]
         key = np.where(low != 0, pooled * _MASK_BITS + rarity[_bit_index(np.maximum(low, 1))], -1)
         better = key > best_key
         best_key = np.where(better, key, best_key)
@@ -278,3 +279,334 @@ def _search(piece_masks: np.ndarray, piece_counts: np.ndarray, rarity: np.ndarra
         total += int(n_calls.sum())
         levels[s] = _Level(masks, counts, keep, peel, base)
     return _Search(threshold, total, levels)
+
+
+def _best_search(piece_masks: np.ndarray, piece_counts: np.ndarray, rarity: np.ndarray
+                 ) -> _Search:
+    best: _Search | None = None
+    for threshold in _THRESHOLDS:
+        found = _search(piece_masks, piece_counts, rarity, threshold)
+        if best is None or found.n_batches < best.n_batches:
+            best = found
+    assert best is not None
+    return best
+
+
+# --------------------------------------------------------------------------- one block of a module
+
+
+def _dense(codes: np.ndarray, universe: int) -> tuple[np.ndarray, np.ndarray]:
+    """(local codes 0..n-1 in the order of the global codes, local → global)."""
+    if len(codes) * 4 >= universe:
+        present = np.zeros(universe, dtype=bool)
+        present[codes] = True
+        local_of = np.cumsum(present, dtype=np.int64) - 1
+        return local_of[codes], np.flatnonzero(present)
+    glob, local = np.unique(codes, return_inverse=True)
+    return local.astype(np.int64, copy=False), glob
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One module (or one 64-cadence block of it), solved on counts; records built on demand."""
+
+    module: int
+    pair_pos: np.ndarray | None  # positions of these pairs in the input (None: all, in order)
+    r: np.ndarray  # local record per pair
+    c: np.ndarray  # local cadence per pair
+    rec_global: np.ndarray  # local record → record code
+    cad_global: np.ndarray  # local cadence → cadence code
+    record_type: np.ndarray  # local record → index into pieces
+    pieces: np.ndarray  # (types × slots) first pieces
+    search: _Search
+
+
+def _solve(module: int, pair_pos: np.ndarray | None, r_glob: np.ndarray, c_local: np.ndarray,
+           n_records_glob: int, cad_global: np.ndarray) -> _Part:
+    r, rec_global = _dense(r_glob, n_records_glob)
+    n_cad = len(cad_global)
+    masks = _record_masks(r, c_local, len(rec_global), n_cad)
+    record_type, tmask = pd.factorize(masks)
+    tmask = np.asarray(tmask, dtype=np.uint64)
+    tcount = np.bincount(record_type, minlength=len(tmask))
+    cad_count = np.bincount(c_local, minlength=n_cad)
+    pieces = _first_pieces(tmask, tcount, n_cad, cad_count)
+    rank = np.empty(n_cad, dtype=np.int64)
+    rank[np.argsort(cad_count, kind="stable")] = np.arange(n_cad)
+    rarity = (n_cad - 1) - rank
+    nz = pieces != 0
+    piece_masks = pieces[nz]
+    piece_counts = np.broadcast_to(tcount[:, None], pieces.shape)[nz]
+    search = _best_search(piece_masks, piece_counts, rarity)
+    return _Part(module, pair_pos, r, c_local, rec_global, cad_global, record_type.astype(
+        np.int64), pieces, search)
+
+
+def _strategy(threshold: int) -> str:
+    if threshold == 0:
+        return "exact sets"
+    if threshold > MAX_CADENCES_PER_CALL * (MAX_RECORDS_PER_CALL - 1):
+        return "exact sets, every remainder split"
+    return f"exact sets, remainders under {threshold} pairs split"
+
+
+def _lower_bound(pairs: int, k_per_record: np.ndarray, cad_count: np.ndarray) -> int:
+    cap_r, cap_c = MAX_RECORDS_PER_CALL, MAX_CADENCES_PER_CALL
+    by_records = -(-int((-(-k_per_record // cap_c)).sum()) // cap_r)
+    by_cadences = -(-int((-(-cad_count // cap_r)).sum()) // cap_c)
+    return max(-(-pairs // (cap_r * cap_c)), by_records, by_cadences)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+class Plan:
+    """Batches for a set of valid pairs, with the bounds that say how good the plan is.
+
+    Counts are known at once; per-record batch membership (``pair_batch``, ``iter_batches``)
+    is built on first use, so ``batcher plan`` never pays for it.
+    """
+
+    def __init__(self, n_pairs: int, per_module: dict[str, ModulePlanStats],
+                 parts: tuple[_Part, ...], offsets: tuple[int, ...], module_names: list[str],
+                 record_ids: pa.Array, cadence_ids: pa.Array) -> None:
+        self.n_pairs = n_pairs
+        self.per_module = per_module
+        self.n_batches = sum(s.batches for s in per_module.values())
+        self.lower_bound = sum(s.lower_bound for s in per_module.values())
+        self.naive_batches = sum(s.naive_batches for s in per_module.values())
+        self._parts = parts
+        self._offsets = offsets
+        self._module_names = module_names
+        self._record_ids = record_ids
+        self._cadence_ids = cadence_ids
+        self._built: list[_Built] | None = None
+        self._pair_batch: np.ndarray | None = None
+        self._width = max(6, len(str(max(self.n_batches - 1, 0))))
+
+    def __repr__(self) -> str:
+        return (f"Plan(n_pairs={self.n_pairs}, n_batches={self.n_batches}, "
+                f"lower_bound={self.lower_bound}, naive_batches={self.naive_batches})")
+
+    # ids -------------------------------------------------------------------
+    def batch_id_of(self, index: int) -> str:
+        if not 0 <= index < self.n_batches:
+            raise IndexError(f"batch index {index} out of range 0..{self.n_batches - 1}")
+        return f"b{index:0{self._width}d}"
+
+    def batch_ids(self, indices: np.ndarray | Sequence[int] | None = None) -> pa.Array:
+        """Batch ids as strings: of ``indices`` (e.g. ``pair_batch``), else of every batch."""
+        idx = np.arange(self.n_batches) if indices is None else np.asarray(indices)
+        text = pc.utf8_lpad(pc.cast(pa.array(idx, pa.int64()), pa.string()), self._width, "0")
+        return pc.binary_join_element_wise("b", text, "")
+
+    # per record ----------------------------------------------------------------
+    def _build(self) -> list[_Built]:
+        if self._built is None:
+            self._built = [_build_part(p) for p in self._parts]
+        return self._built
+
+    @property
+    def pair_batch(self) -> np.ndarray:
+        """For each input pair, in input order, the index of the batch that carries it."""
+        if self._pair_batch is None:
+            out = np.full(self.n_pairs, -1, dtype=np.int64)
+            for part, built, offset in zip(self._parts, self._build(), self._offsets, strict=True):
+                local = built.pair_batch + offset
+                if part.pair_pos is None:
+                    out[:] = local
+                else:
+                    out[part.pair_pos] = local
+            self._pair_batch = out
+        return self._pair_batch
+
+    def iter_batches(self) -> Iterator[Batch]:
+        """Every batch in index order, its records in first-seen input order."""
+        cadence_text = _texts(self._cadence_ids)
+        for part, built, offset in zip(self._parts, self._build(), self._offsets, strict=True):
+            module = self._module_names[part.module]
+            n = len(built.ptr) - 1
+            step = 2000
+            for b0 in range(0, n, step):
+                b1 = min(n, b0 + step)
+                lo, hi = int(built.ptr[b0]), int(built.ptr[b1])
+                codes = part.rec_global[built.records[lo:hi]]
+                texts = _texts(self._record_ids.take(pa.array(codes)))
+                for b in range(b0, b1):
+                    s, e = int(built.ptr[b]) - lo, int(built.ptr[b + 1]) - lo
+                    cads = tuple(cadence_text[int(part.cad_global[i])]
+                                 for i in _bits(int(built.masks[b])))
+                    yield Batch(self.batch_id_of(offset + b), module, tuple(texts[s:e]), cads)
+
+
+def _texts(arr: pa.Array) -> list[str]:
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = pc.cast(arr, pa.string())
+    return arr.to_pylist()
+
+
+def _bits(mask: int) -> list[int]:
+    return [b for b in range(mask.bit_length()) if mask >> b & 1]
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    pair_batch: np.ndarray  # per pair of the part, batch index relative to the part
+    ptr: np.ndarray  # batch b's records are records[ptr[b]:ptr[b + 1]]
+    records: np.ndarray  # local record indices, sorted within each batch
+    masks: np.ndarray  # cadence set (local bits) of each batch
+
+
+def _build_part(part: _Part) -> _Built:
+    leaf_rec, leaf_mask, leaf_batch = _leaves(part)
+    n_batches = part.search.n_batches
+    # batch → records, records in first-seen order
+    order = np.lexsort((leaf_rec, leaf_batch))
+    ptr = np.zeros(n_batches + 1, dtype=np.int64)
+    np.cumsum(np.bincount(leaf_batch, minlength=n_batches), out=ptr[1:])
+    masks = np.zeros(n_batches, dtype=np.uint64)
+    masks[leaf_batch] = leaf_mask
+    # pair → the leaf of its record whose set holds its cadence
+    by_rec = np.argsort(leaf_rec, kind="stable")
+    lm, lb = leaf_mask[by_rec], leaf_batch[by_rec]
+    n_leaf = np.bincount(leaf_rec, minlength=len(part.rec_global))
+    start = np.concatenate(([0], np.cumsum(n_leaf)[:-1]))
+    pair_batch = np.full(len(part.r), -1, dtype=np.int64)
+    todo = np.arange(len(part.r))
+    j = 0
+    while len(todo):
+        rr = part.r[todo]
+        has = n_leaf[rr] > j
+        li = start[rr] + j
+        li[~has] = 0
+        hit = has & (((lm[li] >> part.c[todo].astype(np.uint64)) & np.uint64(1)) == 1)
+        pair_batch[todo[hit]] = lb[li[hit]]
+        todo = todo[~hit]
+        j += 1
+        if j > _MASK_BITS:  # cannot happen: every pair's cadence is in one leaf of its record
+            raise RuntimeError("planner: a pair is not covered by any batch")
+    return _Built(pair_batch, ptr, leaf_rec[order], masks)
+
+
+def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replay the chosen search on records: (record, piece set, batch) of every final piece."""
+    cap = MAX_RECORDS_PER_CALL
+    pend: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {
+        s: ([], []) for s in range(1, MAX_CADENCES_PER_CALL + 1)}
+    for j in range(part.pieces.shape[1]):
+        pm = part.pieces[part.record_type, j]
+        sel = np.flatnonzero(pm)
+        pm = pm[sel]
+        size = _popcount(pm)
+        for s in range(1, MAX_CADENCES_PER_CALL + 1):
+            pend[s][0].append(sel[size == s])
+            pend[s][1].append(pm[size == s])
+    out_rec, out_mask, out_batch = [], [], []
+    for s in range(MAX_CADENCES_PER_CALL, 0, -1):
+        lv = part.search.levels[s]
+        rec = np.concatenate(pend[s][0]) if pend[s][0] else np.zeros(0, np.int64)
+        mask = np.concatenate(pend[s][1]) if pend[s][1] else np.zeros(0, np.uint64)
+        if not len(rec):
+            continue
+        g = np.searchsorted(lv.masks, mask)
+        if not np.array_equal(np.bincount(g, minlength=len(lv.masks)), lv.counts):
+            raise RuntimeError("planner: replay diverged from the search")  # internal invariant
+        key = g.astype(np.uint16) if len(lv.masks) <= np.iinfo(np.uint16).max else g
+        order = np.argsort(key, kind="stable")
+        starts = np.concatenate(([0], np.cumsum(lv.counts)[:-1]))
+        rank = np.empty(len(g), dtype=np.int64)
+        rank[order] = np.arange(len(g)) - starts[g[order]]
+        n_full = lv.counts[g] // cap
+        in_full = rank < n_full * cap
+        final = in_full | lv.keep[g]
+        out_rec.append(rec[final])
+        out_mask.append(mask[final])
+        out_batch.append(lv.base[g[final]] + np.where(in_full, rank // cap, n_full)[final])
+        moved = ~final
+        if moved.any():
+            peel = lv.peel[g[moved]]
+            pend[s - 1][0].append(rec[moved])
+            pend[s - 1][1].append(mask[moved] ^ peel)
+            pend[1][0].append(rec[moved])
+            pend[1][1].append(peel)
+    return np.concatenate(out_rec), np.concatenate(out_mask), np.concatenate(out_batch)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
+               record_codes: np.ndarray, record_ids: pa.Array | Sequence[str],
+               cadence_codes: np.ndarray, cadence_ids: pa.Array | Sequence[str]) -> Plan:
+    """Plan from integer codes (e.g. the input reader's): ``record_ids[record_codes[i]]`` is pair
+    i's record id, and so on. Dictionaries must hold distinct values; the triples of codes must be
+    distinct. A record id under two modules is two records."""
+    names = [str(x) for x in (module_names.to_pylist() if isinstance(module_names, pa.Array)
+                              else module_names)]
+    rec_ids = record_ids if isinstance(record_ids, pa.Array) else pa.array(list(record_ids),
+                                                                           pa.string())
+    cad_ids = cadence_ids if isinstance(cadence_ids, pa.Array) else pa.array(list(cadence_ids),
+                                                                             pa.string())
+    mod = np.asarray(module_codes, dtype=np.int64)
+    rec = np.asarray(record_codes, dtype=np.int64)
+    cad = np.asarray(cadence_codes, dtype=np.int64)
+    n = len(rec)
+    if not len(mod) == n == len(cad):
+        raise ValueError("module, record and cadence columns differ in length")
+    parts: list[_Part] = []
+    stats: dict[str, ModulePlanStats] = {}
+    if len(names) == 1 or n == 0:
+        groups = [(0, None)] if n else []
+    else:
+        key = mod.astype(np.uint16) if len(names) <= np.iinfo(np.uint16).max else mod
+        order = np.argsort(key, kind="stable")
+        bounds = np.searchsorted(mod[order], np.arange(len(names) + 1))
+        groups = [(m, order[bounds[m]:bounds[m + 1]]) for m in range(len(names))
+                  if bounds[m + 1] > bounds[m]]
+    for m, pos in groups:
+        r_glob = rec if pos is None else rec[pos]
+        c_glob = cad if pos is None else cad[pos]
+        c_local, cad_global = _dense(c_glob, len(cad_ids))
+        r_local, _ = _dense(r_glob, len(rec_ids))
+        k = np.bincount(r_local)
+        cad_count = np.bincount(c_local, minlength=len(cad_global))
+        module_parts = []
+        for lo in range(0, len(cad_global), _MASK_BITS):
+            if len(cad_global) <= _MASK_BITS:
+                sel_pos, rr, cc = pos, r_glob, c_local
+            else:
+                sel = (c_local >= lo) & (c_local < lo + _MASK_BITS)
+                sel_pos = np.flatnonzero(sel) if pos is None else pos[sel]
+                rr, cc = r_glob[sel], c_local[sel] - lo
+            module_parts.append(_solve(m, sel_pos, rr, cc, len(rec_ids),
+                                       cad_global[lo:lo + _MASK_BITS]))
+        parts.extend(module_parts)
+        strategies = dict.fromkeys(_strategy(p.search.threshold) for p in module_parts)
+        stats[names[m]] = ModulePlanStats(
+            module=names[m], pairs=len(r_glob), records=len(k), cadences=len(cad_global),
+            batches=sum(p.search.n_batches for p in module_parts),
+            lower_bound=_lower_bound(len(r_glob), k, cad_count),
+            naive_batches=int((-(-cad_count // MAX_RECORDS_PER_CALL)).sum()),
+            strategy="; ".join(strategies))
+    offsets = tuple(np.concatenate(([0], np.cumsum([p.search.n_batches for p in parts])[:-1]))
+                    .astype(int).tolist()) if parts else ()
+    return Plan(n, stats, tuple(parts), offsets, names, rec_ids, cad_ids)
+
+
+def plan_pairs(module: object, record_id: object, cadence_id: object) -> Plan:
+    """Plan valid, distinct (module, record_id, cadence_id) pairs given as three equal-length
+    columns (pyarrow arrays, chunked arrays or lists of str)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:  # pyarrow hashing releases the GIL
+        rec_job = pool.submit(_encode, record_id)
+        cad = _encode(cadence_id)
+        mod = _encode(module)
+        rec = rec_job.result()
+    return plan_codes(mod[0], _texts(mod[1]), rec[0], rec[1], cad[0], cad[1])
+
+
+def plan_batches(pairs: Sequence[tuple[str, str, str]]) -> list[Batch]:
+    """Convenience for small inputs: (module, record_id, cadence_id) tuples → batches."""
+    if not pairs:
+        return []
+    module, record, cadence = (list(col) for col in zip(*pairs, strict=True))
+    return list(plan_pairs(module, record, cadence).iter_batches())

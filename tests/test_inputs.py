@@ -549,8 +549,8 @@ _GOOD_IDS = [REC, REC2, REC3, CAD, CAD2, "9999999999999999999", "100000000000000
              "1234567890123456789"]
 _BAD_IDS = ["", "123", "55402300000179", "55402300000179864712", "5.54023E+17", "abc",
             "554023000001798647.5", "zcrm_", "12345678901234a"]
-_MODULES = ["Leads", "leads", "Contacts", "CONTACTS", "Partners__c", "", "  ", "Leads/../x",
-            "1bad"]
+_MODULES = ["Leads", "leads", " leads ", "Contacts", "CONTACTS", "Partners__c", "", "  ",
+            "Leads/../x", "1bad"]
 
 
 def _id_values() -> st.SearchStrategy[str]:
@@ -595,18 +595,23 @@ def _oracle(rows: list[tuple[str, str, str]], default: str | None
     return out
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(_ROW, min_size=1, max_size=25),
        delimiter=st.sampled_from([",", ";", "\t", "|"]),
        quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]),
+       with_module=st.booleans(), with_owner=st.booleans(),
        default=st.sampled_from([None, "Deals"]))
-def test_reader_agrees_with_a_simple_oracle(tmp_path: Path, rows, delimiter, quoting, default):
+def test_reader_agrees_with_a_simple_oracle(tmp_path: Path, rows, delimiter, quoting,
+                                            with_module, with_owner, default):
+    if not with_module:
+        rows = [(rec, cad, "") for rec, cad, _ in rows]
+    header = ["Record Id", "Cadence Id"] + ["Module"] * with_module + ["Owner"] * with_owner
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=delimiter, quoting=quoting, lineterminator="\r\n")
-    writer.writerow(["Record Id", "Cadence Id", "Module", "Owner"])
+    writer.writerow(header)
     for rec, cad, mod in rows:
-        writer.writerow([rec, cad, mod, "ops@example.com"])
+        writer.writerow([rec, cad] + [mod] * with_module + ["ops@example.com"] * with_owner)
     path = write(tmp_path, buf.getvalue(), name="prop.csv")
 
     table = read_input(path, default_module=default)

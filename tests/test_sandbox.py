@@ -379,6 +379,9 @@ def test_truth_records_every_call_and_is_served_as_json():
     assert ["Leads", R1, C1] not in truth["enrolled"] and ["Leads", R1, C2] in truth["enrolled"]
     assert len(truth["calls"]) == 3 and len(truth["named_pairs"]) == 4
     assert "sandbox-client-secret" not in json.dumps(truth)
+    summary = send(app, "GET", "/__sandbox__/truth", params={"summary": 1}).json()
+    assert summary["calls"] == 3 and summary["removed"] == 1 and summary["named_pairs"] == 4
+    assert summary["calls_by_status"] == {"207": 1, "400": 1, "401": 1}
 
 
 def test_world_round_trips_through_json_and_generate_is_reproducible(tmp_path):

@@ -188,7 +188,7 @@ async def _unenrol_call(request: Request, sb: Sandbox, decision: F.Decision,
                fault: str | None = None) -> None:
         removed = tuple((r, c) for _, r, c in answer.remove) if answer else ()
         sb.record_call(CallRecord(
-            seq=sb.next_seq(), module=module, record_ids=tuple(map(str, ids)),
+            seq=decision.seq, module=module, record_ids=tuple(map(str, ids)),
             cadence_ids=tuple(map(str, cadence_ids)), http_status=status, code=code,
             applied=answer is not None and answer.status in (200, 202, 207), removed=removed,
             fault=fault, delayed=decision.slow))
@@ -247,7 +247,8 @@ def _refusal(request: Request, sb: Sandbox, given: str, module: str) -> tuple[in
 
 
 async def _truth(request: Request) -> Response:
-    return JSONResponse(request.app.state.sandbox.truth())
+    summary = request.query_params.get("summary", "") not in ("", "0", "false")
+    return JSONResponse(request.app.state.sandbox.truth(summary=summary))
 
 
 async def _revoke(request: Request) -> Response:

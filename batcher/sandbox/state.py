@@ -12,7 +12,7 @@ import math
 import secrets
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
@@ -29,8 +29,9 @@ CADENCE_READ_SCOPES = ("zohocrm.settings.cadences.read", "zohocrm.settings.caden
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """One un-enrol call as the server saw it."""
+    """One un-enrol call as the server saw it (``Sandbox.calls`` lists them as they finish)."""
 
+    #: arrival order among API calls (cadence listings included): the fault dice's roll number
     seq: int
     module: str
     record_ids: tuple[str, ...]
@@ -228,10 +229,6 @@ class Sandbox:
         with self._lock:
             self._calls.append(call)
 
-    def next_seq(self) -> int:
-        with self._lock:
-            return len(self._calls) + 1
-
     @property
     def calls(self) -> list[CallRecord]:
         with self._lock:
@@ -260,19 +257,36 @@ class Sandbox:
 
     @property
     def pending(self) -> frozenset[Triple]:
+        """Pairs a 202 promised and the clock has not yet reached."""
         with self._lock:
-            return frozenset(t for _, triples in self._pending for t in triples)
+            return frozenset(self.pending_list())
 
-    def truth(self) -> dict:
-        """Everything a test needs to judge a run from the server's side, as JSON-ready data."""
+    def pending_list(self) -> list[Triple]:
+        return [t for _, triples in self._pending for t in triples]
+
+    def truth(self, summary: bool = False) -> dict:
+        """Everything a test needs to judge a run from the server's side, as JSON-ready data.
+
+        ``summary`` gives counts only: the full lists of a million-pair rehearsal are large.
+        """
         self.apply_due()
         with self._lock:
+            if summary:
+                statuses = Counter(str(c.http_status) for c in self._calls)
+                return {
+                    "calls": len(self._calls), "calls_by_status": dict(sorted(statuses.items())),
+                    "named_pairs": len(self._named), "removed": len(self._removed),
+                    "enrolled": len(self.world.enrollments), "pending": len(self.pending_list()),
+                    "refresh_count": self.refresh_count, "tokens_issued": self.tokens_issued,
+                    "max_concurrency_seen": self.max_concurrency_seen,
+                    "fault_profile": self.profile.name, "seed": self.config.seed,
+                }
             return {
                 "calls": [asdict(c) for c in self._calls],
                 "named_pairs": sorted(list(t) for t in self._named),
                 "removed": sorted(list(t) for t in self._removed),
                 "enrolled": sorted(list(t) for t in self.world.enrollments),
-                "pending": sorted(list(t) for _, ts in self._pending for t in ts),
+                "pending": sorted(list(t) for t in self.pending_list()),
                 "refresh_count": self.refresh_count,
                 "tokens_issued": self.tokens_issued,
                 "max_concurrency_seen": self.max_concurrency_seen,

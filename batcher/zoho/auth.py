@@ -31,11 +31,12 @@ class ZohoAuth(httpx.Auth):
     ``api_domain`` is the domain to call: the configured one, or the one Zoho returned with the
     last token when :func:`accept_api_domain` accepts it. Requests addressed to the configured
     domain are re-routed to it, so callers that built URLs early still reach the right one.
-    ``refreshes`` counts token refreshes for the summary.
+    ``refreshes`` counts token refreshes for the summary. ``client`` (or ``transport``) reaches
+    the accounts server; it must be a client of its own, not the one this auth signs for.
     """
 
     def __init__(self, credentials: Credentials, endpoints: Endpoints, *,
-                 token_client: httpx.AsyncClient | None = None,
+                 client: httpx.AsyncClient | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  refresh_ahead: float = 60.0, max_refreshes: int = 10,
@@ -46,8 +47,8 @@ class ZohoAuth(httpx.Auth):
         self._credentials = credentials
         self._configured_domain = endpoints.api_domain
         self._token_url = f"{endpoints.accounts_url.rstrip('/')}/oauth/v2/token"
-        self._owns_client = token_client is None
-        self._client = token_client or httpx.AsyncClient(transport=transport, timeout=30.0)
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(transport=transport, timeout=30.0)
         self._clock = clock
         self._refresh_ahead = refresh_ahead
         self._max_refreshes = max_refreshes

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from batcher.errors import AuthError, PermissionDenied, TransientError
+from batcher.retry import RetryPolicy
+from batcher.zoho.cadences import Cadence, CadencesUnavailable, fetch_cadences, preflight
+
+DOMAIN = "https://www.zohoapis.com"
+URL = f"{DOMAIN}/crm/v7/settings/automation/cadences"
+FAST = RetryPolicy(attempts=3, jitter=False)
+
+
+def raw(cid, name="Welcome", module="Leads", type_="manual_enrollment", **extra):
+    return {"id": cid, "name": name, "module": {"api_name": module, "id": "5540230000000020"},
+            "type": type_, "active": True, "published": True, "status": "active", **extra}
+
+
+def fetch(handler, policy=FAST):
+    sleeps = []
+    calls = []
+
+    def recording(request):
+        calls.append(request)
+        return handler(request)
+
+    async def sleep(seconds):
+        sleeps.append(seconds)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(recording)) as client:
+            return await fetch_cadences(client, DOMAIN + "/", policy=policy, sleep=sleep)
+
+    return asyncio.run(go()), calls, sleeps
+
+
+def test_reads_every_page():
+    pages = {
+        "1": {"cadences": [raw("554023000004092008"),
+                           raw("554023000004092009", type_="custom_view")],
+              "info": {"per_page": 2, "count": 2, "page": 1, "more_records": True}},
+        "2": {"cadences": [raw("554023000004092010", module="Partners__c")],
+              "info": {"per_page": 2, "count": 1, "page": 2, "more_records": False}},
+    }
+
+    def handler(request):
+        assert str(request.url).startswith(URL)
+        return httpx.Response(200, json=pages[request.url.params["page"]])
+
+    cadences, calls, _ = fetch(handler)
+    assert [c.id for c in cadences] == ["554023000004092008", "554023000004092009",
+                                        "554023000004092010"]
+    assert cadences[0] == Cadence("554023000004092008", "Welcome", "Leads", "manual_enrollment",
+                                  True, True, "active")
+    assert cadences[2].module == "Partners__c" and cadences[1].type == "custom_view"
+    assert [r.url.params["page"] for r in calls] == ["1", "2"]
+
+
+def test_204_means_no_cadences():
+    cadences, calls, _ = fetch(lambda r: httpx.Response(204))
+    assert cadences == [] and len(calls) == 1
+
+
+def test_stops_when_a_page_is_empty_even_if_more_records_is_claimed():
+    body = {"cadences": [], "info": {"more_records": True}}
+    cadences, calls, _ = fetch(lambda r: httpx.Response(200, json=body))
+    assert cadences == [] and len(calls) == 1
+
+
+def test_ids_stay_strings_and_float_ids_are_dropped():
+    body = {"cadences": [raw(554023000004092008), raw(5.54023e17), {"name": "no id"}],
+            "info": {"more_records": False}}
+    cadences, _, _ = fetch(lambda r: httpx.Response(200, json=body))
+    assert [c.id for c in cadences] == ["554023000004092008"]
+
+
+def test_transient_errors_are_retried():
+    answers = [httpx.Response(502, text="<html>bad gateway</html>"),
+               httpx.Response(429, json={"code": "TOO_MANY_REQUESTS"},
+                              headers={"Retry-After": "4"}),
+               httpx.Response(200, json={"cadences": [raw("554023000004092008")]})]
+    cadences, calls, sleeps = fetch(lambda r: answers.pop(0))
+    assert len(cadences) == 1 and len(calls) == 3 and sleeps == [0.5, 4.0]
+
+
+def test_persistent_outage_raises_transient():
+    with pytest.raises(TransientError):
+        fetch(lambda r: httpx.Response(503, text=""))
+
+
+@pytest.mark.parametrize("status, code", [(401, "OAUTH_SCOPE_MISMATCH"), (403, "NO_PERMISSION")])
+def test_missing_settings_scope_is_a_documented_permission_error(status, code):
+    body = {"code": code, "details": {}, "message": "x", "status": "error"}
+    with pytest.raises(CadencesUnavailable) as info:
+        fetch(lambda r: httpx.Response(status, json=body))
+    assert isinstance(info.value, PermissionDenied)
+    assert "ZohoCRM.settings.cadences.READ" in str(info.value)
+
+
+def test_authentication_failure_aborts():
+    body = {"code": "AUTHENTICATION_FAILURE", "details": {}, "message": "x", "status": "error"}
+    with pytest.raises(AuthError):
+        fetch(lambda r: httpx.Response(401, json=body))
+
+
+CADENCES = [
+    Cadence("1001", "Manual leads", "Leads", "manual_enrollment"),
+    Cadence("1002", "Auto leads", "Leads", "custom_view"),
+    Cadence("1003", "Contacts flow", "Contacts", "manual_enrollment"),
+]
+
+
+def test_preflight_flags_each_problem_with_the_api_code():
+    pairs = [("Leads", "1001"), ("leads", "1001"), ("Leads", "1002"), ("Leads", "1003"),
+             ("Leads", "9999"), ("Contacts", "1003"), ("Leads", "9999")]
+    assert preflight(pairs, CADENCES) == {
+        ("Leads", "1002"): ("NOT_ALLOWED", "cadence 1002 (Auto leads) is of type custom_view; "
+                                           "only manual_enrollment cadences allow un-enrolment"),
+        ("Leads", "1003"): ("INVALID_DATA", "cadence 1003 (Contacts flow) belongs to module "
+                                            "Contacts, not Leads"),
+        ("Leads", "9999"): ("INVALID_DATA", "cadence 9999 does not exist in this org"),
+    }
+
+
+def test_preflight_with_no_cadences_flags_everything_unknown():
+    result = preflight([("Leads", "1001")], [])
+    assert result == {
+        ("Leads", "1001"): ("INVALID_DATA", "cadence 1001 does not exist in this org")}

@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--faults", default="none",
                     help="none, flaky, throttled, lossy, slow, short_tokens, mix")
     sb.add_argument("--seed", type=int, default=0)
+    sb.add_argument("--module", help="module for --from rows without a module column")
     return p
 
 
@@ -102,7 +103,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     from .sandbox.serve import main as serve_main
 
     return serve_main(port=args.port, from_input=args.from_input, faults=args.faults,
-                      seed=args.seed)
+                      seed=args.seed, module=args.module)
 
 
 _COMMANDS = {"plan": _cmd_plan, "run": _cmd_run, "cadences": _cmd_cadences,

@@ -8,7 +8,9 @@ happens instead of the call (nothing applied) or after it (everything applied): 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import httpx
 
@@ -52,7 +54,7 @@ class FaultProfile:
     token_ttl: float | None = None
 
 
-PROFILES: dict[str, FaultProfile] = {
+PROFILES: Mapping[str, FaultProfile] = MappingProxyType({
     p.name: p
     for p in (
         FaultProfile("none"),
@@ -65,7 +67,7 @@ PROFILES: dict[str, FaultProfile] = {
                      storm_start=0.03, slow=0.03, concurrency_limit=4, rate_limit=40.0,
                      token_ttl=10.0),
     )
-}
+})
 
 
 def profile_named(name: str) -> FaultProfile:

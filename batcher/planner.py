@@ -227,30 +227,42 @@ def _aggregate(masks: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.nd
     return np.asarray(uniq, dtype=np.uint64), np.bincount(codes, weights=w).astype(np.int64)
 
 
-def _choose_peel(parents: np.ndarray, below: np.ndarray, below_counts: np.ndarray,
-                 rarity: np.ndarray) -> np.ndarray:
-    """For each set to split, the bit whose removal leaves the set pooled most one size down
-    (ties: the rarest cadence, which is the least likely to find partners anyway)."""
-    index = pd.Index(below)
-    best_key = np.full(len(parents), -1, dtype=np.int64)
-    chosen = np.zeros(len(parents), dtype=np.uint64)
+def _pool_lookup(pool: tuple[np.ndarray, np.ndarray], masks: np.ndarray) -> np.ndarray:
+    where = pd.Index(pool[0]).get_indexer(masks)
+    found = np.zeros(len(masks), dtype=np.int64)
+    found[where >= 0] = pool[1][where[where >= 0]]
+    return found
+
+
+def _choose_split(parents: np.ndarray, size: int,
+                  pools: dict[int, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """For each set to split, the part X (one or two cadences) to split off: the split whose
+    smaller pool is the biggest (both halves should find company), then the biggest rest pool."""
+    bits = []
     left = parents.copy()
-    while True:
+    for _ in range(size):
         low = _lowbit(left)
-        if not low.any():
-            return chosen
         left ^= low
-        where = index.get_indexer(parents ^ low)
-        pooled = np.zeros(len(parents), dtype=np.int64)
-        pooled[where >= 0] = below_counts[where[where >= 0]]
-        key = np.where(low != 0, pooled * _MASK_BITS + rarity[_bit_index(np.maximum(low, 1))], -1)
-        better = key > best_key
-        best_key = np.where(better, key, best_key)
-        chosen = np.where(better, low, chosen)
+        bits.append(low)
+    candidates = list(bits)
+    if size >= 4:
+        candidates += [bits[a] | bits[b] for a in range(size) for b in range(a + 1, size)]
+    best_min = np.full(len(parents), -1, dtype=np.int64)
+    best_rest = np.full(len(parents), -1, dtype=np.int64)
+    chosen = np.zeros(len(parents), dtype=np.uint64)
+    for part in candidates:
+        k = 1 if part is bits[0] or any(part is b for b in bits) else 2
+        rest_pool = _pool_lookup(pools[size - k], parents ^ part)
+        part_pool = _pool_lookup(pools[k], part)
+        low = np.minimum(rest_pool, part_pool)
+        better = (low > best_min) | ((low == best_min) & (rest_pool > best_rest))
+        best_min = np.where(better, low, best_min)
+        best_rest = np.where(better, rest_pool, best_rest)
+        chosen = np.where(better, part, chosen)
+    return chosen
 
 
-def _search(piece_masks: np.ndarray, piece_counts: np.ndarray, rarity: np.ndarray,
-            threshold: int) -> _Search:
+def _search(piece_masks: np.ndarray, piece_counts: np.ndarray, threshold: int) -> _Search:
     """Cost of one splitting threshold, from piece counts alone (no per-record work)."""
     cap = MAX_RECORDS_PER_CALL
     size = _popcount(piece_masks)
@@ -268,12 +280,14 @@ def _search(piece_masks: np.ndarray, piece_counts: np.ndarray, rarity: np.ndarra
         peel = np.zeros(len(masks), dtype=np.uint64)
         if split.any():
             parents, moved = masks[split], rest[split]
-            chosen = _choose_peel(parents, *_aggregate(*pending[s - 1]), rarity)
+            pools = {k: _aggregate(*pending[k]) for k in range(1, s)}
+            chosen = _choose_split(parents, s, pools)
             peel[split] = chosen
-            pending[s - 1][0].append(parents ^ chosen)
-            pending[s - 1][1].append(moved)
-            pending[1][0].append(chosen)
-            pending[1][1].append(moved)
+            for child in (parents ^ chosen, chosen):
+                child_size = _popcount(child)
+                for k in range(1, s):
+                    pending[k][0].append(child[child_size == k])
+                    pending[k][1].append(moved[child_size == k])
         n_calls = full + keep
         base = total + np.concatenate(([0], np.cumsum(n_calls)[:-1])).astype(np.int64)
         total += int(n_calls.sum())
@@ -281,11 +295,10 @@ def _search(piece_masks: np.ndarray, piece_counts: np.ndarray, rarity: np.ndarra
     return _Search(threshold, total, levels)
 
 
-def _best_search(piece_masks: np.ndarray, piece_counts: np.ndarray, rarity: np.ndarray
-                 ) -> _Search:
+def _best_search(piece_masks: np.ndarray, piece_counts: np.ndarray) -> _Search:
     best: _Search | None = None
     for threshold in _THRESHOLDS:
-        found = _search(piece_masks, piece_counts, rarity, threshold)
+        found = _search(piece_masks, piece_counts, threshold)
         if best is None or found.n_batches < best.n_batches:
             best = found
     assert best is not None
@@ -331,13 +344,10 @@ def _solve(module: int, pair_pos: np.ndarray | None, r_glob: np.ndarray, c_local
     tcount = np.bincount(record_type, minlength=len(tmask))
     cad_count = np.bincount(c_local, minlength=n_cad)
     pieces = _first_pieces(tmask, tcount, n_cad, cad_count)
-    rank = np.empty(n_cad, dtype=np.int64)
-    rank[np.argsort(cad_count, kind="stable")] = np.arange(n_cad)
-    rarity = (n_cad - 1) - rank
     nz = pieces != 0
     piece_masks = pieces[nz]
     piece_counts = np.broadcast_to(tcount[:, None], pieces.shape)[nz]
-    search = _best_search(piece_masks, piece_counts, rarity)
+    search = _best_search(piece_masks, piece_counts)
     return _Part(module, pair_pos, r, c_local, rec_global, cad_global, record_type.astype(
         np.int64), pieces, search)
 
@@ -525,10 +535,11 @@ def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         moved = ~final
         if moved.any():
             peel = lv.peel[g[moved]]
-            pend[s - 1][0].append(rec[moved])
-            pend[s - 1][1].append(mask[moved] ^ peel)
-            pend[1][0].append(rec[moved])
-            pend[1][1].append(peel)
+            for child in (mask[moved] ^ peel, peel):
+                child_size = _popcount(child)
+                for k in range(1, s):
+                    pend[k][0].append(rec[moved][child_size == k])
+                    pend[k][1].append(child[child_size == k])
     return np.concatenate(out_rec), np.concatenate(out_mask), np.concatenate(out_batch)
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 import httpx
@@ -183,3 +185,53 @@ def accept_api_domain(configured: str, returned: str | None) -> str:
         if conf_host.startswith(prefix) and not host.startswith(prefix):
             return configured
     return f"https://{host}" + (f":{url.port}" if url.port else "")
+
+
+_FILE_SETTINGS = {"dc": "ZOHO_DC", "api_domain": "ZOHO_API_DOMAIN",
+                  "accounts_url": "ZOHO_ACCOUNTS_URL"}
+_FILE_ENV_NAMES = {"client_id": "ZOHO_CLIENT_ID", "client_secret": "ZOHO_CLIENT_SECRET",
+                   "refresh_token": "ZOHO_REFRESH_TOKEN", "access_token": "ZOHO_ACCESS_TOKEN"}
+
+
+def env_with_config_file(path: str | Path, env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` completed from a TOML file that names where things are, never secrets themselves::
+
+        [zoho]
+        dc = "eu"                                  # or api_domain / accounts_url
+        [zoho.env]                                 # names of environment variables
+        client_id = "ACME_ZOHO_CLIENT_ID"
+        client_secret = "ACME_ZOHO_CLIENT_SECRET"
+        refresh_token = "ACME_ZOHO_REFRESH_TOKEN"
+
+    ``ZOHO_*`` variables already in the environment beat the file, as flags beat both.
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not a valid TOML file ({exc})") from None
+    zoho = data.get("zoho", {})
+    names = zoho.get("env", {}) if isinstance(zoho, dict) else None
+    if not isinstance(zoho, dict) or not isinstance(names, dict) or set(data) - {"zoho"}:
+        raise UsageError(f"{path}: expected only a [zoho] table with an optional [zoho.env]")
+    for key in zoho:
+        if key in _FILE_ENV_NAMES:
+            raise UsageError(f"{path}: {key} must not be written in the file; put the name of "
+                             f"the environment variable that holds it under [zoho.env]")
+        if key not in _FILE_SETTINGS and key != "env":
+            raise UsageError(f"{path}: unknown setting {key!r} in [zoho]; "
+                             f"known: {', '.join(_FILE_SETTINGS)}")
+    unknown = set(names) - set(_FILE_ENV_NAMES)
+    if unknown:
+        raise UsageError(f"{path}: unknown name(s) in [zoho.env]: {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(_FILE_ENV_NAMES)}")
+    merged = dict(env)
+    for key, var in _FILE_SETTINGS.items():
+        if key in zoho and not (env.get(var) or "").strip():
+            merged[var] = str(zoho[key])
+    for key, var in _FILE_ENV_NAMES.items():
+        source = names.get(key)
+        if source is not None and not (env.get(var) or "").strip() and env.get(str(source)):
+            merged[var] = env[str(source)]
+    return merged

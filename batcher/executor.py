@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from .errors import AuthError, BudgetExhausted, TransientError
+from .errors import AbortError, AuthError, BudgetExhausted, TransientError
 from .limiter import AdaptiveLimiter, LimiterSettings
 from .models import Batch, PairOutcome, Status
 from .retry import RetryPolicy, call_with_retries
@@ -51,6 +51,7 @@ class Executor:
         self._limiter = AdaptiveLimiter(LimiterSettings(
             max_concurrency=settings.concurrency, calm_seconds=settings.calm_seconds))
         self.counters = Counters()
+        self._stop: AbortError | None = None
         self._on_progress = on_progress or (lambda c: None)
 
     @property
@@ -58,22 +59,20 @@ class Executor:
         return self._limiter.lowest
 
     async def run(self, batches: Iterable[Batch]) -> Counters:
-        """Send every batch; stop everything on the first fatal error (auth, permission, budget)."""
+        """Send every batch; on an abort (auth, permission, budget) stop taking new batches,
+        let the calls in flight finish and record their answers, then raise the abort."""
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self._s.concurrency * 4)
         workers = [asyncio.create_task(self._worker(queue))
                    for _ in range(self._s.concurrency)]
         feeder = asyncio.create_task(self._feed(queue, batches, len(workers)))
         try:
-            done, _ = await asyncio.wait([feeder, *workers],
-                                         return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            await asyncio.gather(feeder, *workers)
+            await asyncio.gather(*workers)
         finally:
             for task in [feeder, *workers]:
                 task.cancel()
             await asyncio.gather(feeder, *workers, return_exceptions=True)
+        if self._stop is not None:
+            raise self._stop
         return self.counters
 
     async def _feed(self, queue: asyncio.Queue, batches: Iterable[Batch], n_workers: int) -> None:
@@ -83,8 +82,15 @@ class Executor:
             await queue.put(None)
 
     async def _worker(self, queue: asyncio.Queue) -> None:
-        while (batch := await queue.get()) is not None:
-            await self._process(batch)
+        while self._stop is None:
+            batch = await queue.get()
+            if batch is None or self._stop is not None:
+                return
+            try:
+                await self._process(batch)
+            except AbortError as exc:
+                self._stop = self._stop or exc
+                return
 
     async def _process(self, batch: Batch) -> None:
         """Send a batch; re-send what is left after rejections or splits until all is answered."""

@@ -28,10 +28,10 @@ from .config import Credentials, Endpoints, load_credentials, resolve_endpoints
 from .errors import AbortError, Interrupted, PermissionDenied, UsageError
 from .executor import Counters, Executor, ExecutorSettings
 from .inputs import INVALID, VALID, InputTable, read_input
-from .journal import Journal
+from .journal import Journal, utc_now
 from .planner import plan_pairs
 from .progress import Progress
-from .report import Summary, write_results
+from .report import Summary, UnplannedResults, write_results
 from .retry import RetryPolicy
 from .zoho.auth import ZohoAuth
 from .zoho.cadences import Cadence, fetch_cadences, preflight
@@ -112,7 +112,10 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
                                            transports, stream))
         except (KeyboardInterrupt, Interrupted):
             aborted = "interrupted; re-run the same command to resume"
-        summary = write_results(journal, Path(settings.results),
+        source = journal
+        if journal.rows == 0:  # stopped before the plan was loaded: report from the input
+            source = UnplannedResults(table.table, utc_now(), f"not sent: {aborted}")
+        summary = write_results(source, Path(settings.results),
                                 duration_s=time.monotonic() - started,
                                 extra={"dry_run": settings.dry_run, "aborted": aborted,
                                        "send_s": journal.get_meta("send_s", 0.0),

@@ -76,11 +76,10 @@ def _encode(values: object) -> tuple[np.ndarray, pa.Array]:
             return arr.indices.to_numpy(zero_copy_only=False).astype(np.int64), arr.dictionary
         arr = pc.cast(arr, arr.type.value_type)
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        try:
-            as_int = pc.cast(arr, pa.uint64())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            as_int = None
-        if as_int is not None and len(arr):
+        as_int = None  # a failing cast is slow: ask first
+        if len(arr) and arr.null_count == 0 and pc.all(pc.ascii_is_decimal(arr)).as_py():
+            as_int = pc.cast(arr, pa.uint64(), safe=True)
+        if as_int is not None:
             enc = as_int.dictionary_encode()
             codes = enc.indices.to_numpy().astype(np.int64)
             digits = _decimal_digits(enc.dictionary.to_numpy())
@@ -244,14 +243,13 @@ def _choose_split(parents: np.ndarray, size: int,
         low = _lowbit(left)
         left ^= low
         bits.append(low)
-    candidates = list(bits)
+    candidates = [(1, b) for b in bits]
     if size >= 4:
-        candidates += [bits[a] | bits[b] for a in range(size) for b in range(a + 1, size)]
+        candidates += [(2, bits[a] | bits[b]) for a in range(size) for b in range(a + 1, size)]
     best_min = np.full(len(parents), -1, dtype=np.int64)
     best_rest = np.full(len(parents), -1, dtype=np.int64)
     chosen = np.zeros(len(parents), dtype=np.uint64)
-    for part in candidates:
-        k = 1 if part is bits[0] or any(part is b for b in bits) else 2
+    for k, part in candidates:
         rest_pool = _pool_lookup(pools[size - k], parents ^ part)
         part_pool = _pool_lookup(pools[k], part)
         low = np.minimum(rest_pool, part_pool)

@@ -197,3 +197,37 @@ def _atomic(target: Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class UnplannedResults:
+    """Results straight from the reader's table, for a job stopped before its journal was loaded.
+
+    An abort during preflight (bad credentials, say) must still say what happened to every row:
+    the valid ones were ``not_sent``; the journal stays empty, so the next run starts afresh.
+    """
+
+    def __init__(self, table: pa.Table, started_at: str, message: str) -> None:
+        self._table = table
+        self._message = message
+        self.rows = table.num_rows
+        self.started_at = started_at
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def iter_result_chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
+        for batch in self._table.to_batches(max_chunksize=chunk_rows):
+            t = pa.Table.from_batches([batch])
+            valid = pc.equal(t["status"], "valid")
+            n = t.num_rows
+            yield pa.table({
+                "row": t["row"], "module": t["module"], "record_id": t["record_id"],
+                "cadence_id": t["cadence_id"],
+                "status": pc.if_else(valid, Status.NOT_SENT.value, t["status"]),
+                "code": t["code"],
+                "message": pc.if_else(valid, self._message, t["reason"]),
+                "http_status": pa.nulls(n, pa.int64()), "attempts": pa.array([0] * n, pa.int64()),
+                "batch_id": pa.nulls(n, pa.string()),
+                "retryable": pc.if_else(valid, True, False),
+                "finished_at": pa.nulls(n, pa.string()),
+            }, schema=RESULT_SCHEMA)

@@ -197,12 +197,19 @@ def test_ids_given_as_json_numbers_still_match():
 
 
 def test_single_record_error_entry_is_per_record_under_200_but_whole_under_400():
-    body = json.dumps({"data": [err("NOT_ALLOWED", "no", json_path="$.cadences_ids[1]")]})
-    per_record = classify(R[:1], C, 200, {}, body.encode())
+    body = json.dumps({"data": [err("INVALID_DATA", "no")]}).encode()
+    per_record = classify(R[:1], C, 200, {}, body)
     assert isinstance(per_record, Answered)
-    assert {o.status for o in per_record.outcomes} == {Status.FAILED}
-    whole = classify(R[:1], C, 400, {}, body.encode())
-    assert isinstance(whole, Rejected) and whole.bad_cadence_idx == {1}
+    assert [(o.status, o.code) for o in per_record.outcomes] == [(F, "INVALID_DATA")] * 2
+    assert classify(R[:1], C, 400, {}, body) == Unlocated("INVALID_DATA", "no", 400)
+
+
+def test_single_entry_naming_a_cadence_is_never_a_per_record_verdict():
+    body = json.dumps({"data": [err("NOT_ALLOWED", "no", json_path="$.cadences_ids[1]")]})
+    for status in (200, 207, 400):
+        answer = classify(R[:1], C, status, {}, body.encode())
+        assert isinstance(answer, Rejected) and answer.bad_cadence_idx == {1}
+        assert answer.bad_record_idx == frozenset()
 
 
 def test_array_named_without_index_locates_a_lone_element():

@@ -7,6 +7,7 @@ from batcher.config import (
     Credentials,
     Endpoints,
     accept_api_domain,
+    env_with_config_file,
     load_credentials,
     resolve_endpoints,
 )
@@ -132,3 +133,47 @@ def test_unsafe_or_malformed_urls_refused(url):
 ])
 def test_accept_api_domain(configured, returned, expected):
     assert accept_api_domain(configured, returned) == expected
+
+
+CONFIG = """
+[zoho]
+dc = "eu"
+[zoho.env]
+client_id = "ACME_ID"
+client_secret = "ACME_SECRET"
+refresh_token = "ACME_REFRESH"
+"""
+
+
+def test_config_file_names_variables_and_settings(tmp_path):
+    path = tmp_path / "batcher.toml"
+    path.write_text(CONFIG)
+    env = {"ACME_ID": "1000.X", "ACME_SECRET": SECRET, "ACME_REFRESH": REFRESH}
+    merged = env_with_config_file(path, env)
+    creds = load_credentials(merged)
+    assert (creds.client_id, creds.client_secret, creds.refresh_token) == \
+        ("1000.X", SECRET, REFRESH)
+    assert resolve_endpoints(None, None, None, merged).api_domain == "https://www.zohoapis.eu"
+    # the environment's own ZOHO_* variables beat the file
+    merged = env_with_config_file(path, {**env, "ZOHO_DC": "in", "ZOHO_CLIENT_ID": "direct"})
+    assert merged["ZOHO_DC"] == "in" and merged["ZOHO_CLIENT_ID"] == "direct"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[zoho]\nrefresh_token = "1000.abc"\n', "must not be written in the file"),
+    ('[zoho]\nregion = "eu"\n', "unknown setting 'region'"),
+    ('[zoho.env]\ntoken = "X"\n', "unknown name(s) in [zoho.env]: token"),
+    ('[other]\n', "only a [zoho] table"),
+    ('[zoho\n', "not a valid TOML file"),
+])
+def test_bad_config_files_are_usage_errors(tmp_path, text, message):
+    path = tmp_path / "batcher.toml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as info:
+        env_with_config_file(path, {})
+    assert message in str(info.value) and "1000.abc" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UsageError, match="cannot read"):
+        env_with_config_file(tmp_path / "nope.toml", {})

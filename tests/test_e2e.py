@@ -24,7 +24,7 @@ FAST_RETRY = RetryPolicy(attempts=8, base=0.01, max_wait=0.2, min_wait_on_zero_r
 def make_rows(n_records: int, n_cadences: int, module: str = "Leads", seed: int = 1,
               base: int = 554023000001000000) -> list[tuple[str, str, str]]:
     rnd = random.Random(seed)
-    cadences = [str(554023000004000000 + base % 1000 * 100 + j) for j in range(n_cadences)]
+    cadences = [str(554023000004000000 + base // 1000000 % 1000 * 100 + j) for j in range(n_cadences)]
     rows = []
     for i in range(n_records):
         for c in sorted(rnd.sample(cadences, rnd.randint(1, n_cadences))):
@@ -75,6 +75,7 @@ def test_clean_job_unenrolls_every_pair_and_reports_every_row(tmp_path, serve):
 def test_not_enrolled_bad_rows_and_duplicates(tmp_path, serve):
     rows = make_rows(30, 3)
     world = World.from_pairs(rows[1:])  # the first pair is asked for but not enrolled
+    world.add_record("Leads", rows[0][1])
     live = serve(world)
     bad = [("Leads", "5.54023E+17", rows[0][2]), ("", rows[0][1], rows[0][2])]
     inp = write_pairs(tmp_path / "in.csv", rows + bad + [rows[2]])
@@ -96,10 +97,11 @@ def test_preflight_marks_unknown_and_non_manual_cadences_invalid_without_a_call(
     rows = make_rows(20, 2)
     world = World.from_pairs(rows)
     auto = world.add_cadence("Leads", CUSTOM_VIEW)
-    for i in range(5):
-        world.enroll("Leads", rows[i][1], auto.id)
+    records = list(dict.fromkeys(r for _, r, _ in rows))[:5]
+    for rec in records:
+        world.enroll("Leads", rec, auto.id)
     unknown = "554023000009999999"
-    extra = [("Leads", rows[i][1], auto.id) for i in range(5)] + [("Leads", rows[0][1], unknown)]
+    extra = [("Leads", rec, auto.id) for rec in records] + [("Leads", records[0], unknown)]
     live = serve(world)
     inp = write_pairs(tmp_path / "in.csv", rows + extra)
 
@@ -120,7 +122,7 @@ def test_without_preflight_the_api_rejects_and_the_rest_is_resent(tmp_path, serv
     world = World.from_pairs(rows)
     auto = world.add_cadence("Leads", CUSTOM_VIEW)
     unknown_record = "554023000007777777"
-    extra = [("Leads", rows[i][1], auto.id) for i in range(3)]
+    extra = [("Leads", rec, auto.id) for rec in list(dict.fromkeys(r for _, r, _ in rows))[:3]]
     extra += [("Leads", unknown_record, rows[0][2])]
     live = serve(world)
     inp = write_pairs(tmp_path / "in.csv", rows + extra)

@@ -212,7 +212,9 @@ def _whole_request_entry(payload: Mapping[str, Any], status: int,
         return None
     if status >= 400 or n_records > 1 or _code(entry) in WHOLE_REQUEST_CODES:
         return entry
-    return None
+    # a path naming a cadence cannot be a verdict on the one record
+    path = str(_details(entry).get("json_path") or "")
+    return entry if path.startswith("$.cadences_ids") else None
 
 
 def _whole(entry: Mapping[str, Any], record_ids: Sequence[str], cadence_ids: Sequence[str],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 
@@ -52,6 +52,7 @@ class Executor:
             max_concurrency=settings.concurrency, calm_seconds=settings.calm_seconds))
         self.counters = Counters()
         self._stop: AbortError | None = None
+        self._sends: dict[str, int] = {}  # batch id → times sent, this run and earlier ones
         self._on_progress = on_progress or (lambda c: None)
 
     @property
@@ -105,7 +106,10 @@ class Executor:
         """Record the answer; return the sub-batches that still have to be sent."""
         j = self._journal
         if isinstance(answer, Answered):
-            j.record_outcomes(batch.batch_id, answer.outcomes, attempts)
+            outcomes = answer.outcomes
+            if self._sends.pop(batch.batch_id, 1) > 1:
+                outcomes = [_hedge(o) for o in outcomes]
+            j.record_outcomes(batch.batch_id, outcomes, attempts)
             self._done(batch, len(answer.outcomes))
             return []
         if isinstance(answer, Rejected):
@@ -164,7 +168,7 @@ class Executor:
             if budget is not None and self._calls_before + self.counters.calls >= budget:
                 raise BudgetExhausted(
                     f"--max-calls {budget} reached; re-run the same command to continue")
-            self._journal.mark_sent(batch.batch_id)
+            self._sends[batch.batch_id] = self._journal.mark_sent(batch.batch_id)
             self.counters.calls += 1
             url, body = build_request(self._api_domain(), batch.module, batch.record_ids,
                                       batch.cadence_ids)
@@ -188,6 +192,14 @@ def _all(batch: Batch, status: Status, code: str, message: str, http_status: int
          retryable: bool = False) -> list[PairOutcome]:
     return [PairOutcome(r, c, status, code, message, http_status, retryable)
             for r, c in batch.pairs()]
+
+
+def _hedge(outcome: PairOutcome) -> PairOutcome:
+    """A re-sent call's "not enrolled" may be the work of an earlier send whose answer was lost."""
+    if outcome.status != Status.NOT_ENROLLED:
+        return outcome
+    return replace(outcome, message=(outcome.message + "; " if outcome.message else "") +
+                   "an earlier attempt of this call, whose answer was lost, may have removed it")
 
 
 def _reject(batch: Batch, answer: Rejected) -> tuple[list[PairOutcome], list[Batch]]:

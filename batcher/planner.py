@@ -64,6 +64,16 @@ def _as_array(values: object) -> pa.Array:
     return pa.array(list(values), pa.string())  # type: ignore[call-overload]
 
 
+def _canonical_decimals(arr: pa.Array) -> bool:
+    """Digits only, no leading zero: such strings are exactly the text of their uint64 value, so
+    hashing the integers keeps distinct strings distinct. (A failing cast is slow: ask first.)"""
+    return bool(
+        (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type))
+        and len(arr) and arr.null_count == 0
+        and pc.all(pc.ascii_is_decimal(arr)).as_py()
+        and not pc.any(pc.starts_with(arr, "0")).as_py())
+
+
 def _encode(values: object) -> tuple[np.ndarray, pa.Array]:
     """(codes in first-seen order, distinct values) for a column of ids or module names.
 
@@ -75,24 +85,15 @@ def _encode(values: object) -> tuple[np.ndarray, pa.Array]:
         if pc.count_distinct(arr.dictionary).as_py() == len(arr.dictionary):
             return arr.indices.to_numpy(zero_copy_only=False).astype(np.int64), arr.dictionary
         arr = pc.cast(arr, arr.type.value_type)
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        as_int = None  # a failing cast is slow: ask first
-        if len(arr) and arr.null_count == 0 and pc.all(pc.ascii_is_decimal(arr)).as_py():
-            as_int = pc.cast(arr, pa.uint64(), safe=True)
-        if as_int is not None:
-            enc = as_int.dictionary_encode()
-            codes = enc.indices.to_numpy().astype(np.int64)
-            digits = _decimal_digits(enc.dictionary.to_numpy())
-            lengths = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
-            if np.array_equal(digits[codes], lengths):
-                return codes, enc.dictionary
+    if _canonical_decimals(arr):
+        try:
+            enc = pc.cast(arr, pa.uint64()).dictionary_encode()
+        except pa.ArrowInvalid:  # more than 20 digits
+            pass
+        else:
+            return enc.indices.to_numpy().astype(np.int64), enc.dictionary
     enc = arr.dictionary_encode()
     return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary
-
-
-def _decimal_digits(values: np.ndarray) -> np.ndarray:
-    powers = np.array([10**i for i in range(1, 20)], dtype=np.uint64)
-    return np.searchsorted(powers, values, side="right").astype(np.int64) + 1
 
 
 # --------------------------------------------------------------------------- bit helpers
@@ -116,7 +117,8 @@ def _record_masks(r: np.ndarray, c: np.ndarray, n_records: int, n_cad: int) -> n
     for lo in range(0, n_cad, _DOUBLE_EXACT_BITS):
         sel = (c >= lo) & (c < lo + _DOUBLE_EXACT_BITS) if n_cad > _DOUBLE_EXACT_BITS else None
         rr, cc = (r, c) if sel is None else (r[sel], c[sel])
-        part = np.bincount(rr, weights=np.ldexp(1.0, cc - lo), minlength=n_records)
+        weights = np.ldexp(1.0, np.arange(-lo, n_cad - lo))[cc]
+        part = np.bincount(rr, weights=weights, minlength=n_records)
         masks |= part.astype(np.uint64) << np.uint64(lo)
     return masks
 
@@ -332,9 +334,9 @@ class _Part:
     search: _Search
 
 
-def _solve(module: int, pair_pos: np.ndarray | None, r_glob: np.ndarray, c_local: np.ndarray,
-           n_records_glob: int, cad_global: np.ndarray) -> _Part:
-    r, rec_global = _dense(r_glob, n_records_glob)
+def _solve(module: int, pair_pos: np.ndarray | None, r: np.ndarray, rec_global: np.ndarray,
+           c_local: np.ndarray, cad_global: np.ndarray) -> _Part:
+    """Plan one block; ``r`` are dense local records (0..n-1), ``rec_global`` their codes."""
     n_cad = len(cad_global)
     masks = _record_masks(r, c_local, len(rec_global), n_cad)
     record_type, tmask = pd.factorize(masks)
@@ -576,19 +578,19 @@ def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
         r_glob = rec if pos is None else rec[pos]
         c_glob = cad if pos is None else cad[pos]
         c_local, cad_global = _dense(c_glob, len(cad_ids))
-        r_local, _ = _dense(r_glob, len(rec_ids))
+        r_local, rec_global = _dense(r_glob, len(rec_ids))
         k = np.bincount(r_local)
         cad_count = np.bincount(c_local, minlength=len(cad_global))
         module_parts = []
         for lo in range(0, len(cad_global), _MASK_BITS):
             if len(cad_global) <= _MASK_BITS:
-                sel_pos, rr, cc = pos, r_glob, c_local
-            else:
-                sel = (c_local >= lo) & (c_local < lo + _MASK_BITS)
-                sel_pos = np.flatnonzero(sel) if pos is None else pos[sel]
-                rr, cc = r_glob[sel], c_local[sel] - lo
-            module_parts.append(_solve(m, sel_pos, rr, cc, len(rec_ids),
-                                       cad_global[lo:lo + _MASK_BITS]))
+                module_parts.append(_solve(m, pos, r_local, rec_global, c_local, cad_global))
+                continue
+            sel = (c_local >= lo) & (c_local < lo + _MASK_BITS)
+            r_block, rec_block = _dense(r_local[sel], len(rec_global))
+            module_parts.append(_solve(
+                m, np.flatnonzero(sel) if pos is None else pos[sel], r_block,
+                rec_global[rec_block], c_local[sel] - lo, cad_global[lo:lo + _MASK_BITS]))
         parts.extend(module_parts)
         strategies = dict.fromkeys(_strategy(p.search.threshold) for p in module_parts)
         stats[names[m]] = ModulePlanStats(

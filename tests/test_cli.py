@@ -1,0 +1,163 @@
+"""The command line as an operator meets it: exit codes, messages, kill -9 and resume, locks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from batcher.cli import main
+from batcher.sandbox.world import World
+
+from .conftest import REFRESH, SECRET, read_results, write_pairs
+from .test_e2e import make_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample_data" / "offboarding.csv"
+
+
+def batcher(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "batcher", *args],
+                            env={**os.environ, **(env or {})}, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_plan_json_counts_the_sample(capsys):
+    code = main(["plan", str(SAMPLE), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 1  # the sample carries deliberately bad rows
+    assert doc["rows"] == doc["pairs"] + doc["invalid"] + doc["duplicates"]
+    assert doc["invalid"] == 4 and doc["duplicates"] == 1
+    assert doc["lower_bound"] <= doc["batches"] <= doc["naive_batches"]
+    for key in ("modules", "cadences"):
+        assert key in doc
+
+
+def test_plan_human_output_and_clean_input_exit_0(tmp_path, capsys):
+    inp = write_pairs(tmp_path / "in.csv", make_rows(50, 3))
+    assert main(["plan", str(inp)]) == 0
+    out = capsys.readouterr().out
+    assert "calls planned" in out and "lower bound" in out
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "sample_data" / "bad").iterdir()
+                                        if p.name != "float_ids.parquet"))
+def test_unusable_inputs_exit_2_with_one_line_and_no_traceback(name, capsys):
+    code = main(["plan", str(ROOT / "sample_data" / "bad" / name)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert name in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_run_without_credentials_is_exit_3_and_names_the_variables(tmp_path, capsys):
+    inp = write_pairs(tmp_path / "in.csv", make_rows(5, 1))
+    env_keys = [k for k in os.environ if k.startswith("ZOHO_")]
+    assert not env_keys, "the test environment must not carry Zoho credentials"
+    code = main(["run", str(inp), "--results", str(tmp_path / "out.csv"),
+                 "--api-domain", "http://127.0.0.1:9", "--accounts-url", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "ZOHO_REFRESH_TOKEN" in err
+
+
+def test_plain_http_to_a_remote_host_is_refused(tmp_path, capsys, monkeypatch):
+    inp = write_pairs(tmp_path / "in.csv", make_rows(5, 1))
+    code = main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--dry-run",
+                 "--no-preflight", "--api-domain", "http://www.zohoapis.com"])
+    assert code == 2
+    assert "http" in capsys.readouterr().err
+
+
+def test_results_folder_must_exist(tmp_path, capsys):
+    inp = write_pairs(tmp_path / "in.csv", make_rows(5, 1))
+    code = main(["run", str(inp), "--results", str(tmp_path / "nope" / "out.csv")])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_kill_9_then_the_same_command_resumes_without_resending_answers(tmp_path, serve):
+    rows = make_rows(1500, 5, seed=9)
+    live = serve(World.from_pairs(rows), latency=0.05, concurrency_limit=10)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    args = ["run", str(inp), "--results", str(tmp_path / "out.csv"), "--concurrency", "3"]
+
+    proc = batcher(*args, env=live.env)
+    deadline = time.monotonic() + 60
+    while len(live.sandbox.calls) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    calls_at_kill = len(live.sandbox.calls)
+
+    db = sqlite3.connect(tmp_path / "out.journal")
+    answered = {(json.dumps(json.loads(r)), json.dumps(json.loads(c))) for r, c in db.execute(
+        "SELECT record_ids, cadence_ids FROM batches WHERE state = 'answered'")}
+    db.close()
+    assert answered, "the kill came before any answer was recorded; make the job longer"
+
+    proc = batcher(*args, env=live.env)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert set(live.sandbox.removed) == set(rows)
+    assert set(live.sandbox.named_pairs) <= set(rows)
+    for call in live.sandbox.calls[calls_at_kill:]:
+        key = (json.dumps(list(call.record_ids)), json.dumps(list(call.cadence_ids)))
+        assert key not in answered, "a batch answered before the kill was sent again"
+    results = read_results(tmp_path / "out.csv")
+    assert len(results) == len(rows)
+    assert {r["status"] for r in results} <= {"unenrolled", "not_enrolled"}
+    # a batch in flight at the kill was applied but its answer lost: its re-send finds nothing
+    # left to remove, and the row says so honestly
+    for r in results:
+        assert r["status"] == "unenrolled" or "earlier attempt" in r["message"], r
+    for blob in (out, err):
+        assert SECRET not in blob and REFRESH not in blob
+
+
+def test_second_run_on_the_same_journal_is_refused_while_the_first_runs(tmp_path, serve):
+    rows = make_rows(800, 5, seed=2)
+    live = serve(World.from_pairs(rows), latency=0.05)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    args = ["run", str(inp), "--results", str(tmp_path / "out.csv"), "--concurrency", "1"]
+    first = batcher(*args, env=live.env)
+    deadline = time.monotonic() + 60
+    while not live.sandbox.calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = batcher(*args, env=live.env)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 2
+    assert "in use" in err
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    assert first.returncode == 3  # interrupted, resumable
+    statuses = {r["status"] for r in read_results(tmp_path / "out.csv")}
+    assert "not_sent" in statuses
+
+
+def test_report_rewrites_results_from_the_journal(tmp_path, serve, capsys):
+    rows = make_rows(40, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    os.environ.update(live.env)
+    try:
+        assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--quiet"]) == 0
+    finally:
+        for k in live.env:
+            os.environ.pop(k, None)
+    assert main(["report", "--journal", str(tmp_path / "out.journal"),
+                 "--results", str(tmp_path / "again.parquet")]) == 0
+    import pyarrow.parquet as pq
+
+    again = pq.read_table(tmp_path / "again.parquet").to_pylist()
+    first = read_results(tmp_path / "out.csv")
+    assert [r["record_id"] for r in again] == [r["record_id"] for r in first]
+    assert {r["status"] for r in again} == {"unenrolled"}

@@ -35,11 +35,11 @@ from batcher.sandbox.world import World
 from batcher.inputs import read_input
 
 pairs = []
-for path in sys.argv[2:]:
+for path in sys.argv[4:]:
     pairs.extend(read_input(path).valid_pairs())
-cfg = SandboxConfig(concurrency_limit=%d, latency=%f)
+cfg = SandboxConfig(concurrency_limit=int(sys.argv[2]), latency=float(sys.argv[3]))
 sys.exit(serve(World.from_pairs(pairs), cfg, port=int(sys.argv[1])))
-""" % (LIMIT, LATENCY)
+"""
 
 
 def make_input(path: Path, records: int, base: int) -> Path:
@@ -122,8 +122,9 @@ def main() -> int:
     seq = make_input(DATA / f"exec_seq_{args.baseline_calls}.csv", args.baseline_calls * 100,
                      554023000500000000)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(big), str(small),
-                               str(seq)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(LIMIT), str(LATENCY),
+                               str(big), str(small), str(seq)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_up(port)
         baseline = sequential_baseline(port, args.baseline_calls, 554023000500000000)

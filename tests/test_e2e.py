@@ -24,7 +24,8 @@ FAST_RETRY = RetryPolicy(attempts=8, base=0.01, max_wait=0.2, min_wait_on_zero_r
 def make_rows(n_records: int, n_cadences: int, module: str = "Leads", seed: int = 1,
               base: int = 554023000001000000) -> list[tuple[str, str, str]]:
     rnd = random.Random(seed)
-    cadences = [str(554023000004000000 + base // 1000000 % 1000 * 100 + j) for j in range(n_cadences)]
+    family = base // 1000000 % 1000  # each record range gets cadences of its own
+    cadences = [str(554023000004000000 + family * 100 + j) for j in range(n_cadences)]
     rows = []
     for i in range(n_records):
         for c in sorted(rnd.sample(cadences, rnd.randint(1, n_cadences))):

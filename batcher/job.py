@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -187,7 +188,11 @@ class _clients:
         self.auth = ZohoAuth(creds, endpoints, client=self._accounts)
         limits = httpx.Limits(max_connections=settings.concurrency,
                               max_keepalive_connections=settings.concurrency)
-        self.client = httpx.AsyncClient(auth=self.auth, transport=transports.api,
+        # httpx writes a request's headers and body separately: without TCP_NODELAY, Nagle's
+        # algorithm can hold the body back for a delayed ACK
+        api = transports.api or httpx.AsyncHTTPTransport(limits=limits, socket_options=[
+            (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        self.client = httpx.AsyncClient(auth=self.auth, transport=api,
                                         timeout=settings.timeout, limits=limits)
 
     async def __aenter__(self) -> tuple[httpx.AsyncClient, ZohoAuth]:

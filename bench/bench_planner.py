@@ -1,0 +1,190 @@
+"""Planner benchmark: `batcher plan` against a plain pyarrow read, and plan quality per shape.
+
+    .venv/bin/python bench/bench_planner.py [--pairs 10000000] [--shape-pairs N] [--repeat 2]
+
+1. Generates (once, cached in bench/data/) a families-shaped input of --pairs pairs (~3.6 pairs a
+   record, 40 cadences, two modules, 19-digit ids, shuffled rows) as Parquet and as CSV.
+2. For each file: pyarrow's plain read (pyarrow.parquet.read_table / pyarrow.csv.read_csv), the
+   planner alone (pyarrow read + plan_pairs, in a child process), and the whole `batcher plan FILE
+   --json` (read + validate + plan) as a subprocess — wall time and peak RSS. Targets: the whole
+   path within 3x the plain read, peak memory under 2.5 GB. Best of --repeat runs each.
+3. For five shapes (one cadence; the same 4 cadences; disjoint blocks of 100 records x 5
+   cadences; families; sparse random) prints batches, lower bound and the naive count.
+Exit status 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gen  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TIME_RATIO = 3.0
+RSS_LIMIT_GB = 2.5
+
+
+def _plain_read(path: Path) -> pa.Table:
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    return pacsv.read_csv(path)
+
+
+def _read_as_strings(path: Path) -> pa.Table:
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    types = {"record_id": pa.string(), "cadence_id": pa.string(), "module": pa.string()}
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
+
+
+def _child_plan(path: Path) -> None:
+    """Child mode: read with pyarrow, plan, print timings and own peak RSS as JSON."""
+    from batcher.planner import plan_pairs
+
+    t0 = time.perf_counter()
+    table = _read_as_strings(path)
+    t1 = time.perf_counter()
+    plan = plan_pairs(table["module"], table["record_id"], table["cadence_id"])
+    t2 = time.perf_counter()
+    print(json.dumps({"read_s": t1 - t0, "plan_s": t2 - t1, "batches": plan.n_batches,
+                      "rss_gb": _rss_gb(resource.RUSAGE_SELF)}))
+
+
+def _rss_gb(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024**2  # Linux reports KiB
+
+
+def _timed_child(argv: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS GB, stdout) of a command, RSS measured in a fresh wrapper."""
+    wrapper = (
+        "import json,resource,subprocess,sys,time;t=time.perf_counter();"
+        "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
+        "w=time.perf_counter()-t;"
+        "print(json.dumps({'wall':w,'rss':resource.getrusage(resource.RUSAGE_CHILDREN)"
+        ".ru_maxrss/1024**2,'rc':p.returncode,'out':p.stdout,'err':p.stderr[-2000:]}))"
+    )
+    done = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True,
+                          check=True)
+    res = json.loads(done.stdout)
+    if res["rc"] not in (0, 1):
+        raise RuntimeError(f"{' '.join(argv)} exited {res['rc']}: {res['err']}")
+    return res["wall"], res["rss"], res["out"]
+
+
+def _batcher_cmd() -> list[str] | None:
+    exe = Path(sys.executable).parent / "batcher"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "batcher"]
+    try:
+        import batcher.inputs  # noqa: F401
+    except ImportError:
+        return None
+    probe = subprocess.run([*cmd, "plan", "--help"], capture_output=True, text=True)
+    return cmd if probe.returncode == 0 else None
+
+
+def _best(repeat: int, fn):  # type: ignore[no-untyped-def]
+    results = [fn() for _ in range(repeat)]
+    return min(results, key=lambda r: r[0])
+
+
+def bench_files(n_pairs: int, repeat: int) -> bool:
+    t = time.perf_counter()
+    files = gen.ensure_files("families", n_pairs)
+    print(f"input: {n_pairs:,} pairs, families shape ({time.perf_counter() - t:.1f}s to "
+          f"generate or find)\n  {files[0]}\n  {files[1]}")
+    cmd = _batcher_cmd()
+    if cmd is None:
+        print("batcher.inputs / `batcher plan` not available: timing the planner alone")
+    ok = True
+    header = (f"{'file':8} {'pyarrow read':>12} {'read+plan_pairs':>16} {'ratio':>6} "
+              f"{'batcher plan':>12} {'ratio':>6} {'peak RSS':>9}  verdict")
+    print(header)
+    for path in files:
+        _plain_read(path)  # warm the page cache for everyone alike
+        read_s = _best(repeat, lambda p=path: (_timed(lambda: _plain_read(p)),))[0]
+        alone = _best(repeat, lambda p=path: _child_alone(p))
+        line = (f"{path.suffix[1:]:8} {read_s:11.2f}s {alone[0]:15.2f}s {alone[0] / read_s:5.2f}x")
+        if cmd is not None:
+            wall, rss, out = _best(repeat, lambda p=path: _timed_child(
+                [*cmd, "plan", str(p), "--json"]))
+            summary = json.loads(out)
+            ratio = wall / read_s
+            passed = ratio <= TIME_RATIO and rss <= RSS_LIMIT_GB
+            ok &= passed
+            line += (f" {wall:11.2f}s {ratio:5.2f}x {rss:7.2f}GB  "
+                     f"{'PASS' if passed else 'FAIL'} (<= {TIME_RATIO:g}x, <= {RSS_LIMIT_GB:g} GB;"
+                     f" {summary.get('batches')} calls for {summary.get('pairs')} pairs)")
+        else:
+            line += f" {'-':>12} {'-':>6} {alone[1]:7.2f}GB  (planner alone)"
+        print(line)
+    return ok
+
+
+def _timed(fn) -> float:  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _child_alone(path: Path) -> tuple[float, float]:
+    wall, rss, out = _timed_child([sys.executable, __file__, "--child-plan", str(path)])
+    res = json.loads(out)
+    return res["read_s"] + res["plan_s"], rss
+
+
+def bench_shapes(n_pairs: int) -> None:
+    from batcher.planner import plan_pairs
+
+    print(f"\nplan quality, {n_pairs:,} pairs a shape (planner only, in process)")
+    print(f"{'shape':14} {'pairs':>11} {'records':>10} {'batches':>9} {'lower bd':>9} "
+          f"{'naive':>9} {'vs bound':>8} {'vs naive':>8} {'plan s':>7}")
+    for shape in gen.SHAPES:
+        table = gen.generate(shape, n_pairs)
+        t = time.perf_counter()
+        plan = plan_pairs(table["module"], table["record_id"], table["cadence_id"])
+        took = time.perf_counter() - t
+        records = sum(s.records for s in plan.per_module.values())
+        print(f"{shape:14} {plan.n_pairs:>11,} {records:>10,} {plan.n_batches:>9,} "
+              f"{plan.lower_bound:>9,} {plan.naive_batches:>9,} "
+              f"{plan.n_batches / plan.lower_bound:>7.3f}x "
+              f"{plan.n_batches / plan.naive_batches:>7.3f}x {took:>7.2f}")
+        del table, plan
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=10_000_000)
+    parser.add_argument("--shape-pairs", type=int, default=None,
+                        help="pairs per shape in the quality table (default: --pairs)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per timing; best is kept")
+    parser.add_argument("--skip-files", action="store_true", help="only the quality table")
+    parser.add_argument("--skip-shapes", action="store_true", help="only the timing table")
+    parser.add_argument("--child-plan", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_plan:
+        _child_plan(args.child_plan)
+        return 0
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    ok = True
+    if not args.skip_files:
+        ok = bench_files(args.pairs, max(1, args.repeat))
+    if not args.skip_shapes:
+        bench_shapes(args.shape_pairs or args.pairs)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The planner: every invariant of a plan, on random inputs and on the shapes with a tight bound."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batcher.models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch
+from batcher.planner import Plan, plan_batches, plan_codes, plan_pairs
+
+Pair = tuple[str, str, str]
+
+
+def rid(i: int) -> str:
+    return str(5_540_230_000_001_798_647 + 7919 * i)  # 19 digits, above 2**53
+
+
+def cid(i: int) -> str:
+    return str(5_540_230_000_004_092_008 + 1000 * i)
+
+
+def plan_of(pairs: list[Pair]) -> Plan:
+    return plan_pairs([p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs])
+
+
+def check_plan(pairs: list[Pair], plan: Plan) -> list[Batch]:
+    """Assert every invariant a user relies on; return the batches."""
+    batches = list(plan.iter_batches())
+    asked = set(pairs)
+    assert len(asked) == len(pairs)
+    assert plan.n_pairs == len(pairs)
+    assert plan.n_batches == len(batches)
+    covered: Counter[Pair] = Counter()
+    batch_of: dict[Pair, int] = {}
+    for index, b in enumerate(batches):
+        assert b.batch_id == plan.batch_id_of(index)
+        assert 1 <= len(b.cadence_ids) <= MAX_CADENCES_PER_CALL
+        assert 1 <= len(b.record_ids) <= MAX_RECORDS_PER_CALL
+        assert len(set(b.record_ids)) == len(b.record_ids)
+        assert len(set(b.cadence_ids)) == len(b.cadence_ids)
+        for r in b.record_ids:
+            for c in b.cadence_ids:
+                pair = (b.module, r, c)
+                assert pair in asked, f"{b.batch_id} names {pair}, which was not asked for"
+                covered[pair] += 1
+                batch_of[pair] = index
+    assert set(covered) == asked, "some pairs are in no batch"
+    assert max(covered.values(), default=1) == 1, "some pair is in two batches"
+    assert plan.pair_batch.dtype == np.int64
+    assert plan.pair_batch.tolist() == [batch_of[p] for p in pairs]
+    assert plan.lower_bound <= plan.n_batches <= plan.naive_batches
+    assert plan.n_batches == sum(s.batches for s in plan.per_module.values())
+    assert plan.lower_bound == sum(s.lower_bound for s in plan.per_module.values())
+    assert plan.naive_batches == naive(pairs)
+    for module, stats in plan.per_module.items():
+        mine = [p for p in pairs if p[0] == module]
+        assert stats.pairs == len(mine)
+        assert stats.records == len({p[1] for p in mine})
+        assert stats.cadences == len({p[2] for p in mine})
+        assert stats.batches == sum(b.module == module for b in batches)
+        assert stats.lower_bound <= stats.batches <= stats.naive_batches
+    return batches
+
+
+def naive(pairs: list[Pair]) -> int:
+    per_cadence = Counter((m, c) for m, _, c in pairs)
+    return sum(math.ceil(n / MAX_RECORDS_PER_CALL) for n in per_cadence.values())
+
+
+@st.composite
+def pair_lists(draw: st.DrawFn, max_cadences: int = 8) -> list[Pair]:
+    n_modules = draw(st.integers(1, 3))
+    n_cadences = draw(st.integers(1, max_cadences))
+    n_records = draw(st.integers(1, 260))
+    # a few dense "families" so that sets repeat, plus scattered pairs
+    keys = draw(st.sets(st.tuples(st.integers(0, n_modules - 1), st.integers(0, n_records - 1),
+                                  st.integers(0, n_cadences - 1)), max_size=400))
+    family = draw(st.lists(st.integers(0, n_cadences - 1), max_size=6, unique=True))
+    block = draw(st.integers(0, 250))
+    keys |= {(0, r, c) for r in range(block) for c in family}
+    pairs = [(f"Mod{m}" if m else "Leads", rid(r), cid(c)) for m, r, c in keys]
+    random.Random(draw(st.integers(0, 2**16))).shuffle(pairs)
+    return pairs
+
+
+@settings(max_examples=120, deadline=None)
+@given(pair_lists())
+def test_every_invariant_holds_on_random_inputs(pairs: list[Pair]) -> None:
+    check_plan(pairs, plan_of(pairs))
+
+
+@settings(max_examples=25, deadline=None)
+@given(pair_lists(max_cadences=140))
+def test_modules_with_more_than_64_cadences_stay_exact(pairs: list[Pair]) -> None:
+    check_plan(pairs, plan_of(pairs))
+
+
+@settings(max_examples=30, deadline=None)
+@given(pair_lists())
+def test_same_input_gives_the_same_batches(pairs: list[Pair]) -> None:
+    first = list(plan_of(pairs).iter_batches())
+    again = plan_of(list(pairs))
+    assert list(again.iter_batches()) == first
+    assert plan_batches(pairs) == first
+
+
+def test_records_inside_a_batch_keep_input_order() -> None:
+    pairs = [("Leads", rid(i), cid(0)) for i in (5, 3, 9, 1)]
+    (batch,) = plan_batches(pairs)
+    assert batch.record_ids == (rid(5), rid(3), rid(9), rid(1))
+
+
+# --------------------------------------------------------------------------- tight shapes
+
+
+def test_everyone_in_one_cadence_reaches_the_bound() -> None:
+    pairs = [("Leads", rid(i), cid(0)) for i in range(1234)]
+    plan = plan_of(pairs)
+    check_plan(pairs, plan)
+    assert plan.n_batches == plan.lower_bound == 13
+
+
+def test_everyone_in_the_same_four_cadences_reaches_the_bound() -> None:
+    pairs = [("Contacts", rid(i), cid(c)) for i in range(1050) for c in range(4)]
+    random.Random(4).shuffle(pairs)
+    plan = plan_of(pairs)
+    check_plan(pairs, plan)
+    assert plan.n_batches == plan.lower_bound == 11
+    assert plan.naive_batches == 44
+
+
+def test_disjoint_blocks_of_100_records_sharing_5_cadences_reach_the_bound() -> None:
+    pairs = [("Leads", rid(100 * blk + i), cid(5 * (blk % 3) + c))
+             for blk in range(9) for i in range(100) for c in range(5)]
+    random.Random(5).shuffle(pairs)
+    plan = plan_of(pairs)
+    batches = check_plan(pairs, plan)
+    assert plan.n_batches == plan.lower_bound == 9
+    assert all(len(b.record_ids) == 100 and len(b.cadence_ids) == 5 for b in batches)
+
+
+def test_records_with_more_than_five_cadences_share_their_chunks() -> None:
+    # 300 records in 7 cadences: 5 + 2 per record, 100 records a call
+    pairs = [("Leads", rid(i), cid(c)) for i in range(300) for c in range(7)]
+    plan = plan_of(pairs)
+    check_plan(pairs, plan)
+    assert plan.n_batches == plan.lower_bound == 6
+
+
+def test_several_modules_are_planned_apart_and_reach_the_bound() -> None:
+    pairs = [(m, rid(i), cid(c)) for m in ("Leads", "Contacts", "Partners__c")
+             for i in range(200) for c in range(3)]
+    plan = plan_of(pairs)
+    batches = check_plan(pairs, plan)
+    assert plan.n_batches == plan.lower_bound == 6
+    assert set(plan.per_module) == {"Leads", "Contacts", "Partners__c"}
+    assert all(plan.per_module[m].batches == 2 for m in plan.per_module)
+    assert {b.module for b in batches} == set(plan.per_module)
+
+
+def test_same_record_id_in_two_modules_is_two_records() -> None:
+    pairs = [("Leads", rid(1), cid(0)), ("Contacts", rid(1), cid(0))]
+    batches = check_plan(pairs, plan_of(pairs))
+    assert sorted(b.module for b in batches) == ["Contacts", "Leads"]
+
+
+def test_thin_remainders_are_split_into_pools_that_fill() -> None:
+    # sets {A,B,C}×130, {A,B}×70, {C}×70: one call per set and remainder would be 4; splitting the
+    # 30 left of {A,B,C} into {A,B} and {C} fills both to 100: 3 calls, the lower bound
+    pairs = [("Leads", rid(i), cid(c)) for i in range(130) for c in (0, 1, 2)]
+    pairs += [("Leads", rid(1000 + i), cid(c)) for i in range(70) for c in (0, 1)]
+    pairs += [("Leads", rid(2000 + i), cid(2)) for i in range(70)]
+    random.Random(7).shuffle(pairs)
+    plan = plan_of(pairs)
+    check_plan(pairs, plan)
+    assert plan.n_batches == plan.lower_bound == 3
+    assert plan.naive_batches == 6
+
+
+# --------------------------------------------------------------------------- ids and inputs
+
+
+def test_ids_stay_the_exact_strings_given() -> None:
+    big = "9999999999999999999"  # above 2**63: would not survive int64 or float
+    padded = "0554023000001798647"  # leading zero: not the same id as without it
+    plain = "554023000001798647"
+    pairs = [("Leads", big, cid(0)), ("Leads", padded, cid(0)), ("Leads", plain, cid(0)),
+             ("Leads", plain, "0" + cid(0)[1:])]
+    batches = check_plan(pairs, plan_of(pairs))
+    seen = {r for b in batches for r in b.record_ids} | {c for b in batches for c in b.cadence_ids}
+    assert {big, padded, plain, cid(0), "0" + cid(0)[1:]} <= seen
+    assert all(isinstance(x, str) for b in batches for x in (*b.record_ids, *b.cadence_ids))
+
+
+def test_arrow_inputs_chunked_and_dictionary_encoded() -> None:
+    pairs = [("Leads", rid(i % 150), cid(i % 7)) for i in range(1050)]
+    pairs = list(dict.fromkeys(pairs))
+    mod, rec, cad = (list(col) for col in zip(*pairs, strict=True))
+    half = len(pairs) // 2
+    chunked = [pa.chunked_array([pa.array(col[:half]), pa.array(col[half:])])
+               for col in (mod, rec, cad)]
+    expected = list(plan_of(pairs).iter_batches())
+    assert list(plan_pairs(*chunked).iter_batches()) == expected
+    encoded = [pa.chunked_array([pa.array(col[:half]).dictionary_encode(),
+                                 pa.array(col[half:]).dictionary_encode()])
+               for col in (mod, rec, cad)]
+    assert list(plan_pairs(*encoded).iter_batches()) == expected
+
+
+def test_plan_codes_takes_the_readers_integer_codes() -> None:
+    records = [rid(i) for i in range(120)]
+    cadences = [cid(i) for i in range(3)]
+    codes = [(r, c) for r in range(120) for c in range(3)]
+    plan = plan_codes(np.zeros(len(codes), np.int64), ["Deals"],
+                      np.array([r for r, _ in codes]), pa.array(records),
+                      np.array([c for _, c in codes]), cadences)
+    pairs = [("Deals", records[r], cadences[c]) for r, c in codes]
+    check_plan(pairs, plan)
+    assert plan.n_batches == 2
+
+
+def test_batch_ids_are_strings_for_every_pair() -> None:
+    pairs = [("Leads", rid(i), cid(i % 2)) for i in range(250)]
+    plan = plan_of(pairs)
+    ids = plan.batch_ids(plan.pair_batch).to_pylist()
+    assert ids == [plan.batch_id_of(int(i)) for i in plan.pair_batch]
+    assert plan.batch_ids().to_pylist() == [b.batch_id for b in plan.iter_batches()]
+    with pytest.raises(IndexError):
+        plan.batch_id_of(plan.n_batches)
+
+
+def test_empty_input_plans_nothing() -> None:
+    plan = plan_of([])
+    assert (plan.n_pairs, plan.n_batches, plan.lower_bound, plan.naive_batches) == (0, 0, 0, 0)
+    assert list(plan.iter_batches()) == [] and len(plan.pair_batch) == 0
+    assert plan_batches([]) == []

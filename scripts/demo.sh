@@ -41,5 +41,5 @@ esac
 echo "first rows of $OUT/offboarding.csv:"
 head -5 "$OUT/offboarding.csv"
 echo "invalid rows:"
-grep -E ',invalid,' "$OUT/offboarding.csv" | head -5
+grep -E ',"?invalid"?,' "$OUT/offboarding.csv" | head -5
 exit 0

@@ -379,7 +379,8 @@ class Plan:
 
     def __init__(self, n_pairs: int, per_module: dict[str, ModulePlanStats],
                  parts: tuple[_Part, ...], offsets: tuple[int, ...], module_names: list[str],
-                 record_ids: pa.Array, cadence_ids: pa.Array) -> None:
+                 record_ids: pa.Array, cadence_ids: pa.Array,
+                 record_rep: np.ndarray | None = None) -> None:
         self.n_pairs = n_pairs
         self.per_module = per_module
         self.n_batches = sum(s.batches for s in per_module.values())
@@ -389,6 +390,7 @@ class Plan:
         self._offsets = offsets
         self._module_names = module_names
         self._record_ids = record_ids
+        self._record_rep = record_rep  # code → row of record_ids, when those are per pair
         self._cadence_ids = cadence_ids
         self._built: list[_Built] | None = None
         self._pair_batch: np.ndarray | None = None
@@ -441,6 +443,8 @@ class Plan:
                 b1 = min(n, b0 + step)
                 lo, hi = int(built.ptr[b0]), int(built.ptr[b1])
                 codes = part.rec_global[built.records[lo:hi]]
+                if self._record_rep is not None:
+                    codes = self._record_rep[codes]
                 texts = _texts(self._record_ids.take(pa.array(codes)))
                 for b in range(b0, b1):
                     s, e = int(built.ptr[b]) - lo, int(built.ptr[b + 1]) - lo
@@ -547,23 +551,31 @@ def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
-               record_codes: np.ndarray, record_ids: pa.Array | Sequence[str],
-               cadence_codes: np.ndarray, cadence_ids: pa.Array | Sequence[str]) -> Plan:
+               record_codes: np.ndarray, record_ids: pa.Array | pa.ChunkedArray | Sequence[str],
+               cadence_codes: np.ndarray, cadence_ids: pa.Array | pa.ChunkedArray | Sequence[str], *,
+               text_per_pair: bool = False) -> Plan:
     """Plan from integer codes (e.g. the input reader's): ``record_ids[record_codes[i]]`` is pair
     i's record id, and so on. Dictionaries must hold distinct values; the triples of codes must be
-    distinct. A record id under two modules is two records."""
+    distinct. A record id under two modules is two records.
+
+    With ``text_per_pair``, ``record_ids`` and ``cadence_ids`` are instead the pairs' own columns
+    (``record_ids[i]`` is pair i's id) and a code's text is that of its first pair: a reader that
+    already hashed the ids hands over its codes and columns, and nothing is hashed twice."""
     names = [str(x) for x in (module_names.to_pylist() if isinstance(module_names, pa.Array)
                               else module_names)]
-    rec_ids = record_ids if isinstance(record_ids, pa.Array) else pa.array(list(record_ids),
-                                                                           pa.string())
-    cad_ids = cadence_ids if isinstance(cadence_ids, pa.Array) else pa.array(list(cadence_ids),
-                                                                             pa.string())
+    rec_ids, cad_ids = _id_column(record_ids), _id_column(cadence_ids)
     mod = np.asarray(module_codes, dtype=np.int64)
     rec = np.asarray(record_codes, dtype=np.int64)
     cad = np.asarray(cadence_codes, dtype=np.int64)
     n = len(rec)
     if not len(mod) == n == len(cad):
         raise ValueError("module, record and cadence columns differ in length")
+    record_rep = None
+    if text_per_pair:
+        if not len(rec_ids) == n == len(cad_ids):
+            raise ValueError("per-pair id columns differ in length from the codes")
+        record_rep = _first_pair_of_code(rec)
+        cad_ids = cad_ids.take(pa.array(_first_pair_of_code(cad)))
     parts: list[_Part] = []
     stats: dict[str, ModulePlanStats] = {}
     if len(names) == 1 or n == 0:
@@ -578,7 +590,8 @@ def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
         r_glob = rec if pos is None else rec[pos]
         c_glob = cad if pos is None else cad[pos]
         c_local, cad_global = _dense(c_glob, len(cad_ids))
-        r_local, rec_global = _dense(r_glob, len(rec_ids))
+        r_local, rec_global = _dense(r_glob, len(rec_ids) if record_rep is None
+                                     else len(record_rep))
         k = np.bincount(r_local)
         cad_count = np.bincount(c_local, minlength=len(cad_global))
         module_parts = []
@@ -601,7 +614,19 @@ def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
             strategy="; ".join(strategies))
     offsets = tuple(np.concatenate(([0], np.cumsum([p.search.n_batches for p in parts])[:-1]))
                     .astype(int).tolist()) if parts else ()
-    return Plan(n, stats, tuple(parts), offsets, names, rec_ids, cad_ids)
+    return Plan(n, stats, tuple(parts), offsets, names, rec_ids, cad_ids, record_rep)
+
+
+def _id_column(values: object) -> pa.Array | pa.ChunkedArray:
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        return values
+    return pa.array(list(values), pa.string())  # type: ignore[call-overload]
+
+
+def _first_pair_of_code(codes: np.ndarray) -> np.ndarray:
+    first = np.zeros(int(codes.max()) + 1 if len(codes) else 0, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # the last write is the first pair
+    return first
 
 
 def plan_pairs(module: object, record_id: object, cadence_id: object) -> Plan:

@@ -22,13 +22,14 @@ FAST_RETRY = RetryPolicy(attempts=8, base=0.01, max_wait=0.2, min_wait_on_zero_r
 
 
 def make_rows(n_records: int, n_cadences: int, module: str = "Leads", seed: int = 1,
-              base: int = 554023000001000000) -> list[tuple[str, str, str]]:
+              base: int = 554023000001000000, max_k: int | None = None
+              ) -> list[tuple[str, str, str]]:
     rnd = random.Random(seed)
     family = base // 1000000 % 1000  # each record range gets cadences of its own
     cadences = [str(554023000004000000 + family * 100 + j) for j in range(n_cadences)]
     rows = []
     for i in range(n_records):
-        for c in sorted(rnd.sample(cadences, rnd.randint(1, n_cadences))):
+        for c in sorted(rnd.sample(cadences, rnd.randint(1, max_k or n_cadences))):
             rows.append((module, str(base + i), c))
     return rows
 
@@ -201,7 +202,7 @@ def test_dry_run_sends_nothing_and_reports_not_sent(tmp_path, serve):
 
 @pytest.mark.parametrize("profile", ["flaky", "throttled", "lossy", "slow", "short_tokens", "mix"])
 def test_fault_profiles_keep_the_invariants(tmp_path, serve, profile):
-    rows = make_rows(300, 6, seed=3)
+    rows = make_rows(400, 60, seed=3, max_k=2)  # ~60 calls: enough for every fault to show
     live = serve(World.from_pairs(rows), fault_profile=profile, seed=11, slow_seconds=2.5,
                  retry_after_max=1)
     inp = write_pairs(tmp_path / "in.csv", rows)
@@ -210,6 +211,11 @@ def test_fault_profiles_keep_the_invariants(tmp_path, serve, profile):
 
     assert result.exit_code in (0, 1)
     assert_exact(live.sandbox, rows)
+    calls = live.sandbox.calls
+    if profile == "slow":  # a call held past the client's timeout is retried
+        assert result.summary.retries > 0, "the profile injected nothing: test proves nothing"
+    elif profile != "short_tokens":
+        assert any(c.fault for c in calls), "the profile injected nothing: test proves nothing"
     results = read_results(tmp_path / "out.csv")
     assert len(results) == len(rows)
     removed = set(live.sandbox.removed)
@@ -224,6 +230,17 @@ def test_fault_profiles_keep_the_invariants(tmp_path, serve, profile):
     run_job(settings(tmp_path, inp), live.env)
     if not failed:
         assert len(live.sandbox.calls) == before
+
+
+def test_expiring_tokens_are_refreshed_and_the_job_completes(tmp_path, serve):
+    rows = make_rows(400, 40, seed=4, max_k=2)  # ~40 calls, 2 at a time, 0.1 s each: ~2 s
+    live = serve(World.from_pairs(rows), token_ttl=0.4, latency=0.1)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    result = run_job(settings(tmp_path, inp, concurrency=2), live.env)
+    assert result.exit_code == 0
+    assert live.sandbox.refresh_count >= 3  # the job outlived several tokens
+    assert live.sandbox.refresh_count <= 10  # ...without a refresh storm
+    assert set(live.sandbox.removed) == set(rows)
 
 
 def test_revoked_token_is_refreshed_once_and_the_job_goes_on(tmp_path, serve):

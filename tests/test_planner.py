@@ -241,3 +241,16 @@ def test_empty_input_plans_nothing() -> None:
     assert (plan.n_pairs, plan.n_batches, plan.lower_bound, plan.naive_batches) == (0, 0, 0, 0)
     assert list(plan.iter_batches()) == [] and len(plan.pair_batch) == 0
     assert plan_batches([]) == []
+
+
+def test_plan_codes_with_per_pair_columns_matches_plan_pairs() -> None:
+    pairs = [(m, rid(r), cid(c)) for m in ("Leads", "Deals") for r in range(130)
+             for c in range(r % 4 + 1)]
+    random.Random(9).shuffle(pairs)
+    mod, rec, cad = (pa.chunked_array([pa.array(list(col))]) for col in zip(*pairs, strict=True))
+    codes = [np.unique(np.array(col.to_pylist()), return_inverse=True)[1]
+             for col in (mod, rec, cad)]
+    plan = plan_codes(codes[0], sorted({p[0] for p in pairs}), codes[1], rec, codes[2], cad,
+                      text_per_pair=True)
+    check_plan(pairs, plan)
+    assert plan.n_batches == plan_of(pairs).n_batches

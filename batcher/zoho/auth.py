@@ -51,6 +51,7 @@ class ZohoAuth(httpx.Auth):
         self._client = client or httpx.AsyncClient(transport=transport, timeout=30.0)
         self._clock = clock
         self._refresh_ahead = refresh_ahead
+        self._ahead = refresh_ahead
         self._max_refreshes = max_refreshes
         self._window = window
         self._recent: deque[float] = deque()
@@ -117,7 +118,7 @@ class ZohoAuth(httpx.Auth):
     def _fresh(self) -> bool:
         if not self._token:
             return False
-        return self._expires_at is None or self._clock() < self._expires_at - self._refresh_ahead
+        return self._expires_at is None or self._clock() < self._expires_at - self._ahead
 
     async def _valid_token(self) -> tuple[str, int]:
         if self._fresh() or (self._token and not self._credentials.can_refresh):
@@ -137,7 +138,11 @@ class ZohoAuth(httpx.Auth):
                 self._failure = exc
                 raise
             self._token = str(body["access_token"])
-            self._expires_at = self._clock() + _expires_in(body)
+            lifetime = _expires_in(body)
+            # refresh a little ahead of expiry, but never so far ahead that a short-lived token
+            # is refreshed on every request (that would burn Zoho's 10 refreshes / 10 minutes)
+            self._ahead = min(self._refresh_ahead, lifetime / 5)
+            self._expires_at = self._clock() + lifetime
             self._generation += 1
             self.refreshes += 1
             self.api_domain = accept_api_domain(self._configured_domain, body.get("api_domain"))

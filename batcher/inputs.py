@@ -68,6 +68,8 @@ class InputTable:
     table: pa.Table
     columns_found: tuple[str, ...]
     _valid_mask: np.ndarray = field(repr=False)
+    #: codes of the valid rows, in the order of valid_arrays()
+    codes: PairCodes | None = field(default=None, repr=False)
 
     @property
     def rows(self) -> int:
@@ -229,7 +231,7 @@ def _read_csv(path: Path, head: bytes) -> tuple[dict, tuple[str, ...]]:
 # --------------------------------------------------------------------------- validation
 
 
-def _clean_ids(col: pa.ChunkedArray) -> pa.ChunkedArray:
+def _clean(col: pa.Array) -> pa.Array:
     col = pc.utf8_trim_whitespace(pc.fill_null(col, ""))
     prefixed = pc.starts_with(col, "zcrm_")
     if pc.any(prefixed).as_py():
@@ -237,11 +239,25 @@ def _clean_ids(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return col
 
 
-def _id_ok(col: pa.ChunkedArray) -> np.ndarray:
+def _id_ok(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     length = pc.utf8_length(col)
     ok = pc.and_(pc.and_(pc.greater_equal(length, 15), pc.less_equal(length, 19)),
                  pc.ascii_is_decimal(col))
-    return ok.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+    return pc.fill_null(ok, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
+def _clean_ids(col: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """Trimmed, ``zcrm_``-free ids and which are valid. Only the rows that fail as they stand
+    are cleaned: a clean file of tens of millions of ids is not copied twice for nothing."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    ok = _id_ok(col)
+    if ok.all():
+        return col, ok
+    bad = np.flatnonzero(~ok)
+    fixed = _clean(col.take(pa.array(bad)))
+    col = pc.replace_with_mask(col, pa.array(~ok), fixed)
+    ok[bad] = _id_ok(fixed)
+    return col, ok
 
 
 def _id_reasons(col: pa.ChunkedArray, bad: np.ndarray, what: str) -> dict[int, str]:
@@ -281,38 +297,67 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray, int]:
     return codes.astype(np.int64, copy=False), len(uniques)
 
 
-def _duplicates(module: pa.Array, record: pa.ChunkedArray, cadence: pa.ChunkedArray,
-                valid: np.ndarray) -> np.ndarray:
-    """For each row, the 0-based index of the earlier row with the same valid pair, else -1.
+@dataclass(frozen=True)
+class PairCodes:
+    """Integer codes of the valid pairs (module, record, cadence), as the planner takes them."""
+
+    module: np.ndarray
+    module_names: list[str]
+    record: np.ndarray
+    cadence: np.ndarray
+
+    def filter(self, keep: np.ndarray) -> PairCodes:
+        return PairCodes(self.module[keep], self.module_names, self.record[keep],
+                         self.cadence[keep])
+
+
+def _no_repeat(key: np.ndarray, key_range: int) -> bool:
+    """True when every key is distinct: one scatter into a bitmap when the range is small."""
+    if key_range > max(8 * len(key), 1 << 26):
+        return False  # the bitmap would be too big; let the hash decide
+    seen = np.zeros(key_range, dtype=np.bool_)
+    seen[key] = True
+    return int(np.count_nonzero(seen)) == len(key)
+
+
+def _duplicates(module: pa.Array, record: pa.Array, cadence: pa.Array, valid: np.ndarray
+                ) -> tuple[np.ndarray, PairCodes]:
+    """For each row, the 0-based index of the earlier row with the same valid pair (else -1),
+    and the codes of the valid rows.
 
     Ids are 15-19 digits, so they parse exactly into uint64; hashing integers is far cheaper
-    than hashing tens of millions of strings. The earliest row is looked up only for the rows
-    that repeat, which are few in real inputs.
+    than hashing tens of millions of strings, and the codes are handed on to the planner so
+    nothing is hashed twice.
     """
     first_of = np.full(len(valid), -1, dtype=np.int64)
     idx = np.flatnonzero(valid)
-    if len(idx) < 2:
-        return first_of
     if len(idx) < len(valid):
         take = pa.array(idx)
         module, record, cadence = module.take(take), record.take(take), cadence.take(take)
     mod = pc.dictionary_encode(module)
-    mod = (mod.combine_chunks() if isinstance(mod, pa.ChunkedArray) else mod).indices
-    mc, n_mod = _codes(mod.to_numpy(zero_copy_only=False))
+    mod = mod.combine_chunks() if isinstance(mod, pa.ChunkedArray) else mod
+    mc, first_index = pd.factorize(mod.indices.to_numpy(zero_copy_only=False), sort=False)
+    mc, n_mod = mc.astype(np.int64, copy=False), len(first_index)
+    names = [str(mod.dictionary[int(i)]) for i in first_index]
     cc, n_cad = _codes(pc.cast(cadence, pa.uint64()).to_numpy())
     rc, n_rec = _codes(pc.cast(record, pa.uint64()).to_numpy())
     if n_mod > 1:  # (module, cadence) combinations that occur: at most one per row
         cc, n_cad = _codes(mc * n_cad + cc)
+    codes = PairCodes(mc, names, rc, cc)
+    if len(idx) < 2:
+        return first_of, codes
     key = cc * n_rec + rc  # < rows * records: fits in int64 for any input that fits in memory
-    codes, n_pairs = _codes(key)
+    if _no_repeat(key, n_cad * n_rec):
+        return first_of, codes
+    pair, n_pairs = _codes(key)
     if n_pairs == len(key):
-        return first_of
+        return first_of, codes
     first = np.empty(n_pairs, dtype=np.int64)
-    first[codes[::-1]] = idx[::-1]  # the last write wins: the earliest row of each pair
-    earlier = first[codes]
+    first[pair[::-1]] = idx[::-1]  # the last write wins: the earliest row of each pair
+    earlier = first[pair]
     dup = earlier != idx
     first_of[idx[dup]] = earlier[dup]
-    return first_of
+    return first_of, codes
 
 
 def _sparse_strings(n: int, values: dict[int, str]) -> pa.Array:
@@ -341,14 +386,15 @@ def _with_duplicate_reasons(reason: pa.Array, first_of: np.ndarray, duplicate: n
 def _validate(path: Path, raw: dict, found: tuple[str, ...], default_module: str | None
               ) -> InputTable:
     n = len(raw["record_id"])
-    record = _clean_ids(raw["record_id"])
-    cadence = _clean_ids(raw["cadence_id"])
-    rec_ok, cad_ok = _id_ok(record), _id_ok(cadence)
+    record, rec_ok = _clean_ids(raw["record_id"])
+    cadence, cad_ok = _clean_ids(raw["cadence_id"])
     module, module_bad = _modules(raw, n, default_module)
 
     valid = rec_ok & cad_ok & ~module_bad
-    first_of = _duplicates(module, record, cadence, valid)
+    first_of, codes = _duplicates(module, record, cadence, valid)
     duplicate = first_of >= 0
+    if duplicate.any():
+        codes = codes.filter(~duplicate[valid])
     valid &= ~duplicate
 
     reasons = _id_reasons(cadence, ~cad_ok, "cadence id")
@@ -371,4 +417,5 @@ def _validate(path: Path, raw: dict, found: tuple[str, ...], default_module: str
         "code": _sparse_strings(n, dict.fromkeys(invalid_rows, "INVALID_INPUT")),
         "reason": _with_duplicate_reasons(_sparse_strings(n, reasons), first_of, duplicate),
     })
-    return InputTable(path=path, table=table, columns_found=found, _valid_mask=valid)
+    return InputTable(path=path, table=table, columns_found=found, _valid_mask=valid,
+                      codes=codes)

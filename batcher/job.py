@@ -30,7 +30,7 @@ from .errors import AbortError, Interrupted, PermissionDenied, UsageError
 from .executor import Counters, Executor, ExecutorSettings
 from .inputs import INVALID, VALID, InputTable, read_input
 from .journal import Journal, utc_now
-from .planner import plan_pairs
+from .planreport import plan_table
 from .progress import Progress
 from .report import Summary, UnplannedResults, write_results
 from .retry import RetryPolicy
@@ -170,7 +170,7 @@ async def _run(settings: RunSettings, table: InputTable, journal: Journal, creds
                 rows = table.table
                 if settings.preflight:
                     rows = await _preflight(client, auth, rows, stream, settings.quiet)
-                _plan_into(journal, rows)
+                _plan_into(journal, table, rows)
             if settings.dry_run:
                 return None
             return await _execute(settings, journal, client, auth, stream)
@@ -239,16 +239,13 @@ async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, rows: pa.Table,
     return rows
 
 
-def _plan_into(journal: Journal, rows: pa.Table) -> None:
-    """Plan the valid rows and load rows + batches into the journal in one transaction."""
-    valid = pc.equal(rows["status"], VALID)
-    valid_rows = rows.filter(valid)
-    plan = plan_pairs(valid_rows["module"], valid_rows["record_id"], valid_rows["cadence_id"])
-    ids = pa.array([plan.batch_id_of(i) for i in range(plan.n_batches)], pa.string())
-    per_valid = ids.take(pa.array(plan.pair_batch, pa.int64()))
-    batch_col = pc.replace_with_mask(pa.nulls(rows.num_rows, pa.string()),
-                                     valid.combine_chunks() if isinstance(valid, pa.ChunkedArray)
-                                     else valid, per_valid)
+def _plan_into(journal: Journal, table: InputTable, rows: pa.Table) -> None:
+    """Plan the rows still valid (after the preflight) and load rows + batches into the journal
+    in one transaction."""
+    valid = pc.equal(rows["status"], VALID).to_numpy(zero_copy_only=False)
+    plan = plan_table(table, keep=valid[table.valid_row_indices()])
+    batch_col = pc.replace_with_mask(pa.nulls(rows.num_rows, pa.string()), pa.array(valid),
+                                     plan.batch_ids(plan.pair_batch))
     journal.load(rows.append_column("batch_id", batch_col), plan.iter_batches())
     journal.set_meta("planned_batches", plan.n_batches)
     journal.set_meta("lower_bound", plan.lower_bound)

@@ -36,9 +36,13 @@ from .models import RESULT_COLUMNS, Batch, PairOutcome, Status
 
 SCHEMA_VERSION = 1
 CHUNK_ROWS = 50_000
-_PAGE_BATCHES = 100  # ≤ 50,000 rows checked per page
+_PAGE_BATCHES = 50  # ≤ 25,000 rows checked per page: a short pause for the event loop
 _COUNTERS = ("calls", "retries", "throttled", "credits")
 _OPEN_STATES = ("pending", "sent")  # a 'sent' batch may or may not have been applied: re-sendable
+#: status (member or its text) → the text stored, for the statuses an answer may give a pair
+_OUTCOME_STATUS = {s.value: s.value for s in Status if s not in (Status.NOT_SENT, Status.DUPLICATE)}
+_SET_ROWS = ("UPDATE rows SET status = ?, code = ?, message = ?, http_status = ?, retryable = ?,"
+             " attempts = ?, finished_at = ?")
 
 #: Arrow schema of the results, column for column RESULT_COLUMNS
 RESULT_SCHEMA = pa.schema([
@@ -245,25 +249,31 @@ class Journal:
             after = page[-1][0]
 
     def _check_exact(self, batches: list[Batch]) -> None:
+        # The unique index makes a batch's rows distinct pairs; so rows == records × cadences
+        # exactly when the rows name the same records and cadences and count as many pairs.
         marks = ",".join("?" * len(batches))
-        found: dict[str, set[tuple[str, str]]] = {b.batch_id: set() for b in batches}
-        for batch_id, record_id, cadence_id in self._query(
-                f"SELECT batch_id, record_id, cadence_id FROM rows WHERE batch_id IN ({marks})",
-                [b.batch_id for b in batches]):
-            found[batch_id].add((record_id, cadence_id))
+        found = {b: (n, json.loads(r), json.loads(c)) for b, n, r, c in self._query(
+            "SELECT batch_id, count(*), json_group_array(DISTINCT record_id),"
+            f" json_group_array(DISTINCT cadence_id) FROM rows WHERE batch_id IN ({marks})"
+            " GROUP BY batch_id", [b.batch_id for b in batches])}
         for b in batches:
-            if found[b.batch_id] != set(b.pairs()):
+            n, records, cadences = found.get(b.batch_id, (0, [], []))
+            want_r, want_c = set(b.record_ids), set(b.cadence_ids)
+            if not (n == len(want_r) * len(want_c) and set(records) == want_r
+                    and set(cadences) == want_c):
                 raise JournalError(f"journal {self.path} is inconsistent: batch {b.batch_id} does "
                                    "not match its input rows; refusing to send it")
 
     def mark_sent(self, batch_id: str) -> int:
         """Record that a call for this batch is about to go out; returns its attempt count."""
         with self._tx() as db:
-            self._open_batch(db, batch_id)
-            db.execute("UPDATE batches SET state = 'sent', attempts = attempts + 1"
-                       " WHERE batch_id = ?", (batch_id,))
-            return db.execute("SELECT attempts FROM batches WHERE batch_id = ?",
-                              (batch_id,)).fetchone()[0]
+            got = db.execute("UPDATE batches SET state = 'sent', attempts = attempts + 1"
+                             " WHERE batch_id = ? AND state IN ('pending', 'sent')"
+                             " RETURNING attempts", (batch_id,)).fetchone()
+            if got is None:
+                self._open_batch(db, batch_id)  # raises: unknown, or no longer open
+                raise AssertionError("unreachable")  # pragma: no cover
+            return got[0]
 
     def record_outcomes(self, batch_id: str, outcomes: Iterable[PairOutcome],
                         attempts: int | None = None, final: bool = True) -> None:
@@ -274,11 +284,13 @@ class Journal:
         """
         outs = list(outcomes)
         with self._tx() as db:
-            sent = self._open_batch(db, batch_id)
-            self._apply(db, batch_id, outs, sent if attempts is None else attempts)
+            sent, records, cadences = self._open_batch(db, batch_id)
+            covered = self._apply(db, batch_id, records, cadences, outs,
+                                  sent if attempts is None else attempts)
             if final:
-                left = db.execute("SELECT count(*) FROM rows WHERE batch_id = ? AND"
-                                  " status = 'not_sent'", (batch_id,)).fetchone()[0]
+                left = 0 if covered else db.execute(
+                    "SELECT count(*) FROM rows WHERE batch_id = ? AND status = 'not_sent'",
+                    (batch_id,)).fetchone()[0]
                 if left:
                     raise ValueError(f"batch {batch_id}: {left} pair(s) left without an outcome")
                 db.execute("UPDATE batches SET state = 'answered' WHERE batch_id = ?", (batch_id,))
@@ -292,10 +304,11 @@ class Journal:
         """
         outs = list(outcomes)
         with self._tx() as db:
-            sent = self._open_batch(db, batch_id)
+            sent, records, cadences = self._open_batch(db, batch_id)
             module = db.execute("SELECT module FROM batches WHERE batch_id = ?",
                                 (batch_id,)).fetchone()[0]
-            self._apply(db, batch_id, outs, sent if attempts is None else attempts)
+            self._apply(db, batch_id, records, cadences, outs,
+                        sent if attempts is None else attempts)
             settled = {(o.record_id, o.cadence_id) for o in outs}
             remaining = {p for p in db.execute(
                 "SELECT record_id, cadence_id FROM rows WHERE batch_id = ?", (batch_id,))
@@ -308,42 +321,71 @@ class Journal:
             db.execute("UPDATE batches SET state = ? WHERE batch_id = ?",
                        ("split" if children else "answered", batch_id))
 
-    def _open_batch(self, db: sqlite3.Connection, batch_id: str) -> int:
-        got = db.execute("SELECT state, attempts FROM batches WHERE batch_id = ?",
-                         (batch_id,)).fetchone()
+    def _open_batch(self, db: sqlite3.Connection, batch_id: str
+                    ) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+        """(attempts, record ids, cadence ids) of a batch that may still be answered."""
+        got = db.execute("SELECT state, attempts, record_ids, cadence_ids FROM batches"
+                         " WHERE batch_id = ?", (batch_id,)).fetchone()
         if got is None:
             raise ValueError(f"unknown batch {batch_id!r}")
         if got[0] not in _OPEN_STATES:
             raise ValueError(f"batch {batch_id} is already {got[0]}; it must not be sent again")
-        return got[1]
+        return got[1], tuple(json.loads(got[2])), tuple(json.loads(got[3]))
 
     @staticmethod
-    def _apply(db: sqlite3.Connection, batch_id: str, outs: list[PairOutcome],
-               attempts: int) -> None:
+    def _apply(db: sqlite3.Connection, batch_id: str, records: Sequence[str],
+               cadences: Sequence[str], outs: list[PairOutcome], attempts: int) -> bool:
+        """Write the outcomes; returns whether they cover every pair of the batch.
+
+        Outcomes are checked against the batch's records × cadences in Python, then written in
+        as few statements as their shape allows: one UPDATE for the whole batch when the pairs
+        share one result (the usual answer), one per group of whole records, else one per pair.
+        """
         if not outs:
-            return
-        now = utc_now()
-        params = []
+            return False
+        want_r, want_c = frozenset(records), frozenset(cadences)
+        groups: dict[tuple, list[tuple[str, str]]] = {}
         for o in outs:
-            status = Status(o.status)
-            if status in (Status.NOT_SENT, Status.DUPLICATE):
-                raise ValueError(f"{status} is not an outcome")
-            params.append((status.value, o.code or None, o.message or None, o.http_status,
-                           attempts, int(bool(o.retryable)), now,
-                           batch_id, o.record_id, o.cadence_id))
+            status = _OUTCOME_STATUS.get(o.status)
+            if status is None:
+                raise ValueError(f"{Status(o.status)} is not an outcome")
+            if o.record_id not in want_r or o.cadence_id not in want_c:
+                raise ValueError(f"batch {batch_id}: pair {(o.record_id, o.cadence_id)} is not "
+                                 "one of its pairs")
+            key = (status, o.code or None, o.message or None, o.http_status,
+                   int(bool(o.retryable)))
+            pairs = groups.get(key)
+            if pairs is None:
+                groups[key] = pairs = []
+            pairs.append((o.record_id, o.cadence_id))
+        n_pairs = len(want_r) * len(want_c)
         if len({(o.record_id, o.cadence_id) for o in outs}) != len(outs):
             raise ValueError(f"batch {batch_id}: a pair has two outcomes")
-        cur = db.executemany(
-            "UPDATE rows SET status = ?, code = ?, message = ?, http_status = ?, attempts = ?,"
-            " retryable = ?, finished_at = ?"
-            " WHERE batch_id = ? AND record_id = ? AND cadence_id = ?",
-            params)
-        if cur.rowcount != len(outs):
-            have = set(db.execute("SELECT record_id, cadence_id FROM rows WHERE batch_id = ?",
-                                  (batch_id,)))
-            stray = next(((o.record_id, o.cadence_id) for o in outs
-                          if (o.record_id, o.cadence_id) not in have), None)
-            raise ValueError(f"batch {batch_id}: pair {stray} is not one of its pairs")
+        now = utc_now()
+        covered = len(outs) == n_pairs
+        order = sorted(groups, key=lambda k: len(groups[k]), reverse=True)
+        if covered:  # the largest group first, for the whole batch; the others overwrite it
+            base = order.pop(0)
+            got = db.execute(_SET_ROWS + " WHERE batch_id = ?",
+                             (*base, attempts, now, batch_id)).rowcount
+            if got != n_pairs:
+                raise JournalError(f"batch {batch_id} has {got} rows for its {n_pairs} pairs")
+        for key in order:
+            whole, loose = _whole_records(groups[key], len(want_c))
+            for chunk in range(0, len(whole), 500):
+                ids = whole[chunk:chunk + 500]
+                marks = ",".join("?" * len(ids))
+                got = db.execute(_SET_ROWS + f" WHERE batch_id = ? AND record_id IN ({marks})",
+                                 (*key, attempts, now, batch_id, *ids)).rowcount
+                if got != len(ids) * len(want_c):
+                    raise JournalError(f"batch {batch_id}: its rows do not match its pairs")
+            if loose:
+                got = db.executemany(
+                    _SET_ROWS + " WHERE batch_id = ? AND record_id = ? AND cadence_id = ?",
+                    [(*key, attempts, now, batch_id, r, c) for r, c in loose]).rowcount
+                if got != len(loose):
+                    raise JournalError(f"batch {batch_id}: its rows do not match its pairs")
+        return covered
 
     def batch_counts(self) -> dict[str, dict[str, int]]:
         """state → {"batches": n, "pairs": n}: for progress bars and resume messages."""
@@ -570,6 +612,19 @@ def _flush_batches(db: sqlite3.Connection, buf: list[tuple]) -> None:
                        " npairs, parent) VALUES (?, ?, ?, ?, ?, ?, ?)", buf)
     except sqlite3.IntegrityError:
         raise ValueError("plan error: a batch id is used twice") from None
+
+
+def _whole_records(pairs: list[tuple[str, str]], n_cadences: int
+                   ) -> tuple[list[str], list[tuple[str, str]]]:
+    """Split distinct pairs into records present with all their cadences, and the other pairs."""
+    per_record: dict[str, int] = {}
+    for r, _ in pairs:
+        per_record[r] = per_record.get(r, 0) + 1
+    whole = [r for r, n in per_record.items() if n == n_cadences]
+    if len(whole) == len(per_record):
+        return whole, []
+    full = set(whole)
+    return whole, [p for p in pairs if p[0] not in full]
 
 
 def _check_children(db: sqlite3.Connection, parent: str, module: str,

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from .models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch
 
 _MASK_BITS = 64
+_Ids = pa.Array | pa.ChunkedArray | Sequence[str]
 #: thresholds on a remainder's pairs (records × cadences) under which it is split, not kept;
 #: 0 keeps every remainder, a value above 5 × 99 splits them all
 _THRESHOLDS = (0, 100, 200, 300, 500)
@@ -551,8 +552,8 @@ def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
-               record_codes: np.ndarray, record_ids: pa.Array | pa.ChunkedArray | Sequence[str],
-               cadence_codes: np.ndarray, cadence_ids: pa.Array | pa.ChunkedArray | Sequence[str], *,
+               record_codes: np.ndarray, record_ids: _Ids,
+               cadence_codes: np.ndarray, cadence_ids: _Ids, *,
                text_per_pair: bool = False) -> Plan:
     """Plan from integer codes (e.g. the input reader's): ``record_ids[record_codes[i]]`` is pair
     i's record id, and so on. Dictionaries must hold distinct values; the triples of codes must be

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from .inputs import DUPLICATE, INVALID, InputTable, read_input
-from .planner import Plan, plan_pairs
+from .planner import Plan, plan_codes
 
 
 @dataclass(frozen=True)
@@ -87,4 +89,16 @@ def _stats_dict(stats: Any) -> dict[str, Any]:
 
 def plan_input(path: str, default_module: str | None = None) -> PlanReport:
     table = read_input(path, default_module)
-    return summarise(table, plan_pairs(*table.valid_arrays()))
+    return summarise(table, plan_table(table))
+
+
+def plan_table(table: InputTable, keep: np.ndarray | None = None) -> Plan:
+    """Plan the reader's valid pairs (``keep``: which of them are still wanted, e.g. after the
+    preflight), reusing the reader's integer codes so that nothing is hashed twice."""
+    _, record, cadence = table.valid_arrays()
+    codes = table.codes
+    if keep is not None:
+        take = pa.array(np.flatnonzero(keep))
+        record, cadence, codes = record.take(take), cadence.take(take), codes.filter(keep)
+    return plan_codes(codes.module, codes.module_names, codes.record, record, codes.cadence,
+                      cadence, text_per_pair=True)

@@ -31,6 +31,9 @@ WHOLE_REQUEST_CODES = FATAL_CODES | TRANSIENT_CODES | frozenset({
 _PATH = re.compile(r"^\$\.(ids|cadences_ids)(?:\[(\d+)\])?$")
 _MODULE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _MAX_MESSAGE = 300
+_UNENROLLED, _NOT_ENROLLED = Status.UNENROLLED, Status.NOT_ENROLLED
+_SCHEDULED, _FAILED = Status.SCHEDULED, Status.FAILED
+_NOT_LISTED = "the API did not list this cadence as removed (record was not in it)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,10 +189,11 @@ def _is_error(entry: Mapping[str, Any]) -> bool:
     return status == "error" or (not status and _code(entry) not in ("SUCCESS", "SCHEDULED", ""))
 
 
-def _message(entry: Mapping[str, Any]) -> str:
+def _message(entry: Mapping[str, Any], details: Mapping[str, Any] | None = None) -> str:
     """The API's message plus the scalar details that say which element or limit it means."""
-    text = str(entry.get("message") or "").strip()
-    extra = [f"{k}={v}" for k, v in _details(entry).items()
+    text = entry.get("message")
+    text = str(text).strip() if text else ""
+    extra = [f"{k}={v}" for k, v in (_details(entry) if details is None else details).items()
              if k != "id" and isinstance(v, str | int | float) and not isinstance(v, bool)]
     if extra:
         text = f"{text} ({', '.join(extra)})" if text else ", ".join(extra)
@@ -297,32 +301,34 @@ def _without_answer(record_ids: Sequence[str], cadence_ids: Sequence[str], statu
 
 def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequence[str],
                 status: int) -> Answered:
+    # the hot path of every job (one entry per record, one outcome per pair): work is done once
+    # per entry, never per pair, beyond building the outcome itself
     by_record = _match_entries(entries, record_ids, "ids")
     outcomes: list[PairOutcome] = []
+    add = outcomes.append
     for i, record_id in enumerate(record_ids):
         entry = by_record.get(i)
         if entry is None:
             outcomes += [_missing(record_id, c, status) for c in cadence_ids]
             continue
-        code, message = _code(entry), _message(entry)
+        details = _details(entry)
+        code, message = _code(entry), _message(entry, details)
         if _is_error(entry):
-            outcomes += [PairOutcome(record_id, c, Status.FAILED, code or "UNKNOWN_ERROR",
-                                     message, status, code in TRANSIENT_CODES)
+            failed = code or "UNKNOWN_ERROR"
+            retryable = code in TRANSIENT_CODES
+            outcomes += [PairOutcome(record_id, c, _FAILED, failed, message, status, retryable)
                          for c in cadence_ids]
         elif code == "SCHEDULED":
-            outcomes += [PairOutcome(record_id, c, Status.SCHEDULED, code, message, status)
+            outcomes += [PairOutcome(record_id, c, _SCHEDULED, code, message, status)
                          for c in cadence_ids]
         else:
-            removed = _removed_cadences(entry)
+            removed = _removed_cadences(details)
+            code = code or "SUCCESS"
             for c in cadence_ids:
                 if c in removed:
-                    outcomes.append(PairOutcome(record_id, c, Status.UNENROLLED, code or "SUCCESS",
-                                                message, status))
+                    add(PairOutcome(record_id, c, _UNENROLLED, code, message, status))
                 else:
-                    outcomes.append(PairOutcome(
-                        record_id, c, Status.NOT_ENROLLED, code or "SUCCESS",
-                        "the API did not list this cadence as removed (record was not in it)",
-                        status))
+                    add(PairOutcome(record_id, c, _NOT_ENROLLED, code, _NOT_LISTED, status))
     return Answered(tuple(outcomes))
 
 
@@ -355,7 +361,9 @@ def _match_entries(entries: list[Any], ids: Sequence[str], array: str) -> dict[i
         if not isinstance(entry, dict):
             continue
         details = _details(entry)
-        index = index_of.get(str(details["id"])) if details.get("id") is not None else None
+        given = details.get("id")
+        index = None if given is None else index_of.get(
+            given if type(given) is str else str(given))
         if index is None:
             match = _PATH.match(str(details.get("json_path") or ""))
             if match and match.group(1) == array and match.group(2) is not None \
@@ -363,21 +371,27 @@ def _match_entries(entries: list[Any], ids: Sequence[str], array: str) -> dict[i
                 index = int(match.group(2))
         if index is None:
             unplaced.append((position, entry))
-        else:
-            matched.setdefault(index, entry)
+        elif index not in matched:
+            matched[index] = entry
     for position, entry in unplaced:
         if position < len(ids) and position not in matched:
             matched[position] = entry
     return matched
 
 
-def _removed_cadences(entry: Mapping[str, Any]) -> frozenset[str]:
-    cadences = _details(entry).get("cadences")
+def _removed_cadences(details: Mapping[str, Any]) -> frozenset[str] | set[str]:
+    cadences = details.get("cadences")
     if not isinstance(cadences, list):
         return frozenset()
-    return frozenset(str(c["id"]) for c in cadences if isinstance(c, dict) and c.get("id"))
+    removed = set()
+    for c in cadences:
+        if isinstance(c, dict):
+            cid = c.get("id")
+            if cid:
+                removed.add(cid if type(cid) is str else str(cid))
+    return removed
 
 
 def _missing(record_id: str, cadence_id: str, status: int) -> PairOutcome:
-    return PairOutcome(record_id, cadence_id, Status.FAILED, "MISSING_IN_ANSWER",
+    return PairOutcome(record_id, cadence_id, _FAILED, "MISSING_IN_ANSWER",
                        "the answer had no entry for this pair", status, True)

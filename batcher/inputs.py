@@ -311,13 +311,21 @@ class PairCodes:
                          self.cadence[keep])
 
 
-def _no_repeat(key: np.ndarray, key_range: int) -> bool:
-    """True when every key is distinct: one scatter into a bitmap when the range is small."""
-    if key_range > max(8 * len(key), 1 << 26):
-        return False  # the bitmap would be too big; let the hash decide
-    seen = np.zeros(key_range, dtype=np.bool_)
+def _suspects(key: np.ndarray, rc: np.ndarray, n_rec: int, n_cad: int) -> np.ndarray | None:
+    """Positions that may repeat an earlier pair: none (None) when every key is distinct.
+
+    One scatter into a bitmap of all (cadence, record) combinations tells whether anything
+    repeats and, per record, how many distinct cadences it has; only the rows of records with
+    fewer distinct cadences than rows need the (costly) hashing.
+    """
+    if n_cad * n_rec > max(8 * len(key), 1 << 26):
+        return np.arange(len(key))  # the bitmap would be too big: hash everything
+    seen = np.zeros(n_cad * n_rec, dtype=np.bool_)
     seen[key] = True
-    return int(np.count_nonzero(seen)) == len(key)
+    if int(np.count_nonzero(seen)) == len(key):
+        return None
+    distinct = seen.reshape(n_cad, n_rec).sum(axis=0)
+    return np.flatnonzero((np.bincount(rc, minlength=n_rec) != distinct)[rc])
 
 
 def _duplicates(module: pa.Array, record: pa.Array, cadence: pa.Array, valid: np.ndarray
@@ -347,16 +355,15 @@ def _duplicates(module: pa.Array, record: pa.Array, cadence: pa.Array, valid: np
     if len(idx) < 2:
         return first_of, codes
     key = cc * n_rec + rc  # < rows * records: fits in int64 for any input that fits in memory
-    if _no_repeat(key, n_cad * n_rec):
+    sub = _suspects(key, rc, n_rec, n_cad)
+    if sub is None:
         return first_of, codes
-    pair, n_pairs = _codes(key)
-    if n_pairs == len(key):
-        return first_of, codes
+    pair, n_pairs = _codes(key[sub])
     first = np.empty(n_pairs, dtype=np.int64)
-    first[pair[::-1]] = idx[::-1]  # the last write wins: the earliest row of each pair
+    first[pair[::-1]] = sub[::-1]  # the last write wins: the earliest row of each pair
     earlier = first[pair]
-    dup = earlier != idx
-    first_of[idx[dup]] = earlier[dup]
+    dup = earlier != sub
+    first_of[idx[sub[dup]]] = idx[earlier[dup]]
     return first_of, codes
 
 

@@ -19,9 +19,10 @@ test: $(STAMP)
 	$(BIN)/ruff check batcher tests bench
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
-	$(BIN)/python bench/bench_planner.py
-	$(BIN)/python bench/bench_executor.py
+bench: $(STAMP)  # prints every figure; exits non-zero if any target is missed
+	$(BIN)/python bench/bench_planner.py; p=$$?; \
+	$(BIN)/python bench/bench_executor.py; e=$$?; \
+	exit $$(( p || e ))
 
 lint: $(STAMP)
 	$(BIN)/ruff check batcher tests bench

@@ -159,7 +159,7 @@ def main() -> int:
     print(f"memory target (big/small peak <= 1.5x): {'PASS' if mem_ratio <= 1.5 else 'FAIL'} "
           f"({mem_ratio:.2f}x)")
     print(f"no pair lost: {'PASS' if ok else 'FAIL'}")
-    return 0
+    return 0 if (ok and throughput_ok and mem_ratio <= 1.5) else 1
 
 
 if __name__ == "__main__":

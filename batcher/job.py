@@ -97,8 +97,9 @@ def fingerprint(table: InputTable, settings: RunSettings) -> str:
 
 
 def run_job(settings: RunSettings, env: Mapping[str, str], *,
-            transports: Transports = Transports(), stream: TextIO = sys.stderr) -> JobResult:
+            transports: Transports = Transports(), stream: TextIO | None = None) -> JobResult:
     """Run (or resume) a job to the end; never raises for what the results can report."""
+    stream = stream or sys.stderr
     _check(settings)
     table = read_input(settings.input, settings.module)
     started = time.monotonic()
@@ -289,7 +290,8 @@ def run_from_args(args, env: Mapping[str, str]) -> int:
     return run_job(settings, env).exit_code
 
 
-def report_from_journal(journal_path: str, results: str, stream: TextIO = sys.stdout) -> int:
+def report_from_journal(journal_path: str, results: str, stream: TextIO | None = None) -> int:
+    stream = stream or sys.stdout
     path = Path(journal_path)
     if not path.exists():
         raise UsageError(f"{path}: no such journal")
@@ -301,7 +303,8 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO = sys.st
 
 
 def list_cadences(args, env: Mapping[str, str], *, transports: Transports = Transports(),
-                  stream: TextIO = sys.stdout) -> int:
+                  stream: TextIO | None = None) -> int:
+    stream = stream or sys.stdout
     creds = load_credentials(env)
     endpoints = resolve_endpoints(args.api_domain, args.accounts_url, args.dc, env)
 

@@ -143,16 +143,13 @@ def test_second_run_on_the_same_journal_is_refused_while_the_first_runs(tmp_path
     assert "not_sent" in statuses
 
 
-def test_report_rewrites_results_from_the_journal(tmp_path, serve, capsys):
+def test_report_rewrites_results_from_the_journal(tmp_path, serve, monkeypatch):
     rows = make_rows(40, 3)
     live = serve(World.from_pairs(rows))
     inp = write_pairs(tmp_path / "in.csv", rows)
-    os.environ.update(live.env)
-    try:
-        assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--quiet"]) == 0
-    finally:
-        for k in live.env:
-            os.environ.pop(k, None)
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--quiet"]) == 0
     assert main(["report", "--journal", str(tmp_path / "out.journal"),
                  "--results", str(tmp_path / "again.parquet")]) == 0
     import pyarrow.parquet as pq
@@ -161,3 +158,16 @@ def test_report_rewrites_results_from_the_journal(tmp_path, serve, capsys):
     first = read_results(tmp_path / "out.csv")
     assert [r["record_id"] for r in again] == [r["record_id"] for r in first]
     assert {r["status"] for r in again} == {"unenrolled"}
+
+
+def test_cadences_lists_the_org_cadences(tmp_path, serve, capsys, monkeypatch):
+    world = World.from_pairs(make_rows(5, 2))
+    live = serve(world)
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["cadences", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {c["id"] for c in listed} == set(world.cadences)
+    assert all(c["type"] == "manual_enrollment" for c in listed)
+    assert main(["cadences", "--module", "Contacts"]) == 0
+    assert capsys.readouterr().out.strip().endswith("0 cadences")

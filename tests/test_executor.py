@@ -1,0 +1,162 @@
+"""The executor against scripted answers (httpx.MockTransport) and a real SQLite journal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pyarrow as pa
+import pytest
+
+from batcher.errors import BudgetExhausted, PermissionDenied
+from batcher.executor import Executor, ExecutorSettings
+from batcher.journal import Journal
+from batcher.models import Batch
+from batcher.retry import RetryPolicy
+
+API = "https://www.zohoapis.com"
+FAST = RetryPolicy(attempts=3, base=0.001, max_wait=0.01, min_wait_on_zero_retry_after=0.001)
+
+
+def rid(i: int) -> str:
+    return str(554023000001000000 + i)
+
+
+def cid(j: int) -> str:
+    return str(554023000004000000 + j)
+
+
+def journal_with(tmp_path, batches: list[Batch]) -> Journal:
+    rows = [(b.module, r, c, b.batch_id) for b in batches for r, c in b.pairs()]
+    table = pa.table({
+        "row": list(range(1, len(rows) + 1)),
+        "module": [r[0] for r in rows], "record_id": [r[1] for r in rows],
+        "cadence_id": [r[2] for r in rows], "status": ["valid"] * len(rows),
+        "code": pa.nulls(len(rows), pa.string()), "reason": pa.nulls(len(rows), pa.string()),
+        "batch_id": [r[3] for r in rows],
+    })
+    j = Journal.open(tmp_path / "job.journal", "fp")
+    j.load(table, batches)
+    return j
+
+
+def success(ids, cadences):
+    return {"data": [{"code": "SUCCESS", "status": "success", "message": "ok",
+                      "details": {"id": i, "cadences": [{"id": c, "name": "x"} for c in cadences]}}
+                     for i in ids]}
+
+
+def results(j: Journal) -> dict[tuple[str, str], dict]:
+    out = {}
+    for chunk in j.iter_result_chunks():
+        for row in chunk.to_pylist():
+            out[(row["record_id"], row["cadence_id"])] = row
+    return out
+
+
+def run(j: Journal, handler, **settings) -> tuple[Executor, list[dict]]:
+    sent: list[dict] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        sent.append(body)
+        return handler(body)
+
+    async def go() -> Executor:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(record))
+        ex = Executor(client, j, ExecutorSettings(retry=FAST, **settings),
+                      api_domain=lambda: API)
+        try:
+            await ex.run(j.pending_batches())
+        finally:
+            await client.aclose()
+        return ex
+
+    return asyncio.run(go()), sent
+
+
+def test_unlocated_error_is_isolated_by_splitting(tmp_path):
+    """INVALID_DATA without a json_path: split until the culprit pair stands alone."""
+    bad = rid(37)
+    batch = Batch("b000000", "Leads", tuple(rid(i) for i in range(60)), (cid(0), cid(1)))
+    j = journal_with(tmp_path, [batch])
+
+    def handler(body):
+        if bad in body["ids"]:
+            return httpx.Response(400, json={"code": "INVALID_DATA", "details": {},
+                                             "message": "invalid", "status": "error"})
+        return httpx.Response(200, json=success(body["ids"], body["cadences_ids"]))
+
+    run(j, handler)
+    res = results(j)
+    assert {k: v["status"] for k, v in res.items() if k[0] == bad} == {
+        (bad, cid(0)): "failed", (bad, cid(1)): "failed"}
+    assert all(v["status"] == "unenrolled" for k, v in res.items() if k[0] != bad)
+    assert all(v["code"] == "INVALID_DATA" for k, v in res.items() if k[0] == bad)
+
+
+def test_rejected_cadence_fails_its_pairs_and_the_rest_is_resent(tmp_path):
+    batch = Batch("b000000", "Leads", (rid(1), rid(2)), (cid(0), cid(1), cid(2)))
+    j = journal_with(tmp_path, [batch])
+
+    def handler(body):
+        if cid(1) in body["cadences_ids"]:
+            j_ = body["cadences_ids"].index(cid(1))
+            return httpx.Response(400, json={"data": [{
+                "code": "NOT_ALLOWED", "status": "error", "message": "not manual",
+                "details": {"api_name": "cadences_ids", "json_path": f"$.cadences_ids[{j_}]"}}]})
+        return httpx.Response(200, json=success(body["ids"], body["cadences_ids"]))
+
+    _, sent = run(j, handler)
+    res = results(j)
+    assert [res[(r, cid(1))]["code"] for r in (rid(1), rid(2))] == ["NOT_ALLOWED"] * 2
+    assert {res[(r, c)]["status"] for r in (rid(1), rid(2)) for c in (cid(0), cid(2))} == {
+        "unenrolled"}
+    assert len(sent) == 2 and sent[1]["cadences_ids"] == [cid(0), cid(2)]
+
+
+def test_server_errors_are_retried_then_failed_retryable(tmp_path):
+    j = journal_with(tmp_path, [Batch("b000000", "Leads", (rid(1),), (cid(0),))])
+    _, sent = run(j, lambda body: httpx.Response(503, text="<html>503 Service Unavailable"))
+    row = results(j)[(rid(1), cid(0))]
+    assert len(sent) == FAST.attempts
+    assert (row["status"], row["retryable"], row["attempts"]) == ("failed", True, FAST.attempts)
+
+
+def test_budget_stops_cleanly_and_keeps_the_answers_in_flight(tmp_path):
+    batches = [Batch(f"b{i:06d}", "Leads", (rid(i),), (cid(0),)) for i in range(10)]
+    j = journal_with(tmp_path, batches)
+    with pytest.raises(BudgetExhausted):
+        run(j, lambda b: httpx.Response(200, json=success(b["ids"], b["cadences_ids"])),
+            max_calls=4, concurrency=2)
+    statuses = [r["status"] for r in results(j).values()]
+    assert statuses.count("unenrolled") == 4 and statuses.count("not_sent") == 6
+
+
+def test_scope_mismatch_aborts_the_job(tmp_path):
+    j = journal_with(tmp_path, [Batch("b000000", "Leads", (rid(1),), (cid(0),))])
+    with pytest.raises(PermissionDenied, match="ZohoCRM.modules"):
+        run(j, lambda b: httpx.Response(401, json={
+            "code": "OAUTH_SCOPE_MISMATCH", "details": {}, "message": "invalid oauth scope",
+            "status": "error"}))
+    assert results(j)[(rid(1), cid(0))]["status"] == "not_sent"
+
+
+def test_429_lowers_concurrency(tmp_path):
+    batches = [Batch(f"b{i:06d}", "Leads", (rid(i),), (cid(0),)) for i in range(12)]
+    j = journal_with(tmp_path, batches)
+    calls = {"n": 0}
+
+    def handler(body):
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            return httpx.Response(429, json={"code": "TOO_MANY_REQUESTS", "details": {},
+                                             "message": "too many", "status": "error"},
+                                  headers={"Retry-After": "0"})
+        return httpx.Response(200, json=success(body["ids"], body["cadences_ids"]))
+
+    ex, _ = run(j, handler, concurrency=4)
+    assert ex.lowest_concurrency < 4
+    assert ex.counters.throttled >= 1
+    assert {r["status"] for r in results(j).values()} == {"unenrolled"}

@@ -1,0 +1,47 @@
+"""Progress output: a live line on terminals, plain timed lines in cron logs."""
+
+from __future__ import annotations
+
+import io
+
+from batcher.executor import Counters
+from batcher.progress import Progress
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_plain_lines_every_interval_when_not_a_terminal():
+    now = [0.0]
+    out = io.StringIO()
+    p = Progress(1000, 10, stream=out, clock=lambda: now[0])
+    c = Counters(calls=2, batches_done=2, pairs_done=200, throttled=1)
+    for t in (1.0, 2.0, 6.0, 7.0, 12.0):
+        now[0] = t
+        p.update(c)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2  # at 6 s and 12 s: one line every 5 s
+    assert "200/1,000 pairs" in lines[0] and "429s 1" in lines[0] and "ETA" in lines[0]
+    assert "\r" not in out.getvalue()
+
+
+def test_terminal_redraws_one_line_and_ends_it():
+    now = [0.0]
+    out = FakeTTY()
+    p = Progress(100, 1, stream=out, clock=lambda: now[0])
+    now[0] = 1.0
+    p.update(Counters(calls=1, batches_done=0, pairs_done=50))
+    p.close(Counters(calls=1, batches_done=1, pairs_done=100))
+    text = out.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n")
+    assert "100/100 pairs" in text
+
+
+def test_quiet_prints_nothing():
+    out = io.StringIO()
+    p = Progress(10, 1, stream=out, enabled=False)
+    p.update(Counters(), force=True)
+    p.close(Counters())
+    assert out.getvalue() == ""

@@ -6,6 +6,7 @@ tests prove exactness and completeness from the server's side, not from the clie
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -295,3 +296,15 @@ def test_no_secret_reaches_any_file_or_output(tmp_path, serve, capsys):
     for secret in [SECRET, REFRESH, *issued]:
         for blob in blobs:
             assert secret.encode() not in blob
+
+
+def test_preflight_without_the_settings_scope_warns_and_goes_on(tmp_path, serve):
+    rows = make_rows(20, 2)
+    live = serve(World.from_pairs(rows), scopes=("ZohoCRM.modules.ALL",))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    err = io.StringIO()
+    result = run_job(settings(tmp_path, inp, quiet=False), live.env, stream=err)
+    assert result.exit_code == 0
+    assert "preflight skipped" in err.getvalue()
+    assert "ZohoCRM.settings.cadences.READ" in err.getvalue()
+    assert set(live.sandbox.removed) == set(rows)

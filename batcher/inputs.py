@@ -217,7 +217,7 @@ def _read_csv(path: Path, head: bytes) -> tuple[dict, tuple[str, ...]]:
     )
     try:
         table = pacsv.read_csv(
-            path, read_options=pacsv.ReadOptions(block_size=1 << 24),
+            path, read_options=pacsv.ReadOptions(block_size=1 << 23),
             parse_options=parse, convert_options=convert,
         )
     except pa.ArrowInvalid as exc:

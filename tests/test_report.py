@@ -16,26 +16,7 @@ from batcher.journal import RESULT_SCHEMA, Journal
 from batcher.models import RESULT_COLUMNS, Batch, PairOutcome, Status
 from batcher.report import reconcile_line, side_paths, write_results
 
-R1, R2, R3, R4 = (f"98765432100{i:08d}" for i in (1, 2, 3, 4))  # 19 digits, above 2**63
-C1, C2, C3 = (f"55402300000409{i:04d}0" for i in (1, 2, 3))
-ROWS = [  # module, record, cadence, status, reason, batch
-    ("Leads", R1, C1, "valid", None, "b1"),
-    ("Leads", R1, C2, "valid", None, "b1"),
-    ("Leads", R2, C1, "valid", None, "b1"),
-    ("Leads", R2, C2, "valid", None, "b1"),
-    ("Leads", R1, C1, "duplicate", "same pair as row 1", None),
-    ("Leads", "12ab", C1, "invalid", "bad record id", None),
-    ("Contacts", R3, C3, "valid", None, "b2"),
-    (None, R4, C3, "invalid", "missing module", None),
-]
-PLAN = [Batch("b1", "Leads", (R1, R2), (C1, C2)), Batch("b2", "Contacts", (R3,), (C3,))]
-
-
-def rows_table(rows=ROWS) -> pa.Table:
-    names = ("module", "record_id", "cadence_id", "status", "reason", "batch_id")
-    cols = {n: pa.array(c, pa.string()) for n, c in zip(names, zip(*rows, strict=True),
-                                                         strict=True)}
-    return pa.table({"row": pa.array(range(1, len(rows) + 1), pa.int64()), **cols})
+from .test_journal import C1, C2, C3, PLAN, R1, R2, R3, ROWS, rows_table
 
 
 @pytest.fixture

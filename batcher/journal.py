@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
+import operator
 import os
 import sqlite3
 import threading
@@ -36,7 +38,7 @@ from .models import RESULT_COLUMNS, Batch, PairOutcome, Status
 
 SCHEMA_VERSION = 1
 CHUNK_ROWS = 50_000
-_PAGE_BATCHES = 50  # ≤ 25,000 rows checked per page: a short pause for the event loop
+_PAGE_BATCHES = 20  # ≤ 10,000 rows checked per page: a short pause for the event loop
 _COUNTERS = ("calls", "retries", "throttled", "credits")
 _OPEN_STATES = ("pending", "sent")  # a 'sent' batch may or may not have been applied: re-sendable
 #: status (member or its text) → the text stored, for the statuses an answer may give a pair
@@ -344,23 +346,21 @@ class Journal:
         if not outs:
             return False
         want_r, want_c = frozenset(records), frozenset(cadences)
-        groups: dict[tuple, list[tuple[str, str]]] = {}
-        for o in outs:
-            status = _OUTCOME_STATUS.get(o.status)
-            if status is None:
-                raise ValueError(f"{Status(o.status)} is not an outcome")
-            if o.record_id not in want_r or o.cadence_id not in want_c:
-                raise ValueError(f"batch {batch_id}: pair {(o.record_id, o.cadence_id)} is not "
-                                 "one of its pairs")
-            key = (status, o.code or None, o.message or None, o.http_status,
-                   int(bool(o.retryable)))
-            pairs = groups.get(key)
-            if pairs is None:
-                groups[key] = pairs = []
-            pairs.append((o.record_id, o.cadence_id))
-        n_pairs = len(want_r) * len(want_c)
-        if len({(o.record_id, o.cadence_id) for o in outs}) != len(outs):
+        pairs = list(map(_PAIR, outs))
+        distinct = set(pairs)
+        if len(distinct) != len(outs):
             raise ValueError(f"batch {batch_id}: a pair has two outcomes")
+        if not distinct.issubset(itertools.product(want_r, want_c)):
+            stray = next(p for p in pairs if p[0] not in want_r or p[1] not in want_c)
+            raise ValueError(f"batch {batch_id}: pair {stray} is not one of its pairs")
+        results = list(map(_RESULT, outs))
+        groups: dict[tuple, list[tuple[str, str]]] = {}
+        if len(set(results)) == 1:  # the usual answer: one result for every pair
+            groups[_stored(results[0])] = pairs
+        else:
+            for result, pair in zip(results, pairs, strict=True):
+                groups.setdefault(_stored(result), []).append(pair)
+        n_pairs = len(want_r) * len(want_c)
         now = utc_now()
         covered = len(outs) == n_pairs
         order = sorted(groups, key=lambda k: len(groups[k]), reverse=True)
@@ -612,6 +612,19 @@ def _flush_batches(db: sqlite3.Connection, buf: list[tuple]) -> None:
                        " npairs, parent) VALUES (?, ?, ?, ?, ?, ?, ?)", buf)
     except sqlite3.IntegrityError:
         raise ValueError("plan error: a batch id is used twice") from None
+
+
+_PAIR = operator.attrgetter("record_id", "cadence_id")
+_RESULT = operator.attrgetter("status", "code", "message", "http_status", "retryable")
+
+
+def _stored(result: tuple) -> tuple:
+    """An outcome's (status, code, message, http_status, retryable) as the rows table holds it."""
+    status, code, message, http_status, retryable = result
+    text = _OUTCOME_STATUS.get(status)
+    if text is None:
+        raise ValueError(f"{Status(status)} is not an outcome")
+    return text, code or None, message or None, http_status, int(bool(retryable))
 
 
 def _whole_records(pairs: list[tuple[str, str]], n_cadences: int

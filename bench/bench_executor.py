@@ -117,8 +117,10 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=100_000, help="pairs of the small job")
     ap.add_argument("--baseline-calls", type=int, default=60)
     args = ap.parse_args()
-    big = make_input(DATA / f"exec_{args.big}.csv", args.big // 5, 554023000100000000)
-    small = make_input(DATA / f"exec_{args.small}.csv", args.small // 5, 554023000300000000)
+    # the record range is in the name: the same size as "big" in one run and "small" in another
+    # must not share a file, or the second job finds its pairs already un-enrolled
+    big = make_input(DATA / f"exec_{args.big}_b.csv", args.big // 5, 554023000100000000)
+    small = make_input(DATA / f"exec_{args.small}_s.csv", args.small // 5, 554023000300000000)
     seq = make_input(DATA / f"exec_seq_{args.baseline_calls}.csv", args.baseline_calls * 100,
                      554023000500000000)
     port = free_port()

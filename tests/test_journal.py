@@ -343,3 +343,37 @@ def test_million_row_load_and_scan(tmp_path: Path) -> None:
           f"pending batches {listed - loaded:.1f}s, results scan {scanned - listed:.1f}s")
     assert (pending, total) == (2000, n)
     assert last["record_id"][-1].as_py() == records[-1]
+
+
+def test_mixed_outcomes_land_on_the_right_rows(path: Path) -> None:
+    """One answer, several results: whole records, single pairs, and the batch-wide majority."""
+    rows = [("Leads", r, c, "valid", None, "b1") for r in (R1, R2, R3) for c in (C1, C2)]
+    batch = Batch("b1", "Leads", (R1, R2, R3), (C1, C2))
+    failed = {"code": "INVALID_DATA", "message": "given id seems to be invalid",
+              "http_status": 207}
+    with Journal.open(path, "fp") as j:
+        j.load(rows_table(rows), [batch])
+        assert j.mark_sent("b1") == 1
+        j.record_outcomes("b1", [
+            ok(R1, C1), ok(R1, C2, Status.NOT_ENROLLED, code="SUCCESS"),
+            ok(R2, C1, Status.FAILED, **failed), ok(R2, C2, Status.FAILED, **failed),
+            ok(R3, C2), ok(R3, C1)])
+        got = {(r["record_id"], r["cadence_id"]): r for r in results(j)}
+        assert list(j.pending_batches()) == []
+    assert {k: v["status"] for k, v in got.items()} == {
+        (R1, C1): "unenrolled", (R1, C2): "not_enrolled", (R2, C1): "failed",
+        (R2, C2): "failed", (R3, C1): "unenrolled", (R3, C2): "unenrolled"}
+    assert got[(R2, C2)]["code"] == "INVALID_DATA" and got[(R2, C2)]["http_status"] == 207
+    assert got[(R1, C2)]["code"] == "SUCCESS" and got[(R1, C1)]["code"] is None
+    assert {v["attempts"] for v in got.values()} == {1}
+    assert all(v["finished_at"] for v in got.values())
+
+
+def test_a_pair_given_two_outcomes_is_refused(loaded: Path) -> None:
+    with Journal.open(loaded, "fp-A") as j:
+        with pytest.raises(ValueError, match="two outcomes"):
+            j.record_outcomes("b1", [ok(R1, C1), ok(R1, C1, Status.FAILED), ok(R1, C2),
+                                     ok(R2, C1)], attempts=1)
+        with pytest.raises(ValueError, match="not an outcome"):
+            j.record_outcomes("b2", [ok(R3, C3, Status.NOT_SENT)], attempts=1)
+        assert [r["status"] for r in results(j)[:4]] == ["not_sent"] * 4

@@ -590,3 +590,18 @@ def test_batcher_sandbox_from_input_prints_exports_and_stops_on_sigterm(tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_latency_is_the_whole_call_the_sandbox_own_work_included():
+    """"latency=0.2" means a call answers 0.2 s after it arrives, not 0.2 s plus build time."""
+    world = World.from_pairs(("Leads", f"5540230000003{i:05d}", C1) for i in range(100))
+    app, sb = make(world, latency=0.2)
+    token = sb.issue_token()
+    ids = [f"5540230000003{i:05d}" for i in range(100)]
+    unenrol(app, token, ids[:1], [C1])  # warm up
+    started = time.monotonic()
+    answer = unenrol(app, token, ids[1:], [C1])
+    took = time.monotonic() - started
+    assert answer.status_code == 200 and len(sb.removed) == 100
+    assert 0.2 <= took < 0.3, took
+    assert [c.http_status for c in sb.calls] == [200, 200]  # recorded once answered

@@ -10,7 +10,7 @@ import csv
 import hashlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,20 +56,171 @@ def canonical_module(name: str) -> str | None:
     return _CANONICAL_MODULES.get(name.lower(), name)
 
 
+_BATCH_ROWS = 1 << 18  # rows validated at a time: memory stays flat whatever the file's size
+
+
+@dataclass(frozen=True)
+class PairCodes:
+    """Integer codes of valid pairs (module, record, cadence), as the planner takes them."""
+
+    module: np.ndarray
+    module_names: list[str]
+    record: np.ndarray
+    cadence: np.ndarray
+
+    def filter(self, keep: np.ndarray) -> PairCodes:
+        return PairCodes(self.module[keep], self.module_names, self.record[keep],
+                         self.cadence[keep])
+
+
+@dataclass(frozen=True)
+class _Source:
+    """An input file that was opened far enough to know its kind and columns."""
+
+    path: Path
+    kind: str  # "csv" or "parquet"
+    roles: dict[str, str]  # role → column name
+    found: tuple[str, ...]
+    delimiter: str = ","
+
+    def stamp(self) -> tuple[int, int]:
+        st = self.path.stat()
+        return st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class InputScan:
+    """The first pass over an input: counts, duplicates and integer codes; no row text is kept.
+
+    Ids are canonical digit strings (15-19 digits, no leading zero), so each maps one-to-one
+    onto a uint64: hashing integers is far cheaper than hashing strings, and a job of tens of
+    millions of rows holds a few bytes per pair instead of its text. ``tables()`` reads the
+    file again, batch by batch, to hand the rows' text to the journal.
+    """
+
+    source: _Source
+    default_module: str | None
+    rows: int
+    invalid: int
+    invalid_examples: tuple[tuple[int, str], ...]
+    #: 0-based rows of the valid, first-seen pairs, ascending; codes follow the same order
+    pair_rows: np.ndarray = field(repr=False)
+    codes: PairCodes = field(repr=False)
+    #: text of each record code / cadence code
+    record_text: pa.Array = field(repr=False)
+    cadence_text: pa.Array = field(repr=False)
+    #: 0-based rows that repeat an earlier pair, ascending, and the row each repeats
+    dup_rows: np.ndarray = field(repr=False)
+    dup_first: np.ndarray = field(repr=False)
+    stamp: tuple[int, int] = (0, 0)
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+    @property
+    def pairs(self) -> int:
+        return len(self.pair_rows)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.dup_rows)
+
+    def cadence_keys(self) -> list[tuple[str, str]]:
+        """(module, cadence id) of every cadence code, for the preflight."""
+        if not len(self.codes.cadence):
+            return []
+        first = _first_of_code(self.codes.cadence, len(self.cadence_text))
+        mods = self.codes.module[first]
+        return [(self.codes.module_names[m], c) for m, c in
+                zip(mods.tolist(), self.cadence_text.to_pylist(), strict=True)]
+
+    def fingerprint(self) -> str:
+        """Content hash of the input: a journal is bound to the exact bytes it was made from."""
+        with open(self.path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+
+    def tables(self, *, verdicts: Sequence[tuple[str, str]] = (),
+               verdict_of_pair: np.ndarray | None = None,
+               batch_ids: Callable[[int, int], pa.Array] | None = None) -> Iterator[pa.Table]:
+        """The second pass: every row, in input order, with its final reader status.
+
+        ``verdict_of_pair`` (index into ``verdicts`` (code, reason), -1 for none) marks pairs the
+        preflight rejected; ``batch_ids(k0, k1)`` gives the batch of the k0..k1-th pairs that
+        are still valid. Raises InputError when the file no longer matches the first pass.
+        """
+        if self.source.stamp() != self.stamp:
+            raise InputError(f"{self.path}: the file changed while batcher was reading it")
+        pair_k = planned_k = 0
+        row0 = 0
+        for raw in _raw_batches(self.source):
+            chk = _check(raw, row0, self.default_module)
+            n = chk.table.num_rows
+            row1 = row0 + n
+            status = np.where(chk.valid, 0, 1).astype(np.int8)  # 0 valid, 1 invalid, 2 duplicate
+            code = chk.codes
+            reason = chk.reasons
+            d0, d1 = np.searchsorted(self.dup_rows, [row0, row1])
+            dups = self.dup_rows[d0:d1] - row0
+            status[dups] = 2
+            for i, first in zip(dups.tolist(), self.dup_first[d0:d1].tolist(), strict=True):
+                reason[i] = f"same pair as row {first + 1}"
+            k1 = pair_k + int(np.searchsorted(self.pair_rows[pair_k:], row1))
+            here = self.pair_rows[pair_k:k1] - row0
+            if not np.array_equal(np.flatnonzero(status == 0), here):
+                raise InputError(f"{self.path}: the file changed while batcher was reading it")
+            batch = pa.nulls(n, pa.string())
+            if verdict_of_pair is not None:
+                verdict = verdict_of_pair[pair_k:k1]
+                for i, v in zip(here[verdict >= 0].tolist(), verdict[verdict >= 0].tolist(),
+                                strict=True):
+                    status[i] = 1
+                    code[i], reason[i] = verdicts[v]
+            planned = np.flatnonzero(status == 0)
+            if batch_ids is not None and len(planned):
+                mask = np.zeros(n, dtype=bool)
+                mask[planned] = True
+                batch = pc.replace_with_mask(
+                    batch, pa.array(mask), batch_ids(planned_k, planned_k + len(planned)))
+            planned_k += len(planned)
+            pair_k = k1
+            t = chk.table
+            yield pa.table({
+                "row": t["row"], "module": t["module"], "record_id": t["record_id"],
+                "cadence_id": t["cadence_id"],
+                "status": pc.cast(pa.DictionaryArray.from_arrays(
+                    pa.array(status), pa.array([VALID, INVALID, DUPLICATE])), pa.string()),
+                "code": _sparse_strings(n, code),
+                "reason": _sparse_strings(n, reason),
+                "batch_id": batch,
+            })
+            row0 = row1
+        if self.source.stamp() != self.stamp or row0 != self.rows:
+            raise InputError(f"{self.path}: the file changed while batcher was reading it")
+
+
 @dataclass(frozen=True)
 class InputTable:
-    """The reader's verdict on every data row, in input order.
+    """The reader's verdict on every data row, in input order, as one table (small inputs).
 
     ``table`` columns: row (1-based), module, record_id, cadence_id, status (valid / invalid /
     duplicate), code (for invalid rows), reason (why invalid, or which row it repeats).
     """
 
-    path: Path
+    scan: InputScan
     table: pa.Table
-    columns_found: tuple[str, ...]
-    _valid_mask: np.ndarray = field(repr=False)
-    #: codes of the valid rows, in the order of valid_arrays()
-    codes: PairCodes | None = field(default=None, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.scan.path
+
+    @property
+    def columns_found(self) -> tuple[str, ...]:
+        return self.scan.source.found
+
+    @property
+    def codes(self) -> PairCodes:
+        return self.scan.codes
 
     @property
     def rows(self) -> int:
@@ -80,7 +231,7 @@ class InputTable:
 
     def valid_arrays(self) -> tuple[pa.ChunkedArray, pa.ChunkedArray, pa.ChunkedArray]:
         """(module, record_id, cadence_id) of the valid, first-seen pairs, in input order."""
-        valid = self.table.filter(pa.array(self._valid_mask))
+        valid = self.table.take(pa.array(self.scan.pair_rows))
         return valid["module"], valid["record_id"], valid["cadence_id"]
 
     def valid_pairs(self) -> Iterator[tuple[str, str, str]]:
@@ -89,29 +240,122 @@ class InputTable:
 
     def valid_row_indices(self) -> np.ndarray:
         """0-based positions in ``table`` of the valid rows (same order as valid_arrays)."""
-        return np.flatnonzero(self._valid_mask)
+        return self.scan.pair_rows
 
     def fingerprint(self) -> str:
-        """Content hash of the input: a journal is bound to the exact bytes it was made from."""
-        with open(self.path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        return self.scan.fingerprint()
 
 
 def read_input(path: str | os.PathLike[str], default_module: str | None = None) -> InputTable:
-    """Read and validate an input file; raise InputError when the file as a whole is unusable."""
+    """Read and validate a (small) input into one table; InputError when the file is unusable."""
+    scan = scan_input(path, default_module)
+    table = pa.concat_tables(list(scan.tables())).drop_columns(["batch_id"])
+    return InputTable(scan=scan, table=table)
+
+
+def scan_input(path: str | os.PathLike[str], default_module: str | None = None) -> InputScan:
+    """First pass over an input, in bounded memory; InputError when the file is unusable."""
     path = Path(path)
     if default_module is not None and canonical_module(default_module) is None:
         raise InputError(f"--module {default_module!r} is not a valid Zoho module API name")
-    raw, found = _read_raw(path)
-    if len(raw["record_id"]) == 0:
-        raise InputError(f"{path}: has a header ({', '.join(found)}) but no data rows")
-    return _validate(path, raw, found, default_module)
+    source = _open(path)
+    stamp = source.stamp()
+    rows = invalid = 0
+    examples: list[tuple[int, str]] = []
+    pair_rows, rec, cad, mod = [], [], [], []
+    module_names: dict[str, int] = {}
+    for raw in _raw_batches(source):
+        chk = _check(raw, rows, default_module)
+        n = chk.table.num_rows
+        bad = np.flatnonzero(~chk.valid)
+        invalid += len(bad)
+        for i in bad[: max(0, 10 - len(examples))].tolist():
+            examples.append((rows + i + 1, chk.reasons[i]))
+        idx = np.flatnonzero(chk.valid)
+        t = chk.table if len(idx) == n else chk.table.take(pa.array(idx))
+        pair_rows.append(idx + rows)
+        rec.append(pc.cast(t["record_id"], pa.uint64()).to_numpy())
+        cad.append(pc.cast(t["cadence_id"], pa.uint64()).to_numpy())
+        enc = pc.dictionary_encode(t["module"]).combine_chunks()
+        local = np.array([module_names.setdefault(m, len(module_names))
+                          for m in enc.dictionary.to_pylist()], dtype=np.int32)
+        mod.append(local[enc.indices.to_numpy(zero_copy_only=False)] if len(local)
+                   else np.zeros(0, np.int32))
+        rows += n
+    if rows == 0:
+        raise InputError(f"{path}: has a header ({', '.join(source.found)}) but no data rows")
+    return _finish_scan(source, default_module, stamp, rows, invalid, tuple(examples),
+                        np.concatenate(pair_rows), np.concatenate(rec), np.concatenate(cad),
+                        np.concatenate(mod), list(module_names))
+
+
+def _first_of_code(codes: np.ndarray, n_codes: int) -> np.ndarray:
+    first = np.empty(n_codes, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # the last write wins: the earliest
+    return first
+
+
+def _finish_scan(source: _Source, default_module: str | None, stamp: tuple[int, int],
+                 rows: int, invalid: int, examples: tuple, pair_rows: np.ndarray,
+                 rec: np.ndarray, cad: np.ndarray, mod: np.ndarray, names: list[str]
+                 ) -> InputScan:
+    """Codes and duplicates of the valid rows: a pair that repeats is not a pair to plan."""
+    rc, rec_uniques = pd.factorize(rec, sort=False)
+    cc, cad_uniques = pd.factorize(cad, sort=False)
+    rc, cc = rc.astype(np.int64, copy=False), cc.astype(np.int64, copy=False)
+    cad_text = pc.cast(pa.array(cad_uniques, pa.uint64()), pa.string())
+    if len(names) > 1:  # a cadence under two modules is two cadences to the planner
+        cc, combined = pd.factorize(mod.astype(np.int64) * len(cad_uniques) + cc, sort=False)
+        cc = cc.astype(np.int64, copy=False)
+        cad_text = cad_text.take(pa.array(combined % max(len(cad_uniques), 1)))
+    del rec, cad
+    dup = _repeats(cc * len(rec_uniques) + rc, rc, len(rec_uniques), len(cad_text))
+    dup_rows = dup_first = np.zeros(0, dtype=np.int64)
+    if dup is not None:
+        is_dup = dup >= 0
+        dup_rows, dup_first = pair_rows[is_dup], pair_rows[dup[is_dup]]
+        keep = ~is_dup
+        pair_rows, rc, cc, mod = pair_rows[keep], rc[keep], cc[keep], mod[keep]
+    return InputScan(
+        source=source, default_module=default_module, rows=rows, invalid=invalid,
+        invalid_examples=examples, pair_rows=pair_rows,
+        codes=PairCodes(mod.astype(np.int64), names, rc, cc),
+        record_text=pc.cast(pa.array(rec_uniques, pa.uint64()), pa.string()),
+        cadence_text=cad_text, dup_rows=dup_rows, dup_first=dup_first, stamp=stamp)
+
+
+def _repeats(key: np.ndarray, rc: np.ndarray, n_rec: int, n_cad: int) -> np.ndarray | None:
+    """For each position, the earlier position holding the same key (else -1); None when no
+    key repeats.
+
+    One scatter into a bitmap of all (cadence, record) combinations tells whether anything
+    repeats and, per record, how many distinct cadences it has; only the rows of records with
+    fewer distinct cadences than rows need the (costly) hashing.
+    """
+    if n_cad * n_rec <= max(8 * len(key), 1 << 26):
+        seen = np.zeros(n_cad * n_rec, dtype=np.bool_)
+        seen[key] = True
+        if int(np.count_nonzero(seen)) == len(key):
+            return None
+        distinct = seen.reshape(n_cad, n_rec).sum(axis=0)
+        del seen
+        sub = np.flatnonzero((np.bincount(rc, minlength=n_rec) != distinct)[rc])
+    else:
+        sub = np.arange(len(key))
+    pair, uniques = pd.factorize(key[sub], sort=False)
+    if len(uniques) == len(sub):
+        return None
+    earlier = sub[_first_of_code(pair, len(uniques))[pair]]
+    out = np.full(len(key), -1, dtype=np.int64)
+    repeat = earlier != sub
+    out[sub[repeat]] = earlier[repeat]
+    return out
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def _read_raw(path: Path) -> tuple[dict[str, pa.ChunkedArray], tuple[str, ...]]:
+def _open(path: Path) -> _Source:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -119,18 +363,97 @@ def _read_raw(path: Path) -> tuple[dict[str, pa.ChunkedArray], tuple[str, ...]]:
     try:
         with open(path, "rb") as fh:
             head = fh.read(_SNIFF_BYTES)
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
     if not head.strip(b"\xef\xbb\xbf \t\r\n"):
         raise InputError(f"{path}: the file is empty")
     if head.startswith(_PARQUET_MAGIC) or path.suffix.lower() in (".parquet", ".pq"):
-        return _read_parquet(path, head, size)
+        try:
+            names = pq.ParquetFile(path).schema_arrow.names
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise InputError(_parquet_problem(path, head, exc)) from None
+        return _Source(path, "parquet", _require_columns(path, names), tuple(names))
     if b"\x00" in head:
         raise InputError(f"{path}: is not UTF-8 text (it contains NUL bytes: a binary file or "
                          "UTF-16 text); save it as 'CSV UTF-8' or Parquet")
-    return _read_csv(path, head)
+    delimiter = _sniff_delimiter(head)
+    try:
+        header = pacsv.open_csv(
+            path, parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(column_types={}, include_columns=[]),
+        ).schema.names
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable CSV file ({_excerpt(exc)})") from None
+    header = [h.lstrip("\ufeff") for h in header]
+    return _Source(path, "csv", _require_columns(path, header), tuple(header), delimiter)
+
+
+def _parquet_problem(path: Path, head: bytes, exc: BaseException) -> str:
+    what = "truncated or damaged" if head.startswith(_PARQUET_MAGIC) else "not a Parquet file"
+    return f"{path}: {what} ({type(exc).__name__}: {_excerpt(exc)})"
+
+
+def _raw_batches(src: _Source) -> Iterator[dict[str, pa.Array]]:
+    """The id and module columns, as strings, a batch at a time."""
+    wanted = list(dict.fromkeys(src.roles.values()))
+    if src.kind == "parquet":
+        try:
+            for batch in pq.ParquetFile(src.path).iter_batches(batch_size=_BATCH_ROWS,
+                                                                columns=wanted):
+                yield {role: _as_strings(batch.column(name)) for role, name in src.roles.items()}
+        except InputError:
+            raise
+        except Exception as exc:
+            with open(src.path, "rb") as fh:
+                head = fh.read(4)
+            raise InputError(_parquet_problem(src.path, head, exc)) from None
+        return
+    convert = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in wanted}, include_columns=wanted,
+        strings_can_be_null=False, quoted_strings_can_be_null=False)
+    try:
+        reader = pacsv.open_csv(
+            src.path, read_options=pacsv.ReadOptions(block_size=1 << 21),
+            parse_options=pacsv.ParseOptions(delimiter=src.delimiter), convert_options=convert)
+        for batch in reader:
+            yield {role: batch.column(name) for role, name in src.roles.items()}
+    except pa.ArrowInvalid as exc:
+        msg = _excerpt(exc, 300)
+        if "UTF8" in str(exc) or "utf8" in str(exc).lower():
+            msg = "it is not UTF-8 text; save it as 'CSV UTF-8'"
+        raise InputError(f"{src.path}: cannot be read as CSV: {msg}") from None
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class _Checked:
+    """One batch of rows after validation, before duplicates (which need the whole file)."""
+
+    table: pa.Table  # row, module, record_id, cadence_id (cleaned)
+    valid: np.ndarray
+    codes: dict[int, str]  # position → code, for invalid rows
+    reasons: dict[int, str]  # position → why
+
+
+def _check(raw: dict[str, pa.Array], row0: int, default_module: str | None) -> _Checked:
+    n = len(raw["record_id"])
+    record, rec_ok = _clean_ids(raw["record_id"])
+    cadence, cad_ok = _clean_ids(raw["cadence_id"])
+    module, module_bad = _modules(raw, n, default_module)
+    reasons = _id_reasons(cadence, ~cad_ok, "cadence id")
+    reasons.update(_id_reasons(record, ~rec_ok, "record id"))  # the record's reason comes first
+    for i in np.flatnonzero(module_bad & rec_ok & cad_ok).tolist():
+        reasons[i] = "missing module (add a module column or pass --module)"
+        if "module" in raw and (raw["module"][i].as_py() or "").strip():
+            reasons[i] = "bad module name (not a Zoho module API name)"
+    table = pa.table({
+        "row": pa.array(np.arange(row0 + 1, row0 + n + 1, dtype=np.int64)),
+        "module": module, "record_id": record, "cadence_id": cadence,
+    })
+    return _Checked(table, rec_ok & cad_ok & ~module_bad, dict.fromkeys(reasons, "INVALID_INPUT"),
+                    reasons)
 
 
 def _roles(names: list[str]) -> dict[str, str]:
@@ -154,20 +477,6 @@ def _require_columns(path: Path, names: list[str]) -> dict[str, str]:
             "optionally module."
         )
     return roles
-
-
-def _read_parquet(path: Path, head: bytes, size: int) -> tuple[dict, tuple[str, ...]]:
-    try:
-        pf = pq.ParquetFile(path)
-        names = pf.schema_arrow.names
-        roles = _require_columns(path, names)
-        table = pf.read(columns=list(roles.values()))
-    except InputError:
-        raise
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        what = "truncated or damaged" if head.startswith(_PARQUET_MAGIC) else "not a Parquet file"
-        raise InputError(f"{path}: {what} ({type(exc).__name__}: {_excerpt(exc)})") from None
-    return {role: _as_strings(table[name]) for role, name in roles.items()}, tuple(names)
 
 
 def _as_strings(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -198,39 +507,6 @@ def _sniff_delimiter(head: bytes) -> str:
         return ","
 
 
-def _read_csv(path: Path, head: bytes) -> tuple[dict, tuple[str, ...]]:
-    delimiter = _sniff_delimiter(head)
-    parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=False)
-    try:
-        header = pacsv.open_csv(
-            path, parse_options=parse,
-            convert_options=pacsv.ConvertOptions(column_types={}, include_columns=[]),
-        ).schema.names
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV file ({_excerpt(exc)})") from None
-    header = [h.lstrip("\ufeff") for h in header]
-    roles = _require_columns(path, header)
-    wanted = list(dict.fromkeys(roles.values()))
-    convert = pacsv.ConvertOptions(
-        column_types={n: pa.string() for n in wanted}, include_columns=wanted,
-        strings_can_be_null=False, quoted_strings_can_be_null=False,
-    )
-    try:
-        table = pacsv.read_csv(
-            path, read_options=pacsv.ReadOptions(block_size=1 << 23),
-            parse_options=parse, convert_options=convert,
-        )
-    except pa.ArrowInvalid as exc:
-        msg = _excerpt(exc, 300)
-        if "UTF8" in str(exc) or "utf8" in str(exc).lower():
-            msg = "it is not UTF-8 text; save it as 'CSV UTF-8'"
-        raise InputError(f"{path}: cannot be read as CSV: {msg}") from None
-    return {role: table[name] for role, name in roles.items()}, tuple(header)
-
-
-# --------------------------------------------------------------------------- validation
-
-
 def _clean(col: pa.Array) -> pa.Array:
     col = pc.utf8_trim_whitespace(pc.fill_null(col, ""))
     prefixed = pc.starts_with(col, "zcrm_")
@@ -240,19 +516,21 @@ def _clean(col: pa.Array) -> pa.Array:
 
 
 def _id_ok(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """15-19 ASCII digits, not starting with 0: Zoho ids never do, and a canonical id maps
+    one-to-one onto a uint64."""
     length = pc.utf8_length(col)
     ok = pc.and_(pc.and_(pc.greater_equal(length, 15), pc.less_equal(length, 19)),
-                 pc.ascii_is_decimal(col))
+                 pc.and_(pc.ascii_is_decimal(col), pc.invert(pc.starts_with(col, "0"))))
     return pc.fill_null(ok, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
 
 
 def _clean_ids(col: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     """Trimmed, ``zcrm_``-free ids and which are valid. Only the rows that fail as they stand
     are cleaned: a clean file of tens of millions of ids is not copied twice for nothing."""
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     ok = _id_ok(col)
     if ok.all():
         return col, ok
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     bad = np.flatnonzero(~ok)
     fixed = _clean(col.take(pa.array(bad)))
     col = pc.replace_with_mask(col, pa.array(~ok), fixed)
@@ -269,6 +547,8 @@ def _id_reasons(col: pa.ChunkedArray, bad: np.ndarray, what: str) -> dict[int, s
     for i, v in zip(idx.tolist(), col.take(pa.array(idx)).to_pylist(), strict=True):
         if v == "":
             reasons[i] = f"missing {what}"
+        elif v.isascii() and v.isdigit() and v.startswith("0") and 15 <= len(v) <= 19:
+            reasons[i] = f"bad {what}: {v!r} starts with 0, which a Zoho id never does"
         elif re.match(_SCI_RE, v) or re.match(r"^[0-9]+\.[0-9]+$", v):
             reasons[i] = (f"bad {what}: {v!r} looks like a number mangled by a spreadsheet "
                           "(ids must keep all 15-19 digits; format the column as text)")
@@ -284,87 +564,12 @@ def _modules(raw: dict, n: int, default_module: str | None) -> tuple[pa.Array, n
         if default is None:
             return pa.nulls(n, pa.string()), np.ones(n, dtype=bool)
         return pa.array(np.full(n, default, dtype=object), pa.string()), np.zeros(n, dtype=bool)
-    col = pc.utf8_trim_whitespace(pc.fill_null(raw["module"], "")).combine_chunks()
-    enc = col.dictionary_encode()
+    col = pc.utf8_trim_whitespace(pc.fill_null(raw["module"], ""))
+    enc = (col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col).dictionary_encode()
     names = [canonical_module(v) if v else default for v in enc.dictionary.to_pylist()]
     table = pa.array(names, pa.string())
     modules = table.take(enc.indices)
     return modules, ~pc.is_valid(modules).to_numpy(zero_copy_only=False)
-
-
-def _codes(values: np.ndarray) -> tuple[np.ndarray, int]:
-    codes, uniques = pd.factorize(values, sort=False)
-    return codes.astype(np.int64, copy=False), len(uniques)
-
-
-@dataclass(frozen=True)
-class PairCodes:
-    """Integer codes of the valid pairs (module, record, cadence), as the planner takes them."""
-
-    module: np.ndarray
-    module_names: list[str]
-    record: np.ndarray
-    cadence: np.ndarray
-
-    def filter(self, keep: np.ndarray) -> PairCodes:
-        return PairCodes(self.module[keep], self.module_names, self.record[keep],
-                         self.cadence[keep])
-
-
-def _suspects(key: np.ndarray, rc: np.ndarray, n_rec: int, n_cad: int) -> np.ndarray | None:
-    """Positions that may repeat an earlier pair: none (None) when every key is distinct.
-
-    One scatter into a bitmap of all (cadence, record) combinations tells whether anything
-    repeats and, per record, how many distinct cadences it has; only the rows of records with
-    fewer distinct cadences than rows need the (costly) hashing.
-    """
-    if n_cad * n_rec > max(8 * len(key), 1 << 26):
-        return np.arange(len(key))  # the bitmap would be too big: hash everything
-    seen = np.zeros(n_cad * n_rec, dtype=np.bool_)
-    seen[key] = True
-    if int(np.count_nonzero(seen)) == len(key):
-        return None
-    distinct = seen.reshape(n_cad, n_rec).sum(axis=0)
-    return np.flatnonzero((np.bincount(rc, minlength=n_rec) != distinct)[rc])
-
-
-def _duplicates(module: pa.Array, record: pa.Array, cadence: pa.Array, valid: np.ndarray
-                ) -> tuple[np.ndarray, PairCodes]:
-    """For each row, the 0-based index of the earlier row with the same valid pair (else -1),
-    and the codes of the valid rows.
-
-    Ids are 15-19 digits, so they parse exactly into uint64; hashing integers is far cheaper
-    than hashing tens of millions of strings, and the codes are handed on to the planner so
-    nothing is hashed twice.
-    """
-    first_of = np.full(len(valid), -1, dtype=np.int64)
-    idx = np.flatnonzero(valid)
-    if len(idx) < len(valid):
-        take = pa.array(idx)
-        module, record, cadence = module.take(take), record.take(take), cadence.take(take)
-    mod = pc.dictionary_encode(module)
-    mod = mod.combine_chunks() if isinstance(mod, pa.ChunkedArray) else mod
-    mc, first_index = pd.factorize(mod.indices.to_numpy(zero_copy_only=False), sort=False)
-    mc, n_mod = mc.astype(np.int64, copy=False), len(first_index)
-    names = [str(mod.dictionary[int(i)]) for i in first_index]
-    cc, n_cad = _codes(pc.cast(cadence, pa.uint64()).to_numpy())
-    rc, n_rec = _codes(pc.cast(record, pa.uint64()).to_numpy())
-    if n_mod > 1:  # (module, cadence) combinations that occur: at most one per row
-        cc, n_cad = _codes(mc * n_cad + cc)
-    codes = PairCodes(mc, names, rc, cc)
-    if len(idx) < 2:
-        return first_of, codes
-    key = cc * n_rec + rc  # < rows * records: fits in int64 for any input that fits in memory
-    sub = _suspects(key, rc, n_rec, n_cad)
-    if sub is None:
-        return first_of, codes
-    pair, n_pairs = _codes(key[sub])
-    first = np.empty(n_pairs, dtype=np.int64)
-    first[pair[::-1]] = sub[::-1]  # the last write wins: the earliest row of each pair
-    earlier = first[pair]
-    dup = earlier != sub
-    first_of[idx[sub[dup]]] = idx[earlier[dup]]
-    return first_of, codes
 
 
 def _sparse_strings(n: int, values: dict[int, str]) -> pa.Array:
@@ -381,48 +586,3 @@ def _sparse_strings(n: int, values: dict[int, str]) -> pa.Array:
     return pc.cast(arr, pa.string())
 
 
-def _with_duplicate_reasons(reason: pa.Array, first_of: np.ndarray, duplicate: np.ndarray
-                            ) -> pa.Array:
-    if not duplicate.any():
-        return reason
-    text = pc.binary_join_element_wise(
-        "same pair as row ", pc.cast(pa.array(first_of[duplicate] + 1), pa.string()), "")
-    return pc.replace_with_mask(reason, pa.array(duplicate), text)
-
-
-def _validate(path: Path, raw: dict, found: tuple[str, ...], default_module: str | None
-              ) -> InputTable:
-    n = len(raw["record_id"])
-    record, rec_ok = _clean_ids(raw["record_id"])
-    cadence, cad_ok = _clean_ids(raw["cadence_id"])
-    module, module_bad = _modules(raw, n, default_module)
-
-    valid = rec_ok & cad_ok & ~module_bad
-    first_of, codes = _duplicates(module, record, cadence, valid)
-    duplicate = first_of >= 0
-    if duplicate.any():
-        codes = codes.filter(~duplicate[valid])
-    valid &= ~duplicate
-
-    reasons = _id_reasons(cadence, ~cad_ok, "cadence id")
-    reasons.update(_id_reasons(record, ~rec_ok, "record id"))  # the record's reason comes first
-    for i in np.flatnonzero(module_bad & rec_ok & cad_ok).tolist():
-        reasons[i] = "missing module (add a module column or pass --module)"
-        if "module" in raw and (raw["module"][i].as_py() or "").strip():
-            reasons[i] = "bad module name (not a Zoho module API name)"
-    invalid_rows = list(reasons)
-
-    status_idx = np.where(valid, 0, np.where(duplicate, 2, 1)).astype(np.int8)
-    status = pc.cast(pa.DictionaryArray.from_arrays(
-        pa.array(status_idx), pa.array([VALID, INVALID, DUPLICATE])), pa.string())
-    table = pa.table({
-        "row": pa.array(np.arange(1, n + 1, dtype=np.int64)),
-        "module": module,
-        "record_id": record,
-        "cadence_id": cadence,
-        "status": status,
-        "code": _sparse_strings(n, dict.fromkeys(invalid_rows, "INVALID_INPUT")),
-        "reason": _with_duplicate_reasons(_sparse_strings(n, reasons), first_of, duplicate),
-    })
-    return InputTable(path=path, table=table, columns_found=found, _valid_mask=valid,
-                      codes=codes)

@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import TextIO
 
 import httpx
-import pyarrow as pa
-import pyarrow.compute as pc
+import numpy as np
 
 from .config import Credentials, Endpoints, load_credentials, resolve_endpoints
 from .errors import AbortError, Interrupted, PermissionDenied, UsageError
 from .executor import Counters, Executor, ExecutorSettings
-from .inputs import INVALID, VALID, InputTable, read_input
+from .inputs import INVALID, InputScan, scan_input
 from .journal import Journal, utc_now
-from .planreport import plan_table
+from .planreport import plan_scan
 from .progress import Progress
 from .report import Summary, UnplannedResults, write_results
 from .retry import RetryPolicy
@@ -89,9 +88,9 @@ def _check(settings: RunSettings) -> None:
         raise UsageError(f"--results: folder {Path(settings.results).parent} does not exist")
 
 
-def fingerprint(table: InputTable, settings: RunSettings) -> str:
+def fingerprint(scan: InputScan, settings: RunSettings) -> str:
     """What a journal is bound to: the input's bytes and the flags that change the plan."""
-    h = hashlib.sha256(table.fingerprint().encode())
+    h = hashlib.sha256(scan.fingerprint().encode())
     h.update(json.dumps({"module": settings.module}).encode())
     return h.hexdigest()
 
@@ -101,22 +100,22 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
     """Run (or resume) a job to the end; never raises for what the results can report."""
     stream = stream or sys.stderr
     _check(settings)
-    table = read_input(settings.input, settings.module)
+    scan = scan_input(settings.input, settings.module)
     started = time.monotonic()
     needs_api = not settings.dry_run or settings.preflight
     creds = load_credentials(env) if needs_api else Credentials(access_token="-")
     endpoints = resolve_endpoints(settings.api_domain, settings.accounts_url, settings.dc, env)
-    with _journal_for(settings, fingerprint(table, settings)) as journal:
+    with _journal_for(settings, fingerprint(scan, settings)) as journal:
         aborted: str | None = None
         try:
             with _sigterm_as_interrupt():
-                aborted = asyncio.run(_run(settings, table, journal, creds, endpoints,
+                aborted = asyncio.run(_run(settings, scan, journal, creds, endpoints,
                                            transports, stream))
         except (KeyboardInterrupt, Interrupted):
             aborted = "interrupted; re-run the same command to resume"
         source = journal
         if journal.rows == 0:  # stopped before the plan was loaded: report from the input
-            source = UnplannedResults(table.table, utc_now(), f"not sent: {aborted}")
+            source = UnplannedResults(scan.rows, scan.tables, utc_now(), f"not sent: {aborted}")
         summary = write_results(source, Path(settings.results),
                                 duration_s=time.monotonic() - started,
                                 extra={"dry_run": settings.dry_run, "aborted": aborted,
@@ -163,15 +162,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-async def _run(settings: RunSettings, table: InputTable, journal: Journal, creds: Credentials,
+async def _run(settings: RunSettings, scan: InputScan, journal: Journal, creds: Credentials,
                endpoints: Endpoints, transports: Transports, stream: TextIO) -> str | None:
     async with _clients(settings, creds, endpoints, transports) as (client, auth):
         try:
             if journal.is_new:
-                rows = table.table
+                verdicts: list[tuple[str, str]] = []
+                verdict_of_pair = None
                 if settings.preflight:
-                    rows = await _preflight(client, auth, rows, stream, settings.quiet)
-                _plan_into(journal, table, rows)
+                    verdicts, verdict_of_pair = await _preflight(client, auth, scan, stream,
+                                                                 settings.quiet)
+                _plan_into(journal, scan, verdicts, verdict_of_pair)
             if settings.dry_run:
                 return None
             return await _execute(settings, journal, client, auth, stream)
@@ -204,50 +205,41 @@ class _clients:
         await self._accounts.aclose()
 
 
-async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, rows: pa.Table,
-                     stream: TextIO, quiet: bool) -> pa.Table:
-    """Mark as invalid the rows whose cadence is unknown, of another module, or not manual."""
+async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
+                     stream: TextIO, quiet: bool
+                     ) -> tuple[list[tuple[str, str]], np.ndarray | None]:
+    """Find the pairs whose cadence is unknown, of another module, or not manual: (verdicts
+    as (code, reason), and for each pair the index of its verdict or -1)."""
     try:
         cadences: list[Cadence] = await fetch_cadences(client, auth.api_domain)
     except PermissionDenied as exc:
         if not quiet:
             print(f"batcher: warning: preflight skipped: {exc}", file=stream)
-        return rows
-    valid = pc.equal(rows["status"], VALID)
-    keys = pc.binary_join_element_wise(pc.fill_null(rows["module"], ""), rows["cadence_id"], "|")
-    distinct = pc.unique(pc.filter(keys, valid)).to_pylist()
-    wanted = [tuple(k.split("|", 1)) for k in distinct]
-    verdicts = preflight(wanted, cadences)
-    if not verdicts:
-        return rows
-    bad_keys = [f"{m}|{c}" for (m, c) in verdicts]
-    where = pc.index_in(keys, value_set=pa.array(bad_keys))
-    hit = pc.and_(valid, pc.is_valid(where)).to_numpy(zero_copy_only=False)
-    codes = pa.array([verdicts[k][0] for k in verdicts], pa.string())
-    reasons = pa.array([verdicts[k][1] for k in verdicts], pa.string())
-    idx = pc.fill_null(where, 0)
-    mask = pa.array(hit)
-    rows = rows.set_column(rows.schema.get_field_index("status"), "status",
-                           pc.if_else(mask, INVALID, rows["status"]))
-    rows = rows.set_column(rows.schema.get_field_index("code"), "code",
-                           pc.if_else(mask, codes.take(idx), rows["code"]))
-    rows = rows.set_column(rows.schema.get_field_index("reason"), "reason",
-                           pc.if_else(mask, reasons.take(idx), rows["reason"]))
+        return [], None
+    keys = scan.cadence_keys()  # (module, cadence id) of each cadence code
+    found = preflight(keys, cadences)
+    if not found:
+        return [], None
+    verdicts = list(dict.fromkeys(found.values()))
+    of_code = np.array([verdicts.index(found[k]) if k in found else -1 for k in keys],
+                       dtype=np.int64)
     if not quiet:
-        for (module, cadence), (code, message) in verdicts.items():
+        for (module, cadence), (code, message) in found.items():
             print(f"batcher: preflight: {module} cadence {cadence}: {code}: {message}",
                   file=stream)
-    return rows
+    return verdicts, of_code[scan.codes.cadence]
 
 
-def _plan_into(journal: Journal, table: InputTable, rows: pa.Table) -> None:
-    """Plan the rows still valid (after the preflight) and load rows + batches into the journal
-    in one transaction."""
-    valid = pc.equal(rows["status"], VALID).to_numpy(zero_copy_only=False)
-    plan = plan_table(table, keep=valid[table.valid_row_indices()])
-    batch_col = pc.replace_with_mask(pa.nulls(rows.num_rows, pa.string()), pa.array(valid),
-                                     plan.batch_ids(plan.pair_batch))
-    journal.load(rows.append_column("batch_id", batch_col), plan.iter_batches())
+def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]],
+               verdict_of_pair: np.ndarray | None) -> None:
+    """Plan the pairs the preflight kept and load rows + batches into the journal in one
+    transaction, streaming the rows from a second read of the input."""
+    keep = None if verdict_of_pair is None else verdict_of_pair < 0
+    plan = plan_scan(scan, keep)
+    pair_batch = plan.pair_batch
+    rows = scan.tables(verdicts=verdicts, verdict_of_pair=verdict_of_pair,
+                       batch_ids=lambda k0, k1: plan.batch_ids(pair_batch[k0:k1]))
+    journal.load(rows, plan.iter_batches())
     journal.set_meta("planned_batches", plan.n_batches)
     journal.set_meta("lower_bound", plan.lower_bound)
 

@@ -6,10 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from .inputs import DUPLICATE, INVALID, InputTable, read_input
+from .inputs import InputScan, scan_input
 from .planner import Plan, plan_codes
 
 
@@ -62,22 +60,19 @@ class PlanReport:
         return "\n".join(lines)
 
 
-def summarise(table: InputTable, plan: Plan, examples: int = 10) -> PlanReport:
-    invalid_rows = table.table.filter(pc.equal(table.table["status"], INVALID))
-    shown = invalid_rows.slice(0, examples)
+def summarise(scan: InputScan, plan: Plan) -> PlanReport:
     module_stats = {name: _stats_dict(s) for name, s in plan.per_module.items()}
     return PlanReport(
-        rows=table.rows,
+        rows=scan.rows,
         pairs=plan.n_pairs,
-        invalid=invalid_rows.num_rows,
-        duplicates=table.count(DUPLICATE),
+        invalid=scan.invalid,
+        duplicates=scan.duplicates,
         cadences=sum(s["cadences"] for s in module_stats.values()),
         batches=plan.n_batches,
         lower_bound=plan.lower_bound,
         naive_batches=plan.naive_batches,
         modules=module_stats,
-        invalid_examples=tuple(zip(shown["row"].to_pylist(), shown["reason"].to_pylist(),
-                                   strict=True)),
+        invalid_examples=scan.invalid_examples,
     )
 
 
@@ -88,17 +83,13 @@ def _stats_dict(stats: Any) -> dict[str, Any]:
 
 
 def plan_input(path: str, default_module: str | None = None) -> PlanReport:
-    table = read_input(path, default_module)
-    return summarise(table, plan_table(table))
+    scan = scan_input(path, default_module)
+    return summarise(scan, plan_scan(scan))
 
 
-def plan_table(table: InputTable, keep: np.ndarray | None = None) -> Plan:
-    """Plan the reader's valid pairs (``keep``: which of them are still wanted, e.g. after the
-    preflight), reusing the reader's integer codes so that nothing is hashed twice."""
-    _, record, cadence = table.valid_arrays()
-    codes = table.codes
-    if keep is not None:
-        take = pa.array(np.flatnonzero(keep))
-        record, cadence, codes = record.take(take), cadence.take(take), codes.filter(keep)
-    return plan_codes(codes.module, codes.module_names, codes.record, record, codes.cadence,
-                      cadence, text_per_pair=True)
+def plan_scan(scan: InputScan, keep: np.ndarray | None = None) -> Plan:
+    """Plan the scan's pairs (``keep``: which are still wanted, e.g. after the preflight) from
+    the reader's integer codes, so nothing is hashed twice and no row text is needed."""
+    codes = scan.codes if keep is None else scan.codes.filter(keep)
+    return plan_codes(codes.module, codes.module_names, codes.record, scan.record_text,
+                      codes.cadence, scan.cadence_text)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -200,24 +200,24 @@ def _atomic(target: Path) -> Iterator[Path]:
 
 
 class UnplannedResults:
-    """Results straight from the reader's table, for a job stopped before its journal was loaded.
+    """Results straight from the reader, for a job stopped before its journal was loaded.
 
     An abort during preflight (bad credentials, say) must still say what happened to every row:
     the valid ones were ``not_sent``; the journal stays empty, so the next run starts afresh.
     """
 
-    def __init__(self, table: pa.Table, started_at: str, message: str) -> None:
-        self._table = table
+    def __init__(self, rows: int, tables: Callable[[], Iterable[pa.Table]], started_at: str,
+                 message: str) -> None:
+        self._tables = tables
         self._message = message
-        self.rows = table.num_rows
+        self.rows = rows
         self.started_at = started_at
 
     def counters(self) -> dict[str, int]:
         return {}
 
     def iter_result_chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
-        for batch in self._table.to_batches(max_chunksize=chunk_rows):
-            t = pa.Table.from_batches([batch])
+        for t in self._tables():
             valid = pc.equal(t["status"], "valid")
             n = t.num_rows
             yield pa.table({

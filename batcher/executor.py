@@ -16,9 +16,19 @@ import httpx
 
 from .errors import AbortError, AuthError, BudgetExhausted, TransientError
 from .limiter import AdaptiveLimiter, LimiterSettings
-from .models import Batch, PairOutcome, Status
+from .models import Batch, OutcomeGroup, PairOutcome, Status
 from .retry import RetryPolicy, call_with_retries
-from .zoho.api import Answered, Fatal, Rejected, TokenInvalid, Transient, Unlocated, build_request
+from .zoho.api import (
+    JSON_HEADERS,
+    Answered,
+    Fatal,
+    Rejected,
+    TokenInvalid,
+    Transient,
+    Unlocated,
+    build_request,
+    encode_body,
+)
 from .zoho.api import classify as classify_answer
 
 
@@ -56,6 +66,7 @@ class Executor:
         self._stop: AbortError | None = None
         self._sends: dict[str, int] = {}  # batch id → times sent, this run and earlier ones
         self._on_progress = on_progress or (lambda c: None)
+        self._urls: dict[str, httpx.URL] = {}  # URL text → parsed once, not on every call
 
     @property
     def lowest_concurrency(self) -> int:
@@ -109,11 +120,11 @@ class Executor:
         """Record the answer; return the sub-batches that still have to be sent."""
         j = self._journal
         if isinstance(answer, Answered):
-            outcomes = answer.outcomes
+            groups = answer.groups
             if self._sends.pop(batch.batch_id, 1) > 1:
-                outcomes = [_hedge(o) for o in outcomes]
-            j.record_outcomes(batch.batch_id, outcomes, attempts)
-            self._done(batch, len(answer.outcomes))
+                groups = tuple(map(_hedge, groups))
+            j.record_groups(batch.batch_id, groups, attempts)
+            self._done(batch, answer.pairs)
             return []
         if isinstance(answer, Rejected):
             failed, children = _reject(batch, answer)
@@ -175,7 +186,11 @@ class Executor:
             self.counters.calls += 1
             url, body = build_request(self._api_domain(), batch.module, batch.record_ids,
                                       batch.cadence_ids)
-            response = await self._client.post(url, json=body)
+            parsed = self._urls.get(url)
+            if parsed is None:
+                parsed = self._urls[url] = httpx.URL(url)
+            response = await self._client.post(parsed, content=encode_body(body),
+                                               headers=JSON_HEADERS)
             content = await response.aread()
         answer = classify_answer(batch.record_ids, batch.cadence_ids, response.status_code,
                                  response.headers, content)
@@ -212,11 +227,11 @@ def _all(batch: Batch, status: Status, code: str, message: str, http_status: int
             for r, c in batch.pairs()]
 
 
-def _hedge(outcome: PairOutcome) -> PairOutcome:
+def _hedge(group: OutcomeGroup) -> OutcomeGroup:
     """A re-sent call's "not enrolled" may be the work of an earlier send whose answer was lost."""
-    if outcome.status != Status.NOT_ENROLLED:
-        return outcome
-    return replace(outcome, message=(outcome.message + "; " if outcome.message else "") +
+    if group.status != Status.NOT_ENROLLED:
+        return group
+    return replace(group, message=(group.message + "; " if group.message else "") +
                    "an earlier attempt of this call, whose answer was lost, may have removed it")
 
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import JournalError
-from .models import RESULT_COLUMNS, Batch, PairOutcome, Status
+from .models import RESULT_COLUMNS, Batch, OutcomeGroup, PairOutcome, Status
 
 SCHEMA_VERSION = 1
 CHUNK_ROWS = 50_000
@@ -180,26 +180,30 @@ class Journal:
 
     # ------------------------------------------------------------------ load
 
-    def load(self, rows: pa.Table, batches: Iterable[Batch], *,
+    def load(self, rows: pa.Table | Iterable[pa.Table], batches: Iterable[Batch], *,
              chunk_rows: int = CHUNK_ROWS) -> None:
         """Store every input row and the plan, all in one transaction (never half-loaded).
 
         ``rows``: the reader's columns (row, module, record_id, cadence_id, status, reason, optional
-        code) plus ``batch_id`` (the planned batch of each valid row, null otherwise).
+        code) plus ``batch_id`` (the planned batch of each valid row, null otherwise); one table,
+        or tables streamed in input order (a job too large to hold in memory at once).
         """
         if not self.is_new:
             raise ValueError(f"journal {self.path} is already loaded")
-        missing = {"row", "module", "record_id", "cadence_id", "status", "reason", "batch_id"}
-        missing -= set(rows.column_names)
-        if missing:
-            raise ValueError(f"rows table lacks column(s) {sorted(missing)}")
+        tables = [rows] if isinstance(rows, pa.Table) else rows
         now = utc_now()
+        n_rows = 0
         with self._tx() as db:
             db.execute("DELETE FROM rows")
             db.execute("DELETE FROM batches")
             db.execute("DROP INDEX IF EXISTS rows_pair")
             n_valid = 0
-            for chunk in rows.to_batches(max_chunksize=chunk_rows):
+            for chunk in (c for t in tables for c in t.to_batches(max_chunksize=chunk_rows)):
+                missing = {"row", "module", "record_id", "cadence_id", "status", "reason",
+                           "batch_id"} - set(chunk.schema.names)
+                if missing:
+                    raise ValueError(f"rows table lacks column(s) {sorted(missing)}")
+                n_rows += chunk.num_rows
                 records, valid = _load_records(chunk, now)
                 n_valid += valid
                 db.executemany("INSERT INTO rows (row, module, record_id, cadence_id, status, code,"
@@ -221,7 +225,7 @@ class Journal:
             if n_pairs != n_valid:  # with the check above: some row names an unknown batch
                 raise ValueError(f"plan error: {n_valid} valid rows but the batches hold "
                                  f"{n_pairs} pairs")
-            _set_meta(db, _K_ROWS, rows.num_rows)
+            _set_meta(db, _K_ROWS, n_rows)
             _set_meta(db, _K_LOADED, now)
         self.is_new = False
 
@@ -296,6 +300,37 @@ class Journal:
                 if left:
                     raise ValueError(f"batch {batch_id}: {left} pair(s) left without an outcome")
                 db.execute("UPDATE batches SET state = 'answered' WHERE batch_id = ?", (batch_id,))
+
+    def record_groups(self, batch_id: str, groups: Sequence[OutcomeGroup],
+                      attempts: int | None = None) -> None:
+        """Store a whole answer given as groups of pairs sharing one result; mark it answered.
+
+        The groups must cover every pair of the batch exactly once. Each group is written with one
+        statement (per 500 records), so the usual answer costs one UPDATE, however many pairs.
+        ``attempts`` defaults as for :meth:`record_outcomes`.
+        """
+        with self._tx() as db:
+            sent, records, cadences = self._open_batch(db, batch_id)
+            _check_cover(batch_id, records, cadences, groups)
+            attempts = sent if attempts is None else attempts
+            now, n_pairs = utc_now(), len(records) * len(cadences)
+            for g in groups:
+                key = _stored((g.status, g.code, g.message, g.http_status, g.retryable))
+                if g.size == n_pairs:
+                    got = db.execute(_SET_ROWS + " WHERE batch_id = ?",
+                                     (*key, attempts, now, batch_id)).rowcount
+                else:
+                    got = 0
+                    c_marks = ",".join("?" * len(g.cadence_ids))
+                    for chunk in range(0, len(g.record_ids), 500):
+                        ids = g.record_ids[chunk:chunk + 500]
+                        got += db.execute(
+                            _SET_ROWS + f" WHERE batch_id = ? AND record_id IN"
+                            f" ({','.join('?' * len(ids))}) AND cadence_id IN ({c_marks})",
+                            (*key, attempts, now, batch_id, *ids, *g.cadence_ids)).rowcount
+                if got != g.size:
+                    raise JournalError(f"batch {batch_id}: its rows do not match its pairs")
+            db.execute("UPDATE batches SET state = 'answered' WHERE batch_id = ?", (batch_id,))
 
     def settle_and_split(self, batch_id: str, outcomes: Iterable[PairOutcome],
                          children: Sequence[Batch], attempts: int | None = None) -> None:
@@ -638,6 +673,33 @@ def _whole_records(pairs: list[tuple[str, str]], n_cadences: int
         return whole, []
     full = set(whole)
     return whole, [p for p in pairs if p[0] not in full]
+
+
+def _check_cover(batch_id: str, records: Sequence[str], cadences: Sequence[str],
+                 groups: Sequence[OutcomeGroup]) -> None:
+    """Groups must name only the batch's pairs, each pair exactly once, and all of them."""
+    want_r, want_c = frozenset(records), frozenset(cadences)
+    per_record: dict[str, set[str]] = {}
+    total = 0
+    for g in groups:
+        g_r, g_c = set(g.record_ids), set(g.cadence_ids)
+        if len(g_r) != len(g.record_ids) or len(g_c) != len(g.cadence_ids):
+            raise ValueError(f"batch {batch_id}: a pair has two outcomes")
+        if not (g_r <= want_r and g_c <= want_c):
+            stray = next((r, c) for r in g.record_ids for c in g.cadence_ids
+                         if r not in want_r or c not in want_c)
+            raise ValueError(f"batch {batch_id}: pair {stray} is not one of its pairs")
+        total += len(g_r) * len(g_c)
+        if len(groups) > 1:
+            for r in g.record_ids:
+                seen = per_record.setdefault(r, set())
+                if not seen.isdisjoint(g_c):
+                    raise ValueError(f"batch {batch_id}: a pair has two outcomes")
+                seen |= g_c
+    # distinct pairs of the batch, as many as it has: every pair once
+    left = len(want_r) * len(want_c) - total
+    if left:
+        raise ValueError(f"batch {batch_id}: {left} pair(s) left without an outcome")
 
 
 def _check_children(db: sqlite3.Connection, parent: str, module: str,

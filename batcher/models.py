@@ -58,3 +58,28 @@ class PairOutcome:
     message: str = ""
     http_status: int | None = None
     retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeGroup:
+    """One result shared by every pair of ``record_ids`` × ``cadence_ids`` of a batch.
+
+    An answer as a few groups instead of one object per pair: the usual answer (every record
+    removed from every cadence) is a single group, read and stored without per-pair work.
+    """
+
+    record_ids: tuple[str, ...]
+    cadence_ids: tuple[str, ...]
+    status: Status
+    code: str = ""
+    message: str = ""
+    http_status: int | None = None
+    retryable: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.record_ids) * len(self.cadence_ids)
+
+    def outcomes(self) -> list[PairOutcome]:
+        return [PairOutcome(r, c, self.status, self.code, self.message, self.http_status,
+                            self.retryable) for r in self.record_ids for c in self.cadence_ids]

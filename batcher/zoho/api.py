@@ -1,9 +1,9 @@
 """The un-enrol call: build the request, and map every HTTP answer to exactly one class.
 
 ``classify`` is the single place that reads Zoho answers, so the executor only ever decides on
-plain data: ``Answered`` (one outcome per pair), ``Rejected`` (these indices are bad, re-send the
-rest), ``Unlocated`` (split to find the culprit), ``Transient`` (retry), ``TokenInvalid`` (refresh),
-``Fatal`` (abort, resumable).
+plain data: ``Answered`` (every pair's outcome, in groups of pairs that share one result),
+``Rejected`` (these indices are bad, re-send the rest), ``Unlocated`` (split to find the culprit),
+``Transient`` (retry), ``TokenInvalid`` (refresh), ``Fatal`` (abort, resumable).
 """
 
 from __future__ import annotations
@@ -15,9 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from batcher.errors import AbortError, AuthError, PermissionDenied, TransientError
-from batcher.models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, PairOutcome, Status
+from batcher.models import (
+    MAX_CADENCES_PER_CALL,
+    MAX_RECORDS_PER_CALL,
+    OutcomeGroup,
+    PairOutcome,
+    Status,
+)
 from batcher.retry import parse_retry_after
 
 FATAL_CODES = frozenset({"OAUTH_SCOPE_MISMATCH", "NO_PERMISSION", "AUTHENTICATION_FAILURE"})
@@ -34,11 +41,29 @@ _MAX_MESSAGE = 300
 _UNENROLLED, _NOT_ENROLLED = Status.UNENROLLED, Status.NOT_ENROLLED
 _SCHEDULED, _FAILED = Status.SCHEDULED, Status.FAILED
 _NOT_LISTED = "the API did not list this cadence as removed (record was not in it)"
+_MISSING = "the answer had no entry for this pair"
+#: headers of an un-enrol call whose body is already encoded (see :func:`encode_body`)
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True, slots=True)
 class Answered:
-    outcomes: tuple[PairOutcome, ...]
+    """The final word on every pair of the call, each pair in exactly one group.
+
+    Groups, not one object per pair: the usual answer is one group, and the journal stores a
+    group with one statement (:meth:`batcher.journal.Journal.record_groups`).
+    """
+
+    groups: tuple[OutcomeGroup, ...]
+
+    @property
+    def pairs(self) -> int:
+        return sum(g.size for g in self.groups)
+
+    @property
+    def outcomes(self) -> tuple[PairOutcome, ...]:
+        """One outcome per pair, group after group."""
+        return tuple(o for g in self.groups for o in g.outcomes())
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +157,16 @@ def build_request(api_domain: str, module: str, record_ids: Sequence[str],
     return url, {"cadences_ids": list(cadence_ids), "ids": list(record_ids)}
 
 
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """The request body as JSON bytes, sent with :data:`JSON_HEADERS` (ids stay strings)."""
+    return orjson.dumps(body)
+
+
 async def send_unenrol(client: httpx.AsyncClient, api_domain: str, module: str,
                        record_ids: Sequence[str], cadence_ids: Sequence[str]) -> Answer:
     """One call, classified. Transport errors propagate for the caller's retry loop."""
     url, body = build_request(api_domain, module, record_ids, cadence_ids)
-    response = await client.post(url, json=body)
+    response = await client.post(url, content=encode_body(body), headers=JSON_HEADERS)
     return classify(record_ids, cadence_ids, response.status_code, response.headers,
                     response.content)
 
@@ -168,8 +198,14 @@ def classify(record_ids: Sequence[str], cadence_ids: Sequence[str], status_code:
 
 
 def _parse_json(body: bytes) -> Any:
+    if not body:
+        return None
     try:
-        return json.loads(body) if body and body.strip() else None
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # also what orjson refuses and json reads: ids beyond 64 bits, NaN, UTF-16
+    try:
+        return json.loads(body) if body.strip() else None
     except (ValueError, UnicodeDecodeError):
         return None
 
@@ -270,8 +306,8 @@ def _locate(details: Mapping[str, Any], record_ids: Sequence[str],
 
 def _all(record_ids: Sequence[str], cadence_ids: Sequence[str], status: Status, code: str,
          message: str, http_status: int, retryable: bool) -> Answered:
-    return Answered(tuple(PairOutcome(r, c, status, code, message, http_status, retryable)
-                          for r in record_ids for c in cadence_ids))
+    return Answered((OutcomeGroup(tuple(record_ids), tuple(cadence_ids), status, code, message,
+                                  http_status, retryable),))
 
 
 def _without_answer(record_ids: Sequence[str], cadence_ids: Sequence[str], status: int,
@@ -301,55 +337,67 @@ def _without_answer(record_ids: Sequence[str], cadence_ids: Sequence[str], statu
 
 def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequence[str],
                 status: int) -> Answered:
-    # the hot path of every job (one entry per record, one outcome per pair): work is done once
-    # per entry, never per pair, beyond building the outcome itself
+    # the hot path of every job (one entry per record): work is done once per entry, never per
+    # pair; records with the same result over the same cadences share one group
     by_record = _match_entries(entries, record_ids, "ids")
-    outcomes: list[PairOutcome] = []
-    add = outcomes.append
+    every = tuple(cadence_ids)
+    wanted = frozenset(every)
+    groups: dict[tuple, list[str]] = {}
     for i, record_id in enumerate(record_ids):
         entry = by_record.get(i)
         if entry is None:
-            outcomes += [_missing(record_id, c, status) for c in cadence_ids]
+            groups.setdefault((_FAILED, "MISSING_IN_ANSWER", _MISSING, True, every),
+                              []).append(record_id)
             continue
         details = _details(entry)
         code, message = _code(entry), _message(entry, details)
         if _is_error(entry):
-            failed = code or "UNKNOWN_ERROR"
-            retryable = code in TRANSIENT_CODES
-            outcomes += [PairOutcome(record_id, c, _FAILED, failed, message, status, retryable)
-                         for c in cadence_ids]
+            key = (_FAILED, code or "UNKNOWN_ERROR", message, code in TRANSIENT_CODES, every)
         elif code == "SCHEDULED":
-            outcomes += [PairOutcome(record_id, c, _SCHEDULED, code, message, status)
-                         for c in cadence_ids]
+            key = (_SCHEDULED, code, message, False, every)
         else:
             removed = _removed_cadences(details)
             code = code or "SUCCESS"
-            for c in cadence_ids:
-                if c in removed:
-                    add(PairOutcome(record_id, c, _UNENROLLED, code, message, status))
-                else:
-                    add(PairOutcome(record_id, c, _NOT_ENROLLED, code, _NOT_LISTED, status))
-    return Answered(tuple(outcomes))
+            if wanted <= removed:
+                key = (_UNENROLLED, code, message, False, every)
+            else:
+                gone = tuple(c for c in every if c in removed)
+                if gone:
+                    groups.setdefault((_UNENROLLED, code, message, False, gone),
+                                      []).append(record_id)
+                key = (_NOT_ENROLLED, code, _NOT_LISTED, False,
+                       tuple(c for c in every if c not in removed))
+        groups.setdefault(key, []).append(record_id)
+    return _grouped(groups, status, by_record=True)
 
 
 def _per_cadence(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequence[str],
                  status: int) -> Answered:
     by_cadence = _match_entries(entries, cadence_ids, "cadences_ids")
-    outcomes: list[PairOutcome] = []
-    for r in record_ids:
-        for j, c in enumerate(cadence_ids):
-            entry = by_cadence.get(j)
-            if entry is None:
-                outcomes.append(_missing(r, c, status))
-            elif _is_error(entry):
-                code = _code(entry, "UNKNOWN_ERROR")
-                outcomes.append(PairOutcome(r, c, Status.FAILED, code, _message(entry), status,
-                                            code in TRANSIENT_CODES))
-            else:
-                status_ = Status.SCHEDULED if _code(entry) == "SCHEDULED" else Status.UNENROLLED
-                outcomes.append(PairOutcome(r, c, status_, _code(entry, "SUCCESS"),
-                                            _message(entry), status))
-    return Answered(tuple(outcomes))
+    everyone = tuple(record_ids)
+    groups: dict[tuple, list[str]] = {}
+    for j, c in enumerate(cadence_ids):
+        entry = by_cadence.get(j)
+        if entry is None:
+            key = (_FAILED, "MISSING_IN_ANSWER", _MISSING, True, everyone)
+        elif _is_error(entry):
+            code = _code(entry, "UNKNOWN_ERROR")
+            key = (_FAILED, code, _message(entry), code in TRANSIENT_CODES, everyone)
+        else:
+            status_ = _SCHEDULED if _code(entry) == "SCHEDULED" else _UNENROLLED
+            key = (status_, _code(entry, "SUCCESS"), _message(entry), False, everyone)
+        groups.setdefault(key, []).append(c)
+    return _grouped(groups, status, by_record=False)
+
+
+def _grouped(groups: dict[tuple, list[str]], http_status: int, by_record: bool) -> Answered:
+    """(status, code, message, retryable, the other ids) → ids, as outcome groups."""
+    out = []
+    for (status, code, message, retryable, others), ids in groups.items():
+        records, cadences = (tuple(ids), others) if by_record else (others, tuple(ids))
+        out.append(OutcomeGroup(records, cadences, status, code, message, http_status,
+                                retryable))
+    return Answered(tuple(out))
 
 
 def _match_entries(entries: list[Any], ids: Sequence[str], array: str) -> dict[int, Mapping]:
@@ -390,8 +438,3 @@ def _removed_cadences(details: Mapping[str, Any]) -> frozenset[str] | set[str]:
             if cid:
                 removed.add(cid if type(cid) is str else str(cid))
     return removed
-
-
-def _missing(record_id: str, cadence_id: str, status: int) -> PairOutcome:
-    return PairOutcome(record_id, cadence_id, _FAILED, "MISSING_IN_ANSWER",
-                       "the answer had no entry for this pair", status, True)

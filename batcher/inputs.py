@@ -289,6 +289,14 @@ def scan_input(path: str | os.PathLike[str], default_module: str | None = None) 
                         np.concatenate(mod), list(module_names))
 
 
+def _encode(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes in order of first appearance, and the value of each code (Arrow's hash table is
+    the fastest at hand for tens of millions of uint64)."""
+    enc = pc.dictionary_encode(pa.array(values, pa.uint64()))
+    return (enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+            enc.dictionary.to_numpy(zero_copy_only=False))
+
+
 def _first_of_code(codes: np.ndarray, n_codes: int) -> np.ndarray:
     first = np.empty(n_codes, dtype=np.int64)
     first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # the last write wins: the earliest
@@ -300,9 +308,8 @@ def _finish_scan(source: _Source, default_module: str | None, stamp: tuple[int, 
                  rec: np.ndarray, cad: np.ndarray, mod: np.ndarray, names: list[str]
                  ) -> InputScan:
     """Codes and duplicates of the valid rows: a pair that repeats is not a pair to plan."""
-    rc, rec_uniques = pd.factorize(rec, sort=False)
-    cc, cad_uniques = pd.factorize(cad, sort=False)
-    rc, cc = rc.astype(np.int64, copy=False), cc.astype(np.int64, copy=False)
+    rc, rec_uniques = _encode(rec)
+    cc, cad_uniques = _encode(cad)
     cad_text = pc.cast(pa.array(cad_uniques, pa.uint64()), pa.string())
     if len(names) > 1:  # a cadence under two modules is two cadences to the planner
         cc, combined = pd.factorize(mod.astype(np.int64) * len(cad_uniques) + cc, sort=False)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import httpx
 
@@ -76,8 +78,14 @@ class Executor:
         """Send every batch; on an abort (auth, permission, budget) stop taking new batches,
         let the calls in flight finish and record their answers, then raise the abort."""
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self._s.concurrency * 4)
+        # the journal's hot writes run in one thread of their own: SQLite lets go of the GIL, so
+        # its disk work (commits, WAL checkpoints) no longer stalls every call in flight
+        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="batcher-journal")
+        # twice as many workers as calls in flight (the limiter bounds those): while one worker
+        # reads and records an answer, another already holds the slot it freed, so the server's
+        # limit is used while the client works instead of waiting for it
         workers = [asyncio.create_task(self._worker(queue))
-                   for _ in range(self._s.concurrency)]
+                   for _ in range(self._s.concurrency * 2)]
         feeder = asyncio.create_task(self._feed(queue, batches, len(workers)))
         try:
             with _gc_frozen():
@@ -86,12 +94,14 @@ class Executor:
             for task in [feeder, *workers]:
                 task.cancel()
             await asyncio.gather(feeder, *workers, return_exceptions=True)
+            self._db_thread.shutdown(wait=True)  # no journal write outlives the run
         if self._stop is not None:
             raise self._stop
         return self.counters
 
     async def _feed(self, queue: asyncio.Queue, batches: Iterable[Batch], n_workers: int) -> None:
-        for batch in batches:
+        it = iter(batches)
+        while (batch := await self._in_db_thread(next, it, None)) is not None:
             await queue.put(batch)
         for _ in range(n_workers):
             await queue.put(None)
@@ -113,19 +123,26 @@ class Executor:
         while stack:
             current = stack.pop()
             answer, attempts = await self._send(current)
-            stack.extend(self._settle(current, answer, attempts))
+            if isinstance(answer, Answered):
+                await self._record(current, answer, attempts)
+            else:
+                stack.extend(self._settle(current, answer, attempts))
             self._on_progress(self.counters)
+
+    def _in_db_thread(self, fn: Callable[..., Any], *args: object) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    async def _record(self, batch: Batch, answer: Answered, attempts: int) -> None:
+        """The usual answer, recorded in the journal's thread, off the event loop."""
+        groups = answer.groups
+        if self._sends.pop(batch.batch_id, 1) > 1:
+            groups = tuple(map(_hedge, groups))
+        await self._in_db_thread(self._journal.record_groups, batch.batch_id, groups, attempts)
+        self._done(batch, answer.pairs)
 
     def _settle(self, batch: Batch, answer, attempts: int) -> list[Batch]:
         """Record the answer; return the sub-batches that still have to be sent."""
         j = self._journal
-        if isinstance(answer, Answered):
-            groups = answer.groups
-            if self._sends.pop(batch.batch_id, 1) > 1:
-                groups = tuple(map(_hedge, groups))
-            j.record_groups(batch.batch_id, groups, attempts)
-            self._done(batch, answer.pairs)
-            return []
         if isinstance(answer, Rejected):
             failed, children = _reject(batch, answer)
             j.settle_and_split(batch.batch_id, failed, children, attempts)
@@ -179,11 +196,14 @@ class Executor:
     async def _call(self, batch: Batch):
         budget = self._s.max_calls
         async with self._limiter:
+            if self._stop is not None:  # an abort came while this worker waited for a slot
+                raise self._stop
             if budget is not None and self._calls_before + self.counters.calls >= budget:
                 raise BudgetExhausted(
                     f"--max-calls {budget} reached; re-run the same command to continue")
-            self._sends[batch.batch_id] = self._journal.mark_sent(batch.batch_id)
-            self.counters.calls += 1
+            self.counters.calls += 1  # counted before the await, so no other worker overspends
+            self._sends[batch.batch_id] = await self._in_db_thread(self._journal.mark_sent,
+                                                                   batch.batch_id)
             url, body = build_request(self._api_domain(), batch.module, batch.record_ids,
                                       batch.cadence_ids)
             parsed = self._urls.get(url)

@@ -43,13 +43,17 @@ class AdaptiveLimiter:
                     continue
                 if self.in_flight < self.limit:
                     self.in_flight += 1
+                    if self.in_flight < self.limit:
+                        self._cond.notify()  # a slot is still free (the limit rose): pass it on
                     return self
                 await self._cond.wait()
 
     async def __aexit__(self, *exc: object) -> None:
         async with self._cond:
             self.in_flight -= 1
-            self._cond.notify_all()
+            # one slot freed, one waiter woken: waking them all cost every release a round of
+            # wake-ups that found the slot taken (a woken waiter re-checks, so none is stranded)
+            self._cond.notify()
 
     def throttled(self, pause: float | None = None) -> None:
         """A 429 arrived: halve the limit (once per calm window) and pause everyone briefly."""

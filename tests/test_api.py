@@ -281,3 +281,27 @@ def test_send_unenrol_posts_string_ids_and_classifies():
     assert json.loads(content) == {"cadences_ids": list(C), "ids": [R[0]]}
     assert f'"{R[0]}"' in content.decode()  # a JSON string, never a number
     assert [o.status for o in answer.outcomes] == [Status.UNENROLLED, Status.NOT_ENROLLED]
+
+
+def test_the_usual_answer_is_one_group_of_every_pair():
+    answer = classify(R, C, 200, {}, json.dumps({"data": [ok(r) for r in R]}).encode())
+    assert isinstance(answer, Answered) and answer.pairs == len(R) * len(C)
+    (group,) = answer.groups
+    assert (group.record_ids, group.cadence_ids, group.status, group.code, group.http_status,
+            group.retryable) == (R, C, U, "SUCCESS", 200, False)
+
+
+def test_records_with_the_same_result_share_a_group():
+    body = {"data": [ok(R[0], C[:1]), err("INVALID_DATA", json_path="$.ids[1]"), ok(R[2], C[:1])]}
+    answer = classify(R, C, 207, {}, json.dumps(body).encode())
+    assert {(g.record_ids, g.cadence_ids, g.status) for g in answer.groups} == {
+        ((R[0], R[2]), C[:1], U), ((R[0], R[2]), C[1:], N), ((R[1],), C, F)}
+
+
+def test_json_that_a_fast_parser_refuses_is_still_read():
+    # a 20-digit JSON number (beyond 64 bits) and a NaN: valid for Python's json module
+    body = ('{"data":[{"code":"SUCCESS","status":"success","message":"ok","details":{"id":"'
+            + R[0] + '","n":NaN,"big":12345678901234567890,"cadences":[{"id":"' + C[0]
+            + '"}]}}]}').encode()
+    answer = classify(R[:1], C[:1], 200, {}, body)
+    assert isinstance(answer, Answered) and answer.outcomes[0].status == U

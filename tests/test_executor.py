@@ -160,3 +160,32 @@ def test_429_lowers_concurrency(tmp_path):
     assert ex.lowest_concurrency < 4
     assert ex.counters.throttled >= 1
     assert {r["status"] for r in results(j).values()} == {"unenrolled"}
+
+
+def test_calls_in_flight_never_exceed_the_concurrency(tmp_path):
+    """More workers than slots keep the slots busy, but the limiter still bounds the calls."""
+    batches = [Batch(f"b{i:06d}", "Leads", (rid(i),), (cid(0), cid(1))) for i in range(30)]
+    j = journal_with(tmp_path, batches)
+    in_flight, peak = 0, 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.005)
+        in_flight -= 1
+        body = json.loads(request.content)
+        return httpx.Response(200, json=success(body["ids"], body["cadences_ids"]))
+
+    async def go() -> Executor:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            ex = Executor(client, j, ExecutorSettings(retry=FAST, concurrency=3),
+                          api_domain=lambda: API)
+            await ex.run(j.pending_batches())
+            return ex
+
+    ex = asyncio.run(go())
+    assert peak == 3
+    assert ex.counters.calls == 30 and ex.counters.pairs_done == 60
+    assert {r["status"] for r in results(j).values()} == {"unenrolled"}
+    assert list(j.pending_batches()) == []

@@ -13,7 +13,7 @@ import pytest
 
 from batcher.errors import JournalError
 from batcher.journal import RESULT_SCHEMA, Journal
-from batcher.models import RESULT_COLUMNS, Batch, PairOutcome, Status
+from batcher.models import RESULT_COLUMNS, Batch, OutcomeGroup, PairOutcome, Status
 
 # 19-digit ids above 2**63: no integer or float type can carry them
 R1, R2, R3, R4 = (f"98765432100{i:08d}" for i in (1, 2, 3, 4))
@@ -376,4 +376,43 @@ def test_a_pair_given_two_outcomes_is_refused(loaded: Path) -> None:
                                      ok(R2, C1)], attempts=1)
         with pytest.raises(ValueError, match="not an outcome"):
             j.record_outcomes("b2", [ok(R3, C3, Status.NOT_SENT)], attempts=1)
+        assert [r["status"] for r in results(j)[:4]] == ["not_sent"] * 4
+
+
+def test_record_groups_stores_each_group_and_answers_the_batch(loaded: Path) -> None:
+    with Journal.open(loaded, "fp-A") as j:
+        j.mark_sent("b1")
+        j.record_groups("b1", [
+            OutcomeGroup((R1, R2), (C1,), Status.UNENROLLED, "SUCCESS", "removed", 207),
+            OutcomeGroup((R1,), (C2,), Status.NOT_ENROLLED, "SUCCESS", "not in it", 207),
+            OutcomeGroup((R2,), (C2,), Status.FAILED, "INVALID_DATA", "bad", 207, True),
+        ])
+        assert [b.batch_id for b in j.pending_batches()] == ["b2"]
+        with pytest.raises(ValueError, match="already answered"):
+            j.mark_sent("b1")
+        got = results(j)[:4]
+    assert [(r["record_id"], r["cadence_id"], r["status"], r["code"], r["message"],
+             r["http_status"], r["retryable"], r["attempts"]) for r in got] == [
+        (R1, C1, "unenrolled", "SUCCESS", "removed", 207, False, 1),
+        (R1, C2, "not_enrolled", "SUCCESS", "not in it", 207, False, 1),
+        (R2, C1, "unenrolled", "SUCCESS", "removed", 207, False, 1),
+        (R2, C2, "failed", "INVALID_DATA", "bad", 207, True, 1),
+    ]
+
+
+@pytest.mark.parametrize("groups, error", [
+    ([OutcomeGroup((R1, R2), (C1, C2), Status.UNENROLLED),
+      OutcomeGroup((R2,), (C2,), Status.FAILED)], "two outcomes"),
+    ([OutcomeGroup((R1, R1), (C1, C2), Status.UNENROLLED)], "two outcomes"),
+    ([OutcomeGroup((R1, R2), (C1, C3), Status.UNENROLLED)], "not one of its pairs"),
+    ([OutcomeGroup((R1, R2), (C1,), Status.UNENROLLED)], "left without an outcome"),
+    ([], "left without an outcome"),
+    ([OutcomeGroup((R1, R2), (C1, C2), Status.NOT_SENT)], "not an outcome"),
+])
+def test_record_groups_refuses_anything_but_an_exact_cover(loaded: Path, groups, error) -> None:
+    with Journal.open(loaded, "fp-A") as j:
+        with pytest.raises(ValueError, match=error):
+            j.record_groups("b1", groups, attempts=1)
+        # nothing of the refused answer was kept: the batch is still open, its rows untouched
+        assert [b.batch_id for b in j.pending_batches()] == ["b1", "b2"]
         assert [r["status"] for r in results(j)[:4]] == ["not_sent"] * 4

@@ -42,6 +42,7 @@ _UNENROLLED, _NOT_ENROLLED = Status.UNENROLLED, Status.NOT_ENROLLED
 _SCHEDULED, _FAILED = Status.SCHEDULED, Status.FAILED
 _NOT_LISTED = "the API did not list this cadence as removed (record was not in it)"
 _MISSING = "the answer had no entry for this pair"
+_PLAIN_DETAILS = {"cadences": None, "id": None}.keys()
 #: headers of an un-enrol call whose body is already encoded (see :func:`encode_body`)
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -350,6 +351,15 @@ def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequ
                               []).append(record_id)
             continue
         details = _details(entry)
+        cadences = details.get("cadences")
+        if (type(cadences) is list and details.keys() == _PLAIN_DETAILS
+                and entry.get("status") == "success" and entry.get("code") == "SUCCESS"
+                and type(message := entry.get("message")) is str
+                and wanted <= {c.get("id") for c in cadences if type(c) is dict}):
+            # the usual entry, in short: what the general path below would make of it
+            groups.setdefault((_UNENROLLED, "SUCCESS", message.strip()[:_MAX_MESSAGE], False,
+                               every), []).append(record_id)
+            continue
         code, message = _code(entry), _message(entry, details)
         if _is_error(entry):
             key = (_FAILED, code or "UNKNOWN_ERROR", message, code in TRANSIENT_CODES, every)

@@ -202,16 +202,21 @@ class Executor:
                 raise BudgetExhausted(
                     f"--max-calls {budget} reached; re-run the same command to continue")
             self.counters.calls += 1  # counted before the await, so no other worker overspends
-            self._sends[batch.batch_id] = await self._in_db_thread(self._journal.mark_sent,
-                                                                   batch.batch_id)
-            url, body = build_request(self._api_domain(), batch.module, batch.record_ids,
-                                      batch.cadence_ids)
-            parsed = self._urls.get(url)
-            if parsed is None:
-                parsed = self._urls[url] = httpx.URL(url)
-            response = await self._client.post(parsed, content=encode_body(body),
-                                               headers=JSON_HEADERS)
-            content = await response.aread()
+            # "sent" is committed while the call is in flight, not before it: it only feeds the
+            # attempt count and the re-send hedge, and the journal thread runs it ahead of this
+            # batch's answer, so the slot is not held for a commit
+            marked = self._in_db_thread(self._journal.mark_sent, batch.batch_id)
+            try:
+                url, body = build_request(self._api_domain(), batch.module, batch.record_ids,
+                                          batch.cadence_ids)
+                parsed = self._urls.get(url)
+                if parsed is None:
+                    parsed = self._urls[url] = httpx.URL(url)
+                response = await self._client.post(parsed, content=encode_body(body),
+                                                   headers=JSON_HEADERS)
+                content = await response.aread()
+            finally:
+                self._sends[batch.batch_id] = await marked
         answer = classify_answer(batch.record_ids, batch.cadence_ids, response.status_code,
                                  response.headers, content)
         if isinstance(answer, Transient):

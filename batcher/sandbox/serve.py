@@ -60,8 +60,11 @@ def _serving(world: World, config: SandboxConfig, host: str, port: int
     _quiet_drops()
     app = create_app(world, config)
     sock = _bind(host, port)
+    # http="auto": httptools when installed (it is a dependency), a parser fast enough for the
+    # sandbox to keep up with a job at 200 calls/s
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           lifespan="off", http="h11", timeout_graceful_shutdown=2))
+                                           lifespan="off", http="auto",
+                                           timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name="batcher-sandbox", daemon=True)
     thread.start()

@@ -297,6 +297,18 @@ def _encode(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             enc.dictionary.to_numpy(zero_copy_only=False))
 
 
+def _dense(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber values in [0, bound) to 0..k-1 (ascending): codes and the value of each code."""
+    if bound > max(4 * len(values), 1 << 20):
+        codes, uniques = pd.factorize(values, sort=True)
+        return codes.astype(np.int64, copy=False), uniques
+    present = np.zeros(bound, dtype=np.bool_)
+    present[values] = True
+    uniques = np.flatnonzero(present)
+    renumber = np.cumsum(present, dtype=np.int64) - 1
+    return renumber[values], uniques
+
+
 def _first_of_code(codes: np.ndarray, n_codes: int) -> np.ndarray:
     first = np.empty(n_codes, dtype=np.int64)
     first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # the last write wins: the earliest
@@ -312,8 +324,8 @@ def _finish_scan(source: _Source, default_module: str | None, stamp: tuple[int, 
     cc, cad_uniques = _encode(cad)
     cad_text = pc.cast(pa.array(cad_uniques, pa.uint64()), pa.string())
     if len(names) > 1:  # a cadence under two modules is two cadences to the planner
-        cc, combined = pd.factorize(mod.astype(np.int64) * len(cad_uniques) + cc, sort=False)
-        cc = cc.astype(np.int64, copy=False)
+        cc, combined = _dense(mod.astype(np.int64) * len(cad_uniques) + cc,
+                              len(names) * len(cad_uniques))
         cad_text = cad_text.take(pa.array(combined % max(len(cad_uniques), 1)))
     del rec, cad
     dup = _repeats(cc * len(rec_uniques) + rc, rc, len(rec_uniques), len(cad_text))
@@ -339,7 +351,7 @@ def _repeats(key: np.ndarray, rc: np.ndarray, n_rec: int, n_cad: int) -> np.ndar
     repeats and, per record, how many distinct cadences it has; only the rows of records with
     fewer distinct cadences than rows need the (costly) hashing.
     """
-    if n_cad * n_rec <= max(8 * len(key), 1 << 26):
+    if n_cad * n_rec <= max(24 * len(key), 1 << 26):  # a byte per combination: <= 24 per row
         seen = np.zeros(n_cad * n_rec, dtype=np.bool_)
         seen[key] = True
         if int(np.count_nonzero(seen)) == len(key):

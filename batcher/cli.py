@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def where(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="TOML file naming the data centre and the environment "
+                        "variables that hold the credentials (never the secrets themselves)")
         sp.add_argument("--api-domain", help="Zoho API domain (else ZOHO_API_DOMAIN or --dc)")
         sp.add_argument("--accounts-url", help="Zoho accounts URL (else ZOHO_ACCOUNTS_URL or --dc)")
         sp.add_argument("--dc", help="data centre: us, eu, in, au, jp, cn, ca, sa, uk")
@@ -81,16 +83,24 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return report.exit_code()
 
 
+def _env(args: argparse.Namespace) -> dict[str, str]:
+    if not args.config:
+        return dict(os.environ)
+    from .config import env_with_config_file
+
+    return env_with_config_file(args.config, os.environ)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .job import run_from_args
 
-    return run_from_args(args, env=os.environ)
+    return run_from_args(args, env=_env(args))
 
 
 def _cmd_cadences(args: argparse.Namespace) -> int:
     from .job import list_cadences
 
-    return list_cadences(args, env=os.environ)
+    return list_cadences(args, env=_env(args))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -171,3 +171,22 @@ def test_cadences_lists_the_org_cadences(tmp_path, serve, capsys, monkeypatch):
     assert all(c["type"] == "manual_enrollment" for c in listed)
     assert main(["cadences", "--module", "Contacts"]) == 0
     assert capsys.readouterr().out.strip().endswith("0 cadences")
+
+
+def test_config_file_names_the_variables_that_hold_the_credentials(tmp_path, serve, monkeypatch):
+    rows = make_rows(10, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    monkeypatch.setenv("ACME_ID", live.env["ZOHO_CLIENT_ID"])
+    monkeypatch.setenv("ACME_SECRET", live.env["ZOHO_CLIENT_SECRET"])
+    monkeypatch.setenv("ACME_REFRESH", live.env["ZOHO_REFRESH_TOKEN"])
+    config = tmp_path / "batcher.toml"
+    config.write_text(f'[zoho]\napi_domain = "{live.base_url}"\naccounts_url = "{live.base_url}"\n'
+                      '[zoho.env]\nclient_id = "ACME_ID"\nclient_secret = "ACME_SECRET"\n'
+                      'refresh_token = "ACME_REFRESH"\n')
+    assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--quiet",
+                 "--config", str(config)]) == 0
+    assert set(live.sandbox.removed) == set(rows)
+    config.write_text(f'[zoho]\nclient_secret = "{SECRET}"\n')
+    assert main(["run", str(inp), "--results", str(tmp_path / "out2.csv"), "--quiet",
+                 "--config", str(config)]) == 2  # a secret written in the file is refused

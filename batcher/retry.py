@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from batcher.errors import TransientError
 
@@ -29,14 +29,19 @@ _NOT_TRANSIENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """``attempts`` bounds failures (5xx, resets, timeouts); ``throttled_attempts`` bounds 429s
+    separately: being throttled is Zoho's normal way of pacing a big job, so it gets far more
+    patience than a broken server before a pair is reported failed."""
+
     attempts: int = 6
     base: float = 0.5
     max_wait: float = 60.0
     jitter: bool = True
     min_wait_on_zero_retry_after: float = 0.5
+    throttled_attempts: int = 30
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
+        if self.attempts < 1 or self.throttled_attempts < 1:
             raise ValueError("attempts must be at least 1")
         if self.base < 0 or self.max_wait < 0 or self.min_wait_on_zero_retry_after < 0:
             raise ValueError("waits must not be negative")
@@ -104,8 +109,9 @@ async def call_with_retries(
     """Run ``fn`` until it returns, retrying transient failures; return ``(result, attempts)``.
 
     ``on_retry(attempt, error, wait)`` is called before each sleep (to count retries and 429s, or
-    lower concurrency). When attempts run out the last error is re-raised unchanged, after
-    ``policy.attempts`` attempts; any other error is raised at once.
+    lower concurrency). When attempts run out (``policy.attempts`` failures, or
+    ``policy.throttled_attempts`` 429s) the last error is re-raised unchanged; any other error is
+    raised at once.
     """
 
     def wait(state: RetryCallState) -> float:
@@ -116,9 +122,19 @@ async def call_with_retries(
         if on_retry is not None and state.outcome is not None and state.next_action is not None:
             on_retry(state.attempt_number, state.outcome.exception(), state.next_action.sleep)
 
+    seen = {"throttled": 0, "failed": 0}
+
+    def stop(state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, TransientError) and exc.throttled:
+            seen["throttled"] += 1
+            return seen["throttled"] >= policy.throttled_attempts
+        seen["failed"] += 1
+        return seen["failed"] >= policy.attempts
+
     retrying = AsyncRetrying(
         sleep=sleep,
-        stop=stop_after_attempt(policy.attempts),
+        stop=stop,
         wait=wait,
         retry=retry_if_exception(is_retryable),
         before_sleep=before_sleep,

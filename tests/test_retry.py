@@ -125,3 +125,30 @@ def test_first_try_success_counts_one_attempt():
 def test_policy_validates():
     with pytest.raises(ValueError):
         RetryPolicy(attempts=0)
+
+
+def test_429s_get_their_own_larger_budget():
+    """A storm of 429s must not burn the attempts meant for broken servers."""
+    policy = RetryPolicy(attempts=2, throttled_attempts=10, base=0, jitter=False,
+                         min_wait_on_zero_retry_after=0)
+    answers = [TransientError("429", throttled=True)] * 8 + ["ok"]
+
+    async def fn():
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    async def no_sleep(_):
+        return None
+
+    assert asyncio.run(call_with_retries(fn, policy, sleep=no_sleep)) == ("ok", 9)
+
+    storm = [TransientError("429", throttled=True)] * 20
+
+    async def always_throttled():
+        raise storm.pop(0)
+
+    with pytest.raises(TransientError):
+        asyncio.run(call_with_retries(always_throttled, policy, sleep=no_sleep))
+    assert len(storm) == 10  # gave up after exactly throttled_attempts

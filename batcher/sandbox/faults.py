@@ -65,7 +65,7 @@ PROFILES: Mapping[str, FaultProfile] = MappingProxyType({
         FaultProfile("short_tokens", token_ttl=3.0),
         FaultProfile("mix", error_500=0.03, html_5xx=0.03, drop_before=0.03, drop_after=0.03,
                      storm_start=0.03, slow=0.03, concurrency_limit=4, rate_limit=40.0,
-                     token_ttl=10.0),
+                     token_ttl=120.0),  # long enough for a rehearsal within 10 refreshes/10 min
     )
 })
 

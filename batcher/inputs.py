@@ -10,9 +10,12 @@ import csv
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -264,29 +267,61 @@ def scan_input(path: str | os.PathLike[str], default_module: str | None = None) 
     examples: list[tuple[int, str]] = []
     pair_rows, rec, cad, mod = [], [], [], []
     module_names: dict[str, int] = {}
-    for raw in _raw_batches(source):
-        chk = _check(raw, rows, default_module)
-        n = chk.table.num_rows
-        bad = np.flatnonzero(~chk.valid)
-        invalid += len(bad)
-        for i in bad[: max(0, 10 - len(examples))].tolist():
-            examples.append((rows + i + 1, chk.reasons[i]))
-        idx = np.flatnonzero(chk.valid)
-        t = chk.table if len(idx) == n else chk.table.take(pa.array(idx))
-        pair_rows.append(idx + rows)
-        rec.append(pc.cast(t["record_id"], pa.uint64()).to_numpy())
-        cad.append(pc.cast(t["cadence_id"], pa.uint64()).to_numpy())
-        enc = pc.dictionary_encode(t["module"]).combine_chunks()
-        local = np.array([module_names.setdefault(m, len(module_names))
-                          for m in enc.dictionary.to_pylist()], dtype=np.int32)
-        mod.append(local[enc.indices.to_numpy(zero_copy_only=False)] if len(local)
-                   else np.zeros(0, np.int32))
-        rows += n
+    for part in _bounded_map(lambda raw: _scan_batch(raw, default_module),
+                             _raw_batches(source)):
+        invalid += len(part.bad)
+        examples += [(rows + i + 1, part.reasons[i]) for i in part.bad[: 10 - len(examples)]]
+        pair_rows.append(part.valid + rows)
+        rec.append(part.record)
+        cad.append(part.cadence)
+        local = np.array([module_names.setdefault(m, len(module_names)) for m in part.modules],
+                         dtype=np.int32)
+        mod.append(local[part.module] if len(local) else np.zeros(0, np.int32))
+        rows += part.rows
     if rows == 0:
         raise InputError(f"{path}: has a header ({', '.join(source.found)}) but no data rows")
     return _finish_scan(source, default_module, stamp, rows, invalid, tuple(examples),
                         np.concatenate(pair_rows), np.concatenate(rec), np.concatenate(cad),
                         np.concatenate(mod), list(module_names))
+
+
+@dataclass(frozen=True)
+class _ScannedBatch:
+    rows: int
+    valid: np.ndarray  # positions of the valid rows
+    bad: list[int]  # positions of the invalid rows
+    reasons: dict[int, str]
+    record: np.ndarray  # uint64 ids of the valid rows
+    cadence: np.ndarray
+    modules: list[str]  # the batch's module names ...
+    module: np.ndarray  # ... and the index into them of each valid row
+
+
+def _scan_batch(raw: dict[str, pa.Array], default_module: str | None) -> _ScannedBatch:
+    chk = _check(raw, 0, default_module)
+    n = chk.table.num_rows
+    idx = np.flatnonzero(chk.valid)
+    t = chk.table if len(idx) == n else chk.table.take(pa.array(idx))
+    enc = pc.dictionary_encode(t["module"]).combine_chunks()
+    return _ScannedBatch(
+        rows=n, valid=idx, bad=np.flatnonzero(~chk.valid).tolist(), reasons=chk.reasons,
+        record=pc.cast(t["record_id"], pa.uint64()).to_numpy(),
+        cadence=pc.cast(t["cadence_id"], pa.uint64()).to_numpy(),
+        modules=enc.dictionary.to_pylist(), module=enc.indices.to_numpy(zero_copy_only=False))
+
+
+def _bounded_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 2
+                 ) -> Iterator[Any]:
+    """``map`` on a few threads, in order, holding at most ``workers + 1`` items at a time:
+    Arrow and numpy release the GIL, so validating one batch overlaps reading the next."""
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future[Any]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _encode(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

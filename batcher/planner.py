@@ -314,6 +314,8 @@ def _dense(codes: np.ndarray, universe: int) -> tuple[np.ndarray, np.ndarray]:
     if len(codes) * 4 >= universe:
         present = np.zeros(universe, dtype=bool)
         present[codes] = True
+        if present.all():  # already dense (one module: the reader's codes are): keep them
+            return np.asarray(codes, dtype=np.int64), np.arange(universe)
         local_of = np.cumsum(present, dtype=np.int64) - 1
         return local_of[codes], np.flatnonzero(present)
     glob, local = np.unique(codes, return_inverse=True)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Any
 
 import httpx
@@ -67,6 +68,7 @@ class Executor:
         self.counters = Counters()
         self._stop: AbortError | None = None
         self._sends: dict[str, int] = {}  # batch id → times sent, this run and earlier ones
+        self._premarked: dict[str, int] = {}  # batches the feeder marked sent, not yet taken
         self._on_progress = on_progress or (lambda c: None)
         self._urls: dict[str, httpx.URL] = {}  # URL text → parsed once, not on every call
 
@@ -101,8 +103,16 @@ class Executor:
 
     async def _feed(self, queue: asyncio.Queue, batches: Iterable[Batch], n_workers: int) -> None:
         it = iter(batches)
-        while (batch := await self._in_db_thread(next, it, None)) is not None:
-            await queue.put(batch)
+
+        def take() -> list[Batch]:
+            """The next few batches, marked sent together: one commit instead of one a call."""
+            got = list(islice(it, _FEED_STEP))
+            self._premarked.update(self._journal.mark_sent_many([b.batch_id for b in got]))
+            return got
+
+        while got := await self._in_db_thread(take):
+            for batch in got:
+                await queue.put(batch)
         for _ in range(n_workers):
             await queue.put(None)
 
@@ -189,34 +199,39 @@ class Executor:
             return _transport_failure(exc), attempts
         return answer, attempts
 
+    def _check_go(self) -> None:
+        """Raise the abort that stopped the job, or the spent budget, before another call."""
+        if self._stop is not None:  # an abort came while this worker waited
+            raise self._stop
+        budget = self._s.max_calls
+        if budget is not None and self._calls_before + self.counters.calls >= budget:
+            raise BudgetExhausted(
+                f"--max-calls {budget} reached; re-run the same command to continue")
+
     def _on_retry(self, attempt: int, exc: BaseException, wait: float) -> None:
         if isinstance(exc, TransientError) and exc.throttled:
             self._limiter.throttled(wait)
 
     async def _call(self, batch: Batch):
-        budget = self._s.max_calls
+        self._check_go()
+        # "sent" is committed before the call can leave — a kill -9 at any moment then leaves a
+        # journal that knows the call may have been applied, so a re-send's "not enrolled" is
+        # reported with that doubt — but outside the slot, so the server's limit is not left idle
+        # during the commit (the spare workers hold the slots meanwhile)
+        premarked = self._premarked.pop(batch.batch_id, None)  # first attempts: by the feeder
+        self._sends[batch.batch_id] = premarked or await self._in_db_thread(
+            self._journal.mark_sent, batch.batch_id)
         async with self._limiter:
-            if self._stop is not None:  # an abort came while this worker waited for a slot
-                raise self._stop
-            if budget is not None and self._calls_before + self.counters.calls >= budget:
-                raise BudgetExhausted(
-                    f"--max-calls {budget} reached; re-run the same command to continue")
+            self._check_go()
             self.counters.calls += 1  # counted before the await, so no other worker overspends
-            # "sent" is committed while the call is in flight, not before it: it only feeds the
-            # attempt count and the re-send hedge, and the journal thread runs it ahead of this
-            # batch's answer, so the slot is not held for a commit
-            marked = self._in_db_thread(self._journal.mark_sent, batch.batch_id)
-            try:
-                url, body = build_request(self._api_domain(), batch.module, batch.record_ids,
-                                          batch.cadence_ids)
-                parsed = self._urls.get(url)
-                if parsed is None:
-                    parsed = self._urls[url] = httpx.URL(url)
-                response = await self._client.post(parsed, content=encode_body(body),
-                                                   headers=JSON_HEADERS)
-                content = await response.aread()
-            finally:
-                self._sends[batch.batch_id] = await marked
+            url, body = build_request(self._api_domain(), batch.module, batch.record_ids,
+                                      batch.cadence_ids)
+            parsed = self._urls.get(url)
+            if parsed is None:
+                parsed = self._urls[url] = httpx.URL(url)
+            response = await self._client.post(parsed, content=encode_body(body),
+                                               headers=JSON_HEADERS)
+            content = await response.aread()
         answer = classify_answer(batch.record_ids, batch.cadence_ids, response.status_code,
                                  response.headers, content)
         if isinstance(answer, Transient):
@@ -229,6 +244,9 @@ class Executor:
             raise AuthError("Zoho still answers INVALID_TOKEN after a token refresh; check that "
                             "the refresh token is valid and belongs to this data centre")
         return answer
+
+
+_FEED_STEP = 8  # batches marked sent in one journal transaction by the feeder
 
 
 @contextmanager

@@ -272,14 +272,23 @@ class Journal:
 
     def mark_sent(self, batch_id: str) -> int:
         """Record that a call for this batch is about to go out; returns its attempt count."""
+        return self.mark_sent_many([batch_id])[batch_id]
+
+    def mark_sent_many(self, batch_ids: Sequence[str]) -> dict[str, int]:
+        """``mark_sent`` for batches about to go out, in one transaction: one commit for several
+        calls. A batch marked but not yet sent when the process dies only counts an attempt too
+        many, and a re-send's "not enrolled" is reported with a doubt it did not need."""
+        out: dict[str, int] = {}
         with self._tx() as db:
-            got = db.execute("UPDATE batches SET state = 'sent', attempts = attempts + 1"
-                             " WHERE batch_id = ? AND state IN ('pending', 'sent')"
-                             " RETURNING attempts", (batch_id,)).fetchone()
-            if got is None:
-                self._open_batch(db, batch_id)  # raises: unknown, or no longer open
-                raise AssertionError("unreachable")  # pragma: no cover
-            return got[0]
+            for batch_id in batch_ids:
+                got = db.execute("UPDATE batches SET state = 'sent', attempts = attempts + 1"
+                                 " WHERE batch_id = ? AND state IN ('pending', 'sent')"
+                                 " RETURNING attempts", (batch_id,)).fetchone()
+                if got is None:
+                    self._open_batch(db, batch_id)  # raises: unknown, or no longer open
+                    raise AssertionError("unreachable")  # pragma: no cover
+                out[batch_id] = got[0]
+        return out
 
     def record_outcomes(self, batch_id: str, outcomes: Iterable[PairOutcome],
                         attempts: int | None = None, final: bool = True) -> None:

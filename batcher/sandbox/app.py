@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -58,8 +58,9 @@ def create_app(world: World, config: SandboxConfig | None = None,
 
 
 def _json(status: int, body: dict, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse(body, status_code=status, headers=headers,
-                        media_type="application/json;charset=UTF-8")
+    # orjson: the same compact JSON as JSONResponse, a fraction of the server's time per call
+    return Response(orjson.dumps(body), status_code=status, headers=headers,
+                    media_type="application/json;charset=UTF-8")
 
 
 class _DropResponse(Response):
@@ -282,7 +283,7 @@ async def _not_found(request: Request, exc: Exception | None) -> Response:
 def _named(raw: bytes) -> tuple[list, list]:
     """The ids and cadence ids a body names, however malformed the rest of it is."""
     try:
-        body = json.loads(raw) if raw.strip() else {}
+        body = orjson.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError):
         return [], []
     ids, cadence_ids = listed(body, "ids"), listed(body, "cadences_ids")

@@ -6,9 +6,10 @@ whole or not at all.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import orjson
 
 from ..models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL
 from .world import World
@@ -54,7 +55,7 @@ def listed(body: object, key: str) -> list | None:
 def parse_body(raw: bytes, wrap: Callable[[str], bool]) -> Parsed | Answer:
     """Validate the request body's shape and limits; an Answer means the call is refused."""
     try:
-        body = json.loads(raw) if raw.strip() else {}
+        body = orjson.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError):
         return whole_request_error("INVALID_DATA", "the request body is not valid JSON",
                                    {"expected_data_type": "jsonobject"}, wrap("body"))

@@ -416,3 +416,14 @@ def test_record_groups_refuses_anything_but_an_exact_cover(loaded: Path, groups,
         # nothing of the refused answer was kept: the batch is still open, its rows untouched
         assert [b.batch_id for b in j.pending_batches()] == ["b1", "b2"]
         assert [r["status"] for r in results(j)[:4]] == ["not_sent"] * 4
+
+
+def test_mark_sent_many_counts_attempts_in_one_go_and_refuses_answered_batches(loaded: Path):
+    with Journal.open(loaded, "fp-A") as j:
+        assert j.mark_sent_many(["b1", "b2"]) == {"b1": 1, "b2": 1}
+        assert j.mark_sent("b1") == 2  # a retry counts again
+        j.record_outcomes("b2", [ok(R3, C3)])
+        with pytest.raises(ValueError, match="must not be sent again"):
+            j.mark_sent_many(["b1", "b2"])
+        # the refused call changed nothing: b1 still has 2 attempts
+        assert j.mark_sent("b1") == 3

@@ -25,7 +25,6 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,14 +89,6 @@ _K_LOADED, _K_ROWS, _K_STARTED = "batcher.loaded", "batcher.rows", "batcher.star
 def utc_now() -> str:
     """UTC, ISO 8601, millisecond precision, ``Z`` suffix."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class StatusCounts:
-    rows: int
-    by_status: dict[str, int]
-    #: status → code → rows, for rows that carry a code
-    by_code: dict[str, dict[str, int]]
 
 
 class Journal:
@@ -488,17 +479,6 @@ class Journal:
                       for col, f in zip(cols, RESULT_SCHEMA, strict=True)]
             arrays[10] = pc.cast(arrays[10], pa.bool_())
             yield pa.Table.from_arrays(arrays, schema=RESULT_SCHEMA)
-
-    def status_counts(self) -> StatusCounts:
-        by_status: dict[str, int] = {}
-        by_code: dict[str, dict[str, int]] = {}
-        for status, code, n in self._query(
-                "SELECT status, code, count(*) FROM rows GROUP BY status, code"):
-            by_status[status] = by_status.get(status, 0) + n
-            if code:
-                by_code.setdefault(status, {})[code] = n
-        return StatusCounts(sum(by_status.values()), by_status, by_code)
-
 
 # ---------------------------------------------------------------------- helpers
 

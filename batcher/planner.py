@@ -104,10 +104,6 @@ def _lowbit(x: np.ndarray) -> np.ndarray:
     return x & (~x + np.uint64(1))
 
 
-def _bit_index(pow2: np.ndarray) -> np.ndarray:
-    return np.log2(pow2.astype(np.float64)).astype(np.int64)  # exact for powers of two
-
-
 def _popcount(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x).astype(np.int64)
 

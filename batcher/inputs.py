@@ -139,9 +139,7 @@ class InputScan:
                 zip(mods.tolist(), self.cadence_text.to_pylist(), strict=True)]
 
     def fingerprint(self) -> str:
-        """Content hash of the input: a journal is bound to the exact bytes it was made from."""
-        with open(self.path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        return file_fingerprint(self.path)
 
     def tables(self, *, verdicts: Sequence[tuple[str, str]] = (),
                verdict_of_pair: np.ndarray | None = None,
@@ -256,11 +254,23 @@ def read_input(path: str | os.PathLike[str], default_module: str | None = None) 
     return InputTable(scan=scan, table=table)
 
 
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """Content hash of an input: a journal is bound to the exact bytes it was made from."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def check_input(path: str | os.PathLike[str], default_module: str | None = None) -> None:
+    """Raise InputError now if the file cannot be an input at all (kind, header, columns)."""
+    if default_module is not None and canonical_module(default_module) is None:
+        raise InputError(f"--module {default_module!r} is not a valid Zoho module API name")
+    _open(Path(path))
+
+
 def scan_input(path: str | os.PathLike[str], default_module: str | None = None) -> InputScan:
     """First pass over an input, in bounded memory; InputError when the file is unusable."""
     path = Path(path)
-    if default_module is not None and canonical_module(default_module) is None:
-        raise InputError(f"--module {default_module!r} is not a valid Zoho module API name")
+    check_input(path, default_module)
     source = _open(path)
     stamp = source.stamp()
     rows = invalid = 0

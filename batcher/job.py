@@ -27,7 +27,7 @@ import numpy as np
 from .config import Credentials, Endpoints, load_credentials, resolve_endpoints
 from .errors import AbortError, Interrupted, PermissionDenied, UsageError
 from .executor import Counters, Executor, ExecutorSettings
-from .inputs import INVALID, InputScan, scan_input
+from .inputs import INVALID, InputScan, check_input, file_fingerprint, scan_input
 from .journal import Journal, utc_now
 from .planreport import plan_scan
 from .progress import Progress
@@ -88,9 +88,9 @@ def _check(settings: RunSettings) -> None:
         raise UsageError(f"--results: folder {Path(settings.results).parent} does not exist")
 
 
-def fingerprint(scan: InputScan, settings: RunSettings) -> str:
+def fingerprint(settings: RunSettings) -> str:
     """What a journal is bound to: the input's bytes and the flags that change the plan."""
-    h = hashlib.sha256(scan.fingerprint().encode())
+    h = hashlib.sha256(file_fingerprint(settings.input).encode())
     h.update(json.dumps({"module": settings.module}).encode())
     return h.hexdigest()
 
@@ -100,12 +100,15 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
     """Run (or resume) a job to the end; never raises for what the results can report."""
     stream = stream or sys.stderr
     _check(settings)
-    scan = scan_input(settings.input, settings.module)
+    check_input(settings.input, settings.module)  # an unusable file stops before any journal
     started = time.monotonic()
     needs_api = not settings.dry_run or settings.preflight
     creds = load_credentials(env) if needs_api else Credentials(access_token="-")
     endpoints = resolve_endpoints(settings.api_domain, settings.accounts_url, settings.dc, env)
-    with _journal_for(settings, fingerprint(scan, settings)) as journal:
+    with _journal_for(settings, fingerprint(settings)) as journal:
+        # a resumed job needs nothing of its input but the fingerprint: no second scan of a
+        # file of tens of millions of rows
+        scan = scan_input(settings.input, settings.module) if journal.is_new else None
         aborted: str | None = None
         try:
             with _sigterm_as_interrupt():
@@ -114,7 +117,7 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
         except (KeyboardInterrupt, Interrupted):
             aborted = "interrupted; re-run the same command to resume"
         source = journal
-        if journal.rows == 0:  # stopped before the plan was loaded: report from the input
+        if scan is not None and journal.rows == 0:  # stopped before the plan was loaded
             source = UnplannedResults(scan.rows, scan.tables, utc_now(), f"not sent: {aborted}")
         summary = write_results(source, Path(settings.results),
                                 duration_s=time.monotonic() - started,
@@ -162,11 +165,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-async def _run(settings: RunSettings, scan: InputScan, journal: Journal, creds: Credentials,
-               endpoints: Endpoints, transports: Transports, stream: TextIO) -> str | None:
+async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal,
+               creds: Credentials, endpoints: Endpoints, transports: Transports, stream: TextIO
+               ) -> str | None:
     async with _clients(settings, creds, endpoints, transports) as (client, auth):
         try:
-            if journal.is_new:
+            if scan is not None:  # a new journal: preflight, plan and load it
                 verdicts: list[tuple[str, str]] = []
                 verdict_of_pair = None
                 if settings.preflight:

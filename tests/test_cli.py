@@ -124,8 +124,8 @@ def test_kill_9_then_the_same_command_resumes_without_resending_answers(tmp_path
 
 
 def test_second_run_on_the_same_journal_is_refused_while_the_first_runs(tmp_path, serve):
-    rows = make_rows(800, 5, seed=2)
-    live = serve(World.from_pairs(rows), latency=0.05)
+    rows = make_rows(800, 60, seed=2, max_k=2)  # ~60 calls, one at a time, 0.1 s each: ~6 s
+    live = serve(World.from_pairs(rows), latency=0.1)
     inp = write_pairs(tmp_path / "in.csv", rows)
     args = ["run", str(inp), "--results", str(tmp_path / "out.csv"), "--concurrency", "1"]
     first = batcher(*args, env=live.env)

@@ -10,15 +10,15 @@ import csv
 import hashlib
 import os
 import re
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -59,7 +59,9 @@ def canonical_module(name: str) -> str | None:
     return _CANONICAL_MODULES.get(name.lower(), name)
 
 
-_BATCH_ROWS = 1 << 18  # rows validated at a time: memory stays flat whatever the file's size
+_BATCH_ROWS = 1 << 18  # rows a batch of the second pass holds: memory stays flat
+_CHUNK_ROWS = 1 << 24  # rows the first pass reads at once, on Arrow's threads: ~0.5 GB at most
+_CSV_ROW_BYTES = 64  # a CSV of up to _CHUNK_ROWS rows of this size is read whole
 
 
 @dataclass(frozen=True)
@@ -109,13 +111,22 @@ class InputScan:
     #: 0-based rows of the valid, first-seen pairs, ascending; codes follow the same order
     pair_rows: np.ndarray = field(repr=False)
     codes: PairCodes = field(repr=False)
-    #: text of each record code / cadence code
-    record_text: pa.Array = field(repr=False)
+    #: uint64 value of each record code; text of each cadence code
+    record_values: np.ndarray = field(repr=False)
     cadence_text: pa.Array = field(repr=False)
     #: 0-based rows that repeat an earlier pair, ascending, and the row each repeats
     dup_rows: np.ndarray = field(repr=False)
     dup_first: np.ndarray = field(repr=False)
     stamp: tuple[int, int] = (0, 0)
+    #: module code of each cadence code (a cadence code never spans two modules)
+    cadence_modules: np.ndarray | None = field(default=None, repr=False)
+    #: per record code, the OR of ``1 << cadence code`` of its pairs (64 cadences or fewer)
+    record_masks: np.ndarray | None = field(default=None, repr=False)
+
+    @cached_property
+    def record_text(self) -> pa.Array:
+        """Text of each record code (only a run needs it: ``batcher plan`` never does)."""
+        return pc.cast(pa.array(self.record_values, pa.uint64()), pa.string())
 
     @property
     def path(self) -> Path:
@@ -267,8 +278,14 @@ def check_input(path: str | os.PathLike[str], default_module: str | None = None)
     _open(Path(path))
 
 
-def scan_input(path: str | os.PathLike[str], default_module: str | None = None) -> InputScan:
-    """First pass over an input, in bounded memory; InputError when the file is unusable."""
+def scan_input(path: str | os.PathLike[str], default_module: str | None = None, *,
+               chunk_rows: int = _CHUNK_ROWS) -> InputScan:
+    """First pass over an input; InputError when the file is unusable.
+
+    Whole columns are read at once (up to ``chunk_rows`` rows), so that Arrow reads them on
+    its own threads; the cadence and module columns come dictionary-encoded, so only their
+    few distinct values are validated and parsed, and ids are checked with a few vectorised
+    kernels over the whole column."""
     path = Path(path)
     check_input(path, default_module)
     source = _open(path)
@@ -277,11 +294,11 @@ def scan_input(path: str | os.PathLike[str], default_module: str | None = None) 
     examples: list[tuple[int, str]] = []
     pair_rows, rec, cad, mod = [], [], [], []
     module_names: dict[str, int] = {}
-    for part in _bounded_map(lambda raw: _scan_batch(raw, default_module),
-                             _raw_batches(source)):
-        invalid += len(part.bad)
-        examples += [(rows + i + 1, part.reasons[i]) for i in part.bad[: 10 - len(examples)]]
-        pair_rows.append(part.valid + rows)
+    for cols in _scan_chunks(source, chunk_rows):
+        part = _scan_chunk(cols, default_module, 10 - len(examples))
+        invalid += part.invalid
+        examples += [(rows + i + 1, reason) for i, reason in part.examples]
+        pair_rows.append(part.valid + rows if rows else part.valid)
         rec.append(part.record)
         cad.append(part.cadence)
         local = np.array([module_names.setdefault(m, len(module_names)) for m in part.modules],
@@ -291,72 +308,194 @@ def scan_input(path: str | os.PathLike[str], default_module: str | None = None) 
     if rows == 0:
         raise InputError(f"{path}: has a header ({', '.join(source.found)}) but no data rows")
     return _finish_scan(source, default_module, stamp, rows, invalid, tuple(examples),
-                        np.concatenate(pair_rows), np.concatenate(rec), np.concatenate(cad),
-                        np.concatenate(mod), list(module_names))
+                        _cat(pair_rows), _cat(rec), _cat(cad), _cat(mod), list(module_names))
+
+
+def _cat(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 @dataclass(frozen=True)
-class _ScannedBatch:
+class _ScannedChunk:
     rows: int
     valid: np.ndarray  # positions of the valid rows
-    bad: list[int]  # positions of the invalid rows
-    reasons: dict[int, str]
+    invalid: int
+    examples: list[tuple[int, str]]  # (position, reason) of the first invalid rows
     record: np.ndarray  # uint64 ids of the valid rows
     cadence: np.ndarray
-    modules: list[str]  # the batch's module names ...
+    modules: list[str]  # the chunk's module names, in order of first valid row ...
     module: np.ndarray  # ... and the index into them of each valid row
 
 
-def _scan_batch(raw: dict[str, pa.Array], default_module: str | None) -> _ScannedBatch:
-    chk = _check(raw, 0, default_module)
-    n = chk.table.num_rows
-    idx = np.flatnonzero(chk.valid)
-    t = chk.table if len(idx) == n else chk.table.take(pa.array(idx))
-    enc = pc.dictionary_encode(t["module"]).combine_chunks()
-    return _ScannedBatch(
-        rows=n, valid=idx, bad=np.flatnonzero(~chk.valid).tolist(), reasons=chk.reasons,
-        record=pc.cast(t["record_id"], pa.uint64()).to_numpy(),
-        cadence=pc.cast(t["cadence_id"], pa.uint64()).to_numpy(),
-        modules=enc.dictionary.to_pylist(), module=enc.indices.to_numpy(zero_copy_only=False))
+def _scan_chunk(cols: dict[str, Any], default_module: str | None, n_examples: int
+                ) -> _ScannedChunk:
+    """Validity, uint64 ids and module of every row: the same verdicts as ``_check``."""
+    with ThreadPoolExecutor(1) as pool:  # Arrow's kernels release the GIL: halves in parallel
+        record, rec_ok = _record_ids(_as_strings(cols["record_id"]), pool)
+        n = len(rec_ok)
+        cad_index, cad_values, cad_ok = _dictionary_ids(cols["cadence_id"])
+        mod_index, mod_names = _dictionary_modules(cols.get("module"), n, default_module)
+    valid_mask = rec_ok & cad_ok & (mod_index >= 0)
+    all_valid = bool(valid_mask.all())
+    valid = np.arange(n) if all_valid else np.flatnonzero(valid_mask)
+    if not all_valid:
+        record = record[valid_mask[rec_ok]]
+        cad_index, mod_index = cad_index[valid], mod_index[valid]
+    bad = np.zeros(0, np.int64) if all_valid else np.flatnonzero(~valid_mask)
+    modules, module = _in_order_of_use(mod_index, mod_names)
+    return _ScannedChunk(
+        rows=n, valid=valid, invalid=len(bad), examples=_examples(cols, bad[:n_examples],
+                                                                   default_module),
+        record=record, cadence=cad_values[cad_index], modules=modules, module=module)
 
 
-def _bounded_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 2
-                 ) -> Iterator[Any]:
-    """``map`` on a few threads, in order, holding at most ``workers + 1`` items at a time:
-    Arrow and numpy release the GIL, so validating one batch overlaps reading the next."""
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque[Future[Any]] = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) > workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+def _record_ids(col: pa.ChunkedArray | pa.Array, pool: ThreadPoolExecutor
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 of each valid record id, valid per row), the second half on ``pool``."""
+    if isinstance(col, pa.ChunkedArray) and col.num_chunks > 1:
+        half = col.num_chunks // 2
+        later = pool.submit(_parsed_ids, pa.chunked_array(col.chunks[half:], col.type))
+        first = _parsed_ids(pa.chunked_array(col.chunks[:half], col.type))
+        second = later.result()
+        return np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1]])
+    return _parsed_ids(col)
+
+
+def _parsed_ids(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    cleaned, ok = _clean_ids(col)
+    if not ok.all():
+        cleaned = cleaned.filter(pa.array(ok))
+    return pc.cast(cleaned, pa.uint64()).to_numpy(), ok
+
+
+def _dictionary(col: Any) -> tuple[np.ndarray, pa.Array]:
+    """(index per row, -1 for null; distinct values as strings) of a column."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.unify_dictionaries() if pa.types.is_dictionary(col.type) else col
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(_as_strings(col))
+    index = pc.fill_null(col.indices, -1).to_numpy(zero_copy_only=False)
+    return index, _as_strings(col.dictionary)
+
+
+def _dictionary_ids(col: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(index per row into values, uint64 value of each distinct id (0 when invalid), valid
+    per row): a column of few distinct ids is validated and parsed once per distinct id."""
+    index, values = _dictionary(col)
+    cleaned, ok = _clean_ids(values)
+    parsed = np.zeros(len(ok), dtype=np.uint64)
+    if ok.any():
+        parsed[ok] = pc.cast(cleaned.filter(pa.array(ok)), pa.uint64()).to_numpy()
+    ok = np.append(ok, False)  # index -1 (null) lands on this
+    return index, parsed, ok[index]
+
+
+def _dictionary_modules(col: Any, n: int, default_module: str | None
+                        ) -> tuple[np.ndarray, list[str | None]]:
+    """(index per row into names, -1 when missing or malformed; names)."""
+    default = canonical_module(default_module) if default_module else None
+    if col is None:
+        return np.full(n, -1 if default is None else 0, dtype=np.int64), [default]
+    index, values = _dictionary(col)
+    names = [canonical_module(v) if v.strip() else default for v in values.to_pylist()]
+    names.append(default)  # null
+    ok = np.array([m is not None for m in names])
+    return np.where(ok[index], index, -1), names
+
+
+def _in_order_of_use(index: np.ndarray, names: list[str | None]) -> tuple[list[str], np.ndarray]:
+    """Distinct names of the valid rows in order of first row, and each row's index into them
+    (the order modules were always numbered in)."""
+    if not len(index):
+        return [], np.zeros(0, np.int32)
+    first = _first_of_code(index, len(names))
+    order = np.flatnonzero(first < len(index))
+    order = order[np.argsort(first[order], kind="stable")]
+    out: dict[str, int] = {}
+    local = np.zeros(len(names), dtype=np.int32)
+    for i in order.tolist():
+        local[i] = out.setdefault(names[i], len(out))  # type: ignore[arg-type]
+    return list(out), local[index]
+
+
+def _examples(cols: dict[str, Any], bad: np.ndarray, default_module: str | None
+              ) -> list[tuple[int, str]]:
+    """Reasons of a few invalid rows, from the full check of those rows alone."""
+    if not len(bad):
+        return []
+    take = pa.array(bad)
+    raw = {role: _as_strings(col.take(take)) for role, col in cols.items()}
+    reasons = _check(raw, 0, default_module).reasons
+    return [(int(i), reasons[k]) for k, i in enumerate(bad.tolist())]
+
+
+def _columns(src: _Source, table: pa.Table) -> dict[str, pa.ChunkedArray]:
+    return {role: table[name] for role, name in src.roles.items()}
+
+
+def _scan_chunks(src: _Source, chunk_rows: int) -> Iterator[dict[str, Any]]:
+    """The id and module columns, whole (or in chunks of about ``chunk_rows`` rows), the
+    cadence and module columns dictionary-encoded."""
+    encoded = [src.roles[r] for r in ("cadence_id", "module") if r in src.roles]
+    wanted = list(dict.fromkeys(src.roles.values()))
+    if src.kind == "parquet":
+        with _parquet_errors(src):
+            pf = pq.ParquetFile(src.path, read_dictionary=encoded)
+            chunk: list[int] = []
+            held = 0
+            for g in range(pf.num_row_groups):
+                n = pf.metadata.row_group(g).num_rows
+                if chunk and held + n > chunk_rows:
+                    yield _columns(src, pf.read_row_groups(chunk, columns=wanted))
+                    chunk, held = [], 0
+                chunk.append(g)
+                held += n
+            if chunk:
+                yield _columns(src, pf.read_row_groups(chunk, columns=wanted))
+        return
+    dict_type = pa.dictionary(pa.int32(), pa.string())
+    types = {n: dict_type if n in encoded else pa.string() for n in wanted}
+    convert = pacsv.ConvertOptions(column_types=types, include_columns=wanted,
+                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
+    parse = pacsv.ParseOptions(delimiter=src.delimiter)
+    with _csv_errors(src):
+        if src.path.stat().st_size <= chunk_rows * _CSV_ROW_BYTES:
+            yield _columns(src, pacsv.read_csv(src.path, parse_options=parse,
+                                               convert_options=convert))
+            return
+        block = min(1 << 26, chunk_rows * _CSV_ROW_BYTES)
+        reader = pacsv.open_csv(src.path, read_options=pacsv.ReadOptions(block_size=block),
+                                parse_options=parse, convert_options=convert)
+        for batch in reader:
+            yield {role: batch.column(name) for role, name in src.roles.items()}
 
 
 def _encode(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Codes in order of first appearance, and the value of each code (Arrow's hash table is
     the fastest at hand for tens of millions of uint64)."""
     enc = pc.dictionary_encode(pa.array(values, pa.uint64()))
-    return (enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+    return (enc.indices.to_numpy(zero_copy_only=False),
             enc.dictionary.to_numpy(zero_copy_only=False))
 
 
-def _dense(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
-    """Renumber values in [0, bound) to 0..k-1 (ascending): codes and the value of each code."""
-    if bound > max(4 * len(values), 1 << 20):
-        codes, uniques = pd.factorize(values, sort=True)
-        return codes.astype(np.int64, copy=False), uniques
-    present = np.zeros(bound, dtype=np.bool_)
-    present[values] = True
-    uniques = np.flatnonzero(present)
-    renumber = np.cumsum(present, dtype=np.int64) - 1
-    return renumber[values], uniques
-
-
 def _first_of_code(codes: np.ndarray, n_codes: int) -> np.ndarray:
-    first = np.empty(n_codes, dtype=np.int64)
-    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1)  # the last write wins: the earliest
+    """Position of the first occurrence of each code (``len(codes)`` for absent codes).
+
+    Looks at a growing prefix: when codes are few, they all show up early."""
+    first = np.full(n_codes, len(codes), dtype=np.int64)
+    start, width, missing = 0, 1 << 16, n_codes
+    if n_codes > len(codes) >> 8:  # many codes: one pass over all of them
+        width = len(codes)
+    while missing and start < len(codes):
+        seg = codes[start:start + width]
+        here = np.full(n_codes, len(seg), dtype=np.int64)
+        here[seg[::-1]] = np.arange(len(seg) - 1, -1, -1)  # the last write wins: the earliest
+        new = (first == len(codes)) & (here < len(seg))
+        first[new] = here[new] + start
+        missing -= int(np.count_nonzero(new))
+        start += width
+        width *= 4
     return first
 
 
@@ -367,50 +506,74 @@ def _finish_scan(source: _Source, default_module: str | None, stamp: tuple[int, 
     """Codes and duplicates of the valid rows: a pair that repeats is not a pair to plan."""
     rc, rec_uniques = _encode(rec)
     cc, cad_uniques = _encode(cad)
-    cad_text = pc.cast(pa.array(cad_uniques, pa.uint64()), pa.string())
-    if len(names) > 1:  # a cadence under two modules is two cadences to the planner
-        cc, combined = _dense(mod.astype(np.int64) * len(cad_uniques) + cc,
-                              len(names) * len(cad_uniques))
-        cad_text = cad_text.take(pa.array(combined % max(len(cad_uniques), 1)))
     del rec, cad
-    dup = _repeats(cc * len(rec_uniques) + rc, rc, len(rec_uniques), len(cad_text))
+    cad_text = pc.cast(pa.array(cad_uniques, pa.uint64()), pa.string())
+    cad_module = np.zeros(len(cad_uniques), dtype=np.int64)
+    if len(names) > 1:  # a cadence under two modules is two cadences: number them by module
+        key = mod.astype(np.int64) * len(cad_uniques) + cc
+        present = np.zeros(len(names) * len(cad_uniques), dtype=bool)
+        present[key] = True
+        cc = (np.cumsum(present, dtype=np.int64) - 1)[key]
+        combined = np.flatnonzero(present)
+        cad_text = cad_text.take(pa.array(combined % len(cad_uniques)))
+        cad_module = combined // len(cad_uniques)
+    masks, dup = _masks_and_repeats(rc, cc, len(rec_uniques), len(cad_text))
     dup_rows = dup_first = np.zeros(0, dtype=np.int64)
     if dup is not None:
         is_dup = dup >= 0
         dup_rows, dup_first = pair_rows[is_dup], pair_rows[dup[is_dup]]
         keep = ~is_dup
         pair_rows, rc, cc, mod = pair_rows[keep], rc[keep], cc[keep], mod[keep]
+        masks, _ = _masks_and_repeats(rc, cc, len(rec_uniques), len(cad_text))
     return InputScan(
         source=source, default_module=default_module, rows=rows, invalid=invalid,
         invalid_examples=examples, pair_rows=pair_rows,
-        codes=PairCodes(mod.astype(np.int64), names, rc, cc),
-        record_text=pc.cast(pa.array(rec_uniques, pa.uint64()), pa.string()),
-        cadence_text=cad_text, dup_rows=dup_rows, dup_first=dup_first, stamp=stamp)
+        codes=PairCodes(mod, names, rc, cc), record_values=rec_uniques,
+        cadence_text=cad_text, dup_rows=dup_rows, dup_first=dup_first, stamp=stamp,
+        cadence_modules=cad_module, record_masks=masks)
 
 
-def _repeats(key: np.ndarray, rc: np.ndarray, n_rec: int, n_cad: int) -> np.ndarray | None:
-    """For each position, the earlier position holding the same key (else -1); None when no
-    key repeats.
+_SUM_BITS = 45  # float64 sums of < 256 powers of two below 2**45 stay exact (< 2**53)
 
-    One scatter into a bitmap of all (cadence, record) combinations tells whether anything
-    repeats and, per record, how many distinct cadences it has; only the rows of records with
-    fewer distinct cadences than rows need the (costly) hashing.
-    """
-    if n_cad * n_rec <= max(24 * len(key), 1 << 26):  # a byte per combination: <= 24 per row
-        seen = np.zeros(n_cad * n_rec, dtype=np.bool_)
-        seen[key] = True
-        if int(np.count_nonzero(seen)) == len(key):
-            return None
-        distinct = seen.reshape(n_cad, n_rec).sum(axis=0)
-        del seen
-        sub = np.flatnonzero((np.bincount(rc, minlength=n_rec) != distinct)[rc])
-    else:
-        sub = np.arange(len(key))
-    pair, uniques = pd.factorize(key[sub], sort=False)
+
+def _masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int
+                       ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(per record, the OR of ``1 << cadence`` when there are at most 64 cadences; for each
+    position, the earlier position of the same pair, else -1 — None when no pair repeats).
+
+    Per record, Σ 2**cadence has as many one-bits as the record has pairs exactly when no pair
+    repeats (a repeat carries), so one weighted bincount per 45 cadences finds the records that
+    may hold a repeat; only their rows are hashed."""
+    count = np.bincount(rc, minlength=n_rec)
+    if n_cad > 8 * _SUM_BITS:  # too many passes: hash every pair
+        return None, _repeats_among(np.arange(len(rc)), rc, cc, n_rec)
+    masks = np.zeros(n_rec, dtype=np.uint64) if n_cad <= 64 else None
+    ones = np.zeros(n_rec, dtype=np.int64)
+    for lo in range(0, n_cad, _SUM_BITS):
+        r, c = rc, cc
+        if n_cad > _SUM_BITS:
+            sel = (cc >= lo) & (cc < lo + _SUM_BITS)
+            r, c = rc[sel], cc[sel]
+        weights = np.ldexp(1.0, np.arange(min(n_cad, lo + _SUM_BITS) - lo))[c - lo if lo
+                                                                            else c]
+        sums = np.bincount(r, weights=weights, minlength=n_rec).astype(np.uint64)
+        ones += np.bitwise_count(sums)
+        if masks is not None:
+            masks |= sums << np.uint64(lo)
+    suspect = (ones != count) | (count > min(n_cad, 255))
+    if not suspect.any():
+        return masks, None
+    return None, _repeats_among(np.flatnonzero(suspect[rc]), rc, cc, n_rec)
+
+
+def _repeats_among(sub: np.ndarray, rc: np.ndarray, cc: np.ndarray, n_rec: int
+                   ) -> np.ndarray | None:
+    """For each position, the earlier position (within ``sub``) of the same pair, else -1."""
+    pair, uniques = _encode(cc[sub].astype(np.uint64) * np.uint64(n_rec) + rc[sub])
     if len(uniques) == len(sub):
         return None
     earlier = sub[_first_of_code(pair, len(uniques))[pair]]
-    out = np.full(len(key), -1, dtype=np.int64)
+    out = np.full(len(rc), -1, dtype=np.int64)
     repeat = earlier != sub
     out[sub[repeat]] = earlier[repeat]
     return out
@@ -457,35 +620,48 @@ def _parquet_problem(path: Path, head: bytes, exc: BaseException) -> str:
     return f"{path}: {what} ({type(exc).__name__}: {_excerpt(exc)})"
 
 
-def _raw_batches(src: _Source) -> Iterator[dict[str, pa.Array]]:
-    """The id and module columns, as strings, a batch at a time."""
-    wanted = list(dict.fromkeys(src.roles.values()))
-    if src.kind == "parquet":
-        try:
-            for batch in pq.ParquetFile(src.path).iter_batches(batch_size=_BATCH_ROWS,
-                                                                columns=wanted):
-                yield {role: _as_strings(batch.column(name)) for role, name in src.roles.items()}
-        except InputError:
-            raise
-        except Exception as exc:
-            with open(src.path, "rb") as fh:
-                head = fh.read(4)
-            raise InputError(_parquet_problem(src.path, head, exc)) from None
-        return
-    convert = pacsv.ConvertOptions(
-        column_types={n: pa.string() for n in wanted}, include_columns=wanted,
-        strings_can_be_null=False, quoted_strings_can_be_null=False)
+@contextmanager
+def _parquet_errors(src: _Source) -> Iterator[None]:
+    """Any failure of the Parquet reader becomes one clear InputError."""
     try:
-        reader = pacsv.open_csv(
-            src.path, read_options=pacsv.ReadOptions(block_size=1 << 21),
-            parse_options=pacsv.ParseOptions(delimiter=src.delimiter), convert_options=convert)
-        for batch in reader:
-            yield {role: batch.column(name) for role, name in src.roles.items()}
+        yield
+    except InputError:
+        raise
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        with open(src.path, "rb") as fh:
+            head = fh.read(4)
+        raise InputError(_parquet_problem(src.path, head, exc)) from None
+
+
+@contextmanager
+def _csv_errors(src: _Source) -> Iterator[None]:
+    try:
+        yield
     except pa.ArrowInvalid as exc:
         msg = _excerpt(exc, 300)
         if "UTF8" in str(exc) or "utf8" in str(exc).lower():
             msg = "it is not UTF-8 text; save it as 'CSV UTF-8'"
         raise InputError(f"{src.path}: cannot be read as CSV: {msg}") from None
+
+
+def _raw_batches(src: _Source) -> Iterator[dict[str, pa.Array]]:
+    """The id and module columns, as strings, a batch at a time."""
+    wanted = list(dict.fromkeys(src.roles.values()))
+    if src.kind == "parquet":
+        with _parquet_errors(src):
+            for batch in pq.ParquetFile(src.path).iter_batches(batch_size=_BATCH_ROWS,
+                                                                columns=wanted):
+                yield {role: _as_strings(batch.column(name)) for role, name in src.roles.items()}
+        return
+    convert = pacsv.ConvertOptions(
+        column_types={n: pa.string() for n in wanted}, include_columns=wanted,
+        strings_can_be_null=False, quoted_strings_can_be_null=False)
+    with _csv_errors(src):
+        reader = pacsv.open_csv(
+            src.path, read_options=pacsv.ReadOptions(block_size=1 << 21),
+            parse_options=pacsv.ParseOptions(delimiter=src.delimiter), convert_options=convert)
+        for batch in reader:
+            yield {role: batch.column(name) for role, name in src.roles.items()}
 
 
 # --------------------------------------------------------------------------- validation

@@ -23,12 +23,11 @@ then never mixes cadences of two blocks), which stays exact by construction.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -221,14 +220,18 @@ def _aggregate(masks: list[np.ndarray], counts: list[np.ndarray]) -> tuple[np.nd
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     m = np.concatenate(masks)
     w = np.concatenate(counts)
-    codes, uniq = pd.factorize(m, sort=True)
-    return np.asarray(uniq, dtype=np.uint64), np.bincount(codes, weights=w).astype(np.int64)
+    uniq, codes = np.unique(m, return_inverse=True)
+    return uniq.astype(np.uint64, copy=False), np.bincount(codes, weights=w).astype(np.int64)
 
 
 def _pool_lookup(pool: tuple[np.ndarray, np.ndarray], masks: np.ndarray) -> np.ndarray:
-    where = pd.Index(pool[0]).get_indexer(masks)
+    """The pooled count of each mask (0 when the pool has none); pool masks are sorted."""
     found = np.zeros(len(masks), dtype=np.int64)
-    found[where >= 0] = pool[1][where[where >= 0]]
+    if not len(pool[0]):
+        return found
+    where = np.minimum(np.searchsorted(pool[0], masks), len(pool[0]) - 1)
+    hit = pool[0][where] == masks
+    found[hit] = pool[1][where[hit]]
     return found
 
 
@@ -318,14 +321,23 @@ def _dense(codes: np.ndarray, universe: int) -> tuple[np.ndarray, np.ndarray]:
     return local.astype(np.int64, copy=False), glob
 
 
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes in first-seen order, distinct values) of uint64 values (Arrow's hash table)."""
+    enc = pc.dictionary_encode(pa.array(values, pa.uint64()))
+    return (enc.indices.to_numpy(zero_copy_only=False),
+            enc.dictionary.to_numpy(zero_copy_only=False))
+
+
+#: (positions of the part's pairs in the input, None for all; local record; local cadence)
+_PairSource = Callable[[], tuple[np.ndarray | None, np.ndarray, np.ndarray]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Part:
     """One module (or one 64-cadence block of it), solved on counts; records built on demand."""
 
     module: int
-    pair_pos: np.ndarray | None  # positions of these pairs in the input (None: all, in order)
-    r: np.ndarray  # local record per pair
-    c: np.ndarray  # local cadence per pair
+    pairs: _PairSource  # called only when batches are built (``batcher plan`` never does)
     rec_global: np.ndarray  # local record → record code
     cad_global: np.ndarray  # local cadence → cadence code
     record_type: np.ndarray  # local record → index into pieces
@@ -333,22 +345,31 @@ class _Part:
     search: _Search
 
 
+def _bit_counts(tmask: np.ndarray, tcount: np.ndarray, n_bits: int) -> np.ndarray:
+    """Records per cadence, from the distinct sets and their counts (no pass over pairs)."""
+    one = np.uint64(1)
+    return np.array([int(tcount[(tmask >> np.uint64(b)) & one == one].sum())
+                     for b in range(n_bits)], dtype=np.int64)
+
+
+def _solve_types(module: int, pairs: _PairSource, record_type: np.ndarray, tmask: np.ndarray,
+                 tcount: np.ndarray, cad_count: np.ndarray, rec_global: np.ndarray,
+                 cad_global: np.ndarray) -> _Part:
+    """Plan one block from its distinct cadence sets (``tmask``, local bits) and their counts."""
+    pieces = _first_pieces(tmask, tcount, len(cad_global), cad_count)
+    nz = pieces != 0
+    search = _best_search(pieces[nz], np.broadcast_to(tcount[:, None], pieces.shape)[nz])
+    return _Part(module, pairs, rec_global, cad_global, record_type, pieces, search)
+
+
 def _solve(module: int, pair_pos: np.ndarray | None, r: np.ndarray, rec_global: np.ndarray,
            c_local: np.ndarray, cad_global: np.ndarray) -> _Part:
-    """Plan one block; ``r`` are dense local records (0..n-1), ``rec_global`` their codes."""
+    """Plan one block from its pairs; ``r`` are dense local records (0..n-1)."""
     n_cad = len(cad_global)
-    masks = _record_masks(r, c_local, len(rec_global), n_cad)
-    record_type, tmask = pd.factorize(masks)
-    tmask = np.asarray(tmask, dtype=np.uint64)
+    record_type, tmask = _factorize(_record_masks(r, c_local, len(rec_global), n_cad))
     tcount = np.bincount(record_type, minlength=len(tmask))
-    cad_count = np.bincount(c_local, minlength=n_cad)
-    pieces = _first_pieces(tmask, tcount, n_cad, cad_count)
-    nz = pieces != 0
-    piece_masks = pieces[nz]
-    piece_counts = np.broadcast_to(tcount[:, None], pieces.shape)[nz]
-    search = _best_search(piece_masks, piece_counts)
-    return _Part(module, pair_pos, r, c_local, rec_global, cad_global, record_type.astype(
-        np.int64), pieces, search)
+    return _solve_types(module, lambda: (pair_pos, r, c_local), record_type, tmask, tcount,
+                        np.bincount(c_local, minlength=n_cad), rec_global, cad_global)
 
 
 def _strategy(threshold: int) -> str:
@@ -359,11 +380,23 @@ def _strategy(threshold: int) -> str:
     return f"exact sets, remainders under {threshold} pairs split"
 
 
-def _lower_bound(pairs: int, k_per_record: np.ndarray, cad_count: np.ndarray) -> int:
+def _lower_bound(pairs: int, record_chunks: int, cad_count: np.ndarray) -> int:
+    """``record_chunks``: Σ over records of ⌈cadences of the record / 5⌉."""
     cap_r, cap_c = MAX_RECORDS_PER_CALL, MAX_CADENCES_PER_CALL
-    by_records = -(-int((-(-k_per_record // cap_c)).sum()) // cap_r)
+    by_records = -(-record_chunks // cap_r)
     by_cadences = -(-int((-(-cad_count // cap_r)).sum()) // cap_c)
     return max(-(-pairs // (cap_r * cap_c)), by_records, by_cadences)
+
+
+def _stats(name: str, parts: Sequence[_Part], pairs: int, records: int, record_chunks: int,
+           cad_count: np.ndarray) -> ModulePlanStats:
+    strategies = dict.fromkeys(_strategy(p.search.threshold) for p in parts)
+    return ModulePlanStats(
+        module=name, pairs=pairs, records=records, cadences=len(cad_count),
+        batches=sum(p.search.n_batches for p in parts),
+        lower_bound=_lower_bound(pairs, record_chunks, cad_count),
+        naive_batches=int((-(-cad_count // MAX_RECORDS_PER_CALL)).sum()),
+        strategy="; ".join(strategies))
 
 
 # --------------------------------------------------------------------------- the plan
@@ -422,12 +455,12 @@ class Plan:
         """For each input pair, in input order, the index of the batch that carries it."""
         if self._pair_batch is None:
             out = np.full(self.n_pairs, -1, dtype=np.int64)
-            for part, built, offset in zip(self._parts, self._build(), self._offsets, strict=True):
+            for built, offset in zip(self._build(), self._offsets, strict=True):
                 local = built.pair_batch + offset
-                if part.pair_pos is None:
+                if built.pair_pos is None:
                     out[:] = local
                 else:
-                    out[part.pair_pos] = local
+                    out[built.pair_pos] = local
             self._pair_batch = out
         return self._pair_batch
 
@@ -464,6 +497,7 @@ def _bits(mask: int) -> list[int]:
 
 @dataclass(frozen=True, slots=True)
 class _Built:
+    pair_pos: np.ndarray | None  # positions of the part's pairs in the input (None: all)
     pair_batch: np.ndarray  # per pair of the part, batch index relative to the part
     ptr: np.ndarray  # batch b's records are records[ptr[b]:ptr[b + 1]]
     records: np.ndarray  # local record indices, sorted within each batch
@@ -471,6 +505,7 @@ class _Built:
 
 
 def _build_part(part: _Part) -> _Built:
+    pair_pos, pair_r, pair_c = part.pairs()
     leaf_rec, leaf_mask, leaf_batch = _leaves(part)
     n_batches = part.search.n_batches
     # batch → records, records in first-seen order
@@ -484,21 +519,21 @@ def _build_part(part: _Part) -> _Built:
     lm, lb = leaf_mask[by_rec], leaf_batch[by_rec]
     n_leaf = np.bincount(leaf_rec, minlength=len(part.rec_global))
     start = np.concatenate(([0], np.cumsum(n_leaf)[:-1]))
-    pair_batch = np.full(len(part.r), -1, dtype=np.int64)
-    todo = np.arange(len(part.r))
+    pair_batch = np.full(len(pair_r), -1, dtype=np.int64)
+    todo = np.arange(len(pair_r))
     j = 0
     while len(todo):
-        rr = part.r[todo]
+        rr = pair_r[todo]
         has = n_leaf[rr] > j
         li = start[rr] + j
         li[~has] = 0
-        hit = has & (((lm[li] >> part.c[todo].astype(np.uint64)) & np.uint64(1)) == 1)
+        hit = has & (((lm[li] >> pair_c[todo].astype(np.uint64)) & np.uint64(1)) == 1)
         pair_batch[todo[hit]] = lb[li[hit]]
         todo = todo[~hit]
         j += 1
         if j > _MASK_BITS:  # cannot happen: every pair's cadence is in one leaf of its record
             raise RuntimeError("planner: a pair is not covered by any batch")
-    return _Built(pair_batch, ptr, leaf_rec[order], masks)
+    return _Built(pair_pos, pair_batch, ptr, leaf_rec[order], masks)
 
 
 def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -552,20 +587,24 @@ def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
                record_codes: np.ndarray, record_ids: _Ids,
                cadence_codes: np.ndarray, cadence_ids: _Ids, *,
-               text_per_pair: bool = False) -> Plan:
+               text_per_pair: bool = False, cadence_modules: np.ndarray | None = None,
+               record_masks: np.ndarray | None = None) -> Plan:
     """Plan from integer codes (e.g. the input reader's): ``record_ids[record_codes[i]]`` is pair
     i's record id, and so on. Dictionaries must hold distinct values; the triples of codes must be
     distinct. A record id under two modules is two records.
 
     With ``text_per_pair``, ``record_ids`` and ``cadence_ids`` are instead the pairs' own columns
     (``record_ids[i]`` is pair i's id) and a code's text is that of its first pair: a reader that
-    already hashed the ids hands over its codes and columns, and nothing is hashed twice."""
+    already hashed the ids hands over its codes and columns, and nothing is hashed twice.
+
+    A reader whose cadence codes are already per module may say so (``cadence_modules``: the
+    module of each cadence code) and hand over ``record_masks`` (per record code, the OR of
+    ``1 << cadence code`` of its pairs; only with 64 cadence codes or fewer): then the plan
+    makes no pass over the pairs at all."""
     names = [str(x) for x in (module_names.to_pylist() if isinstance(module_names, pa.Array)
                               else module_names)]
     rec_ids, cad_ids = _id_column(record_ids), _id_column(cadence_ids)
-    mod = np.asarray(module_codes, dtype=np.int64)
-    rec = np.asarray(record_codes, dtype=np.int64)
-    cad = np.asarray(cadence_codes, dtype=np.int64)
+    mod, rec, cad = (np.asarray(x) for x in (module_codes, record_codes, cadence_codes))
     n = len(rec)
     if not len(mod) == n == len(cad):
         raise ValueError("module, record and cadence columns differ in length")
@@ -575,24 +614,137 @@ def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
             raise ValueError("per-pair id columns differ in length from the codes")
         record_rep = _first_pair_of_code(rec)
         cad_ids = cad_ids.take(pa.array(_first_pair_of_code(cad)))
+    n_rec = len(rec_ids) if record_rep is None else len(record_rep)
     parts: list[_Part] = []
     stats: dict[str, ModulePlanStats] = {}
-    if len(names) == 1 or n == 0:
-        groups = [(0, None)] if n else []
+    if n:
+        slots = _Slots.of(mod, cad, len(cad_ids), len(names), cadence_modules)
+        if slots.n <= _MASK_BITS:
+            masks = record_masks if record_masks is not None and slots.same_codes else None
+            parts, stats = _plan_by_masks(names, rec, n_rec, slots, masks)
+        else:
+            parts, stats = _plan_by_blocks(names, mod, rec, n_rec, cad, len(cad_ids))
+    offsets = tuple(np.concatenate(([0], np.cumsum([p.search.n_batches for p in parts])[:-1]))
+                    .astype(int).tolist()) if parts else ()
+    return Plan(n, stats, tuple(parts), offsets, names, rec_ids, cad_ids, record_rep)
+
+
+@dataclass(frozen=True, slots=True)
+class _Slots:
+    """Cadence *slots*: one per (module, cadence) that has pairs, numbered module by module, so
+    that a module's cadences are a contiguous run of bits in a record's mask."""
+
+    of_pair: np.ndarray  # slot of each pair
+    cadence: np.ndarray  # slot → cadence code
+    module: np.ndarray  # slot → module code (non-decreasing)
+    same_codes: bool  # slots are the caller's cadence codes
+
+    @property
+    def n(self) -> int:
+        return len(self.cadence)
+
+    @staticmethod
+    def of(mod: np.ndarray, cad: np.ndarray, n_cad: int, n_mod: int,
+           cadence_modules: np.ndarray | None) -> _Slots:
+        if cadence_modules is not None or n_mod == 1:
+            of_cad = np.zeros(n_cad, np.int64) if cadence_modules is None else cadence_modules
+            if len(of_cad) < 2 or bool(np.all(of_cad[1:] >= of_cad[:-1])):
+                return _Slots(cad, np.arange(n_cad), np.asarray(of_cad), True)
+        key = mod.astype(np.int64) * n_cad + cad
+        present = np.zeros(n_mod * n_cad, dtype=bool)
+        present[key] = True
+        slot_of_key = np.cumsum(present, dtype=np.int64) - 1
+        used = np.flatnonzero(present)
+        return _Slots(slot_of_key[key], used % n_cad, used // n_cad, False)
+
+
+def _plan_by_masks(names: list[str], rec: np.ndarray, n_rec: int, slots: _Slots,
+                   masks: np.ndarray | None
+                   ) -> tuple[list[_Part], dict[str, ModulePlanStats]]:
+    """Every module at once (64 slots or fewer): one mask per record code, one hashing of the
+    masks; each module then works on its distinct cadence sets, never on pairs."""
+    if masks is None:
+        masks = _record_masks(rec, slots.of_pair, n_rec, slots.n)
+    gtype, gmask = _factorize(masks)
+    gcount = np.bincount(gtype, minlength=len(gmask))
+    bounds = np.searchsorted(slots.module, np.arange(len(names) + 1))
+    parts: list[_Part] = []
+    stats: dict[str, ModulePlanStats] = {}
+    for m in range(len(names)):
+        lo, hi = int(bounds[m]), int(bounds[m + 1])
+        own = (gmask >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        has = own != 0
+        if not has.any():
+            continue
+        ftype, tmask = _factorize(own[has])
+        tcount = np.bincount(ftype, weights=gcount[has]).astype(np.int64)
+        type_of = np.full(len(gmask), -1, dtype=np.int64)
+        type_of[has] = ftype
+        recs = np.arange(n_rec) if has.all() else np.flatnonzero(has[gtype])
+        tmask, bits = _squeeze(tmask, hi - lo)
+        cad_count = _bit_counts(tmask, tcount, len(bits))
+        part = _solve_types(m, _mask_pairs(rec, n_rec, slots, recs, bits + lo, len(names) > 1),
+                            type_of[gtype[recs]], tmask, tcount, cad_count, recs,
+                            slots.cadence[bits + lo])
+        parts.append(part)
+        size = _popcount(tmask)
+        stats[names[m]] = _stats(names[m], [part], int((size * tcount).sum()), len(recs),
+                                 int((-(-size // MAX_CADENCES_PER_CALL) * tcount).sum()),
+                                 cad_count)
+    return parts, stats
+
+
+def _squeeze(tmask: np.ndarray, n_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the bits no set uses (cadences left without pairs): (masks, old bit of each bit)."""
+    used = int(np.bitwise_or.reduce(tmask)) if len(tmask) else 0
+    bits = np.array([b for b in range(n_bits) if used >> b & 1], dtype=np.int64)
+    if len(bits) == n_bits:
+        return tmask, bits
+    out = np.zeros_like(tmask)
+    one = np.uint64(1)
+    for new, old in enumerate(bits.tolist()):
+        out |= ((tmask >> np.uint64(old)) & one) << np.uint64(new)
+    return out, bits
+
+
+def _mask_pairs(rec: np.ndarray, n_rec: int, slots: _Slots, recs: np.ndarray,
+                slot_of_bit: np.ndarray, several_modules: bool) -> _PairSource:
+    """The part's pairs, found again only when batches are built."""
+    def pairs() -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        pos = None
+        r, c = rec, slots.of_pair
+        if several_modules:
+            pos = np.flatnonzero((c >= slot_of_bit[0]) & (c <= slot_of_bit[-1]))
+            r, c = r[pos], c[pos]
+        local_rec = np.full(n_rec, -1, dtype=np.int64)
+        local_rec[recs] = np.arange(len(recs))
+        local_cad = np.full(slots.n, -1, dtype=np.int64)
+        local_cad[slot_of_bit] = np.arange(len(slot_of_bit))
+        return pos, local_rec[r], local_cad[c]
+    return pairs
+
+
+def _plan_by_blocks(names: list[str], mod: np.ndarray, rec: np.ndarray, n_rec: int,
+                    cad: np.ndarray, n_cad: int
+                    ) -> tuple[list[_Part], dict[str, ModulePlanStats]]:
+    """Module by module, in blocks of 64 cadences (a call never mixes two blocks)."""
+    mod, rec, cad = (np.asarray(x, dtype=np.int64) for x in (mod, rec, cad))
+    if len(names) == 1:
+        groups = [(0, None)]
     else:
         key = mod.astype(np.uint16) if len(names) <= np.iinfo(np.uint16).max else mod
         order = np.argsort(key, kind="stable")
         bounds = np.searchsorted(mod[order], np.arange(len(names) + 1))
         groups = [(m, order[bounds[m]:bounds[m + 1]]) for m in range(len(names))
                   if bounds[m + 1] > bounds[m]]
+    parts: list[_Part] = []
+    stats: dict[str, ModulePlanStats] = {}
     for m, pos in groups:
         r_glob = rec if pos is None else rec[pos]
         c_glob = cad if pos is None else cad[pos]
-        c_local, cad_global = _dense(c_glob, len(cad_ids))
-        r_local, rec_global = _dense(r_glob, len(rec_ids) if record_rep is None
-                                     else len(record_rep))
+        c_local, cad_global = _dense(c_glob, n_cad)
+        r_local, rec_global = _dense(r_glob, n_rec)
         k = np.bincount(r_local)
-        cad_count = np.bincount(c_local, minlength=len(cad_global))
         module_parts = []
         for lo in range(0, len(cad_global), _MASK_BITS):
             if len(cad_global) <= _MASK_BITS:
@@ -604,16 +756,10 @@ def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
                 m, np.flatnonzero(sel) if pos is None else pos[sel], r_block,
                 rec_global[rec_block], c_local[sel] - lo, cad_global[lo:lo + _MASK_BITS]))
         parts.extend(module_parts)
-        strategies = dict.fromkeys(_strategy(p.search.threshold) for p in module_parts)
-        stats[names[m]] = ModulePlanStats(
-            module=names[m], pairs=len(r_glob), records=len(k), cadences=len(cad_global),
-            batches=sum(p.search.n_batches for p in module_parts),
-            lower_bound=_lower_bound(len(r_glob), k, cad_count),
-            naive_batches=int((-(-cad_count // MAX_RECORDS_PER_CALL)).sum()),
-            strategy="; ".join(strategies))
-    offsets = tuple(np.concatenate(([0], np.cumsum([p.search.n_batches for p in parts])[:-1]))
-                    .astype(int).tolist()) if parts else ()
-    return Plan(n, stats, tuple(parts), offsets, names, rec_ids, cad_ids, record_rep)
+        stats[names[m]] = _stats(names[m], module_parts, len(r_glob), len(k),
+                                 int((-(-k // MAX_CADENCES_PER_CALL)).sum()),
+                                 np.bincount(c_local, minlength=len(cad_global)))
+    return parts, stats
 
 
 def _id_column(values: object) -> pa.Array | pa.ChunkedArray:

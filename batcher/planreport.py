@@ -92,4 +92,5 @@ def plan_scan(scan: InputScan, keep: np.ndarray | None = None) -> Plan:
     the reader's integer codes, so nothing is hashed twice and no row text is needed."""
     codes = scan.codes if keep is None else scan.codes.filter(keep)
     return plan_codes(codes.module, codes.module_names, codes.record, scan.record_text,
-                      codes.cadence, scan.cadence_text)
+                      codes.cadence, scan.cadence_text, cadence_modules=scan.cadence_modules,
+                      record_masks=scan.record_masks if keep is None else None)

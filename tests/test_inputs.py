@@ -12,6 +12,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batcher.errors import InputError, UsageError
-from batcher.inputs import read_input
+from batcher.inputs import InputScan, read_input, scan_input
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 BAD = SAMPLE / "bad"
@@ -630,3 +631,100 @@ def test_reader_agrees_with_a_simple_oracle(tmp_path: Path, rows, delimiter, quo
     valid = [(r["module"], r["record_id"], r["cadence_id"]) for r in got if r["status"] == "valid"]
     assert list(table.valid_pairs()) == valid
     assert len(set(valid)) == len(valid)
+
+
+# --------------------------------------------------------------------------- first pass in chunks
+
+
+def _scan_summary(scan: InputScan) -> tuple:
+    """What a user sees of a scan: counts, examples, duplicates and the pairs (as text)."""
+    rec = scan.record_text.take(pa.array(scan.codes.record)).to_pylist()
+    cad = scan.cadence_text.take(pa.array(scan.codes.cadence)).to_pylist()
+    mod = [scan.codes.module_names[m] for m in scan.codes.module.tolist()]
+    return (scan.rows, scan.invalid, scan.invalid_examples, scan.pair_rows.tolist(),
+            scan.dup_rows.tolist(), scan.dup_first.tolist(), list(zip(mod, rec, cad, strict=True)))
+
+
+def _mixed_rows(n: int, n_cadences: int = 4) -> list[tuple[str, str, str]]:
+    """Valid rows with repeats across the file, a few bad ids and modules, two modules."""
+    rows = []
+    for i in range(n):
+        rec = str(554023000001798647 + (i * 7) % (n // 3 + 1))
+        cad = str(554023000004092008 + (i * 5) % n_cadences)
+        mod = "Contacts" if i % 11 == 0 else "leads"
+        if i % 17 == 5:
+            rec = "5.54023E+17"
+        if i % 23 == 7:
+            cad = "zcrm_" + cad
+        if i % 29 == 3:
+            mod = "1bad"
+        rows.append((rec, cad, mod))
+    return rows
+
+
+def _write_both(tmp_path: Path, rows: list[tuple[str, str, str]]) -> tuple[Path, Path]:
+    csv_path = tmp_path / "in.csv"
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["record_id", "cadence_id", "module"])
+        writer.writerows(rows)
+    pq_path = tmp_path / "in.parquet"
+    recs, cads, mods = (list(col) for col in zip(*rows, strict=True))
+    pq.write_table(pa.table({"record_id": recs, "cadence_id": cads, "module": mods}), pq_path,
+                   row_group_size=37)
+    return csv_path, pq_path
+
+
+def test_scanning_in_small_chunks_gives_the_same_verdicts(tmp_path: Path):
+    csv_path, pq_path = _write_both(tmp_path, _mixed_rows(400))
+    whole = _scan_summary(scan_input(csv_path))
+    assert whole[1] > 0 and whole[4], "the input should hold invalid rows and duplicates"
+    assert whole[2][0] == (4, "bad module name (not a Zoho module API name)")
+    assert any(reason.startswith("bad record id") for _, reason in whole[2])
+    # CSV read as a stream of small blocks; Parquet read a few row groups at a time (each
+    # with its own cadence dictionary); the whole Parquet file at once
+    assert _scan_summary(scan_input(csv_path, chunk_rows=3)) == whole
+    assert _scan_summary(scan_input(pq_path, chunk_rows=80)) == whole
+    assert _scan_summary(scan_input(pq_path)) == whole
+
+
+def test_module_first_seen_in_a_later_chunk(tmp_path: Path):
+    rows = [(str(554023000001798647 + i), CAD, "Leads") for i in range(50)]
+    rows += [(REC, CAD, "Deals"), (REC, CAD, "Leads")]
+    _, pq_path = _write_both(tmp_path, rows)
+    scan = scan_input(pq_path, chunk_rows=10)
+    assert scan.codes.module_names == ["Leads", "Deals"]
+    assert scan.dup_rows.tolist() == [51] and scan.dup_first.tolist() == [0]
+    assert scan.pairs == 51
+
+
+@pytest.mark.parametrize("n_cadences", [3, 50, 70, 400])
+def test_duplicates_are_found_whatever_the_number_of_cadences(tmp_path: Path, n_cadences: int):
+    rows = []
+    first: dict[tuple[str, str], int] = {}
+    expected_dups = []
+    for i in range(1200):
+        rec = str(554023000001798647 + (i * 13) % 97)
+        cad = str(554023000004092008 + (i * 31) % n_cadences)
+        if (rec, cad) in first:
+            expected_dups.append((i, first[(rec, cad)]))
+        else:
+            first[(rec, cad)] = i
+        rows.append(f"{rec},{cad}")
+    path = write(tmp_path, "record_id,cadence_id\n" + "\n".join(rows) + "\n")
+    scan = scan_input(path, "Leads")
+    assert list(zip(scan.dup_rows.tolist(), scan.dup_first.tolist(), strict=True)) == \
+        expected_dups
+    assert scan.pairs == len(first)
+    if n_cadences <= 64:  # the planner gets each record's cadence set, exact
+        got = scan.record_masks[scan.codes.record]
+        assert ((got >> scan.codes.cadence.astype(np.uint64)) & np.uint64(1)).all()
+        assert int(np.bitwise_count(scan.record_masks).sum()) == scan.pairs
+
+
+def test_a_pair_repeated_many_times_is_found(tmp_path: Path):
+    rows = [f"{REC},{CAD}"] * 300 + [f"{REC},{CAD2}"]
+    path = write(tmp_path, "record_id,cadence_id\n" + "\n".join(rows) + "\n")
+    scan = scan_input(path, "Leads")
+    assert scan.pairs == 2 and scan.duplicates == 299
+    assert set(scan.dup_first.tolist()) == {0}

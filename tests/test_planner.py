@@ -254,3 +254,54 @@ def test_plan_codes_with_per_pair_columns_matches_plan_pairs() -> None:
                       text_per_pair=True)
     check_plan(pairs, plan)
     assert plan.n_batches == plan_of(pairs).n_batches
+
+
+def _per_module_codes(pairs: list[Pair]) -> tuple[list[str], np.ndarray, list[str], np.ndarray,
+                                                  list[str], np.ndarray, np.ndarray]:
+    """Codes as the input reader hands them over: a cadence code per (module, cadence)."""
+    names = list(dict.fromkeys(p[0] for p in pairs))
+    records = list(dict.fromkeys(p[1] for p in pairs))
+    slots = sorted(dict.fromkeys((names.index(p[0]), p[2]) for p in pairs))
+    mod = np.array([names.index(p[0]) for p in pairs], dtype=np.int64)
+    rec = np.array([records.index(p[1]) for p in pairs], dtype=np.int64)
+    cad = np.array([slots.index((names.index(p[0]), p[2])) for p in pairs], dtype=np.int64)
+    return (names, mod, records, rec, [c for _, c in slots], cad,
+            np.array([m for m, _ in slots], dtype=np.int64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(pair_lists(max_cadences=12))
+def test_readers_masks_and_cadence_modules_give_the_same_plan(pairs: list[Pair]) -> None:
+    names, mod, records, rec, cadences, cad, cad_module = _per_module_codes(pairs)
+    masks = np.zeros(len(records), dtype=np.uint64)
+    np.bitwise_or.at(masks, rec, np.left_shift(np.uint64(1), cad.astype(np.uint64)))
+    plain = plan_codes(mod, names, rec, records, cad, cadences)
+    handed = plan_codes(mod, names, rec, records, cad, cadences, cadence_modules=cad_module,
+                        record_masks=masks)
+    assert list(handed.iter_batches()) == list(plain.iter_batches())
+    assert handed.per_module == plain.per_module
+    check_plan(pairs, handed)
+
+
+def test_cadence_modules_out_of_order_are_renumbered() -> None:
+    pairs = [("Leads" if c % 2 else "Deals", rid(r), cid(c)) for r in range(150)
+             for c in range(r % 5 + 1)]
+    names, mod, records, rec, cadences, cad, cad_module = _per_module_codes(pairs)
+    order = np.argsort(-np.arange(len(cadences)))  # modules no longer in runs of codes
+    new_code = np.argsort(order)
+    plan = plan_codes(mod, names, rec, records, new_code[cad], [cadences[i] for i in order],
+                      cadence_modules=cad_module[order])
+    check_plan(pairs, plan)
+
+
+def test_cadence_codes_without_pairs_are_not_counted() -> None:
+    """After the preflight drops a cadence, its code stays in the dictionary with no pairs."""
+    pairs = [("Leads", rid(r), cid(c)) for r in range(230) for c in (0, 2, 5)]
+    cadences = [cid(c) for c in range(6)]
+    rec = np.repeat(np.arange(230), 3)
+    cad = np.tile([0, 2, 5], 230)
+    plan = plan_codes(np.zeros(len(pairs), np.int64), ["Leads"], rec, [rid(r) for r in range(230)],
+                      cad, cadences, cadence_modules=np.zeros(6, np.int64))
+    check_plan(pairs, plan)
+    assert plan.per_module["Leads"].cadences == 3
+    assert plan.n_batches == plan.lower_bound == 3

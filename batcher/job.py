@@ -29,6 +29,7 @@ from .errors import AbortError, Interrupted, PermissionDenied, UsageError
 from .executor import Counters, Executor, ExecutorSettings
 from .inputs import INVALID, InputScan, check_input, file_fingerprint, scan_input
 from .journal import Journal, utc_now
+from .netio import AsyncioTransport
 from .planreport import plan_scan
 from .progress import Progress
 from .report import Summary, UnplannedResults, write_results
@@ -196,7 +197,7 @@ class _clients:
                               max_keepalive_connections=settings.concurrency)
         # httpx writes a request's headers and body separately: without TCP_NODELAY, Nagle's
         # algorithm can hold the body back for a delayed ACK
-        api = transports.api or httpx.AsyncHTTPTransport(limits=limits, socket_options=[
+        api = transports.api or AsyncioTransport(limits=limits, socket_options=[
             (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         self.client = httpx.AsyncClient(auth=self.auth, transport=api,
                                         timeout=settings.timeout, limits=limits)

@@ -15,6 +15,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from itertools import product
 
 from .config import SandboxConfig
 from .faults import FaultDice, profile_named
@@ -194,7 +195,7 @@ class Sandbox:
 
     def name_pairs(self, module: str, ids: list, cadence_ids: list) -> None:
         with self._lock:
-            self._named.update((module, str(r), str(c)) for r in ids for c in cadence_ids)
+            self._named.update(product((module,), map(str, ids), list(map(str, cadence_ids))))
 
     def unenrol(self, module: str, parsed: Parsed) -> Answer:
         """Answer a well-formed call and apply it (now, or scheduled) as one atomic step."""
@@ -220,10 +221,9 @@ class Sandbox:
                 self._remove(triples)
 
     def _remove(self, triples: tuple[Triple, ...]) -> None:
-        for triple in triples:
-            if triple in self.world.enrollments:
-                self.world.enrollments.discard(triple)
-                self._removed.add(triple)
+        present = self.world.enrollments.intersection(triples)
+        self.world.enrollments.difference_update(present)
+        self._removed.update(present)
 
     def record_call(self, call: CallRecord) -> None:
         with self._lock:

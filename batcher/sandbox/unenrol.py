@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import product
 
 import orjson
 
@@ -117,19 +118,23 @@ def answer_unenrol(world: World, module: str, ids: list[str], cadence_ids: list[
                     "INVALID_DATA", "given id seems to be invalid",
                     {"api_name": "ids", "json_path": f"$.ids[{i}]"}, wrap(f"record:{record_id}"))
 
-    remove: dict[Triple, None] = {}
+    # the enrolled pairs first, in one pass over the set; a record named twice gets its removals
+    # on its first mention only, as Zoho removes a pair once
+    enrolled = world.enrollments
+    candidates = product((module,), dict.fromkeys(r for r in ids if r in known),
+                         [c.id for c in cadences])
+    remove = dict.fromkeys(t for t in candidates if t in enrolled)
+    listed = {c.id: {"name": c.name, "id": c.id} for c in cadences}
+    removed_of: dict[str, list[dict]] = {}
+    for _, record_id, cadence_id in remove:
+        removed_of.setdefault(record_id, []).append(listed[cadence_id])
     entries = []
     for i, record_id in enumerate(ids):
         if record_id not in known:
             entries.append(error("INVALID_DATA", "given id seems to be invalid",
                                  {"api_name": "ids", "json_path": f"$.ids[{i}]"}))
             continue
-        removed = []
-        for cadence in cadences:
-            triple = (module, record_id, cadence.id)
-            if triple in world.enrollments and triple not in remove:
-                remove[triple] = None
-                removed.append({"name": cadence.name, "id": cadence.id})
+        removed = removed_of.pop(record_id, [])
         entries.append({"code": "SUCCESS", "details": {"cadences": removed, "id": record_id},
                         "message": SUCCESS_MESSAGE, "status": "success"})
 

@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--module", help="module for rows without a module column")
     run.add_argument("--concurrency", type=int, default=4,
                      help="most calls in flight at once (default 4: leaves room for other apps)")
-    run.add_argument("--max-calls", type=int, help="stop after this many API calls (resumable)")
+    run.add_argument("--max-calls", type=int,
+                     help="send at most this many un-enrol calls this run (the same command "
+                          "continues)")
     run.add_argument("--dry-run", action="store_true", help="plan and preflight only")
     run.add_argument("--no-preflight", action="store_true", help="skip reading the org's cadences")
     run.add_argument("--quiet", action="store_true", help="no progress output")

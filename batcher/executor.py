@@ -56,13 +56,12 @@ class Counters:
 
 class Executor:
     def __init__(self, client: httpx.AsyncClient, journal, settings: ExecutorSettings, *,
-                 api_domain: Callable[[], str], calls_before: int = 0,
+                 api_domain: Callable[[], str],
                  on_progress: Callable[[Counters], None] | None = None) -> None:
         self._client = client
         self._journal = journal
         self._s = settings
         self._api_domain = api_domain
-        self._calls_before = calls_before
         self._limiter = AdaptiveLimiter(LimiterSettings(
             max_concurrency=settings.concurrency, calm_seconds=settings.calm_seconds))
         self.counters = Counters()
@@ -205,7 +204,7 @@ class Executor:
         if self._stop is not None:  # an abort came while this worker waited
             raise self._stop
         budget = self._s.max_calls
-        if budget is not None and self._calls_before + self.counters.calls >= budget:
+        if budget is not None and self.counters.calls >= budget:  # a budget per run
             raise BudgetExhausted(
                 f"--max-calls {budget} reached; re-run the same command to continue")
 

@@ -175,8 +175,8 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal,
                 verdicts: list[tuple[str, str]] = []
                 verdict_of_pair = None
                 if settings.preflight:
-                    verdicts, verdict_of_pair = await _preflight(client, auth, scan, stream,
-                                                                 settings.quiet)
+                    verdicts, verdict_of_pair = await _preflight(client, auth, scan, journal,
+                                                                 stream, settings.quiet)
                 _plan_into(journal, scan, verdicts, verdict_of_pair)
             if settings.dry_run:
                 return None
@@ -211,16 +211,25 @@ class _clients:
 
 
 async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
-                     stream: TextIO, quiet: bool
+                     journal: Journal, stream: TextIO, quiet: bool
                      ) -> tuple[list[tuple[str, str]], np.ndarray | None]:
     """Find the pairs whose cadence is unknown, of another module, or not manual: (verdicts
-    as (code, reason), and for each pair the index of its verdict or -1)."""
+    as (code, reason), and for each pair the index of its verdict or -1). Its GET calls count
+    in the job's credits."""
+    gets = 0
+
+    def count() -> None:
+        nonlocal gets
+        gets += 1
+
     try:
-        cadences: list[Cadence] = await fetch_cadences(client, auth.api_domain)
+        cadences: list[Cadence] = await fetch_cadences(client, auth.api_domain, on_call=count)
     except PermissionDenied as exc:
         if not quiet:
             print(f"batcher: warning: preflight skipped: {exc}", file=stream)
         return [], None
+    finally:
+        journal.add_counters(credits=gets)
     keys = scan.cadence_keys()  # (module, cadence id) of each cadence code
     found = preflight(keys, cadences)
     if not found:
@@ -251,7 +260,6 @@ def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]
 
 async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncClient,
                    auth: ZohoAuth, stream: TextIO) -> str | None:
-    before = journal.counters()
     waiting = {k: v for k, v in journal.batch_counts().items() if k in ("pending", "sent")}
     progress = Progress(total_pairs=sum(v["pairs"] for v in waiting.values()),
                         total_batches=sum(v["batches"] for v in waiting.values()),
@@ -259,7 +267,6 @@ async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncC
     executor = Executor(client, journal, ExecutorSettings(
         concurrency=settings.concurrency, max_calls=settings.max_calls, retry=settings.retry,
         calm_seconds=settings.calm_seconds), api_domain=lambda: auth.api_domain,
-        calls_before=before.get("calls", 0) if settings.max_calls is not None else 0,
         on_progress=progress.update)
     aborted = None
     start = time.monotonic()

@@ -105,12 +105,14 @@ def test_preflight_marks_unknown_and_non_manual_cadences_invalid_without_a_call(
         world.enroll("Leads", rec, auto.id)
     unknown = "554023000009999999"
     extra = [("Leads", rec, auto.id) for rec in records] + [("Leads", records[0], unknown)]
-    live = serve(world)
+    live = serve(world, cadence_page_size=2)  # the org's 3 cadences come in 2 pages
     inp = write_pairs(tmp_path / "in.csv", rows + extra)
 
     result = run_job(settings(tmp_path, inp), live.env)
 
     assert result.exit_code == 1
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["credits"] == summary["calls"] + 2  # the preflight's two GETs cost credits too
     res = by_pair(read_results(tmp_path / "out.csv"))
     for pair in extra[:5]:
         assert (res[pair]["status"], res[pair]["code"]) == ("invalid", "NOT_ALLOWED")
@@ -167,6 +169,10 @@ def test_max_calls_stops_then_the_same_command_resumes(tmp_path, serve):
     retry_rows = read_results(tmp_path / "out.retry.csv")
     assert len(retry_rows) == statuses.count("not_sent")
 
+    # the same command again: a budget per run, so it goes on with three more calls
+    again = run_job(settings(tmp_path, inp, max_calls=3, concurrency=2), live.env)
+    assert again.exit_code == 3
+    assert len(live.sandbox.calls) == 6
     second = run_job(settings(tmp_path, inp), live.env)
     assert second.exit_code == 0
     assert set(live.sandbox.removed) == set(rows)

@@ -41,12 +41,17 @@ class CadencesUnavailable(PermissionDenied):
 async def fetch_cadences(client: httpx.AsyncClient, api_domain: str, *,
                          policy: RetryPolicy | None = None,
                          sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+                         on_call: Callable[[], object] = lambda: None,
                          ) -> list[Cadence]:
-    """Every cadence of the org, all pages; ``[]`` when Zoho answers 204."""
+    """Every cadence of the org, all pages; ``[]`` when Zoho answers 204.
+
+    ``on_call`` is told of every GET sent, retries included: each one costs the org a credit.
+    """
     url = f"{api_domain.rstrip('/')}/crm/v7/settings/automation/cadences"
     found: dict[str, Cadence] = {}
     for page in range(1, _MAX_PAGES + 1):
         async def get(page: int = page) -> dict[str, Any] | None:
+            on_call()
             return _payload(await client.get(url, params={"page": page}))
 
         payload, _ = await call_with_retries(get, policy or RetryPolicy(), sleep=sleep)

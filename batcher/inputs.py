@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from .errors import InputError
+from .planner import arrow_of, numpy_of, strings_of
 
 VALID, INVALID, DUPLICATE = "valid", "invalid", "duplicate"
 
@@ -62,6 +62,7 @@ def canonical_module(name: str) -> str | None:
 _BATCH_ROWS = 1 << 18  # rows a batch of the second pass holds: memory stays flat
 _CHUNK_ROWS = 1 << 24  # rows the first pass reads at once, on Arrow's threads: ~0.5 GB at most
 _CSV_ROW_BYTES = 64  # a CSV of up to _CHUNK_ROWS rows of this size is read whole
+_CSV_BLOCK = 1 << 23  # bytes per block of a whole read: enough for both threads, few chunks
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class InputScan:
     @cached_property
     def record_text(self) -> pa.Array:
         """Text of each record code (only a run needs it: ``batcher plan`` never does)."""
-        return pc.cast(pa.array(self.record_values, pa.uint64()), pa.string())
+        return pc.cast(arrow_of(self.record_values, pa.uint64()), pa.string())
 
     @property
     def path(self) -> Path:
@@ -293,26 +294,44 @@ def scan_input(path: str | os.PathLike[str], default_module: str | None = None, 
     rows = invalid = 0
     examples: list[tuple[int, str]] = []
     pair_rows, rec, cad, mod = [], [], [], []
+    cad_values: list[np.ndarray] = []
     module_names: dict[str, int] = {}
     for cols in _scan_chunks(source, chunk_rows):
         part = _scan_chunk(cols, default_module, 10 - len(examples))
         invalid += part.invalid
         examples += [(rows + i + 1, reason) for i, reason in part.examples]
-        pair_rows.append(part.valid + rows if rows else part.valid)
+        pair_rows.append(part.valid.astype(np.int64) + rows if rows else part.valid)
         rec.append(part.record)
         cad.append(part.cadence)
+        cad_values.append(part.cadence_values)
         local = np.array([module_names.setdefault(m, len(module_names)) for m in part.modules],
                          dtype=np.int32)
-        mod.append(local[part.module] if len(local) else np.zeros(0, np.int32))
+        same = np.array_equal(local, np.arange(len(local)))
+        mod.append(part.module.astype(np.int32, copy=False) if same
+                   else _take(local, part.module))
         rows += part.rows
     if rows == 0:
         raise InputError(f"{path}: has a header ({', '.join(source.found)}) but no data rows")
+    cad_index, cad_uniques = _common_dictionary(cad, cad_values)
     return _finish_scan(source, default_module, stamp, rows, invalid, tuple(examples),
-                        _cat(pair_rows), _cat(rec), _cat(cad), _cat(mod), list(module_names))
+                        _cat(pair_rows), _cat(rec), cad_index, cad_uniques, _cat(mod),
+                        list(module_names))
 
 
 def _cat(arrays: list[np.ndarray]) -> np.ndarray:
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _common_dictionary(index: list[np.ndarray], values: list[np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Chunks' (index per row into the chunk's values) → (index per row into distinct values,
+    the distinct values): only the few values are hashed, never a value per row."""
+    codes, uniques = _encode(_cat(values))
+    if len(index) == 1 and np.array_equal(codes, np.arange(len(codes))):
+        return index[0], uniques  # one chunk of distinct values: its index already is one
+    bounds = np.cumsum([0] + [len(v) for v in values])
+    return _cat([_take(codes[lo:hi], ix) for ix, lo, hi in zip(index, bounds[:-1], bounds[1:],
+                                                             strict=True)]), uniques
 
 
 @dataclass(frozen=True)
@@ -322,7 +341,8 @@ class _ScannedChunk:
     invalid: int
     examples: list[tuple[int, str]]  # (position, reason) of the first invalid rows
     record: np.ndarray  # uint64 ids of the valid rows
-    cadence: np.ndarray
+    cadence: np.ndarray  # index of each valid row into cadence_values
+    cadence_values: np.ndarray  # uint64 value of each distinct cadence id (0 when invalid)
     modules: list[str]  # the chunk's module names, in order of first valid row ...
     module: np.ndarray  # ... and the index into them of each valid row
 
@@ -330,78 +350,148 @@ class _ScannedChunk:
 def _scan_chunk(cols: dict[str, Any], default_module: str | None, n_examples: int
                 ) -> _ScannedChunk:
     """Validity, uint64 ids and module of every row: the same verdicts as ``_check``."""
-    with ThreadPoolExecutor(1) as pool:  # Arrow's kernels release the GIL: halves in parallel
+    n = len(cols["record_id"])
+    with ThreadPoolExecutor(1) as pool:  # Arrow's kernels release the GIL: work on both cores
+        cadences = pool.submit(_dictionary_ids, cols["cadence_id"])
+        mod_index, mod_names, mod_ok = _dictionary_modules(cols.get("module"), n,
+                                                           default_module)
         record, rec_ok = _record_ids(_as_strings(cols["record_id"]), pool)
-        n = len(rec_ok)
-        cad_index, cad_values, cad_ok = _dictionary_ids(cols["cadence_id"])
-        mod_index, mod_names = _dictionary_modules(cols.get("module"), n, default_module)
-    valid_mask = rec_ok & cad_ok & (mod_index >= 0)
-    all_valid = bool(valid_mask.all())
-    valid = np.arange(n) if all_valid else np.flatnonzero(valid_mask)
-    if not all_valid:
-        record = record[valid_mask[rec_ok]]
-        cad_index, mod_index = cad_index[valid], mod_index[valid]
-    bad = np.zeros(0, np.int64) if all_valid else np.flatnonzero(~valid_mask)
+        cad_index, cad_values, cad_ok = cadences.result()
+    valid_mask = _all_of([ok for ok in (rec_ok, cad_ok, mod_ok) if ok is not None])
+    valid = np.arange(n, dtype=np.int32 if n < 1 << 31 else np.int64)  # half the memory
+    bad = np.zeros(0, np.int64)
+    if valid_mask is not None and not valid_mask.all():
+        valid, bad = np.flatnonzero(valid_mask), np.flatnonzero(~valid_mask)
+        record, cad_index, mod_index = record[valid], cad_index[valid], mod_index[valid]
     modules, module = _in_order_of_use(mod_index, mod_names)
     return _ScannedChunk(
         rows=n, valid=valid, invalid=len(bad), examples=_examples(cols, bad[:n_examples],
                                                                    default_module),
-        record=record, cadence=cad_values[cad_index], modules=modules, module=module)
+        record=record, cadence=cad_index, cadence_values=cad_values, modules=modules,
+        module=module)
+
+
+def _all_of(masks: list[np.ndarray]) -> np.ndarray | None:
+    """The rows every mask keeps (None when there is no mask: every row)."""
+    if not masks:
+        return None
+    out = masks[0].copy() if len(masks) > 1 else masks[0]
+    for m in masks[1:]:
+        out &= m
+    return out
 
 
 def _record_ids(col: pa.ChunkedArray | pa.Array, pool: ThreadPoolExecutor
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(uint64 of each valid record id, valid per row), the second half on ``pool``."""
-    if isinstance(col, pa.ChunkedArray) and col.num_chunks > 1:
-        half = col.num_chunks // 2
-        later = pool.submit(_parsed_ids, pa.chunked_array(col.chunks[half:], col.type))
-        first = _parsed_ids(pa.chunked_array(col.chunks[:half], col.type))
-        second = later.result()
-        return np.concatenate([first[0], second[0]]), np.concatenate([first[1], second[1]])
-    return _parsed_ids(col)
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(uint64 of each record id, 0 when invalid; valid per row, None when all are), chunk by
+    chunk into one array, the second half of the chunks on ``pool``."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    bounds = np.cumsum([0] + [len(c) for c in chunks])
+    values = np.empty(bounds[-1], dtype=np.uint64)
+    ok = np.empty(bounds[-1], dtype=bool)
+
+    def parse(lo: int, hi: int) -> bool:
+        clean = True
+        for i in range(lo, hi):
+            clean &= _parse_ids(chunks[i], values[bounds[i]:bounds[i + 1]],
+                                ok[bounds[i]:bounds[i + 1]])
+        return clean
+
+    half = int(np.searchsorted(bounds, bounds[-1] // 2))
+    if bounds[-1] < _HALVES_MIN or not 0 < half < len(chunks):
+        return values, None if parse(0, len(chunks)) else ok
+    later = pool.submit(parse, half, len(chunks))
+    clean = parse(0, half)
+    clean &= later.result()
+    return values, None if clean else ok
 
 
-def _parsed_ids(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    cleaned, ok = _clean_ids(col)
-    if not ok.all():
-        cleaned = cleaned.filter(pa.array(ok))
-    return pc.cast(cleaned, pa.uint64()).to_numpy(), ok
+#: scalars for compute calls, made without pa.scalar (which imports pandas)
+_EMPTY = strings_of([""])[0]
+_FALSE = arrow_of(np.zeros(1, dtype=bool))[0]
+_ZERO = arrow_of(np.zeros(1, dtype=np.int32))[0]
+
+
+def _parse_ids(col: pa.Array, values: np.ndarray, ok: np.ndarray) -> bool:
+    """Write the uint64 of each id (0 when invalid) and its validity; True when all are valid.
+
+    One cast and a length check, as long as the chunk parses as a whole: an id that parses
+    has digits only (no sign, no blank), or is hex ("0x..."), so it is canonical exactly when
+    it has 15-19 characters and does not start with 0. Other chunks are cleaned (trimmed,
+    ``zcrm_`` removed) and checked row by row."""
+    try:
+        parsed = None if col.null_count else pc.cast(col, pa.uint64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        parsed = None
+    if parsed is None:
+        cleaned, good = _clean_ids(col)
+        values[:] = 0
+        values[good] = numpy_of(pc.cast(cleaned.filter(arrow_of(good)), pa.uint64()))
+        ok[:] = good
+        return bool(good.all())
+    values[:] = numpy_of(parsed)
+    length = numpy_of(pc.binary_length(col))
+    np.greater_equal(length, 15, out=ok)
+    ok &= length <= 19
+    zero = pc.starts_with(col, "0")
+    if pc.any(zero).as_py():
+        ok &= ~numpy_of(zero)
+    return bool(ok.all())
 
 
 def _dictionary(col: Any) -> tuple[np.ndarray, pa.Array]:
-    """(index per row, -1 for null; distinct values as strings) of a column."""
-    if isinstance(col, pa.ChunkedArray):
-        col = col.unify_dictionaries() if pa.types.is_dictionary(col.type) else col
-        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    """(index per row, -1 for null; distinct values as strings) of a column. Chunks of a
+    dictionary column each have their own dictionary (Parquet row groups, CSV blocks): only
+    the dictionaries are hashed, and each chunk's indices are mapped into one array."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     if not pa.types.is_dictionary(col.type):
-        col = pc.dictionary_encode(_as_strings(col))
-    index = pc.fill_null(col.indices, -1).to_numpy(zero_copy_only=False)
-    return index, _as_strings(col.dictionary)
+        chunks = [pc.dictionary_encode(_as_strings(c)) for c in chunks]
+    dicts = [_as_strings(c.dictionary) for c in chunks]
+    enc = (pa.concat_arrays(dicts) if dicts else strings_of([])).dictionary_encode()
+    codes = numpy_of(enc.indices)
+    index = np.empty(sum(len(c) for c in chunks), dtype=np.int32)
+    at = lo = 0
+    for chunk, d in zip(chunks, dicts, strict=True):
+        lut = np.append(codes[lo:lo + len(d)], np.int32(-1))  # the last entry: null
+        ix = chunk.indices
+        if ix.null_count:
+            ix = pc.fill_null(ix, arrow_of(np.full(1, len(d)))[0].cast(ix.type))
+        index[at:at + len(chunk)] = _take(lut, numpy_of(ix))
+        at += len(chunk)
+        lo += len(d)
+    return index, enc.dictionary
 
 
-def _dictionary_ids(col: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _dictionary_ids(col: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(index per row into values, uint64 value of each distinct id (0 when invalid), valid
-    per row): a column of few distinct ids is validated and parsed once per distinct id."""
+    per row or None when all are): a column of few distinct ids is validated and parsed once
+    per distinct id."""
     index, values = _dictionary(col)
     cleaned, ok = _clean_ids(values)
     parsed = np.zeros(len(ok), dtype=np.uint64)
     if ok.any():
-        parsed[ok] = pc.cast(cleaned.filter(pa.array(ok)), pa.uint64()).to_numpy()
+        parsed[ok] = numpy_of(pc.cast(cleaned.filter(arrow_of(ok)), pa.uint64()))
+    if ok.all() and (not len(index) or index.min() >= 0):
+        return index, parsed, None
     ok = np.append(ok, False)  # index -1 (null) lands on this
     return index, parsed, ok[index]
 
 
 def _dictionary_modules(col: Any, n: int, default_module: str | None
-                        ) -> tuple[np.ndarray, list[str | None]]:
-    """(index per row into names, -1 when missing or malformed; names)."""
+                        ) -> tuple[np.ndarray, list[str | None], np.ndarray | None]:
+    """(index per row into names; names, the last for a null; valid per row or None when all
+    are: a missing or malformed module without --module is invalid)."""
     default = canonical_module(default_module) if default_module else None
     if col is None:
-        return np.full(n, -1 if default is None else 0, dtype=np.int64), [default]
+        return (np.zeros(n, dtype=np.int32), [default, None],
+                None if default else np.zeros(n, bool))
     index, values = _dictionary(col)
     names = [canonical_module(v) if v.strip() else default for v in values.to_pylist()]
     names.append(default)  # null
     ok = np.array([m is not None for m in names])
-    return np.where(ok[index], index, -1), names
+    if ok.all():
+        return index, names, None
+    return np.where(ok[index], index, 0), names, ok[index]
 
 
 def _in_order_of_use(index: np.ndarray, names: list[str | None]) -> tuple[list[str], np.ndarray]:
@@ -409,14 +499,17 @@ def _in_order_of_use(index: np.ndarray, names: list[str | None]) -> tuple[list[s
     (the order modules were always numbered in)."""
     if not len(index):
         return [], np.zeros(0, np.int32)
-    first = _first_of_code(index, len(names))
+    no_null = index.min() >= 0
+    first = _first_of_code(index, len(names), len(names) - 1 if no_null else None)
     order = np.flatnonzero(first < len(index))
     order = order[np.argsort(first[order], kind="stable")]
     out: dict[str, int] = {}
     local = np.zeros(len(names), dtype=np.int32)
     for i in order.tolist():
         local[i] = out.setdefault(names[i], len(out))  # type: ignore[arg-type]
-    return list(out), local[index]
+    if no_null and len(out) == len(order) and np.array_equal(order, np.arange(len(out))):
+        return list(out), index  # numbered as they come: keep the column as it is
+    return list(out), _take(local, index)
 
 
 def _examples(cols: dict[str, Any], bad: np.ndarray, default_module: str | None
@@ -424,7 +517,7 @@ def _examples(cols: dict[str, Any], bad: np.ndarray, default_module: str | None
     """Reasons of a few invalid rows, from the full check of those rows alone."""
     if not len(bad):
         return []
-    take = pa.array(bad)
+    take = arrow_of(bad)
     raw = {role: _as_strings(col.take(take)) for role, col in cols.items()}
     reasons = _check(raw, 0, default_module).reasons
     return [(int(i), reasons[k]) for k, i in enumerate(bad.tolist())]
@@ -434,12 +527,33 @@ def _columns(src: _Source, table: pa.Table) -> dict[str, pa.ChunkedArray]:
     return {role: table[name] for role, name in src.roles.items()}
 
 
+def _read_row_groups(src: _Source, encoded: list[str], groups: list[int], columns: list[str]
+                     ) -> pa.Table:
+    """Row groups read in two halves on two threads: Arrow decodes each column on one thread,
+    and the record id column is most of the work."""
+    import pyarrow.parquet as pq
+
+    def read(part: list[int]) -> pa.Table:
+        pf = pq.ParquetFile(src.path, read_dictionary=encoded)  # one reader per thread
+        return pf.read_row_groups(part, columns=columns)
+
+    if len(groups) < 2:
+        return read(groups)
+    half = len(groups) // 2
+    with ThreadPoolExecutor(1) as pool:
+        later = pool.submit(read, groups[half:])
+        first = read(groups[:half])
+        return pa.concat_tables([first, later.result()])
+
+
 def _scan_chunks(src: _Source, chunk_rows: int) -> Iterator[dict[str, Any]]:
     """The id and module columns, whole (or in chunks of about ``chunk_rows`` rows), the
     cadence and module columns dictionary-encoded."""
     encoded = [src.roles[r] for r in ("cadence_id", "module") if r in src.roles]
     wanted = list(dict.fromkeys(src.roles.values()))
     if src.kind == "parquet":
+        import pyarrow.parquet as pq
+
         with _parquet_errors(src):
             pf = pq.ParquetFile(src.path, read_dictionary=encoded)
             chunk: list[int] = []
@@ -447,12 +561,12 @@ def _scan_chunks(src: _Source, chunk_rows: int) -> Iterator[dict[str, Any]]:
             for g in range(pf.num_row_groups):
                 n = pf.metadata.row_group(g).num_rows
                 if chunk and held + n > chunk_rows:
-                    yield _columns(src, pf.read_row_groups(chunk, columns=wanted))
+                    yield _columns(src, _read_row_groups(src, encoded, chunk, wanted))
                     chunk, held = [], 0
                 chunk.append(g)
                 held += n
             if chunk:
-                yield _columns(src, pf.read_row_groups(chunk, columns=wanted))
+                yield _columns(src, _read_row_groups(src, encoded, chunk, wanted))
         return
     dict_type = pa.dictionary(pa.int32(), pa.string())
     types = {n: dict_type if n in encoded else pa.string() for n in wanted}
@@ -461,8 +575,9 @@ def _scan_chunks(src: _Source, chunk_rows: int) -> Iterator[dict[str, Any]]:
     parse = pacsv.ParseOptions(delimiter=src.delimiter)
     with _csv_errors(src):
         if src.path.stat().st_size <= chunk_rows * _CSV_ROW_BYTES:
-            yield _columns(src, pacsv.read_csv(src.path, parse_options=parse,
-                                               convert_options=convert))
+            yield _columns(src, pacsv.read_csv(
+                src.path, read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
+                parse_options=parse, convert_options=convert))
             return
         block = min(1 << 26, chunk_rows * _CSV_ROW_BYTES)
         reader = pacsv.open_csv(src.path, read_options=pacsv.ReadOptions(block_size=block),
@@ -471,20 +586,23 @@ def _scan_chunks(src: _Source, chunk_rows: int) -> Iterator[dict[str, Any]]:
             yield {role: batch.column(name) for role, name in src.roles.items()}
 
 
-def _encode(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _encode(values: np.ndarray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Codes in order of first appearance, and the value of each code (Arrow's hash table is
     the fastest at hand for tens of millions of uint64)."""
-    enc = pc.dictionary_encode(pa.array(values, pa.uint64()))
-    return (enc.indices.to_numpy(zero_copy_only=False),
-            enc.dictionary.to_numpy(zero_copy_only=False))
+    enc = pc.dictionary_encode(values if isinstance(values, pa.Array)
+                               else arrow_of(values, pa.uint64()))
+    return numpy_of(enc.indices), numpy_of(enc.dictionary)
 
 
-def _first_of_code(codes: np.ndarray, n_codes: int) -> np.ndarray:
+def _first_of_code(codes: np.ndarray, n_codes: int, n_present: int | None = None
+                   ) -> np.ndarray:
     """Position of the first occurrence of each code (``len(codes)`` for absent codes).
 
-    Looks at a growing prefix: when codes are few, they all show up early."""
+    Looks at a growing prefix: when codes are few, they all show up early (once the
+    ``n_present`` codes known to occur have, the rest is not looked at)."""
     first = np.full(n_codes, len(codes), dtype=np.int64)
-    start, width, missing = 0, 1 << 16, n_codes
+    start, width = 0, 1 << 16
+    missing = n_codes if n_present is None else n_present
     if n_codes > len(codes) >> 8:  # many codes: one pass over all of them
         width = len(codes)
     while missing and start < len(codes):
@@ -501,22 +619,17 @@ def _first_of_code(codes: np.ndarray, n_codes: int) -> np.ndarray:
 
 def _finish_scan(source: _Source, default_module: str | None, stamp: tuple[int, int],
                  rows: int, invalid: int, examples: tuple, pair_rows: np.ndarray,
-                 rec: np.ndarray, cad: np.ndarray, mod: np.ndarray, names: list[str]
-                 ) -> InputScan:
-    """Codes and duplicates of the valid rows: a pair that repeats is not a pair to plan."""
-    rc, rec_uniques = _encode(rec)
-    cc, cad_uniques = _encode(cad)
-    del rec, cad
-    cad_text = pc.cast(pa.array(cad_uniques, pa.uint64()), pa.string())
-    cad_module = np.zeros(len(cad_uniques), dtype=np.int64)
-    if len(names) > 1:  # a cadence under two modules is two cadences: number them by module
-        key = mod.astype(np.int64) * len(cad_uniques) + cc
-        present = np.zeros(len(names) * len(cad_uniques), dtype=bool)
-        present[key] = True
-        cc = (np.cumsum(present, dtype=np.int64) - 1)[key]
-        combined = np.flatnonzero(present)
-        cad_text = cad_text.take(pa.array(combined % len(cad_uniques)))
-        cad_module = combined // len(cad_uniques)
+                 rec: np.ndarray, cad: np.ndarray, cad_values: np.ndarray, mod: np.ndarray,
+                 names: list[str]) -> InputScan:
+    """Codes and duplicates of the valid rows: a pair that repeats is not a pair to plan.
+
+    ``cad`` indexes ``cad_values`` (distinct uint64 cadence ids)."""
+    with ThreadPoolExecutor(1) as pool:
+        rc, rec_uniques = _encode_halves(rec, pool)
+    del rec
+    cc, used = _cadence_codes(cad, len(cad_values), mod, len(names))
+    cad_text = pc.cast(arrow_of(cad_values[used % len(cad_values)], pa.uint64()), pa.string())
+    cad_module = used // len(cad_values)
     masks, dup = _masks_and_repeats(rc, cc, len(rec_uniques), len(cad_text))
     dup_rows = dup_first = np.zeros(0, dtype=np.int64)
     if dup is not None:
@@ -533,7 +646,57 @@ def _finish_scan(source: _Source, default_module: str | None, stamp: tuple[int, 
         cadence_modules=cad_module, record_masks=masks)
 
 
-_SUM_BITS = 45  # float64 sums of < 256 powers of two below 2**45 stay exact (< 2**53)
+def _cadence_codes(cad: np.ndarray, n_values: int, mod: np.ndarray, n_mod: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(cadence code of each row, module * n_values + value of each code).
+
+    A cadence under two modules is two cadences: codes are numbered module by module, and
+    within a module in order of the value's first row, found on a small table of
+    (module, value) keys rather than by hashing a key per row."""
+    key = cad
+    if n_mod > 1:
+        key = mod.astype(np.int64 if n_mod * n_values >= 1 << 31 else np.int32)
+        key *= n_values
+        key += cad
+    present = np.sort(numpy_of(pc.unique(arrow_of(key))))  # no intp copy of the keys
+    first = _first_of_code(cad, n_values, len(np.unique(present % n_values)))
+    used = present[np.lexsort((first[present % n_values], present // n_values))]
+    code = np.zeros(n_mod * n_values, dtype=np.int32)
+    code[used] = np.arange(len(used), dtype=np.int32)
+    return _take(code, key), used
+
+
+def _take(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``table[index]`` by Arrow: it takes int32 indices as they are (numpy converts them
+    to a copy in intp first) and reuses its own memory."""
+    return numpy_of(pc.take(arrow_of(table), arrow_of(index)))
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bit splits ids evenly
+_HALVES_MIN = 1 << 20  # fewer values are hashed in one go
+
+
+def _encode_halves(values: np.ndarray, pool: ThreadPoolExecutor
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``_encode`` on two threads: ids are split by a hash bit, so each half holds its own
+    distinct values; codes of the second half follow those of the first."""
+    if len(values) < _HALVES_MIN:
+        return _encode(values)
+    second = np.empty(len(values), dtype=bool)
+    for lo in range(0, len(values), _HALVES_MIN):  # in slices: no product of every value at once
+        np.greater_equal(values[lo:lo + _HALVES_MIN] * _GOLDEN, np.uint64(1 << 63),
+                         out=second[lo:lo + _HALVES_MIN])
+    codes = np.empty(len(values), dtype=np.intp)  # what bincount and indexing take as is
+    arr, mask = arrow_of(values), arrow_of(second)  # Arrow filters faster than numpy
+    later = pool.submit(lambda: _encode(pc.filter(arr, mask)))
+    c0, u0 = _encode(pc.filter(arr, pc.invert(mask)))
+    done = pool.submit(lambda: codes.__setitem__(second, later.result()[0] + np.intp(len(u0))))
+    codes[~second] = c0  # both halves written at once: ``pool`` runs ``done`` after ``later``
+    done.result()
+    return codes, np.concatenate([u0, later.result()[1]])
+
+
+_SUM_BITS = 45  # float64 sums of < 512 powers of two below 2**45 stay exact (< 2**53)
 
 
 def _masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int
@@ -543,8 +706,8 @@ def _masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int
 
     Per record, Σ 2**cadence has as many one-bits as the record has pairs exactly when no pair
     repeats (a repeat carries), so one weighted bincount per 45 cadences finds the records that
-    may hold a repeat; only their rows are hashed."""
-    count = np.bincount(rc, minlength=n_rec)
+    may hold a repeat; only their rows are hashed. When the one-bits of all records add up to
+    the number of pairs, no record holds one, and the pairs are not even counted."""
     if n_cad > 8 * _SUM_BITS:  # too many passes: hash every pair
         return None, _repeats_among(np.arange(len(rc)), rc, cc, n_rec)
     masks = np.zeros(n_rec, dtype=np.uint64) if n_cad <= 64 else None
@@ -554,16 +717,33 @@ def _masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int
         if n_cad > _SUM_BITS:
             sel = (cc >= lo) & (cc < lo + _SUM_BITS)
             r, c = rc[sel], cc[sel]
-        weights = np.ldexp(1.0, np.arange(min(n_cad, lo + _SUM_BITS) - lo))[c - lo if lo
-                                                                            else c]
-        sums = np.bincount(r, weights=weights, minlength=n_rec).astype(np.uint64)
+        powers = np.ldexp(1.0, np.arange(min(n_cad, lo + _SUM_BITS) - lo))
+        sums = _sums(r, c - lo if lo else c, powers, n_rec).astype(np.uint64)
         ones += np.bitwise_count(sums)
         if masks is not None:
             masks |= sums << np.uint64(lo)
-    suspect = (ones != count) | (count > min(n_cad, 255))
-    if not suspect.any():
+    if int(ones.sum()) == len(rc):
         return masks, None
+    # sums are exact below 512 pairs a record (2**9 * 2**44); a record with more pairs has
+    # fewer one-bits (at most 53) than pairs anyway: comparing with the count finds them all
+    suspect = ones != np.bincount(rc, minlength=n_rec)
     return None, _repeats_among(np.flatnonzero(suspect[rc]), rc, cc, n_rec)
+
+
+def _sums(r: np.ndarray, c: np.ndarray, table: np.ndarray, n_rec: int) -> np.ndarray:
+    """Σ ``table[c]`` per ``r``; a big input in two halves of its rows on two threads (the
+    halves' sums of powers of two add up exactly)."""
+    def part(lo: int, hi: int) -> np.ndarray:
+        return np.bincount(r[lo:hi], weights=_take(table, c[lo:hi]), minlength=n_rec)
+
+    if len(r) < _HALVES_MIN:
+        return part(0, len(r))
+    half = len(r) // 2
+    with ThreadPoolExecutor(1) as pool:
+        later = pool.submit(part, half, len(r))
+        first = part(0, half)
+        first += later.result()
+    return first
 
 
 def _repeats_among(sub: np.ndarray, rc: np.ndarray, cc: np.ndarray, n_rec: int
@@ -595,6 +775,8 @@ def _open(path: Path) -> _Source:
     if not head.strip(b"\xef\xbb\xbf \t\r\n"):
         raise InputError(f"{path}: the file is empty")
     if head.startswith(_PARQUET_MAGIC) or path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq  # only Parquet inputs pay for it (and for pyarrow.fs)
+
         try:
             names = pq.ParquetFile(path).schema_arrow.names
         except Exception as exc:  # pyarrow raises several types for damaged files
@@ -648,6 +830,8 @@ def _raw_batches(src: _Source) -> Iterator[dict[str, pa.Array]]:
     """The id and module columns, as strings, a batch at a time."""
     wanted = list(dict.fromkeys(src.roles.values()))
     if src.kind == "parquet":
+        import pyarrow.parquet as pq
+
         with _parquet_errors(src):
             for batch in pq.ParquetFile(src.path).iter_batches(batch_size=_BATCH_ROWS,
                                                                 columns=wanted):
@@ -689,7 +873,7 @@ def _check(raw: dict[str, pa.Array], row0: int, default_module: str | None) -> _
         if "module" in raw and (raw["module"][i].as_py() or "").strip():
             reasons[i] = "bad module name (not a Zoho module API name)"
     table = pa.table({
-        "row": pa.array(np.arange(row0 + 1, row0 + n + 1, dtype=np.int64)),
+        "row": arrow_of(np.arange(row0 + 1, row0 + n + 1, dtype=np.int64)),
         "module": module, "record_id": record, "cadence_id": cadence,
     })
     return _Checked(table, rec_ok & cad_ok & ~module_bad, dict.fromkeys(reasons, "INVALID_INPUT"),
@@ -748,7 +932,7 @@ def _sniff_delimiter(head: bytes) -> str:
 
 
 def _clean(col: pa.Array) -> pa.Array:
-    col = pc.utf8_trim_whitespace(pc.fill_null(col, ""))
+    col = pc.utf8_trim_whitespace(pc.fill_null(col, _EMPTY))
     prefixed = pc.starts_with(col, "zcrm_")
     if pc.any(prefixed).as_py():
         col = pc.if_else(prefixed, pc.utf8_slice_codeunits(col, 5), col)
@@ -759,9 +943,10 @@ def _id_ok(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """15-19 ASCII digits, not starting with 0: Zoho ids never do, and a canonical id maps
     one-to-one onto a uint64."""
     length = pc.utf8_length(col)
-    ok = pc.and_(pc.and_(pc.greater_equal(length, 15), pc.less_equal(length, 19)),
-                 pc.and_(pc.ascii_is_decimal(col), pc.invert(pc.starts_with(col, "0"))))
-    return pc.fill_null(ok, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+    ok = pc.and_(pc.ascii_is_decimal(col), pc.invert(pc.starts_with(col, "0")))
+    ok = numpy_of(pc.fill_null(ok, _FALSE) if ok.null_count else ok)
+    length = numpy_of(pc.fill_null(length, _ZERO) if length.null_count else length)
+    return ok & (length >= 15) & (length <= 19)
 
 
 def _clean_ids(col: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
@@ -772,8 +957,8 @@ def _clean_ids(col: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
         return col, ok
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     bad = np.flatnonzero(~ok)
-    fixed = _clean(col.take(pa.array(bad)))
-    col = pc.replace_with_mask(col, pa.array(~ok), fixed)
+    fixed = _clean(col.take(arrow_of(bad)))
+    col = pc.replace_with_mask(col, arrow_of(~ok), fixed)
     ok[bad] = _id_ok(fixed)
     return col, ok
 
@@ -784,7 +969,7 @@ def _id_reasons(col: pa.ChunkedArray, bad: np.ndarray, what: str) -> dict[int, s
     if not len(idx):
         return {}
     reasons = {}
-    for i, v in zip(idx.tolist(), col.take(pa.array(idx)).to_pylist(), strict=True):
+    for i, v in zip(idx.tolist(), col.take(arrow_of(idx)).to_pylist(), strict=True):
         if v == "":
             reasons[i] = f"missing {what}"
         elif v.isascii() and v.isdigit() and v.startswith("0") and 15 <= len(v) <= 19:
@@ -803,13 +988,13 @@ def _modules(raw: dict, n: int, default_module: str | None) -> tuple[pa.Array, n
     if "module" not in raw:
         if default is None:
             return pa.nulls(n, pa.string()), np.ones(n, dtype=bool)
-        return pa.array(np.full(n, default, dtype=object), pa.string()), np.zeros(n, dtype=bool)
-    col = pc.utf8_trim_whitespace(pc.fill_null(raw["module"], ""))
+        return (strings_of([default]).take(arrow_of(np.zeros(n, dtype=np.int32))),
+                np.zeros(n, dtype=bool))
+    col = pc.utf8_trim_whitespace(pc.fill_null(raw["module"], _EMPTY))
     enc = (col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col).dictionary_encode()
     names = [canonical_module(v) if v else default for v in enc.dictionary.to_pylist()]
-    table = pa.array(names, pa.string())
-    modules = table.take(enc.indices)
-    return modules, ~pc.is_valid(modules).to_numpy(zero_copy_only=False)
+    modules = strings_of(names).take(enc.indices)
+    return modules, ~numpy_of(pc.is_valid(modules))
 
 
 def _sparse_strings(n: int, values: dict[int, str]) -> pa.Array:

@@ -53,6 +53,65 @@ class ModulePlanStats:
     strategy: str
 
 
+# --------------------------------------------------------------------------- numpy <-> Arrow
+# pa.array() and Array.to_numpy() import pandas (0.2 s) on first use, even for plain numpy
+# data: the plan path goes through the buffers instead.
+
+_NUMPY_OF_ARROW = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32,
+                   pa.int64(): np.int64, pa.uint8(): np.uint8, pa.uint16(): np.uint16,
+                   pa.uint32(): np.uint32, pa.uint64(): np.uint64, pa.float32(): np.float32,
+                   pa.float64(): np.float64}
+_ARROW_OF_NUMPY = {np.dtype(v): k for k, v in _NUMPY_OF_ARROW.items()}
+
+
+def numpy_of(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A numeric or boolean Arrow array without nulls as numpy (a view when it can be)."""
+    if isinstance(arr, pa.ChunkedArray):
+        if arr.num_chunks == 1:
+            return numpy_of(arr.chunk(0))
+        if arr.num_chunks == 0:
+            return numpy_of(pa.Array.from_buffers(arr.type, 0, [None, None]))
+        return np.concatenate([numpy_of(c) for c in arr.chunks])
+    if arr.null_count or not (arr.type in _NUMPY_OF_ARROW or pa.types.is_boolean(arr.type)):
+        return arr.to_numpy(zero_copy_only=False)
+    buf = arr.buffers()[1]
+    if pa.types.is_boolean(arr.type):
+        if not len(arr):
+            return np.zeros(0, dtype=bool)
+        bits = np.frombuffer(buf, np.uint8, count=(arr.offset + len(arr) + 7) // 8)
+        return np.unpackbits(bits, count=arr.offset + len(arr),
+                             bitorder="little")[arr.offset:].view(bool)
+    dtype = np.dtype(_NUMPY_OF_ARROW[arr.type])
+    if buf is None or not len(arr):
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(buf, dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+
+
+def arrow_of(values: np.ndarray, type: pa.DataType | None = None) -> pa.Array:
+    """A numeric or boolean numpy array as Arrow (zero-copy for numbers), cast to ``type``."""
+    values = np.ascontiguousarray(values)
+    if values.dtype == bool:
+        out = pa.Array.from_buffers(pa.bool_(), len(values), [
+            None, pa.py_buffer(np.packbits(values, bitorder="little"))])
+    elif values.dtype in _ARROW_OF_NUMPY:
+        out = pa.Array.from_buffers(_ARROW_OF_NUMPY[values.dtype], len(values),
+                                    [None, pa.py_buffer(values)])
+    else:
+        return pa.array(values, type)
+    return out if type is None or out.type == type else out.cast(type)
+
+
+def strings_of(values: Sequence[str | None]) -> pa.Array:
+    """A string array from a (short) list of str (None: null)."""
+    data = [b"" if v is None else v.encode() for v in values]
+    offsets = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum([len(d) for d in data], out=offsets[1:])
+    valid = np.array([v is not None for v in values], dtype=bool)
+    bitmap = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.string(), len(data), [
+        bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
 # --------------------------------------------------------------------------- encoding
 
 
@@ -323,9 +382,8 @@ def _dense(codes: np.ndarray, universe: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(codes in first-seen order, distinct values) of uint64 values (Arrow's hash table)."""
-    enc = pc.dictionary_encode(pa.array(values, pa.uint64()))
-    return (enc.indices.to_numpy(zero_copy_only=False),
-            enc.dictionary.to_numpy(zero_copy_only=False))
+    enc = pc.dictionary_encode(arrow_of(values, pa.uint64()))
+    return numpy_of(enc.indices), numpy_of(enc.dictionary)
 
 
 #: (positions of the part's pairs in the input, None for all; local record; local cadence)
@@ -411,7 +469,7 @@ class Plan:
 
     def __init__(self, n_pairs: int, per_module: dict[str, ModulePlanStats],
                  parts: tuple[_Part, ...], offsets: tuple[int, ...], module_names: list[str],
-                 record_ids: pa.Array, cadence_ids: pa.Array,
+                 record_ids: pa.Array | Callable[[], _Ids], cadence_ids: pa.Array,
                  record_rep: np.ndarray | None = None) -> None:
         self.n_pairs = n_pairs
         self.per_module = per_module
@@ -464,8 +522,15 @@ class Plan:
             self._pair_batch = out
         return self._pair_batch
 
+    def _records(self) -> pa.Array | pa.ChunkedArray:
+        """The record ids, made on first use when the caller handed a function."""
+        if callable(self._record_ids):
+            self._record_ids = _id_column(self._record_ids())
+        return self._record_ids
+
     def iter_batches(self) -> Iterator[Batch]:
-        """Every batch in index order, its records in first-seen input order."""
+        """Every batch in index order, its records in the order of their codes (first-seen input
+        order, unless the reader hashed a large input in two halves)."""
         cadence_text = _texts(self._cadence_ids)
         for part, built, offset in zip(self._parts, self._build(), self._offsets, strict=True):
             module = self._module_names[part.module]
@@ -477,7 +542,7 @@ class Plan:
                 codes = part.rec_global[built.records[lo:hi]]
                 if self._record_rep is not None:
                     codes = self._record_rep[codes]
-                texts = _texts(self._record_ids.take(pa.array(codes)))
+                texts = _texts(self._records().take(arrow_of(np.asarray(codes))))
                 for b in range(b0, b1):
                     s, e = int(built.ptr[b]) - lo, int(built.ptr[b + 1]) - lo
                     cads = tuple(cadence_text[int(part.cad_global[i])]
@@ -508,7 +573,7 @@ def _build_part(part: _Part) -> _Built:
     pair_pos, pair_r, pair_c = part.pairs()
     leaf_rec, leaf_mask, leaf_batch = _leaves(part)
     n_batches = part.search.n_batches
-    # batch → records, records in first-seen order
+    # batch → records, records in code order
     order = np.lexsort((leaf_rec, leaf_batch))
     ptr = np.zeros(n_batches + 1, dtype=np.int64)
     np.cumsum(np.bincount(leaf_batch, minlength=n_batches), out=ptr[1:])
@@ -585,7 +650,7 @@ def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
-               record_codes: np.ndarray, record_ids: _Ids,
+               record_codes: np.ndarray, record_ids: _Ids | Callable[[], _Ids],
                cadence_codes: np.ndarray, cadence_ids: _Ids, *,
                text_per_pair: bool = False, cadence_modules: np.ndarray | None = None,
                record_masks: np.ndarray | None = None) -> Plan:
@@ -600,10 +665,15 @@ def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
     A reader whose cadence codes are already per module may say so (``cadence_modules``: the
     module of each cadence code) and hand over ``record_masks`` (per record code, the OR of
     ``1 << cadence code`` of its pairs; only with 64 cadence codes or fewer): then the plan
-    makes no pass over the pairs at all."""
+    makes no pass over the pairs at all. With the masks, ``record_ids`` may be a function that
+    returns them: the text of the records is then only made when batches are built."""
     names = [str(x) for x in (module_names.to_pylist() if isinstance(module_names, pa.Array)
                               else module_names)]
-    rec_ids, cad_ids = _id_column(record_ids), _id_column(cadence_ids)
+    lazy = callable(record_ids) and record_masks is not None and not text_per_pair
+    if callable(record_ids) and not lazy:
+        record_ids = record_ids()
+    rec_ids = record_ids if lazy else _id_column(record_ids)
+    cad_ids = _id_column(cadence_ids)
     mod, rec, cad = (np.asarray(x) for x in (module_codes, record_codes, cadence_codes))
     n = len(rec)
     if not len(mod) == n == len(cad):
@@ -613,8 +683,9 @@ def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
         if not len(rec_ids) == n == len(cad_ids):
             raise ValueError("per-pair id columns differ in length from the codes")
         record_rep = _first_pair_of_code(rec)
-        cad_ids = cad_ids.take(pa.array(_first_pair_of_code(cad)))
-    n_rec = len(rec_ids) if record_rep is None else len(record_rep)
+        cad_ids = cad_ids.take(arrow_of(_first_pair_of_code(cad)))
+    n_rec = len(record_masks) if lazy else (  # type: ignore[arg-type]
+        len(rec_ids) if record_rep is None else len(record_rep))
     parts: list[_Part] = []
     stats: dict[str, ModulePlanStats] = {}
     if n:

@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batcher.models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch
-from batcher.planner import Plan, plan_batches, plan_codes, plan_pairs
+from batcher.planner import (
+    Plan,
+    arrow_of,
+    numpy_of,
+    plan_batches,
+    plan_codes,
+    plan_pairs,
+    strings_of,
+)
 
 Pair = tuple[str, str, str]
 
@@ -281,6 +289,12 @@ def test_readers_masks_and_cadence_modules_give_the_same_plan(pairs: list[Pair])
     assert list(handed.iter_batches()) == list(plain.iter_batches())
     assert handed.per_module == plain.per_module
     check_plan(pairs, handed)
+    asked: list[int] = []  # the record ids may come late: only batches need their text
+    late = plan_codes(mod, names, rec, lambda: asked.append(1) or records, cad, cadences,
+                      cadence_modules=cad_module, record_masks=masks)
+    assert late.per_module == plain.per_module and not asked
+    assert list(late.iter_batches()) == list(plain.iter_batches())
+    assert asked == ([1] if pairs else [])
 
 
 def test_cadence_modules_out_of_order_are_renumbered() -> None:
@@ -305,3 +319,24 @@ def test_cadence_codes_without_pairs_are_not_counted() -> None:
     check_plan(pairs, plan)
     assert plan.per_module["Leads"].cadences == 3
     assert plan.n_batches == plan.lower_bound == 3
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint64, np.float64, np.bool_])
+def test_numpy_arrow_round_trip_without_pandas(dtype: type) -> None:
+    """The plan path converts through buffers; slices and chunks must come out right."""
+    values = (np.arange(37) % 3 == 0) if dtype is np.bool_ else np.arange(37).astype(dtype)
+    arr = arrow_of(values)
+    assert arr.to_pylist() == values.tolist()
+    assert numpy_of(arr).tolist() == values.tolist()
+    assert numpy_of(arr.slice(5, 20)).tolist() == values[5:25].tolist()
+    chunked = pa.chunked_array([arr.slice(0, 3), arr.slice(10, 9)])
+    assert numpy_of(chunked).tolist() == values[:3].tolist() + values[10:19].tolist()
+    assert len(numpy_of(pa.chunked_array([], arr.type))) == 0
+    assert arrow_of(values, pa.int64() if dtype is not np.bool_ else None).to_pylist() == \
+        values.tolist()
+
+
+def test_strings_of_keeps_text_and_nulls() -> None:
+    assert strings_of(["Leads", "", None, "Partners__c", "é"]).to_pylist() == \
+        ["Leads", "", None, "Partners__c", "é"]
+    assert strings_of([]).to_pylist() == []

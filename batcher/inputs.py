@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from .arrays import arrow_of, numpy_of, strings_of
 from .errors import InputError
-from .planner import arrow_of, numpy_of, strings_of
 
 VALID, INVALID, DUPLICATE = "valid", "invalid", "duplicate"
 

@@ -20,6 +20,7 @@ from httpcore._utils import is_socket_readable
 
 _FLUSH_AT = 64 * 1024
 _CLOSE_WAIT = 5.0  # seconds a closing connection may take to say goodbye (TLS close_notify)
+_EXTRA_KEYS = {"client_addr": "sockname", "server_addr": "peername"}  # httpcore's → asyncio's
 
 
 class AsyncioStream(httpcore.AsyncNetworkStream):
@@ -80,8 +81,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             # an idle keep-alive connection with something to read has been closed by the server
             return (self._reader.at_eof() or self._writer.is_closing()
                     or is_socket_readable(self._socket))
-        key = {"client_addr": "sockname", "server_addr": "peername"}.get(info, info)
-        return self._writer.get_extra_info(key)
+        return self._writer.get_extra_info(_EXTRA_KEYS.get(info, info))
 
 
 class AsyncioBackend(httpcore.AsyncNetworkBackend):

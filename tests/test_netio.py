@@ -147,14 +147,18 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return cert, key
 
 
-def test_https_with_a_trusted_certificate(certificate):
-    cert, key = certificate
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
+@pytest.fixture
+def server_tls(certificate) -> ssl.SSLContext:
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(*certificate)
+    return server
+
+
+def test_https_with_a_trusted_certificate(certificate, server_tls):
     handler, _ = _echo()
 
     async def go(url: str) -> tuple[str, str]:
-        trusted = ssl.create_default_context(cafile=cert)
+        trusted = ssl.create_default_context(cafile=certificate[0])
         async with httpx.AsyncClient(transport=AsyncioTransport(verify=trusted),
                                      timeout=5) as client:
             first = await client.post(url, content=b"secure")
@@ -164,10 +168,7 @@ def test_https_with_a_trusted_certificate(certificate):
     assert asyncio.run(_with_server(handler, go, server_tls)) == ("echo:secure", "echo:again")
 
 
-def test_https_refuses_an_untrusted_certificate(certificate):
-    cert, key = certificate
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
+def test_https_refuses_an_untrusted_certificate(server_tls):
     handler, _ = _echo()
 
     async def go(url: str) -> None:

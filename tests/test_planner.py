@@ -12,16 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batcher.arrays import arrow_of, numpy_of, strings_of
 from batcher.models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch
-from batcher.planner import (
-    Plan,
-    arrow_of,
-    numpy_of,
-    plan_batches,
-    plan_codes,
-    plan_pairs,
-    strings_of,
-)
+from batcher.planner import Plan, plan_batches, plan_codes, plan_pairs
 
 Pair = tuple[str, str, str]
 

@@ -400,9 +400,7 @@ def _record_ids(col: pa.ChunkedArray | pa.Array, pool: ThreadPoolExecutor
     half = int(np.searchsorted(bounds, bounds[-1] // 2))
     if bounds[-1] < _HALVES_MIN or not 0 < half < len(chunks):
         return values, None if parse(0, len(chunks)) else ok
-    later = pool.submit(parse, half, len(chunks))
-    clean = parse(0, half)
-    clean &= later.result()
+    clean = all(_both(parse, [(0, half), (half, len(chunks))], pool))
     return values, None if clean else ok
 
 
@@ -540,10 +538,7 @@ def _read_row_groups(src: _Source, encoded: list[str], groups: list[int], column
     if len(groups) < 2:
         return read(groups)
     half = len(groups) // 2
-    with ThreadPoolExecutor(1) as pool:
-        later = pool.submit(read, groups[half:])
-        first = read(groups[:half])
-        return pa.concat_tables([first, later.result()])
+    return pa.concat_tables(_both(read, [(groups[:half],), (groups[half:],)]))
 
 
 def _scan_chunks(src: _Source, chunk_rows: int) -> Iterator[dict[str, Any]]:
@@ -625,7 +620,7 @@ def _finish_scan(source: _Source, default_module: str | None, stamp: tuple[int, 
 
     ``cad`` indexes ``cad_values`` (distinct uint64 cadence ids)."""
     with ThreadPoolExecutor(1) as pool:
-        rc, rec_uniques = _encode_halves(rec, pool)
+        rc, rec_uniques = _encode_parts(rec, pool)
     del rec
     cc, used = _cadence_codes(cad, len(cad_values), mod, len(names))
     cad_text = pc.cast(arrow_of(cad_values[used % len(cad_values)], pa.uint64()), pa.string())
@@ -672,28 +667,74 @@ def _take(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     return numpy_of(pc.take(arrow_of(table), arrow_of(index)))
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: the top bit splits ids evenly
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: top bits split ids evenly
 _HALVES_MIN = 1 << 20  # fewer values are hashed in one go
+_PART_BITS = 6  # 64 parts: a part's hash table stays in cache; more parts cost more calls
 
 
-def _encode_halves(values: np.ndarray, pool: ThreadPoolExecutor
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """``_encode`` on two threads: ids are split by a hash bit, so each half holds its own
-    distinct values; codes of the second half follow those of the first."""
+def _encode_parts(values: np.ndarray, pool: ThreadPoolExecutor
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``_encode`` of many ids, on two threads and cache-sized hash tables.
+
+    One table for millions of ids misses the cache on nearly every probe and is regrown
+    several times. Instead ids are split by hash into 64 parts, each holding its own
+    distinct values, and each part is hashed alone: each half of the rows is partitioned
+    (a radix sort of one byte), then each half of the parts is hashed, then each half of the
+    rows gets its codes back. Codes are numbered part by part."""
     if len(values) < _HALVES_MIN:
         return _encode(values)
-    second = np.empty(len(values), dtype=bool)
-    for lo in range(0, len(values), _HALVES_MIN):  # in slices: no product of every value at once
-        np.greater_equal(values[lo:lo + _HALVES_MIN] * _GOLDEN, np.uint64(1 << 63),
-                         out=second[lo:lo + _HALVES_MIN])
+    n_parts, mid = 1 << _PART_BITS, len(values) // 2
+    halves = [(0, mid), (mid, len(values))]
+    parted = _both(lambda lo, hi: _partition(values[lo:hi], n_parts), halves, pool)
+    local = [np.empty(hi - lo, dtype=np.int32) for lo, hi in halves]
+    uniques: list[np.ndarray] = [np.zeros(0, np.uint64)] * n_parts
+
+    def encode(first: int, last: int) -> None:
+        for p in range(first, last):
+            enc = pc.dictionary_encode(pa.chunked_array(
+                [ids.slice(b[p], b[p + 1] - b[p]) for _, b, ids in parted], pa.uint64()))
+            for (_, b, _), out, chunk in zip(parted, local, enc.chunks, strict=True):
+                out[b[p]:b[p + 1]] = numpy_of(chunk.indices)
+            uniques[p] = numpy_of(enc.chunk(0).dictionary)
+
+    _both(encode, [(0, n_parts // 2), (n_parts // 2, n_parts)], pool)
+    offsets = np.cumsum([0] + [len(u) for u in uniques])
     codes = np.empty(len(values), dtype=np.intp)  # what bincount and indexing take as is
-    arr, mask = arrow_of(values), arrow_of(second)  # Arrow filters faster than numpy
-    later = pool.submit(lambda: _encode(pc.filter(arr, mask)))
-    c0, u0 = _encode(pc.filter(arr, pc.invert(mask)))
-    done = pool.submit(lambda: codes.__setitem__(second, later.result()[0] + np.intp(len(u0))))
-    codes[~second] = c0  # both halves written at once: ``pool`` runs ``done`` after ``later``
-    done.result()
-    return codes, np.concatenate([u0, later.result()[1]])
+
+    def scatter(half: int) -> None:
+        (order, b, _), out = parted[half], local[half]
+        for p in range(n_parts):
+            out[b[p]:b[p + 1]] += offsets[p]
+        lo, hi = halves[half]
+        codes[lo:hi][order] = out
+
+    _both(scatter, [(0,), (1,)], pool)
+    return codes, np.concatenate(uniques)
+
+
+def _partition(values: np.ndarray, n_parts: int) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """(positions in order of part, start of each part in that order, the values in it)."""
+    part = np.empty(len(values), dtype=np.uint8)
+    shift = np.uint64(64 - _PART_BITS)
+    for lo in range(0, len(values), _HALVES_MIN):  # in slices: no product of every value at once
+        np.right_shift(values[lo:lo + _HALVES_MIN] * _GOLDEN, shift,
+                       out=part[lo:lo + _HALVES_MIN], casting="unsafe")
+    order = np.argsort(part, kind="stable")  # one byte: numpy's radix sort
+    bounds = np.zeros(n_parts + 1, dtype=np.int64)
+    np.cumsum(np.bincount(part, minlength=n_parts), out=bounds[1:])
+    return order, bounds, arrow_of(values).take(arrow_of(order))
+
+
+def _both(fn: Callable[..., Any], args: list[tuple],
+          pool: ThreadPoolExecutor | None = None) -> list[Any]:
+    """[``fn(*args[0])``, ``fn(*args[1])``], the second on ``pool`` (or a thread of its own)
+    while the first runs here: Arrow's and numpy's kernels release the GIL."""
+    if pool is None:
+        with ThreadPoolExecutor(1) as own:
+            return _both(fn, args, own)
+    later = pool.submit(fn, *args[1])
+    first = fn(*args[0])
+    return [first, later.result()]
 
 
 _SUM_BITS = 45  # float64 sums of < 512 powers of two below 2**45 stay exact (< 2**53)
@@ -738,11 +779,8 @@ def _sums(r: np.ndarray, c: np.ndarray, table: np.ndarray, n_rec: int) -> np.nda
 
     if len(r) < _HALVES_MIN:
         return part(0, len(r))
-    half = len(r) // 2
-    with ThreadPoolExecutor(1) as pool:
-        later = pool.submit(part, half, len(r))
-        first = part(0, half)
-        first += later.result()
+    first, second = _both(part, [(0, len(r) // 2), (len(r) // 2, len(r))])
+    first += second
     return first
 
 

@@ -620,12 +620,15 @@ def _finish_scan(source: _Source, default_module: str | None, stamp: tuple[int, 
 
     ``cad`` indexes ``cad_values`` (distinct uint64 cadence ids)."""
     with ThreadPoolExecutor(1) as pool:
-        rc, rec_uniques = _encode_parts(rec, pool)
-    del rec
-    cc, used = _cadence_codes(cad, len(cad_values), mod, len(names))
-    cad_text = pc.cast(arrow_of(cad_values[used % len(cad_values)], pa.uint64()), pa.string())
-    cad_module = used // len(cad_values)
-    masks, dup = _masks_and_repeats(rc, cc, len(rec_uniques), len(cad_text))
+        rc, rec_uniques, grouping = _encode_parts(rec, pool)
+        del rec
+        cc, used = _cadence_codes(cad, len(cad_values), mod, len(names))
+        cad_text = pc.cast(arrow_of(cad_values[used % len(cad_values)], pa.uint64()),
+                           pa.string())
+        cad_module = used // len(cad_values)
+        sums = grouping.summer(cc, pool) if grouping else None
+        masks, dup = _masks_and_repeats(rc, cc, len(rec_uniques), len(cad_text), sums)
+        del sums, grouping
     dup_rows = dup_first = np.zeros(0, dtype=np.int64)
     if dup is not None:
         is_dup = dup >= 0
@@ -673,8 +676,9 @@ _PART_BITS = 6  # 64 parts: a part's hash table stays in cache; more parts cost 
 
 
 def _encode_parts(values: np.ndarray, pool: ThreadPoolExecutor
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``_encode`` of many ids, on two threads and cache-sized hash tables.
+                  ) -> tuple[np.ndarray, np.ndarray, _Grouping | None]:
+    """``_encode`` of many ids, on two threads and cache-sized hash tables; also how the rows
+    were grouped (None when there were few enough to hash in one go).
 
     One table for millions of ids misses the cache on nearly every probe and is regrown
     several times. Instead ids are split by hash into 64 parts, each holding its own
@@ -682,7 +686,7 @@ def _encode_parts(values: np.ndarray, pool: ThreadPoolExecutor
     (a radix sort of one byte), then each half of the parts is hashed, then each half of the
     rows gets its codes back. Codes are numbered part by part."""
     if len(values) < _HALVES_MIN:
-        return _encode(values)
+        return (*_encode(values), None)
     n_parts, mid = 1 << _PART_BITS, len(values) // 2
     halves = [(0, mid), (mid, len(values))]
     parted = _both(lambda lo, hi: _partition(values[lo:hi], n_parts), halves, pool)
@@ -698,18 +702,58 @@ def _encode_parts(values: np.ndarray, pool: ThreadPoolExecutor
             uniques[p] = numpy_of(enc.chunk(0).dictionary)
 
     _both(encode, [(0, n_parts // 2), (n_parts // 2, n_parts)], pool)
-    offsets = np.cumsum([0] + [len(u) for u in uniques])
-    codes = np.empty(len(values), dtype=np.intp)  # what bincount and indexing take as is
+    grouping = _Grouping(halves, [order for order, _, _ in parted], [b for _, b, _ in parted],
+                         local, np.cumsum([0] + [len(u) for u in uniques]))
+    return grouping.codes(pool), np.concatenate(uniques), grouping
 
-    def scatter(half: int) -> None:
-        (order, b, _), out = parted[half], local[half]
-        for p in range(n_parts):
-            out[b[p]:b[p + 1]] += offsets[p]
-        lo, hi = halves[half]
-        codes[lo:hi][order] = out
 
-    _both(scatter, [(0,), (1,)], pool)
-    return codes, np.concatenate(uniques)
+@dataclass(frozen=True)
+class _Grouping:
+    """Rows grouped by hash part, per half of the rows: positions in order of part (``order``),
+    where each part starts in that order (``bounds``), and each row's code within its part
+    (``local``) in that order; a part's codes start at ``offsets[part]``."""
+
+    halves: list[tuple[int, int]]
+    order: list[np.ndarray]
+    bounds: list[np.ndarray]
+    local: list[np.ndarray]
+    offsets: np.ndarray
+
+    def codes(self, pool: ThreadPoolExecutor) -> np.ndarray:
+        """The code of each row, in row order."""
+        codes = np.empty(self.halves[-1][1], dtype=np.intp)  # what bincount and indexing take
+
+        def scatter(half: int) -> None:
+            lo, hi = self.halves[half]
+            out, order, b = codes[lo:hi], self.order[half], self.bounds[half]
+            for p in range(len(self.offsets) - 1):
+                out[order[b[p]:b[p + 1]]] = self.local[half][b[p]:b[p + 1]] + self.offsets[p]
+
+        _both(scatter, [(0,), (1,)], pool)
+        return codes
+
+    def summer(self, c: np.ndarray, pool: ThreadPoolExecutor
+               ) -> Callable[[np.ndarray], np.ndarray]:
+        """Σ ``table[c]`` per code, for any table: summed part by part, where the sums of a
+        part stay in cache, not by one pass over the rows scattering into millions of bins."""
+        in_order = _both(lambda h: c[slice(*self.halves[h])][self.order[h]], [(0,), (1,)], pool)
+        n_parts = len(self.offsets) - 1
+
+        def sums(table: np.ndarray) -> np.ndarray:
+            out = np.zeros(int(self.offsets[-1]))
+            weights = [_take(table, c_half) for c_half in in_order]
+
+            def run(first: int, last: int) -> None:
+                for p in range(first, last):
+                    lo, hi = self.offsets[p], self.offsets[p + 1]
+                    for b, local, w in zip(self.bounds, self.local, weights, strict=True):
+                        out[lo:hi] += np.bincount(local[b[p]:b[p + 1]],
+                                                  weights=w[b[p]:b[p + 1]], minlength=hi - lo)
+
+            _both(run, [(0, n_parts // 2), (n_parts // 2, n_parts)], pool)
+            return out
+
+        return sums
 
 
 def _partition(values: np.ndarray, n_parts: int) -> tuple[np.ndarray, np.ndarray, pa.Array]:
@@ -719,7 +763,7 @@ def _partition(values: np.ndarray, n_parts: int) -> tuple[np.ndarray, np.ndarray
     for lo in range(0, len(values), _HALVES_MIN):  # in slices: no product of every value at once
         np.right_shift(values[lo:lo + _HALVES_MIN] * _GOLDEN, shift,
                        out=part[lo:lo + _HALVES_MIN], casting="unsafe")
-    order = np.argsort(part, kind="stable")  # one byte: numpy's radix sort
+    order = numpy_of(pc.array_sort_indices(arrow_of(part))).view(np.intp)  # counting sort
     bounds = np.zeros(n_parts + 1, dtype=np.int64)
     np.cumsum(np.bincount(part, minlength=n_parts), out=bounds[1:])
     return order, bounds, arrow_of(values).take(arrow_of(order))
@@ -740,7 +784,8 @@ def _both(fn: Callable[..., Any], args: list[tuple],
 _SUM_BITS = 45  # float64 sums of < 512 powers of two below 2**45 stay exact (< 2**53)
 
 
-def _masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int
+def _masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
+                       sums: Callable[[np.ndarray], np.ndarray] | None = None
                        ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(per record, the OR of ``1 << cadence`` when there are at most 64 cadences; for each
     position, the earlier position of the same pair, else -1 — None when no pair repeats).
@@ -748,21 +793,20 @@ def _masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int
     Per record, Σ 2**cadence has as many one-bits as the record has pairs exactly when no pair
     repeats (a repeat carries), so one weighted bincount per 45 cadences finds the records that
     may hold a repeat; only their rows are hashed. When the one-bits of all records add up to
-    the number of pairs, no record holds one, and the pairs are not even counted."""
+    the number of pairs, no record holds one, and the pairs are not even counted. ``sums``
+    maps a table of one weight per cadence to its sum per record (default: one bincount)."""
     if n_cad > 8 * _SUM_BITS:  # too many passes: hash every pair
         return None, _repeats_among(np.arange(len(rc)), rc, cc, n_rec)
+    sums = sums or (lambda table: _sums(rc, cc, table, n_rec))
     masks = np.zeros(n_rec, dtype=np.uint64) if n_cad <= 64 else None
     ones = np.zeros(n_rec, dtype=np.int64)
     for lo in range(0, n_cad, _SUM_BITS):
-        r, c = rc, cc
-        if n_cad > _SUM_BITS:
-            sel = (cc >= lo) & (cc < lo + _SUM_BITS)
-            r, c = rc[sel], cc[sel]
-        powers = np.ldexp(1.0, np.arange(min(n_cad, lo + _SUM_BITS) - lo))
-        sums = _sums(r, c - lo if lo else c, powers, n_rec).astype(np.uint64)
-        ones += np.bitwise_count(sums)
+        powers = np.zeros(n_cad)  # this pass's cadences weigh a power of two, the others 0
+        powers[lo:lo + _SUM_BITS] = np.ldexp(1.0, np.arange(min(n_cad, lo + _SUM_BITS) - lo))
+        bits = sums(powers).astype(np.uint64)
+        ones += np.bitwise_count(bits)
         if masks is not None:
-            masks |= sums << np.uint64(lo)
+            masks |= bits << np.uint64(lo)
     if int(ones.sum()) == len(rc):
         return masks, None
     # sums are exact below 512 pairs a record (2**9 * 2**44); a record with more pairs has
@@ -772,16 +816,8 @@ def _masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int
 
 
 def _sums(r: np.ndarray, c: np.ndarray, table: np.ndarray, n_rec: int) -> np.ndarray:
-    """Σ ``table[c]`` per ``r``; a big input in two halves of its rows on two threads (the
-    halves' sums of powers of two add up exactly)."""
-    def part(lo: int, hi: int) -> np.ndarray:
-        return np.bincount(r[lo:hi], weights=_take(table, c[lo:hi]), minlength=n_rec)
-
-    if len(r) < _HALVES_MIN:
-        return part(0, len(r))
-    first, second = _both(part, [(0, len(r) // 2), (len(r) // 2, len(r))])
-    first += second
-    return first
+    """Σ ``table[c]`` per ``r``."""
+    return np.bincount(r, weights=_take(table, c), minlength=n_rec)
 
 
 def _repeats_among(sub: np.ndarray, rc: np.ndarray, cc: np.ndarray, n_rec: int

@@ -775,6 +775,32 @@ def test_a_large_input_read_in_halves_gives_the_same_verdicts(tmp_path: Path):
     assert len(np.unique(scan.record_values)) == len(scan.record_values) == n_rec
 
 
+@pytest.mark.parametrize("repeat", [False, True])
+def test_a_large_input_over_45_cadences_gets_exact_masks(tmp_path: Path, repeat: bool):
+    """Past a million rows, per-record cadence masks are summed part by part of the hashed
+    records, in two passes past 45 cadences: each record's mask must be exactly its cadences."""
+    rng = np.random.default_rng(11)
+    n_rec, per = 370_000, 3
+    rec = np.repeat(554023000001000000 + rng.choice(10**9, n_rec, replace=False), per)
+    cad = 554023000004092008 + np.concatenate(
+        [rng.choice(60, per, replace=False) for _ in range(n_rec)])
+    order = rng.permutation(len(rec))
+    rec, cad = rec[order], cad[order]
+    if repeat:
+        rec[9], cad[9] = rec[3], cad[3]  # row 9 repeats row 3
+    pq.write_table(pa.table({"record_id": pa.array(rec).cast(pa.string()),
+                             "cadence_id": pa.array(cad).cast(pa.string())}),
+                   tmp_path / "in.parquet", row_group_size=300_000)
+    scan = scan_input(tmp_path / "in.parquet", "Leads")
+    assert scan.dup_rows.tolist() == ([9] if repeat else [])
+    assert scan.dup_first.tolist() == ([3] if repeat else [])
+    expected = np.zeros(len(scan.record_values), dtype=np.uint64)
+    np.bitwise_or.at(expected, scan.codes.record,
+                     np.left_shift(np.uint64(1), scan.codes.cadence.astype(np.uint64)))
+    assert scan.record_masks is not None and len(scan.cadence_text) == 60
+    assert np.array_equal(scan.record_masks, expected)
+
+
 def test_planning_an_input_does_not_import_pandas():
     """pandas costs a fifth of a second to import: ``batcher plan`` never needs it."""
     code = ("import sys; from batcher.planreport import plan_input; "

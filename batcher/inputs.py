@@ -626,16 +626,23 @@ def _finish_scan(source: _Source, default_module: str | None, stamp: tuple[int, 
         cad_text = pc.cast(arrow_of(cad_values[used % len(cad_values)], pa.uint64()),
                            pa.string())
         cad_module = used // len(cad_values)
-        sums = grouping.summer(cc, pool) if grouping else None
-        masks, dup = _masks_and_repeats(rc, cc, len(rec_uniques), len(cad_text), sums)
-        del sums, grouping
-    dup_rows = dup_first = np.zeros(0, dtype=np.int64)
-    if dup is not None:
-        is_dup = dup >= 0
-        dup_rows, dup_first = pair_rows[is_dup], pair_rows[dup[is_dup]]
-        keep = ~is_dup
-        pair_rows, rc, cc, mod = pair_rows[keep], rc[keep], cc[keep], mod[keep]
-        masks, _ = _masks_and_repeats(rc, cc, len(rec_uniques), len(cad_text))
+        n_rec, n_cad = len(rec_uniques), len(cad_text)
+        masks, dup = _masks_and_repeats(rc, cc, n_rec, n_cad,
+                                        grouping.summer(cc, pool) if grouping else None)
+        dup_rows = dup_first = np.zeros(0, dtype=np.int64)
+        if dup is not None:
+            is_dup = dup >= 0
+            dup_rows, dup_first = pair_rows[is_dup], pair_rows[dup[is_dup]]
+            sums = None
+            if grouping:  # repeats weigh nothing (an extra cadence of weight 0): no regrouping
+                kept = grouping.summer(np.where(is_dup, n_cad, cc), pool)
+
+                def sums(table: np.ndarray) -> np.ndarray:
+                    return kept(np.append(table, 0.0))
+
+            keep = ~is_dup
+            pair_rows, rc, cc, mod = pair_rows[keep], rc[keep], cc[keep], mod[keep]
+            masks, _ = _masks_and_repeats(rc, cc, n_rec, n_cad, sums)
     return InputScan(
         source=source, default_module=default_module, rows=rows, invalid=invalid,
         invalid_examples=examples, pair_rows=pair_rows,
@@ -683,7 +690,7 @@ def _encode_parts(values: np.ndarray, pool: ThreadPoolExecutor
     One table for millions of ids misses the cache on nearly every probe and is regrown
     several times. Instead ids are split by hash into 64 parts, each holding its own
     distinct values, and each part is hashed alone: each half of the rows is partitioned
-    (a radix sort of one byte), then each half of the parts is hashed, then each half of the
+    (a counting sort of one byte), then each half of the parts is hashed, then each half of the
     rows gets its codes back. Codes are numbered part by part."""
     if len(values) < _HALVES_MIN:
         return (*_encode(values), None)

@@ -10,11 +10,15 @@ import contextlib
 import ctypes
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from . import __version__
 from .errors import BatcherError
+from .redact import Redactor
+from .stopping import Stopper, signals_to
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,14 +43,16 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="un-enroll every (record, cadence) pair of INPUT")
     run.add_argument("input")
-    run.add_argument("--results", required=True, help="results file (.csv or .parquet)")
+    run.add_argument("--results", required=True,
+                     help="results file (.csv or .parquet); a dry run never replaces a real "
+                          "job's results")
     run.add_argument("--journal", help="job journal (default: <results stem>.journal)")
     run.add_argument("--module", help="module for rows without a module column")
     run.add_argument("--concurrency", type=int, default=4,
                      help="most calls in flight at once (default 4: leaves room for other apps)")
     run.add_argument("--max-calls", type=int,
-                     help="send at most this many un-enrol calls this run (the same command "
-                          "continues)")
+                     help="send at most this many un-enrol calls this run, at least 1 (the same "
+                          "command continues)")
     run.add_argument("--dry-run", action="store_true", help="plan and preflight only")
     run.add_argument("--no-preflight", action="store_true", help="skip reading the org's cadences")
     run.add_argument("--quiet", action="store_true", help="no progress output")
@@ -73,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="none, flaky, throttled, lossy, slow, short_tokens, mix")
     sb.add_argument("--seed", type=int, default=0)
     sb.add_argument("--module", help="module for --from rows without a module column")
+    sb.add_argument("--echo-auth", action="store_true",
+                    help="echo the request's Authorization header (and, on the token endpoint, "
+                         "the posted secrets) in every error answer: rehearse that no secret "
+                         "leaks into results, journal or logs")
     return p
 
 
@@ -96,9 +106,13 @@ def _env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .job import run_from_args
+    # a signal while the job's modules load is kept for the job, which then stops at once with
+    # its results written, as it would a moment later
+    stopper = Stopper()
+    with signals_to(stopper), stopper.phase("defer"):
+        from .job import run_from_args
 
-    return run_from_args(args, env=_env(args))
+        return run_from_args(args, env=_env(args), stopper=stopper)
 
 
 def _cmd_cadences(args: argparse.Namespace) -> int:
@@ -117,7 +131,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     from .sandbox.serve import main as serve_main
 
     return serve_main(port=args.port, from_input=args.from_input, faults=args.faults,
-                      seed=args.seed, module=args.module)
+                      seed=args.seed, module=args.module, echo_auth=args.echo_auth)
 
 
 _COMMANDS = {"plan": _cmd_plan, "run": _cmd_run, "cadences": _cmd_cadences,
@@ -152,16 +166,46 @@ def _own_process(command: str) -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
 
 
+def _redactor(args: argparse.Namespace | None) -> Redactor:
+    """Every message main prints may quote a server or an exception: no secret of the
+    environment (or of the variables a --config file names) reaches the terminal."""
+    from .config import ACCESS_VAR, REFRESH_VARS
+
+    env: dict[str, str] = dict(os.environ)
+    with contextlib.suppress(BatcherError, AttributeError):
+        env = _env(args) if args is not None else env
+    return Redactor(env.get(name) for name in (*REFRESH_VARS[1:], ACCESS_VAR))
+
+
+def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
+    """Before a job takes the signals over (and after), SIGTERM stops like Ctrl-C."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    _own_process(args.command)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    args = None
     try:
+        args = _parser().parse_args(argv)
+        _own_process(args.command)
         return _COMMANDS[args.command](args)
     except BatcherError as exc:
-        print(f"batcher: {exc}", file=sys.stderr)
+        print(f"batcher: {_redactor(args)(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("batcher: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 3
+    except OSError as exc:  # a file the user named: unreadable, vanished, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"batcher: {where}{exc.strerror or type(exc).__name__}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: one line, not a traceback (BATCHER_DEBUG=1 shows it)
+        if os.environ.get("BATCHER_DEBUG"):
+            raise
+        print(f"batcher: internal error ({type(exc).__name__}: {_redactor(args)(str(exc))[:300]}); "
+              "nothing more was sent — re-run the same command to resume, and report this "
+              "with BATCHER_DEBUG=1 set for the details", file=sys.stderr)
         return 3
 
 

@@ -79,6 +79,12 @@ class Endpoints:
 def load_credentials(env: Mapping[str, str]) -> Credentials:
     """Refresh-token flow when all three variables are set, else a plain access token."""
     values = {name: (env.get(name) or "").strip() or None for name in (*REFRESH_VARS, ACCESS_VAR)}
+    for name, value in values.items():
+        # a header value with a control character would be refused by the HTTP layer with the
+        # whole value in its message; refuse it here, without printing it
+        if value and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise UsageError(f"{name} contains a control character (a line break pasted with "
+                             "it?); set it again to the bare value (it is not printed here)")
     client_id, client_secret, refresh_token = (values[name] for name in REFRESH_VARS)
     access_token = values[ACCESS_VAR]
     if client_id and client_secret and refresh_token:

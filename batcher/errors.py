@@ -25,7 +25,7 @@ class InputError(UsageError):
 
 
 class JournalError(UsageError):
-    """The journal belongs to another input, or another run holds it."""
+    """The journal belongs to another input, contradicts it, or another run holds it."""
 
 
 class AbortError(BatcherError):
@@ -50,13 +50,32 @@ class Interrupted(AbortError):
     """Ctrl-C or a termination signal."""
 
 
+class ZohoUnreachable(AbortError):
+    """Zoho (or the network to it) stayed down longer than the job waits for it."""
+
+
+class WaitTooLong(AbortError):
+    """Zoho asked to wait (``Retry-After``) longer than the job may wait."""
+
+
+class JournalIOError(AbortError):
+    """The journal's disk failed (full, read-only, damaged pages): nothing more can be recorded."""
+
+
+class EngineError(AbortError):
+    """A task of the engine crashed (a bug): the run stopped rather than wait on it."""
+
+
 class TransientError(BatcherError):
     """An answer worth retrying (5xx, HTML page, reset, timeout, 429). Internal to the executor."""
 
     def __init__(self, message: str, *, code: str = "", http_status: int | None = None,
-                 retry_after: float | None = None, throttled: bool = False) -> None:
+                 retry_after: float | None = None, throttled: bool = False,
+                 unsent: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.http_status = http_status
         self.retry_after = retry_after
         self.throttled = throttled
+        #: the un-enrol request never left (the token could not be had): not a call, no credit
+        self.unsent = unsent

@@ -2,12 +2,20 @@
 
 Every answer is committed to the journal before the next step that depends on it, so a crash at
 any point leaves either an answered batch (never sent again) or a pending one (sent again).
+
+The run is supervised: a task that fails (the feeder, a worker, a journal write in its thread)
+stops the whole run at once — never a silent wait. An abort (budget, credentials, an outage, a
+wait too long) stops taking batches, wakes every worker that waits, and lets the calls in flight
+be answered and recorded. Cancelling the run (a signal) abandons the calls in flight: their
+batches stay "sent" and are sent again on resume (un-enrolment is idempotent).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import math
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -17,10 +25,19 @@ from typing import Any
 
 import httpx
 
-from .errors import AbortError, AuthError, BudgetExhausted, TransientError
+from .errors import (
+    AbortError,
+    AuthError,
+    BatcherError,
+    BudgetExhausted,
+    EngineError,
+    JournalIOError,
+    TransientError,
+)
 from .limiter import AdaptiveLimiter, LimiterSettings
 from .models import Batch, OutcomeGroup, PairOutcome, Status
-from .retry import RetryPolicy, call_with_retries
+from .redact import Redactor
+from .retry import Reachability, RetryPolicy, call_with_retries, is_unsent
 from .zoho.api import (
     JSON_HEADERS,
     Answered,
@@ -31,6 +48,7 @@ from .zoho.api import (
     Unlocated,
     build_request,
     encode_body,
+    read_answer,
 )
 from .zoho.api import classify as classify_answer
 
@@ -54,18 +72,29 @@ class Counters:
     pairs_done: int = 0
 
 
+#: a worker stops on these and lets the others finish their calls; anything else stops the run
+_GRACEFUL = (AbortError,)
+_NOT_GRACEFUL = (JournalIOError, EngineError)
+_CLEANUP_S = 1.0  # how long cancelled tasks get to unwind before the run returns anyway
+
+
 class Executor:
     def __init__(self, client: httpx.AsyncClient, journal, settings: ExecutorSettings, *,
                  api_domain: Callable[[], str],
-                 on_progress: Callable[[Counters], None] | None = None) -> None:
+                 on_progress: Callable[[Counters], None] | None = None,
+                 reach: Reachability | None = None,
+                 redactor: Redactor | None = None) -> None:
         self._client = client
         self._journal = journal
         self._s = settings
         self._api_domain = api_domain
         self._limiter = AdaptiveLimiter(LimiterSettings(
             max_concurrency=settings.concurrency, calm_seconds=settings.calm_seconds))
+        self._reach = reach or Reachability(settings.retry.outage_after)
+        self._redact = redactor or Redactor()
         self.counters = Counters()
         self._stop: AbortError | None = None
+        self._stopping = asyncio.Event()
         self._sends: dict[str, int] = {}  # batch id → times sent, this run and earlier ones
         self._premarked: dict[str, int] = {}  # batches the feeder marked sent, not yet taken
         self._on_progress = on_progress or (lambda c: None)
@@ -77,8 +106,8 @@ class Executor:
         return self._limiter.lowest
 
     async def run(self, batches: Iterable[Batch]) -> Counters:
-        """Send every batch; on an abort (auth, permission, budget) stop taking new batches,
-        let the calls in flight finish and record their answers, then raise the abort."""
+        """Send every batch. Raises the abort that stopped it (``AbortError``), the failure of a
+        task (``JournalError``, ``JournalIOError``, ``EngineError``), or ``CancelledError``."""
         queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self._s.concurrency * 4)
         # the journal's hot writes run in one thread of their own: SQLite lets go of the GIL, so
         # its disk work (commits, WAL checkpoints) no longer stalls every call in flight
@@ -86,17 +115,20 @@ class Executor:
         # twice as many workers as calls in flight (the limiter bounds those): while one worker
         # reads and records an answer, another already holds the slot it freed, so the server's
         # limit is used while the client works instead of waiting for it
-        workers = [asyncio.create_task(self._worker(queue))
-                   for _ in range(self._s.concurrency * 2)]
-        feeder = asyncio.create_task(self._feed(queue, batches, len(workers)))
+        workers = [asyncio.create_task(self._worker(queue), name=f"worker {i + 1}")
+                   for i in range(self._s.concurrency * 2)]
+        feeder = asyncio.create_task(self._feed(queue, batches, len(workers)), name="feeder")
         try:
             with _gc_frozen():
-                await asyncio.gather(*workers)
+                await _supervise(feeder, workers)
         finally:
             for task in [feeder, *workers]:
                 task.cancel()
-            await asyncio.gather(feeder, *workers, return_exceptions=True)
+            # bounded: a task that does not unwind in time is left behind, not waited on forever
+            await asyncio.wait([feeder, *workers], timeout=_CLEANUP_S)
             self._db_thread.shutdown(wait=True)  # no journal write outlives the run
+            with contextlib.suppress(JournalIOError):  # a failing disk is what the run reports
+                self._journal.add_counters()  # the calls counted since the last commit
         if self._stop is not None:
             raise self._stop
         return self.counters
@@ -107,10 +139,11 @@ class Executor:
         def take() -> list[Batch]:
             """The next few batches, marked sent together: one commit instead of one a call."""
             got = list(islice(it, _FEED_STEP))
-            self._premarked.update(self._journal.mark_sent_many([b.batch_id for b in got]))
+            if got:
+                self._premarked.update(self._journal.mark_sent_many([b.batch_id for b in got]))
             return got
 
-        while got := await self._in_db_thread(take):
+        while self._stop is None and (got := await self._in_db_thread(take)):
             for batch in got:
                 await queue.put(batch)
         for _ in range(n_workers):
@@ -123,20 +156,35 @@ class Executor:
                 return
             try:
                 await self._process(batch)
-            except AbortError as exc:
-                self._stop = self._stop or exc
+            except _NOT_GRACEFUL:
+                raise
+            except _GRACEFUL as exc:
+                await self._halt(exc)
                 return
+
+    async def _halt(self, exc: AbortError) -> None:
+        """Stop taking batches and wake every worker that sleeps or waits for a slot."""
+        self._stop = self._stop or exc
+        self._stopping.set()
+        await self._limiter.wake()
 
     async def _process(self, batch: Batch) -> None:
         """Send a batch; re-send what is left after rejections or splits until all is answered."""
         stack = [batch]
+        isolation: _Isolation | None = None
         while stack:
             current = stack.pop()
             answer, attempts = await self._send(current)
+            if isinstance(answer, Rejected) and not _names_one_of(current, answer):
+                answer = Unlocated(answer.code, answer.message, answer.http_status)
             if isinstance(answer, Answered):
+                if isolation is not None:
+                    isolation.accepted(current)
                 await self._record(current, answer, attempts)
             else:
-                stack.extend(self._settle(current, answer, attempts))
+                if isinstance(answer, Unlocated) and isolation is None:
+                    isolation = _Isolation(batch)
+                stack.extend(await self._settle(current, answer, attempts, isolation))
             self._on_progress(self.counters)
 
     def _in_db_thread(self, fn: Callable[..., Any], *args: object) -> asyncio.Future[Any]:
@@ -150,31 +198,28 @@ class Executor:
         await self._in_db_thread(self._journal.record_groups, batch.batch_id, groups, attempts)
         self._done(batch, answer.pairs)
 
-    def _settle(self, batch: Batch, answer, attempts: int) -> list[Batch]:
+    async def _settle(self, batch: Batch, answer, attempts: int,
+                      isolation: _Isolation | None) -> list[Batch]:
         """Record the answer; return the sub-batches that still have to be sent."""
         j = self._journal
         if isinstance(answer, Rejected):
             failed, children = _reject(batch, answer)
-            j.settle_and_split(batch.batch_id, failed, children, attempts)
-            self.counters.pairs_done += len(failed)
-            return children
-        if isinstance(answer, Unlocated):
-            if len(batch.record_ids) * len(batch.cadence_ids) == 1:
-                j.record_outcomes(batch.batch_id, _all(batch, Status.FAILED, answer.code,
-                                                       answer.message, answer.http_status),
-                                  attempts)
-                self._done(batch, 1)
-                return []
-            children = _halves(batch)
-            j.settle_and_split(batch.batch_id, [], children, attempts)
-            return children
-        if isinstance(answer, TransientError):
-            outcomes = _all(batch, Status.FAILED, answer.code or "TRANSIENT_ERROR", str(answer),
-                            answer.http_status, retryable=True)
-            j.record_outcomes(batch.batch_id, outcomes, attempts)
+        elif isinstance(answer, Unlocated):
+            assert isolation is not None
+            failed, children = isolation.refused(batch, answer)
+        elif isinstance(answer, TransientError):
+            outcomes = _all(batch, Status.FAILED, answer.code or "TRANSIENT_ERROR",
+                            self._redact(str(answer)), answer.http_status, retryable=True)
+            await self._in_db_thread(j.record_outcomes, batch.batch_id, outcomes, attempts)
             self._done(batch, len(outcomes))
             return []
-        raise TypeError(f"unexpected answer {answer!r}")  # pragma: no cover
+        else:  # pragma: no cover
+            raise TypeError(f"unexpected answer {answer!r}")
+        await self._in_db_thread(j.settle_and_split, batch.batch_id, failed, children, attempts)
+        self.counters.pairs_done += len(failed)
+        if not children:
+            self.counters.batches_done += 1
+        return children
 
     def _done(self, batch: Batch, pairs: int) -> None:
         self.counters.batches_done += 1
@@ -189,15 +234,23 @@ class Executor:
             attempts += 1
             if attempts > 1:
                 self.counters.retries += 1
+                self._journal.count(retries=1)
             return await self._call(batch)
 
         try:
-            answer, _ = await call_with_retries(once, self._s.retry, on_retry=self._on_retry)
+            answer, _ = await call_with_retries(once, self._s.retry, on_retry=self._on_retry,
+                                                sleep=self._nap, reach=self._reach)
         except TransientError as exc:
             return exc, attempts
         except httpx.TransportError as exc:
             return _transport_failure(exc), attempts
         return answer, attempts
+
+    async def _nap(self, seconds: float) -> None:
+        """A retry's wait, cut short when the run stops (the next attempt then raises)."""
+        if seconds > 0 and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _check_go(self) -> None:
         """Raise the abort that stopped the job, or the spent budget, before another call."""
@@ -223,7 +276,11 @@ class Executor:
             self._journal.mark_sent, batch.batch_id)
         async with self._limiter:
             self._check_go()
-            self.counters.calls += 1  # counted before the await, so no other worker overspends
+            # counted before the await, so no other worker overspends, and journalled with the
+            # next commit, so a kill -9 does not lose the calls in flight; taken back when the
+            # request never left (no connection, no token): such a call costs no credit
+            self.counters.calls += 1
+            self._journal.count(calls=1, credits=1)
             url, body = build_request(self._api_domain(), batch.module, batch.record_ids,
                                       batch.cadence_ids)
             parsed = self._urls.get(url)
@@ -233,22 +290,115 @@ class Executor:
             # timeouts into every call is event-loop time the call does not need
             request = httpx.Request("POST", parsed, content=encode_body(body),
                                     headers=JSON_HEADERS, extensions=self._extensions)
-            response = await self._client.send(request)
-            content = await response.aread()
+            try:
+                response = await self._client.send(request, stream=True)
+                try:
+                    content = await read_answer(response)
+                finally:
+                    await response.aclose()
+            except Exception as exc:
+                if is_unsent(exc):
+                    self.counters.calls -= 1
+                    self._journal.count(calls=-1, credits=-1)
+                raise
         # the worker woken by the freed slot sends its call first; this answer is read after
         await asyncio.sleep(0)
-        answer = classify_answer(batch.record_ids, batch.cadence_ids, response.status_code,
-                                 response.headers, content)
+        answer = _redacted(classify_answer(batch.record_ids, batch.cadence_ids,
+                                           response.status_code, response.headers, content),
+                           self._redact)
+        if isinstance(answer, Answered):
+            self._journal.count(ignored_entries=answer.ignored_entries)
+            return answer
         if isinstance(answer, Transient):
             if answer.throttled:
                 self.counters.throttled += 1
+                self._journal.count(throttled=1)
             raise answer.to_error()
         if isinstance(answer, Fatal):
-            raise answer.to_error()
+            raise answer.to_error(batch.module)
         if isinstance(answer, TokenInvalid):
             raise AuthError("Zoho still answers INVALID_TOKEN after a token refresh; check that "
                             "the refresh token is valid and belongs to this data centre")
         return answer
+
+
+async def _supervise(feeder: asyncio.Task, workers: list[asyncio.Task]) -> None:
+    """Wait until every worker is done; the first task to fail stops the run with its error."""
+    waiting = {feeder, *workers}
+    while any(not w.done() for w in workers):
+        done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            exc = None if task.cancelled() else task.exception()
+            if isinstance(exc, BatcherError):
+                raise exc
+            if exc is not None:
+                raise EngineError(f"the {task.get_name()} task failed ({type(exc).__name__}: "
+                                  f"{exc}); the journal keeps every answer recorded — re-run "
+                                  "the same command to resume") from exc
+
+
+class _Isolation:
+    """What one batch's refusals without a named culprit have taught (DESIGN.md: split, cadences
+    first, with a bounded number of extra calls).
+
+    A whole-call ``INVALID_DATA``/``NOT_ALLOWED`` comes from an id Zoho refuses — a record or a
+    cadence — never from a pair, so a sub-batch that was accepted clears all its ids, and a
+    refused one whose ids are all cleared but one convicts that one. Splits halve the cadences
+    first (few, and an unknown cadence is the usual culprit), then the records. At most
+    ``budget`` extra calls: 4 × (cadences + ⌈log2 records⌉) + 2, 50 for a 100 × 5 batch; what is
+    still refused then fails without a verdict on its ids.
+    """
+
+    def __init__(self, root: Batch) -> None:
+        self.budget = 4 * (len(root.cadence_ids)
+                           + math.ceil(math.log2(len(root.record_ids)))) + 2
+        self.spent = 0
+        self._good_r: set[str] = set()
+        self._good_c: set[str] = set()
+        self._bad_r: set[str] = set()
+        self._bad_c: set[str] = set()
+
+    def accepted(self, batch: Batch) -> None:
+        self._good_r.update(batch.record_ids)
+        self._good_c.update(batch.cadence_ids)
+
+    def refused(self, batch: Batch, answer: Unlocated) -> tuple[list[PairOutcome], list[Batch]]:
+        r_ids, c_ids = batch.record_ids, batch.cadence_ids
+        unknown_r = [r for r in r_ids if r not in self._good_r]
+        unknown_c = [c for c in c_ids if c not in self._good_c]
+        if not self._bad_r.intersection(r_ids) and not self._bad_c.intersection(c_ids):
+            if not unknown_r and len(unknown_c) == 1:
+                self._bad_c.add(unknown_c[0])
+            elif not unknown_c and len(unknown_r) == 1:
+                self._bad_r.add(unknown_r[0])
+        bad_r = self._bad_r.intersection(r_ids)
+        bad_c = self._bad_c.intersection(c_ids)
+        single = len(r_ids) * len(c_ids) == 1
+        if bad_r or bad_c or single:
+            failed = [PairOutcome(r, c, Status.FAILED, answer.code, answer.message,
+                                  answer.http_status)
+                      for r, c in batch.pairs() if single or r in bad_r or c in bad_c]
+            records = tuple(r for r in r_ids if r not in bad_r)
+            cadences = tuple(c for c in c_ids if c not in bad_c)
+            rest = [] if single or not (records and cadences) else [
+                Batch(f"{batch.batch_id}.1", batch.module, records, cadences)]
+            return failed, self._spend(rest)
+        if self.spent >= self.budget:
+            note = (f"{answer.message}; not isolated: Zoho refused the call as a whole without "
+                    f"naming the id, and {self.spent} extra calls did not find it")
+            return _all(batch, Status.FAILED, answer.code, note, answer.http_status), []
+        if len(c_ids) > 1 and unknown_c:
+            half = len(c_ids) // 2
+            parts = [(r_ids, c_ids[:half]), (r_ids, c_ids[half:])]
+        else:
+            half = len(r_ids) // 2
+            parts = [(r_ids[:half], c_ids), (r_ids[half:], c_ids)]
+        return [], self._spend([Batch(f"{batch.batch_id}.{i}", batch.module, rr, cc)
+                                for i, (rr, cc) in enumerate(parts, 1)])
+
+    def _spend(self, children: list[Batch]) -> list[Batch]:
+        self.spent += len(children)
+        return children
 
 
 _FEED_STEP = 8  # batches marked sent in one journal transaction by the feeder
@@ -283,12 +433,16 @@ def _hedge(group: OutcomeGroup) -> OutcomeGroup:
                    "an earlier attempt of this call, whose answer was lost, may have removed it")
 
 
+def _names_one_of(batch: Batch, answer: Rejected) -> bool:
+    """Whether a refusal's indices point into the batch (else nothing was located)."""
+    return (any(i < len(batch.record_ids) for i in answer.bad_record_idx)
+            or any(i < len(batch.cadence_ids) for i in answer.bad_cadence_idx))
+
+
 def _reject(batch: Batch, answer: Rejected) -> tuple[list[PairOutcome], list[Batch]]:
     """Fail the pairs the API named; the rest of the batch goes back as one child."""
     bad_r = {batch.record_ids[i] for i in answer.bad_record_idx if i < len(batch.record_ids)}
     bad_c = {batch.cadence_ids[i] for i in answer.bad_cadence_idx if i < len(batch.cadence_ids)}
-    if not bad_r and not bad_c:  # a path outside the batch: treat as unlocated
-        return [], _halves(batch)
     failed = [PairOutcome(r, c, Status.FAILED, answer.code, answer.message, answer.http_status)
               for r, c in batch.pairs() if r in bad_r or c in bad_c]
     records = tuple(r for r in batch.record_ids if r not in bad_r)
@@ -299,15 +453,20 @@ def _reject(batch: Batch, answer: Rejected) -> tuple[list[PairOutcome], list[Bat
     return failed, children
 
 
-def _halves(batch: Batch) -> list[Batch]:
-    """Split to isolate a culprit the API did not name: records first, then cadences."""
-    r, c = batch.record_ids, batch.cadence_ids
-    if len(r) > 1:
-        parts = [(r[: len(r) // 2], c), (r[len(r) // 2:], c)]
-    else:
-        parts = [(r, c[: len(c) // 2]), (r, c[len(c) // 2:])]
-    return [Batch(f"{batch.batch_id}.{i}", batch.module, rr, cc)
-            for i, (rr, cc) in enumerate(parts, 1)]
+def _redacted(answer, redact: Redactor):
+    """The answer with every server-supplied text (codes, messages) redacted of secrets."""
+    if isinstance(answer, Answered):
+        def clean(group: OutcomeGroup) -> OutcomeGroup:
+            code, message = redact(group.code), redact(group.message)
+            if (code, message) == (group.code, group.message):
+                return group
+            return replace(group, code=code, message=message)
+
+        groups = tuple(map(clean, answer.groups))
+        return answer if groups == answer.groups else replace(answer, groups=groups)
+    if isinstance(answer, Rejected | Unlocated | Transient | Fatal):
+        return replace(answer, code=redact(answer.code), message=redact(answer.message))
+    return answer
 
 
 def _transport_failure(exc: httpx.TransportError) -> TransientError:

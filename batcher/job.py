@@ -1,16 +1,20 @@
 """The job as a library: what `batcher run`, `report` and `cadences` do, callable from a scheduler.
 
-Order of a run: read and validate → (new journal) preflight, plan, load the journal → send what is
-pending → write results from the journal. The results are written whatever happens after the
-journal exists, so an aborted job still says what happened to every row.
+Order of a run: read and validate → (new journal) preflight, plan, load the journal → (resumed
+journal) re-plan the pairs that failed retryably → send what is pending → write results from the
+journal. The job owns its lifecycle: a signal or a host's request stops it at any moment
+(:mod:`batcher.stopping`), a failure anywhere in the engine stops it with a reason and an exit
+code, and the results are written whatever happened once the journal exists — an aborted job
+still says what happened to every row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import json
-import signal
 import socket
 import sys
 import tempfile
@@ -25,17 +29,21 @@ import httpx
 import numpy as np
 
 from .config import Credentials, Endpoints, load_credentials, resolve_endpoints
-from .errors import AbortError, Interrupted, PermissionDenied, UsageError
+from .errors import AbortError, BatcherError, PermissionDenied, UsageError
 from .executor import Counters, Executor, ExecutorSettings
 from .inputs import INVALID, InputScan, check_input, file_fingerprint, scan_input
 from .journal import Journal, utc_now
-from .netio import AsyncioTransport
+from .netio import accounts_transport, api_transport
 from .planreport import plan_scan
 from .progress import Progress
-from .report import Summary, UnplannedResults, write_results
-from .retry import RetryPolicy
+from .redact import Redactor
+from .report import RESULT_SUFFIXES, Summary, UnplannedResults, write_results
+from .retry import Reachability, RetryPolicy
+from .stopping import Stopper, signals_to
 from .zoho.auth import ZohoAuth
 from .zoho.cadences import Cadence, fetch_cadences, preflight
+
+_PREFLIGHT_LINES = 10  # cadence problems printed one per line; the rest as a count
 
 
 @dataclass(frozen=True)
@@ -53,8 +61,12 @@ class RunSettings:
     accounts_url: str | None = None
     dc: str | None = None
     timeout: float = 30.0
+    #: retries, the longest Retry-After honoured (``longest_wait``), how long an outage may last
+    #: before the job stops (``outage_after``)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     calm_seconds: float = 5.0
+    #: how many times per job the pairs that failed retryably are sent again by a re-run
+    max_retry_rounds: int = 3
 
     def journal_path(self) -> Path:
         if self.journal:
@@ -78,15 +90,42 @@ class Transports:
     accounts: httpx.AsyncBaseTransport | None = None
 
 
+@dataclass(frozen=True)
+class _Stop:
+    """Why a run ended early, and the exit code that says so."""
+
+    reason: str
+    exit_code: int = 3
+
+
 def _check(settings: RunSettings) -> None:
+    """Everything about the flags that can be refused before the input is read."""
     if settings.concurrency < 1 or settings.concurrency > 25:
         raise UsageError("--concurrency must be between 1 and 25 (Zoho's largest per-app limit)")
-    if settings.max_calls is not None and settings.max_calls < 0:
-        raise UsageError("--max-calls must not be negative")
-    if Path(settings.results).resolve() == Path(settings.input).resolve():
+    if settings.max_calls is not None and settings.max_calls < 1:
+        raise UsageError("--max-calls must be at least 1 (it is the number of un-enrol calls "
+                         "this run may send)")
+    if settings.max_retry_rounds < 0:
+        raise UsageError("max_retry_rounds must not be negative")
+    results = Path(settings.results)
+    if results.resolve() == Path(settings.input).resolve():
         raise UsageError("--results must not be the input file")
-    if not Path(settings.results).parent.exists():
-        raise UsageError(f"--results: folder {Path(settings.results).parent} does not exist")
+    if results.is_dir():
+        raise UsageError(f"--results {results} is a folder; give a file in it, such as "
+                         f"{results / 'results.csv'}")
+    if results.suffix.lower() not in RESULT_SUFFIXES:
+        raise UsageError(f"--results {results}: unknown extension "
+                         f"{results.suffix or '(none)'}; use one of "
+                         f"{', '.join(RESULT_SUFFIXES)}")
+    folder = results.parent
+    if not folder.is_dir():
+        raise UsageError(f"--results: folder {folder} does not exist")
+    try:  # the only sure test of writability (permissions, read-only mounts, quotas)
+        with tempfile.TemporaryFile(dir=folder, prefix=".batcher-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--results: cannot write in folder {folder} ({exc.strerror}); "
+                         "nothing was sent") from None
 
 
 def fingerprint(settings: RunSettings) -> str:
@@ -97,44 +136,123 @@ def fingerprint(settings: RunSettings) -> str:
 
 
 def run_job(settings: RunSettings, env: Mapping[str, str], *,
-            transports: Transports = Transports(), stream: TextIO | None = None) -> JobResult:
-    """Run (or resume) a job to the end; never raises for what the results can report."""
-    stream = stream or sys.stderr
+            transports: Transports = Transports(), stream: TextIO | None = None,
+            stopper: Stopper | None = None) -> JobResult:
+    """Run (or resume) a job to the end; never raises for what the results can report.
+
+    Raises ``UsageError`` (exit 2) before anything is sent: bad settings, an unusable input, a
+    journal of another input or held by another run, a call from inside a running event loop
+    (use :func:`run_job_async` there). Raises ``AbortError`` (exit 3) when the results cannot be
+    written. SIGINT/SIGTERM (in the main thread) or ``stopper.request`` stop it with exit 3.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise UsageError("run_job was called from a running event loop; in async code, "
+                         "await batcher.job.run_job_async(...) instead")
+    stopper = stopper or Stopper()
+    with signals_to(stopper):
+        return _run_job(settings, env, transports, stream or sys.stderr, stopper)
+
+
+async def run_job_async(settings: RunSettings, env: Mapping[str, str], *,
+                        transports: Transports = Transports(),
+                        stream: TextIO | None = None) -> JobResult:
+    """:func:`run_job` for async hosts: the job runs in a thread with its own event loop.
+
+    Cancelling the awaiting task stops the job as a signal would (its results are written, its
+    journal resumable) and then raises ``CancelledError``.
+    """
+    stopper = Stopper()
+    job = asyncio.get_running_loop().run_in_executor(None, functools.partial(
+        run_job, settings, env, transports=transports, stream=stream, stopper=stopper))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        stopper.request("cancelled by the host")
+        with contextlib.suppress(BaseException):
+            await job
+        raise
+
+
+def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transports,
+             stream: TextIO, stopper: Stopper) -> JobResult:
     _check(settings)
     check_input(settings.input, settings.module)  # an unusable file stops before any journal
     started = time.monotonic()
     needs_api = not settings.dry_run or settings.preflight
     creds = load_credentials(env) if needs_api else Credentials(access_token="-")
     endpoints = resolve_endpoints(settings.api_domain, settings.accounts_url, settings.dc, env)
+    redact = Redactor(creds.secrets())
+    results = _results_path(settings, stream)
     with _journal_for(settings, fingerprint(settings)) as journal:
-        # a resumed job needs nothing of its input but the fingerprint: no second scan of a
-        # file of tens of millions of rows
-        scan = scan_input(settings.input, settings.module) if journal.is_new else None
-        aborted: str | None = None
+        scan: InputScan | None = None
+        stop: _Stop | None = None
         try:
-            with _sigterm_as_interrupt():
-                aborted = asyncio.run(_run(settings, scan, journal, creds, endpoints,
-                                           transports, stream))
-        except (KeyboardInterrupt, Interrupted):
-            aborted = "interrupted; re-run the same command to resume"
-        source = journal
-        if scan is not None and journal.rows == 0:  # stopped before the plan was loaded
-            source = UnplannedResults(scan.rows, scan.tables, utc_now(), f"not sent: {aborted}")
-        summary = write_results(source, Path(settings.results),
-                                duration_s=time.monotonic() - started,
-                                extra={"dry_run": settings.dry_run, "aborted": aborted,
-                                       "send_s": journal.get_meta("send_s", 0.0),
-                                       "token_refreshes": journal.get_meta("token_refreshes", 0),
-                                       "lowest_concurrency":
-                                           journal.get_meta("lowest_concurrency")})
+            with stopper.phase("raise"):
+                # a resumed job needs nothing of its input but the fingerprint: no second scan
+                # of a file of tens of millions of rows
+                scan = scan_input(settings.input, settings.module) if journal.is_new else None
+            stop = _drive(settings, scan, journal, _Link(creds, endpoints, transports, env),
+                          stream, stopper, redact)
+        except BatcherError as exc:  # the journal's disk, a journal that contradicts its input
+            stop = _Stop(redact(str(exc)), exc.exit_code)
+        with stopper.phase("defer"):
+            summary = _write(settings, journal, scan, results, stop, started, stream)
+    if stop is None and stopper.requested is not None:  # the signal came while writing
+        stop = _Stop(stopper.message())
     if not settings.quiet:
         print(summary.human(), file=stream)
-        if aborted:
-            print(f"batcher: aborted: {aborted}", file=stream)
-    code = 3 if aborted else summary.exit_code()
-    if settings.dry_run and not aborted:
+    if stop is not None:
+        print(f"batcher: aborted: {stop.reason}", file=stream)
+    code = stop.exit_code if stop else summary.exit_code()
+    if settings.dry_run and not stop:
         code = 1 if summary.by_status.get(INVALID) else 0
-    return JobResult(summary=summary, exit_code=code, aborted=aborted)
+    return JobResult(summary=summary, exit_code=code, aborted=stop.reason if stop else None)
+
+
+def _results_path(settings: RunSettings, stream: TextIO) -> Path:
+    """Where the results go: a dry run never replaces the results of a real job."""
+    results = Path(settings.results)
+    if not settings.dry_run or not results.exists():
+        return results
+    summary = results.with_name(results.stem + ".summary.json")
+    try:
+        real = json.loads(summary.read_text(encoding="utf-8")).get("dry_run") is False
+    except (OSError, ValueError, AttributeError):
+        real = False
+    if not (real or settings.journal_path().exists()):
+        return results
+    beside = results.with_name(f"{results.stem}.dry-run{results.suffix}")
+    print(f"batcher: {results} holds the results of a real job; this dry run writes {beside}",
+          file=stream)
+    return beside
+
+
+def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, results: Path,
+           stop: _Stop | None, started: float, stream: TextIO) -> Summary:
+    """Results, retry file and summary from the journal (or from the scan when the journal was
+    never loaded); a failure to write them says how to get them later."""
+    source = journal
+    reason = stop.reason if stop else None
+    try:
+        if journal.rows == 0:  # stopped before the plan was loaded (or even the scan ended)
+            scan = scan or scan_input(settings.input, settings.module)
+            source = UnplannedResults(scan.rows, scan.tables, utc_now(), f"not sent: {reason}")
+        meta = {k: journal.get_meta(k, d) for k, d in (
+            ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None))}
+        return write_results(source, results, duration_s=time.monotonic() - started,
+                             extra={"dry_run": settings.dry_run, "aborted": reason, **meta})
+    except (OSError, BatcherError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        how = (f"re-run the same command, or `batcher report --journal {journal.path} "
+               f"--results {results}`") if not settings.dry_run else "re-run the dry run"
+        if reason:
+            print(f"batcher: aborted: {reason}", file=stream)
+        raise AbortError(f"the results could not be written to {results} ({why}); the journal "
+                         f"keeps every answer: once that is fixed, {how}") from None
 
 
 @contextmanager
@@ -148,58 +266,91 @@ def _journal_for(settings: RunSettings, fp: str) -> Iterator[Journal]:
             yield journal
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Schedulers stop jobs with SIGTERM: treat it like Ctrl-C so results are still written."""
+@dataclass(frozen=True)
+class _Link:
+    """Everything needed to reach Zoho: credentials, endpoints, transports, environment."""
 
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
+    creds: Credentials
+    endpoints: Endpoints
+    transports: Transports
+    env: Mapping[str, str]
 
+    def clients(self, settings: RunSettings, redact: Redactor) -> _clients:
+        return _clients(settings, self.creds, self.endpoints, self.transports, redact, self.env)
+
+
+def _drive(settings: RunSettings, scan: InputScan | None, journal: Journal, link: _Link,
+           stream: TextIO, stopper: Stopper, redact: Redactor) -> _Stop | None:
+    """The job's event loop: preflight, plan and load, send. Returns why it stopped early."""
+    runner = asyncio.Runner()
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. called from a worker thread of a scheduler)
-        yield
-        return
-    try:
-        yield
+        return runner.run(_run(settings, scan, journal, link, stream, stopper, redact))
+    except asyncio.CancelledError:  # cancelled before its first step
+        if stopper.requested is None:
+            raise
+        return _Stop(stopper.message())
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        runner.close()
 
 
-async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal,
-               creds: Credentials, endpoints: Endpoints, transports: Transports, stream: TextIO
-               ) -> str | None:
-    async with _clients(settings, creds, endpoints, transports) as (client, auth):
+async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, link: _Link,
+               stream: TextIO, stopper: Stopper, redact: Redactor) -> _Stop | None:
+    def say(text: str) -> None:
+        if not settings.quiet:
+            print(f"batcher: {redact(text)}", file=stream)
+
+    reach = Reachability(settings.retry.outage_after, on_down=say)
+    with stopper.phase("loop", asyncio.current_task()):
         try:
-            if scan is not None:  # a new journal: preflight, plan and load it
-                verdicts: list[tuple[str, str]] = []
-                verdict_of_pair = None
-                if settings.preflight:
-                    verdicts, verdict_of_pair = await _preflight(client, auth, scan, journal,
-                                                                 stream, settings.quiet)
-                _plan_into(journal, scan, verdicts, verdict_of_pair)
-            if settings.dry_run:
-                return None
-            return await _execute(settings, journal, client, auth, stream)
-        except AbortError as exc:
-            return str(exc)
+            async with link.clients(settings, redact) as (client, auth):
+                if scan is not None:  # a new journal: preflight, plan and load it
+                    verdicts: list[tuple[str, str]] = []
+                    verdict_of_pair = None
+                    if settings.preflight:
+                        verdicts, verdict_of_pair = await _preflight(
+                            client, auth, scan, journal, say, settings.retry, reach)
+                    with stopper.phase("raise"):
+                        _plan_into(journal, scan, verdicts, verdict_of_pair)
+                elif not settings.dry_run:
+                    requeued = journal.requeue_retryable(settings.max_retry_rounds)
+                    if requeued:
+                        say(f"sending again {requeued} pairs that failed for a reason worth "
+                            "retrying")
+                if settings.dry_run:
+                    return None
+                return await _execute(settings, journal, client, auth, stream, reach, redact)
+        except asyncio.CancelledError:
+            if stopper.requested is None:
+                raise
+            return _Stop(stopper.message())
+        except BatcherError as exc:
+            return _Stop(redact(str(exc)), exc.exit_code)
 
 
 class _clients:
-    """The API client (with shared-refresh auth) and the accounts client, closed together."""
+    """The API client (with shared-refresh auth) and the accounts client, closed together.
+
+    Both decide on a proxy the same way, from the job's environment (``netio.proxy_for``), and
+    neither reads the process's environment on its own.
+    """
 
     def __init__(self, settings: RunSettings, creds: Credentials, endpoints: Endpoints,
-                 transports: Transports) -> None:
-        self._accounts = httpx.AsyncClient(transport=transports.accounts,
-                                           timeout=settings.timeout)
-        self.auth = ZohoAuth(creds, endpoints, client=self._accounts)
+                 transports: Transports, redact: Redactor, env: Mapping[str, str]) -> None:
         limits = httpx.Limits(max_connections=settings.concurrency,
                               max_keepalive_connections=settings.concurrency)
-        # httpx writes a request's headers and body separately: without TCP_NODELAY, Nagle's
-        # algorithm can hold the body back for a delayed ACK
-        api = transports.api or AsyncioTransport(limits=limits, socket_options=[
-            (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-        self.client = httpx.AsyncClient(auth=self.auth, transport=api,
+        try:
+            accounts = transports.accounts or accounts_transport(endpoints.accounts_url, env)
+            # httpx writes a request's headers and body separately: without TCP_NODELAY,
+            # Nagle's algorithm can hold the body back for a delayed ACK
+            api = transports.api or api_transport(endpoints.api_domain, env, limits=limits,
+                                                  socket_options=[(socket.IPPROTO_TCP,
+                                                                   socket.TCP_NODELAY, 1)])
+        except ValueError as exc:
+            raise UsageError(redact(str(exc))) from None
+        self._accounts = httpx.AsyncClient(transport=accounts, timeout=settings.timeout,
+                                           trust_env=False)
+        self.auth = ZohoAuth(creds, endpoints, client=self._accounts, redactor=redact)
+        self.client = httpx.AsyncClient(auth=self.auth, transport=api, trust_env=False,
                                         timeout=settings.timeout, limits=limits)
 
     async def __aenter__(self) -> tuple[httpx.AsyncClient, ZohoAuth]:
@@ -211,37 +362,32 @@ class _clients:
 
 
 async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
-                     journal: Journal, stream: TextIO, quiet: bool
+                     journal: Journal, say, policy: RetryPolicy, reach: Reachability
                      ) -> tuple[list[tuple[str, str]], np.ndarray | None]:
     """Find the pairs whose cadence is unknown, of another module, or not manual: (verdicts
     as (code, reason), and for each pair the index of its verdict or -1). Its GET calls count
-    in the job's credits."""
-    gets = 0
-
-    def count() -> None:
-        nonlocal gets
-        gets += 1
-
+    in the job's credits. Linear in the input's distinct cadences."""
     try:
-        cadences: list[Cadence] = await fetch_cadences(client, auth.api_domain, on_call=count)
+        cadences: list[Cadence] = await fetch_cadences(
+            client, auth.api_domain, policy=policy, reach=reach,
+            on_call=lambda: journal.count(credits=1))
     except PermissionDenied as exc:
-        if not quiet:
-            print(f"batcher: warning: preflight skipped: {exc}", file=stream)
+        say(f"warning: preflight skipped: {exc}")
         return [], None
     finally:
-        journal.add_counters(credits=gets)
+        journal.add_counters()  # the GETs' credits, now
     keys = scan.cadence_keys()  # (module, cadence id) of each cadence code
     found = preflight(keys, cadences)
     if not found:
         return [], None
-    verdicts = list(dict.fromkeys(found.values()))
-    of_code = np.array([verdicts.index(found[k]) if k in found else -1 for k in keys],
-                       dtype=np.int64)
-    if not quiet:
-        for (module, cadence), (code, message) in found.items():
-            print(f"batcher: preflight: {module} cadence {cadence}: {code}: {message}",
-                  file=stream)
-    return verdicts, of_code[scan.codes.cadence]
+    index = {verdict: i for i, verdict in enumerate(dict.fromkeys(found.values()))}
+    of_code = np.array([index[found[k]] if k in found else -1 for k in keys], dtype=np.int64)
+    for (module, cadence), (code, message) in list(found.items())[:_PREFLIGHT_LINES]:
+        say(f"preflight: {module} cadence {cadence}: {code}: {message}")
+    if len(found) > _PREFLIGHT_LINES:
+        say(f"preflight: and {len(found) - _PREFLIGHT_LINES} more cadences refused the same "
+            "way (see the results)")
+    return list(index), of_code[scan.codes.cadence]
 
 
 def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]],
@@ -259,7 +405,8 @@ def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]
 
 
 async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncClient,
-                   auth: ZohoAuth, stream: TextIO) -> str | None:
+                   auth: ZohoAuth, stream: TextIO, reach: Reachability,
+                   redact: Redactor) -> _Stop | None:
     waiting = {k: v for k, v in journal.batch_counts().items() if k in ("pending", "sent")}
     progress = Progress(total_pairs=sum(v["pairs"] for v in waiting.values()),
                         total_batches=sum(v["batches"] for v in waiting.values()),
@@ -267,34 +414,35 @@ async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncC
     executor = Executor(client, journal, ExecutorSettings(
         concurrency=settings.concurrency, max_calls=settings.max_calls, retry=settings.retry,
         calm_seconds=settings.calm_seconds), api_domain=lambda: auth.api_domain,
-        on_progress=progress.update)
-    aborted = None
+        on_progress=progress.update, reach=reach, redactor=redact)
     start = time.monotonic()
     try:
         await executor.run(journal.pending_batches())
-    except AbortError as exc:
-        aborted = str(exc)
     finally:
+        # the calls were counted as they went; what is left is this run's bookkeeping, which a
+        # journal whose disk failed cannot take (the failure itself is what the run reports)
+        with contextlib.suppress(BatcherError):
+            journal.set_meta("token_refreshes", getattr(auth, "refreshes", 0))
+            journal.set_meta("lowest_concurrency", executor.lowest_concurrency)
+            journal.set_meta("send_s",
+                             journal.get_meta("send_s", 0.0) + time.monotonic() - start)
         c: Counters = executor.counters
-        journal.add_counters(calls=c.calls, retries=c.retries, throttled=c.throttled,
-                             credits=c.calls)
-        journal.set_meta("token_refreshes", getattr(auth, "refreshes", 0))
-        journal.set_meta("lowest_concurrency", executor.lowest_concurrency)
-        journal.set_meta("send_s", journal.get_meta("send_s", 0.0) + time.monotonic() - start)
         progress.close(c)
-    return aborted
+    return None
 
 
-def run_from_args(args, env: Mapping[str, str]) -> int:
+def run_from_args(args, env: Mapping[str, str], stopper: Stopper | None = None) -> int:
     settings = RunSettings(
         input=args.input, results=args.results, journal=args.journal, module=args.module,
         concurrency=args.concurrency, max_calls=args.max_calls, dry_run=args.dry_run,
         preflight=not args.no_preflight, quiet=args.quiet, api_domain=args.api_domain,
         accounts_url=args.accounts_url, dc=args.dc)
-    return run_job(settings, env).exit_code
+    return run_job(settings, env, stopper=stopper).exit_code
 
 
 def report_from_journal(journal_path: str, results: str, stream: TextIO | None = None) -> int:
+    """``batcher report``: rewrite a job's results from its journal; the exit code follows
+    ``run``'s rules for the job it describes (3 while batches are left to send)."""
     stream = stream or sys.stdout
     path = Path(journal_path)
     if not path.exists():
@@ -302,7 +450,13 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
     with Journal.open(path, None) as journal:
         summary = write_results(journal, Path(results), duration_s=0.0,
                                 extra={"rewritten_from_journal": str(path)})
+        unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()
+                         if k in ("pending", "sent"))
     print(summary.human(), file=stream)
+    if unfinished:
+        print(f"batcher: the job is not finished: {unfinished} pairs are not sent yet; re-run "
+              "its command to resume", file=stream)
+        return 3
     return summary.exit_code()
 
 
@@ -311,11 +465,15 @@ def list_cadences(args, env: Mapping[str, str], *, transports: Transports = Tran
     stream = stream or sys.stdout
     creds = load_credentials(env)
     endpoints = resolve_endpoints(args.api_domain, args.accounts_url, args.dc, env)
+    settings = RunSettings(input="-", results="-")
 
     async def fetch() -> list[Cadence]:
-        settings = RunSettings(input="-", results="-")
-        async with _clients(settings, creds, endpoints, transports) as (client, auth):
-            return await fetch_cadences(client, auth.api_domain)
+        redact = Redactor(creds.secrets())
+        link = _Link(creds, endpoints, transports, env)
+        async with link.clients(settings, redact) as (client, auth):
+            reach = Reachability(settings.retry.outage_after, on_down=lambda text: print(
+                f"batcher: {redact(text)}", file=sys.stderr))
+            return await fetch_cadences(client, auth.api_domain, reach=reach)
 
     cadences = asyncio.run(fetch())
     if args.module:

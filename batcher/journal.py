@@ -10,7 +10,12 @@ it when the process dies, so ``kill -9`` leaves no stale lock). Within the proce
 called from worker threads (``asyncio.to_thread``); a mutex serialises them.
 
 Caller mistakes (outcomes for pairs outside a batch, children that do not cover a parent, re-sending
-an answered batch) raise ``ValueError`` and roll back: they are bugs, never user errors.
+an answered batch) raise ``ValueError`` and roll back: they are bugs, never user errors. A failing
+disk (full, read-only, damaged pages) raises :class:`~batcher.errors.JournalIOError` naming the
+file.
+
+Files are created with mode 0600 and never through a symbolic link: the journal holds the job's
+record ids and the server's messages.
 """
 
 from __future__ import annotations
@@ -32,13 +37,21 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import JournalError
-from .models import RESULT_COLUMNS, Batch, OutcomeGroup, PairOutcome, Status
+from .errors import JournalError, JournalIOError
+from .models import (
+    MAX_CADENCES_PER_CALL,
+    MAX_RECORDS_PER_CALL,
+    RESULT_COLUMNS,
+    Batch,
+    OutcomeGroup,
+    PairOutcome,
+    Status,
+)
 
 SCHEMA_VERSION = 1
 CHUNK_ROWS = 50_000
 _PAGE_BATCHES = 20  # ≤ 10,000 rows checked per page: a short pause for the event loop
-_COUNTERS = ("calls", "retries", "throttled", "credits")
+_COUNTERS = ("calls", "retries", "throttled", "credits", "ignored_entries")
 _OPEN_STATES = ("pending", "sent")  # a 'sent' batch may or may not have been applied: re-sendable
 #: status (member or its text) → the text stored, for the statuses an answer may give a pair
 _OUTCOME_STATUS = {s.value: s.value for s in Status if s not in (Status.NOT_SENT, Status.DUPLICATE)}
@@ -84,6 +97,7 @@ _PAIR_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS rows_pair "
 _K_VERSION, _K_FINGERPRINT = "batcher.schema_version", "batcher.fingerprint"
 _K_INPUT = "batcher.input"
 _K_LOADED, _K_ROWS, _K_STARTED = "batcher.loaded", "batcher.rows", "batcher.started_at"
+_K_ROUNDS = "batcher.retry_rounds"
 
 
 def utc_now() -> str:
@@ -99,6 +113,8 @@ class Journal:
         self._db = db
         self._lock_fd = lock_fd
         self._mutex = threading.RLock()
+        self._unsaved: dict[str, int] = {}  # counter deltas waiting for the next commit
+        self._count_lock = threading.Lock()
         self.is_new = is_new
 
     # ------------------------------------------------------------------ open / close
@@ -112,6 +128,9 @@ class Journal:
         its input (``batcher report``). ``input_name`` is only remembered for error messages.
         """
         path = Path(path)
+        if path.is_symlink():
+            raise JournalError(f"journal {path} is a symbolic link; batcher does not follow links "
+                               "for its own files: give the real path with --journal")
         if fingerprint is None and not path.is_file():
             raise JournalError(f"no journal at {path}")
         if not path.parent.is_dir():
@@ -119,11 +138,14 @@ class Journal:
                 f"cannot create journal {path}: directory {path.parent} does not exist")
         lock_fd = _acquire_lock(path)
         try:
+            _create_private(path)
             db = _connect(path)
             try:
                 is_new = _prepare(db, path, fingerprint, input_name)
-            except BaseException:
+            except BaseException as exc:
                 db.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise JournalError(f"cannot use journal {path}: {_sqlite_text(exc)}") from None
                 raise
         except BaseException:
             _release_lock(lock_fd)
@@ -151,23 +173,60 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._mutex:
+        """One transaction; it also writes the counter deltas counted since the last one."""
+        with self._mutex, self._disk_errors():
             if self._lock_fd < 0:
                 raise ValueError("journal is closed")
             self._db.execute("BEGIN IMMEDIATE")
+            deltas: dict[str, int] = {}
             try:
                 yield self._db
+                deltas = self._take_unsaved()
+                _add_counters(self._db, deltas)
             except BaseException:
+                self.count(**deltas)  # not written: kept for the next commit
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self.count(**deltas)
+                raise
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self._mutex:
+        with self._mutex, self._disk_errors():
             if self._lock_fd < 0:
                 raise ValueError("journal is closed")
             return self._db.execute(sql, params).fetchall()
+
+    @contextmanager
+    def _disk_errors(self) -> Iterator[None]:
+        """SQLite's I/O failures as one line naming the file (a full disk is not a bug)."""
+        try:
+            yield
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise
+        except sqlite3.Error as exc:
+            raise JournalIOError(
+                f"journal {self.path}: {_sqlite_text(exc)}; free space or fix the disk, then "
+                "re-run the same command to resume") from None
+
+    # ------------------------------------------------------------------ counters
+
+    def count(self, **deltas: int) -> None:
+        """Add to the job's counters (calls, retries, throttled, credits, ignored_entries); they
+        are written with the journal's next commit, so a ``kill -9`` loses at most the calls of
+        the last few milliseconds, and the hot path pays no commit of its own."""
+        with self._count_lock:
+            for name, value in deltas.items():
+                if value:
+                    self._unsaved[name] = self._unsaved.get(name, 0) + value
+
+    def _take_unsaved(self) -> dict[str, int]:
+        with self._count_lock:
+            taken, self._unsaved = self._unsaved, {}
+        return taken
 
     # ------------------------------------------------------------------ load
 
@@ -422,6 +481,59 @@ class Journal:
                     raise JournalError(f"batch {batch_id}: its rows do not match its pairs")
         return covered
 
+    def requeue_retryable(self, max_rounds: int) -> int:
+        """Plan the pairs answered ``failed`` with ``retryable`` true as new pending batches.
+
+        Run at the start of a resumed job, so the same command re-sends what may succeed now and
+        a nightly re-run converges; at most ``max_rounds`` times per job. A pair goes back only
+        with the cadences its record failed in within one batch, so every new batch is again
+        records × cadences that were all asked for. Its ``attempts`` start at the old batch's,
+        so a re-send's "not enrolled" carries the doubt that an earlier attempt may have removed
+        it. Returns the number of pairs requeued (0 once the rounds are spent).
+        """
+        with self._tx() as db:
+            rounds = int(json.loads((db.execute("SELECT value FROM meta WHERE key = ?",
+                                                (_K_ROUNDS,)).fetchone() or ["0"])[0]))
+            if rounds >= max_rounds:
+                return 0
+            failed: dict[tuple[str, str, int], dict[str, list[str]]] = {}
+            for batch_id, module, attempts, record, cadence in db.execute(
+                    "SELECT b.batch_id, b.module, b.attempts, r.record_id, r.cadence_id"
+                    " FROM rows r JOIN batches b ON b.batch_id = r.batch_id"
+                    " WHERE r.status = 'failed' AND r.retryable = 1"
+                    " AND b.state NOT IN ('pending', 'sent') ORDER BY b.seq, r.row"):
+                failed.setdefault((batch_id, module, attempts), {}).setdefault(
+                    record, []).append(cadence)
+            if not failed:
+                return 0
+            rounds += 1
+            (seq,) = db.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
+            moves: list[tuple[str, str, str, str]] = []
+            for (parent, module, attempts), cadences_of in failed.items():
+                by_set: dict[tuple[str, ...], list[str]] = {}
+                for record, cadences in cadences_of.items():
+                    by_set.setdefault(tuple(cadences), []).append(record)
+                children: list[Batch] = []
+                for cadences, records in by_set.items():
+                    for i in range(0, len(records), MAX_RECORDS_PER_CALL):
+                        for j in range(0, len(cadences), MAX_CADENCES_PER_CALL):
+                            children.append(Batch(
+                                f"{parent}.r{rounds}-{len(children) + 1}", module,
+                                tuple(records[i:i + MAX_RECORDS_PER_CALL]),
+                                cadences[j:j + MAX_CADENCES_PER_CALL]))
+                for child in children:
+                    seq += 1
+                    _insert_batches(db, [child], seq0=seq, parent=parent)
+                    db.execute("UPDATE batches SET attempts = ? WHERE batch_id = ?",
+                               (attempts, child.batch_id))
+                    moves += [(child.batch_id, parent, r, c) for r, c in child.pairs()]
+            db.executemany(
+                "UPDATE rows SET batch_id = ?, status = 'not_sent', code = NULL, message = NULL,"
+                " http_status = NULL, finished_at = NULL WHERE batch_id = ? AND record_id = ?"
+                " AND cadence_id = ?", moves)
+            _set_meta(db, _K_ROUNDS, rounds)
+            return len(moves)
+
     def batch_counts(self) -> dict[str, dict[str, int]]:
         """state → {"batches": n, "pairs": n}: for progress bars and resume messages."""
         return {s: {"batches": n, "pairs": p or 0} for s, n, p in self._query(
@@ -429,13 +541,11 @@ class Journal:
 
     # ------------------------------------------------------------------ counters, metadata
 
-    def add_counters(self, calls: int = 0, retries: int = 0, throttled: int = 0,
-                     credits: int = 0) -> None:
-        deltas = {"calls": calls, "retries": retries, "throttled": throttled, "credits": credits}
-        with self._tx() as db:
-            db.executemany("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name)"
-                           " DO UPDATE SET value = value + excluded.value",
-                           [(k, v) for k, v in deltas.items() if v])
+    def add_counters(self, **deltas: int) -> None:
+        """:meth:`count` and commit now (with any deltas still waiting)."""
+        self.count(**deltas)
+        with self._tx():
+            pass
 
     def counters(self) -> dict[str, int]:
         got = dict(self._query("SELECT name, value FROM counters"))
@@ -483,12 +593,35 @@ class Journal:
 # ---------------------------------------------------------------------- helpers
 
 
+def _add_counters(db: sqlite3.Connection, deltas: dict[str, int]) -> None:
+    if deltas:
+        db.executemany("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name)"
+                       " DO UPDATE SET value = value + excluded.value", list(deltas.items()))
+
+
+def _sqlite_text(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc} ({name})" if name else str(exc)
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists; never through a symbolic link."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise JournalError(f"cannot create journal {path}: {exc.strerror}") from None
+    with suppress(OSError):
+        os.fchmod(fd, 0o600)  # a journal made by an older batcher was 0644
+    os.close(fd)
+
+
 def _acquire_lock(path: Path) -> int:
     lock_path = path.with_name(path.name + ".lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
-        raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
+        what = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise JournalError(f"cannot lock journal {path}: {lock_path.name} {what}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

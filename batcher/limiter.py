@@ -55,6 +55,12 @@ class AdaptiveLimiter:
             # wake-ups that found the slot taken (a woken waiter re-checks, so none is stranded)
             self._cond.notify()
 
+    async def wake(self) -> None:
+        """End any pause and wake every waiter (the run is stopping: they must see it now)."""
+        async with self._cond:
+            self._paused_until = 0.0
+            self._cond.notify_all()
+
     def throttled(self, pause: float | None = None) -> None:
         """A 429 arrived: halve the limit (once per calm window) and pause everyone briefly."""
         now = self._clock()

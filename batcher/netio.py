@@ -4,15 +4,22 @@ httpcore reaches asyncio through anyio, whose cancel scopes and socket attribute
 about a quarter of the event loop's time per call at a few hundred calls a second — time taken
 from the moment an answer arrives to the moment the next call leaves. This backend speaks to
 asyncio directly; the pool, HTTP/1.1, TLS and httpx's error classes stay those of httpx/httpcore.
+
+Proxies: httpx reads HTTP(S)_PROXY only for a client without an explicit transport, so every batcher
+client decides here instead, the same way (``proxy_for``), and gets its transport from
+``api_transport`` / ``accounts_transport``; the clients are built with ``trust_env=False``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import ssl
-from collections.abc import Iterable
+import urllib.request
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -137,3 +144,135 @@ def _mapped(timeout_error: type[Exception], other_error: type[Exception]):
         raise timeout_error(str(exc) or "timed out") from exc
     except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
         raise other_error(str(exc) or type(exc).__name__) from exc
+
+
+# ---------------------------------------------------------------------- proxies
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def proxy_for(url: str, env: Mapping[str, str]) -> str | None:
+    """The proxy URL to reach ``url`` through, decided from ``env`` as curl does; None = direct.
+
+    ``https_proxy`` / ``http_proxy`` by the URL's scheme, else ``all_proxy``; each name lowercase
+    first, then uppercase; an empty value counts as unset. ``no_proxy`` (else ``NO_PROXY``) lists
+    hosts that go direct: ``*``, a host or a domain suffix (``example.com`` and ``.example.com``
+    both cover ``api.example.com``), ``host:port``, an IP address or a CIDR block. Loopback
+    (localhost, 127.0.0.0/8, ::1) never goes through a proxy. A proxy given without a scheme
+    (``proxy.corp:3128``) is an HTTP proxy, as for curl and httpx.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")  # lowercase, without brackets or port
+    if scheme not in _DEFAULT_PORTS or not host or _is_loopback(host):
+        return None
+    proxy = _env(env, f"{scheme}_proxy") or _env(env, "all_proxy")
+    if proxy is None:
+        return None
+    try:
+        port = parts.port or _DEFAULT_PORTS[scheme]
+    except ValueError:  # a port that is not a number: let the client refuse the URL itself
+        port = _DEFAULT_PORTS[scheme]
+    no_proxy = _env(env, "no_proxy")
+    if no_proxy is not None and _bypassed(host, port, no_proxy):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def api_transport(url: str, env: Mapping[str, str], *, limits: httpx.Limits | None = None,
+                  socket_options: Iterable[Any] | None = None) -> httpx.AsyncBaseTransport:
+    """The API client's transport: ``AsyncioTransport`` direct, httpx's own through a proxy.
+
+    Raises ValueError when the proxy chosen cannot be used (unknown scheme, SOCKS without socksio).
+    """
+    proxy = proxy_for(url, env)
+    if proxy is None:
+        return AsyncioTransport(limits=limits, socket_options=socket_options)
+    return _proxied(proxy, limits=limits or httpx.Limits(), socket_options=socket_options)
+
+
+def accounts_transport(url: str, env: Mapping[str, str]) -> httpx.AsyncBaseTransport:
+    """The accounts (token) client's transport, through the proxy ``proxy_for`` picks if any.
+
+    Raises ValueError when the proxy chosen cannot be used.
+    """
+    proxy = proxy_for(url, env)
+    return httpx.AsyncHTTPTransport() if proxy is None else _proxied(proxy)
+
+
+def _proxied(proxy: str, **options: Any) -> httpx.AsyncHTTPTransport:
+    try:
+        return httpx.AsyncHTTPTransport(proxy=proxy, **options)
+    except (ImportError, ValueError, httpx.InvalidURL) as exc:
+        raise ValueError(f"cannot use the proxy {_shown(proxy)} from the environment: "
+                         f"{_shown(str(exc))}") from None
+
+
+def _shown(text: str) -> str:
+    """``text`` with any ``user:password@`` of a URL masked: a proxy URL may carry credentials."""
+    head, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{head}{sep}{authority}{slash}{path}"
+
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    for key in (name.lower(), name.upper()):
+        value = (env.get(key) or "").strip()
+        if value:
+            return value
+    return None
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.partition("%")[0])  # fe80::1%eth0: scope id aside
+    except ValueError:
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    ip = _ip(host)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip is not None and ip.is_loopback
+
+
+def _bypassed(host: str, port: int, no_proxy: str) -> bool:
+    """Whether ``no_proxy`` sends ``host``:``port`` direct. Names, suffixes and host:port as the
+    standard library reads them (``*.example.com`` taken as ``.example.com``); IP addresses and
+    CIDR blocks compared as addresses, never as name suffixes."""
+    entries = [e.strip() for e in no_proxy.split(",") if e.strip()]
+    if "*" in entries:
+        return True
+    ip = _ip(host)
+    if ip is None:
+        names = ",".join(e[1:] if e.startswith("*.") else e for e in entries)
+        return urllib.request.proxy_bypass_environment(f"{host}:{port}", {"no": names})
+    for entry in entries:
+        address, port_given = _split_port(entry)
+        if port_given is not None and port_given != port:
+            continue
+        try:
+            if ip in ipaddress.ip_network(address, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """``[::1]:8080`` / ``10.0.0.1:8080`` / ``10.0.0.0/8`` / ``::1`` → (address, port or None)."""
+    if entry.startswith("["):
+        address, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif entry.count(":") == 1:
+        address, _, port = entry.partition(":")
+    else:
+        address, port = entry, ""
+    return address, int(port) if port.isdigit() else None

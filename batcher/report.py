@@ -2,8 +2,10 @@
 
 The three files are first written to hidden temporary files in the target directory and renamed
 into place only when all of them are complete, so a user (or cron) never sees a truncated results
-file, and a failed write leaves the previous run's files untouched. Counts are taken from the rows
-actually written, then reconciled against the number of input rows the journal loaded.
+file, and a failed write leaves the previous run's files untouched. They are created with mode
+0600 (they hold the job's record ids), and the temporary files a killed run left are removed.
+Counts are taken from the rows actually written, then reconciled against the number of input rows
+the journal loaded.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from .models import SUCCESS_STATUSES, Status
 
 RETRY_COLUMNS = ("module", "record_id", "cadence_id")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
+#: the extensions ``--results`` may have
+RESULT_SUFFIXES = (".csv", *_PARQUET_SUFFIXES)
 _STATUS_ORDER = [s.value for s in Status]
 
 
@@ -111,6 +115,8 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     """Write results (CSV, or Parquet for ``.parquet``/``.pq``), retry file and summary."""
     results = Path(os.path.abspath(results_path))
     retry, summary_file = side_paths(results)
+    for target in (results, retry, summary_file):
+        _remove_stale_temps(target)
     by_status: dict[str, int] = {}
     by_code: dict[str, dict[str, int]] = {}
     written = retry_rows = 0
@@ -189,7 +195,7 @@ def _atomic(target: Path) -> Iterator[Path]:
     Nested blocks rename in reverse order of entry, so the results file (entered first) lands last.
     """
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -197,6 +203,20 @@ def _atomic(target: Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Remove the temporary files of ``target`` that a killed run left (their pid is gone)."""
+    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = tmp.name[len(target.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # alive (another user's), or not ours to judge
+            pass
 
 
 class UnplannedResults:

@@ -1,9 +1,14 @@
 """Retries, with tenacity kept behind this one module.
 
-The wait honours what the server said (``Retry-After``, ``X-RATELIMIT-RESET``) and backs off with
-full jitter otherwise, so many workers hitting one limit do not retry in lock-step. A
+The wait honours what the server said (``Retry-After``, ``X-RATELIMIT-RESET``) in full and backs
+off with full jitter otherwise, so many workers hitting one limit do not retry in lock-step. A
 ``Retry-After: 0`` still waits ``min_wait_on_zero_retry_after``: a burst of them must not burn every
-attempt in a millisecond.
+attempt in a millisecond. A wait longer than ``longest_wait`` aborts the job (resumable) instead.
+
+An outage is not a batch's failure: :class:`Reachability`, shared by every caller of a job, runs
+a clock while nothing Zoho-shaped answers (connections refused or cut, timeouts, 5xx and proxy
+pages) and stops it at any answer. While it runs, a batch out of attempts keeps trying; past
+``outage_after`` the job aborts (DESIGN.md, Behaviour on answers).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import TypeVar
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from batcher.errors import TransientError
+from batcher.errors import TransientError, WaitTooLong, ZohoUnreachable
 
 T = TypeVar("T")
 
@@ -35,16 +40,105 @@ class RetryPolicy:
 
     attempts: int = 6
     base: float = 0.5
+    #: ceiling of the backoff when the server said nothing (seconds)
     max_wait: float = 60.0
     jitter: bool = True
     min_wait_on_zero_retry_after: float = 0.5
     throttled_attempts: int = 30
+    #: the longest ``Retry-After`` honoured; a longer one aborts the job (seconds)
+    longest_wait: float = 900.0
+    #: how long Zoho may stay silent (no answer to anyone) before the job aborts (seconds)
+    outage_after: float = 120.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.throttled_attempts < 1:
             raise ValueError("attempts must be at least 1")
-        if self.base < 0 or self.max_wait < 0 or self.min_wait_on_zero_retry_after < 0:
+        if min(self.base, self.max_wait, self.min_wait_on_zero_retry_after, self.longest_wait,
+               self.outage_after) < 0:
             raise ValueError("waits must not be negative")
+
+
+def seconds_text(seconds: float) -> str:
+    """``45 s``, ``2 min``, ``1.5 h``: a wait as a person reads it."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def is_unsent(exc: BaseException) -> bool:
+    """The request never left: no connection could be made, or no token could be had."""
+    if isinstance(exc, TransientError):
+        return exc.unsent
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+
+
+def no_answer(exc: BaseException) -> bool:
+    """A failure that says Zoho (or the way to it) is down rather than anything about the call."""
+    if isinstance(exc, TransientError):
+        if exc.throttled:
+            return False
+        if exc.unsent or exc.http_status is None:
+            return True
+        # a 5xx in Zoho's own words (INTERNAL_SERVER_ERROR) is an answer; a proxy page is not
+        status = exc.http_status
+        return status >= 500 and exc.code in ("", f"HTTP_{status}", f"TOKEN_HTTP_{status}")
+    return isinstance(exc, httpx.TransportError) and not isinstance(exc, _NOT_TRANSIENT)
+
+
+def _what(exc: BaseException) -> str:
+    """A failure in a few words, without the exception's text (it may quote anything)."""
+    if isinstance(exc, TransientError):
+        return str(exc)
+    try:
+        where = f" to {exc.request.url.host}" if isinstance(exc, httpx.RequestError) else ""
+    except RuntimeError:  # an httpx error raised without its request
+        where = ""
+    return f"{type(exc).__name__}{where}"
+
+
+class Reachability:
+    """The outage clock of one job: started by a failure without an answer, stopped by any answer.
+
+    ``check()`` raises :class:`~batcher.errors.ZohoUnreachable` once the clock passes
+    ``give_up_after`` seconds. ``on_down(text)`` is told when a silence begins (to say on stderr
+    that batcher is waiting, not hung).
+    """
+
+    def __init__(self, give_up_after: float, *, clock: Callable[[], float] = time.monotonic,
+                 on_down: Callable[[str], object] | None = None) -> None:
+        self._give_up_after = give_up_after
+        self._clock = clock
+        self._on_down = on_down
+        self._since: float | None = None
+        self._what = ""
+        self.answers = 0  # answers seen by the job's callers, all together
+
+    def failed(self, exc: BaseException) -> None:
+        self._what = _what(exc)
+        if self._since is None:
+            self._since = self._clock()
+            if self._on_down is not None:
+                self._on_down(f"no answer from Zoho ({self._what}); retrying for up to "
+                              f"{seconds_text(self._give_up_after)} before stopping")
+
+    def answered(self) -> None:
+        self._since = None
+        self.answers += 1
+
+    def remaining(self) -> float:
+        """Seconds left before the clock runs out (infinite while Zoho answers)."""
+        if self._since is None:
+            return float("inf")
+        return max(0.0, self._since + self._give_up_after - self._clock())
+
+    def check(self) -> None:
+        if self._since is not None and self.remaining() <= 0:
+            raise ZohoUnreachable(
+                f"Zoho did not answer for {seconds_text(self._clock() - self._since)} "
+                f"(last: {self._what}); unanswered rows are not_sent — re-run the same command "
+                "to resume once it is reachable")
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -88,14 +182,26 @@ def is_retryable(exc: BaseException) -> bool:
 
 def compute_wait(policy: RetryPolicy, attempt: int, exc: BaseException | None,
                  rng: random.Random | None = None) -> float:
-    """Seconds to sleep after failed attempt number ``attempt`` (1-based)."""
+    """Seconds to sleep after failed attempt number ``attempt`` (1-based); what the server asked
+    for is honoured in full (see :func:`check_wait` for the limit)."""
     retry_after = getattr(exc, "retry_after", None) if isinstance(exc, TransientError) else None
     if retry_after is not None:
-        return min(policy.max_wait, max(retry_after, policy.min_wait_on_zero_retry_after))
-    ceiling = min(policy.max_wait, policy.base * 2 ** (attempt - 1))
+        return max(retry_after, policy.min_wait_on_zero_retry_after)
+    ceiling = min(policy.max_wait, policy.base * 2.0 ** min(attempt - 1, 60))
     if not policy.jitter:
         return ceiling
     return (rng or random).uniform(0.0, ceiling)
+
+
+def check_wait(policy: RetryPolicy, exc: BaseException) -> None:
+    """Raise :class:`~batcher.errors.WaitTooLong` when the server asked for a longer wait than
+    the job may spend (``policy.longest_wait``)."""
+    retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+    if retry_after is not None and retry_after > policy.longest_wait:
+        raise WaitTooLong(
+            f"Zoho asked to wait {seconds_text(retry_after)} before the next call "
+            f"({exc.code or 'Retry-After'}), longer than the {seconds_text(policy.longest_wait)} "
+            "this job waits; re-run the same command after that to resume")
 
 
 async def call_with_retries(
@@ -105,18 +211,46 @@ async def call_with_retries(
     on_retry: Callable[[int, BaseException, float], object] | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     rng: random.Random | None = None,
+    reach: Reachability | None = None,
 ) -> tuple[T, int]:
     """Run ``fn`` until it returns, retrying transient failures; return ``(result, attempts)``.
 
     ``on_retry(attempt, error, wait)`` is called before each sleep (to count retries and 429s, or
     lower concurrency). When attempts run out (``policy.attempts`` failures, or
     ``policy.throttled_attempts`` 429s) the last error is re-raised unchanged; any other error is
-    raised at once.
+    raised at once. With ``reach``, failures without an answer feed the job's outage clock and
+    do not run out while nobody gets an answer: the clock decides (``ZohoUnreachable``). A
+    ``Retry-After`` beyond ``policy.longest_wait`` raises ``WaitTooLong``.
     """
+    answers_then: int | None = None  # the job's answer count when this call's silence began
+
+    async def attempt() -> T:
+        nonlocal answers_then
+        if reach is not None:
+            reach.check()
+        try:
+            result = await fn()
+        except Exception as exc:
+            if reach is not None:
+                if no_answer(exc):
+                    reach.failed(exc)
+                    if answers_then is None:
+                        answers_then = reach.answers
+                else:
+                    reach.answered()
+            check_wait(policy, exc)
+            raise
+        if reach is not None:
+            reach.answered()
+        return result
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        return compute_wait(policy, state.attempt_number, exc, rng)
+        seconds = compute_wait(policy, state.attempt_number, exc, rng)
+        if reach is not None and exc is not None and no_answer(exc):
+            # wake up when the outage clock runs out, not a backoff later
+            seconds = min(seconds, reach.remaining() + policy.min_wait_on_zero_retry_after)
+        return seconds
 
     def before_sleep(state: RetryCallState) -> None:
         if on_retry is not None and state.outcome is not None and state.next_action is not None:
@@ -130,7 +264,13 @@ async def call_with_retries(
             seen["throttled"] += 1
             return seen["throttled"] >= policy.throttled_attempts
         seen["failed"] += 1
-        return seen["failed"] >= policy.attempts
+        if seen["failed"] < policy.attempts:
+            return False
+        # out of attempts: a failure of this call if others got answers meanwhile; while nobody
+        # does, Zoho is down, and the outage clock decides
+        silent = (reach is not None and exc is not None and no_answer(exc)
+                  and reach.answers == answers_then)
+        return not silent
 
     retrying = AsyncRetrying(
         sleep=sleep,
@@ -141,8 +281,8 @@ async def call_with_retries(
         reraise=True,
     )
     attempts = 0
-    async for attempt in retrying:
-        with attempt:
-            attempts = attempt.retry_state.attempt_number
-            result = await fn()
+    async for try_ in retrying:
+        with try_:
+            attempts = try_.retry_state.attempt_number
+            result = await attempt()
     return result, attempts

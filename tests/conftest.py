@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batcher.sandbox.config import SandboxConfig
-from batcher.sandbox.serve import running_sandbox
+from batcher.sandbox.serve import RestartableSandbox, running_sandbox
 from batcher.sandbox.world import World
 
 #: distinctive secrets, so a leak scan can find them anywhere
@@ -42,6 +42,40 @@ def serve():
     yield start
     for cm in reversed(stack):
         cm.__exit__(None, None, None)
+
+
+@dataclass
+class RestartableLive(Live):
+    """A ``Live`` sandbox that can go down (``stop()``) and come back (``start()``) on the same
+    port, keeping its truth: for outage tests."""
+
+    handle: RestartableSandbox
+
+    def stop(self) -> None:
+        self.handle.stop()
+
+    def start(self) -> None:
+        self.handle.start()
+
+
+@pytest.fixture
+def serve_restartable():
+    """As ``serve``, but the sandbox returned can be stopped and started again mid-test."""
+    started: list[RestartableSandbox] = []
+
+    def start(world: World, **config) -> RestartableLive:
+        cfg = SandboxConfig(client_secret=SECRET, refresh_token=REFRESH, **config)
+        handle = RestartableSandbox(world, cfg)
+        started.append(handle)
+        handle.start()
+        env = {"ZOHO_API_DOMAIN": handle.base_url, "ZOHO_ACCOUNTS_URL": handle.base_url,
+               "ZOHO_CLIENT_ID": cfg.client_id, "ZOHO_CLIENT_SECRET": SECRET,
+               "ZOHO_REFRESH_TOKEN": REFRESH}
+        return RestartableLive(handle.base_url, handle.sandbox, env, handle)
+
+    yield start
+    for handle in reversed(started):
+        handle.stop()
 
 
 def write_pairs(path: Path, rows: list[tuple[str, str, str]]) -> Path:

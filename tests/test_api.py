@@ -9,6 +9,7 @@ import pytest
 from batcher.errors import AuthError, PermissionDenied, TransientError
 from batcher.models import Status
 from batcher.zoho.api import (
+    MAX_ANSWER_BYTES,
     Answered,
     Fatal,
     Rejected,
@@ -17,6 +18,7 @@ from batcher.zoho.api import (
     Unlocated,
     build_request,
     classify,
+    read_answer,
     send_unenrol,
 )
 
@@ -93,8 +95,13 @@ CASES = [
      {"cadences": [{"code": "success", "details": {}, "message": "records manually unenrolled",
                     "status": "success"}, err("NOT_ALLOWED")]}, {},
      {**every(U, "SUCCESS"), **{(i, 1): (F, "NOT_ALLOWED", False) for i in range(3)}}),
+    # fewer entries than cadences and no ids: position says nothing (DESIGN.md "Behaviour on
+    # answers"); this case used to give the first cadence to the lone entry
     ("v8 per cadence, entry missing", 200,
      {"cadences": [{"code": "success", "details": {}, "status": "success"}]}, {},
+     every(F, "MISSING_IN_ANSWER", True)),
+    ("v8 per cadence, entry missing, entries named by id", 200,
+     {"cadences": [{"code": "success", "details": {"id": C[0]}, "status": "success"}]}, {},
      {**every(U, "SUCCESS"), **{(i, 1): (F, "MISSING_IN_ANSWER", True) for i in range(3)}}),
     # --- final whole-request errors: every pair failed, not retryable
     ("MANDATORY_NOT_FOUND top level", 400,
@@ -305,3 +312,379 @@ def test_json_that_a_fast_parser_refuses_is_still_read():
             + '"}]}}]}').encode()
     answer = classify(R[:1], C[:1], 200, {}, body)
     assert isinstance(answer, Answered) and answer.outcomes[0].status == U
+
+
+# --- hostile answers (DESIGN.md "Behaviour on answers", invariant 8) --------------------------
+# Each row: the call's records and cadences, the HTTP status and body, what every pair must get
+# ({(record idx, cadence idx): (status, code, retryable)}) and how many entries were ignored.
+
+X = ("9999999999999999999", "9999999999999999998", "9999999999999999997")  # not in any call
+MISSING, UNPARSEABLE = (F, "MISSING_IN_ANSWER", True), (F, "UNPARSEABLE_ANSWER", True)
+
+
+def pairs(records, cadences, value):
+    return {(i, j): value for i in range(len(records)) for j in range(len(cadences))}
+
+
+def ok_without_id(cadences=C):
+    return {"code": "SUCCESS", "status": "success", "message": "records manually unenrolled",
+            "details": {"cadences": [{"name": "n", "id": c} for c in cadences]}}
+
+
+def per_cadence(cadence=None, **fields):
+    entry = {"code": "success", "status": "success", "message": "records manually unenrolled",
+             "details": {} if cadence is None else {"id": cadence}}
+    return {**entry, **fields}
+
+
+HOSTILE = [
+    # --- wrong ids: an entry is evidence only for the record it names
+    ("the brief's example: the only entry names another record",
+     ("554023000001798001",), ("554023000004092001",), 200,
+     b'{"data":[{"code":"SUCCESS","status":"success","details":{"id":"9999999999999999999",'
+     b'"cadences":[{"id":"554023000004092001"}]}}]}', {(0, 0): MISSING}, 1),
+    ("one entry names another record", R, C, 200, {"data": [ok(R[0]), ok(R[1]), ok(X[0])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), (2, 0): MISSING, (2, 1): MISSING}, 1),
+    ("all entries name other records", R, C, 200, {"data": [ok(x) for x in X]},
+     pairs(R, C, MISSING), 3),
+    ("an error entry names another record", R, C, 207,
+     {"data": [ok(R[0]), ok(R[1]), {**err("INVALID_DATA"), "details": {"id": X[0]}}]},
+     {**pairs(R, C, (U, "SUCCESS", False)), (2, 0): MISSING, (2, 1): MISSING}, 1),
+    ("an entry names a cadence of the call instead of a record", R[:1], C, 200,
+     {"data": [ok(C[0])]}, pairs(R[:1], C, MISSING), 1),
+    ("a float id matches nothing", R[:1], C[:1], 200,
+     b'{"data":[{"code":"SUCCESS","status":"success","details":{"id":5.54023000001798647e17,'
+     b'"cadences":[{"id":"554023000004092008"}]}}]}', {(0, 0): MISSING}, 1),
+    # --- entries without a success (or error) status or code
+    ("entries {}", R, C, 200, {"data": [{}, {}, {}]}, pairs(R, C, UNPARSEABLE), 0),
+    ("entries with only details.id", R, C, 200, {"data": [{"details": {"id": r}} for r in R]},
+     pairs(R, C, UNPARSEABLE), 0),
+    ("entries listing the cadences but no status or code", R, C, 200,
+     {"data": [{"details": {"id": r, "cadences": [{"id": c} for c in C]},
+                "message": "records manually unenrolled"} for r in R]},
+     pairs(R, C, UNPARSEABLE), 0),
+    ("status success but an error code", R[:1], C, 200,
+     {"data": [{**ok(R[0]), "code": "INVALID_DATA"}]}, pairs(R[:1], C, UNPARSEABLE), 0),
+    ("status error but code SUCCESS", R[:1], C, 200,
+     {"data": [{**ok(R[0]), "status": "error"}]}, pairs(R[:1], C, UNPARSEABLE), 0),
+    ("status of another kind, no code", R[:1], C, 200,
+     {"data": [{**ok(R[0]), "status": "done", "code": None}]}, pairs(R[:1], C, UNPARSEABLE), 0),
+    ("a single {} for a one-record call is an entry, not a whole-request error", R[:1], C, 200,
+     {"data": [{}]}, pairs(R[:1], C, UNPARSEABLE), 0),
+    ("the same under 400", R[:1], C, 400, {"data": [{}]}, pairs(R[:1], C, UNPARSEABLE), 0),
+    ("status Success in another case, no code", R[:1], C, 200,
+     {"data": [{**ok(R[0]), "status": "SUCCESS", "code": None}]},
+     pairs(R[:1], C, (U, "SUCCESS", False)), 0),
+    ("code success in lower case, no status", R[:1], C, 200,
+     {"data": [{**ok(R[0]), "status": None, "code": "success"}]},
+     pairs(R[:1], C, (U, "SUCCESS", False)), 0),
+    ("a success without a cadences list removed nothing it can name", R[:1], C, 200,
+     {"data": [{"code": "SUCCESS", "status": "success", "details": {"id": R[0]}}]},
+     pairs(R[:1], C, (N, "SUCCESS", False)), 0),
+    # --- too few entries
+    ("too few entries, with ids", R, C, 200, {"data": [ok(R[0]), ok(R[2])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), (1, 0): MISSING, (1, 1): MISSING}, 0),
+    ("too few entries, without ids", R, C, 200, {"data": [ok_without_id(), ok_without_id()]},
+     pairs(R, C, MISSING), 2),
+    # --- too many entries
+    ("an extra entry for an unknown id", R, C, 200,
+     {"data": [ok(R[0]), ok(X[0]), ok(R[1]), ok(R[2])]}, pairs(R, C, (U, "SUCCESS", False)), 1),
+    ("duplicate entries for one id: the first speaks", R, C, 200,
+     {"data": [ok(R[0]), ok(R[0], []), ok(R[1])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), (2, 0): MISSING, (2, 1): MISSING}, 1),
+    ("a duplicate cannot stand in for the record it displaced", R, C, 200,
+     {"data": [ok(R[0]), ok(R[1]), ok(R[1])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), (2, 0): MISSING, (2, 1): MISSING}, 1),
+    # --- position
+    ("position only, as many entries as records: allowed", R, C, 200,
+     {"data": [ok_without_id() for _ in R]}, pairs(R, C, (U, "SUCCESS", False)), 0),
+    ("position only, one entry too many: not allowed", R, C, 200,
+     {"data": [ok_without_id() for _ in range(4)]}, pairs(R, C, MISSING), 4),
+    ("position only, one entry too few: not allowed", R, C, 200,
+     {"data": [ok_without_id() for _ in range(2)]}, pairs(R, C, MISSING), 2),
+    ("position is not used once any entry carries an id", R, C, 200,
+     {"data": [ok(R[0]), ok_without_id(), ok_without_id()]},
+     {**pairs(R, C, MISSING), (0, 0): (U, "SUCCESS", False), (0, 1): (U, "SUCCESS", False)}, 2),
+    ("an id naming no record of the call also rules position out", R, C, 200,
+     {"data": [ok_without_id(), ok_without_id(), ok(X[0])]}, pairs(R, C, MISSING), 3),
+    ("a json_path locates an error entry", R, C, 207,
+     {"data": [ok(R[0]), err("INVALID_DATA", json_path="$.ids[2]"), ok(R[1])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), (2, 0): (F, "INVALID_DATA", False),
+      (2, 1): (F, "INVALID_DATA", False)}, 0),
+    ("a json_path at its own position keeps position usable", R, C, 207,
+     {"data": [ok_without_id(), err("INVALID_DATA", json_path="$.ids[1]"), ok_without_id()]},
+     {**pairs(R, C, (U, "SUCCESS", False)), (1, 0): (F, "INVALID_DATA", False),
+      (1, 1): (F, "INVALID_DATA", False)}, 0),
+    ("a json_path that contradicts the order rules position out", R, C, 207,
+     {"data": [ok_without_id(), ok_without_id(), err("INVALID_DATA", json_path="$.ids[0]")]},
+     {**pairs(R, C, MISSING), (0, 0): (F, "INVALID_DATA", False),
+      (0, 1): (F, "INVALID_DATA", False)}, 2),
+    ("a json_path is no evidence of success", R, C, 200,
+     {"data": [ok(R[0]), {**ok_without_id(), "details": {"json_path": "$.ids[1]",
+                                                         "cadences": [{"id": c} for c in C]}},
+               ok(R[2])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), (1, 0): MISSING, (1, 1): MISSING}, 1),
+    # --- non-dict entries
+    ("non-dict entries among entries with ids", R, C, 200,
+     {"data": [ok(R[0]), "junk", None, 7, [ok(R[1])], ok(R[1]), ok(R[2])]},
+     pairs(R, C, (U, "SUCCESS", False)), 4),
+    ("a non-dict entry among positional ones takes its place", R, C, 200,
+     {"data": [ok_without_id(), "junk", ok_without_id()]},
+     {**pairs(R, C, (U, "SUCCESS", False)), (1, 0): MISSING, (1, 1): MISSING}, 1),
+    ("the only entry is not an object", R[:1], C, 200, {"data": ["SUCCESS"]},
+     pairs(R[:1], C, MISSING), 1),
+    # --- the v8 per-cadence shape
+    ("v8 [{}] for one cadence", R, C[:1], 200, {"cadences": [{}]},
+     pairs(R, C[:1], UNPARSEABLE), 0),
+    ("v8 [{}] for two cadences: too few", R, C, 200, {"cadences": [{}]},
+     pairs(R, C, MISSING), 1),
+    ("v8 [{}, {}]", R, C, 200, {"cadences": [{}, {}]}, pairs(R, C, UNPARSEABLE), 0),
+    ("v8 entry without status or code, named by id", R, C, 200,
+     {"cadences": [{"details": {"id": C[0]}, "message": "records manually unenrolled"},
+                   per_cadence(C[1])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), **{(i, 0): UNPARSEABLE for i in range(3)}}, 0),
+    ("v8 fewer entries than cadences, without ids", R, C, 200, {"cadences": [per_cadence()]},
+     pairs(R, C, MISSING), 1),
+    ("v8 ids naming unknown cadences", R, C, 200,
+     {"cadences": [per_cadence(X[0]), per_cadence(C[1])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), **{(i, 0): MISSING for i in range(3)}}, 1),
+    ("v8 all ids unknown", R, C, 200, {"cadences": [per_cadence(X[0]), per_cadence(X[1])]},
+     pairs(R, C, MISSING), 2),
+    ("v8 a record id is not a cadence id", R, C, 200,
+     {"cadences": [per_cadence(R[0]), per_cadence(R[1])]}, pairs(R, C, MISSING), 2),
+    ("v8 out of order, matched by id", R, C, 200,
+     {"cadences": [per_cadence(C[1]), {**err("NOT_ALLOWED"), "details": {"id": C[0]}}]},
+     {**pairs(R, C, (U, "SUCCESS", False)), **{(i, 0): (F, "NOT_ALLOWED", False)
+                                                for i in range(3)}}, 0),
+    ("v8 duplicate entries for one cadence", R, C, 200,
+     {"cadences": [per_cadence(C[0]), per_cadence(C[0])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), **{(i, 1): MISSING for i in range(3)}}, 1),
+    ("v8 position, as many entries as cadences: allowed", R, C, 200,
+     {"cadences": [per_cadence(), err("NOT_ALLOWED")]},
+     {**pairs(R, C, (U, "SUCCESS", False)), **{(i, 1): (F, "NOT_ALLOWED", False)
+                                                for i in range(3)}}, 0),
+    ("v8 non-dict entries", R, C, 200, {"cadences": ["x", per_cadence(C[1]), None]},
+     {**pairs(R, C, (U, "SUCCESS", False)), **{(i, 0): MISSING for i in range(3)}}, 2),
+    ("v8 status and code disagree", R, C[:1], 200,
+     {"cadences": [per_cadence(code="NOT_ALLOWED")]}, pairs(R, C[:1], UNPARSEABLE), 0),
+]
+
+
+def by_index(answer, records, cadences):
+    """Answered → {(record idx, cadence idx): (status, code, retryable)}, every pair once."""
+    assert isinstance(answer, Answered), answer
+    seen = [(o.record_id, o.cadence_id) for o in answer.outcomes]
+    assert sorted(seen) == sorted((r, c) for r in records for c in cadences), \
+        "every pair exactly once"
+    return {(records.index(o.record_id), cadences.index(o.cadence_id)):
+            (o.status, o.code, o.retryable) for o in answer.outcomes}
+
+
+def _raw(body):
+    return body if isinstance(body, bytes) else json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("name, records, cadences, status, body, expected, ignored", HOSTILE,
+                         ids=[c[0] for c in HOSTILE])
+def test_hostile_answers(name, records, cadences, status, body, expected, ignored):
+    answer = classify(records, cadences, status, {}, _raw(body), now=NOW)
+    assert by_index(answer, records, cadences) == expected
+    assert answer.ignored_entries == ignored
+
+
+@pytest.mark.parametrize("name, records, cadences, status, body, expected, ignored", HOSTILE,
+                         ids=[c[0] for c in HOSTILE])
+def test_hostile_answers_over_http(name, records, cadences, status, body, expected, ignored):
+    """The same answers, read from the wire by send_unenrol."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=_raw(body),
+                              headers={"Content-Type": "application/json"})
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await send_unenrol(client, "https://www.zohoapis.com", "Leads", records,
+                                      cadences)
+
+    answer = asyncio.run(go())
+    assert by_index(answer, records, cadences) == expected
+    assert answer.ignored_entries == ignored
+
+
+def test_ignored_entries_is_zero_for_a_clean_answer_and_whole_request_answers():
+    clean = classify(R, C, 200, {}, json.dumps({"data": [ok(r) for r in R]}).encode())
+    assert clean.ignored_entries == 0 and len(clean.groups) == 1  # still the fast path
+    scheduled = classify(R, C, 202, {}, json.dumps(
+        {"data": [{"code": "SCHEDULED", "details": {}, "status": "success"}]}).encode())
+    assert scheduled.ignored_entries == 0
+    assert Answered(()).ignored_entries == 0
+
+
+def test_a_foreign_entry_shaped_like_the_usual_one_is_never_taken_for_a_record():
+    # exactly the fast path's shape, for records of another call, in the positions of ours
+    body = json.dumps({"data": [ok(X[0]), ok(R[1]), ok(X[2])]}).encode()
+    answer = classify(R, C, 200, {}, body)
+    assert {o.record_id for o in answer.outcomes if o.status == U} == {R[1]}
+    assert answer.ignored_entries == 2
+
+
+def _cases_without_evidence():
+    from hypothesis import strategies as st
+
+    record = st.sampled_from(R + X[:1])
+    cadence_lists = st.lists(st.sampled_from(C + X[1:2]), max_size=3)
+    status = st.sampled_from(["success", "Success", "error", "", None, "done"])
+    code = st.sampled_from(["SUCCESS", "success", "SCHEDULED", "INVALID_DATA", "", None])
+    details = st.fixed_dictionaries({}, optional={
+        "id": record, "cadences": cadence_lists.map(lambda cs: [{"id": c} for c in cs]),
+        "json_path": st.sampled_from(["$.ids[0]", "$.ids[1]", "$.ids[9]"])})
+    entry = st.one_of(st.fixed_dictionaries({}, optional={"status": status, "code": code,
+                                                          "details": details}),
+                      st.sampled_from(["junk", None, 3]))
+    return st.lists(entry, max_size=5)
+
+
+def test_no_pair_is_unenrolled_without_an_entry_naming_its_record_and_cadence():
+    """Invariant 8, as a property over answers built from hostile parts."""
+    from hypothesis import given, settings
+
+    def names(entry, record, cadence, position, entries):
+        if not isinstance(entry, dict):
+            return False
+        details = entry.get("details") or {}
+        status = str(entry.get("status") or "").lower()
+        code = str(entry.get("code") or "").upper()
+        success = (status == "success" and code in ("", "SUCCESS")) or \
+            (status not in ("success", "error") and code == "SUCCESS")
+        listed = any(c.get("id") == cadence for c in details.get("cadences") or [])
+        by_id = details.get("id") == record
+        by_position = (R.index(record) == position and len(entries) == len(R)
+                       and not any(isinstance(e, dict) and (e.get("details") or {}).get("id")
+                                   is not None for e in entries))
+        return success and listed and (by_id or by_position)
+
+    @settings(max_examples=500, deadline=None)
+    @given(_cases_without_evidence())
+    def check(entries):
+        answer = classify(R, C, 200, {}, json.dumps({"data": entries}).encode())
+        if not isinstance(answer, Answered):
+            return
+        for o in answer.outcomes:
+            if o.status == U:
+                assert any(names(e, o.record_id, o.cadence_id, p, entries)
+                           for p, e in enumerate(entries)), (o, entries)
+
+    check()
+
+
+# --- answers too large to read ------------------------------------------------------------------
+
+class _Chunks(httpx.AsyncByteStream):
+    """A streamed body of ``count`` chunks of ``size`` bytes, that notes what was read."""
+
+    def __init__(self, count: int, size: int = 64 * 1024):
+        self.count, self.size, self.sent, self.closed = count, size, 0, False
+
+    async def __aiter__(self):
+        for _ in range(self.count):
+            self.sent += 1
+            yield b" " * self.size
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _read(stream=None, limit=MAX_ANSWER_BYTES, **response):
+    async def go():
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=stream,
+                                                                       **response))
+        async with httpx.AsyncClient(transport=transport) as client:
+            request = client.build_request("POST", "https://www.zohoapis.com/x")
+            answer = await client.send(request, stream=True)
+            return await read_answer(answer, limit), answer
+
+    return asyncio.run(go())
+
+
+def test_max_answer_bytes_is_a_few_megabytes():
+    assert MAX_ANSWER_BYTES == 4 * 1024 * 1024
+
+
+def test_read_answer_stops_reading_a_streamed_body_over_the_limit():
+    stream = _Chunks(count=10_000)  # 640 MB if it were read
+    body, response = _read(stream)
+    assert body is None
+    assert response.is_closed and stream.closed
+    assert stream.sent <= MAX_ANSWER_BYTES // stream.size + 2  # stopped as soon as it was over
+
+
+def test_read_answer_returns_a_body_under_the_limit_whole():
+    stream = _Chunks(count=3, size=1000)
+    body, response = _read(stream, limit=3000)  # exactly at the limit is still read
+    assert body == b" " * 3000 and stream.sent == 3
+    body, _ = _read(_Chunks(count=3, size=1000), limit=2999)
+    assert body is None
+
+
+def test_read_answer_believes_a_content_length_over_the_limit_without_reading():
+    stream = _Chunks(count=1, size=10)
+    body, response = _read(stream, limit=100, headers={"Content-Length": "101"})
+    assert body is None and stream.sent == 0 and response.is_closed
+
+
+def test_read_answer_limits_the_decoded_body_not_the_compressed_one():
+    import gzip
+    packed = gzip.compress(b" " * 200_000)
+    assert len(packed) < 1000
+    body, _ = _read(content=packed, limit=100_000, headers={"Content-Encoding": "gzip"})
+    assert body is None
+    body, _ = _read(content=packed, limit=200_000, headers={"Content-Encoding": "gzip"})
+    assert body == b" " * 200_000
+
+
+def test_read_answer_reads_a_response_already_read():
+    response = httpx.Response(200, content=b'{"data": []}')
+    assert asyncio.run(read_answer(response)) == b'{"data": []}'
+    assert asyncio.run(read_answer(httpx.Response(200, content=b"x" * 11), limit=10)) is None
+
+
+def test_read_answer_lets_transport_errors_through_and_closes():
+    class Broken(_Chunks):
+        async def __aiter__(self):
+            yield b"{"
+            raise httpx.ReadError("connection reset")
+
+    stream = Broken(count=0)
+    with pytest.raises(httpx.ReadError):
+        _read(stream)
+    assert stream.closed
+
+
+def test_a_body_too_large_is_transient():
+    assert classify(R, C, 200, {}, None) == Transient(
+        "ANSWER_TOO_LARGE", "HTTP 200 with a body over the size limit, not read", 200)
+    throttled = classify(R, C, 429, {"Retry-After": "7"}, None, now=NOW)
+    assert isinstance(throttled, Transient) and throttled.code == "ANSWER_TOO_LARGE"
+    assert (throttled.retry_after, throttled.throttled) == (7.0, True)
+
+
+def test_send_unenrol_does_not_read_a_huge_answer():
+    stream = _Chunks(count=1000)  # 64 MB
+
+    async def go():
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=stream))
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await send_unenrol(client, "https://www.zohoapis.com", "Leads", R, C)
+
+    answer = asyncio.run(go())
+    assert isinstance(answer, Transient) and answer.code == "ANSWER_TOO_LARGE"
+    assert answer.http_status == 200 and stream.closed
+    assert stream.sent * stream.size <= MAX_ANSWER_BYTES + 2 * stream.size
+
+
+def test_a_long_retry_after_is_not_capped_by_classify():
+    answer = classify(R, C, 429, {"Retry-After": "1200"}, json.dumps(
+        err("TOO_MANY_REQUESTS", "limit")).encode(), now=NOW)
+    assert answer == Transient("TOO_MANY_REQUESTS", "limit", 429, 1200.0, True)
+    html = classify(R, C, 429, {"Retry-After": "1200"}, b"<html>slow down</html>", now=NOW)
+    assert isinstance(html, Transient) and (html.retry_after, html.throttled) == (1200.0, True)

@@ -5,7 +5,7 @@ import asyncio
 import httpx
 import pytest
 
-from batcher.errors import AuthError, PermissionDenied, TransientError
+from batcher.errors import AuthError, PermissionDenied, ZohoUnreachable
 from batcher.retry import RetryPolicy
 from batcher.zoho.cadences import Cadence, CadencesUnavailable, fetch_cadences, preflight
 
@@ -86,9 +86,26 @@ def test_transient_errors_are_retried():
     assert len(cadences) == 1 and len(calls) == 3 and sleeps == [0.5, 4.0]
 
 
-def test_persistent_outage_raises_transient():
-    with pytest.raises(TransientError):
-        fetch(lambda r: httpx.Response(503, text=""))
+def test_persistent_outage_is_zoho_unreachable_naming_what_came_back():
+    with pytest.raises(ZohoUnreachable, match="HTTP 503"):
+        fetch(lambda r: httpx.Response(503, text=""),
+              RetryPolicy(attempts=3, base=0.001, max_wait=0.01, outage_after=0.2))
+
+
+def test_a_dead_host_is_zoho_unreachable_and_its_calls_cost_no_credit():
+    credits = []
+
+    def refuse(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
+            await fetch_cadences(client, DOMAIN, on_call=lambda: credits.append(1),
+                                 policy=RetryPolicy(base=0.001, max_wait=0.01, outage_after=0.2))
+
+    with pytest.raises(ZohoUnreachable, match="ConnectError to www.zohoapis.com"):
+        asyncio.run(go())
+    assert credits == []
 
 
 @pytest.mark.parametrize("status, code", [(401, "OAUTH_SCOPE_MISMATCH"), (403, "NO_PERMISSION")])

@@ -9,7 +9,7 @@ import httpx
 import pyarrow as pa
 import pytest
 
-from batcher.errors import BudgetExhausted, PermissionDenied
+from batcher.errors import BudgetExhausted, PermissionDenied, ZohoUnreachable
 from batcher.executor import Executor, ExecutorSettings
 from batcher.journal import Journal
 from batcher.models import Batch
@@ -65,8 +65,8 @@ def run(j: Journal, handler, **settings) -> tuple[Executor, list[dict]]:
 
     async def go() -> Executor:
         client = httpx.AsyncClient(transport=httpx.MockTransport(record))
-        ex = Executor(client, j, ExecutorSettings(retry=FAST, **settings),
-                      api_domain=lambda: API)
+        settings.setdefault("retry", FAST)
+        ex = Executor(client, j, ExecutorSettings(**settings), api_domain=lambda: API)
         try:
             await ex.run(j.pending_batches())
         finally:
@@ -118,10 +118,24 @@ def test_rejected_cadence_fails_its_pairs_and_the_rest_is_resent(tmp_path):
 
 def test_server_errors_are_retried_then_failed_retryable(tmp_path):
     j = journal_with(tmp_path, [Batch("b000000", "Leads", (rid(1),), (cid(0),))])
-    _, sent = run(j, lambda body: httpx.Response(503, text="<html>503 Service Unavailable"))
+    _, sent = run(j, lambda body: httpx.Response(500, json={
+        "code": "INTERNAL_SERVER_ERROR", "details": {}, "message": "Internal Server Error",
+        "status": "error"}))
     row = results(j)[(rid(1), cid(0))]
     assert len(sent) == FAST.attempts
     assert (row["status"], row["retryable"], row["attempts"]) == ("failed", True, FAST.attempts)
+
+
+def test_proxy_pages_from_everywhere_are_an_outage_not_failed_rows(tmp_path):
+    """Zoho down behind its proxy: nobody gets an answer, so no row fails; the run stops."""
+    batches = [Batch(f"b{i:06d}", "Leads", (rid(i),), (cid(0),)) for i in range(3)]
+    j = journal_with(tmp_path, batches)
+    policy = RetryPolicy(attempts=3, base=0.001, max_wait=0.01, outage_after=0.3)
+    with pytest.raises(ZohoUnreachable, match="HTTP_503"):
+        run(j, lambda body: httpx.Response(503, text="<html>503 Service Unavailable"),
+            retry=policy)
+    assert {r["status"] for r in results(j).values()} == {"not_sent"}
+    assert j.counters()["calls"] > 3  # they reached a proxy: calls and credits all the same
 
 
 def test_budget_stops_cleanly_and_keeps_the_answers_in_flight(tmp_path):

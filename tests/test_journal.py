@@ -119,7 +119,8 @@ def test_reopen_resumes_pending_batches_counters_and_meta(loaded: Path) -> None:
     with Journal.open(loaded, "fp-A") as j:
         assert not j.is_new
         assert list(j.pending_batches()) == [PLAN[1]]
-        assert j.counters() == {"calls": 3, "retries": 1, "throttled": 1, "credits": 3, "runs": 3}
+        assert j.counters() == {"calls": 3, "retries": 1, "throttled": 1, "credits": 3,
+                                  "ignored_entries": 0, "runs": 3}
         assert j.get_meta("settings") == {"concurrency": 4}
         assert j.get_meta("missing", "dflt") == "dflt"
         assert j.started_at == started

@@ -1,17 +1,21 @@
-"""The asyncio network backend under httpx: real sockets on loopback, plain and TLS."""
+"""The asyncio network backend under httpx: real sockets on loopback, plain and TLS; and the one
+rule that decides, for every client, whether a proxy is used."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
 
+import httpcore
 import httpx
 import pytest
 
-from batcher.netio import AsyncioTransport
+from batcher.netio import AsyncioTransport, accounts_transport, api_transport, proxy_for
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -177,3 +181,163 @@ def test_https_refuses_an_untrusted_certificate(server_tls):
 
     with pytest.raises(httpx.ConnectError, match="(?i)certificate"):
         asyncio.run(_with_server(handler, go, server_tls))
+
+
+# ---------------------------------------------------------------------------- proxies
+
+ZOHO = "https://www.zohoapis.com/crm/v7/Leads/actions/unenrol_from_cadences"
+
+
+@pytest.mark.parametrize("url, env, expected", [
+    # the URL's scheme picks the variable
+    (ZOHO, {"https_proxy": "http://tls-proxy:3128", "http_proxy": "http://plain:3128"},
+     "http://tls-proxy:3128"),
+    ("http://crm.example.com/x", {"https_proxy": "http://tls-proxy:3128",
+                                  "http_proxy": "http://plain:3128"}, "http://plain:3128"),
+    ("http://crm.example.com/x", {"https_proxy": "http://tls-proxy:3128"}, None),
+    # all_proxy is the fallback, for either scheme, after the scheme's own
+    (ZOHO, {"all_proxy": "http://any:1"}, "http://any:1"),
+    (ZOHO, {"ALL_PROXY": "http://any:1", "HTTPS_PROXY": "http://tls:2"}, "http://tls:2"),
+    ("http://crm.example.com/", {"ALL_PROXY": "http://any:1"}, "http://any:1"),
+    # lowercase wins over uppercase; an empty value counts as unset
+    (ZOHO, {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2"}, "http://lower:1"),
+    (ZOHO, {"https_proxy": "", "HTTPS_PROXY": "http://upper:2"}, "http://upper:2"),
+    (ZOHO, {"https_proxy": " ", "all_proxy": "http://any:1"}, "http://any:1"),
+    (ZOHO, {"HTTPS_PROXY": "http://upper:2", "all_proxy": "http://any:1"}, "http://upper:2"),
+    # a proxy without a scheme is an HTTP proxy; https:// and socks5:// kept as given
+    (ZOHO, {"https_proxy": "proxy.corp:3128"}, "http://proxy.corp:3128"),
+    (ZOHO, {"https_proxy": "https://proxy.corp:443"}, "https://proxy.corp:443"),
+    (ZOHO, {"https_proxy": "socks5://proxy.corp:1080"}, "socks5://proxy.corp:1080"),
+    # nothing set, or a scheme the clients never use
+    (ZOHO, {}, None),
+    ("ftp://files.example.com/", {"all_proxy": "http://any:1"}, None),
+])
+def test_proxy_for_scheme_and_case(url, env, expected):
+    assert proxy_for(url, env) == expected
+
+
+@pytest.mark.parametrize("url, no_proxy, bypassed", [
+    (ZOHO, "*", True),
+    (ZOHO, "other.com, *", True),
+    (ZOHO, "www.zohoapis.com", True),           # the host itself
+    (ZOHO, "WWW.ZohoAPIs.com", True),           # names ignore case
+    (ZOHO, "zohoapis.com", True),               # a domain suffix without a dot ...
+    (ZOHO, ".zohoapis.com", True),              # ... or with one
+    (ZOHO, "*.zohoapis.com", True),             # ... or as a wildcard
+    ("https://zohoapis.com/", ".zohoapis.com", True),  # the domain itself, as curl
+    (ZOHO, "apis.com", False),                  # a suffix must end at a dot
+    ("https://notzohoapis.com/", "zohoapis.com", False),
+    (ZOHO, "example.com,  www.zohoapis.com ", True),  # list with spaces
+    (ZOHO, "www.zohoapis.com:443", True),       # host:port, the default port
+    (ZOHO, "www.zohoapis.com:8443", False),
+    ("https://www.zohoapis.com:8443/", "www.zohoapis.com:8443", True),
+    ("https://www.zohoapis.com:8443/", "www.zohoapis.com", True),
+    ("http://10.1.2.3:8080/", "10.1.2.3", True),
+    ("http://10.1.2.3:8080/", "10.0.0.0/8", True),  # CIDR
+    ("http://10.1.2.3:8080/", "10.1.2.3:8080", True),
+    ("http://10.1.2.3:8080/", "10.1.2.3:9090", False),
+    ("http://10.1.2.3/", "2.3", False),         # addresses are not name suffixes
+    ("http://[2001:db8::1]/", "2001:db8::/32", True),
+    ("http://[2001:db8::1]:8080/", "[2001:db8::1]:8080", True),
+    (ZOHO, "", False),
+])
+def test_proxy_for_no_proxy_forms(url, no_proxy, bypassed):
+    env = {"https_proxy": "http://p:1", "http_proxy": "http://p:1", "no_proxy": no_proxy}
+    assert proxy_for(url, env) == (None if bypassed else "http://p:1")
+
+
+def test_proxy_for_no_proxy_lowercase_wins():
+    env = {"https_proxy": "http://p:1", "no_proxy": "example.com", "NO_PROXY": "zohoapis.com"}
+    assert proxy_for(ZOHO, env) == "http://p:1"
+    assert proxy_for(ZOHO, {"https_proxy": "http://p:1", "NO_PROXY": "zohoapis.com"}) is None
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8000/oauth/v2/token", "http://127.9.8.7/", "http://localhost:9/",
+    "http://LOCALHOST./", "http://sandbox.localhost/", "http://[::1]:8000/",
+    "http://[::ffff:127.0.0.1]/", "https://127.0.0.1/",
+])
+def test_loopback_never_uses_a_proxy(url):
+    env = {"http_proxy": "http://p:1", "https_proxy": "http://p:1", "all_proxy": "http://p:1"}
+    assert proxy_for(url, env) is None
+
+
+def test_proxy_for_reads_only_the_mapping_given(monkeypatch):
+    monkeypatch.setenv("https_proxy", "http://from-os-environ:1")
+    monkeypatch.setenv("HTTPS_PROXY", "http://from-os-environ:1")
+    assert proxy_for(ZOHO, {}) is None
+    assert proxy_for(ZOHO, {"HTTPS_PROXY": "http://given:2"}) == "http://given:2"
+
+
+def _pool(transport: httpx.AsyncBaseTransport):
+    return transport._pool  # type: ignore[attr-defined]
+
+
+def test_api_transport_is_the_asyncio_one_direct_and_httpx_through_a_proxy():
+    limits = httpx.Limits(max_connections=7, max_keepalive_connections=7)
+    options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    direct = api_transport(ZOHO, {}, limits=limits, socket_options=options)
+    assert type(direct) is AsyncioTransport
+    assert _pool(direct)._max_connections == 7
+    local = api_transport("http://127.0.0.1:8000", {"http_proxy": "http://p:1"},
+                          limits=limits, socket_options=options)
+    assert type(local) is AsyncioTransport
+
+    proxied = api_transport(ZOHO, {"HTTPS_PROXY": "http://user:pw@proxy.corp:3128"},
+                            limits=limits, socket_options=options)
+    assert type(proxied) is httpx.AsyncHTTPTransport
+    pool = _pool(proxied)
+    assert isinstance(pool, httpcore.AsyncHTTPProxy)
+    assert pool._proxy_url.host == b"proxy.corp" and pool._proxy_url.port == 3128
+    assert pool._max_connections == 7 and pool._socket_options == options
+    assert dict(pool._proxy_headers)[b"Proxy-Authorization"].startswith(b"Basic ")
+
+    bypassed = api_transport(ZOHO, {"https_proxy": "http://p:1", "no_proxy": ".zohoapis.com"},
+                             limits=limits, socket_options=options)
+    assert type(bypassed) is AsyncioTransport
+
+
+def test_accounts_transport_decides_as_the_api_transport():
+    env = {"https_proxy": "http://proxy.corp:3128", "no_proxy": "zohoapis.com"}
+    accounts = accounts_transport("https://accounts.zoho.com/oauth/v2/token", env)
+    assert isinstance(_pool(accounts), httpcore.AsyncHTTPProxy)
+    assert not isinstance(_pool(accounts_transport(ZOHO, env)), httpcore.AsyncHTTPProxy)
+    assert type(api_transport(ZOHO, env, limits=httpx.Limits(), socket_options=[])
+                ) is AsyncioTransport
+    sandbox = accounts_transport("http://127.0.0.1:8000", {"http_proxy": "http://p:1"})
+    assert not isinstance(_pool(sandbox), httpcore.AsyncHTTPProxy)
+
+
+@pytest.mark.parametrize("proxy", ["ftp://user:hunter2@proxy.corp:21",
+                                   "socks5://user:hunter2@proxy.corp:1080"])
+def test_an_unusable_proxy_is_a_value_error_without_its_password(proxy):
+    if proxy.startswith("socks5") and importlib.util.find_spec("socksio") is not None:
+        pytest.skip("socksio is installed: a SOCKS proxy is usable")
+    for make in (lambda: api_transport(ZOHO, {"https_proxy": proxy}),
+                 lambda: accounts_transport(ZOHO, {"https_proxy": proxy})):
+        with pytest.raises(ValueError, match="cannot use the proxy") as caught:
+            make()
+        assert "hunter2" not in str(caught.value)
+
+
+def test_a_proxied_api_transport_sends_the_call_to_the_proxy():
+    """The target is not loopback (its name never resolves): only the proxy can answer."""
+    request_lines: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        request_lines.append(head.split(b"\r\n", 1)[0])
+        writer.write(_answer(b"answered by the proxy"))
+        await writer.drain()
+        writer.close()
+
+    async def go(proxy_url: str) -> str:
+        url = "http://crm.example.invalid/crm/v7/Leads/actions/unenrol_from_cadences"
+        transport = api_transport(url, {"HTTP_PROXY": proxy_url}, limits=httpx.Limits(),
+                                  socket_options=[])
+        async with httpx.AsyncClient(transport=transport, trust_env=False, timeout=5) as client:
+            return (await client.post(url, content=b"{}")).text
+
+    assert asyncio.run(_with_server(proxy, go)) == "answered by the proxy"
+    assert request_lines == [
+        b"POST http://crm.example.invalid/crm/v7/Leads/actions/unenrol_from_cadences HTTP/1.1"]

@@ -8,8 +8,16 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from batcher.errors import AuthError, TransientError
-from batcher.retry import RetryPolicy, call_with_retries, compute_wait, parse_retry_after
+from batcher.errors import AuthError, TransientError, WaitTooLong, ZohoUnreachable
+from batcher.retry import (
+    Reachability,
+    RetryPolicy,
+    call_with_retries,
+    compute_wait,
+    is_unsent,
+    no_answer,
+    parse_retry_after,
+)
 
 NOW = 1_700_000_000.0
 
@@ -39,11 +47,99 @@ def test_parse_retry_after_accepts_httpx_headers():
     assert parse_retry_after(httpx.Headers({"RETRY-AFTER": "3"}), NOW) == 3.0
 
 
-def test_wait_honours_retry_after_with_floor_and_cap():
+def test_wait_honours_retry_after_in_full_with_a_floor():
+    """Retry-After: 90 used to be cut to the backoff ceiling (60 s) and retried early."""
     policy = RetryPolicy(max_wait=60, min_wait_on_zero_retry_after=0.5)
     assert compute_wait(policy, 1, TransientError("x", retry_after=0.0)) == 0.5
     assert compute_wait(policy, 1, TransientError("x", retry_after=9.0)) == 9.0
-    assert compute_wait(policy, 1, TransientError("x", retry_after=3600.0)) == 60
+    assert compute_wait(policy, 1, TransientError("x", retry_after=90.0)) == 90.0
+
+
+def test_a_retry_after_beyond_the_longest_wait_aborts_naming_it():
+    fn = Flaky([TransientError("429", retry_after=1200.0, throttled=True,
+                               code="TOO_MANY_REQUESTS")])
+    with pytest.raises(WaitTooLong, match="20 min.*15 min"):
+        run(fn, RetryPolicy(longest_wait=900.0))
+    assert fn.calls == 1
+    fn = Flaky([TransientError("429", retry_after=90.0, throttled=True)])
+    (_, attempts), sleeps = run(fn)
+    assert attempts == 2 and sleeps == [90.0]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_clocked(fn, policy, reach, clock):
+    sleeps: list[float] = []
+
+    async def sleep(seconds):
+        sleeps.append(seconds)
+        clock.now += seconds
+
+    return asyncio.run(call_with_retries(fn, policy, sleep=sleep, reach=reach)), sleeps
+
+
+def refused():
+    return httpx.ConnectError("refused", request=httpx.Request("POST", "https://x.example/a"))
+
+
+def test_while_nobody_gets_an_answer_the_outage_clock_decides_not_the_attempts():
+    clock = Clock()
+    reach = Reachability(120.0, clock=clock)
+    policy = RetryPolicy(attempts=3, base=1, max_wait=10, jitter=False)
+    fn = Flaky([refused()] * 1000)
+    with pytest.raises(ZohoUnreachable, match="x.example"):
+        run_clocked(fn, policy, reach, clock)
+    assert fn.calls > 3  # far more than the attempts: no row fails because Zoho is down
+    assert 120.0 <= clock.now <= 121.0  # woken when the clock ran out, not a backoff later
+
+
+def test_a_call_that_fails_while_others_get_answers_fails_after_its_attempts():
+    clock = Clock()
+    reach = Reachability(120.0, clock=clock)
+    policy = RetryPolicy(attempts=3, base=1, max_wait=10, jitter=False)
+
+    async def fn():
+        reach.answered()  # another worker's call was answered meanwhile
+        raise refused()
+
+    with pytest.raises(httpx.ConnectError):
+        run_clocked(fn, policy, reach, clock)
+
+
+def test_any_answer_stops_the_outage_clock():
+    clock = Clock()
+    reach = Reachability(10.0, clock=clock)
+    reach.failed(refused())
+    clock.now = 9.0
+    reach.check()
+    reach.answered()
+    clock.now = 100.0
+    reach.check()  # no silence running: nothing to raise
+    reach.failed(refused())
+    clock.now = 110.5
+    with pytest.raises(ZohoUnreachable):
+        reach.check()
+
+
+@pytest.mark.parametrize("exc, unsent, silent", [
+    (refused(), True, True),
+    (httpx.ConnectTimeout("t"), True, True),
+    (httpx.ReadTimeout("t"), False, True),
+    (httpx.RemoteProtocolError("cut"), False, True),
+    (TransientError("token", code="TOKEN_ENDPOINT_UNREACHABLE", unsent=True), True, True),
+    (TransientError("proxy", code="HTTP_503", http_status=503), False, True),
+    (TransientError("zoho", code="INTERNAL_SERVER_ERROR", http_status=500), False, False),
+    (TransientError("429", code="TOO_MANY_REQUESTS", http_status=429, throttled=True), False,
+     False),
+])
+def test_what_counts_as_never_sent_and_as_no_answer(exc, unsent, silent):
+    assert (is_unsent(exc), no_answer(exc)) == (unsent, silent)
 
 
 def test_backoff_is_exponential_and_jittered_within_bounds():

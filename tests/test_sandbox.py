@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -17,7 +19,9 @@ import pytest
 
 from batcher.sandbox import CUSTOM_VIEW, SandboxConfig, World, create_app, running_sandbox
 from batcher.sandbox.faults import PROFILES, FaultDice
-from batcher.sandbox.serve import main
+from batcher.sandbox.serve import main, restartable_sandbox
+
+from .conftest import REFRESH, SECRET
 
 BASE = "http://sandbox"
 CREDS = {"grant_type": "refresh_token", "client_id": "sandbox-client-id",
@@ -605,3 +609,252 @@ def test_latency_is_the_whole_call_the_sandbox_own_work_included():
     assert answer.status_code == 200 and len(sb.removed) == 100
     assert 0.2 <= took < 0.3, took
     assert [c.http_status for c in sb.calls] == [200, 200]  # recorded once answered
+
+
+# ---------------------------------------------------------------------------- echo_auth
+
+UNENROL_PATH = "/crm/v7/Leads/actions/unenrol_from_cadences"
+
+
+def _first_seed(profile: str, kind: str) -> int:
+    """A seed whose first call gets the fault ``kind``."""
+    return next(s for s in range(1000) if FaultDice(PROFILES[profile], s).decide().kind == kind)
+
+
+def _call(ids=(R2,), cadences=(C1,), module="Leads", scopes=None, token=None):
+    """A scenario: one un-enrol call with a fresh token (or ``token``; "" sends no header)."""
+
+    def go(app, sb) -> httpx.Response:
+        if token == "":
+            return send(app, "POST", f"/crm/v7/{module}/actions/unenrol_from_cadences",
+                        json={"ids": list(ids), "cadences_ids": list(cadences)})
+        return unenrol(app, token or sb.issue_token(scopes), list(ids), list(cadences), module)
+
+    return go
+
+
+def _get(path: str, scopes=None):
+    return lambda app, sb: send(app, "GET", path, sb.issue_token(scopes))
+
+
+FLAKY_500 = {"fault_profile": "flaky", "seed": _first_seed("flaky", "error_500")}
+FLAKY_503 = {"fault_profile": "flaky", "seed": _first_seed("flaky", "html_503")}
+
+#: name: (SandboxConfig fields, scenario)
+ECHO_SCENARIOS = {
+    "207 unknown record": ({}, _call(ids=(R2, UNKNOWN))),
+    "400 all records unknown": ({}, _call(ids=(UNKNOWN,))),
+    "401 INVALID_TOKEN": ({}, _call(token="1000.not-a-token")),
+    "401 AUTHENTICATION_FAILURE": ({}, _call(token="")),
+    "401 OAUTH_SCOPE_MISMATCH": ({}, _call(scopes=["ZohoCRM.modules.Contacts.ALL"])),
+    "400 NOT_ALLOWED bare": ({"error_wrapping": "top"}, _call(cadences=(CV,))),
+    "400 NOT_ALLOWED wrapped": ({"error_wrapping": "wrapped"}, _call(cadences=(CV,))),
+    "400 INVALID_DATA cadence": ({}, _call(cadences=(UNKNOWN,))),
+    "400 MANDATORY_NOT_FOUND": ({}, _call(ids=())),
+    "400 INVALID_MODULE": ({}, _call(module="Nope")),
+    "403 NO_PERMISSION": ({"no_permission": True}, _call()),
+    "429 over the rate limit": ({"rate_limit": 0}, _call()),
+    "500 INTERNAL_SERVER_ERROR": (FLAKY_500, _call()),
+    "503 HTML page": (FLAKY_503, _call()),
+    "404 INVALID_URL_PATTERN": ({}, _get("/crm/v7/Leads/nothing")),
+    "cadences 401 OAUTH_SCOPE_MISMATCH": (
+        {}, _get("/crm/v7/settings/automation/cadences", ["ZohoCRM.modules.ALL"])),
+}
+
+
+@pytest.mark.parametrize("name", ECHO_SCENARIOS)
+def test_echo_auth_puts_the_authorization_header_in_every_api_error(name):
+    config, scenario = ECHO_SCENARIOS[name]
+    answers = {}
+    for echo in (True, False):
+        app, sb = make(echo_auth=echo, **config)
+        answers[echo] = (scenario(app, sb), sb)
+    (echoed, echo_sb), (plain, plain_sb) = answers[True], answers[False]
+    header = echoed.request.headers.get("authorization")
+    said = (f"request had Authorization: {header}" if header
+            else "request had no Authorization header")
+    if header:
+        assert header in echoed.text  # the whole header value, verbatim
+    # same status, same headers, same effect on the org
+    assert echoed.status_code == plain.status_code
+    skip = {"content-length", "x-ratelimit-reset"}
+    assert ({k: v for k, v in echoed.headers.items() if k not in skip}
+            == {k: v for k, v in plain.headers.items() if k not in skip})
+    assert echo_sb.removed == plain_sb.removed
+    assert ([(c.http_status, c.code, c.applied) for c in echo_sb.calls]
+            == [(c.http_status, c.code, c.applied) for c in plain_sb.calls])
+    if echoed.headers["content-type"].startswith("text/html"):
+        assert echoed.text.replace(f"<p>{said}</p>\r\n", "") == plain.text
+        return
+    body = echoed.json()
+    errors = [e for e in [body, *body.get("data", [])] if e.get("status") == "error"]
+    assert errors
+    for entry in errors:  # in message and in a details string; without them, the plain answer
+        assert entry["message"].endswith(f" ({said})")
+        assert entry["details"].pop("echo") == said
+        entry["message"] = entry["message"].removesuffix(f" ({said})")
+    assert body == plain.json()
+
+
+def test_echo_auth_207_echoes_per_record_errors_only():
+    app, sb = make(echo_auth=True)
+    token = sb.issue_token()
+    answer = unenrol(app, token, [R2, UNKNOWN], [C1])
+    assert answer.status_code == 207
+    ok, bad = answer.json()["data"]
+    assert ok["code"] == "SUCCESS" and ok["message"] == "records manually unenrolled"
+    assert set(ok["details"]) == {"cadences", "id"}
+    assert token not in json.dumps(ok)
+    assert bad["message"] == ("given id seems to be invalid "
+                              f"(request had Authorization: Zoho-oauthtoken {token})")
+    assert bad["details"] == {"api_name": "ids", "json_path": "$.ids[1]",
+                              "echo": f"request had Authorization: Zoho-oauthtoken {token}"}
+    assert sb.removed == {("Leads", R2, C1)}  # applied as without echo
+
+
+def test_echo_auth_leaves_success_answers_alone():
+    for shape, scheduled in (("v7", "off"), ("v8", "off"), ("v7", "now")):
+        bodies = []
+        for echo in (True, False):
+            app, sb = make(echo_auth=echo, answer_shape=shape, scheduled=scheduled)
+            answer = unenrol(app, sb.issue_token(), [R1, R2, R3], [C1, C2])
+            bodies.append((answer.status_code, answer.content))
+        assert bodies[0] == bodies[1]
+        assert b"request had" not in bodies[0][1]
+    app, _ = make(echo_auth=True)
+    token = send(app, "POST", "/oauth/v2/token", data=CREDS).json()
+    assert "access_token" in token and "error_description" not in token
+    listing = send(app, "GET", "/crm/v7/settings/automation/cadences", token["access_token"])
+    assert listing.status_code == 200 and b"request had" not in listing.content
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("client_id", "someone-else", "invalid_client"),
+    ("client_secret", "wrong-s3cr3t", "invalid_client"),
+    ("refresh_token", "1000.revoked-r3fr3sh", "invalid_code"),
+])
+def test_echo_auth_token_refusals_carry_the_posted_secrets(field, value, expected):
+    app, _ = make(echo_auth=True)
+    form = {**CREDS, field: value}
+    answer = send(app, "POST", "/oauth/v2/token", data=form)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["error"] == expected and set(body) == {"error", "error_description"}
+    assert form["client_secret"] in body["error_description"]
+    assert form["refresh_token"] in body["error_description"]
+
+
+def test_echo_auth_access_denied_keeps_its_description_and_adds_the_secrets():
+    app, _ = make(echo_auth=True, refresh_limit=1)
+    assert "access_token" in send(app, "POST", "/oauth/v2/token", data=CREDS).json()
+    denied = send(app, "POST", "/oauth/v2/token", data=CREDS)
+    assert denied.status_code == 400
+    body = denied.json()
+    assert body["error"] == "Access Denied" and body["status"] == "failure"
+    assert body["error_description"].startswith("You have made too many requests continuously.")
+    assert CREDS["client_secret"] in body["error_description"]
+    assert CREDS["refresh_token"] in body["error_description"]
+
+
+def test_echo_auth_over_loopback_and_main_accepts_it():
+    config = SandboxConfig(echo_auth=True)
+    with running_sandbox(small_world(), config) as (base_url, _):
+        bad = httpx.post(f"{base_url}{UNENROL_PATH}", json={"ids": [R2], "cadences_ids": [C1]},
+                         headers={"Authorization": "Zoho-oauthtoken 1000.dead.beef"}, timeout=5)
+        refused = httpx.post(f"{base_url}/oauth/v2/token", data={**CREDS, "client_id": "x"},
+                             timeout=5)
+    assert bad.status_code == 401 and bad.json()["code"] == "INVALID_TOKEN"
+    assert "Zoho-oauthtoken 1000.dead.beef" in bad.json()["message"]
+    assert "Zoho-oauthtoken 1000.dead.beef" in bad.json()["details"]["echo"]
+    assert CREDS["client_secret"] in refused.json()["error_description"]
+    assert "echo_auth" in inspect.signature(main).parameters
+
+
+# ---------------------------------------------------------------------------- outages
+
+
+def test_restartable_sandbox_goes_down_and_comes_back_on_the_same_port():
+    with restartable_sandbox(small_world()) as live:
+        base_url, sb = live.base_url, live.sandbox
+        headers = {"Authorization": f"Zoho-oauthtoken {sb.issue_token()}"}
+        with httpx.Client(base_url=base_url, timeout=5) as client:
+            first = client.post(UNENROL_PATH, headers=headers,
+                                json={"ids": [R2], "cadences_ids": [C1]})
+            assert first.status_code == 200  # and its keep-alive connection stays in the pool
+            live.stop()
+            assert not live.running
+            with pytest.raises(httpx.ConnectError):  # the pooled connection was closed too
+                client.post(UNENROL_PATH, headers=headers,
+                            json={"ids": [R1], "cadences_ids": [C1]})
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"{base_url}/__sandbox__/truth", timeout=5)
+            live.stop()  # idempotent
+            live.start()
+            assert live.base_url == base_url and live.sandbox is sb
+            again = client.post(UNENROL_PATH, headers=headers,  # the token outlived the outage
+                                json={"ids": [R1], "cadences_ids": [C1]})
+            assert again.status_code == 200
+            truth = client.get("/__sandbox__/truth").json()
+    assert [c["record_ids"] for c in truth["calls"]] == [[R2], [R1]]
+    assert sb.removed == {("Leads", R2, C1), ("Leads", R1, C1)}
+    with pytest.raises(httpx.ConnectError):  # the block's end stops it
+        httpx.get(f"{base_url}/__sandbox__/truth", timeout=5)
+
+
+def test_restartable_sandbox_lets_a_call_in_progress_finish_when_stopped():
+    with restartable_sandbox(small_world(), SandboxConfig(latency=0.4)) as live:
+        token = live.sandbox.issue_token()
+        with httpx.Client(base_url=live.base_url, timeout=5) as client:
+            outcome = []
+            call = threading.Thread(target=lambda: outcome.append(client.post(
+                UNENROL_PATH, headers={"Authorization": f"Zoho-oauthtoken {token}"},
+                json={"ids": [R2], "cadences_ids": [C1]}).status_code))
+            call.start()
+            time.sleep(0.15)
+            live.stop()
+            call.join(timeout=5)
+        assert outcome == [200]
+        assert [c.http_status for c in live.sandbox.calls] == [200]
+
+
+def test_restartable_sandbox_cuts_a_call_held_past_the_grace_and_the_truth_says_so():
+    with restartable_sandbox(small_world(), SandboxConfig(latency=5), grace=0.2) as live:
+        token = live.sandbox.issue_token()
+        outcome: list[object] = []
+
+        def call() -> None:
+            try:
+                outcome.append(httpx.post(
+                    f"{live.base_url}{UNENROL_PATH}", timeout=10,
+                    headers={"Authorization": f"Zoho-oauthtoken {token}"},
+                    json={"ids": [R2], "cadences_ids": [C1]}).status_code)
+            except httpx.TransportError as exc:
+                outcome.append(type(exc))
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.15)
+        started = time.monotonic()
+        live.stop()
+        assert time.monotonic() - started < 2
+        caller.join(timeout=5)
+        assert len(outcome) == 1 and issubclass(outcome[0], httpx.TransportError)
+        [record] = live.sandbox.calls  # applied, never answered
+        assert record.applied and record.http_status is None
+        assert live.sandbox.removed == {("Leads", R2, C1)}
+
+
+def test_serve_restartable_fixture(serve_restartable):
+    live = serve_restartable(small_world())
+    assert live.env["ZOHO_API_DOMAIN"] == live.env["ZOHO_ACCOUNTS_URL"] == live.base_url
+    assert live.env["ZOHO_CLIENT_SECRET"] == SECRET
+    token = httpx.post(f"{live.base_url}/oauth/v2/token", timeout=5, data={
+        "grant_type": "refresh_token", "client_id": live.env["ZOHO_CLIENT_ID"],
+        "client_secret": SECRET, "refresh_token": REFRESH}).json()
+    assert "access_token" in token
+    live.stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{live.base_url}/__sandbox__/truth", timeout=5)
+    live.start()
+    assert httpx.get(f"{live.base_url}/__sandbox__/truth", timeout=5).json()["refresh_count"] == 1
+    assert live.sandbox.refresh_count == 1

@@ -1,8 +1,8 @@
 """A local, Zoho-CRM-shaped server for tests, demos and rehearsing a job before production.
 
 ``World`` is the CRM state, ``create_app`` the ASGI app (truth in ``app.state.sandbox``),
-``running_sandbox`` serves it on loopback for end-to-end tests, ``serve.main`` backs
-``batcher sandbox``.
+``running_sandbox`` serves it on loopback for end-to-end tests (``restartable_sandbox`` one that
+can stop and come back, for outages), ``serve.main`` backs ``batcher sandbox``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from .world import CUSTOM_VIEW, MANUAL, Cadence, World
 
 __all__ = [
     "CUSTOM_VIEW", "MANUAL", "PROFILES", "Cadence", "CallRecord", "DroppedConnection",
-    "FaultProfile", "Sandbox", "SandboxConfig", "World", "create_app", "running_sandbox",
+    "FaultProfile", "RestartableSandbox", "Sandbox", "SandboxConfig", "World", "create_app",
+    "restartable_sandbox", "running_sandbox",
 ]
 
 
@@ -23,7 +24,7 @@ def __getattr__(name: str):
     if name == "create_app":
         from .app import create_app
         return create_app
-    if name == "running_sandbox":
-        from .serve import running_sandbox
-        return running_sandbox
+    if name in ("running_sandbox", "restartable_sandbox", "RestartableSandbox"):
+        from . import serve
+        return getattr(serve, name)
     raise AttributeError(name)

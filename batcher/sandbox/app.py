@@ -2,14 +2,18 @@
 
 Faults are decided first (one roll of the dice per API call, in arrival order) and then either
 replace the call or follow it; the call itself is answered by ``unenrol.answer_unenrol``.
+
+With ``SandboxConfig.echo_auth`` every error answer is rewritten on its way out to carry the
+request's secrets (``_echoing``), so a test can prove the client never shows a server's text as is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 import orjson
@@ -39,16 +43,17 @@ def create_app(world: World, config: SandboxConfig | None = None,
                clock: Callable[[], float] = time.monotonic) -> Starlette:
     """A Zoho-shaped ASGI app over a copy of ``world``; ``app.state.sandbox`` holds the truth."""
     config = config or SandboxConfig()
+    api = _echoing if config.echo_auth else _as_is
     app = Starlette(
         routes=[
-            Route("/oauth/v2/token", _token, methods=["POST"]),
-            Route("/crm/{version}/settings/automation/cadences", _cadences, methods=["GET"]),
-            Route("/crm/{version}/{module}/actions/unenrol_from_cadences", _unenrol,
+            Route("/oauth/v2/token", api(_token), methods=["POST"]),
+            Route("/crm/{version}/settings/automation/cadences", api(_cadences), methods=["GET"]),
+            Route("/crm/{version}/{module}/actions/unenrol_from_cadences", api(_unenrol),
                   methods=["POST"]),
             Route("/__sandbox__/truth", _truth, methods=["GET"]),
             Route("/__sandbox__/revoke_tokens", _revoke, methods=["POST"]),
         ],
-        exception_handlers={404: _not_found, 405: _not_found},
+        exception_handlers={404: api(_not_found), 405: api(_not_found)},
     )
     app.state.sandbox = Sandbox(world, config, clock)
     return app
@@ -133,11 +138,16 @@ async def _delay_until(sb: Sandbox, decision: F.Decision, deadline: float) -> No
 # ---------------------------------------------------------------------- endpoints
 
 
-async def _token(request: Request) -> Response:
-    sb: Sandbox = request.app.state.sandbox
+async def _form(request: Request) -> dict[str, str]:
+    """The token endpoint's fields, from the query string and the form body (the body wins)."""
     form = dict(parse_qsl(request.url.query))
     form.update(parse_qsl((await request.body()).decode("utf-8", "replace")))
-    status, body = sb.refresh(form, f"{request.url.scheme}://{request.url.netloc}")
+    return form
+
+
+async def _token(request: Request) -> Response:
+    sb: Sandbox = request.app.state.sandbox
+    status, body = sb.refresh(await _form(request), f"{request.url.scheme}://{request.url.netloc}")
     return _json(status, body)
 
 
@@ -217,7 +227,13 @@ async def _unenrol_call(request: Request, sb: Sandbox, decision: F.Decision,
         bound = sb.concurrency_limit if limit == "concurrency" else sb.rate_limit
         return _too_many(retry_after, headers, bound)
     response, truth = _carry_out(request, sb, decision, given, module, raw)
-    await _delay_until(sb, decision, arrived + sb.config.latency)
+    try:
+        await _delay_until(sb, decision, arrived + sb.config.latency)
+    except asyncio.CancelledError:
+        # the server is going down (a restartable sandbox's stop) with the answer held back: the
+        # call stays applied or not as decided, and the truth says no answer left
+        record(None, *truth[1:])
+        raise
     record(*truth)
     return response
 
@@ -275,6 +291,88 @@ async def _revoke(request: Request) -> Response:
 async def _not_found(request: Request, exc: Exception | None) -> Response:
     return _json(404, error("INVALID_URL_PATTERN",
                             "Please check if the URL trying to access is a correct one"))
+
+
+# ---------------------------------------------------------------------- echo_auth
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def _as_is(handler: Handler) -> Handler:
+    return handler
+
+
+def _echoing(handler: Handler) -> Handler:
+    """``handler`` whose error answers repeat the request's secrets (SandboxConfig.echo_auth).
+
+    API errors (JSON, top level or ``data[]`` entries, and the HTML proxy pages) get the whole
+    Authorization header; token endpoint refusals get the posted client_secret and refresh_token.
+    Status, headers and everything else of the answer stay as they were; success answers and
+    dropped connections pass untouched.
+    """
+
+    async def echoing(request: Request, *args: object) -> Response:
+        response = await handler(request, *args)
+        if isinstance(response, _DropResponse) or not response.body:
+            return response
+        if request.url.path == "/oauth/v2/token":
+            content = _echo_token_refusal(response.body, await _form(request))
+        else:
+            content = _echo_api_error(response, _auth_echo(request))
+        return response if content is None else _rebuilt(response, content)
+
+    return echoing
+
+
+def _auth_echo(request: Request) -> str:
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        return "request had no Authorization header"
+    return f"request had Authorization: {authorization}"
+
+
+def _echo_api_error(response: Response, echo: str) -> bytes | None:
+    """The answer's new body with ``echo`` in every error, None when it has no error."""
+    if response.media_type == "text/html":
+        page = response.body.decode("utf-8")
+        return page.replace("</body>", f"<p>{html.escape(echo)}</p>\r\n</body>", 1).encode()
+    try:
+        body = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    data = body.get("data")
+    changed = False
+    for entry in [body, *(data if isinstance(data, list) else ())]:
+        if not isinstance(entry, dict) or entry.get("status") != "error":
+            continue
+        details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
+        if "echo" in details:
+            continue
+        entry["message"] = f"{entry.get('message') or ''} ({echo})".lstrip()
+        entry["details"] = {**details, "echo": echo}
+        changed = True
+    return orjson.dumps(body) if changed else None
+
+
+def _echo_token_refusal(content: bytes, form: dict[str, str]) -> bytes | None:
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict) or "error" not in body:
+        return None
+    echo = (f"request had client_secret={form.get('client_secret', '')} "
+            f"refresh_token={form.get('refresh_token', '')}")
+    described = str(body.get("error_description") or "")
+    body["error_description"] = f"{described} ({echo})" if described else echo
+    return orjson.dumps(body)
+
+
+def _rebuilt(response: Response, content: bytes) -> Response:
+    headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+    return Response(content, status_code=response.status_code, headers=headers)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -53,6 +53,11 @@ class SandboxConfig:
     retry_after_max: int = 2
     #: ``api_domain`` returned with tokens; None = the base URL the request came to
     api_domain: str | None = None
+    #: every error answer echoes the request's secrets: API errors carry the whole Authorization
+    #: header in ``message`` and ``details.echo``, token refusals the posted client_secret and
+    #: refresh_token in ``error_description``; proves a client redacts all server text. Success
+    #: answers, statuses, codes and what is applied do not change
+    echo_auth: bool = False
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("answer_shape", self.answer_shape, ANSWER_SHAPES),

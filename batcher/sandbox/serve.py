@@ -1,8 +1,10 @@
 """Serving the sandbox with uvicorn: ``batcher sandbox`` in the foreground, or a background thread
-for end-to-end tests in the same process."""
+for end-to-end tests in the same process (``running_sandbox``; ``restartable_sandbox`` when a test
+needs Zoho to go away mid-job and come back on the same port with the same state)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -26,11 +28,12 @@ _START_TIMEOUT = 10.0
 
 
 class _HideDrops(logging.Filter):
-    """uvicorn logs every exception as an error; a deliberate drop is not one."""
+    """uvicorn logs every exception as an error; a deliberate drop is not one, nor a call cut
+    because the server stopped while it was held back."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, DroppedConnection)
+        return not isinstance(exc, DroppedConnection | asyncio.CancelledError)
 
 
 def _quiet_drops() -> None:
@@ -53,33 +56,117 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, and once its graceful shutdown is over, no connection left open."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn closes idle keep-alive connections at once and lets calls in progress finish
+        # (up to timeout_graceful_shutdown); whatever is still open after that is cut here, so a
+        # stopped sandbox leaves no socket a client could still talk to
+        await super().shutdown(sockets)
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+
+
+class RestartableSandbox:
+    """A sandbox served in a background thread that can stop and start again on the same port.
+
+    One app, hence one ``Sandbox`` (world, tokens, dice, truth) for its whole life: a restart is
+    an outage of the server, not a new org. While stopped, nothing listens on the port and no
+    connection is left open, so a client gets connection refused (or reset).
+    """
+
+    def __init__(self, world: World, config: SandboxConfig, host: str = "127.0.0.1",
+                 port: int = 0, *, grace: float = 2.0) -> None:
+        _quiet_drops()
+        self._app = create_app(world, config)
+        self.host = host
+        self.port = port  # 0 until the first start picks a free port
+        self.grace = grace
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return self._app.state.sandbox
+
+    @property
+    def base_url(self) -> str:
+        if not self.port:
+            raise RuntimeError("the sandbox has not been started yet")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        """Listen again (the first time: on ``port``, or a free one); no-op when running.
+
+        Raises ``OSError`` when the port is taken, ``RuntimeError`` when uvicorn does not start.
+        """
+        if self._server is not None:
+            return
+        # http="auto": httptools when installed (it is a dependency), a parser fast enough for the
+        # sandbox to keep up with a job at 200 calls/s
+        server = _Server(uvicorn.Config(self._app, log_level="warning", access_log=False,
+                                        lifespan="off", http="auto",
+                                        timeout_graceful_shutdown=self.grace))
+        sock = _bind(self.host, self.port)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                                  name="batcher-sandbox", daemon=True)
+        self._server, self._thread, self._sock = server, thread, sock
+        thread.start()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the sandbox server did not start")
+            time.sleep(0.01)
+        self.port = sock.getsockname()[1]
+
+    def stop(self) -> None:
+        """Stop listening and close every connection; no-op when stopped.
+
+        Idle keep-alive connections close at once; a call in progress has ``grace`` seconds to
+        be answered, then its connection is cut (applied or not as already decided; the truth
+        records it with ``http_status`` None). Returns once nothing is left open.
+        """
+        server, thread, sock = self._server, self._thread, self._sock
+        if server is None or thread is None or sock is None:
+            return
+        server.should_exit = True
+        thread.join(timeout=self.grace + 5)
+        sock.close()
+        self._server = self._thread = self._sock = None
+
+
+@contextlib.contextmanager
+def restartable_sandbox(world: World, config: SandboxConfig | None = None,
+                        host: str = "127.0.0.1", port: int = 0, *, grace: float = 2.0
+                        ) -> Iterator[RestartableSandbox]:
+    """Serve on loopback for the block, started; ``.stop()`` / ``.start()`` make an outage.
+
+    ``.base_url`` (the same port throughout) and ``.sandbox`` (the same truth throughout);
+    ``grace``: how long ``stop()`` lets a call in progress finish before cutting it.
+    """
+    live = RestartableSandbox(world, config or SandboxConfig(), host, port, grace=grace)
+    live.start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
 @contextlib.contextmanager
 def _serving(world: World, config: SandboxConfig, host: str, port: int
              ) -> Iterator[tuple[str, Sandbox, uvicorn.Server, threading.Thread]]:
     """uvicorn in a background thread (no signal handlers of its own) on a bound socket."""
-    _quiet_drops()
-    app = create_app(world, config)
-    sock = _bind(host, port)
-    # http="auto": httptools when installed (it is a dependency), a parser fast enough for the
-    # sandbox to keep up with a job at 200 calls/s
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           lifespan="off", http="auto",
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name="batcher-sandbox", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + _START_TIMEOUT
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the sandbox server did not start")
-            time.sleep(0.01)
-        base_url = f"http://{host}:{sock.getsockname()[1]}"
-        yield base_url, app.state.sandbox, server, thread
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
+    with restartable_sandbox(world, config, host, port) as live:
+        yield live.base_url, live.sandbox, live._server, live._thread
 
 
 @contextlib.contextmanager
@@ -153,10 +240,12 @@ def _restore_handlers(previous: dict) -> None:
 
 
 def main(port: int, from_input: str | None, faults: str, seed: int,
-         module: str | None = None) -> int:
+         module: str | None = None, echo_auth: bool = False) -> int:
     """``batcher sandbox``: build the world (from INPUT, else from the seed) and serve it.
 
-    ``module`` is the default for rows without one (as ``--module`` of ``batcher run``). Raises
+    ``module`` is the default for rows without one (as ``--module`` of ``batcher run``).
+    ``echo_auth`` makes every error answer repeat the request's secrets
+    (``SandboxConfig.echo_auth``), to check by hand that batcher never prints them. Raises
     ``InputError`` (exit 2) when INPUT cannot be read; returns 2 for a bad profile or port.
     """
     if faults not in PROFILES:
@@ -169,7 +258,7 @@ def main(port: int, from_input: str | None, faults: str, seed: int,
         world = World.from_pairs(read_input(from_input, module).valid_pairs())
     else:
         world = World.generate(seed)
-    config = SandboxConfig(fault_profile=faults, seed=seed)
+    config = SandboxConfig(fault_profile=faults, seed=seed, echo_auth=echo_auth)
     try:
         return serve(world, config, port=port)
     except OSError as exc:

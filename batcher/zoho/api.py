@@ -4,6 +4,15 @@
 plain data: ``Answered`` (every pair's outcome, in groups of pairs that share one result),
 ``Rejected`` (these indices are bad, re-send the rest), ``Unlocated`` (split to find the culprit),
 ``Transient`` (retry), ``TokenInvalid`` (refresh), ``Fatal`` (abort, resumable).
+
+Evidence rules (DESIGN.md "Behaviour on answers", invariant 8): an entry speaks for a record (or,
+in the per-cadence shape, a cadence) only when its ``details.id`` names it, or by position when no
+entry carries an id and there are exactly as many entries as ids; a ``json_path`` locates only
+entries that are not successes. Entries that speak for nothing of the call are ignored and counted
+(:attr:`Answered.ignored_entries`). An entry that is neither a success nor an error, or says both,
+is ``UNPARSEABLE_ANSWER`` (retryable); an id with no entry is ``MISSING_IN_ANSWER`` (retryable).
+A pair is ``unenrolled`` only on a success entry for its record that lists its cadence (or a
+success entry for its cadence in the per-cadence shape).
 """
 
 from __future__ import annotations
@@ -42,6 +51,12 @@ _UNENROLLED, _NOT_ENROLLED = Status.UNENROLLED, Status.NOT_ENROLLED
 _SCHEDULED, _FAILED = Status.SCHEDULED, Status.FAILED
 _NOT_LISTED = "the API did not list this cadence as removed (record was not in it)"
 _MISSING = "the answer had no entry for this pair"
+_UNPARSEABLE = "the answer's entry for this pair has no success or error status or code"
+_SUCCESS_CODES = frozenset({"SUCCESS", "SCHEDULED"})
+#: an entry's verdict (see :func:`_verdict`); ``None`` is neither
+_OK, _ERROR = "success", "error"
+#: answer bodies larger than this are not read (a Zoho answer for 100 records is a few dozen KB)
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 _PLAIN_DETAILS = {"cadences": None, "id": None}.keys()
 #: headers of an un-enrol call whose body is already encoded (see :func:`encode_body`)
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -56,6 +71,9 @@ class Answered:
     """
 
     groups: tuple[OutcomeGroup, ...]
+    #: answer entries that decided no pair: non-objects, entries naming a record (or cadence) not
+    #: in the call, repeats for an id already matched, entries that could not be placed
+    ignored_entries: int = 0
 
     @property
     def pairs(self) -> int:
@@ -163,13 +181,49 @@ def encode_body(body: Mapping[str, Any]) -> bytes:
     return orjson.dumps(body)
 
 
+async def read_answer(response: httpx.Response, limit: int = MAX_ANSWER_BYTES) -> bytes | None:
+    """The (decoded) body of a streamed response, or None when it is larger than ``limit``.
+
+    Stops reading, and closes the response, as soon as more than ``limit`` bytes arrived or the
+    ``Content-Length`` header announces more: an answer that large is not a Zoho answer, and
+    reading it would only cost memory. Transport errors propagate (the response closed).
+    """
+    announced = response.headers.get("Content-Length")
+    if announced is not None:
+        try:
+            too_large = int(announced) > limit
+        except ValueError:
+            too_large = False
+        if too_large:
+            await response.aclose()
+            return None
+    buffer = bytearray()
+    chunks = response.aiter_bytes()
+    try:
+        async for chunk in chunks:
+            buffer += chunk
+            if len(buffer) > limit:
+                await chunks.aclose()
+                await response.aclose()
+                return None
+    except BaseException:
+        await chunks.aclose()
+        await response.aclose()
+        raise
+    return bytes(buffer)
+
+
 async def send_unenrol(client: httpx.AsyncClient, api_domain: str, module: str,
                        record_ids: Sequence[str], cadence_ids: Sequence[str]) -> Answer:
     """One call, classified. Transport errors propagate for the caller's retry loop."""
     url, body = build_request(api_domain, module, record_ids, cadence_ids)
-    response = await client.post(url, content=encode_body(body), headers=JSON_HEADERS)
-    return classify(record_ids, cadence_ids, response.status_code, response.headers,
-                    response.content)
+    request = client.build_request("POST", url, content=encode_body(body), headers=JSON_HEADERS)
+    response = await client.send(request, stream=True)
+    try:
+        content = await read_answer(response)
+    finally:
+        await response.aclose()
+    return classify(record_ids, cadence_ids, response.status_code, response.headers, content)
 
 
 def error_code(body: bytes) -> str | None:
@@ -184,7 +238,14 @@ def error_code(body: bytes) -> str | None:
 
 
 def classify(record_ids: Sequence[str], cadence_ids: Sequence[str], status_code: int,
-             headers: Mapping[str, str], body: bytes, now: float | None = None) -> Answer:
+             headers: Mapping[str, str], body: bytes | None, now: float | None = None) -> Answer:
+    """The one reading of a Zoho answer. ``body=None`` means it was too large to read
+    (:func:`read_answer`): nothing is known about any pair, so the call is retried."""
+    if body is None:
+        return Transient("ANSWER_TOO_LARGE",
+                         f"HTTP {status_code} with a body over the size limit, not read",
+                         status_code, parse_retry_after(headers, now),
+                         throttled=status_code == 429)
     payload = _parse_json(body)
     if status_code == 429 or status_code >= 500 or not isinstance(payload, dict):
         return _without_answer(record_ids, cadence_ids, status_code, headers, body, payload, now)
@@ -221,9 +282,31 @@ def _details(entry: Mapping[str, Any]) -> Mapping[str, Any]:
     return details if isinstance(details, dict) else {}
 
 
+def _verdict(entry: Mapping[str, Any]) -> str | None:
+    """``_OK`` (status "success" or code SUCCESS / SCHEDULED), ``_ERROR`` (status "error" or any
+    other code), or None: neither, or both at once (status and code disagree)."""
+    status = entry.get("status")
+    status = str(status).lower() if status else ""
+    code = _code(entry)
+    if status == "success":
+        return _OK if not code or code in _SUCCESS_CODES else None
+    if status == "error":
+        return _ERROR if code not in _SUCCESS_CODES else None
+    if code:
+        return _OK if code in _SUCCESS_CODES else _ERROR
+    return None
+
+
 def _is_error(entry: Mapping[str, Any]) -> bool:
-    status = str(entry.get("status", "")).lower()
-    return status == "error" or (not status and _code(entry) not in ("SUCCESS", "SCHEDULED", ""))
+    return _verdict(entry) == _ERROR
+
+
+def _unparseable(entry: Mapping[str, Any], details: Mapping[str, Any] | None = None) -> str:
+    """Why an entry is neither a success nor an error, with what it said."""
+    said = [f"{k}={entry[k]}" for k in ("status", "code") if entry.get(k)]
+    text = f"{_UNPARSEABLE} ({', '.join(said)})" if said else _UNPARSEABLE
+    message = _message(entry, details)
+    return (f"{text}: {message}" if message else text)[:_MAX_MESSAGE]
 
 
 def _message(entry: Mapping[str, Any], details: Mapping[str, Any] | None = None) -> str:
@@ -247,9 +330,11 @@ def _whole_request_entry(payload: Mapping[str, Any], status: int,
     if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], dict):
         return None
     entry = data[0]
-    if _code(entry) == "SCHEDULED" and "id" not in _details(entry):
+    verdict = _verdict(entry)
+    if _code(entry) == "SCHEDULED" and verdict == _OK and "id" not in _details(entry):
         return entry
-    if not _is_error(entry) or "id" in _details(entry):
+    # an entry that is no error (a success, or unparseable like ``{}``) is a per-record entry
+    if verdict != _ERROR or "id" in _details(entry):
         return None
     if status >= 400 or n_records > 1 or _code(entry) in WHOLE_REQUEST_CODES:
         return entry
@@ -262,7 +347,7 @@ def _whole(entry: Mapping[str, Any], record_ids: Sequence[str], cadence_ids: Seq
            status: int, headers: Mapping[str, str], now: float | None) -> Answer:
     code = _code(entry, f"HTTP_{status}")
     message = _message(entry)
-    if code == "SCHEDULED" and not _is_error(entry):
+    if code == "SCHEDULED" and _verdict(entry) == _OK:
         return _all(record_ids, cadence_ids, Status.SCHEDULED, code, message, status, False)
     if code == "INVALID_TOKEN":
         return TokenInvalid(status)
@@ -338,9 +423,9 @@ def _without_answer(record_ids: Sequence[str], cadence_ids: Sequence[str], statu
 
 def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequence[str],
                 status: int) -> Answered:
-    # the hot path of every job (one entry per record): work is done once per entry, never per
-    # pair; records with the same result over the same cadences share one group
-    by_record = _match_entries(entries, record_ids, "ids")
+    # the hot path of every job (one entry per record, naming it by id): work is done once per
+    # entry, never per pair; records with the same result over the same cadences share one group
+    by_record, ignored = _match_entries(entries, record_ids, "ids")
     every = tuple(cadence_ids)
     wanted = frozenset(every)
     groups: dict[tuple, list[str]] = {}
@@ -356,16 +441,24 @@ def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequ
                 and entry.get("status") == "success" and entry.get("code") == "SUCCESS"
                 and type(message := entry.get("message")) is str
                 and wanted <= {c.get("id") for c in cadences if type(c) is dict}):
-            # the usual entry, in short: what the general path below would make of it
+            # the usual entry, in short: what the general path below would make of it. It was
+            # matched by its id (an entry carrying an id is matched by nothing else), or by
+            # position where position is allowed (see _match_entries)
             groups.setdefault((_UNENROLLED, "SUCCESS", message.strip()[:_MAX_MESSAGE], False,
                                every), []).append(record_id)
             continue
-        code, message = _code(entry), _message(entry, details)
-        if _is_error(entry):
-            key = (_FAILED, code or "UNKNOWN_ERROR", message, code in TRANSIENT_CODES, every)
+        verdict = _verdict(entry)
+        code = _code(entry)
+        if verdict is None:
+            key = (_FAILED, "UNPARSEABLE_ANSWER", _unparseable(entry, details), True, every)
+        elif verdict == _ERROR:
+            key = (_FAILED, code or "UNKNOWN_ERROR", _message(entry, details),
+                   code in TRANSIENT_CODES, every)
         elif code == "SCHEDULED":
-            key = (_SCHEDULED, code, message, False, every)
+            key = (_SCHEDULED, code, _message(entry, details), False, every)
         else:
+            # a success names the cadences it removed; a cadence it does not list is no claim
+            message = _message(entry, details)
             removed = _removed_cadences(details)
             code = code or "SUCCESS"
             if wanted <= removed:
@@ -378,63 +471,99 @@ def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequ
                 key = (_NOT_ENROLLED, code, _NOT_LISTED, False,
                        tuple(c for c in every if c not in removed))
         groups.setdefault(key, []).append(record_id)
-    return _grouped(groups, status, by_record=True)
+    return _grouped(groups, status, by_record=True, ignored=ignored)
 
 
 def _per_cadence(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequence[str],
                  status: int) -> Answered:
-    by_cadence = _match_entries(entries, cadence_ids, "cadences_ids")
+    """The per-cadence shape: a success entry for a cadence covers every record of the call."""
+    by_cadence, ignored = _match_entries(entries, cadence_ids, "cadences_ids")
     everyone = tuple(record_ids)
     groups: dict[tuple, list[str]] = {}
     for j, c in enumerate(cadence_ids):
         entry = by_cadence.get(j)
+        verdict = None if entry is None else _verdict(entry)
         if entry is None:
             key = (_FAILED, "MISSING_IN_ANSWER", _MISSING, True, everyone)
-        elif _is_error(entry):
+        elif verdict is None:
+            key = (_FAILED, "UNPARSEABLE_ANSWER", _unparseable(entry), True, everyone)
+        elif verdict == _ERROR:
             code = _code(entry, "UNKNOWN_ERROR")
             key = (_FAILED, code, _message(entry), code in TRANSIENT_CODES, everyone)
         else:
             status_ = _SCHEDULED if _code(entry) == "SCHEDULED" else _UNENROLLED
             key = (status_, _code(entry, "SUCCESS"), _message(entry), False, everyone)
         groups.setdefault(key, []).append(c)
-    return _grouped(groups, status, by_record=False)
+    return _grouped(groups, status, by_record=False, ignored=ignored)
 
 
-def _grouped(groups: dict[tuple, list[str]], http_status: int, by_record: bool) -> Answered:
+def _grouped(groups: dict[tuple, list[str]], http_status: int, by_record: bool,
+             ignored: int = 0) -> Answered:
     """(status, code, message, retryable, the other ids) → ids, as outcome groups."""
     out = []
     for (status, code, message, retryable, others), ids in groups.items():
         records, cadences = (tuple(ids), others) if by_record else (others, tuple(ids))
         out.append(OutcomeGroup(records, cadences, status, code, message, http_status,
                                 retryable))
-    return Answered(tuple(out))
+    return Answered(tuple(out), ignored)
 
 
-def _match_entries(entries: list[Any], ids: Sequence[str], array: str) -> dict[int, Mapping]:
-    """Entry per index: by ``details.id``, else by ``json_path``, else by position."""
+def _match_entries(entries: list[Any], ids: Sequence[str],
+                   array: str) -> tuple[dict[int, Mapping], int]:
+    """Entry per index of ``ids``, and how many entries were ignored.
+
+    An entry carrying ``details.id`` is matched by that id only: one that names no id of the call,
+    or repeats an id already matched, is ignored. An entry without an id that is not a success
+    may be located by its ``json_path`` (``$.ids[i]`` / ``$.cadences_ids[j]``). The rest are
+    matched by position, and only when no entry carries an id, there are exactly as many
+    entries as ids, and no entry located by its path sits elsewhere than its position (the order
+    is then not the call's); otherwise they are ignored. Non-objects are ignored.
+    """
     index_of = {value: i for i, value in enumerate(ids)}
     matched: dict[int, Mapping] = {}
+    ignored = 0
     unplaced: list[tuple[int, Mapping]] = []
+    carries_id = displaced = False
     for position, entry in enumerate(entries):
-        if not isinstance(entry, dict):
+        if type(entry) is not dict:
+            ignored += 1
             continue
-        details = _details(entry)
+        details = entry.get("details")
+        if type(details) is not dict:
+            details = {}
         given = details.get("id")
-        index = None if given is None else index_of.get(
-            given if type(given) is str else str(given))
-        if index is None:
-            match = _PATH.match(str(details.get("json_path") or ""))
-            if match and match.group(1) == array and match.group(2) is not None \
-                    and int(match.group(2)) < len(ids):
-                index = int(match.group(2))
-        if index is None:
-            unplaced.append((position, entry))
-        elif index not in matched:
+        if given is not None:
+            carries_id = True
+            index = index_of.get(given if type(given) is str else str(given))
+        else:
+            index = None if _verdict(entry) == _OK else _path_index(details, array, len(ids))
+            if index is None:
+                unplaced.append((position, entry))
+                continue
+            displaced = displaced or index != position
+        if index is None or index in matched:
+            ignored += 1
+        else:
             matched[index] = entry
-    for position, entry in unplaced:
-        if position < len(ids) and position not in matched:
-            matched[position] = entry
-    return matched
+    if unplaced:
+        if carries_id or displaced or len(entries) != len(ids):
+            ignored += len(unplaced)
+        else:
+            for position, entry in unplaced:
+                if position in matched:
+                    ignored += 1
+                else:
+                    matched[position] = entry
+    return matched, ignored
+
+
+def _path_index(details: Mapping[str, Any], array: str, size: int) -> int | None:
+    """The index a ``json_path`` such as ``$.ids[3]`` names in ``array``, if in range."""
+    match = _PATH.match(str(details.get("json_path") or "").strip())
+    if match and match.group(1) == array and match.group(2) is not None:
+        index = int(match.group(2))
+        return index if index < size else None
+    return None
 
 
 def _removed_cadences(details: Mapping[str, Any]) -> frozenset[str] | set[str]:

@@ -19,6 +19,7 @@ import httpx
 
 from batcher.config import Credentials, Endpoints, accept_api_domain
 from batcher.errors import AuthError, TransientError
+from batcher.redact import Redactor
 from batcher.retry import parse_retry_after
 from batcher.zoho.api import error_code
 
@@ -33,6 +34,7 @@ class ZohoAuth(httpx.Auth):
     domain are re-routed to it, so callers that built URLs early still reach the right one.
     ``refreshes`` counts token refreshes for the summary. ``client`` (or ``transport``) reaches
     the accounts server; it must be a client of its own, not the one this auth signs for.
+    ``redactor`` learns every access token obtained, so no later text can carry one.
     """
 
     def __init__(self, credentials: Credentials, endpoints: Endpoints, *,
@@ -40,11 +42,14 @@ class ZohoAuth(httpx.Auth):
                  transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  refresh_ahead: float = 60.0, max_refreshes: int = 10,
-                 window: float = 600.0) -> None:
+                 window: float = 600.0, redactor: Redactor | None = None) -> None:
         if not credentials.can_refresh and not credentials.access_token:
             raise AuthError("no Zoho credentials: set ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET and "
                             "ZOHO_REFRESH_TOKEN, or ZOHO_ACCESS_TOKEN")
         self._credentials = credentials
+        self._redact = redactor or Redactor(credentials.secrets())
+        for secret in credentials.secrets():
+            self._redact.add(secret)
         self._configured_domain = endpoints.api_domain
         self._token_url = f"{endpoints.accounts_url.rstrip('/')}/oauth/v2/token"
         self._owns_client = client is None
@@ -138,6 +143,7 @@ class ZohoAuth(httpx.Auth):
                 self._failure = exc
                 raise
             self._token = str(body["access_token"])
+            self._redact.add(self._token)
             lifetime = _expires_in(body)
             # refresh a little ahead of expiry, but never so far ahead that a short-lived token
             # is refreshed on every request (that would burn Zoho's 10 refreshes / 10 minutes)
@@ -170,14 +176,14 @@ class ZohoAuth(httpx.Auth):
             response = await self._client.post(self._token_url, data=form)
         except httpx.TransportError as exc:
             raise TransientError(f"could not reach the Zoho accounts server {self._token_url} "
-                                 f"({type(exc).__name__})", code="TOKEN_ENDPOINT_UNREACHABLE"
-                                 ) from None
+                                 f"({type(exc).__name__})", code="TOKEN_ENDPOINT_UNREACHABLE",
+                                 unsent=True) from None
         status = response.status_code
         if status == 429 or status >= 500:
             raise TransientError(f"the Zoho accounts server answered HTTP {status}",
                                  code=f"TOKEN_HTTP_{status}", http_status=status,
                                  retry_after=parse_retry_after(response.headers),
-                                 throttled=status == 429)
+                                 throttled=status == 429, unsent=True)
         try:
             body = response.json()
         except ValueError:
@@ -188,11 +194,6 @@ class ZohoAuth(httpx.Auth):
         if body.get("error") or not body.get("access_token"):
             raise AuthError(self._redact(_refusal_message(body, self._token_url)))
         return body
-
-    def _redact(self, text: str) -> str:
-        for secret in self._credentials.secrets():
-            text = text.replace(secret, "***")
-        return text
 
 
 def _expires_in(body: dict[str, Any]) -> float:

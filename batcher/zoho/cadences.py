@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from batcher.errors import AbortError, PermissionDenied
-from batcher.retry import RetryPolicy, call_with_retries
+from batcher.retry import Reachability, RetryPolicy, call_with_retries, is_unsent
 from batcher.zoho.api import Fatal, TokenInvalid, Transient, classify
 
 MANUAL = "manual_enrollment"
@@ -42,19 +42,31 @@ async def fetch_cadences(client: httpx.AsyncClient, api_domain: str, *,
                          policy: RetryPolicy | None = None,
                          sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
                          on_call: Callable[[], object] = lambda: None,
+                         reach: Reachability | None = None,
                          ) -> list[Cadence]:
     """Every cadence of the org, all pages; ``[]`` when Zoho answers 204.
 
-    ``on_call`` is told of every GET sent, retries included: each one costs the org a credit.
+    ``on_call`` is told of every GET that reached a server, retries included: each one costs the
+    org a credit. ``reach`` is the job's outage clock: while Zoho does not answer, the GET is
+    retried until it runs out (``ZohoUnreachable``, an abort); without one, a clock of
+    ``policy.outage_after`` of its own.
     """
+    policy = policy or RetryPolicy()
+    reach = reach or Reachability(policy.outage_after)
     url = f"{api_domain.rstrip('/')}/crm/v7/settings/automation/cadences"
     found: dict[str, Cadence] = {}
     for page in range(1, _MAX_PAGES + 1):
         async def get(page: int = page) -> dict[str, Any] | None:
+            try:
+                response = await client.get(url, params={"page": page})
+            except Exception as exc:
+                if not is_unsent(exc):
+                    on_call()
+                raise
             on_call()
-            return _payload(await client.get(url, params={"page": page}))
+            return _payload(response)
 
-        payload, _ = await call_with_retries(get, policy or RetryPolicy(), sleep=sleep)
+        payload, _ = await call_with_retries(get, policy, sleep=sleep, reach=reach)
         if payload is None:
             break
         parsed = [c for c in map(_cadence, payload["cadences"]) if c is not None]

@@ -1,0 +1,56 @@
+"""Secrets out of every text that leaves the process, including texts the server sent back.
+
+A Zoho answer may echo the request's ``Authorization`` header, a proxy page may quote it, and an
+exception may carry a header value. Every server-supplied text and every message batcher prints or
+stores passes through one :class:`Redactor`, which knows the run's secrets (client secret, refresh
+token, every access token obtained) and also masks anything shaped like a Zoho credential.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+MASK = "***"
+#: a credential after its scheme word or parameter name, whoever issued it
+_SHAPES = re.compile(
+    r"(?i)(\b(?:zoho-oauthtoken|bearer)\s+|\b(?:client_secret|refresh_token|access_token)"
+    r"[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;)]+")
+#: Zoho's OAuth tokens, ``1000.<hex>.<hex>``, also when a text cut short ends inside one
+_ZOHO_TOKEN = re.compile(
+    r"\b1000\.[0-9a-f]{16,}\.[0-9a-f]{16,}\b|\b1000\.[0-9a-f]{8,}(?:\.[0-9a-f]*)?$")
+_SHORTEST = 4  # shorter "secrets" would mask ordinary words
+
+
+class Redactor:
+    """``redactor(text)`` → ``text`` with every known secret and credential shape masked.
+
+    Secrets are added as they become known (:meth:`add`, e.g. each refreshed access token); the
+    set is replaced, never mutated, so a call from another thread sees a consistent one.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self._secrets: tuple[str, ...] = ()
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str | None) -> None:
+        if not secret or len(secret) < _SHORTEST or secret in self._secrets:
+            return
+        # longest first: a secret that contains another is masked whole
+        self._secrets = tuple(sorted({*self._secrets, secret}, key=len, reverse=True))
+
+    def __call__(self, text: str) -> str:
+        if not text:
+            return text
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+            # a message cut to a length may end with the start of a secret
+            start = text.rfind(secret[:_SHORTEST], max(0, len(text) - len(secret)))
+            if start >= 0 and secret.startswith(text[start:]):
+                text = text[:start] + MASK
+        return _ZOHO_TOKEN.sub(MASK, _SHAPES.sub(rf"\1{MASK}", text))
+
+    def __repr__(self) -> str:
+        return f"Redactor({len(self._secrets)} secrets)"

@@ -63,6 +63,8 @@ class Summary:
     reconcile: str
     reconciled: bool
     started_at: str | None = None
+    #: answer entries that named a record or cadence the call did not hold (never evidence)
+    ignored_entries: int = 0
     finished_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -85,6 +87,9 @@ class Summary:
             lines.append("; ".join(problems))
         lines.append(f"{self.calls} calls, {self.retries} retries, {self.throttled} × 429, "
                      f"{self.credits} credits, {self.duration_s:.1f} s")
+        if self.ignored_entries:
+            lines.append(f"{self.ignored_entries} answer entries named records or cadences "
+                         "that were not in their call: ignored, never taken as evidence")
         lines.append(f"results: {self.results_path}")
         retry = f"{self.retry_rows} rows to retry" if self.retry_rows else "nothing to retry"
         lines.append(f"retry:   {self.retry_path} ({retry})")
@@ -149,6 +154,7 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
             duration_s=round(float(duration_s), 3), results_path=str(results),
             retry_path=str(retry), summary_path=str(summary_file), retry_rows=retry_rows,
             reconcile=line, reconciled=ok, started_at=journal.started_at,
+            ignored_entries=counters.get("ignored_entries", 0),
             finished_at=utc_now(), extra=dict(extra or {}))
         doc = summary.to_dict()
         doc["results"], doc["retry"] = doc.pop("results_path"), doc.pop("retry_path")

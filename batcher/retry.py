@@ -102,8 +102,9 @@ class Reachability:
     """The outage clock of one job: started by a failure without an answer, stopped by any answer.
 
     ``check()`` raises :class:`~batcher.errors.ZohoUnreachable` once the clock passes
-    ``give_up_after`` seconds. ``on_down(text)`` is told when a silence begins (to say on stderr
-    that batcher is waiting, not hung).
+    ``give_up_after`` seconds. ``on_down(text)`` is told once a silence has lasted a while (a
+    tenth of that, at most 10 s: a lone proxy error is not news) — to say on stderr that batcher
+    is waiting, not hung.
     """
 
     def __init__(self, give_up_after: float, *, clock: Callable[[], float] = time.monotonic,
@@ -112,16 +113,21 @@ class Reachability:
         self._clock = clock
         self._on_down = on_down
         self._since: float | None = None
+        self._announced = False
         self._what = ""
         self.answers = 0  # answers seen by the job's callers, all together
 
     def failed(self, exc: BaseException) -> None:
         self._what = _what(exc)
+        now = self._clock()
         if self._since is None:
-            self._since = self._clock()
-            if self._on_down is not None:
-                self._on_down(f"no answer from Zoho ({self._what}); retrying for up to "
-                              f"{seconds_text(self._give_up_after)} before stopping")
+            self._since, self._announced = now, False
+        elif (not self._announced and self._on_down is not None
+              and now - self._since >= min(10.0, self._give_up_after / 10)):
+            self._announced = True
+            self._on_down(f"no answer from Zoho for {seconds_text(now - self._since)} "
+                          f"({self._what}); retrying for up to "
+                          f"{seconds_text(self._give_up_after)} before stopping")
 
     def answered(self) -> None:
         self._since = None

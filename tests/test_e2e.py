@@ -314,3 +314,41 @@ def test_preflight_without_the_settings_scope_warns_and_goes_on(tmp_path, serve)
     assert "preflight skipped" in err.getvalue()
     assert "ZohoCRM.settings.cadences.READ" in err.getvalue()
     assert set(live.sandbox.removed) == set(rows)
+
+
+def test_the_same_command_resends_retryable_failures_and_converges(tmp_path, serve):
+    """After a finished job, re-running it re-sends exactly the rows failed with retryable true
+    (issue 9: a nightly re-run converges), a bounded number of times per job."""
+    rows = make_rows(300, 20, seed=5, max_k=3)
+    live = serve(World.from_pairs(rows), fault_profile="flaky", seed=4)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    once = RetryPolicy(attempts=1, base=0.01, max_wait=0.05)
+
+    first = run_job(settings(tmp_path, inp, retry=once, max_retry_rounds=1), live.env)
+    assert first.exit_code == 1
+    failed = {(r["module"], r["record_id"], r["cadence_id"])
+              for r in read_results(tmp_path / "out.csv") if r["status"] == "failed"}
+    assert failed and all(r["retryable"] == "true" for r in read_results(tmp_path / "out.csv")
+                          if r["status"] == "failed")
+    calls_before = len(live.sandbox.calls)
+
+    second = run_job(settings(tmp_path, inp, retry=once, max_retry_rounds=1), live.env)
+    resent = {(c.module, r, k) for c in live.sandbox.calls[calls_before:]
+              for r in c.record_ids for k in c.cadence_ids}
+    assert resent and resent <= failed  # only the failed pairs, and nothing answered before
+    results = read_results(tmp_path / "out.csv")
+    assert len(results) == len(rows)
+    still = {(r["module"], r["record_id"], r["cadence_id"]) for r in results
+             if r["status"] == "failed"}
+    assert len(still) < len(failed)
+
+    # the round of this job is spent: the same command sends nothing more...
+    calls_before = len(live.sandbox.calls)
+    third = run_job(settings(tmp_path, inp, retry=once, max_retry_rounds=1), live.env)
+    assert len(live.sandbox.calls) == calls_before
+    assert third.exit_code == second.exit_code
+    # ...and with rounds left and a patient policy, it converges
+    final = run_job(settings(tmp_path, inp, max_retry_rounds=3), live.env)
+    assert final.exit_code == 0
+    assert set(live.sandbox.removed) == set(rows)
+    assert_exact(live.sandbox, rows)

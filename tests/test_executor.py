@@ -96,6 +96,54 @@ def test_unlocated_error_is_isolated_by_splitting(tmp_path):
     assert all(v["code"] == "INVALID_DATA" for k, v in res.items() if k[0] == bad)
 
 
+INVALID = {"code": "INVALID_DATA", "details": {}, "message": "invalid", "status": "error"}
+
+
+@pytest.mark.parametrize("bad_kind", ["record", "cadence"])
+def test_an_unlocated_refusal_of_a_full_batch_is_isolated_within_the_bound(tmp_path, bad_kind):
+    """A 100 x 5 batch refused as a whole without a json_path used to cost up to 999 calls.
+
+    The bound the executor keeps: 4 x (cadences + ceil(log2 records)) + 2 extra calls, 50 here;
+    one unknown cadence is found in a handful (cadences are split first), one unknown record in
+    about 2 x log2(100) + a few.
+    """
+    records = tuple(rid(i) for i in range(100))
+    cadences = tuple(cid(j) for j in range(5))
+    bad = records[61] if bad_kind == "record" else cadences[3]
+    j = journal_with(tmp_path, [Batch("b000000", "Leads", records, cadences)])
+
+    def handler(body):
+        if bad in body["ids"] or bad in body["cadences_ids"]:
+            return httpx.Response(400, json=INVALID)
+        return httpx.Response(200, json=success(body["ids"], body["cadences_ids"]))
+
+    _, sent = run(j, handler)
+    res = results(j)
+    culprit = {k for k in res if bad in k}
+    assert {res[k]["status"] for k in culprit} == {"failed"}
+    assert {res[k]["code"] for k in culprit} == {"INVALID_DATA"}
+    assert {v["status"] for k, v in res.items() if k not in culprit} == {"unenrolled"}
+    assert len(sent) <= 1 + 50
+    assert len(sent) <= (8 if bad_kind == "cadence" else 30), len(sent)
+    # no call ever named a pair twice after it was answered
+    answered = [(tuple(b["ids"]), tuple(b["cadences_ids"])) for b in sent
+                if bad not in b["ids"] and bad not in b["cadences_ids"]]
+    pairs = [(r, c) for ids, cads in answered for r in ids for c in cads]
+    assert len(pairs) == len(set(pairs))
+
+
+def test_when_the_bound_is_spent_the_rest_fails_without_a_verdict(tmp_path):
+    """Unknown ids everywhere: the isolation stops at its bound; nothing is claimed."""
+    records = tuple(rid(i) for i in range(100))
+    cadences = tuple(cid(j) for j in range(5))
+    j = journal_with(tmp_path, [Batch("b000000", "Leads", records, cadences)])
+    _, sent = run(j, lambda body: httpx.Response(400, json=INVALID))
+    res = results(j)
+    assert len(sent) <= 1 + 50
+    assert {v["status"] for v in res.values()} == {"failed"}
+    assert any("not isolated" in v["message"] for v in res.values())
+
+
 def test_rejected_cadence_fails_its_pairs_and_the_rest_is_resent(tmp_path):
     batch = Batch("b000000", "Leads", (rid(1), rid(2)), (cid(0), cid(1), cid(2)))
     j = journal_with(tmp_path, [batch])

@@ -325,6 +325,12 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
             return _Stop(stopper.message())
         except BatcherError as exc:
             return _Stop(redact(str(exc)), exc.exit_code)
+        except Exception as exc:  # a bug: the run stops, and the results still get written
+            if link.env.get("BATCHER_DEBUG"):
+                raise
+            return _Stop(redact(f"internal error ({type(exc).__name__}: {exc}); the journal "
+                                "keeps every answer recorded — re-run the same command to "
+                                "resume, and report this with BATCHER_DEBUG=1 set"))
 
 
 class _clients:

@@ -9,7 +9,7 @@ import httpx
 import pyarrow as pa
 import pytest
 
-from batcher.errors import BudgetExhausted, PermissionDenied, ZohoUnreachable
+from batcher.errors import BudgetExhausted, PermissionDenied, WaitTooLong, ZohoUnreachable
 from batcher.executor import Executor, ExecutorSettings
 from batcher.journal import Journal
 from batcher.models import Batch
@@ -251,3 +251,16 @@ def test_calls_in_flight_never_exceed_the_concurrency(tmp_path):
     assert ex.counters.calls == 30 and ex.counters.pairs_done == 60
     assert {r["status"] for r in results(j).values()} == {"unenrolled"}
     assert list(j.pending_batches()) == []
+
+
+def test_a_retry_after_longer_than_the_job_waits_aborts_naming_it(tmp_path):
+    """Retry-After is honoured in full up to RetryPolicy.longest_wait; beyond it, the job stops
+    (resumable) instead of sleeping for hours or retrying early."""
+    batches = [Batch(f"b{i:06d}", "Leads", (rid(i),), (cid(0),)) for i in range(4)]
+    j = journal_with(tmp_path, batches)
+    throttled = {"code": "TOO_MANY_REQUESTS", "details": {}, "message": "too many",
+                 "status": "error"}
+    with pytest.raises(WaitTooLong, match="20 min"):
+        run(j, lambda b: httpx.Response(429, json=throttled, headers={"Retry-After": "1200"}))
+    assert {r["status"] for r in results(j).values()} == {"not_sent"}
+    assert list(j.pending_batches()) == batches  # resumable: every batch still to send

@@ -20,6 +20,9 @@ _SHAPES = re.compile(
 _ZOHO_TOKEN = re.compile(
     r"\b1000\.[0-9a-f]{16,}\.[0-9a-f]{16,}\b|\b1000\.[0-9a-f]{8,}(?:\.[0-9a-f]*)?$")
 _SHORTEST = 4  # shorter "secrets" would mask ordinary words
+#: the shortest start of a secret masked at the end of a text cut short: shorter ones cannot be
+#: told from ordinary text (every Zoho token starts ``1000.``; a message may end in ``1000``)
+_SHORTEST_CUT = 12
 
 
 class Redactor:
@@ -47,8 +50,8 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, MASK)
             # a message cut to a length may end with the start of a secret
-            start = text.rfind(secret[:_SHORTEST], max(0, len(text) - len(secret)))
-            if start >= 0 and secret.startswith(text[start:]):
+            start = text.rfind(secret[:_SHORTEST_CUT], max(0, len(text) - len(secret)))
+            if start >= 0 and len(secret) > _SHORTEST_CUT and secret.startswith(text[start:]):
                 text = text[:start] + MASK
         return _ZOHO_TOKEN.sub(MASK, _SHAPES.sub(rf"\1{MASK}", text))
 

@@ -139,9 +139,13 @@ class ZohoAuth(httpx.Auth):
             self._admit()
             try:
                 body = await self._request_token()
-            except AuthError as exc:
+            except AuthError as exc:  # the accounts server answered: a refresh spent
+                self._recent.append(self._clock())
                 self._failure = exc
                 raise
+            # only requests the accounts server answered count against its limit: an outage of
+            # it must end as an outage, not as a refresh storm that then locks the job out
+            self._recent.append(self._clock())
             self._token = str(body["access_token"])
             self._redact.add(self._token)
             lifetime = _expires_in(body)
@@ -155,7 +159,8 @@ class ZohoAuth(httpx.Auth):
             return self._token, self._generation
 
     def _admit(self) -> None:
-        """Sliding window: refuse rather than exceed Zoho's token issuing limit."""
+        """Sliding window: refuse rather than exceed Zoho's token issuing limit (the caller
+        records the refresh once the accounts server answered it)."""
         now = self._clock()
         while self._recent and now - self._recent[0] >= self._window:
             self._recent.popleft()
@@ -165,7 +170,6 @@ class ZohoAuth(httpx.Auth):
                 f"the last {self._window / 60:g} minutes already (Zoho allows "
                 f"{self._max_refreshes}); something keeps invalidating tokens — make sure no "
                 f"other job revokes or shares this refresh token, wait 10 minutes, {_RESUME}")
-        self._recent.append(now)
 
     async def _request_token(self) -> dict[str, Any]:
         creds = self._credentials

@@ -249,7 +249,7 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         how = (f"re-run the same command, or `batcher report --journal {journal.path} "
                f"--results {results}`") if not settings.dry_run else "re-run the dry run"
-        if reason:
+        if reason and reason != why:  # not twice the same line
             print(f"batcher: aborted: {reason}", file=stream)
         raise AbortError(f"the results could not be written to {results} ({why}); the journal "
                          f"keeps every answer: once that is fixed, {how}") from None

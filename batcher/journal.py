@@ -26,6 +26,7 @@ import itertools
 import json
 import operator
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -145,7 +146,7 @@ class Journal:
             except BaseException as exc:
                 db.close()
                 if isinstance(exc, sqlite3.Error):
-                    raise JournalError(f"cannot use journal {path}: {_sqlite_text(exc)}") from None
+                    raise _open_failure(path, exc) from None
                 raise
         except BaseException:
             _release_lock(lock_fd)
@@ -208,9 +209,7 @@ class Journal:
         except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
             raise
         except sqlite3.Error as exc:
-            raise JournalIOError(
-                f"journal {self.path}: {_sqlite_text(exc)}; free space or fix the disk, then "
-                "re-run the same command to resume") from None
+            raise _disk_failure(self.path, _sqlite_text(exc)) from None
 
     # ------------------------------------------------------------------ counters
 
@@ -632,8 +631,13 @@ def _acquire_lock(path: Path) -> int:
                 f"journal {path} is in use by another batcher run (pid {holder}); wait for it to "
                 "finish, or give this run another --journal") from None
         raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:  # the holder's pid, for the message of a run refused meanwhile
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise _disk_failure(path, f"cannot write its lock file {lock_path.name} "
+                                  f"({exc.strerror})") from None
     return fd
 
 
@@ -647,7 +651,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise JournalError(f"cannot open journal {path}: {exc}") from None
+        raise _open_failure(path, exc) from None
     try:
         db.execute("PRAGMA journal_mode = WAL")
         # NORMAL with WAL: every commit survives a crash or kill -9 of this process; only a power
@@ -657,10 +661,34 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA cache_size = -32000")  # bounded: 32 MB whatever the job size
         db.execute("PRAGMA journal_size_limit = 67108864")
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.Error as exc:
         db.close()
-        raise JournalError(f"{path} is not a batcher journal ({exc})") from None
+        raise _open_failure(path, exc) from None
     return db
+
+
+def _open_failure(path: Path, exc: sqlite3.Error) -> JournalError | JournalIOError:
+    """A file that is no journal at all is a usage error (exit 2); a journal whose disk fails
+    (full, read-only, I/O, damaged pages) is an abort the same command resumes once fixed."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name == "SQLITE_NOTADB":
+        return JournalError(f"{path} is not a batcher journal ({exc})")
+    if name.startswith("SQLITE_CANTOPEN"):
+        return JournalError(f"cannot open journal {path}: {_sqlite_text(exc)}")
+    return _disk_failure(path, _sqlite_text(exc))
+
+
+def _disk_failure(path: Path, what: str) -> JournalIOError:
+    """The journal's disk failed: one line naming the file, what failed, and whether the disk
+    is full (SQLite often says only "disk I/O error" when it is)."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    full = f"; the disk is full ({free // 1024} KiB free)" if free is not None \
+        and free < 1024 * 1024 else ""
+    return JournalIOError(f"journal {path}: {what}{full}; free space or fix the disk, then "
+                          "re-run the same command to resume")
 
 
 def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | None,

@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 
 from .config import Credentials, Endpoints, load_credentials, resolve_endpoints
-from .errors import AbortError, BatcherError, PermissionDenied, UsageError
+from .errors import AbortError, BatcherError, PermissionDenied, TransientError, UsageError
 from .executor import Counters, Executor, ExecutorSettings
 from .inputs import INVALID, InputScan, check_input, file_fingerprint, scan_input
 from .journal import Journal, utc_now
@@ -240,7 +240,8 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
     try:
         if journal.rows == 0:  # stopped before the plan was loaded (or even the scan ended)
             scan = scan or scan_input(settings.input, settings.module)
-            source = UnplannedResults(scan.rows, scan.tables, utc_now(), f"not sent: {reason}")
+            source = UnplannedResults(scan.rows, scan.tables, utc_now(), f"not sent: {reason}",
+                                      journal.counters)
         meta = {k: journal.get_meta(k, d) for k, d in (
             ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None))}
         return write_results(source, results, duration_s=time.monotonic() - started,
@@ -380,6 +381,9 @@ async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
     except PermissionDenied as exc:
         say(f"warning: preflight skipped: {exc}")
         return [], None
+    except TransientError as exc:  # Zoho answered, but never usefully: the job cannot start
+        raise AbortError(f"could not read the org's cadences ({exc}); re-run the same command "
+                         "to resume") from None
     finally:
         journal.add_counters()  # the GETs' credits, now
     keys = scan.cadence_keys()  # (module, cadence id) of each cadence code

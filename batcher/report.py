@@ -233,14 +233,16 @@ class UnplannedResults:
     """
 
     def __init__(self, rows: int, tables: Callable[[], Iterable[pa.Table]], started_at: str,
-                 message: str) -> None:
+                 message: str, counters: Callable[[], dict[str, int]] = dict) -> None:
         self._tables = tables
         self._message = message
+        self._counters = counters
         self.rows = rows
         self.started_at = started_at
 
     def counters(self) -> dict[str, int]:
-        return {}
+        """What was spent before the stop (the preflight's reads, say)."""
+        return self._counters()
 
     def iter_result_chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
         for t in self._tables():

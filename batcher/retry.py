@@ -92,7 +92,8 @@ def _what(exc: BaseException) -> str:
     if isinstance(exc, TransientError):
         return str(exc)
     try:
-        where = f" to {exc.request.url.host}" if isinstance(exc, httpx.RequestError) else ""
+        where = (f" to {exc.request.url.netloc.decode('ascii', 'replace')}"
+                 if isinstance(exc, httpx.RequestError) else "")
     except RuntimeError:  # an httpx error raised without its request
         where = ""
     return f"{type(exc).__name__}{where}"
@@ -228,10 +229,13 @@ async def call_with_retries(
     do not run out while nobody gets an answer: the clock decides (``ZohoUnreachable``). A
     ``Retry-After`` beyond ``policy.longest_wait`` raises ``WaitTooLong``.
     """
-    answers_then: int | None = None  # the job's answer count when this call's silence began
+    # the job's answer count at this call's last failure without an answer, and whether nobody
+    # was answered between its last two such failures (Zoho silent, not this call's trouble)
+    answers_then: int | None = None
+    silent = False
 
     async def attempt() -> T:
-        nonlocal answers_then
+        nonlocal answers_then, silent
         if reach is not None:
             reach.check()
         try:
@@ -240,8 +244,8 @@ async def call_with_retries(
             if reach is not None:
                 if no_answer(exc):
                     reach.failed(exc)
-                    if answers_then is None:
-                        answers_then = reach.answers
+                    silent = answers_then is not None and reach.answers == answers_then
+                    answers_then = reach.answers
                 else:
                     reach.answered()
             check_wait(policy, exc)
@@ -274,9 +278,7 @@ async def call_with_retries(
             return False
         # out of attempts: a failure of this call if others got answers meanwhile; while nobody
         # does, Zoho is down, and the outage clock decides
-        silent = (reach is not None and exc is not None and no_answer(exc)
-                  and reach.answers == answers_then)
-        return not silent
+        return not (reach is not None and exc is not None and no_answer(exc) and silent)
 
     retrying = AsyncRetrying(
         sleep=sleep,

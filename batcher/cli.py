@@ -13,12 +13,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from . import __version__
 from .errors import BatcherError
 from .redact import Redactor
-from .stopping import Stopper, signals_to
+from .stopping import Stopper, signal_handler, signals_to
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,14 +106,12 @@ def _env(args: argparse.Namespace) -> dict[str, str]:
     return env_with_config_file(args.config, os.environ)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    # a signal while the job's modules load is kept for the job, which then stops at once with
+def _cmd_run(args: argparse.Namespace, stopper: Stopper) -> int:
+    # a signal while the job's modules load was kept for the job, which then stops at once with
     # its results written, as it would a moment later
-    stopper = Stopper()
-    with signals_to(stopper), stopper.phase("defer"):
-        from .job import run_from_args
+    from .job import run_from_args
 
-        return run_from_args(args, env=_env(args), stopper=stopper)
+    return run_from_args(args, env=_env(args), stopper=stopper)
 
 
 def _cmd_cadences(args: argparse.Namespace) -> int:
@@ -134,8 +133,8 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
                       seed=args.seed, module=args.module, echo_auth=args.echo_auth)
 
 
-_COMMANDS = {"plan": _cmd_plan, "run": _cmd_run, "cadences": _cmd_cadences,
-             "report": _cmd_report, "sandbox": _cmd_sandbox}
+_COMMANDS = {"plan": _cmd_plan, "cadences": _cmd_cadences, "report": _cmd_report,
+             "sandbox": _cmd_sandbox}
 
 
 _PR_SET_THP_DISABLE = 41  # linux/prctl.h
@@ -177,19 +176,39 @@ def _redactor(args: argparse.Namespace | None) -> Redactor:
     return Redactor(env.get(name) for name in (*REFRESH_VARS[1:], ACCESS_VAR))
 
 
-def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
-    """Before a job takes the signals over (and after), SIGTERM stops like Ctrl-C."""
-    raise KeyboardInterrupt
+@contextlib.contextmanager
+def _interrupting() -> Iterator[None]:
+    """For the commands other than ``run``: SIGTERM stops like Ctrl-C (``KeyboardInterrupt``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+def main(argv: Sequence[str] | None = None, stopper: Stopper | None = None) -> int:
+    """The command line; returns the exit code. From its first line a signal is kept for the
+    job (``run``) or stops the command (the others) with exit 3 — never lost, never a
+    traceback. ``stopper``: the one the program's signals already go to (:func:`entry`)."""
+    stopper = stopper or Stopper()
     args = None
     try:
-        args = _parser().parse_args(argv)
-        _own_process(args.command)
-        return _COMMANDS[args.command](args)
+        with signals_to(stopper):
+            args = _parser().parse_args(argv)
+            _own_process(args.command)
+            if args.command == "run":
+                return _cmd_run(args, stopper)
+            stopper.check()  # a signal while the command line was read
+        with _interrupting():
+            return _COMMANDS[args.command](args)
     except BatcherError as exc:
         print(f"batcher: {_redactor(args)(str(exc))}", file=sys.stderr)
         return exc.exit_code
@@ -209,5 +228,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+def entry() -> NoReturn:
+    """The ``batcher`` program. Its signals go to one stopper from its first line to its last:
+    before :func:`main` takes them and after it gave them back, a signal is kept (exit 3)
+    rather than a death by that signal or a traceback; once everything is said, they are
+    ignored for the few dozen milliseconds of the interpreter's shutdown."""
+    stopper = Stopper()
+    handler = signal_handler(stopper)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    code = main(stopper=stopper)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(3 if stopper.requested is not None else code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

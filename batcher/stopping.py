@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from .errors import Interrupted
 
@@ -37,7 +39,7 @@ class Stopper:
 
     def __init__(self) -> None:
         self.requested: str | None = None
-        self._phase = "raise"
+        self._phase = "defer"  # until the job says what it can take
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
 
@@ -69,8 +71,25 @@ class Stopper:
             if name != "defer":
                 self.check()
             yield
+            if name == "raise":
+                # the handler's exception is lost when it lands in a finalizer (a ``__del__``, a
+                # weakref callback): Python prints "Exception ignored" and goes on
+                self.check()
         finally:
             self._phase, self._loop, self._task = saved
+
+
+def signal_handler(stopper: Stopper) -> Callable[[int, object], None]:
+    """The handler that turns a signal into ``stopper.request``; a second one exits at once."""
+
+    def handler(signum: int, frame: object) -> None:  # noqa: ARG001
+        if stopper.requested is not None:
+            os.write(2, ("batcher: second signal: stopping at once, results not rewritten; "
+                         f"{_RESUME}\n").encode())
+            os._exit(EXIT_ABORTED)
+        stopper.request(f"interrupted by {signal.Signals(signum).name}")
+
+    return handler
 
 
 @contextmanager
@@ -83,17 +102,20 @@ def signals_to(stopper: Stopper) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, frame: object) -> None:  # noqa: ARG001
-        if stopper.requested is not None:
-            os.write(2, ("batcher: second signal: stopping at once, results not rewritten; "
-                         f"{_RESUME}\n").encode())
-            os._exit(EXIT_ABORTED)
-        stopper.request(f"interrupted by {signal.Signals(signum).name}")
-
+    handler = signal_handler(stopper)
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    unraisable = sys.unraisablehook
+
+    def quiet(args: Any) -> None:
+        # the handler's exception, lost in a finalizer: not an error to print — the phase
+        # raises it again when it ends (Stopper.phase)
+        if not isinstance(args.exc_value, Interrupted):
+            unraisable(args)
+
+    sys.unraisablehook = quiet
     try:
         yield
     finally:
+        sys.unraisablehook = unraisable
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -19,7 +19,7 @@ from typing import NoReturn
 from . import __version__
 from .errors import BatcherError
 from .redact import Redactor
-from .stopping import Stopper, signal_handler, signals_to
+from .stopping import STOP_SIGNALS, Stopper, signal_handler, signals_to
 
 
 class _Parser(argparse.ArgumentParser):
@@ -186,7 +186,7 @@ def _interrupting() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -235,13 +235,13 @@ def entry() -> NoReturn:
     ignored for the few dozen milliseconds of the interpreter's shutdown."""
     stopper = Stopper()
     handler = signal_handler(stopper)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
     code = main(stopper=stopper)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     sys.exit(3 if stopper.requested is not None else code)
 

@@ -110,6 +110,11 @@ def _check(settings: RunSettings) -> None:
     results = Path(settings.results)
     if results.resolve() == Path(settings.input).resolve():
         raise UsageError("--results must not be the input file")
+    _check_results(results)
+
+
+def _check_results(results: Path) -> None:
+    """A results path is a file with a known extension in a folder batcher can write to."""
     if results.is_dir():
         raise UsageError(f"--results {results} is a folder; give a file in it, such as "
                          f"{results / 'results.csv'}")
@@ -300,7 +305,8 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
         if not settings.quiet:
             print(f"batcher: {redact(text)}", file=stream)
 
-    reach = Reachability(settings.retry.outage_after, on_down=say)
+    reach = Reachability(settings.retry.outage_after, on_down=say,
+                         where=link.endpoints.api_domain)
     with stopper.phase("loop", asyncio.current_task()):
         try:
             async with link.clients(settings, redact) as (client, auth):
@@ -317,6 +323,10 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
                     if requeued:
                         say(f"sending again {requeued} pairs that failed for a reason worth "
                             "retrying")
+                    elif left := journal.retryable_failures():
+                        say(f"{left} pairs failed for a reason worth retrying, but this job "
+                            f"has spent its {settings.max_retry_rounds} retry round(s); to try "
+                            "them again, run its retry file as a new job")
                 if settings.dry_run:
                     return None
                 return await _execute(settings, journal, client, auth, stream, reach, redact)
@@ -457,9 +467,14 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
     path = Path(journal_path)
     if not path.exists():
         raise UsageError(f"{path}: no such journal")
+    _check_results(Path(results))
     with Journal.open(path, None) as journal:
-        summary = write_results(journal, Path(results), duration_s=0.0,
-                                extra={"rewritten_from_journal": str(path)})
+        try:
+            summary = write_results(journal, Path(results), duration_s=0.0,
+                                    extra={"rewritten_from_journal": str(path)})
+        except OSError as exc:
+            raise AbortError(f"the results could not be written to {results} "
+                             f"({exc.strerror or type(exc).__name__})") from None
         unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()
                          if k in ("pending", "sent"))
     print(summary.human(), file=stream)

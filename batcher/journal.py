@@ -533,6 +533,11 @@ class Journal:
             _set_meta(db, _K_ROUNDS, rounds)
             return len(moves)
 
+    def retryable_failures(self) -> int:
+        """Pairs answered ``failed`` with ``retryable`` true (what a retry round would send)."""
+        return self._query("SELECT count(*) FROM rows WHERE status = 'failed'"
+                           " AND retryable = 1")[0][0]
+
     def batch_counts(self) -> dict[str, dict[str, int]]:
         """state → {"batches": n, "pairs": n}: for progress bars and resume messages."""
         return {s: {"batches": n, "pairs": p or 0} for s, n, p in self._query(
@@ -628,8 +633,9 @@ def _acquire_lock(path: Path) -> int:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise JournalError(
-                f"journal {path} is in use by another batcher run (pid {holder}); wait for it to "
-                "finish, or give this run another --journal") from None
+                f"journal {path} is in use by another batcher run (pid {holder}): wait for it "
+                "to finish, then re-run this command (a second journal for the same job would "
+                "send every call twice and both runs would write the same results)") from None
         raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
     try:  # the holder's pid, for the message of a run refused meanwhile
         os.ftruncate(fd, 0)

@@ -109,8 +109,9 @@ class Reachability:
     """
 
     def __init__(self, give_up_after: float, *, clock: Callable[[], float] = time.monotonic,
-                 on_down: Callable[[str], object] | None = None) -> None:
+                 on_down: Callable[[str], object] | None = None, where: str = "") -> None:
         self._give_up_after = give_up_after
+        self._where = f" at {where}" if where else ""  # named when a failure does not say
         self._clock = clock
         self._on_down = on_down
         self._since: float | None = None
@@ -142,8 +143,9 @@ class Reachability:
 
     def check(self) -> None:
         if self._since is not None and self.remaining() <= 0:
+            where = "" if " to " in self._what else self._where
             raise ZohoUnreachable(
-                f"Zoho did not answer for {seconds_text(self._clock() - self._since)} "
+                f"Zoho{where} did not answer for {seconds_text(self._clock() - self._since)} "
                 f"(last: {self._what}); unanswered rows are not_sent — re-run the same command "
                 "to resume once it is reachable")
 

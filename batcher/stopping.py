@@ -18,18 +18,23 @@ the journal, committed answer by answer, is as a ``kill -9`` leaves it — resum
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the program's first lines must not wait for asyncio to load
+    import asyncio
 
 from .errors import Interrupted
 
 EXIT_ABORTED = 3
+#: what stops a job: Ctrl-C, a scheduler, and a terminal or ssh session that goes away
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
 _RESUME = "re-run the same command to resume"
 
 
@@ -103,7 +108,7 @@ def signals_to(stopper: Stopper) -> Iterator[None]:
         yield
         return
     handler = signal_handler(stopper)
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     unraisable = sys.unraisablehook
 
     def quiet(args: Any) -> None:

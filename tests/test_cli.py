@@ -223,3 +223,37 @@ def test_config_file_names_the_variables_that_hold_the_credentials(tmp_path, ser
     config.write_text(f'[zoho]\nclient_secret = "{SECRET}"\n')
     assert main(["run", str(inp), "--results", str(tmp_path / "out2.csv"), "--quiet",
                  "--config", str(config)]) == 2  # a secret written in the file is refused
+
+
+def test_report_checks_its_results_path_as_run_does(tmp_path, serve, monkeypatch, capsys):
+    """`report --results m.txt` used to write CSV under that name and overwrite the job's own
+    retry and summary files beside it."""
+    rows = make_rows(20, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--quiet"]) == 0
+    summary = (tmp_path / "out.summary.json").read_bytes()
+    assert main(["report", "--journal", str(tmp_path / "out.journal"),
+                 "--results", str(tmp_path / "out.txt")]) == 2
+    assert "unknown extension" in capsys.readouterr().err
+    assert not (tmp_path / "out.txt").exists()
+    assert (tmp_path / "out.summary.json").read_bytes() == summary
+
+
+def test_sighup_stops_a_run_like_sigterm(tmp_path, serve):
+    """An ssh session that drops sends SIGHUP: the run stops with exit 3 and its results."""
+    rows = make_rows(800, 60, seed=2, max_k=2)
+    live = serve(World.from_pairs(rows), latency=0.1)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    proc = batcher("run", str(inp), "--results", str(tmp_path / "out.csv"), "--concurrency", "1",
+                   env=live.env)
+    deadline = time.monotonic() + 60
+    while not live.sandbox.calls and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    assert "SIGHUP" in err and "Traceback" not in err
+    assert len(read_results(tmp_path / "out.csv")) == len(rows)

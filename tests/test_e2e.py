@@ -344,9 +344,13 @@ def test_the_same_command_resends_retryable_failures_and_converges(tmp_path, ser
 
     # the round of this job is spent: the same command sends nothing more...
     calls_before = len(live.sandbox.calls)
-    third = run_job(settings(tmp_path, inp, retry=once, max_retry_rounds=1), live.env)
+    err = io.StringIO()
+    third = run_job(settings(tmp_path, inp, retry=once, max_retry_rounds=1, quiet=False),
+                    live.env, stream=err)
     assert len(live.sandbox.calls) == calls_before
     assert third.exit_code == second.exit_code
+    if still:  # the faults left some: the stop of the re-sends is said, not silent
+        assert "spent its 1 retry round(s)" in err.getvalue()
     # ...and with rounds left and a patient policy, it converges
     final = run_job(settings(tmp_path, inp, max_retry_rounds=3), live.env)
     assert final.exit_code == 0

@@ -59,7 +59,7 @@ async def fetch_cadences(client: httpx.AsyncClient, api_domain: str, *,
         async def get(page: int = page) -> dict[str, Any] | None:
             try:
                 response = await client.get(url, params={"page": page})
-            except Exception as exc:
+            except httpx.TransportError as exc:  # cut after it left: it may have cost a credit
                 if not is_unsent(exc):
                     on_call()
                 raise

@@ -520,12 +520,12 @@ class Journal:
                                 f"{parent}.r{rounds}-{len(children) + 1}", module,
                                 tuple(records[i:i + MAX_RECORDS_PER_CALL]),
                                 cadences[j:j + MAX_CADENCES_PER_CALL]))
-                for child in children:
-                    seq += 1
-                    _insert_batches(db, [child], seq0=seq, parent=parent)
-                    db.execute("UPDATE batches SET attempts = ? WHERE batch_id = ?",
-                               (attempts, child.batch_id))
-                    moves += [(child.batch_id, parent, r, c) for r, c in child.pairs()]
+                _insert_batches(db, children, seq0=seq + 1, parent=parent)
+                seq += len(children)
+                db.executemany("UPDATE batches SET attempts = ? WHERE batch_id = ?",
+                               [(attempts, child.batch_id) for child in children])
+                moves += [(child.batch_id, parent, r, c)
+                          for child in children for r, c in child.pairs()]
             db.executemany(
                 "UPDATE rows SET batch_id = ?, status = 'not_sent', code = NULL, message = NULL,"
                 " http_status = NULL, finished_at = NULL WHERE batch_id = ? AND record_id = ?"

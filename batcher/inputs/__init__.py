@@ -1,0 +1,23 @@
+"""The reader: CSV or Parquet → one normalised row per input data row (valid pair, ``invalid``
+or ``duplicate``), columnar because inputs reach tens of millions of rows.
+
+Modules: ``formats`` (file kinds), ``columns`` (header roles), ``ids`` (id and module rules),
+``codes`` (hashing and repeats), ``scan`` (the two passes over a file).
+"""
+
+from .ids import canonical_module
+from .scan import (
+    DUPLICATE,
+    INVALID,
+    VALID,
+    InputScan,
+    InputTable,
+    PairCodes,
+    check_input,
+    file_fingerprint,
+    read_input,
+    scan_input,
+)
+
+__all__ = ["DUPLICATE", "INVALID", "VALID", "InputScan", "InputTable", "PairCodes",
+           "canonical_module", "check_input", "file_fingerprint", "read_input", "scan_input"]

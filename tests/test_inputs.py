@@ -41,7 +41,7 @@ def write(tmp_path: Path, text: str, name: str = "in.csv", encoding: str = "utf-
 
 
 def rows_of(path: Path, default_module: str | None = None) -> list[dict]:
-    return read_input(path, default_module=default_module).table.to_pylist()
+    return read_input(path, options=default_module).table.to_pylist()
 
 
 def only_row(path: Path, default_module: str | None = None) -> dict:
@@ -52,7 +52,7 @@ def only_row(path: Path, default_module: str | None = None) -> dict:
 
 def input_error(path: Path, default_module: str | None = None) -> str:
     with pytest.raises(InputError) as info:
-        read_input(path, default_module=default_module)
+        read_input(path, options=default_module)
     return str(info.value)
 
 
@@ -93,7 +93,7 @@ def test_bad_corpus_expectations_name_existing_files():
 @pytest.mark.parametrize("path", sorted(BAD.iterdir()), ids=lambda p: p.name)
 def test_every_bad_sample_is_refused_clearly(path: Path):
     if path.name in BAD_ROWS_EXPECTED:
-        table = read_input(path, default_module="Leads")
+        table = read_input(path, options="Leads")
         rows = table.table.to_pylist()
         assert rows, "a readable bad file must still report its rows"
         for row in rows:
@@ -103,7 +103,7 @@ def test_every_bad_sample_is_refused_clearly(path: Path):
         assert list(table.valid_pairs()) == []
         return
     with pytest.raises(InputError) as info:
-        read_input(path, default_module="Leads")
+        read_input(path, options="Leads")
     message = str(info.value)
     assert_one_clear_line(message, path)
     assert info.value.exit_code == 2
@@ -622,7 +622,7 @@ def test_reader_agrees_with_a_simple_oracle(tmp_path: Path, rows, delimiter, quo
         writer.writerow([rec, cad] + [mod] * with_module + ["ops@example.com"] * with_owner)
     path = write(tmp_path, buf.getvalue(), name="prop.csv")
 
-    table = read_input(path, default_module=default)
+    table = read_input(path, options=default)
     got = table.table.to_pylist()
     expected = _oracle(rows, default)
 

@@ -6,6 +6,7 @@ Modules: ``formats`` (file kinds), ``columns`` (header roles), ``ids`` (id and m
 """
 
 from .ids import canonical_module
+from .options import InputOptions
 from .scan import (
     DUPLICATE,
     INVALID,
@@ -19,5 +20,5 @@ from .scan import (
     scan_input,
 )
 
-__all__ = ["DUPLICATE", "INVALID", "VALID", "InputScan", "InputTable", "PairCodes",
+__all__ = ["DUPLICATE", "INVALID", "VALID", "InputOptions", "InputScan", "InputTable", "PairCodes",
            "canonical_module", "check_input", "file_fingerprint", "read_input", "scan_input"]

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from ..errors import InputError
+from .options import InputOptions
 
 #: normalised header → role; headers are compared lower-cased with spaces, "_" and "-" removed
 _ALIASES = {
@@ -14,31 +15,55 @@ _ALIASES = {
     "cadenceids": "cadence_id", "cadencesids": "cadence_id",
     "module": "module", "modulename": "module", "moduleapiname": "module",
 }
+_FLAGS = {"record_id": "--record-column", "cadence_id": "--cadence-column",
+          "module": "--module-column"}
 
 
 def _normalise_header(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", str(name).strip().lstrip("\ufeff")).lower()
 
 
-def _roles(names: list[str]) -> dict[str, str]:
-    """role → original column name (first match wins, exact role names before aliases)."""
+def _named(options: InputOptions) -> dict[str, str]:
+    return {role: name for role, name in (
+        ("record_id", options.record_column), ("cadence_id", options.cadence_column),
+        ("module", options.module_column)) if name is not None}
+
+
+def require_columns(path: Path, names: list[str], options: InputOptions
+                    ) -> dict[str, str]:
+    """role → column name. A column named by a flag must exist exactly; otherwise a role is the
+    one header among its aliases. Raises InputError for a missing column, a role two headers
+    match, or a cadence column in a record list (``--cadence`` / ``--all-cadences``)."""
+    shown = ", ".join(repr(n) for n in names[:20]) or "none"
     roles: dict[str, str] = {}
-    for name in sorted(names, key=lambda n: _normalise_header(n) not in ("recordid", "cadenceid")):
-        role = _ALIASES.get(_normalise_header(name))
-        if role and role not in roles:
-            roles[role] = name
-    return roles
-
-
-def require_columns(path: Path, names: list[str]) -> dict[str, str]:
-    roles = _roles(names)
-    missing = [r for r in ("record_id", "cadence_id") if r not in roles]
+    for role, name in _named(options).items():
+        if name not in names:
+            raise InputError(f"{path}: {_FLAGS[role]} {name!r}: no such column; columns found: "
+                             f"{shown}")
+        roles[role] = name
+    taken = set(roles.values())
+    for role in ("record_id", "cadence_id", "module"):
+        if role in roles:
+            continue
+        matches = [n for n in names if _ALIASES.get(_normalise_header(n)) == role
+                   and n not in taken]
+        if len(matches) > 1:
+            raise InputError(f"{path}: columns {matches[0]!r} and {matches[1]!r} both look like "
+                             f"the {role} column; name the one to use with {_FLAGS[role]}")
+        if matches:
+            roles[role] = matches[0]
+    record_list = bool(options.cadences) or options.all_cadences
+    if record_list and "cadence_id" in roles:
+        raise InputError(f"{path}: has a cadence column ({roles['cadence_id']!r}); --cadence and "
+                         "--all-cadences are for lists of records without one")
+    missing = [r for r in ("record_id", "cadence_id") if r not in roles
+               and not (r == "cadence_id" and record_list)]
     if missing:
-        shown = ", ".join(repr(n) for n in names[:20]) or "none"
+        hint = (" For a list of records without cadences, pass --cadence ID or --all-cadences."
+                if missing == ["cadence_id"] else "")
         raise InputError(
             f"{path}: no usable {' or '.join(missing)} column; columns found: {shown}. "
             "Expected record_id (or id, Record Id) and cadence_id (or cadences_id, cadence), "
-            "optionally module."
+            f"optionally module; or name them with {', '.join(_FLAGS.values())}.{hint}"
         )
     return roles
-

@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 from ..errors import InputError
 from .codes import both
 from .columns import require_columns
+from .options import InputOptions
 
 _PARQUET_MAGIC = b"PAR1"
 
@@ -115,7 +116,7 @@ def scan_chunks(src: Source, chunk_rows: int) -> Iterator[dict[str, Any]]:
             yield {role: batch.column(name) for role, name in src.roles.items()}
 
 
-def open_source(path: Path) -> Source:
+def open_source(path: Path, options: InputOptions) -> Source:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -134,7 +135,7 @@ def open_source(path: Path) -> Source:
             names = pq.ParquetFile(path).schema_arrow.names
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise InputError(_parquet_problem(path, head, exc)) from None
-        return Source(path, "parquet", require_columns(path, names), tuple(names))
+        return Source(path, "parquet", require_columns(path, names, options), tuple(names))
     if b"\x00" in head:
         raise InputError(f"{path}: is not UTF-8 text (it contains NUL bytes: a binary file or "
                          "UTF-16 text); save it as 'CSV UTF-8' or Parquet")
@@ -147,7 +148,7 @@ def open_source(path: Path) -> Source:
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable CSV file ({_excerpt(exc)})") from None
     header = [h.lstrip("\ufeff") for h in header]
-    return Source(path, "csv", require_columns(path, header), tuple(header), delimiter)
+    return Source(path, "csv", require_columns(path, header, options), tuple(header), delimiter)
 
 
 def _parquet_problem(path: Path, head: bytes, exc: BaseException) -> str:

@@ -39,6 +39,7 @@ from .ids import (
     module_column,
     record_ids,
 )
+from .options import InputOptions
 
 VALID, INVALID, DUPLICATE = "valid", "invalid", "duplicate"
 
@@ -68,7 +69,7 @@ class InputScan:
     """
 
     source: Source
-    default_module: str | None
+    options: InputOptions
     rows: int
     invalid: int
     invalid_examples: tuple[tuple[int, str], ...]
@@ -130,7 +131,7 @@ class InputScan:
         pair_k = planned_k = 0
         row0 = 0
         for raw in raw_batches(self.source):
-            chk = _check(raw, row0, self.default_module)
+            chk = _check(raw, row0, self.options.module)
             n = chk.table.num_rows
             row1 = row0 + n
             status = np.where(chk.valid, 0, 1).astype(np.int8)  # 0 valid, 1 invalid, 2 duplicate
@@ -222,9 +223,10 @@ class InputTable:
         return self.scan.fingerprint()
 
 
-def read_input(path: str | os.PathLike[str], default_module: str | None = None) -> InputTable:
+def read_input(path: str | os.PathLike[str], options: InputOptions | str | None = None
+               ) -> InputTable:
     """Read and validate a (small) input into one table; InputError when the file is unusable."""
-    scan = scan_input(path, default_module)
+    scan = scan_input(path, options)
     table = pa.concat_tables(list(scan.tables())).drop_columns(["batch_id"])
     return InputTable(scan=scan, table=table)
 
@@ -235,14 +237,16 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def check_input(path: str | os.PathLike[str], default_module: str | None = None) -> None:
+def check_input(path: str | os.PathLike[str], options: InputOptions | str | None = None
+                ) -> None:
     """Raise InputError now if the file cannot be an input at all (kind, header, columns)."""
-    if default_module is not None and canonical_module(default_module) is None:
-        raise InputError(f"--module {default_module!r} is not a valid Zoho module API name")
-    open_source(Path(path))
+    options = InputOptions.of(options)
+    if options.module is not None and canonical_module(options.module) is None:
+        raise InputError(f"--module {options.module!r} is not a valid Zoho module API name")
+    open_source(Path(path), options)
 
 
-def scan_input(path: str | os.PathLike[str], default_module: str | None = None, *,
+def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None = None, *,
                chunk_rows: int = CHUNK_ROWS) -> InputScan:
     """First pass over an input; InputError when the file is unusable.
 
@@ -251,8 +255,10 @@ def scan_input(path: str | os.PathLike[str], default_module: str | None = None, 
     few distinct values are validated and parsed, and ids are checked with a few vectorised
     kernels over the whole column."""
     path = Path(path)
-    check_input(path, default_module)
-    source = open_source(path)
+    options = InputOptions.of(options)
+    check_input(path, options)
+    source = open_source(path, options)
+    default_module = options.module
     stamp = source.stamp()
     rows = invalid = 0
     examples: list[tuple[int, str]] = []
@@ -276,7 +282,7 @@ def scan_input(path: str | os.PathLike[str], default_module: str | None = None, 
     if rows == 0:
         raise InputError(f"{path}: has a header ({', '.join(source.found)}) but no data rows")
     cad_index, cad_uniques = common_dictionary(cad, cad_values)
-    return _finish_scan(source, default_module, stamp, rows, invalid, tuple(examples),
+    return _finish_scan(source, options, stamp, rows, invalid, tuple(examples),
                         concat(pair_rows), concat(rec), cad_index, cad_uniques, concat(mod),
                         list(module_names))
 
@@ -329,7 +335,7 @@ def _examples(cols: dict[str, Any], bad: np.ndarray, default_module: str | None
     return [(int(i), reasons[k]) for k, i in enumerate(bad.tolist())]
 
 
-def _finish_scan(source: Source, default_module: str | None, stamp: tuple[int, int],
+def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
                  rows: int, invalid: int, examples: tuple, pair_rows: np.ndarray,
                  rec: np.ndarray, cad: np.ndarray, cad_values: np.ndarray, mod: np.ndarray,
                  names: list[str]) -> InputScan:
@@ -361,7 +367,7 @@ def _finish_scan(source: Source, default_module: str | None, stamp: tuple[int, i
             pair_rows, rc, cc, mod = pair_rows[keep], rc[keep], cc[keep], mod[keep]
             masks, _ = masks_and_repeats(rc, cc, n_rec, n_cad, sums)
     return InputScan(
-        source=source, default_module=default_module, rows=rows, invalid=invalid,
+        source=source, options=options, rows=rows, invalid=invalid,
         invalid_examples=examples, pair_rows=pair_rows,
         codes=PairCodes(mod, names, rc, cc), record_values=rec_uniques,
         cadence_text=cad_text, dup_rows=dup_rows, dup_first=dup_first, stamp=stamp,

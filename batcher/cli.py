@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .planreport import plan_input
 
-    report = plan_input(args.input, default_module=args.module)
+    report = plan_input(args.input, options=args.module)
     if args.json:
         print(json.dumps(report.as_dict(), indent=None))
     else:

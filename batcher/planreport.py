@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import InputScan, scan_input
+from .inputs import InputOptions, InputScan, scan_input
 from .planner import Plan, plan_codes
 
 
@@ -82,8 +82,8 @@ def _stats_dict(stats: Any) -> dict[str, Any]:
     return {f: getattr(stats, f) for f in fields if hasattr(stats, f)}
 
 
-def plan_input(path: str, default_module: str | None = None) -> PlanReport:
-    scan = scan_input(path, default_module)
+def plan_input(path: str, options: InputOptions | str | None = None) -> PlanReport:
+    scan = scan_input(path, options)
     return summarise(scan, plan_scan(scan))
 
 

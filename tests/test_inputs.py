@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batcher.errors import InputError, UsageError
-from batcher.inputs import InputScan, read_input, scan_input
+from batcher.inputs import InputOptions, InputScan, read_input, scan_input
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 BAD = SAMPLE / "bad"
@@ -50,7 +50,7 @@ def only_row(path: Path, default_module: str | None = None) -> dict:
     return rows[0]
 
 
-def input_error(path: Path, default_module: str | None = None) -> str:
+def input_error(path: Path, default_module: InputOptions | str | None = None) -> str:
     with pytest.raises(InputError) as info:
         read_input(path, options=default_module)
     return str(info.value)
@@ -247,9 +247,23 @@ def test_columns_may_come_in_any_order_and_extras_are_ignored(tmp_path: Path):
     assert "Owner" in table.columns_found and "Stage" in table.columns_found
 
 
-def test_record_id_column_wins_over_a_generic_id_column(tmp_path: Path):
-    path = write(tmp_path, f"id,record_id,cadence_id\n1,{REC},{CAD}\n")
-    assert list(read_input(path, "Leads").valid_pairs()) == [("Leads", REC, CAD)]
+def test_two_headers_for_one_role_are_refused_naming_both(tmp_path: Path):
+    """`Record Id` and `Id` both present: which one holds the records is the user's call."""
+    path = write(tmp_path, f"Id,Record Id,cadence_id\n1,{REC},{CAD}\n")
+    message = input_error(path, "Leads")
+    assert_one_clear_line(message, path)
+    assert "'Id'" in message and "'Record Id'" in message and "--record-column" in message
+    chosen = InputOptions(module="Leads", record_column="Record Id")
+    assert list(read_input(path, chosen).valid_pairs()) == [("Leads", REC, CAD)]
+
+
+def test_column_flags_name_a_header_exactly(tmp_path: Path):
+    path = write(tmp_path, f"Lead ID,Seq,Kind\n{REC},{CAD},Leads\n")
+    chosen = InputOptions(record_column="Lead ID", cadence_column="Seq", module_column="Kind")
+    assert list(read_input(path, chosen).valid_pairs()) == [("Leads", REC, CAD)]
+    message = input_error(path, InputOptions(record_column="lead id", cadence_column="Seq"))
+    assert_one_clear_line(message, path)
+    assert "--record-column 'lead id': no such column" in message and "'Lead ID'" in message
 
 
 def test_unusable_columns_message_lists_what_was_found(tmp_path: Path):

@@ -42,13 +42,31 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--accounts-url", help="Zoho accounts URL (else ZOHO_ACCOUNTS_URL or --dc)")
         sp.add_argument("--dc", help="data centre: us, eu, in, au, jp, cn, ca, sa, uk")
 
+    def reading(sp: argparse.ArgumentParser, module_help: str) -> None:
+        sp.add_argument("--module", help=module_help)
+        sp.add_argument("--delimiter", help="CSV delimiter: one character, or tab, comma, "
+                        "semicolon, pipe (default: detected; an Excel 'sep=' line is honoured)")
+        sp.add_argument("--record-column", metavar="HEADER",
+                        help="the header of the record id column, exactly as in the file")
+        sp.add_argument("--cadence-column", metavar="HEADER",
+                        help="the header of the cadence id column, exactly as in the file")
+        sp.add_argument("--module-column", metavar="HEADER",
+                        help="the header of the module column, exactly as in the file")
+        sp.add_argument("--cadence", action="append", default=[], metavar="ID",
+                        help="INPUT is a list of records (no cadence column): un-enroll each "
+                             "from this cadence (repeat the flag for several)")
+
     run = sub.add_parser("run", help="un-enroll every (record, cadence) pair of INPUT")
     run.add_argument("input")
     run.add_argument("--results", required=True,
                      help="results file (.csv or .parquet); a dry run never replaces a real "
                           "job's results")
     run.add_argument("--journal", help="job journal (default: <results stem>.journal)")
-    run.add_argument("--module", help="module for rows without a module column")
+    reading(run, "module for rows without a module column")
+    run.add_argument("--all-cadences", action="store_true",
+                     help="INPUT is a list of records (no cadence column): un-enroll each from "
+                          "every manual_enrollment cadence of its module, read from the org "
+                          "(a dry run shows which)")
     run.add_argument("--concurrency", type=int, default=4,
                      help="most calls in flight at once (default 4: leaves room for other apps)")
     run.add_argument("--max-calls", type=int,
@@ -61,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="validate INPUT and show the calls a run would make")
     plan.add_argument("input")
-    plan.add_argument("--module", help="module for rows without a module column")
+    reading(plan, "module for rows without a module column")
     plan.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     cad = sub.add_parser("cadences", help="list the org's cadences")
@@ -79,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--faults", default="none",
                     help="none, flaky, throttled, lossy, slow, short_tokens, mix")
     sb.add_argument("--seed", type=int, default=0)
-    sb.add_argument("--module", help="module for --from rows without a module column")
+    reading(sb, "module for --from rows without a module column")
     sb.add_argument("--echo-auth", action="store_true",
                     help="echo the request's Authorization header (and, on the token endpoint, "
                          "the posted secrets) in every error answer: rehearse that no secret "
@@ -90,12 +108,22 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .planreport import plan_input
 
-    report = plan_input(args.input, options=args.module)
+    report = plan_input(args.input, input_options(args))
     if args.json:
         print(json.dumps(report.as_dict(), indent=None))
     else:
         print(report.human())
     return report.exit_code()
+
+
+def input_options(args: argparse.Namespace):  # -> InputOptions (imported when used)
+    """The input flags of ``run``, ``plan`` and ``sandbox --from``."""
+    from .inputs import InputOptions
+
+    return InputOptions(
+        module=args.module, delimiter=args.delimiter, record_column=args.record_column,
+        cadence_column=args.cadence_column, module_column=args.module_column,
+        cadences=tuple(args.cadence), all_cadences=getattr(args, "all_cadences", False))
 
 
 def _env(args: argparse.Namespace) -> dict[str, str]:
@@ -130,7 +158,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     from .sandbox.serve import main as serve_main
 
     return serve_main(port=args.port, from_input=args.from_input, faults=args.faults,
-                      seed=args.seed, module=args.module, echo_auth=args.echo_auth)
+                      seed=args.seed, module=input_options(args), echo_auth=args.echo_auth)
 
 
 _COMMANDS = {"plan": _cmd_plan, "cadences": _cmd_cadences, "report": _cmd_report,

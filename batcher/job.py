@@ -31,7 +31,17 @@ import numpy as np
 from .config import Credentials, Endpoints, load_credentials, resolve_endpoints
 from .errors import AbortError, BatcherError, PermissionDenied, TransientError, UsageError
 from .executor import Counters, Executor, ExecutorSettings
-from .inputs import INVALID, InputScan, check_input, file_fingerprint, scan_input
+from .inputs import (
+    INVALID,
+    InputOptions,
+    InputScan,
+    RecordList,
+    canonical_module,
+    check_input,
+    file_fingerprint,
+    rounding_line,
+    scan_input,
+)
 from .journal import Journal, utc_now
 from .netio import accounts_transport, api_transport
 from .planreport import plan_scan
@@ -41,7 +51,7 @@ from .report import RESULT_SUFFIXES, Summary, UnplannedResults, write_results
 from .retry import Reachability, RetryPolicy
 from .stopping import Stopper, signals_to
 from .zoho.auth import ZohoAuth
-from .zoho.cadences import Cadence, fetch_cadences, preflight
+from .zoho.cadences import MANUAL, Cadence, fetch_cadences, preflight
 
 _PREFLIGHT_LINES = 10  # cadence problems printed one per line; the rest as a count
 
@@ -67,6 +77,20 @@ class RunSettings:
     calm_seconds: float = 5.0
     #: how many times per job the pairs that failed retryably are sent again by a re-run
     max_retry_rounds: int = 3
+    #: how to read the input (see ``InputOptions``): ``--delimiter``, ``--*-column``, and for a
+    #: record list ``--cadence`` ids or ``--all-cadences``
+    delimiter: str | None = None
+    record_column: str | None = None
+    cadence_column: str | None = None
+    module_column: str | None = None
+    cadences: tuple[str, ...] = ()
+    all_cadences: bool = False
+
+    def input_options(self) -> InputOptions:
+        return InputOptions(
+            module=self.module, delimiter=self.delimiter, record_column=self.record_column,
+            cadence_column=self.cadence_column, module_column=self.module_column,
+            cadences=tuple(self.cadences), all_cadences=self.all_cadences)
 
     def journal_path(self) -> Path:
         if self.journal:
@@ -136,7 +160,10 @@ def _check_results(results: Path) -> None:
 def fingerprint(settings: RunSettings) -> str:
     """What a journal is bound to: the input's bytes and the flags that change the plan."""
     h = hashlib.sha256(file_fingerprint(settings.input).encode())
-    h.update(json.dumps({"module": settings.module}).encode())
+    flags = {k: v for k, v in asdict(settings.input_options()).items()
+             if v not in (None, (), False)}
+    flags["module"] = settings.module  # always there: journals made before the other flags
+    h.update(json.dumps(flags, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -185,9 +212,10 @@ async def run_job_async(settings: RunSettings, env: Mapping[str, str], *,
 def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transports,
              stream: TextIO, stopper: Stopper) -> JobResult:
     _check(settings)
-    check_input(settings.input, settings.module)  # an unusable file stops before any journal
+    options = settings.input_options()
+    check_input(settings.input, options)  # an unusable file stops before any journal
     started = time.monotonic()
-    needs_api = not settings.dry_run or settings.preflight
+    needs_api = not settings.dry_run or settings.preflight or settings.all_cadences
     creds = load_credentials(env) if needs_api else Credentials(access_token="-")
     endpoints = resolve_endpoints(settings.api_domain, settings.accounts_url, settings.dc, env)
     redact = Redactor(creds.secrets())
@@ -198,8 +226,10 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
         try:
             with stopper.phase("raise"):
                 # a resumed job needs nothing of its input but the fingerprint: no second scan
-                # of a file of tens of millions of rows
-                scan = scan_input(settings.input, settings.module) if journal.is_new else None
+                # of a file of tens of millions of rows (a list for --all-cadences is scanned
+                # once the org's cadences are read)
+                if journal.is_new and not settings.all_cadences:
+                    scan = scan_input(settings.input, options)
             stop = _drive(settings, scan, journal, _Link(creds, endpoints, transports, env),
                           stream, stopper, redact)
         except BatcherError as exc:  # the journal's disk, a journal that contradicts its input
@@ -244,13 +274,16 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
     reason = stop.reason if stop else None
     try:
         if journal.rows == 0:  # stopped before the plan was loaded (or even the scan ended)
-            scan = scan or scan_input(settings.input, settings.module)
+            scan = scan or scan_input(settings.input, settings.input_options(),
+                                      records=_record_list(settings, journal))
             source = UnplannedResults(scan.rows, scan.tables, utc_now(), f"not sent: {reason}",
                                       journal.counters)
         meta = {k: journal.get_meta(k, d) for k, d in (
             ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None))}
+        blank = scan.blank if scan is not None else journal.get_meta("blank", 0)
         return write_results(source, results, duration_s=time.monotonic() - started,
-                             extra={"dry_run": settings.dry_run, "aborted": reason, **meta})
+                             extra={"dry_run": settings.dry_run, "aborted": reason, **meta},
+                             blank=blank)
     except (OSError, BatcherError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         how = (f"re-run the same command, or `batcher report --journal {journal.path} "
@@ -310,12 +343,24 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
     with stopper.phase("loop", asyncio.current_task()):
         try:
             async with link.clients(settings, redact) as (client, auth):
-                if scan is not None:  # a new journal: preflight, plan and load it
+                if journal.is_new:  # preflight, plan and load it
+                    cadences = None
+                    if settings.all_cadences:
+                        cadences = await _org_cadences(client, auth, journal, settings.retry,
+                                                       reach)
+                        _say_record_list(cadences, say)
+                        journal.set_meta("record_list", _manual_by_module(cadences))
+                        with stopper.phase("raise"):
+                            scan = scan_input(settings.input, settings.input_options(),
+                                              records=_record_list(settings, journal))
+                    assert scan is not None
+                    if scan.rounded:
+                        say(rounding_line(scan))
                     verdicts: list[tuple[str, str]] = []
                     verdict_of_pair = None
                     if settings.preflight:
                         verdicts, verdict_of_pair = await _preflight(
-                            client, auth, scan, journal, say, settings.retry, reach)
+                            client, auth, scan, journal, say, settings.retry, reach, cadences)
                     with stopper.phase("raise"):
                         _plan_into(journal, scan, verdicts, verdict_of_pair)
                 elif not settings.dry_run:
@@ -378,24 +423,65 @@ class _clients:
         await self._accounts.aclose()
 
 
-async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
-                     journal: Journal, say, policy: RetryPolicy, reach: Reachability
-                     ) -> tuple[list[tuple[str, str]], np.ndarray | None]:
-    """Find the pairs whose cadence is unknown, of another module, or not manual: (verdicts
-    as (code, reason), and for each pair the index of its verdict or -1). Its GET calls count
-    in the job's credits. Linear in the input's distinct cadences."""
+async def _org_cadences(client: httpx.AsyncClient, auth: ZohoAuth, journal: Journal,
+                        policy: RetryPolicy, reach: Reachability) -> list[Cadence]:
+    """The org's cadences; the GET calls count in the job's credits. Raises PermissionDenied
+    when the token may not read them, AbortError when Zoho never answered usefully."""
     try:
-        cadences: list[Cadence] = await fetch_cadences(
-            client, auth.api_domain, policy=policy, reach=reach,
-            on_call=lambda: journal.count(credits=1))
-    except PermissionDenied as exc:
-        say(f"warning: preflight skipped: {exc}")
-        return [], None
+        return await fetch_cadences(client, auth.api_domain, policy=policy, reach=reach,
+                                    on_call=lambda: journal.count(credits=1))
     except TransientError as exc:  # Zoho answered, but never usefully: the job cannot start
         raise AbortError(f"could not read the org's cadences ({exc}); re-run the same command "
                          "to resume") from None
     finally:
         journal.add_counters()  # the GETs' credits, now
+
+
+def _manual_by_module(cadences: list[Cadence]) -> dict[str, list[str]]:
+    """module → ids of its cadences that allow un-enrolment (``manual_enrollment``)."""
+    out: dict[str, list[str]] = {}
+    for c in cadences:
+        if c.type == MANUAL and c.module and (module := canonical_module(c.module)):
+            out.setdefault(module, []).append(c.id)
+    return out
+
+
+def _record_list(settings: RunSettings, journal: Journal) -> RecordList | None:
+    """The cadences a record list leaves with --all-cadences, as the job read them from the org
+    (an empty list when it never could: every row then says it has no cadence)."""
+    if not settings.all_cadences:
+        return None
+    return RecordList(journal.get_meta("record_list", {}))
+
+
+def _say_record_list(cadences: list[Cadence], say) -> None:
+    """Which cadences --all-cadences means, module by module (a few names and a count)."""
+    manual = [c for c in cadences if c.type == MANUAL]
+    by_module: dict[str, list[Cadence]] = {}
+    for c in manual:
+        by_module.setdefault(c.module or "?", []).append(c)
+    if not by_module:
+        say("--all-cadences: the org has no manual_enrollment cadence: nothing to leave")
+    for module, these in sorted(by_module.items()):
+        names = ", ".join(f"{c.name or c.id} ({c.id})" for c in these[:_PREFLIGHT_LINES])
+        more = f" and {len(these) - _PREFLIGHT_LINES} more" if len(these) > _PREFLIGHT_LINES else ""
+        say(f"--all-cadences: each {module} record leaves {len(these)} cadence(s): {names}{more}")
+
+
+async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
+                     journal: Journal, say, policy: RetryPolicy, reach: Reachability,
+                     cadences: list[Cadence] | None = None
+                     ) -> tuple[list[tuple[str, str]], np.ndarray | None]:
+    """Find the pairs whose cadence is unknown, of another module, or not manual: (verdicts
+    as (code, reason), and for each pair the index of its verdict or -1). Its GET calls count
+    in the job's credits (none when ``cadences`` were read already). Linear in the input's
+    distinct cadences."""
+    if cadences is None:
+        try:
+            cadences = await _org_cadences(client, auth, journal, policy, reach)
+        except PermissionDenied as exc:
+            say(f"warning: preflight skipped: {exc}")
+            return [], None
     keys = scan.cadence_keys()  # (module, cadence id) of each cadence code
     found = preflight(keys, cadences)
     if not found:
@@ -420,6 +506,7 @@ def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]
     rows = scan.tables(verdicts=verdicts, verdict_of_pair=verdict_of_pair,
                        batch_ids=lambda k0, k1: plan.batch_ids(pair_batch[k0:k1]))
     journal.load(rows, plan.iter_batches())
+    journal.set_meta("blank", scan.blank)
     journal.set_meta("planned_batches", plan.n_batches)
     journal.set_meta("lower_bound", plan.lower_bound)
 
@@ -456,7 +543,10 @@ def run_from_args(args, env: Mapping[str, str], stopper: Stopper | None = None) 
         input=args.input, results=args.results, journal=args.journal, module=args.module,
         concurrency=args.concurrency, max_calls=args.max_calls, dry_run=args.dry_run,
         preflight=not args.no_preflight, quiet=args.quiet, api_domain=args.api_domain,
-        accounts_url=args.accounts_url, dc=args.dc)
+        accounts_url=args.accounts_url, dc=args.dc, delimiter=args.delimiter,
+        record_column=args.record_column, cadence_column=args.cadence_column,
+        module_column=args.module_column, cadences=tuple(args.cadence),
+        all_cadences=args.all_cadences)
     return run_job(settings, env, stopper=stopper).exit_code
 
 
@@ -471,7 +561,8 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
     with Journal.open(path, None) as journal:
         try:
             summary = write_results(journal, Path(results), duration_s=0.0,
-                                    extra={"rewritten_from_journal": str(path)})
+                                    extra={"rewritten_from_journal": str(path)},
+                                    blank=journal.get_meta("blank", 0))
         except OSError as exc:
             raise AbortError(f"the results could not be written to {results} "
                              f"({exc.strerror or type(exc).__name__})") from None

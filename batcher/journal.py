@@ -49,7 +49,7 @@ from .models import (
     Status,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rows keyed by position (a record list has one row per cadence)
 CHUNK_ROWS = 50_000
 _PAGE_BATCHES = 20  # ≤ 10,000 rows checked per page: a short pause for the event loop
 _COUNTERS = ("calls", "retries", "throttled", "credits", "ignored_entries")
@@ -84,7 +84,8 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 CREATE INDEX IF NOT EXISTS batches_open ON batches (seq) WHERE state IN ('pending', 'sent');
 CREATE TABLE IF NOT EXISTS rows (
-    row INTEGER PRIMARY KEY,
+    pos INTEGER PRIMARY KEY,
+    row INTEGER NOT NULL,
     module TEXT, record_id TEXT, cadence_id TEXT,
     status TEXT NOT NULL, code TEXT, message TEXT, http_status INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0, batch_id TEXT, retryable INTEGER, finished_at TEXT
@@ -253,11 +254,11 @@ class Journal:
                 if missing:
                     raise ValueError(f"rows table lacks column(s) {sorted(missing)}")
                 n_rows += chunk.num_rows
-                records, valid = _load_records(chunk, now)
+                records, valid = _load_records(chunk, now, pos0=n_rows - chunk.num_rows + 1)
                 n_valid += valid
-                db.executemany("INSERT INTO rows (row, module, record_id, cadence_id, status, code,"
-                               " message, batch_id, retryable, finished_at)"
-                               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+                db.executemany("INSERT INTO rows (pos, row, module, record_id, cadence_id, status,"
+                               " code, message, batch_id, retryable, finished_at)"
+                               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
             n_pairs = _insert_batches(db, batches, seq0=1)
             try:
                 db.execute(_PAIR_INDEX)
@@ -500,7 +501,7 @@ class Journal:
                     "SELECT b.batch_id, b.module, b.attempts, r.record_id, r.cadence_id"
                     " FROM rows r JOIN batches b ON b.batch_id = r.batch_id"
                     " WHERE r.status = 'failed' AND r.retryable = 1"
-                    " AND b.state NOT IN ('pending', 'sent') ORDER BY b.seq, r.row"):
+                    " AND b.state NOT IN ('pending', 'sent') ORDER BY b.seq, r.pos"):
                 failed.setdefault((batch_id, module, attempts), {}).setdefault(
                     record, []).append(cadence)
             if not failed:
@@ -582,12 +583,12 @@ class Journal:
         """Every row in input order, as tables of :data:`RESULT_SCHEMA`."""
         after = 0
         while True:
-            got = self._query(f"SELECT {', '.join(RESULT_COLUMNS)} FROM rows WHERE row > ?"
-                              " ORDER BY row LIMIT ?", (after, chunk_rows))
+            got = self._query(f"SELECT pos, {', '.join(RESULT_COLUMNS)} FROM rows WHERE pos > ?"
+                              " ORDER BY pos LIMIT ?", (after, chunk_rows))
             if not got:
                 return
             after = got[-1][0]
-            cols = list(zip(*got, strict=True))
+            cols = list(zip(*got, strict=True))[1:]
             del got
             arrays = [pa.array(col, type=f.type if f.type != pa.bool_() else pa.int8())
                       for col, f in zip(cols, RESULT_SCHEMA, strict=True)]
@@ -748,7 +749,7 @@ def _col(chunk: pa.RecordBatch, name: str) -> pa.Array:
     return pc.cast(chunk.column(name), pa.string())
 
 
-def _load_records(chunk: pa.RecordBatch, now: str) -> tuple[list[tuple], int]:
+def _load_records(chunk: pa.RecordBatch, now: str, pos0: int) -> tuple[list[tuple], int]:
     """One chunk of reader rows → INSERT parameters; the status mapping is done columnwise."""
     status = _col(chunk, "status")
     known = pc.is_in(status, value_set=pa.array(["valid", "invalid", "duplicate"]))
@@ -775,7 +776,8 @@ def _load_records(chunk: pa.RecordBatch, now: str) -> tuple[list[tuple], int]:
         pc.cast(valid, pa.int8()),  # a row never attempted is worth retrying
         pc.if_else(valid, null, pa.scalar(now)),
     ]
-    return list(zip(*(c.to_pylist() for c in columns), strict=True)), n_valid
+    positions = range(pos0, pos0 + chunk.num_rows)  # the results' order: the input's
+    return list(zip(positions, *(c.to_pylist() for c in columns), strict=True)), n_valid
 
 
 def _insert_batches(db: sqlite3.Connection, batches: Iterable[Batch], seq0: int,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import InputOptions, InputScan, scan_input
+from .inputs import InputOptions, InputScan, rounding_line, scan_input
 from .planner import Plan, plan_codes
 
 
@@ -23,6 +23,10 @@ class PlanReport:
     naive_batches: int
     modules: dict[str, dict[str, Any]] = field(default_factory=dict)
     invalid_examples: tuple[tuple[int, str], ...] = ()
+    blank: int = 0
+    #: rows refused as spreadsheet-rounded, and the line that says so
+    rounded: int = 0
+    rounding: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -31,6 +35,7 @@ class PlanReport:
             "batches": self.batches, "lower_bound": self.lower_bound,
             "naive_batches": self.naive_batches,
             "invalid_examples": [{"row": r, "reason": t} for r, t in self.invalid_examples],
+            "blank": self.blank, "rounded": self.rounded,
         }
 
     def exit_code(self) -> int:
@@ -41,7 +46,8 @@ class PlanReport:
     def human(self) -> str:
         lines = [
             f"{self.rows} rows: {self.pairs} pairs to un-enroll, {self.invalid} invalid, "
-            f"{self.duplicates} duplicates",
+            f"{self.duplicates} duplicates" + (f", {self.blank} blank rows skipped"
+                                                if self.blank else ""),
             f"{self.batches} calls planned (lower bound {self.lower_bound}, "
             f"naive per-cadence chunking {self.naive_batches}) over {self.cadences} cadences",
         ]
@@ -51,6 +57,8 @@ class PlanReport:
                 f"{stats['cadences']} cadences -> {stats['batches']} calls "
                 f"(lower bound {stats['lower_bound']})"
             )
+        if self.rounding:
+            lines.append(self.rounding)
         for row, reason in self.invalid_examples:
             lines.append(f"  row {row}: {reason}")
         if self.invalid > len(self.invalid_examples):
@@ -73,6 +81,9 @@ def summarise(scan: InputScan, plan: Plan) -> PlanReport:
         naive_batches=plan.naive_batches,
         modules=module_stats,
         invalid_examples=scan.invalid_examples,
+        blank=scan.blank,
+        rounded=scan.rounded,
+        rounding=rounding_line(scan) if scan.rounded else None,
     )
 
 

@@ -65,6 +65,8 @@ class Summary:
     started_at: str | None = None
     #: answer entries that named a record or cadence the call did not hold (never evidence)
     ignored_entries: int = 0
+    #: all-empty input rows: not data rows, no results row (``rows`` does not count them)
+    blank: int = 0
     finished_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -78,6 +80,8 @@ class Summary:
 
     def human(self) -> str:
         lines = [self.reconcile]
+        if self.blank:
+            lines.append(f"{self.blank} blank rows skipped (no data, no results row)")
         if not self.reconciled:
             lines.insert(0, "WARNING: the status counts do not add up to the input rows")
         problems = [f"{status}: " + ", ".join(f"{n} {code}" for code, n in sorted(
@@ -116,8 +120,9 @@ def reconcile_line(rows: int, by_status: dict[str, int]) -> tuple[str, bool]:
 
 def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *,
                   duration_s: float, extra: dict[str, Any] | None = None,
-                  chunk_rows: int = CHUNK_ROWS) -> Summary:
-    """Write results (CSV, or Parquet for ``.parquet``/``.pq``), retry file and summary."""
+                  chunk_rows: int = CHUNK_ROWS, blank: int = 0) -> Summary:
+    """Write results (CSV, or Parquet for ``.parquet``/``.pq``), retry file and summary.
+    ``blank``: the input's all-empty rows, counted apart from its data rows."""
     results = Path(os.path.abspath(results_path))
     retry, summary_file = side_paths(results)
     for target in (results, retry, summary_file):
@@ -154,7 +159,7 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
             duration_s=round(float(duration_s), 3), results_path=str(results),
             retry_path=str(retry), summary_path=str(summary_file), retry_rows=retry_rows,
             reconcile=line, reconciled=ok, started_at=journal.started_at,
-            ignored_entries=counters.get("ignored_entries", 0),
+            ignored_entries=counters.get("ignored_entries", 0), blank=blank,
             finished_at=utc_now(), extra=dict(extra or {}))
         doc = summary.to_dict()
         doc["results"], doc["retry"] = doc.pop("results_path"), doc.pop("retry_path")

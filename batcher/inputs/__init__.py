@@ -7,6 +7,7 @@ Modules: ``formats`` (file kinds), ``columns`` (header roles), ``ids`` (id and m
 
 from .ids import canonical_module
 from .options import InputOptions
+from .records import RecordList
 from .scan import (
     DUPLICATE,
     INVALID,
@@ -17,8 +18,10 @@ from .scan import (
     check_input,
     file_fingerprint,
     read_input,
+    rounding_line,
     scan_input,
 )
 
 __all__ = ["DUPLICATE", "INVALID", "VALID", "InputOptions", "InputScan", "InputTable", "PairCodes",
-           "canonical_module", "check_input", "file_fingerprint", "read_input", "scan_input"]
+           "RecordList", "canonical_module", "check_input", "file_fingerprint", "read_input",
+           "rounding_line", "scan_input"]

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from ..arrays import arrow_of, numpy_of, strings_of
 from .codes import HALVES_MIN, both, first_of_code, take
 from .formats import as_strings
+from .rounding import EXPORT_AS_TEXT, ROUNDED_ID
 
 _CANONICAL_MODULES = {m.lower(): m for m in ("Leads", "Contacts", "Deals", "Vendors")}
 
@@ -103,7 +104,7 @@ def _parse_ids(col: pa.Array, values: np.ndarray, ok: np.ndarray) -> bool:
     return bool(ok.all())
 
 
-def _dictionary(col: Any) -> tuple[np.ndarray, pa.Array]:
+def dictionary(col: Any) -> tuple[np.ndarray, pa.Array]:
     """(index per row, -1 for null; distinct values as strings) of a column. Chunks of a
     dictionary column each have their own dictionary (Parquet row groups, CSV blocks): only
     the dictionaries are hashed, and each chunk's indices are mapped into one array."""
@@ -130,7 +131,7 @@ def dictionary_ids(col: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
     """(index per row into values, uint64 value of each distinct id (0 when invalid), valid
     per row or None when all are): a column of few distinct ids is validated and parsed once
     per distinct id."""
-    index, values = _dictionary(col)
+    index, values = dictionary(col)
     cleaned, ok = clean_ids(values)
     parsed = np.zeros(len(ok), dtype=np.uint64)
     if ok.any():
@@ -149,7 +150,7 @@ def dictionary_modules(col: Any, n: int, default_module: str | None
     if col is None:
         return (np.zeros(n, dtype=np.int32), [default, None],
                 None if default else np.zeros(n, bool))
-    index, values = _dictionary(col)
+    index, values = dictionary(col)
     names = [canonical_module(v) if v.strip() else default for v in values.to_pylist()]
     names.append(default)  # null
     ok = np.array([m is not None for m in names])
@@ -208,22 +209,28 @@ def clean_ids(col: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     return col, ok
 
 
-def id_reasons(col: pa.ChunkedArray, bad: np.ndarray, what: str) -> dict[int, str]:
-    """Row index → why its id is unusable, for the (few) rows flagged bad."""
+def id_reasons(col: pa.ChunkedArray, bad: np.ndarray, what: str
+               ) -> dict[int, tuple[str, str]]:
+    """Row index → (code, why its id is unusable), for the (few) rows flagged bad: a number
+    a spreadsheet wrote in scientific notation is ``ROUNDED_ID``, anything else
+    ``INVALID_INPUT``."""
     idx = np.flatnonzero(bad)
     if not len(idx):
         return {}
     reasons = {}
     for i, v in zip(idx.tolist(), col.take(arrow_of(idx)).to_pylist(), strict=True):
+        code = "INVALID_INPUT"
         if v == "":
-            reasons[i] = f"missing {what}"
+            reason = f"missing {what}"
         elif v.isascii() and v.isdigit() and v.startswith("0") and 15 <= len(v) <= 19:
-            reasons[i] = f"bad {what}: {v!r} starts with 0, which a Zoho id never does"
+            reason = f"bad {what}: {v!r} starts with 0, which a Zoho id never does"
         elif re.match(_SCI_RE, v) or re.match(r"^[0-9]+\.[0-9]+$", v):
-            reasons[i] = (f"bad {what}: {v!r} looks like a number mangled by a spreadsheet "
-                          "(ids must keep all 15-19 digits; format the column as text)")
+            code = ROUNDED_ID
+            reason = (f"bad {what}: {v!r} is a number rounded by a spreadsheet (it keeps 15 "
+                      f"significant digits); {EXPORT_AS_TEXT}")
         else:
-            reasons[i] = f"bad {what}: {v!r} is not a 15-19 digit Zoho id"
+            reason = f"bad {what}: {v!r} is not a 15-19 digit Zoho id"
+        reasons[i] = (code, reason)
     return reasons
 
 

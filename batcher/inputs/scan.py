@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..arrays import arrow_of
+from ..arrays import arrow_of, numpy_of
 from ..errors import InputError
 from .codes import (
     cadence_codes,
@@ -40,8 +40,26 @@ from .ids import (
     record_ids,
 )
 from .options import InputOptions
+from .records import RecordList, expanded
+from .rounding import EXPORT_AS_TEXT, ROUNDED_ID, rounded_ids
 
 VALID, INVALID, DUPLICATE = "valid", "invalid", "duplicate"
+
+
+_NO_IDS = np.zeros(0, dtype=np.uint64)
+
+
+def rounded_reason(what: str, value: int) -> str:
+    return (f"{what} {value} may have been rounded by a spreadsheet (Excel keeps 15 "
+            f"significant digits and writes the rest as zeros, so it may name another record, "
+            f"and this file's ids show that rounding); {EXPORT_AS_TEXT}")
+
+
+def rounding_line(scan: InputScan) -> str:
+    """One line for stderr: how many rows the rounding rule refused, and what to do."""
+    return (f"{scan.rounded} rows have ids that look rounded by a spreadsheet (Excel keeps 15 "
+            "significant digits: 1990117000000120345 is saved as 1990117000000120000, another "
+            f"record); they are invalid ({ROUNDED_ID}) and no call names them; {EXPORT_AS_TEXT}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,17 @@ class InputScan:
     cadence_modules: np.ndarray | None = field(default=None, repr=False)
     #: per record code, the OR of ``1 << cadence code`` of its pairs (64 cadences or fewer)
     record_masks: np.ndarray | None = field(default=None, repr=False)
+    #: positions read (result rows and blank rows), and the blank rows among them
+    positions: int = 0
+    blank: int = 0
+    #: a record list's cadences (the file has no cadence column), and the 1-based input row of
+    #: each position (None when a position is its row)
+    records: RecordList | None = None
+    position_rows: np.ndarray | None = field(default=None, repr=False)
+    #: uint64 ids refused as possibly rounded by a spreadsheet, sorted; rows refused so
+    rounded_records: np.ndarray = field(default_factory=lambda: _NO_IDS, repr=False)
+    rounded_cadences: np.ndarray = field(default_factory=lambda: _NO_IDS, repr=False)
+    rounded: int = 0
 
     @cached_property
     def record_text(self) -> pa.Array:
@@ -130,18 +159,20 @@ class InputScan:
             raise InputError(f"{self.path}: the file changed while batcher was reading it")
         pair_k = planned_k = 0
         row0 = 0
-        for raw in raw_batches(self.source):
+        for raw in expanded(raw_batches(self.source), self.records, self.options.module,
+                            encoded=False):
             chk = _check(raw, row0, self.options.module)
             n = chk.table.num_rows
             row1 = row0 + n
             status = np.where(chk.valid, 0, 1).astype(np.int8)  # 0 valid, 1 invalid, 2 duplicate
             code = chk.codes
             reason = chk.reasons
+            self._refuse_rounded(chk, status, code, reason)
             d0, d1 = np.searchsorted(self.dup_rows, [row0, row1])
             dups = self.dup_rows[d0:d1] - row0
             status[dups] = 2
             for i, first in zip(dups.tolist(), self.dup_first[d0:d1].tolist(), strict=True):
-                reason[i] = f"same pair as row {first + 1}"
+                reason[i] = f"same pair as row {self.row_of(first)}"
             k1 = pair_k + int(np.searchsorted(self.pair_rows[pair_k:], row1))
             here = self.pair_rows[pair_k:k1] - row0
             if not np.array_equal(np.flatnonzero(status == 0), here):
@@ -162,7 +193,7 @@ class InputScan:
             planned_k += len(planned)
             pair_k = k1
             t = chk.table
-            yield pa.table({
+            out = pa.table({
                 "row": t["row"], "module": t["module"], "record_id": t["record_id"],
                 "cadence_id": t["cadence_id"],
                 "status": pc.cast(pa.DictionaryArray.from_arrays(
@@ -171,9 +202,29 @@ class InputScan:
                 "reason": _sparse_strings(n, reason),
                 "batch_id": batch,
             })
+            yield out if chk.blank is None else out.filter(arrow_of(~chk.blank))
             row0 = row1
-        if self.source.stamp() != self.stamp or row0 != self.rows:
+        if self.source.stamp() != self.stamp or row0 != self.positions:
             raise InputError(f"{self.path}: the file changed while batcher was reading it")
+
+    def row_of(self, position: int) -> int:
+        """The 1-based input row of a 0-based position."""
+        rows = self.position_rows
+        return position + 1 if rows is None else int(rows[position])
+
+    def _refuse_rounded(self, chk: _Checked, status: np.ndarray, code: dict[int, str],
+                        reason: dict[int, str]) -> None:
+        """Mark the rows whose record or cadence id the scan found possibly rounded."""
+        for col, rounded, what in (("record_id", self.rounded_records, "record id"),
+                                   ("cadence_id", self.rounded_cadences, "cadence id")):
+            if not len(rounded):
+                continue
+            at = np.flatnonzero(status == 0)
+            values = numpy_of(pc.cast(chk.table[col].take(arrow_of(at)), pa.uint64()))
+            for i, v in zip(at[np.isin(values, rounded)].tolist(),
+                            values[np.isin(values, rounded)].tolist(), strict=True):
+                status[i] = 1
+                code[i], reason[i] = ROUNDED_ID, rounded_reason(what, v)
 
 
 @dataclass(frozen=True)
@@ -247,28 +298,38 @@ def check_input(path: str | os.PathLike[str], options: InputOptions | str | None
 
 
 def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None = None, *,
-               chunk_rows: int = CHUNK_ROWS) -> InputScan:
+               records: RecordList | None = None, chunk_rows: int = CHUNK_ROWS) -> InputScan:
     """First pass over an input; InputError when the file is unusable.
 
     Whole columns are read at once (up to ``chunk_rows`` rows), so that Arrow reads them on
     its own threads; the cadence and module columns come dictionary-encoded, so only their
     few distinct values are validated and parsed, and ids are checked with a few vectorised
-    kernels over the whole column."""
+    kernels over the whole column. ``records``: the cadences of a record list (the org's, for
+    ``--all-cadences``); ``--cadence`` ids are taken from ``options``."""
     path = Path(path)
     options = InputOptions.of(options)
     check_input(path, options)
     source = open_source(path, options)
     default_module = options.module
     stamp = source.stamp()
-    rows = invalid = 0
+    rows = invalid = blank = 0
     examples: list[tuple[int, str]] = []
-    pair_rows, rec, cad, mod = [], [], [], []
+    pair_rows, rec, cad, mod, position_rows = [], [], [], [], []
     cad_values: list[np.ndarray] = []
     module_names: dict[str, int] = {}
-    for cols in scan_chunks(source, chunk_rows):
+    records = records or (RecordList.given(options.cadences) if options.cadences else None)
+    if options.all_cadences and records is None:
+        raise InputError("--all-cadences needs the org's cadences: `batcher run` reads them "
+                         "(a dry run shows which cadences each record would leave)")
+    for cols in expanded(scan_chunks(source, chunk_rows), records, default_module):
         part = _scan_chunk(cols, default_module, 10 - len(examples))
         invalid += part.invalid
-        examples += [(rows + i + 1, reason) for i, reason in part.examples]
+        blank += part.blank
+        of_row = cols.get("row")
+        examples += [(rows + i + 1 if of_row is None else int(of_row[i]), reason)
+                     for i, reason in part.examples]
+        if of_row is not None:
+            position_rows.append(of_row)
         pair_rows.append(part.valid.astype(np.int64) + rows if rows else part.valid)
         rec.append(part.record)
         cad.append(part.cadence)
@@ -279,12 +340,14 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
         mod.append(part.module.astype(np.int32, copy=False) if same
                    else take(local, part.module))
         rows += part.rows
-    if rows == 0:
+    if rows == blank:
         raise InputError(f"{path}: has a header ({', '.join(source.found)}) but no data rows")
     cad_index, cad_uniques = common_dictionary(cad, cad_values)
-    return _finish_scan(source, options, stamp, rows, invalid, tuple(examples),
+    found = {"positions": rows, "blank": blank, "records": records,
+             "position_rows": concat(position_rows) if position_rows else None}
+    return _finish_scan(source, options, stamp, rows - blank, invalid, tuple(examples),
                         concat(pair_rows), concat(rec), cad_index, cad_uniques, concat(mod),
-                        list(module_names))
+                        list(module_names), found)
 
 
 @dataclass(frozen=True)
@@ -292,6 +355,7 @@ class _ScannedChunk:
     rows: int
     valid: np.ndarray  # positions of the valid rows
     invalid: int
+    blank: int
     examples: list[tuple[int, str]]  # (position, reason) of the first invalid rows
     record: np.ndarray  # uint64 ids of the valid rows
     cadence: np.ndarray  # index of each valid row into cadence_values
@@ -310,16 +374,21 @@ def _scan_chunk(cols: dict[str, Any], default_module: str | None, n_examples: in
                                                            default_module)
         record, rec_ok = record_ids(as_strings(cols["record_id"]), pool)
         cad_index, cad_values, cad_ok = cadences.result()
-    valid_mask = all_of([ok for ok in (rec_ok, cad_ok, mod_ok) if ok is not None])
+    ragged = cols.get("ragged")
+    ragged_ok = None if ragged is None else numpy_of(ragged.is_null())
+    valid_mask = all_of([ok for ok in (rec_ok, cad_ok, mod_ok, ragged_ok) if ok is not None])
     valid = np.arange(n, dtype=np.int32 if n < 1 << 31 else np.int64)  # half the memory
     bad = np.zeros(0, np.int64)
+    blank = cols.get("blank")
     if valid_mask is not None and not valid_mask.all():
-        valid, bad = np.flatnonzero(valid_mask), np.flatnonzero(~valid_mask)
+        valid = np.flatnonzero(valid_mask)
+        bad = np.flatnonzero(~valid_mask if blank is None else ~valid_mask & ~blank)
         record, cad_index, mod_index = record[valid], cad_index[valid], mod_index[valid]
     modules, module = in_order_of_use(mod_index, mod_names)
     return _ScannedChunk(
-        rows=n, valid=valid, invalid=len(bad), examples=_examples(cols, bad[:n_examples],
-                                                                   default_module),
+        rows=n, valid=valid, invalid=len(bad),
+        blank=0 if blank is None else int(np.count_nonzero(blank)),
+        examples=_examples(cols, bad[:n_examples], default_module),
         record=record, cadence=cad_index, cadence_values=cad_values, modules=modules,
         module=module)
 
@@ -330,7 +399,10 @@ def _examples(cols: dict[str, Any], bad: np.ndarray, default_module: str | None
     if not len(bad):
         return []
     take = arrow_of(bad)
-    raw = {role: as_strings(col.take(take)) for role, col in cols.items()}
+    raw = {key: col[bad] if isinstance(col, np.ndarray) else col.take(take)
+           for key, col in cols.items()}
+    raw.update({role: as_strings(raw[role]) for role in ("record_id", "cadence_id", "module")
+                if role in raw})
     reasons = _check(raw, 0, default_module).reasons
     return [(int(i), reasons[k]) for k, i in enumerate(bad.tolist())]
 
@@ -338,12 +410,27 @@ def _examples(cols: dict[str, Any], bad: np.ndarray, default_module: str | None
 def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
                  rows: int, invalid: int, examples: tuple, pair_rows: np.ndarray,
                  rec: np.ndarray, cad: np.ndarray, cad_values: np.ndarray, mod: np.ndarray,
-                 names: list[str]) -> InputScan:
+                 names: list[str], found: dict[str, Any]) -> InputScan:
     """Codes and duplicates of the valid rows: a pair that repeats is not a pair to plan.
 
-    ``cad`` indexes ``cad_values`` (distinct uint64 cadence ids)."""
+    ``cad`` indexes ``cad_values`` (distinct uint64 cadence ids). Rows whose id the rounding
+    rule refuses are taken out first (and the rest scanned again: that is rare)."""
     with ThreadPoolExecutor(1) as pool:
         rc, rec_uniques, grouping = encode_parts(rec, pool)
+        if "rounded" not in found:
+            refused = _rounded(rc, rec_uniques, cad, cad_values)
+            if refused is not None:
+                bad, found_now = refused
+                row_of = _row_of(found.get("position_rows"))
+                more = tuple((row_of(int(p)), rounded_reason(what, int(v))) for p, what, v in
+                             _rounded_examples(pair_rows, bad, rec, cad, cad_values, found_now,
+                                               10 - len(examples)))
+                keep = ~bad
+                return _finish_scan(
+                    source, options, stamp, rows, invalid + int(np.count_nonzero(bad)),
+                    examples + more, pair_rows[keep], rec[keep], cad[keep], cad_values,
+                    mod[keep], names, {**found, **found_now,
+                                       "rounded": int(np.count_nonzero(bad))})
         del rec
         cc, used = cadence_codes(cad, len(cad_values), mod, len(names))
         cad_text = pc.cast(arrow_of(cad_values[used % len(cad_values)], pa.uint64()),
@@ -371,7 +458,41 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
         invalid_examples=examples, pair_rows=pair_rows,
         codes=PairCodes(mod, names, rc, cc), record_values=rec_uniques,
         cadence_text=cad_text, dup_rows=dup_rows, dup_first=dup_first, stamp=stamp,
-        cadence_modules=cad_module, record_masks=masks)
+        cadence_modules=cad_module, record_masks=masks, **found)
+
+
+def _rounded(rc: np.ndarray, rec_uniques: np.ndarray, cad: np.ndarray, cad_values: np.ndarray
+             ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """(valid rows to refuse, the refused record and cadence ids) when the record or the
+    cadence column shows spreadsheet rounding, else None."""
+    used = cad_values[np.bincount(cad, minlength=len(cad_values)) > 0]
+    records, cadences = rounded_ids(rec_uniques), rounded_ids(used)
+    if records is None and cadences is None:
+        return None
+    bad = np.zeros(len(rc), dtype=bool)
+    if records is not None:
+        bad |= np.isin(rec_uniques, records)[rc]
+    if cadences is not None:
+        bad |= np.isin(cad_values, cadences)[cad]
+    return bad, {"rounded_records": _NO_IDS if records is None else records,
+                 "rounded_cadences": _NO_IDS if cadences is None else cadences}
+
+
+def _rounded_examples(pair_rows: np.ndarray, bad: np.ndarray, rec: np.ndarray, cad: np.ndarray,
+                      cad_values: np.ndarray, found: dict[str, np.ndarray], n: int
+                      ) -> Iterator[tuple[int, str, int]]:
+    """(position, "record id" or "cadence id", id) of the first ``n`` refused rows."""
+    for i in np.flatnonzero(bad)[:max(n, 0)].tolist():
+        if np.isin(rec[i], found["rounded_records"]):
+            yield int(pair_rows[i]), "record id", int(rec[i])
+        else:
+            yield int(pair_rows[i]), "cadence id", int(cad_values[cad[i]])
+
+
+def _row_of(position_rows: np.ndarray | None) -> Callable[[int], int]:
+    if position_rows is None:
+        return lambda p: p + 1
+    return lambda p: int(position_rows[p])
 
 
 @dataclass
@@ -382,25 +503,42 @@ class _Checked:
     valid: np.ndarray
     codes: dict[int, str]  # position → code, for invalid rows
     reasons: dict[int, str]  # position → why
+    blank: np.ndarray | None  # rows that are not data rows (no result), None when none are
 
 
-def _check(raw: dict[str, pa.Array], row0: int, default_module: str | None) -> _Checked:
+def _check(raw: dict[str, Any], row0: int, default_module: str | None) -> _Checked:
     n = len(raw["record_id"])
     record, rec_ok = clean_ids(raw["record_id"])
     cadence, cad_ok = clean_ids(raw["cadence_id"])
     module, module_bad = module_column(raw, n, default_module)
-    reasons = id_reasons(cadence, ~cad_ok, "cadence id")
-    reasons.update(id_reasons(record, ~rec_ok, "record id"))  # the record's reason comes first
+    problems = id_reasons(cadence, ~cad_ok, "cadence id")
+    problems.update(id_reasons(record, ~rec_ok, "record id"))  # the record's reason comes first
     for i in np.flatnonzero(module_bad & rec_ok & cad_ok).tolist():
-        reasons[i] = "missing module (add a module column or pass --module)"
+        problems[i] = ("INVALID_INPUT", "missing module (add a module column or pass --module)")
         if "module" in raw and (raw["module"][i].as_py() or "").strip():
-            reasons[i] = "bad module name (not a Zoho module API name)"
+            problems[i] = ("INVALID_INPUT", "bad module name (not a Zoho module API name)")
+    valid = rec_ok & cad_ok & ~module_bad
+    ragged = raw.get("ragged")
+    if ragged is not None and ragged.null_count < len(ragged):
+        at = np.flatnonzero(numpy_of(ragged.is_valid()))
+        valid[at] = False
+        for i, why in zip(at.tolist(), ragged.take(arrow_of(at)).to_pylist(), strict=True):
+            problems[i] = ("INVALID_INPUT", f"ragged row: {why}")
+    blank = raw.get("blank")
+    if blank is not None and blank.any():
+        valid &= ~blank
+        for i in np.flatnonzero(blank).tolist():
+            problems.pop(i, None)
+    else:
+        blank = None
+    rows = raw.get("row")
     table = pa.table({
-        "row": arrow_of(np.arange(row0 + 1, row0 + n + 1, dtype=np.int64)),
+        "row": arrow_of(np.arange(row0 + 1, row0 + n + 1, dtype=np.int64) if rows is None
+                        else rows.astype(np.int64)),
         "module": module, "record_id": record, "cadence_id": cadence,
     })
-    return _Checked(table, rec_ok & cad_ok & ~module_bad, dict.fromkeys(reasons, "INVALID_INPUT"),
-                    reasons)
+    return _Checked(table, valid, {i: c for i, (c, _) in problems.items()},
+                    {i: r for i, (_, r) in problems.items()}, blank)
 
 
 def _sparse_strings(n: int, values: dict[int, str]) -> pa.Array:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import uvicorn
 
@@ -23,6 +23,9 @@ from .config import SandboxConfig
 from .faults import PROFILES, DroppedConnection
 from .state import Sandbox
 from .world import World
+
+if TYPE_CHECKING:
+    from ..inputs import InputOptions
 
 _START_TIMEOUT = 10.0
 
@@ -240,10 +243,11 @@ def _restore_handlers(previous: dict) -> None:
 
 
 def main(port: int, from_input: str | None, faults: str, seed: int,
-         module: str | None = None, echo_auth: bool = False) -> int:
+         module: InputOptions | str | None = None, echo_auth: bool = False) -> int:
     """``batcher sandbox``: build the world (from INPUT, else from the seed) and serve it.
 
-    ``module`` is the default for rows without one (as ``--module`` of ``batcher run``).
+    ``module`` is the default for rows without one (as ``--module`` of ``batcher run``), or
+    all the input flags (``--cadence`` makes INPUT a record list).
     ``echo_auth`` makes every error answer repeat the request's secrets
     (``SandboxConfig.echo_auth``), to check by hand that batcher never prints them. Raises
     ``InputError`` (exit 2) when INPUT cannot be read; returns 2 for a bad profile or port.

@@ -1,0 +1,100 @@
+"""Record lists: a file of records without a cadence column, un-enrolled from given cadences.
+
+Each input row becomes one position per cadence it asks for (``--cadence`` ids, or with
+``--all-cadences`` the manual cadences of the row's module), so the scan and the planner see
+ordinary (record, cadence) pairs; every position keeps the number of the row it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..arrays import arrow_of, strings_of
+from ..errors import InputError
+from .ids import canonical_module, clean_ids, dictionary
+
+#: the key of a record list's cadences for every module (``--cadence``)
+ANY_MODULE = ""
+
+
+@dataclass(frozen=True)
+class RecordList:
+    """module API name (or ``ANY_MODULE``) → the cadence ids each of its records leaves."""
+
+    cadences: Mapping[str, Sequence[str]]
+
+    @classmethod
+    def given(cls, cadences: Sequence[str]) -> RecordList:
+        """``--cadence`` ids, checked: InputError naming any that is not a Zoho id."""
+        cleaned, ok = clean_ids(strings_of(list(cadences)))
+        bad = [c for c, good in zip(cadences, ok, strict=True) if not good]
+        if bad:
+            raise InputError(f"--cadence {bad[0]!r} is not a 15-19 digit Zoho cadence id")
+        return cls({ANY_MODULE: tuple(dict.fromkeys(cleaned.to_pylist()))})
+
+    def of_module(self, module: str | None) -> Sequence[str]:
+        if ANY_MODULE in self.cadences:
+            return self.cadences[ANY_MODULE]
+        return self.cadences.get(module or "", ()) if module else ()
+
+    def expand(self, batch: dict[str, Any], row0: int, default_module: str | None,
+               encoded: bool = True) -> dict[str, Any]:
+        """One batch of input rows → one position per (row, cadence), in row order then in the
+        order of the cadences. A blank or ragged row, or one whose module has no cadence, stays
+        one position (with no cadence: the scan reports it). Adds ``row``: the 1-based input
+        row of every position. ``encoded``: the cadence column dictionary-encoded."""
+        n = len(batch["record_id"])
+        per_code, code = self._cadences_per_row(batch, n, default_module)
+        count = np.array([max(1, len(c)) for c in per_code], dtype=np.int64)[code]
+        for key in ("blank", "ragged"):
+            if key in batch:
+                skip = (batch[key] if key == "blank"
+                        else np.asarray(batch[key].is_valid()))
+                count[skip] = 1
+        take = np.repeat(np.arange(n, dtype=np.int64), count)
+        within = np.arange(len(take)) - np.repeat(np.cumsum(count) - count, count)
+        flat = [c for cads in per_code for c in cads] + [""]
+        start = np.cumsum([0] + [len(c) for c in per_code])[:-1]
+        has = np.array([len(c) > 0 for c in per_code])[code][take]
+        index = np.where(has, start[code][take] + within, len(flat) - 1).astype(np.int32)
+        out = {key: _take(col, take) for key, col in batch.items()}
+        cadence = pa.DictionaryArray.from_arrays(arrow_of(index), strings_of(flat))
+        out["cadence_id"] = cadence if encoded else cadence.dictionary_decode()
+        out["row"] = take + (row0 + 1) if "row" not in batch else batch["row"][take]
+        return out
+
+    def _cadences_per_row(self, batch: dict[str, Any], n: int, default_module: str | None
+                          ) -> tuple[list[Sequence[str]], np.ndarray]:
+        """(cadences of each distinct module value, the value's index per row)."""
+        if ANY_MODULE in self.cadences or "module" not in batch:
+            module = None if ANY_MODULE in self.cadences else canonical_module(
+                default_module or "")
+            return [self.of_module(module)], np.zeros(n, dtype=np.int64)
+        index, values = dictionary(batch["module"])
+        default = canonical_module(default_module) if default_module else None
+        names = [canonical_module(v) if v.strip() else default for v in values.to_pylist()]
+        per_code = [self.of_module(m) for m in names] + [self.of_module(default)]
+        return per_code, np.where(index < 0, len(names), index)
+
+
+def _take(col: Any, take: np.ndarray) -> Any:
+    if isinstance(col, np.ndarray):
+        return col[take]
+    return col.take(arrow_of(take))
+
+
+def expanded(batches: Iterator[dict[str, Any]], records: RecordList | None,
+             default_module: str | None, encoded: bool = True) -> Iterator[dict[str, Any]]:
+    """``batches`` as they are, or expanded to (row, cadence) positions for a record list."""
+    if records is None:
+        yield from batches
+        return
+    row0 = 0
+    for batch in batches:
+        yield records.expand(batch, row0, default_module, encoded)
+        row0 += len(batch["record_id"])

@@ -1,0 +1,139 @@
+"""Record lists: a file of records and `--cadence` ids or `--all-cadences`, end to end against
+the sandbox, checked against its truth (what was removed, what every call named)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from batcher.inputs import InputOptions, read_input
+from batcher.job import RunSettings, run_job
+from batcher.sandbox.world import CUSTOM_VIEW, MANUAL, World
+
+from .conftest import read_results
+from .test_e2e import FAST_RETRY
+
+
+def write_list(path: Path, records: list[tuple[str, str]], extra: bool = True) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["Record Id", "Module"] + ["Email"] * extra)
+        for module, rec in records:
+            w.writerow([rec, module] + [f"{rec}@example.com"] * extra)
+    return path
+
+
+def settings(tmp_path: Path, inp: Path, **kw) -> RunSettings:
+    kw.setdefault("retry", FAST_RETRY)
+    kw.setdefault("quiet", True)
+    kw.setdefault("timeout", 2.0)
+    return RunSettings(input=inp, results=tmp_path / "out.csv", **kw)
+
+
+def records(module: str, n: int, base: int) -> list[tuple[str, str]]:
+    return [(module, str(base + i)) for i in range(n)]
+
+
+def test_given_cadences_are_left_by_every_listed_record_and_nothing_else(tmp_path, serve):
+    world = World()
+    wanted = [world.add_cadence("Leads", MANUAL).id for _ in range(7)]
+    other = world.add_cadence("Leads", MANUAL).id
+    listed = records("Leads", 250, 1990117000000120345)
+    bystanders = records("Leads", 20, 1990117000000990345)
+    for i, (module, rec) in enumerate(listed):
+        for c in wanted[i % 3:]:  # enrolled in some of the wanted cadences ...
+            world.enroll(module, rec, c)
+        world.enroll(module, rec, other)  # ... and in one not asked for
+    for module, rec in bystanders:
+        world.enroll(module, rec, wanted[0])
+    before = set(world.enrolled_pairs()) if hasattr(world, "enrolled_pairs") else None
+    live = serve(world)
+    inp = write_list(tmp_path / "offboard.csv", listed)
+
+    result = run_job(settings(tmp_path, inp, cadences=tuple(wanted)), live.env)
+    assert result.aborted is None, result.aborted
+
+    asked = {(m, r, c) for m, r in listed for c in wanted}
+    assert set(live.sandbox.named_pairs) <= asked  # exactness, from the server's side
+    enrolled_asked = {(m, r, c) for i, (m, r) in enumerate(listed) for c in wanted[i % 3:]}
+    assert set(live.sandbox.removed) == enrolled_asked  # nothing else touched
+    # a cross product: ceil(records / 100) x ceil(cadences / 5) calls
+    assert len(live.sandbox.calls) == math.ceil(250 / 100) * math.ceil(7 / 5)
+    results = read_results(tmp_path / "out.csv")
+    assert len(results) == 250 * 7  # one row per (input row, cadence), in input order
+    assert [(int(r["row"]), r["cadence_id"]) for r in results[:8]] == \
+        [(1, c) for c in wanted] + [(2, wanted[0])]
+    statuses = {(r["record_id"], r["cadence_id"]): r["status"] for r in results}
+    assert statuses[(listed[0][1], wanted[0])] == "unenrolled"
+    assert statuses[(listed[1][1], wanted[0])] == "not_enrolled"
+    assert result.exit_code == 0
+    del before
+
+
+def test_all_cadences_leaves_every_manual_cadence_of_the_records_module(tmp_path, serve):
+    world = World()
+    leads = [world.add_cadence("Leads", MANUAL).id for _ in range(6)]
+    not_manual = world.add_cadence("Leads", CUSTOM_VIEW).id
+    contacts = [world.add_cadence("Contacts", MANUAL).id for _ in range(2)]
+    listed = records("Leads", 120, 1990117000000120345) + \
+        records("Contacts", 30, 1990117000000550345)
+    for module, rec in listed:
+        for c in (leads + [not_manual]) if module == "Leads" else contacts:
+            world.enroll(module, rec, c)
+    live = serve(world)
+    inp = write_list(tmp_path / "everything.csv", listed)
+
+    err = io.StringIO()
+    dry = run_job(settings(tmp_path, inp, all_cadences=True, dry_run=True, quiet=False),
+                  live.env, stream=err)
+    assert dry.exit_code == 0 and live.sandbox.calls == [], dry.aborted
+    said = err.getvalue()
+    assert "each Leads record leaves 6 cadence(s)" in said and not_manual not in said
+    assert "each Contacts record leaves 2 cadence(s)" in said
+
+    result = run_job(settings(tmp_path, inp, all_cadences=True), live.env)
+
+    asked = {(m, r, c) for m, r in listed for c in (leads if m == "Leads" else contacts)}
+    assert set(live.sandbox.named_pairs) <= asked
+    assert set(live.sandbox.removed) == asked  # the custom-view cadence untouched
+    assert len(live.sandbox.calls) == 2 * 2 + 1 * 1  # Leads 2 x 2, Contacts 1 x 1
+    results = read_results(tmp_path / "out.csv")
+    assert len(results) == 120 * 6 + 30 * 2
+    assert {r["status"] for r in results} == {"unenrolled"}
+    assert result.exit_code == 0
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["reconciled"] and summary["rows"] == len(results)
+
+
+def test_a_record_list_with_a_cadence_column_or_without_cadences_is_refused(tmp_path):
+    inp = tmp_path / "in.csv"
+    inp.write_text("record_id,cadence_id,module\n1990117000000120345,5540230000040000001,Leads\n")
+    out = subprocess.run([sys.executable, "-m", "batcher", "plan", str(inp), "--cadence",
+                          "5540230000040000002"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "has a cadence column" in out.stderr
+    bare = write_list(tmp_path / "list.csv", records("Leads", 3, 1990117000000120345))
+    out = subprocess.run([sys.executable, "-m", "batcher", "plan", str(bare)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--cadence ID or --all-cadences" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "batcher", "plan", str(bare), "--cadence", "42"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--cadence '42'" in out.stderr
+
+
+def test_plan_shows_the_cross_product(tmp_path):
+    bare = write_list(tmp_path / "list.csv", records("Leads", 250, 1990117000000120345)
+                      + records("Leads", 1, 1990117000000120345))  # one record listed twice
+    cads = [str(5540230000040000001 + i) for i in range(7)]
+    out = subprocess.run([sys.executable, "-m", "batcher", "plan", str(bare), "--json"]
+                         + [a for c in cads for a in ("--cadence", c)],
+                         capture_output=True, text=True, timeout=60)
+    report = json.loads(out.stdout)
+    assert report["pairs"] == 250 * 7 and report["duplicates"] == 7
+    assert report["batches"] == 3 * 2
+    table = read_input(bare, InputOptions(cadences=tuple(cads))).table.to_pylist()
+    assert table[-1]["reason"] == "same pair as row 1" and table[-1]["row"] == 251

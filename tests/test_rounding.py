@@ -127,3 +127,20 @@ def test_a_job_never_names_a_rounded_id_and_says_so(tmp_path: Path, serve):
     assert "look rounded by a spreadsheet" in err.getvalue()
     summary = json.loads((tmp_path / "out.summary.json").read_text())
     assert summary["by_code"]["invalid"] == {"ROUNDED_ID": 2}
+
+
+@pytest.mark.parametrize("rounded", [False, True])
+def test_a_million_row_file_both_ways(tmp_path: Path, rounded: bool):
+    """Through the whole scan: genuine ids (one in a thousand ending in 000) all planned; the same
+    ids as Excel saves them all refused, and none planned."""
+    ids = genuine(1_000_000)
+    ids = excel(ids) if rounded else ids
+    path = tmp_path / "million.parquet"
+    pq.write_table(pa.table({"record_id": pa.array(ids).cast(pa.string()),
+                             "cadence_id": pa.array([CAD] * len(ids)),
+                             "module": pa.array(["Leads"] * len(ids))}), path)
+    scan = scan_input(path)
+    if rounded:
+        assert scan.pairs == 0 and scan.rounded == scan.invalid == len(ids)
+    else:
+        assert scan.pairs == len(ids) and scan.invalid == scan.rounded == 0

@@ -79,3 +79,11 @@ def poisson_at_least(k: int, mean: float) -> float:
         i += 1
         term *= mean / i
     return min(total, 1.0)
+
+
+def among(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``values`` in the sorted ``ids`` (a binary search: no hash table of either side)."""
+    if not len(ids):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
+    return ids[at] == values

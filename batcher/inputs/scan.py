@@ -41,7 +41,7 @@ from .ids import (
 )
 from .options import InputOptions
 from .records import RecordList, expanded
-from .rounding import EXPORT_AS_TEXT, ROUNDED_ID, rounded_ids
+from .rounding import EXPORT_AS_TEXT, ROUNDED_ID, among, rounded_ids
 
 VALID, INVALID, DUPLICATE = "valid", "invalid", "duplicate"
 
@@ -221,8 +221,8 @@ class InputScan:
                 continue
             at = np.flatnonzero(status == 0)
             values = numpy_of(pc.cast(chk.table[col].take(arrow_of(at)), pa.uint64()))
-            for i, v in zip(at[np.isin(values, rounded)].tolist(),
-                            values[np.isin(values, rounded)].tolist(), strict=True):
+            hit = among(values, rounded)
+            for i, v in zip(at[hit].tolist(), values[hit].tolist(), strict=True):
                 status[i] = 1
                 code[i], reason[i] = ROUNDED_ID, rounded_reason(what, v)
 
@@ -471,9 +471,9 @@ def _rounded(rc: np.ndarray, rec_uniques: np.ndarray, cad: np.ndarray, cad_value
         return None
     bad = np.zeros(len(rc), dtype=bool)
     if records is not None:
-        bad |= np.isin(rec_uniques, records)[rc]
+        bad |= among(rec_uniques, records)[rc]
     if cadences is not None:
-        bad |= np.isin(cad_values, cadences)[cad]
+        bad |= among(cad_values, cadences)[cad]
     return bad, {"rounded_records": _NO_IDS if records is None else records,
                  "rounded_cadences": _NO_IDS if cadences is None else cadences}
 
@@ -482,8 +482,10 @@ def _rounded_examples(pair_rows: np.ndarray, bad: np.ndarray, rec: np.ndarray, c
                       cad_values: np.ndarray, found: dict[str, np.ndarray], n: int
                       ) -> Iterator[tuple[int, str, int]]:
     """(position, "record id" or "cadence id", id) of the first ``n`` refused rows."""
-    for i in np.flatnonzero(bad)[:max(n, 0)].tolist():
-        if np.isin(rec[i], found["rounded_records"]):
+    first = np.flatnonzero(bad)[:max(n, 0)]
+    by_record = among(rec[first], found["rounded_records"])
+    for i, record in zip(first.tolist(), by_record.tolist(), strict=True):
+        if record:
             yield int(pair_rows[i]), "record id", int(rec[i])
         else:
             yield int(pair_rows[i]), "cadence id", int(cad_values[cad[i]])

@@ -1,0 +1,243 @@
+"""Excel ``.xlsx`` → the first sheet as text: the header row and one string column per header.
+
+Ids must be text cells. Excel keeps 15 significant digits of a number: the id
+1990117000000120345 typed into a Number cell is stored as 1.99011700000012E+18 and saved as
+1990117000000120000, a different (often real) record. So a number is never turned back into a
+long digit string: one whose integer part has more than 15 digits becomes Excel's scientific
+text, ``1.99011700000012E+18``, which the id rules report as ``ROUNDED_ID``.
+
+The sheet is read with python-calamine (Rust) directly, cell types intact: pandas' calamine
+engine turns a whole float into an int, so 1.99011700000012E+18 would come out as the digits
+1990117000000120064, and it reads error cells as missing values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import posixpath
+import re
+import zipfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from operator import itemgetter
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+import pyarrow as pa
+from python_calamine import CalamineWorkbook
+
+from ..arrays import strings_of
+from ..errors import InputError
+from .kinds import HEAD_BYTES, one_line, sniff_kind
+
+_EXACT_DIGITS = 15  # Excel's precision: numbers of more digits are already rounded
+_EXACT_LIMIT = 10**_EXACT_DIGITS  # the first number whose integer part has 16 digits
+
+
+@dataclass(frozen=True)
+class XlsxSheet:
+    """The first sheet of a workbook, as text.
+
+    ``header``: row 1's cells as text, one per column from the sheet's first used column. An
+    empty (or blank) header cell is named ``column_N``, N being its column's number in the
+    sheet (A = 1); a repeated name is kept distinct by suffixing `` (2)``, `` (3)``…, the first
+    occurrence keeping the name. ``table``: one string column per header name, in order; one
+    row per sheet row after the header, in sheet order, so row i is sheet row i + 2 (a result's
+    ``row + 1`` is the line Excel shows); blank rows are kept as rows of ``""``, trailing ones
+    dropped. Cells become text as ``cell_text`` says.
+    """
+
+    header: list[str]
+    table: pa.Table
+
+
+def read_xlsx(path: Path) -> XlsxSheet:
+    """The first sheet of the .xlsx (or .xlsm) workbook at ``path``.
+
+    Raises InputError, one line naming the file and what to do, when the workbook cannot be
+    read (damaged, password-protected, not a workbook), has no sheets, its first sheet is
+    empty, or the sheet's row 1 (the header) is blank.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        # calamine and zlib release the GIL: the scan for error cells costs no time
+        errors = pool.submit(_error_cells, path)
+        sheet, rows, first_row, first_col = _load(path)
+    if not rows:
+        raise InputError(f"{path}: the first sheet ({one_line(sheet, 80)!r}) is empty; put the "
+                         "list on the first sheet, with the column names on row 1")
+    for (row, col), text in errors.result().items():
+        i, j = row - first_row, col - first_col
+        if 0 <= i < len(rows) and 0 <= j < len(rows[i]) and rows[i][j] == "":
+            rows[i][j] = text
+    header = [cell_text(v) for v in rows[0]]
+    if first_row or not any(h.strip() for h in header):
+        raise InputError(f"{path}: row 1 of the first sheet ({one_line(sheet, 80)!r}) is blank; "
+                         "put the column names on row 1")
+    while len(rows) > 1 and all(v == "" for v in rows[-1]):
+        rows.pop()
+    names = _distinct([h if h.strip() else f"column_{first_col + j + 1}"
+                       for j, h in enumerate(header)])
+    columns = [_column(map(itemgetter(j), rows[1:])) for j in range(len(names))]
+    return XlsxSheet(names, pa.Table.from_arrays(columns, names=names))
+
+
+def _load(path: Path) -> tuple[str, list[list], int, int]:
+    """(first sheet's name, its rows as calamine values, 0-based sheet row and column of
+    ``rows[0][0]``). Rows are none for an empty sheet."""
+    try:
+        # from a file object calamine tells the format by content, not by the file's name
+        with open(path, "rb") as fh, CalamineWorkbook.from_filelike(fh) as book:
+            if not book.sheet_names:
+                raise LookupError("the workbook has no sheets")
+            sheet = book.get_sheet_by_index(0)
+            rows = list(sheet.iter_rows())
+            end = sheet.end
+    except Exception as exc:  # calamine raises its own errors, and ValueError on odd cells
+        raise InputError(_unreadable(path, exc)) from None
+    if not rows or end is None:
+        return sheet.name, [], 0, 0
+    # rows end at ``end``; where they start differs between calamine versions (row 1 or the
+    # first used row; the first used column)
+    return sheet.name, rows, end[0] + 1 - len(rows), end[1] + 1 - len(rows[0])
+
+
+def _unreadable(path: Path, exc: BaseException) -> str:
+    """The refusal of a file that is no workbook at all (named by its magic bytes), else a
+    damaged-workbook line with the library's reason."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+        sniff_kind(path, head)
+    except InputError as refused:
+        return str(refused)
+    except OSError:
+        pass
+    return (f"{path}: is not a readable .xlsx workbook ({type(exc).__name__}: {one_line(exc)}); "
+            "open it in Excel and save it again as .xlsx, or save it as CSV UTF-8")
+
+
+def cell_text(value: object) -> str:
+    """The text of one calamine cell value.
+
+    Text as it is; empty ``""``; ``TRUE``/``FALSE``; a number whose integer part has more than
+    15 digits as Excel's scientific text (``1.99011700000012E+18``: 15 significant digits,
+    trailing zeros dropped); another whole number as its digits (``123456789012345``); any
+    other number as its shortest repr (``0.5``); dates, datetimes and times in ISO 8601
+    (``2024-01-31``, ``2024-01-31T08:30:00``, ``08:30:00``); durations as ISO 8601
+    ``[-]PnDTnHnMnS``. Error cells (``#N/A``) reach here as their text (see ``_error_cells``).
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return _number_text(value)
+    if isinstance(value, dt.timedelta):
+        return _duration_text(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return str(value)
+
+
+def _number_text(x: int | float) -> str:
+    if -_EXACT_LIMIT < x < _EXACT_LIMIT:
+        return str(int(x)) if x == int(x) else repr(x)
+    if not math.isfinite(x):
+        return str(x)  # never written by Excel, but "NaN" parses as a number
+    mantissa, exponent = f"{x:.{_EXACT_DIGITS - 1}E}".split("E")
+    return f"{mantissa.rstrip('0').rstrip('.')}E{exponent}"
+
+
+def _duration_text(td: dt.timedelta) -> str:
+    sign, td = ("-", -td) if td < dt.timedelta(0) else ("", td)
+    hours, rest = divmod(td.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    secs = f"{seconds}.{td.microseconds:06d}".rstrip("0") if td.microseconds else str(seconds)
+    return f"{sign}P{td.days}DT{hours}H{minutes}M{secs}S"
+
+
+def _column(values: Iterable[object]) -> pa.Array:
+    # cells are nearly all text, else numbers: test for those two before calling anything
+    texts = [v if (t := v.__class__) is str else _number_text(v) if t is float else cell_text(v)
+             for v in values]
+    joined = "".join(texts)
+    data = joined.encode()
+    if len(data) != len(joined):
+        return strings_of(texts)  # not ASCII: a value's bytes are not its characters
+    # ASCII (ids always are): the offsets are the characters' running count, three times
+    # faster than encoding each value
+    offsets = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)), out=offsets[1:])
+    if len(data) < 2**31:
+        kind, offsets = pa.string(), offsets.astype(np.int32)
+    else:
+        kind = pa.large_string()
+    return pa.Array.from_buffers(kind, len(texts), [None, pa.py_buffer(offsets),
+                                                    pa.py_buffer(data)])
+
+
+def _distinct(names: list[str]) -> list[str]:
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        unique, n = name, 1
+        while unique in taken:
+            n += 1
+            unique = f"{name} ({n})"
+        taken.add(unique)
+        out.append(unique)
+    return out
+
+
+#: an error cell (t="e", not self-closing) and what it holds; any namespace prefix
+_ERROR_CELL = re.compile(
+    rb"<(?:\w+:)?c\s(?=[^>]*\bt=[\"']e[\"'])([^>]*?)(?<!/)>(.*?)</(?:\w+:)?c>", re.S)
+_CELL_REF = re.compile(rb"\br=[\"']([A-Z]{1,3})([0-9]{1,7})[\"']")
+_CELL_VALUE = re.compile(rb"<(?:\w+:)?v>([^<]*)</")
+_CHUNK = 1 << 22
+_OVERLAP = 1 << 16  # longer than any cell: a formula is at most 8,192 characters
+
+
+def _error_cells(path: Path) -> dict[tuple[int, int], str]:
+    """(0-based row, column) → text of the first sheet's error cells (``#N/A``, ``#REF!``…),
+    which calamine reads as empty (python-calamine issue #105): a VLOOKUP that found nothing
+    must show as ``#N/A``, not as a missing id. The sheet's XML is streamed; only chunks that
+    hold an error cell are parsed. Best effort: {} when the sheet's part cannot be found."""
+    found: dict[tuple[int, int], str] = {}
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(_first_sheet_part(zf)) as fh:
+            tail = b""
+            while chunk := fh.read(_CHUNK):
+                data = tail + chunk
+                if b't="e"' in data or b"t='e'" in data:  # memchr-fast, unlike a regex
+                    found.update(_parse_errors(data))
+                tail = data[-_OVERLAP:]  # a cell cut by the chunk's end is whole in the next
+    except Exception:  # calamine read the sheet: without the part, errors stay empty
+        return {}
+    return found
+
+
+def _parse_errors(data: bytes) -> dict[tuple[int, int], str]:
+    found = {}
+    for cell in _ERROR_CELL.finditer(data):
+        ref, value = _CELL_REF.search(cell[1]), _CELL_VALUE.search(cell[2])
+        if ref and value:
+            col = 0
+            for letter in ref[1]:
+                col = col * 26 + letter - 64
+            found[int(ref[2]) - 1, col - 1] = value[1].decode("utf-8", "replace")
+    return found
+
+
+def _first_sheet_part(zf: zipfile.ZipFile) -> str:
+    """The zip path of the workbook's first sheet: the first ``<sheet>`` of xl/workbook.xml,
+    through its relationship id in xl/_rels/workbook.xml.rels."""
+    sheet = next(ElementTree.fromstring(zf.read("xl/workbook.xml")).iterfind(".//{*}sheet"))
+    # r:id, in the transitional or the strict relationships namespace
+    rid = next(v for k, v in sheet.attrib.items() if k.endswith("}id"))
+    rels = ElementTree.fromstring(zf.read("xl/_rels/workbook.xml.rels"))
+    target = next(r.get("Target") for r in rels.iterfind("{*}Relationship") if r.get("Id") == rid)
+    return target[1:] if target.startswith("/") else posixpath.normpath(f"xl/{target}")

@@ -1,0 +1,263 @@
+"""The first sheet of an .xlsx as text: ids exactly, rounded numbers as Excel shows them, rows in
+place, and every unusable workbook refused in one line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import io
+import re
+import zipfile
+from pathlib import Path
+
+import openpyxl
+import pytest
+
+from batcher.errors import InputError
+from batcher.inputs import xlsx
+from batcher.inputs.xlsx import cell_text, read_xlsx
+
+CORPUS = Path(__file__).parent / "corpus"
+SCIENTIFIC = re.compile(r"^[+-]?[0-9]+(\.[0-9]*)?[eE][+-]?[0-9]+$")  # the id rules' pattern
+SHEET = "xl/worksheets/sheet1.xml"
+
+
+def _workbook(path: Path, rows: list[list], header: list | None = None) -> Path:
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(header or ["Record Id", "Cadence Id"])
+    for row in rows:
+        ws.append(row)
+    wb.save(path)
+    return path
+
+
+def _rewrite(path: Path, old: str, new: str) -> None:
+    """Replace text in the sheet's XML, for cells openpyxl does not write (full-precision
+    numbers, formulas with cached values)."""
+    with zipfile.ZipFile(path) as zf:
+        parts = {i.filename: zf.read(i) for i in zf.infolist()}
+    assert old.encode() in parts[SHEET]
+    parts[SHEET] = parts[SHEET].replace(old.encode(), new.encode())
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, body in parts.items():
+            zf.writestr(name, body)
+
+
+def _column(path: Path, name: str = "Record Id") -> list[str]:
+    return read_xlsx(path).table[name].to_pylist()
+
+
+def _refusal(path: Path) -> str:
+    with pytest.raises(InputError) as info:
+        read_xlsx(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_text_ids_are_read_exactly(tmp_path):
+    ids = ["1990117000000120345", " 1990117000000120346 ", "zcrm_1990117000000120347",
+           "0001990117000000120", "1990117000000120345.0", "Leads-ü"]
+    path = _workbook(tmp_path / "ids.xlsx", [[i, "1990117000000099001"] for i in ids])
+    sheet = read_xlsx(path)
+    assert sheet.header == ["Record Id", "Cadence Id"]
+    assert sheet.table.column_names == sheet.header
+    assert sheet.table["Record Id"].to_pylist() == ids
+    assert sheet.table["Cadence Id"].to_pylist() == ["1990117000000099001"] * len(ids)
+
+
+def test_a_19_digit_number_is_excels_scientific_text_never_digits(tmp_path):
+    path = _workbook(tmp_path / "n.xlsx", [[1990117000000120345], [-1990117000000120345]])
+    assert _column(path) == ["1.99011700000012E+18", "-1.99011700000012E+18"]
+    assert all(SCIENTIFIC.match(v) for v in _column(path))
+
+
+def test_a_number_saved_with_all_its_digits_is_still_scientific(tmp_path):
+    path = _workbook(tmp_path / "n.xlsx", [[1.5]])
+    _rewrite(path, "<v>1.5</v>", "<v>1990117000000120345</v>")  # not from Excel, but possible
+    assert _column(path) == ["1.99011700000012E+18"]
+
+
+def test_numbers_of_at_most_15_digits_are_their_digits(tmp_path):
+    path = _workbook(tmp_path / "n.xlsx", [[123456789012345], [999999999999999], [12.0], [0],
+                                           [1234567890123456]])
+    assert _column(path) == ["123456789012345", "999999999999999", "12", "0",
+                             "1.23456789012346E+15"]
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    ("id", "id"), ("", ""), (True, "TRUE"), (False, "FALSE"),
+    (1990117000000120345, "1.99011700000012E+18"), (1.99011700000012e18, "1.99011700000012E+18"),
+    (1e15, "1E+15"), (-1e15, "-1E+15"), (1e300, "1E+300"), (999999999999999.0, "999999999999999"),
+    (999999999999999.5, "999999999999999.5"), (0.5, "0.5"), (-5.0, "-5"), (-0.0, "0"),
+    (1e-07, "1e-07"), (0.1 + 0.2, "0.30000000000000004"), (float("nan"), "nan"),
+    (dt.date(2024, 1, 31), "2024-01-31"), (dt.datetime(2024, 1, 31, 8, 30), "2024-01-31T08:30:00"),
+    (dt.time(8, 30, 5), "08:30:05"), (dt.timedelta(days=1, hours=2), "P1DT2H0M0S"),
+    (dt.timedelta(seconds=-90.5), "-P0DT0H1M30.5S"),
+])
+def test_cell_text_rules(value, text):
+    assert cell_text(value) == text
+
+
+def test_blank_rows_are_kept_in_place_and_trailing_ones_dropped(tmp_path):
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws["A1"], ws["B1"] = "Record Id", "Cadence Id"
+    ws["A2"] = "1990117000000120345"
+    ws["B4"] = "1990117000000099001"  # row 3 blank; row 4 has no record id
+    ws["A7"] = "1990117000000120346"
+    ws["A12"].number_format = "@"  # formatted, empty: no row of its own
+    wb.save(tmp_path / "gaps.xlsx")
+    table = read_xlsx(tmp_path / "gaps.xlsx").table
+    # row i of the table is sheet row i + 2
+    assert table["Record Id"].to_pylist() == ["1990117000000120345", "", "", "", "",
+                                              "1990117000000120346"]
+    assert table["Cadence Id"].to_pylist() == ["", "", "1990117000000099001", "", "", ""]
+
+
+def test_header_quirks(tmp_path):
+    header = ["Record Id", None, "Record Id", 2024, "  ", "Record Id (2)", "Record Id"]
+    path = _workbook(tmp_path / "h.xlsx", [list(range(7))], header)
+    sheet = read_xlsx(path)
+    assert sheet.header == ["Record Id", "column_2", "Record Id (2)", "2024", "column_5",
+                            "Record Id (2) (2)", "Record Id (3)"]
+    assert sheet.table.column_names == sheet.header
+    assert sheet.table.to_pylist() == [dict(zip(sheet.header, "0123456", strict=True))]
+
+
+def test_empty_header_cells_are_named_by_their_sheet_column(tmp_path):
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws["C1"], ws["E1"] = "Record Id", "Cadence Id"
+    ws["C2"], ws["D2"], ws["E2"] = "1990117000000120345", "x", "1990117000000099001"
+    wb.save(tmp_path / "cols.xlsx")
+    sheet = read_xlsx(tmp_path / "cols.xlsx")
+    assert sheet.header[-3:] == ["Record Id", "column_4", "Cadence Id"]
+    assert sheet.table["column_4"].to_pylist() == ["x"]
+
+
+def test_dates_booleans_and_errors(tmp_path):
+    path = _workbook(tmp_path / "kinds.xlsx", [
+        [dt.date(2024, 1, 31), dt.datetime(2024, 1, 31, 8, 30)],
+        [True, "#N/A"],
+        [0.5, "#DIV/0!"],
+    ])
+    sheet = read_xlsx(path)
+    assert sheet.table["Record Id"].to_pylist() == ["2024-01-31", "TRUE", "0.5"]
+    assert sheet.table["Cadence Id"].to_pylist() == ["2024-01-31T08:30:00", "#N/A", "#DIV/0!"]
+
+
+def test_a_formula_error_shows_its_cached_error_text(tmp_path):
+    path = _workbook(tmp_path / "f.xlsx", [["1990117000000120345", "lookup"]])
+    _rewrite(path, '<c r="B2" t="inlineStr"><is><t>lookup</t></is></c>',
+             '<c r="B2" s="0" t="e"><f>VLOOKUP(A2,Sheet2!A:B,2,FALSE)</f><v>#N/A</v></c>')
+    assert _column(path, "Cadence Id") == ["#N/A"]
+
+
+def test_error_cells_cut_by_a_chunk_end_are_found(tmp_path, monkeypatch):
+    path = _workbook(tmp_path / "e.xlsx", [["#N/A", "#REF!"] for _ in range(50)])
+    monkeypatch.setattr(xlsx, "_CHUNK", 37)
+    monkeypatch.setattr(xlsx, "_OVERLAP", 120)
+    sheet = read_xlsx(path)
+    assert sheet.table["Record Id"].to_pylist() == ["#N/A"] * 50
+    assert sheet.table["Cadence Id"].to_pylist() == ["#REF!"] * 50
+
+
+def test_only_the_first_sheet_is_read(tmp_path):
+    wb = openpyxl.Workbook()
+    wb.active.append(["Record Id"])
+    wb.active.append(["1990117000000120345"])
+    wb.create_sheet("Other").append(["#N/A", "x"])
+    wb.save(tmp_path / "two.xlsx")
+    assert read_xlsx(tmp_path / "two.xlsx").table.to_pylist() == [
+        {"Record Id": "1990117000000120345"}]
+
+
+def test_the_content_decides_not_the_name(tmp_path):
+    path = _workbook(tmp_path / "report.xls", [["1990117000000120345", "#N/A"]])
+    assert read_xlsx(path).table.to_pylist() == [
+        {"Record Id": "1990117000000120345", "Cadence Id": "#N/A"}]
+
+
+def test_a_header_only_sheet_has_no_rows(tmp_path):
+    table = read_xlsx(_workbook(tmp_path / "h.xlsx", [])).table
+    assert table.num_rows == 0 and table.column_names == ["Record Id", "Cadence Id"]
+
+
+def test_an_empty_first_sheet_is_refused(tmp_path):
+    wb = openpyxl.Workbook()
+    wb.create_sheet("List").append(["Record Id"])  # the list is on the second sheet
+    wb.save(tmp_path / "empty.xlsx")
+    message = _refusal(tmp_path / "empty.xlsx")
+    assert "the first sheet ('Sheet') is empty" in message
+    assert "put the list on the first sheet" in message
+
+
+def test_a_blank_row_1_is_refused(tmp_path):
+    wb = openpyxl.Workbook()
+    wb.active["A3"] = "Record Id"
+    wb.save(tmp_path / "low.xlsx")
+    assert "row 1 of the first sheet ('Sheet') is blank; put the column names on row 1" in (
+        _refusal(tmp_path / "low.xlsx"))
+
+
+def test_a_damaged_workbook_is_refused_in_one_line(tmp_path):
+    good = _workbook(tmp_path / "good.xlsx", [["1990117000000120345"]]).read_bytes()
+    cut = tmp_path / "cut.xlsx"
+    cut.write_bytes(good[: len(good) // 2])
+    assert "is not a readable .xlsx workbook" in _refusal(cut)
+    assert "save it again as .xlsx, or save it as CSV UTF-8" in _refusal(cut)
+    junk = tmp_path / "junk.xlsx"
+    junk.write_bytes(b"record_id\n1990117000000120345\n")
+    assert "is not a readable .xlsx workbook" in _refusal(junk)
+
+
+def test_a_workbook_without_a_worksheet_part_is_refused(tmp_path):
+    path = _workbook(tmp_path / "nosheet.xlsx", [["1990117000000120345"]])
+    with zipfile.ZipFile(path) as zf:
+        parts = {i.filename: zf.read(i) for i in zf.infolist() if i.filename != SHEET}
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, body in parts.items():
+            zf.writestr(name, body)
+    assert "is not a readable .xlsx workbook" in _refusal(path)
+
+
+def test_a_password_protected_workbook_is_named(tmp_path):
+    header = bytearray(512)
+    header[:8] = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+    header[30] = 9  # 512-byte sectors; the directory in sector 0, just after the header
+    entry = "EncryptedPackage".encode("utf-16-le")
+    path = tmp_path / "locked.xlsx"
+    path.write_bytes(bytes(header) + entry + bytes(512 - len(entry)))
+    assert "is a password-protected (encrypted) Office file" in _refusal(path)
+
+
+def test_a_missing_file_is_one_line(tmp_path):
+    assert "is not a readable .xlsx workbook" in _refusal(tmp_path / "absent.xlsx")
+
+
+def test_the_corpus_export():
+    path = CORPUS / "spreadsheet_export.xlsx"
+    sheet = read_xlsx(path)
+    assert sheet.header == ["Record Id", "Cadence Id", "Module", "Full Name", "Email",
+                            "Enrolled On"]
+    table = sheet.table
+    assert table["Record Id"].to_pylist() == [
+        "zcrm_1990117000000120345", "1990117000000120346", "", "1.99011700000012E+18",
+        " 1990117000000120348 ", "1990117000000120349", "199011700000012"]
+    assert table["Cadence Id"].to_pylist()[5] == "#N/A"
+    assert table["Full Name"].to_pylist()[0] == "Ana Pérez"
+    assert table["Enrolled On"].to_pylist()[:2] == ["2024-05-02T09:15:00", "2024-05-02T09:16:00"]
+
+
+def test_the_corpus_export_is_what_its_script_makes():
+    spec = importlib.util.spec_from_file_location("make_xlsx", CORPUS / "make_xlsx.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with zipfile.ZipFile(io.BytesIO(script.build())) as made, \
+            zipfile.ZipFile(CORPUS / "spreadsheet_export.xlsx") as committed:
+        assert committed.namelist() == made.namelist()
+        for name in made.namelist():  # compressed bytes may differ between zlib versions
+            assert committed.read(name) == made.read(name), name

@@ -139,7 +139,7 @@ def _cmd_run(args: argparse.Namespace, stopper: Stopper) -> int:
     # its results written, as it would a moment later
     from .job import run_from_args
 
-    return run_from_args(args, env=_env(args), stopper=stopper)
+    return run_from_args(args, env=_env(args), stopper=stopper, reading=input_options(args))
 
 
 def _cmd_cadences(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -77,20 +77,16 @@ class RunSettings:
     calm_seconds: float = 5.0
     #: how many times per job the pairs that failed retryably are sent again by a re-run
     max_retry_rounds: int = 3
-    #: how to read the input (see ``InputOptions``): ``--delimiter``, ``--*-column``, and for a
-    #: record list ``--cadence`` ids or ``--all-cadences``
-    delimiter: str | None = None
-    record_column: str | None = None
-    cadence_column: str | None = None
-    module_column: str | None = None
-    cadences: tuple[str, ...] = ()
-    all_cadences: bool = False
+    #: how to read the input (``InputOptions``: ``--delimiter``, ``--*-column``, and for a
+    #: record list ``--cadence`` ids or ``--all-cadences``); its module is ``module``'s
+    reading: InputOptions = field(default_factory=InputOptions)
 
     def input_options(self) -> InputOptions:
-        return InputOptions(
-            module=self.module, delimiter=self.delimiter, record_column=self.record_column,
-            cadence_column=self.cadence_column, module_column=self.module_column,
-            cadences=tuple(self.cadences), all_cadences=self.all_cadences)
+        return replace(self.reading, module=self.module)
+
+    @property
+    def all_cadences(self) -> bool:
+        return self.reading.all_cadences
 
     def journal_path(self) -> Path:
         if self.journal:
@@ -538,15 +534,15 @@ async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncC
     return None
 
 
-def run_from_args(args, env: Mapping[str, str], stopper: Stopper | None = None) -> int:
+def run_from_args(args, env: Mapping[str, str], stopper: Stopper | None = None,
+                  reading: InputOptions | None = None) -> int:
+    """``batcher run``: the parsed flags (``reading``: the input flags, as InputOptions)."""
+    reading = reading or InputOptions()
     settings = RunSettings(
         input=args.input, results=args.results, journal=args.journal, module=args.module,
         concurrency=args.concurrency, max_calls=args.max_calls, dry_run=args.dry_run,
         preflight=not args.no_preflight, quiet=args.quiet, api_domain=args.api_domain,
-        accounts_url=args.accounts_url, dc=args.dc, delimiter=args.delimiter,
-        record_column=args.record_column, cadence_column=args.cadence_column,
-        module_column=args.module_column, cadences=tuple(args.cadence),
-        all_cadences=args.all_cadences)
+        accounts_url=args.accounts_url, dc=args.dc, reading=reading)
     return run_job(settings, env, stopper=stopper).exit_code
 
 

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from batcher.inputs import InputOptions, read_input
-from batcher.job import RunSettings, run_job
+from batcher.job import run_job
 from batcher.sandbox.world import CUSTOM_VIEW, MANUAL, World
 
 from .conftest import read_results
-from .test_e2e import FAST_RETRY
+from .test_e2e import settings
 
 
 def write_list(path: Path, records: list[tuple[str, str]], extra: bool = True) -> Path:
@@ -28,11 +28,7 @@ def write_list(path: Path, records: list[tuple[str, str]], extra: bool = True) -
     return path
 
 
-def settings(tmp_path: Path, inp: Path, **kw) -> RunSettings:
-    kw.setdefault("retry", FAST_RETRY)
-    kw.setdefault("quiet", True)
-    kw.setdefault("timeout", 2.0)
-    return RunSettings(input=inp, results=tmp_path / "out.csv", **kw)
+EVERY = InputOptions(all_cadences=True)
 
 
 def records(module: str, n: int, base: int) -> list[tuple[str, str]]:
@@ -51,11 +47,11 @@ def test_given_cadences_are_left_by_every_listed_record_and_nothing_else(tmp_pat
         world.enroll(module, rec, other)  # ... and in one not asked for
     for module, rec in bystanders:
         world.enroll(module, rec, wanted[0])
-    before = set(world.enrolled_pairs()) if hasattr(world, "enrolled_pairs") else None
     live = serve(world)
     inp = write_list(tmp_path / "offboard.csv", listed)
 
-    result = run_job(settings(tmp_path, inp, cadences=tuple(wanted)), live.env)
+    chosen = InputOptions(cadences=tuple(wanted))
+    result = run_job(settings(tmp_path, inp, reading=chosen), live.env)
     assert result.aborted is None, result.aborted
 
     asked = {(m, r, c) for m, r in listed for c in wanted}
@@ -72,7 +68,6 @@ def test_given_cadences_are_left_by_every_listed_record_and_nothing_else(tmp_pat
     assert statuses[(listed[0][1], wanted[0])] == "unenrolled"
     assert statuses[(listed[1][1], wanted[0])] == "not_enrolled"
     assert result.exit_code == 0
-    del before
 
 
 def test_all_cadences_leaves_every_manual_cadence_of_the_records_module(tmp_path, serve):
@@ -89,14 +84,14 @@ def test_all_cadences_leaves_every_manual_cadence_of_the_records_module(tmp_path
     inp = write_list(tmp_path / "everything.csv", listed)
 
     err = io.StringIO()
-    dry = run_job(settings(tmp_path, inp, all_cadences=True, dry_run=True, quiet=False),
+    dry = run_job(settings(tmp_path, inp, reading=EVERY, dry_run=True, quiet=False),
                   live.env, stream=err)
     assert dry.exit_code == 0 and live.sandbox.calls == [], dry.aborted
     said = err.getvalue()
     assert "each Leads record leaves 6 cadence(s)" in said and not_manual not in said
     assert "each Contacts record leaves 2 cadence(s)" in said
 
-    result = run_job(settings(tmp_path, inp, all_cadences=True), live.env)
+    result = run_job(settings(tmp_path, inp, reading=EVERY), live.env)
 
     asked = {(m, r, c) for m, r in listed for c in (leads if m == "Leads" else contacts)}
     assert set(live.sandbox.named_pairs) <= asked

@@ -23,7 +23,8 @@ _CANONICAL_MODULES = {m.lower(): m for m in ("Leads", "Contacts", "Deals", "Vend
 _MODULE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
 
 
-_SCI_RE = r"^[+-]?[0-9]+(\.[0-9]*)?[eE][+-]?[0-9]+$"
+#: a number as a spreadsheet writes it (a decimal comma in European locales): 1.99012E+18
+_SCI_RE = r"^[+-]?[0-9]+([.,][0-9]*)?[eE][+-]?[0-9]+$"
 
 
 def canonical_module(name: str) -> str | None:
@@ -224,7 +225,7 @@ def id_reasons(col: pa.ChunkedArray, bad: np.ndarray, what: str
             reason = f"missing {what}"
         elif v.isascii() and v.isdigit() and v.startswith("0") and 15 <= len(v) <= 19:
             reason = f"bad {what}: {v!r} starts with 0, which a Zoho id never does"
-        elif re.match(_SCI_RE, v) or re.match(r"^[0-9]+\.[0-9]+$", v):
+        elif re.match(_SCI_RE, v) or re.match(r"^[0-9]+[.,][0-9]+$", v):
             code = ROUNDED_ID
             reason = (f"bad {what}: {v!r} is a number rounded by a spreadsheet (it keeps 15 "
                       f"significant digits); {EXPORT_AS_TEXT}")

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batcher.errors import InputError
-from batcher.inputs import InputOptions, formats, read_input
+from batcher.inputs import InputOptions, csvfile, read_input
 from batcher.inputs.dialect import Dialect, detect
 from batcher.inputs.formats import as_strings, open_source, raw_batches, scan_chunks
 
@@ -368,7 +368,7 @@ def no_exact_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(src):
         raise AssertionError(f"{src.path.name} went to the exact reader")
 
-    monkeypatch.setattr(formats, "_exact_source", refuse)
+    monkeypatch.setattr(csvfile, "_exact_source", refuse)
 
 
 @pytest.mark.usefixtures("no_exact_reader")

@@ -1,91 +1,28 @@
-"""Input files by kind (CSV, .xlsx, Parquet): opening, and reading the role columns as Arrow.
-
-A CSV is read by pyarrow while its rows are regular, which is nearly always, and fast; a file
-with a row of the wrong number of fields is read (from the first part pyarrow could not give
-whole) by the stdlib's reader instead, which takes any row and says which are ragged.
-"""
+"""Input files by kind (CSV, .xlsx, Parquet): opening, and reading the role columns as Arrow,
+in two passes that give every data record once, in file order."""
 
 from __future__ import annotations
 
-import csv
-import gzip
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from operator import itemgetter
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
-from ..arrays import arrow_of, numpy_of, strings_of
 from ..errors import InputError
 from .codes import both
 from .columns import require_columns
-from .dialect import Dialect, detect
-from .kinds import one_line, parquet_problem, parquet_text, sniff_kind
+from .csvfile import csv_raw_parts, csv_scan_parts, csv_source
+from .kinds import HEAD_BYTES, one_line, parquet_problem, parquet_text, sniff_kind
 from .options import InputOptions
-from .xlsx import read_xlsx
+from .source import Source, empty_values, table_parts
 
 _PARQUET_MAGIC = b"PAR1"
-
-
-
-
-_SNIFF_BYTES = 64 * 1024
-
-
-def _excerpt(exc: BaseException, limit: int = 200) -> str:
-    """Library error text, shortened and kept to one printable line (it may quote raw bytes)."""
-    return one_line(exc, limit)
-
-
 _BATCH_ROWS = 1 << 18  # rows a batch of the second pass holds: memory stays flat
-
-
 CHUNK_ROWS = 1 << 24  # rows the first pass reads at once, on Arrow's threads: ~0.5 GB at most
-
-
-_CSV_ROW_BYTES = 64  # a CSV of up to CHUNK_ROWS rows of this size is read whole
-
-
-_CSV_BLOCK = 1 << 23  # bytes per block of a whole read: enough for both threads, few chunks
-
-
-_BLOCK_CAP = 1 << 30  # a block must hold a whole record: blocks grow to this for long fields
-
-
-_TABLE_CHUNK = 1 << 16  # rows the exact reader holds as Python strings before making Arrow
-
-
-@dataclass(frozen=True)
-class Source:
-    """An input file that was opened far enough to know its kind and columns.
-
-    ``kind``: "csv", "parquet", or "table" for rows already read into memory (a CSV the exact
-    reader took): ``table`` holds the role columns as strings, ``ragged`` why each row is ragged
-    (null for a good row; None when none is) and ``blank`` which rows have only empty fields
-    (None when none has). A CSV's ``dialect`` says how to read it (its header is ``found``);
-    ``compression`` is "gzip" for a gzipped one.
-    """
-
-    path: Path
-    kind: str  # "csv", "parquet" or "table"
-    roles: dict[str, str]  # role → column name
-    found: tuple[str, ...]
-    dialect: Dialect = Dialect()
-    compression: str | None = None
-    table: pa.Table | None = field(default=None, repr=False, compare=False)
-    ragged: pa.Array | None = field(default=None, repr=False, compare=False)
-    blank: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    def stamp(self) -> tuple[int, int]:
-        st = self.path.stat()
-        return st.st_size, st.st_mtime_ns
 
 
 def _columns(src: Source, table: pa.Table) -> dict[str, pa.ChunkedArray]:
@@ -131,15 +68,10 @@ def scan_chunks(src: Source, chunk_rows: int) -> Iterator[dict[str, Any]]:
             if chunk:
                 yield _columns(src, _read_row_groups(src, encoded, chunk, wanted))
         return
-    dict_type = pa.dictionary(pa.int32(), pa.string())
-    types = {n: dict_type if n in encoded else pa.string() for n in wanted}
     if src.kind == "table":
-        yield from _table_parts(src, 0, chunk_rows)
+        yield from table_parts(src, 0, chunk_rows)
         return
-    # a gzip's size says little of its rows: it is read as a stream of blocks
-    whole = not src.compression and src.path.stat().st_size <= chunk_rows * _CSV_ROW_BYTES
-    block = _CSV_BLOCK if whole else min(1 << 26, chunk_rows * _CSV_ROW_BYTES)
-    yield from _csv_parts(src, types, block, whole, chunk_rows)
+    yield from csv_scan_parts(src, encoded, wanted, chunk_rows)
 
 
 def open_source(path: Path, options: InputOptions) -> Source:
@@ -149,7 +81,7 @@ def open_source(path: Path, options: InputOptions) -> Source:
         raise InputError(f"{path}: is a directory, not a CSV or Parquet file")
     try:
         with open(path, "rb") as fh:
-            head = fh.read(_SNIFF_BYTES)
+            head = fh.read(HEAD_BYTES)
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
     if not head.strip(b"\xef\xbb\xbf \t\r\n"):
@@ -159,16 +91,7 @@ def open_source(path: Path, options: InputOptions) -> Source:
         return _parquet_source(path, head, options)
     if kind == "xlsx":
         return _xlsx_source(path, options)
-    compression = None
-    if kind == "csv.gz":
-        compression, head = "gzip", _gunzipped_head(path)
-    if b"\x00" in head:
-        raise InputError(f"{path}: is not UTF-8 text (it contains NUL bytes: a binary file or "
-                         "UTF-16 text); save it as 'CSV UTF-8' or Parquet")
-    dialect = detect(head, options.delimiter)
-    header = list(dialect.header)
-    return Source(path, "csv", require_columns(path, header, options), tuple(header), dialect,
-                  compression)
+    return csv_source(path, head, kind, options)
 
 
 def _parquet_source(path: Path, head: bytes, options: InputOptions) -> Source:
@@ -187,35 +110,24 @@ def _parquet_source(path: Path, head: bytes, options: InputOptions) -> Source:
 
 def _xlsx_source(path: Path, options: InputOptions) -> Source:
     """The first sheet, read whole (a sheet holds at most 1,048,576 rows): a "table" Source."""
+    from .xlsx import read_xlsx  # only .xlsx inputs pay for loading it
+
     sheet = read_xlsx(path)
     roles = require_columns(path, sheet.header, options)
     blank = np.ones(sheet.table.num_rows, dtype=bool)
     for col in sheet.table.columns:
-        empty = _empty(col)
-        blank &= False if empty is None else empty
-    return Source(path, "table", roles, tuple(sheet.header),
-                  table=sheet.table.select(list(dict.fromkeys(roles.values()))),
+        found = empty_values(col)
+        blank &= False if found is None else found
+    # every column kept (the sheet is in memory anyway): the results carry the others
+    return Source(path, "table", roles, tuple(sheet.header), table=sheet.table,
                   blank=blank if blank.any() else None)
 
 
-def _gunzipped_head(path: Path) -> bytes:
-    """The first bytes a gzip inflates to; InputError unless they can be CSV text."""
-    try:
-        with gzip.open(path, "rb") as fh:
-            head = fh.read(_SNIFF_BYTES)
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-        raise InputError(f"{path}: a damaged or truncated gzip file ({_excerpt(exc)})") from None
-    if not head.strip(b"\xef\xbb\xbf \t\r\n"):
-        raise InputError(f"{path}: the file is empty (a gzip of nothing)")
-    if b"\x00" in head:  # Parquet, zip, another gzip, UTF-16…
-        raise InputError(f"{path}: a gzip of something that is not CSV text (binary data or "
-                         "UTF-16 text); decompress it and pass a CSV UTF-8 or Parquet file")
-    return head
 
 
 def _parquet_problem(path: Path, head: bytes, exc: BaseException) -> str:
     what = "truncated or damaged" if head.startswith(_PARQUET_MAGIC) else "not a Parquet file"
-    return f"{path}: {what} ({type(exc).__name__}: {_excerpt(exc)})"
+    return f"{path}: {what} ({type(exc).__name__}: {one_line(exc)})"
 
 
 @contextmanager
@@ -231,16 +143,6 @@ def _parquet_errors(src: Source) -> Iterator[None]:
         raise InputError(_parquet_problem(src.path, head, exc)) from None
 
 
-@contextmanager
-def _csv_errors(src: Source) -> Iterator[None]:
-    """Any failure of a CSV reader (pyarrow's, the stdlib's, gzip's) becomes one InputError."""
-    try:
-        yield
-    except (pa.ArrowException, OSError, EOFError, zlib.error, csv.Error, UnicodeError) as exc:
-        msg = _excerpt(exc, 300)
-        if isinstance(exc, UnicodeError) or "utf8" in str(exc).lower():
-            msg = "it is not UTF-8 text; save it as 'CSV UTF-8'"
-        raise InputError(f"{src.path}: cannot be read as CSV: {msg}") from None
 
 
 def raw_batches(src: Source) -> Iterator[dict[str, Any]]:
@@ -260,9 +162,9 @@ def raw_batches(src: Source) -> Iterator[dict[str, Any]]:
                 yield {role: as_strings(batch.column(name)) for role, name in src.roles.items()}
         return
     if src.kind == "table":
-        yield from _table_parts(src, 0, _BATCH_ROWS)
+        yield from table_parts(src, 0, _BATCH_ROWS)
         return
-    yield from _csv_parts(src, dict.fromkeys(wanted, pa.string()), 1 << 21, False, _BATCH_ROWS)
+    yield from csv_raw_parts(src, wanted, _BATCH_ROWS)
 
 
 def as_strings(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
@@ -272,260 +174,3 @@ def as_strings(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     return col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
 
 
-# --------------------------------------------------------------------------- CSV parts
-#
-# What both passes yield for a CSV, a part at a time: role → strings, and only when there is
-# something to say, "ragged" (why each row is ragged, null for good rows; a ragged row's role
-# values are "") and "blank" (numpy bool: every field of the row is empty or whitespace).
-
-
-class _NeedsExact(Exception):
-    """The rows from position ``at`` on need the exact reader."""
-
-    def __init__(self, at: int) -> None:
-        super().__init__(at)
-        self.at = at
-
-
-class _Irregular:
-    """pyarrow's ``invalid_row_handler``: notes that a row has the wrong number of fields and
-    stops the read (no Python runs for regular rows, so the fast path pays nothing)."""
-
-    def __init__(self) -> None:
-        self.seen = False
-
-    def __call__(self, row: Any) -> str:
-        self.seen = True
-        return "error"
-
-
-def _csv_parts(src: Source, types: dict[str, pa.DataType], block: int, whole: bool,
-               part_rows: int) -> Iterator[dict[str, Any]]:
-    """Every record of the CSV once, in file order: pyarrow's parts (the whole file at once
-    when ``whole``, else a part per block of ``block`` bytes) while the rows are regular, then
-    the exact reader's, ``part_rows`` at a time. Raises InputError when the file cannot be read."""
-    with _csv_errors(src):
-        try:
-            yield from _fast_parts(src, types, block, whole)
-        except _NeedsExact as need:
-            yield from _table_parts(_exact_source(src), need.at, part_rows)
-
-
-def _fast_parts(src: Source, types: dict[str, pa.DataType], block: int, whole: bool
-                ) -> Iterator[dict[str, Any]]:
-    """pyarrow's parts, with ``blank`` when a row's role fields are all empty. A read that fails
-    for a quoted line break or a record longer than a block starts again where it failed, quote
-    aware or with larger blocks. Raises _NeedsExact at the first part pyarrow cannot give whole
-    (an irregular row; other columns it cannot read to judge a blank row), ArrowInvalid for any
-    other failure."""
-    done, newlines = 0, src.dialect.newlines_in_values
-    blanks: list[tuple[int, np.ndarray]] = []  # the rest of the file's blank rows, once read
-    while True:
-        irregular = _Irregular()
-        try:
-            for part in _arrow_parts(src, types, block, newlines, whole, done, irregular):
-                if irregular.seen:
-                    raise _NeedsExact(done)
-                yield _with_blank(src, part, done, blanks)
-                done += part.num_rows
-            return
-        except pa.ArrowInvalid as exc:
-            if irregular.seen:
-                raise _NeedsExact(done) from None
-            again = _read_again(exc, block, newlines)
-            if again is None:
-                raise
-            block, newlines = again
-
-
-def _read_again(exc: pa.ArrowInvalid, block: int, newlines: bool) -> tuple[int, bool] | None:
-    """(block size, quote-aware record finding) to read again with after ``exc``, None when
-    neither helps. A restart is quote aware: only so are the rows it skips counted right."""
-    if "out of sync" in str(exc) and not newlines:  # a block ended inside a quoted line break
-        return block, True
-    if "straddl" in str(exc) and block < _BLOCK_CAP:  # a record longer than a block
-        return min(block * 16, _BLOCK_CAP), True
-    return None
-
-
-def _arrow_parts(src: Source, types: dict[str, pa.DataType], block: int, newlines: bool,
-                 whole: bool, start: int, irregular: _Irregular) -> Iterator[Any]:
-    """Tables (or record batches) of the ``types`` columns from data position ``start`` on."""
-    read = pacsv.ReadOptions(block_size=block, skip_rows=src.dialect.skip_rows,
-                             skip_rows_after_names=start)
-    convert = pacsv.ConvertOptions(column_types=types, include_columns=list(types),
-                                   strings_can_be_null=False, quoted_strings_can_be_null=False)
-    with pa.input_stream(src.path, compression=src.compression) as stream:
-        # an explicit stream: the content, not a ".gz" name, says whether to inflate
-        parse = _parse_options(src, newlines, irregular)
-        if whole:
-            yield pacsv.read_csv(stream, read_options=read, parse_options=parse,
-                                 convert_options=convert)
-        else:
-            yield from pacsv.open_csv(stream, read_options=read, parse_options=parse,
-                                      convert_options=convert)
-
-
-def _parse_options(src: Source, newlines: bool, irregular: _Irregular) -> pacsv.ParseOptions:
-    # pyarrow finds records faster when no value spans lines; empty lines are rows (blank ones)
-    return pacsv.ParseOptions(delimiter=src.dialect.delimiter, newlines_in_values=newlines,
-                              ignore_empty_lines=False, invalid_row_handler=irregular)
-
-
-def _with_blank(src: Source, part: Any, at: int, blanks: list[tuple[int, np.ndarray]]
-                ) -> dict[str, Any]:
-    """The role columns of a part at data position ``at``, with ``blank`` when some row is.
-
-    Only a row whose role fields are all empty may be blank; when the file has other columns,
-    they are read (once, from that row to the end: ``blanks``) to decide. Raises _NeedsExact
-    when pyarrow cannot read them."""
-    cols = {role: part.column(name) for role, name in src.roles.items()}
-    empty = _empty_roles(part, list(dict.fromkeys(src.roles.values())))
-    if empty is None:
-        return cols
-    others = [i for i, name in enumerate(src.found) if name not in src.roles.values()]
-    if others:
-        rows = np.flatnonzero(empty)
-        if not blanks:
-            flags = _blank_rows(src, at + int(rows[0]), others)
-            if flags is None:
-                raise _NeedsExact(at)
-            blanks.append((at + int(rows[0]), flags))
-        first, flags = blanks[0]
-        rows_there = rows + (at - first)  # every candidate lies at or after the first one
-        if rows_there[-1] >= len(flags):  # the file changed under us: let the exact reader see
-            raise _NeedsExact(at)
-        empty[rows] = flags[rows_there]
-    if empty.any():
-        cols["blank"] = empty
-    return cols
-
-
-def _empty_roles(part: Any, names: list[str]) -> np.ndarray | None:
-    """Rows whose ``names`` fields are all empty or whitespace, None when none is. Dictionary
-    columns go first (their few values are judged once), the others on those rows only."""
-    names = sorted(names, key=lambda n: not pa.types.is_dictionary(part.schema.field(n).type))
-    empty = _empty(part.column(names[0]))
-    for name in names[1:]:
-        if empty is None:
-            return None
-        rows = np.flatnonzero(empty)
-        found = _empty(part.column(name).take(arrow_of(rows)))
-        empty[rows] = False if found is None else found
-    return empty if empty is not None and empty.any() else None
-
-
-def _empty(col: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
-    """Which values are empty or whitespace only; None when none is."""
-    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
-    masks = [_empty_chunk(c) for c in chunks]
-    if all(m is None for m in masks):
-        return None
-    return np.concatenate([np.zeros(len(c), dtype=bool) if m is None else m
-                           for c, m in zip(chunks, masks, strict=True)])
-
-
-def _empty_chunk(arr: pa.Array) -> np.ndarray | None:
-    if pa.types.is_dictionary(arr.type):  # judged on its distinct values
-        values = _empty_chunk(arr.dictionary)
-        return None if values is None else values[numpy_of(arr.indices)]
-    # utf8_is_space is false for "": two kernels and two reductions, no string copied
-    space, length = pc.utf8_is_space(arr), pc.binary_length(arr)
-    if not pc.any(space).as_py() and (pc.min(length).as_py() or 0) > 0:
-        return None
-    return numpy_of(space) | (numpy_of(length) == 0)
-
-
-def _blank_rows(src: Source, start: int, others: list[int]) -> np.ndarray | None:
-    """Whether each row from data position ``start`` on has its ``others`` fields (indexes
-    into the header) all empty or whitespace; None when pyarrow cannot read them all."""
-    read = pacsv.ReadOptions(block_size=_CSV_BLOCK, skip_rows=src.dialect.skip_rows,
-                             autogenerate_column_names=True, skip_rows_after_names=start + 1)
-    names = [f"f{i}" for i in others]  # the header is data here: duplicate names do no harm
-    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
-                                   include_columns=names, strings_can_be_null=False,
-                                   quoted_strings_can_be_null=False)
-    flags = []
-    try:
-        with pa.input_stream(src.path, compression=src.compression) as stream:
-            for batch in pacsv.open_csv(stream, read_options=read, convert_options=convert,
-                                        parse_options=_parse_options(src, True, _Irregular())):
-                blank = np.ones(batch.num_rows, dtype=bool)
-                for col in batch.columns:
-                    found = _empty(col)
-                    blank &= False if found is None else found
-                flags.append(blank)
-    except pa.ArrowException:  # a ragged row, a field longer than a block, bad UTF-8…
-        return None
-    return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
-
-
-def _exact_source(src: Source) -> Source:
-    """The CSV read whole by the stdlib's reader, which takes rows of any length: a "table"
-    Source of the role columns, ragged rows (role values "") and blank rows."""
-    at = [src.found.index(name) for name in src.roles.values()]
-    pick = itemgetter(*at) if len(at) > 1 else lambda fields: (fields[at[0]],)
-    width = len(src.found)
-    unread = ("",) * len(at)  # the role values of a ragged row
-    rows: list[tuple[str, ...]] = []
-    chunks: list[list[pa.Array]] = [[] for _ in at]
-    blank: list[int] = []
-    ragged: dict[int, str] = {}
-    with _exact_records(src) as records:
-        for pos, fields in enumerate(records):
-            row = pick(fields) if len(fields) == width else unread
-            # whitespace joined is whitespace: one strip judges a row, the whole row only
-            # when its role fields say nothing
-            if not "".join(row).strip() and not "".join(fields).strip():
-                blank.append(pos)
-            elif row is unread:
-                ragged[pos] = f"line {pos + 2} has {len(fields)} fields, the header has {width}"
-            rows.append(row)
-            if len(rows) == _TABLE_CHUNK:
-                _flush(rows, chunks)
-    _flush(rows, chunks)
-    table = pa.table({name: pa.chunked_array(c, pa.string())
-                      for name, c in zip(src.roles.values(), chunks, strict=True)})
-    flags = np.zeros(table.num_rows, dtype=bool)
-    flags[blank] = True
-    why = (strings_of([ragged.get(i) for i in range(table.num_rows)]) if ragged else None)
-    return replace(src, kind="table", table=table, ragged=why,
-                   blank=flags if blank else None)
-
-
-def _flush(rows: list[tuple[str, ...]], chunks: list[list[pa.Array]]) -> None:
-    """Rows of role values → one Arrow chunk per role column."""
-    if rows:
-        for out, values in zip(chunks, zip(*rows, strict=True), strict=True):
-            out.append(strings_of(values))
-        rows.clear()
-
-
-@contextmanager
-def _exact_records(src: Source) -> Iterator[Iterator[list[str]]]:
-    """The data records of the CSV, each a list of fields, by the stdlib's reader."""
-    csv.field_size_limit(max(csv.field_size_limit(), _BLOCK_CAP))  # default: 128 KiB a field
-    # bytes that are not UTF-8 pass as surrogates: harmless in ignored columns, refused when
-    # a role value holding one is made Arrow
-    opener: Callable[..., TextIO] = gzip.open if src.compression else open
-    with opener(src.path, "rt", encoding="utf-8-sig", errors="surrogateescape",
-                newline="") as fh:
-        records = csv.reader(fh, delimiter=src.dialect.delimiter, quotechar='"',
-                             doublequote=True, strict=False)
-        for _ in range(src.dialect.skip_rows + 1):  # the sep= line, empty lines, the header
-            next(records, None)
-        yield records
-
-
-def _table_parts(src: Source, start: int, part_rows: int) -> Iterator[dict[str, Any]]:
-    """A "table" Source's rows from position ``start`` on, ``part_rows`` at a time."""
-    n = src.table.num_rows
-    for lo in range(start, n, part_rows):
-        k = min(part_rows, n - lo)
-        part: dict[str, Any] = {role: src.table[name].slice(lo, k).combine_chunks()
-                                for role, name in src.roles.items()}
-        if src.ragged is not None and src.ragged[lo:lo + k].null_count < k:
-            part["ragged"] = src.ragged[lo:lo + k]
-        if src.blank is not None and src.blank[lo:lo + k].any():
-            part["blank"] = src.blank[lo:lo + k]
-        yield part

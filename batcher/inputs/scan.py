@@ -27,7 +27,7 @@ from .codes import (
     masks_and_repeats,
     take,
 )
-from .formats import CHUNK_ROWS, Source, as_strings, open_source, raw_batches, scan_chunks
+from .formats import CHUNK_ROWS, as_strings, open_source, raw_batches, scan_chunks
 from .ids import (
     all_of,
     canonical_module,
@@ -42,6 +42,7 @@ from .ids import (
 from .options import InputOptions
 from .records import RecordList, expanded
 from .rounding import EXPORT_AS_TEXT, ROUNDED_ID, among, rounded_ids
+from .source import Source
 
 VALID, INVALID, DUPLICATE = "valid", "invalid", "duplicate"
 

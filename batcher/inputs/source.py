@@ -1,0 +1,80 @@
+"""An opened input: its kind, columns and, for rows read into memory, the rows themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..arrays import numpy_of
+from .dialect import Dialect
+
+
+@dataclass(frozen=True)
+class Source:
+    """An input file that was opened far enough to know its kind and columns.
+
+    ``kind``: "csv", "parquet", or "table" for rows already read into memory (an .xlsx sheet,
+    or a CSV the exact reader took): ``table`` holds the role columns as strings, ``ragged``
+    why each row is ragged (null for a good row; None when none is) and ``blank`` which rows
+    have only empty fields (None when none has). A CSV's ``dialect`` says how to read it (its
+    header is ``found``); ``compression`` is "gzip" for a gzipped one.
+    """
+
+    path: Path
+    kind: str  # "csv", "parquet" or "table"
+    roles: dict[str, str]  # role → column name
+    found: tuple[str, ...]
+    dialect: Dialect = Dialect()
+    compression: str | None = None
+    table: pa.Table | None = field(default=None, repr=False, compare=False)
+    ragged: pa.Array | None = field(default=None, repr=False, compare=False)
+    blank: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def stamp(self) -> tuple[int, int]:
+        st = self.path.stat()
+        return st.st_size, st.st_mtime_ns
+
+
+
+def empty_values(col: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """Which values are empty or whitespace only; None when none is."""
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    masks = [_empty_chunk(c) for c in chunks]
+    if all(m is None for m in masks):
+        return None
+    return np.concatenate([np.zeros(len(c), dtype=bool) if m is None else m
+                           for c, m in zip(chunks, masks, strict=True)])
+
+
+
+def _empty_chunk(arr: pa.Array) -> np.ndarray | None:
+    if pa.types.is_dictionary(arr.type):  # judged on its distinct values
+        values = _empty_chunk(arr.dictionary)
+        return None if values is None else values[numpy_of(arr.indices)]
+    # utf8_is_space is false for "": two kernels and two reductions, no string copied
+    space, length = pc.utf8_is_space(arr), pc.binary_length(arr)
+    if not pc.any(space).as_py() and (pc.min(length).as_py() or 0) > 0:
+        return None
+    return numpy_of(space) | (numpy_of(length) == 0)
+
+
+
+def table_parts(src: Source, start: int, part_rows: int) -> Iterator[dict[str, Any]]:
+    """A "table" Source's rows from position ``start`` on, ``part_rows`` at a time."""
+    n = src.table.num_rows
+    for lo in range(start, n, part_rows):
+        k = min(part_rows, n - lo)
+        part: dict[str, Any] = {role: src.table[name].slice(lo, k).combine_chunks()
+                                for role, name in src.roles.items()}
+        if src.ragged is not None and src.ragged[lo:lo + k].null_count < k:
+            part["ragged"] = src.ragged[lo:lo + k]
+        if src.blank is not None and src.blank[lo:lo + k].any():
+            part["blank"] = src.blank[lo:lo + k]
+        yield part
+

@@ -1,0 +1,60 @@
+"""The input's own columns, read again for the results: one row per results row, in order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batcher.inputs import InputOptions, RecordList, read_input
+from batcher.inputs.carry import carried_columns
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def carried(path: Path, options: InputOptions = InputOptions(), records=None) -> list[dict]:
+    found = carried_columns(path, options, records)
+    assert found is not None
+    return pa.concat_tables(list(found.tables())).to_pylist()
+
+
+def test_a_spreadsheet_csv_carries_its_columns_row_for_row():
+    path = ROOT / "sample_data" / "spreadsheet_made.csv"
+    rows = read_input(path).table.to_pylist()
+    got = carried(path)
+    assert len(got) == len(rows)  # blank rows left out on both sides
+    assert got[0] == {"Name": "Ana Müller", "Notes": "Said: see you; 'maybe'; bye"}
+    assert got[2]["Notes"] == "Two lines:\nfollow-up cancelled"
+    assert got[4] == {"Name": "", "Notes": ""}  # the ragged row: nothing to carry
+
+
+def test_an_xlsx_carries_its_columns_and_skips_its_blank_row():
+    path = ROOT / "tests" / "corpus" / "spreadsheet_export.xlsx"
+    rows = read_input(path).table.to_pylist()
+    got = carried(path)
+    assert len(got) == len(rows)
+    assert got[0]["Email"] == "ana@example.com"
+
+
+def test_a_record_list_repeats_its_columns_per_cadence(tmp_path: Path):
+    path = tmp_path / "list.csv"
+    path.write_text("record_id,module,Email\n1990117000000120345,Leads,a@x.example\n"
+                    ",,\n1990117000000120346,Leads,b@x.example\n")
+    cads = ("5540230000040000001", "5540230000040000002")
+    options = InputOptions(cadences=cads)
+    rows = read_input(path, options).table.to_pylist()
+    got = carried(path, options, RecordList.given(cads))
+    assert [g["Email"] for g in got] == ["a@x.example"] * 2 + ["b@x.example"] * 2
+    assert len(got) == len(rows)
+
+
+def test_parquet_columns_of_any_type_become_text_and_none_means_none(tmp_path: Path):
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"record_id": ["1990117000000120345"],
+                             "cadence_id": ["5540230000040000001"], "module": ["Leads"],
+                             "score": [7], "tags": [["a", "b"]]}), path)
+    assert carried(path) == [{"score": "7", "tags": "['a', 'b']"}]
+    bare = tmp_path / "bare.csv"
+    bare.write_text("record_id,cadence_id,module\n1990117000000120345,5540230000040000001,Leads\n")
+    assert carried_columns(bare, InputOptions()) is None

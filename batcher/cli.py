@@ -30,10 +30,37 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"batcher: error: {message}\n")
 
 
+_EXIT_CODES = """exit codes:
+  0  every row ended unenrolled, not_enrolled, scheduled or duplicate
+  1  the job finished but some rows are failed or invalid
+  2  usage or input error: nothing was sent
+  3  aborted (credentials, permission, --max-calls, a signal, Zoho down): re-run to resume"""
+
+_EXAMPLES = {
+    "run": "example:\n  batcher run leavers.csv --results out/{date}.csv\n"
+           "  batcher run leavers.xlsx --results out.csv --cadence 5540230000040000001",
+    "plan": "example:\n  batcher plan leavers.csv --json",
+    "cadences": "example:\n  batcher cadences --module Leads",
+    "report": "example:\n  batcher report --journal out.journal --results out.csv",
+    "sandbox": "example:\n  batcher sandbox --from leavers.csv --faults flaky",
+}
+_SANDBOX_EXIT = "exit codes:\n  0  stopped by Ctrl-C or SIGTERM\n  2  bad input, profile or port"
+
+
+def _epilog(command: str) -> str:
+    return f"{_EXAMPLES[command]}\n\n{_SANDBOX_EXIT if command == 'sandbox' else _EXIT_CODES}"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="batcher", description="Un-enroll Zoho CRM records from cadences in bulk.")
+    p = _Parser(prog="batcher", description="Un-enroll Zoho CRM records from cadences in bulk.",
+                epilog=f"{_EXIT_CODES}\n\n'batcher COMMAND --help' shows each command's flags "
+                       "and an example.", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"batcher {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, epilog=_epilog(name),
+                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
 
     def where(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", help="TOML file naming the data centre and the environment "
@@ -56,11 +83,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="INPUT is a list of records (no cadence column): un-enroll each "
                              "from this cadence (repeat the flag for several)")
 
-    run = sub.add_parser("run", help="un-enroll every (record, cadence) pair of INPUT")
-    run.add_argument("input")
+    run = command("run", help="un-enroll every (record, cadence) pair of INPUT",
+                  description="Un-enroll every (record, cadence) pair of INPUT, resumably: the "
+                              "same command continues an interrupted job.")
+    run.add_argument("input", help="CSV (.csv, .csv.gz), Excel .xlsx or Parquet list of "
+                                   "record ids, cadence ids and modules")
     run.add_argument("--results", required=True,
-                     help="results file (.csv or .parquet); a dry run never replaces a real "
-                          "job's results")
+                     help="results file (.csv, .xlsx or .parquet); {date} becomes today's UTC "
+                          "date; a dry run never replaces a real job's results")
     run.add_argument("--journal", help="job journal (default: <results stem>.journal)")
     reading(run, "module for rows without a module column")
     run.add_argument("--all-cadences", action="store_true",
@@ -74,29 +104,44 @@ def _parser() -> argparse.ArgumentParser:
                           "command continues)")
     run.add_argument("--dry-run", action="store_true", help="plan and preflight only")
     run.add_argument("--no-preflight", action="store_true", help="skip reading the org's cadences")
-    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress output (why a job aborted is still said)")
+    run.add_argument("--json", action="store_true",
+                     help="print the summary as one JSON object on stdout at the end")
     where(run)
 
-    plan = sub.add_parser("plan", help="validate INPUT and show the calls a run would make")
-    plan.add_argument("input")
+    plan = command("plan", help="validate INPUT and show the calls a run would make",
+                   description="Read INPUT, report its invalid and duplicate rows, and plan "
+                               "the calls a run would make; sends nothing (exit 1: invalid "
+                               "rows, 2: nothing usable).")
+    plan.add_argument("input", help="CSV, .xlsx or Parquet input, as for run")
     reading(plan, "module for rows without a module column")
     plan.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
-    cad = sub.add_parser("cadences", help="list the org's cadences")
-    cad.add_argument("--module", help="only cadences of this module")
-    cad.add_argument("--json", action="store_true")
+    cad = command("cadences", help="list the org's cadences",
+                  description="List the org's cadences: id, module, type, state, name.")
+    cad.add_argument("--module", help="only cadences of this module (exit 2 naming the "
+                                      "modules that have cadences when none is in it)")
+    cad.add_argument("--json", action="store_true", help="one JSON array on stdout")
     where(cad)
 
-    rep = sub.add_parser("report", help="write the results of a job from its journal")
-    rep.add_argument("--journal", required=True)
-    rep.add_argument("--results", required=True)
+    rep = command("report", help="write the results of a job from its journal",
+                  description="Write a job's results, retry file and summary from its journal "
+                              "(e.g. after a disk problem); the exit code follows run's rules "
+                              "for the job it describes.")
+    rep.add_argument("--journal", required=True, help="the job's journal file")
+    rep.add_argument("--results", required=True, help="results file to write (.csv, .xlsx or "
+                                                      ".parquet)")
 
-    sb = sub.add_parser("sandbox", help="serve a local Zoho-shaped sandbox for rehearsals")
-    sb.add_argument("--port", type=int, default=8765)
+    sb = command("sandbox", help="serve a local Zoho-shaped sandbox for rehearsals",
+                 description="Serve a Zoho-shaped API and accounts server on loopback, with "
+                             "the records of --from enrolled, to rehearse a job.")
+    sb.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
     sb.add_argument("--from", dest="from_input", help="enroll every valid pair of this input")
     sb.add_argument("--faults", default="none",
                     help="none, flaky, throttled, lossy, slow, short_tokens, mix")
-    sb.add_argument("--seed", type=int, default=0)
+    sb.add_argument("--seed", type=int, default=0,
+                    help="seed of the generated world (without --from) and of the fault dice")
     reading(sb, "module for --from rows without a module column")
     sb.add_argument("--echo-auth", action="store_true",
                     help="echo the request's Authorization header (and, on the token endpoint, "

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -182,7 +183,16 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
                          "await batcher.job.run_job_async(...) instead")
     stopper = stopper or Stopper()
     with signals_to(stopper):
-        return _run_job(settings, env, transports, stream or sys.stderr, stopper)
+        return _run_job(dated(settings), env, transports, stream or sys.stderr, stopper)
+
+
+def dated(settings: RunSettings, now: datetime | None = None) -> RunSettings:
+    """``{date}`` in the results (and journal) path → today's UTC date, YYYY-MM-DD: a nightly
+    job writes a file per night, and its journal follows its results."""
+    day = (now or datetime.now(UTC)).strftime("%Y-%m-%d")
+    return replace(settings, results=str(settings.results).replace("{date}", day),
+                   journal=None if settings.journal is None
+                   else str(settings.journal).replace("{date}", day))
 
 
 async def run_job_async(settings: RunSettings, env: Mapping[str, str], *,
@@ -543,7 +553,11 @@ def run_from_args(args, env: Mapping[str, str], stopper: Stopper | None = None,
         concurrency=args.concurrency, max_calls=args.max_calls, dry_run=args.dry_run,
         preflight=not args.no_preflight, quiet=args.quiet, api_domain=args.api_domain,
         accounts_url=args.accounts_url, dc=args.dc, reading=reading)
-    return run_job(settings, env, stopper=stopper).exit_code
+    result = run_job(settings, env, stopper=stopper)
+    if getattr(args, "json", False):  # for a scheduler: one object on stdout, the rest on stderr
+        print(json.dumps({**result.summary.to_dict(), "exit_code": result.exit_code,
+                          "aborted": result.aborted}))
+    return result.exit_code
 
 
 def report_from_journal(journal_path: str, results: str, stream: TextIO | None = None) -> int:
@@ -589,6 +603,10 @@ def list_cadences(args, env: Mapping[str, str], *, transports: Transports = Tran
 
     cadences = asyncio.run(fetch())
     if args.module:
+        modules = sorted({c.module for c in cadences if c.module})
+        if args.module.lower() not in {m.lower() for m in modules}:  # a typo is not "0 cadences"
+            raise UsageError(f"--module {args.module!r}: no cadence of this org is in that "
+                             f"module; modules with cadences: {', '.join(modules) or 'none'}")
         cadences = [c for c in cadences if c.module.lower() == args.module.lower()]
     if args.json:
         print(json.dumps([asdict(c) for c in cadences]), file=stream)

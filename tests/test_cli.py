@@ -202,8 +202,46 @@ def test_cadences_lists_the_org_cadences(tmp_path, serve, capsys, monkeypatch):
     listed = json.loads(capsys.readouterr().out)
     assert {c["id"] for c in listed} == set(world.cadences)
     assert all(c["type"] == "manual_enrollment" for c in listed)
-    assert main(["cadences", "--module", "Contacts"]) == 0
-    assert capsys.readouterr().out.strip().endswith("0 cadences")
+    assert main(["cadences", "--module", "leads"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"{len(world.cadences)} cadences")
+    # a typo (or a module without cadences) is not "0 cadences": exit 2 naming the modules
+    assert main(["cadences", "--module", "Lead"]) == 2
+    err = capsys.readouterr().err
+    assert "'Lead'" in err and "modules with cadences: Leads" in err
+
+
+def _subcommands() -> dict:
+    from batcher.cli import _parser
+
+    parser = _parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("name", sorted(_subcommands()))
+def test_every_command_and_flag_has_help_an_example_and_the_exit_codes(name):
+    sp = _subcommands()[name]
+    helps = {a.dest: a.help for a in sp._actions if a.dest != "help"}
+    assert [d for d, h in helps.items() if not h] == [], f"{name}: flags without help"
+    text = sp.format_help()
+    assert "example:" in text and f"batcher {name}" in text.split("example:")[1]
+    assert "exit codes:" in text
+
+
+def test_run_json_prints_the_summary_on_stdout_and_results_take_the_date(tmp_path, serve):
+    rows = make_rows(20, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    out = subprocess.run([sys.executable, "-m", "batcher", "run", str(inp), "--results",
+                          str(tmp_path / "nightly-{date}.csv"), "--json"],
+                         capture_output=True, text=True, env={**os.environ, **live.env},
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)  # the only thing on stdout
+    assert summary["by_status"] == {"unenrolled": len(rows)} and summary["exit_code"] == 0
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert summary["results_path"] == str(tmp_path / f"nightly-{today}.csv")
+    assert (tmp_path / f"nightly-{today}.journal").exists()  # the journal follows the results
 
 
 def test_config_file_names_the_variables_that_hold_the_credentials(tmp_path, serve, monkeypatch):

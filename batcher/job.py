@@ -489,6 +489,8 @@ async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
             say(f"warning: preflight skipped: {exc}")
             return [], None
     keys = scan.cadence_keys()  # (module, cadence id) of each cadence code
+    asked = {c for _, c in keys}
+    journal.set_meta("cadence_names", {c.id: c.name for c in cadences if c.id in asked and c.name})
     found = preflight(keys, cadences)
     if not found:
         return [], None
@@ -513,6 +515,9 @@ def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]
                        batch_ids=lambda k0, k1: plan.batch_ids(pair_batch[k0:k1]))
     journal.load(rows, plan.iter_batches())
     journal.set_meta("blank", scan.blank)
+    # what `batcher report` needs to read the input again for its own columns
+    journal.set_meta("input", {"path": str(Path(scan.path).resolve()),
+                               "options": asdict(scan.options)})
     journal.set_meta("planned_batches", plan.n_batches)
     journal.set_meta("lower_bound", plan.lower_bound)
 

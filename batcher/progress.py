@@ -1,14 +1,18 @@
-"""Progress for people: a live line on a terminal, a plain line every few seconds in cron logs."""
+"""Progress for people: a rich progress bar on a terminal, a plain line every few seconds in
+cron logs (no control characters there)."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 
 class Progress:
+    """``update(counters)`` as the executor goes (calls, batches, pairs done, 429s, retries);
+    ``close(counters)`` once at the end. ``enabled=False`` prints nothing."""
+
     def __init__(self, total_pairs: int, total_batches: int, *, stream: TextIO = sys.stderr,
                  interval: float | None = None, enabled: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -21,6 +25,7 @@ class Progress:
         self._last = 0.0
         self.total_pairs = total_pairs
         self.total_batches = total_batches
+        self._bar: Any = None  # rich's, made at the first update on a terminal
 
     def update(self, counters, *, force: bool = False) -> None:
         if not self._enabled:
@@ -29,28 +34,41 @@ class Progress:
         if not force and now - self._last < self._interval:
             return
         self._last = now
-        line = self.line(counters, now - self._start)
         if self._tty:
-            self._stream.write("\r" + line.ljust(100)[:120])
+            self._draw(counters, now - self._start)
         else:
-            self._stream.write(line + "\n")
-        self._stream.flush()
+            self._stream.write(self.line(counters, now - self._start) + "\n")
+            self._stream.flush()
 
-    def line(self, c, elapsed: float) -> str:
-        done, total = c.pairs_done, max(self.total_pairs, 1)
+    def _draw(self, c, elapsed: float) -> None:
+        if self._bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(TextColumn("pairs"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.description}"),
+                            console=Console(file=self._stream), auto_refresh=False,
+                            transient=False)
+            self._task = self._bar.add_task("", total=max(self.total_pairs, 1))
+            self._bar.start()
+        self._bar.update(self._task, completed=c.pairs_done, description=self._stats(c, elapsed))
+        self._bar.refresh()
+
+    def _stats(self, c, elapsed: float) -> str:
         rate = c.calls / elapsed if elapsed > 0 else 0.0
         left = self.total_batches - c.batches_done
         eta = left * elapsed / c.batches_done if c.batches_done else None
-        width = 24
-        filled = int(width * min(done / total, 1.0))
-        bar = "#" * filled + "-" * (width - filled)
         eta_s = f"{eta:,.0f}s" if eta is not None else "?"
-        return (f"[{bar}] {done:,}/{self.total_pairs:,} pairs  batches {c.batches_done:,}/"
-                f"{self.total_batches:,}  {rate:,.1f} calls/s  429s {c.throttled}  "
-                f"retries {c.retries}  ETA {eta_s}")
+        return (f"batches {c.batches_done:,}/{self.total_batches:,}  {rate:,.1f} calls/s  "
+                f"429s {c.throttled}  retries {c.retries}  ETA {eta_s}")
+
+    def line(self, c, elapsed: float) -> str:
+        """The plain line: ``200/1,000 pairs  batches 2/10  1.0 calls/s  429s 1 ...``."""
+        return f"{c.pairs_done:,}/{self.total_pairs:,} pairs  {self._stats(c, elapsed)}"
 
     def close(self, counters) -> None:
         if self._enabled:
             self.update(counters, force=True)
-            if self._tty:
-                self._stream.write("\n")
+            if self._bar is not None:
+                self._bar.stop()

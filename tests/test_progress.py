@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from batcher.executor import Counters
 from batcher.progress import Progress
@@ -27,16 +28,18 @@ def test_plain_lines_every_interval_when_not_a_terminal():
     assert "\r" not in out.getvalue()
 
 
-def test_terminal_redraws_one_line_and_ends_it():
+def test_a_terminal_gets_a_bar_that_ends_on_its_last_figures():
     now = [0.0]
     out = FakeTTY()
     p = Progress(100, 1, stream=out, clock=lambda: now[0])
     now[0] = 1.0
     p.update(Counters(calls=1, batches_done=0, pairs_done=50))
-    p.close(Counters(calls=1, batches_done=1, pairs_done=100))
-    text = out.getvalue()
-    assert text.count("\r") == 2 and text.endswith("\n")
-    assert "100/100 pairs" in text
+    assert "50/100" in out.getvalue()
+    p.close(Counters(calls=1, batches_done=1, pairs_done=100, throttled=3))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # what a terminal shows
+    assert text.endswith("\n")
+    last = text.rstrip("\n").split("\r")[-1].splitlines()[-1]
+    assert "100/100" in last and "429s 3" in last and "batches 1/1" in last
 
 
 def test_quiet_prints_nothing():

@@ -42,13 +42,21 @@ _EXAMPLES = {
     "plan": "example:\n  batcher plan leavers.csv --json",
     "cadences": "example:\n  batcher cadences --module Leads",
     "report": "example:\n  batcher report --journal out.journal --results out.csv",
+    "status": "example:\n  batcher status --journal out/leavers.journal\n"
+              "  batcher status --journal out/leavers.journal --json",
     "sandbox": "example:\n  batcher sandbox --from leavers.csv --faults flaky",
 }
 _SANDBOX_EXIT = "exit codes:\n  0  stopped by Ctrl-C or SIGTERM\n  2  bad input, profile or port"
 
 
+_STATUS_EXIT = ("exit codes:\n  0  the journal was read (the job's own state is in what is "
+                "printed)\n  2  no journal there, or it cannot be read")
+#: the commands whose exit codes are not run's
+_OWN_EXIT = {"sandbox": _SANDBOX_EXIT, "status": _STATUS_EXIT}
+
+
 def _epilog(command: str) -> str:
-    return f"{_EXAMPLES[command]}\n\n{_SANDBOX_EXIT if command == 'sandbox' else _EXIT_CODES}"
+    return f"{_EXAMPLES[command]}\n\n{_OWN_EXIT.get(command, _EXIT_CODES)}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="no progress output (why a job aborted is still said)")
     run.add_argument("--json", action="store_true",
                      help="print the summary as one JSON object on stdout at the end")
+    run.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="stderr lines: text (default), or json: one object a line (event, "
+                          "ts, message, fields) for a log collector")
     where(run)
 
     plan = command("plan", help="validate INPUT and show the calls a run would make",
@@ -132,6 +143,14 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--journal", required=True, help="the job's journal file")
     rep.add_argument("--results", required=True, help="results file to write (.csv, .xlsx or "
                                                       ".parquet)")
+
+    st = command("status", help="show a job's progress from its journal, also while it runs",
+                 description="Read a job's journal without writing it or waiting for its lock "
+                             "(a running job is not disturbed) and show its rows by status, the "
+                             "batches left, calls, 429s, call rate and ETA, the last error, and "
+                             "whether a run holds it (its pid).")
+    st.add_argument("--journal", required=True, help="the job's journal file")
+    st.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     sb = command("sandbox", help="serve a local Zoho-shaped sandbox for rehearsals",
                  description="Serve a Zoho-shaped API and accounts server on loopback, with "
@@ -199,6 +218,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return report_from_journal(args.journal, args.results)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .status import print_status
+
+    return print_status(args.journal, as_json=args.json)
+
+
 def _cmd_sandbox(args: argparse.Namespace) -> int:
     from .sandbox.serve import main as serve_main
 
@@ -207,7 +232,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"plan": _cmd_plan, "cadences": _cmd_cadences, "report": _cmd_report,
-             "sandbox": _cmd_sandbox}
+             "status": _cmd_status, "sandbox": _cmd_sandbox}
 
 
 _PR_SET_THP_DISABLE = 41  # linux/prctl.h

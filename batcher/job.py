@@ -42,8 +42,10 @@ from .inputs import (
     file_fingerprint,
     rounding_line,
     scan_input,
+    unusual_line,
 )
 from .journal import Journal, utc_now
+from .logs import JobLog
 from .netio import accounts_transport, api_transport
 from .planreport import plan_scan
 from .progress import Progress
@@ -81,6 +83,8 @@ class RunSettings:
     #: how to read the input (``InputOptions``: ``--delimiter``, ``--*-column``, and for a
     #: record list ``--cadence`` ids or ``--all-cadences``); its module is ``module``'s
     reading: InputOptions = field(default_factory=InputOptions)
+    #: stderr lines: "text" (``batcher: ...``) or "json" (one object a line: event, ts, fields)
+    log_format: str = "text"
 
     def input_options(self) -> InputOptions:
         return replace(self.reading, module=self.module)
@@ -183,7 +187,11 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
                          "await batcher.job.run_job_async(...) instead")
     stopper = stopper or Stopper()
     with signals_to(stopper):
-        return _run_job(dated(settings), env, transports, stream or sys.stderr, stopper)
+        log = JobLog(stream or sys.stderr, settings.log_format, settings.quiet)
+        try:
+            return _run_job(dated(settings), env, transports, log, stopper)
+        finally:
+            log.close()
 
 
 def dated(settings: RunSettings, now: datetime | None = None) -> RunSettings:
@@ -216,7 +224,7 @@ async def run_job_async(settings: RunSettings, env: Mapping[str, str], *,
 
 
 def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transports,
-             stream: TextIO, stopper: Stopper) -> JobResult:
+             log: JobLog, stopper: Stopper) -> JobResult:
     _check(settings)
     options = settings.input_options()
     check_input(settings.input, options)  # an unusable file stops before any journal
@@ -225,8 +233,12 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     creds = load_credentials(env) if needs_api else Credentials(access_token="-")
     endpoints = resolve_endpoints(settings.api_domain, settings.accounts_url, settings.dc, env)
     redact = Redactor(creds.secrets())
-    results = _results_path(settings, stream)
+    results = _results_path(settings, log)
     with _journal_for(settings, fingerprint(settings)) as journal:
+        log.say("start", f"{'resuming' if not journal.is_new else 'starting'} "
+                f"{'a dry run of ' if settings.dry_run else ''}{settings.input} -> {results}",
+                input=str(settings.input), results=str(results), journal=str(journal.path),
+                resumed=not journal.is_new, dry_run=settings.dry_run, json_only=True)
         scan: InputScan | None = None
         stop: _Stop | None = None
         try:
@@ -237,24 +249,23 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
                 if journal.is_new and not settings.all_cadences:
                     scan = scan_input(settings.input, options)
             stop = _drive(settings, scan, journal, _Link(creds, endpoints, transports, env),
-                          stream, stopper, redact)
+                          log, stopper, redact)
         except BatcherError as exc:  # the journal's disk, a journal that contradicts its input
             stop = _Stop(redact(str(exc)), exc.exit_code)
         with stopper.phase("defer"):
-            summary = _write(settings, journal, scan, results, stop, started, stream)
+            summary = _write(settings, journal, scan, results, stop, started, log)
     if stop is None and stopper.requested is not None:  # the signal came while writing
         stop = _Stop(stopper.message())
-    if not settings.quiet:
-        print(summary.human(), file=stream)
-    if stop is not None:
-        print(f"batcher: aborted: {stop.reason}", file=stream)
     code = stop.exit_code if stop else summary.exit_code()
     if settings.dry_run and not stop:
         code = 1 if summary.by_status.get(INVALID) else 0
+    log.say("end", summary.human(), bare=True, exit_code=code, summary=summary.to_dict())
+    if stop is not None:
+        log.say("abort", f"aborted: {stop.reason}", always=True, exit_code=code)
     return JobResult(summary=summary, exit_code=code, aborted=stop.reason if stop else None)
 
 
-def _results_path(settings: RunSettings, stream: TextIO) -> Path:
+def _results_path(settings: RunSettings, log: JobLog) -> Path:
     """Where the results go: a dry run never replaces the results of a real job."""
     results = Path(settings.results)
     if not settings.dry_run or not results.exists():
@@ -267,13 +278,13 @@ def _results_path(settings: RunSettings, stream: TextIO) -> Path:
     if not (real or settings.journal_path().exists()):
         return results
     beside = results.with_name(f"{results.stem}.dry-run{results.suffix}")
-    print(f"batcher: {results} holds the results of a real job; this dry run writes {beside}",
-          file=stream)
+    log.say("dry_run", f"{results} holds the results of a real job; this dry run writes "
+            f"{beside}", always=True, results=str(beside))
     return beside
 
 
 def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, results: Path,
-           stop: _Stop | None, started: float, stream: TextIO) -> Summary:
+           stop: _Stop | None, started: float, log: JobLog) -> Summary:
     """Results, retry file and summary from the journal (or from the scan when the journal was
     never loaded); a failure to write them says how to get them later."""
     source = journal
@@ -284,6 +295,9 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
                                       records=_record_list(settings, journal))
             source = UnplannedResults(scan.rows, scan.tables, utc_now(), f"not sent: {reason}",
                                       journal.counters)
+        if reason:  # for `batcher status`: why the last run stopped
+            with contextlib.suppress(BatcherError):
+                journal.set_meta("aborted", reason)
         meta = {k: journal.get_meta(k, d) for k, d in (
             ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None))}
         blank = scan.blank if scan is not None else journal.get_meta("blank", 0)
@@ -295,7 +309,7 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
         how = (f"re-run the same command, or `batcher report --journal {journal.path} "
                f"--results {results}`") if not settings.dry_run else "re-run the dry run"
         if reason and reason != why:  # not twice the same line
-            print(f"batcher: aborted: {reason}", file=stream)
+            log.say("abort", f"aborted: {reason}", always=True)
         raise AbortError(f"the results could not be written to {results} ({why}); the journal "
                          f"keeps every answer: once that is fixed, {how}") from None
 
@@ -325,11 +339,11 @@ class _Link:
 
 
 def _drive(settings: RunSettings, scan: InputScan | None, journal: Journal, link: _Link,
-           stream: TextIO, stopper: Stopper, redact: Redactor) -> _Stop | None:
+           log: JobLog, stopper: Stopper, redact: Redactor) -> _Stop | None:
     """The job's event loop: preflight, plan and load, send. Returns why it stopped early."""
     runner = asyncio.Runner()
     try:
-        return runner.run(_run(settings, scan, journal, link, stream, stopper, redact))
+        return runner.run(_run(settings, scan, journal, link, log, stopper, redact))
     except asyncio.CancelledError:  # cancelled before its first step
         if stopper.requested is None:
             raise
@@ -339,10 +353,9 @@ def _drive(settings: RunSettings, scan: InputScan | None, journal: Journal, link
 
 
 async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, link: _Link,
-               stream: TextIO, stopper: Stopper, redact: Redactor) -> _Stop | None:
-    def say(text: str) -> None:
-        if not settings.quiet:
-            print(f"batcher: {redact(text)}", file=stream)
+               log: JobLog, stopper: Stopper, redact: Redactor) -> _Stop | None:
+    def say(text: str, event: str = "message") -> None:
+        log.say(event, redact(text))
 
     reach = Reachability(settings.retry.outage_after, on_down=say,
                          where=link.endpoints.api_domain)
@@ -361,7 +374,9 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
                                               records=_record_list(settings, journal))
                     assert scan is not None
                     if scan.rounded:
-                        say(rounding_line(scan))
+                        say(rounding_line(scan), "rounded_ids")
+                    if scan.unusual_ids:
+                        say(unusual_line(scan), "rounded_ids")
                     verdicts: list[tuple[str, str]] = []
                     verdict_of_pair = None
                     if settings.preflight:
@@ -380,7 +395,7 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
                             "them again, run its retry file as a new job")
                 if settings.dry_run:
                     return None
-                return await _execute(settings, journal, client, auth, stream, reach, redact)
+                return await _execute(settings, journal, client, auth, log, reach, redact)
         except asyncio.CancelledError:
             if stopper.requested is None:
                 raise
@@ -486,7 +501,7 @@ async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
         try:
             cadences = await _org_cadences(client, auth, journal, policy, reach)
         except PermissionDenied as exc:
-            say(f"warning: preflight skipped: {exc}")
+            say(f"warning: preflight skipped: {exc}", "preflight")
             return [], None
     keys = scan.cadence_keys()  # (module, cadence id) of each cadence code
     asked = {c for _, c in keys}
@@ -497,7 +512,7 @@ async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
     index = {verdict: i for i, verdict in enumerate(dict.fromkeys(found.values()))}
     of_code = np.array([index[found[k]] if k in found else -1 for k in keys], dtype=np.int64)
     for (module, cadence), (code, message) in list(found.items())[:_PREFLIGHT_LINES]:
-        say(f"preflight: {module} cadence {cadence}: {code}: {message}")
+        say(f"preflight: {module} cadence {cadence}: {code}: {message}", "preflight")
     if len(found) > _PREFLIGHT_LINES:
         say(f"preflight: and {len(found) - _PREFLIGHT_LINES} more cadences refused the same "
             "way (see the results)")
@@ -523,12 +538,14 @@ def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]
 
 
 async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncClient,
-                   auth: ZohoAuth, stream: TextIO, reach: Reachability,
+                   auth: ZohoAuth, log: JobLog, reach: Reachability,
                    redact: Redactor) -> _Stop | None:
     waiting = {k: v for k, v in journal.batch_counts().items() if k in ("pending", "sent")}
     progress = Progress(total_pairs=sum(v["pairs"] for v in waiting.values()),
                         total_batches=sum(v["batches"] for v in waiting.values()),
-                        stream=stream, enabled=not settings.quiet)
+                        stream=log.stream, enabled=not settings.quiet,
+                        emit=(lambda line, fields: log.say("progress", line, **fields))
+                        if log.json else None)
     executor = Executor(client, journal, ExecutorSettings(
         concurrency=settings.concurrency, max_calls=settings.max_calls, retry=settings.retry,
         calm_seconds=settings.calm_seconds), api_domain=lambda: auth.api_domain,
@@ -557,7 +574,8 @@ def run_from_args(args, env: Mapping[str, str], stopper: Stopper | None = None,
         input=args.input, results=args.results, journal=args.journal, module=args.module,
         concurrency=args.concurrency, max_calls=args.max_calls, dry_run=args.dry_run,
         preflight=not args.no_preflight, quiet=args.quiet, api_domain=args.api_domain,
-        accounts_url=args.accounts_url, dc=args.dc, reading=reading)
+        accounts_url=args.accounts_url, dc=args.dc, reading=reading,
+        log_format=getattr(args, "log_format", "text"))
     result = run_job(settings, env, stopper=stopper)
     if getattr(args, "json", False):  # for a scheduler: one object on stdout, the rest on stderr
         print(json.dumps({**result.summary.to_dict(), "exit_code": result.exit_code,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import InputOptions, InputScan, rounding_line, scan_input
+from .inputs import InputOptions, InputScan, rounding_line, scan_input, unusual_line
 from .planner import Plan, plan_codes
 
 
@@ -83,7 +83,9 @@ def summarise(scan: InputScan, plan: Plan) -> PlanReport:
         invalid_examples=scan.invalid_examples,
         blank=scan.blank,
         rounded=scan.rounded,
-        rounding=rounding_line(scan) if scan.rounded else None,
+        rounding="\n".join(line for line in (
+            rounding_line(scan) if scan.rounded else None,
+            unusual_line(scan) if scan.unusual_ids else None) if line) or None,
     )
 
 

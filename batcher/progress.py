@@ -11,13 +11,16 @@ from typing import Any, TextIO
 
 class Progress:
     """``update(counters)`` as the executor goes (calls, batches, pairs done, 429s, retries);
-    ``close(counters)`` once at the end. ``enabled=False`` prints nothing."""
+    ``close(counters)`` once at the end. ``enabled=False`` prints nothing. ``emit(line,
+    fields)`` takes the timed lines instead of the stream (a JSON log: never a bar)."""
 
     def __init__(self, total_pairs: int, total_batches: int, *, stream: TextIO = sys.stderr,
                  interval: float | None = None, enabled: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 emit: Callable[[str, dict], None] | None = None) -> None:
         self._stream = stream
-        self._tty = stream.isatty()
+        self._emit = emit
+        self._tty = stream.isatty() and emit is None
         self._interval = interval if interval is not None else (0.2 if self._tty else 5.0)
         self._enabled = enabled
         self._clock = clock
@@ -36,6 +39,12 @@ class Progress:
         self._last = now
         if self._tty:
             self._draw(counters, now - self._start)
+        elif self._emit is not None:
+            c = counters
+            self._emit(self.line(c, now - self._start), {
+                "pairs_done": c.pairs_done, "pairs": self.total_pairs, "calls": c.calls,
+                "batches_done": c.batches_done, "batches": self.total_batches,
+                "throttled": c.throttled, "retries": c.retries})
         else:
             self._stream.write(self.line(counters, now - self._start) + "\n")
             self._stream.flush()

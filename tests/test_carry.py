@@ -13,8 +13,8 @@ from batcher.inputs.carry import carried_columns
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def carried(path: Path, options: InputOptions = InputOptions(), records=None) -> list[dict]:
-    found = carried_columns(path, options, records)
+def carried(path: Path, options: InputOptions | None = None, records=None) -> list[dict]:
+    found = carried_columns(path, options or InputOptions(), records)
     assert found is not None
     return pa.concat_tables(list(found.tables())).to_pylist()
 

@@ -295,3 +295,20 @@ def test_sighup_stops_a_run_like_sigterm(tmp_path, serve):
     assert proc.returncode == 3, err
     assert "SIGHUP" in err and "Traceback" not in err
     assert len(read_results(tmp_path / "out.csv")) == len(rows)
+
+
+def test_log_format_json_makes_every_stderr_line_one_object(tmp_path, serve):
+    rows = make_rows(30, 2)
+    live = serve(World.from_pairs(rows[5:]), fault_profile="throttled")
+    inp = write_pairs(tmp_path / "in.csv", rows + [("Leads", "123", rows[0][2])])
+    out = subprocess.run([sys.executable, "-m", "batcher", "run", str(inp), "--results",
+                          str(tmp_path / "out.csv"), "--log-format", "json"],
+                         capture_output=True, text=True, env={**os.environ, **live.env},
+                         timeout=120)
+    assert out.returncode == 1, out.stderr  # one invalid row
+    lines = [json.loads(line) for line in out.stderr.splitlines()]  # every line parses
+    events = [e["event"] for e in lines]
+    assert events[0] == "start" and events[-1] == "end"
+    assert all({"event", "ts", "message"} <= set(e) for e in lines)
+    end = lines[-1]
+    assert end["exit_code"] == 1 and end["summary"]["by_status"]["invalid"] == 1

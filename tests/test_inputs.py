@@ -851,3 +851,21 @@ def test_the_spreadsheet_made_sample_reads_as_a_user_expects():
     assert table.scan.blank == 2
     assert "line 6 has 6 fields" in table.table["reason"][4].as_py()
     assert table.table["record_id"][7].as_py() == "1990117000000120349"
+
+
+def test_valid_pairs_of_a_file_with_blank_rows_mid_file(tmp_path: Path):
+    """`batcher sandbox --from` takes a file's valid pairs: blank rows before them must not
+    shift which rows those are (an Excel export with a `;;;;` row crashed it)."""
+    path = write(tmp_path, f"record_id;cadence_id;module\n;;\n{REC};{CAD};Leads\n;;\n"
+                           f"{REC2};{CAD};Leads\n")
+    table = read_input(path)
+    assert list(table.valid_pairs()) == [("Leads", REC, CAD), ("Leads", REC2, CAD)]
+    assert table.scan.blank == 2 and [r["row"] for r in table.table.to_pylist()] == [2, 4]
+
+
+def test_two_columns_of_one_name_are_refused_naming_their_positions(tmp_path: Path):
+    path = write(tmp_path, f"Record Id,Owner,Record Id,cadence_id\n{REC},x,{REC2},{CAD}\n")
+    for options in ("Leads", InputOptions(module="Leads", record_column="Record Id")):
+        message = input_error(path, options)
+        assert_one_clear_line(message, path)
+        assert "2 columns are named 'Record Id' (columns 1, 3)" in message

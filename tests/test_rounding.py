@@ -144,3 +144,19 @@ def test_a_million_row_file_both_ways(tmp_path: Path, rounded: bool):
         assert scan.pairs == 0 and scan.rounded == scan.invalid == len(ids)
     else:
         assert scan.pairs == len(ids) and scan.invalid == scan.rounded == 0
+
+
+def test_a_few_rounded_rows_among_a_thousand_are_refused_or_at_least_said(tmp_path: Path):
+    """The fresh-user case: 1,000 good ids and a few pasted rounded rows."""
+    good = genuine(1000)
+    good = good[zero_tailed(good) == False]  # noqa: E712 (a mask)
+    for pasted, refused in ((excel(genuine(6, seed=5)), True), (excel(genuine(2, seed=5)), False)):
+        path = tmp_path / f"mixed{len(pasted)}.parquet"
+        ids = np.concatenate([good, pasted]).astype(str)
+        pq.write_table(pa.table({"record_id": ids, "cadence_id": [CAD] * len(ids),
+                                 "module": ["Leads"] * len(ids)}), path)
+        scan = scan_input(path)
+        if refused:
+            assert scan.rounded == len(pasted) and scan.pairs == len(good)
+        else:
+            assert scan.rounded == 0 and set(scan.unusual_ids) == {str(v) for v in pasted}

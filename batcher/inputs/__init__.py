@@ -20,8 +20,9 @@ from .scan import (
     read_input,
     rounding_line,
     scan_input,
+    unusual_line,
 )
 
 __all__ = ["DUPLICATE", "INVALID", "VALID", "InputOptions", "InputScan", "InputTable", "PairCodes",
            "RecordList", "canonical_module", "check_input", "file_fingerprint", "read_input",
-           "rounding_line", "scan_input"]
+           "rounding_line", "scan_input", "unusual_line"]

@@ -29,6 +29,14 @@ def _named(options: InputOptions) -> dict[str, str]:
         ("module", options.module_column)) if name is not None}
 
 
+def _refuse_twice(path: Path, names: list[str], name: str) -> None:
+    """Two columns of one name cannot be told apart by any flag: the user renames one."""
+    at = [i + 1 for i, n in enumerate(names) if n == name]
+    if len(at) > 1:
+        raise InputError(f"{path}: {len(at)} columns are named {name!r} (columns "
+                         f"{', '.join(map(str, at))}); rename all but the one that holds the ids")
+
+
 def require_columns(path: Path, names: list[str], options: InputOptions
                     ) -> dict[str, str]:
     """role → column name. A column named by a flag must exist exactly; otherwise a role is the
@@ -40,6 +48,7 @@ def require_columns(path: Path, names: list[str], options: InputOptions
         if name not in names:
             raise InputError(f"{path}: {_FLAGS[role]} {name!r}: no such column; columns found: "
                              f"{shown}")
+        _refuse_twice(path, names, name)
         roles[role] = name
     taken = set(roles.values())
     for role in ("record_id", "cadence_id", "module"):
@@ -47,10 +56,11 @@ def require_columns(path: Path, names: list[str], options: InputOptions
             continue
         matches = [n for n in names if _ALIASES.get(_normalise_header(n)) == role
                    and n not in taken]
-        if len(matches) > 1:
+        if len(matches) > 1 and matches[0] != matches[1]:
             raise InputError(f"{path}: columns {matches[0]!r} and {matches[1]!r} both look like "
                              f"the {role} column; name the one to use with {_FLAGS[role]}")
         if matches:
+            _refuse_twice(path, names, matches[0])
             roles[role] = matches[0]
     record_list = bool(options.cadences) or options.all_cadences
     if record_list and "cadence_id" in roles:

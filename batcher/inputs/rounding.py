@@ -11,12 +11,15 @@ less often than:
 
 - 1 in 1,000, when at least half of the column's ids longer than 15 digits are zero-tailed
   (the column looks rounded wholesale: a lone 19-digit id ending in ``0000`` is flagged);
-- 1 in 10⁹ otherwise (a few rounded rows pasted among many genuine ones).
+- 1 in 10⁶ otherwise (a few rounded rows pasted among many genuine ones).
+
+Below that, a count chance gives less than once in a hundred is said as a warning (the ids are
+kept: they may be genuine).
 
 In a column judged rounded, every zero-tailed id is refused (``ROUNDED_ID``): which of them are
 genuine cannot be known. A genuine column is flagged at most once in 1,000 files even in the
 worst case (a file of one 19-digit id ending in 0000), and a large file of genuine ids — say a
-million, one in a thousand ending in ``000`` — essentially never (chance below 10⁻⁹).
+million, one in a thousand ending in ``000`` — about once in a million files.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ EXPORT_AS_TEXT = ("export the ids as text (format the id columns as Text before 
                   "again")
 SIGNIFICANT = 15  # digits Excel keeps
 _WHOLESALE_ALPHA = 1e-3
-_MIXED_ALPHA = 1e-9
+_MIXED_ALPHA = 1e-6
+_UNUSUAL = 1e-2
 #: 10**d as uint64, d = 0..19
 _POW10 = np.array([10 ** d for d in range(20)], dtype=np.uint64)
 
@@ -54,16 +58,24 @@ def _digits(ids: np.ndarray) -> np.ndarray:
 def rounded_ids(distinct: np.ndarray) -> np.ndarray | None:
     """The distinct uint64 ids of one column → the ids to refuse as possibly rounded (sorted),
     or None when the column shows no rounding. Ids of invalid rows (0) are ignored."""
+    refused, _ = rounding_evidence(distinct)
+    return refused
+
+
+def rounding_evidence(distinct: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(ids to refuse, ids to warn of), each sorted or None: the zero-tailed ids of a column
+    whose count is past the rule's thresholds (refused), or only unusual (a warning)."""
     tailed = zero_tailed(distinct)
     k = int(np.count_nonzero(tailed))
     if not k:
-        return None
+        return None, None
     long = distinct[distinct >= _POW10[SIGNIFICANT]]
     mean = float(np.sum(10.0 ** -(_digits(long) - SIGNIFICANT).astype(np.float64)))
     alpha = _WHOLESALE_ALPHA if 2 * k >= len(long) else _MIXED_ALPHA
-    if poisson_at_least(k, mean) >= alpha:
-        return None
-    return np.sort(distinct[tailed])
+    chance = poisson_at_least(k, mean)
+    if chance < alpha:
+        return np.sort(distinct[tailed]), None
+    return None, np.sort(distinct[tailed]) if chance < _UNUSUAL else None
 
 
 def poisson_at_least(k: int, mean: float) -> float:

@@ -41,7 +41,7 @@ from .ids import (
 )
 from .options import InputOptions
 from .records import RecordList, expanded
-from .rounding import EXPORT_AS_TEXT, ROUNDED_ID, among, rounded_ids
+from .rounding import EXPORT_AS_TEXT, ROUNDED_ID, among, rounding_evidence
 from .source import Source
 
 VALID, INVALID, DUPLICATE = "valid", "invalid", "duplicate"
@@ -56,9 +56,18 @@ def rounded_reason(what: str, value: int) -> str:
             f"and this file's ids show that rounding); {EXPORT_AS_TEXT}")
 
 
+def unusual_line(scan: InputScan) -> str:
+    """One warning line for ids kept although they end like rounded ones, unusually often."""
+    shown = ", ".join(scan.unusual_ids[:5]) + (", ..." if len(scan.unusual_ids) > 5 else "")
+    return (f"warning: {len(scan.unusual_ids)} ids end in the zeros Excel's rounding leaves "
+            f"({shown}), more often than chance would; they were kept — if this file went "
+            "through a spreadsheet, check them")
+
+
 def rounding_line(scan: InputScan) -> str:
     """One line for stderr: how many rows the rounding rule refused, and what to do."""
-    return (f"{scan.rounded} rows have ids that look rounded by a spreadsheet (Excel keeps 15 "
+    rows = "1 row has" if scan.rounded == 1 else f"{scan.rounded} rows have"
+    return (f"{rows} ids that look rounded by a spreadsheet (Excel keeps 15 "
             "significant digits: 1990117000000120345 is saved as 1990117000000120000, another "
             f"record); they are invalid ({ROUNDED_ID}) and no call names them; {EXPORT_AS_TEXT}")
 
@@ -117,6 +126,8 @@ class InputScan:
     rounded_records: np.ndarray = field(default_factory=lambda: _NO_IDS, repr=False)
     rounded_cadences: np.ndarray = field(default_factory=lambda: _NO_IDS, repr=False)
     rounded: int = 0
+    #: ids kept that end the way rounding leaves them, more often than chance would: a warning
+    unusual_ids: tuple[str, ...] = ()
 
     @cached_property
     def record_text(self) -> pa.Array:
@@ -260,7 +271,7 @@ class InputTable:
 
     def valid_arrays(self) -> tuple[pa.ChunkedArray, pa.ChunkedArray, pa.ChunkedArray]:
         """(module, record_id, cadence_id) of the valid, first-seen pairs, in input order."""
-        valid = self.table.take(pa.array(self.scan.pair_rows))
+        valid = self.table.take(arrow_of(self.valid_row_indices()))
         return valid["module"], valid["record_id"], valid["cadence_id"]
 
     def valid_pairs(self) -> Iterator[tuple[str, str, str]]:
@@ -268,8 +279,9 @@ class InputTable:
         yield from zip(module.to_pylist(), record.to_pylist(), cadence.to_pylist(), strict=True)
 
     def valid_row_indices(self) -> np.ndarray:
-        """0-based positions in ``table`` of the valid rows (same order as valid_arrays)."""
-        return self.scan.pair_rows
+        """0-based positions in ``table`` of the valid rows (same order as valid_arrays): a
+        scan's positions, less the blank rows before each (the table has none)."""
+        return np.flatnonzero(numpy_of(pc.equal(self.table["status"], VALID).combine_chunks()))
 
     def fingerprint(self) -> str:
         return self.scan.fingerprint()
@@ -420,7 +432,9 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
         rc, rec_uniques, grouping = encode_parts(rec, pool)
         if "rounded" not in found:
             refused = _rounded(rc, rec_uniques, cad, cad_values)
-            if refused is not None:
+            if refused is not None and refused[0] is None:  # only a warning to give
+                found = {**found, **refused[1]}
+            elif refused is not None:
                 bad, found_now = refused
                 row_of = _row_of(found.get("position_rows"))
                 more = tuple((row_of(int(p)), rounded_reason(what, int(v))) for p, what, v in
@@ -463,20 +477,25 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
 
 
 def _rounded(rc: np.ndarray, rec_uniques: np.ndarray, cad: np.ndarray, cad_values: np.ndarray
-             ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+             ) -> tuple[np.ndarray | None, dict[str, Any]] | None:
     """(valid rows to refuse, the refused record and cadence ids) when the record or the
-    cadence column shows spreadsheet rounding, else None."""
+    cadence column shows spreadsheet rounding; (None, the unusual ids to warn of) when one only
+    looks odd; else None."""
     used = cad_values[np.bincount(cad, minlength=len(cad_values)) > 0]
-    records, cadences = rounded_ids(rec_uniques), rounded_ids(used)
+    (records, odd_records), (cadences, odd_cadences) = (rounding_evidence(rec_uniques),
+                                                        rounding_evidence(used))
+    unusual = tuple(str(v) for odd in (odd_records, odd_cadences) if odd is not None
+                    for v in odd.tolist())
     if records is None and cadences is None:
-        return None
+        return (None, {"unusual_ids": unusual}) if unusual else None
     bad = np.zeros(len(rc), dtype=bool)
     if records is not None:
         bad |= among(rec_uniques, records)[rc]
     if cadences is not None:
         bad |= among(cad_values, cadences)[cad]
     return bad, {"rounded_records": _NO_IDS if records is None else records,
-                 "rounded_cadences": _NO_IDS if cadences is None else cadences}
+                 "rounded_cadences": _NO_IDS if cadences is None else cadences,
+                 "unusual_ids": unusual}
 
 
 def _rounded_examples(pair_rows: np.ndarray, bad: np.ndarray, rec: np.ndarray, cad: np.ndarray,

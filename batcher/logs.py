@@ -1,0 +1,56 @@
+"""A job's lines on stderr, through the stdlib's ``logging``: ``batcher: ...`` text for people,
+or one JSON object per line (``--log-format json``: event, ts, message and fields) for a
+scheduler's log collector. Each job has a logger of its own that does not propagate, so a host
+application's logging is neither used nor disturbed."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+LOG_FORMATS = ("text", "json")
+_IDS = itertools.count()
+
+
+class _Text(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if getattr(record, "bare", False) else f"batcher: {message}"
+
+
+class _Json(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"event": getattr(record, "event", "message"),
+               "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+               "message": record.getMessage(), **getattr(record, "fields", {})}
+        return json.dumps(doc, default=str, ensure_ascii=False)
+
+
+class JobLog:
+    """``say(event, message, **fields)``: one line. ``quiet`` keeps only what ``always`` marks
+    (why a job aborted). ``json`` tells whether lines are JSON objects."""
+
+    def __init__(self, stream: TextIO, fmt: str = "text", quiet: bool = False) -> None:
+        if fmt not in LOG_FORMATS:
+            raise ValueError(f"log format {fmt!r}: choose one of {', '.join(LOG_FORMATS)}")
+        self.stream, self.json, self.quiet = stream, fmt == "json", quiet
+        self._logger = logging.getLogger(f"batcher.job.{next(_IDS)}")
+        self._logger.propagate = False
+        self._logger.setLevel(logging.INFO)
+        self._handler = logging.StreamHandler(stream)
+        self._handler.setFormatter(_Json() if self.json else _Text())
+        self._logger.addHandler(self._handler)
+
+    def say(self, event: str, message: str, *, always: bool = False, bare: bool = False,
+            json_only: bool = False, **fields: Any) -> None:
+        """``bare``: in text, the message as it is (a summary block), without ``batcher:``;
+        ``json_only``: a line only a log collector needs (a job's start)."""
+        if (self.quiet and not always) or (json_only and not self.json):
+            return
+        self._logger.info("%s", message, extra={"event": event, "fields": fields, "bare": bare})
+
+    def close(self) -> None:
+        self._logger.removeHandler(self._handler)

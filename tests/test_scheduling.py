@@ -1,0 +1,81 @@
+"""The README's cron line and Airflow tasks (examples/nightly.py), run for real against the
+sandbox: each hands a scheduler the right verdict for each exit code."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batcher.sandbox.world import World
+
+from .conftest import write_pairs
+from .test_e2e import make_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def nightly():
+    spec = importlib.util.spec_from_file_location("nightly", ROOT / "examples" / "nightly.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cron_command() -> str:
+    """The command part of the README's crontab line."""
+    readme = (ROOT / "README.md").read_text()
+    line = re.search(r"^15 2 \* \* \* (.+)$", readme, re.M)
+    assert line, "the README has a crontab line"
+    return line.group(1)
+
+
+def test_the_python_operator_succeeds_on_0_and_1_and_fails_on_2_and_3(tmp_path, serve):
+    rows = make_rows(20, 2)
+    live = serve(World.from_pairs(rows))
+    job = nightly()
+    good = write_pairs(tmp_path / "good.csv", rows)
+    summary = job.offboard(str(good), str(tmp_path / "good-{date}.csv"), env=live.env)
+    assert summary["by_status"] == {"unenrolled": len(rows)}
+    with_bad = write_pairs(tmp_path / "bad.csv", rows[:3] + [("Leads", "123", rows[0][2])])
+    assert job.offboard(str(with_bad), str(tmp_path / "bad.csv.out.csv"),
+                        env=live.env)["by_status"]["invalid"] == 1  # exit 1: still a success
+    with pytest.raises(job.JobFailed, match="exit 2"):
+        job.offboard(str(tmp_path / "missing.csv"), str(tmp_path / "x.csv"), env=live.env)
+    with pytest.raises(job.JobFailed, match="exit 3"):  # no credentials: aborted, retry later
+        job.offboard(str(good), str(tmp_path / "nocreds.csv"), env={})
+
+
+@pytest.mark.parametrize("case, task_rc", [("good", 0), ("one_invalid", 0), ("missing", 2),
+                                           ("no_credentials", 3)])
+def test_the_bash_operator_and_the_cron_line_give_the_scheduler_the_right_exit(
+        tmp_path, serve, case, task_rc):
+    rows = make_rows(10, 2)
+    live = serve(World.from_pairs(rows))
+    inp = tmp_path / "leavers.csv"
+    if case != "missing":
+        write_pairs(inp, rows + ([("Leads", "123", rows[0][2])] if case == "one_invalid" else []))
+    env = {**os.environ, **({} if case == "no_credentials" else live.env),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "OFFBOARD_INPUT": str(inp), "OFFBOARD_RESULTS": str(tmp_path / "out/{date}.csv")}
+    if case == "no_credentials":
+        env = {k: v for k, v in env.items() if not k.startswith("ZOHO_")}
+    (tmp_path / "out").mkdir()
+    task = subprocess.run(["bash", "-c", nightly().BASH_COMMAND], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert task.returncode == task_rc, task.stderr
+    # the cron line: a mail (here a file) only when the job did not finish
+    mail = tmp_path / "mail.txt"
+    fake_mail = tmp_path / "bin"
+    fake_mail.mkdir()
+    (fake_mail / "mail").write_text(f"#!/bin/sh\ncat >> {mail}\n")
+    (fake_mail / "mail").chmod(0o755)
+    env["PATH"], env["HOME"] = f"{fake_mail}:{env['PATH']}", str(tmp_path)
+    subprocess.run(["bash", "-c", f"cd {tmp_path} && {cron_command()}"], env=env,
+                   capture_output=True, text=True, timeout=120)
+    assert mail.exists() == (task_rc >= 2)

@@ -1,0 +1,273 @@
+"""`batcher status` (batcher.status): a snapshot of a journal, read without writing it or taking its
+lock — of a finished job, of a journal a run holds (in this process, and a real `batcher run` in a
+subprocess against a slow sandbox, which must finish unaffected), and one-line refusals (exit 2)
+for what is not a readable journal."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import batcher.journal as journal_module
+from batcher import status as status_module
+from batcher.errors import UsageError
+from batcher.job import run_job
+from batcher.journal import Journal
+from batcher.models import Status
+from batcher.sandbox.world import World
+from batcher.status import JobStatus, print_status, read_status
+
+from .conftest import read_results, write_pairs
+from .test_e2e import make_rows, settings
+from .test_journal import C1, C2, PLAN, R1, R2, ok, rows_table
+from .test_signals import Job, results_problems, square_rows, tail
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def lock_file(journal: Path) -> Path:
+    return journal.with_name(journal.name + ".lock")
+
+
+def test_the_journal_keys_are_the_journals_own():
+    assert status_module.SCHEMA_VERSION == journal_module.SCHEMA_VERSION
+    assert (status_module._K_VERSION, status_module._K_LOADED, status_module._K_STARTED) == (
+        journal_module._K_VERSION, journal_module._K_LOADED, journal_module._K_STARTED)
+
+
+# ---------------------------------------------------------------------------------- finished
+
+
+def test_a_finished_job_reads_as_finished_without_touching_its_journal(tmp_path, serve):
+    rows = make_rows(120, 6)
+    live = serve(World.from_pairs(rows))
+    bad = [("Leads", "12ab", rows[0][2]), rows[0]]  # an invalid row and a duplicate
+    inp = write_pairs(tmp_path / "in.csv", rows + bad)
+    result = run_job(settings(tmp_path, inp), live.env)
+    assert result.exit_code == 1  # the invalid row
+    journal = tmp_path / "out.journal"
+    before = digest(journal)
+
+    st = read_status(journal)
+
+    assert digest(journal) == before  # read-only
+    assert (st.state, st.running, st.pid, st.loaded) == ("finished", False, None, True)
+    assert {s: n for s, n in st.by_status.items() if n} == result.summary.by_status
+    assert list(st.by_status) == [s.value for s in Status]
+    assert st.rows == len(rows) + 2
+    assert (st.batches_left, st.pairs_left, st.eta_s, st.rate) == (0, 0, 0.0, None)
+    assert (st.calls, st.retries, st.throttled, st.credits) == (
+        result.summary.calls, result.summary.retries, result.summary.throttled,
+        result.summary.credits)
+    assert st.calls == len(live.sandbox.calls) > 0
+    assert st.started_at == result.summary.started_at
+    assert st.last_call_at is not None and st.last_call_at >= st.started_at
+    assert st.last_error is None
+    text = st.human()
+    assert text.splitlines()[0] == f"journal {journal}: finished"
+    assert f"unenrolled {len(rows):,}" in text and "invalid 1" in text and "duplicate 1" in text
+    out = io.StringIO()
+    assert print_status(journal, as_json=True, stream=out) == 0
+    doc = json.loads(out.getvalue())
+    assert doc["state"] == "finished" and doc["by_status"] == st.by_status
+    assert doc["rows"] == st.rows and doc["pid"] is None
+    # the lock was never taken: the same command runs again at once
+    assert run_job(settings(tmp_path, inp), live.env).exit_code == 1
+
+
+# ---------------------------------------------------------------------------------- held here
+
+
+@pytest.fixture
+def answered(tmp_path: Path) -> Path:
+    """A journal with batch b1 answered (two pairs failed, the later one last) and b2 left."""
+    path = tmp_path / "job.journal"
+    with Journal.open(path, "fp", input_name="a.csv") as j:
+        j.load(rows_table(), PLAN)
+        j.mark_sent("b1")
+        j.record_outcomes("b1", [
+            ok(R1, C1), ok(R1, C2, Status.NOT_ENROLLED),
+            ok(R2, C1, Status.FAILED, code="OLDER", message="first failure", http_status=400),
+        ], final=False)
+        time.sleep(0.01)  # a later finished_at
+        j.record_outcomes("b1", [ok(R2, C2, Status.FAILED, code="INVALID_DATA",
+                                    message="the cadence\nis gone", http_status=400)])
+        j.count(calls=1, credits=2, retries=1, throttled=1)
+        j.add_counters()
+    return path
+
+
+def test_a_journal_held_by_a_run_reads_as_running_with_its_pid_rate_and_eta(answered):
+    with Journal.open(answered, None) as j:
+        now = time.time()
+        for k in range(10):  # 10 calls over the last 20 s: 0.5 calls/s
+            j.log_call(now - 20 + 2 * k, "b1", 200, False, 0.5)
+        j.log_call(now - 3600, "b1", 429, True, 0.1)  # an hour ago: outside the minute
+        j.add_counters()
+
+        st = read_status(answered)
+
+        assert j.mark_sent("b2") == 1  # the run goes on: its lock, its commits
+    assert (st.state, st.running, st.pid) == ("running", True, os.getpid())
+    assert (st.batches_left, st.pairs_left) == (1, 1)
+    assert st.by_status["unenrolled"] == 1 and st.by_status["failed"] == 2
+    assert st.by_status["not_sent"] == 1
+    assert (st.calls, st.retries, st.throttled, st.credits) == (1, 1, 1, 2)
+    assert st.rate == pytest.approx(10 / 20, rel=0.05)
+    assert st.eta_s == pytest.approx(1 / st.rate)
+    assert st.last_error.code == "INVALID_DATA"
+    assert st.last_error.message == "the cadence\nis gone"  # as the journal keeps it
+    text = st.human()
+    assert f"running (pid {os.getpid()})" in text and "calls/s over the last minute" in text
+    assert "last error: INVALID_DATA the cadence is gone (" in text  # one line
+    assert json.loads(json.dumps(st.as_dict()))["last_error"]["code"] == "INVALID_DATA"
+
+
+def test_a_stopped_job_and_a_pid_left_by_kill_9(answered):
+    lock_file(answered).write_text("999999\n")  # a run killed by kill -9 leaves its pid
+
+    st = read_status(answered)
+
+    assert (st.state, st.running, st.pid, st.rate, st.eta_s) == ("stopped", False, None,
+                                                                 None, None)
+    assert "stopped: re-run its command to resume" in st.human()
+    with Journal.open(answered, None):  # the probe left the lock free
+        assert read_status(answered).running
+
+
+def test_a_journal_whose_plan_is_not_loaded_yet(tmp_path):
+    path = tmp_path / "job.journal"
+    with Journal.open(path, "fp"):
+        st = read_status(path)
+        assert (st.state, st.loaded, st.rows, st.batches_left) == ("running", False, 0, 0)
+        assert "planning" in st.human()
+    st = read_status(path)
+    assert (st.state, st.eta_s) == ("stopped", None)
+    assert "stopped before its plan was loaded" in st.human()
+
+
+def test_a_journal_file_its_run_has_just_created(tmp_path):
+    """The run holds the lock and made the file; its first commit (the tables) is not there."""
+    path = tmp_path / "job.journal"
+    path.touch()
+    fd = os.open(lock_file(path), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4242\n")
+        st = read_status(path)
+    finally:
+        os.close(fd)
+    assert (st.state, st.pid, st.loaded, st.rows, st.eta_s) == ("running", 4242, False, 0, None)
+    assert st.human().splitlines()[0].endswith("running (pid 4242), planning")
+    with pytest.raises(UsageError, match="not a batcher journal"):  # nobody holds it now
+        read_status(path)
+
+
+# ---------------------------------------------------------------------------------- a real run
+
+
+@pytest.mark.slow
+def test_status_of_a_running_batcher_run_leaves_the_run_unaffected(tmp_path, serve):
+    """`batcher run` in a subprocess, ~20 calls of 0.25 s one at a time; status is read every
+    20 ms from before the run makes its journal to after it exits."""
+    rows = square_rows(2_000, 554023000030000000, 554023000031000000)  # 20 calls of 500 pairs
+    live = serve(World.from_pairs(rows), latency=0.25)
+    job = Job(tmp_path / "job", rows, live.env, concurrency=1)
+    proc = job.start()
+    seen: list[JobStatus] = []
+    printed: list[dict] = []  # `--json` output, every 10th read
+    refused: list[str] = []  # before the journal is made and loaded
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                seen.append(read_status(job.journal))
+                if len(seen) % 10 == 0:
+                    out = io.StringIO()
+                    assert print_status(job.journal, as_json=True, stream=out) == 0
+                    printed.append(json.loads(out.getvalue()))
+            except UsageError as exc:
+                refused.append(str(exc))
+                assert not seen, f"a read failed once the journal was there: {exc}"
+            time.sleep(0.02)
+        code = proc.wait(timeout=5)
+    except (AssertionError, subprocess.TimeoutExpired):
+        proc.kill()
+        proc.wait()
+        raise
+
+    assert code == 0, f"the run exited {code}: {tail(job.stderr())}"
+    assert results_problems(job, statuses={"unenrolled"}, after="the run") == []
+    assert live.sandbox.removed >= set(rows)
+    assert len(live.sandbox.calls) == 20  # no call was sent twice
+    sending = [s for s in seen if s.running and s.loaded and s.calls]
+    assert len(sending) >= 10, f"only {len(sending)} reads while it sent; refused: {refused}"
+    assert all(s.pid == proc.pid for s in seen if s.running)
+    assert any(d["state"] == "running" and d["pid"] == proc.pid and d["batches_left"] > 0
+               for d in printed), printed
+    assert any(s.batches_left > 0 and s.eta_s is not None and s.rate > 0 for s in sending)
+    assert [s.batches_left for s in sending] == sorted(
+        (s.batches_left for s in sending), reverse=True)
+    final = read_status(job.journal)
+    assert (final.state, final.calls, final.by_status["unenrolled"]) == (
+        "finished", 20, len(rows))
+    assert {r["status"] for r in read_results(job.results)} == {"unenrolled"}
+
+
+# ---------------------------------------------------------------------------------- refusals
+
+
+def unreadable(kind: str, tmp_path: Path, journal: Path) -> Path:
+    """A path of ``kind`` that is no readable journal (``journal``: a real one to spoil)."""
+    path = tmp_path / f"{kind}.journal"
+    if kind == "missing":
+        return path
+    if kind == "directory":
+        return tmp_path
+    if kind == "text":
+        path.write_text("row,status\n" * 100)
+    elif kind == "empty":
+        path.touch()
+    elif kind == "lock_is_a_link":
+        lock_file(journal).unlink()
+        lock_file(journal).symlink_to(tmp_path / "elsewhere")
+        return journal
+    else:
+        sql = {"other_sqlite": (path, "CREATE TABLE meta (key, value);"),
+               "other_format": (journal, "UPDATE meta SET value = '1'"
+                                         " WHERE key = 'batcher.schema_version';")}[kind]
+        path = sql[0]
+        db = sqlite3.connect(path)
+        db.executescript(sql[1])
+        db.close()
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "text", "empty", "other_sqlite",
+                                  "other_format", "lock_is_a_link"])
+def test_what_is_not_a_readable_journal_is_one_line_exit_2(tmp_path, answered, kind):
+    path = unreadable(kind, tmp_path, answered)
+    with pytest.raises(UsageError) as err:
+        read_status(path)
+    text = str(err.value)
+    assert err.value.exit_code == 2
+    assert "\n" not in text and str(path) in text, text
+    if kind == "other_format":
+        assert "format 1" in text
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(3.2, "3 s"), (89, "89 s"), (1000, "17 min"),
+                                               (11_100, "3 h 05 min")])
+def test_an_eta_reads_in_seconds_minutes_or_hours(seconds, text):
+    assert status_module._duration(seconds) == text

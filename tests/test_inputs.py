@@ -869,3 +869,15 @@ def test_two_columns_of_one_name_are_refused_naming_their_positions(tmp_path: Pa
         message = input_error(path, options)
         assert_one_clear_line(message, path)
         assert "2 columns are named 'Record Id' (columns 1, 3)" in message
+
+
+def test_a_ragged_row_that_is_not_utf8_is_invalid_without_a_traceback(tmp_path: Path, capfd):
+    """pyarrow cannot hand such a row to the ragged-row handler: it printed 'Exception ignored'
+    and refused the whole file."""
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(f"record_id,cadence_id,module,Name\n{REC},{CAD},Leads,M\xfcller, Hans\n"
+                     f"{REC2},{CAD},Leads,Ok\n".encode("latin-1"))
+    rows = rows_of(path)
+    assert [(r["status"], r["reason"]) for r in rows] == [
+        ("invalid", "ragged row: line 2 has 5 fields, the header has 4"), ("valid", None)]
+    assert "Exception ignored" not in capfd.readouterr().err

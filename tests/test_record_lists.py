@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batcher.inputs import InputOptions, read_input
+from batcher.inputs import InputOptions, RecordList, read_input
 from batcher.job import run_job
 from batcher.sandbox.world import CUSTOM_VIEW, MANUAL, World
 
@@ -132,3 +132,17 @@ def test_plan_shows_the_cross_product(tmp_path):
     assert report["batches"] == 3 * 2
     table = read_input(bare, InputOptions(cadences=tuple(cads))).table.to_pylist()
     assert table[-1]["reason"] == "same pair as row 1" and table[-1]["row"] == 251
+
+
+def test_all_cadences_says_why_a_row_has_no_cadence(tmp_path):
+    from batcher.inputs import scan_input
+
+    path = tmp_path / "list.csv"
+    path.write_text("record_id,module\n1990117000000120345,Leads\n1990117000000120346,Vendors\n"
+                    "1990117000000120347,\n")
+    scan = scan_input(path, EVERY, records=RecordList({"Leads": ["5540230000040000001"]}))
+    rows = [r for t in scan.tables() for r in t.to_pylist()]
+    assert [(r["row"], r["status"]) for r in rows] == [(1, "valid"), (2, "invalid"),
+                                                       (3, "invalid")]
+    assert "no manual_enrollment cadence in module Vendors" in rows[1]["reason"]
+    assert rows[2]["reason"].startswith("missing module")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import gzip
+import re
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -152,20 +154,43 @@ def _fast_parts(src: Source, types: dict[str, pa.DataType], block: int, whole: b
     while True:
         irregular = _Irregular()
         try:
-            for part in _arrow_parts(src, types, block, newlines, whole, done, irregular):
-                if irregular.seen:
-                    raise _NeedsExact(done)
-                yield _with_blank(src, part, done, blanks)
-                done += part.num_rows
+            with _undecodable_rows_quiet():
+                for part in _arrow_parts(src, types, block, newlines, whole, done, irregular):
+                    if irregular.seen:
+                        raise _NeedsExact(done)
+                    yield _with_blank(src, part, done, blanks)
+                    done += part.num_rows
             return
         except pa.ArrowInvalid as exc:
-            if irregular.seen:
+            # a ragged row that is not UTF-8 never reaches the handler (pyarrow decodes its
+            # text first): the exact reader takes it, and says what the encoding is
+            if irregular.seen or _RAGGED.search(str(exc)):
                 raise _NeedsExact(done) from None
             again = _read_again(exc, block, newlines)
             if again is None:
                 raise
             block, newlines = again
 
+
+
+_RAGGED = re.compile(r"Expected \d+ columns, got \d+")
+
+
+@contextmanager
+def _undecodable_rows_quiet() -> Iterator[None]:
+    """pyarrow reports the UnicodeDecodeError of a ragged row it could not decode for the
+    handler as 'Exception ignored' on stderr, then fails the read (handled above)."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, UnicodeDecodeError):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def _read_again(exc: pa.ArrowInvalid, block: int, newlines: bool) -> tuple[int, bool] | None:

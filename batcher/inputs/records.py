@@ -49,7 +49,7 @@ class RecordList:
         one position (with no cadence: the scan reports it). Adds ``row``: the 1-based input
         row of every position. ``encoded``: the cadence column dictionary-encoded."""
         n = len(batch["record_id"])
-        per_code, code = self._cadences_per_row(batch, n, default_module)
+        per_code, code, modules = self._cadences_per_row(batch, n, default_module)
         count = np.array([max(1, len(c)) for c in per_code], dtype=np.int64)[code]
         for key in ("blank", "ragged"):
             if key in batch:
@@ -63,23 +63,40 @@ class RecordList:
         has = np.array([len(c) > 0 for c in per_code])[code][take]
         index = np.where(has, start[code][take] + within, len(flat) - 1).astype(np.int32)
         out = {key: _take(col, take) for key, col in batch.items()}
+        said = np.zeros(n, dtype=bool)  # blank and ragged rows have their own say
+        for key in ("blank", "ragged"):
+            if key in batch:
+                said |= batch[key] if key == "blank" else np.asarray(batch[key].is_valid())
+        none = ~has & ~said[take]
+        if none.any():  # why a row has no cadence: its module, not a "missing cadence id"
+            why = [_no_cadence(m) for m in modules]
+            out["problem"] = strings_of([why[c] if lack else None for c, lack in
+                                         zip(code[take].tolist(), none.tolist(), strict=True)])
         cadence = pa.DictionaryArray.from_arrays(arrow_of(index), strings_of(flat))
         out["cadence_id"] = cadence if encoded else cadence.dictionary_decode()
         out["row"] = take + (row0 + 1) if "row" not in batch else batch["row"][take]
         return out
 
     def _cadences_per_row(self, batch: dict[str, Any], n: int, default_module: str | None
-                          ) -> tuple[list[Sequence[str]], np.ndarray]:
-        """(cadences of each distinct module value, the value's index per row)."""
+                          ) -> tuple[list[Sequence[str]], np.ndarray, list[str | None]]:
+        """(cadences of each distinct module value, the value's index per row, the module of
+        each value)."""
         if ANY_MODULE in self.cadences or "module" not in batch:
             module = None if ANY_MODULE in self.cadences else canonical_module(
                 default_module or "")
-            return [self.of_module(module)], np.zeros(n, dtype=np.int64)
+            return [self.of_module(module)], np.zeros(n, dtype=np.int64), [module]
         index, values = dictionary(batch["module"])
         default = canonical_module(default_module) if default_module else None
         names = [canonical_module(v) if v.strip() else default for v in values.to_pylist()]
-        per_code = [self.of_module(m) for m in names] + [self.of_module(default)]
-        return per_code, np.where(index < 0, len(names), index)
+        names.append(default)
+        per_code = [self.of_module(m) for m in names]
+        return per_code, np.where(index < 0, len(names) - 1, index), names
+
+
+def _no_cadence(module: str | None) -> str:
+    if module is None:
+        return "missing module (add a module column or pass --module)"
+    return f"no cadence to leave: this org has no manual_enrollment cadence in module {module}"
 
 
 def _take(col: Any, take: np.ndarray) -> Any:

@@ -387,9 +387,8 @@ def _scan_chunk(cols: dict[str, Any], default_module: str | None, n_examples: in
                                                            default_module)
         record, rec_ok = record_ids(as_strings(cols["record_id"]), pool)
         cad_index, cad_values, cad_ok = cadences.result()
-    ragged = cols.get("ragged")
-    ragged_ok = None if ragged is None else numpy_of(ragged.is_null())
-    valid_mask = all_of([ok for ok in (rec_ok, cad_ok, mod_ok, ragged_ok) if ok is not None])
+    said = [numpy_of(cols[key].is_null()) for key in ("ragged", "problem") if key in cols]
+    valid_mask = all_of([ok for ok in (rec_ok, cad_ok, mod_ok, *said) if ok is not None])
     valid = np.arange(n, dtype=np.int32 if n < 1 << 31 else np.int64)  # half the memory
     bad = np.zeros(0, np.int64)
     blank = cols.get("blank")
@@ -540,12 +539,14 @@ def _check(raw: dict[str, Any], row0: int, default_module: str | None) -> _Check
         if "module" in raw and (raw["module"][i].as_py() or "").strip():
             problems[i] = ("INVALID_INPUT", "bad module name (not a Zoho module API name)")
     valid = rec_ok & cad_ok & ~module_bad
-    ragged = raw.get("ragged")
-    if ragged is not None and ragged.null_count < len(ragged):
-        at = np.flatnonzero(numpy_of(ragged.is_valid()))
+    for key, prefix in (("problem", ""), ("ragged", "ragged row: ")):
+        said = raw.get(key)
+        if said is None or said.null_count == len(said):
+            continue
+        at = np.flatnonzero(numpy_of(said.is_valid()))
         valid[at] = False
-        for i, why in zip(at.tolist(), ragged.take(arrow_of(at)).to_pylist(), strict=True):
-            problems[i] = ("INVALID_INPUT", f"ragged row: {why}")
+        for i, why in zip(at.tolist(), said.take(arrow_of(at)).to_pylist(), strict=True):
+            problems[i] = ("INVALID_INPUT", f"{prefix}{why}")
     blank = raw.get("blank")
     if blank is not None and blank.any():
         valid &= ~blank

@@ -487,3 +487,20 @@ def test_any_text_round_trips_with_ragged_and_blank_rows(tmp_path: Path, spec: d
                           else None for i in range(len(rows))]
         good = [i for i in range(len(rows)) if i not in (blank_at, ragged_at)]
         assert [ids[i] for i in good] == [rows[i][1] for i in good]
+
+
+def test_a_quote_that_never_closes_is_refused_naming_its_line(tmp_path: Path):
+    """It would make the rest of the file one field: 9,900 rows gone without a word."""
+    lines = ["record_id,cadence_id,module,note"] + [
+        f"{rec(i)},{CAD},Leads,ok" for i in range(300)]
+    lines[100] = lines[100].replace(",ok", ',"oops')
+    path = tmp_path / "quote.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as info:
+        read_input(path)
+    assert_one_clear_line(str(info.value), path)
+    assert "line 101: a quote opens there and does not close" in str(info.value)
+    # a note that really spans lines is read
+    fine = tmp_path / "fine.csv"
+    fine.write_text(f'record_id,cadence_id,module,note\n{rec(1)},{CAD},Leads,"two\nlines"\n')
+    assert [r["status"] for r in read_input(fine).table.to_pylist()] == ["valid"]

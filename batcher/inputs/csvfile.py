@@ -39,7 +39,10 @@ def csv_source(path: Path, head: bytes, kind: str, options: InputOptions) -> Sou
     if b"\x00" in head:
         raise InputError(f"{path}: is not UTF-8 text (it contains NUL bytes: a binary file or "
                          "UTF-16 text); save it as 'CSV UTF-8' or Parquet")
-    dialect = detect(head, options.delimiter)
+    try:
+        dialect = detect(head, options.delimiter)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
     header = list(dialect.header)
     return Source(path, "csv", require_columns(path, header, options), tuple(header), dialect,
                   compression)

@@ -70,8 +70,31 @@ def detect(head: bytes, delimiter: str | None) -> Dialect:
     text = text[len(empty):]
     chosen = given or (sep.group(1) if sep else _best(text))
     records = _records(text, chosen)
+    if records:
+        _refuse_unclosed_quote(text, chosen, len(records[0]), skip)
     return Dialect(chosen, skip, any("\n" in f or "\r" in f for r in records for f in r),
                    tuple(records[0]) if records else ())
+
+
+def _refuse_unclosed_quote(text: str, delimiter: str, width: int, skip: int) -> None:
+    """A quote that never closes makes the rest of the file one field, and its rows silently
+    vanish. A quoted field holding lines that look like whole records (as many delimiters as a
+    record has) is that: InputError naming the line where the quote opened."""
+    if width < 3:
+        return
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"',
+                        doublequote=True, strict=False)
+    start = 1
+    with suppress(csv.Error):
+        for record in islice(reader, _SAMPLE_RECORDS):
+            for field in record:
+                lines = field.splitlines()
+                if len(lines) > 1 and any(line.count(delimiter) >= width - 1 for line in lines):
+                    raise InputError(
+                        f"line {start + skip}: a quote opens there and does not close where "
+                        "the field ends, so the lines after it would be read as one field; "
+                        "fix the quote (or double it: \"\") and run again")
+            start = reader.line_num + 1
 
 
 def _given(value: str) -> str:

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint screenshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ bench: $(STAMP)  # prints every figure; exits non-zero if any target is missed
 	$(BIN)/python bench/bench_planner.py --repeat 3; p=$$?; \
 	$(BIN)/python bench/bench_executor.py; e=$$?; \
 	exit $$(( p || e ))
+
+screenshot: $(STAMP)  # docs/report.png: the sample job's report in headless chromium
+	$(BIN)/python scripts/report_screenshot.py docs/report.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check batcher tests bench

@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--api-domain", help="Zoho API domain (else ZOHO_API_DOMAIN or --dc)")
         sp.add_argument("--accounts-url", help="Zoho accounts URL (else ZOHO_ACCOUNTS_URL or --dc)")
         sp.add_argument("--dc", help="data centre: us, eu, in, au, jp, cn, ca, sa, uk")
+        sp.add_argument("--no-token-cache", action="store_true",
+                        help="neither reuse nor keep access tokens between commands (see "
+                             "BATCHER_TOKEN_CACHE_DIR)")
 
     def reading(sp: argparse.ArgumentParser, module_help: str) -> None:
         sp.add_argument("--module", help=module_help)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -290,6 +291,7 @@ class Executor:
             # timeouts into every call is event-loop time the call does not need
             request = httpx.Request("POST", parsed, content=encode_body(body),
                                     headers=JSON_HEADERS, extensions=self._extensions)
+            sent_at, clock = time.time(), time.monotonic()
             try:
                 response = await self._client.send(request, stream=True)
                 try:
@@ -300,12 +302,18 @@ class Executor:
                 if is_unsent(exc):
                     self.counters.calls -= 1
                     self._journal.count(calls=-1, credits=-1)
+                else:  # it reached a server: the call log keeps it, without an answer
+                    self._journal.log_call(sent_at, batch.batch_id, None, False,
+                                           time.monotonic() - clock)
                 raise
+            seconds = time.monotonic() - clock
         # the worker woken by the freed slot sends its call first; this answer is read after
         await asyncio.sleep(0)
         answer = _redacted(classify_answer(batch.record_ids, batch.cadence_ids,
                                            response.status_code, response.headers, content),
                            self._redact)
+        self._journal.log_call(sent_at, batch.batch_id, response.status_code,
+                               isinstance(answer, Transient) and answer.throttled, seconds)
         if isinstance(answer, Answered):
             self._journal.count(ignored_entries=answer.ignored_entries)
             return answer

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import shlex
 import socket
 import sys
 import tempfile
@@ -32,6 +33,7 @@ import numpy as np
 from .config import Credentials, Endpoints, load_credentials, resolve_endpoints
 from .errors import AbortError, BatcherError, PermissionDenied, TransientError, UsageError
 from .executor import Counters, Executor, ExecutorSettings
+from .htmlreport import Tally, report_path, write_report
 from .inputs import (
     INVALID,
     InputOptions,
@@ -55,6 +57,7 @@ from .retry import Reachability, RetryPolicy
 from .stopping import Stopper, signals_to
 from .zoho.auth import ZohoAuth
 from .zoho.cadences import MANUAL, Cadence, fetch_cadences, preflight
+from .zoho.tokencache import default_cache
 
 _PREFLIGHT_LINES = 10  # cadence problems printed one per line; the rest as a count
 
@@ -85,6 +88,8 @@ class RunSettings:
     reading: InputOptions = field(default_factory=InputOptions)
     #: stderr lines: "text" (``batcher: ...``) or "json" (one object a line: event, ts, fields)
     log_format: str = "text"
+    #: reuse access tokens between commands (``--no-token-cache``: False)
+    token_cache: bool = True
 
     def input_options(self) -> InputOptions:
         return replace(self.reading, module=self.module)
@@ -301,9 +306,10 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
         meta = {k: journal.get_meta(k, d) for k, d in (
             ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None))}
         blank = scan.blank if scan is not None else journal.get_meta("blank", 0)
-        return write_results(source, results, duration_s=time.monotonic() - started,
-                             extra={"dry_run": settings.dry_run, "aborted": reason, **meta},
-                             blank=blank)
+        tally = Tally(source)  # counts for the report, as the results are written
+        summary = write_results(tally, results, duration_s=time.monotonic() - started,
+                                extra={"dry_run": settings.dry_run, "aborted": reason, **meta},
+                                blank=blank)
     except (OSError, BatcherError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         how = (f"re-run the same command, or `batcher report --journal {journal.path} "
@@ -312,6 +318,38 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
             log.say("abort", f"aborted: {reason}", always=True)
         raise AbortError(f"the results could not be written to {results} ({why}); the journal "
                          f"keeps every answer: once that is fixed, {how}") from None
+    try:
+        write_report(tally, summary, report_path(results),
+                     command=next_command(settings, results, summary, stop is not None),
+                     exit_code=stop.exit_code if stop else None)
+    except (OSError, BatcherError) as exc:  # the results are there: the page is a nicety
+        log.say("report", f"the report could not be written ({exc})", always=True)
+    return summary
+
+
+def next_command(settings: RunSettings, results: Path, summary: Summary, stopped: bool) -> str:
+    """The command that finishes the job: the same one while rows are left to send (or for a
+    dry run, the real one), else the run of its retry file, else the same one (it re-sends
+    what failed for a reason worth retrying, up to the job's retry rounds)."""
+    left = summary.by_status.get("not_sent", 0)
+    if summary.retry_rows and not left and not stopped and not settings.dry_run:
+        retry = Path(summary.retry_path)
+        return shlex.join(["batcher", "run", str(retry), "--results",
+                           str(results.with_name(f"{results.stem}-retry{results.suffix}"))])
+    args = ["batcher", "run", str(settings.input), "--results", str(settings.results)]
+    flags = {"--journal": settings.journal, "--module": settings.module,
+             "--max-calls": settings.max_calls, "--delimiter": settings.reading.delimiter,
+             "--record-column": settings.reading.record_column,
+             "--cadence-column": settings.reading.cadence_column,
+             "--module-column": settings.reading.module_column}
+    for flag, value in flags.items():
+        if value is not None:
+            args += [flag, str(value)]
+    for cadence in settings.reading.cadences:
+        args += ["--cadence", cadence]
+    args += ["--all-cadences"] * settings.all_cadences
+    args += ["--no-preflight"] * (not settings.preflight)
+    return shlex.join(args)
 
 
 @contextmanager
@@ -432,7 +470,8 @@ class _clients:
             raise UsageError(redact(str(exc))) from None
         self._accounts = httpx.AsyncClient(transport=accounts, timeout=settings.timeout,
                                            trust_env=False)
-        self.auth = ZohoAuth(creds, endpoints, client=self._accounts, redactor=redact)
+        self.auth = ZohoAuth(creds, endpoints, client=self._accounts, redactor=redact,
+                             cache=default_cache(env, enabled=settings.token_cache))
         self.client = httpx.AsyncClient(auth=self.auth, transport=api, trust_env=False,
                                         timeout=settings.timeout, limits=limits)
 
@@ -575,7 +614,8 @@ def run_from_args(args, env: Mapping[str, str], stopper: Stopper | None = None,
         concurrency=args.concurrency, max_calls=args.max_calls, dry_run=args.dry_run,
         preflight=not args.no_preflight, quiet=args.quiet, api_domain=args.api_domain,
         accounts_url=args.accounts_url, dc=args.dc, reading=reading,
-        log_format=getattr(args, "log_format", "text"))
+        log_format=getattr(args, "log_format", "text"),
+        token_cache=not getattr(args, "no_token_cache", False))
     result = run_job(settings, env, stopper=stopper)
     if getattr(args, "json", False):  # for a scheduler: one object on stdout, the rest on stderr
         print(json.dumps({**result.summary.to_dict(), "exit_code": result.exit_code,
@@ -592,8 +632,9 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
         raise UsageError(f"{path}: no such journal")
     _check_results(Path(results))
     with Journal.open(path, None) as journal:
+        tally = Tally(journal)
         try:
-            summary = write_results(journal, Path(results), duration_s=0.0,
+            summary = write_results(tally, Path(results), duration_s=0.0,
                                     extra={"rewritten_from_journal": str(path)},
                                     blank=journal.get_meta("blank", 0))
         except OSError as exc:
@@ -601,6 +642,17 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
                              f"({exc.strerror or type(exc).__name__})") from None
         unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()
                          if k in ("pending", "sent"))
+        made = journal.get_meta("input") or {}
+        options = InputOptions(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in made.get("options", {}).items()})
+        settings = RunSettings(input=made.get("path", "INPUT"), results=results,
+                               journal=str(path), module=options.module, reading=options)
+        try:
+            write_report(tally, summary, report_path(Path(results)),
+                         command=next_command(settings, Path(results), summary, bool(unfinished)),
+                         exit_code=3 if unfinished else summary.exit_code())
+        except (OSError, BatcherError) as exc:
+            print(f"batcher: the report could not be written ({exc})", file=sys.stderr)
     print(summary.human(), file=stream)
     if unfinished:
         print(f"batcher: the job is not finished: {unfinished} pairs are not sent yet; re-run "
@@ -614,7 +666,8 @@ def list_cadences(args, env: Mapping[str, str], *, transports: Transports = Tran
     stream = stream or sys.stdout
     creds = load_credentials(env)
     endpoints = resolve_endpoints(args.api_domain, args.accounts_url, args.dc, env)
-    settings = RunSettings(input="-", results="-")
+    settings = RunSettings(input="-", results="-",
+                           token_cache=not getattr(args, "no_token_cache", False))
 
     async def fetch() -> list[Cadence]:
         redact = Redactor(creds.secrets())

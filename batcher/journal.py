@@ -91,6 +91,10 @@ CREATE TABLE IF NOT EXISTS rows (
     attempts INTEGER NOT NULL DEFAULT 0, batch_id TEXT, retryable INTEGER, finished_at TEXT
 );
 """
+# the call log: one row per un-enrol call that reached a server, for the report's timeline;
+# created apart from _SCHEMA so journals made before it gain it on open (same format version)
+_CALLS_TABLE = ("CREATE TABLE IF NOT EXISTS calls (at REAL NOT NULL, batch_id TEXT,"
+                " http_status INTEGER, throttled INTEGER NOT NULL, seconds REAL NOT NULL)")
 # built after the bulk insert (much faster than maintaining it row by row); its uniqueness also
 # proves that no pair sits twice in one batch
 _PAIR_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS rows_pair "
@@ -116,6 +120,7 @@ class Journal:
         self._lock_fd = lock_fd
         self._mutex = threading.RLock()
         self._unsaved: dict[str, int] = {}  # counter deltas waiting for the next commit
+        self._unsaved_calls: list[tuple] = []  # call log rows waiting for the next commit
         self._count_lock = threading.Lock()
         self.is_new = is_new
 
@@ -181,19 +186,21 @@ class Journal:
                 raise ValueError("journal is closed")
             self._db.execute("BEGIN IMMEDIATE")
             deltas: dict[str, int] = {}
+            calls: list[tuple] = []
             try:
                 yield self._db
-                deltas = self._take_unsaved()
+                deltas, calls = self._take_unsaved()
                 _add_counters(self._db, deltas)
+                _add_calls(self._db, calls)
             except BaseException:
-                self.count(**deltas)  # not written: kept for the next commit
+                self._keep_unsaved(deltas, calls)  # not written: kept for the next commit
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
             try:
                 self._db.execute("COMMIT")
             except BaseException:
-                self.count(**deltas)
+                self._keep_unsaved(deltas, calls)
                 raise
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
@@ -223,10 +230,24 @@ class Journal:
                 if value:
                     self._unsaved[name] = self._unsaved.get(name, 0) + value
 
-    def _take_unsaved(self) -> dict[str, int]:
+    def log_call(self, at: float, batch_id: str, http_status: int | None, throttled: bool,
+                 seconds: float) -> None:
+        """Add a call to the call log: sent at ``at`` (unix seconds), answered with
+        ``http_status`` (None: it failed without an answer) after ``seconds``. Written with the
+        journal's next commit, as :meth:`count`'s deltas are."""
         with self._count_lock:
-            taken, self._unsaved = self._unsaved, {}
+            self._unsaved_calls.append((at, batch_id, http_status, int(throttled), seconds))
+
+    def _take_unsaved(self) -> tuple[dict[str, int], list[tuple]]:
+        with self._count_lock:
+            taken = self._unsaved, self._unsaved_calls
+            self._unsaved, self._unsaved_calls = {}, []
         return taken
+
+    def _keep_unsaved(self, deltas: dict[str, int], calls: list[tuple]) -> None:
+        self.count(**deltas)
+        with self._count_lock:
+            self._unsaved_calls[:0] = calls
 
     # ------------------------------------------------------------------ load
 
@@ -556,6 +577,12 @@ class Journal:
         got = dict(self._query("SELECT name, value FROM counters"))
         return {k: int(got.get(k, 0)) for k in (*_COUNTERS, "runs")}
 
+    def calls_per_second(self) -> list[tuple[int, int, int]]:
+        """The call log per second: (unix second, calls sent, calls answered 429), in time
+        order, seconds without a call left out."""
+        return self._query("SELECT CAST(at AS INTEGER) AS s, count(*), sum(throttled)"
+                           " FROM calls GROUP BY s ORDER BY s")
+
     @property
     def started_at(self) -> str:
         return self._meta(_K_STARTED)
@@ -602,6 +629,12 @@ def _add_counters(db: sqlite3.Connection, deltas: dict[str, int]) -> None:
     if deltas:
         db.executemany("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name)"
                        " DO UPDATE SET value = value + excluded.value", list(deltas.items()))
+
+
+def _add_calls(db: sqlite3.Connection, calls: list[tuple]) -> None:
+    if calls:
+        db.executemany("INSERT INTO calls (at, batch_id, http_status, throttled, seconds)"
+                       " VALUES (?, ?, ?, ?, ?)", calls)
 
 
 def _sqlite_text(exc: sqlite3.Error) -> str:
@@ -709,6 +742,7 @@ def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | None,
         if not tables:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
+        db.execute(_CALLS_TABLE)
         meta = dict(db.execute("SELECT key, value FROM meta"))
         version = json.loads(meta.get(_K_VERSION, str(SCHEMA_VERSION)))
         if version != SCHEMA_VERSION:

@@ -17,6 +17,20 @@ SECRET = "s3cr3t-client-secret-ZZQ"
 REFRESH = "1000.r3fr3sh-token-ZZQ"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_cache_in_the_real_home(tmp_path_factory):
+    """A token cache a test turns on lives in a temporary folder, never in ~/.cache."""
+    import os
+
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @dataclass
 class Live:
     base_url: str
@@ -36,7 +50,7 @@ def serve():
         stack.append(cm)
         env = {"ZOHO_API_DOMAIN": base_url, "ZOHO_ACCOUNTS_URL": base_url,
                "ZOHO_CLIENT_ID": cfg.client_id, "ZOHO_CLIENT_SECRET": SECRET,
-               "ZOHO_REFRESH_TOKEN": REFRESH}
+               "ZOHO_REFRESH_TOKEN": REFRESH, "BATCHER_NO_TOKEN_CACHE": "1"}
         return Live(base_url, sandbox, env)
 
     yield start
@@ -70,7 +84,7 @@ def serve_restartable():
         handle.start()
         env = {"ZOHO_API_DOMAIN": handle.base_url, "ZOHO_ACCOUNTS_URL": handle.base_url,
                "ZOHO_CLIENT_ID": cfg.client_id, "ZOHO_CLIENT_SECRET": SECRET,
-               "ZOHO_REFRESH_TOKEN": REFRESH}
+               "ZOHO_REFRESH_TOKEN": REFRESH, "BATCHER_NO_TOKEN_CACHE": "1"}
         return RestartableLive(handle.base_url, handle.sandbox, env, handle)
 
     yield start

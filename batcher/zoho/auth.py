@@ -5,14 +5,19 @@ share a refresh: the first one to need it refreshes under a lock, the others wai
 token it got. A sliding window refuses an 11th refresh inside 10 minutes with an ``AuthError``
 rather than getting the refresh token throttled. Token endpoint failures come as HTTP 200 with
 ``{"error": ...}``; they become messages that say what to fix and never carry a secret.
+
+With a :class:`TokenCache`, a command first reuses the token an earlier command got, and the
+window starts with the refreshes earlier commands made, so a lock-out names when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -22,6 +27,7 @@ from batcher.errors import AuthError, TransientError
 from batcher.redact import Redactor
 from batcher.retry import parse_retry_after
 from batcher.zoho.api import error_code
+from batcher.zoho.tokencache import TokenCache, cache_key
 
 _RESUME = "then re-run the same command to resume"
 
@@ -35,6 +41,8 @@ class ZohoAuth(httpx.Auth):
     ``refreshes`` counts token refreshes for the summary. ``client`` (or ``transport``) reaches
     the accounts server; it must be a client of its own, not the one this auth signs for.
     ``redactor`` learns every access token obtained, so no later text can carry one.
+    ``cache`` (refresh flow only) lends the first token and keeps every refreshed one for the
+    next command; a cached token Zoho rejects is dropped from it and refreshed once.
     """
 
     def __init__(self, credentials: Credentials, endpoints: Endpoints, *,
@@ -42,7 +50,8 @@ class ZohoAuth(httpx.Auth):
                  transport: httpx.AsyncBaseTransport | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  refresh_ahead: float = 60.0, max_refreshes: int = 10,
-                 window: float = 600.0, redactor: Redactor | None = None) -> None:
+                 window: float = 600.0, redactor: Redactor | None = None,
+                 cache: TokenCache | None = None) -> None:
         if not credentials.can_refresh and not credentials.access_token:
             raise AuthError("no Zoho credentials: set ZOHO_CLIENT_ID, ZOHO_CLIENT_SECRET and "
                             "ZOHO_REFRESH_TOKEN, or ZOHO_ACCESS_TOKEN")
@@ -59,7 +68,10 @@ class ZohoAuth(httpx.Auth):
         self._ahead = refresh_ahead
         self._max_refreshes = max_refreshes
         self._window = window
-        self._recent: deque[float] = deque()
+        self._cache = cache if credentials.can_refresh else None
+        self._key = cache_key(endpoints.accounts_url, credentials.client_id or "",
+                              credentials.refresh_token or "") if self._cache else ""
+        self._recent: deque[float] = deque(self._cached_refreshes())
         self._lock = asyncio.Lock()
         self._token = credentials.access_token
         self._expires_at: float | None = None  # unknown for a token given by the user
@@ -95,7 +107,7 @@ class ZohoAuth(httpx.Auth):
                             "revoked and cannot be refreshed; set ZOHO_REFRESH_TOKEN, "
                             "ZOHO_CLIENT_ID and ZOHO_CLIENT_SECRET (or a new ZOHO_ACCESS_TOKEN), "
                             f"{_RESUME}")
-        token, _ = await self._refresh(stale_generation=generation)
+        token, _ = await self._refresh(stale_generation=generation, rejected=True)
         self._prepare(request, token)
         response = yield request
         if await self._token_invalid(response):
@@ -130,33 +142,67 @@ class ZohoAuth(httpx.Auth):
             return self._token, self._generation  # type: ignore[return-value]
         return await self._refresh(stale_generation=self._generation)
 
-    async def _refresh(self, stale_generation: int) -> tuple[str, int]:
+    async def _refresh(self, stale_generation: int, rejected: bool = False) -> tuple[str, int]:
+        """A new token, unless another request got one meanwhile. ``rejected``: Zoho refused the
+        current token, so the cache's copy of it goes and a real refresh follows."""
         async with self._lock:
             if self._failure is not None:
                 raise self._failure
             if self._generation != stale_generation and self._token:
                 return self._token, self._generation  # another request refreshed meanwhile
+            if rejected and self._cache:
+                self._cache.drop(self._key)
+            elif not rejected and (cached := self._adopt_cached()):
+                return cached
             self._admit()
             try:
                 body = await self._request_token()
             except AuthError as exc:  # the accounts server answered: a refresh spent
-                self._recent.append(self._clock())
+                self._spent()
                 self._failure = exc
                 raise
             # only requests the accounts server answered count against its limit: an outage of
             # it must end as an outage, not as a refresh storm that then locks the job out
-            self._recent.append(self._clock())
-            self._token = str(body["access_token"])
-            self._redact.add(self._token)
+            self._spent()
             lifetime = _expires_in(body)
-            # refresh a little ahead of expiry, but never so far ahead that a short-lived token
-            # is refreshed on every request (that would burn Zoho's 10 refreshes / 10 minutes)
-            self._ahead = min(self._refresh_ahead, lifetime / 5)
-            self._expires_at = self._clock() + lifetime
-            self._generation += 1
+            taken = self._take(str(body["access_token"]), lifetime, body.get("api_domain"))
             self.refreshes += 1
-            self.api_domain = accept_api_domain(self._configured_domain, body.get("api_domain"))
-            return self._token, self._generation
+            if self._cache:
+                self._cache.put(self._key, taken[0], time.time() + lifetime, self.api_domain)
+            return taken
+
+    def _take(self, token: str, lifetime: float, api_domain: str | None) -> tuple[str, int]:
+        """Use ``token`` from now on; it lives ``lifetime`` more seconds. → (token, generation)"""
+        self._token = token
+        self._redact.add(token)
+        # refresh a little ahead of expiry, but never so far ahead that a short-lived token
+        # is refreshed on every request (that would burn Zoho's 10 refreshes / 10 minutes)
+        self._ahead = min(self._refresh_ahead, lifetime / 5)
+        self._expires_at = self._clock() + lifetime
+        self._generation += 1
+        self.api_domain = accept_api_domain(self._configured_domain, api_domain)
+        return token, self._generation
+
+    def _adopt_cached(self) -> tuple[str, int] | None:
+        """Take the token an earlier command cached, if still valid and not the one held."""
+        cached = self._cache.get(self._key) if self._cache else None
+        if cached is None or cached.access_token == self._token:
+            return None
+        return self._take(cached.access_token, cached.expires_at - time.time(),
+                          cached.api_domain)
+
+    def _cached_refreshes(self) -> list[float]:
+        """The refreshes earlier commands noted in the cache, on ``clock``'s time line."""
+        if not self._cache:
+            return []
+        now, wall = self._clock(), time.time()
+        return [now - (wall - at) for at in self._cache.refreshes(self._key)]
+
+    def _spent(self) -> None:
+        """Count a refresh the accounts server answered, here and for the next commands."""
+        self._recent.append(self._clock())
+        if self._cache:
+            self._cache.note_refresh(self._key, time.time())
 
     def _admit(self) -> None:
         """Sliding window: refuse rather than exceed Zoho's token issuing limit (the caller
@@ -165,11 +211,14 @@ class ZohoAuth(httpx.Auth):
         while self._recent and now - self._recent[0] >= self._window:
             self._recent.popleft()
         if len(self._recent) >= self._max_refreshes:
+            # the refresh that leaves the window first frees the next one
+            allowed = self._recent[-self._max_refreshes] + self._window - now
             raise AuthError(
                 f"refusing to refresh the access token again: {len(self._recent)} refreshes in "
                 f"the last {self._window / 60:g} minutes already (Zoho allows "
                 f"{self._max_refreshes}); something keeps invalidating tokens — make sure no "
-                f"other job revokes or shares this refresh token, wait 10 minutes, {_RESUME}")
+                f"other job revokes or shares this refresh token; the next refresh is allowed "
+                f"at {_utc_in(allowed)}, {_RESUME}")
 
     async def _request_token(self) -> dict[str, Any]:
         creds = self._credentials
@@ -196,7 +245,10 @@ class ZohoAuth(httpx.Auth):
             raise AuthError(f"the Zoho accounts server {self._token_url} answered HTTP {status} "
                             "without a token; check ZOHO_ACCOUNTS_URL / ZOHO_DC")
         if body.get("error") or not body.get("access_token"):
-            raise AuthError(self._redact(_refusal_message(body, self._token_url)))
+            # Zoho counts refreshes this job cannot see (other machines): its window ends by
+            # then at the latest
+            latest = _utc_in(self._window)
+            raise AuthError(self._redact(_refusal_message(body, self._token_url, latest)))
         return body
 
 
@@ -211,7 +263,15 @@ def _expires_in(body: dict[str, Any]) -> float:
     return 3600.0
 
 
-def _refusal_message(body: dict[str, Any], token_url: str) -> str:
+def _utc_in(seconds: float) -> str:
+    """The UTC wall-clock time ``seconds`` from now, rounded up to the second."""
+    moment = datetime.fromtimestamp(math.ceil(time.time() + seconds), UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _refusal_message(body: dict[str, Any], token_url: str, latest: str) -> str:
+    """What to do about the token endpoint's refusal ``body``; ``latest``: when a lock-out of
+    too many refreshes has ended at the latest."""
     error = str(body.get("error") or "no access_token in the answer")[:100]
     description = str(body.get("error_description") or "")[:200]
     if error == "invalid_code":
@@ -226,6 +286,6 @@ def _refusal_message(body: dict[str, Any], token_url: str) -> str:
     if "too many" in description.lower() or error.lower() == "access denied":
         return ("Zoho refused to issue another access token (too many token requests for this "
                 "refresh token in 10 minutes): make sure no other job uses the same refresh "
-                f"token, wait 10 minutes, {_RESUME}")
+                f"token, wait 10 minutes (until {latest}), {_RESUME}")
     detail = f" ({description})" if description else ""
     return f"Zoho refused the token refresh: {error}{detail}; {_RESUME}"

@@ -16,19 +16,20 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 test: $(STAMP)
-	$(BIN)/ruff check batcher tests bench
+	$(BIN)/ruff check batcher tests bench examples scripts
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)  # prints every figure; exits non-zero if any target is missed
 	$(BIN)/python bench/bench_planner.py --repeat 3; p=$$?; \
 	$(BIN)/python bench/bench_executor.py; e=$$?; \
-	exit $$(( p || e ))
+	$(BIN)/python bench/bench_report.py; r=$$?; \
+	exit $$(( p || e || r ))
 
 screenshot: $(STAMP)  # docs/report.png: the sample job's report in headless chromium
 	$(BIN)/python scripts/report_screenshot.py docs/report.png
 
 lint: $(STAMP)
-	$(BIN)/ruff check batcher tests bench
+	$(BIN)/ruff check batcher tests bench examples scripts
 
 clean:
 	rm -rf $(VENV) out bench/data .pytest_cache .ruff_cache .hypothesis

@@ -114,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="send at most this many un-enrol calls this run, at least 1 (the same "
                           "command continues)")
     run.add_argument("--dry-run", action="store_true", help="plan and preflight only")
+    run.add_argument("--halt-on-failures", type=float, metavar="PCT",
+                     help="stop (exit 3, resumable) when, after 500 answered pairs, more than "
+                          "PCT %% of them failed for a reason a re-send does not cure (a wrong "
+                          "module, a list from another org)")
     run.add_argument("--no-preflight", action="store_true", help="skip reading the org's cadences")
     run.add_argument("--quiet", action="store_true",
                      help="no progress output (why a job aborted is still said)")

@@ -60,6 +60,12 @@ class ExecutorSettings:
     max_calls: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     calm_seconds: float = 5.0
+    #: stop (exit 3, resumable) when more than this % of the answered pairs failed for a reason
+    #: a re-send does not cure, once ``HALT_AFTER`` pairs were answered; None: never
+    halt_on_failures: float | None = None
+
+
+HALT_AFTER = 500  # answered pairs before --halt-on-failures judges: a few early refusals are noise
 
 
 @dataclass
@@ -71,6 +77,9 @@ class Counters:
     throttled: int = 0
     batches_done: int = 0
     pairs_done: int = 0
+    #: pairs an answer named, and those it refused for good (failed, not retryable)
+    pairs_answered: int = 0
+    pairs_refused: int = 0
 
 
 #: a worker stops on these and lets the others finish their calls; anything else stops the run
@@ -198,6 +207,7 @@ class Executor:
             groups = tuple(map(_hedge, groups))
         await self._in_db_thread(self._journal.record_groups, batch.batch_id, groups, attempts)
         self._done(batch, answer.pairs)
+        await self._judge((len(g.record_ids) * len(g.cadence_ids), g) for g in groups)
 
     async def _settle(self, batch: Batch, answer, attempts: int,
                       isolation: _Isolation | None) -> list[Batch]:
@@ -218,9 +228,28 @@ class Executor:
             raise TypeError(f"unexpected answer {answer!r}")
         await self._in_db_thread(j.settle_and_split, batch.batch_id, failed, children, attempts)
         self.counters.pairs_done += len(failed)
+        await self._judge((1, o) for o in failed)
         if not children:
             self.counters.batches_done += 1
         return children
+
+    async def _judge(self, outcomes: Iterable[tuple[int, Any]]) -> None:
+        """Count answered pairs (each outcome stands for ``n`` pairs) and those refused for
+        good; past ``halt_on_failures`` the run stops taking batches (resumable, exit 3)."""
+        c = self.counters
+        for n, o in outcomes:
+            c.pairs_answered += n
+            c.pairs_refused += n if o.status == Status.FAILED and not o.retryable else 0
+        pct = self._s.halt_on_failures
+        if pct is not None and c.pairs_answered >= HALT_AFTER and self._stop is None \
+                and c.pairs_refused * 100 > pct * c.pairs_answered:
+            share = 100 * c.pairs_refused / c.pairs_answered
+            await self._halt(AbortError(
+                f"halted by --halt-on-failures {pct:g}: {c.pairs_refused} of the "
+                f"{c.pairs_answered} pairs answered so far ({share:.0f}%) failed for a reason a "
+                f"re-send does not cure (see the results' codes), after {c.calls} calls (credits) "
+                "this run; nothing more is sent — fix "
+                "the input (module, org) or re-run the same command to go on"))
 
     def _done(self, batch: Batch, pairs: int) -> None:
         self.counters.batches_done += 1

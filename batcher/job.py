@@ -90,6 +90,8 @@ class RunSettings:
     log_format: str = "text"
     #: reuse access tokens between commands (``--no-token-cache``: False)
     token_cache: bool = True
+    #: stop (exit 3, resumable) when more than this % of answered pairs failed for good
+    halt_on_failures: float | None = None
 
     def input_options(self) -> InputOptions:
         return replace(self.reading, module=self.module)
@@ -587,7 +589,8 @@ async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncC
                         if log.json else None)
     executor = Executor(client, journal, ExecutorSettings(
         concurrency=settings.concurrency, max_calls=settings.max_calls, retry=settings.retry,
-        calm_seconds=settings.calm_seconds), api_domain=lambda: auth.api_domain,
+        calm_seconds=settings.calm_seconds, halt_on_failures=settings.halt_on_failures),
+        api_domain=lambda: auth.api_domain,
         on_progress=progress.update, reach=reach, redactor=redact)
     start = time.monotonic()
     try:
@@ -615,7 +618,8 @@ def run_from_args(args, env: Mapping[str, str], stopper: Stopper | None = None,
         preflight=not args.no_preflight, quiet=args.quiet, api_domain=args.api_domain,
         accounts_url=args.accounts_url, dc=args.dc, reading=reading,
         log_format=getattr(args, "log_format", "text"),
-        token_cache=not getattr(args, "no_token_cache", False))
+        token_cache=not getattr(args, "no_token_cache", False),
+        halt_on_failures=getattr(args, "halt_on_failures", None))
     result = run_job(settings, env, stopper=stopper)
     if getattr(args, "json", False):  # for a scheduler: one object on stdout, the rest on stderr
         print(json.dumps({**result.summary.to_dict(), "exit_code": result.exit_code,

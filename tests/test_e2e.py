@@ -356,3 +356,23 @@ def test_the_same_command_resends_retryable_failures_and_converges(tmp_path, ser
     assert final.exit_code == 0
     assert set(live.sandbox.removed) == set(rows)
     assert_exact(live.sandbox, rows)
+
+
+def test_halt_on_failures_stops_a_list_of_unknown_ids_and_says_what_it_spent(tmp_path, serve):
+    known = make_rows(10, 1)
+    world = World.from_pairs(known)
+    cadence = known[0][2]
+    unknown = [("Leads", str(554023000009000000 + i), cadence) for i in range(3000)]
+    live = serve(world)
+    inp = write_pairs(tmp_path / "in.csv", unknown)
+
+    result = run_job(settings(tmp_path, inp, halt_on_failures=50.0, concurrency=1), live.env)
+
+    assert result.exit_code == 3
+    assert "halted by --halt-on-failures 50" in result.aborted
+    assert "calls (credits)" in result.aborted
+    calls = len(live.sandbox.calls)
+    assert calls < 30  # stopped after about 500 answered pairs, not 3,000 pairs later
+    statuses = {r["status"] for r in read_results(tmp_path / "out.csv")}
+    assert statuses == {"failed", "not_sent"}
+    assert result.summary.credits >= calls

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import NoReturn
 
 from . import __version__
@@ -315,22 +316,33 @@ def main(argv: Sequence[str] | None = None, stopper: Stopper | None = None) -> i
         with _interrupting():
             return _COMMANDS[args.command](args)
     except BatcherError as exc:
-        print(f"batcher: {_redactor(args)(str(exc))}", file=sys.stderr)
-        return exc.exit_code
+        return _failed(args, _redactor(args)(str(exc)), exc.exit_code)
     except KeyboardInterrupt:
-        print("batcher: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 3
+        return _failed(args, "interrupted; re-run the same command to resume", 3)
     except OSError as exc:  # a file the user named: unreadable, vanished, a full disk
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"batcher: {where}{exc.strerror or type(exc).__name__}", file=sys.stderr)
-        return 2
+        return _failed(args, f"{where}{exc.strerror or type(exc).__name__}", 2)
     except Exception as exc:  # a bug: one line, not a traceback (BATCHER_DEBUG=1 shows it)
         if os.environ.get("BATCHER_DEBUG"):
             raise
-        print(f"batcher: internal error ({type(exc).__name__}: {_redactor(args)(str(exc))[:300]}); "
-              "nothing more was sent — re-run the same command to resume, and report this "
-              "with BATCHER_DEBUG=1 set for the details", file=sys.stderr)
-        return 3
+        return _failed(args, f"internal error ({type(exc).__name__}: "
+                       f"{_redactor(args)(str(exc))[:300]}); nothing more was sent — re-run the "
+                       "same command to resume, and report this with BATCHER_DEBUG=1 set for the "
+                       "details", 3)
+
+
+def _failed(args: argparse.Namespace | None, message: str, code: int) -> int:
+    """Say why a command failed, as its flags asked: a line of text on stderr, or (``--log-format
+    json``) a JSON object there, and with ``--json`` one on stdout too; returns ``code``."""
+    if getattr(args, "log_format", "text") == "json":
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        print(json.dumps({"event": "error", "ts": now, "message": message, "exit_code": code}),
+              file=sys.stderr)
+    else:
+        print(f"batcher: {message}", file=sys.stderr)
+    if getattr(args, "json", False) and getattr(args, "command", None) == "run":
+        print(json.dumps({"exit_code": code, "error": message}))
+    return code
 
 
 def entry() -> NoReturn:

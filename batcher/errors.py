@@ -34,6 +34,10 @@ class AbortError(BatcherError):
     exit_code = 3
 
 
+class Halted(AbortError):
+    """``--halt-on-failures`` stopped the run: too many answers refused pairs for good."""
+
+
 class AuthError(AbortError):
     """Credentials missing, refused, or a refresh failed."""
 

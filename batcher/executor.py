@@ -32,6 +32,7 @@ from .errors import (
     BatcherError,
     BudgetExhausted,
     EngineError,
+    Halted,
     JournalIOError,
     TransientError,
 )
@@ -244,7 +245,7 @@ class Executor:
         if pct is not None and c.pairs_answered >= HALT_AFTER and self._stop is None \
                 and c.pairs_refused * 100 > pct * c.pairs_answered:
             share = 100 * c.pairs_refused / c.pairs_answered
-            await self._halt(AbortError(
+            await self._halt(Halted(
                 f"halted by --halt-on-failures {pct:g}: {c.pairs_refused} of the "
                 f"{c.pairs_answered} pairs answered so far ({share:.0f}%) failed for a reason a "
                 f"re-send does not cure (see the results' codes), after {c.calls} calls (credits) "

@@ -31,7 +31,14 @@ import httpx
 import numpy as np
 
 from .config import Credentials, Endpoints, load_credentials, resolve_endpoints
-from .errors import AbortError, BatcherError, PermissionDenied, TransientError, UsageError
+from .errors import (
+    AbortError,
+    BatcherError,
+    Halted,
+    PermissionDenied,
+    TransientError,
+    UsageError,
+)
 from .executor import Counters, Executor, ExecutorSettings
 from .htmlreport import Tally, report_path, write_report
 from .inputs import (
@@ -46,13 +53,20 @@ from .inputs import (
     scan_input,
     unusual_line,
 )
+from .inputs.carry import Carried, carried_columns
 from .journal import Journal, utc_now
 from .logs import JobLog
 from .netio import accounts_transport, api_transport
 from .planreport import plan_scan
 from .progress import Progress
 from .redact import Redactor
-from .report import RESULT_SUFFIXES, Summary, UnplannedResults, write_results
+from .report import (
+    RESULT_SUFFIXES,
+    Summary,
+    UnplannedResults,
+    check_results_capacity,
+    write_results,
+)
 from .retry import Reachability, RetryPolicy
 from .stopping import Stopper, signals_to
 from .zoho.auth import ZohoAuth
@@ -255,8 +269,15 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
                 # once the org's cadences are read)
                 if journal.is_new and not settings.all_cadences:
                     scan = scan_input(settings.input, options)
+                    check_results_capacity(results, scan.rows)
+                elif not journal.is_new:
+                    check_results_capacity(results, journal.rows)
             stop = _drive(settings, scan, journal, _Link(creds, endpoints, transports, env),
                           log, stopper, redact)
+        except UsageError as exc:
+            if journal.is_new:  # nothing planned, nothing sent: no results to write
+                raise
+            stop = _Stop(redact(str(exc)), exc.exit_code)
         except BatcherError as exc:  # the journal's disk, a journal that contradicts its input
             stop = _Stop(redact(str(exc)), exc.exit_code)
         with stopper.phase("defer"):
@@ -311,8 +332,9 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
         tally = Tally(source)  # counts for the report, as the results are written
         summary = write_results(tally, results, duration_s=time.monotonic() - started,
                                 extra={"dry_run": settings.dry_run, "aborted": reason, **meta},
-                                blank=blank)
-    except (OSError, BatcherError) as exc:
+                                blank=blank, carried=_carried(settings, journal, log),
+                                cadence_names=journal.get_meta("cadence_names", {}))
+    except (OSError, BatcherError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         how = (f"re-run the same command, or `batcher report --journal {journal.path} "
                f"--results {results}`") if not settings.dry_run else "re-run the dry run"
@@ -327,6 +349,18 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
     except (OSError, BatcherError) as exc:  # the results are there: the page is a nicety
         log.say("report", f"the report could not be written ({exc})", always=True)
     return summary
+
+
+def _carried(settings: RunSettings, journal: Journal, log: JobLog) -> Carried | None:
+    """The input's own columns for the results, read again; without them when the input
+    cannot be read any more (the results still say what happened to every row)."""
+    try:
+        return carried_columns(settings.input, settings.input_options(),
+                               _record_list(settings, journal))
+    except BatcherError as exc:
+        log.say("results", f"the input's own columns are left out of the results: {exc}",
+                always=True)
+        return None
 
 
 def next_command(settings: RunSettings, results: Path, summary: Summary, stopped: bool) -> str:
@@ -412,6 +446,7 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
                         with stopper.phase("raise"):
                             scan = scan_input(settings.input, settings.input_options(),
                                               records=_record_list(settings, journal))
+                        check_results_capacity(Path(settings.results), scan.rows)
                     assert scan is not None
                     if scan.rounded:
                         say(rounding_line(scan), "rounded_ids")
@@ -440,6 +475,9 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
             if stopper.requested is None:
                 raise
             return _Stop(stopper.message())
+        except Halted as exc:  # nothing left to send: the job is finished, not halted
+            left = any(k in ("pending", "sent") for k in journal.batch_counts())
+            return _Stop(redact(str(exc)), exc.exit_code) if left else None
         except BatcherError as exc:
             return _Stop(redact(str(exc)), exc.exit_code)
         except Exception as exc:  # a bug: the run stops, and the results still get written
@@ -637,20 +675,25 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
     _check_results(Path(results))
     with Journal.open(path, None) as journal:
         tally = Tally(journal)
-        try:
-            summary = write_results(tally, Path(results), duration_s=0.0,
-                                    extra={"rewritten_from_journal": str(path)},
-                                    blank=journal.get_meta("blank", 0))
-        except OSError as exc:
-            raise AbortError(f"the results could not be written to {results} "
-                             f"({exc.strerror or type(exc).__name__})") from None
-        unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()
-                         if k in ("pending", "sent"))
         made = journal.get_meta("input") or {}
         options = InputOptions(**{k: tuple(v) if isinstance(v, list) else v
                                   for k, v in made.get("options", {}).items()})
         settings = RunSettings(input=made.get("path", "INPUT"), results=results,
                                journal=str(path), module=options.module, reading=options)
+        carried = None
+        if made and Path(settings.input).exists() \
+                and journal.fingerprint == fingerprint(settings):  # the very input, unchanged
+            carried = _carried(settings, journal, JobLog(sys.stderr))
+        try:
+            summary = write_results(tally, Path(results), duration_s=0.0,
+                                    extra={"rewritten_from_journal": str(path)},
+                                    blank=journal.get_meta("blank", 0), carried=carried,
+                                    cadence_names=journal.get_meta("cadence_names", {}))
+        except (OSError, ValueError) as exc:
+            raise AbortError(f"the results could not be written to {results} "
+                             f"({getattr(exc, 'strerror', None) or exc})") from None
+        unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()
+                         if k in ("pending", "sent"))
         try:
             write_report(tally, summary, report_path(Path(results)),
                          command=next_command(settings, Path(results), summary, bool(unfinished)),

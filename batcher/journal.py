@@ -597,6 +597,11 @@ class Journal:
         with self._tx() as db:
             _set_meta(db, "user." + key, value)
 
+    @property
+    def fingerprint(self) -> str | None:
+        """What the journal is bound to (``job.fingerprint``: the input and its flags)."""
+        return self._meta(_K_FINGERPRINT)
+
     def get_meta(self, key: str, default: Any = None) -> Any:
         return self._meta("user." + key, default)
 

@@ -6,15 +6,22 @@ file, and a failed write leaves the previous run's files untouched. They are cre
 0600 (they hold the job's record ids), and the temporary files a killed run left are removed.
 Counts are taken from the rows actually written, then reconciled against the number of input rows
 the journal loaded.
+
+Results are CSV, Parquet or ``.xlsx`` by their extension. Text meant for a spreadsheet (CSV and
+xlsx results) is defused: a cell that starts with ``=``, ``+``, ``-``, ``@``, tab or CR gets a
+leading ``'`` so that no spreadsheet evaluates it; Parquet, read by programs, stays raw, and so
+does the retry CSV, an input for the next run that must give back the values it was given.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,15 +30,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import xlsxwriter
 
+from .errors import UsageError
+from .inputs.carry import Carried
+from .inputs.columns import _ALIASES, _normalise_header
 from .journal import CHUNK_ROWS, RESULT_SCHEMA, utc_now
 from .models import SUCCESS_STATUSES, Status
 
 RETRY_COLUMNS = ("module", "record_id", "cadence_id")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 #: the extensions ``--results`` may have
-RESULT_SUFFIXES = (".csv", *_PARQUET_SUFFIXES)
+RESULT_SUFFIXES = (".csv", *_PARQUET_SUFFIXES, ".xlsx")
+#: data rows an .xlsx sheet holds under its header (1,048,576 rows in all)
+XLSX_MAX_ROWS = 1_048_575
+#: the results file's own columns: the journal's, with the cadence's name after its id; the
+#: input's other columns follow them
+OUTPUT_SCHEMA = RESULT_SCHEMA.insert(RESULT_SCHEMA.get_field_index("cadence_id") + 1,
+                                     pa.field("cadence_name", pa.string()))
 _STATUS_ORDER = [s.value for s in Status]
+#: a text that a spreadsheet would take for a formula (or a DDE call) and its defused form
+_FORMULA_START, _DEFUSED = r"^([=+\-@\t\r])", r"'\1"
 
 
 class ResultSource(Protocol):
@@ -118,49 +137,65 @@ def reconcile_line(rows: int, by_status: dict[str, int]) -> tuple[str, bool]:
     return f"{rows} rows != {' + '.join(parts) or '0'} (= {total})", False
 
 
+def check_results_capacity(results_path: str | os.PathLike[str], rows: int) -> None:
+    """Raise UsageError when ``rows`` results rows do not fit the results file: an ``.xlsx``
+    sheet holds :data:`XLSX_MAX_ROWS` under its header (CSV and Parquet have no such bound).
+    Call it before any call, with the number of results rows (input rows × cadences for a list
+    of records)."""
+    if Path(results_path).suffix.lower() == ".xlsx" and rows > XLSX_MAX_ROWS:
+        raise UsageError(f"--results {results_path}: {rows:,} rows do not fit an .xlsx sheet "
+                         f"({XLSX_MAX_ROWS:,} at most); use a .csv or .parquet name")
+
+
 def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *,
                   duration_s: float, extra: dict[str, Any] | None = None,
-                  chunk_rows: int = CHUNK_ROWS, blank: int = 0) -> Summary:
-    """Write results (CSV, or Parquet for ``.parquet``/``.pq``), retry file and summary.
-    ``blank``: the input's all-empty rows, counted apart from its data rows."""
+                  chunk_rows: int = CHUNK_ROWS, blank: int = 0, carried: Carried | None = None,
+                  cadence_names: Mapping[str, str] | None = None) -> Summary:
+    """Write results (CSV; Parquet for ``.parquet``/``.pq``; a sheet for ``.xlsx``), retry file
+    and summary.
+
+    Results columns: :data:`OUTPUT_SCHEMA` (``cadence_name`` looked up in ``cadence_names``, id →
+    name; null when unknown), then ``carried``'s columns, renamed by :func:`carried_names`.
+    ``carried.tables()`` must stream exactly one row per results row, in order, in chunks of any
+    size. ``blank``: the input's all-empty rows, counted apart from its data rows.
+
+    Raises UsageError for an ``.xlsx`` that the rows would overflow, ValueError when the carried
+    stream ends before or after the results rows, OSError when a file cannot be written; the
+    previous files are then left as they were.
+    """
     results = Path(os.path.abspath(results_path))
+    check_results_capacity(results, journal.rows)
     retry, summary_file = side_paths(results)
     for target in (results, retry, summary_file):
         _remove_stale_temps(target)
-    by_status: dict[str, int] = {}
-    by_code: dict[str, dict[str, int]] = {}
-    written = retry_rows = 0
+    carried = carried if carried and carried.names else None
+    carry_schema = pa.schema([(n, pa.string()) for n in carried_names(carried.names)]
+                             if carried else [])
+    retry_schema = _concat_schemas(pa.schema([(c, pa.string()) for c in RETRY_COLUMNS]),
+                                   carry_schema)
+    names = _CadenceNames(cadence_names)
     with ExitStack() as stack:
         tmp_results = stack.enter_context(_atomic(results))
         tmp_retry = stack.enter_context(_atomic(retry))
         tmp_summary = stack.enter_context(_atomic(summary_file))
-        out = stack.enter_context(_results_writer(results, tmp_results))
-        retry_out = stack.enter_context(pacsv.CSVWriter(
-            tmp_retry, pa.schema([(c, pa.string()) for c in RETRY_COLUMNS]),
-            write_options=pacsv.WriteOptions(quoting_header="none")))
+        out = stack.enter_context(closing(_results_file(
+            results, tmp_results, _concat_schemas(OUTPUT_SCHEMA, carry_schema), stack)))
+        retry_out = stack.enter_context(closing(_CsvFile(tmp_retry, retry_schema, defuse=False)))
+        aligned = _Aligned(carried.tables(), carry_schema) if carried else None
+        tally = _Tally()
         for chunk in journal.iter_result_chunks(chunk_rows=chunk_rows):
             chunk = chunk.cast(RESULT_SCHEMA)
-            out.write_table(chunk)
-            written += chunk.num_rows
-            _count(chunk, by_status, by_code)
-            again = chunk.filter(_retry_mask(chunk)).select(list(RETRY_COLUMNS))
-            retry_rows += again.num_rows
+            table = _results_table(chunk, names, aligned)
+            out.write(table)
+            again = table.select(retry_schema.names).filter(_retry_mask(chunk))
             if again.num_rows:
-                retry_out.write_table(again)
-        rows = journal.rows
-        line, ok = reconcile_line(rows, by_status)
-        if written != rows:
-            line, ok = f"{line}; {written} rows written", False
-        counters = journal.counters()
-        summary = Summary(
-            rows=rows, by_status=by_status, by_code=by_code,
-            calls=counters.get("calls", 0), retries=counters.get("retries", 0),
-            throttled=counters.get("throttled", 0), credits=counters.get("credits", 0),
-            duration_s=round(float(duration_s), 3), results_path=str(results),
-            retry_path=str(retry), summary_path=str(summary_file), retry_rows=retry_rows,
-            reconcile=line, reconciled=ok, started_at=journal.started_at,
-            ignored_entries=counters.get("ignored_entries", 0), blank=blank,
-            finished_at=utc_now(), extra=dict(extra or {}))
+                retry_out.write(again)
+            tally.add(chunk, again.num_rows)
+        if aligned:
+            aligned.end()
+        summary = tally.summary(journal, duration_s=duration_s, results=results, retry=retry,
+                                summary_file=summary_file, blank=blank, extra=extra)
+        out.finish(summary)
         doc = summary.to_dict()
         doc["results"], doc["retry"] = doc.pop("results_path"), doc.pop("retry_path")
         del doc["summary_path"]
@@ -170,15 +205,133 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     return summary
 
 
-def _count(chunk: pa.Table, by_status: dict[str, int],
-           by_code: dict[str, dict[str, int]]) -> None:
-    grouped = chunk.group_by(["status", "code"], use_threads=False).aggregate([("row", "count")])
-    for status, code, n in zip(*(grouped.column(c).to_pylist()
-                                 for c in ("status", "code", "row_count")), strict=True):
-        by_status[status] = by_status.get(status, 0) + n
-        if code:
-            codes = by_code.setdefault(status, {})
-            codes[code] = codes.get(code, 0) + n
+def carried_names(names: Iterable[str]) -> tuple[str, ...]:
+    """The names the input's other columns get in the results and retry files.
+
+    A name that is a results column, or that batcher would read as a module, record id or cadence
+    column (``ID``, ``Cadence``: the retry file would then be an ambiguous input), or that an
+    earlier one took, gets ``input_`` in front until it is free.
+    """
+    taken = set(OUTPUT_SCHEMA.names)
+    out = []
+    for name in names:
+        while name in taken or _normalise_header(name) in _ALIASES:
+            name = "input_" + name
+        taken.add(name)
+        out.append(name)
+    return tuple(out)
+
+
+def _concat_schemas(*schemas: pa.Schema) -> pa.Schema:
+    return pa.schema([f for s in schemas for f in s])
+
+
+class _CadenceNames:
+    """Cadence id → name, looked up a column at a time."""
+
+    def __init__(self, names: Mapping[str, str] | None) -> None:
+        self._ids = pa.array(list(names or {}), pa.string())
+        self._names = pa.array(list((names or {}).values()), pa.string())
+
+    def of(self, cadence_ids: pa.ChunkedArray) -> pa.ChunkedArray:
+        """The name of each id; null for an id the org's list did not hold."""
+        return pc.take(self._names, pc.index_in(cadence_ids, value_set=self._ids))
+
+
+class _Aligned:
+    """The carried tables re-cut to the lengths of the results chunks, one at a time."""
+
+    def __init__(self, tables: Iterator[pa.Table], schema: pa.Schema) -> None:
+        self._tables = tables
+        self._schema = schema
+        self._head = schema.empty_table()
+        self._taken = 0
+
+    def take(self, n: int) -> pa.Table:
+        """The next ``n`` rows, as strings named by the schema; ValueError when the stream ends
+        first."""
+        parts = []
+        while n:
+            if not self._head.num_rows:
+                self._head = self._next()
+                continue
+            part = self._head.slice(0, n)
+            self._head = self._head.slice(part.num_rows)
+            parts.append(part)
+            n -= part.num_rows
+            self._taken += part.num_rows
+        return pa.concat_tables(parts) if parts else self._schema.empty_table()
+
+    def end(self) -> None:
+        """ValueError unless the stream is exhausted: each carried row has its results row."""
+        extra = self._head.num_rows + sum(t.num_rows for t in self._tables)
+        if extra:
+            raise ValueError(f"the input's own columns have {extra} rows more than the "
+                             f"{self._taken} results rows; they cannot be carried")
+
+    def _next(self) -> pa.Table:
+        table = next(self._tables, None)
+        if table is None:
+            raise ValueError(f"the input's own columns ended after {self._taken} rows, before "
+                             "the results rows; they cannot be carried")
+        if table.num_columns != len(self._schema):
+            raise ValueError(f"the input's own columns came as {table.num_columns} columns, "
+                             f"not {len(self._schema)}")
+        return pa.Table.from_arrays([c.cast(pa.string()) for c in table.columns],
+                                    schema=self._schema)
+
+
+def _results_table(chunk: pa.Table, names: _CadenceNames, carried: _Aligned | None) -> pa.Table:
+    """A journal chunk with the cadence names and, beside its rows, the input's own columns."""
+    at = chunk.schema.get_field_index("cadence_id") + 1
+    table = chunk.add_column(at, "cadence_name", names.of(chunk["cadence_id"]))
+    if carried is None:
+        return table
+    extra = carried.take(chunk.num_rows)
+    for name, column in zip(extra.column_names, extra.columns, strict=True):
+        table = table.append_column(name, column)
+    return table
+
+
+@dataclass
+class _Tally:
+    """Counts of the rows actually written, chunk by chunk."""
+
+    written: int = 0
+    retry_rows: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    #: status → code → rows
+    by_code: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, chunk: pa.Table, retry_rows: int) -> None:
+        self.written += chunk.num_rows
+        self.retry_rows += retry_rows
+        grouped = chunk.group_by(["status", "code"], use_threads=False).aggregate(
+            [("row", "count")])
+        for status, code, n in zip(*(grouped.column(c).to_pylist()
+                                     for c in ("status", "code", "row_count")), strict=True):
+            self.by_status[status] = self.by_status.get(status, 0) + n
+            if code:
+                codes = self.by_code.setdefault(status, {})
+                codes[code] = codes.get(code, 0) + n
+
+    def summary(self, journal: ResultSource, *, duration_s: float, results: Path, retry: Path,
+                summary_file: Path, blank: int, extra: dict[str, Any] | None) -> Summary:
+        """The summary, its counts reconciled against the rows the journal loaded."""
+        rows = journal.rows
+        line, ok = reconcile_line(rows, self.by_status)
+        if self.written != rows:
+            line, ok = f"{line}; {self.written} rows written", False
+        counters = journal.counters()
+        return Summary(
+            rows=rows, by_status=self.by_status, by_code=self.by_code,
+            calls=counters.get("calls", 0), retries=counters.get("retries", 0),
+            throttled=counters.get("throttled", 0), credits=counters.get("credits", 0),
+            duration_s=round(float(duration_s), 3), results_path=str(results),
+            retry_path=str(retry), summary_path=str(summary_file), retry_rows=self.retry_rows,
+            reconcile=line, reconciled=ok, started_at=journal.started_at,
+            ignored_entries=counters.get("ignored_entries", 0), blank=blank,
+            finished_at=utc_now(), extra=dict(extra or {}))
 
 
 def _retry_mask(chunk: pa.Table) -> pa.ChunkedArray:
@@ -188,15 +341,173 @@ def _retry_mask(chunk: pa.Table) -> pa.ChunkedArray:
     return pc.or_(pc.equal(status, Status.NOT_SENT.value), failed_retryable)
 
 
-@contextmanager
-def _results_writer(results: Path, tmp: Path) -> Iterator[Any]:
-    if results.suffix.lower() in _PARQUET_SUFFIXES:
-        with pq.ParquetWriter(tmp, RESULT_SCHEMA, compression="zstd") as writer:
-            yield writer
-    else:
-        with pacsv.CSVWriter(tmp, RESULT_SCHEMA,
-                             write_options=pacsv.WriteOptions(quoting_header="none")) as writer:
-            yield writer
+# ---------------------------------------------------------------------- formula safety
+
+def _defused_text(text: str) -> str:
+    return re.sub(_FORMULA_START, _DEFUSED, text)
+
+
+def _defused_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema with its names defused: a header is a cell too."""
+    return pa.schema([f.with_name(_defused_text(f.name)) for f in schema])
+
+
+def _defused(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` under ``schema`` (its defused twin) with every text column defused, vectorised."""
+    return pa.Table.from_arrays(
+        [pc.replace_substring_regex(c, _FORMULA_START, _DEFUSED)
+         if pa.types.is_string(c.type) else c for c in table.columns], schema=schema)
+
+
+# ---------------------------------------------------------------------- results files
+
+class _ResultsFile(Protocol):
+    """A results file being written: rows chunk by chunk, then the summary, then closed."""
+
+    def write(self, table: pa.Table) -> None: ...
+
+    def finish(self, summary: Summary) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _results_file(results: Path, tmp: Path, schema: pa.Schema, stack: ExitStack) -> _ResultsFile:
+    """The writer for ``results``' extension, writing to ``tmp``; scratch space lives on
+    ``stack``."""
+    suffix = results.suffix.lower()
+    if suffix in _PARQUET_SUFFIXES:
+        return _ParquetFile(tmp, schema)
+    if suffix == ".xlsx":
+        return _XlsxFile(results, tmp, schema, stack.enter_context(_scratch_dir(results)))
+    return _CsvFile(tmp, schema)
+
+
+class _ParquetFile:
+    """Raw values: Parquet is read by programs, never evaluated."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self._writer = pq.ParquetWriter(path, schema, compression="zstd")
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+
+    def finish(self, summary: Summary) -> None:
+        pass
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _CsvFile:
+    """Defused text (unless ``defuse`` is False: the retry file is an input, and must give back
+    the values it was given); the header is quoted only when a name needs it."""
+
+    def __init__(self, path: Path, schema: pa.Schema, defuse: bool = True) -> None:
+        self._defuse = defuse
+        self._schema = _defused_schema(schema) if defuse else schema
+        plain = not any(set(n) & set(',"\r\n') for n in self._schema.names)
+        self._writer = pacsv.CSVWriter(path, self._schema, write_options=pacsv.WriteOptions(
+            quoting_header="none" if plain else "needed"))
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(_defused(table, self._schema) if self._defuse
+                                 else table.cast(self._schema))
+
+    def finish(self, summary: Summary) -> None:
+        pass
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _XlsxFile:
+    """A "results" sheet streamed row by row (xlsxwriter's constant_memory mode: one row in
+    memory), its header frozen and filtered, and a "summary" sheet.
+
+    Every text, ids included, is a string cell, so Excel never turns an id into a rounded number;
+    numbers and booleans keep their types; nulls and empty texts are blank cells. A text longer
+    than a cell's 32,767 characters is cut there (xlsxwriter's rule).
+    """
+
+    def __init__(self, results: Path, path: Path, schema: pa.Schema, scratch: Path) -> None:
+        # ZIP64 only when a part passes 4 GiB; the parts go to scratch beside the results, not
+        # to a /tmp that may be small or held in memory
+        self._book = xlsxwriter.Workbook(str(path), {
+            "constant_memory": True, "tmpdir": str(scratch), "use_zip64": True})
+        self._sheet = self._book.add_worksheet("results")
+        self._results = results
+        self._schema = _defused_schema(schema)
+        self._cells = [self._cell_writer(f.type) for f in schema]
+        self._rows = 0
+        for col, name in enumerate(self._schema.names):
+            self._sheet.write_string(0, col, name)
+        self._sheet.freeze_panes(1, 0)
+
+    def _cell_writer(self, kind: pa.DataType) -> Callable[[int, int, Any], Any]:
+        if pa.types.is_boolean(kind):
+            return self._sheet.write_boolean
+        if pa.types.is_integer(kind):
+            return self._sheet.write_number
+        return self._sheet.write_string
+
+    def write(self, table: pa.Table) -> None:
+        """Append the rows; UsageError past the sheet's last row (xlsxwriter would drop them)."""
+        check_results_capacity(self._results, self._rows + table.num_rows)
+        columns = [c.to_pylist() for c in _defused(table, self._schema).columns]
+        cells = self._cells
+        for row, values in enumerate(zip(*columns, strict=True), start=self._rows + 1):
+            for col, value in enumerate(values):
+                if value is not None and value != "":
+                    cells[col](row, col, value)
+        self._rows += table.num_rows
+
+    def finish(self, summary: Summary) -> None:
+        """Filter over the data, add the summary sheet and write the file."""
+        self._sheet.autofilter(0, 0, self._rows, len(self._cells) - 1)
+        sheet = self._book.add_worksheet("summary")
+        sheet.set_column(0, 0, 28)
+        for row, (label, value) in enumerate(_summary_figures(summary)):
+            sheet.write_string(row, 0, _defused_text(label))
+            if isinstance(value, str):
+                sheet.write_string(row, 1, _defused_text(value))
+            elif isinstance(value, bool):
+                sheet.write_boolean(row, 1, value)
+            elif value is not None:
+                sheet.write_number(row, 1, value)
+        self._book.close()
+
+    def close(self) -> None:
+        pass  # after a failure: the scratch folder goes with its parts, the file is unlinked
+
+
+def _summary_figures(summary: Summary) -> list[tuple[str, str | int | float | bool | None]]:
+    """(label, value) lines of the summary sheet."""
+    lines: list[tuple[str, str | int | float | bool | None]] = [
+        ("rows", summary.rows), ("reconcile", summary.reconcile),
+        ("reconciled", summary.reconciled)]
+    lines += [(f"status {s}", n) for s, n in sorted(summary.by_status.items(), key=_status_rank)]
+    lines += [(f"code {s} {c}", n) for s, codes in sorted(summary.by_code.items(), key=_status_rank)
+              for c, n in sorted(codes.items())]
+    lines += [("calls", summary.calls), ("retries", summary.retries),
+              ("throttled (429)", summary.throttled), ("credits", summary.credits),
+              ("duration_s", summary.duration_s), ("rows to retry", summary.retry_rows),
+              ("blank rows", summary.blank), ("ignored answer entries", summary.ignored_entries),
+              ("started_at", summary.started_at), ("finished_at", summary.finished_at),
+              ("retry file", summary.retry_path)]
+    return lines
+
+
+def _status_rank(item: tuple[str, Any]) -> tuple[int, str]:
+    """Statuses in the order of :class:`Status`, unknown ones after them."""
+    status = item[0]
+    return (_STATUS_ORDER.index(status) if status in _STATUS_ORDER else len(_STATUS_ORDER), status)
+
+
+# ---------------------------------------------------------------------- temporary files
+
+def _temp_path(target: Path) -> Path:
+    """A hidden name beside ``target`` that carries our pid (see :func:`_remove_stale_temps`)."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 @contextmanager
@@ -205,7 +516,7 @@ def _atomic(target: Path) -> Iterator[Path]:
 
     Nested blocks rename in reverse order of entry, so the results file (entered first) lands last.
     """
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_path(target)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         yield tmp
@@ -216,8 +527,21 @@ def _atomic(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def _scratch_dir(target: Path) -> Iterator[Path]:
+    """A private folder beside ``target`` for a writer's own temporary files, removed after the
+    block."""
+    path = _temp_path(target)
+    path.mkdir(mode=0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _remove_stale_temps(target: Path) -> None:
-    """Remove the temporary files of ``target`` that a killed run left (their pid is gone)."""
+    """Remove the temporary files (and folders) of ``target`` that a killed run left (their pid
+    is gone)."""
     for tmp in target.parent.glob(f".{target.name}.*.tmp"):
         pid = tmp.name[len(target.name) + 2:].split(".", 1)[0]
         if not pid.isdigit():
@@ -225,7 +549,10 @@ def _remove_stale_temps(target: Path) -> None:
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
         except OSError:  # alive (another user's), or not ours to judge
             pass
 

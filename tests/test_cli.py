@@ -312,3 +312,13 @@ def test_log_format_json_makes_every_stderr_line_one_object(tmp_path, serve):
     assert all({"event", "ts", "message"} <= set(e) for e in lines)
     end = lines[-1]
     assert end["exit_code"] == 1 and end["summary"]["by_status"]["invalid"] == 1
+
+
+def test_an_input_error_is_json_too_when_the_log_is(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "batcher", "run", str(tmp_path / "none.csv"),
+                          "--results", str(tmp_path / "o.csv"), "--log-format", "json", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    line = json.loads(out.stderr)
+    assert line["event"] == "error" and line["exit_code"] == 2 and "no such file" in line["message"]
+    assert json.loads(out.stdout) == {"exit_code": 2, "error": line["message"]}

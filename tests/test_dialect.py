@@ -258,7 +258,7 @@ def _ragged_file(tmp_path: Path) -> Path:
 def test_a_ragged_row_is_named_by_its_line_and_the_rest_is_read(tmp_path: Path, chunk_rows):
     ids, ragged, blank = positions(_ragged_file(tmp_path), chunk_rows=chunk_rows)
     assert len(ids) == 3_000
-    assert ragged[2_499] == "line 2501 has 5 fields, the header has 4"
+    assert ragged[2_499].startswith("line 2501 has 5 fields, the header has 4: '")
     assert ids[2_499] == ""  # a ragged row's fields say nothing reliable
     assert [r for r in ragged if r] == [ragged[2_499]]
     assert ids[:2_499] + ids[2_500:] == [rec(i) for i in range(3_000) if i != 2_499]
@@ -483,8 +483,9 @@ def test_any_text_round_trips_with_ragged_and_blank_rows(tmp_path: Path, spec: d
     for chunk_rows in (None, 3):
         ids, ragged, blank = positions(path, chunk_rows=chunk_rows)
         assert blank == [i == blank_at for i in range(len(rows))]
-        assert ragged == [f"line {i + 2} has 3 fields, the header has 5" if i == ragged_at
-                          else None for i in range(len(rows))]
+        assert [r and r.split(":")[0] for r in ragged] == [
+            f"line {i + 2} has 3 fields, the header has 5" if i == ragged_at else None
+            for i in range(len(rows))]
         good = [i for i in range(len(rows)) if i not in (blank_at, ragged_at)]
         assert [ids[i] for i in good] == [rows[i][1] for i in good]
 

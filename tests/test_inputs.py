@@ -142,7 +142,8 @@ def test_a_ragged_row_deep_in_a_large_file_is_invalid_and_the_rest_proceeds(tmp_
     rows = rows_of(path)
     assert len(rows) == 60_002 and [r["row"] for r in rows[-2:]] == [60_001, 60_002]
     assert rows[-2]["status"] == "invalid"
-    assert rows[-2]["reason"] == "ragged row: line 60002 has 4 fields, the header has 3"
+    assert rows[-2]["reason"].startswith("ragged row: line 60002 has 4 fields, the header has 3")
+    assert REC2 in rows[-2]["reason"]  # whose row it was
     assert {r["status"] for r in rows[:60_000]} == {"valid"} and rows[-1]["status"] == "valid"
 
 
@@ -878,6 +879,6 @@ def test_a_ragged_row_that_is_not_utf8_is_invalid_without_a_traceback(tmp_path: 
     path.write_bytes(f"record_id,cadence_id,module,Name\n{REC},{CAD},Leads,M\xfcller, Hans\n"
                      f"{REC2},{CAD},Leads,Ok\n".encode("latin-1"))
     rows = rows_of(path)
-    assert [(r["status"], r["reason"]) for r in rows] == [
-        ("invalid", "ragged row: line 2 has 5 fields, the header has 4"), ("valid", None)]
+    assert [(r["status"], (r["reason"] or "")[:49]) for r in rows] == [
+        ("invalid", "ragged row: line 2 has 5 fields, the header has 4"), ("valid", "")]
     assert "Exception ignored" not in capfd.readouterr().err

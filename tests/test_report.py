@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batcher.inputs import read_input
-from batcher.journal import RESULT_SCHEMA, Journal
-from batcher.models import RESULT_COLUMNS, Batch, PairOutcome, Status
-from batcher.report import reconcile_line, side_paths, write_results
+from batcher.journal import Journal
+from batcher.models import Batch, PairOutcome, Status
+from batcher.report import OUTPUT_SCHEMA, reconcile_line, side_paths, write_results
 
 from .test_journal import C1, C2, C3, PLAN, R1, R2, R3, ROWS, rows_table
 
@@ -48,7 +48,7 @@ def test_csv_results_round_trip_with_exact_ids(journal: Journal, tmp_path: Path)
     write_results(journal, out, duration_s=1.25)
     with open(out, newline="") as fh:
         raw = list(csv.DictReader(fh))
-    assert tuple(raw[0]) == RESULT_COLUMNS
+    assert tuple(raw[0]) == tuple(OUTPUT_SCHEMA.names)
     assert [r["record_id"] for r in raw] == [row[1] for row in ROWS]
     assert [r["cadence_id"] for r in raw] == [row[2] for row in ROWS]
     assert [r["status"] for r in raw] == ["unenrolled", "not_enrolled", "failed", "failed",
@@ -64,7 +64,7 @@ def test_parquet_results_keep_the_schema_and_exact_ids(journal: Journal, tmp_pat
     out = tmp_path / "results.parquet"
     summary = write_results(journal, out, duration_s=0.5)
     table = pq.read_table(out)
-    assert table.schema.equals(RESULT_SCHEMA)
+    assert table.schema.equals(OUTPUT_SCHEMA)
     assert table["record_id"].to_pylist() == [row[1] for row in ROWS]
     assert table["row"].to_pylist() == list(range(1, 9))
     assert summary.retry_path == str(tmp_path / "results.retry.csv")
@@ -149,7 +149,7 @@ class _Source:
             yield chunk.slice(self.drop)
 
 
-@pytest.mark.parametrize("name", ["results.csv", "results.parquet"])
+@pytest.mark.parametrize("name", ["results.csv", "results.parquet", "results.xlsx"])
 def test_a_failed_write_leaves_the_previous_files_and_no_partial_file(
         journal: Journal, tmp_path: Path, name: str) -> None:
     out = tmp_path / name

@@ -34,7 +34,9 @@ class Carried:
 def carried_columns(path: str | os.PathLike[str], options: InputOptions,
                     records: RecordList | None = None) -> Carried | None:
     """The input's columns other than record id, cadence id and module; None when it has none.
-    Raises InputError when the file cannot be read."""
+    ``records``: a record list's cadences as the scan had them (``--cadence`` ids are taken
+    from ``options``). Raises InputError when the file cannot be read."""
+    records = records or (RecordList.given(options.cadences) if options.cadences else None)
     src = open_source(Path(path), options)
     names = tuple(dict.fromkeys(n for n in src.found if n not in src.roles.values()))
     if not names:

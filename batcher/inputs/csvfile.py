@@ -77,6 +77,7 @@ _BLOCK_CAP = 1 << 30  # a block must hold a whole record: blocks grow to this fo
 
 
 
+_SHOWN = 120  # characters of a ragged row quoted in its reason
 _TABLE_CHUNK = 1 << 16  # rows the exact reader holds as Python strings before making Arrow
 
 
@@ -322,7 +323,11 @@ def _exact_source(src: Source) -> Source:
             if not "".join(row).strip() and not "".join(fields).strip():
                 blank.append(pos)
             elif row is unread:
-                ragged[pos] = f"line {pos + 2} has {len(fields)} fields, the header has {width}"
+                # the row's own text, so the results still say whose row it was
+                text = src.dialect.delimiter.join(fields)
+                text = text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+                ragged[pos] = (f"line {pos + 2} has {len(fields)} fields, the header has "
+                               f"{width}: {text!r}")
             rows.append(row)
             if len(rows) == _TABLE_CHUNK:
                 _flush(rows, chunks)

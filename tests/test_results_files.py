@@ -1,0 +1,230 @@
+"""The results files as a user opens them: xlsx cells, formula safety, the input's own columns."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import openpyxl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batcher import report
+from batcher.errors import UsageError
+from batcher.inputs import read_input
+from batcher.inputs.carry import Carried
+from batcher.journal import Journal
+from batcher.models import PairOutcome, Status
+from batcher.report import (
+    OUTPUT_SCHEMA,
+    XLSX_MAX_ROWS,
+    carried_names,
+    check_results_capacity,
+    side_paths,
+    write_results,
+)
+
+from .test_journal import C1, C2, C3, PLAN, R1, R2, R3, ROWS, rows_table
+
+HOSTILE = '=HYPERLINK("http://x.example","click")'
+DDE = "=cmd|' /C calc'!A0"
+CARRIED = {  # one value per input row of ROWS
+    "Email": [f"u{i}@x.example" for i in range(1, 9)],
+    "status": ["hot", "cold", "warm", "", None, "hot", "new", "old"],
+    "Note": ["a", "b", DDE, "-5", "+1", "@me", "\tx", "ok"],
+}
+OUT_NAMES = (*OUTPUT_SCHEMA.names, "Email", "input_status", "Note")
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    """The job of test_journal after a run whose server answered a hostile message."""
+    with Journal.open(tmp_path / "job.journal", "fp") as j:
+        j.load(rows_table(), PLAN)
+        j.record_outcomes("b1", [
+            PairOutcome(R1, C1, Status.UNENROLLED, "SUCCESS", "records manually unenrolled", 200),
+            PairOutcome(R1, C2, Status.NOT_ENROLLED, "SUCCESS", "", 200),
+            PairOutcome(R2, C1, Status.FAILED, "INTERNAL_SERVER_ERROR", HOSTILE, 500,
+                        retryable=True),
+            PairOutcome(R2, C2, Status.FAILED, "INVALID_DATA", "bad", 400, retryable=False),
+        ], attempts=1)
+        j.add_counters(calls=3, credits=4)
+        yield j
+
+
+def carried(sizes: tuple[int, ...] = (3, 1, 0, 4), data: dict | None = None) -> Carried:
+    """The input's own columns streamed in chunks of ``sizes`` rows (not the results' chunks)."""
+    table = pa.table(data or CARRIED, schema=pa.schema([(n, pa.string()) for n in CARRIED]))
+
+    def tables() -> Iterator[pa.Table]:
+        at = 0
+        for n in sizes:
+            yield table.slice(at, n)
+            at += n
+
+    return Carried(tuple(table.column_names), tables)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def read_sheet(path: Path) -> tuple[openpyxl.Workbook, list[list[openpyxl.cell.Cell]]]:
+    book = openpyxl.load_workbook(path)
+    return book, [list(row) for row in book["results"].iter_rows()]
+
+
+def test_xlsx_results_hold_ids_as_text_a_frozen_filtered_header_and_a_summary(
+        journal: Journal, tmp_path: Path) -> None:
+    out = tmp_path / "r.xlsx"
+    summary = write_results(journal, out, duration_s=1.5, chunk_rows=3,
+                            cadence_names={C1: "Spring", C2: "Autumn"})
+    book, rows = read_sheet(out)
+    assert book.sheetnames == ["results", "summary"]
+    sheet = book["results"]
+    assert sheet.freeze_panes == "A2"
+    assert sheet.auto_filter.ref == f"A1:M{len(ROWS) + 1}"
+    assert tuple(c.value for c in rows[0]) == tuple(OUTPUT_SCHEMA.names)
+    data = [{h: c for h, c in zip(OUTPUT_SCHEMA.names, r, strict=False)} for r in rows[1:]]
+    assert [r["record_id"].value for r in data] == [row[1] for row in ROWS]
+    for r in data:
+        for name in ("record_id", "cadence_id"):
+            assert r[name].data_type == "s", (name, r[name].value)
+    assert [r["row"].value for r in data] == list(range(1, 9))
+    assert data[2]["batch_id"].data_type == "s"
+    assert (data[2]["http_status"].value, data[2]["retryable"].value) == (500, True)
+    assert [r["cadence_name"].value for r in data[:4]] == ["Spring", "Autumn", "Spring", "Autumn"]
+    assert data[6]["cadence_name"].value is None  # C3 is not in the org's list
+    assert data[2]["message"].value == "'" + HOSTILE
+    figures = {row[0].value: row[1].value for row in book["summary"].iter_rows()}
+    assert figures["rows"] == 8 and figures["reconcile"] == summary.reconcile
+    assert figures["status failed"] == 2 and figures["code failed INVALID_DATA"] == 1
+    assert (figures["calls"], figures["credits"], figures["duration_s"]) == (3, 4, 1.5)
+    assert os.stat(out).st_mode & 0o777 == 0o600
+
+
+def test_text_that_a_spreadsheet_would_evaluate_is_defused_in_csv_and_xlsx_not_parquet(
+        journal: Journal, tmp_path: Path) -> None:
+    defused = ["a", "b", "'" + DDE, "'-5", "'+1", "'@me", "'\tx", "ok"]
+    write_results(journal, tmp_path / "r.csv", duration_s=0, carried=carried())
+    rows = read_csv(tmp_path / "r.csv")
+    assert rows[2]["message"] == "'" + HOSTILE
+    assert [r["Note"] for r in rows] == defused
+    assert [r["record_id"] for r in rows] == [row[1] for row in ROWS]  # digits: untouched
+
+    write_results(journal, tmp_path / "r.xlsx", duration_s=0, carried=carried())
+    _, cells = read_sheet(tmp_path / "r.xlsx")
+    note = OUT_NAMES.index("Note")
+    assert [r[note].value for r in cells[1:]] == defused
+    assert cells[3][OUT_NAMES.index("message")].value == "'" + HOSTILE
+
+    write_results(journal, tmp_path / "r.parquet", duration_s=0, carried=carried())
+    raw = pq.read_table(tmp_path / "r.parquet")
+    assert raw["message"][2].as_py() == HOSTILE
+    assert raw["Note"].to_pylist() == CARRIED["Note"]
+
+    retry = read_csv(side_paths(tmp_path / "r.csv")[0])
+    assert [r["Note"] for r in retry] == [DDE, "\tx"]  # an input again: values as given
+
+
+def test_a_header_that_would_be_evaluated_is_defused_too(journal: Journal,
+                                                          tmp_path: Path) -> None:
+    data = {"=SUM(A1)": ["x"] * 8, "a,b": ["y"] * 8}
+    table = pa.table(data)
+    source = Carried(("=SUM(A1)", "a,b"), lambda: iter([table]))
+    write_results(journal, tmp_path / "r.csv", duration_s=0, carried=source)
+    header = (tmp_path / "r.csv").read_text().splitlines()[0]
+    assert header.endswith('"\'=SUM(A1)","a,b"')  # quoted once a name needs it
+    assert list(read_csv(tmp_path / "r.csv")[0])[-2:] == ["'=SUM(A1)", "a,b"]
+    write_results(journal, tmp_path / "r.parquet", duration_s=0, carried=source)
+    assert pq.read_schema(tmp_path / "r.parquet").names[-2:] == ["=SUM(A1)", "a,b"]
+
+
+@pytest.mark.parametrize("sizes", [(3, 1, 0, 4), (8,), (1,) * 8, (0, 5, 0, 3, 0)])
+@pytest.mark.parametrize("chunk_rows", [3, 8, 50])
+def test_the_inputs_own_columns_line_up_with_their_rows_across_chunks(
+        journal: Journal, tmp_path: Path, sizes: tuple[int, ...], chunk_rows: int) -> None:
+    summary = write_results(journal, tmp_path / "r.parquet", duration_s=0, chunk_rows=chunk_rows,
+                            carried=carried(sizes))
+    table = pq.read_table(tmp_path / "r.parquet")
+    assert tuple(table.column_names) == OUT_NAMES
+    assert table["Email"].to_pylist() == CARRIED["Email"]
+    assert table["input_status"].to_pylist() == CARRIED["status"]
+    assert table["status"].to_pylist()[:3] == ["unenrolled", "not_enrolled", "failed"]
+    retry = read_csv(Path(summary.retry_path))
+    assert [tuple(r) for r in retry][0] == ("module", "record_id", "cadence_id", "Email",
+                                            "input_status", "Note")
+    assert [(r["record_id"], r["Email"], r["input_status"]) for r in retry] == [
+        (R2, "u3@x.example", "warm"), (R3, "u7@x.example", "new")]
+
+
+def test_a_retry_file_with_the_inputs_columns_is_a_valid_input(journal: Journal,
+                                                                tmp_path: Path) -> None:
+    summary = write_results(journal, tmp_path / "r.csv", duration_s=0, carried=carried())
+    again = read_input(summary.retry_path)
+    assert list(again.valid_pairs()) == [("Leads", R2, C1), ("Contacts", R3, C3)]
+    assert again.rows == 2
+
+
+def test_names_that_clash_or_read_as_a_role_get_input_prefix() -> None:
+    assert carried_names(["Email", "status", "input_status", "ID", "Cadence", "Module Name",
+                          "cadence_name"]) == (
+        "Email", "input_status", "input_input_status", "input_ID", "input_Cadence",
+        "input_Module Name", "input_cadence_name")
+
+
+@pytest.mark.parametrize(("sizes", "error"), [
+    ((3, 4), "ended after 7 rows"), ((3, 6), "1 rows more than the 8 results rows")])
+def test_a_carried_stream_of_the_wrong_length_is_refused_and_leaves_the_old_files(
+        journal: Journal, tmp_path: Path, sizes: tuple[int, ...], error: str) -> None:
+    out = tmp_path / "r.csv"
+    write_results(journal, out, duration_s=0)
+    before = {p: p.read_bytes() for p in (out, *side_paths(out))}
+    data = {n: (v * 2)[:sum(sizes)] for n, v in CARRIED.items()}
+    with pytest.raises(ValueError, match=error):
+        write_results(journal, out, duration_s=0, chunk_rows=3, carried=carried(sizes, data))
+    assert {p: p.read_bytes() for p in before} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_xlsx_is_refused_for_more_rows_than_a_sheet_holds(journal: Journal,
+                                                         tmp_path: Path) -> None:
+    check_results_capacity(tmp_path / "r.xlsx", XLSX_MAX_ROWS)
+    check_results_capacity(tmp_path / "r.csv", XLSX_MAX_ROWS + 1)
+    with pytest.raises(UsageError, match=r"1,048,576 rows do not fit .*\.csv or \.parquet"):
+        check_results_capacity(tmp_path / "r.XLSX", XLSX_MAX_ROWS + 1)
+
+
+class Undercounted:
+    """A source that yields one row more than it says it holds."""
+
+    def __init__(self, real: Journal) -> None:
+        self.real, self.rows, self.started_at = real, real.rows - 1, real.started_at
+
+    def counters(self) -> dict[str, int]:
+        return self.real.counters()
+
+    def iter_result_chunks(self, chunk_rows: int = 50_000) -> Iterator[pa.Table]:
+        return self.real.iter_result_chunks(chunk_rows)
+
+
+def test_xlsx_rows_past_the_sheet_are_refused_not_dropped(journal: Journal, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report, "XLSX_MAX_ROWS", 7)
+    with pytest.raises(UsageError, match="8 rows do not fit"):
+        write_results(journal, tmp_path / "r.xlsx", duration_s=0)
+    with pytest.raises(UsageError, match="8 rows do not fit"):  # at its third chunk
+        write_results(Undercounted(journal), tmp_path / "r.xlsx", duration_s=0, chunk_rows=3)
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith("job.journal")]
+
+
+def test_a_killed_xlsx_writers_scratch_folder_is_swept(journal: Journal, tmp_path: Path) -> None:
+    dead = tmp_path / ".r.xlsx.999999999.0a0b0c0d.tmp"
+    dead.mkdir()
+    (dead / "part").write_text("ids")
+    write_results(journal, tmp_path / "r.xlsx", duration_s=0)
+    assert not dead.exists()

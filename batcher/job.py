@@ -347,7 +347,8 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
                      command=next_command(settings, results, summary, stop is not None),
                      exit_code=stop.exit_code if stop else None)
     except (OSError, BatcherError) as exc:  # the results are there: the page is a nicety
-        log.say("report", f"the report could not be written ({exc})", always=True)
+        if stop is None:  # else the abort line says what is wrong (a damaged journal, a disk)
+            log.say("report", f"the report could not be written ({exc})", always=True)
     return summary
 
 

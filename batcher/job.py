@@ -343,9 +343,10 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
         raise AbortError(f"the results could not be written to {results} ({why}); the journal "
                          f"keeps every answer: once that is fixed, {how}") from None
     try:
-        write_report(tally, summary, report_path(results),
-                     command=next_command(settings, results, summary, stop is not None),
-                     exit_code=stop.exit_code if stop else None)
+        page = write_report(tally, summary, report_path(results),
+                            command=next_command(settings, results, summary, stop is not None),
+                            exit_code=stop.exit_code if stop else None)
+        summary = replace(summary, report_path=str(page))
     except (OSError, BatcherError) as exc:  # the results are there: the page is a nicety
         if stop is None:  # else the abort line says what is wrong (a damaged journal, a disk)
             log.say("report", f"the report could not be written ({exc})", always=True)
@@ -696,9 +697,11 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
         unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()
                          if k in ("pending", "sent"))
         try:
-            write_report(tally, summary, report_path(Path(results)),
-                         command=next_command(settings, Path(results), summary, bool(unfinished)),
-                         exit_code=3 if unfinished else summary.exit_code())
+            page = write_report(tally, summary, report_path(Path(results)),
+                                command=next_command(settings, Path(results), summary,
+                                                     bool(unfinished)),
+                                exit_code=3 if unfinished else summary.exit_code())
+            summary = replace(summary, report_path=str(page))
         except (OSError, BatcherError) as exc:
             print(f"batcher: the report could not be written ({exc})", file=sys.stderr)
     print(summary.human(), file=stream)

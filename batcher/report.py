@@ -88,6 +88,8 @@ class Summary:
     blank: int = 0
     finished_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the HTML report beside the results, once it was written
+    report_path: str | None = None
 
     def exit_code(self) -> int:
         """0 when every row ended well, else 1 (aborts, exit 3, are the caller's to decide)."""
@@ -117,6 +119,8 @@ class Summary:
         retry = f"{self.retry_rows} rows to retry" if self.retry_rows else "nothing to retry"
         lines.append(f"retry:   {self.retry_path} ({retry})")
         lines.append(f"summary: {self.summary_path}")
+        if self.report_path:
+            lines.append(f"report:  {self.report_path}")
         return "\n".join(lines)
 
 

@@ -242,6 +242,8 @@ def test_run_json_prints_the_summary_on_stdout_and_results_take_the_date(tmp_pat
     today = time.strftime("%Y-%m-%d", time.gmtime())
     assert summary["results_path"] == str(tmp_path / f"nightly-{today}.csv")
     assert (tmp_path / f"nightly-{today}.journal").exists()  # the journal follows the results
+    assert summary["report_path"] == str(tmp_path / f"nightly-{today}.report.html")
+    assert Path(summary["report_path"]).read_text().lower().startswith("<!doctype html>")
 
 
 def test_config_file_names_the_variables_that_hold_the_credentials(tmp_path, serve, monkeypatch):

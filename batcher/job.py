@@ -256,10 +256,12 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     redact = Redactor(creds.secrets())
     results = _results_path(settings, log)
     with _journal_for(settings, fingerprint(settings)) as journal:
-        log.say("start", f"{'resuming' if not journal.is_new else 'starting'} "
-                f"{'a dry run of ' if settings.dry_run else ''}{settings.input} -> {results}",
-                input=str(settings.input), results=str(results), journal=str(journal.path),
-                resumed=not journal.is_new, dry_run=settings.dry_run, json_only=True)
+        # a person is told when a run continues a job (its journal decides what is sent)
+        log.say("start", f"resuming the job of {journal.path}" if not journal.is_new else
+                f"starting {'a dry run of ' if settings.dry_run else ''}{settings.input} -> "
+                f"{results}", input=str(settings.input), results=str(results),
+                journal=str(journal.path), resumed=not journal.is_new, dry_run=settings.dry_run,
+                json_only=journal.is_new)
         scan: InputScan | None = None
         stop: _Stop | None = None
         try:

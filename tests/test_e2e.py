@@ -376,3 +376,15 @@ def test_halt_on_failures_stops_a_list_of_unknown_ids_and_says_what_it_spent(tmp
     statuses = {r["status"] for r in read_results(tmp_path / "out.csv")}
     assert statuses == {"failed", "not_sent"}
     assert result.summary.credits >= calls
+
+
+def test_a_run_that_continues_a_job_says_so(tmp_path, serve):
+    rows = make_rows(300, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    first = run_job(settings(tmp_path, inp, max_calls=1), live.env)
+    assert first.exit_code == 3
+    err = io.StringIO()
+    again = run_job(settings(tmp_path, inp, quiet=False), live.env, stream=err)
+    assert again.exit_code == 0
+    assert f"batcher: resuming the job of {tmp_path / 'out.journal'}" in err.getvalue()

@@ -261,3 +261,25 @@ def test_the_corpus_export_is_what_its_script_makes():
         assert committed.namelist() == made.namelist()
         for name in made.namelist():  # compressed bytes may differ between zlib versions
             assert committed.read(name) == made.read(name), name
+
+
+def test_a_hidden_first_sheet_is_not_the_list(tmp_path):
+    """A hidden lookup sheet first, the list on the visible one: the list's ids are read (the
+    lookup's were un-enrolled instead), its error cells too."""
+    book = openpyxl.Workbook()
+    lookup = book.active
+    lookup.title = "lookup"
+    lookup.append(["Record Id", "Cadence Id", "Module"])
+    lookup.append(["1990117000000120375", "5540230000040000001", "Leads"])
+    lookup.sheet_state = "hidden"
+    leavers = book.create_sheet("Leavers")
+    leavers.append(["Record Id", "Cadence Id", "Module"])
+    leavers.append(["1990117000000120345", "5540230000040000001", "Leads"])
+    leavers.append(["1990117000000120346", "=NA()", "Leads"])
+    leavers["B3"].value = "#N/A"
+    leavers["B3"].data_type = "e"
+    path = tmp_path / "hidden.xlsx"
+    book.save(path)
+    sheet = read_xlsx(path)
+    assert sheet.table["Record Id"].to_pylist() == ["1990117000000120345", "1990117000000120346"]
+    assert sheet.table["Cadence Id"].to_pylist()[1] == "#N/A"

@@ -1,4 +1,4 @@
-"""Excel ``.xlsx`` → the first sheet as text: the header row and one string column per header.
+"""Excel ``.xlsx`` → the first (visible) sheet as text: the header row and one string column per header.
 
 Ids must be text cells. Excel keeps 15 significant digits of a number: the id
 1990117000000120345 typed into a Number cell is stored as 1.99011700000012E+18 and saved as
@@ -27,7 +27,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pyarrow as pa
-from python_calamine import CalamineWorkbook
+from python_calamine import CalamineWorkbook, SheetVisibleEnum
 
 from ..arrays import strings_of
 from ..errors import InputError
@@ -55,7 +55,7 @@ class XlsxSheet:
 
 
 def read_xlsx(path: Path) -> XlsxSheet:
-    """The first sheet of the .xlsx (or .xlsm) workbook at ``path``.
+    """The first visible sheet of the .xlsx (or .xlsm) workbook at ``path``.
 
     Raises InputError, one line naming the file and what to do, when the workbook cannot be
     read (damaged, password-protected, not a workbook), has no sheets, its first sheet is
@@ -92,7 +92,7 @@ def _load(path: Path) -> tuple[str, list[list], int, int]:
         with open(path, "rb") as fh, CalamineWorkbook.from_filelike(fh) as book:
             if not book.sheet_names:
                 raise LookupError("the workbook has no sheets")
-            sheet = book.get_sheet_by_index(0)
+            sheet = book.get_sheet_by_index(_first_visible(book.sheets_metadata))
             rows = list(sheet.iter_rows())
             end = sheet.end
     except Exception as exc:  # calamine raises its own errors, and ValueError on odd cells
@@ -232,10 +232,18 @@ def _parse_errors(data: bytes) -> dict[tuple[int, int], str]:
     return found
 
 
+def _first_visible(sheets: list) -> int:
+    """The index of the first sheet a user sees (a hidden lookup sheet often comes first: its
+    ids are not the list), else 0."""
+    return next((i for i, m in enumerate(sheets) if m.visible == SheetVisibleEnum.Visible), 0)
+
+
 def _first_sheet_part(zf: zipfile.ZipFile) -> str:
-    """The zip path of the workbook's first sheet: the first ``<sheet>`` of xl/workbook.xml,
-    through its relationship id in xl/_rels/workbook.xml.rels."""
-    sheet = next(ElementTree.fromstring(zf.read("xl/workbook.xml")).iterfind(".//{*}sheet"))
+    """The zip path of the workbook's first visible sheet (as ``_first_visible`` picks it): the
+    first ``<sheet>`` of xl/workbook.xml without a hidden state, through its relationship id in
+    xl/_rels/workbook.xml.rels."""
+    sheets = list(ElementTree.fromstring(zf.read("xl/workbook.xml")).iterfind(".//{*}sheet"))
+    sheet = next((s for s in sheets if s.get("state", "visible") == "visible"), sheets[0])
     # r:id, in the transitional or the strict relationships namespace
     rid = next(v for k, v in sheet.attrib.items() if k.endswith("}id"))
     rels = ElementTree.fromstring(zf.read("xl/_rels/workbook.xml.rels"))

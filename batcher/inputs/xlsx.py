@@ -1,4 +1,4 @@
-"""Excel ``.xlsx`` → its first visible sheet as text: the header row and a string column a header.
+"""Excel ``.xlsx`` → its first visible sheet as text: the header row, a string column per header.
 
 Ids must be text cells. Excel keeps 15 significant digits of a number: the id
 1990117000000120345 typed into a Number cell is stored as 1.99011700000012E+18 and saved as

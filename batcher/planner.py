@@ -426,6 +426,7 @@ class Plan:
         self._cadence_ids = cadence_ids
         self._built: list[_Built] | None = None
         self._pair_batch: np.ndarray | None = None
+        self._pair_rank: np.ndarray | None = None
         self._width = max(6, len(str(max(self.n_batches - 1, 0))))
 
     def __repr__(self) -> str:
@@ -463,6 +464,20 @@ class Plan:
                     out[built.pair_pos] = local
             self._pair_batch = out
         return self._pair_batch
+
+    @property
+    def pair_rank(self) -> np.ndarray:
+        """For each input pair, in input order, its index in its batch's ``Batch.pairs()``
+        (record-major): with :attr:`pair_batch`, where every pair's answer belongs."""
+        if self._pair_rank is None:
+            out = np.full(self.n_pairs, -1, dtype=np.int64)
+            for built in self._build():
+                if built.pair_pos is None:
+                    out[:] = built.pair_rank
+                else:
+                    out[built.pair_pos] = built.pair_rank
+            self._pair_rank = out
+        return self._pair_rank
 
     def _records(self) -> pa.Array | pa.ChunkedArray:
         """The record ids, made on first use when the caller handed a function."""
@@ -506,6 +521,7 @@ def _bits(mask: int) -> list[int]:
 class _Built:
     pair_pos: np.ndarray | None  # positions of the part's pairs in the input (None: all)
     pair_batch: np.ndarray  # per pair of the part, batch index relative to the part
+    pair_rank: np.ndarray  # per pair of the part, its index in its batch's Batch.pairs()
     ptr: np.ndarray  # batch b's records are records[ptr[b]:ptr[b + 1]]
     records: np.ndarray  # local record indices, sorted within each batch
     masks: np.ndarray  # cadence set (local bits) of each batch
@@ -540,7 +556,15 @@ def _build_part(part: _Part) -> _Built:
         j += 1
         if j > _MASK_BITS:  # cannot happen: every pair's cadence is in one leaf of its record
             raise RuntimeError("planner: a pair is not covered by any batch")
-    return _Built(pair_pos, pair_batch, ptr, leaf_rec[order], masks)
+    # a pair's place in Batch.pairs(): records (in code order) × cadences (in bit order)
+    records = leaf_rec[order]
+    n_local = np.int64(max(len(part.rec_global), 1))
+    keys = leaf_batch[order] * n_local + records
+    ri = np.searchsorted(keys, pair_batch * n_local + pair_r) - ptr[pair_batch]
+    bm = masks[pair_batch]
+    below = bm & ((np.uint64(1) << pair_c.astype(np.uint64)) - np.uint64(1))
+    pair_rank = ri * _popcount(bm).astype(np.int64) + _popcount(below).astype(np.int64)
+    return _Built(pair_pos, pair_batch, pair_rank, ptr, records, masks)
 
 
 def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -178,9 +178,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .planreport import plan_input
+    from .inputs import scan_input, swapped_columns_line
+    from .planreport import plan_scan, summarise
 
-    report = plan_input(args.input, input_options(args))
+    scan = scan_input(args.input, input_options(args))
+    hint = swapped_columns_line(scan)
+    if hint:  # before the plan: a plan of swapped columns is long and useless
+        print(hint, file=sys.stderr, flush=True)
+    report = summarise(scan, plan_scan(scan))
     if args.json:
         print(json.dumps(report.as_dict(), indent=None))
     else:

@@ -608,9 +608,9 @@ def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]
     transaction, streaming the rows from a second read of the input."""
     keep = None if verdict_of_pair is None else verdict_of_pair < 0
     plan = plan_scan(scan, keep)
-    pair_batch = plan.pair_batch
+    pair_batch, pair_rank = plan.pair_batch, plan.pair_rank
     rows = scan.tables(verdicts=verdicts, verdict_of_pair=verdict_of_pair,
-                       batch_ids=lambda k0, k1: plan.batch_ids(pair_batch[k0:k1]))
+                       batches=lambda k0, k1: (pair_batch[k0:k1], pair_rank[k0:k1]))
     journal.load(rows, plan.iter_batches())
     journal.set_meta("blank", scan.blank)
     # what `batcher report` needs to read the input again for its own columns

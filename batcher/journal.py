@@ -1,9 +1,19 @@
-"""The job's durable state in one SQLite file: input fingerprint, plan, batch states, pair outcomes.
+"""The job's durable state in one SQLite file: input fingerprint, plan, batch states, outcomes.
+
+Its cost follows the calls, not the pairs. The input's rows are stored once, at load, as
+compressed Arrow chunks (a few seconds for ten million rows, no index). A batch keeps its pairs'
+positions in the input (``positions``, in :meth:`Batch.pairs` order) and the answer its pairs
+share; only a pair whose outcome differs from its batch's — a mixed answer, a split, a retry
+round — gets a row of its own in ``outcomes``. The usual answer is one UPDATE. The results are
+the stored rows joined, chunk by chunk in input order, with their batch's outcome and the few
+per-pair rows of that range.
 
 Everything a resume needs is committed as answers arrive, each answer in one transaction, so a
-crash, Ctrl-C or ``kill -9`` at any instant leaves either the whole answer or none of it. A batch
-recorded as answered is never handed out again (invariant 3). Memory stays flat whatever the job
-size: rows go in and come out in chunks, and batches are paged.
+crash, Ctrl-C or ``kill -9`` at any instant leaves either the whole answer or none of it; the load
+is one transaction too. A batch recorded as answered is never handed out again (invariant 3), and
+a batch is checked against the digest taken when it was planned before it is handed out
+(invariant 1). Memory stays flat whatever the job size: rows come out in chunks, batches are
+paged.
 
 Concurrency: one process per journal, enforced by ``flock`` on ``<journal>.lock`` (the kernel drops
 it when the process dies, so ``kill -9`` leaves no stale lock). Within the process, methods may be
@@ -22,22 +32,26 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
+import hashlib
 import json
-import operator
 import os
 import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 
+from .arrays import arrow_of
+from .counts import STORED_STATUSES, status_counts
 from .errors import JournalError, JournalIOError
 from .models import (
     MAX_CADENCES_PER_CALL,
@@ -49,15 +63,17 @@ from .models import (
     Status,
 )
 
-SCHEMA_VERSION = 2  # 2: rows keyed by position (a record list has one row per cadence)
+SCHEMA_VERSION = 3  # 3: rows as Arrow chunks, outcomes per batch (2: one SQLite row per pair)
 CHUNK_ROWS = 50_000
-_PAGE_BATCHES = 20  # ≤ 10,000 rows checked per page: a short pause for the event loop
+_PAGE_BATCHES = 20  # a short pause for the event loop between pages
 _COUNTERS = ("calls", "retries", "throttled", "credits", "ignored_entries")
 _OPEN_STATES = ("pending", "sent")  # a 'sent' batch may or may not have been applied: re-sendable
 #: status (member or its text) → the text stored, for the statuses an answer may give a pair
 _OUTCOME_STATUS = {s.value: s.value for s in Status if s not in (Status.NOT_SENT, Status.DUPLICATE)}
-_SET_ROWS = ("UPDATE rows SET status = ?, code = ?, message = ?, http_status = ?, retryable = ?,"
-             " attempts = ?, finished_at = ?")
+_OUTCOME = "status, code, message, http_status, retryable, attempts, finished_at"
+_INSERT_OUTCOMES = (f"INSERT OR REPLACE INTO outcomes (pos, root, seq, {_OUTCOME})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_IPC = ipc.IpcWriteOptions(compression="zstd")
 
 #: Arrow schema of the results, column for column RESULT_COLUMNS
 RESULT_SCHEMA = pa.schema([
@@ -67,6 +83,12 @@ RESULT_SCHEMA = pa.schema([
     ("batch_id", pa.string()), ("retryable", pa.bool_()), ("finished_at", pa.string()),
 ])
 assert tuple(RESULT_SCHEMA.names) == RESULT_COLUMNS
+#: the stored input rows: the reader's verdict and, for a planned row, its batch's ``seq``
+_ROW_SCHEMA = pa.schema([
+    ("row", pa.int64()), ("module", pa.string()), ("record_id", pa.string()),
+    ("cadence_id", pa.string()), ("status", pa.string()), ("code", pa.string()),
+    ("reason", pa.string()), ("seq", pa.int64()),
+])
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -80,30 +102,39 @@ CREATE TABLE IF NOT EXISTS batches (
     npairs INTEGER NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
-    parent TEXT
+    parent TEXT,
+    root INTEGER NOT NULL,
+    positions BLOB NOT NULL,
+    digest TEXT NOT NULL,
+    status TEXT, code TEXT, message TEXT, http_status INTEGER, retryable INTEGER,
+    answered_attempts INTEGER, finished_at TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_open ON batches (seq) WHERE state IN ('pending', 'sent');
-CREATE TABLE IF NOT EXISTS rows (
-    pos INTEGER PRIMARY KEY,
-    row INTEGER NOT NULL,
-    module TEXT, record_id TEXT, cadence_id TEXT,
-    status TEXT NOT NULL, code TEXT, message TEXT, http_status INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0, batch_id TEXT, retryable INTEGER, finished_at TEXT
+CREATE TABLE IF NOT EXISTS row_chunks (
+    first INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL,
+    data BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outcomes (
+    pos INTEGER PRIMARY KEY,
+    root INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL, code TEXT, message TEXT, http_status INTEGER, retryable INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0, finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS outcomes_seq ON outcomes (seq);
+CREATE INDEX IF NOT EXISTS outcomes_root ON outcomes (root);
 """
 # the call log: one row per un-enrol call that reached a server, for the report's timeline;
 # created apart from _SCHEMA so journals made before it gain it on open (same format version)
 _CALLS_TABLE = ("CREATE TABLE IF NOT EXISTS calls (at REAL NOT NULL, batch_id TEXT,"
                 " http_status INTEGER, throttled INTEGER NOT NULL, seconds REAL NOT NULL)")
-# built after the bulk insert (much faster than maintaining it row by row); its uniqueness also
-# proves that no pair sits twice in one batch
-_PAIR_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS rows_pair "
-               "ON rows (batch_id, record_id, cadence_id) WHERE batch_id IS NOT NULL")
 
 _K_VERSION, _K_FINGERPRINT = "batcher.schema_version", "batcher.fingerprint"
 _K_INPUT = "batcher.input"
 _K_LOADED, _K_ROWS, _K_STARTED = "batcher.loaded", "batcher.rows", "batcher.started_at"
 _K_ROUNDS = "batcher.retry_rounds"
+_K_KEPT = STORED_STATUSES
 
 
 def utc_now() -> str:
@@ -256,47 +287,43 @@ class Journal:
         """Store every input row and the plan, all in one transaction (never half-loaded).
 
         ``rows``: the reader's columns (row, module, record_id, cadence_id, status, reason, optional
-        code) plus ``batch_id`` (the planned batch of each valid row, null otherwise); one table,
-        or tables streamed in input order (a job too large to hold in memory at once).
+        code), one table or tables streamed in input order; for each valid row either ``batch``
+        and ``rank`` (the planner's batch index — ``batches`` in order — and the pair's index in
+        that batch's :meth:`Batch.pairs`, as :attr:`Plan.pair_batch` / :attr:`Plan.pair_rank`
+        give them) or ``batch_id`` (then the pairs are looked up in ``batches``, held in memory:
+        for small jobs and tests). Raises ``ValueError`` when the plan does not cover the valid
+        rows exactly.
         """
         if not self.is_new:
             raise ValueError(f"journal {self.path} is already loaded")
         tables = [rows] if isinstance(rows, pa.Table) else rows
         now = utc_now()
         n_rows = 0
+        kept: dict[str, int] = {}
         with self._tx() as db:
-            db.execute("DELETE FROM rows")
-            db.execute("DELETE FROM batches")
-            db.execute("DROP INDEX IF EXISTS rows_pair")
-            n_valid = 0
+            for table in ("row_chunks", "batches", "outcomes"):
+                db.execute(f"DELETE FROM {table}")
+            ranker: _Ranker | None = None
+            seqs, ranks, places = [], [], []
             for chunk in (c for t in tables for c in t.to_batches(max_chunksize=chunk_rows)):
-                missing = {"row", "module", "record_id", "cadence_id", "status", "reason",
-                           "batch_id"} - set(chunk.schema.names)
-                if missing:
-                    raise ValueError(f"rows table lacks column(s) {sorted(missing)}")
+                if ranker is None and "rank" not in chunk.schema.names:
+                    batches = list(batches)
+                    ranker = _Ranker(batches)
+                stored, seq, rank = _stored_rows(chunk, ranker)
+                where = np.flatnonzero(seq >= 0)
+                seqs.append(seq[where])
+                ranks.append(rank[where])
+                places.append(where + n_rows + 1)
+                for got in pc.value_counts(stored.column("status")).to_pylist():
+                    kept[got["values"]] = kept.get(got["values"], 0) + got["counts"]
+                db.execute("INSERT INTO row_chunks (first, n, data) VALUES (?, ?, ?)",
+                           (n_rows + 1, chunk.num_rows, _ipc_bytes(stored)))
                 n_rows += chunk.num_rows
-                records, valid = _load_records(chunk, now, pos0=n_rows - chunk.num_rows + 1)
-                n_valid += valid
-                db.executemany("INSERT INTO rows (pos, row, module, record_id, cadence_id, status,"
-                               " code, message, batch_id, retryable, finished_at)"
-                               " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
-            n_pairs = _insert_batches(db, batches, seq0=1)
-            try:
-                db.execute(_PAIR_INDEX)
-            except sqlite3.IntegrityError:
-                raise ValueError("plan error: a pair appears twice in one batch") from None
-            bad = db.execute(
-                "SELECT b.batch_id, b.npairs, coalesce(r.n, 0) FROM batches b LEFT JOIN"
-                " (SELECT batch_id, count(*) AS n FROM rows WHERE batch_id IS NOT NULL"
-                "  GROUP BY batch_id) r ON r.batch_id = b.batch_id"
-                " WHERE coalesce(r.n, 0) != b.npairs LIMIT 1").fetchone()
-            if bad:
-                raise ValueError(f"plan error: batch {bad[0]} has {bad[1]} pairs but "
-                                 f"{bad[2]} input rows")
-            if n_pairs != n_valid:  # with the check above: some row names an unknown batch
-                raise ValueError(f"plan error: {n_valid} valid rows but the batches hold "
-                                 f"{n_pairs} pairs")
+            order, offsets = _batch_order(_cat(seqs), _cat(ranks), _cat(places))
+            del seqs, ranks, places
+            _insert_plan(db, batches, order, offsets)
             _set_meta(db, _K_ROWS, n_rows)
+            _set_meta(db, _K_KEPT, kept)
             _set_meta(db, _K_LOADED, now)
         self.is_new = False
 
@@ -307,39 +334,26 @@ class Journal:
 
         Only batches that exist when iteration starts are yielded: split children created meanwhile
         belong to the caller that created them (a fresh call, or a resume, sees them). A batch
-        answered while iterating is skipped. Each batch is checked against its rows before it is
-        handed out, so a call can only ever name valid input pairs (invariant 1).
+        answered while iterating is skipped. Each batch is checked against the digest taken when
+        it was planned, so a call can only name pairs that were checked against the input rows
+        at load (invariant 1), whatever happened to the file since.
         """
         (last,) = self._query("SELECT coalesce(max(seq), 0) FROM batches")[0]
         after = 0
         while True:
             page = self._query(
-                "SELECT seq, batch_id, module, record_ids, cadence_ids FROM batches"
-                " WHERE state IN ('pending', 'sent') AND seq > ? AND seq <= ?"
+                "SELECT seq, batch_id, module, record_ids, cadence_ids, positions, digest"
+                " FROM batches WHERE state IN ('pending', 'sent') AND seq > ? AND seq <= ?"
                 " ORDER BY seq LIMIT ?", (after, last, _PAGE_BATCHES))
             if not page:
                 return
-            batches = [Batch(b, m, tuple(json.loads(r)), tuple(json.loads(c)))
-                       for _, b, m, r, c in page]
-            self._check_exact(batches)
-            yield from batches
+            for _, batch_id, module, records, cadences, positions, digest in page:
+                if _digest(module, records, cadences, positions) != digest:
+                    raise JournalError(f"journal {self.path} is inconsistent: batch {batch_id} "
+                                       "does not match its input rows; refusing to send it")
+                yield Batch(batch_id, module, tuple(json.loads(records)),
+                            tuple(json.loads(cadences)))
             after = page[-1][0]
-
-    def _check_exact(self, batches: list[Batch]) -> None:
-        # The unique index makes a batch's rows distinct pairs; so rows == records × cadences
-        # exactly when the rows name the same records and cadences and count as many pairs.
-        marks = ",".join("?" * len(batches))
-        found = {b: (n, json.loads(r), json.loads(c)) for b, n, r, c in self._query(
-            "SELECT batch_id, count(*), json_group_array(DISTINCT record_id),"
-            f" json_group_array(DISTINCT cadence_id) FROM rows WHERE batch_id IN ({marks})"
-            " GROUP BY batch_id", [b.batch_id for b in batches])}
-        for b in batches:
-            n, records, cadences = found.get(b.batch_id, (0, [], []))
-            want_r, want_c = set(b.record_ids), set(b.cadence_ids)
-            if not (n == len(want_r) * len(want_c) and set(records) == want_r
-                    and set(cadences) == want_c):
-                raise JournalError(f"journal {self.path} is inconsistent: batch {b.batch_id} does "
-                                   "not match its input rows; refusing to send it")
 
     def mark_sent(self, batch_id: str) -> int:
         """Record that a call for this batch is about to go out; returns its attempt count."""
@@ -356,7 +370,7 @@ class Journal:
                                  " WHERE batch_id = ? AND state IN ('pending', 'sent')"
                                  " RETURNING attempts", (batch_id,)).fetchone()
                 if got is None:
-                    self._open_batch(db, batch_id)  # raises: unknown, or no longer open
+                    _Open.read(db, batch_id)  # raises: unknown, or no longer open
                     raise AssertionError("unreachable")  # pragma: no cover
                 out[batch_id] = got[0]
         return out
@@ -370,137 +384,58 @@ class Journal:
         """
         outs = list(outcomes)
         with self._tx() as db:
-            sent, records, cadences = self._open_batch(db, batch_id)
-            covered = self._apply(db, batch_id, records, cadences, outs,
-                                  sent if attempts is None else attempts)
+            batch = _Open.read(db, batch_id)
+            groups = batch.groups_of(outs)
+            done = batch.settle(db, groups, batch.attempts if attempts is None else attempts)
             if final:
-                left = 0 if covered else db.execute(
-                    "SELECT count(*) FROM rows WHERE batch_id = ? AND status = 'not_sent'",
-                    (batch_id,)).fetchone()[0]
+                left = batch.npairs - done
                 if left:
                     raise ValueError(f"batch {batch_id}: {left} pair(s) left without an outcome")
-                db.execute("UPDATE batches SET state = 'answered' WHERE batch_id = ?", (batch_id,))
+                batch.set_state(db, "answered")
 
     def record_groups(self, batch_id: str, groups: Sequence[OutcomeGroup],
                       attempts: int | None = None) -> None:
         """Store a whole answer given as groups of pairs sharing one result; mark it answered.
 
-        The groups must cover every pair of the batch exactly once. Each group is written with one
-        statement (per 500 records), so the usual answer costs one UPDATE, however many pairs.
+        The groups must cover every pair of the batch exactly once. The usual answer (one group)
+        costs one UPDATE of the batch, however many pairs; the other groups one row per pair.
         ``attempts`` defaults as for :meth:`record_outcomes`.
         """
         with self._tx() as db:
-            sent, records, cadences = self._open_batch(db, batch_id)
-            _check_cover(batch_id, records, cadences, groups)
-            attempts = sent if attempts is None else attempts
-            now, n_pairs = utc_now(), len(records) * len(cadences)
-            for g in groups:
-                key = _stored((g.status, g.code, g.message, g.http_status, g.retryable))
-                if g.size == n_pairs:
-                    got = db.execute(_SET_ROWS + " WHERE batch_id = ?",
-                                     (*key, attempts, now, batch_id)).rowcount
-                else:
-                    got = 0
-                    c_marks = ",".join("?" * len(g.cadence_ids))
-                    for chunk in range(0, len(g.record_ids), 500):
-                        ids = g.record_ids[chunk:chunk + 500]
-                        got += db.execute(
-                            _SET_ROWS + f" WHERE batch_id = ? AND record_id IN"
-                            f" ({','.join('?' * len(ids))}) AND cadence_id IN ({c_marks})",
-                            (*key, attempts, now, batch_id, *ids, *g.cadence_ids)).rowcount
-                if got != g.size:
-                    raise JournalError(f"batch {batch_id}: its rows do not match its pairs")
-            db.execute("UPDATE batches SET state = 'answered' WHERE batch_id = ?", (batch_id,))
+            batch = _Open.read(db, batch_id)
+            found = [(_stored((g.status, g.code, g.message, g.http_status, g.retryable)),
+                      batch.indices(g.record_ids, g.cadence_ids)) for g in groups]
+            batch.check_once(np.concatenate([i for _, i in found]) if found else _NONE)
+            if sum(len(i) for _, i in found) != batch.npairs:
+                left = batch.npairs - sum(len(i) for _, i in found)
+                raise ValueError(f"batch {batch_id}: {left} pair(s) left without an outcome")
+            batch.settle(db, found, batch.attempts if attempts is None else attempts)
+            batch.set_state(db, "answered")
 
     def settle_and_split(self, batch_id: str, outcomes: Iterable[PairOutcome],
                          children: Sequence[Batch], attempts: int | None = None) -> None:
         """Settle some pairs of a batch and re-plan the rest as new pending child batches.
 
         The children must cover exactly the batch's pairs that ``outcomes`` leaves unsettled, each
-        pair once, with the parent's module. The parent's remaining rows move to their child.
+        pair once, with the parent's module. The parent's remaining pairs move to their child.
         """
         outs = list(outcomes)
         with self._tx() as db:
-            sent, records, cadences = self._open_batch(db, batch_id)
-            module = db.execute("SELECT module FROM batches WHERE batch_id = ?",
-                                (batch_id,)).fetchone()[0]
-            self._apply(db, batch_id, records, cadences, outs,
-                        sent if attempts is None else attempts)
-            settled = {(o.record_id, o.cadence_id) for o in outs}
-            remaining = {p for p in db.execute(
-                "SELECT record_id, cadence_id FROM rows WHERE batch_id = ?", (batch_id,))
-                if p not in settled}
-            moves = _check_children(db, batch_id, module, remaining, children)
+            batch = _Open.read(db, batch_id)
+            groups = batch.groups_of(outs)
+            settled = np.zeros(batch.npairs, dtype=bool)
+            for _, idx in groups:
+                settled[idx] = True
+            placed = _children_places(db, batch, ~settled, children)
+            # settled pairs keep their outcome in `outcomes`: a split batch has no batch-wide one
+            batch.settle(db, groups, batch.attempts if attempts is None else attempts,
+                         whole=False)
             (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
-            _insert_batches(db, children, seq0=last + 1, parent=batch_id)
-            db.executemany("UPDATE rows SET batch_id = ? WHERE batch_id = ? AND record_id = ?"
-                           " AND cadence_id = ?", [(c, batch_id, r, k) for c, r, k in moves])
-            db.execute("UPDATE batches SET state = ? WHERE batch_id = ?",
-                       ("split" if children else "answered", batch_id))
-
-    def _open_batch(self, db: sqlite3.Connection, batch_id: str
-                    ) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
-        """(attempts, record ids, cadence ids) of a batch that may still be answered."""
-        got = db.execute("SELECT state, attempts, record_ids, cadence_ids FROM batches"
-                         " WHERE batch_id = ?", (batch_id,)).fetchone()
-        if got is None:
-            raise ValueError(f"unknown batch {batch_id!r}")
-        if got[0] not in _OPEN_STATES:
-            raise ValueError(f"batch {batch_id} is already {got[0]}; it must not be sent again")
-        return got[1], tuple(json.loads(got[2])), tuple(json.loads(got[3]))
-
-    @staticmethod
-    def _apply(db: sqlite3.Connection, batch_id: str, records: Sequence[str],
-               cadences: Sequence[str], outs: list[PairOutcome], attempts: int) -> bool:
-        """Write the outcomes; returns whether they cover every pair of the batch.
-
-        Outcomes are checked against the batch's records × cadences in Python, then written in
-        as few statements as their shape allows: one UPDATE for the whole batch when the pairs
-        share one result (the usual answer), one per group of whole records, else one per pair.
-        """
-        if not outs:
-            return False
-        want_r, want_c = frozenset(records), frozenset(cadences)
-        pairs = list(map(_PAIR, outs))
-        distinct = set(pairs)
-        if len(distinct) != len(outs):
-            raise ValueError(f"batch {batch_id}: a pair has two outcomes")
-        if not distinct.issubset(itertools.product(want_r, want_c)):
-            stray = next(p for p in pairs if p[0] not in want_r or p[1] not in want_c)
-            raise ValueError(f"batch {batch_id}: pair {stray} is not one of its pairs")
-        results = list(map(_RESULT, outs))
-        groups: dict[tuple, list[tuple[str, str]]] = {}
-        if len(set(results)) == 1:  # the usual answer: one result for every pair
-            groups[_stored(results[0])] = pairs
-        else:
-            for result, pair in zip(results, pairs, strict=True):
-                groups.setdefault(_stored(result), []).append(pair)
-        n_pairs = len(want_r) * len(want_c)
-        now = utc_now()
-        covered = len(outs) == n_pairs
-        order = sorted(groups, key=lambda k: len(groups[k]), reverse=True)
-        if covered:  # the largest group first, for the whole batch; the others overwrite it
-            base = order.pop(0)
-            got = db.execute(_SET_ROWS + " WHERE batch_id = ?",
-                             (*base, attempts, now, batch_id)).rowcount
-            if got != n_pairs:
-                raise JournalError(f"batch {batch_id} has {got} rows for its {n_pairs} pairs")
-        for key in order:
-            whole, loose = _whole_records(groups[key], len(want_c))
-            for chunk in range(0, len(whole), 500):
-                ids = whole[chunk:chunk + 500]
-                marks = ",".join("?" * len(ids))
-                got = db.execute(_SET_ROWS + f" WHERE batch_id = ? AND record_id IN ({marks})",
-                                 (*key, attempts, now, batch_id, *ids)).rowcount
-                if got != len(ids) * len(want_c):
-                    raise JournalError(f"batch {batch_id}: its rows do not match its pairs")
-            if loose:
-                got = db.executemany(
-                    _SET_ROWS + " WHERE batch_id = ? AND record_id = ? AND cadence_id = ?",
-                    [(*key, attempts, now, batch_id, r, c) for r, c in loose]).rowcount
-                if got != len(loose):
-                    raise JournalError(f"batch {batch_id}: its rows do not match its pairs")
-        return covered
+            for seq, (child, idx) in enumerate(zip(children, placed, strict=True), last + 1):
+                positions = batch.positions[idx]
+                _insert_batch(db, seq, child, positions, parent=batch_id, root=batch.root)
+                db.executemany(_INSERT_OUTCOMES, _moved(positions, batch.root, seq, 0))
+            batch.set_state(db, "split" if children else "answered")
 
     def requeue_retryable(self, max_rounds: int) -> int:
         """Plan the pairs answered ``failed`` with ``retryable`` true as new pending batches.
@@ -517,53 +452,55 @@ class Journal:
                                                 (_K_ROUNDS,)).fetchone() or ["0"])[0]))
             if rounds >= max_rounds:
                 return 0
-            failed: dict[tuple[str, str, int], dict[str, list[str]]] = {}
-            for batch_id, module, attempts, record, cadence in db.execute(
-                    "SELECT b.batch_id, b.module, b.attempts, r.record_id, r.cadence_id"
-                    " FROM rows r JOIN batches b ON b.batch_id = r.batch_id"
-                    " WHERE r.status = 'failed' AND r.retryable = 1"
-                    " AND b.state NOT IN ('pending', 'sent') ORDER BY b.seq, r.pos"):
-                failed.setdefault((batch_id, module, attempts), {}).setdefault(
-                    record, []).append(cadence)
+            failed = _retryable_failures(db)
             if not failed:
                 return 0
             rounds += 1
             (seq,) = db.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
-            moves: list[tuple[str, str, str, str]] = []
-            for (parent, module, attempts), cadences_of in failed.items():
-                by_set: dict[tuple[str, ...], list[str]] = {}
-                for record, cadences in cadences_of.items():
-                    by_set.setdefault(tuple(cadences), []).append(record)
-                children: list[Batch] = []
-                for cadences, records in by_set.items():
-                    for i in range(0, len(records), MAX_RECORDS_PER_CALL):
+            n = 0
+            for batch, idx in failed:
+                cadences_of: dict[str, list[int]] = {}
+                for i in idx.tolist():
+                    cadences_of.setdefault(batch.records[i // len(batch.cadences)], []).append(i)
+                by_set: dict[tuple[str, ...], list[list[int]]] = {}
+                for places in cadences_of.values():
+                    key = tuple(batch.cadences[i % len(batch.cadences)] for i in places)
+                    by_set.setdefault(key, []).append(places)
+                k = 0
+                for cadences, per_record in by_set.items():
+                    for i in range(0, len(per_record), MAX_RECORDS_PER_CALL):
+                        group = per_record[i:i + MAX_RECORDS_PER_CALL]
                         for j in range(0, len(cadences), MAX_CADENCES_PER_CALL):
-                            children.append(Batch(
-                                f"{parent}.r{rounds}-{len(children) + 1}", module,
-                                tuple(records[i:i + MAX_RECORDS_PER_CALL]),
-                                cadences[j:j + MAX_CADENCES_PER_CALL]))
-                _insert_batches(db, children, seq0=seq + 1, parent=parent)
-                seq += len(children)
-                db.executemany("UPDATE batches SET attempts = ? WHERE batch_id = ?",
-                               [(attempts, child.batch_id) for child in children])
-                moves += [(child.batch_id, parent, r, c)
-                          for child in children for r, c in child.pairs()]
-            db.executemany(
-                "UPDATE rows SET batch_id = ?, status = 'not_sent', code = NULL, message = NULL,"
-                " http_status = NULL, finished_at = NULL WHERE batch_id = ? AND record_id = ?"
-                " AND cadence_id = ?", moves)
+                            k += 1
+                            seq += 1
+                            child = Batch(f"{batch.batch_id}.r{rounds}-{k}", batch.module,
+                                          tuple(batch.records[p[0] // len(batch.cadences)]
+                                                for p in group),
+                                          cadences[j:j + MAX_CADENCES_PER_CALL])
+                            positions = batch.positions[
+                                [p[x] for p in group for x in range(j, j + len(child.cadence_ids))]]
+                            _insert_batch(db, seq, child, positions, parent=batch.batch_id,
+                                          root=batch.root, attempts=batch.attempts)
+                            db.executemany(_INSERT_OUTCOMES,
+                                           _moved(positions, batch.root, seq, batch.attempts))
+                            n += len(positions)
             _set_meta(db, _K_ROUNDS, rounds)
-            return len(moves)
+            return n
 
     def retryable_failures(self) -> int:
         """Pairs answered ``failed`` with ``retryable`` true (what a retry round would send)."""
-        return self._query("SELECT count(*) FROM rows WHERE status = 'failed'"
-                           " AND retryable = 1")[0][0]
+        with self._mutex, self._disk_errors():
+            return sum(len(idx) for _, idx in _retryable_failures(self._db))
 
     def batch_counts(self) -> dict[str, dict[str, int]]:
         """state → {"batches": n, "pairs": n}: for progress bars and resume messages."""
         return {s: {"batches": n, "pairs": p or 0} for s, n, p in self._query(
             "SELECT state, count(*), sum(npairs) FROM batches GROUP BY state")}
+
+    def status_counts(self) -> dict[str, int]:
+        """Rows per result status now (statuses without rows left out)."""
+        with self._mutex, self._disk_errors():
+            return status_counts(self._db)
 
     # ------------------------------------------------------------------ counters, metadata
 
@@ -612,20 +549,28 @@ class Journal:
     # ------------------------------------------------------------------ results
 
     def iter_result_chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
-        """Every row in input order, as tables of :data:`RESULT_SCHEMA`."""
-        after = 0
+        """Every row in input order, as tables of :data:`RESULT_SCHEMA`: the stored rows, each
+        planned row joined with its batch's outcome unless a pair outcome of its own overrides
+        it."""
+        outcome = _BatchOutcomes(self._query(
+            "SELECT seq, batch_id, state, status, code, message, http_status, retryable,"
+            " answered_attempts, finished_at FROM batches ORDER BY seq"))
+        loaded = self._meta(_K_LOADED)
+        first = 0
         while True:
-            got = self._query(f"SELECT pos, {', '.join(RESULT_COLUMNS)} FROM rows WHERE pos > ?"
-                              " ORDER BY pos LIMIT ?", (after, chunk_rows))
+            got = self._query("SELECT first, data FROM row_chunks WHERE first > ? ORDER BY first"
+                              " LIMIT 1", (first,))
             if not got:
                 return
-            after = got[-1][0]
-            cols = list(zip(*got, strict=True))[1:]
-            del got
-            arrays = [pa.array(col, type=f.type if f.type != pa.bool_() else pa.int8())
-                      for col, f in zip(cols, RESULT_SCHEMA, strict=True)]
-            arrays[10] = pc.cast(arrays[10], pa.bool_())
-            yield pa.Table.from_arrays(arrays, schema=RESULT_SCHEMA)
+            first, data = got[0]
+            stored = ipc.open_stream(data).read_all()
+            for start in range(0, stored.num_rows, chunk_rows):
+                part = stored.slice(start, chunk_rows)
+                p0 = first + start
+                own = self._query(f"SELECT pos, seq, {_OUTCOME} FROM outcomes"
+                                  " WHERE pos >= ? AND pos < ? ORDER BY pos",
+                                  (p0, p0 + part.num_rows))
+                yield outcome.results(part, p0, own, loaded)
 
 # ---------------------------------------------------------------------- helpers
 
@@ -754,6 +699,11 @@ def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | None,
             raise JournalError(f"journal {path} has format {version}; this batcher reads "
                                f"format {SCHEMA_VERSION}")
         loaded = _K_LOADED in meta
+        if loaded:  # a damaged page must stop the job before a call, not when results are due
+            problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if problem != "ok":
+                detail = " ".join(problem.replace("*** in database main ***", "").split())
+                raise _disk_failure(path, f"database disk image is malformed ({detail})")
         if fingerprint is None:
             if not loaded:
                 raise JournalError(f"journal {path} holds no job (it was never loaded)")
@@ -784,143 +734,388 @@ def _set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
 
+def _ipc_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema, options=_IPC) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
 def _col(chunk: pa.RecordBatch, name: str) -> pa.Array:
     return pc.cast(chunk.column(name), pa.string())
 
 
-def _load_records(chunk: pa.RecordBatch, now: str, pos0: int) -> tuple[list[tuple], int]:
-    """One chunk of reader rows → INSERT parameters; the status mapping is done columnwise."""
+class _Ranker:
+    """Batch and place of each row's pair, looked up in a plan held in memory (small jobs)."""
+
+    def __init__(self, batches: list[Batch]) -> None:
+        self._seq = {b.batch_id: seq for seq, b in enumerate(batches, 1)}
+        self._batches = batches
+        self._places: dict[int, dict[tuple[str, str], int]] = {}
+
+    def of(self, batch_ids: list[str | None], records: list[str], cadences: list[str]
+           ) -> tuple[np.ndarray, np.ndarray]:
+        seq = np.empty(len(batch_ids), dtype=np.int64)
+        rank = np.empty(len(batch_ids), dtype=np.int64)
+        for i, (b, r, c) in enumerate(zip(batch_ids, records, cadences, strict=True)):
+            if b is None:
+                raise ValueError("rows table: a valid row has no batch_id")
+            s = self._seq.get(b)
+            if s is None:
+                raise ValueError(f"plan error: a row names batch {b}, which is not planned")
+            places = self._places.get(s)
+            if places is None:
+                pairs = self._batches[s - 1].pairs()
+                places = self._places[s] = {p: k for k, p in enumerate(pairs)}
+            k = places.get((r, c))
+            if k is None:
+                raise ValueError(f"plan error: the pair ({r}, {c}) of a row is not one of batch "
+                                 f"{b}'s pairs")
+            seq[i], rank[i] = s, k
+        return seq, rank
+
+
+def _stored_rows(chunk: pa.RecordBatch, ranker: _Ranker | None
+                 ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """One chunk of reader rows → (the table stored, each row's batch seq or -1, its rank)."""
+    wanted = {"row", "module", "record_id", "cadence_id", "status", "reason"}
+    wanted |= {"batch_id"} if ranker else {"batch", "rank"}
+    missing = wanted - set(chunk.schema.names)
+    if missing:
+        raise ValueError(f"rows table lacks column(s) {sorted(missing)}")
     status = _col(chunk, "status")
     known = pc.is_in(status, value_set=pa.array(["valid", "invalid", "duplicate"]))
     if not pc.all(pc.fill_null(known, False)).as_py():
         raise ValueError("rows table: status must be valid, invalid or duplicate")
     valid = pc.equal(status, "valid")
-    invalid = pc.equal(status, "invalid")
+    at = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+    seq = np.full(chunk.num_rows, -1, dtype=np.int64)
+    rank = np.zeros(chunk.num_rows, dtype=np.int64)
+    if ranker is not None:
+        picked = arrow_of(at)
+        seq[at], rank[at] = ranker.of(*(_col(chunk, c).take(picked).to_pylist()
+                                        for c in ("batch_id", "record_id", "cadence_id")))
+    elif len(at):
+        picked = arrow_of(at)
+        batch, place = chunk.column("batch").take(picked), chunk.column("rank").take(picked)
+        if batch.null_count or place.null_count:
+            raise ValueError("rows table: a valid row has no batch")
+        seq[at] = batch.to_numpy() + 1
+        rank[at] = place.to_numpy()
     null = pa.scalar(None, pa.string())
-    batch_id = pc.if_else(valid, _col(chunk, "batch_id"), null)
-    n_valid = pc.sum(valid).as_py() or 0
-    if pc.sum(pc.is_valid(batch_id)).as_py() != n_valid:
-        raise ValueError("rows table: a valid row has no batch_id")
-    if "code" in chunk.schema.names:
-        code = pc.coalesce(_col(chunk, "code"), pa.scalar("INVALID_INPUT"))
-    else:
-        code = pa.scalar("INVALID_INPUT")
-    columns = [
+    code = (pc.coalesce(_col(chunk, "code"), pa.scalar("INVALID_INPUT"))
+            if "code" in chunk.schema.names else pa.scalar("INVALID_INPUT"))
+    stored = pa.Table.from_arrays([
         pc.cast(chunk.column("row"), pa.int64()),
-        _col(chunk, "module"), _col(chunk, "record_id"), _col(chunk, "cadence_id"),
-        pc.if_else(valid, pa.scalar(Status.NOT_SENT.value), status),
-        pc.if_else(invalid, code, null),
+        _col(chunk, "module"), _col(chunk, "record_id"), _col(chunk, "cadence_id"), status,
+        pc.if_else(pc.equal(status, "invalid"), code, null),
         pc.if_else(valid, null, _col(chunk, "reason")),
-        batch_id,
-        pc.cast(valid, pa.int8()),  # a row never attempted is worth retrying
-        pc.if_else(valid, null, pa.scalar(now)),
-    ]
-    positions = range(pos0, pos0 + chunk.num_rows)  # the results' order: the input's
-    return list(zip(positions, *(c.to_pylist() for c in columns), strict=True)), n_valid
+        pa.array(seq, mask=seq < 0),
+    ], schema=_ROW_SCHEMA)
+    return stored, seq, rank
 
 
-def _insert_batches(db: sqlite3.Connection, batches: Iterable[Batch], seq0: int,
-                    parent: str | None = None) -> int:
-    """Insert batches in order from ``seq0``, in slices; returns the number of pairs."""
-    total, seq, buf = 0, seq0, []
-    for b in batches:
-        if not b.record_ids or not b.cadence_ids:
-            raise ValueError(f"batch {b.batch_id} is empty")
-        n = len(b.record_ids) * len(b.cadence_ids)
-        buf.append((seq, b.batch_id, b.module, json.dumps(list(b.record_ids)),
-                    json.dumps(list(b.cadence_ids)), n, parent))
-        total += n
-        seq += 1
-        if len(buf) >= 10_000:
-            _flush_batches(db, buf)
-            buf = []
-    _flush_batches(db, buf)
-    return total
+def _batch_order(seq: np.ndarray, rank: np.ndarray, pos: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The planned rows' positions grouped by batch, each batch's in its pairs' order:
+    ``order[offsets[s - 1]:offsets[s]]`` are batch ``s``'s. Raises when two rows take one place
+    or a row's place is beyond its batch's pairs."""
+    counts = np.bincount(seq, minlength=1)
+    offsets = np.cumsum(counts)
+    if len(seq) and (rank.min() < 0 or (rank >= counts[seq]).any()):
+        raise ValueError("plan error: a row's place is beyond its batch's pairs")
+    slot = offsets[seq - 1] + rank if len(seq) else seq
+    order = np.full(len(seq), -1, dtype=np.int64)
+    order[slot] = pos
+    if (order < 0).any():
+        raise ValueError("plan error: a pair appears twice in one batch")
+    return order, offsets
 
 
-def _flush_batches(db: sqlite3.Connection, buf: list[tuple]) -> None:
+def _digest(module: str, records: str, cadences: str, positions: bytes) -> str:
+    """What a batch was planned as: its call and the input rows it answers."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (module.encode(), records.encode(), cadences.encode(), positions):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _batch_row(seq: int, batch: Batch, positions: np.ndarray, parent: str | None, root: int,
+               attempts: int = 0) -> tuple:
+    if not batch.record_ids or not batch.cadence_ids:
+        raise ValueError(f"batch {batch.batch_id} is empty")
+    records, cadences = json.dumps(list(batch.record_ids)), json.dumps(list(batch.cadence_ids))
+    blob = np.ascontiguousarray(positions, dtype=np.int64).tobytes()
+    return (seq, batch.batch_id, batch.module, records, cadences,
+            len(batch.record_ids) * len(batch.cadence_ids), attempts, parent, root, blob,
+            _digest(batch.module, records, cadences, blob))
+
+
+def _insert_rows(db: sqlite3.Connection, rows: list[tuple]) -> None:
     try:
         db.executemany("INSERT INTO batches (seq, batch_id, module, record_ids, cadence_ids,"
-                       " npairs, parent) VALUES (?, ?, ?, ?, ?, ?, ?)", buf)
+                       " npairs, attempts, parent, root, positions, digest)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     except sqlite3.IntegrityError:
         raise ValueError("plan error: a batch id is used twice") from None
 
 
-_PAIR = operator.attrgetter("record_id", "cadence_id")
-_RESULT = operator.attrgetter("status", "code", "message", "http_status", "retryable")
+def _insert_batch(db: sqlite3.Connection, seq: int, batch: Batch, positions: np.ndarray, *,
+                  parent: str, root: int, attempts: int = 0) -> None:
+    _insert_rows(db, [_batch_row(seq, batch, positions, parent, root, attempts)])
+
+
+def _insert_plan(db: sqlite3.Connection, batches: Iterable[Batch], order: np.ndarray,
+                 offsets: np.ndarray) -> None:
+    """Insert the planned batches (seq 1, 2, … in order), each with its rows' positions;
+    every batch must have exactly as many rows as pairs."""
+    buf: list[tuple] = []
+    seq = 0
+    for seq, b in enumerate(batches, 1):
+        n = len(b.record_ids) * len(b.cadence_ids)
+        lo, hi = (int(offsets[seq - 1]), int(offsets[seq])) if seq < len(offsets) else (0, 0)
+        if n != hi - lo:
+            raise ValueError(f"plan error: batch {b.batch_id} has {n} pairs but {hi - lo} "
+                             "input rows")
+        buf.append(_batch_row(seq, b, order[lo:hi], None, seq))
+        if len(buf) >= 10_000:
+            _insert_rows(db, buf)
+            buf = []
+    _insert_rows(db, buf)
+    if seq < len(offsets) - 1:
+        raise ValueError(f"plan error: {len(order)} valid rows but the batches hold "
+                         f"{int(offsets[seq]) if seq else 0} pairs")
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class _Open:
+    """A batch read back for its answer: its pairs and the input positions they answer."""
+
+    seq: int
+    batch_id: str
+    module: str
+    records: tuple[str, ...]
+    cadences: tuple[str, ...]
+    positions: np.ndarray
+    attempts: int
+    root: int
+    parent: str | None
+
+    @classmethod
+    def read(cls, db: sqlite3.Connection, batch_id: str, open_only: bool = True) -> _Open:
+        got = db.execute("SELECT seq, state, attempts, module, record_ids, cadence_ids,"
+                         " positions, root, parent FROM batches WHERE batch_id = ?",
+                         (batch_id,)).fetchone()
+        if got is None:
+            raise ValueError(f"unknown batch {batch_id!r}")
+        seq, state, attempts, module, records, cadences, positions, root, parent = got
+        if open_only and state not in _OPEN_STATES:
+            raise ValueError(f"batch {batch_id} is already {state}; it must not be sent again")
+        return cls(seq, batch_id, module, tuple(json.loads(records)), tuple(json.loads(cadences)),
+                   np.frombuffer(positions, dtype=np.int64), attempts, root, parent)
+
+    @property
+    def npairs(self) -> int:
+        return len(self.records) * len(self.cadences)
+
+    def _place(self, what: tuple[str, ...]) -> dict[str, int]:
+        return {v: i for i, v in enumerate(what)}
+
+    def indices(self, record_ids: Sequence[str], cadence_ids: Sequence[str]) -> np.ndarray:
+        """Places in :meth:`Batch.pairs` of ``record_ids`` × ``cadence_ids`` (record-major)."""
+        if len(set(record_ids)) != len(record_ids) or len(set(cadence_ids)) != len(cadence_ids):
+            raise ValueError(f"batch {self.batch_id}: a pair has two outcomes")
+        rp, cp = self._place(self.records), self._place(self.cadences)
+        stray = next(((r, c) for r in record_ids for c in cadence_ids
+                      if r not in rp or c not in cp), None)
+        if stray:
+            raise ValueError(f"batch {self.batch_id}: pair {stray} is not one of its pairs")
+        ri = np.array([rp[r] for r in record_ids], dtype=np.int64)
+        ci = np.array([cp[c] for c in cadence_ids], dtype=np.int64)
+        return (ri[:, None] * len(self.cadences) + ci[None, :]).ravel()
+
+    def check_once(self, idx: np.ndarray) -> None:
+        if len(np.unique(idx)) != len(idx):
+            raise ValueError(f"batch {self.batch_id}: a pair has two outcomes")
+
+    def groups_of(self, outs: list[PairOutcome]) -> list[tuple[tuple, np.ndarray]]:
+        """Outcomes → (stored result, places) groups; every pair must be the batch's, once."""
+        rp, cp = self._place(self.records), self._place(self.cadences)
+        grouped: dict[tuple, list[int]] = {}
+        for o in outs:
+            if o.record_id not in rp or o.cadence_id not in cp:
+                raise ValueError(f"batch {self.batch_id}: pair {(o.record_id, o.cadence_id)} "
+                                 "is not one of its pairs")
+            key = _stored((o.status, o.code, o.message, o.http_status, o.retryable))
+            grouped.setdefault(key, []).append(rp[o.record_id] * len(self.cadences)
+                                               + cp[o.cadence_id])
+        groups = [(k, np.array(v, dtype=np.int64)) for k, v in grouped.items()]
+        self.check_once(_cat([i for _, i in groups]))
+        return groups
+
+    def settle(self, db: sqlite3.Connection, groups: list[tuple[tuple, np.ndarray]],
+               attempts: int, whole: bool = True) -> int:
+        """Store the groups' outcomes; returns how many of the batch's pairs now have one.
+
+        An answer to a planned batch that covers it is stored as the batch's own outcome (its
+        largest group) plus a row per pair of the other groups; anything else a row per pair.
+        """
+        now = utc_now()
+        n = sum(len(i) for _, i in groups)
+        rest = groups
+        if whole and self.parent is None and groups and n == self.npairs:
+            db.execute("DELETE FROM outcomes WHERE seq = ?", (self.seq,))  # earlier partials
+            rest = sorted(groups, key=lambda g: len(g[1]), reverse=True)
+            db.execute("UPDATE batches SET status = ?, code = ?, message = ?, http_status = ?,"
+                       " retryable = ?, answered_attempts = ?, finished_at = ? WHERE seq = ?",
+                       (*rest.pop(0)[0], attempts, now, self.seq))
+        for key, idx in rest:
+            db.executemany(_INSERT_OUTCOMES, [(p, self.root, self.seq, *key, attempts, now)
+                                              for p in self.positions[idx].tolist()])
+        if n == self.npairs:
+            return n
+        return db.execute("SELECT count(*) FROM outcomes WHERE seq = ? AND status != 'not_sent'",
+                          (self.seq,)).fetchone()[0]
+
+    def set_state(self, db: sqlite3.Connection, state: str) -> None:
+        db.execute("UPDATE batches SET state = ? WHERE seq = ?", (state, self.seq))
+
+
+def _children_places(db: sqlite3.Connection, parent: _Open, unsettled: np.ndarray,
+                     children: Sequence[Batch]) -> list[np.ndarray]:
+    """Validate a split; returns each child's pairs as places in the parent's pairs."""
+    seen = np.zeros(parent.npairs, dtype=bool)
+    out = []
+    for child in children:
+        if child.module != parent.module:
+            raise ValueError(f"child {child.batch_id} has module {child.module}, parent "
+                             f"{parent.module}")
+        if db.execute("SELECT 1 FROM batches WHERE batch_id = ?", (child.batch_id,)).fetchone():
+            raise ValueError(f"batch id {child.batch_id} already exists")
+        try:
+            idx = parent.indices(child.record_ids, child.cadence_ids)
+        except ValueError:
+            idx = None
+        bad = None if idx is None else np.flatnonzero(~unsettled[idx] | seen[idx])
+        if idx is None or len(bad):
+            pair = (child.pairs()[int(bad[0])] if idx is not None else
+                    next(p for p in child.pairs() if p[0] not in parent.records
+                         or p[1] not in parent.cadences))
+            what = "in two children" if idx is not None and unsettled[idx[bad[0]]] else \
+                f"not an unsettled pair of {parent.batch_id}"
+            raise ValueError(f"child {child.batch_id}: pair {pair} is {what}")
+        seen[idx] = True
+        out.append(idx)
+    left = int((unsettled & ~seen).sum())
+    if children and left:
+        raise ValueError(f"split of {parent.batch_id}: {left} unsettled pair(s) are in no child")
+    if not children and left:
+        raise ValueError(f"split of {parent.batch_id} without children leaves {left} pair(s)")
+    return out
+
+
+def _moved(positions: np.ndarray, root: int, seq: int, attempts: int) -> list[tuple]:
+    """Outcome rows of pairs handed to a new batch: not sent (yet), worth sending."""
+    return [(p, root, seq, Status.NOT_SENT.value, None, None, None, 1, attempts, None)
+            for p in positions.tolist()]
+
+
+def _retryable_failures(db: sqlite3.Connection) -> list[tuple[_Open, np.ndarray]]:
+    """Answered batches with pairs whose last word is ``failed`` and retryable, with their
+    places, in plan order."""
+    found: dict[int, tuple[_Open, list[np.ndarray]]] = {}
+    for (batch_id,) in db.execute(
+            "SELECT batch_id FROM batches WHERE parent IS NULL AND state = 'answered'"
+            " AND status = 'failed' AND retryable = 1").fetchall():
+        batch = _Open.read(db, batch_id, open_only=False)
+        other = np.array([p for (p,) in db.execute("SELECT pos FROM outcomes WHERE root = ?",
+                                                   (batch.seq,))], dtype=np.int64)
+        idx = np.flatnonzero(~np.isin(batch.positions, other))
+        found[batch.seq] = (batch, [idx])
+    own: dict[str, list[int]] = {}
+    for batch_id, pos in db.execute(
+            "SELECT b.batch_id, o.pos FROM outcomes o JOIN batches b ON b.seq = o.seq"
+            " WHERE o.status = 'failed' AND o.retryable = 1"
+            " AND b.state NOT IN ('pending', 'sent')").fetchall():
+        own.setdefault(batch_id, []).append(pos)
+    for batch_id, positions in own.items():
+        batch = _Open.read(db, batch_id, open_only=False)
+        sorter = np.argsort(batch.positions)
+        idx = sorter[np.searchsorted(batch.positions, positions, sorter=sorter)]
+        found.setdefault(batch.seq, (batch, []))[1].append(idx)
+    return [(b, np.sort(_cat(parts))) for _, (b, parts) in sorted(found.items())
+            if sum(map(len, parts))]
+
+
+class _BatchOutcomes:
+    """Every batch's outcome as arrays indexed by ``seq``, for joining with the stored rows."""
+
+    def __init__(self, rows: list[tuple]) -> None:
+        n = (rows[-1][0] + 1) if rows else 1
+        cols: list[list[Any]] = [[None] * n for _ in range(8)]
+        cols[1] = [Status.NOT_SENT.value] * n
+        cols[5] = [True] * n
+        cols[6] = [0] * n
+        for seq, batch_id, state, status, code, message, http, retryable, attempts, at in rows:
+            cols[0][seq] = batch_id
+            if state == "answered" and status is not None:
+                for k, v in enumerate((status, code, message, http, bool(retryable), attempts,
+                                       at), 1):
+                    cols[k][seq] = v
+        names = ("batch_id", "status", "code", "message", "http_status", "retryable",
+                 "attempts", "finished_at")
+        self._cols = {name: pa.array(values, RESULT_SCHEMA.field(name).type)
+                      for name, values in zip(names, cols, strict=True)}
+
+    def results(self, part: pa.Table, p0: int, own: list[tuple], loaded: str) -> pa.Table:
+        """Results rows of stored rows ``part`` (positions from ``p0``); ``own``: the pair
+        outcomes of that range, (pos, seq, status, code, message, http_status, retryable,
+        attempts, finished_at) in position order."""
+        seq = part.column("seq")
+        planned = pc.is_valid(seq)
+        at = pc.fill_null(seq, 0)
+        c = {name: col.take(at) for name, col in self._cols.items()}
+        null_text = pa.scalar(None, pa.string())
+        out = {
+            "status": pc.if_else(planned, c["status"], part.column("status")),
+            "code": pc.if_else(planned, c["code"], part.column("code")),
+            "message": pc.if_else(planned, c["message"], part.column("reason")),
+            "http_status": pc.if_else(planned, c["http_status"], pa.scalar(None, pa.int64())),
+            "attempts": pc.if_else(planned, c["attempts"], pa.scalar(0, pa.int64())),
+            "batch_id": pc.if_else(planned, c["batch_id"], null_text),
+            "retryable": pc.if_else(planned, c["retryable"], pa.scalar(False)),
+            "finished_at": pc.if_else(planned, c["finished_at"], pa.scalar(loaded, pa.string())),
+        }
+        if own:
+            cols = list(zip(*own, strict=True))
+            mask = np.zeros(part.num_rows, dtype=bool)
+            mask[np.asarray(cols[0], dtype=np.int64) - p0] = True
+            mask_arr = arrow_of(mask)
+            values = {"batch_id": self._cols["batch_id"].take(pa.array(cols[1], pa.int64()))}
+            for name, col in zip(("status", "code", "message", "http_status", "retryable",
+                                  "attempts", "finished_at"), cols[2:], strict=True):
+                kind = RESULT_SCHEMA.field(name).type
+                values[name] = pa.array([None if v is None else bool(v) for v in col]
+                                        if name == "retryable" else col, kind)
+            for name, v in values.items():
+                out[name] = pc.replace_with_mask(out[name], mask_arr, v)
+        arrays = [part.column(n) if n in ("row", "module", "record_id", "cadence_id")
+                  else out[n] for n in RESULT_COLUMNS]
+        return pa.Table.from_arrays(arrays, schema=RESULT_SCHEMA)
 
 
 def _stored(result: tuple) -> tuple:
-    """An outcome's (status, code, message, http_status, retryable) as the rows table holds it."""
+    """An outcome's (status, code, message, http_status, retryable) as the journal holds it."""
     status, code, message, http_status, retryable = result
     text = _OUTCOME_STATUS.get(status)
     if text is None:
         raise ValueError(f"{Status(status)} is not an outcome")
     return text, code or None, message or None, http_status, int(bool(retryable))
-
-
-def _whole_records(pairs: list[tuple[str, str]], n_cadences: int
-                   ) -> tuple[list[str], list[tuple[str, str]]]:
-    """Split distinct pairs into records present with all their cadences, and the other pairs."""
-    per_record: dict[str, int] = {}
-    for r, _ in pairs:
-        per_record[r] = per_record.get(r, 0) + 1
-    whole = [r for r, n in per_record.items() if n == n_cadences]
-    if len(whole) == len(per_record):
-        return whole, []
-    full = set(whole)
-    return whole, [p for p in pairs if p[0] not in full]
-
-
-def _check_cover(batch_id: str, records: Sequence[str], cadences: Sequence[str],
-                 groups: Sequence[OutcomeGroup]) -> None:
-    """Groups must name only the batch's pairs, each pair exactly once, and all of them."""
-    want_r, want_c = frozenset(records), frozenset(cadences)
-    per_record: dict[str, set[str]] = {}
-    total = 0
-    for g in groups:
-        g_r, g_c = set(g.record_ids), set(g.cadence_ids)
-        if len(g_r) != len(g.record_ids) or len(g_c) != len(g.cadence_ids):
-            raise ValueError(f"batch {batch_id}: a pair has two outcomes")
-        if not (g_r <= want_r and g_c <= want_c):
-            stray = next((r, c) for r in g.record_ids for c in g.cadence_ids
-                         if r not in want_r or c not in want_c)
-            raise ValueError(f"batch {batch_id}: pair {stray} is not one of its pairs")
-        total += len(g_r) * len(g_c)
-        if len(groups) > 1:
-            for r in g.record_ids:
-                seen = per_record.setdefault(r, set())
-                if not seen.isdisjoint(g_c):
-                    raise ValueError(f"batch {batch_id}: a pair has two outcomes")
-                seen |= g_c
-    # distinct pairs of the batch, as many as it has: every pair once
-    left = len(want_r) * len(want_c) - total
-    if left:
-        raise ValueError(f"batch {batch_id}: {left} pair(s) left without an outcome")
-
-
-def _check_children(db: sqlite3.Connection, parent: str, module: str,
-                    remaining: set[tuple[str, str]], children: Sequence[Batch]
-                    ) -> list[tuple[str, str, str]]:
-    """Validate a split; returns (child id, record, cadence) for every moved row."""
-    moves: list[tuple[str, str, str]] = []
-    seen: set[tuple[str, str]] = set()
-    for child in children:
-        if child.module != module:
-            raise ValueError(f"child {child.batch_id} has module {child.module}, parent {module}")
-        if db.execute("SELECT 1 FROM batches WHERE batch_id = ?", (child.batch_id,)).fetchone():
-            raise ValueError(f"batch id {child.batch_id} already exists")
-        for pair in child.pairs():
-            if pair not in remaining:
-                raise ValueError(f"child {child.batch_id}: pair {pair} is not an unsettled pair "
-                                 f"of {parent}")
-            if pair in seen:
-                raise ValueError(f"child {child.batch_id}: pair {pair} is in two children")
-            seen.add(pair)
-            moves.append((child.batch_id, *pair))
-    if children and seen != remaining:
-        raise ValueError(f"split of {parent}: {len(remaining - seen)} unsettled pair(s) are in no "
-                         "child")
-    if not children and remaining:
-        raise ValueError(f"split of {parent} without children leaves {len(remaining)} pair(s)")
-    return moves

@@ -23,6 +23,7 @@ then never mixes cadences of two blocks), which stays exact by construction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -153,6 +154,25 @@ def _cadence_families(tmask: np.ndarray, tcount: np.ndarray, n_cad: int,
     return blocks
 
 
+class _Permutation:
+    """Moves bit ``source[i]`` of masks to bit i, a byte at a time through tables of 256 masks:
+    a few gathers instead of a shift per bit."""
+
+    def __init__(self, source: np.ndarray, n_bits: int) -> None:
+        dest = np.empty(n_bits, dtype=np.uint64)
+        dest[source] = np.arange(len(source), dtype=np.uint64)
+        byte = np.arange(256, dtype=np.uint64)
+        self.tables = np.zeros((-(-n_bits // 8), 256), dtype=np.uint64)
+        for b in range(n_bits):
+            self.tables[b // 8] |= ((byte >> np.uint64(b % 8)) & np.uint64(1)) << dest[b]
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(masks), dtype=np.uint64)
+        for i, table in enumerate(self.tables):
+            out |= table[((masks >> np.uint64(8 * i)) & np.uint64(255)).astype(np.intp)]
+        return out
+
+
 def _first_pieces(tmask: np.ndarray, tcount: np.ndarray, n_cad: int,
                   cad_count: np.ndarray) -> np.ndarray:
     """(types × pieces) masks, 0-padded: a type's own set, cut into ≤5-cadence pieces if larger."""
@@ -170,12 +190,9 @@ def _first_pieces(tmask: np.ndarray, tcount: np.ndarray, n_cad: int,
     n_block = (by_block != 0).sum(axis=1)
     fits = n_block == need  # cutting along families costs no extra piece: take it
     # otherwise: consecutive chunks of 5 in family order
-    order = [b for blk in blocks for b in range(n_cad) if blk >> b & 1]
-    pos = np.empty(n_cad, dtype=np.uint64)
-    pos[order] = np.arange(n_cad, dtype=np.uint64)
-    perm = np.zeros(len(m), dtype=np.uint64)
-    for b in range(n_cad):
-        perm |= ((m >> np.uint64(b)) & np.uint64(1)) << pos[b]
+    order = np.array([b for blk in blocks for b in range(n_cad) if blk >> b & 1])
+    to_family, back = _Permutation(order, n_cad), _Permutation(np.argsort(order), n_cad)
+    perm = to_family(m)
     chunks = np.zeros((len(m), width), dtype=np.uint64)
     for j in range(width):
         chunk = np.zeros(len(m), dtype=np.uint64)
@@ -183,8 +200,7 @@ def _first_pieces(tmask: np.ndarray, tcount: np.ndarray, n_cad: int,
             low = _lowbit(perm)
             chunk |= low
             perm ^= low
-        for b in range(n_cad):  # back to cadence bit positions
-            chunks[:, j] |= ((chunk >> pos[b]) & np.uint64(1)) << np.uint64(b)
+        chunks[:, j] = back(chunk)  # back to cadence bit positions
     packed = np.zeros((len(m), width), dtype=np.uint64)
     nz = by_block != 0
     slot = np.cumsum(nz, axis=1) - 1
@@ -236,25 +252,103 @@ def _pool_lookup(pool: tuple[np.ndarray, np.ndarray], masks: np.ndarray) -> np.n
     return found
 
 
-def _choose_split(parents: np.ndarray, size: int,
-                  pools: dict[int, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+#: C(b, i) for a bit position b < 64 and i ≤ 5: the colex rank of a set is Σ C(bit, i)
+_BINOM = np.array([[math.comb(b, i) for i in range(MAX_CADENCES_PER_CALL + 1)]
+                   for b in range(_MASK_BITS)], dtype=np.int64)
+#: a pool is a dense table when it has at most this many possible sets a piece (else sorted)
+_DENSE_PER_PIECE = 4
+
+
+def _rank(masks: np.ndarray, size: int) -> np.ndarray:
+    """Colex rank of each ``size``-cadence set: a dense index in 0..C(bits, size)-1 whose order
+    is the masks' numeric order (sets of one size compare by their highest differing bit)."""
+    rank = np.zeros(len(masks), dtype=np.int64)
+    left = masks.copy()
+    for i in range(1, size + 1):
+        low = _lowbit(left)
+        left ^= low
+        rank += _BINOM[np.bitwise_count(low - np.uint64(1)), i]
+    return rank
+
+
+class _Pool:
+    """The pieces of one size pooled by set, as the search adds them: count per distinct set.
+
+    A table indexed by colex rank when the possible sets are not many more than the pieces
+    (40 cadences: 658k sets of 5), so adding is a bincount and a lookup one gather, instead of
+    a sort per level and a binary search per lookup; else sorted masks, as before."""
+
+    def __init__(self, size: int, n_bits: int, n_pieces: int) -> None:
+        self.size = size
+        n_sets = math.comb(n_bits, size)
+        self.dense = n_sets <= _DENSE_PER_PIECE * n_pieces + (1 << 16)
+        if self.dense:
+            self.counts = np.zeros(n_sets, dtype=np.int64)
+            self.masks = np.zeros(n_sets, dtype=np.uint64)
+        self._parts: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+
+    def add(self, masks: np.ndarray, counts: np.ndarray) -> None:
+        if not len(masks):
+            return
+        if self.dense:
+            rank = _rank(masks, self.size)
+            if len(rank) * 16 < len(self.counts):  # a few: no pass over the whole table
+                np.add.at(self.counts, rank, counts)
+            else:
+                self.counts += np.bincount(rank, weights=counts,
+                                           minlength=len(self.counts)).astype(np.int64)
+            self.masks[rank] = masks
+        else:
+            self._parts[0].append(masks)
+            self._parts[1].append(counts)
+            self._sorted = None
+
+    def totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct sets in ascending order, pooled count of each)."""
+        if self.dense:
+            held = np.flatnonzero(self.counts)
+            return self.masks[held], self.counts[held]
+        if self._sorted is None:
+            self._sorted = _aggregate(*self._parts)
+        return self._sorted
+
+    def lookup(self, masks: np.ndarray, rank: Callable[[], np.ndarray] | None = None
+               ) -> np.ndarray:
+        """The pooled count of each set (0 when none); ``rank``: their ranks, when the caller
+        has them cheaper than from the masks."""
+        if self.dense:
+            return self.counts[_rank(masks, self.size) if rank is None else rank()]
+        return _pool_lookup(self.totals(), masks)
+
+
+def _choose_split(parents: np.ndarray, size: int, pools: dict[int, _Pool]) -> np.ndarray:
     """For each set to split, the part X (one or two cadences) to split off: the split whose
     smaller pool is the biggest (both halves should find company), then the biggest rest pool."""
-    bits = []
+    bits, binom = [], []
     left = parents.copy()
     for _ in range(size):
         low = _lowbit(left)
         left ^= low
         bits.append(low)
-    candidates = [(1, b) for b in bits]
+        pos = np.bitwise_count(low - np.uint64(1))
+        binom.append([None] + [_BINOM[pos, i] for i in range(1, size)])
+
+    def rank_of(members: list[int]) -> Callable[[], np.ndarray]:
+        """The colex rank of the parents' subset of these bits: Σ C(its i-th bit, i)."""
+        return lambda: sum(binom[j][i] for i, j in enumerate(members, start=1))
+
+    candidates = [[j] for j in range(size)]
     if size >= 4:
-        candidates += [(2, bits[a] | bits[b]) for a in range(size) for b in range(a + 1, size)]
+        candidates += [[a, b] for a in range(size) for b in range(a + 1, size)]
     best_min = np.full(len(parents), -1, dtype=np.int64)
     best_rest = np.full(len(parents), -1, dtype=np.int64)
     chosen = np.zeros(len(parents), dtype=np.uint64)
-    for k, part in candidates:
-        rest_pool = _pool_lookup(pools[size - k], parents ^ part)
-        part_pool = _pool_lookup(pools[k], part)
+    for members in candidates:
+        part = bits[members[0]] if len(members) == 1 else bits[members[0]] | bits[members[1]]
+        rest = [j for j in range(size) if j not in members]
+        rest_pool = pools[len(rest)].lookup(parents ^ part, rank_of(rest))
+        part_pool = pools[len(members)].lookup(part, rank_of(members))
         low = np.minimum(rest_pool, part_pool)
         better = (low > best_min) | ((low == best_min) & (rest_pool > best_rest))
         best_min = np.where(better, low, best_min)
@@ -263,32 +357,44 @@ def _choose_split(parents: np.ndarray, size: int,
     return chosen
 
 
-def _search(piece_masks: np.ndarray, piece_counts: np.ndarray, threshold: int) -> _Search:
-    """Cost of one splitting threshold, from piece counts alone (no per-record work)."""
+def _search(piece_masks: np.ndarray, piece_counts: np.ndarray, threshold: int,
+            memo: dict[int, np.ndarray]) -> _Search:
+    """Cost of one splitting threshold, from piece counts alone (no per-record work).
+
+    ``memo``: the splits chosen at the first level that splits, while the pools still hold
+    the first pieces alone — the same for every threshold, so a search with a lower threshold
+    (which splits a subset there) takes them from the first search instead of choosing again."""
     cap = MAX_RECORDS_PER_CALL
     size = _popcount(piece_masks)
-    pending: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {
-        s: ([piece_masks[size == s]], [piece_counts[size == s]])
-        for s in range(1, MAX_CADENCES_PER_CALL + 1)
-    }
+    n_bits = int(np.bitwise_or.reduce(piece_masks)).bit_length() if len(piece_masks) else 0
+    pools = {s: _Pool(s, n_bits, len(piece_masks))
+             for s in range(1, MAX_CADENCES_PER_CALL + 1)}
+    for s, pool in pools.items():
+        pool.add(piece_masks[size == s], piece_counts[size == s])
     levels: dict[int, _Level] = {}
     total = 0
+    fresh = True  # no split yet: the pools hold the first pieces alone
     for s in range(MAX_CADENCES_PER_CALL, 0, -1):
-        masks, counts = _aggregate(*pending[s])
+        masks, counts = pools[s].totals()
         full, rest = counts // cap, counts % cap
         split = (rest > 0) & (rest * s < threshold) if s > 1 else np.zeros(len(masks), bool)
         keep = (rest > 0) & ~split
         peel = np.zeros(len(masks), dtype=np.uint64)
         if split.any():
             parents, moved = masks[split], rest[split]
-            pools = {k: _aggregate(*pending[k]) for k in range(1, s)}
-            chosen = _choose_split(parents, s, pools)
+            if fresh and s in memo:
+                chosen = memo[s][split]
+            else:
+                chosen = _choose_split(parents, s, pools)
+                if fresh:
+                    memo[s] = peel.copy()
+                    memo[s][split] = chosen
+            fresh = False
             peel[split] = chosen
             for child in (parents ^ chosen, chosen):
                 child_size = _popcount(child)
                 for k in range(1, s):
-                    pending[k][0].append(child[child_size == k])
-                    pending[k][1].append(moved[child_size == k])
+                    pools[k].add(child[child_size == k], moved[child_size == k])
         n_calls = full + keep
         base = total + np.concatenate(([0], np.cumsum(n_calls)[:-1])).astype(np.int64)
         total += int(n_calls.sum())
@@ -297,10 +403,13 @@ def _search(piece_masks: np.ndarray, piece_counts: np.ndarray, threshold: int) -
 
 
 def _best_search(piece_masks: np.ndarray, piece_counts: np.ndarray) -> _Search:
+    """The cheapest threshold (the lowest among equals). The highest is searched first: where
+    the searches first split, it splits a superset of what every other does (see ``memo``)."""
     best: _Search | None = None
-    for threshold in _THRESHOLDS:
-        found = _search(piece_masks, piece_counts, threshold)
-        if best is None or found.n_batches < best.n_batches:
+    memo: dict[int, np.ndarray] = {}
+    for threshold in sorted(_THRESHOLDS, reverse=True):
+        found = _search(piece_masks, piece_counts, threshold, memo)
+        if best is None or found.n_batches <= best.n_batches:
             best = found
     assert best is not None
     return best
@@ -661,9 +770,9 @@ def plan_codes(module_codes: np.ndarray, module_names: Sequence[str] | pa.Array,
             parts, stats = _plan_by_masks(names, rec, n_rec, slots, masks)
         else:
             parts, stats = _plan_by_blocks(names, mod, rec, n_rec, cad, len(cad_ids))
-    offsets = tuple(np.concatenate(([0], np.cumsum([p.search.n_batches for p in parts])[:-1]))
+    offsets = tuple(np.concatenate(([0], np.cumsum([_n_batches(p) for p in parts])[:-1]))
                     .astype(int).tolist()) if parts else ()
-    return Plan(n, stats, tuple(parts), offsets, names, rec_ids, cad_ids, record_rep)
+    return Plan(n, stats, _Parts(parts), offsets, names, rec_ids, cad_ids, record_rep)
 
 
 @dataclass(frozen=True, slots=True)
@@ -763,8 +872,9 @@ def _mask_pairs(rec: np.ndarray, n_rec: int, slots: _Slots, recs: np.ndarray,
 
 def _plan_by_blocks(names: list[str], mod: np.ndarray, rec: np.ndarray, n_rec: int,
                     cad: np.ndarray, n_cad: int
-                    ) -> tuple[list[_Part], dict[str, ModulePlanStats]]:
-    """Module by module, in blocks of 64 cadences (a call never mixes two blocks)."""
+                    ) -> tuple[list[_Part | _LazyPart], dict[str, ModulePlanStats]]:
+    """Module by module, in blocks of 64 cadences (a call never mixes two blocks); a module
+    with more than ``_BLOCKS_MAX`` blocks by cadences that share their records instead."""
     mod, rec, cad = (np.asarray(x, dtype=np.int64) for x in (mod, rec, cad))
     if len(names) == 1:
         groups = [(0, None)]
@@ -774,7 +884,7 @@ def _plan_by_blocks(names: list[str], mod: np.ndarray, rec: np.ndarray, n_rec: i
         bounds = np.searchsorted(mod[order], np.arange(len(names) + 1))
         groups = [(m, order[bounds[m]:bounds[m + 1]]) for m in range(len(names))
                   if bounds[m + 1] > bounds[m]]
-    parts: list[_Part] = []
+    parts: list[_Part | _LazyPart] = []
     stats: dict[str, ModulePlanStats] = {}
     for m, pos in groups:
         r_glob = rec if pos is None else rec[pos]
@@ -782,6 +892,16 @@ def _plan_by_blocks(names: list[str], mod: np.ndarray, rec: np.ndarray, n_rec: i
         c_local, cad_global = _dense(c_glob, n_cad)
         r_local, rec_global = _dense(r_glob, n_rec)
         k = np.bincount(r_local)
+        if len(cad_global) > _MASK_BITS * _BLOCKS_MAX:
+            lazy, batches = _plan_by_signatures(m, pos, r_local, rec_global, c_local, cad_global)
+            parts.extend(lazy)
+            cad_count = np.bincount(c_local, minlength=len(cad_global))
+            stats[names[m]] = ModulePlanStats(
+                names[m], len(r_glob), len(k), len(cad_global), batches,
+                _lower_bound(len(r_glob), int((-(-k // MAX_CADENCES_PER_CALL)).sum()),
+                             cad_count),
+                int((-(-cad_count // MAX_RECORDS_PER_CALL)).sum()), _SIGNATURES)
+            continue
         module_parts = []
         for lo in range(0, len(cad_global), _MASK_BITS):
             if len(cad_global) <= _MASK_BITS:
@@ -828,3 +948,172 @@ def plan_batches(pairs: Sequence[tuple[str, str, str]]) -> list[Batch]:
         return []
     module, record, cadence = (list(col) for col in zip(*pairs, strict=True))
     return list(plan_pairs(module, record, cadence).iter_batches())
+
+
+# --------------------------------------------------------------------------- many cadences
+
+#: a module with more blocks of 64 cadences than this is planned by signatures: each block is a
+#: search of its own (milliseconds), fine for an org's few hundred cadences, not for millions
+_BLOCKS_MAX = 64
+_SIGNATURES = "cadences with the same records, 5 to a call"
+#: chunks of ≤5 cadences a part holds (a part has at most 64 cadence bits)
+_CHUNKS_PER_PART = _MASK_BITS // MAX_CADENCES_PER_CALL
+
+
+@dataclass(frozen=True, slots=True)
+class _LazyPart:
+    """A part whose batch count is known and whose arrays are made when batches are built."""
+
+    n_batches: int
+    make: Callable[[], _Part]
+
+
+def _n_batches(part: _Part | _LazyPart) -> int:
+    return part.n_batches if isinstance(part, _LazyPart) else part.search.n_batches
+
+
+class _Parts(Sequence):
+    """The plan's parts, each lazy one made on first use (``batcher plan`` makes none)."""
+
+    def __init__(self, parts: Sequence[_Part | _LazyPart]) -> None:
+        self._parts = list(parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        part = self._parts[i]
+        if isinstance(part, _LazyPart):
+            part = self._parts[i] = part.make()
+        return part
+
+
+@dataclass(frozen=True)
+class _Signatures:
+    """One module's cadences grouped by their exact set of records (its *signature*), cut
+    into chunks of ≤5 cadences; a chunk's calls are its signature's records, 100 a call."""
+
+    cad_order: np.ndarray  # local cadences, chunk by chunk
+    chunk_start: np.ndarray  # chunk k's cadences: cad_order[chunk_start[k]:chunk_start[k + 1]]
+    chunk_records: list[np.ndarray] | Callable[[int], np.ndarray]  # see records()
+    chunk_calls: np.ndarray  # calls of each chunk
+
+
+def _signatures(r: np.ndarray, c: np.ndarray, n_rec: int, n_cad: int
+                ) -> tuple[_Signatures, np.ndarray, np.ndarray]:
+    """(signatures, records sorted by cadence, where each cadence's records start).
+
+    A cadence's signature is its sorted local records as bytes, hashed exactly by Arrow (no
+    hash of ours: two cadences share calls only if their record lists are equal)."""
+    key = np.sort(c.astype(np.int64) * n_rec + r)  # values only: numpy's fastest sort
+    rec_sorted = (key % n_rec).astype(np.int32)
+    start = np.zeros(n_cad + 1, dtype=np.int64)
+    np.cumsum(np.bincount(c, minlength=n_cad), out=start[1:])
+    offsets = start * 4
+    binary = pa.large_binary() if offsets[-1] >= 1 << 31 else pa.binary()
+    sig_bytes = pa.Array.from_buffers(binary, n_cad, [
+        None, pa.py_buffer(offsets.astype(np.int64 if binary == pa.large_binary() else np.int32)),
+        pa.py_buffer(rec_sorted)])
+    enc = pc.dictionary_encode(sig_bytes)
+    sig = numpy_of(enc.indices).astype(np.int64)
+    n_sig = len(enc.dictionary)
+    cad_order = np.argsort(sig, kind="stable")  # by signature, cadences in code order
+    n_of_sig = np.bincount(sig, minlength=n_sig)
+    rank = np.arange(n_cad) - np.repeat(np.cumsum(n_of_sig) - n_of_sig, n_of_sig)
+    new_chunk = rank % MAX_CADENCES_PER_CALL == 0
+    chunk_start = np.append(np.flatnonzero(new_chunk), n_cad)
+    lead = cad_order[chunk_start[:-1]]  # a cadence of each chunk: its records are the chunk's
+    size = start[lead + 1] - start[lead]
+    calls = -(-size // MAX_RECORDS_PER_CALL)
+    return _Signatures(cad_order, chunk_start, lambda k: rec_sorted[start[lead[k]]:
+                                                                    start[lead[k] + 1]],
+                       calls), rec_sorted, start
+
+
+def _plan_by_signatures(module: int, pos: np.ndarray | None, r: np.ndarray,
+                        rec_global: np.ndarray, c: np.ndarray, cad_global: np.ndarray
+                        ) -> tuple[list[_LazyPart], int]:
+    """(parts of ≤12 chunks, made when built; batches of the module). Cadences that hold the
+    same records share calls, 5 to a call: with millions of cadences (ids that are records,
+    most likely) this is linear in the pairs, where blocks of 64 cadences take minutes."""
+    sigs, _, _ = _signatures(r, c, len(rec_global), len(cad_global))
+    n_chunks = len(sigs.chunk_calls)
+    bounds = list(range(0, n_chunks, _CHUNKS_PER_PART)) + [n_chunks]
+    part_calls = np.add.reduceat(sigs.chunk_calls, bounds[:-1])
+    part_of_cad = np.empty(len(cad_global), dtype=np.int64)
+    part_of_cad[sigs.cad_order] = np.repeat(np.arange(len(bounds) - 1),
+                                            np.diff(sigs.chunk_start[bounds]))
+    pairs_of = _PairsByPart(pos, r, c, part_of_cad, len(bounds) - 1)
+
+    def maker(p: int) -> Callable[[], _Part]:
+        return lambda: _signature_part(module, sigs, bounds[p], bounds[p + 1], rec_global,
+                                       cad_global, pairs_of.source(p))
+
+    parts = [_LazyPart(int(n), maker(p)) for p, n in enumerate(part_calls.tolist())]
+    return parts, int(part_calls.sum())
+
+
+class _PairsByPart:
+    """The module's pairs grouped by part, grouped once, on the first part built."""
+
+    def __init__(self, pos: np.ndarray | None, r: np.ndarray, c: np.ndarray,
+                 part_of_cad: np.ndarray, n_parts: int) -> None:
+        self._args = (pos, r, c, part_of_cad, n_parts)
+        self._grouped: tuple[np.ndarray, np.ndarray] | None = None
+
+    def source(self, p: int) -> _PairSource:
+        def pairs() -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+            pos, r, c, part_of_cad, n_parts = self._args
+            if self._grouped is None:
+                part = part_of_cad[c]
+                order = np.argsort(part, kind="stable")
+                bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
+                self._grouped = order, bounds
+            order, bounds = self._grouped
+            at = order[bounds[p]:bounds[p + 1]]
+            return (at if pos is None else pos[at]), r[at], c[at]
+        return pairs
+
+
+def _signature_part(module: int, sigs: _Signatures, k0: int, k1: int, rec_global: np.ndarray,
+                    cad_global: np.ndarray, pairs: _PairSource) -> _Part:
+    """Chunks k0..k1-1 as a part: each chunk is one piece (its bits), held by its records;
+    the search keeps every remainder (a chunk's calls are ⌈records / 100⌉)."""
+    cads = sigs.cad_order[sigs.chunk_start[k0]:sigs.chunk_start[k1]]
+    size = np.diff(sigs.chunk_start[k0:k1 + 1])
+    first_bit = np.concatenate(([0], np.cumsum(size)[:-1]))
+    chunk_mask = ((np.uint64(1) << size.astype(np.uint64)) - np.uint64(1)) \
+        << first_bit.astype(np.uint64)
+    recs = [sigs.chunk_records(k) for k in range(k0, k1)]
+    held_rec = np.concatenate(recs).astype(np.int64)
+    held_chunk = np.repeat(np.arange(k1 - k0), [len(x) for x in recs])
+    local_recs, rec_of = np.unique(held_rec, return_inverse=True)
+    masks = np.zeros(len(local_recs), dtype=np.uint64)
+    np.bitwise_or.at(masks, rec_of, chunk_mask[held_chunk])
+    tmask, record_type = np.unique(masks, return_inverse=True)
+    pieces = np.where((tmask[:, None] & chunk_mask[None, :]) != 0, chunk_mask[None, :],
+                      np.uint64(0))
+    counts = np.array([len(x) for x in recs], dtype=np.int64)
+    levels: dict[int, _Level] = {}
+    total = 0
+    for s in range(MAX_CADENCES_PER_CALL, 0, -1):
+        at = np.flatnonzero(size == s)
+        at = at[np.argsort(chunk_mask[at])]
+        n_calls = -(-counts[at] // MAX_RECORDS_PER_CALL)
+        base = total + np.concatenate(([0], np.cumsum(n_calls)[:-1])).astype(np.int64)
+        total += int(n_calls.sum())
+        levels[s] = _Level(chunk_mask[at], counts[at], counts[at] % MAX_RECORDS_PER_CALL > 0,
+                           np.zeros(len(at), dtype=np.uint64), base)
+    local_of = np.full(len(cad_global), -1, dtype=np.int64)
+    local_of[cads] = np.arange(len(cads))
+    local_rec_of = np.full(len(rec_global), -1, dtype=np.int64)
+    local_rec_of[local_recs] = np.arange(len(local_recs))
+
+    def local_pairs() -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        where, r, c = pairs()
+        return where, local_rec_of[r], local_of[c]
+
+    return _Part(module, local_pairs, rec_global[local_recs], cad_global[cads],
+                 record_type.astype(np.int64), pieces, _Search(0, total, levels))

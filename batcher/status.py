@@ -14,9 +14,9 @@ not depend on it); granted means a run killed by ``kill -9`` left its pid, and t
 dropped at once. Only a run starting within those microseconds after a ``kill -9`` could find
 the lock taken: it stops with exit 2 "in use", sending nothing, and its command works again.
 
-Cost: one pass over the rows table (1-2 s per million rows on a small shared machine; the
-snapshot holds the writer's checkpoints back that long, not its commits) and one over the call
-log.
+Cost: the counts come from the batches and the pair outcomes that differ from their batch's
+(:mod:`batcher.counts`), never from the rows, so a poll of a ten-million-row job takes about as
+long as one of a small job; plus one pass over the call log.
 """
 
 from __future__ import annotations
@@ -33,22 +33,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from .counts import status_counts
 from .errors import UsageError
 from .models import Status
 
 # the journal's own meta keys and format (batcher.journal; a test keeps them equal): importing
 # that module would load pyarrow, half a second of every status poll
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _K_VERSION, _K_LOADED, _K_STARTED = ("batcher.schema_version", "batcher.loaded",
                                      "batcher.started_at")
-_TABLES = frozenset({"meta", "counters", "batches", "rows"})
+_TABLES = frozenset({"meta", "counters", "batches", "row_chunks", "outcomes"})
 RATE_WINDOW_S = 60.0
 
 _STATUSES = tuple(s.value for s in Status)
-# one pass: a count per status, and — SQLite's bare columns take the values of the row where
-# the query's only max() is reached — the code and message of the latest failed row
-_ROWS_SQL = ("SELECT " + ", ".join("count(*) FILTER (WHERE status = ?)" for _ in _STATUSES)
-             + ", max(finished_at) FILTER (WHERE status = 'failed'), code, message FROM rows")
+# the latest failed answer: a pair's own outcome or a batch's shared one, whichever is later
+# (SQLite's bare columns take the values of the row where the query's only max() is reached)
+_LAST_FAILED_SQL = ("SELECT max(finished_at), code, message FROM ("
+                    "SELECT finished_at, code, message FROM outcomes WHERE status = 'failed'"
+                    " UNION ALL SELECT finished_at, code, message FROM batches"
+                    " WHERE status = 'failed' AND state = 'answered')")
 _CALLS_SQL = ("SELECT count(*) FILTER (WHERE at >= :since), min(at) FILTER (WHERE at >= :since),"
               " max(at + seconds) FROM calls")
 
@@ -226,12 +229,13 @@ def _snapshot(db: sqlite3.Connection, path: Path, running: bool, pid: int | None
     batches_left, pairs_left = db.execute(
         "SELECT count(*), coalesce(sum(npairs), 0) FROM batches"
         " WHERE state IN ('pending', 'sent')").fetchone()
-    *counts, failed_at, code, message = db.execute(_ROWS_SQL, _STATUSES).fetchone()
+    counts = status_counts(db)
+    failed_at, code, message = db.execute(_LAST_FAILED_SQL).fetchone()
     rate, last_end = _call_log(db, tables, running)
     loaded = _K_LOADED in meta
     return JobStatus(
         journal=str(path), running=running, pid=pid, loaded=loaded,
-        by_status=dict(zip(_STATUSES, counts, strict=True)),
+        by_status={s: counts.get(s, 0) for s in _STATUSES},
         batches_left=batches_left, pairs_left=pairs_left,
         calls=counters.get("calls", 0), retries=counters.get("retries", 0),
         throttled=counters.get("throttled", 0), credits=counters.get("credits", 0),

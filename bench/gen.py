@@ -10,6 +10,10 @@ Shapes (``n_pairs`` is met exactly; records and cadences follow from the shape):
   families      ~3 pairs per record: 40 cadences in 8 families of 5 (sequences); a record is in 1-3
                 families, and in each in all steps, a prefix of them, or a few; two modules
   sparse        records drawn at random into 40 cadences (~3.3 cadences a record, no structure)
+  random_sets   ~3.3 cadences a record drawn from 40 of uneven popularity, and 4% of the rows
+                repeat an earlier pair (a file exported twice over): n_pairs counts the rows
+  swapped       random_sets with the record and cadence columns swapped, as a file whose headers
+                were mixed up reads: 40 "records" and ~0.3 * n_pairs "cadences"
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import pyarrow.parquet as pq
 
 DATA = Path(__file__).resolve().parent / "data"
 SHAPES = ("one_cadence", "same_four", "blocks_of_100", "families", "sparse")
+#: beyond the quality table's shapes: rows that repeat pairs, and ids in the wrong columns
+MORE_SHAPES = ("random_sets", "swapped")
+REPEATED = 0.04  # random_sets: the share of rows that repeat an earlier pair
 N_CADENCES = 40
 _RECORD_BASE = 5_540_230_000_000_000_000
 _CADENCE_BASE = 5_540_230_000_004_092_008
@@ -93,34 +100,61 @@ def _pairs(shape: str, rng: np.random.Generator, n: int) -> tuple[np.ndarray, ..
         key = np.unique(rng.integers(0, n_rec * N_CADENCES, size=int(n * 1.2)))
         key = key[rng.permutation(len(key))[:n]]
         return key // N_CADENCES, key % N_CADENCES, np.zeros(len(key), np.int64)
-    raise ValueError(f"unknown shape {shape!r}; one of {', '.join(SHAPES)}")
+    if shape in MORE_SHAPES:
+        return _random_sets(rng, n)
+    raise ValueError(f"unknown shape {shape!r}; one of {', '.join(SHAPES + MORE_SHAPES)}")
+
+
+def _random_sets(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+    """n rows: distinct pairs of ~3.3 cadences a record (cadence i drawn with weight
+    1/sqrt(i+1)), then REPEATED of the rows copies of some of them."""
+    n_distinct = n - int(n * REPEATED)
+    n_rec = max(1, int(n_distinct / 3.2))
+    weight = 1 / np.sqrt(np.arange(1, N_CADENCES + 1))
+    draws = int(n_distinct * 1.25)
+    key = np.unique(rng.integers(0, n_rec, size=draws) * N_CADENCES
+                    + rng.choice(N_CADENCES, size=draws, p=weight / weight.sum()))
+    key = key[rng.permutation(len(key))[:n_distinct]]
+    key = np.concatenate([key, key[rng.integers(0, len(key), size=n - len(key))]])
+    return key // N_CADENCES, key % N_CADENCES, np.zeros(len(key), np.int64)
 
 
 def generate(shape: str, n_pairs: int, seed: int = 0) -> pa.Table:
     """A shuffled table of exactly n_pairs distinct pairs (fewer only if the shape cannot)."""
     rng = np.random.default_rng(seed)
     r, c, m = _pairs(shape, rng, n_pairs)
-    return _table(rng, r, c, m, ["Leads", "Contacts"], n_pairs)
+    table = _table(rng, r, c, m, ["Leads", "Contacts"], n_pairs)
+    if shape == "swapped":
+        return table.rename_columns(["cadence_id", "record_id", "module"]).select(
+            ["record_id", "cadence_id", "module"])
+    return table
 
 
-def ensure_files(shape: str, n_pairs: int, seed: int = 0) -> tuple[Path, Path]:
-    """(parquet, csv) paths of the shape, generated once and cached in bench/data/."""
+def ensure_files(shape: str, n_pairs: int, seed: int = 0, *, csv: bool = True
+                 ) -> tuple[Path, ...]:
+    """(parquet, csv) paths of the shape — (parquet,) without ``csv`` — generated once and
+    cached in bench/data/."""
     DATA.mkdir(parents=True, exist_ok=True)
     stem = DATA / f"{shape}-{n_pairs}-s{seed}"
-    parquet, csv = stem.with_suffix(".parquet"), stem.with_suffix(".csv")
-    if not (parquet.exists() and csv.exists()):
+    parquet, csv_path = stem.with_suffix(".parquet"), stem.with_suffix(".csv")
+    table = None
+    if not parquet.exists():
         table = generate(shape, n_pairs, seed)
         pq.write_table(table, parquet.with_suffix(".tmp"))
         parquet.with_suffix(".tmp").replace(parquet)
-        pacsv.write_csv(table, csv.with_suffix(".tmpcsv"))
-        csv.with_suffix(".tmpcsv").replace(csv)
-    return parquet, csv
+    if not csv:
+        return (parquet,)
+    if not csv_path.exists():
+        table = pq.read_table(parquet) if table is None else table
+        pacsv.write_csv(table, csv_path.with_suffix(".tmpcsv"))
+        csv_path.with_suffix(".tmpcsv").replace(csv_path)
+    return parquet, csv_path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("shape", choices=SHAPES)
+    parser.add_argument("shape", choices=SHAPES + MORE_SHAPES)
     parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

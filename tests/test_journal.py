@@ -221,8 +221,10 @@ def test_split_refuses_children_that_do_not_cover_the_rest_exactly(
 def test_a_plan_that_does_not_match_the_rows_is_refused_and_leaves_the_journal_new(
         path: Path) -> None:
     with Journal.open(path, "fp") as j:
-        with pytest.raises(ValueError, match="b1 has 2 pairs but 4"):
+        with pytest.raises(ValueError, match="plan error: the pair .* is not one of batch b1"):
             j.load(rows_table(), [Batch("b1", "Leads", (R1, R2), (C1,)), PLAN[1]])
+        with pytest.raises(ValueError, match="b1 has 4 pairs but 2 input rows"):
+            j.load(rows_table(ROWS[:2]), PLAN[:1])
         assert j.is_new
     with Journal.open(path, "fp") as j:
         assert j.is_new and j.rows == 0 and results(j) == []
@@ -241,12 +243,21 @@ def test_interrupted_load_leaves_nothing_half_loaded(path: Path) -> None:
         assert j.is_new and results(j) == [] and list(j.pending_batches()) == []
 
 
-def test_a_batch_naming_a_pair_that_is_not_an_input_row_is_never_handed_out(path: Path) -> None:
+def test_a_batch_naming_a_pair_that_is_not_an_input_row_is_refused_at_load(path: Path) -> None:
     rows = [("Leads", R1, C1, "valid", None, "b1"), ("Leads", R3, C1, "valid", None, "b1")]
     with Journal.open(path, "fp") as j:
-        j.load(rows_table(rows), [Batch("b1", "Leads", (R1, R2), (C1,))])  # counts agree
-        with pytest.raises(JournalError, match="refusing to send"):
-            list(j.pending_batches())
+        with pytest.raises(ValueError, match="not one of batch b1"):
+            j.load(rows_table(rows), [Batch("b1", "Leads", (R1, R2), (C1,))])  # counts agree
+        assert j.is_new and list(j.pending_batches()) == []
+
+
+def test_a_batch_changed_in_the_journal_after_load_is_never_handed_out(loaded: Path) -> None:
+    import sqlite3
+    with sqlite3.connect(loaded) as db:  # a damaged or edited journal: b1 names another record
+        db.execute("UPDATE batches SET record_ids = ? WHERE batch_id = 'b1'",
+                   (f'["{R1}", "{R3}"]',))
+    with Journal.open(loaded, "fp-A") as j, pytest.raises(JournalError, match="refusing to send"):
+        list(j.pending_batches())
 
 
 def test_another_input_is_refused(loaded: Path) -> None:

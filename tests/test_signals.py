@@ -439,7 +439,7 @@ def test_a_signal_as_the_process_exits_does_not_kill_it(tmp_path, serve, which):
 
 # ---------------------------------------------------------------------------------- 3. plan, load
 
-BIG_RECORDS = 20_000  # x 5 cadences = 100k pairs: plan + journal load take ~1 s
+BIG_RECORDS = 100_000  # x 5 cadences = 500k pairs: plan + journal load take ~1 s
 
 
 def test_a_signal_while_a_large_plan_is_loaded_into_the_journal(tmp_path, serve):

@@ -20,9 +20,10 @@ from .scan import (
     read_input,
     rounding_line,
     scan_input,
+    swapped_columns_line,
     unusual_line,
 )
 
 __all__ = ["DUPLICATE", "INVALID", "VALID", "InputOptions", "InputScan", "InputTable", "PairCodes",
            "RecordList", "canonical_module", "check_input", "file_fingerprint", "read_input",
-           "rounding_line", "scan_input", "unusual_line"]
+           "rounding_line", "scan_input", "swapped_columns_line", "unusual_line"]

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..arrays import arrow_of, numpy_of
+from .rounding import among
 
 
 def concat(arrays: list[np.ndarray]) -> np.ndarray:
@@ -77,7 +78,9 @@ def cadence_codes(cad: np.ndarray, n_values: int, mod: np.ndarray, n_mod: int
         key *= n_values
         key += cad
     present = np.sort(numpy_of(pc.unique(arrow_of(key))))  # no intp copy of the keys
-    first = first_of_code(cad, n_values, len(np.unique(present % n_values)))
+    values = np.sort(present % n_values)  # numpy's hashed unique is slow on millions
+    n_present = min(len(values), 1) + int(np.count_nonzero(values[1:] != values[:-1]))
+    first = first_of_code(cad, n_values, n_present)
     used = present[np.lexsort((first[present % n_values], present // n_values))]
     code = np.zeros(n_mod * n_values, dtype=np.int32)
     code[used] = np.arange(len(used), dtype=np.int32)
@@ -119,11 +122,17 @@ def encode_parts(values: np.ndarray, pool: ThreadPoolExecutor
 
     def encode(first: int, last: int) -> None:
         for p in range(first, last):
+            # Arrow drops empty chunks (a part can be empty in a half, or in both when the
+            # ids are few): only the halves with rows in this part get codes back
+            held = [h for h, (_, b, _) in enumerate(parted) if b[p + 1] > b[p]]
             enc = pc.dictionary_encode(pa.chunked_array(
-                [ids.slice(b[p], b[p + 1] - b[p]) for _, b, ids in parted], pa.uint64()))
-            for (_, b, _), out, chunk in zip(parted, local, enc.chunks, strict=True):
-                out[b[p]:b[p + 1]] = numpy_of(chunk.indices)
-            uniques[p] = numpy_of(enc.chunk(0).dictionary)
+                [parted[h][2].slice(parted[h][1][p], parted[h][1][p + 1] - parted[h][1][p])
+                 for h in held], pa.uint64()))
+            for h, chunk in zip(held, enc.chunks, strict=True):
+                b = parted[h][1]
+                local[h][b[p]:b[p + 1]] = numpy_of(chunk.indices)
+            if held:
+                uniques[p] = numpy_of(enc.chunk(0).dictionary)
 
     both(encode, [(0, n_parts // 2), (n_parts // 2, n_parts)], pool)
     grouping = _Grouping(halves, [order for order, _, _ in parted], [b for _, b, _ in parted],
@@ -210,16 +219,17 @@ _SUM_BITS = 45  # float64 sums of < 512 powers of two below 2**45 stay exact (< 
 
 def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
                        sums: Callable[[np.ndarray], np.ndarray] | None = None
-                       ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(per record, the OR of ``1 << cadence`` when there are at most 64 cadences; for each
-    position, the earlier position of the same pair, else -1 — None when no pair repeats).
+                       ) -> tuple[np.ndarray | None, Repeats | None]:
+    """(per record, the OR of ``1 << cadence`` of its pairs when there are at most 64 cadences,
+    else None; the positions that repeat an earlier pair — None when no pair repeats).
 
     Per record, Σ 2**cadence has as many one-bits as the record has pairs exactly when no pair
     repeats (a repeat carries), so one weighted bincount per 45 cadences finds the records that
-    may hold a repeat; only their rows are hashed. When the one-bits of all records add up to
-    the number of pairs, no record holds one, and the pairs are not even counted. ``sums``
-    maps a table of one weight per cadence to its sum per record (default: one bincount)."""
-    if n_cad > 8 * _SUM_BITS:  # too many passes: hash every pair
+    may hold a repeat; only their rows are sorted, and only their masks made again without the
+    repeats. When the one-bits of all records add up to the number of pairs, no record holds
+    one, and the pairs are not even counted. ``sums`` maps a table of one weight per cadence to
+    its sum per record (default: one bincount)."""
+    if n_cad > 8 * _SUM_BITS:  # too many passes: sort every pair
         return None, _repeats_among(np.arange(len(rc)), rc, cc, n_rec)
     sums = sums or (lambda table: _sums(rc, cc, table, n_rec))
     masks = np.zeros(n_rec, dtype=np.uint64) if n_cad <= 64 else None
@@ -236,7 +246,13 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
     # sums are exact below 512 pairs a record (2**9 * 2**44); a record with more pairs has
     # fewer one-bits (at most 53) than pairs anyway: comparing with the count finds them all
     suspect = ones != np.bincount(rc, minlength=n_rec)
-    return None, _repeats_among(np.flatnonzero(suspect[rc]), rc, cc, n_rec)
+    rows = np.flatnonzero(suspect[rc])
+    dup = _repeats_among(rows, rc, cc, n_rec)
+    if masks is not None:  # a repeat carried into the next bit: OR the suspects' first pairs
+        masks[suspect] = 0
+        first = rows if dup is None else rows[~among(rows, dup.at)]
+        np.bitwise_or.at(masks, rc[first], np.uint64(1) << cc[first].astype(np.uint64))
+    return masks, dup
 
 
 def _sums(r: np.ndarray, c: np.ndarray, table: np.ndarray, n_rec: int) -> np.ndarray:
@@ -244,15 +260,45 @@ def _sums(r: np.ndarray, c: np.ndarray, table: np.ndarray, n_rec: int) -> np.nda
     return np.bincount(r, weights=take(table, c), minlength=n_rec)
 
 
+@dataclass(frozen=True)
+class Repeats:
+    """Positions that repeat an earlier pair (ascending), and the first position of that pair."""
+
+    at: np.ndarray
+    earlier: np.ndarray
+
+
 def _repeats_among(sub: np.ndarray, rc: np.ndarray, cc: np.ndarray, n_rec: int
-                   ) -> np.ndarray | None:
-    """For each position, the earlier position (within ``sub``) of the same pair, else -1."""
-    pair, uniques = _encode(cc[sub].astype(np.uint64) * np.uint64(n_rec) + rc[sub])
+                   ) -> Repeats | None:
+    """The positions of ``sub`` (ascending) that repeat an earlier pair among them.
+
+    The pair and the index in ``sub`` packed in one uint64 and sorted as plain values (numpy's
+    vectorised sort: several times faster than hashing or an argsort): equal pairs come
+    together, the earliest first. Keys too wide to pack are hashed instead."""
+    if not len(sub):
+        return None
+    pair = cc[sub].astype(np.uint64) * np.uint64(n_rec) + rc[sub].astype(np.uint64)
+    index_bits = max(int(len(sub) - 1).bit_length(), 1)
+    if int(pair.max()).bit_length() + index_bits > 64:
+        return _repeats_hashed(sub, pair)
+    packed = np.sort((pair << np.uint64(index_bits)) | np.arange(len(sub), dtype=np.uint64))
+    key = packed >> np.uint64(index_bits)
+    repeat = np.zeros(len(sub), dtype=bool)
+    np.equal(key[1:], key[:-1], out=repeat[1:])
+    if not repeat.any():
+        return None
+    index = (packed & np.uint64((1 << index_bits) - 1)).astype(np.int64)
+    lead = np.maximum.accumulate(np.where(repeat, 0, np.arange(len(sub))))  # group's first
+    at, earlier = index[repeat], index[lead[repeat]]
+    order = np.argsort(at)
+    return Repeats(sub[at[order]], sub[earlier[order]])
+
+
+def _repeats_hashed(sub: np.ndarray, pair: np.ndarray) -> Repeats | None:
+    """``_repeats_among`` by a hash table, for pairs whose key leaves no room for an index."""
+    code, uniques = _encode(pair)
     if len(uniques) == len(sub):
         return None
-    earlier = sub[first_of_code(pair, len(uniques))[pair]]
-    out = np.full(len(rc), -1, dtype=np.int64)
+    earlier = sub[first_of_code(code, len(uniques))[code]]
     repeat = earlier != sub
-    out[sub[repeat]] = earlier[repeat]
-    return out
-
+    return Repeats(sub[repeat], earlier[repeat])

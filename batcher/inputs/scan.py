@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +63,27 @@ def unusual_line(scan: InputScan) -> str:
     return (f"warning: {len(scan.unusual_ids)} ids end in the zeros Excel's rounding leaves "
             f"({shown}), more often than chance would; they were kept — if this file went "
             "through a spreadsheet, check them")
+
+
+#: more distinct cadence ids than any Zoho org has cadences: a Zoho org has at most a few
+#: hundred (the edition caps active cadences per module in the tens to low hundreds), so a file
+#: with over a thousand names something else in its cadence column — most often record ids
+ORG_CADENCES_MAX = 1000
+
+
+def swapped_columns_line(scan: InputScan) -> str | None:
+    """One hint line for stderr when the cadence ids look like record ids (more distinct ones
+    than an org can have cadences: ``ORG_CADENCES_MAX``), else None; naming the columns the
+    other way round is what fixes a file whose headers were mixed up."""
+    n_cadences = len(scan.cadence_text)
+    if scan.records is not None or n_cadences <= ORG_CADENCES_MAX:
+        return None
+    roles = scan.source.roles
+    record, cadence = roles.get("record_id", "record_id"), roles.get("cadence_id", "cadence_id")
+    return (f"hint: column {cadence!r} holds {n_cadences:,} distinct cadence ids and column "
+            f"{record!r} {len(scan.record_values):,} record ids; an org has at most a few "
+            f"hundred cadences, so the columns may be swapped — if so, name them: "
+            f"--record-column {shlex.quote(cadence)} --cadence-column {shlex.quote(record)}")
 
 
 def rounding_line(scan: InputScan) -> str:
@@ -160,12 +182,14 @@ class InputScan:
 
     def tables(self, *, verdicts: Sequence[tuple[str, str]] = (),
                verdict_of_pair: np.ndarray | None = None,
-               batch_ids: Callable[[int, int], pa.Array] | None = None) -> Iterator[pa.Table]:
+               batches: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None
+               ) -> Iterator[pa.Table]:
         """The second pass: every row, in input order, with its final reader status.
 
         ``verdict_of_pair`` (index into ``verdicts`` (code, reason), -1 for none) marks pairs the
-        preflight rejected; ``batch_ids(k0, k1)`` gives the batch of the k0..k1-th pairs that
-        are still valid. Raises InputError when the file no longer matches the first pass.
+        preflight rejected; ``batches(k0, k1)`` gives (batch index, place in the batch's pairs)
+        of the k0..k1-th pairs that are still valid, as the columns ``batch`` and ``rank`` (null
+        for other rows). Raises InputError when the file no longer matches the first pass.
         """
         if self.source.stamp() != self.stamp:
             raise InputError(f"{self.path}: the file changed while batcher was reading it")
@@ -189,7 +213,8 @@ class InputScan:
             here = self.pair_rows[pair_k:k1] - row0
             if not np.array_equal(np.flatnonzero(status == 0), here):
                 raise InputError(f"{self.path}: the file changed while batcher was reading it")
-            batch = pa.nulls(n, pa.string())
+            batch = np.full(n, -1, dtype=np.int64)
+            rank = np.zeros(n, dtype=np.int64)
             if verdict_of_pair is not None:
                 verdict = verdict_of_pair[pair_k:k1]
                 for i, v in zip(here[verdict >= 0].tolist(), verdict[verdict >= 0].tolist(),
@@ -197,11 +222,8 @@ class InputScan:
                     status[i] = 1
                     code[i], reason[i] = verdicts[v]
             planned = np.flatnonzero(status == 0)
-            if batch_ids is not None and len(planned):
-                mask = np.zeros(n, dtype=bool)
-                mask[planned] = True
-                batch = pc.replace_with_mask(
-                    batch, pa.array(mask), batch_ids(planned_k, planned_k + len(planned)))
+            if batches is not None and len(planned):
+                batch[planned], rank[planned] = batches(planned_k, planned_k + len(planned))
             planned_k += len(planned)
             pair_k = k1
             t = chk.table
@@ -212,7 +234,8 @@ class InputScan:
                     pa.array(status), pa.array([VALID, INVALID, DUPLICATE])), pa.string()),
                 "code": _sparse_strings(n, code),
                 "reason": _sparse_strings(n, reason),
-                "batch_id": batch,
+                "batch": pa.array(batch, mask=batch < 0),
+                "rank": pa.array(rank, mask=batch < 0),
             })
             yield out if chk.blank is None else out.filter(arrow_of(~chk.blank))
             row0 = row1
@@ -291,7 +314,7 @@ def read_input(path: str | os.PathLike[str], options: InputOptions | str | None 
                ) -> InputTable:
     """Read and validate a (small) input into one table; InputError when the file is unusable."""
     scan = scan_input(path, options)
-    table = pa.concat_tables(list(scan.tables())).drop_columns(["batch_id"])
+    table = pa.concat_tables(list(scan.tables())).drop_columns(["batch", "rank"])
     return InputTable(scan=scan, table=table)
 
 
@@ -454,19 +477,11 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
         masks, dup = masks_and_repeats(rc, cc, n_rec, n_cad,
                                         grouping.summer(cc, pool) if grouping else None)
         dup_rows = dup_first = np.zeros(0, dtype=np.int64)
-        if dup is not None:
-            is_dup = dup >= 0
-            dup_rows, dup_first = pair_rows[is_dup], pair_rows[dup[is_dup]]
-            sums = None
-            if grouping:  # repeats weigh nothing (an extra cadence of weight 0): no regrouping
-                kept = grouping.summer(np.where(is_dup, n_cad, cc), pool)
-
-                def sums(table: np.ndarray) -> np.ndarray:
-                    return kept(np.append(table, 0.0))
-
-            keep = ~is_dup
+        if dup is not None:  # a repeated pair is not a pair to plan (masks leave it out)
+            dup_rows, dup_first = pair_rows[dup.at], pair_rows[dup.earlier]
+            keep = np.ones(len(rc), dtype=bool)
+            keep[dup.at] = False
             pair_rows, rc, cc, mod = pair_rows[keep], rc[keep], cc[keep], mod[keep]
-            masks, _ = masks_and_repeats(rc, cc, n_rec, n_cad, sums)
     return InputScan(
         source=source, options=options, rows=rows, invalid=invalid,
         invalid_examples=examples, pair_rows=pair_rows,

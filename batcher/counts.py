@@ -1,0 +1,34 @@
+"""Rows per result status, counted in SQL on a journal's tables, without reading its rows.
+
+Kept apart from :mod:`batcher.journal` so `batcher status` can count without loading pyarrow.
+A planned pair's status is its own row in ``outcomes`` when it has one, else its planned batch's
+outcome (``not_sent`` until that batch is answered); the reader's invalid and duplicate rows are
+counted once, at load.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+#: meta key of the reader's statuses (valid / invalid / duplicate → rows), written at load
+STORED_STATUSES = "batcher.stored_statuses"
+
+_BATCH_STATUS = "coalesce(CASE WHEN b.state = 'answered' THEN b.status END, 'not_sent')"
+_TERMS = (
+    (f"SELECT {_BATCH_STATUS}, sum(b.npairs) FROM batches b WHERE b.parent IS NULL GROUP BY 1", 1),
+    (f"SELECT {_BATCH_STATUS}, count(*) FROM outcomes o JOIN batches b ON b.seq = o.root"
+     " GROUP BY 1", -1),
+    ("SELECT status, count(*) FROM outcomes GROUP BY 1", 1),
+)
+
+
+def status_counts(db: sqlite3.Connection) -> dict[str, int]:
+    """Result status → rows, statuses without rows left out. Run inside one transaction for a
+    consistent snapshot."""
+    got = db.execute("SELECT value FROM meta WHERE key = ?", (STORED_STATUSES,)).fetchone()
+    counts = {k: v for k, v in (json.loads(got[0]) if got else {}).items() if k != "valid"}
+    for sql, sign in _TERMS:
+        for status, n in db.execute(sql):
+            counts[status] = counts.get(status, 0) + sign * n
+    return {k: v for k, v in counts.items() if v}

@@ -386,7 +386,9 @@ class Journal:
         with self._tx() as db:
             batch = _Open.read(db, batch_id)
             groups = batch.groups_of(outs)
-            done = batch.settle(db, groups, batch.attempts if attempts is None else attempts)
+            # a partial answer goes to per-pair rows: the batch's own outcome is its final word
+            done = batch.settle(db, groups, batch.attempts if attempts is None else attempts,
+                                whole=final)
             if final:
                 left = batch.npairs - done
                 if left:
@@ -430,11 +432,15 @@ class Journal:
             # settled pairs keep their outcome in `outcomes`: a split batch has no batch-wide one
             batch.settle(db, groups, batch.attempts if attempts is None else attempts,
                          whole=False)
+            # a moved pair keeps the attempts it shows (a pair never answered: 0)
+            shown = dict(db.execute("SELECT pos, attempts FROM outcomes WHERE seq = ?",
+                                    (batch.seq,)).fetchall())
             (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
             for seq, (child, idx) in enumerate(zip(children, placed, strict=True), last + 1):
                 positions = batch.positions[idx]
                 _insert_batch(db, seq, child, positions, parent=batch_id, root=batch.root)
-                db.executemany(_INSERT_OUTCOMES, _moved(positions, batch.root, seq, 0))
+                db.executemany(_INSERT_OUTCOMES, _moved(
+                    positions, batch.root, seq, [shown.get(p, 0) for p in positions.tolist()]))
             batch.set_state(db, "split" if children else "answered")
 
     def requeue_retryable(self, max_rounds: int) -> int:
@@ -458,7 +464,8 @@ class Journal:
             rounds += 1
             (seq,) = db.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()
             n = 0
-            for batch, idx in failed:
+            for batch, idx, shown in failed:
+                attempts_at = dict(zip(idx.tolist(), shown.tolist(), strict=True))
                 cadences_of: dict[str, list[int]] = {}
                 for i in idx.tolist():
                     cadences_of.setdefault(batch.records[i // len(batch.cadences)], []).append(i)
@@ -477,12 +484,13 @@ class Journal:
                                           tuple(batch.records[p[0] // len(batch.cadences)]
                                                 for p in group),
                                           cadences[j:j + MAX_CADENCES_PER_CALL])
-                            positions = batch.positions[
-                                [p[x] for p in group for x in range(j, j + len(child.cadence_ids))]]
+                            places = [p[x] for p in group
+                                      for x in range(j, j + len(child.cadence_ids))]
+                            positions = batch.positions[places]
                             _insert_batch(db, seq, child, positions, parent=batch.batch_id,
                                           root=batch.root, attempts=batch.attempts)
-                            db.executemany(_INSERT_OUTCOMES,
-                                           _moved(positions, batch.root, seq, batch.attempts))
+                            db.executemany(_INSERT_OUTCOMES, _moved(
+                                positions, batch.root, seq, [attempts_at[i] for i in places]))
                             n += len(positions)
             _set_meta(db, _K_ROUNDS, rounds)
             return n
@@ -490,7 +498,7 @@ class Journal:
     def retryable_failures(self) -> int:
         """Pairs answered ``failed`` with ``retryable`` true (what a retry round would send)."""
         with self._mutex, self._disk_errors():
-            return sum(len(idx) for _, idx in _retryable_failures(self._db))
+            return sum(len(idx) for _, idx, _ in _retryable_failures(self._db))
 
     def batch_counts(self) -> dict[str, dict[str, int]]:
         """state → {"batches": n, "pairs": n}: for progress bars and resume messages."""
@@ -1022,37 +1030,47 @@ def _children_places(db: sqlite3.Connection, parent: _Open, unsettled: np.ndarra
     return out
 
 
-def _moved(positions: np.ndarray, root: int, seq: int, attempts: int) -> list[tuple]:
-    """Outcome rows of pairs handed to a new batch: not sent (yet), worth sending."""
-    return [(p, root, seq, Status.NOT_SENT.value, None, None, None, 1, attempts, None)
-            for p in positions.tolist()]
+def _moved(positions: np.ndarray, root: int, seq: int, attempts: list[int]) -> list[tuple]:
+    """Outcome rows of pairs handed to a new batch: not sent (yet), worth sending; each keeps
+    the attempts it showed."""
+    return [(p, root, seq, Status.NOT_SENT.value, None, None, None, 1, a, None)
+            for p, a in zip(positions.tolist(), attempts, strict=True)]
 
 
-def _retryable_failures(db: sqlite3.Connection) -> list[tuple[_Open, np.ndarray]]:
-    """Answered batches with pairs whose last word is ``failed`` and retryable, with their
-    places, in plan order."""
-    found: dict[int, tuple[_Open, list[np.ndarray]]] = {}
-    for (batch_id,) in db.execute(
-            "SELECT batch_id FROM batches WHERE parent IS NULL AND state = 'answered'"
-            " AND status = 'failed' AND retryable = 1").fetchall():
+def _retryable_failures(db: sqlite3.Connection
+                        ) -> list[tuple[_Open, np.ndarray, np.ndarray]]:
+    """Answered batches with pairs whose last word is ``failed`` and retryable: (batch, places,
+    the attempts each shows), in plan order."""
+    found: dict[int, tuple[_Open, list[np.ndarray], list[np.ndarray]]] = {}
+    for batch_id, attempts in db.execute(
+            "SELECT batch_id, answered_attempts FROM batches WHERE parent IS NULL"
+            " AND state = 'answered' AND status = 'failed' AND retryable = 1").fetchall():
         batch = _Open.read(db, batch_id, open_only=False)
         other = np.array([p for (p,) in db.execute("SELECT pos FROM outcomes WHERE root = ?",
                                                    (batch.seq,))], dtype=np.int64)
         idx = np.flatnonzero(~np.isin(batch.positions, other))
-        found[batch.seq] = (batch, [idx])
-    own: dict[str, list[int]] = {}
-    for batch_id, pos in db.execute(
-            "SELECT b.batch_id, o.pos FROM outcomes o JOIN batches b ON b.seq = o.seq"
+        found[batch.seq] = (batch, [idx], [np.full(len(idx), attempts, dtype=np.int64)])
+    own: dict[str, list[tuple[int, int]]] = {}
+    for batch_id, pos, attempts in db.execute(
+            "SELECT b.batch_id, o.pos, o.attempts FROM outcomes o JOIN batches b ON b.seq = o.seq"
             " WHERE o.status = 'failed' AND o.retryable = 1"
             " AND b.state NOT IN ('pending', 'sent')").fetchall():
-        own.setdefault(batch_id, []).append(pos)
-    for batch_id, positions in own.items():
+        own.setdefault(batch_id, []).append((pos, attempts))
+    for batch_id, got in own.items():
         batch = _Open.read(db, batch_id, open_only=False)
+        positions, attempts = (np.array(v, dtype=np.int64) for v in zip(*got, strict=True))
         sorter = np.argsort(batch.positions)
         idx = sorter[np.searchsorted(batch.positions, positions, sorter=sorter)]
-        found.setdefault(batch.seq, (batch, []))[1].append(idx)
-    return [(b, np.sort(_cat(parts))) for _, (b, parts) in sorted(found.items())
-            if sum(map(len, parts))]
+        entry = found.setdefault(batch.seq, (batch, [], []))
+        entry[1].append(idx)
+        entry[2].append(attempts)
+    out = []
+    for _, (batch, places, shown) in sorted(found.items()):
+        idx, attempts = _cat(places), _cat(shown)
+        if len(idx):
+            order = np.argsort(idx)
+            out.append((batch, idx[order], attempts[order]))
+    return out
 
 
 class _BatchOutcomes:

@@ -439,3 +439,164 @@ def test_mark_sent_many_counts_attempts_in_one_go_and_refuses_answered_batches(l
             j.mark_sent_many(["b1", "b2"])
         # the refused call changed nothing: b1 still has 2 attempts
         assert j.mark_sent("b1") == 3
+
+
+# ------------------------------------------------------------------ per batch == per pair
+
+_RESULTS = [
+    (Status.UNENROLLED, "SUCCESS", "removed", 200, False),
+    (Status.NOT_ENROLLED, "SUCCESS", "not in it", 200, False),
+    (Status.SCHEDULED, "SCHEDULED", "later", 202, False),
+    (Status.FAILED, "INVALID_DATA", "bad id", 400, False),
+    (Status.FAILED, "INTERNAL_SERVER_ERROR", "try again", 500, True),
+]
+
+
+def _random_job(rnd):
+    """Rows (valid pairs in random order among invalid and duplicate rows) with the planner's
+    batch and rank columns, the plan's batches, and each row's initial model entry."""
+    from batcher.planner import plan_pairs
+
+    n_rec, n_cad = rnd.randint(1, 40), rnd.randint(1, 8)
+    pairs = list({(rnd.choice(["Leads", "Contacts"]), str(10**18 + rnd.randrange(n_rec)),
+                   str(2 * 10**18 + rnd.randrange(n_cad))) for _ in range(rnd.randint(1, 300))})
+    rnd.shuffle(pairs)
+    plan = plan_pairs(*zip(*pairs, strict=True))
+    batches = list(plan.iter_batches())
+    rows, k = [], 0
+    while k < len(pairs):
+        kind = rnd.random()
+        if kind < 0.1:
+            rows.append(("Leads", "12ab", pairs[0][2], "invalid", "bad record id", None, None))
+        elif kind < 0.15 and k:
+            rows.append((*pairs[k - 1], "duplicate", "same pair", None, None))
+        else:
+            rows.append((*pairs[k], "valid", None, int(plan.pair_batch[k]),
+                         int(plan.pair_rank[k])))
+            k += 1
+    cols = list(zip(*rows, strict=True))
+    table = pa.table({
+        "row": pa.array(range(1, len(rows) + 1), pa.int64()),
+        **{name: pa.array(cols[i], pa.string()) for i, name in enumerate(
+            ("module", "record_id", "cadence_id", "status", "reason"))},
+        "batch": pa.array(cols[5], pa.int64()), "rank": pa.array(cols[6], pa.int64()),
+    })
+    model = []
+    for _, r, c, status, reason, b, _ in rows:
+        if status == "valid":
+            model.append({"status": "not_sent", "code": None, "message": None,
+                          "http_status": None, "attempts": 0, "batch_id": batches[b].batch_id,
+                          "retryable": True, "done": False, "pair": (r, c)})
+        else:
+            model.append({"status": status, "message": reason, "http_status": None,
+                          "code": "INVALID_INPUT" if status == "invalid" else None,
+                          "attempts": 0, "batch_id": None, "retryable": False, "done": True,
+                          "pair": None})
+    return table, batches, model
+
+
+def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp_path):
+    """Random plans answered at random — shared answers, mixed groups, per-pair answers given in
+    two parts, splits, lost answers (re-sent later), retry rounds, a reopen — give every row the
+    status, code, message, attempts and batch a per-pair journal would."""
+    import random
+    from collections import Counter
+
+    for seed in range(40):
+        rnd = random.Random(seed)
+        table, plan, model = _random_job(rnd)
+        where = {}  # (batch id, record, cadence) → model rows of that pair
+        for entry in model:
+            if entry["pair"]:
+                where[(entry["batch_id"], *entry["pair"])] = entry
+        sent: dict[str, int] = {}
+        path = tmp_path / f"j{seed}.journal"
+        j = Journal.open(path, "fp")
+        j.load(table, plan)
+
+        def settle(batch_id, pairs, result, attempts, where=where):
+            status, code, message, http, retryable = result
+            for r, c in pairs:
+                where[(batch_id, r, c)].update(
+                    status=status.value, code=code, message=message, http_status=http,
+                    retryable=retryable, attempts=attempts, done=True)
+
+        for _step in range(80):
+            pending = list(j.pending_batches())
+            if not pending:
+                if rnd.random() < 0.5 and j.requeue_retryable(max_rounds=2):
+                    for b in j.pending_batches():
+                        parent = b.batch_id.rsplit(".r", 1)[0]
+                        for r, c in b.pairs():
+                            entry = where.pop((parent, r, c))
+                            assert entry["status"] == "failed" and entry["retryable"]
+                            entry.update(status="not_sent", code=None, message=None,
+                                         http_status=None, batch_id=b.batch_id, done=False,
+                                         attempts=sent[parent])
+                            where[(b.batch_id, r, c)] = entry
+                            sent[b.batch_id] = sent[parent]
+                    continue
+                break
+            b = rnd.choice(pending)
+            attempts = sent[b.batch_id] = j.mark_sent(b.batch_id)
+            assert attempts == sent.get(b.batch_id)
+            op = rnd.random()
+            if op < 0.1:
+                continue  # the answer was lost: the batch is sent again later
+            if op < 0.4:
+                results = rnd.sample(_RESULTS, rnd.randint(1, 3))
+                groups = []
+                for r in b.record_ids:
+                    cut = rnd.randint(0, len(b.cadence_ids))
+                    for part in (b.cadence_ids[:cut], b.cadence_ids[cut:]):
+                        if part:
+                            groups.append(OutcomeGroup((r,), part, *rnd.choice(results)))
+                if len(results) == 1 and rnd.random() < 0.5:
+                    groups = [OutcomeGroup(b.record_ids, b.cadence_ids, *results[0])]
+                j.record_groups(b.batch_id, groups, attempts)
+                for g in groups:
+                    settle(b.batch_id, [(r, c) for r in g.record_ids for c in g.cadence_ids],
+                           (g.status, g.code, g.message, g.http_status, g.retryable), attempts)
+            elif op < 0.7:
+                results = rnd.sample(_RESULTS, rnd.randint(1, 2))
+                outs = [PairOutcome(r, c, *rnd.choice(results)) for r, c in b.pairs()]
+                cut = rnd.randint(0, len(outs))
+                if cut:
+                    j.record_outcomes(b.batch_id, outs[:cut], attempts, final=False)
+                j.record_outcomes(b.batch_id, outs[cut:], attempts)
+                for o in outs:
+                    settle(b.batch_id, [(o.record_id, o.cadence_id)],
+                           (o.status, o.code, o.message, o.http_status, o.retryable), attempts)
+            else:  # a rejection: some pairs settled, the rest re-planned per record
+                failed = [PairOutcome(r, c, *_RESULTS[3]) for r, c in b.pairs()
+                          if rnd.random() < 0.3]
+                settled = {(o.record_id, o.cadence_id) for o in failed}
+                children = []
+                for r in b.record_ids:
+                    left = tuple(c for c in b.cadence_ids if (r, c) not in settled)
+                    if left:
+                        children.append(Batch(f"{b.batch_id}.{len(children) + 1}", b.module,
+                                              (r,), left))
+                j.settle_and_split(b.batch_id, failed, children, attempts)
+                settle(b.batch_id, settled, _RESULTS[3], attempts)
+                for child in children:
+                    for r, c in child.pairs():
+                        entry = where.pop((b.batch_id, r, c))
+                        entry.update(batch_id=child.batch_id)
+                        where[(child.batch_id, r, c)] = entry
+            if rnd.random() < 0.05:
+                j.close()
+                j = Journal.open(path, "fp")
+
+        got = [r for t in j.iter_result_chunks(rnd.randint(1, 50)) for r in t.to_pylist()]
+        assert len(got) == len(model), seed
+        for row, (entry, r) in enumerate(zip(model, got, strict=True), 1):
+            want = {k: entry[k] for k in ("status", "code", "message", "http_status",
+                                          "attempts", "batch_id", "retryable")}
+            assert r["row"] == row
+            assert {k: r[k] for k in want} == want, (seed, row)
+            assert (r["finished_at"] is not None) == entry["done"], (seed, row)
+        assert j.status_counts() == dict(Counter(e["status"] for e in model)), seed
+        assert j.retryable_failures() == sum(e["status"] == "failed" and e["retryable"]
+                                             for e in model), seed
+        j.close()

@@ -642,3 +642,62 @@ def test_a_signal_that_lands_in_a_finalizer_is_not_lost(tmp_path, serve, how, si
     assert not problems, problems
     problems = job.finish(live)
     assert not problems, problems
+
+
+# ---------------------------------------------------------------------------------- 5. kill -9
+
+
+def test_kill_9_while_the_plan_is_loaded_leaves_no_half_job_and_the_same_command_finishes(
+        tmp_path, serve):
+    """``kill -9`` while 500k pairs are loaded into the journal (no call yet): the load is one
+    transaction, so the journal holds no half job, and the same command plans, sends and
+    finishes it exactly."""
+    rows = square_rows(BIG_RECORDS, 554023000017000000, 554023000019000000)
+    live = serve(World.from_pairs(rows), concurrency_limit=None)
+    job = Job(tmp_path / "job", rows, live.env)
+    proc = job.start()
+    deadline = time.monotonic() + 60
+    while live.sandbox.refresh_count == 0 and proc.poll() is None and \
+            time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(0.3)
+    assert proc.poll() is None and not live.sandbox.calls, \
+        "the kill would miss the plan and load phase: adjust BIG_RECORDS or the aim"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not live.sandbox.calls
+    db = sqlite3.connect(f"file:{job.journal}?mode=ro", uri=True)
+    try:
+        loaded = db.execute("SELECT count(*) FROM meta WHERE key = 'batcher.loaded'").fetchone()
+        batches = db.execute("SELECT count(*) FROM batches").fetchone()
+    finally:
+        db.close()
+    assert loaded == batches == (0,), "a half-loaded journal"
+
+    problems = job.finish(live)
+    assert not problems, problems
+    assert live.sandbox.named_pairs <= set(rows)
+    assert calls_of(live, rows) == len(rows) // 500
+
+
+def test_kill_9_while_the_results_are_written_loses_no_answer(tmp_path, serve):
+    """``kill -9`` once every call is answered and the results are being written: every batch
+    stays answered in the journal, and the same command sends nothing again and writes the
+    complete results."""
+    rows = square_rows(40_000, 554023000016000000, 554023000018000000)  # 200k pairs, 400 calls
+    live = serve(World.from_pairs(rows), concurrency_limit=None)
+    job = Job(tmp_path / "job", rows, live.env)
+    proc = job.start()
+    deadline = time.monotonic() + 120
+    while not job.writing() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert proc.poll() is None and job.writing(), "never saw the results being written"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    calls = len(live.sandbox.calls)
+    assert journal_batches(job) == {"answered": calls}
+
+    problems = job.finish(live)
+    assert not problems, problems
+    assert len(live.sandbox.calls) == calls, "answered batches were sent again"
+    assert {r["status"] for r in read_results(job.results)} == {"unenrolled"}

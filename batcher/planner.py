@@ -23,6 +23,7 @@ then never mixes cadences of two blocks), which stays exact by construction.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -124,6 +125,26 @@ def _record_masks(r: np.ndarray, c: np.ndarray, n_records: int, n_cad: int) -> n
 # --------------------------------------------------------------------------- first pieces
 
 
+_BYTE_BITS = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.float64)  # (256, 8)
+
+
+def _co_occurrence(tm: np.ndarray, tc: np.ndarray, n_cad: int) -> np.ndarray:
+    """(n_cad × n_cad) records holding both cadences, from sets and their counts: one weighted
+    histogram per pair of mask bytes (256 × 256), spread to bits by a small product — exact
+    sums, and no (sets × cadences) matrix (BLAS on one took a second on a busy machine)."""
+    n_bytes = -(-n_cad // 8)
+    byte = [((tm >> np.uint64(8 * k)) & np.uint64(255)).astype(np.intp) for k in range(n_bytes)]
+    co = np.zeros((8 * n_bytes, 8 * n_bytes))
+    w = tc.astype(np.float64)
+    for a in range(n_bytes):
+        for b in range(a, n_bytes):
+            hist = np.bincount(byte[a] * 256 + byte[b], weights=w, minlength=1 << 16)
+            block = _BYTE_BITS.T @ hist.reshape(256, 256) @ _BYTE_BITS
+            co[8 * a:8 * a + 8, 8 * b:8 * b + 8] = block
+            co[8 * b:8 * b + 8, 8 * a:8 * a + 8] = block.T
+    return co[:n_cad, :n_cad]
+
+
 def _cadence_families(tmask: np.ndarray, tcount: np.ndarray, n_cad: int,
                       cad_count: np.ndarray) -> list[int]:
     """Greedy blocks of ≤5 cadences that co-occur most (Jaccard), as bitmasks."""
@@ -132,8 +153,7 @@ def _cadence_families(tmask: np.ndarray, tcount: np.ndarray, n_cad: int,
     if len(tm) > 200_000:  # the heaviest sets tell the families apart well enough
         top = np.argsort(-tc, kind="stable")[:200_000]
         tm, tc = tm[top], tc[top]
-    bits = ((tm[:, None] >> np.arange(n_cad, dtype=np.uint64)) & np.uint64(1)).astype(np.float32)
-    co = (bits * tc[:, None].astype(np.float32)).T @ bits
+    co = _co_occurrence(tm, tc, n_cad)
     n = cad_count.astype(np.float64)
     sim = co / np.maximum(n[:, None] + n[None, :] - co, 1.0)
     np.fill_diagonal(sim, 0.0)
@@ -255,8 +275,9 @@ def _pool_lookup(pool: tuple[np.ndarray, np.ndarray], masks: np.ndarray) -> np.n
 #: C(b, i) for a bit position b < 64 and i ≤ 5: the colex rank of a set is Σ C(bit, i)
 _BINOM = np.array([[math.comb(b, i) for i in range(MAX_CADENCES_PER_CALL + 1)]
                    for b in range(_MASK_BITS)], dtype=np.int64)
-#: a pool is a dense table when it has at most this many possible sets a piece (else sorted)
-_DENSE_PER_PIECE = 4
+#: a pool is a dense table when it has at most this many possible sets a piece, or this few
+#: at all (else sorted): its memory stays a small multiple of the pieces'
+_DENSE_PER_PIECE, _DENSE_MIN = 4, 1 << 16
 
 
 def _rank(masks: np.ndarray, size: int) -> np.ndarray:
@@ -281,12 +302,30 @@ class _Pool:
     def __init__(self, size: int, n_bits: int, n_pieces: int) -> None:
         self.size = size
         n_sets = math.comb(n_bits, size)
-        self.dense = n_sets <= _DENSE_PER_PIECE * n_pieces + (1 << 16)
+        self.dense = n_sets <= _DENSE_PER_PIECE * n_pieces + _DENSE_MIN
         if self.dense:
             self.counts = np.zeros(n_sets, dtype=np.int64)
             self.masks = np.zeros(n_sets, dtype=np.uint64)
         self._parts: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
         self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+
+    @staticmethod
+    def first(piece_masks: np.ndarray, piece_counts: np.ndarray) -> dict[int, _Pool]:
+        """The pools of the first pieces, by size."""
+        size = _popcount(piece_masks)
+        n_bits = int(np.bitwise_or.reduce(piece_masks)).bit_length() if len(piece_masks) else 0
+        pools = {s: _Pool(s, n_bits, len(piece_masks))
+                 for s in range(1, MAX_CADENCES_PER_CALL + 1)}
+        for s, pool in pools.items():
+            pool.add(piece_masks[size == s], piece_counts[size == s])
+        return pools
+
+    def copy(self) -> _Pool:
+        out = copy.copy(self)
+        if self.dense:
+            out.counts, out.masks = self.counts.copy(), self.masks.copy()
+        out._parts = (list(self._parts[0]), list(self._parts[1]))
+        return out
 
     def add(self, masks: np.ndarray, counts: np.ndarray) -> None:
         if not len(masks):
@@ -357,20 +396,15 @@ def _choose_split(parents: np.ndarray, size: int, pools: dict[int, _Pool]) -> np
     return chosen
 
 
-def _search(piece_masks: np.ndarray, piece_counts: np.ndarray, threshold: int,
-            memo: dict[int, np.ndarray]) -> _Search:
-    """Cost of one splitting threshold, from piece counts alone (no per-record work).
+def _search(first: dict[int, _Pool], threshold: int, memo: dict[int, np.ndarray]) -> _Search:
+    """Cost of one splitting threshold, from piece counts alone (no per-record work), starting
+    from ``first`` (the pools of the first pieces: left as they are).
 
     ``memo``: the splits chosen at the first level that splits, while the pools still hold
     the first pieces alone — the same for every threshold, so a search with a lower threshold
     (which splits a subset there) takes them from the first search instead of choosing again."""
     cap = MAX_RECORDS_PER_CALL
-    size = _popcount(piece_masks)
-    n_bits = int(np.bitwise_or.reduce(piece_masks)).bit_length() if len(piece_masks) else 0
-    pools = {s: _Pool(s, n_bits, len(piece_masks))
-             for s in range(1, MAX_CADENCES_PER_CALL + 1)}
-    for s, pool in pools.items():
-        pool.add(piece_masks[size == s], piece_counts[size == s])
+    pools = {s: pool.copy() for s, pool in first.items()}
     levels: dict[int, _Level] = {}
     total = 0
     fresh = True  # no split yet: the pools hold the first pieces alone
@@ -407,8 +441,9 @@ def _best_search(piece_masks: np.ndarray, piece_counts: np.ndarray) -> _Search:
     the searches first split, it splits a superset of what every other does (see ``memo``)."""
     best: _Search | None = None
     memo: dict[int, np.ndarray] = {}
+    first = _Pool.first(piece_masks, piece_counts)
     for threshold in sorted(_THRESHOLDS, reverse=True):
-        found = _search(piece_masks, piece_counts, threshold, memo)
+        found = _search(first, threshold, memo)
         if best is None or found.n_batches <= best.n_batches:
             best = found
     assert best is not None
@@ -455,10 +490,14 @@ class _Part:
 
 
 def _bit_counts(tmask: np.ndarray, tcount: np.ndarray, n_bits: int) -> np.ndarray:
-    """Records per cadence, from the distinct sets and their counts (no pass over pairs)."""
-    one = np.uint64(1)
-    return np.array([int(tcount[(tmask >> np.uint64(b)) & one == one].sum())
-                     for b in range(n_bits)], dtype=np.int64)
+    """Records per cadence, from the distinct sets and their counts (no pass over pairs): a
+    weighted histogram of each mask byte, spread to its 8 bits."""
+    w = tcount.astype(np.float64)
+    per_byte = [np.bincount(((tmask >> np.uint64(8 * k)) & np.uint64(255)).astype(np.intp),
+                            weights=w, minlength=256) @ _BYTE_BITS
+                for k in range(-(-n_bits // 8))]
+    return np.concatenate(per_byte)[:n_bits].round().astype(np.int64) if per_byte else \
+        np.zeros(0, np.int64)
 
 
 def _solve_types(module: int, pairs: _PairSource, record_type: np.ndarray, tmask: np.ndarray,
@@ -648,10 +687,10 @@ def _build_part(part: _Part) -> _Built:
     masks[leaf_batch] = leaf_mask
     # pair → the leaf of its record whose set holds its cadence
     by_rec = np.argsort(leaf_rec, kind="stable")
-    lm, lb = leaf_mask[by_rec], leaf_batch[by_rec]
+    lm = leaf_mask[by_rec]
     n_leaf = np.bincount(leaf_rec, minlength=len(part.rec_global))
     start = np.concatenate(([0], np.cumsum(n_leaf)[:-1]))
-    pair_batch = np.full(len(pair_r), -1, dtype=np.int64)
+    pair_leaf = np.full(len(pair_r), -1, dtype=np.int64)
     todo = np.arange(len(pair_r))
     j = 0
     while len(todo):
@@ -660,19 +699,20 @@ def _build_part(part: _Part) -> _Built:
         li = start[rr] + j
         li[~has] = 0
         hit = has & (((lm[li] >> pair_c[todo].astype(np.uint64)) & np.uint64(1)) == 1)
-        pair_batch[todo[hit]] = lb[li[hit]]
+        pair_leaf[todo[hit]] = by_rec[li[hit]]
         todo = todo[~hit]
         j += 1
         if j > _MASK_BITS:  # cannot happen: every pair's cadence is in one leaf of its record
             raise RuntimeError("planner: a pair is not covered by any batch")
-    # a pair's place in Batch.pairs(): records (in code order) × cadences (in bit order)
-    records = leaf_rec[order]
-    n_local = np.int64(max(len(part.rec_global), 1))
-    keys = leaf_batch[order] * n_local + records
-    ri = np.searchsorted(keys, pair_batch * n_local + pair_r) - ptr[pair_batch]
-    bm = masks[pair_batch]
+    pair_batch = leaf_batch[pair_leaf]
+    # a pair's place in Batch.pairs(): its record's place among the batch's records (in code
+    # order) × the batch's cadences, plus its cadence's place among them (in bit order)
+    leaf_place = np.empty(len(order), dtype=np.int64)
+    leaf_place[order] = np.arange(len(order)) - ptr[leaf_batch[order]]
+    bm = leaf_mask[pair_leaf]
     below = bm & ((np.uint64(1) << pair_c.astype(np.uint64)) - np.uint64(1))
-    pair_rank = ri * _popcount(bm).astype(np.int64) + _popcount(below).astype(np.int64)
+    pair_rank = leaf_place[pair_leaf] * _popcount(bm) + _popcount(below)
+    records = leaf_rec[order]
     return _Built(pair_pos, pair_batch, pair_rank, ptr, records, masks)
 
 

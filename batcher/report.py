@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -187,14 +188,20 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
         retry_out = stack.enter_context(closing(_CsvFile(tmp_retry, retry_schema, defuse=False)))
         aligned = _Aligned(carried.tables(), carry_schema) if carried else None
         tally = _Tally()
+        # the files are encoded in a second thread (Arrow's writers release the GIL) while the
+        # next chunk is read from the journal; one chunk ahead at most, so memory stays flat
+        writer = stack.enter_context(ThreadPoolExecutor(1, "results-writer"))
+        written: Future[None] | None = None
         for chunk in journal.iter_result_chunks(chunk_rows=chunk_rows):
             chunk = chunk.cast(RESULT_SCHEMA)
             table = _results_table(chunk, names, aligned)
-            out.write(table)
             again = table.select(retry_schema.names).filter(_retry_mask(chunk))
-            if again.num_rows:
-                retry_out.write(again)
+            if written is not None:
+                written.result()
+            written = writer.submit(_write_both, out, table, retry_out, again)
             tally.add(chunk, again.num_rows)
+        if written is not None:
+            written.result()
         if aligned:
             aligned.end()
         summary = tally.summary(journal, duration_s=duration_s, results=results, retry=retry,
@@ -207,6 +214,12 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
             json.dump(doc, fh, indent=2, sort_keys=False, default=str)
             fh.write("\n")
     return summary
+
+
+def _write_both(out: _ResultsFile, table: pa.Table, retry_out: _CsvFile, again: pa.Table) -> None:
+    out.write(table)
+    if again.num_rows:
+        retry_out.write(again)
 
 
 def carried_names(names: Iterable[str]) -> tuple[str, ...]:

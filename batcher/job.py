@@ -58,7 +58,7 @@ from .journal import Journal, utc_now
 from .logs import JobLog
 from .netio import accounts_transport, api_transport
 from .planreport import plan_scan
-from .progress import Progress
+from .progress import Phases, Progress
 from .redact import Redactor
 from .report import (
     RESULT_SUFFIXES,
@@ -270,7 +270,8 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
                 # of a file of tens of millions of rows (a list for --all-cadences is scanned
                 # once the org's cadences are read)
                 if journal.is_new and not settings.all_cadences:
-                    scan = scan_input(settings.input, options)
+                    with log.phase(f"reading {settings.input}", "scan"):
+                        scan = scan_input(settings.input, options)
                     check_results_capacity(results, scan.rows)
                 elif not journal.is_new:
                     check_results_capacity(results, journal.rows)
@@ -332,10 +333,12 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
             ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None))}
         blank = scan.blank if scan is not None else journal.get_meta("blank", 0)
         tally = Tally(source)  # counts for the report, as the results are written
-        summary = write_results(tally, results, duration_s=time.monotonic() - started,
-                                extra={"dry_run": settings.dry_run, "aborted": reason, **meta},
-                                blank=blank, carried=_carried(settings, journal, log),
-                                cadence_names=journal.get_meta("cadence_names", {}))
+        with log.phase(f"writing the results to {results}", "results"):
+            summary = write_results(
+                tally, results, duration_s=time.monotonic() - started,
+                extra={"dry_run": settings.dry_run, "aborted": reason, **meta},
+                blank=blank, carried=_carried(settings, journal, log),
+                cadence_names=journal.get_meta("cadence_names", {}))
     except (OSError, BatcherError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         how = (f"re-run the same command, or `batcher report --journal {journal.path} "
@@ -447,7 +450,8 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
                                                        reach)
                         _say_record_list(cadences, say)
                         journal.set_meta("record_list", _manual_by_module(cadences))
-                        with stopper.phase("raise"):
+                        with stopper.phase("raise"), \
+                                log.phase(f"reading {settings.input}", "scan"):
                             scan = scan_input(settings.input, settings.input_options(),
                                               records=_record_list(settings, journal))
                         check_results_capacity(Path(settings.results), scan.rows)
@@ -462,7 +466,7 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
                         verdicts, verdict_of_pair = await _preflight(
                             client, auth, scan, journal, say, settings.retry, reach, cadences)
                     with stopper.phase("raise"):
-                        _plan_into(journal, scan, verdicts, verdict_of_pair)
+                        _plan_into(journal, scan, verdicts, verdict_of_pair, log.phase)
                 elif not settings.dry_run:
                     requeued = journal.requeue_retryable(settings.max_retry_rounds)
                     if requeued:
@@ -603,15 +607,18 @@ async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
 
 
 def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]],
-               verdict_of_pair: np.ndarray | None) -> None:
+               verdict_of_pair: np.ndarray | None, phase: Phases) -> None:
     """Plan the pairs the preflight kept and load rows + batches into the journal in one
     transaction, streaming the rows from a second read of the input."""
     keep = None if verdict_of_pair is None else verdict_of_pair < 0
-    plan = plan_scan(scan, keep)
-    pair_batch, pair_rank = plan.pair_batch, plan.pair_rank
+    with phase(f"planning {scan.pairs - int((~keep).sum()) if keep is not None else scan.pairs:,}"
+               " pairs", "plan"):
+        plan = plan_scan(scan, keep)
+        pair_batch, pair_rank = plan.pair_batch, plan.pair_rank
     rows = scan.tables(verdicts=verdicts, verdict_of_pair=verdict_of_pair,
                        batches=lambda k0, k1: (pair_batch[k0:k1], pair_rank[k0:k1]))
-    journal.load(rows, plan.iter_batches())
+    with phase(f"storing {plan.n_batches:,} calls and {scan.rows:,} rows in the journal", "load"):
+        journal.load(rows, plan.blocks())
     journal.set_meta("blank", scan.blank)
     # what `batcher report` needs to read the input again for its own columns
     journal.set_meta("input", {"path": str(Path(scan.path).resolve()),

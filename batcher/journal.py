@@ -60,6 +60,7 @@ from .models import (
     MAX_RECORDS_PER_CALL,
     RESULT_COLUMNS,
     Batch,
+    BatchBlock,
     OutcomeGroup,
     PairOutcome,
     Status,
@@ -284,17 +285,17 @@ class Journal:
 
     # ------------------------------------------------------------------ load
 
-    def load(self, rows: pa.Table | Iterable[pa.Table], batches: Iterable[Batch], *,
+    def load(self, rows: pa.Table | Iterable[pa.Table], batches: Iterable[Batch | BatchBlock], *,
              chunk_rows: int = CHUNK_ROWS) -> None:
         """Store every input row and the plan, all in one transaction (never half-loaded).
 
         ``rows``: the reader's columns (row, module, record_id, cadence_id, status, reason, optional
         code), one table or tables streamed in input order; for each valid row either ``batch``
-        and ``rank`` (the planner's batch index — ``batches`` in order — and the pair's index in
-        that batch's :meth:`Batch.pairs`, as :attr:`Plan.pair_batch` / :attr:`Plan.pair_rank`
-        give them) or ``batch_id`` (then the pairs are looked up in ``batches``, held in memory:
-        for small jobs and tests). Raises ``ValueError`` when the plan does not cover the valid
-        rows exactly.
+        and ``rank`` (the planner's batch index — ``batches`` in order, as Batch objects or
+        :class:`BatchBlock` columns — and the pair's index in that batch's :meth:`Batch.pairs`,
+        as :attr:`Plan.pair_batch` / :attr:`Plan.pair_rank` give them) or ``batch_id`` (then
+        the pairs are looked up in ``batches``, held in memory: for small jobs and tests).
+        Raises ``ValueError`` when the plan does not cover the valid rows exactly.
         """
         if not self.is_new:
             raise ValueError(f"journal {self.path} is already loaded")
@@ -877,11 +878,28 @@ def _batch_row(seq: int, batch: Batch, positions: np.ndarray, parent: str | None
                attempts: int = 0) -> tuple:
     if not batch.record_ids or not batch.cadence_ids:
         raise ValueError(f"batch {batch.batch_id} is empty")
-    records, cadences = _json_ids(batch.record_ids), _json_ids(batch.cadence_ids)
+    return _stored_batch(seq, batch.batch_id, batch.module, _json_ids(batch.record_ids),
+                         _json_ids(batch.cadence_ids),
+                         len(batch.record_ids) * len(batch.cadence_ids), positions, parent, root,
+                         attempts)
+
+
+def _stored_batch(seq: int, batch_id: str, module: str, records: str, cadences: str, npairs: int,
+                  positions: np.ndarray, parent: str | None, root: int, attempts: int) -> tuple:
     blob = np.ascontiguousarray(positions, dtype=np.int64).tobytes()
-    return (seq, batch.batch_id, batch.module, records, cadences,
-            len(batch.record_ids) * len(batch.cadence_ids), attempts, parent, root, blob,
-            _digest(batch.module, records, cadences, blob))
+    return (seq, batch_id, module, records, cadences, npairs, attempts, parent, root, blob,
+            _digest(module, records, cadences, blob))
+
+
+def _block_records(block: BatchBlock) -> list[str]:
+    """Each batch's record ids as JSON text, made by Arrow for ids of digits (every planned id)."""
+    ids = block.record_ids
+    ids = pc.cast(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids, pa.string())
+    lists = pa.ListArray.from_arrays(arrow_of(np.asarray(block.offsets, dtype=np.int32)), ids)
+    if len(ids) and pc.all(pc.ascii_is_decimal(ids)).as_py():
+        return pc.binary_join_element_wise('["', pc.binary_join(lists, '", "'), '"]',
+                                           "").to_pylist()
+    return [json.dumps(v) for v in lists.to_pylist()]
 
 
 def _insert_rows(db: sqlite3.Connection, rows: list[tuple]) -> None:
@@ -898,23 +916,39 @@ def _insert_batch(db: sqlite3.Connection, seq: int, batch: Batch, positions: np.
     _insert_rows(db, [_batch_row(seq, batch, positions, parent, root, attempts)])
 
 
-def _insert_plan(db: sqlite3.Connection, batches: Iterable[Batch], order: np.ndarray,
-                 offsets: np.ndarray) -> None:
+def _insert_plan(db: sqlite3.Connection, batches: Iterable[Batch | BatchBlock],
+                 order: np.ndarray, offsets: np.ndarray) -> None:
     """Insert the planned batches (seq 1, 2, … in order), each with its rows' positions;
     every batch must have exactly as many rows as pairs."""
-    buf: list[tuple] = []
     seq = 0
-    for seq, b in enumerate(batches, 1):
-        n = len(b.record_ids) * len(b.cadence_ids)
+
+    def planned(batch_id: str, n_records: int, cadences: tuple[str, ...]
+                ) -> tuple[int, np.ndarray]:
         lo, hi = (int(offsets[seq - 1]), int(offsets[seq])) if seq < len(offsets) else (0, 0)
+        if not n_records or not cadences:
+            raise ValueError(f"batch {batch_id} is empty")
+        n = n_records * len(cadences)
         if n != hi - lo:
-            raise ValueError(f"plan error: batch {b.batch_id} has {n} pairs but {hi - lo} "
+            raise ValueError(f"plan error: batch {batch_id} has {n} pairs but {hi - lo} "
                              "input rows")
-        buf.append(_batch_row(seq, b, order[lo:hi], None, seq))
-        if len(buf) >= 10_000:
-            _insert_rows(db, buf)
-            buf = []
-    _insert_rows(db, buf)
+        return n, order[lo:hi]
+
+    for item in batches:
+        rows = []
+        if isinstance(item, BatchBlock):
+            records = _block_records(item)
+            sizes = np.diff(item.offsets).tolist()
+            for batch_id, text, n_records, cadences in zip(
+                    item.batch_ids, records, sizes, item.cadence_ids, strict=True):
+                seq += 1
+                n, positions = planned(batch_id, n_records, cadences)
+                rows.append(_stored_batch(seq, batch_id, item.module, text,
+                                          _json_ids(cadences), n, positions, None, seq, 0))
+        else:
+            seq += 1
+            _, positions = planned(item.batch_id, len(item.record_ids), item.cadence_ids)
+            rows.append(_batch_row(seq, item, positions, None, seq))
+        _insert_rows(db, rows)
     if seq < len(offsets) - 1:
         raise ValueError(f"plan error: {len(order)} valid rows but the batches hold "
                          f"{int(offsets[seq]) if seq else 0} pairs")

@@ -11,6 +11,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from .progress import Phases
+
 LOG_FORMATS = ("text", "json")
 _IDS = itertools.count()
 
@@ -43,6 +45,9 @@ class JobLog:
         self._handler = logging.StreamHandler(stream)
         self._handler.setFormatter(_Json() if self.json else _Text())
         self._logger.addHandler(self._handler)
+        #: ``with log.phase("planning 9,600,000 pairs", "plan"):`` times a long step
+        self.phase = Phases(stream=stream, enabled=not quiet, emit=(
+            lambda line, fields: self.say("phase", line, **fields)) if self.json else None)
 
     def say(self, event: str, message: str, *, always: bool = False, bare: bool = False,
             json_only: bool = False, **fields: Any) -> None:

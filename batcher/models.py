@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Status(StrEnum):
@@ -45,6 +46,21 @@ class Batch:
 
     def pairs(self) -> list[tuple[str, str]]:
         return [(r, c) for r in self.record_ids for c in self.cadence_ids]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchBlock:
+    """Consecutive batches of one module as columns (the planner's output for the journal).
+
+    Batch ``i`` is ``batch_ids[i]``: records ``record_ids[offsets[i]:offsets[i + 1]]`` (an Arrow
+    string array; ``offsets`` a numpy array of ``len(batch_ids) + 1``) × ``cadence_ids[i]``.
+    """
+
+    module: str
+    batch_ids: list[str]
+    offsets: Any
+    record_ids: Any
+    cadence_ids: list[tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,10 @@ subset of the input by construction (a piece is a subset of its record's own set
    per-record batches only when someone asks for them.
 
 Bitmasks need at most 64 cadences: a module with more is planned in blocks of 64 cadences (a call
-then never mixes cadences of two blocks), which stays exact by construction.
+then never mixes cadences of two blocks), which stays exact by construction. Past 64 blocks (far
+more cadences than an org has: most likely record ids in the cadence column) a block's search is
+too many milliseconds; there cadences that hold exactly the same records share calls, 5 a call,
+in one pass over the pairs, and the parts are made only when batches are built.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .arrays import arrow_of, numpy_of
-from .models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch
+from .models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch, BatchBlock
 
 _MASK_BITS = 64
 _Ids = pa.Array | pa.ChunkedArray | Sequence[str]
@@ -636,23 +639,31 @@ class Plan:
     def iter_batches(self) -> Iterator[Batch]:
         """Every batch in index order, its records in the order of their codes (first-seen input
         order, unless the reader hashed a large input in two halves)."""
+        for block in self.blocks():
+            texts = _texts(block.record_ids)
+            for i, (batch_id, cadences) in enumerate(zip(block.batch_ids, block.cadence_ids,
+                                                         strict=True)):
+                s, e = int(block.offsets[i]), int(block.offsets[i + 1])
+                yield Batch(batch_id, block.module, tuple(texts[s:e]), cadences)
+
+    def blocks(self, step: int = 2000) -> Iterator[BatchBlock]:
+        """The batches of :meth:`iter_batches`, ``step`` at a time as columns: no Python object
+        per record id (the journal stores ten million of them in a few seconds)."""
         cadence_text = _texts(self._cadence_ids)
         for part, built, offset in zip(self._parts, self._build(), self._offsets, strict=True):
             module = self._module_names[part.module]
             n = len(built.ptr) - 1
-            step = 2000
             for b0 in range(0, n, step):
                 b1 = min(n, b0 + step)
                 lo, hi = int(built.ptr[b0]), int(built.ptr[b1])
                 codes = part.rec_global[built.records[lo:hi]]
                 if self._record_rep is not None:
                     codes = self._record_rep[codes]
-                texts = _texts(self._records().take(arrow_of(np.asarray(codes))))
-                for b in range(b0, b1):
-                    s, e = int(built.ptr[b]) - lo, int(built.ptr[b + 1]) - lo
-                    cads = tuple(cadence_text[int(part.cad_global[i])]
-                                 for i in _bits(int(built.masks[b])))
-                    yield Batch(self.batch_id_of(offset + b), module, tuple(texts[s:e]), cads)
+                yield BatchBlock(
+                    module, [self.batch_id_of(offset + b) for b in range(b0, b1)],
+                    built.ptr[b0:b1 + 1] - lo, self._records().take(arrow_of(np.asarray(codes))),
+                    [tuple(cadence_text[int(part.cad_global[i])]
+                           for i in _bits(int(built.masks[b]))) for b in range(b0, b1)])
 
 
 def _texts(arr: pa.Array) -> list[str]:
@@ -1037,13 +1048,12 @@ class _Signatures:
 
     cad_order: np.ndarray  # local cadences, chunk by chunk
     chunk_start: np.ndarray  # chunk k's cadences: cad_order[chunk_start[k]:chunk_start[k + 1]]
-    chunk_records: list[np.ndarray] | Callable[[int], np.ndarray]  # see records()
+    chunk_records: Callable[[int], np.ndarray]  # chunk → its local records, ascending
     chunk_calls: np.ndarray  # calls of each chunk
 
 
-def _signatures(r: np.ndarray, c: np.ndarray, n_rec: int, n_cad: int
-                ) -> tuple[_Signatures, np.ndarray, np.ndarray]:
-    """(signatures, records sorted by cadence, where each cadence's records start).
+def _signatures(r: np.ndarray, c: np.ndarray, n_rec: int, n_cad: int) -> _Signatures:
+    """Local cadences (``c``, 0..n_cad-1) grouped by signature and cut into chunks.
 
     A cadence's signature is its sorted local records as bytes, hashed exactly by Arrow (no
     hash of ours: two cadences share calls only if their record lists are equal)."""
@@ -1067,9 +1077,8 @@ def _signatures(r: np.ndarray, c: np.ndarray, n_rec: int, n_cad: int
     lead = cad_order[chunk_start[:-1]]  # a cadence of each chunk: its records are the chunk's
     size = start[lead + 1] - start[lead]
     calls = -(-size // MAX_RECORDS_PER_CALL)
-    return _Signatures(cad_order, chunk_start, lambda k: rec_sorted[start[lead[k]]:
-                                                                    start[lead[k] + 1]],
-                       calls), rec_sorted, start
+    return _Signatures(cad_order, chunk_start,
+                       lambda k: rec_sorted[start[lead[k]]:start[lead[k] + 1]], calls)
 
 
 def _plan_by_signatures(module: int, pos: np.ndarray | None, r: np.ndarray,
@@ -1078,7 +1087,7 @@ def _plan_by_signatures(module: int, pos: np.ndarray | None, r: np.ndarray,
     """(parts of ≤12 chunks, made when built; batches of the module). Cadences that hold the
     same records share calls, 5 to a call: with millions of cadences (ids that are records,
     most likely) this is linear in the pairs, where blocks of 64 cadences take minutes."""
-    sigs, _, _ = _signatures(r, c, len(rec_global), len(cad_global))
+    sigs = _signatures(r, c, len(rec_global), len(cad_global))
     n_chunks = len(sigs.chunk_calls)
     bounds = list(range(0, n_chunks, _CHUNKS_PER_PART)) + [n_chunks]
     part_calls = np.add.reduceat(sigs.chunk_calls, bounds[:-1])

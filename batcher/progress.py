@@ -1,11 +1,14 @@
 """Progress for people: a rich progress bar on a terminal, a plain line every few seconds in
-cron logs (no control characters there)."""
+cron logs (no control characters there); a spinner for the long phases before and after the
+calls."""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 
@@ -81,3 +84,56 @@ class Progress:
             self.update(counters, force=True)
             if self._bar is not None:
                 self._bar.stop()
+
+
+class Phases:
+    """The setup and closing phases of a job (reading the input, planning, storing the plan,
+    writing the results): on a terminal a spinner once a phase has taken ``delay`` seconds and a
+    line with its duration when it ends — so a ten-million-row job never sits silent for a
+    minute — and nothing for quick ones; ``emit(line, fields)`` gets every phase's duration
+    (the JSON log's ``phase`` events). Nothing on a plain stream: cron logs stay short."""
+
+    def __init__(self, *, stream: TextIO = sys.stderr, enabled: bool = True,
+                 emit: Callable[[str, dict], None] | None = None, delay: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._stream, self._emit, self._delay, self._clock = stream, emit, delay, clock
+        self._tty = enabled and emit is None and stream.isatty()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def __call__(self, what: str, name: str) -> Iterator[None]:
+        """Time ``what`` (``"planning 9,600,000 pairs"``); ``name`` is its JSON ``phase``."""
+        start = self._clock()
+        shown: list[Any] = []
+        timer = None
+        if self._tty:
+            timer = threading.Timer(self._delay, self._spin, (what, shown))
+            timer.daemon = True
+            timer.start()
+        try:
+            yield
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._lock:
+                spinning = bool(shown)
+                if spinning:
+                    shown[0].stop()
+                shown.append(None)  # a late timer must not start a spinner now
+            seconds = self._clock() - start
+            line = f"{what}: {seconds:.1f} s"
+            if spinning:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            if self._emit is not None:
+                self._emit(line, {"phase": name, "seconds": round(seconds, 3)})
+
+    def _spin(self, what: str, shown: list[Any]) -> None:
+        from rich.console import Console
+
+        with self._lock:
+            if shown:  # the phase ended meanwhile
+                return
+            status = Console(file=self._stream).status(what + " …")
+            status.start()
+            shown.append(status)

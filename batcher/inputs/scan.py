@@ -204,12 +204,14 @@ class InputScan:
             code = chk.codes
             reason = chk.reasons
             self._refuse_rounded(chk, status, code, reason)
-            d0, d1 = np.searchsorted(self.dup_rows, [row0, row1])
+            # the bounds in the arrays' own type: a Python int would copy a 10M array per chunk
+            d0, d1 = np.searchsorted(self.dup_rows, np.array([row0, row1], self.dup_rows.dtype))
             dups = self.dup_rows[d0:d1] - row0
             status[dups] = 2
             for i, first in zip(dups.tolist(), self.dup_first[d0:d1].tolist(), strict=True):
                 reason[i] = f"same pair as row {self.row_of(first)}"
-            k1 = pair_k + int(np.searchsorted(self.pair_rows[pair_k:], row1))
+            k1 = pair_k + int(np.searchsorted(self.pair_rows[pair_k:],
+                                              self.pair_rows.dtype.type(row1)))
             here = self.pair_rows[pair_k:k1] - row0
             if not np.array_equal(np.flatnonzero(status == 0), here):
                 raise InputError(f"{self.path}: the file changed while batcher was reading it")

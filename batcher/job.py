@@ -51,12 +51,15 @@ from .inputs import (
     file_fingerprint,
     rounding_line,
     scan_input,
+    swapped_columns_line,
     unusual_line,
 )
 from .inputs.carry import Carried, carried_columns
 from .journal import Journal, utc_now
 from .logs import JobLog
+from .models import BatchBlock
 from .netio import accounts_transport, api_transport
+from .planner import Plan
 from .planreport import plan_scan
 from .progress import Phases, Progress
 from .redact import Redactor
@@ -460,6 +463,8 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
                         say(rounding_line(scan), "rounded_ids")
                     if scan.unusual_ids:
                         say(unusual_line(scan), "rounded_ids")
+                    if hint := swapped_columns_line(scan):
+                        say(hint, "columns")
                     verdicts: list[tuple[str, str]] = []
                     verdict_of_pair = None
                     if settings.preflight:
@@ -609,22 +614,26 @@ async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
 def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]],
                verdict_of_pair: np.ndarray | None, phase: Phases) -> None:
     """Plan the pairs the preflight kept and load rows + batches into the journal in one
-    transaction, streaming the rows from a second read of the input."""
+    transaction; the rows come from a second read of the input, stored while the plan is
+    made."""
     keep = None if verdict_of_pair is None else verdict_of_pair < 0
-    with phase(f"planning {scan.pairs - int((~keep).sum()) if keep is not None else scan.pairs:,}"
-               " pairs", "plan"):
-        plan = plan_scan(scan, keep)
-        pair_batch, pair_rank = plan.pair_batch, plan.pair_rank
-    rows = scan.tables(verdicts=verdicts, verdict_of_pair=verdict_of_pair,
-                       batches=lambda k0, k1: (pair_batch[k0:k1], pair_rank[k0:k1]))
-    with phase(f"storing {plan.n_batches:,} calls and {scan.rows:,} rows in the journal", "load"):
-        journal.load(rows, plan.blocks())
+    pairs = scan.pairs if keep is None else int(keep.sum())
+    plan: list[Plan] = []
+
+    def planned() -> tuple[Iterator[BatchBlock], np.ndarray, np.ndarray]:
+        plan.append(plan_scan(scan, keep))
+        return plan[0].blocks(), plan[0].pair_batch, plan[0].pair_rank
+
+    with phase(f"planning {pairs:,} pairs and storing {scan.rows:,} rows in the journal",
+               "plan"):
+        journal.load(scan.tables(verdicts=verdicts, verdict_of_pair=verdict_of_pair), planned)
+    plan_ = plan[0]
     journal.set_meta("blank", scan.blank)
     # what `batcher report` needs to read the input again for its own columns
     journal.set_meta("input", {"path": str(Path(scan.path).resolve()),
                                "options": asdict(scan.options)})
-    journal.set_meta("planned_batches", plan.n_batches)
-    journal.set_meta("lower_bound", plan.lower_bound)
+    journal.set_meta("planned_batches", plan_.n_batches)
+    journal.set_meta("lower_bound", plan_.lower_bound)
 
 
 async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncClient,

@@ -39,7 +39,7 @@ import shutil
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -86,11 +86,15 @@ RESULT_SCHEMA = pa.schema([
     ("batch_id", pa.string()), ("retryable", pa.bool_()), ("finished_at", pa.string()),
 ])
 assert tuple(RESULT_SCHEMA.names) == RESULT_COLUMNS
-#: the stored input rows: the reader's verdict and, for a planned row, its batch's ``seq``
+#: the plan, made by the caller while the journal stores the rows: (batches in index order,
+#: each valid row's batch index, its place in that batch's pairs)
+PlanMaker = Callable[[], tuple[Iterable[Batch | BatchBlock], np.ndarray, np.ndarray]]
+#: the stored input rows: the reader's verdict (each row's planned batch is kept beside, in
+#: ``row_chunks.seqs``: int32 per row, 0 for none)
 _ROW_SCHEMA = pa.schema([
     ("row", pa.int64()), ("module", pa.string()), ("record_id", pa.string()),
     ("cadence_id", pa.string()), ("status", pa.string()), ("code", pa.string()),
-    ("reason", pa.string()), ("seq", pa.int64()),
+    ("reason", pa.string()),
 ])
 
 _SCHEMA = """
@@ -116,7 +120,8 @@ CREATE INDEX IF NOT EXISTS batches_open ON batches (seq) WHERE state IN ('pendin
 CREATE TABLE IF NOT EXISTS row_chunks (
     first INTEGER PRIMARY KEY,
     n INTEGER NOT NULL,
-    data BLOB NOT NULL
+    data BLOB NOT NULL,
+    seqs BLOB
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     pos INTEGER PRIMARY KEY,
@@ -285,54 +290,61 @@ class Journal:
 
     # ------------------------------------------------------------------ load
 
-    def load(self, rows: pa.Table | Iterable[pa.Table], batches: Iterable[Batch | BatchBlock], *,
+    def load(self, rows: pa.Table | Iterable[pa.Table],
+             batches: Iterable[Batch | BatchBlock] | PlanMaker, *,
              chunk_rows: int = CHUNK_ROWS) -> None:
         """Store every input row and the plan, all in one transaction (never half-loaded).
 
-        ``rows``: the reader's columns (row, module, record_id, cadence_id, status, reason, optional
-        code), one table or tables streamed in input order; for each valid row either ``batch``
-        and ``rank`` (the planner's batch index — ``batches`` in order, as Batch objects or
-        :class:`BatchBlock` columns — and the pair's index in that batch's :meth:`Batch.pairs`,
-        as :attr:`Plan.pair_batch` / :attr:`Plan.pair_rank` give them) or ``batch_id`` (then
-        the pairs are looked up in ``batches``, held in memory: for small jobs and tests).
+        ``rows``: the reader's columns (row, module, record_id, cadence_id, status, reason,
+        optional code), one table or tables streamed in input order. ``batches``, the plan:
+
+        - a :data:`PlanMaker` — called in this thread while the rows are read and stored in
+          another (planning and the input's second pass overlap); it returns the batches (Batch
+          objects or :class:`BatchBlock` columns, in index order) and, for each valid row in
+          order, its batch index and its place in that batch's :meth:`Batch.pairs`
+          (:attr:`Plan.pair_batch`, :attr:`Plan.pair_rank`);
+        - or the batches themselves, the rows then carrying ``batch`` and ``rank`` columns, or
+          ``batch_id`` (the pairs are then looked up in ``batches``, held in memory: for small
+          jobs and tests).
+
         Raises ``ValueError`` when the plan does not cover the valid rows exactly.
         """
         if not self.is_new:
             raise ValueError(f"journal {self.path} is already loaded")
         tables = [rows] if isinstance(rows, pa.Table) else rows
         now = utc_now()
-        n_rows = 0
-        kept: dict[str, int] = {}
-        # the rows are compressed in a second thread while the next chunk is read (both release
-        # the GIL): the load's largest cost overlaps the input's second pass
-        with self._tx() as db, ThreadPoolExecutor(1, "journal-rows") as packer:
+        stop = threading.Event()
+        with self._tx() as db, ThreadPoolExecutor(2, "journal-rows") as pool:
             for table in ("row_chunks", "batches", "outcomes"):
                 db.execute(f"DELETE FROM {table}")
-            ranker: _Ranker | None = None
-            seqs, ranks, places = [], [], []
-            packed: deque[tuple[int, int, Future[bytes]]] = deque()
-            for chunk in (c for t in tables for c in t.to_batches(max_chunksize=chunk_rows)):
-                if ranker is None and "rank" not in chunk.schema.names:
-                    batches = list(batches)
-                    ranker = _Ranker(batches)
-                stored, seq, rank = _stored_rows(chunk, ranker)
-                where = np.flatnonzero(seq >= 0)
-                seqs.append(seq[where])
-                ranks.append(rank[where])
-                places.append(where + n_rows + 1)
-                for got in pc.value_counts(stored.column("status")).to_pylist():
-                    kept[got["values"]] = kept.get(got["values"], 0) + got["counts"]
-                packed.append((n_rows + 1, chunk.num_rows, packer.submit(_ipc_bytes, stored)))
-                n_rows += chunk.num_rows
-                while len(packed) > 2 or (packed and packed[0][2].done()):
-                    _insert_chunk(db, *packed.popleft())
-            while packed:
-                _insert_chunk(db, *packed.popleft())
-            order, offsets = _batch_order(_cat(seqs), _cat(ranks), _cat(places))
-            del seqs, ranks, places
+            try:
+                if callable(batches):
+                    storing = pool.submit(_store_rows, db, tables, chunk_rows, pool, stop, None)
+                    batches, pair_batch, pair_rank = batches()
+                    stored = storing.result()
+                    if len(stored.places) != len(pair_batch):
+                        raise ValueError(f"plan error: {len(pair_batch)} planned pairs but "
+                                         f"{len(stored.places)} valid rows")
+                    seq, rank = np.asarray(pair_batch) + 1, np.asarray(pair_rank)
+                else:
+                    plan: list[Batch | BatchBlock] = []
+
+                    def ranker() -> _Ranker:
+                        plan.extend(batches)
+                        return _Ranker(plan)  # type: ignore[arg-type]
+
+                    stored = _store_rows(db, tables, chunk_rows, pool, stop, ranker)
+                    seq, rank = stored.seq, stored.rank
+                    batches = plan or batches
+            except BaseException:
+                stop.set()  # a signal or an error: the rows' thread stops at its next chunk
+                raise
+            order, offsets = _batch_order(seq, rank, stored.places)
+            del seq, rank
             _insert_plan(db, batches, order, offsets)
-            _set_meta(db, _K_ROWS, n_rows)
-            _set_meta(db, _K_KEPT, kept)
+            _insert_seqs(db, stored.chunks, order, offsets, stored.n_rows)
+            _set_meta(db, _K_ROWS, stored.n_rows)
+            _set_meta(db, _K_KEPT, stored.kept)
             _set_meta(db, _K_LOADED, now)
         self.is_new = False
 
@@ -575,19 +587,20 @@ class Journal:
         loaded = self._meta(_K_LOADED)
         first = 0
         while True:
-            got = self._query("SELECT first, data FROM row_chunks WHERE first > ? ORDER BY first"
-                              " LIMIT 1", (first,))
+            got = self._query("SELECT first, data, seqs FROM row_chunks WHERE first > ?"
+                              " ORDER BY first LIMIT 1", (first,))
             if not got:
                 return
-            first, data = got[0]
+            first, data, seqs = got[0]
             stored = ipc.open_stream(data).read_all()
+            seq = np.frombuffer(seqs, dtype=np.int32)
             for start in range(0, stored.num_rows, chunk_rows):
                 part = stored.slice(start, chunk_rows)
                 p0 = first + start
                 own = self._query(f"SELECT pos, seq, {_OUTCOME} FROM outcomes"
                                   " WHERE pos >= ? AND pos < ? ORDER BY pos",
                                   (p0, p0 + part.num_rows))
-                yield outcome.results(part, p0, own, loaded)
+                yield outcome.results(part, seq[start:start + part.num_rows], p0, own, loaded)
 
 # ---------------------------------------------------------------------- helpers
 
@@ -801,11 +814,64 @@ class _Ranker:
         return seq, rank
 
 
-def _stored_rows(chunk: pa.RecordBatch, ranker: _Ranker | None
-                 ) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """One chunk of reader rows → (the table stored, each row's batch seq or -1, its rank)."""
+@dataclass
+class _Stored:
+    """What storing the rows found: counts, and each valid row's position (and, when the rows
+    carry them, its batch seq and rank)."""
+
+    n_rows: int
+    kept: dict[str, int]
+    chunks: list[tuple[int, int]]  # (first position, rows) of each stored chunk
+    places: np.ndarray
+    seq: np.ndarray
+    rank: np.ndarray
+
+
+def _store_rows(db: sqlite3.Connection, tables: Iterable[pa.Table], chunk_rows: int,
+                pool: ThreadPoolExecutor, stop: threading.Event,
+                ranker: Callable[[], _Ranker] | None) -> _Stored:
+    """Insert the rows as compressed chunks, each compressed in ``pool`` while the next is read
+    (both release the GIL). ``ranker``: None when the plan comes apart (then no batch columns
+    are read), else how to look batch ids up when the rows carry ``batch_id``."""
+    n_rows = 0
+    kept: dict[str, int] = {}
+    chunks: list[tuple[int, int]] = []
+    seqs, ranks, places = [], [], []
+    packed: deque[tuple[int, int, Future[bytes]]] = deque()
+    lookup: _Ranker | None = None
+    for chunk in (c for t in tables for c in t.to_batches(max_chunksize=chunk_rows)):
+        if stop.is_set():
+            raise _Stopped
+        if ranker is not None and lookup is None and "rank" not in chunk.schema.names:
+            lookup = ranker()
+        stored, at, seq, rank = _stored_rows(chunk, ranker is not None, lookup)
+        seqs.append(seq)
+        ranks.append(rank)
+        places.append(at + n_rows + 1)
+        for got in pc.value_counts(stored.column("status")).to_pylist():
+            kept[got["values"]] = kept.get(got["values"], 0) + got["counts"]
+        packed.append((n_rows + 1, chunk.num_rows, pool.submit(_ipc_bytes, stored)))
+        chunks.append((n_rows + 1, chunk.num_rows))
+        n_rows += chunk.num_rows
+        while len(packed) > 2 or (packed and packed[0][2].done()):
+            _insert_chunk(db, *packed.popleft())
+    while packed:
+        _insert_chunk(db, *packed.popleft())
+    return _Stored(n_rows, kept, chunks, _cat(places), _cat(seqs), _cat(ranks))
+
+
+class _Stopped(Exception):
+    """The load was given up (its caller's error or signal is what gets reported)."""
+
+
+def _stored_rows(chunk: pa.RecordBatch, planned: bool, ranker: _Ranker | None
+                 ) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+    """One chunk of reader rows → (the table stored, the valid rows' indices, and — when
+    ``planned`` — their batch seq and rank, from ``ranker`` or the ``batch``/``rank``
+    columns)."""
     wanted = {"row", "module", "record_id", "cadence_id", "status", "reason"}
-    wanted |= {"batch_id"} if ranker else {"batch", "rank"}
+    if planned:
+        wanted |= {"batch_id"} if ranker else {"batch", "rank"}
     missing = wanted - set(chunk.schema.names)
     if missing:
         raise ValueError(f"rows table lacks column(s) {sorted(missing)}")
@@ -815,19 +881,16 @@ def _stored_rows(chunk: pa.RecordBatch, ranker: _Ranker | None
         raise ValueError("rows table: status must be valid, invalid or duplicate")
     valid = pc.equal(status, "valid")
     at = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
-    seq = np.full(chunk.num_rows, -1, dtype=np.int64)
-    rank = np.zeros(chunk.num_rows, dtype=np.int64)
-    if ranker is not None:
-        picked = arrow_of(at)
-        seq[at], rank[at] = ranker.of(*(_col(chunk, c).take(picked).to_pylist()
-                                        for c in ("batch_id", "record_id", "cadence_id")))
-    elif len(at):
+    seq = rank = _NONE
+    if planned and ranker is not None:
+        seq, rank = ranker.of(*(_col(chunk, c).take(arrow_of(at)).to_pylist()
+                                for c in ("batch_id", "record_id", "cadence_id")))
+    elif planned and len(at):
         picked = arrow_of(at)
         batch, place = chunk.column("batch").take(picked), chunk.column("rank").take(picked)
         if batch.null_count or place.null_count:
             raise ValueError("rows table: a valid row has no batch")
-        seq[at] = batch.to_numpy() + 1
-        rank[at] = place.to_numpy()
+        seq, rank = batch.to_numpy() + 1, place.to_numpy()
     null = pa.scalar(None, pa.string())
     code = (pc.coalesce(_col(chunk, "code"), pa.scalar("INVALID_INPUT"))
             if "code" in chunk.schema.names else pa.scalar("INVALID_INPUT"))
@@ -836,9 +899,18 @@ def _stored_rows(chunk: pa.RecordBatch, ranker: _Ranker | None
         _col(chunk, "module"), _col(chunk, "record_id"), _col(chunk, "cadence_id"), status,
         pc.if_else(pc.equal(status, "invalid"), code, null),
         pc.if_else(valid, null, _col(chunk, "reason")),
-        pa.array(seq, mask=seq < 0),
     ], schema=_ROW_SCHEMA)
-    return stored, seq, rank
+    return stored, at, seq, rank
+
+
+def _insert_seqs(db: sqlite3.Connection, chunks: list[tuple[int, int]], order: np.ndarray,
+                 offsets: np.ndarray, n_rows: int) -> None:
+    """Each stored chunk's rows' planned batch (int32, 0 for a row no batch holds)."""
+    seq_of = np.zeros(n_rows, dtype=np.int32)
+    seq_of[order - 1] = np.repeat(np.arange(len(offsets), dtype=np.int32),
+                                  np.diff(offsets, prepend=0))
+    db.executemany("UPDATE row_chunks SET seqs = ? WHERE first = ?",
+                   [(seq_of[first - 1:first - 1 + n].tobytes(), first) for first, n in chunks])
 
 
 def _batch_order(seq: np.ndarray, rank: np.ndarray, pos: np.ndarray
@@ -1147,13 +1219,14 @@ class _BatchOutcomes:
         self._cols = {name: pa.array(values, RESULT_SCHEMA.field(name).type)
                       for name, values in zip(names, cols, strict=True)}
 
-    def results(self, part: pa.Table, p0: int, own: list[tuple], loaded: str) -> pa.Table:
-        """Results rows of stored rows ``part`` (positions from ``p0``); ``own``: the pair
-        outcomes of that range, (pos, seq, status, code, message, http_status, retryable,
-        attempts, finished_at) in position order."""
-        seq = part.column("seq")
-        planned = pc.is_valid(seq)
-        at = pc.fill_null(seq, 0)
+    def results(self, part: pa.Table, seq: np.ndarray, p0: int, own: list[tuple], loaded: str
+                ) -> pa.Table:
+        """Results rows of stored rows ``part`` (positions from ``p0``; ``seq``: each row's
+        planned batch, 0 for none); ``own``: the pair outcomes of that range, (pos, seq,
+        status, code, message, http_status, retryable, attempts, finished_at) in position
+        order."""
+        planned = arrow_of(seq > 0)
+        at = arrow_of(seq)
         c = {name: col.take(at) for name, col in self._cols.items()}
         null_text = pa.scalar(None, pa.string())
         out = {

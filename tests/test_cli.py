@@ -324,3 +324,26 @@ def test_an_input_error_is_json_too_when_the_log_is(tmp_path):
     line = json.loads(out.stderr)
     assert line["event"] == "error" and line["exit_code"] == 2 and "no such file" in line["message"]
     assert json.loads(out.stdout) == {"exit_code": 2, "error": line["message"]}
+
+
+def test_plan_hints_at_swapped_columns_only_when_cadences_look_like_records(tmp_path, capsys):
+    """More distinct cadence ids than an org can have cadences: the columns are likely
+    swapped, and stderr says how to name them; a normal file gets no hint."""
+    from batcher.inputs.scan import ORG_CADENCES_MAX
+
+    records = [str(5_540_230_000_004_092_008 + 7919 * j) for j in range(3)]
+    swapped = [("Leads", records[i % 3], str(554023000001000000 + i))
+               for i in range(ORG_CADENCES_MAX + 1)]
+    main(["plan", str(write_pairs(tmp_path / "swapped.csv", swapped)), "--json"])
+    err = capsys.readouterr().err
+    assert "swapped" in err and "--record-column cadence_id --cadence-column record_id" in err
+    assert len(err.strip().splitlines()) == 1
+    main(["plan", str(write_pairs(tmp_path / "fine.csv", make_rows(200, 12))), "--json"])
+    assert "swapped" not in capsys.readouterr().err
+    # and `run` says it before it plans
+    main(["run", str(tmp_path / "swapped.csv"), "--results", str(tmp_path / "out.csv"),
+          "--dry-run", "--no-preflight", "--quiet"])
+    main(["run", str(tmp_path / "swapped.csv"), "--results", str(tmp_path / "out.csv"),
+          "--dry-run", "--no-preflight"])
+    err = capsys.readouterr().err
+    assert err.count("--record-column cadence_id --cadence-column record_id") == 1, err

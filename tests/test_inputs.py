@@ -882,3 +882,46 @@ def test_a_ragged_row_that_is_not_utf8_is_invalid_without_a_traceback(tmp_path: 
     assert [(r["status"], (r["reason"] or "")[:49]) for r in rows] == [
         ("invalid", "ragged row: line 2 has 5 fields, the header has 4"), ("valid", "")]
     assert "Exception ignored" not in capfd.readouterr().err
+
+
+def test_many_rows_of_few_record_ids_are_hashed_in_parts():
+    """Past HALVES_MIN rows ids are hashed in 64 parts; with 40 ids most parts are empty (a
+    file whose record and cadence columns are swapped), and codes stay exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from batcher.inputs.codes import HALVES_MIN, encode_parts
+
+    rng = np.random.default_rng(0)
+    ids = (5_540_230_000_004_092_008 + 7919 * rng.integers(0, 40, HALVES_MIN + 5)).astype(
+        np.uint64)
+    with ThreadPoolExecutor(1) as pool:
+        codes, uniques, _ = encode_parts(ids, pool)
+    assert len(uniques) == 40 and np.array_equal(uniques[codes], ids)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 69)), min_size=1, max_size=300),
+       st.sampled_from([3, 64, 70, 400]))
+def test_masks_and_repeats_match_a_plain_count(pairs, n_cad):
+    """Repeats found by the packed sort are every later copy of a pair, pointing at its first;
+    the masks are those of the first copies (a repeat must not carry into another bit)."""
+    from batcher.inputs.codes import masks_and_repeats
+
+    rc = np.array([r for r, _ in pairs], dtype=np.int64)
+    cc = np.array([c % n_cad for _, c in pairs], dtype=np.int32)
+    masks, dup = masks_and_repeats(rc, cc, 31, n_cad)
+    first: dict[tuple[int, int], int] = {}
+    want = {}
+    for i, key in enumerate(zip(rc.tolist(), cc.tolist(), strict=True)):
+        if key in first:
+            want[i] = first[key]
+        first.setdefault(key, i)
+    got = {} if dup is None else dict(zip(dup.at.tolist(), dup.earlier.tolist(), strict=True))
+    assert got == want
+    if n_cad <= 64:
+        expect = np.zeros(31, dtype=np.uint64)
+        for r, c in first:
+            expect[r] |= np.uint64(1 << c)
+        assert masks is not None and masks.tolist() == expect.tolist()
+    else:
+        assert masks is None

@@ -257,6 +257,7 @@ class CappedJournal(Journal):
     SQLITE_FULL ("database or disk is full") to the first write that needs a new page."""
 
     def cap(self) -> CappedJournal:
+        self._query("VACUUM")  # no free page left for an answer to fill
         (pages,) = self._query("PRAGMA page_count")[0]
         self._query(f"PRAGMA max_page_count = {pages}")
         return self

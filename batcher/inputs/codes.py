@@ -231,6 +231,7 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
     its sum per record (default: one bincount)."""
     if n_cad > 8 * _SUM_BITS:  # too many passes: sort every pair
         return None, _repeats_among(np.arange(len(rc)), rc, cc, n_rec)
+    grouped = sums
     sums = sums or (lambda table: _sums(rc, cc, table, n_rec))
     masks = np.zeros(n_rec, dtype=np.uint64) if n_cad <= 64 else None
     ones = np.zeros(n_rec, dtype=np.int64)
@@ -245,7 +246,9 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
         return masks, None
     # sums are exact below 512 pairs a record (2**9 * 2**44); a record with more pairs has
     # fewer one-bits (at most 53) than pairs anyway: comparing with the count finds them all
-    suspect = ones != np.bincount(rc, minlength=n_rec)
+    counts = (np.bincount(rc, minlength=n_rec) if grouped is None  # grouped: cache-sized sums
+              else grouped(np.ones(n_cad)).astype(np.int64))
+    suspect = ones != counts
     rows = np.flatnonzero(suspect[rc])
     dup = _repeats_among(rows, rc, cc, n_rec)
     if masks is not None:  # a repeat carried into the next bit: OR the suspects' first pairs

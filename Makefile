@@ -23,7 +23,8 @@ bench: $(STAMP)  # prints every figure; exits non-zero if any target is missed
 	$(BIN)/python bench/bench_planner.py --repeat 3; p=$$?; \
 	$(BIN)/python bench/bench_executor.py; e=$$?; \
 	$(BIN)/python bench/bench_report.py; r=$$?; \
-	exit $$(( p || e || r ))
+	$(BIN)/python bench/bench_job.py; j=$$?; \
+	exit $$(( p || e || r || j ))
 
 screenshot: $(STAMP)  # docs/report.png: the sample job's report in headless chromium
 	$(BIN)/python scripts/report_screenshot.py docs/report.png

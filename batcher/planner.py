@@ -701,9 +701,14 @@ def _build_part(part: _Part) -> _Built:
     lm = leaf_mask[by_rec]
     n_leaf = np.bincount(leaf_rec, minlength=len(part.rec_global))
     start = np.concatenate(([0], np.cumsum(n_leaf)[:-1]))
-    pair_leaf = np.full(len(pair_r), -1, dtype=np.int64)
-    todo = np.arange(len(pair_r))
-    j = 0
+    # most pairs are in their record's first leaf: that look-up is done for all at once, without
+    # the index indirection the rest need
+    first = start[pair_r]
+    hit = ((lm[first] >> pair_c.astype(np.uint64)) & np.uint64(1)).astype(bool)
+    pair_leaf = np.where(hit, by_rec[first], -1)
+    todo = np.flatnonzero(~hit)
+    del first, hit
+    j = 1
     while len(todo):
         rr = pair_r[todo]
         has = n_leaf[rr] > j

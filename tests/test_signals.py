@@ -456,11 +456,11 @@ def test_a_signal_as_the_process_exits_does_not_kill_it(tmp_path, serve, which):
 BIG_RECORDS = 100_000  # x 5 cadences = 500k pairs: plan + journal load take ~0.5 s
 
 
-def test_a_signal_while_a_large_plan_is_loaded_into_the_journal(tmp_path, serve):
-    """SIGINT while 100k pairs are planned and loaded into the journal (no call yet, the load
-    not committed): exit 3 within LIMIT_S, no call sent, complete results with every row
-    ``not_sent``; the same command then finishes the job."""
-    rows = square_rows(BIG_RECORDS, 554023000007000000, 554023000009000000)
+def in_the_load(tmp_path, serve, base: int, cadence_base: int
+                ) -> tuple[list[tuple[str, str, str]], object, Job, subprocess.Popen]:
+    """A job of BIG_RECORDS x 5 pairs started and caught while it plans and loads its journal
+    (no call yet, the load not committed): (rows, live sandbox, job, process)."""
+    rows = square_rows(BIG_RECORDS, base, cadence_base)
     live = serve(World.from_pairs(rows), concurrency_limit=None)
     job = Job(tmp_path / "job", rows, live.env)
     proc = job.start()
@@ -473,6 +473,14 @@ def test_a_signal_while_a_large_plan_is_loaded_into_the_journal(tmp_path, serve)
     time.sleep(0.05)
     assert proc.poll() is None and not live.sandbox.calls and not journal_loaded(job), \
         "the signal would miss the plan and load phase: adjust BIG_RECORDS or the aim"
+    return rows, live, job, proc
+
+
+def test_a_signal_while_a_large_plan_is_loaded_into_the_journal(tmp_path, serve):
+    """SIGINT while 500k pairs are planned and loaded into the journal (no call yet, the load
+    not committed): exit 3 within LIMIT_S, no call sent, complete results with every row
+    ``not_sent``; the same command then finishes the job."""
+    rows, live, job, proc = in_the_load(tmp_path, serve, 554023000007000000, 554023000009000000)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     code, stop_s = wait_exit(proc, sent)
@@ -664,17 +672,7 @@ def test_kill_9_while_the_plan_is_loaded_leaves_no_half_job_and_the_same_command
     """``kill -9`` while 500k pairs are loaded into the journal (no call yet): the load is one
     transaction, so the journal holds no half job, and the same command plans, sends and
     finishes it exactly."""
-    rows = square_rows(BIG_RECORDS, 554023000017000000, 554023000019000000)
-    live = serve(World.from_pairs(rows), concurrency_limit=None)
-    job = Job(tmp_path / "job", rows, live.env)
-    proc = job.start()
-    deadline = time.monotonic() + 60
-    while live.sandbox.refresh_count == 0 and proc.poll() is None and \
-            time.monotonic() < deadline:
-        time.sleep(0.002)
-    time.sleep(0.05)
-    assert proc.poll() is None and not live.sandbox.calls and not journal_loaded(job), \
-        "the kill would miss the plan and load phase: adjust BIG_RECORDS or the aim"
+    rows, live, job, proc = in_the_load(tmp_path, serve, 554023000017000000, 554023000019000000)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not live.sandbox.calls

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
 import numpy as np
@@ -624,16 +624,17 @@ def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]
         plan.append(plan_scan(scan, keep))
         return plan[0].blocks(), plan[0].pair_batch, plan[0].pair_rank
 
+    def meta() -> dict[str, Any]:
+        # `input`: what `batcher report` needs to read the input again for its own columns
+        return {"blank": scan.blank, "planned_batches": plan[0].n_batches,
+                "lower_bound": plan[0].lower_bound,
+                "input": {"path": str(Path(scan.path).resolve()),
+                          "options": asdict(scan.options)}}
+
     with phase(f"planning {pairs:,} pairs and storing {scan.rows:,} rows in the journal",
                "plan"):
-        journal.load(scan.tables(verdicts=verdicts, verdict_of_pair=verdict_of_pair), planned)
-    plan_ = plan[0]
-    journal.set_meta("blank", scan.blank)
-    # what `batcher report` needs to read the input again for its own columns
-    journal.set_meta("input", {"path": str(Path(scan.path).resolve()),
-                               "options": asdict(scan.options)})
-    journal.set_meta("planned_batches", plan_.n_batches)
-    journal.set_meta("lower_bound", plan_.lower_bound)
+        journal.load(scan.tables(verdicts=verdicts, verdict_of_pair=verdict_of_pair), planned,
+                     meta=meta)
 
 
 async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncClient,

@@ -39,7 +39,7 @@ import sqlite3
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
@@ -292,6 +292,7 @@ class Journal:
 
     def load(self, rows: pa.Table | Iterable[pa.Table],
              batches: Iterable[Batch | BatchBlock] | PlanMaker, *,
+             meta: Callable[[], Mapping[str, Any]] | None = None,
              chunk_rows: int = CHUNK_ROWS) -> None:
         """Store every input row and the plan, all in one transaction (never half-loaded).
 
@@ -307,7 +308,9 @@ class Journal:
           ``batch_id`` (the pairs are then looked up in ``batches``, held in memory: for small
           jobs and tests).
 
-        Raises ``ValueError`` when the plan does not cover the valid rows exactly.
+        ``meta()``, called once the plan is made, gives values to remember (as :meth:`set_meta`)
+        in the same transaction. Raises ``ValueError`` when the plan does not cover the valid
+        rows exactly.
         """
         if not self.is_new:
             raise ValueError(f"journal {self.path} is already loaded")
@@ -343,6 +346,8 @@ class Journal:
             del seq, rank
             _insert_plan(db, batches, order, offsets)
             _insert_seqs(db, stored.chunks, order, offsets, stored.n_rows)
+            for key, value in (meta() if meta else {}).items():
+                _set_meta(db, "user." + key, value)
             _set_meta(db, _K_ROWS, stored.n_rows)
             _set_meta(db, _K_KEPT, stored.kept)
             _set_meta(db, _K_LOADED, now)

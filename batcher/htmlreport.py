@@ -32,9 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import JournalIOError
-from .journal import CHUNK_ROWS, Journal
+from .journal import Journal
 from .models import Status
 from .report import ResultSource, Summary, _atomic, _remove_stale_temps
+from .rowstore import CHUNK_ROWS
 
 #: the report's name beside the results: ``out/job.csv`` → ``out/job.report.html``
 REPORT_SUFFIX = ".report.html"

@@ -36,8 +36,9 @@ import xlsxwriter
 from .errors import UsageError
 from .inputs.carry import Carried
 from .inputs.columns import _ALIASES, _normalise_header
-from .journal import CHUNK_ROWS, RESULT_SCHEMA, utc_now
+from .journal import utc_now
 from .models import SUCCESS_STATUSES, Status
+from .rowstore import CHUNK_ROWS, RESULT_SCHEMA
 
 RETRY_COLUMNS = ("module", "record_id", "cadence_id")
 _PARQUET_SUFFIXES = (".parquet", ".pq")

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pytest
 
 from batcher.errors import JournalError
-from batcher.journal import RESULT_SCHEMA, Journal
+from batcher.journal import Journal
 from batcher.models import RESULT_COLUMNS, Batch, OutcomeGroup, PairOutcome, Status
+from batcher.rowstore import RESULT_SCHEMA
 
 # 19-digit ids above 2**63: no integer or float type can carry them
 R1, R2, R3, R4 = (f"98765432100{i:08d}" for i in (1, 2, 3, 4))

@@ -1,0 +1,271 @@
+"""The journal's row store: the input's rows as compressed Arrow chunks, stored once at load,
+and the join that makes results of them (each row with its batch's outcome, unless a pair
+outcome of its own overrides it).
+
+Kept apart from :mod:`batcher.journal`, which owns the SQLite file, its transactions and the
+batches: here is what turns ten million rows into a few hundred blobs and back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from .arrays import arrow_of
+from .models import RESULT_COLUMNS, Batch, Status
+
+CHUNK_ROWS = 50_000
+NONE = np.zeros(0, dtype=np.int64)
+_IPC = ipc.IpcWriteOptions(compression="zstd")
+
+#: Arrow schema of the results, column for column RESULT_COLUMNS
+RESULT_SCHEMA = pa.schema([
+    ("row", pa.int64()), ("module", pa.string()), ("record_id", pa.string()),
+    ("cadence_id", pa.string()), ("status", pa.string()), ("code", pa.string()),
+    ("message", pa.string()), ("http_status", pa.int64()), ("attempts", pa.int64()),
+    ("batch_id", pa.string()), ("retryable", pa.bool_()), ("finished_at", pa.string()),
+])
+assert tuple(RESULT_SCHEMA.names) == RESULT_COLUMNS
+#: the stored input rows: the reader's verdict (each row's planned batch is kept beside, in
+#: ``row_chunks.seqs``: int32 per row, 0 for none)
+ROW_SCHEMA = pa.schema([
+    ("row", pa.int64()), ("module", pa.string()), ("record_id", pa.string()),
+    ("cadence_id", pa.string()), ("status", pa.string()), ("code", pa.string()),
+    ("reason", pa.string()),
+])
+
+
+def ipc_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema, options=_IPC) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def insert_chunk(db: sqlite3.Connection, first: int, n: int, data: Future[bytes]) -> None:
+    db.execute("INSERT INTO row_chunks (first, n, data) VALUES (?, ?, ?)",
+               (first, n, data.result()))
+
+
+def cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def text_column(chunk: pa.RecordBatch, name: str) -> pa.Array:
+    return pc.cast(chunk.column(name), pa.string())
+
+
+class Ranker:
+    """Batch and place of each row's pair, looked up in a plan held in memory (small jobs)."""
+
+    def __init__(self, batches: list[Batch]) -> None:
+        self._seq = {b.batch_id: seq for seq, b in enumerate(batches, 1)}
+        self._batches = batches
+        self._places: dict[int, dict[tuple[str, str], int]] = {}
+
+    def of(self, batch_ids: list[str | None], records: list[str], cadences: list[str]
+           ) -> tuple[np.ndarray, np.ndarray]:
+        seq = np.empty(len(batch_ids), dtype=np.int64)
+        rank = np.empty(len(batch_ids), dtype=np.int64)
+        for i, (b, r, c) in enumerate(zip(batch_ids, records, cadences, strict=True)):
+            if b is None:
+                raise ValueError("rows table: a valid row has no batch_id")
+            s = self._seq.get(b)
+            if s is None:
+                raise ValueError(f"plan error: a row names batch {b}, which is not planned")
+            places = self._places.get(s)
+            if places is None:
+                pairs = self._batches[s - 1].pairs()
+                places = self._places[s] = {p: k for k, p in enumerate(pairs)}
+            k = places.get((r, c))
+            if k is None:
+                raise ValueError(f"plan error: the pair ({r}, {c}) of a row is not one of batch "
+                                 f"{b}'s pairs")
+            seq[i], rank[i] = s, k
+        return seq, rank
+
+
+@dataclass
+class Stored:
+    """What storing the rows found: counts, and each valid row's position (and, when the rows
+    carry them, its batch seq and rank)."""
+
+    n_rows: int
+    kept: dict[str, int]
+    chunks: list[tuple[int, int]]  # (first position, rows) of each stored chunk
+    places: np.ndarray
+    seq: np.ndarray
+    rank: np.ndarray
+
+
+def store_rows(db: sqlite3.Connection, tables: Iterable[pa.Table], chunk_rows: int,
+                pool: ThreadPoolExecutor, stop: threading.Event,
+                ranker: Callable[[], Ranker] | None) -> Stored:
+    """Insert the rows as compressed chunks, each compressed in ``pool`` while the next is read
+    (both release the GIL). ``ranker``: None when the plan comes apart (then no batch columns
+    are read), else how to look batch ids up when the rows carry ``batch_id``."""
+    n_rows = 0
+    kept: dict[str, int] = {}
+    chunks: list[tuple[int, int]] = []
+    seqs, ranks, places = [], [], []
+    packed: deque[tuple[int, int, Future[bytes]]] = deque()
+    lookup: Ranker | None = None
+    for chunk in (c for t in tables for c in t.to_batches(max_chunksize=chunk_rows)):
+        if stop.is_set():
+            raise Stopped
+        if ranker is not None and lookup is None and "rank" not in chunk.schema.names:
+            lookup = ranker()
+        stored, at, seq, rank = stored_rows(chunk, ranker is not None, lookup)
+        seqs.append(seq)
+        ranks.append(rank)
+        places.append(at + n_rows + 1)
+        for got in pc.value_counts(stored.column("status")).to_pylist():
+            kept[got["values"]] = kept.get(got["values"], 0) + got["counts"]
+        packed.append((n_rows + 1, chunk.num_rows, pool.submit(ipc_bytes, stored)))
+        chunks.append((n_rows + 1, chunk.num_rows))
+        n_rows += chunk.num_rows
+        while len(packed) > 2 or (packed and packed[0][2].done()):
+            insert_chunk(db, *packed.popleft())
+    while packed:
+        insert_chunk(db, *packed.popleft())
+    return Stored(n_rows, kept, chunks, cat(places), cat(seqs), cat(ranks))
+
+
+class Stopped(Exception):
+    """The load was given up (its caller's error or signal is what gets reported)."""
+
+
+def stored_rows(chunk: pa.RecordBatch, planned: bool, ranker: Ranker | None
+                 ) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+    """One chunk of reader rows → (the table stored, the valid rows' indices, and — when
+    ``planned`` — their batch seq and rank, from ``ranker`` or the ``batch``/``rank``
+    columns)."""
+    wanted = {"row", "module", "record_id", "cadence_id", "status", "reason"}
+    if planned:
+        wanted |= {"batch_id"} if ranker else {"batch", "rank"}
+    missing = wanted - set(chunk.schema.names)
+    if missing:
+        raise ValueError(f"rows table lacks column(s) {sorted(missing)}")
+    status = text_column(chunk, "status")
+    known = pc.is_in(status, value_set=pa.array(["valid", "invalid", "duplicate"]))
+    if not pc.all(pc.fill_null(known, False)).as_py():
+        raise ValueError("rows table: status must be valid, invalid or duplicate")
+    valid = pc.equal(status, "valid")
+    at = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+    seq = rank = NONE
+    if planned and ranker is not None:
+        seq, rank = ranker.of(*(text_column(chunk, c).take(arrow_of(at)).to_pylist()
+                                for c in ("batch_id", "record_id", "cadence_id")))
+    elif planned and len(at):
+        picked = arrow_of(at)
+        batch, place = chunk.column("batch").take(picked), chunk.column("rank").take(picked)
+        if batch.null_count or place.null_count:
+            raise ValueError("rows table: a valid row has no batch")
+        seq, rank = batch.to_numpy() + 1, place.to_numpy()
+    null = pa.scalar(None, pa.string())
+    code = (pc.coalesce(text_column(chunk, "code"), pa.scalar("INVALID_INPUT"))
+            if "code" in chunk.schema.names else pa.scalar("INVALID_INPUT"))
+    stored = pa.Table.from_arrays([
+        pc.cast(chunk.column("row"), pa.int64()),
+        *(text_column(chunk, c) for c in ("module", "record_id", "cadence_id")), status,
+        pc.if_else(pc.equal(status, "invalid"), code, null),
+        pc.if_else(valid, null, text_column(chunk, "reason")),
+    ], schema=ROW_SCHEMA)
+    return stored, at, seq, rank
+
+
+def insert_seqs(db: sqlite3.Connection, chunks: list[tuple[int, int]], order: np.ndarray,
+                 offsets: np.ndarray, n_rows: int) -> None:
+    """Each stored chunk's rows' planned batch (int32, 0 for a row no batch holds)."""
+    seq_of = np.zeros(n_rows, dtype=np.int32)
+    seq_of[order - 1] = np.repeat(np.arange(len(offsets), dtype=np.int32),
+                                  np.diff(offsets, prepend=0))
+    db.executemany("UPDATE row_chunks SET seqs = ? WHERE first = ?",
+                   [(seq_of[first - 1:first - 1 + n].tobytes(), first) for first, n in chunks])
+
+
+def batch_order(seq: np.ndarray, rank: np.ndarray, pos: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The planned rows' positions grouped by batch, each batch's in its pairs' order:
+    ``order[offsets[s - 1]:offsets[s]]`` are batch ``s``'s. Raises when two rows take one place
+    or a row's place is beyond its batch's pairs."""
+    counts = np.bincount(seq, minlength=1)
+    offsets = np.cumsum(counts)
+    if len(seq) and (rank.min() < 0 or (rank >= counts[seq]).any()):
+        raise ValueError("plan error: a row's place is beyond its batch's pairs")
+    slot = offsets[seq - 1] + rank if len(seq) else seq
+    order = np.full(len(seq), -1, dtype=np.int64)
+    order[slot] = pos
+    if (order < 0).any():
+        raise ValueError("plan error: a pair appears twice in one batch")
+    return order, offsets
+
+
+class BatchOutcomes:
+    """Every batch's outcome as arrays indexed by ``seq``, for joining with the stored rows."""
+
+    def __init__(self, rows: list[tuple]) -> None:
+        n = (rows[-1][0] + 1) if rows else 1
+        cols: list[list[Any]] = [[None] * n for _ in range(8)]
+        cols[1] = [Status.NOT_SENT.value] * n
+        cols[5] = [True] * n
+        cols[6] = [0] * n
+        for seq, batch_id, state, status, code, message, http, retryable, attempts, at in rows:
+            cols[0][seq] = batch_id
+            if state == "answered" and status is not None:
+                for k, v in enumerate((status, code, message, http, bool(retryable), attempts,
+                                       at), 1):
+                    cols[k][seq] = v
+        names = ("batch_id", "status", "code", "message", "http_status", "retryable",
+                 "attempts", "finished_at")
+        self._cols = {name: pa.array(values, RESULT_SCHEMA.field(name).type)
+                      for name, values in zip(names, cols, strict=True)}
+
+    def results(self, part: pa.Table, seq: np.ndarray, p0: int, own: list[tuple], loaded: str
+                ) -> pa.Table:
+        """Results rows of stored rows ``part`` (positions from ``p0``; ``seq``: each row's
+        planned batch, 0 for none); ``own``: the pair outcomes of that range, (pos, seq,
+        status, code, message, http_status, retryable, attempts, finished_at) in position
+        order."""
+        planned = arrow_of(seq > 0)
+        at = arrow_of(seq)
+        c = {name: col.take(at) for name, col in self._cols.items()}
+        null_text = pa.scalar(None, pa.string())
+        out = {
+            "status": pc.if_else(planned, c["status"], part.column("status")),
+            "code": pc.if_else(planned, c["code"], part.column("code")),
+            "message": pc.if_else(planned, c["message"], part.column("reason")),
+            "http_status": pc.if_else(planned, c["http_status"], pa.scalar(None, pa.int64())),
+            "attempts": pc.if_else(planned, c["attempts"], pa.scalar(0, pa.int64())),
+            "batch_id": pc.if_else(planned, c["batch_id"], null_text),
+            "retryable": pc.if_else(planned, c["retryable"], pa.scalar(False)),
+            "finished_at": pc.if_else(planned, c["finished_at"], pa.scalar(loaded, pa.string())),
+        }
+        if own:
+            cols = list(zip(*own, strict=True))
+            mask = np.zeros(part.num_rows, dtype=bool)
+            mask[np.asarray(cols[0], dtype=np.int64) - p0] = True
+            mask_arr = arrow_of(mask)
+            values = {"batch_id": self._cols["batch_id"].take(pa.array(cols[1], pa.int64()))}
+            for name, col in zip(("status", "code", "message", "http_status", "retryable",
+                                  "attempts", "finished_at"), cols[2:], strict=True):
+                kind = RESULT_SCHEMA.field(name).type
+                values[name] = pa.array([None if v is None else bool(v) for v in col]
+                                        if name == "retryable" else col, kind)
+            for name, v in values.items():
+                out[name] = pc.replace_with_mask(out[name], mask_arr, v)
+        arrays = [part.column(n) if n in ("row", "module", "record_id", "cadence_id")
+                  else out[n] for n in RESULT_COLUMNS]
+        return pa.Table.from_arrays(arrays, schema=RESULT_SCHEMA)
+
+

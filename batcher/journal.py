@@ -771,7 +771,9 @@ def _set_meta(db: sqlite3.Connection, key: str, value: Any) -> None:
 def _checkpoint(path: Path) -> None:
     """Copy the WAL into the journal file without blocking its writer (a PASSIVE checkpoint);
     a failure is left to the writer's own checkpoints."""
-    with suppress(sqlite3.Error), closing(sqlite3.connect(path, timeout=0)) as db:
+    # mode=rw: a journal removed meanwhile (a dry run's, in a temporary folder) is not made anew
+    with suppress(sqlite3.Error), closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True,
+                                                          timeout=0)) as db:
         db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 

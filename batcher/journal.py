@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
@@ -772,8 +773,8 @@ def _checkpoint(path: Path) -> None:
     """Copy the WAL into the journal file without blocking its writer (a PASSIVE checkpoint);
     a failure is left to the writer's own checkpoints."""
     # mode=rw: a journal removed meanwhile (a dry run's, in a temporary folder) is not made anew
-    with suppress(sqlite3.Error), closing(sqlite3.connect(f"file:{path}?mode=rw", uri=True,
-                                                          timeout=0)) as db:
+    uri = f"file:{quote(str(path))}?mode=rw"
+    with suppress(sqlite3.Error), closing(sqlite3.connect(uri, uri=True, timeout=0)) as db:
         db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 

@@ -705,6 +705,10 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
         if made and Path(settings.input).exists() \
                 and journal.fingerprint == fingerprint(settings):  # the very input, unchanged
             carried = _carried(settings, journal, JobLog(sys.stderr))
+        elif made:  # the results say what happened to every row all the same
+            why = "is gone" if not Path(settings.input).exists() else "has changed since"
+            print(f"batcher: the input's own columns are left out of the results: "
+                  f"{settings.input} {why}", file=sys.stderr)
         try:
             summary = write_results(tally, Path(results), duration_s=0.0,
                                     extra={"rewritten_from_journal": str(path)},

@@ -72,6 +72,7 @@ from .rowstore import (
     batch_order,
     cat,
     insert_seqs,
+    rows_problem,
     store_rows,
 )
 
@@ -113,6 +114,7 @@ CREATE TABLE IF NOT EXISTS row_chunks (
     first INTEGER PRIMARY KEY,
     n INTEGER NOT NULL,
     data BLOB NOT NULL,
+    crc INTEGER NOT NULL,
     seqs BLOB
 );
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -716,6 +718,14 @@ def _disk_failure(path: Path, what: str) -> JournalIOError:
                           "re-run the same command to resume")
 
 
+def _damaged(path: Path, what: str) -> JournalIOError:
+    """A journal whose file is damaged: nothing is sent from it (exit 3, like a failing disk)."""
+    return JournalIOError(f"journal {path}: database disk image is malformed ({what}); batcher "
+                          "sends nothing from a damaged journal: restore it from a backup, or "
+                          "move it away to start the job over (calls already answered are then "
+                          "sent again; un-enrolling twice is harmless)")
+
+
 def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | None,
              input_name: str | None) -> bool:
     """Create the schema if needed and check the input binding; returns ``is_new``."""
@@ -737,8 +747,11 @@ def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | None,
         if loaded:  # a damaged page must stop the job before a call, not when results are due
             problem = db.execute("PRAGMA quick_check(1)").fetchone()[0]
             if problem != "ok":
-                detail = " ".join(problem.replace("*** in database main ***", "").split())
-                raise _disk_failure(path, f"database disk image is malformed ({detail})")
+                raise _damaged(path, " ".join(problem.replace("*** in database main ***", "")
+                                              .split()))
+            problem = rows_problem(db, int(json.loads(meta.get(_K_ROWS, "0"))))
+            if problem:
+                raise _damaged(path, problem)
         if fingerprint is None:
             if not loaded:
                 raise JournalError(f"journal {path} holds no job (it was never loaded)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,8 +54,27 @@ def ipc_bytes(table: pa.Table) -> bytes:
 
 
 def insert_chunk(db: sqlite3.Connection, first: int, n: int, data: Future[bytes]) -> None:
-    db.execute("INSERT INTO row_chunks (first, n, data) VALUES (?, ?, ?)",
-               (first, n, data.result()))
+    blob = data.result()
+    db.execute("INSERT INTO row_chunks (first, n, data, crc) VALUES (?, ?, ?, ?)",
+               (first, n, blob, zlib.crc32(blob)))
+
+
+def rows_problem(db: sqlite3.Connection, rows: int) -> str | None:
+    """What is wrong with the stored rows of a loaded journal — a chunk missing, or damaged
+    inside (which SQLite's page checks do not see) — else None. Reads every chunk once: about
+    a fifth of a second per ten million rows, so a resume stops before its first call rather
+    than when the results are due."""
+    expected = 1
+    for first, n, data, crc in db.execute("SELECT first, n, data, crc FROM row_chunks"
+                                          " ORDER BY first"):
+        if first != expected:
+            return f"rows {expected:,} to {first - 1:,} are missing"
+        if zlib.crc32(data) != crc:
+            return f"the rows from {first:,} are damaged"
+        expected = first + n
+    if expected != rows + 1:
+        return f"rows {expected:,} to {rows:,} are missing"
+    return None
 
 
 def cat(parts: list[np.ndarray]) -> np.ndarray:

@@ -193,6 +193,27 @@ def test_report_rewrites_results_from_the_journal(tmp_path, serve, monkeypatch):
     assert {r["status"] for r in again} == {"unenrolled"}
 
 
+def test_report_says_when_the_input_is_gone_and_its_columns_are_left_out(
+        tmp_path, serve, monkeypatch, capsys):
+    rows = make_rows(20, 2)
+    live = serve(World.from_pairs(rows))
+    inp = tmp_path / "in.csv"
+    inp.write_text("module,record_id,cadence_id,email\n"
+                   + "".join(f"{m},{r},{c},p{i}@example.com\n" for i, (m, r, c) in enumerate(rows)))
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--quiet"]) == 0
+    assert read_results(tmp_path / "out.csv")[0]["email"] == "p0@example.com"
+    capsys.readouterr()
+    inp.rename(tmp_path / "moved.csv")
+    assert main(["report", "--journal", str(tmp_path / "out.journal"),
+                 "--results", str(tmp_path / "again.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "own columns are left out" in err and "in.csv is gone" in err
+    again = read_results(tmp_path / "again.csv")
+    assert len(again) == len(rows) and "email" not in again[0]
+
+
 def test_cadences_lists_the_org_cadences(tmp_path, serve, capsys, monkeypatch):
     world = World.from_pairs(make_rows(5, 2))
     live = serve(world)

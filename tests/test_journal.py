@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from batcher.errors import JournalError
+from batcher.errors import JournalError, JournalIOError
 from batcher.journal import Journal
 from batcher.models import RESULT_COLUMNS, Batch, OutcomeGroup, PairOutcome, Status
 from batcher.rowstore import RESULT_SCHEMA
@@ -601,3 +601,21 @@ def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp
         assert j.retryable_failures() == sum(e["status"] == "failed" and e["retryable"]
                                              for e in model), seed
         j.close()
+
+
+@pytest.mark.parametrize("damage", ["flip", "drop"])
+def test_damaged_or_missing_stored_rows_are_refused_when_the_journal_is_opened(
+        loaded: Path, damage: str) -> None:
+    """Damage inside a row chunk (which SQLite's page checks do not see) or a chunk gone: the
+    journal is refused when opened — before any call — not when the results are due."""
+    import sqlite3
+    with sqlite3.connect(loaded) as db:
+        if damage == "flip":
+            data = bytearray(db.execute("SELECT data FROM row_chunks").fetchone()[0])
+            data[len(data) // 2] ^= 0xFF
+            db.execute("UPDATE row_chunks SET data = ?", (bytes(data),))
+        else:
+            db.execute("DELETE FROM row_chunks")
+    with pytest.raises(JournalIOError, match="malformed") as err:
+        Journal.open(loaded, "fp-A")
+    assert err.value.exit_code == 3 and "sends nothing" in str(err.value)

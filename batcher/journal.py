@@ -156,6 +156,7 @@ class Journal:
         self._unsaved_calls: list[tuple] = []  # call log rows waiting for the next commit
         self._count_lock = threading.Lock()
         self.is_new = is_new
+        self._loaded_here = False  # batches planned by this process need no check of their own
 
     # ------------------------------------------------------------------ open / close
 
@@ -354,6 +355,7 @@ class Journal:
         finally:
             self._db.execute("PRAGMA wal_autocheckpoint = 1000")
         self.is_new = False
+        self._loaded_here = True
 
     # ------------------------------------------------------------------ batches
 
@@ -364,8 +366,16 @@ class Journal:
         belong to the caller that created them (a fresh call, or a resume, sees them). A batch
         answered while iterating is skipped. Each batch is checked against the digest taken when
         it was planned, so a call can only name pairs that were checked against the input rows
-        at load (invariant 1), whatever happened to the file since.
+        at load (invariant 1), whatever happened to the file since; in a journal of an earlier
+        run every open batch is checked before the first is handed out (a refusal then comes
+        before any call of this run).
         """
+        if not self._loaded_here:  # a journal from an earlier run: all checked before a call
+            with self._mutex, self._disk_errors():
+                for batch_id, *planned in self._db.execute(
+                        "SELECT batch_id, module, record_ids, cadence_ids, positions, digest"
+                        " FROM batches WHERE state IN ('pending', 'sent')"):
+                    self._check_digest(batch_id, *planned)
         (last,) = self._query("SELECT coalesce(max(seq), 0) FROM batches")[0]
         after = 0
         while True:
@@ -376,12 +386,16 @@ class Journal:
             if not page:
                 return
             for _, batch_id, module, records, cadences, positions, digest in page:
-                if _digest(module, records, cadences, positions) != digest:
-                    raise JournalError(f"journal {self.path} is inconsistent: batch {batch_id} "
-                                       "does not match its input rows; refusing to send it")
+                self._check_digest(batch_id, module, records, cadences, positions, digest)
                 yield Batch(batch_id, module, tuple(json.loads(records)),
                             tuple(json.loads(cadences)))
             after = page[-1][0]
+
+    def _check_digest(self, batch_id: str, module: str, records: str, cadences: str,
+                      positions: bytes, digest: int) -> None:
+        if _digest(module, records, cadences, positions) != digest:
+            raise JournalError(f"journal {self.path} is inconsistent: batch {batch_id} does not "
+                               "match its input rows; refusing to send it")
 
     def mark_sent(self, batch_id: str) -> int:
         """Record that a call for this batch is about to go out; returns its attempt count."""

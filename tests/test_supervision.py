@@ -429,9 +429,11 @@ def test_a_journal_that_contradicts_its_input_is_exit_2_and_never_sent(tmp_path,
         assert_exact(live.sandbox, ROWS)
 
     (tmp_path / "out.csv").unlink()
+    sent_before = len(live.sandbox.calls)
     result, printed = job(s, live.env)
 
     assert result.exit_code == 2, printed
+    assert len(live.sandbox.calls) == sent_before  # refused before its first call
     line = one_line(printed)
     assert str(journal) in line and batch_id in line and "inconsistent" in line
     never_named()

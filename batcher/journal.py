@@ -157,6 +157,7 @@ class Journal:
         self._count_lock = threading.Lock()
         self.is_new = is_new
         self._loaded_here = False  # batches planned by this process need no check of their own
+        self._checkpointer: threading.Thread | None = None
 
     # ------------------------------------------------------------------ open / close
 
@@ -198,6 +199,8 @@ class Journal:
             if self._lock_fd < 0:
                 return
             try:
+                if self._checkpointer is not None:  # nothing of ours touches it once unlocked
+                    self._checkpointer.join()
                 self._db.close()
             finally:
                 _release_lock(self._lock_fd)
@@ -350,8 +353,9 @@ class Journal:
             # by this commit: hundreds of megabytes that would delay the first call by seconds
             db.execute("PRAGMA wal_autocheckpoint = 0")
         try:
-            threading.Thread(target=_checkpoint, args=(self.path,), name="journal-checkpoint",
-                             daemon=True).start()
+            self._checkpointer = threading.Thread(target=_checkpoint, args=(self.path,),
+                                                  name="journal-checkpoint", daemon=True)
+            self._checkpointer.start()
         finally:
             self._db.execute("PRAGMA wal_autocheckpoint = 1000")
         self.is_new = False
@@ -644,14 +648,40 @@ def _sqlite_text(exc: sqlite3.Error) -> str:
 
 
 def _create_private(path: Path) -> None:
-    """Create ``path`` empty with mode 0600 unless it exists; never through a symbolic link."""
+    """Make a new journal at ``path`` with mode 0600, never through a symbolic link; an existing
+    one is only made private (a journal made by an older batcher was 0644).
+
+    A new journal is made whole — its tables written — under another name and renamed into
+    place, so batcher never leaves an empty journal behind, and an empty one found (truncated, or
+    overwritten by ``> file``) is refused as damaged instead of silently starting the job over.
+    """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        fd = -1
     except OSError as exc:
-        raise JournalError(f"cannot create journal {path}: {exc.strerror}") from None
-    with suppress(OSError):
-        os.fchmod(fd, 0o600)  # a journal made by an older batcher was 0644
-    os.close(fd)
+        raise JournalError(f"cannot open journal {path}: {exc.strerror}") from None
+    if fd >= 0:
+        with suppress(OSError):
+            os.fchmod(fd, 0o600)
+        size = os.fstat(fd).st_size
+        os.close(fd)
+        if size == 0:
+            raise _damaged(path, "the file is empty")
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+        with closing(sqlite3.connect(tmp, isolation_level=None)) as db:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
+        os.rename(tmp, path)
+    except (OSError, sqlite3.Error) as exc:
+        with suppress(OSError):
+            os.unlink(tmp)
+        why = exc.strerror if isinstance(exc, OSError) else _sqlite_text(exc)
+        raise JournalError(f"cannot create journal {path}: {why}") from None
 
 
 def _acquire_lock(path: Path) -> int:

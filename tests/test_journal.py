@@ -619,3 +619,16 @@ def test_damaged_or_missing_stored_rows_are_refused_when_the_journal_is_opened(
     with pytest.raises(JournalIOError, match="malformed") as err:
         Journal.open(loaded, "fp-A")
     assert err.value.exit_code == 3 and "sends nothing" in str(err.value)
+
+
+def test_an_emptied_journal_is_refused_not_started_over(loaded: Path) -> None:
+    """A journal truncated to nothing (a full disk, ``> file``) would start the job over and send
+    every answered call again: refused as damaged. A new journal is never left empty."""
+    loaded.write_bytes(b"")
+    with pytest.raises(JournalIOError, match="the file is empty"):
+        Journal.open(loaded, "fp-A")
+    fresh = loaded.with_name("fresh.journal")
+    with Journal.open(fresh, "fp-B") as j:
+        assert j.is_new and fresh.stat().st_size > 0 and oct(fresh.stat().st_mode)[-3:] == "600"
+    assert sorted(p.name for p in loaded.parent.iterdir() if "fresh" in p.name) == [
+        "fresh.journal", "fresh.journal.lock"]

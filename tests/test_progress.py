@@ -48,3 +48,34 @@ def test_quiet_prints_nothing():
     p.update(Counters(), force=True)
     p.close(Counters())
     assert out.getvalue() == ""
+
+
+def test_a_long_setup_phase_spins_on_a_terminal_and_ends_with_its_duration():
+    import time as clock
+
+    from batcher.progress import Phases
+
+    out = FakeTTY()
+    phase = Phases(stream=out, delay=0.05)
+    with phase("planning 9,600,000 pairs", "plan"):
+        clock.sleep(0.4)  # longer than the delay: the spinner shows
+    with phase("reading a small file", "scan"):
+        pass  # quicker than the delay: nothing at all
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert "planning 9,600,000 pairs …" in text  # the spinner's text
+    assert re.search(r"planning 9,600,000 pairs: 0\.[3-9] s\n", text)
+    assert "small file" not in text
+
+
+def test_phases_go_to_the_json_log_and_never_to_a_plain_stream():
+    from batcher.progress import Phases
+
+    events: list[tuple[str, dict]] = []
+    with Phases(stream=FakeTTY(), emit=lambda line, f: events.append((line, f)))("storing", "load"):
+        pass
+    assert events[0][0].startswith("storing: ") and events[0][1]["phase"] == "load"
+    assert isinstance(events[0][1]["seconds"], float)
+    plain = io.StringIO()
+    with Phases(stream=plain, delay=0.0)("writing", "results"):
+        pass
+    assert plain.getvalue() == ""

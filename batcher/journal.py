@@ -97,17 +97,18 @@ CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY,
     batch_id TEXT NOT NULL UNIQUE,
     module TEXT NOT NULL,
-    record_ids TEXT NOT NULL,
-    cadence_ids TEXT NOT NULL,
     npairs INTEGER NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
     parent TEXT,
     root INTEGER NOT NULL,
-    positions BLOB NOT NULL,
     digest INTEGER NOT NULL,
     status TEXT, code TEXT, message TEXT, http_status INTEGER, retryable INTEGER,
-    answered_attempts INTEGER, finished_at TEXT
+    answered_attempts INTEGER, finished_at TEXT,
+    -- the bulky columns last: a scan of states and outcomes never reads their overflow pages
+    cadence_ids TEXT NOT NULL,
+    record_ids TEXT NOT NULL,
+    positions BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS batches_open ON batches (seq) WHERE state IN ('pending', 'sent');
 CREATE TABLE IF NOT EXISTS row_chunks (

@@ -303,9 +303,8 @@ class Journal:
           objects or :class:`BatchBlock` columns, in index order) and, for each valid row in
           order, its batch index and its place in that batch's :meth:`Batch.pairs`
           (:attr:`Plan.pair_batch`, :attr:`Plan.pair_rank`);
-        - or the batches themselves, the rows then carrying ``batch`` and ``rank`` columns, or
-          ``batch_id`` (the pairs are then looked up in ``batches``, held in memory: for small
-          jobs and tests).
+        - or the batches themselves, the rows then carrying ``batch_id`` (the pairs are looked
+          up in ``batches``, held in memory: for small jobs and tests).
 
         ``meta()``, called once the plan is made, gives values to remember (as :meth:`set_meta`)
         in the same transaction. Raises ``ValueError`` when the plan does not cover the valid

@@ -132,8 +132,8 @@ def store_rows(db: sqlite3.Connection, tables: Iterable[pa.Table], chunk_rows: i
                 pool: ThreadPoolExecutor, stop: threading.Event,
                 ranker: Callable[[], Ranker] | None) -> Stored:
     """Insert the rows as compressed chunks, each compressed in ``pool`` while the next is read
-    (both release the GIL). ``ranker``: None when the plan comes apart (then no batch columns
-    are read), else how to look batch ids up when the rows carry ``batch_id``."""
+    (both release the GIL). ``ranker``: None when the plan comes apart (a PlanMaker), else how
+    to look up the batch of each row's ``batch_id``."""
     n_rows = 0
     kept: dict[str, int] = {}
     chunks: list[tuple[int, int]] = []
@@ -143,9 +143,9 @@ def store_rows(db: sqlite3.Connection, tables: Iterable[pa.Table], chunk_rows: i
     for chunk in (c for t in tables for c in t.to_batches(max_chunksize=chunk_rows)):
         if stop.is_set():
             raise Stopped
-        if ranker is not None and lookup is None and "rank" not in chunk.schema.names:
+        if ranker is not None and lookup is None:
             lookup = ranker()
-        stored, at, seq, rank = stored_rows(chunk, ranker is not None, lookup)
+        stored, at, seq, rank = stored_rows(chunk, lookup)
         seqs.append(seq)
         ranks.append(rank)
         places.append(at + n_rows + 1)
@@ -165,14 +165,13 @@ class Stopped(Exception):
     """The load was given up (its caller's error or signal is what gets reported)."""
 
 
-def stored_rows(chunk: pa.RecordBatch, planned: bool, ranker: Ranker | None
+def stored_rows(chunk: pa.RecordBatch, ranker: Ranker | None
                  ) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
-    """One chunk of reader rows → (the table stored, the valid rows' indices, and — when
-    ``planned`` — their batch seq and rank, from ``ranker`` or the ``batch``/``rank``
-    columns)."""
+    """One chunk of reader rows → (the table stored, the valid rows' indices, and — with a
+    ``ranker`` — their batch seq and rank, looked up from the ``batch_id`` column)."""
     wanted = {"row", "module", "record_id", "cadence_id", "status", "reason"}
-    if planned:
-        wanted |= {"batch_id"} if ranker else {"batch", "rank"}
+    if ranker is not None:
+        wanted.add("batch_id")
     missing = wanted - set(chunk.schema.names)
     if missing:
         raise ValueError(f"rows table lacks column(s) {sorted(missing)}")
@@ -183,15 +182,9 @@ def stored_rows(chunk: pa.RecordBatch, planned: bool, ranker: Ranker | None
     valid = pc.equal(status, "valid")
     at = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
     seq = rank = NONE
-    if planned and ranker is not None:
+    if ranker is not None:
         seq, rank = ranker.of(*(text_column(chunk, c).take(arrow_of(at)).to_pylist()
                                 for c in ("batch_id", "record_id", "cadence_id")))
-    elif planned and len(at):
-        picked = arrow_of(at)
-        batch, place = chunk.column("batch").take(picked), chunk.column("rank").take(picked)
-        if batch.null_count or place.null_count:
-            raise ValueError("rows table: a valid row has no batch")
-        seq, rank = batch.to_numpy() + 1, place.to_numpy()
     null = pa.scalar(None, pa.string())
     code = (pc.coalesce(text_column(chunk, "code"), pa.scalar("INVALID_INPUT"))
             if "code" in chunk.schema.names else pa.scalar("INVALID_INPUT"))

@@ -454,8 +454,8 @@ _RESULTS = [
 
 
 def _random_job(rnd):
-    """Rows (valid pairs in random order among invalid and duplicate rows) with the planner's
-    batch and rank columns, the plan's batches, and each row's initial model entry."""
+    """Rows (valid pairs in random order among invalid and duplicate rows), the plan as the job
+    hands it to the journal (a PlanMaker), and each row's initial model entry."""
     from batcher.planner import plan_pairs
 
     n_rec, n_cad = rnd.randint(1, 40), rnd.randint(1, 8)
@@ -480,7 +480,6 @@ def _random_job(rnd):
         "row": pa.array(range(1, len(rows) + 1), pa.int64()),
         **{name: pa.array(cols[i], pa.string()) for i, name in enumerate(
             ("module", "record_id", "cadence_id", "status", "reason"))},
-        "batch": pa.array(cols[5], pa.int64()), "rank": pa.array(cols[6], pa.int64()),
     })
     model = []
     for _, r, c, status, reason, b, _ in rows:
@@ -493,7 +492,7 @@ def _random_job(rnd):
                           "code": "INVALID_INPUT" if status == "invalid" else None,
                           "attempts": 0, "batch_id": None, "retryable": False, "done": True,
                           "pair": None})
-    return table, batches, model
+    return table, lambda: (plan.blocks(step=3), plan.pair_batch, plan.pair_rank), model
 
 
 def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp_path):
@@ -505,7 +504,7 @@ def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp
 
     for seed in range(40):
         rnd = random.Random(seed)
-        table, plan, model = _random_job(rnd)
+        table, planned, model = _random_job(rnd)
         where = {}  # (batch id, record, cadence) → model rows of that pair
         for entry in model:
             if entry["pair"]:
@@ -513,7 +512,7 @@ def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp
         sent: dict[str, int] = {}
         path = tmp_path / f"j{seed}.journal"
         j = Journal.open(path, "fp")
-        j.load(table, plan)
+        j.load(table, planned)
 
         def settle(batch_id, pairs, result, attempts, where=where):
             status, code, message, http, retryable = result

@@ -497,18 +497,27 @@ def test_a_signal_while_a_large_plan_is_loaded_into_the_journal(tmp_path, serve)
 # ---------------------------------------------------------------------------------- 4. writing
 
 
+def writing_results(tmp_path, serve, n_records: int, base: int, cadence_base: int
+                    ) -> tuple[list[tuple[str, str, str]], object, Job, subprocess.Popen]:
+    """A job of ``n_records`` x 5 pairs started and caught once every call is answered and its
+    results are being written: (rows, live sandbox, job, process)."""
+    rows = square_rows(n_records, base, cadence_base)
+    live = serve(World.from_pairs(rows), concurrency_limit=None)
+    job = Job(tmp_path / "job", rows, live.env)
+    proc = job.start()
+    deadline = time.monotonic() + 120
+    while not job.writing() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert proc.poll() is None and job.writing(), "never saw the results being written"
+    return rows, live, job, proc
+
+
 def test_a_signal_while_the_results_are_written_keeps_every_answer(tmp_path, serve):
     """SIGTERM once the last call is answered and the results are being written: the writing
     goes on (exit 3, complete results, every row ``unenrolled``), every batch stays answered in
     the journal, and the same command sends nothing again."""
-    rows = square_rows(6_000, 554023000006000000, 554023000008000000)  # 30k pairs, 60 calls
-    live = serve(World.from_pairs(rows), concurrency_limit=None)
-    job = Job(tmp_path / "job", rows, live.env)
-    proc = job.start()
-    deadline = time.monotonic() + 60
-    while not job.writing() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert proc.poll() is None and job.writing(), "never saw the results being written"
+    rows, live, job, proc = writing_results(tmp_path, serve, 6_000,  # 30k pairs, 60 calls
+                                            554023000006000000, 554023000008000000)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code, stop_s = wait_exit(proc, sent)
@@ -694,14 +703,8 @@ def test_kill_9_while_the_results_are_written_loses_no_answer(tmp_path, serve):
     """``kill -9`` once every call is answered and the results are being written: every batch
     stays answered in the journal, and the same command sends nothing again and writes the
     complete results."""
-    rows = square_rows(40_000, 554023000016000000, 554023000018000000)  # 200k pairs, 400 calls
-    live = serve(World.from_pairs(rows), concurrency_limit=None)
-    job = Job(tmp_path / "job", rows, live.env)
-    proc = job.start()
-    deadline = time.monotonic() + 120
-    while not job.writing() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert proc.poll() is None and job.writing(), "never saw the results being written"
+    rows, live, job, proc = writing_results(tmp_path, serve, 40_000,  # 200k pairs, 400 calls
+                                            554023000016000000, 554023000018000000)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     calls = len(live.sandbox.calls)

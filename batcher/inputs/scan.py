@@ -181,19 +181,15 @@ class InputScan:
         return file_fingerprint(self.path)
 
     def tables(self, *, verdicts: Sequence[tuple[str, str]] = (),
-               verdict_of_pair: np.ndarray | None = None,
-               batches: Callable[[int, int], tuple[np.ndarray, np.ndarray]] | None = None
-               ) -> Iterator[pa.Table]:
+               verdict_of_pair: np.ndarray | None = None) -> Iterator[pa.Table]:
         """The second pass: every row, in input order, with its final reader status.
 
         ``verdict_of_pair`` (index into ``verdicts`` (code, reason), -1 for none) marks pairs the
-        preflight rejected; ``batches(k0, k1)`` gives (batch index, place in the batch's pairs)
-        of the k0..k1-th pairs that are still valid, as the columns ``batch`` and ``rank`` (null
-        for other rows). Raises InputError when the file no longer matches the first pass.
+        preflight rejected. Raises InputError when the file no longer matches the first pass.
         """
         if self.source.stamp() != self.stamp:
             raise InputError(f"{self.path}: the file changed while batcher was reading it")
-        pair_k = planned_k = 0
+        pair_k = 0
         row0 = 0
         for raw in expanded(raw_batches(self.source), self.records, self.options.module,
                             encoded=False):
@@ -215,18 +211,12 @@ class InputScan:
             here = self.pair_rows[pair_k:k1] - row0
             if not np.array_equal(np.flatnonzero(status == 0), here):
                 raise InputError(f"{self.path}: the file changed while batcher was reading it")
-            batch = np.full(n, -1, dtype=np.int64)
-            rank = np.zeros(n, dtype=np.int64)
             if verdict_of_pair is not None:
                 verdict = verdict_of_pair[pair_k:k1]
                 for i, v in zip(here[verdict >= 0].tolist(), verdict[verdict >= 0].tolist(),
                                 strict=True):
                     status[i] = 1
                     code[i], reason[i] = verdicts[v]
-            planned = np.flatnonzero(status == 0)
-            if batches is not None and len(planned):
-                batch[planned], rank[planned] = batches(planned_k, planned_k + len(planned))
-            planned_k += len(planned)
             pair_k = k1
             t = chk.table
             out = pa.table({
@@ -236,8 +226,6 @@ class InputScan:
                     pa.array(status), pa.array([VALID, INVALID, DUPLICATE])), pa.string()),
                 "code": _sparse_strings(n, code),
                 "reason": _sparse_strings(n, reason),
-                "batch": pa.array(batch, mask=batch < 0),
-                "rank": pa.array(rank, mask=batch < 0),
             })
             yield out if chk.blank is None else out.filter(arrow_of(~chk.blank))
             row0 = row1
@@ -316,7 +304,7 @@ def read_input(path: str | os.PathLike[str], options: InputOptions | str | None 
                ) -> InputTable:
     """Read and validate a (small) input into one table; InputError when the file is unusable."""
     scan = scan_input(path, options)
-    table = pa.concat_tables(list(scan.tables())).drop_columns(["batch", "rank"])
+    table = pa.concat_tables(list(scan.tables()))
     return InputTable(scan=scan, table=table)
 
 

@@ -512,6 +512,18 @@ def writing_results(tmp_path, serve, n_records: int, base: int, cadence_base: in
     return rows, live, job, proc
 
 
+def finishes_without_sending_again(job: Job, live) -> None:
+    """Every call of the stopped job is answered in its journal; the same command then sends
+    nothing again and writes complete results, every row ``unenrolled``."""
+    calls = len(live.sandbox.calls)
+    assert journal_batches(job) == {"answered": calls}
+
+    problems = job.finish(live)
+    assert not problems, problems
+    assert len(live.sandbox.calls) == calls, "the re-run sent answered batches again"
+    assert {r["status"] for r in read_results(job.results)} == {"unenrolled"}
+
+
 def test_a_signal_while_the_results_are_written_keeps_every_answer(tmp_path, serve):
     """SIGTERM once the last call is answered and the results are being written: the writing
     goes on (exit 3, complete results, every row ``unenrolled``), every batch stays answered in
@@ -524,13 +536,7 @@ def test_a_signal_while_the_results_are_written_keeps_every_answer(tmp_path, ser
 
     problems = stop_problems(job, code, stop_s, "SIGTERM", statuses={"unenrolled"})
     assert not problems, problems
-    calls = len(live.sandbox.calls)
-    assert journal_batches(job) == {"answered": calls}
-
-    problems = job.finish(live)
-    assert not problems, problems
-    assert len(live.sandbox.calls) == calls, "the re-run sent answered batches again"
-    assert {r["status"] for r in read_results(job.results)} == {"unenrolled"}
+    finishes_without_sending_again(job, live)
 
 
 # ------------------------------------------------------------------------------- 4b. throttled
@@ -707,10 +713,4 @@ def test_kill_9_while_the_results_are_written_loses_no_answer(tmp_path, serve):
                                             554023000016000000, 554023000018000000)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    calls = len(live.sandbox.calls)
-    assert journal_batches(job) == {"answered": calls}
-
-    problems = job.finish(live)
-    assert not problems, problems
-    assert len(live.sandbox.calls) == calls, "answered batches were sent again"
-    assert {r["status"] for r in read_results(job.results)} == {"unenrolled"}
+    finishes_without_sending_again(job, live)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
+#: the journal's format: 4 coded rows (ids as integers), 3 rows as text, 2 one SQLite row a pair
+SCHEMA_VERSION = 4
 #: meta key of the reader's statuses (valid / invalid / duplicate → rows), written at load
 STORED_STATUSES = "batcher.stored_statuses"
 

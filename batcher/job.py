@@ -614,8 +614,8 @@ async def _preflight(client: httpx.AsyncClient, auth: ZohoAuth, scan: InputScan,
 def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]],
                verdict_of_pair: np.ndarray | None, phase: Phases) -> None:
     """Plan the pairs the preflight kept and load rows + batches into the journal in one
-    transaction; the rows come from a second read of the input, stored while the plan is
-    made."""
+    transaction; the rows' verdicts are made from the scan's codes (no second read) and
+    stored while the plan is made."""
     keep = None if verdict_of_pair is None else verdict_of_pair < 0
     pairs = scan.pairs if keep is None else int(keep.sum())
     plan: list[Plan] = []
@@ -633,8 +633,8 @@ def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]
 
     with phase(f"planning {pairs:,} pairs and storing {scan.rows:,} rows in the journal",
                "plan"):
-        journal.load(scan.tables(verdicts=verdicts, verdict_of_pair=verdict_of_pair), planned,
-                     meta=meta)
+        journal.load(scan.coded_tables(verdicts=verdicts, verdict_of_pair=verdict_of_pair),
+                     planned, meta=meta)
 
 
 async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncClient,

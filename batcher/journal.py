@@ -53,8 +53,9 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from .arrays import arrow_of
-from .counts import STORED_STATUSES, status_counts
+from .counts import SCHEMA_VERSION, STORED_STATUSES, status_counts
 from .errors import JournalError, JournalIOError
+from .inputs.coded import text_of
 from .models import (
     MAX_CADENCES_PER_CALL,
     MAX_RECORDS_PER_CALL,
@@ -76,7 +77,6 @@ from .rowstore import (
     store_rows,
 )
 
-SCHEMA_VERSION = 3  # 3: rows as Arrow chunks, outcomes per batch (2: one SQLite row per pair)
 _PAGE_BATCHES = 20  # a short pause for the event loop between pages
 _COUNTERS = ("calls", "retries", "throttled", "credits", "ignored_entries")
 _OPEN_STATES = ("pending", "sent")  # a 'sent' batch may or may not have been applied: re-sendable
@@ -295,11 +295,12 @@ class Journal:
              chunk_rows: int = CHUNK_ROWS) -> None:
         """Store every input row and the plan, all in one transaction (never half-loaded).
 
-        ``rows``: the reader's columns (row, module, record_id, cadence_id, status, reason,
-        optional code), one table or tables streamed in input order. ``batches``, the plan:
+        ``rows``: the reader's rows, coded (:meth:`InputScan.coded_tables`) or in text form
+        (row, module, record_id, cadence_id, status, reason, optional code), one table or
+        tables streamed in input order. ``batches``, the plan:
 
-        - a :data:`PlanMaker` — called in this thread while the rows are read and stored in
-          another (planning and the input's second pass overlap); it returns the batches (Batch
+        - a :data:`PlanMaker` — called in this thread while the rows are coded and stored in
+          another (planning and storing overlap); it returns the batches (Batch
           objects or :class:`BatchBlock` columns, in index order) and, for each valid row in
           order, its batch index and its place in that batch's :meth:`Batch.pairs`
           (:attr:`Plan.pair_batch`, :attr:`Plan.pair_rank`);
@@ -617,7 +618,7 @@ class Journal:
             if not got:
                 return
             first, data, seqs = got[0]
-            stored = ipc.open_stream(data).read_all()
+            stored = text_of(ipc.open_stream(data).read_all())
             seq = np.frombuffer(seqs, dtype=np.int32)
             for start in range(0, stored.num_rows, chunk_rows):
                 part = stored.slice(start, chunk_rows)

@@ -1,4 +1,5 @@
-"""The journal's row store: the input's rows as compressed Arrow chunks, stored once at load,
+"""The journal's row store: the input's rows, coded (:mod:`batcher.inputs.coded`: ids as
+integers), as compressed Arrow chunks stored once at load,
 and the join that makes results of them (each row with its batch's outcome, unless a pair
 outcome of its own overrides it).
 
@@ -23,11 +24,13 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from .arrays import arrow_of
+from .inputs.coded import CODED_SCHEMA, STATUSES, coded_of, status_index
 from .models import RESULT_COLUMNS, Batch, Status
 
 CHUNK_ROWS = 50_000
 NONE = np.zeros(0, dtype=np.int64)
 _IPC = ipc.IpcWriteOptions(compression="zstd")
+_CODE, _REASON = CODED_SCHEMA.get_field_index("code"), CODED_SCHEMA.get_field_index("reason")
 
 #: Arrow schema of the results, column for column RESULT_COLUMNS
 RESULT_SCHEMA = pa.schema([
@@ -37,13 +40,6 @@ RESULT_SCHEMA = pa.schema([
     ("batch_id", pa.string()), ("retryable", pa.bool_()), ("finished_at", pa.string()),
 ])
 assert tuple(RESULT_SCHEMA.names) == RESULT_COLUMNS
-#: the stored input rows: the reader's verdict (each row's planned batch is kept beside, in
-#: ``row_chunks.seqs``: int32 per row, 0 for none)
-ROW_SCHEMA = pa.schema([
-    ("row", pa.int64()), ("module", pa.string()), ("record_id", pa.string()),
-    ("cadence_id", pa.string()), ("status", pa.string()), ("code", pa.string()),
-    ("reason", pa.string()),
-])
 
 
 def ipc_bytes(table: pa.Table) -> bytes:
@@ -149,8 +145,10 @@ def store_rows(db: sqlite3.Connection, tables: Iterable[pa.Table], chunk_rows: i
         seqs.append(seq)
         ranks.append(rank)
         places.append(at + n_rows + 1)
-        for got in pc.value_counts(stored.column("status")).to_pylist():
-            kept[got["values"]] = kept.get(got["values"], 0) + got["counts"]
+        for word, n in zip(STATUSES, np.bincount(status_index(stored), minlength=3).tolist(),
+                           strict=True):
+            if n:
+                kept[word] = kept.get(word, 0) + n
         packed.append((n_rows + 1, chunk.num_rows, pool.submit(ipc_bytes, stored)))
         chunks.append((n_rows + 1, chunk.num_rows))
         n_rows += chunk.num_rows
@@ -167,8 +165,15 @@ class Stopped(Exception):
 
 def stored_rows(chunk: pa.RecordBatch, ranker: Ranker | None
                  ) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
-    """One chunk of reader rows → (the table stored, the valid rows' indices, and — with a
-    ``ranker`` — their batch seq and rank, looked up from the ``batch_id`` column)."""
+    """One chunk of reader rows, coded or in text form → (the coded table stored, the valid
+    rows' indices, and — with a ``ranker`` — their batch seq and rank, looked up from the
+    ``batch_id`` column)."""
+    if chunk.schema.names[:len(CODED_SCHEMA)] == CODED_SCHEMA.names:
+        if ranker is not None:
+            raise ValueError("rows table: coded rows carry no batch_id")
+        stored = pa.Table.from_batches([chunk]).select(CODED_SCHEMA.names).cast(CODED_SCHEMA)
+        status = pc.cast(stored.column("status"), pa.string())
+        return _notes(stored, status), np.flatnonzero(status_index(stored) == 0), NONE, NONE
     wanted = {"row", "module", "record_id", "cadence_id", "status", "reason"}
     if ranker is not None:
         wanted.add("batch_id")
@@ -176,7 +181,7 @@ def stored_rows(chunk: pa.RecordBatch, ranker: Ranker | None
     if missing:
         raise ValueError(f"rows table lacks column(s) {sorted(missing)}")
     status = text_column(chunk, "status")
-    known = pc.is_in(status, value_set=pa.array(["valid", "invalid", "duplicate"]))
+    known = pc.is_in(status, value_set=pa.array(STATUSES))
     if not pc.all(pc.fill_null(known, False)).as_py():
         raise ValueError("rows table: status must be valid, invalid or duplicate")
     valid = pc.equal(status, "valid")
@@ -185,16 +190,24 @@ def stored_rows(chunk: pa.RecordBatch, ranker: Ranker | None
     if ranker is not None:
         seq, rank = ranker.of(*(text_column(chunk, c).take(arrow_of(at)).to_pylist()
                                 for c in ("batch_id", "record_id", "cadence_id")))
+    null = pa.nulls(chunk.num_rows, pa.string())
+    coded = coded_of(pa.table({
+        "row": chunk.column("row"),
+        **{c: text_column(chunk, c) for c in ("module", "record_id", "cadence_id")},
+        "status": status,
+        "code": text_column(chunk, "code") if "code" in chunk.schema.names else null,
+        "reason": text_column(chunk, "reason")}))
+    return _notes(coded, status), at, seq, rank
+
+
+def _notes(coded: pa.Table, status: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """``code`` only on invalid rows (``INVALID_INPUT`` when none is given), ``reason`` on all
+    but valid ones."""
     null = pa.scalar(None, pa.string())
-    code = (pc.coalesce(text_column(chunk, "code"), pa.scalar("INVALID_INPUT"))
-            if "code" in chunk.schema.names else pa.scalar("INVALID_INPUT"))
-    stored = pa.Table.from_arrays([
-        pc.cast(chunk.column("row"), pa.int64()),
-        *(text_column(chunk, c) for c in ("module", "record_id", "cadence_id")), status,
-        pc.if_else(pc.equal(status, "invalid"), code, null),
-        pc.if_else(valid, null, text_column(chunk, "reason")),
-    ], schema=ROW_SCHEMA)
-    return stored, at, seq, rank
+    code = pc.coalesce(coded.column("code"), pa.scalar("INVALID_INPUT"))
+    coded = coded.set_column(_CODE, "code", pc.if_else(pc.equal(status, "invalid"), code, null))
+    return coded.set_column(_REASON, "reason", pc.if_else(pc.equal(status, "valid"), null,
+                                                          coded.column("reason")))
 
 
 def insert_seqs(db: sqlite3.Connection, chunks: list[tuple[int, int]], order: np.ndarray,

@@ -33,13 +33,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from .counts import status_counts
+from .counts import SCHEMA_VERSION, status_counts
 from .errors import UsageError
 from .models import Status
 
 # the journal's own meta keys and format (batcher.journal; a test keeps them equal): importing
 # that module would load pyarrow, half a second of every status poll
-SCHEMA_VERSION = 3
 _K_VERSION, _K_LOADED, _K_STARTED = ("batcher.schema_version", "batcher.loaded",
                                      "batcher.started_at")
 _TABLES = frozenset({"meta", "counters", "batches", "row_chunks", "outcomes"})

@@ -505,3 +505,13 @@ def test_a_quote_that_never_closes_is_refused_naming_its_line(tmp_path: Path):
     fine = tmp_path / "fine.csv"
     fine.write_text(f'record_id,cadence_id,module,note\n{rec(1)},{CAD},Leads,"two\nlines"\n')
     assert [r["status"] for r in read_input(fine).table.to_pylist()] == ["valid"]
+
+
+def test_a_note_of_line_breaks_and_delimiters_is_not_taken_for_an_unclosed_quote(tmp_path: Path):
+    """A quoted note whose lines hold as many tabs as a record (but no id) is text, not rows
+    swallowed by a quote (found by the round-trip property test)."""
+    path = tmp_path / "note.csv"
+    path.write_bytes(b"Owner\tRecord Id\tCadence Id\tModule\tNotes\r\n"
+                     + f"\t{rec(1)}\t{CAD}\tLeads\t".encode() + b'"\n\t\t\t\t"\r\n')
+    assert [(r["status"], r["record_id"]) for r in read_input(path).table.to_pylist()] == [
+        ("valid", rec(1))]

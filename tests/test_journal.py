@@ -631,3 +631,40 @@ def test_an_emptied_journal_is_refused_not_started_over(loaded: Path) -> None:
         assert j.is_new and fresh.stat().st_size > 0 and oct(fresh.stat().st_mode)[-3:] == "600"
     assert sorted(p.name for p in loaded.parent.iterdir() if "fresh" in p.name) == [
         "fresh.journal", "fresh.journal.lock"]
+
+
+def test_rows_coded_by_the_scan_give_the_results_the_text_rows_give(tmp_path: Path) -> None:
+    """The scan's coded rows (ids as integers, no second read) and the reader's text rows of
+    the same messy file (odd ids, blank, ragged and repeated rows, zcrm_ prefixes, a bad
+    module, rows the preflight refused) make the same results, row for row."""
+    from batcher.inputs import scan_input
+    from batcher.planreport import plan_scan
+
+    lines = ["Module,Record Id,Cadence Id,Note"]
+    for i in range(400):
+        record, cadence = f"98765432100{i % 90:08d}", C1 if i % 3 else C2
+        lines.append({0: f"Leads,{record},{cadence},n{i}", 1: f"Leads, zcrm_{record} ,{C3},x",
+                      2: f"Leads,12ab,{cadence},bad", 3: ",,,", 4: f"Nope,{record},{C1},m",
+                      5: f"Contacts,{record},{cadence}", 6: f"Leads,0{record[1:]},{C2},z",
+                      }.get(i % 13, f"Leads,{record},{C3},again"))
+    path = tmp_path / "messy.csv"
+    path.write_text("\n".join(lines) + "\n")
+    scan = scan_input(path)
+    verdict = [("INVALID_DATA", "unknown cadence")]
+    refused = (scan.codes.cadence == 1).astype("int64") - 1
+    plan = plan_scan(scan, refused < 0)
+    got = []
+    for name, rows in (("coded", scan.coded_tables(verdicts=verdict, verdict_of_pair=refused,
+                                                   chunk_rows=37)),
+                       ("text", scan.tables(verdicts=verdict, verdict_of_pair=refused))):
+        with Journal.open(tmp_path / f"{name}.journal", "fp") as j:
+            j.load(rows, lambda: (plan.blocks(), plan.pair_batch, plan.pair_rank))
+            got.append([{k: v for k, v in r.items() if k != "finished_at"}
+                        for r in results(j, chunk_rows=29)])
+    coded, text = got
+    assert coded == text
+    assert len(coded) == scan.rows and {r["status"] for r in coded} >= {
+        "not_sent", "invalid", "duplicate"}
+    assert {r["code"] for r in coded if r["status"] == "invalid"} >= {"INVALID_INPUT",
+                                                                      "INVALID_DATA"}
+    assert all(r["record_id"] is None or not r["record_id"].startswith("zcrm_") for r in coded)

@@ -2,16 +2,15 @@
 or ``duplicate``), columnar because inputs reach tens of millions of rows.
 
 Modules: ``formats`` (file kinds), ``columns`` (header roles), ``ids`` (id and module rules),
-``codes`` (hashing and repeats), ``scan`` (the two passes over a file).
+``codes`` (hashing and repeats), ``scan`` (the pass over a file), ``coded`` (the rows'
+verdicts, compact).
 """
 
+from .coded import DUPLICATE, INVALID, VALID
 from .ids import canonical_module
 from .options import InputOptions
 from .records import RecordList
 from .scan import (
-    DUPLICATE,
-    INVALID,
-    VALID,
     InputScan,
     InputTable,
     PairCodes,

@@ -30,6 +30,8 @@ _SEP_LINE = re.compile(r'sep=([^"\r\n])(?:\r\n|\n|\r|$)', re.IGNORECASE)  # Exce
 _EMPTY_LINES = re.compile(r"(?:\r\n|\n|\r)*")
 
 _LINE_END = re.compile(r"\r\n|\n|\r")
+#: what makes a line a data record: a Zoho id (15-19 digits) among its fields
+_ID = re.compile(r"(?<!\d)[1-9]\d{14,18}(?!\d)")
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ def detect(head: bytes, delimiter: str | None) -> Dialect:
 def _refuse_unclosed_quote(text: str, delimiter: str, width: int, skip: int) -> None:
     """A quote that never closes makes the rest of the file one field, and its rows silently
     vanish. A quoted field holding lines that look like whole records (as many delimiters as a
-    record has) is that: InputError naming the line where the quote opened."""
+    record has, and an id among them) is that: InputError naming the line where the quote
+    opened. A note that merely holds line breaks and delimiters has no ids."""
     if width < 3:
         return
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"',
@@ -89,7 +92,8 @@ def _refuse_unclosed_quote(text: str, delimiter: str, width: int, skip: int) -> 
         for record in islice(reader, _SAMPLE_RECORDS):
             for field in record:
                 lines = field.splitlines()
-                if len(lines) > 1 and any(line.count(delimiter) >= width - 1 for line in lines):
+                if len(lines) > 1 and any(line.count(delimiter) >= width - 1 and _ID.search(line)
+                                          for line in lines):
                     raise InputError(
                         f"line {start + skip}: a quote opens there and does not close where "
                         "the field ends, so the lines after it would be read as one field; "

@@ -1,5 +1,6 @@
 """The columnar scan: one normalised row per input data row — valid pair, ``invalid`` or
-``duplicate`` — with integer codes for the planner; no row text is kept between the passes."""
+``duplicate`` — with integer codes for the planner; of the row text, only the invalid rows' is
+kept (one pass over the file: the rows' verdicts are made from the codes, :mod:`.coded`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 
 from ..arrays import arrow_of, numpy_of
 from ..errors import InputError
+from .coded import VALID, coded_chunks, text_of
 from .codes import (
     cadence_codes,
     common_dictionary,
@@ -28,7 +30,7 @@ from .codes import (
     masks_and_repeats,
     take,
 )
-from .formats import CHUNK_ROWS, as_strings, open_source, raw_batches, scan_chunks
+from .formats import CHUNK_ROWS, as_strings, open_source, scan_chunks
 from .ids import (
     all_of,
     canonical_module,
@@ -45,16 +47,22 @@ from .records import RecordList, expanded
 from .rounding import EXPORT_AS_TEXT, ROUNDED_ID, among, rounding_evidence
 from .source import Source
 
-VALID, INVALID, DUPLICATE = "valid", "invalid", "duplicate"
-
-
 _NO_IDS = np.zeros(0, dtype=np.uint64)
 
 
+_ROUNDED = (" may have been rounded by a spreadsheet (Excel keeps 15 significant digits and "
+            "writes the rest as zeros, so it may name another record, and this file's ids show "
+            f"that rounding); {EXPORT_AS_TEXT}")
+#: the invalid rows the scan keeps: position (0-based), their text as the check cleaned it,
+#: and why they are invalid
+_INVALID_SCHEMA = pa.schema([
+    ("position", pa.int64()), ("module", pa.string()), ("record_id", pa.string()),
+    ("cadence_id", pa.string()), ("code", pa.string()), ("reason", pa.string()),
+])
+
+
 def rounded_reason(what: str, value: int) -> str:
-    return (f"{what} {value} may have been rounded by a spreadsheet (Excel keeps 15 "
-            f"significant digits and writes the rest as zeros, so it may name another record, "
-            f"and this file's ids show that rounding); {EXPORT_AS_TEXT}")
+    return f"{what} {value}{_ROUNDED}"
 
 
 def unusual_line(scan: InputScan) -> str:
@@ -110,12 +118,13 @@ class PairCodes:
 
 @dataclass(frozen=True)
 class InputScan:
-    """The first pass over an input: counts, duplicates and integer codes; no row text is kept.
+    """The one pass over an input: counts, duplicates and integer codes; of the rows' text,
+    only the invalid rows' is kept.
 
     Ids are canonical digit strings (15-19 digits, no leading zero), so each maps one-to-one
     onto a uint64: hashing integers is far cheaper than hashing strings, and a job of tens of
-    millions of rows holds a few bytes per pair instead of its text. ``tables()`` reads the
-    file again, batch by batch, to hand the rows' text to the journal.
+    millions of rows holds a few bytes per pair instead of its text. ``coded_tables()`` gives
+    every row's verdict from these codes, without reading the file again.
     """
 
     source: Source
@@ -144,6 +153,9 @@ class InputScan:
     #: each position (None when a position is its row)
     records: RecordList | None = None
     position_rows: np.ndarray | None = field(default=None, repr=False)
+    #: the invalid rows (``_INVALID_SCHEMA``, by position) and the blank rows' positions
+    invalid_rows: pa.Table = field(default_factory=_INVALID_SCHEMA.empty_table, repr=False)
+    blank_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     #: uint64 ids refused as possibly rounded by a spreadsheet, sorted; rows refused so
     rounded_records: np.ndarray = field(default_factory=lambda: _NO_IDS, repr=False)
     rounded_cadences: np.ndarray = field(default_factory=lambda: _NO_IDS, repr=False)
@@ -180,76 +192,27 @@ class InputScan:
     def fingerprint(self) -> str:
         return file_fingerprint(self.path)
 
-    def tables(self, *, verdicts: Sequence[tuple[str, str]] = (),
-               verdict_of_pair: np.ndarray | None = None) -> Iterator[pa.Table]:
-        """The second pass: every row, in input order, with its final reader status.
+    def coded_tables(self, *, verdicts: Sequence[tuple[str, str]] = (),
+                     verdict_of_pair: np.ndarray | None = None,
+                     chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
+        """Every row, in input order, with its final reader status, coded (:mod:`.coded`).
 
         ``verdict_of_pair`` (index into ``verdicts`` (code, reason), -1 for none) marks pairs the
-        preflight rejected. Raises InputError when the file no longer matches the first pass.
+        preflight rejected. Made from the scan alone: the file is not read again.
         """
-        if self.source.stamp() != self.stamp:
-            raise InputError(f"{self.path}: the file changed while batcher was reading it")
-        pair_k = 0
-        row0 = 0
-        for raw in expanded(raw_batches(self.source), self.records, self.options.module,
-                            encoded=False):
-            chk = _check(raw, row0, self.options.module)
-            n = chk.table.num_rows
-            row1 = row0 + n
-            status = np.where(chk.valid, 0, 1).astype(np.int8)  # 0 valid, 1 invalid, 2 duplicate
-            code = chk.codes
-            reason = chk.reasons
-            self._refuse_rounded(chk, status, code, reason)
-            # the bounds in the arrays' own type: a Python int would copy a 10M array per chunk
-            d0, d1 = np.searchsorted(self.dup_rows, np.array([row0, row1], self.dup_rows.dtype))
-            dups = self.dup_rows[d0:d1] - row0
-            status[dups] = 2
-            for i, first in zip(dups.tolist(), self.dup_first[d0:d1].tolist(), strict=True):
-                reason[i] = f"same pair as row {self.row_of(first)}"
-            k1 = pair_k + int(np.searchsorted(self.pair_rows[pair_k:],
-                                              self.pair_rows.dtype.type(row1)))
-            here = self.pair_rows[pair_k:k1] - row0
-            if not np.array_equal(np.flatnonzero(status == 0), here):
-                raise InputError(f"{self.path}: the file changed while batcher was reading it")
-            if verdict_of_pair is not None:
-                verdict = verdict_of_pair[pair_k:k1]
-                for i, v in zip(here[verdict >= 0].tolist(), verdict[verdict >= 0].tolist(),
-                                strict=True):
-                    status[i] = 1
-                    code[i], reason[i] = verdicts[v]
-            pair_k = k1
-            t = chk.table
-            out = pa.table({
-                "row": t["row"], "module": t["module"], "record_id": t["record_id"],
-                "cadence_id": t["cadence_id"],
-                "status": pc.cast(pa.DictionaryArray.from_arrays(
-                    pa.array(status), pa.array([VALID, INVALID, DUPLICATE])), pa.string()),
-                "code": _sparse_strings(n, code),
-                "reason": _sparse_strings(n, reason),
-            })
-            yield out if chk.blank is None else out.filter(arrow_of(~chk.blank))
-            row0 = row1
-        if self.source.stamp() != self.stamp or row0 != self.positions:
-            raise InputError(f"{self.path}: the file changed while batcher was reading it")
+        return coded_chunks(self, verdicts, verdict_of_pair, chunk_rows)
+
+    def tables(self, *, verdicts: Sequence[tuple[str, str]] = (),
+               verdict_of_pair: np.ndarray | None = None) -> Iterator[pa.Table]:
+        """:meth:`coded_tables` in text form (row, module, record_id, cadence_id, status, code,
+        reason)."""
+        for coded in self.coded_tables(verdicts=verdicts, verdict_of_pair=verdict_of_pair):
+            yield text_of(coded)
 
     def row_of(self, position: int) -> int:
         """The 1-based input row of a 0-based position."""
         rows = self.position_rows
         return position + 1 if rows is None else int(rows[position])
-
-    def _refuse_rounded(self, chk: _Checked, status: np.ndarray, code: dict[int, str],
-                        reason: dict[int, str]) -> None:
-        """Mark the rows whose record or cadence id the scan found possibly rounded."""
-        for col, rounded, what in (("record_id", self.rounded_records, "record id"),
-                                   ("cadence_id", self.rounded_cadences, "cadence id")):
-            if not len(rounded):
-                continue
-            at = np.flatnonzero(status == 0)
-            values = numpy_of(pc.cast(chk.table[col].take(arrow_of(at)), pa.uint64()))
-            hit = among(values, rounded)
-            for i, v in zip(at[hit].tolist(), values[hit].tolist(), strict=True):
-                status[i] = 1
-                code[i], reason[i] = ROUNDED_ID, rounded_reason(what, v)
 
 
 @dataclass(frozen=True)
@@ -341,6 +304,8 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
     rows = invalid = blank = 0
     examples: list[tuple[int, str]] = []
     pair_rows, rec, cad, mod, position_rows = [], [], [], [], []
+    invalid_rows: list[pa.Table] = []
+    blank_rows: list[np.ndarray] = []
     cad_values: list[np.ndarray] = []
     module_names: dict[str, int] = {}
     records = records or (RecordList.given(options.cadences) if options.cadences else None)
@@ -348,12 +313,18 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
         raise InputError("--all-cadences needs the org's cadences: `batcher run` reads them "
                          "(a dry run shows which cadences each record would leave)")
     for cols in expanded(scan_chunks(source, chunk_rows), records, default_module):
-        part = _scan_chunk(cols, default_module, 10 - len(examples))
+        part = _scan_chunk(cols, default_module)
         invalid += part.invalid
         blank += part.blank
         of_row = cols.get("row")
-        examples += [(rows + i + 1 if of_row is None else int(of_row[i]), reason)
-                     for i, reason in part.examples]
+        shown = part.invalid_rows.slice(0, 10 - len(examples))
+        examples += [(rows + i + 1 if of_row is None else int(of_row[i]), reason) for i, reason
+                     in zip(shown["position"].to_pylist(), shown["reason"].to_pylist(),
+                            strict=True)]
+        if part.invalid_rows.num_rows:
+            invalid_rows.append(part.invalid_rows.set_column(
+                0, "position", pc.add(part.invalid_rows["position"], rows)))
+        blank_rows.append(part.blank_at + rows)
         if of_row is not None:
             position_rows.append(of_row)
         pair_rows.append(part.valid.astype(np.int64) + rows if rows else part.valid)
@@ -368,9 +339,13 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
         rows += part.rows
     if rows == blank:
         raise InputError(f"{path}: has a header ({', '.join(source.found)}) but no data rows")
+    if source.stamp() != stamp:
+        raise InputError(f"{path}: the file changed while batcher was reading it")
     cad_index, cad_uniques = common_dictionary(cad, cad_values)
     found = {"positions": rows, "blank": blank, "records": records,
-             "position_rows": concat(position_rows) if position_rows else None}
+             "position_rows": concat(position_rows) if position_rows else None,
+             "invalid_rows": pa.concat_tables(invalid_rows) if invalid_rows
+             else _INVALID_SCHEMA.empty_table(), "blank_rows": concat(blank_rows)}
     return _finish_scan(source, options, stamp, rows - blank, invalid, tuple(examples),
                         concat(pair_rows), concat(rec), cad_index, cad_uniques, concat(mod),
                         list(module_names), found)
@@ -382,7 +357,8 @@ class _ScannedChunk:
     valid: np.ndarray  # positions of the valid rows
     invalid: int
     blank: int
-    examples: list[tuple[int, str]]  # (position, reason) of the first invalid rows
+    invalid_rows: pa.Table  # the invalid rows (``_INVALID_SCHEMA``, positions in the chunk)
+    blank_at: np.ndarray  # positions of the blank rows
     record: np.ndarray  # uint64 ids of the valid rows
     cadence: np.ndarray  # index of each valid row into cadence_values
     cadence_values: np.ndarray  # uint64 value of each distinct cadence id (0 when invalid)
@@ -390,8 +366,7 @@ class _ScannedChunk:
     module: np.ndarray  # ... and the index into them of each valid row
 
 
-def _scan_chunk(cols: dict[str, Any], default_module: str | None, n_examples: int
-                ) -> _ScannedChunk:
+def _scan_chunk(cols: dict[str, Any], default_module: str | None) -> _ScannedChunk:
     """Validity, uint64 ids and module of every row: the same verdicts as ``_check``."""
     n = len(cols["record_id"])
     with ThreadPoolExecutor(1) as pool:  # Arrow's kernels release the GIL: work on both cores
@@ -413,23 +388,32 @@ def _scan_chunk(cols: dict[str, Any], default_module: str | None, n_examples: in
     return _ScannedChunk(
         rows=n, valid=valid, invalid=len(bad),
         blank=0 if blank is None else int(np.count_nonzero(blank)),
-        examples=_examples(cols, bad[:n_examples], default_module),
+        invalid_rows=_invalid_rows(cols, bad, default_module),
+        blank_at=np.zeros(0, np.int64) if blank is None else np.flatnonzero(blank),
         record=record, cadence=cad_index, cadence_values=cad_values, modules=modules,
         module=module)
 
 
-def _examples(cols: dict[str, Any], bad: np.ndarray, default_module: str | None
-              ) -> list[tuple[int, str]]:
-    """Reasons of a few invalid rows, from the full check of those rows alone."""
+def _invalid_rows(cols: dict[str, Any], bad: np.ndarray, default_module: str | None
+                  ) -> pa.Table:
+    """The invalid rows at ``bad``, from the full check of those rows alone (they are few: the
+    check is the costly part of a read)."""
     if not len(bad):
-        return []
+        return _INVALID_SCHEMA.empty_table()
     take = arrow_of(bad)
     raw = {key: col[bad] if isinstance(col, np.ndarray) else col.take(take)
            for key, col in cols.items()}
     raw.update({role: as_strings(raw[role]) for role in ("record_id", "cadence_id", "module")
                 if role in raw})
-    reasons = _check(raw, 0, default_module).reasons
-    return [(int(i), reasons[k]) for k, i in enumerate(bad.tolist())]
+    chk = _check(raw, 0, default_module)
+    if chk.valid.any() or chk.blank is not None:
+        raise RuntimeError("reader: the scan and the check disagree on a row")
+    t = chk.table
+    return pa.Table.from_arrays([
+        arrow_of(bad.astype(np.int64)), *(pc.cast(t[c], pa.string()) for c in
+                                          ("module", "record_id", "cadence_id")),
+        _sparse_strings(len(bad), chk.codes), _sparse_strings(len(bad), chk.reasons),
+    ], schema=_INVALID_SCHEMA)
 
 
 def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
@@ -453,11 +437,15 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
                              _rounded_examples(pair_rows, bad, rec, cad, cad_values, found_now,
                                                10 - len(examples)))
                 keep = ~bad
+                refused = _rounded_rows(pair_rows[bad], rec[bad], cad_values[cad[bad]],
+                                        mod[bad], names, found_now["rounded_records"])
                 return _finish_scan(
                     source, options, stamp, rows, invalid + int(np.count_nonzero(bad)),
                     examples + more, pair_rows[keep], rec[keep], cad[keep], cad_values,
                     mod[keep], names, {**found, **found_now,
-                                       "rounded": int(np.count_nonzero(bad))})
+                                       "rounded": int(np.count_nonzero(bad)),
+                                       "invalid_rows": _by_position(
+                                           found["invalid_rows"], refused)})
         del rec
         cc, used = cadence_codes(cad, len(cad_values), mod, len(names))
         cad_text = pc.cast(arrow_of(cad_values[used % len(cad_values)], pa.uint64()),
@@ -513,6 +501,31 @@ def _rounded_examples(pair_rows: np.ndarray, bad: np.ndarray, rec: np.ndarray, c
             yield int(pair_rows[i]), "record id", int(rec[i])
         else:
             yield int(pair_rows[i]), "cadence id", int(cad_values[cad[i]])
+
+
+def _rounded_rows(positions: np.ndarray, record: np.ndarray, cadence: np.ndarray,
+                  module: np.ndarray, names: list[str], rounded_records: np.ndarray
+                  ) -> pa.Table:
+    """The rows the rounding rule refuses, as invalid rows: the record id named first."""
+    by_record = among(record, rounded_records)
+    value = np.where(by_record, record, cadence)
+    what = pa.DictionaryArray.from_arrays(arrow_of(by_record.astype(np.int8)),
+                                          pa.array(["cadence id ", "record id "]))
+    text = [pc.cast(arrow_of(v, pa.uint64()), pa.string()) for v in (record, cadence)]
+    n = len(positions)
+    return pa.Table.from_arrays([
+        arrow_of(positions.astype(np.int64)),
+        pc.take(pa.array(names, pa.string()), arrow_of(module)), *text,
+        pa.array([ROUNDED_ID] * n, pa.string()),
+        pc.binary_join_element_wise(pc.cast(what, pa.string()),
+                                    pc.cast(arrow_of(value, pa.uint64()), pa.string()),
+                                    _ROUNDED, ""),
+    ], schema=_INVALID_SCHEMA)
+
+
+def _by_position(*tables: pa.Table) -> pa.Table:
+    both = pa.concat_tables(tables)
+    return both.take(pc.sort_indices(both["position"]))
 
 
 def _row_of(position_rows: np.ndarray | None) -> Callable[[int], int]:

@@ -687,94 +687,202 @@ class _Built:
 
 
 def _build_part(part: _Part) -> _Built:
+    # arrays of pairs and leaves are tens of MB: a new one costs page faults comparable to the
+    # work on it, so the big ones below are few and updated in place
     pair_pos, pair_r, pair_c = part.pairs()
-    leaf_rec, leaf_mask, leaf_batch = _leaves(part)
+    leaf_rec, leaf_group, leaf_batch, group_masks = _leaves(part)
     n_batches = part.search.n_batches
-    # batch → records, records in code order
-    order = np.lexsort((leaf_rec, leaf_batch))
-    ptr = np.zeros(n_batches + 1, dtype=np.int64)
-    np.cumsum(np.bincount(leaf_batch, minlength=n_batches), out=ptr[1:])
+    leaf_mask = group_masks[leaf_group]
+    del leaf_group
     masks = np.zeros(n_batches, dtype=np.uint64)
     masks[leaf_batch] = leaf_mask
-    # pair → the leaf of its record whose set holds its cadence
-    by_rec = np.argsort(leaf_rec, kind="stable")
-    lm = leaf_mask[by_rec]
-    n_leaf = np.bincount(leaf_rec, minlength=len(part.rec_global))
-    start = np.concatenate(([0], np.cumsum(n_leaf)[:-1]))
-    # most pairs are in their record's first leaf: that look-up is done for all at once, without
-    # the index indirection the rest need
-    first = start[pair_r]
-    hit = ((lm[first] >> pair_c.astype(np.uint64)) & np.uint64(1)).astype(bool)
-    pair_leaf = np.where(hit, by_rec[first], -1)
-    todo = np.flatnonzero(~hit)
-    del first, hit
-    j = 1
-    while len(todo):
-        rr = pair_r[todo]
-        has = n_leaf[rr] > j
-        li = start[rr] + j
-        li[~has] = 0
-        hit = has & (((lm[li] >> pair_c[todo].astype(np.uint64)) & np.uint64(1)) == 1)
-        pair_leaf[todo[hit]] = by_rec[li[hit]]
-        todo = todo[~hit]
-        j += 1
-        if j > _MASK_BITS:  # cannot happen: every pair's cadence is in one leaf of its record
-            raise RuntimeError("planner: a pair is not covered by any batch")
-    pair_batch = leaf_batch[pair_leaf]
+    # batch → records, records in code order
+    batch, records, order = _by_batch(leaf_batch, leaf_rec, len(part.rec_global), n_batches)
+    del leaf_batch
+    ptr = np.zeros(n_batches + 1, dtype=np.int64)
+    np.cumsum(np.bincount(batch, minlength=n_batches), out=ptr[1:])
     # a pair's place in Batch.pairs(): its record's place among the batch's records (in code
-    # order) × the batch's cadences, plus its cadence's place among them (in bit order)
-    leaf_place = np.empty(len(order), dtype=np.int64)
-    leaf_place[order] = np.arange(len(order)) - ptr[leaf_batch[order]]
-    bm = leaf_mask[pair_leaf]
-    below = bm & ((np.uint64(1) << pair_c.astype(np.uint64)) - np.uint64(1))
-    pair_rank = leaf_place[pair_leaf] * _popcount(bm) + _popcount(below)
-    records = leaf_rec[order]
-    return _Built(pair_pos, pair_batch, pair_rank, ptr, records, masks)
+    # order) × the batch's cadences, plus its cadence's place among them (in bit order). Per
+    # leaf: batch << _RANK_BITS | the rank of its first pair, back in leaf order (there records
+    # ascend in long runs, so what follows walks memory instead of jumping)
+    first = np.arange(len(order))
+    first -= ptr[batch]
+    first *= np.bitwise_count(masks[batch])
+    batch <<= _RANK_BITS
+    batch |= first
+    code = np.empty_like(batch)
+    code[order] = batch
+    del batch, order, first
+    # every (record, cadence) of a record's set gets one entry, record-major then in bit order:
+    # the leaves fill the entries, and each pair reads its own, found from its record's set
+    rec_mask = np.bitwise_or.reduce(part.pieces, axis=1)[part.record_type]
+    rec_start = np.zeros(len(rec_mask) + 1, dtype=np.int64)
+    np.cumsum(np.bitwise_count(rec_mask), out=rec_start[1:])
+    entry = _entries(leaf_mask, rec_mask[leaf_rec], rec_start[leaf_rec], code, int(rec_start[-1]))
+    del leaf_mask, code
+    # a pair's entry: its record's start + the cadences of the set below its own, counted on
+    # the set shifted so that its cadence is the top bit (which must be set)
+    held = rec_mask[pair_r]
+    held <<= _TO_TOP[pair_c]
+    if len(held) and held.min() < _TOP:  # cannot happen: sets are made from the pairs
+        raise RuntimeError("planner: a pair is not covered by any batch")
+    at = (rec_start - 1)[pair_r]
+    at += np.bitwise_count(held)
+    got = held.view(np.int64)  # held is spent: its memory takes the entries
+    np.take(entry, at, out=got, mode="clip")  # clip: in range anyway, and no buffering
+    del at, entry
+    pair_batch = got >> _RANK_BITS
+    got &= (1 << _RANK_BITS) - 1
+    return _Built(pair_pos, pair_batch, got, ptr, records, masks)
 
 
-def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Replay the chosen search on records: (record, piece set, batch) of every final piece."""
+#: per cadence, the left shift that makes it the top bit of a mask
+_TO_TOP = (_MASK_BITS - 1 - np.arange(_MASK_BITS)).astype(np.uint8)
+_TOP = np.uint64(1) << np.uint64(_MASK_BITS - 1)
+#: bits of a pair's rank in its batch (below 100 records × 5 cadences); batches use the rest
+_RANK_BITS = (MAX_RECORDS_PER_CALL * MAX_CADENCES_PER_CALL - 1).bit_length()
+
+
+def _entries(leaf_mask: np.ndarray, held: np.ndarray, start: np.ndarray, code: np.ndarray,
+             n: int) -> np.ndarray:
+    """Per (record, cadence), record-major: code + k of the leaf holding it as its k-th cadence;
+    ``held`` and ``start`` are the leaf's record's set and first entry. Leaves come level by
+    level, biggest sets first, so those with a k-th cadence are a prefix. Uses up leaf_mask."""
+    entry = np.full(n, -1, dtype=np.int64)
+    rest = leaf_mask
+    low = np.empty_like(rest)
+    where = np.empty_like(start)
+    n_with = np.cumsum(np.bincount(np.bitwise_count(rest), minlength=_MASK_BITS + 1)[::-1])
+    for k in range(_MASK_BITS):
+        m = int(n_with[_MASK_BITS - k - 1])  # leaves with more than k cadences
+        if not m:
+            break
+        r, lo, w = rest[:m], low[:m], where[:m]
+        np.invert(r, out=lo)  # lowest bit: r & (~r + 1)
+        lo += np.uint64(1)
+        lo &= r
+        r ^= lo
+        lo -= np.uint64(1)
+        lo &= held[:m]  # the record's cadences below this one
+        np.add(start[:m], np.bitwise_count(lo), out=w)
+        entry[w] = code[:m] + k
+    if n and entry.min() < 0:  # cannot happen: a record's leaves partition its set
+        raise RuntimeError("planner: a pair is not covered by any batch")
+    return entry
+
+
+def _by_batch(batch: np.ndarray, rec: np.ndarray, n_rec: int, n_batches: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(batch, record, leaf index) of the leaves by batch then record: a leaf's (batch, record)
+    is distinct, so one sort of batch | record | index packed in 63 bits is the lexsort."""
+    rec_bits, idx_bits = max(n_rec - 1, 1).bit_length(), max(len(rec) - 1, 1).bit_length()
+    if max(n_batches - 1, 1).bit_length() + rec_bits + idx_bits > 63:
+        order = np.lexsort((rec, batch))
+        return batch[order], rec[order], order
+    key = batch.astype(np.int64) << rec_bits
+    key |= rec
+    key <<= idx_bits
+    key |= np.arange(len(rec))
+    key.sort()
+    by_batch = key >> (rec_bits + idx_bits)
+    records = key >> idx_bits
+    records &= (1 << rec_bits) - 1
+    key &= (1 << idx_bits) - 1
+    return by_batch, records, key
+
+
+def _group_of(masks: np.ndarray, levels: dict[int, _Level]) -> tuple[np.ndarray, np.ndarray]:
+    """(size, index among its level's sets) of each mask; sizes outside the levels get 0."""
+    size = np.bitwise_count(masks)
+    group = np.zeros(masks.shape, dtype=np.int64)
+    for s, lv in levels.items():
+        at = size == s
+        group[at] = _lookup(lv.masks, masks[at])
+    return size, group
+
+
+def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """np.searchsorted(table, x), with many keys sorted first: in order, the binary searches
+    walk the table instead of missing the cache at every step."""
+    if len(x) < 1 << 12:
+        return np.searchsorted(table, x)
+    order = np.argsort(x)
+    out = np.empty(len(x), dtype=np.int64)
+    out[order] = np.searchsorted(table, x[order])
+    return out
+
+
+def _ranks(key: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Each item's index among the items of its key (0..len(counts)-1), in array order."""
+    small = key.astype(np.uint16) if len(counts) <= 1 << 16 else key  # radix sort
+    order = np.argsort(small, kind="stable")
+    starts = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    rank = np.empty(len(key), dtype=np.int64)
+    rank[order] = np.arange(len(key)) - starts[small[order]]
+    return rank
+
+
+def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Replay the chosen search on records: (record, group, batch) of every final piece, and the
+    set of each group (groups of every level, numbered from the biggest sets down).
+
+    Pieces are looked up among their level's sets once per record type, and split pieces once
+    per set, never per record."""
     cap = MAX_RECORDS_PER_CALL
-    pend: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {
-        s: ([], []) for s in range(1, MAX_CADENCES_PER_CALL + 1)}
-    for j in range(part.pieces.shape[1]):
-        pm = part.pieces[part.record_type, j]
-        sel = np.flatnonzero(pm)
-        pm = pm[sel]
-        size = _popcount(pm)
-        for s in range(1, MAX_CADENCES_PER_CALL + 1):
-            pend[s][0].append(sel[size == s])
-            pend[s][1].append(pm[size == s])
-    out_rec, out_mask, out_batch = [], [], []
-    for s in range(MAX_CADENCES_PER_CALL, 0, -1):
-        lv = part.search.levels[s]
+    sizes = range(MAX_CADENCES_PER_CALL, 0, -1)
+    levels = {s: part.search.levels[s] for s in sizes}
+    group0 = dict(zip(sizes, np.cumsum([0] + [len(lv.masks) for lv in levels.values()]),
+                      strict=False))
+    # pieces waiting at each level, in the search's order: records and their set's index
+    pend: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {s: ([], []) for s in sizes}
+
+    def add(rec: np.ndarray | None, size: np.ndarray, group: np.ndarray, below: int) -> None:
+        by_size = np.argsort(size, kind="stable")  # radix: one pass over bytes
+        end = np.cumsum(np.bincount(size, minlength=below)[:below])
+        for s in range(1, below):
+            sel = by_size[end[s - 1]:end[s]]
+            pend[s][0].append(sel if rec is None else rec[sel])
+            pend[s][1].append(group[sel])
+
+    type_size, type_group = _group_of(np.ascontiguousarray(part.pieces.T), levels)
+    for j in range(part.pieces.shape[1]):  # the records themselves (rec None), slot by slot
+        add(None, type_size[j][part.record_type], type_group[j][part.record_type],
+            MAX_CADENCES_PER_CALL + 1)
+    out_rec, out_group, out_batch = [], [], []
+    for s, lv in levels.items():
         rec = np.concatenate(pend[s][0]) if pend[s][0] else np.zeros(0, np.int64)
-        mask = np.concatenate(pend[s][1]) if pend[s][1] else np.zeros(0, np.uint64)
+        g = np.concatenate(pend[s][1]) if pend[s][1] else np.zeros(0, np.int64)
         if not len(rec):
             continue
-        g = np.searchsorted(lv.masks, mask)
         if not np.array_equal(np.bincount(g, minlength=len(lv.masks)), lv.counts):
             raise RuntimeError("planner: replay diverged from the search")  # internal invariant
-        key = g.astype(np.uint16) if len(lv.masks) <= np.iinfo(np.uint16).max else g
-        order = np.argsort(key, kind="stable")
-        starts = np.concatenate(([0], np.cumsum(lv.counts)[:-1]))
-        rank = np.empty(len(g), dtype=np.int64)
-        rank[order] = np.arange(len(g)) - starts[g[order]]
-        n_full = lv.counts[g] // cap
-        in_full = rank < n_full * cap
-        final = in_full | lv.keep[g]
+        # a set's records fill its n_full calls of 100 in order, the rest its remainder's call
+        # (if kept): a record's call is min(its rank // 100, n_full) after the set's first
+        n_full = lv.counts // cap
+        full = n_full[g]
+        if n_full.any():
+            has = n_full > 0
+            n_has = int(has.sum())  # sets without a full call share the last key
+            key = np.where(has, np.cumsum(has) - 1, n_has)[g]
+            call = _ranks(key, np.append(lv.counts[has], len(g) - lv.counts[has].sum()))
+            call //= cap
+            np.minimum(call, full, out=call)
+        else:
+            call = full
+        final = np.flatnonzero((call < full) | lv.keep[g])
         out_rec.append(rec[final])
-        out_mask.append(mask[final])
-        out_batch.append(lv.base[g[final]] + np.where(in_full, rank // cap, n_full)[final])
-        moved = ~final
-        if moved.any():
-            peel = lv.peel[g[moved]]
-            for child in (mask[moved] ^ peel, peel):
-                child_size = _popcount(child)
-                for k in range(1, s):
-                    pend[k][0].append(rec[moved][child_size == k])
-                    pend[k][1].append(child[child_size == k])
-    return np.concatenate(out_rec), np.concatenate(out_mask), np.concatenate(out_batch)
+        out_group.append(g[final] + group0[s])
+        out_batch.append(lv.base[g[final]] + call[final])
+        moved = np.flatnonzero((call >= full) & ~lv.keep[g])
+        if len(moved):  # split: the rest and the peeled cadence wait at smaller sizes
+            rec, g = rec[moved], g[moved]
+            for child in (lv.masks ^ lv.peel, lv.peel):
+                child_size, child_group = _group_of(child, levels)
+                add(rec, child_size[g], child_group[g], s)
+    group_masks = np.concatenate([lv.masks for lv in levels.values()])
+    return (np.concatenate(out_rec), np.concatenate(out_group), np.concatenate(out_batch),
+            group_masks)
 
 
 # --------------------------------------------------------------------------- entry points

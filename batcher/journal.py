@@ -1,10 +1,11 @@
 """The job's durable state in one SQLite file: input fingerprint, plan, batch states, outcomes.
 
-Its cost follows the calls, not the pairs. The input's rows are stored once, at load, as
-compressed Arrow chunks (a few seconds for ten million rows, no index). A batch keeps its pairs'
-positions in the input (``positions``, in :meth:`Batch.pairs` order) and the answer its pairs
-share; only a pair whose outcome differs from its batch's — a mixed answer, a split, a retry
-round — gets a row of its own in ``outcomes``. The usual answer is one UPDATE. The results are
+Its cost follows the calls, not the pairs. The input's rows are stored once, at load, coded
+(ids as integers) in compressed Arrow chunks (about a second for ten million rows, no index). A
+batch keeps its pairs' positions in the input (``positions``, in :meth:`Batch.pairs` order: the
+only row → batch map there is) and the answer its pairs share; only a pair whose outcome
+differs from its batch's — a mixed answer, a split, a retry round — gets a row of its own in
+``outcomes``. The usual answer is one UPDATE. The results are
 the stored rows joined, chunk by chunk in input order, with their batch's outcome and the few
 per-pair rows of that range.
 
@@ -55,7 +56,7 @@ import pyarrow.ipc as ipc
 from .arrays import arrow_of
 from .counts import SCHEMA_VERSION, STORED_STATUSES, status_counts
 from .errors import JournalError, JournalIOError
-from .inputs.coded import text_of
+from .inputs.coded import CHUNK_ROWS, text_of
 from .models import (
     MAX_CADENCES_PER_CALL,
     MAX_RECORDS_PER_CALL,
@@ -66,13 +67,13 @@ from .models import (
     Status,
 )
 from .rowstore import (
-    CHUNK_ROWS,
     NONE,
     BatchOutcomes,
     Ranker,
     batch_order,
     cat,
-    insert_seqs,
+    planned_seqs,
+    positions_of,
     rows_problem,
     store_rows,
 )
@@ -107,16 +108,15 @@ CREATE TABLE IF NOT EXISTS batches (
     answered_attempts INTEGER, finished_at TEXT,
     -- the bulky columns last: a scan of states and outcomes never reads their overflow pages
     cadence_ids TEXT NOT NULL,
-    record_ids TEXT NOT NULL,
-    positions BLOB NOT NULL
+    positions BLOB NOT NULL,
+    record_ids TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS batches_open ON batches (seq) WHERE state IN ('pending', 'sent');
 CREATE TABLE IF NOT EXISTS row_chunks (
     first INTEGER PRIMARY KEY,
     n INTEGER NOT NULL,
     data BLOB NOT NULL,
-    crc INTEGER NOT NULL,
-    seqs BLOB
+    crc INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     pos INTEGER PRIMARY KEY,
@@ -344,7 +344,6 @@ class Journal:
             order, offsets = batch_order(seq, rank, stored.places)
             del seq, rank
             _insert_plan(db, batches, order, offsets)
-            insert_seqs(db, stored.chunks, order, offsets, stored.n_rows)
             for key, value in (meta() if meta else {}).items():
                 _set_meta(db, "user." + key, value)
             _set_meta(db, _K_ROWS, stored.n_rows)
@@ -611,22 +610,23 @@ class Journal:
             "SELECT seq, batch_id, state, status, code, message, http_status, retryable,"
             " answered_attempts, finished_at FROM batches ORDER BY seq"))
         loaded = self._meta(_K_LOADED)
+        seq = planned_seqs(self._query("SELECT seq, npairs, positions FROM batches"
+                                       " WHERE parent IS NULL"), self.rows)
         first = 0
         while True:
-            got = self._query("SELECT first, data, seqs FROM row_chunks WHERE first > ?"
+            got = self._query("SELECT first, data FROM row_chunks WHERE first > ?"
                               " ORDER BY first LIMIT 1", (first,))
             if not got:
                 return
-            first, data, seqs = got[0]
+            first, data = got[0]
             stored = text_of(ipc.open_stream(data).read_all())
-            seq = np.frombuffer(seqs, dtype=np.int32)
             for start in range(0, stored.num_rows, chunk_rows):
                 part = stored.slice(start, chunk_rows)
                 p0 = first + start
                 own = self._query(f"SELECT pos, seq, {_OUTCOME} FROM outcomes"
                                   " WHERE pos >= ? AND pos < ? ORDER BY pos",
                                   (p0, p0 + part.num_rows))
-                yield outcome.results(part, seq[start:start + part.num_rows], p0, own, loaded)
+                yield outcome.results(part, seq[p0 - 1:p0 - 1 + part.num_rows], p0, own, loaded)
 
 # ---------------------------------------------------------------------- helpers
 
@@ -961,9 +961,8 @@ class _Open:
         if open_only and state not in _OPEN_STATES:
             raise ValueError(f"batch {batch_id} is already {state}; it must not be sent again")
         records, cadences = tuple(json.loads(records)), tuple(json.loads(cadences))
-        width = np.int32 if len(positions) == 4 * len(records) * len(cadences) else np.int64
         return cls(seq, batch_id, module, records, cadences,
-                   np.frombuffer(positions, dtype=width).astype(np.int64), attempts, root, parent)
+                   positions_of(positions, len(records) * len(cadences)), attempts, root, parent)
 
     @property
     def npairs(self) -> int:

@@ -15,6 +15,7 @@ does the retry CSV, an input for the next run that must give back the values it 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -27,12 +28,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import xlsxwriter
 
+from .arrays import arrow_of, numpy_of
 from .errors import UsageError
 from .inputs.carry import Carried
 from .inputs.columns import _ALIASES, _normalise_header
@@ -53,6 +56,9 @@ OUTPUT_SCHEMA = RESULT_SCHEMA.insert(RESULT_SCHEMA.get_field_index("cadence_id")
 _STATUS_ORDER = [s.value for s in Status]
 #: a text that a spreadsheet would take for a formula (or a DDE call) and its defused form
 _FORMULA_START, _DEFUSED = r"^([=+\-@\t\r])", r"'\1"
+#: the first bytes that :data:`_FORMULA_START` matches, as a lookup table
+_FORMULA_BYTES = np.zeros(256, dtype=bool)
+_FORMULA_BYTES[[ord(c) for c in "=+-@\t\r"]] = True
 
 
 class ResultSource(Protocol):
@@ -189,21 +195,21 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
         retry_out = stack.enter_context(closing(_CsvFile(tmp_retry, retry_schema, defuse=False)))
         aligned = _Aligned(carried.tables(), carry_schema) if carried else None
         tally = _Tally()
-        # the results and the retry file are encoded in threads of their own (Arrow's writers
-        # release the GIL) while the next chunk is read from the journal; one chunk ahead at
-        # most, so memory stays flat
+        # the results and the retry file are made and encoded in threads of their own (Arrow's
+        # kernels and writers release the GIL) while the next chunk is read from the journal;
+        # one chunk ahead at most, so memory stays flat. The retry thread also counts the
+        # chunk, in order (one thread each).
         writers = [stack.enter_context(ThreadPoolExecutor(1, f"results-{n}")) for n in "ab"]
         written: list[Future[None]] = []
         for chunk in journal.iter_result_chunks(chunk_rows=chunk_rows):
-            chunk = chunk.cast(RESULT_SCHEMA)
-            table = _results_table(chunk, names, aligned)
-            again = table.select(retry_schema.names).filter(_retry_mask(chunk))
+            if not chunk.schema.equals(RESULT_SCHEMA):
+                chunk = chunk.cast(RESULT_SCHEMA)
+            beside = aligned.take(chunk.num_rows) if aligned else None
             for done in written:
                 done.result()
-            written = [writers[0].submit(out.write, table)]
-            if again.num_rows:
-                written.append(writers[1].submit(retry_out.write, again))
-            tally.add(chunk, again.num_rows)
+            written = [writers[0].submit(_write_chunk, out, chunk, names, beside),
+                       writers[1].submit(_write_retry, retry_out, retry_schema, chunk, beside,
+                                         tally)]
         for done in written:
             done.result()
         if aligned:
@@ -248,8 +254,10 @@ class _CadenceNames:
         self._ids = pa.array(list(names or {}), pa.string())
         self._names = pa.array(list((names or {}).values()), pa.string())
 
-    def of(self, cadence_ids: pa.ChunkedArray) -> pa.ChunkedArray:
+    def of(self, cadence_ids: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
         """The name of each id; null for an id the org's list did not hold."""
+        if not len(self._ids):
+            return pa.nulls(len(cadence_ids), pa.string())
         return pc.take(self._names, pc.index_in(cadence_ids, value_set=self._ids))
 
 
@@ -296,16 +304,32 @@ class _Aligned:
                                     schema=self._schema)
 
 
-def _results_table(chunk: pa.Table, names: _CadenceNames, carried: _Aligned | None) -> pa.Table:
-    """A journal chunk with the cadence names and, beside its rows, the input's own columns."""
+def _results_table(chunk: pa.Table, names: _CadenceNames, extra: pa.Table | None) -> pa.Table:
+    """A journal chunk with the cadence names and, beside its rows, the input's own columns
+    (``extra``: as many rows)."""
     at = chunk.schema.get_field_index("cadence_id") + 1
     table = chunk.add_column(at, "cadence_name", names.of(chunk["cadence_id"]))
-    if carried is None:
+    if extra is None:
         return table
-    extra = carried.take(chunk.num_rows)
     for name, column in zip(extra.column_names, extra.columns, strict=True):
         table = table.append_column(name, column)
     return table
+
+
+def _write_chunk(out: _ResultsFile, chunk: pa.Table, names: _CadenceNames,
+                 extra: pa.Table | None) -> None:
+    """Write one chunk's results rows (in the results thread)."""
+    out.write(_results_table(chunk, names, extra))
+
+
+def _write_retry(retry_out: _CsvFile, schema: pa.Schema, chunk: pa.Table,
+                 extra: pa.Table | None, tally: _Tally) -> None:
+    """Write one chunk's rows to retry and count the chunk (in the retry thread)."""
+    columns = [chunk.column(c) for c in RETRY_COLUMNS] + (extra.columns if extra else [])
+    again = pa.Table.from_arrays(columns, schema=schema).filter(_retry_mask(chunk))
+    if again.num_rows:
+        retry_out.write(again)
+    tally.add(chunk, again.num_rows)
 
 
 @dataclass
@@ -321,10 +345,16 @@ class _Tally:
     def add(self, chunk: pa.Table, retry_rows: int) -> None:
         self.written += chunk.num_rows
         self.retry_rows += retry_rows
-        grouped = chunk.group_by(["status", "code"], use_threads=False).aggregate(
-            [("row", "count")])
-        for status, code, n in zip(*(grouped.column(c).to_pylist()
-                                     for c in ("status", "code", "row_count")), strict=True):
+        if chunk["code"].null_count == chunk.num_rows:  # no codes (a dry run): statuses only
+            counted = pc.value_counts(chunk["status"])
+            groups = zip(counted.field("values").to_pylist(), itertools.repeat(None),
+                         counted.field("counts").to_pylist())
+        else:
+            grouped = chunk.group_by(["status", "code"], use_threads=False).aggregate(
+                [("row", "count")])
+            groups = zip(*(grouped.column(c).to_pylist()
+                           for c in ("status", "code", "row_count")), strict=True)
+        for status, code, n in groups:
             self.by_status[status] = self.by_status.get(status, 0) + n
             if code:
                 codes = self.by_code.setdefault(status, {})
@@ -370,8 +400,38 @@ def _defused_schema(schema: pa.Schema) -> pa.Schema:
 def _defused(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` under ``schema`` (its defused twin) with every text column defused, vectorised."""
     return pa.Table.from_arrays(
-        [pc.replace_substring_regex(c, _FORMULA_START, _DEFUSED)
-         if pa.types.is_string(c.type) else c for c in table.columns], schema=schema)
+        [_defused_column(c) if pa.types.is_string(c.type) else c for c in table.columns],
+        schema=schema)
+
+
+def _defused_column(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A text column defused. The texts that start like a formula are found from their first
+    bytes; only those go through the regular expression (most columns have none, and are
+    returned as they are)."""
+    if isinstance(column, pa.ChunkedArray):
+        return pa.chunked_array([_defused_column(c) for c in column.chunks], column.type)
+    hit = _formula_rows(column)
+    if not hit.any():
+        return column
+    mask = arrow_of(hit)
+    fixed = pc.replace_substring_regex(column.filter(mask), _FORMULA_START, _DEFUSED)
+    return pc.replace_with_mask(column, mask, fixed)
+
+
+def _formula_rows(column: pa.Array) -> np.ndarray:
+    """Which texts of a string array start with a byte of :data:`_FORMULA_BYTES` (never a null
+    one): what :data:`_FORMULA_START` matches, read off the offsets and data buffers."""
+    n = len(column)
+    _, offsets_buf, data_buf = column.buffers()
+    if not n or data_buf is None or not data_buf.size:
+        return np.zeros(n, dtype=bool)
+    offsets = np.frombuffer(offsets_buf, np.int32, count=n + 1, offset=column.offset * 4)
+    data = np.frombuffer(data_buf, np.uint8)
+    starts = offsets[:-1]
+    hit = _FORMULA_BYTES[data[np.minimum(starts, len(data) - 1)]] & (offsets[1:] > starts)
+    if column.null_count:
+        hit &= numpy_of(column.is_valid())
+    return hit
 
 
 # ---------------------------------------------------------------------- results files
@@ -432,8 +492,11 @@ class _CsvFile:
             quoting_header="none" if plain else "needed"))
 
     def write(self, table: pa.Table) -> None:
-        self._writer.write_table(_defused(table, self._schema) if self._defuse
-                                 else table.cast(self._schema))
+        if self._defuse:
+            table = _defused(table, self._schema)
+        elif not table.schema.equals(self._schema):
+            table = table.cast(self._schema)
+        self._writer.write_table(table)
 
     def finish(self, summary: Summary) -> None:
         pass

@@ -24,10 +24,9 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from .arrays import arrow_of
-from .inputs.coded import CODED_SCHEMA, STATUSES, coded_of, status_index
+from .inputs.coded import CHUNK_ROWS, CODED_SCHEMA, STATUSES, coded_of, status_index
 from .models import RESULT_COLUMNS, Batch, Status
 
-CHUNK_ROWS = 50_000
 NONE = np.zeros(0, dtype=np.int64)
 _IPC = ipc.IpcWriteOptions(compression="zstd")
 _CODE, _REASON = CODED_SCHEMA.get_field_index("code"), CODED_SCHEMA.get_field_index("reason")
@@ -118,7 +117,6 @@ class Stored:
 
     n_rows: int
     kept: dict[str, int]
-    chunks: list[tuple[int, int]]  # (first position, rows) of each stored chunk
     places: np.ndarray
     seq: np.ndarray
     rank: np.ndarray
@@ -132,7 +130,6 @@ def store_rows(db: sqlite3.Connection, tables: Iterable[pa.Table], chunk_rows: i
     to look up the batch of each row's ``batch_id``."""
     n_rows = 0
     kept: dict[str, int] = {}
-    chunks: list[tuple[int, int]] = []
     seqs, ranks, places = [], [], []
     packed: deque[tuple[int, int, Future[bytes]]] = deque()
     lookup: Ranker | None = None
@@ -150,13 +147,12 @@ def store_rows(db: sqlite3.Connection, tables: Iterable[pa.Table], chunk_rows: i
             if n:
                 kept[word] = kept.get(word, 0) + n
         packed.append((n_rows + 1, chunk.num_rows, pool.submit(ipc_bytes, stored)))
-        chunks.append((n_rows + 1, chunk.num_rows))
         n_rows += chunk.num_rows
         while len(packed) > 2 or (packed and packed[0][2].done()):
             insert_chunk(db, *packed.popleft())
     while packed:
         insert_chunk(db, *packed.popleft())
-    return Stored(n_rows, kept, chunks, cat(places), cat(seqs), cat(ranks))
+    return Stored(n_rows, kept, cat(places), cat(seqs), cat(ranks))
 
 
 class Stopped(Exception):
@@ -210,14 +206,20 @@ def _notes(coded: pa.Table, status: pa.Array | pa.ChunkedArray) -> pa.Table:
                                                           coded.column("reason")))
 
 
-def insert_seqs(db: sqlite3.Connection, chunks: list[tuple[int, int]], order: np.ndarray,
-                 offsets: np.ndarray, n_rows: int) -> None:
-    """Each stored chunk's rows' planned batch (int32, 0 for a row no batch holds)."""
+def positions_of(blob: bytes, npairs: int) -> np.ndarray:
+    """A batch's ``positions`` blob → int64 positions: 4 bytes each while they fit (every job
+    under two billion rows), else 8, told by the blob's length against the batch's pairs."""
+    width = np.int32 if len(blob) == 4 * npairs else np.int64
+    return np.frombuffer(blob, dtype=width).astype(np.int64)
+
+
+def planned_seqs(batches: Iterable[tuple[int, int, bytes]], n_rows: int) -> np.ndarray:
+    """Each stored row's planned batch, by position - 1 (int32, 0 for a row no batch holds),
+    from the planned batches' (seq, npairs, positions)."""
     seq_of = np.zeros(n_rows, dtype=np.int32)
-    seq_of[order - 1] = np.repeat(np.arange(len(offsets), dtype=np.int32),
-                                  np.diff(offsets, prepend=0))
-    db.executemany("UPDATE row_chunks SET seqs = ? WHERE first = ?",
-                   [(seq_of[first - 1:first - 1 + n].tobytes(), first) for first, n in chunks])
+    for seq, npairs, blob in batches:
+        seq_of[positions_of(blob, npairs) - 1] = seq
+    return seq_of
 
 
 def batch_order(seq: np.ndarray, rank: np.ndarray, pos: np.ndarray
@@ -238,7 +240,19 @@ def batch_order(seq: np.ndarray, rank: np.ndarray, pos: np.ndarray
 
 
 class BatchOutcomes:
-    """Every batch's outcome as arrays indexed by ``seq``, for joining with the stored rows."""
+    """Every batch's outcome as arrays indexed by ``seq``, for joining with the stored rows.
+
+    Index 0 (no batch) holds what a row no batch holds shows in the columns it does not take
+    from its stored row (no http status, 0 attempts, no batch, not retryable, finished when the
+    rows were loaded), so those columns are one ``take`` each, whatever the mix of rows. A
+    column whose rows of a chunk all show one value (a dry run's empty answers, say) is a
+    constant array instead, sliced from one made once.
+    """
+
+    #: per-batch columns: (name, the stored row's column an unplanned row shows, or None)
+    _COLUMNS = (("batch_id", None), ("status", "status"), ("code", "code"),
+                ("message", "reason"), ("http_status", None), ("retryable", None),
+                ("attempts", None), ("finished_at", None))
 
     def __init__(self, rows: list[tuple]) -> None:
         n = (rows[-1][0] + 1) if rows else 1
@@ -252,46 +266,99 @@ class BatchOutcomes:
                 for k, v in enumerate((status, code, message, http, bool(retryable), attempts,
                                        at), 1):
                     cols[k][seq] = v
-        names = ("batch_id", "status", "code", "message", "http_status", "retryable",
-                 "attempts", "finished_at")
+        cols[5][0] = False  # index 0: a row no batch holds (its finished_at: see _values)
+        names = [name for name, _ in self._COLUMNS]
+        #: name → the one value every batch shows in that column, when they all show one
+        self._same: dict[str, Any] = {}
+        for name, values in zip(names, cols, strict=True):
+            distinct = set(values[1:n])
+            if len(distinct) == 1:
+                self._same[name] = distinct.pop()
         self._cols = {name: pa.array(values, RESULT_SCHEMA.field(name).type)
                       for name, values in zip(names, cols, strict=True)}
+        self._finished_at = cols[7]
+        self._loaded: tuple[str, pa.Array] | None = None  # finished_at's values and loaded
+        self._constants: dict[tuple[str, Any], pa.Array] = {}
+
+    def _values(self, name: str, loaded: str) -> pa.Array:
+        """A column's values by seq (index 0: a row no batch holds)."""
+        if name != "finished_at":
+            return self._cols[name]
+        if self._loaded is None or self._loaded[0] != loaded:
+            values = list(self._finished_at)
+            values[0] = loaded
+            self._loaded = (loaded, pa.array(values, pa.string()))
+        return self._loaded[1]
+
+    def _constant(self, name: str, value: Any, n: int) -> pa.Array:
+        """``n`` times ``value`` in column ``name``'s type, sliced from one array kept."""
+        kept = self._constants.get((name, value))
+        if kept is None or len(kept) < n:
+            kind = RESULT_SCHEMA.field(name).type
+            kept = pa.nulls(max(n, CHUNK_ROWS), kind) if value is None else \
+                pa.repeat(pa.scalar(value, kind), max(n, CHUNK_ROWS))
+            self._constants[(name, value)] = kept
+        return kept.slice(0, n)
 
     def results(self, part: pa.Table, seq: np.ndarray, p0: int, own: list[tuple], loaded: str
                 ) -> pa.Table:
         """Results rows of stored rows ``part`` (positions from ``p0``; ``seq``: each row's
         planned batch, 0 for none); ``own``: the pair outcomes of that range, (pos, seq,
         status, code, message, http_status, retryable, attempts, finished_at) in position
-        order."""
-        planned = arrow_of(seq > 0)
-        at = arrow_of(seq)
-        c = {name: col.take(at) for name, col in self._cols.items()}
-        null_text = pa.scalar(None, pa.string())
-        out = {
-            "status": pc.if_else(planned, c["status"], part.column("status")),
-            "code": pc.if_else(planned, c["code"], part.column("code")),
-            "message": pc.if_else(planned, c["message"], part.column("reason")),
-            "http_status": pc.if_else(planned, c["http_status"], pa.scalar(None, pa.int64())),
-            "attempts": pc.if_else(planned, c["attempts"], pa.scalar(0, pa.int64())),
-            "batch_id": pc.if_else(planned, c["batch_id"], null_text),
-            "retryable": pc.if_else(planned, c["retryable"], pa.scalar(False)),
-            "finished_at": pc.if_else(planned, c["finished_at"], pa.scalar(loaded, pa.string())),
-        }
+        order.
+
+        Each column is one ``take`` from its batches' values followed by the pair outcomes'
+        and, for a column an unplanned row takes from its stored row, the stored rows' (a
+        constant when every row shows one value)."""
+        n = part.num_rows
+        unplanned = np.flatnonzero(seq <= 0)
+        batches = len(self._cols["status"])
+        index = seq  # each row's place in a column's values: its batch's, or its own outcome's
+        extra: dict[str, pa.Array] = {}  # the pair outcomes' values, placed after the batches'
         if own:
             cols = list(zip(*own, strict=True))
-            mask = np.zeros(part.num_rows, dtype=bool)
-            mask[np.asarray(cols[0], dtype=np.int64) - p0] = True
-            mask_arr = arrow_of(mask)
-            values = {"batch_id": self._cols["batch_id"].take(pa.array(cols[1], pa.int64()))}
+            index = seq.astype(np.int64)
+            index[np.asarray(cols[0], dtype=np.int64) - p0] = batches + np.arange(len(own))
+            extra["batch_id"] = self._cols["batch_id"].take(pa.array(cols[1], pa.int64()))
             for name, col in zip(("status", "code", "message", "http_status", "retryable",
                                   "attempts", "finished_at"), cols[2:], strict=True):
                 kind = RESULT_SCHEMA.field(name).type
-                values[name] = pa.array([None if v is None else bool(v) for v in col]
-                                        if name == "retryable" else col, kind)
-            for name, v in values.items():
-                out[name] = pc.replace_with_mask(out[name], mask_arr, v)
+                extra[name] = pa.array([None if v is None else bool(v) for v in col]
+                                       if name == "retryable" else col, kind)
+        # the stored columns' rows, placed after the pair outcomes' (made when first needed)
+        stored_index: np.ndarray | None = None
+        unplanned_values = {"http_status": None, "retryable": False, "attempts": 0,
+                            "batch_id": None, "finished_at": loaded}
+        out: dict[str, Any] = {}
+        for name, stored in self._COLUMNS:
+            if not extra:
+                if stored is not None and len(unplanned) == n:
+                    out[name] = part.column(stored)
+                    continue
+                if name in self._same:
+                    value = self._same[name]
+                    if not len(unplanned) or (stored is None
+                                              and value == unplanned_values[name]):
+                        out[name] = self._constant(name, value, n)
+                        continue
+                    if stored is not None:
+                        planned = arrow_of(seq > 0)
+                        out[name] = pc.if_else(planned, pa.scalar(value, RESULT_SCHEMA.field(
+                            name).type), part.column(stored))
+                        continue
+                if stored is None and len(unplanned) == n:
+                    out[name] = self._constant(name, unplanned_values[name], n)
+                    continue
+            values = [self._values(name, loaded)] + ([extra[name]] if extra else [])
+            at = index
+            if stored is not None and len(unplanned):
+                if stored_index is None:
+                    stored_index = index.astype(np.int64)
+                    stored_index[unplanned] = batches + len(own) + unplanned
+                values += part.column(stored).chunks
+                at = stored_index
+            column = pa.concat_arrays(values) if len(values) > 1 else values[0]
+            out[name] = column.take(arrow_of(at))
         arrays = [part.column(n) if n in ("row", "module", "record_id", "cadence_id")
                   else out[n] for n in RESULT_COLUMNS]
         return pa.Table.from_arrays(arrays, schema=RESULT_SCHEMA)
-
-

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 VALID, INVALID, DUPLICATE = "valid", "invalid", "duplicate"
 #: a status's index in the ``status`` column's dictionary
 STATUSES = (VALID, INVALID, DUPLICATE)
+#: rows a coded table holds (the journal stores them so: a chunk is read back whole)
+CHUNK_ROWS = 50_000
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 CODED_SCHEMA = pa.schema([
@@ -85,7 +87,7 @@ def _dictionary(col: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def coded_chunks(scan: InputScan, verdicts: Sequence[tuple[str, str]] = (),
-                 verdict_of_pair: np.ndarray | None = None, chunk_rows: int = 50_000
+                 verdict_of_pair: np.ndarray | None = None, chunk_rows: int = CHUNK_ROWS
                  ) -> Iterator[pa.Table]:
     """Every data row of ``scan``, in input order, coded, in tables of at most ``chunk_rows``
     rows — made from the scan's codes and the invalid rows it kept, no second read.

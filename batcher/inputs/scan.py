@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from ..arrays import arrow_of, numpy_of
 from ..errors import InputError
+from .coded import CHUNK_ROWS as CODED_ROWS
 from .coded import VALID, coded_chunks, text_of
 from .codes import (
     cadence_codes,
@@ -194,7 +195,7 @@ class InputScan:
 
     def coded_tables(self, *, verdicts: Sequence[tuple[str, str]] = (),
                      verdict_of_pair: np.ndarray | None = None,
-                     chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
+                     chunk_rows: int = CODED_ROWS) -> Iterator[pa.Table]:
         """Every row, in input order, with its final reader status, coded (:mod:`.coded`).
 
         ``verdict_of_pair`` (index into ``verdicts`` (code, reason), -1 for none) marks pairs the

@@ -39,7 +39,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         self._pending_size = 0
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with _mapped(httpcore.ReadTimeout, httpcore.ReadError):
+        with _READ_ERRORS:
             async with asyncio.timeout(timeout):
                 await self._flush()
                 return await self._reader.read(max_bytes)
@@ -51,7 +51,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         self._pending.append(buffer)
         self._pending_size += len(buffer)
         if self._pending_size >= _FLUSH_AT:
-            with _mapped(httpcore.WriteTimeout, httpcore.WriteError):
+            with _WRITE_ERRORS:
                 async with asyncio.timeout(timeout):
                     await self._flush()
 
@@ -75,7 +75,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:
         try:
-            with _mapped(httpcore.ConnectTimeout, httpcore.ConnectError):
+            with _CONNECT_ERRORS:
                 await self._writer.start_tls(ssl_context, server_hostname=server_hostname,
                                              ssl_handshake_timeout=timeout)
         except BaseException:
@@ -96,7 +96,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None,
                           ) -> httpcore.AsyncNetworkStream:
-        with _mapped(httpcore.ConnectTimeout, httpcore.ConnectError):
+        with _CONNECT_ERRORS:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(
                     host, port, local_addr=(local_address, 0) if local_address else None)
@@ -108,7 +108,7 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[Any] | None = None,
                                   ) -> httpcore.AsyncNetworkStream:  # pragma: no cover
-        with _mapped(httpcore.ConnectTimeout, httpcore.ConnectError):
+        with _CONNECT_ERRORS:
             async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_unix_connection(path)
         return AsyncioStream(reader, writer)
@@ -135,16 +135,32 @@ class AsyncioTransport(httpx.AsyncHTTPTransport):
         )
 
 
-@contextlib.contextmanager
-def _mapped(timeout_error: type[Exception], other_error: type[Exception]):
-    """asyncio's and the OS's errors as httpcore's, which httpx maps to its own."""
-    try:
-        yield
-    except TimeoutError as exc:
-        raise timeout_error(str(exc) or "timed out") from exc
-    except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
-        raise other_error(str(exc) or type(exc).__name__) from exc
+class _Mapped:
+    """asyncio's and the OS's errors as httpcore's, which httpx maps to its own. Stateless, so
+    one instance per pair of errors serves every read and write (a generator-based context
+    manager was built on each)."""
 
+    def __init__(self, timeout_error: type[Exception], other_error: type[Exception]) -> None:
+        self._timeout_error = timeout_error
+        self._other_error = other_error
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: object) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, TimeoutError):
+            raise self._timeout_error(str(exc) or "timed out") from exc
+        if isinstance(exc, OSError | ssl.SSLError | asyncio.IncompleteReadError):
+            raise self._other_error(str(exc) or type(exc).__name__) from exc
+        return False
+
+
+_CONNECT_ERRORS = _Mapped(httpcore.ConnectTimeout, httpcore.ConnectError)
+_READ_ERRORS = _Mapped(httpcore.ReadTimeout, httpcore.ReadError)
+_WRITE_ERRORS = _Mapped(httpcore.WriteTimeout, httpcore.WriteError)
 
 # ---------------------------------------------------------------------- proxies
 

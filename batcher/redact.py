@@ -25,15 +25,24 @@ _SHORTEST = 4  # shorter "secrets" would mask ordinary words
 _SHORTEST_CUT = 12
 
 
+#: texts up to this long are remembered with their redaction: a server repeats the same few codes
+#: and messages in every answer ("SUCCESS", "records manually unenrolled")
+_REMEMBER_CHARS = 1000
+_REMEMBERED = 512  # texts remembered at most (then forgotten all at once)
+
+
 class Redactor:
     """``redactor(text)`` → ``text`` with every known secret and credential shape masked.
 
     Secrets are added as they become known (:meth:`add`, e.g. each refreshed access token); the
-    set is replaced, never mutated, so a call from another thread sees a consistent one.
+    set is replaced, never mutated, so a call from another thread sees a consistent one. Short
+    texts are remembered with their redaction, in a memo that belongs to one set of secrets: a
+    new secret starts a new memo, so no text is ever answered as redacted of fewer secrets.
     """
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         self._secrets: tuple[str, ...] = ()
+        self._known: tuple[tuple[str, ...], dict[str, str]] = ((), {})  # secrets, their memo
         for secret in secrets:
             self.add(secret)
 
@@ -42,11 +51,24 @@ class Redactor:
             return
         # longest first: a secret that contains another is masked whole
         self._secrets = tuple(sorted({*self._secrets, secret}, key=len, reverse=True))
+        self._known = (self._secrets, {})
 
     def __call__(self, text: str) -> str:
         if not text:
             return text
-        for secret in self._secrets:
+        secrets, memo = self._known  # one consistent pair, whatever another thread adds
+        done = memo.get(text)
+        if done is None:
+            done = self._redact(text, secrets)
+            if len(text) <= _REMEMBER_CHARS:
+                if len(memo) >= _REMEMBERED:
+                    memo.clear()
+                memo[text] = done
+        return done
+
+    @staticmethod
+    def _redact(text: str, secrets: tuple[str, ...]) -> str:
+        for secret in secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
             # a message cut to a length may end with the start of a secret

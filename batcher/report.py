@@ -461,10 +461,11 @@ class _ParquetFile:
     """Raw values: Parquet is read by programs, never evaluated."""
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
-        # dictionaries pay for repeated values only: a record id (or row) rarely repeats, and
-        # trying them costs a quarter of the writing time; nobody filters on a record id's
-        # min/max, whose statistics cost another tenth
-        unique = ("row", "record_id")
+        # dictionaries pay for repeated values only: a record id (or row) rarely repeats, nor
+        # does a batch id within a chunk of rows in input order (a batch's pairs are spread over
+        # the input), and trying them costs a quarter of the writing time; nobody filters on
+        # their min/max, whose statistics cost another tenth
+        unique = ("row", "record_id", "batch_id")
         self._writer = pq.ParquetWriter(
             path, schema, compression="zstd",
             use_dictionary=[n for n in schema.names if n not in unique],

@@ -268,6 +268,16 @@ async def call_with_retries(
         if on_retry is not None and state.outcome is not None and state.next_action is not None:
             on_retry(state.attempt_number, state.outcome.exception(), state.next_action.sleep)
 
+    # the first attempt outside tenacity: nearly every call succeeds at once, and setting up its
+    # retry loop (objects, closures, a reference cycle for the collector) cost more than the
+    # call's own bookkeeping. Its failure, if retryable, is handed to the loop as attempt 1.
+    try:
+        return await attempt(), 1
+    except Exception as exc:
+        if not is_retryable(exc):
+            raise
+        first: BaseException | None = exc
+
     seen = {"throttled": 0, "failed": 0}
 
     def stop(state: RetryCallState) -> bool:
@@ -294,5 +304,8 @@ async def call_with_retries(
     async for try_ in retrying:
         with try_:
             attempts = try_.retry_state.attempt_number
+            if first is not None:  # attempt 1, made above: its failure, as tenacity records it
+                failure, first = first, None
+                raise failure
             result = await attempt()
     return result, attempts

@@ -867,8 +867,10 @@ def _stored_batch(seq: int, batch_id: str, module: str, records: str, cadences: 
                   positions: np.ndarray, parent: str | None, root: int, attempts: int) -> tuple:
     # 4 bytes a position while they fit (every job under two billion rows), else 8: the width
     # is told by the blob's length against the batch's pairs
-    wide = len(positions) and int(positions.max()) >= 2**31
-    blob = np.ascontiguousarray(positions, dtype=np.int64 if wide else np.int32).tobytes()
+    if positions.dtype != np.int32:
+        wide = len(positions) and int(positions.max()) >= 2**31
+        positions = np.ascontiguousarray(positions, dtype=np.int64 if wide else np.int32)
+    blob = positions.tobytes()
     return (seq, batch_id, module, records, cadences, npairs, attempts, parent, root, blob,
             _digest(module, records, cadences, blob))
 
@@ -903,6 +905,8 @@ def _insert_plan(db: sqlite3.Connection, batches: Iterable[Batch | BatchBlock],
     """Insert the planned batches (seq 1, 2, … in order), each with its rows' positions;
     every batch must have exactly as many rows as pairs."""
     seq = 0
+    if len(order) and int(order.max()) < 2**31:
+        order = order.astype(np.int32)  # once, not a conversion per batch
 
     def planned(batch_id: str, n_records: int, cadences: tuple[str, ...]
                 ) -> tuple[int, np.ndarray]:

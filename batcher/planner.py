@@ -653,6 +653,12 @@ class Plan:
         for part, built, offset in zip(self._parts, self._build(), self._offsets, strict=True):
             module = self._module_names[part.module]
             n = len(built.ptr) - 1
+            # a part's batches share a few dozen cadence sets: each set's ids are made once
+            cadences_of: dict[int, tuple[str, ...]] = {}
+            for mask in np.unique(built.masks).tolist():
+                cadences_of[mask] = tuple(cadence_text[int(part.cad_global[i])]
+                                          for i in _bits(mask))
+            masks = built.masks.tolist()
             for b0 in range(0, n, step):
                 b1 = min(n, b0 + step)
                 lo, hi = int(built.ptr[b0]), int(built.ptr[b1])
@@ -662,8 +668,7 @@ class Plan:
                 yield BatchBlock(
                     module, [self.batch_id_of(offset + b) for b in range(b0, b1)],
                     built.ptr[b0:b1 + 1] - lo, self._records().take(arrow_of(np.asarray(codes))),
-                    [tuple(cadence_text[int(part.cad_global[i])]
-                           for i in _bits(int(built.masks[b]))) for b in range(b0, b1)])
+                    [cadences_of[m] for m in masks[b0:b1]])
 
 
 def _texts(arr: pa.Array) -> list[str]:

@@ -405,7 +405,8 @@ def _journal_for(settings: RunSettings, fp: str) -> Iterator[Journal]:
                 Journal.open(Path(tmp) / "dry.journal", fp) as journal:
             yield journal
     else:
-        with Journal.open(settings.journal_path(), fp) as journal:
+        with Journal.open(settings.journal_path(), fp,
+                          input_name=str(Path(settings.input).resolve())) as journal:
             yield journal
 
 

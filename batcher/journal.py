@@ -801,12 +801,20 @@ def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | None,
             if not loaded:
                 raise JournalError(f"journal {path} holds no job (it was never loaded)")
         elif loaded and json.loads(meta[_K_FINGERPRINT]) != fingerprint:
-            was = json.loads(meta.get(_K_INPUT, "null")) or "another file"
+            was, had = json.loads(meta.get(_K_INPUT, "null")), json.loads(meta[_K_FINGERPRINT])
+            if was and was == input_name:  # the same file, edited since the job began
+                raise JournalError(
+                    f"journal {path} was made for {was!r} as it was then (fingerprint "
+                    f"{had[:12]}); the file has changed since (fingerprint {fingerprint[:12]}). "
+                    "A job resumes only on the exact file it began with: put that file back to "
+                    "finish the job, or give the changed file another --journal to run it as a "
+                    "new job (its pairs already answered are then sent again, which is harmless).")
             now = f"{input_name!r}" if input_name else "this input"
             raise JournalError(
-                f"journal {path} belongs to another input: it was made for {was!r} "
-                f"(fingerprint {json.loads(meta[_K_FINGERPRINT])[:12]}), but {now} has fingerprint "
-                f"{fingerprint[:12]}. Use another --journal, or delete this one to start over.")
+                f"journal {path} belongs to another input: it was made for "
+                f"{repr(was) if was else 'another file'} (fingerprint {had[:12]}), but {now} has "
+                f"fingerprint {fingerprint[:12]}. Use another --journal, or delete this one to "
+                "start over.")
         elif not loaded:  # nothing was done yet: (re)bind to this input
             _set_meta(db, _K_VERSION, SCHEMA_VERSION)
             _set_meta(db, _K_FINGERPRINT, fingerprint)

@@ -368,3 +368,25 @@ def test_plan_hints_at_swapped_columns_only_when_cadences_look_like_records(tmp_
           "--dry-run", "--no-preflight"])
     err = capsys.readouterr().err
     assert err.count("--record-column cadence_id --cadence-column record_id") == 1, err
+
+
+def test_a_job_whose_list_was_edited_since_says_so_and_sends_nothing(tmp_path, serve, monkeypatch,
+                                                                     capsys):
+    """The nightly list edited between a stopped run and its re-run: exit 2, nothing sent, and
+    the message names the file as changed (not "made for another file")."""
+    rows = make_rows(30, 2)
+    live = serve(World.from_pairs(rows))
+    inp = tmp_path / "in.csv"
+    write_pairs(inp, rows)
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    out = str(tmp_path / "out.csv")
+    assert main(["run", str(inp), "--results", out, "--max-calls", "1", "--quiet"]) == 3
+    calls = len(live.sandbox.calls)
+    inp.write_text(inp.read_text() + f"Leads,{rows[0][1][:-1]}9,{rows[0][2]}\n")
+    capsys.readouterr()
+    assert main(["run", str(inp), "--results", out, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "has changed since" in err and str(inp.resolve()) in err
+    assert "another file" not in err
+    assert len(live.sandbox.calls) == calls

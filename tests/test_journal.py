@@ -668,3 +668,14 @@ def test_rows_coded_by_the_scan_give_the_results_the_text_rows_give(tmp_path: Pa
     assert {r["code"] for r in coded if r["status"] == "invalid"} >= {"INVALID_INPUT",
                                                                       "INVALID_DATA"}
     assert all(r["record_id"] is None or not r["record_id"].startswith("zcrm_") for r in coded)
+
+
+def test_the_same_file_edited_since_the_job_began_is_named_as_such(loaded: Path) -> None:
+    """Not "made for another file": the user edited the list the job was started on, and needs
+    to know that putting it back resumes and that a new journal starts the changed file over."""
+    with pytest.raises(JournalError) as err:
+        Journal.open(loaded, "fp-B", input_name="a.csv")
+    text = str(err.value)
+    assert "'a.csv' as it was then" in text and "has changed since" in text
+    assert "put that file back" in text and "another --journal" in text
+    assert err.value.exit_code == 2

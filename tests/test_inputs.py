@@ -313,6 +313,28 @@ def test_19_digit_ids_from_parquet_int64_are_exact(tmp_path: Path):
     assert {p[2] for p in table.valid_pairs()} == {CAD}
 
 
+def test_parquet_rows_with_every_field_empty_are_blank_not_invalid(tmp_path: Path):
+    """As in a CSV or a sheet: a row of nulls or empty texts is not a data row (no results row,
+    counted blank); a row with only a note is one (invalid: no record id). Ids as int64 and
+    text, module dictionary-encoded, the note column read only for the rows that need it."""
+    path = tmp_path / "blank.parquet"
+    pq.write_table(pa.table({
+        "record_id": pa.array([int(REC), None, None, None, int(REC2)], pa.int64()),
+        "cadence_id": [CAD, None, "", " ", CAD],
+        "module": pa.array(["Leads", None, "", None, "Leads"]).dictionary_encode(),
+        "note": ["a", None, "", "only a note", None],
+    }), path)
+    scan = scan_input(path)
+    assert (scan.rows, scan.blank) == (3, 2)
+    rows = read_input(path).table.to_pylist()
+    assert [(r["row"], r["status"]) for r in rows] == [(1, "valid"), (4, "invalid"),
+                                                       (5, "valid")]
+    assert "missing record id" in rows[1]["reason"]
+    from batcher.inputs.carry import carried_columns
+    carried = carried_columns(path, InputOptions())
+    assert pa.concat_tables(carried.tables())["note"].to_pylist() == ["a", "only a note", None]
+
+
 def test_parquet_uint64_ids_above_int64(tmp_path: Path):
     path = tmp_path / "ids.parquet"
     pq.write_table(pa.table({"record_id": pa.array([9999999999999999999], pa.uint64()),
@@ -421,6 +443,8 @@ def test_malformed_module_names_are_invalid(tmp_path: Path, bad_module: str):
     rows = rows_of(path, default_module="Leads")  # a default never rescues a bad name
     assert rows[0]["status"] == "invalid"
     assert "bad module name" in rows[0]["reason"]
+    # shown as written, like a bad id: a typo must be findable from the results
+    assert rows[0]["module"] == bad_module and repr(bad_module) in rows[0]["reason"]
     assert rows[1]["status"] == "valid"
 
 
@@ -715,7 +739,7 @@ def test_scanning_in_small_chunks_gives_the_same_verdicts(tmp_path: Path):
     csv_path, pq_path = _write_both(tmp_path, _mixed_rows(400))
     whole = _scan_summary(scan_input(csv_path))
     assert whole[1] > 0 and whole[4], "the input should hold invalid rows and duplicates"
-    assert whole[2][0] == (4, "bad module name (not a Zoho module API name)")
+    assert whole[2][0][0] == 4 and whole[2][0][1].startswith("bad module name: '1bad' is not")
     assert any(reason.startswith("bad record id") for _, reason in whole[2])
     # CSV read as a stream of small blocks; Parquet read a few row groups at a time (each
     # with its own cadence dictionary); the whole Parquet file at once

@@ -3,7 +3,7 @@ in two passes that give every data record once, in file order."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,17 +61,47 @@ def scan_chunks(src: Source, chunk_rows: int) -> Iterator[dict[str, Any]]:
             for g in range(pf.num_row_groups):
                 n = pf.metadata.row_group(g).num_rows
                 if chunk and held + n > chunk_rows:
-                    yield _columns(src, _read_row_groups(src, encoded, chunk, wanted))
+                    yield _parquet_chunk(src, encoded, chunk, wanted)
                     chunk, held = [], 0
                 chunk.append(g)
                 held += n
             if chunk:
-                yield _columns(src, _read_row_groups(src, encoded, chunk, wanted))
+                yield _parquet_chunk(src, encoded, chunk, wanted)
         return
     if src.kind == "table":
         yield from table_parts(src, 0, chunk_rows)
         return
     yield from csv_scan_parts(src, encoded, wanted, chunk_rows)
+
+
+def _parquet_chunk(src: Source, encoded: list[str], groups: list[int], wanted: list[str]
+                   ) -> dict[str, Any]:
+    """The role columns of some row groups, with ``blank`` when rows have every field empty:
+    those the role columns leave empty are judged on the file's other columns too (read only
+    then: a file of data rows never pays for them)."""
+    cols = _columns(src, _read_row_groups(src, encoded, groups, wanted))
+    blank = all_empty(cols[r] for r in dict.fromkeys(src.roles))
+    others = [n for n in src.found if n not in wanted]
+    if blank is not None and others:
+        import pyarrow.parquet as pq
+
+        rest = pq.ParquetFile(src.path).read_row_groups(groups, columns=others)
+        also = all_empty(rest.columns)
+        blank = None if also is None else blank & also
+    if blank is not None and blank.any():
+        cols["blank"] = blank
+    return cols
+
+
+def all_empty(columns: Iterable[pa.ChunkedArray | pa.Array]) -> np.ndarray | None:
+    """Rows whose values are all empty (:func:`empty_values`); None when no row is."""
+    blank = None
+    for col in columns:
+        found = empty_values(col)
+        if found is None:
+            return None
+        blank = found if blank is None else blank & found
+    return blank
 
 
 def open_source(path: Path, options: InputOptions) -> Source:
@@ -114,13 +144,10 @@ def _xlsx_source(path: Path, options: InputOptions) -> Source:
 
     sheet = read_xlsx(path)
     roles = require_columns(path, sheet.header, options)
-    blank = np.ones(sheet.table.num_rows, dtype=bool)
-    for col in sheet.table.columns:
-        found = empty_values(col)
-        blank &= False if found is None else found
+    blank = all_empty(sheet.table.columns)
     # every column kept (the sheet is in memory anyway): the results carry the others
     return Source(path, "table", roles, tuple(sheet.header), table=sheet.table,
-                  blank=blank if blank.any() else None)
+                  blank=blank if blank is not None and blank.any() else None)
 
 
 
@@ -157,9 +184,14 @@ def raw_batches(src: Source) -> Iterator[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         with _parquet_errors(src):
+            every = set(wanted) >= set(src.found)  # blank rows are judged on every field
             for batch in pq.ParquetFile(src.path).iter_batches(batch_size=_BATCH_ROWS,
                                                                 columns=wanted):
-                yield {role: as_strings(batch.column(name)) for role, name in src.roles.items()}
+                out = {role: as_strings(batch.column(name)) for role, name in src.roles.items()}
+                blank = all_empty(batch.columns) if every else None
+                if blank is not None and blank.any():
+                    out["blank"] = blank
+                yield out
         return
     if src.kind == "table":
         yield from table_parts(src, 0, _BATCH_ROWS)

@@ -553,10 +553,17 @@ def _check(raw: dict[str, Any], row0: int, default_module: str | None) -> _Check
     module, module_bad = module_column(raw, n, default_module)
     problems = id_reasons(cadence, ~cad_ok, "cadence id")
     problems.update(id_reasons(record, ~rec_ok, "record id"))  # the record's reason comes first
+    given = None  # a module name given but not a module's: shown as written, as ids are
+    if "module" in raw and module_bad.any():
+        given = pc.utf8_trim_whitespace(pc.cast(raw["module"], pa.string()))
+        named = pc.and_(arrow_of(module_bad), pc.greater(pc.binary_length(given), 0))
+        module = pc.if_else(pc.fill_null(named, False), given, module)
     for i in np.flatnonzero(module_bad & rec_ok & cad_ok).tolist():
         problems[i] = ("INVALID_INPUT", "missing module (add a module column or pass --module)")
-        if "module" in raw and (raw["module"][i].as_py() or "").strip():
-            problems[i] = ("INVALID_INPUT", "bad module name (not a Zoho module API name)")
+        name = given[i].as_py() if given is not None else None
+        if name:
+            problems[i] = ("INVALID_INPUT", f"bad module name: {_shown(name)} is not a Zoho "
+                           "module API name (Leads, Contacts, Deals…)")
     valid = rec_ok & cad_ok & ~module_bad
     for key, prefix in (("problem", ""), ("ragged", "ragged row: ")):
         said = raw.get(key)
@@ -581,6 +588,11 @@ def _check(raw: dict[str, Any], row0: int, default_module: str | None) -> _Check
     })
     return _Checked(table, valid, {i: c for i, (c, _) in problems.items()},
                     {i: r for i, (_, r) in problems.items()}, blank)
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """A user's text quoted for a message, cut when long."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def _sparse_strings(n: int, values: dict[int, str]) -> pa.Array:

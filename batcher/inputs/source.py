@@ -43,7 +43,8 @@ class Source:
 
 
 def empty_values(col: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
-    """Which values are empty or whitespace only; None when none is."""
+    """Which values are missing (null), or text that is empty or whitespace only; None when
+    none is."""
     chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
     masks = [_empty_chunk(c) for c in chunks]
     if all(m is None for m in masks):
@@ -54,14 +55,20 @@ def empty_values(col: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
 
 
 def _empty_chunk(arr: pa.Array) -> np.ndarray | None:
+    null = numpy_of(arr.is_null()) if arr.null_count else None
     if pa.types.is_dictionary(arr.type):  # judged on its distinct values
         values = _empty_chunk(arr.dictionary)
-        return None if values is None else values[numpy_of(arr.indices)]
+        if values is None:
+            return null
+        found = values[numpy_of(pc.fill_null(arr.indices, 0))]
+        return found if null is None else found | null
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return null  # a number or a date is empty only when missing
     # utf8_is_space is false for "": two kernels and two reductions, no string copied
     space, length = pc.utf8_is_space(arr), pc.binary_length(arr)
-    if not pc.any(space).as_py() and (pc.min(length).as_py() or 0) > 0:
+    if null is None and not pc.any(space).as_py() and (pc.min(length).as_py() or 0) > 0:
         return None
-    return numpy_of(space) | (numpy_of(length) == 0)
+    return numpy_of(pc.fill_null(pc.or_(space, pc.equal(length, 0)), True))
 
 
 

@@ -335,10 +335,13 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
         meta = {k: journal.get_meta(k, d) for k, d in (
             ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None))}
         blank = scan.blank if scan is not None else journal.get_meta("blank", 0)
+        run_s = time.monotonic() - started
+        with contextlib.suppress(BatcherError):  # `batcher report`: the job's time, all runs
+            journal.set_meta("run_s", journal.get_meta("run_s", 0.0) + run_s)
         tally = Tally(source)  # counts for the report, as the results are written
         with log.phase(f"writing the results to {results}", "results"):
             summary = write_results(
-                tally, results, duration_s=time.monotonic() - started,
+                tally, results, duration_s=run_s,
                 extra={"dry_run": settings.dry_run, "aborted": reason, **meta},
                 blank=blank, carried=_carried(settings, journal, log),
                 cadence_names=journal.get_meta("cadence_names", {}))
@@ -711,7 +714,8 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
             print(f"batcher: the input's own columns are left out of the results: "
                   f"{settings.input} {why}", file=sys.stderr)
         try:
-            summary = write_results(tally, Path(results), duration_s=0.0,
+            summary = write_results(tally, Path(results),
+                                    duration_s=journal.get_meta("run_s", 0.0),
                                     extra={"rewritten_from_journal": str(path)},
                                     blank=journal.get_meta("blank", 0), carried=carried,
                                     cadence_names=journal.get_meta("cadence_names", {}))

@@ -390,3 +390,17 @@ def test_a_job_whose_list_was_edited_since_says_so_and_sends_nothing(tmp_path, s
     assert "has changed since" in err and str(inp.resolve()) in err
     assert "another file" not in err
     assert len(live.sandbox.calls) == calls
+
+
+def test_report_from_the_journal_gives_the_jobs_duration_not_zero(tmp_path, serve, monkeypatch):
+    rows = make_rows(20, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--quiet"]) == 0
+    ran = json.loads((tmp_path / "out.summary.json").read_text())["duration_s"]
+    assert main(["report", "--journal", str(tmp_path / "out.journal"),
+                 "--results", str(tmp_path / "again.csv")]) == 0
+    again = json.loads((tmp_path / "again.summary.json").read_text())["duration_s"]
+    assert ran > 0 and again == pytest.approx(ran, abs=0.02)

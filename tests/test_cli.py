@@ -394,4 +394,3 @@ def test_a_job_whose_list_was_edited_since_says_so_and_sends_nothing(tmp_path, s
     assert "has changed since" in err and str(inp.resolve()) in err
     assert "another file" not in err
     assert len(live.sandbox.calls) == calls
-

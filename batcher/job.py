@@ -368,12 +368,17 @@ def _carried(settings: RunSettings, journal: Journal, log: JobLog) -> Carried | 
     """The input's own columns for the results, read again; without them when the input
     cannot be read any more (the results still say what happened to every row)."""
     try:
-        return carried_columns(settings.input, settings.input_options(),
-                               _record_list(settings, journal))
+        carried = carried_columns(settings.input, settings.input_options(),
+                                  _record_list(settings, journal))
     except BatcherError as exc:
         log.say("results", f"the input's own columns are left out of the results: {exc}",
                 always=True)
         return None
+    if carried and carried.repeated:
+        log.say("results", f"{settings.input} has more than one column named "
+                f"{', '.join(map(repr, carried.repeated))}: the results carry the first of each "
+                "(rename the others to keep them)", always=True)
+    return carried
 
 
 def next_command(settings: RunSettings, results: Path, summary: Summary, stopped: bool) -> str:

@@ -394,3 +394,16 @@ def test_a_job_whose_list_was_edited_since_says_so_and_sends_nothing(tmp_path, s
     assert "has changed since" in err and str(inp.resolve()) in err
     assert "another file" not in err
     assert len(live.sandbox.calls) == calls
+
+
+def test_a_column_named_twice_is_said_not_dropped_silently(tmp_path, capsys):
+    """Two "Email" columns: the results carry the first, and stderr says so (before, the second
+    column's values vanished without a word)."""
+    inp = tmp_path / "in.csv"
+    inp.write_text("Module,Record Id,Cadence Id,Email,Email\n"
+                   "Leads,554023000001798649,554023000004092008,a@x.example,b@x.example\n")
+    main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--dry-run",
+          "--no-preflight"])
+    err = capsys.readouterr().err
+    assert "more than one column named 'Email'" in err and "rename the others" in err
+    assert read_results(tmp_path / "out.csv")[0]["Email"] == "a@x.example"

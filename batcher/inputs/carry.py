@@ -29,6 +29,8 @@ class Carried:
 
     names: tuple[str, ...]
     tables: Callable[[], Iterator[pa.Table]]
+    #: names the header holds more than once: only the first such column is carried
+    repeated: tuple[str, ...] = ()
 
 
 def carried_columns(path: str | os.PathLike[str], options: InputOptions,
@@ -49,4 +51,5 @@ def carried_columns(path: str | os.PathLike[str], options: InputOptions,
             blank = batch.get("blank")
             yield table if blank is None else table.filter(arrow_of(~np.asarray(blank)))
 
-    return Carried(names, tables)
+    repeated = tuple(n for n in names if src.found.count(n) > 1)
+    return Carried(names, tables, repeated)

@@ -30,6 +30,7 @@ from .models import RESULT_COLUMNS, Batch, Status
 NONE = np.zeros(0, dtype=np.int64)
 _IPC = ipc.IpcWriteOptions(compression="zstd")
 _CODE, _REASON = CODED_SCHEMA.get_field_index("code"), CODED_SCHEMA.get_field_index("reason")
+_VALID, _INVALID = STATUSES.index("valid"), STATUSES.index("invalid")
 
 #: Arrow schema of the results, column for column RESULT_COLUMNS
 RESULT_SCHEMA = pa.schema([
@@ -168,8 +169,8 @@ def stored_rows(chunk: pa.RecordBatch, ranker: Ranker | None
         if ranker is not None:
             raise ValueError("rows table: coded rows carry no batch_id")
         stored = pa.Table.from_batches([chunk]).select(CODED_SCHEMA.names).cast(CODED_SCHEMA)
-        status = pc.cast(stored.column("status"), pa.string())
-        return _notes(stored, status), np.flatnonzero(status_index(stored) == 0), NONE, NONE
+        index = status_index(stored)
+        return _notes(stored, index), np.flatnonzero(index == _VALID), NONE, NONE
     wanted = {"row", "module", "record_id", "cadence_id", "status", "reason"}
     if ranker is not None:
         wanted.add("batch_id")
@@ -193,16 +194,16 @@ def stored_rows(chunk: pa.RecordBatch, ranker: Ranker | None
         "status": status,
         "code": text_column(chunk, "code") if "code" in chunk.schema.names else null,
         "reason": text_column(chunk, "reason")}))
-    return _notes(coded, status), at, seq, rank
+    return _notes(coded, status_index(coded)), at, seq, rank
 
 
-def _notes(coded: pa.Table, status: pa.Array | pa.ChunkedArray) -> pa.Table:
+def _notes(coded: pa.Table, status: np.ndarray) -> pa.Table:
     """``code`` only on invalid rows (``INVALID_INPUT`` when none is given), ``reason`` on all
-    but valid ones."""
+    but valid ones; ``status``: each row's index into :data:`STATUSES`."""
     null = pa.scalar(None, pa.string())
     code = pc.coalesce(coded.column("code"), pa.scalar("INVALID_INPUT"))
-    coded = coded.set_column(_CODE, "code", pc.if_else(pc.equal(status, "invalid"), code, null))
-    return coded.set_column(_REASON, "reason", pc.if_else(pc.equal(status, "valid"), null,
+    coded = coded.set_column(_CODE, "code", pc.if_else(arrow_of(status == _INVALID), code, null))
+    return coded.set_column(_REASON, "reason", pc.if_else(arrow_of(status == _VALID), null,
                                                           coded.column("reason")))
 
 

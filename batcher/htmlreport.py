@@ -5,8 +5,9 @@ from the server or the input (messages, ids, cadence names) is escaped, so a mes
 ``<script>`` shows as text. It has inline CSS and SVG only: no script, no font or image from the
 network; it reads on a laptop and prints.
 
-Everything on it is an aggregate, never one HTML row per input row. What it says of the rows (per
-cadence, the top error messages) is counted by a :class:`Tally` while
+Everything on it is an aggregate, never one HTML row per input row. What it says of the rows comes
+from the summary (per status, code and cadence, counted as the rows are written) and, for the top
+error messages, from a :class:`Tally`, which groups the failed and invalid rows while
 :func:`~batcher.report.write_results` reads them for the results, with Arrow's hash grouping chunk
 by chunk: a GROUP BY of the journal's rows table sorts every row, about 2 s of CPU a million. The
 batches and the call log are small tables, queried through a read-only connection of the report's
@@ -15,6 +16,7 @@ own.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -69,28 +71,21 @@ def report_path(results_path: str | os.PathLike[str]) -> Path:
 
 @dataclass
 class Counts:
-    """What a pass over the results rows counted.
+    """The failed and invalid rows a pass over the results counted, by reason (the other
+    counts come from the summary, counted as the rows were written).
 
-    ``cadences``: {(module, cadence_id, status): rows} (an empty module or cadence as None).
-    ``errors``: {(status, code, message): [rows, examples]} for failed and invalid rows, the
-    message with its quoted values and long numbers masked (``…``), so the rows of one reason
-    group together; ``examples`` are the first ``_EXAMPLES`` rows as {row, module, record_id,
-    cadence_id}. ``untracked``: failed or invalid rows whose message came after the first
+    ``errors``: {(status, code, message): [rows, examples]}, the message with its quoted
+    values and long numbers masked (``…``), so the rows of one reason group together;
+    ``examples`` are the first ``_EXAMPLES`` rows as {row, module, record_id, cadence_id}.
+    ``untracked``: failed or invalid rows whose message came after the first
     ``_MAX_MESSAGES`` distinct ones (counted, not grouped).
     """
 
-    cadences: dict[tuple[str | None, str | None, str], int] = field(default_factory=dict)
     errors: dict[tuple[str, str | None, str | None], list[Any]] = field(default_factory=dict)
     untracked: int = 0
 
     def add(self, chunk: pa.Table) -> None:
         """Count one chunk of results rows (:data:`~batcher.journal.RESULT_SCHEMA` columns)."""
-        keys = ["module", "cadence_id", "status"]
-        grouped = chunk.group_by(keys, use_threads=False).aggregate([("row", "count")])
-        for module, cadence, status, n in zip(
-                *(grouped.column(c).to_pylist() for c in (*keys, "row_count")), strict=True):
-            key = (module or None, cadence or None, status)
-            self.cadences[key] = self.cadences.get(key, 0) + n
         bad = chunk.filter(pc.is_in(chunk["status"], value_set=_BAD))
         if bad.num_rows:
             self._add_errors(bad)
@@ -201,6 +196,17 @@ def _counted(source: ResultSource) -> Tally:
     return tally
 
 
+def prepare() -> None:
+    """Ready, ahead of a job's end, what writing its results and page loads on first use: the
+    page's compiled template and Arrow's grouping engine (a tenth of a second each, else spent
+    after the last answer). Best effort, for a background thread: a failure here is met, and
+    reported, where the page is written."""
+    with contextlib.suppress(Exception):
+        import pyarrow.acero  # noqa: F401  (Table.group_by's engine)
+
+        _template()
+
+
 @functools.cache
 def _template() -> jinja2.Template:
     env = jinja2.Environment(loader=jinja2.PackageLoader("batcher", "templates"),
@@ -213,21 +219,21 @@ def _template() -> jinja2.Template:
 # ---------------------------------------------------------------------- the per-cadence table
 
 
-def _cadence_table(counts: dict[tuple[str | None, str | None, str], int],
-                   names: dict[str, Any]) -> dict[str, Any]:
-    """{lines, total, rest}: one line per (module, cadence), largest first, at most
-    ``_CADENCE_ROWS``; ``rest`` sums the others (None when there are none).
+def _cadence_table(by_cadence: list[dict[str, Any]], names: dict[str, Any]) -> dict[str, Any]:
+    """{lines, total, rest}: one line per (module, cadence) of the summary's ``by_cadence``
+    (largest first), at most ``_CADENCE_ROWS``; ``rest`` sums the others (None when there are
+    none).
 
     A line is {module, cadence_id, name, pairs, <status>: rows..., other}; rows without a
     cadence (invalid input) have ``cadence_id`` None.
     """
-    lines: dict[tuple[str | None, str | None], dict[str, Any]] = {}
-    for (module, cadence, status), n in counts.items():
-        line = lines.setdefault((module, cadence), _cadence_line(module, cadence, names))
-        line["pairs"] += n
-        line[status if status in _CADENCE_COLUMNS else "other"] += n
-    ordered = sorted(lines.values(), key=lambda x: (-x["pairs"], x["module"] or "",
-                                                   x["cadence_id"] or ""))
+    ordered = []
+    for counted in by_cadence:
+        line = _cadence_line(counted["module"], counted["cadence_id"], names)
+        line["pairs"] = counted["rows"]
+        for status, n in counted["by_status"].items():
+            line[status if status in _CADENCE_COLUMNS else "other"] += n
+        ordered.append(line)
     rest = ordered[_CADENCE_ROWS:]
     return {"lines": ordered[:_CADENCE_ROWS], "total": _sum_lines(ordered),
             "rest": _sum_lines(rest) | {"count": len(rest)} if rest else None}
@@ -311,7 +317,7 @@ def _view(summary: Summary, counts: Counts, names: dict[str, Any], facts: _Facts
         "duration": _duration(summary.duration_s),
         "status_bars": _bars([(f"status.{s}", s, n) for s, n in _by_status(summary) if n]),
         "code_bars": _bars(_by_code(summary)),
-        "cadences": _cadence_table(counts.cadences, names), "errors": counts.top_errors(),
+        "cadences": _cadence_table(summary.by_cadence, names), "errors": counts.top_errors(),
         "untracked": counts.untracked, "facts": facts,
         "timeline": _timeline(facts.per_second) if facts else None,
         "command": command, "next": _next_step(summary),

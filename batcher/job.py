@@ -19,6 +19,7 @@ import shlex
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ from .errors import (
 )
 from .executor import Counters, Executor, ExecutorSettings
 from .htmlreport import Tally, report_path, write_report
+from .htmlreport import prepare as prepare_report
 from .inputs import (
     INVALID,
     InputOptions,
@@ -58,7 +60,7 @@ from .inputs.carry import Carried, carried_columns
 from .journal import Journal, utc_now
 from .logs import JobLog
 from .models import BatchBlock
-from .netio import accounts_transport, api_transport
+from .netio import accounts_transport, api_transport, tls_context
 from .planner import Plan
 from .planreport import plan_scan
 from .progress import Phases, Progress
@@ -68,6 +70,7 @@ from .report import (
     Summary,
     UnplannedResults,
     check_results_capacity,
+    cut_cells_line,
     write_results,
 )
 from .retry import Reachability, RetryPolicy
@@ -253,6 +256,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     options = settings.input_options()
     check_input(settings.input, options)  # an unusable file stops before any journal
     started = time.monotonic()
+    threading.Thread(target=_ready_ahead, name="batcher-ready", daemon=True).start()
     needs_api = not settings.dry_run or settings.preflight or settings.all_cadences
     creds = load_credentials(env) if needs_api else Credentials(access_token="-")
     endpoints = resolve_endpoints(settings.api_domain, settings.accounts_url, settings.dc, env)
@@ -299,6 +303,15 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     return JobResult(summary=summary, exit_code=code, aborted=stop.reason if stop else None)
 
 
+def _ready_ahead() -> None:
+    """What the job loads on first use, readied on the spare core while the input is read
+    rather than before the first call or after the last answer: its clients' TLS context, the
+    report's template and grouping engine."""
+    with contextlib.suppress(Exception):  # met, and reported, where it is used
+        tls_context()
+    prepare_report()
+
+
 def _results_path(settings: RunSettings, log: JobLog) -> Path:
     """Where the results go: a dry run never replaces the results of a real job."""
     results = Path(settings.results)
@@ -335,16 +348,16 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
         meta = {k: journal.get_meta(k, d) for k, d in (
             ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None))}
         blank = scan.blank if scan is not None else journal.get_meta("blank", 0)
-        run_s = time.monotonic() - started
-        with contextlib.suppress(BatcherError):  # `batcher report`: the job's time, all runs
-            journal.set_meta("run_s", journal.get_meta("run_s", 0.0) + run_s)
         tally = Tally(source)  # counts for the report, as the results are written
         with log.phase(f"writing the results to {results}", "results"):
+            # the run's time includes writing its results: a 10M-row job's take seconds
             summary = write_results(
-                tally, results, duration_s=run_s,
+                tally, results, duration_s=lambda: time.monotonic() - started,
                 extra={"dry_run": settings.dry_run, "aborted": reason, **meta},
                 blank=blank, carried=_carried(settings, journal, log),
                 cadence_names=journal.get_meta("cadence_names", {}))
+        with contextlib.suppress(BatcherError):  # `batcher report`: the job's time, all runs
+            journal.set_meta("run_s", journal.get_meta("run_s", 0.0) + summary.duration_s)
     except (OSError, BatcherError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         how = (f"re-run the same command, or `batcher report --journal {journal.path} "
@@ -353,6 +366,9 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
             log.say("abort", f"aborted: {reason}", always=True)
         raise AbortError(f"the results could not be written to {results} ({why}); the journal "
                          f"keeps every answer: once that is fixed, {how}") from None
+    cut = cut_cells_line(summary, None if settings.dry_run else journal.path)
+    if cut:  # a cut text is said, never silent
+        log.say("results", cut, always=True, cells_cut=summary.extra["xlsx_cells_cut"])
     try:
         page = write_report(tally, summary, report_path(results),
                             command=next_command(settings, results, summary, stop is not None),
@@ -727,6 +743,9 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
         except (OSError, ValueError) as exc:
             raise AbortError(f"the results could not be written to {results} "
                              f"({getattr(exc, 'strerror', None) or exc})") from None
+        cut = cut_cells_line(summary, path)
+        if cut:
+            print(f"batcher: {cut}", file=sys.stderr)
         unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()
                          if k in ("pending", "sent"))
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import ssl
 import urllib.request
@@ -126,7 +127,8 @@ class AsyncioTransport(httpx.AsyncHTTPTransport):
         limits = limits or httpx.Limits()
         # the parent's only state is its pool; it is built here with another network backend
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
+            ssl_context=tls_context() if verify is True else httpx.create_ssl_context(
+                verify=verify),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -213,12 +215,19 @@ def accounts_transport(url: str, env: Mapping[str, str]) -> httpx.AsyncBaseTrans
     Raises ValueError when the proxy chosen cannot be used.
     """
     proxy = proxy_for(url, env)
-    return httpx.AsyncHTTPTransport() if proxy is None else _proxied(proxy)
+    return httpx.AsyncHTTPTransport(verify=tls_context()) if proxy is None else _proxied(proxy)
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The verifying TLS context (certifi's authorities), made once a process and shared by the
+    API and accounts clients: loading the authorities takes tens of milliseconds."""
+    return httpx.create_ssl_context()
 
 
 def _proxied(proxy: str, **options: Any) -> httpx.AsyncHTTPTransport:
     try:
-        return httpx.AsyncHTTPTransport(proxy=proxy, **options)
+        return httpx.AsyncHTTPTransport(proxy=proxy, verify=tls_context(), **options)
     except (ImportError, ValueError, httpx.InvalidURL) as exc:
         raise ValueError(f"cannot use the proxy {_shown(proxy)} from the environment: "
                          f"{_shown(str(exc))}") from None

@@ -15,11 +15,11 @@ does the retry CSV, an input for the next run that must give back the values it 
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,6 +49,8 @@ _PARQUET_SUFFIXES = (".parquet", ".pq")
 RESULT_SUFFIXES = (".csv", *_PARQUET_SUFFIXES, ".xlsx")
 #: data rows an .xlsx sheet holds under its header (1,048,576 rows in all)
 XLSX_MAX_ROWS = 1_048_575
+#: the characters (UTF-16 units) an .xlsx cell holds
+XLSX_CELL_MAX = 32_767
 #: the results file's own columns: the journal's, with the cadence's name after its id; the
 #: input's other columns follow them
 OUTPUT_SCHEMA = RESULT_SCHEMA.insert(RESULT_SCHEMA.get_field_index("cadence_id") + 1,
@@ -94,6 +96,9 @@ class Summary:
     ignored_entries: int = 0
     #: all-empty input rows: not data rows, no results row (``rows`` does not count them)
     blank: int = 0
+    #: [{module, cadence_id, rows, by_status}], most rows first (cadence_id None: rows that
+    #: name no cadence)
+    by_cadence: list[dict[str, Any]] = field(default_factory=list)
     finished_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: the HTML report beside the results, once it was written
@@ -139,6 +144,22 @@ def side_paths(results_path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return p.with_name(p.stem + ".retry.csv"), p.with_name(p.stem + ".summary.json")
 
 
+def cut_cells_line(summary: Summary, journal: str | os.PathLike[str] | None = None
+                   ) -> str | None:
+    """One line for stderr when the .xlsx results cut texts too long for a cell, else None;
+    with ``journal``, the command that writes the same results whole, as CSV."""
+    n = summary.extra.get("xlsx_cells_cut")
+    if not n:
+        return None
+    whole = Path(summary.results_path).with_suffix(".csv")
+    how = (f": `batcher report --journal {shlex.quote(str(journal))} --results "
+           f"{shlex.quote(str(whole))}` writes them" if journal else "")
+    return (f"{n:,} cell(s) of {summary.results_path} held more than the {XLSX_CELL_MAX:,} "
+            "characters an .xlsx cell holds: each is cut to fit and ends in "
+            f"'…[cut: N chars]' (N: its whole length); .csv or .parquet results keep every "
+            f"text whole{how}")
+
+
 def reconcile_line(rows: int, by_status: dict[str, int]) -> tuple[str, bool]:
     """``1000 rows = 900 unenrolled + 100 failed`` and whether the parts add up to ``rows``."""
     parts = [f"{by_status[s]} {s}" for s in _STATUS_ORDER if by_status.get(s)]
@@ -160,7 +181,8 @@ def check_results_capacity(results_path: str | os.PathLike[str], rows: int) -> N
 
 
 def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *,
-                  duration_s: float, extra: dict[str, Any] | None = None,
+                  duration_s: float | Callable[[], float],
+                  extra: dict[str, Any] | None = None,
                   chunk_rows: int = CHUNK_ROWS, blank: int = 0, carried: Carried | None = None,
                   cadence_names: Mapping[str, str] | None = None) -> Summary:
     """Write results (CSV; Parquet for ``.parquet``/``.pq``; a sheet for ``.xlsx``), retry file
@@ -170,6 +192,8 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     name; null when unknown), then ``carried``'s columns, renamed by :func:`carried_names`.
     ``carried.tables()`` must stream exactly one row per results row, in order, in chunks of any
     size. ``blank``: the input's all-empty rows, counted apart from its data rows.
+    ``duration_s``: the run's seconds, or a clock read once the results and retry file are
+    written (the summary then counts the time they took).
 
     Raises UsageError for an ``.xlsx`` that the rows would overflow, ValueError when the carried
     stream ends before or after the results rows, OSError when a file cannot be written; the
@@ -183,8 +207,9 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     carried = carried if carried and carried.names else None
     carry_schema = pa.schema([(n, pa.string()) for n in carried_names(carried.names)]
                              if carried else [])
-    retry_schema = _concat_schemas(pa.schema([(c, pa.string()) for c in RETRY_COLUMNS]),
-                                   carry_schema)
+    retry_schema = pa.schema([(c, pa.string()) for c in RETRY_COLUMNS] + [
+        (n, pa.string()) for n in (carried_names(carried.names, RETRY_COLUMNS) if carried
+                                   else ())])
     names = _CadenceNames(cadence_names)
     with ExitStack() as stack:
         tmp_results = stack.enter_context(_atomic(results))
@@ -214,7 +239,10 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
             done.result()
         if aligned:
             aligned.end()
-        summary = tally.summary(journal, duration_s=duration_s, results=results, retry=retry,
+        if isinstance(out, _XlsxFile) and out.cut:
+            extra = {**(extra or {}), "xlsx_cells_cut": out.cut}
+        summary = tally.summary(journal, duration_s=duration_s() if callable(duration_s)
+                                else duration_s, results=results, retry=retry,
                                 summary_file=summary_file, blank=blank, extra=extra)
         out.finish(summary)
         doc = summary.to_dict()
@@ -226,14 +254,18 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     return summary
 
 
-def carried_names(names: Iterable[str]) -> tuple[str, ...]:
-    """The names the input's other columns get in the results and retry files.
+def carried_names(names: Iterable[str], columns: Iterable[str] = OUTPUT_SCHEMA.names
+                  ) -> tuple[str, ...]:
+    """The names the input's other columns get beside a file's own ``columns`` (the results';
+    the retry file's: :data:`RETRY_COLUMNS`).
 
-    A name that is a results column, or that batcher would read as a module, record id or cadence
-    column (``ID``, ``Cadence``: the retry file would then be an ambiguous input), or that an
-    earlier one took, gets ``input_`` in front until it is free.
+    A name that is one of ``columns``, or that batcher would read as a module, record id or
+    cadence column (``ID``, ``Cadence``: the retry file would then be an ambiguous input), or
+    that an earlier one took, gets ``input_`` in front until it is free. So the retry file
+    keeps a column such as ``status`` as it is: read again, it is carried under the same name,
+    and the next round's results name it as this round's do (``input_status``).
     """
-    taken = set(OUTPUT_SCHEMA.names)
+    taken = set(columns)
     out = []
     for name in names:
         while name in taken or _normalise_header(name) in _ALIASES:
@@ -332,51 +364,76 @@ def _write_retry(retry_out: _CsvFile, schema: pa.Schema, chunk: pa.Table,
     tally.add(chunk, again.num_rows)
 
 
+#: what the rows are counted by, once per chunk: every count the summary and the page show
+_TALLY_KEYS = ("module", "cadence_id", "status", "code")
+
+
 @dataclass
 class _Tally:
     """Counts of the rows actually written, chunk by chunk."""
 
     written: int = 0
     retry_rows: int = 0
-    by_status: dict[str, int] = field(default_factory=dict)
-    #: status → code → rows
-    by_code: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: (module, cadence_id, status, code) → rows; an empty module, cadence or code as None
+    groups: dict[tuple[str | None, str | None, str, str | None], int] = field(
+        default_factory=dict)
 
     def add(self, chunk: pa.Table, retry_rows: int) -> None:
         self.written += chunk.num_rows
         self.retry_rows += retry_rows
-        if chunk["code"].null_count == chunk.num_rows:  # no codes (a dry run): statuses only
-            counted = pc.value_counts(chunk["status"])
-            groups = zip(counted.field("values").to_pylist(), itertools.repeat(None),
-                         counted.field("counts").to_pylist())
-        else:
-            grouped = chunk.group_by(["status", "code"], use_threads=False).aggregate(
-                [("row", "count")])
-            groups = zip(*(grouped.column(c).to_pylist()
-                           for c in ("status", "code", "row_count")), strict=True)
-        for status, code, n in groups:
-            self.by_status[status] = self.by_status.get(status, 0) + n
+        grouped = chunk.group_by(list(_TALLY_KEYS), use_threads=False).aggregate(
+            [("row", "count")])
+        for module, cadence, status, code, n in zip(
+                *(grouped.column(c).to_pylist() for c in (*_TALLY_KEYS, "row_count")),
+                strict=True):
+            key = (module or None, cadence or None, status, code or None)
+            self.groups[key] = self.groups.get(key, 0) + n
+
+    def by_status(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for (_, _, status, _), n in self.groups.items():
+            out[status] = out.get(status, 0) + n
+        return out
+
+    def by_code(self) -> dict[str, dict[str, int]]:
+        """status → code → rows, for the rows that carry a code."""
+        out: dict[str, dict[str, int]] = {}
+        for (_, _, status, code), n in self.groups.items():
             if code:
-                codes = self.by_code.setdefault(status, {})
+                codes = out.setdefault(status, {})
                 codes[code] = codes.get(code, 0) + n
+        return out
+
+    def by_cadence(self) -> list[dict[str, Any]]:
+        """[{module, cadence_id, rows, by_status}], most rows first; rows without a cadence id
+        (invalid input) under ``cadence_id`` None."""
+        lines: dict[tuple[str | None, str | None], dict[str, Any]] = {}
+        for (module, cadence, status, _), n in self.groups.items():
+            line = lines.setdefault((module, cadence), {
+                "module": module, "cadence_id": cadence, "rows": 0, "by_status": {}})
+            line["rows"] += n
+            line["by_status"][status] = line["by_status"].get(status, 0) + n
+        return sorted(lines.values(), key=lambda x: (-x["rows"], x["module"] or "",
+                                                     x["cadence_id"] or ""))
 
     def summary(self, journal: ResultSource, *, duration_s: float, results: Path, retry: Path,
                 summary_file: Path, blank: int, extra: dict[str, Any] | None) -> Summary:
         """The summary, its counts reconciled against the rows the journal loaded."""
         rows = journal.rows
-        line, ok = reconcile_line(rows, self.by_status)
+        by_status = self.by_status()
+        line, ok = reconcile_line(rows, by_status)
         if self.written != rows:
             line, ok = f"{line}; {self.written} rows written", False
         counters = journal.counters()
         return Summary(
-            rows=rows, by_status=self.by_status, by_code=self.by_code,
+            rows=rows, by_status=by_status, by_code=self.by_code(),
             calls=counters.get("calls", 0), retries=counters.get("retries", 0),
             throttled=counters.get("throttled", 0), credits=counters.get("credits", 0),
             duration_s=round(float(duration_s), 3), results_path=str(results),
             retry_path=str(retry), summary_path=str(summary_file), retry_rows=self.retry_rows,
             reconcile=line, reconciled=ok, started_at=journal.started_at,
             ignored_entries=counters.get("ignored_entries", 0), blank=blank,
-            finished_at=utc_now(), extra=dict(extra or {}))
+            by_cadence=self.by_cadence(), finished_at=utc_now(), extra=dict(extra or {}))
 
 
 def _retry_mask(chunk: pa.Table) -> pa.ChunkedArray:
@@ -512,7 +569,8 @@ class _XlsxFile:
 
     Every text, ids included, is a string cell, so Excel never turns an id into a rounded number;
     numbers and booleans keep their types; nulls and empty texts are blank cells. A text longer
-    than a cell's 32,767 characters is cut there (xlsxwriter's rule).
+    than a cell's 32,767 characters is cut to fit, ending in ``…[cut: N chars]`` (N: its whole
+    length), and counted in ``cut``: the caller says so (CSV and Parquet keep every text whole).
     """
 
     def __init__(self, results: Path, path: Path, schema: pa.Schema, scratch: Path) -> None:
@@ -525,8 +583,10 @@ class _XlsxFile:
         self._schema = _defused_schema(schema)
         self._cells = [self._cell_writer(f.type) for f in schema]
         self._rows = 0
+        #: cells whose text was cut to fit (header included)
+        self.cut = 0
         for col, name in enumerate(self._schema.names):
-            self._sheet.write_string(0, col, name)
+            self._sheet.write_string(0, col, self._fitted_text(name))
         self._sheet.freeze_panes(1, 0)
 
     def _cell_writer(self, kind: pa.DataType) -> Callable[[int, int, Any], Any]:
@@ -539,13 +599,33 @@ class _XlsxFile:
     def write(self, table: pa.Table) -> None:
         """Append the rows; UsageError past the sheet's last row (xlsxwriter would drop them)."""
         check_results_capacity(self._results, self._rows + table.num_rows)
-        columns = [c.to_pylist() for c in _defused(table, self._schema).columns]
+        columns = [self._fitted(c) for c in _defused(table, self._schema).columns]
         cells = self._cells
         for row, values in enumerate(zip(*columns, strict=True), start=self._rows + 1):
             for col, value in enumerate(values):
                 if value is not None and value != "":
                     cells[col](row, col, value)
         self._rows += table.num_rows
+
+    def _fitted(self, column: pa.ChunkedArray) -> list[Any]:
+        """A column's values, a text too long for a cell cut to fit (found from the byte
+        lengths: a text of at most 32,767 bytes has no more UTF-16 units)."""
+        values = column.to_pylist()
+        if pa.types.is_string(column.type):
+            long = pc.fill_null(pc.greater(pc.binary_length(column), XLSX_CELL_MAX), False)
+            for i in np.flatnonzero(numpy_of(long)).tolist():
+                values[i] = self._fitted_text(values[i])
+        return values
+
+    def _fitted_text(self, text: str) -> str:
+        """``text`` when a cell holds it, else its head and ``…[cut: N chars]``, counted."""
+        units = text.encode("utf-16-le")
+        if len(units) <= 2 * XLSX_CELL_MAX:
+            return text
+        self.cut += 1
+        marker = f"…[cut: {len(text)} chars]"
+        room = 2 * (XLSX_CELL_MAX - len(marker))  # a pair cut in half is left out whole
+        return units[:room].decode("utf-16-le", "ignore") + marker
 
     def finish(self, summary: Summary) -> None:
         """Filter over the data, add the summary sheet and write the file."""

@@ -6,9 +6,11 @@ tests prove exactness and completeness from the server's side, not from the clie
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -388,3 +390,34 @@ def test_a_run_that_continues_a_job_says_so(tmp_path, serve):
     again = run_job(settings(tmp_path, inp, quiet=False), live.env, stream=err)
     assert again.exit_code == 0
     assert f"batcher: resuming the job of {tmp_path / 'out.journal'}" in err.getvalue()
+
+
+def test_retry_rounds_keep_the_inputs_column_names(tmp_path, serve):
+    """The retry file carries the input's own columns under names a re-read gives back: each
+    round's results name them as the first round's did (``status`` → ``input_status``, never
+    ``input_input_status``)."""
+    rows = make_rows(400, 3, seed=7)
+    live = serve(World.from_pairs(rows))
+    inp = tmp_path / "in.csv"
+    with open(inp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["module", "record_id", "cadence_id", "status", "code", "Email"])
+        w.writerows([*row, "hot", f"c{i}", f"u{i}@x.example"] for i, row in enumerate(rows))
+
+    headers, retry_headers = [], []
+    for n in range(3):  # one call a round: each leaves rows to retry
+        out = tmp_path / f"round{n}.csv"
+        result = run_job(replace(settings(tmp_path, inp, max_calls=1), results=out), live.env)
+        assert result.exit_code == 3
+        results = read_results(out)
+        headers.append(list(results[0]))
+        assert {r["input_status"] for r in results} == {"hot"}
+        inp = out.with_name(out.stem + ".retry.csv")
+        retry = read_results(inp)
+        retry_headers.append(list(retry[0]))
+        assert {r["status"] for r in retry} == {"hot"}
+        assert all(r["code"].startswith("c") for r in retry)
+    assert headers[0][-3:] == ["input_status", "input_code", "Email"]
+    assert headers[1] == headers[0] and headers[2] == headers[0]
+    assert retry_headers == [["module", "record_id", "cadence_id", "status", "code",
+                              "Email"]] * 3

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from batcher.inputs import InputOptions, RecordList, read_input
 from batcher.job import run_job
 from batcher.sandbox.world import CUSTOM_VIEW, MANUAL, World
@@ -146,3 +148,59 @@ def test_all_cadences_says_why_a_row_has_no_cadence(tmp_path):
                                                        (3, "invalid")]
     assert "no manual_enrollment cadence in module Vendors" in rows[1]["reason"]
     assert rows[2]["reason"].startswith("missing module")
+
+
+def _list_file(tmp_path: Path, kind: str, rows: list[list[str]]) -> Path:
+    """A record list (record_id, module, note) as CSV, .xlsx or Parquet; a CSV row may be
+    ragged (another number of fields)."""
+    header = ["record_id", "module", "note"]
+    if kind == "csv":
+        path = tmp_path / "list.csv"
+        path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    elif kind == "xlsx":
+        import openpyxl
+
+        path, book = tmp_path / "list.xlsx", openpyxl.Workbook()
+        for r in [header, *rows]:
+            book.active.append(r)
+        book.save(path)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = tmp_path / "list.parquet"
+        pq.write_table(pa.table({h: [r[i] for r in rows] for i, h in enumerate(header)}), path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv", "xlsx", "parquet"])
+def test_every_invalid_row_of_a_record_list_is_invalid_once_per_cadence(tmp_path, serve, kind):
+    world = World()
+    wanted = [world.add_cadence("Leads", MANUAL).id for _ in range(3)]
+    good = "1990117000000120345"
+    world.enroll("Leads", good, wanted[0])
+    live = serve(world)
+    rows = [[good, "Leads", "a"], ["12", "Leads", "bad id"],
+            ["1990117000000120347", "", "no module"]]
+    if kind == "csv":  # only a CSV row can have another number of fields
+        rows.insert(1, ["1990117000000120346", "Leads", "b", "extra"])
+    inp = _list_file(tmp_path, kind, rows)
+
+    result = run_job(settings(tmp_path, inp, reading=InputOptions(cadences=tuple(wanted))),
+                     live.env)
+
+    results = read_results(tmp_path / "out.csv")
+    assert len(results) == len(rows) * 3  # one row per (input row, cadence), in input order
+    assert [(int(r["row"]), r["cadence_id"]) for r in results] == \
+        [(row, c) for row in range(1, len(rows) + 1) for c in wanted]
+    expected = ["ragged row: line 3 has 4 fields"] * (kind == "csv") + \
+        ["bad record id: '12'", "missing module"]
+    for row, why in enumerate(expected, start=2):  # each invalid row, once per cadence
+        said = [(r["status"], r["code"], r["message"][:len(why)])
+                for r in results if int(r["row"]) == row]
+        assert said == [("invalid", "INVALID_INPUT", why)] * 3, row
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["reconciled"] and summary["rows"] == len(results)
+    assert summary["by_status"] == {"unenrolled": 1, "not_enrolled": 2,
+                                    "invalid": (len(rows) - 1) * 3}
+    assert result.exit_code == 1

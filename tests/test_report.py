@@ -99,6 +99,15 @@ def test_summary_reconciles_and_reports_counts(journal: Journal, tmp_path: Path)
                                 "duplicate": 1, "not_sent": 1}
     assert doc["by_code"]["failed"] == {"INTERNAL_SERVER_ERROR": 1, "INVALID_DATA": 1}
     assert doc["by_code"]["invalid"] == {"INVALID_INPUT": 2}
+    # by cadence (DESIGN: "counts by status, code and cadence"), most rows first; a row without
+    # a module is counted under module null
+    assert doc["by_cadence"] == [
+        {"module": "Leads", "cadence_id": C1, "rows": 4,
+         "by_status": {"unenrolled": 1, "failed": 1, "duplicate": 1, "invalid": 1}},
+        {"module": "Leads", "cadence_id": C2, "rows": 2,
+         "by_status": {"not_enrolled": 1, "failed": 1}},
+        {"module": None, "cadence_id": C3, "rows": 1, "by_status": {"invalid": 1}},
+        {"module": "Contacts", "cadence_id": C3, "rows": 1, "by_status": {"not_sent": 1}}]
     assert (doc["calls"], doc["retries"], doc["throttled"], doc["credits"]) == (3, 2, 1, 3)
     assert doc["duration_s"] == 2.5 and doc["reconciled"] is True
     assert doc["results"] == str(tmp_path / "out.csv")
@@ -109,6 +118,22 @@ def test_summary_reconciles_and_reports_counts(journal: Journal, tmp_path: Path)
     assert "3 calls, 2 retries, 1 × 429" in text
     assert "failed: 1 INTERNAL_SERVER_ERROR, 1 INVALID_DATA" in text
     assert "2 rows to retry" in text
+
+
+def test_the_duration_counts_the_writing_of_the_results(journal: Journal, tmp_path: Path) -> None:
+    """A clock given as the duration is read once every results row is written: the summary's
+    seconds are the run's, not the run's minus its results (minutes on a large job)."""
+    source = _Source(journal)
+    read_at: list[int] = []
+
+    def clock() -> float:
+        read_at.append(source.chunks)
+        return 4.5
+
+    summary = write_results(source, tmp_path / "out.csv", duration_s=clock, chunk_rows=3)
+    assert read_at == [3]  # 8 rows in chunks of 3: read after the last chunk, once
+    assert summary.duration_s == 4.5
+    assert json.loads((tmp_path / "out.summary.json").read_text())["duration_s"] == 4.5
 
 
 def test_exit_code_is_zero_only_when_every_row_ended_well(tmp_path: Path) -> None:
@@ -138,6 +163,7 @@ class _Source:
     def __init__(self, real: Journal, *, fail_after: int | None = None, drop: int = 0) -> None:
         self.real, self.fail_after, self.drop = real, fail_after, drop
         self.rows, self.started_at = real.rows, real.started_at
+        self.chunks = 0  # chunks handed out so far
 
     def counters(self) -> dict[str, int]:
         return self.real.counters()
@@ -146,6 +172,7 @@ class _Source:
         for i, chunk in enumerate(self.real.iter_result_chunks(chunk_rows=chunk_rows)):
             if self.fail_after is not None and i >= self.fail_after:
                 raise OSError("disk full")
+            self.chunks += 1
             yield chunk.slice(self.drop)
 
 

@@ -156,9 +156,10 @@ def test_the_inputs_own_columns_line_up_with_their_rows_across_chunks(
     assert table["input_status"].to_pylist() == CARRIED["status"]
     assert table["status"].to_pylist()[:3] == ["unenrolled", "not_enrolled", "failed"]
     retry = read_csv(Path(summary.retry_path))
+    # the retry file is an input again: its own names, read back as they are (no drift)
     assert [tuple(r) for r in retry][0] == ("module", "record_id", "cadence_id", "Email",
-                                            "input_status", "Note")
-    assert [(r["record_id"], r["Email"], r["input_status"]) for r in retry] == [
+                                            "status", "Note")
+    assert [(r["record_id"], r["Email"], r["status"]) for r in retry] == [
         (R2, "u3@x.example", "warm"), (R3, "u7@x.example", "new")]
 
 
@@ -175,6 +176,15 @@ def test_names_that_clash_or_read_as_a_role_get_input_prefix() -> None:
                           "cadence_name"]) == (
         "Email", "input_status", "input_input_status", "input_ID", "input_Cadence",
         "input_Module Name", "input_cadence_name")
+
+
+def test_retry_file_names_read_back_as_they_are_so_rounds_converge() -> None:
+    names = ["Email", "status", "input_status", "ID", "Cadence", "module", "cadence_name"]
+    retry = carried_names(names, report.RETRY_COLUMNS)
+    assert retry == ("Email", "status", "input_status", "input_ID", "input_Cadence",
+                     "input_module", "cadence_name")
+    assert carried_names(retry, report.RETRY_COLUMNS) == retry  # the next round's retry file
+    assert carried_names(retry) == carried_names(names)  # the next round's results
 
 
 @pytest.mark.parametrize(("sizes", "error"), [
@@ -228,3 +238,59 @@ def test_a_killed_xlsx_writers_scratch_folder_is_swept(journal: Journal, tmp_pat
     (dead / "part").write_text("ids")
     write_results(journal, tmp_path / "r.xlsx", duration_s=0)
     assert not dead.exists()
+
+
+def test_xlsx_cuts_a_text_too_long_for_a_cell_visibly_and_counts_it(journal: Journal,
+                                                                      tmp_path: Path) -> None:
+    wide = "😀" * 20_000  # 20,000 characters, 40,000 UTF-16 units: Excel's limit counts these
+    notes = ["n" * 40_000, wide, *CARRIED["Note"][2:]]
+    data = {**CARRIED, "Note": notes}
+    summary = write_results(journal, tmp_path / "r.xlsx", duration_s=0, carried=carried(data=data))
+    _, cells = read_sheet(tmp_path / "r.xlsx")
+    note = [r[OUT_NAMES.index("Note")].value for r in cells[1:]]
+    for text, shown in zip(notes[:2], note[:2], strict=True):
+        marker = f"…[cut: {len(text)} chars]"
+        assert shown.endswith(marker) and text.startswith(shown[:-len(marker)])
+        assert len(shown.encode("utf-16-le")) // 2 <= 32_767
+        assert len(shown) > 16_000  # cut to fit, not emptied
+    assert note[2:] == ["'" + DDE, "'-5", "'+1", "'@me", "'\tx", "ok"]  # the rest as they were
+    assert summary.extra["xlsx_cells_cut"] == 2
+    doc = (tmp_path / "r.summary.json").read_text()
+    assert '"xlsx_cells_cut": 2' in doc
+
+    write_results(journal, tmp_path / "r.csv", duration_s=0, carried=carried(data=data))
+    assert [r["Note"] for r in read_csv(tmp_path / "r.csv")][:2] == notes[:2]  # CSV: whole
+    cut = report.cut_cells_line(summary, tmp_path / "job.journal")
+    assert cut and cut.startswith("2 cell(s) of ") and "--results" in cut
+
+
+def test_a_job_says_once_on_stderr_that_xlsx_cells_were_cut(tmp_path: Path, serve) -> None:
+    import io
+    import json
+    from dataclasses import replace
+
+    from batcher.job import run_job
+    from batcher.sandbox.world import World
+
+    from .conftest import write_pairs
+    from .test_e2e import make_rows, settings
+
+    rows = make_rows(20, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    with_note = [line + ("," + ("x" * 40_000 if i % 5 == 1 else "short") if i else ",note")
+                 for i, line in enumerate(inp.read_text().splitlines())]
+    inp.write_text("\n".join(with_note) + "\n")
+    err = io.StringIO()
+    result = run_job(replace(settings(tmp_path, inp), results=tmp_path / "out.xlsx"), live.env,
+                     stream=err)
+    assert result.exit_code == 0
+    cut = [line for line in err.getvalue().splitlines() if "cut to fit" in line]
+    long_rows = sum(1 for line in with_note[1:] if "x" * 40_000 in line)
+    assert len(cut) == 1 and cut[0].startswith(f"batcher: {long_rows} cell(s) of ")
+    assert ".csv or .parquet results keep every text whole" in cut[0]
+    assert json.loads((tmp_path / "out.summary.json").read_text())["extra"][
+        "xlsx_cells_cut"] == long_rows
+    _, cells = read_sheet(tmp_path / "out.xlsx")
+    notes = [r[-1].value for r in cells[1:]]
+    assert sum(1 for n in notes if n.endswith("…[cut: 40000 chars]")) == long_rows

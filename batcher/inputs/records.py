@@ -45,17 +45,16 @@ class RecordList:
     def expand(self, batch: dict[str, Any], row0: int, default_module: str | None,
                encoded: bool = True) -> dict[str, Any]:
         """One batch of input rows → one position per (row, cadence), in row order then in the
-        order of the cadences. A blank or ragged row, or one whose module has no cadence, stays
-        one position (with no cadence: the scan reports it). Adds ``row``: the 1-based input
-        row of every position. ``encoded``: the cadence column dictionary-encoded."""
+        order of the cadences. An invalid row (ragged, bad id, missing module) is invalid once
+        per cadence, as a valid row would be a pair per cadence. A blank row (no results row),
+        or one whose module has no cadence, stays one position (with no cadence: the scan
+        reports it). Adds ``row``: the 1-based input row of every position. ``encoded``: the
+        cadence column dictionary-encoded."""
         n = len(batch["record_id"])
         per_code, code, modules = self._cadences_per_row(batch, n, default_module)
         count = np.array([max(1, len(c)) for c in per_code], dtype=np.int64)[code]
-        for key in ("blank", "ragged"):
-            if key in batch:
-                skip = (batch[key] if key == "blank"
-                        else np.asarray(batch[key].is_valid()))
-                count[skip] = 1
+        if "blank" in batch:
+            count[batch["blank"]] = 1
         take = np.repeat(np.arange(n, dtype=np.int64), count)
         within = np.arange(len(take)) - np.repeat(np.cumsum(count) - count, count)
         flat = [c for cads in per_code for c in cads] + [""]

@@ -80,7 +80,11 @@ def _parquet_chunk(src: Source, encoded: list[str], groups: list[int], wanted: l
     those the role columns leave empty are judged on the file's other columns too (read only
     then: a file of data rows never pays for them)."""
     cols = _columns(src, _read_row_groups(src, encoded, groups, wanted))
-    blank = all_empty(cols[r] for r in dict.fromkeys(src.roles))
+    # dictionary-encoded columns first: judged on their few distinct values, one without an
+    # empty value ends the search before a column of ten million ids is looked at
+    roles = sorted(dict.fromkeys(src.roles), key=lambda r: not pa.types.is_dictionary(
+        cols[r].type))
+    blank = all_empty(cols[r] for r in roles)
     others = [n for n in src.found if n not in wanted]
     if blank is not None and others:
         import pyarrow.parquet as pq

@@ -269,12 +269,20 @@ def half(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json=success(body["ids"], body["cadences_ids"][:1]))
 
 
-def test_journal_thread_real_sqlite_full_is_a_journal_io_error(tmp_path):
-    # 100 records x 2 cadences a batch, answered half and half: recording one answer stores a
-    # row per pair of the smaller half, several pages
-    j = loaded(tmp_path, grid(6, records=100), cls=CappedJournal).cap()
+def half_the_records(request: httpx.Request) -> httpx.Response:
+    """The first half of the records removed from every cadence, the others from none."""
+    body = json.loads(request.content)
+    ids, half = body["ids"], len(body["ids"]) // 2
+    removed, kept = success(ids[:half], body["cadences_ids"]), success(ids[half:], [])
+    return httpx.Response(200, json={"data": removed["data"] + kept["data"]})
 
-    error, took = engine(j, half, concurrency=2)
+
+def test_journal_thread_real_sqlite_full_is_a_journal_io_error(tmp_path):
+    # 100 records x 5 cadences a batch, answered half and half: recording one answer stores a
+    # row per pair of one half (250 rows), more than the journal's 16 KB page holds
+    j = loaded(tmp_path, grid(6, records=100, cadences=5), cls=CappedJournal).cap()
+
+    error, took = engine(j, half_the_records, concurrency=2)
 
     assert isinstance(error, JournalIOError), repr(error)
     assert str(tmp_path / "job.journal") in str(error)

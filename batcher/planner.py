@@ -1273,14 +1273,16 @@ def _signature_part(module: int, sigs: _Signatures, k0: int, k1: int, rec_global
         total += int(n_calls.sum())
         levels[s] = _Level(chunk_mask[at], counts[at], counts[at] % MAX_RECORDS_PER_CALL > 0,
                            np.zeros(len(at), dtype=np.uint64), base)
-    local_of = np.full(len(cad_global), -1, dtype=np.int64)
-    local_of[cads] = np.arange(len(cads))
-    local_rec_of = np.full(len(rec_global), -1, dtype=np.int64)
-    local_rec_of[local_recs] = np.arange(len(local_recs))
+    # a pair's local indices by binary search among the part's few cadences and records: a
+    # lookup table as long as the module's cadences, kept by each of tens of thousands of
+    # parts (a million cadences: swapped columns), took tens of gigabytes
+    cad_order = np.argsort(cads)
+    cads_sorted = cads[cad_order]
 
     def local_pairs() -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         where, r, c = pairs()
-        return where, local_rec_of[r], local_of[c]
+        return (where, np.searchsorted(local_recs, r),
+                cad_order[np.searchsorted(cads_sorted, c)])
 
     return _Part(module, local_pairs, rec_global[local_recs], cad_global[cads],
                  record_type.astype(np.int64), pieces, _Search(0, total, levels))

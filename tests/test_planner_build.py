@@ -166,3 +166,28 @@ def test_ranks_count_earlier_items_of_the_same_key() -> None:
     key = np.array([2, 0, 2, 1, 0, 2, 3])
     rank = planner._ranks(key, np.bincount(key))
     assert rank.tolist() == [0, 0, 1, 0, 1, 2, 0]
+
+
+def test_building_parts_made_from_signatures_takes_memory_of_the_pairs_not_parts_x_cadences(
+        ) -> None:
+    """Swapped columns give a module of a million cadences cut into tens of thousands of parts:
+    each part built kept a lookup table as long as the module's cadences, and a 10M-row input
+    took over 17 GB before its first call. Here 40,000 cadences (~670 parts) must build in a
+    few megabytes, not hundreds."""
+    import tracemalloc
+
+    rng = np.random.default_rng(11)
+    n = 120_000  # 40,000 "cadences" (record ids, swapped), 3 of 40 "records" each
+    c = np.repeat(np.arange(40_000), 3)
+    r = rng.integers(0, 40, n)
+    key = np.unique(c * 40 + r)
+    plan = plan_pairs(["Leads"] * len(key), [f"r{x}" for x in key % 40],
+                      [f"c{x}" for x in key // 40])
+    assert len(plan._parts) > 500
+    tracemalloc.start()
+    try:
+        plan.pair_batch  # noqa: B018 (the build)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MB to build {len(plan._parts)} parts"

@@ -219,24 +219,32 @@ def _template() -> jinja2.Template:
 # ---------------------------------------------------------------------- the per-cadence table
 
 
-def _cadence_table(by_cadence: list[dict[str, Any]], names: dict[str, Any]) -> dict[str, Any]:
+def _cadence_table(summary: Summary, names: dict[str, Any]) -> dict[str, Any]:
     """{lines, total, rest}: one line per (module, cadence) of the summary's ``by_cadence``
-    (largest first), at most ``_CADENCE_ROWS``; ``rest`` sums the others (None when there are
-    none).
+    (largest first), at most ``_CADENCE_ROWS``; ``rest`` sums the others, the summary's
+    ``other_cadences`` included (None when there are none).
 
     A line is {module, cadence_id, name, pairs, <status>: rows..., other}; rows without a
     cadence (invalid input) have ``cadence_id`` None.
     """
-    ordered = []
-    for counted in by_cadence:
-        line = _cadence_line(counted["module"], counted["cadence_id"], names)
-        line["pairs"] = counted["rows"]
-        for status, n in counted["by_status"].items():
-            line[status if status in _CADENCE_COLUMNS else "other"] += n
-        ordered.append(line)
-    rest = ordered[_CADENCE_ROWS:]
-    return {"lines": ordered[:_CADENCE_ROWS], "total": _sum_lines(ordered),
-            "rest": _sum_lines(rest) | {"count": len(rest)} if rest else None}
+    ordered = [_counted_line(c["module"], c["cadence_id"], c["rows"], c["by_status"], names)
+               for c in summary.by_cadence]
+    rest, count = ordered[_CADENCE_ROWS:], max(0, len(ordered) - _CADENCE_ROWS)
+    other = summary.other_cadences
+    if other:  # the cadences the summary itself summed
+        rest.append(_counted_line(None, None, other["rows"], other["by_status"], {}))
+        count += other["cadences"]
+    return {"lines": ordered[:_CADENCE_ROWS], "total": _sum_lines(ordered[:_CADENCE_ROWS] + rest),
+            "rest": _sum_lines(rest) | {"count": count} if rest else None}
+
+
+def _counted_line(module: str | None, cadence: str | None, rows: int,
+                  by_status: dict[str, int], names: dict[str, Any]) -> dict[str, Any]:
+    line = _cadence_line(module, cadence, names)
+    line["pairs"] = rows
+    for status, n in by_status.items():
+        line[status if status in _CADENCE_COLUMNS else "other"] += n
+    return line
 
 
 def _cadence_line(module: str | None, cadence: str | None, names: dict[str, Any]
@@ -317,7 +325,7 @@ def _view(summary: Summary, counts: Counts, names: dict[str, Any], facts: _Facts
         "duration": _duration(summary.duration_s),
         "status_bars": _bars([(f"status.{s}", s, n) for s, n in _by_status(summary) if n]),
         "code_bars": _bars(_by_code(summary)),
-        "cadences": _cadence_table(summary.by_cadence, names), "errors": counts.top_errors(),
+        "cadences": _cadence_table(summary, names), "errors": counts.top_errors(),
         "untracked": counts.untracked, "facts": facts,
         "timeline": _timeline(facts.per_second) if facts else None,
         "command": command, "next": _next_step(summary),

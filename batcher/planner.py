@@ -17,7 +17,7 @@ subset of the input by construction (a piece is a subset of its record's own set
 3. tries a few thresholds for "thin" on counts only, keeps the cheapest per module, and builds the
    per-record batches only when someone asks for them.
 
-Bitmasks need at most 64 cadences: a module with more is planned in blocks of 64 cadences (a call
+Bitmasks need at most 64 cadences: a module with more is planned in blocks of 60 cadences (a call
 then never mixes cadences of two blocks), which stays exact by construction. Past 64 blocks (far
 more cadences than an org has: most likely record ids in the cadence column) a block's search is
 too many milliseconds; there cadences that hold exactly the same records share calls, 5 a call,
@@ -40,6 +40,10 @@ from .arrays import arrow_of, numpy_of
 from .models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch, BatchBlock
 
 _MASK_BITS = 64
+#: cadences of a block when a module has more than _MASK_BITS: a multiple of the 5 a call takes,
+#: so no block ends in a call of fewer (blocks of 64 cost a call more than ⌈cadences / 5⌉ ×
+#: ⌈records / 100⌉ on a list of records asked out of 65 cadences or more)
+_BLOCK_CADENCES = _MASK_BITS - _MASK_BITS % MAX_CADENCES_PER_CALL
 _Ids = pa.Array | pa.ChunkedArray | Sequence[str]
 #: thresholds on a remainder's pairs (records × cadences) under which it is split, not kept;
 #: 0 keeps every remainder, a value above 5 × 99 splits them all
@@ -1061,7 +1065,7 @@ def _plan_by_blocks(names: list[str], mod: np.ndarray, rec: np.ndarray, n_rec: i
         c_local, cad_global = _dense(c_glob, n_cad)
         r_local, rec_global = _dense(r_glob, n_rec)
         k = np.bincount(r_local)
-        if len(cad_global) > _MASK_BITS * _BLOCKS_MAX:
+        if len(cad_global) > _BLOCK_CADENCES * _BLOCKS_MAX:
             lazy, batches = _plan_by_signatures(m, pos, r_local, rec_global, c_local, cad_global)
             parts.extend(lazy)
             cad_count = np.bincount(c_local, minlength=len(cad_global))
@@ -1072,15 +1076,16 @@ def _plan_by_blocks(names: list[str], mod: np.ndarray, rec: np.ndarray, n_rec: i
                 int((-(-cad_count // MAX_RECORDS_PER_CALL)).sum()), _SIGNATURES)
             continue
         module_parts = []
-        for lo in range(0, len(cad_global), _MASK_BITS):
+        for lo in range(0, len(cad_global), _BLOCK_CADENCES):
             if len(cad_global) <= _MASK_BITS:
                 module_parts.append(_solve(m, pos, r_local, rec_global, c_local, cad_global))
-                continue
-            sel = (c_local >= lo) & (c_local < lo + _MASK_BITS)
+                break
+            hi = lo + _BLOCK_CADENCES
+            sel = (c_local >= lo) & (c_local < hi)
             r_block, rec_block = _dense(r_local[sel], len(rec_global))
             module_parts.append(_solve(
                 m, np.flatnonzero(sel) if pos is None else pos[sel], r_block,
-                rec_global[rec_block], c_local[sel] - lo, cad_global[lo:lo + _MASK_BITS]))
+                rec_global[rec_block], c_local[sel] - lo, cad_global[lo:hi]))
         parts.extend(module_parts)
         stats[names[m]] = _stats(names[m], module_parts, len(r_glob), len(k),
                                  int((-(-k // MAX_CADENCES_PER_CALL)).sum()),

@@ -97,8 +97,10 @@ class Summary:
     #: all-empty input rows: not data rows, no results row (``rows`` does not count them)
     blank: int = 0
     #: [{module, cadence_id, rows, by_status}], most rows first (cadence_id None: rows that
-    #: name no cadence)
+    #: name no cadence), at most BY_CADENCE_MAX; the others summed in ``other_cadences``
     by_cadence: list[dict[str, Any]] = field(default_factory=list)
+    #: {cadences, rows, by_status} of the cadences past ``by_cadence``'s; None when none are
+    other_cadences: dict[str, Any] | None = None
     finished_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: the HTML report beside the results, once it was written
@@ -365,75 +367,112 @@ def _write_retry(retry_out: _CsvFile, schema: pa.Schema, chunk: pa.Table,
 
 
 #: what the rows are counted by, once per chunk: every count the summary and the page show
-_TALLY_KEYS = ("module", "cadence_id", "status", "code")
+_TALLY_KEYS = ["module", "cadence_id", "status", "code"]
+#: cadences the summary lists one by one (most rows first); the others are summed in one line
+BY_CADENCE_MAX = 1000
+_COMPACT_ROWS = 1_000_000  # counted groups held before they are grouped again
 
 
 @dataclass
 class _Tally:
-    """Counts of the rows actually written, chunk by chunk."""
+    """Counts of the rows actually written, chunk by chunk, kept as Arrow tables of groups
+    (a million cadences — swapped columns — cost megabytes, not a Python object per group)."""
 
     written: int = 0
     retry_rows: int = 0
-    #: (module, cadence_id, status, code) → rows; an empty module, cadence or code as None
-    groups: dict[tuple[str | None, str | None, str, str | None], int] = field(
-        default_factory=dict)
+    _groups: list[pa.Table] = field(default_factory=list)  # _TALLY_KEYS + rows
+    _held: int = 0
+    _left: int = 0  # groups the last regrouping left: the next waits for twice as many
 
     def add(self, chunk: pa.Table, retry_rows: int) -> None:
         self.written += chunk.num_rows
         self.retry_rows += retry_rows
-        grouped = chunk.group_by(list(_TALLY_KEYS), use_threads=False).aggregate(
-            [("row", "count")])
-        for module, cadence, status, code, n in zip(
-                *(grouped.column(c).to_pylist() for c in (*_TALLY_KEYS, "row_count")),
-                strict=True):
-            key = (module or None, cadence or None, status, code or None)
-            self.groups[key] = self.groups.get(key, 0) + n
+        keys = [pc.fill_null(chunk[k], "") for k in _TALLY_KEYS]  # empty and missing: one
+        grouped = pa.table(dict(zip(_TALLY_KEYS, keys, strict=True))).group_by(
+            _TALLY_KEYS, use_threads=False).aggregate([([], "count_all")])
+        self._groups.append(grouped.rename_columns([*_TALLY_KEYS, "rows"]))
+        self._held += grouped.num_rows
+        if self._held > max(_COMPACT_ROWS, 2 * self._left) and len(self._groups) > 1:
+            self._groups = [_regrouped(self._groups, _TALLY_KEYS)]
+            self._held = self._left = self._groups[0].num_rows
 
-    def by_status(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for (_, _, status, _), n in self.groups.items():
-            out[status] = out.get(status, 0) + n
-        return out
-
-    def by_code(self) -> dict[str, dict[str, int]]:
-        """status → code → rows, for the rows that carry a code."""
-        out: dict[str, dict[str, int]] = {}
-        for (_, _, status, code), n in self.groups.items():
-            if code:
-                codes = out.setdefault(status, {})
-                codes[code] = codes.get(code, 0) + n
-        return out
-
-    def by_cadence(self) -> list[dict[str, Any]]:
-        """[{module, cadence_id, rows, by_status}], most rows first; rows without a cadence id
-        (invalid input) under ``cadence_id`` None."""
-        lines: dict[tuple[str | None, str | None], dict[str, Any]] = {}
-        for (module, cadence, status, _), n in self.groups.items():
-            line = lines.setdefault((module, cadence), {
-                "module": module, "cadence_id": cadence, "rows": 0, "by_status": {}})
-            line["rows"] += n
-            line["by_status"][status] = line["by_status"].get(status, 0) + n
-        return sorted(lines.values(), key=lambda x: (-x["rows"], x["module"] or "",
-                                                     x["cadence_id"] or ""))
+    def counts(self) -> _Counts:
+        """The summary's counts: by status, by status and code, by cadence."""
+        if not self._groups:
+            return _Counts({}, {}, [], None)
+        total = _regrouped(self._groups, _TALLY_KEYS)
+        by_status = dict(zip(*_regrouped([total], ["status"]).select(["status", "rows"])
+                             .to_pydict().values(), strict=True))
+        by_code: dict[str, dict[str, int]] = {}
+        coded = _regrouped([total.filter(pc.not_equal(total["code"], ""))], ["status", "code"])
+        for status, code, n in zip(*coded.to_pydict().values(), strict=True):
+            by_code.setdefault(status, {})[code] = n
+        lines, other = _by_cadence(_regrouped([total], ["module", "cadence_id", "status"]))
+        return _Counts(by_status, by_code, lines, other)
 
     def summary(self, journal: ResultSource, *, duration_s: float, results: Path, retry: Path,
                 summary_file: Path, blank: int, extra: dict[str, Any] | None) -> Summary:
         """The summary, its counts reconciled against the rows the journal loaded."""
         rows = journal.rows
-        by_status = self.by_status()
-        line, ok = reconcile_line(rows, by_status)
+        counts = self.counts()
+        line, ok = reconcile_line(rows, counts.by_status)
         if self.written != rows:
             line, ok = f"{line}; {self.written} rows written", False
         counters = journal.counters()
         return Summary(
-            rows=rows, by_status=by_status, by_code=self.by_code(),
+            rows=rows, by_status=counts.by_status, by_code=counts.by_code,
             calls=counters.get("calls", 0), retries=counters.get("retries", 0),
             throttled=counters.get("throttled", 0), credits=counters.get("credits", 0),
             duration_s=round(float(duration_s), 3), results_path=str(results),
             retry_path=str(retry), summary_path=str(summary_file), retry_rows=self.retry_rows,
             reconcile=line, reconciled=ok, started_at=journal.started_at,
             ignored_entries=counters.get("ignored_entries", 0), blank=blank,
-            by_cadence=self.by_cadence(), finished_at=utc_now(), extra=dict(extra or {}))
+            by_cadence=counts.by_cadence, other_cadences=counts.other_cadences,
+            finished_at=utc_now(), extra=dict(extra or {}))
+
+
+@dataclass(frozen=True)
+class _Counts:
+    by_status: dict[str, int]
+    by_code: dict[str, dict[str, int]]
+    by_cadence: list[dict[str, Any]]
+    other_cadences: dict[str, Any] | None
+
+
+def _regrouped(tables: list[pa.Table], keys: list[str]) -> pa.Table:
+    """Groups (``keys`` + ``rows``) of counted tables, summed by ``keys``."""
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    return table.group_by(keys, use_threads=False).aggregate([("rows", "sum")]) \
+        .rename_columns([*keys, "rows"])
+
+
+def _by_cadence(counted: pa.Table) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(lines, other): one line {module, cadence_id, rows, by_status} per (module, cadence) of
+    ``counted`` (module, cadence_id, status, rows; "" for none), most rows first, at most
+    :data:`BY_CADENCE_MAX`; ``other`` sums the rest ({cadences, rows, by_status}), None when
+    there is none."""
+    counted = counted.append_column("pair", pc.binary_join_element_wise(
+        counted["module"], counted["cadence_id"], "\x1f"))  # one key for (module, cadence)
+    lines = counted.group_by(["pair", "module", "cadence_id"], use_threads=False).aggregate(
+        [("rows", "sum")])
+    order = pc.sort_indices(lines, sort_keys=[("rows_sum", "descending"),
+                                              ("module", "ascending"),
+                                              ("cadence_id", "ascending")])
+    top = lines.take(order[:BY_CADENCE_MAX])
+    shown = pc.is_in(counted["pair"], value_set=top["pair"])
+    by_status: dict[str, dict[str, int]] = {}
+    for p, status, n in zip(*counted.filter(shown).select(["pair", "status", "rows"])
+                            .to_pydict().values(), strict=True):
+        by_status.setdefault(p, {})[status] = n
+    out = [{"module": m or None, "cadence_id": c or None, "rows": n, "by_status": by_status[p]}
+           for p, m, c, n in zip(*top.select(["pair", "module", "cadence_id", "rows_sum"])
+                                 .to_pydict().values(), strict=True)]
+    if lines.num_rows <= BY_CADENCE_MAX:
+        return out, None
+    rest = _regrouped([counted.filter(pc.invert(shown)).select(["status", "rows"])], ["status"])
+    statuses = dict(zip(*rest.to_pydict().values(), strict=True))
+    return out, {"cadences": lines.num_rows - BY_CADENCE_MAX, "rows": sum(statuses.values()),
+                 "by_status": statuses}
 
 
 def _retry_mask(chunk: pa.Table) -> pa.ChunkedArray:

@@ -391,3 +391,16 @@ def test_millions_of_cadences_are_planned_by_the_records_they_share(monkeypatch)
     assert {s.strategy for s in plan.per_module.values()} == {planner._SIGNATURES}
     for stats in plan.per_module.values():  # every cadence has a call; 5 share where they can
         assert stats.batches < stats.naive_batches
+
+
+@pytest.mark.parametrize(("records", "cadences"), [(50, 100), (1, 75), (250, 65), (3, 1500),
+                                                   (101, 64), (7, 61)])
+def test_every_record_out_of_many_cadences_takes_the_fewest_calls(records: int,
+                                                                  cadences: int) -> None:
+    """A list of records asked out of 65 cadences or more (--all-cadences in a large org):
+    ⌈cadences / 5⌉ × ⌈records / 100⌉ calls, the fewest any plan can make; blocks of 64
+    cadences cost one call more (a block ending in a call of 4 cadences)."""
+    pairs = [("Leads", rid(i), cid(k)) for i in range(records) for k in range(cadences)]
+    plan = plan_of(pairs)
+    check_plan(pairs, plan)
+    assert plan.n_batches == -(-cadences // 5) * -(-records // 100)

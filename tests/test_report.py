@@ -108,6 +108,7 @@ def test_summary_reconciles_and_reports_counts(journal: Journal, tmp_path: Path)
          "by_status": {"not_enrolled": 1, "failed": 1}},
         {"module": None, "cadence_id": C3, "rows": 1, "by_status": {"invalid": 1}},
         {"module": "Contacts", "cadence_id": C3, "rows": 1, "by_status": {"not_sent": 1}}]
+    assert doc["other_cadences"] is None
     assert (doc["calls"], doc["retries"], doc["throttled"], doc["credits"]) == (3, 2, 1, 3)
     assert doc["duration_s"] == 2.5 and doc["reconciled"] is True
     assert doc["results"] == str(tmp_path / "out.csv")
@@ -118,6 +119,36 @@ def test_summary_reconciles_and_reports_counts(journal: Journal, tmp_path: Path)
     assert "3 calls, 2 retries, 1 × 429" in text
     assert "failed: 1 INTERNAL_SERVER_ERROR, 1 INVALID_DATA" in text
     assert "2 rows to retry" in text
+
+
+def test_the_summary_lists_the_largest_cadences_and_sums_the_others(
+        journal: Journal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A million cadences (swapped columns) must not make a summary of a million lines: past
+    BY_CADENCE_MAX, the smaller ones are summed in ``other_cadences``, and all still add up."""
+    import batcher.report as report
+
+    monkeypatch.setattr(report, "BY_CADENCE_MAX", 2)
+    write_results(journal, tmp_path / "out.csv", duration_s=0)
+    doc = json.loads((tmp_path / "out.summary.json").read_text())
+    assert [(c["module"], c["cadence_id"], c["rows"]) for c in doc["by_cadence"]] == [
+        ("Leads", C1, 4), ("Leads", C2, 2)]
+    assert doc["other_cadences"] == {"cadences": 2, "rows": 2,
+                                     "by_status": {"invalid": 1, "not_sent": 1}}
+    assert sum(c["rows"] for c in doc["by_cadence"]) + doc["other_cadences"]["rows"] == 8
+
+
+def test_counts_regrouped_along_the_way_are_the_counts(journal: Journal, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tally regroups what it counted once it holds many groups (a million cadences):
+    counted in chunks of 2 rows and regrouped every few, the summary is the same."""
+    import batcher.report as report
+
+    whole = write_results(journal, tmp_path / "a.csv", duration_s=0)
+    monkeypatch.setattr(report, "_COMPACT_ROWS", 2)
+    parts = write_results(journal, tmp_path / "b.csv", duration_s=0, chunk_rows=2)
+    assert (parts.by_status, parts.by_code, parts.by_cadence) == (
+        whole.by_status, whole.by_code, whole.by_cadence)
+    assert parts.reconciled
 
 
 def test_the_duration_counts_the_writing_of_the_results(journal: Journal, tmp_path: Path) -> None:

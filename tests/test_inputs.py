@@ -335,6 +335,22 @@ def test_parquet_rows_with_every_field_empty_are_blank_not_invalid(tmp_path: Pat
     assert pa.concat_tables(carried.tables())["note"].to_pylist() == ["a", "only a note", None]
 
 
+def test_parquet_rows_empty_but_for_nan_or_empty_bytes_are_blank(tmp_path: Path):
+    """pandas writes a missing number as NaN, and a missing blob can be b'': a row holding
+    nothing else is blank too; a row with a real number and no ids is a data row (invalid)."""
+    path = tmp_path / "nan.parquet"
+    pq.write_table(pa.table({
+        "record_id": [REC, None, None, None],
+        "cadence_id": [CAD, None, None, ""],
+        "score": pa.array([1.0, float("nan"), None, 2.5], pa.float64()),
+        "blob": pa.array([b"x", b"", None, b""], pa.binary()),
+    }), path)
+    scan = scan_input(path, "Leads")
+    assert (scan.rows, scan.blank) == (2, 2)
+    rows = read_input(path, "Leads").table.to_pylist()
+    assert [(r["row"], r["status"]) for r in rows] == [(1, "valid"), (4, "invalid")]
+
+
 def test_parquet_uint64_ids_above_int64(tmp_path: Path):
     path = tmp_path / "ids.parquet"
     pq.write_table(pa.table({"record_id": pa.array([9999999999999999999], pa.uint64()),

@@ -159,12 +159,14 @@ def test_the_duration_counts_the_writing_of_the_results(journal: Journal, tmp_pa
 
     def clock() -> float:
         read_at.append(source.chunks)
-        return 4.5
+        return 4.5 + len(read_at)
 
-    summary = write_results(source, tmp_path / "out.csv", duration_s=clock, chunk_rows=3)
-    assert read_at == [3]  # 8 rows in chunks of 3: read after the last chunk, once
-    assert summary.duration_s == 4.5
-    assert json.loads((tmp_path / "out.summary.json").read_text())["duration_s"] == 4.5
+    summary = write_results(source, tmp_path / "out.xlsx", duration_s=clock, chunk_rows=3)
+    # 8 rows in chunks of 3: read after the last chunk, and again once the workbook (written
+    # out when it is closed) is finished; the summary file has the last reading
+    assert read_at == [3, 3]
+    assert summary.duration_s == 6.5
+    assert json.loads((tmp_path / "out.summary.json").read_text())["duration_s"] == 6.5
 
 
 def test_exit_code_is_zero_only_when_every_row_ended_well(tmp_path: Path) -> None:

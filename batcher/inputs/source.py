@@ -62,6 +62,12 @@ def _empty_chunk(arr: pa.Array) -> np.ndarray | None:
             return null
         found = values[numpy_of(pc.fill_null(arr.indices, 0))]
         return found if null is None else found | null
+    if pa.types.is_floating(arr.type):  # NaN: how pandas writes a missing number
+        nan = numpy_of(pc.fill_null(pc.is_nan(arr), True))
+        return nan if nan.any() else null
+    if pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+        empty = numpy_of(pc.fill_null(pc.equal(pc.binary_length(arr), 0), True))
+        return empty if empty.any() else null
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         return null  # a number or a date is empty only when missing
     # utf8_is_space is false for "": two kernels and two reductions, no string copied

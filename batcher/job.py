@@ -408,6 +408,9 @@ def next_command(settings: RunSettings, results: Path, summary: Summary, stopped
                            str(results.with_name(f"{results.stem}-retry{results.suffix}"))])
     args = ["batcher", "run", str(settings.input), "--results", str(settings.results)]
     flags = {"--journal": settings.journal, "--module": settings.module,
+             "--concurrency": settings.concurrency
+             if settings.concurrency != RunSettings.concurrency else None,
+             "--halt-on-failures": settings.halt_on_failures,
              "--max-calls": settings.max_calls, "--delimiter": settings.reading.delimiter,
              "--record-column": settings.reading.record_column,
              "--cadence-column": settings.reading.cadence_column,

@@ -248,3 +248,21 @@ def _metrics(dom: str) -> dict[str, tuple[str, str | None]]:
 
 def _int(shown: tuple[str, str | None]) -> int:
     return int(shown[0].strip().replace(",", ""))
+
+
+def test_the_command_that_resumes_a_job_keeps_its_sending_flags(tmp_path, serve):
+    """The page's "next" command is the same command: a job stopped by --max-calls and run at
+    --concurrency 1 with --halt-on-failures resumes with them (it dropped the last two)."""
+    rows = make_rows(300, 20, seed=5, max_k=3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    result = run_job(RunSettings(input=inp, results=tmp_path / "out.csv", concurrency=1,
+                                 max_calls=1, halt_on_failures=20.0, quiet=True), live.env)
+    assert result.exit_code == 3
+    html = report_path(tmp_path / "out.csv").read_text()
+    command = re.search(r'data-metric="command">([^<]*)<', html)
+    assert command, "no command on the page"
+    args = command.group(1).split()
+    for flag, value in (("--concurrency", "1"), ("--max-calls", "1"),
+                        ("--halt-on-failures", "20.0")):
+        assert args[args.index(flag) + 1] == value, command.group(1)

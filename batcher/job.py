@@ -71,6 +71,7 @@ from .report import (
     UnplannedResults,
     check_results_capacity,
     cut_cells_line,
+    rewrite_summary,
     write_results,
 )
 from .retry import Reachability, RetryPolicy
@@ -374,6 +375,8 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
                             command=next_command(settings, results, summary, stop is not None),
                             exit_code=stop.exit_code if stop else None)
         summary = replace(summary, report_path=str(page))
+        with contextlib.suppress(OSError):  # the summary file names the page (else null)
+            rewrite_summary(summary)
     except (OSError, BatcherError) as exc:  # the results are there: the page is a nicety
         if stop is None:  # else the abort line says what is wrong (a damaged journal, a disk)
             log.say("report", f"the report could not be written ({exc})", always=True)
@@ -757,6 +760,8 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
                                                      bool(unfinished)),
                                 exit_code=3 if unfinished else summary.exit_code())
             summary = replace(summary, report_path=str(page))
+            with contextlib.suppress(OSError):  # the summary file names the page (else null)
+                rewrite_summary(summary)
         except (OSError, BatcherError) as exc:
             print(f"batcher: the report could not be written ({exc})", file=sys.stderr)
     print(summary.human(), file=stream)

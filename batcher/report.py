@@ -249,13 +249,24 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
         out.finish(summary)
         if callable(duration_s):  # an .xlsx is written out by finish(): its time counts too
             summary = replace(summary, duration_s=round(duration_s(), 3))
-        doc = summary.to_dict()
-        doc["results"], doc["retry"] = doc.pop("results_path"), doc.pop("retry_path")
-        del doc["summary_path"]
-        with open(tmp_summary, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, sort_keys=False, default=str)
-            fh.write("\n")
+        _dump_summary(summary, tmp_summary)
     return summary
+
+
+def rewrite_summary(summary: Summary) -> None:
+    """Write ``summary`` to its file again, atomically (the HTML report, written after it,
+    adds its path). Raises OSError."""
+    with _atomic(Path(summary.summary_path)) as tmp:
+        _dump_summary(summary, tmp)
+
+
+def _dump_summary(summary: Summary, path: Path) -> None:
+    doc = summary.to_dict()
+    doc["results"], doc["retry"] = doc.pop("results_path"), doc.pop("retry_path")
+    del doc["summary_path"]
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
 
 
 def carried_names(names: Iterable[str], columns: Iterable[str] = OUTPUT_SCHEMA.names

@@ -266,3 +266,15 @@ def test_the_command_that_resumes_a_job_keeps_its_sending_flags(tmp_path, serve)
     for flag, value in (("--concurrency", "1"), ("--max-calls", "1"),
                         ("--halt-on-failures", "20.0")):
         assert args[args.index(flag) + 1] == value, command.group(1)
+
+
+def test_the_summary_file_names_the_report_beside_it(tmp_path, serve):
+    """summary.json said "report_path": null although the page was written (after it)."""
+    rows = make_rows(40, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    result = run_job(RunSettings(input=inp, results=tmp_path / "out.csv", quiet=True), live.env)
+    doc = json.loads((tmp_path / "out.summary.json").read_text())
+    page = report_path(tmp_path / "out.csv")
+    assert doc["report_path"] == result.summary.report_path == str(page)
+    assert page.exists() and doc["rows"] == len(rows)

@@ -291,7 +291,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
             stop = _Stop(redact(str(exc)), exc.exit_code)
         except BatcherError as exc:  # the journal's disk, a journal that contradicts its input
             stop = _Stop(redact(str(exc)), exc.exit_code)
-        with stopper.phase("defer"):
+        with stopper.phase("defer"), _said_while_writing(stopper, log):
             summary = _write(settings, journal, scan, results, stop, started, log)
     if stop is None and stopper.requested is not None:  # the signal came while writing
         stop = _Stop(stopper.message())
@@ -311,6 +311,42 @@ def _ready_ahead() -> None:
     with contextlib.suppress(Exception):  # met, and reported, where it is used
         tls_context()
     prepare_report()
+
+
+@contextmanager
+def _said_while_writing(stopper: Stopper, log: JobLog) -> Iterator[None]:
+    """A signal that comes while the results are written is said at once, by a thread: the
+    writing goes on (an .xlsx of many rows takes minutes), and nothing else would show why the
+    process has not exited. Said at the end at the latest; a stop that came before is said by
+    its own line."""
+    if stopper.requested is not None:
+        yield
+        return
+    done, lock, said = threading.Event(), threading.Lock(), []
+
+    def say() -> None:
+        with lock:
+            if stopper.requested is not None and not said:
+                said.append(True)
+                log.say("signal", f"{stopper.requested} while the results are written: they "
+                        "are finished first (a second signal stops at once; the journal keeps "
+                        "every answer)", always=True)
+
+    def watch() -> None:
+        while not done.wait(_WATCH_S):
+            say()
+
+    watcher = threading.Thread(target=watch, name="batcher-signal-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        say()
+
+
+_WATCH_S = 0.1  # how soon a signal during the writing is said
 
 
 def _results_path(settings: RunSettings, log: JobLog) -> Path:

@@ -546,6 +546,9 @@ def test_a_signal_while_the_results_are_written_keeps_every_answer(tmp_path, ser
 
     problems = stop_problems(job, code, stop_s, "SIGTERM", statuses={"unenrolled"})
     assert not problems, problems
+    # said, not silent: an .xlsx of many rows keeps writing for minutes
+    assert "interrupted by SIGTERM while the results are written: they are finished first" \
+        in job.stderr()
     finishes_without_sending_again(job, live)
 
 

@@ -107,6 +107,13 @@ def signals_to(stopper: Stopper) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    import pyarrow as pa  # loaded by then; not at this module's import (the program's first lines)
+
+    # pyarrow swaps in C handlers of its own for SIGINT and SIGTERM around a read (to cancel it)
+    # and hands the signal back only when the read ends well or cancelled: one that fails for
+    # another reason (a block too small for a record, a disk error) swallowed the signal, and the
+    # job ran on to the end. Ours alone, a signal waits for the read to return.
+    pa.enable_signal_handlers(False)
     handler = signal_handler(stopper)
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     unraisable = sys.unraisablehook
@@ -124,3 +131,4 @@ def signals_to(stopper: Stopper) -> Iterator[None]:
         sys.unraisablehook = unraisable
         for sig, old in previous.items():
             signal.signal(sig, old)
+        pa.enable_signal_handlers(True)  # pyarrow's default

@@ -71,7 +71,7 @@ from .report import (
     UnplannedResults,
     check_results_capacity,
     cut_cells_line,
-    rewrite_summary,
+    with_report,
     write_results,
 )
 from .retry import Reachability, RetryPolicy
@@ -410,9 +410,7 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
         page = write_report(tally, summary, report_path(results),
                             command=next_command(settings, results, summary, stop is not None),
                             exit_code=stop.exit_code if stop else None)
-        summary = replace(summary, report_path=str(page))
-        with contextlib.suppress(OSError):  # the summary file names the page (else null)
-            rewrite_summary(summary)
+        summary = with_report(summary, page)
     except (OSError, BatcherError) as exc:  # the results are there: the page is a nicety
         if stop is None:  # else the abort line says what is wrong (a damaged journal, a disk)
             log.say("report", f"the report could not be written ({exc})", always=True)
@@ -795,9 +793,7 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
                                 command=next_command(settings, Path(results), summary,
                                                      bool(unfinished)),
                                 exit_code=3 if unfinished else summary.exit_code())
-            summary = replace(summary, report_path=str(page))
-            with contextlib.suppress(OSError):  # the summary file names the page (else null)
-                rewrite_summary(summary)
+            summary = with_report(summary, page)
         except (OSError, BatcherError) as exc:
             print(f"batcher: the report could not be written ({exc})", file=sys.stderr)
     print(summary.human(), file=stream)

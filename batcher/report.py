@@ -23,7 +23,7 @@ import shlex
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -253,11 +253,13 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     return summary
 
 
-def rewrite_summary(summary: Summary) -> None:
-    """Write ``summary`` to its file again, atomically (the HTML report, written after it,
-    adds its path). Raises OSError."""
-    with _atomic(Path(summary.summary_path)) as tmp:
+def with_report(summary: Summary, page: str | os.PathLike[str]) -> Summary:
+    """The summary naming the HTML report written after it, its file written again
+    (atomically) to say so; the file keeps ``report_path`` null if it cannot be rewritten."""
+    summary = replace(summary, report_path=str(page))
+    with suppress(OSError), _atomic(Path(summary.summary_path)) as tmp:
         _dump_summary(summary, tmp)
+    return summary
 
 
 def _dump_summary(summary: Summary, path: Path) -> None:

@@ -891,11 +891,14 @@ def _stored_batch(seq: int, batch_id: str, module: str, records: str, cadences: 
 
 
 def _block_records(block: BatchBlock) -> list[str]:
-    """Each batch's record ids as JSON text, made by Arrow for ids of digits (every planned id)."""
+    """Each batch's record ids as JSON text, made by Arrow for ids of digits (every planned id:
+    the reader's are uint64, whose text is digits)."""
     ids = block.record_ids
-    ids = pc.cast(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids, pa.string())
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    digits = pa.types.is_unsigned_integer(ids.type)
+    ids = pc.cast(ids, pa.string())
     lists = pa.ListArray.from_arrays(arrow_of(np.asarray(block.offsets, dtype=np.int32)), ids)
-    if len(ids) and pc.all(pc.ascii_is_decimal(ids)).as_py():
+    if digits or len(ids) and pc.all(pc.ascii_is_decimal(ids)).as_py():
         return pc.binary_join_element_wise('["', pc.binary_join(lists, '", "'), '"]',
                                            "").to_pylist()
     return [json.dumps(v) for v in lists.to_pylist()]

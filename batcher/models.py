@@ -53,7 +53,8 @@ class BatchBlock:
     """Consecutive batches of one module as columns (the planner's output for the journal).
 
     Batch ``i`` is ``batch_ids[i]``: records ``record_ids[offsets[i]:offsets[i + 1]]`` (an Arrow
-    string array; ``offsets`` a numpy array of ``len(batch_ids) + 1``) × ``cadence_ids[i]``.
+    array of strings, or of uint64 ids: their text is the number's; ``offsets`` a numpy array of
+    ``len(batch_ids) + 1``) × ``cadence_ids[i]``.
     """
 
     module: str

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrays import arrow_of, numpy_of
+from .arrays import arrow_of, numpy_of, searchsorted
 from .models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch, BatchBlock
 
 _MASK_BITS = 64
@@ -806,19 +806,8 @@ def _group_of(masks: np.ndarray, levels: dict[int, _Level]) -> tuple[np.ndarray,
     group = np.zeros(masks.shape, dtype=np.int64)
     for s, lv in levels.items():
         at = size == s
-        group[at] = _lookup(lv.masks, masks[at])
+        group[at] = searchsorted(lv.masks, masks[at])
     return size, group
-
-
-def _lookup(table: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """np.searchsorted(table, x), with many keys sorted first: in order, the binary searches
-    walk the table instead of missing the cache at every step."""
-    if len(x) < 1 << 12:
-        return np.searchsorted(table, x)
-    order = np.argsort(x)
-    out = np.empty(len(x), dtype=np.int64)
-    out[order] = np.searchsorted(table, x[order])
-    return out
 
 
 def _ranks(key: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -104,6 +104,8 @@ def plan_scan(scan: InputScan, keep: np.ndarray | None = None) -> Plan:
     """Plan the scan's pairs (``keep``: which are still wanted, e.g. after the preflight) from
     the reader's integer codes, so nothing is hashed twice and no row text is needed."""
     codes = scan.codes if keep is None else scan.codes.filter(keep)
-    return plan_codes(codes.module, codes.module_names, codes.record, lambda: scan.record_text,
+    # the records as their uint64 values: a batch's ids are taken as integers and made text a
+    # block at a time by the journal, not ten million strings made and then taken
+    return plan_codes(codes.module, codes.module_names, codes.record, scan.record_id_array,
                       codes.cadence, scan.cadence_text, cadence_modules=scan.cadence_modules,
                       record_masks=scan.record_masks if keep is None else None)

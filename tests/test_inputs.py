@@ -714,7 +714,7 @@ def test_reader_agrees_with_a_simple_oracle(tmp_path: Path, rows, delimiter, quo
 
 def _scan_summary(scan: InputScan) -> tuple:
     """What a user sees of a scan: counts, examples, duplicates and the pairs (as text)."""
-    rec = scan.record_text.take(pa.array(scan.codes.record)).to_pylist()
+    rec = [str(v) for v in scan.record_values[scan.codes.record].tolist()]
     cad = scan.cadence_text.take(pa.array(scan.codes.cadence)).to_pylist()
     mod = [scan.codes.module_names[m] for m in scan.codes.module.tolist()]
     return (scan.rows, scan.invalid, scan.invalid_examples, scan.pair_rows.tolist(),

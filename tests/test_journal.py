@@ -670,6 +670,31 @@ def test_rows_coded_by_the_scan_give_the_results_the_text_rows_give(tmp_path: Pa
     assert all(r["record_id"] is None or not r["record_id"].startswith("zcrm_") for r in coded)
 
 
+def test_batches_planned_from_a_scan_name_the_inputs_ids_as_text(tmp_path: Path) -> None:
+    """The plan hands the journal its records as integers (their text made a block at a time):
+    the batches handed out, and the JSON the journal keeps, name the input's ids exactly —
+    one above 2**63 too, which an int64 or a float would change."""
+    import json
+    import sqlite3
+
+    from batcher.inputs import scan_input
+    from batcher.planreport import plan_scan
+
+    ids = ["9999999999999999999", "100000000000000", R1, R2]
+    path = tmp_path / "ids.csv"
+    path.write_text("module,record_id,cadence_id\n"
+                    + "".join(f"Leads,{r},{c}\n" for r in ids for c in (C1, C2)))
+    scan = scan_input(path)
+    plan = plan_scan(scan)
+    with Journal.open(tmp_path / "j.journal", "fp") as j:
+        j.load(scan.coded_tables(), lambda: (plan.blocks(), plan.pair_batch, plan.pair_rank))
+        sent = {(r, c) for b in j.pending_batches() for r in b.record_ids for c in b.cadence_ids}
+    assert sent == {(r, c) for r in ids for c in (C1, C2)}
+    with sqlite3.connect(tmp_path / "j.journal") as db:
+        stored = [json.loads(t) for (t,) in db.execute("SELECT record_ids FROM batches")]
+    assert sorted(r for records in stored for r in records) == sorted(ids)
+
+
 def test_the_same_file_edited_since_the_job_began_is_named_as_such(loaded: Path) -> None:
     """Not "made for another file": the user edited the list the job was started on, and needs
     to know that putting it back resumes and that a new journal starts the changed file over."""

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..arrays import arrow_of, numpy_of, strings_of
+from ..arrays import arrow_of, numpy_of, searchsorted, strings_of
 
 if TYPE_CHECKING:
     from .scan import InputScan
@@ -98,7 +98,7 @@ def coded_chunks(scan: InputScan, verdicts: Sequence[tuple[str, str]] = (),
     """
     codes, pair_rows = scan.codes, scan.pair_rows
     dup_rows = scan.dup_rows
-    dup_pair = np.searchsorted(pair_rows, scan.dup_first)  # the first-seen pair a repeat is
+    dup_pair = searchsorted(pair_rows, scan.dup_first)  # the first-seen pair a repeat is
     bad = scan.invalid_rows
     bad_at = numpy_of(bad.column("position"))
     names = pa.array(codes.module_names, pa.string())

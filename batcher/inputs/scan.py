@@ -10,7 +10,6 @@ import shlex
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -164,10 +163,10 @@ class InputScan:
     #: ids kept that end the way rounding leaves them, more often than chance would: a warning
     unusual_ids: tuple[str, ...] = ()
 
-    @cached_property
-    def record_text(self) -> pa.Array:
-        """Text of each record code (only a run needs it: ``batcher plan`` never does)."""
-        return pc.cast(arrow_of(self.record_values, pa.uint64()), pa.string())
+    def record_id_array(self) -> pa.Array:
+        """The id of each record code, as uint64 (a valid id is canonical digits: its text is
+        the number's)."""
+        return arrow_of(self.record_values, pa.uint64())
 
     @property
     def path(self) -> Path:

@@ -71,6 +71,7 @@ from .report import (
     UnplannedResults,
     check_results_capacity,
     cut_cells_line,
+    left_out_line,
     with_report,
     write_results,
 )
@@ -403,6 +404,8 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
             log.say("abort", f"aborted: {reason}", always=True)
         raise AbortError(f"the results could not be written to {results} ({why}); the journal "
                          f"keeps every answer: once that is fixed, {how}") from None
+    if left_out := left_out_line(summary):
+        log.say("results", left_out, always=True)
     cut = cut_cells_line(summary, None if settings.dry_run else journal.path)
     if cut:  # a cut text is said, never silent
         log.say("results", cut, always=True, cells_cut=summary.extra["xlsx_cells_cut"])
@@ -783,9 +786,9 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
         except (OSError, ValueError) as exc:
             raise AbortError(f"the results could not be written to {results} "
                              f"({getattr(exc, 'strerror', None) or exc})") from None
-        cut = cut_cells_line(summary, path)
-        if cut:
-            print(f"batcher: {cut}", file=sys.stderr)
+        for line in (left_out_line(summary), cut_cells_line(summary, path)):
+            if line:
+                print(f"batcher: {line}", file=sys.stderr)
         unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()
                          if k in ("pending", "sent"))
         try:

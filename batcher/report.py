@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 import xlsxwriter
 
 from .arrays import arrow_of, numpy_of
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .inputs.carry import Carried
 from .inputs.columns import _ALIASES, _normalise_header
 from .journal import utc_now
@@ -146,6 +146,12 @@ def side_paths(results_path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return p.with_name(p.stem + ".retry.csv"), p.with_name(p.stem + ".summary.json")
 
 
+def left_out_line(summary: Summary) -> str | None:
+    """One line for stderr when the input's own columns could not be carried, else None."""
+    why = summary.extra.get("input_columns_left_out")
+    return f"the input's own columns are left out of the results: {why}" if why else None
+
+
 def cut_cells_line(summary: Summary, journal: str | os.PathLike[str] | None = None
                    ) -> str | None:
     """One line for stderr when the .xlsx results cut texts too long for a cell, else None;
@@ -197,10 +203,33 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     ``duration_s``: the run's seconds, or a clock read once the results and retry file are
     written (the summary then counts the time they took).
 
-    Raises UsageError for an ``.xlsx`` that the rows would overflow, ValueError when the carried
-    stream ends before or after the results rows, OSError when a file cannot be written; the
-    previous files are then left as they were.
+    When ``carried``'s stream cannot be read to its end in step with the results (the input
+    unreadable in part, or not lining up), the results are written again without it, and
+    ``extra["input_columns_left_out"]`` says why: the results of the calls made must never
+    hang on the input's other columns (a job stuck on them could never end).
+
+    Raises UsageError for an ``.xlsx`` that the rows would overflow, OSError when a file cannot
+    be written; the previous files are then left as they were.
     """
+    try:
+        return _write_results(journal, results_path, duration_s=duration_s, extra=extra,
+                              chunk_rows=chunk_rows, blank=blank, carried=carried,
+                              cadence_names=cadence_names)
+    except _CarryFailed as exc:
+        extra = {**(extra or {}), "input_columns_left_out": str(exc)}
+        return _write_results(journal, results_path, duration_s=duration_s, extra=extra,
+                              chunk_rows=chunk_rows, blank=blank, carried=None,
+                              cadence_names=cadence_names)
+
+
+class _CarryFailed(Exception):
+    """The input's other columns could not be carried (why, in one line)."""
+
+
+def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], *,
+                   duration_s: float | Callable[[], float], extra: dict[str, Any] | None,
+                   chunk_rows: int, blank: int, carried: Carried | None,
+                   cadence_names: Mapping[str, str] | None) -> Summary:
     results = Path(os.path.abspath(results_path))
     check_results_capacity(results, journal.rows)
     retry, summary_file = side_paths(results)
@@ -231,7 +260,7 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
         for chunk in journal.iter_result_chunks(chunk_rows=chunk_rows):
             if not chunk.schema.equals(RESULT_SCHEMA):
                 chunk = chunk.cast(RESULT_SCHEMA)
-            beside = aligned.take(chunk.num_rows) if aligned else None
+            beside = _carry(aligned.take, chunk.num_rows) if aligned else None
             for done in written:
                 done.result()
             written = [writers[0].submit(_write_chunk, out, chunk, names, beside),
@@ -240,7 +269,7 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
         for done in written:
             done.result()
         if aligned:
-            aligned.end()
+            _carry(aligned.end)
         if isinstance(out, _XlsxFile) and out.cut:
             extra = {**(extra or {}), "xlsx_cells_cut": out.cut}
         summary = tally.summary(journal, duration_s=duration_s() if callable(duration_s)
@@ -308,6 +337,14 @@ class _CadenceNames:
         if not len(self._ids):
             return pa.nulls(len(cadence_ids), pa.string())
         return pc.take(self._names, pc.index_in(cadence_ids, value_set=self._ids))
+
+
+def _carry(step: Callable[..., Any], *args: Any) -> Any:
+    """A step of the carried stream; its failure, as _CarryFailed."""
+    try:
+        return step(*args)
+    except (InputError, ValueError, OSError) as exc:
+        raise _CarryFailed(str(exc)) from None
 
 
 class _Aligned:

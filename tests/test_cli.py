@@ -90,6 +90,27 @@ def test_unusable_inputs_exit_2_with_one_line_and_no_traceback(name, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_file_excel_saved_as_plain_csv_is_refused_before_any_call(tmp_path, serve, capsys,
+                                                                      monkeypatch):
+    """Excel's "CSV" (Windows-1252): a name with an umlaut in a column batcher only carries. It
+    was planned and sent, then its results could never be written (every re-run exit 3)."""
+    rows = make_rows(5, 2)
+    live = serve(World.from_pairs(rows))
+    inp = tmp_path / "offboard.csv"
+    inp.write_bytes(("Module,Record Id,Cadence Id,Name\r\n" + "".join(
+        f"{m},{r},{c},M\xfcller\r\n" for m, r, c in rows)).encode("cp1252"))
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["run", str(inp), "--results", str(tmp_path / "out.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8 text (line 2 holds" in err and "CSV UTF-8" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert live.sandbox.calls == []
+    inp.write_text(inp.read_bytes().decode("cp1252"), encoding="utf-8", newline="")  # re-saved
+    assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--quiet"]) == 0
+    assert {r["Name"] for r in read_results(tmp_path / "out.csv")} == {"Müller"}
+
+
 def test_run_without_credentials_is_exit_3_and_names_the_variables(tmp_path, capsys):
     inp = write_pairs(tmp_path / "in.csv", make_rows(5, 1))
     env_keys = [k for k in os.environ if k.startswith("ZOHO_")]

@@ -402,12 +402,36 @@ def test_bad_utf8_in_a_role_column_of_a_ragged_file_is_one_line(tmp_path: Path):
     assert "utf-8" in str(info.value).lower()
 
 
-def test_bad_utf8_in_an_ignored_column_is_no_harm_even_when_ragged(tmp_path: Path):
+@pytest.mark.parametrize("text", [
+    f"record_id,cadence_id,module,owner\n{REC},{CAD},Leads,J\xf6rg\n,,\n",  # ragged, too
+    f"record_id,cadence_id,module,owner\r\n{REC},{CAD},Leads,M\xfcller\r\n",  # Excel's "CSV"
+    f"record_id,cadence_id,module,N\xe4me\n{REC},{CAD},Leads,Mu\n",  # a header only
+])
+def test_bad_utf8_in_any_column_refuses_the_file_naming_its_line(tmp_path: Path, text: str):
+    """The results carry the other columns, read again after the calls: a file whose other
+    columns are not UTF-8 was planned and sent, then its results could never be written (every
+    re-run exit 3). It is refused before anything is sent."""
     path = tmp_path / "in.csv"
-    path.write_bytes(f"record_id,cadence_id,module,owner\n{REC},{CAD},Leads,J\xf6rg\n,,\n"
-                     .encode("latin-1"))
-    ids, ragged, blank = positions(path)
-    assert (ids[0], ragged, blank) == (REC, [None, None], [False, True])
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(InputError) as info:
+        read_input(path)
+    assert_one_clear_line(str(info.value), path)
+    line = 1 if "N\xe4me" in text else 2
+    assert f"is not UTF-8 text (line {line} holds" in str(info.value)
+
+
+def test_the_utf8_check_takes_characters_cut_by_its_blocks_and_the_files_end(tmp_path: Path):
+    """Multi-byte characters straddle the check's blocks in a good file; a file whose last
+    character is cut short is refused (gzipped, it is checked inflated)."""
+    good = f"record_id,cadence_id,module,owner\n{REC},{CAD},Leads,{'Jörg Łódź 東京 ' * 50}\n"
+    path = tmp_path / "in.csv.gz"
+    path.write_bytes(gzip.compress(good.encode()))
+    src = open_source(path, InputOptions())
+    for block in (1, 2, 3, 5, 7, 4096):
+        csvfile.check_utf8(src, block_bytes=block)
+    path.write_bytes(gzip.compress(good.encode()[:-3]))  # "東" cut: its first byte stays
+    with pytest.raises(InputError, match=r"is not UTF-8 text \(line 2 holds"):
+        csvfile.check_utf8(open_source(path, InputOptions()), block_bytes=7)
 
 
 # --------------------------------------------------------------------------- the corpus

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batcher import report
-from batcher.errors import UsageError
+from batcher.errors import InputError, UsageError
 from batcher.inputs import read_input
 from batcher.inputs.carry import Carried
 from batcher.journal import Journal
@@ -187,17 +187,35 @@ def test_retry_file_names_read_back_as_they_are_so_rounds_converge() -> None:
     assert carried_names(retry) == carried_names(names)  # the next round's results
 
 
-@pytest.mark.parametrize(("sizes", "error"), [
-    ((3, 4), "ended after 7 rows"), ((3, 6), "1 rows more than the 8 results rows")])
-def test_a_carried_stream_of_the_wrong_length_is_refused_and_leaves_the_old_files(
-        journal: Journal, tmp_path: Path, sizes: tuple[int, ...], error: str) -> None:
+def _failing(after: int) -> Carried:
+    """The input's own columns, whose read fails after ``after`` rows (bytes that are not UTF-8
+    in a file an earlier version planned)."""
+    good = carried((after,))
+
+    def tables() -> Iterator[pa.Table]:
+        yield from good.tables()
+        raise InputError("in.csv: cannot be read as CSV: it is not UTF-8 text")
+
+    return Carried(good.names, tables)
+
+
+@pytest.mark.parametrize(("source", "why"), [
+    (lambda: carried((3, 4), {n: (v * 2)[:7] for n, v in CARRIED.items()}), "ended after 7 rows"),
+    (lambda: carried((3, 6), {n: (v * 2)[:9] for n, v in CARRIED.items()}),
+     "1 rows more than the 8 results rows"),
+    (lambda: _failing(4), "it is not UTF-8 text")])
+def test_input_columns_that_cannot_be_carried_are_left_out_and_the_results_still_written(
+        journal: Journal, tmp_path: Path, source, why: str) -> None:
+    """A job whose input's other columns cannot be read to the end (or do not line up) used to
+    fail at its results on every re-run, for ever: its results are written without them."""
     out = tmp_path / "r.csv"
-    write_results(journal, out, duration_s=0)
-    before = {p: p.read_bytes() for p in (out, *side_paths(out))}
-    data = {n: (v * 2)[:sum(sizes)] for n, v in CARRIED.items()}
-    with pytest.raises(ValueError, match=error):
-        write_results(journal, out, duration_s=0, chunk_rows=3, carried=carried(sizes, data))
-    assert {p: p.read_bytes() for p in before} == before
+    whole = write_results(journal, out, duration_s=0)
+    rows = read_csv(out)
+    summary = write_results(journal, out, duration_s=0, chunk_rows=3, carried=source())
+    assert why in summary.extra["input_columns_left_out"]
+    assert report.left_out_line(summary).startswith("the input's own columns are left out")
+    assert read_csv(out) == rows and list(rows[0]) == list(OUTPUT_SCHEMA.names)
+    assert (summary.by_status, summary.rows) == (whole.by_status, whole.rows)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 

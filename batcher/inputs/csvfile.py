@@ -4,12 +4,15 @@ which are ragged. Every record comes once, in file order, in both passes."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import re
 import sys
+import threading
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from operator import itemgetter
@@ -57,7 +60,52 @@ def csv_scan_parts(src: Source, encoded: list[str], wanted: list[str], chunk_row
     # a gzip's size says little of its rows: it is read as a stream of blocks
     whole = not src.compression and src.path.stat().st_size <= chunk_rows * _CSV_ROW_BYTES
     block = _CSV_BLOCK if whole else min(1 << 26, chunk_rows * _CSV_ROW_BYTES)
-    yield from _csv_parts(src, types, block, whole, chunk_rows)
+    # pyarrow checks the columns it reads; the others are checked beside it, on the spare core
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, "batcher-utf8") as pool:
+        checked = pool.submit(check_utf8, src, stop)
+        try:
+            yield from _csv_parts(src, types, block, whole, chunk_rows)
+        finally:
+            stop.set()  # given up (an error, a signal): the check ends at its next block
+        checked.result()
+
+
+def check_utf8(src: Source, stop: threading.Event | None = None, block_bytes: int = 1 << 22
+               ) -> None:
+    """InputError naming the line of the first bytes that are not UTF-8, in any column: the
+    results carry the input's other columns, read again once the calls are made, so a file is
+    refused before anything is sent, not after (ASCII blocks, nearly every file, are checked
+    at memory speed). Returns early once ``stop`` is set."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    done = 0
+    opener: Callable[..., Any] = gzip.open if src.compression else open
+    with _csv_errors(src), opener(src.path, "rb") as fh:
+        while (block := fh.read(block_bytes)) and not (stop and stop.is_set()):
+            pending = len(decoder.getstate()[0])
+            try:
+                if pending or not block.isascii():
+                    decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                raise InputError(_not_utf8(src, done - pending + exc.start)) from None
+            done += len(block)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:  # a character cut short by the end of the file
+            raise InputError(_not_utf8(src, done - len(decoder.getstate()[0]) + exc.start)) \
+                from None
+
+
+def _not_utf8(src: Source, at: int) -> str:
+    """The message for bytes at offset ``at`` (of the text, once inflated) that are not UTF-8."""
+    line = 1
+    opener: Callable[..., Any] = gzip.open if src.compression else open
+    with opener(src.path, "rb") as fh:
+        while at > 0 and (block := fh.read(min(at, 1 << 22))):
+            line += block.count(b"\n")
+            at -= len(block)
+    return (f"{src.path}: is not UTF-8 text (line {line} holds bytes that are not); save it as "
+            "'CSV UTF-8' (Excel: Save As, CSV UTF-8) and run it again")
 
 
 def csv_raw_parts(src: Source, wanted: list[str], part_rows: int) -> Iterator[dict[str, Any]]:

@@ -37,7 +37,8 @@ def main() -> None:
         "5.54023E+17,554023000004092008,Leads,excel ate this id",
         "554023000001798001,554023000004092008,,no module",
         "55402300000179800x,554023000004092009,Leads,typo",
-        f"{rows[0][0]},{rows[0][1]},{rows[0][2]},repeated row",
+        # a repeated row, the same person: another Owner would say two records made one id
+        f"{rows[0][0]},{rows[0][1]},{rows[0][2]},ops@example.com",
         "554023000001798002,,Leads,no cadence",
     ]
     (OUT / "offboarding.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")

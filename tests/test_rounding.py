@@ -110,6 +110,46 @@ def test_rounded_cadence_ids_are_refused_too(tmp_path: Path):
     assert all("cadence id" in r["reason"] for r in got)
 
 
+def _tryout_rows(second: str) -> str:
+    """Two genuine rows, and two rows on one zero-tailed id: the fourth's email ``second``."""
+    return ("Record Id,Cadence Id,Module,Email\n"
+            f"1990117000000120345,{CAD},Leads,ana@x.com\n"
+            f"1990117000000120346,{CAD},Leads,bo@x.com\n"
+            f"1990117000000120000,{CAD},Leads,chen@x.com\n"
+            f"1990117000000120000,{CAD},Leads,{second}\n")
+
+
+def test_two_people_collapsed_onto_one_id_refuse_it_as_rounded(tmp_path: Path, serve):
+    """DESIGN: "distinct rows collapsing onto one id" shows rounding. Chen's and Dee's rows
+    carry one zero-tailed id (Excel made both of ...120xxx): too few such ids for the count
+    rule, so Dee's row was a `duplicate` of Chen's, and the id — a third person's — was sent."""
+    bystander = "1990117000000120000"
+    wanted = [("Leads", "1990117000000120345", CAD), ("Leads", "1990117000000120346", CAD)]
+    live = serve(World.from_pairs([*wanted, ("Leads", bystander, CAD)]))
+    path = tmp_path / "in.csv"
+    path.write_text(_tryout_rows("dee@x.com"))
+    err = io.StringIO()
+    result = run_job(RunSettings(input=path, results=tmp_path / "out.csv", timeout=2.0),
+                     live.env, stream=err)
+    assert result.exit_code == 1
+    assert f"rows 3 and 4 give {bystander} with another 'Email': two records made one" in \
+        err.getvalue()
+    assert ("Leads", bystander, CAD) not in set(live.sandbox.removed)
+    assert set(live.sandbox.removed) == set(wanted)
+    got = [(r["status"], r["code"]) for r in read_results(tmp_path / "out.csv")]
+    assert got == [("unenrolled", "SUCCESS")] * 2 + [("invalid", "ROUNDED_ID")] * 2
+
+
+@pytest.mark.parametrize("second", ["chen@x.com", " chen@x.com ", ""])
+def test_a_repeated_row_that_says_nothing_else_stays_a_duplicate(tmp_path: Path, second: str):
+    """The same row twice (or its copy with the email left empty) is no sign of two people."""
+    path = tmp_path / "in.csv"
+    path.write_text(_tryout_rows(second))
+    scan = scan_input(path)
+    assert (scan.rounded, scan.duplicates, scan.pairs) == (0, 1, 3)
+    assert scan.unusual_ids == ("1990117000000120000",)  # said, all the same
+
+
 def test_a_job_never_names_a_rounded_id_and_says_so(tmp_path: Path, serve):
     """The bystander ...120000 stays enrolled; the run exits 1 and says why on stderr."""
     bystander, wanted = "1990117000000120000", ["1990117000000120001", "1990117000000120002"]

@@ -19,9 +19,11 @@ import pyarrow.compute as pc
 
 from ..arrays import arrow_of, numpy_of
 from ..errors import InputError
+from .carry import carried_columns
 from .coded import CHUNK_ROWS as CODED_ROWS
 from .coded import VALID, coded_chunks, text_of
 from .codes import (
+    Repeats,
     cadence_codes,
     common_dictionary,
     concat,
@@ -44,7 +46,7 @@ from .ids import (
 )
 from .options import InputOptions
 from .records import RecordList, expanded
-from .rounding import EXPORT_AS_TEXT, ROUNDED_ID, among, rounding_evidence
+from .rounding import EXPORT_AS_TEXT, ROUNDED_ID, among, rounding_evidence, zero_tailed
 from .source import Source
 
 _NO_IDS = np.zeros(0, dtype=np.uint64)
@@ -97,7 +99,8 @@ def swapped_columns_line(scan: InputScan) -> str | None:
 def rounding_line(scan: InputScan) -> str:
     """One line for stderr: how many rows the rounding rule refused, and what to do."""
     rows = "1 row has" if scan.rounded == 1 else f"{scan.rounded} rows have"
-    return (f"{rows} ids that look rounded by a spreadsheet (Excel keeps 15 "
+    seen = f" ({scan.collapsed})" if scan.collapsed else ""
+    return (f"{rows} ids that look rounded by a spreadsheet{seen} (Excel keeps 15 "
             "significant digits: 1990117000000120345 is saved as 1990117000000120000, another "
             f"record); they are invalid ({ROUNDED_ID}) and no call names them; {EXPORT_AS_TEXT}")
 
@@ -162,6 +165,8 @@ class InputScan:
     rounded: int = 0
     #: ids kept that end the way rounding leaves them, more often than chance would: a warning
     unusual_ids: tuple[str, ...] = ()
+    #: the rows that showed two records collapsed onto one id, when they decided the rounding
+    collapsed: str | None = None
 
     def record_id_array(self) -> pa.Array:
         """The id of each record code, as uint64 (a valid id is canonical digits: its text is
@@ -424,6 +429,21 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
 
     ``cad`` indexes ``cad_values`` (distinct uint64 cadence ids). Rows whose id the rounding
     rule refuses are taken out first (and the rest scanned again: that is rare)."""
+    def refuse(bad: np.ndarray, found_now: dict[str, Any], rec: np.ndarray) -> InputScan:
+        """The scan again without the rows ``bad`` refuses as rounded (``rec``: their ids)."""
+        row_of = _row_of(found.get("position_rows"))
+        more = tuple((row_of(int(p)), rounded_reason(what, int(v))) for p, what, v in
+                     _rounded_examples(pair_rows, bad, rec, cad, cad_values, found_now,
+                                       10 - len(examples)))
+        keep = ~bad
+        refused = _rounded_rows(pair_rows[bad], rec[bad], cad_values[cad[bad]], mod[bad], names,
+                                found_now["rounded_records"])
+        return _finish_scan(
+            source, options, stamp, rows, invalid + int(np.count_nonzero(bad)),
+            examples + more, pair_rows[keep], rec[keep], cad[keep], cad_values, mod[keep],
+            names, {**found, **found_now, "rounded": int(np.count_nonzero(bad)),
+                    "invalid_rows": _by_position(found["invalid_rows"], refused)})
+
     with ThreadPoolExecutor(1) as pool:
         rc, rec_uniques, grouping = encode_parts(rec, pool)
         if "rounded" not in found:
@@ -431,21 +451,7 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
             if refused is not None and refused[0] is None:  # only a warning to give
                 found = {**found, **refused[1]}
             elif refused is not None:
-                bad, found_now = refused
-                row_of = _row_of(found.get("position_rows"))
-                more = tuple((row_of(int(p)), rounded_reason(what, int(v))) for p, what, v in
-                             _rounded_examples(pair_rows, bad, rec, cad, cad_values, found_now,
-                                               10 - len(examples)))
-                keep = ~bad
-                refused = _rounded_rows(pair_rows[bad], rec[bad], cad_values[cad[bad]],
-                                        mod[bad], names, found_now["rounded_records"])
-                return _finish_scan(
-                    source, options, stamp, rows, invalid + int(np.count_nonzero(bad)),
-                    examples + more, pair_rows[keep], rec[keep], cad[keep], cad_values,
-                    mod[keep], names, {**found, **found_now,
-                                       "rounded": int(np.count_nonzero(bad)),
-                                       "invalid_rows": _by_position(
-                                           found["invalid_rows"], refused)})
+                return refuse(*refused, rec)
         del rec
         cc, used = cadence_codes(cad, len(cad_values), mod, len(names))
         cad_text = pc.cast(arrow_of(cad_values[used % len(cad_values)], pa.uint64()),
@@ -454,6 +460,13 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
         n_rec, n_cad = len(rec_uniques), len(cad_text)
         masks, dup = masks_and_repeats(rc, cc, n_rec, n_cad,
                                         grouping.summer(cc, pool) if grouping else None)
+        if dup is not None and "rounded" not in found:
+            collapsed = _collapsed(source, options, found, pair_rows, dup, rec_uniques[rc],
+                                   cad_values[cad])
+            if collapsed is not None:
+                bad, found_now = _rounded_by(collapsed[:2], rec_uniques, rc, cad, cad_values,
+                                             found.get("unusual_ids", ()))
+                return refuse(bad, {**found_now, "collapsed": collapsed[2]}, rec_uniques[rc])
         dup_rows = dup_first = np.zeros(0, dtype=np.int64)
         if dup is not None:  # a repeated pair is not a pair to plan (masks leave it out)
             dup_rows, dup_first = pair_rows[dup.at], pair_rows[dup.earlier]
@@ -488,6 +501,70 @@ def _rounded(rc: np.ndarray, rec_uniques: np.ndarray, cad: np.ndarray, cad_value
     return bad, {"rounded_records": _NO_IDS if records is None else records,
                  "rounded_cadences": _NO_IDS if cadences is None else cadences,
                  "unusual_ids": unusual}
+
+
+def _collapsed(source: Source, options: InputOptions, found: dict[str, Any],
+               pair_rows: np.ndarray, dup: Repeats, rec: np.ndarray, cad: np.ndarray
+               ) -> tuple[bool, bool, str] | None:
+    """(record ids, cadence ids, the first evidence in words): which column shows distinct rows
+    collapsed onto one id by a spreadsheet — a repeated pair whose id ends in the zeros
+    rounding leaves, on a row whose other columns say otherwise (another name, another email:
+    two people, one id); None when no column does. A value empty on either row contradicts
+    nothing. Reads the input's other columns again, only when such a repeat exists (genuine
+    ids seldom end in those zeros)."""
+    tailed_rec, tailed_cad = zero_tailed(rec[dup.at]), zero_tailed(cad[dup.at])
+    suspect = np.flatnonzero(tailed_rec | tailed_cad)
+    if not len(suspect):
+        return None
+    carried = carried_columns(source.path, options, found["records"])
+    if carried is None:  # nothing but the ids: the rows cannot be told apart
+        return None
+    blank = found["blank_rows"]
+    later, first = pair_rows[dup.at[suspect]], pair_rows[dup.earlier[suspect]]
+    # the other columns leave out blank rows: a position's place among them
+    later, first = (p - np.searchsorted(blank, p) for p in (later, first))
+    want = np.unique(np.concatenate([later, first]))
+    values: dict[int, tuple[str, ...]] = {}
+    at = 0
+    for table in carried.tables():
+        lo, hi = np.searchsorted(want, [at, at + table.num_rows])
+        if hi > lo:
+            got = table.take(arrow_of(want[lo:hi] - at))
+            texts = zip(*(c.to_pylist() for c in got.columns), strict=True)
+            values.update(zip(want[lo:hi].tolist(), texts, strict=True))
+        at += table.num_rows
+    def conflict(a: int, b: int) -> str | None:  # the first column the two rows disagree on
+        for name, x, y in zip(carried.names, values[a], values[b], strict=True):
+            x, y = (x or "").strip(), (y or "").strip()
+            if x and y and x != y:
+                return name
+        return None
+
+    differ = [conflict(a, b) for a, b in zip(later.tolist(), first.tolist(), strict=True)]
+    hit = np.array([d is not None for d in differ], dtype=bool)
+    if not hit.any():
+        return None
+    i = int(np.flatnonzero(hit)[0])
+    row_of = _row_of(found.get("position_rows"))
+    ids = f"{int(rec[dup.at[suspect[i]]])}" if tailed_rec[suspect[i]] else \
+        f"{int(cad[dup.at[suspect[i]]])}"
+    seen = (f"rows {row_of(int(pair_rows[dup.earlier[suspect[i]]]))} and "
+            f"{row_of(int(pair_rows[dup.at[suspect[i]]]))} give {ids} with another "
+            f"{differ[i]!r}: two records made one")
+    return bool(tailed_rec[suspect][hit].any()), bool(tailed_cad[suspect][hit].any()), seen
+
+
+def _rounded_by(collapsed: tuple[bool, bool], rec_uniques: np.ndarray, rc: np.ndarray,
+                cad: np.ndarray, cad_values: np.ndarray, unusual: tuple[str, ...]
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(rows to refuse, the refused ids): every id that may be rounded, in each column that
+    showed rows collapsed onto one id."""
+    records = np.sort(rec_uniques[zero_tailed(rec_uniques)]) if collapsed[0] else _NO_IDS
+    cadences = np.sort(cad_values[zero_tailed(cad_values)]) if collapsed[1] else _NO_IDS
+    bad = among(rec_uniques, records)[rc] | among(cad_values, cadences)[cad]
+    refused = {str(v) for v in (*records.tolist(), *cadences.tolist())}
+    return bad, {"rounded_records": records, "rounded_cadences": cadences,
+                 "unusual_ids": tuple(u for u in unusual if u not in refused)}
 
 
 def _rounded_examples(pair_rows: np.ndarray, bad: np.ndarray, rec: np.ndarray, cad: np.ndarray,

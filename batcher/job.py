@@ -384,7 +384,8 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, resu
             with contextlib.suppress(BatcherError):
                 journal.set_meta("aborted", reason)
         meta = {k: journal.get_meta(k, d) for k, d in (
-            ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None))}
+            ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None),
+            ("warnings", []))}
         blank = scan.blank if scan is not None else journal.get_meta("blank", 0)
         tally = Tally(source)  # counts for the report, as the results are written
         with log.phase(f"writing the results to {results}", "results"):
@@ -506,8 +507,8 @@ def _drive(settings: RunSettings, scan: InputScan | None, journal: Journal, link
 
 async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, link: _Link,
                log: JobLog, stopper: Stopper, redact: Redactor) -> _Stop | None:
-    def say(text: str, event: str = "message") -> None:
-        log.say(event, redact(text))
+    def say(text: str, event: str = "message", *, always: bool = False) -> None:
+        log.say(event, redact(text), always=always)
 
     reach = Reachability(settings.retry.outage_after, on_down=say,
                          where=link.endpoints.api_domain)
@@ -527,12 +528,15 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
                                               records=_record_list(settings, journal))
                         check_results_capacity(Path(settings.results), scan.rows)
                     assert scan is not None
-                    if scan.rounded:
-                        say(rounding_line(scan), "rounded_ids")
-                    if scan.unusual_ids:
-                        say(unusual_line(scan), "rounded_ids")
-                    if hint := swapped_columns_line(scan):
-                        say(hint, "columns")
+                    # kept: the summary and the page of every run of the job show them; ids
+                    # refused or kept as possibly rounded are said even with --quiet
+                    warnings = [(line, event) for line, event in (
+                        (scan.rounded and rounding_line(scan), "rounded_ids"),
+                        (scan.unusual_ids and unusual_line(scan), "rounded_ids"),
+                        (swapped_columns_line(scan), "columns")) if line]
+                    for line, event in warnings:
+                        say(line, event, always=event == "rounded_ids")
+                    journal.set_meta("warnings", [line for line, _ in warnings])
                     verdicts: list[tuple[str, str]] = []
                     verdict_of_pair = None
                     if settings.preflight:
@@ -780,7 +784,8 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
         try:
             summary = write_results(tally, Path(results),
                                     duration_s=journal.get_meta("run_s", 0.0),
-                                    extra={"rewritten_from_journal": str(path)},
+                                    extra={"rewritten_from_journal": str(path),
+                                           "warnings": journal.get_meta("warnings", [])},
                                     blank=journal.get_meta("blank", 0), carried=carried,
                                     cadence_names=journal.get_meta("cadence_names", {}))
         except (OSError, ValueError) as exc:

@@ -150,6 +150,32 @@ def test_a_repeated_row_that_says_nothing_else_stays_a_duplicate(tmp_path: Path,
     assert scan.unusual_ids == ("1990117000000120000",)  # said, all the same
 
 
+def test_rounding_warnings_are_said_with_quiet_and_kept_in_the_summary_and_page(
+        tmp_path: Path, serve, capsys, monkeypatch):
+    """A nightly job runs with --quiet: a warning said only on stderr's progress channel was
+    lost (a suspect id kept and sent, nothing in the summary or the page)."""
+    from batcher.cli import main
+
+    rows = [("Leads", r, CAD) for r in
+            ("1990117000000120345", "1990117000000120346", "1990117000000120000")]
+    live = serve(World.from_pairs(rows))
+    path = tmp_path / "in.csv"
+    path.write_text(_tryout_rows("chen@x.com"))
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["run", str(path), "--results", str(tmp_path / "out.csv"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 ids end in the zeros" in err and "1990117000000120000" in err
+    for stem in ("out", "again"):
+        if stem == "again":  # the job's warnings outlive its run: `batcher report` keeps them
+            assert main(["report", "--journal", str(tmp_path / "out.journal"),
+                         "--results", str(tmp_path / "again.csv")]) == 0
+        summary = json.loads((tmp_path / f"{stem}.summary.json").read_text())
+        assert [w[:31] for w in summary["extra"]["warnings"]] == ["warning: 1 ids end in the zeros"]
+        page = (tmp_path / f"{stem}.report.html").read_text()
+        assert 'data-metric="warning">warning: 1 ids end in the zeros' in page
+
+
 def test_a_job_never_names_a_rounded_id_and_says_so(tmp_path: Path, serve):
     """The bystander ...120000 stays enrolled; the run exits 1 and says why on stderr."""
     bystander, wanted = "1990117000000120000", ["1990117000000120001", "1990117000000120002"]

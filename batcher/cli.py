@@ -148,16 +148,18 @@ def _parser() -> argparse.ArgumentParser:
                   description="Write a job's results, retry file and summary from its journal "
                               "(e.g. after a disk problem); the exit code follows run's rules "
                               "for the job it describes.")
-    rep.add_argument("--journal", required=True, help="the job's journal file")
+    rep.add_argument("--journal", required=True, help="the job's journal file ({date}: today's "
+                                                      "UTC date, as run makes it)")
     rep.add_argument("--results", required=True, help="results file to write (.csv, .xlsx or "
-                                                      ".parquet)")
+                                                      ".parquet; {date} as in run)")
 
     st = command("status", help="show a job's progress from its journal, also while it runs",
                  description="Read a job's journal without writing it or waiting for its lock "
                              "(a running job is not disturbed) and show its rows by status, the "
                              "batches left, calls, 429s, call rate and ETA, the last error, and "
                              "whether a run holds it (its pid).")
-    st.add_argument("--journal", required=True, help="the job's journal file")
+    st.add_argument("--journal", required=True, help="the job's journal file ({date}: today's "
+                                                     "UTC date, as run makes it)")
     st.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     sb = command("sandbox", help="serve a local Zoho-shaped sandbox for rehearsals",
@@ -227,14 +229,16 @@ def _cmd_cadences(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from .job import report_from_journal
+    from .models import with_date
 
-    return report_from_journal(args.journal, args.results)
+    return report_from_journal(with_date(args.journal), with_date(args.results))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from .models import with_date
     from .status import print_status
 
-    return print_status(args.journal, as_json=args.json)
+    return print_status(with_date(args.journal), as_json=args.json)
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -59,7 +59,7 @@ from .inputs import (
 from .inputs.carry import Carried, carried_columns
 from .journal import Journal, utc_now
 from .logs import JobLog
-from .models import BatchBlock
+from .models import BatchBlock, with_date
 from .netio import accounts_transport, api_transport, tls_context
 from .planner import Plan
 from .planreport import plan_scan
@@ -226,10 +226,9 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
 def dated(settings: RunSettings, now: datetime | None = None) -> RunSettings:
     """``{date}`` in the results (and journal) path → today's UTC date, YYYY-MM-DD: a nightly
     job writes a file per night, and its journal follows its results."""
-    day = (now or datetime.now(UTC)).strftime("%Y-%m-%d")
-    return replace(settings, results=str(settings.results).replace("{date}", day),
+    return replace(settings, results=with_date(settings.results, now),
                    journal=None if settings.journal is None
-                   else str(settings.journal).replace("{date}", day))
+                   else with_date(settings.journal, now))
 
 
 async def run_job_async(settings: RunSettings, env: Mapping[str, str], *,

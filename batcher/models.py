@@ -5,7 +5,9 @@ IDs are ``str`` everywhere: Zoho ids exceed 2**53 and a float anywhere corrupts 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -100,3 +102,9 @@ class OutcomeGroup:
     def outcomes(self) -> list[PairOutcome]:
         return [PairOutcome(r, c, self.status, self.code, self.message, self.http_status,
                             self.retryable) for r in self.record_ids for c in self.cadence_ids]
+
+
+def with_date(path: str | os.PathLike[str], now: datetime | None = None) -> str:
+    """``path`` with ``{date}`` as today's UTC date (YYYY-MM-DD): a nightly job's results and
+    journal, as ``run`` names them and ``status`` and ``report`` find them."""
+    return str(path).replace("{date}", (now or datetime.now(UTC)).strftime("%Y-%m-%d"))

@@ -290,6 +290,19 @@ def test_run_json_prints_the_summary_on_stdout_and_results_take_the_date(tmp_pat
     assert (tmp_path / f"nightly-{today}.journal").exists()  # the journal follows the results
     assert summary["report_path"] == str(tmp_path / f"nightly-{today}.report.html")
     assert Path(summary["report_path"]).read_text().lower().startswith("<!doctype html>")
+    # the nightly recipe's own paths, {date} and all, find the job with status and report
+    nightly = str(tmp_path / "nightly-{date}")
+    status = subprocess.run([sys.executable, "-m", "batcher", "status", "--journal",
+                             f"{nightly}.journal", "--json"], capture_output=True, text=True,
+                            timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["rows"] == len(rows)
+    again = subprocess.run([sys.executable, "-m", "batcher", "report", "--journal",
+                            f"{nightly}.journal", "--results", f"{nightly}-again.csv"],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / f"nightly-{today}-again.csv").exists()
+    assert not list(tmp_path.glob("*{date}*"))
 
 
 def test_config_file_names_the_variables_that_hold_the_credentials(tmp_path, serve, monkeypatch):

@@ -283,3 +283,39 @@ def test_a_hidden_first_sheet_is_not_the_list(tmp_path):
     sheet = read_xlsx(path)
     assert sheet.table["Record Id"].to_pylist() == ["1990117000000120345", "1990117000000120346"]
     assert sheet.table["Cadence Id"].to_pylist()[1] == "#N/A"
+
+
+@pytest.mark.parametrize("numbers", ["Record Id", "Cadence Id"])
+def test_an_id_column_of_number_cells_only_is_refused_before_any_call(tmp_path, serve, numbers):
+    """DESIGN: "xlsx without a text id column" is exit 2 with one line. Every id of such a
+    column was rounded by Excel: it gave exit 1 (every row ROUNDED_ID), which a scheduler
+    reads as a job that finished."""
+    from batcher.cli import main
+    from batcher.sandbox.world import World
+
+    records = [554023000001798600 + i for i in range(4)]
+    cadence = 554023000004092008
+    rows = [[r if numbers == "Record Id" else str(r),
+             cadence if numbers == "Cadence Id" else str(cadence), "Leads"] for r in records]
+    path = _workbook(tmp_path / "ids.xlsx", [*rows, [None, None, None]],
+                     header=["Record Id", "Cadence Id", "Module"])
+    live = serve(World.from_pairs([("Leads", str(r), str(cadence)) for r in records]))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in live.env.items():
+            mp.setenv(k, v)
+        assert main(["run", str(path), "--results", str(tmp_path / "out.csv")]) == 2
+    assert live.sandbox.calls == []
+    with pytest.raises(InputError, match=f"column '{numbers}' holds numbers, not text"):
+        from batcher.inputs import scan_input
+
+        scan_input(path)
+
+
+def test_a_number_among_text_ids_is_that_rows_rounded_id(tmp_path):
+    from batcher.inputs import read_input
+
+    path = _workbook(tmp_path / "ids.xlsx", [["554023000001798600", "554023000004092008"],
+                                             [554023000001798601, "554023000004092008"]])
+    got = read_input(path, "Leads").table.to_pylist()
+    assert [r["status"] for r in got] == ["valid", "invalid"]
+    assert "rounded by a spreadsheet" in got[1]["reason"]

@@ -18,6 +18,7 @@ from .columns import require_columns
 from .csvfile import csv_raw_parts, csv_scan_parts, csv_source
 from .kinds import HEAD_BYTES, one_line, parquet_problem, parquet_text, sniff_kind
 from .options import InputOptions
+from .rounding import EXPORT_AS_TEXT
 from .source import Source, empty_values, table_parts
 
 _PARQUET_MAGIC = b"PAR1"
@@ -148,6 +149,11 @@ def _xlsx_source(path: Path, options: InputOptions) -> Source:
 
     sheet = read_xlsx(path)
     roles = require_columns(path, sheet.header, options)
+    numbers = [roles[r] for r in ("record_id", "cadence_id") if roles.get(r) in sheet.no_text]
+    if numbers:  # DESIGN: an .xlsx without a text id column is not an input
+        raise InputError(f"{path}: column {numbers[0]!r} holds numbers, not text: Excel keeps 15 "
+                         "digits of a number, so its ids are rounded (another record's, often); "
+                         f"{EXPORT_AS_TEXT}")
     blank = all_empty(sheet.table.columns)
     # every column kept (the sheet is in memory anyway): the results carry the others
     return Source(path, "table", roles, tuple(sheet.header), table=sheet.table,

@@ -52,6 +52,8 @@ class XlsxSheet:
 
     header: list[str]
     table: pa.Table
+    #: the columns with values and not one text cell among them (numbers, dates…)
+    no_text: frozenset[str] = frozenset()
 
 
 def read_xlsx(path: Path) -> XlsxSheet:
@@ -81,7 +83,11 @@ def read_xlsx(path: Path) -> XlsxSheet:
     names = _distinct([h if h.strip() else f"column_{first_col + j + 1}"
                        for j, h in enumerate(header)])
     columns = [_column(map(itemgetter(j), rows[1:])) for j in range(len(names))]
-    return XlsxSheet(names, pa.Table.from_arrays(columns, names=names))
+    no_text = frozenset(name for j, name in enumerate(names)
+                        if not any(v.__class__ is str and v.strip() for v in
+                                   map(itemgetter(j), rows[1:]))
+                        and any(v != "" for v in map(itemgetter(j), rows[1:])))
+    return XlsxSheet(names, pa.Table.from_arrays(columns, names=names), no_text)
 
 
 def _load(path: Path) -> tuple[str, list[list], int, int]:

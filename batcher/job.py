@@ -51,6 +51,7 @@ from .inputs import (
     canonical_module,
     check_input,
     file_fingerprint,
+    hidden_line,
     rounding_line,
     scan_input,
     swapped_columns_line,
@@ -527,14 +528,15 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
                                               records=_record_list(settings, journal))
                         check_results_capacity(Path(settings.results), scan.rows)
                     assert scan is not None
-                    # kept: the summary and the page of every run of the job show them; ids
-                    # refused or kept as possibly rounded are said even with --quiet
+                    # kept: the summary and the page of every run of the job show them; what
+                    # decides which rows are sent is said even with --quiet
                     warnings = [(line, event) for line, event in (
                         (scan.rounded and rounding_line(scan), "rounded_ids"),
                         (scan.unusual_ids and unusual_line(scan), "rounded_ids"),
+                        (scan.hidden_rows and hidden_line(scan), "hidden_rows"),
                         (swapped_columns_line(scan), "columns")) if line]
                     for line, event in warnings:
-                        say(line, event, always=event == "rounded_ids")
+                        say(line, event, always=event != "columns")
                     journal.set_meta("warnings", [line for line, _ in warnings])
                     verdicts: list[tuple[str, str]] = []
                     verdict_of_pair = None

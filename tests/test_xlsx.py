@@ -319,3 +319,51 @@ def test_a_number_among_text_ids_is_that_rows_rounded_id(tmp_path):
     got = read_input(path, "Leads").table.to_pylist()
     assert [r["status"] for r in got] == ["valid", "invalid"]
     assert "rounded by a spreadsheet" in got[1]["reason"]
+
+
+def _filtered(path: Path, n: int = 6) -> Path:
+    """A sheet filtered to Keep = yes, as Excel saves it: the "no" rows hidden."""
+    import xlsxwriter
+
+    wb = xlsxwriter.Workbook(path)
+    ws = wb.add_worksheet()
+    ws.write_row(0, 0, ["Record Id", "Cadence Id", "Module", "Keep"])
+    for i in range(n):
+        keep = "yes" if i % 2 == 0 else "no"
+        ws.write_row(i + 1, 0, [str(554023000001798600 + i), "554023000004092008", "Leads", keep])
+        if keep == "no":
+            ws.set_row(i + 1, None, None, {"hidden": True})
+    ws.set_row(n + 3, None, None, {"hidden": True})  # a hidden row with nothing in it
+    ws.autofilter(0, 0, n, 3)
+    ws.filter_column(3, "Keep == yes")
+    wb.close()
+    return path
+
+
+def test_rows_a_filter_hides_are_found_even_across_chunks(tmp_path, monkeypatch):
+    path = _filtered(tmp_path / "f.xlsx", 40)
+    assert read_xlsx(path).hidden == tuple(range(3, 42, 2))
+    monkeypatch.setattr(xlsx, "_CHUNK", 37)
+    monkeypatch.setattr(xlsx, "_OVERLAP", 120)
+    assert read_xlsx(path).hidden == tuple(range(3, 42, 2))
+
+
+def test_a_job_says_that_a_filter_hid_rows_it_sends(tmp_path, serve, capsys):
+    """The operator filtered the sheet to the rows to take out and saw 3; the file holds 6, and
+    all 6 are sent (a filter is a view, not the list): said even with --quiet, and kept."""
+    import json
+
+    from batcher.cli import main
+    from batcher.sandbox.world import World
+
+    path = _filtered(tmp_path / "f.xlsx")
+    live = serve(World.from_pairs([("Leads", str(554023000001798600 + i), "554023000004092008")
+                                   for i in range(6)]))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in live.env.items():
+            mp.setenv(k, v)
+        assert main(["run", str(path), "--results", str(tmp_path / "out.csv"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "3 rows of the sheet are hidden (a filter, or hidden by hand: sheet rows 3, 5, 7)" in err
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert any("rows of the sheet are hidden" in w for w in summary["extra"]["warnings"])

@@ -16,6 +16,7 @@ from .scan import (
     PairCodes,
     check_input,
     file_fingerprint,
+    hidden_line,
     read_input,
     rounding_line,
     scan_input,
@@ -24,5 +25,6 @@ from .scan import (
 )
 
 __all__ = ["DUPLICATE", "INVALID", "VALID", "InputOptions", "InputScan", "InputTable", "PairCodes",
-           "RecordList", "canonical_module", "check_input", "file_fingerprint", "read_input",
+           "RecordList", "canonical_module", "check_input", "file_fingerprint", "hidden_line",
+           "read_input",
            "rounding_line", "scan_input", "swapped_columns_line", "unusual_line"]

@@ -157,7 +157,8 @@ def _xlsx_source(path: Path, options: InputOptions) -> Source:
     blank = all_empty(sheet.table.columns)
     # every column kept (the sheet is in memory anyway): the results carry the others
     return Source(path, "table", roles, tuple(sheet.header), table=sheet.table,
-                  blank=blank if blank is not None and blank.any() else None)
+                  blank=blank if blank is not None and blank.any() else None,
+                  hidden=sheet.hidden)
 
 
 

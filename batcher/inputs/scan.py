@@ -75,6 +75,15 @@ def unusual_line(scan: InputScan) -> str:
             "through a spreadsheet, check them")
 
 
+def hidden_line(scan: InputScan) -> str:
+    """One warning line for the rows a sheet hides, which its reader sends like the others."""
+    rows = scan.hidden_rows
+    shown = ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+    return (f"warning: {len(rows)} rows of the sheet are hidden (a filter, or hidden by hand: "
+            f"sheet rows {shown}); batcher reads them like the others and sends them — delete "
+            "them from the sheet if they are not part of the list")
+
+
 #: more distinct cadence ids than any Zoho org has cadences: a Zoho org has at most a few
 #: hundred (the edition caps active cadences per module in the tens to low hundreds), so a file
 #: with over a thousand names something else in its cadence column — most often record ids
@@ -167,6 +176,8 @@ class InputScan:
     unusual_ids: tuple[str, ...] = ()
     #: the rows that showed two records collapsed onto one id, when they decided the rounding
     collapsed: str | None = None
+    #: an .xlsx sheet's hidden rows with data, as Excel numbers them: they are sent all the same
+    hidden_rows: tuple[int, ...] = ()
 
     def record_id_array(self) -> pa.Array:
         """The id of each record code, as uint64 (a valid id is canonical digits: its text is
@@ -347,7 +358,7 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
     if source.stamp() != stamp:
         raise InputError(f"{path}: the file changed while batcher was reading it")
     cad_index, cad_uniques = common_dictionary(cad, cad_values)
-    found = {"positions": rows, "blank": blank, "records": records,
+    found = {"positions": rows, "blank": blank, "records": records, "hidden_rows": source.hidden,
              "position_rows": concat(position_rows) if position_rows else None,
              "invalid_rows": pa.concat_tables(invalid_rows) if invalid_rows
              else _INVALID_SCHEMA.empty_table(), "blank_rows": concat(blank_rows)}

@@ -35,6 +35,8 @@ class Source:
     table: pa.Table | None = field(default=None, repr=False, compare=False)
     ragged: pa.Array | None = field(default=None, repr=False, compare=False)
     blank: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: an .xlsx sheet's rows hidden (a filter, or by hand) that hold data, as Excel numbers them
+    hidden: tuple[int, ...] = field(default=(), repr=False, compare=False)
 
     def stamp(self) -> tuple[int, int]:
         st = self.path.stat()

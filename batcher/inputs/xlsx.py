@@ -54,6 +54,8 @@ class XlsxSheet:
     table: pa.Table
     #: the columns with values and not one text cell among them (numbers, dates…)
     no_text: frozenset[str] = frozenset()
+    #: sheet rows (1-based, as Excel numbers them) hidden by a filter or by hand, with data
+    hidden: tuple[int, ...] = ()
 
 
 def read_xlsx(path: Path) -> XlsxSheet:
@@ -65,12 +67,13 @@ def read_xlsx(path: Path) -> XlsxSheet:
     """
     with ThreadPoolExecutor(1) as pool:
         # calamine and zlib release the GIL: the scan for error cells costs no time
-        errors = pool.submit(_error_cells, path)
+        marks = pool.submit(_sheet_marks, path)
         sheet, rows, first_row, first_col = _load(path)
     if not rows:
         raise InputError(f"{path}: the first sheet ({one_line(sheet, 80)!r}) is empty; put the "
                          "list on the first sheet, with the column names on row 1")
-    for (row, col), text in errors.result().items():
+    errors, hidden = marks.result()
+    for (row, col), text in errors.items():
         i, j = row - first_row, col - first_col
         if 0 <= i < len(rows) and 0 <= j < len(rows[i]) and rows[i][j] == "":
             rows[i][j] = text
@@ -87,7 +90,10 @@ def read_xlsx(path: Path) -> XlsxSheet:
                         if not any(v.__class__ is str and v.strip() for v in
                                    map(itemgetter(j), rows[1:]))
                         and any(v != "" for v in map(itemgetter(j), rows[1:])))
-    return XlsxSheet(names, pa.Table.from_arrays(columns, names=names), no_text)
+    # hidden rows (a filter, or hidden by hand) that hold data: sheet lines, as Excel shows them
+    hidden_data = tuple(r + 1 for r in sorted(hidden) if 1 <= r < len(rows)
+                        and any(v != "" for v in rows[r]))
+    return XlsxSheet(names, pa.Table.from_arrays(columns, names=names), no_text, hidden_data)
 
 
 def _load(path: Path) -> tuple[str, list[list], int, int]:
@@ -133,7 +139,7 @@ def cell_text(value: object) -> str:
     trailing zeros dropped); another whole number as its digits (``123456789012345``); any
     other number as its shortest repr (``0.5``); dates, datetimes and times in ISO 8601
     (``2024-01-31``, ``2024-01-31T08:30:00``, ``08:30:00``); durations as ISO 8601
-    ``[-]PnDTnHnMnS``. Error cells (``#N/A``) reach here as their text (see ``_error_cells``).
+    ``[-]PnDTnHnMnS``. Error cells (``#N/A``) reach here as their text (see ``_sheet_marks``).
     """
     if isinstance(value, str):
         return value
@@ -203,16 +209,22 @@ _ERROR_CELL = re.compile(
     rb"<(?:\w+:)?c\s(?=[^>]*\bt=[\"']e[\"'])([^>]*?)(?<!/)>(.*?)</(?:\w+:)?c>", re.S)
 _CELL_REF = re.compile(rb"\br=[\"']([A-Z]{1,3})([0-9]{1,7})[\"']")
 _CELL_VALUE = re.compile(rb"<(?:\w+:)?v>([^<]*)</")
+#: a hidden row's opening tag, and its number
+_HIDDEN_ROW = re.compile(
+    rb"<(?:\w+:)?row\s(?=[^>]*\bhidden=[\"'](?:1|true)[\"'])[^>]*?\br=[\"']([0-9]{1,7})[\"']")
 _CHUNK = 1 << 22
 _OVERLAP = 1 << 16  # longer than any cell: a formula is at most 8,192 characters
 
 
-def _error_cells(path: Path) -> dict[tuple[int, int], str]:
-    """(0-based row, column) → text of the first sheet's error cells (``#N/A``, ``#REF!``…),
-    which calamine reads as empty (python-calamine issue #105): a VLOOKUP that found nothing
-    must show as ``#N/A``, not as a missing id. The sheet's XML is streamed; only chunks that
-    hold an error cell are parsed. Best effort: {} when the sheet's part cannot be found."""
+def _sheet_marks(path: Path) -> tuple[dict[tuple[int, int], str], set[int]]:
+    """What calamine does not tell of the first sheet: (0-based row, column) → text of its
+    error cells (``#N/A``, ``#REF!``…), which it reads as empty (python-calamine issue #105: a
+    VLOOKUP that found nothing must show as ``#N/A``, not as a missing id); and its hidden rows
+    (0-based), which a filter hides from the person who hands the file over. The sheet's XML is
+    streamed; only chunks that hold an error cell or a hidden row are parsed. Best effort:
+    nothing when the sheet's part cannot be found."""
     found: dict[tuple[int, int], str] = {}
+    hidden: set[int] = set()
     try:
         with zipfile.ZipFile(path) as zf, zf.open(_first_sheet_part(zf)) as fh:
             tail = b""
@@ -220,10 +232,12 @@ def _error_cells(path: Path) -> dict[tuple[int, int], str]:
                 data = tail + chunk
                 if b't="e"' in data or b"t='e'" in data:  # memchr-fast, unlike a regex
                     found.update(_parse_errors(data))
+                if b"hidden=" in data:
+                    hidden.update(int(m[1]) - 1 for m in _HIDDEN_ROW.finditer(data))
                 tail = data[-_OVERLAP:]  # a cell cut by the chunk's end is whole in the next
-    except Exception:  # calamine read the sheet: without the part, errors stay empty
-        return {}
-    return found
+    except Exception:  # calamine read the sheet: without the part, nothing is marked
+        return {}, set()
+    return found, hidden
 
 
 def _parse_errors(data: bytes) -> dict[tuple[int, int], str]:

@@ -256,7 +256,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
              log: JobLog, stopper: Stopper) -> JobResult:
     _check(settings)
     options = settings.input_options()
-    check_input(settings.input, options)  # an unusable file stops before any journal
+    source = check_input(settings.input, options)  # an unusable file stops before any journal
     started = time.monotonic()
     threading.Thread(target=_ready_ahead, name="batcher-ready", daemon=True).start()
     needs_api = not settings.dry_run or settings.preflight or settings.all_cadences
@@ -280,7 +280,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
                 # once the org's cadences are read)
                 if journal.is_new and not settings.all_cadences:
                     with log.phase(f"reading {settings.input}", "scan"):
-                        scan = scan_input(settings.input, options)
+                        scan = scan_input(settings.input, options, source=source)
                     check_results_capacity(results, scan.rows)
                 elif not journal.is_new:
                     check_results_capacity(results, journal.rows)

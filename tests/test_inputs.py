@@ -965,3 +965,22 @@ def test_masks_and_repeats_match_a_plain_count(pairs, n_cad):
         assert masks is not None and masks.tolist() == expect.tolist()
     else:
         assert masks is None
+
+
+def test_a_checked_input_is_opened_once_and_again_only_if_it_changed(tmp_path: Path):
+    """`run` checks the input before its journal, then scans it: an .xlsx sheet is read whole
+    when opened, so each open cost a read of the workbook (three per job)."""
+    import os
+    import time
+
+    from batcher.inputs import check_input
+
+    path = tmp_path / "in.csv"
+    path.write_text(f"record_id,cadence_id,module\n{REC},{CAD},Leads\n")
+    src = check_input(path)
+    assert scan_input(path, source=src).source is src
+    time.sleep(0.01)
+    path.write_text(f"record_id,cadence_id,module,owner\n{REC},{CAD},Leads,x\n{REC2},{CAD},Leads,y\n")
+    os.utime(path)
+    again = scan_input(path, source=src)
+    assert again.source is not src and again.source.found[-1] == "owner" and again.pairs == 2

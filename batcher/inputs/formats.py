@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +111,14 @@ def all_empty(columns: Iterable[pa.ChunkedArray | pa.Array]) -> np.ndarray | Non
 
 
 def open_source(path: Path, options: InputOptions) -> Source:
+    """The input opened: its kind, columns (and an .xlsx sheet's rows); InputError, one line,
+    when it cannot be an input."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a CSV or Parquet file")
     try:
+        st = path.stat()
         with open(path, "rb") as fh:
             head = fh.read(HEAD_BYTES)
     except OSError as exc:
@@ -123,10 +127,12 @@ def open_source(path: Path, options: InputOptions) -> Source:
         raise InputError(f"{path}: the file is empty")
     kind = sniff_kind(path, head)  # refuses zip, .xls, PDF... naming what it found
     if kind == "parquet":
-        return _parquet_source(path, head, options)
-    if kind == "xlsx":
-        return _xlsx_source(path, options)
-    return csv_source(path, head, kind, options)
+        src = _parquet_source(path, head, options)
+    elif kind == "xlsx":
+        src = _xlsx_source(path, options)
+    else:
+        src = csv_source(path, head, kind, options)
+    return replace(src, opened=(st.st_size, st.st_mtime_ns))
 
 
 def _parquet_source(path: Path, head: bytes, options: InputOptions) -> Source:

@@ -294,27 +294,32 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
 
 
 def check_input(path: str | os.PathLike[str], options: InputOptions | str | None = None
-                ) -> None:
-    """Raise InputError now if the file cannot be an input at all (kind, header, columns)."""
+                ) -> Source:
+    """The input opened, or InputError now if the file cannot be an input at all (kind,
+    header, columns). Hand it to :func:`scan_input`: a file is opened once (an .xlsx sheet is
+    read whole when opened)."""
     options = InputOptions.of(options)
     if options.module is not None and canonical_module(options.module) is None:
         raise InputError(f"--module {options.module!r} is not a valid Zoho module API name")
-    open_source(Path(path), options)
+    return open_source(Path(path), options)
 
 
 def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None = None, *,
-               records: RecordList | None = None, chunk_rows: int = CHUNK_ROWS) -> InputScan:
+               records: RecordList | None = None, chunk_rows: int = CHUNK_ROWS,
+               source: Source | None = None) -> InputScan:
     """First pass over an input; InputError when the file is unusable.
 
     Whole columns are read at once (up to ``chunk_rows`` rows), so that Arrow reads them on
     its own threads; the cadence and module columns come dictionary-encoded, so only their
     few distinct values are validated and parsed, and ids are checked with a few vectorised
     kernels over the whole column. ``records``: the cadences of a record list (the org's, for
-    ``--all-cadences``); ``--cadence`` ids are taken from ``options``."""
+    ``--all-cadences``); ``--cadence`` ids are taken from ``options``. ``source``: the input
+    as :func:`check_input` opened it with the same options (opened again if the file changed
+    since)."""
     path = Path(path)
     options = InputOptions.of(options)
-    check_input(path, options)
-    source = open_source(path, options)
+    if source is None or source.path != path or not source.still_current():
+        source = check_input(path, options)
     default_module = options.module
     stamp = source.stamp()
     rows = invalid = blank = 0

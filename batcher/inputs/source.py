@@ -37,10 +37,19 @@ class Source:
     blank: np.ndarray | None = field(default=None, repr=False, compare=False)
     #: an .xlsx sheet's rows hidden (a filter, or by hand) that hold data, as Excel numbers them
     hidden: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    #: the file's :meth:`stamp` when it was opened: a Source is reused only while it holds
+    opened: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     def stamp(self) -> tuple[int, int]:
         st = self.path.stat()
         return st.st_size, st.st_mtime_ns
+
+    def still_current(self) -> bool:
+        """Whether the file is as it was when opened (its kind, header and dialect hold)."""
+        try:
+            return self.opened is not None and self.stamp() == self.opened
+        except OSError:
+            return False
 
 
 

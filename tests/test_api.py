@@ -112,7 +112,8 @@ CASES = [
      every(F, "MANDATORY_NOT_FOUND")),
     ("LIMIT_EXCEEDED", 400, err("LIMIT_EXCEEDED", limit=100, limit_due_to="ids"), {},
      every(F, "LIMIT_EXCEEDED")),
-    ("LIMIT_EXCEEDED wrapped", 400, {"data": [err("LIMIT_EXCEEDED", limit=5)]}, {},
+    ("LIMIT_EXCEEDED wrapped", 400, {"data": [err("LIMIT_EXCEEDED", limit=5,
+                                                  limit_due_to="cadences_ids")]}, {},
      every(F, "LIMIT_EXCEEDED")),
     ("INVALID_MODULE", 400, err("INVALID_MODULE", "the module name given seems to be invalid"),
      {}, every(F, "INVALID_MODULE")),
@@ -174,6 +175,13 @@ CASES = [
      Fatal("AUTHENTICATION_FAILURE", "auth failed", 401)),
     ("unknown 403 code", 403, err("FORBIDDEN_THING", "no"), {},
      Fatal("FORBIDDEN_THING", "no", 403)),
+    # the org's daily credits: every further call is refused too; the job stops, resumable
+    ("LIMIT_EXCEEDED of the org's credits", 400,
+     err("LIMIT_EXCEEDED", "limit exceeded", limit=5000, limit_due_to="API credits per day"), {},
+     Fatal("LIMIT_EXCEEDED", "limit exceeded (limit=5000, limit_due_to=API credits per day)",
+           400)),
+    ("LIMIT_EXCEEDED wrapped, no details", 400, {"data": [err("LIMIT_EXCEEDED", "x")]}, {},
+     Fatal("LIMIT_EXCEEDED", "x", 400)),
 ]
 
 

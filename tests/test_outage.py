@@ -515,3 +515,26 @@ def test_one_batch_failing_while_others_are_answered_is_failed_retryable_not_an_
     assert again.exit_code == 0, again.aborted
     assert set(live.sandbox.removed) == set(rows)
     assert {r["status"] for r in read_results(tmp_path / "out.csv")} == {"unenrolled"}
+
+
+def test_the_orgs_credits_used_up_stop_the_job_and_the_next_day_it_resumes(tmp_path, serve):
+    """Zoho's LIMIT_EXCEEDED for the day's API credits failed every row for good (retryable
+    false, exit 1): every further call was sent and refused, and the nightly re-run had nothing
+    left to send. It stops the job, resumable; nothing is failed for it."""
+    rows = [("Leads", r, c) for r in (str(554023000007000000 + i) for i in range(500))
+            for c in ("554023000004092008", "554023000004092009")]
+    live = serve(World.from_pairs(rows), daily_credits=2)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    err = io.StringIO()
+    first = run_job(settings(tmp_path, inp, concurrency=1), live.env, stream=err)
+    assert first.exit_code == 3
+    assert "LIMIT_EXCEEDED" in err.getvalue() and "re-run the same command later" in err.getvalue()
+    got = read_results(tmp_path / "out.csv")
+    assert {r["status"] for r in got} == {"unenrolled", "not_sent"}
+    assert sum(r["status"] == "unenrolled" for r in got) == 2 * 200  # two calls of 100 × 2
+    live.sandbox.credits_left = None  # the next day
+    again = run_job(settings(tmp_path, inp, concurrency=1), live.env, stream=io.StringIO())
+    assert again.exit_code == 0
+    assert {r["status"] for r in read_results(tmp_path / "out.csv")} == {"unenrolled"}
+    assert_exact(live.sandbox, rows)
+    assert set(live.sandbox.removed) == set(rows)

@@ -275,6 +275,9 @@ def _refusal(request: Request, sb: Sandbox, given: str, module: str) -> tuple[in
     if sb.config.no_permission:
         return 403, error("NO_PERMISSION", "permission denied",
                           {"permissions": ["Crm_Implied_Manage_Cadences"]})
+    if not sb.spend_credit():
+        return 400, error("LIMIT_EXCEEDED", "the API credits of the day are used up",
+                          {"limit": sb.config.daily_credits, "limit_due_to": "API credits per day"})
     return None
 
 

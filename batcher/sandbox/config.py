@@ -47,6 +47,9 @@ class SandboxConfig:
     error_wrapping: str = "mixed"
     #: answer every un-enrol call 403 NO_PERMISSION (the user lacks the permission)
     no_permission: bool = False
+    #: un-enrol calls the org's API credits allow; past them every call answers 400
+    #: LIMIT_EXCEEDED ("API credits per day"). None = unlimited
+    daily_credits: int | None = None
     #: delay of a "slow" fault: make it longer than the client's timeout
     slow_seconds: float = 3.0
     #: largest Retry-After the sandbox sends (seconds)

@@ -84,6 +84,9 @@ class Sandbox:
         self.refresh_count = 0
         self.tokens_issued = 0
         self.max_concurrency_seen = 0
+        #: un-enrol calls the day's credits still allow (None: no limit); a test sets it to
+        #: move to the next day
+        self.credits_left: int | None = config.daily_credits
 
     # ------------------------------------------------------------------ effective limits
 
@@ -192,6 +195,16 @@ class Sandbox:
         return None
 
     # ------------------------------------------------------------------ truth
+
+    def spend_credit(self) -> bool:
+        """Take a credit for an un-enrol call; False when the day's are used up."""
+        with self._lock:
+            if self.credits_left is None:
+                return True
+            if self.credits_left <= 0:
+                return False
+            self.credits_left -= 1
+            return True
 
     def name_pairs(self, module: str, ids: list, cadence_ids: list) -> None:
         with self._lock:

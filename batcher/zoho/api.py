@@ -44,6 +44,9 @@ WHOLE_REQUEST_CODES = FATAL_CODES | TRANSIENT_CODES | frozenset({
     "INVALID_TOKEN", "MANDATORY_NOT_FOUND", "LIMIT_EXCEEDED", "INVALID_MODULE",
     "INVALID_URL_PATTERN",
 })
+#: a LIMIT_EXCEEDED "due to" one of these is the call's own (more ids than a call takes, which
+#: batcher never sends): its pairs fail; any other limit is the org's, and stops the job
+_CALL_ARRAYS = frozenset({"ids", "cadences_ids"})
 _PATH = re.compile(r"^\$\.(ids|cadences_ids)(?:\[(\d+)\])?$")
 _MODULE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _MAX_MESSAGE = 300
@@ -135,6 +138,14 @@ class Fatal:
         """An abort whose message says what the user must fix before re-running."""
         mod = module or "{module}"
         resume = "then re-run the same command to resume"
+        if self.code == "LIMIT_EXCEEDED":
+            # a call never exceeds a per-call limit (100 records, 5 cadences): this is the
+            # org's, most often its API credits for the day; every further call would be refused
+            return AbortError(
+                f"Zoho refused the call: a limit of the org is reached (LIMIT_EXCEEDED: "
+                f"{self.message}); nothing more is "
+                "sent and no row is failed for it — API credits renew over a rolling 24 hours: "
+                f"re-run the same command later to resume")
         if self.code == "OAUTH_SCOPE_MISMATCH":
             return PermissionDenied(
                 f"the Zoho token lacks the scope to un-enrol records (OAUTH_SCOPE_MISMATCH): "
@@ -352,6 +363,8 @@ def _whole(entry: Mapping[str, Any], record_ids: Sequence[str], cadence_ids: Seq
     if code == "INVALID_TOKEN":
         return TokenInvalid(status)
     if code in FATAL_CODES:
+        return Fatal(code, message, status)
+    if code == "LIMIT_EXCEEDED" and _details(entry).get("limit_due_to") not in _CALL_ARRAYS:
         return Fatal(code, message, status)
     if code in TRANSIENT_CODES:
         return Transient(code, message, status, parse_retry_after(headers, now),

@@ -35,6 +35,7 @@ from .errors import (
     Halted,
     JournalIOError,
     TransientError,
+    ZohoUnreachable,
 )
 from .limiter import AdaptiveLimiter, LimiterSettings
 from .models import Batch, OutcomeGroup, PairOutcome, Status
@@ -107,6 +108,8 @@ class Executor:
         self._stop: AbortError | None = None
         self._stopping = asyncio.Event()
         self._sends: dict[str, int] = {}  # batch id → times sent, this run and earlier ones
+        #: batches whose attempts all failed before reaching a server: (batch id, why)
+        self._never_sent: list[tuple[str, str]] = []
         self._premarked: dict[str, int] = {}  # batches the feeder marked sent, not yet taken
         self._on_progress = on_progress or (lambda c: None)
         self._urls: dict[str, httpx.URL] = {}  # URL text → parsed once, not on every call
@@ -145,6 +148,13 @@ class Executor:
                 self._journal.add_counters()  # the calls counted since the last commit
         if self._stop is not None:
             raise self._stop
+        if self._never_sent:
+            batch_id, why = self._never_sent[0]
+            raise ZohoUnreachable(
+                f"{len(self._never_sent)} batch(es) could not reach {self._api_domain()} in any "
+                f"of their attempts (batch {batch_id}: {why}) while other calls were answered: "
+                "their pairs were never sent and stay not_sent (not failed) — re-run the same "
+                "command to send them")
         return self.counters
 
     async def _feed(self, queue: asyncio.Queue, batches: Iterable[Batch], n_workers: int) -> None:
@@ -189,6 +199,10 @@ class Executor:
         while stack:
             current = stack.pop()
             answer, attempts = await self._send(current)
+            if isinstance(answer, _NeverSent):
+                # its pairs were never sent: not failed; the batch stays open for the next run
+                self._never_sent.append((current.batch_id, answer.reason))
+                continue
             if isinstance(answer, Rejected) and not _names_one_of(current, answer):
                 answer = Unlocated(answer.code, answer.message, answer.http_status)
             if isinstance(answer, Answered):
@@ -260,24 +274,32 @@ class Executor:
         self.counters.pairs_done += pairs
 
     async def _send(self, batch: Batch):
-        """One batch through the retry policy: (answer, attempts)."""
+        """One batch through the retry policy: (answer, attempts); a ``_NeverSent`` when its
+        attempts ran out and none reached a server."""
         attempts = 0
+        reached = False
 
         async def once():
-            nonlocal attempts
+            nonlocal attempts, reached
             attempts += 1
             if attempts > 1:
                 self.counters.retries += 1
                 self._journal.count(retries=1)
-            return await self._call(batch)
+            try:
+                answer = await self._call(batch)
+            except Exception as exc:
+                reached = reached or not is_unsent(exc)
+                raise
+            reached = True
+            return answer
 
         try:
             answer, _ = await call_with_retries(once, self._s.retry, on_retry=self._on_retry,
                                                 sleep=self._nap, reach=self._reach)
-        except TransientError as exc:
-            return exc, attempts
-        except httpx.TransportError as exc:
-            return _transport_failure(exc), attempts
+        except (TransientError, httpx.TransportError) as exc:
+            if not reached and is_unsent(exc):
+                return _NeverSent(_unsent_reason(exc)), attempts
+            return (exc if isinstance(exc, TransientError) else _transport_failure(exc)), attempts
         return answer, attempts
 
     async def _nap(self, seconds: float) -> None:
@@ -521,6 +543,17 @@ def _redacted(answer, redact: Redactor):
     if isinstance(answer, Rejected | Unlocated | Transient | Fatal):
         return replace(answer, code=redact(answer.code), message=redact(answer.message))
     return answer
+
+
+@dataclass(frozen=True)
+class _NeverSent:
+    """A batch whose every attempt failed before reaching a server."""
+
+    reason: str
+
+
+def _unsent_reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, TransientError) else type(exc).__name__
 
 
 def _transport_failure(exc: httpx.TransportError) -> TransientError:

@@ -477,8 +477,35 @@ class _OneBatchDown(httpx.AsyncBaseTransport):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("error, counted", [(httpx.ConnectError, False), (httpx.ReadError, True)],
-                         ids=["refused", "reset"])
+def test_one_batch_never_reaching_zoho_while_others_are_answered_stays_not_sent(tmp_path, serve):
+    """A batch whose every attempt was refused a connection (a flapping outage, a way that is
+    broken for it) was never sent: its rows were `failed` CONNECTION_ERROR, exit 1 — an outage
+    reported as failed rows. The other batches are all sent; its rows stay `not_sent`, the run
+    exits 3 saying so, and the same command sends them."""
+    rows = make_rows(4_000, 5, max_k=1)  # ~40 batches
+    live = serve(World.from_pairs(rows), latency=0.02)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    transport = _OneBatchDown(httpx.ConnectError)
+    job = settings(tmp_path, inp, concurrency=CONCURRENCY,
+                   retry=policy(5.0, attempts=4, max_wait=0.02))
+    err = io.StringIO()
+    result = run_job(job, live.env, transports=Transports(api=transport), stream=err)
+    assert result.exit_code == 3, (result.aborted, err.getvalue()[-2000:])
+    assert "never sent and stay not_sent (not failed)" in (result.aborted or "")
+    results = read_results(tmp_path / "out.csv")
+    unsent = [r for r in results if r["status"] == "not_sent"]
+    assert unsent and len(unsent) <= 500 and len({r["batch_id"] for r in unsent}) <= 1
+    assert {r["status"] for r in results} == {"unenrolled", "not_sent"}
+    assert set(live.sandbox.removed) == set(rows) - {pair_of(r) for r in unsent}
+    assert summary_of(tmp_path / "out.csv")["calls"] == len(live.sandbox.calls)
+    transport = _OneBatchDown(httpx.ConnectError, healed=True)
+    again = run_job(job, live.env, transports=Transports(api=transport), stream=io.StringIO())
+    assert again.exit_code == 0, again.aborted
+    assert set(live.sandbox.removed) == set(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("error, counted", [(httpx.ReadError, True)], ids=["reset"])
 def test_one_batch_failing_while_others_are_answered_is_failed_retryable_not_an_outage(
         tmp_path, serve, error, counted):
     rows = make_rows(4_000, 5, max_k=1)  # ~40 batches

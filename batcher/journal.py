@@ -72,6 +72,7 @@ from .rowstore import (
     Ranker,
     batch_order,
     cat,
+    no_answer,
     planned_seqs,
     positions_of,
     rows_problem,
@@ -606,9 +607,12 @@ class Journal:
         """Every row in input order, as tables of :data:`RESULT_SCHEMA`: the stored rows, each
         planned row joined with its batch's outcome unless a pair outcome of its own overrides
         it."""
-        outcome = BatchOutcomes(self._query(
+        batches = self._query(
             "SELECT seq, batch_id, state, status, code, message, http_status, retryable,"
-            " answered_attempts, finished_at FROM batches ORDER BY seq"))
+            " answered_attempts, finished_at, attempts FROM batches ORDER BY seq")
+        outcome = BatchOutcomes(batches)
+        # pairs moved to a batch that was sent and never answered say so, as its own pairs do
+        unanswered = {row[0]: row[10] for row in batches if row[2] == "sent"}
         loaded = self._meta(_K_LOADED)
         seq = planned_seqs(self._query("SELECT seq, npairs, positions FROM batches"
                                        " WHERE parent IS NULL"), self.rows)
@@ -626,6 +630,10 @@ class Journal:
                 own = self._query(f"SELECT pos, seq, {_OUTCOME} FROM outcomes"
                                   " WHERE pos >= ? AND pos < ? ORDER BY pos",
                                   (p0, p0 + part.num_rows))
+                if unanswered:
+                    own = [no_answer(o, unanswered[o[1]])
+                           if o[2] == Status.NOT_SENT.value and o[1] in unanswered else o
+                           for o in own]
                 yield outcome.results(part, seq[p0 - 1:p0 - 1 + part.num_rows], p0, own, loaded)
 
 # ---------------------------------------------------------------------- helpers

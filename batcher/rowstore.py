@@ -42,6 +42,20 @@ RESULT_SCHEMA = pa.schema([
 assert tuple(RESULT_SCHEMA.names) == RESULT_COLUMNS
 
 
+#: the code of a pair whose call left but whose answer was never recorded (the run stopped)
+NO_ANSWER = "NO_ANSWER"
+NO_ANSWER_TEXT = ("sent, but the run stopped before an answer was recorded: Zoho may have "
+                   "applied it; the same command sends it again")
+
+
+def no_answer(own: tuple, attempts: int) -> tuple:
+    """A pair outcome row (pos, seq, status, code, message, http_status, retryable, attempts,
+    finished_at) of a moved pair whose batch was sent and never answered, saying so."""
+    pos, seq, status, _, _, http, retryable, shown, at = own
+    return (pos, seq, status, NO_ANSWER, NO_ANSWER_TEXT, http, retryable, max(shown, attempts),
+            at)
+
+
 def ipc_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with ipc.new_stream(sink, table.schema, options=_IPC) as writer:
@@ -261,12 +275,15 @@ class BatchOutcomes:
         cols[1] = [Status.NOT_SENT.value] * n
         cols[5] = [True] * n
         cols[6] = [0] * n
-        for seq, batch_id, state, status, code, message, http, retryable, attempts, at in rows:
+        for seq, batch_id, state, status, code, message, http, retryable, attempts, at, \
+                sent in rows:
             cols[0][seq] = batch_id
             if state == "answered" and status is not None:
                 for k, v in enumerate((status, code, message, http, bool(retryable), attempts,
                                        at), 1):
                     cols[k][seq] = v
+            elif state == "sent":  # in flight when the run stopped: it may have been applied
+                cols[2][seq], cols[3][seq], cols[6][seq] = NO_ANSWER, NO_ANSWER_TEXT, sent
         cols[5][0] = False  # index 0: a row no batch holds (its finished_at: see _values)
         names = [name for name, _ in self._COLUMNS]
         #: name → the one value every batch shows in that column, when they all show one

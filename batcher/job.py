@@ -58,6 +58,7 @@ from .inputs import (
     unusual_line,
 )
 from .inputs.carry import Carried, carried_columns
+from .inputs.source import Source
 from .journal import Journal, utc_now
 from .logs import JobLog
 from .models import BatchBlock, with_date
@@ -293,7 +294,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
         except BatcherError as exc:  # the journal's disk, a journal that contradicts its input
             stop = _Stop(redact(str(exc)), exc.exit_code)
         with stopper.phase("defer"), _said_while_writing(stopper, log):
-            summary = _write(settings, journal, scan, results, stop, started, log)
+            summary = _write(settings, journal, scan or source, results, stop, started, log)
     if stop is None and stopper.requested is not None:  # the signal came while writing
         stop = _Stop(stopper.message())
     code = stop.exit_code if stop else summary.exit_code()
@@ -368,18 +369,21 @@ def _results_path(settings: RunSettings, log: JobLog) -> Path:
     return beside
 
 
-def _write(settings: RunSettings, journal: Journal, scan: InputScan | None, results: Path,
-           stop: _Stop | None, started: float, log: JobLog) -> Summary:
+def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | None,
+           results: Path, stop: _Stop | None, started: float, log: JobLog) -> Summary:
     """Results, retry file and summary from the journal (or from the scan when the journal was
-    never loaded); a failure to write them says how to get them later."""
+    never loaded: ``scan`` is the input's scan, or the input as opened when the scan did not
+    end); a failure to write them says how to get them later."""
     source = journal
     reason = stop.reason if stop else None
     try:
         if journal.rows == 0:  # stopped before the plan was loaded (or even the scan ended)
-            scan = scan or scan_input(settings.input, settings.input_options(),
-                                      records=_record_list(settings, journal))
+            if not isinstance(scan, InputScan):  # a sheet read once is not read again
+                scan = scan_input(settings.input, settings.input_options(),
+                                  records=_record_list(settings, journal), source=scan)
             source = UnplannedResults(scan.rows, scan.tables, utc_now(), f"not sent: {reason}",
                                       journal.counters)
+        scan = scan if isinstance(scan, InputScan) else None
         if reason:  # for `batcher status`: why the last run stopped
             with contextlib.suppress(BatcherError):
                 journal.set_meta("aborted", reason)

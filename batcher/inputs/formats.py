@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import InputError
+from ..errors import InputError, Interrupted
 from .codes import both
 from .columns import require_columns
 from .csvfile import csv_raw_parts, csv_scan_parts, csv_source
@@ -140,6 +140,8 @@ def _parquet_source(path: Path, head: bytes, options: InputOptions) -> Source:
 
     try:
         schema = pq.ParquetFile(path).schema_arrow
+    except Interrupted:  # a signal, not the file's fault
+        raise
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise InputError(_parquet_problem(path, head, exc)) from None
     roles = require_columns(path, schema.names, options)
@@ -179,7 +181,7 @@ def _parquet_errors(src: Source) -> Iterator[None]:
     """Any failure of the Parquet reader becomes one clear InputError."""
     try:
         yield
-    except InputError:
+    except (InputError, Interrupted):
         raise
     except Exception as exc:  # pyarrow raises several types for damaged files
         with open(src.path, "rb") as fh:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..arrays import strings_of
-from ..errors import InputError
+from ..errors import InputError, Interrupted
 
 HEAD_BYTES = 64 * 1024  # what callers pass as ``head``, and what a gzip head is inflated to
 
@@ -126,6 +126,8 @@ def _zip_kind(path: Path, head: bytes) -> str:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             mimetype = zf.read("mimetype")[:100] if "mimetype" in names else b""
+    except Interrupted:  # a signal, not the file's fault
+        raise
     except Exception as exc:  # zipfile raises BadZipFile, OSError, EOFError, ValueError…
         if path.suffix.lower() in _XLSX_SUFFIXES or re.search(
                 rb"PK\x03\x04.{%d}xl/" % (_ZIP_NAME_AT - 4), head, re.S):

@@ -30,7 +30,7 @@ import pyarrow as pa
 from python_calamine import CalamineWorkbook, SheetVisibleEnum
 
 from ..arrays import strings_of
-from ..errors import InputError
+from ..errors import InputError, Interrupted
 from .kinds import HEAD_BYTES, one_line, sniff_kind
 
 _EXACT_DIGITS = 15  # Excel's precision: numbers of more digits are already rounded
@@ -107,6 +107,8 @@ def _load(path: Path) -> tuple[str, list[list], int, int]:
             sheet = book.get_sheet_by_index(_first_visible(book.sheets_metadata))
             rows = list(sheet.iter_rows())
             end = sheet.end
+    except Interrupted:  # a signal, not the file's fault
+        raise
     except Exception as exc:  # calamine raises its own errors, and ValueError on odd cells
         raise InputError(_unreadable(path, exc)) from None
     if not rows or end is None:

@@ -328,6 +328,7 @@ def test_json_that_a_fast_parser_refuses_is_still_read():
 
 X = ("9999999999999999999", "9999999999999999998", "9999999999999999997")  # not in any call
 MISSING, UNPARSEABLE = (F, "MISSING_IN_ANSWER", True), (F, "UNPARSEABLE_ANSWER", True)
+CONTRADICTED = UNPARSEABLE  # two different entries for one id
 
 
 def pairs(records, cadences, value):
@@ -397,12 +398,18 @@ HOSTILE = [
     # --- too many entries
     ("an extra entry for an unknown id", R, C, 200,
      {"data": [ok(R[0]), ok(X[0]), ok(R[1]), ok(R[2])]}, pairs(R, C, (U, "SUCCESS", False)), 1),
-    ("duplicate entries for one id: the first speaks", R, C, 200,
+    # two entries for one record that disagree: the first spoke ("unenrolled"), or the error
+    # did when it came first; neither is evidence, and neither named a record not in the call
+    ("duplicate entries for one id that disagree: neither speaks", R, C, 200,
      {"data": [ok(R[0]), ok(R[0], []), ok(R[1])]},
-     {**pairs(R, C, (U, "SUCCESS", False)), (2, 0): MISSING, (2, 1): MISSING}, 1),
+     {**pairs(R, C, (U, "SUCCESS", False)), (0, 0): CONTRADICTED, (0, 1): CONTRADICTED,
+      (2, 0): MISSING, (2, 1): MISSING}, 0),
+    ("a success and an error for one id: neither speaks", R, C, 200,
+     {"data": [ok(R[0]), {**err("INVALID_DATA"), "details": {"id": R[0]}}, ok(R[1]), ok(R[2])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), (0, 0): CONTRADICTED, (0, 1): CONTRADICTED}, 0),
     ("a duplicate cannot stand in for the record it displaced", R, C, 200,
      {"data": [ok(R[0]), ok(R[1]), ok(R[1])]},
-     {**pairs(R, C, (U, "SUCCESS", False)), (2, 0): MISSING, (2, 1): MISSING}, 1),
+     {**pairs(R, C, (U, "SUCCESS", False)), (2, 0): MISSING, (2, 1): MISSING}, 0),
     # --- position
     ("position only, as many entries as records: allowed", R, C, 200,
      {"data": [ok_without_id() for _ in R]}, pairs(R, C, (U, "SUCCESS", False)), 0),
@@ -466,7 +473,11 @@ HOSTILE = [
                                                 for i in range(3)}}, 0),
     ("v8 duplicate entries for one cadence", R, C, 200,
      {"cadences": [per_cadence(C[0]), per_cadence(C[0])]},
-     {**pairs(R, C, (U, "SUCCESS", False)), **{(i, 1): MISSING for i in range(3)}}, 1),
+     {**pairs(R, C, (U, "SUCCESS", False)), **{(i, 1): MISSING for i in range(3)}}, 0),
+    ("v8 entries for one cadence that disagree", R, C, 200,
+     {"cadences": [per_cadence(C[0]), {**err("NOT_ALLOWED"), "details": {"id": C[0]}},
+                   per_cadence(C[1])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), **{(i, 0): CONTRADICTED for i in range(3)}}, 0),
     ("v8 position, as many entries as cadences: allowed", R, C, 200,
      {"cadences": [per_cadence(), err("NOT_ALLOWED")]},
      {**pairs(R, C, (U, "SUCCESS", False)), **{(i, 1): (F, "NOT_ALLOWED", False)

@@ -444,8 +444,10 @@ def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequ
     groups: dict[tuple, list[str]] = {}
     for i, record_id in enumerate(record_ids):
         entry = by_record.get(i)
-        if entry is None:
-            groups.setdefault((_FAILED, "MISSING_IN_ANSWER", _MISSING, True, every),
+        if entry is None or entry is _CONTRADICTED:
+            groups.setdefault((_FAILED, "MISSING_IN_ANSWER", _MISSING, True, every)
+                              if entry is None else
+                              (_FAILED, "UNPARSEABLE_ANSWER", _CONTRADICTING, True, every),
                               []).append(record_id)
             continue
         details = _details(entry)
@@ -498,6 +500,8 @@ def _per_cadence(entries: list[Any], record_ids: Sequence[str], cadence_ids: Seq
         verdict = None if entry is None else _verdict(entry)
         if entry is None:
             key = (_FAILED, "MISSING_IN_ANSWER", _MISSING, True, everyone)
+        elif entry is _CONTRADICTED:
+            key = (_FAILED, "UNPARSEABLE_ANSWER", _CONTRADICTING, True, everyone)
         elif verdict is None:
             key = (_FAILED, "UNPARSEABLE_ANSWER", _unparseable(entry), True, everyone)
         elif verdict == _ERROR:
@@ -521,12 +525,19 @@ def _grouped(groups: dict[tuple, list[str]], http_status: int, by_record: bool,
     return Answered(tuple(out), ignored)
 
 
+#: the entry of an id that the answer gave two different entries for
+_CONTRADICTED: Mapping[str, Any] = {"details": {}}
+_CONTRADICTING = "the answer had two different entries for this pair: neither is taken as true"
+
+
 def _match_entries(entries: list[Any], ids: Sequence[str],
                    array: str) -> tuple[dict[int, Mapping], int]:
     """Entry per index of ``ids``, and how many entries were ignored.
 
-    An entry carrying ``details.id`` is matched by that id only: one that names no id of the call,
-    or repeats an id already matched, is ignored. An entry without an id that is not a success
+    An entry carrying ``details.id`` is matched by that id only: one that names no id of the call
+    is ignored; one that repeats an id already matched adds nothing when it is the same entry,
+    and otherwise leaves that id ``_CONTRADICTED`` (two answers for one record: neither is
+    evidence). An entry without an id that is not a success
     may be located by its ``json_path`` (``$.ids[i]`` / ``$.cadences_ids[j]``). The rest are
     matched by position, and only when no entry carries an id, there are exactly as many
     entries as ids, and no entry located by its path sits elsewhere than its position (the order
@@ -554,8 +565,11 @@ def _match_entries(entries: list[Any], ids: Sequence[str],
                 unplaced.append((position, entry))
                 continue
             displaced = displaced or index != position
-        if index is None or index in matched:
+        if index is None:
             ignored += 1
+        elif index in matched:  # the same id twice: the same entry says nothing more, another
+            if matched[index] != entry:  # contradicts it (neither is evidence)
+                matched[index] = _CONTRADICTED
         else:
             matched[index] = entry
     if unplaced:

@@ -121,6 +121,11 @@ CASES = [
     ("unknown 4xx code", 400, err("SOMETHING_NEW"), {}, every(F, "SOMETHING_NEW")),
     ("404 HTML page from a proxy", 404, b"<html>not found</html>", {},
      every(F, "HTTP_404", True)),
+    # success entries under a status Zoho does not answer entries with are no evidence
+    ("404 carrying success entries", 404, {"data": [ok(r) for r in R]}, {},
+     every(F, "HTTP_404", True)),
+    ("201 carrying success entries", 201, {"data": [ok(r) for r in R]}, {},
+     Transient("UNPARSEABLE_ANSWER", "HTTP 201 with a body that is not a Zoho answer", 201)),
     # --- located rejections
     ("INVALID_DATA top level names a record", 400,
      err("INVALID_DATA", api_name="ids", json_path="$.ids[1]"), {},

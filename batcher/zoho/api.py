@@ -56,6 +56,10 @@ _NOT_LISTED = "the API did not list this cadence as removed (record was not in i
 _MISSING = "the answer had no entry for this pair"
 _UNPARSEABLE = "the answer's entry for this pair has no success or error status or code"
 _SUCCESS_CODES = frozenset({"SUCCESS", "SCHEDULED"})
+#: the HTTP statuses Zoho answers an un-enrol call with, entry by entry (DESIGN: 200, 207 mixed,
+#: 202 scheduled, 400 an error entry per record); a proxy's 404 or a 201 carrying a success body
+#: is not Zoho's answer
+_ENTRY_STATUSES = frozenset({200, 202, 207, 400})
 #: an entry's verdict (see :func:`_verdict`); ``None`` is neither
 _OK, _ERROR = "success", "error"
 #: answer bodies larger than this are not read (a Zoho answer for 100 records is a few dozen KB)
@@ -263,6 +267,8 @@ def classify(record_ids: Sequence[str], cadence_ids: Sequence[str], status_code:
     whole = _whole_request_entry(payload, status_code, len(record_ids))
     if whole is not None:
         return _whole(whole, record_ids, cadence_ids, status_code, headers, now)
+    if status_code not in _ENTRY_STATUSES:  # entries under another status are no evidence
+        return _without_answer(record_ids, cadence_ids, status_code, headers, body, None, now)
     if isinstance(payload.get("data"), list):
         return _per_record(payload["data"], record_ids, cadence_ids, status_code)
     if isinstance(payload.get("cadences"), list):

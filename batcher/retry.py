@@ -75,10 +75,12 @@ def is_unsent(exc: BaseException) -> bool:
 
 
 def no_answer(exc: BaseException) -> bool:
-    """A failure that says Zoho (or the way to it) is down rather than anything about the call."""
+    """A failure that says Zoho (or the way to it) is down, or refuses every call for now (a
+    429: nothing was done), rather than anything about the call: a job that meets only these
+    for the outage clock's time stops, resumable, instead of failing its rows."""
     if isinstance(exc, TransientError):
         if exc.throttled:
-            return False
+            return True
         if exc.unsent or exc.http_status is None:
             return True
         # a 5xx in Zoho's own words (INTERNAL_SERVER_ERROR) is an answer; a proxy page is not
@@ -127,7 +129,7 @@ class Reachability:
         elif (not self._announced and self._on_down is not None
               and now - self._since >= min(10.0, self._give_up_after / 10)):
             self._announced = True
-            self._on_down(f"no answer from Zoho for {seconds_text(now - self._since)} "
+            self._on_down(f"no usable answer from Zoho for {seconds_text(now - self._since)} "
                           f"({self._what}); retrying for up to "
                           f"{seconds_text(self._give_up_after)} before stopping")
 
@@ -145,7 +147,8 @@ class Reachability:
         if self._since is not None and self.remaining() <= 0:
             where = "" if " to " in self._what else self._where
             raise ZohoUnreachable(
-                f"Zoho{where} did not answer for {seconds_text(self._clock() - self._since)} "
+                f"Zoho{where} gave no usable answer for "
+                f"{seconds_text(self._clock() - self._since)} "
                 f"(last: {self._what}); unanswered rows are not_sent — re-run the same command "
                 "to resume once it is reachable")
 
@@ -284,10 +287,12 @@ async def call_with_retries(
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, TransientError) and exc.throttled:
             seen["throttled"] += 1
-            return seen["throttled"] >= policy.throttled_attempts
-        seen["failed"] += 1
-        if seen["failed"] < policy.attempts:
-            return False
+            if seen["throttled"] < policy.throttled_attempts:
+                return False
+        else:
+            seen["failed"] += 1
+            if seen["failed"] < policy.attempts:
+                return False
         # out of attempts: a failure of this call if others got answers meanwhile; while nobody
         # does, Zoho is down, and the outage clock decides
         return not (reach is not None and exc is not None and no_answer(exc) and silent)

@@ -565,3 +565,31 @@ def test_the_orgs_credits_used_up_stop_the_job_and_the_next_day_it_resumes(tmp_p
     assert {r["status"] for r in read_results(tmp_path / "out.csv")} == {"unenrolled"}
     assert_exact(live.sandbox, rows)
     assert set(live.sandbox.removed) == set(rows)
+
+
+def test_a_storm_of_429s_stops_the_job_resumable_and_fails_no_row(tmp_path, serve):
+    """Every call answered 429 (the org's limits taken by other integrations): calls and
+    credits were spent for minutes with nothing said, then rows ended `failed
+    TOO_MANY_REQUESTS`. Only 429s for the outage clock's time: said on stderr, then the job
+    stops (exit 3) with its rows not_sent, and the same command resumes."""
+    rows = make_rows(300, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+
+    def throttled(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "0"},
+                              json={"code": "TOO_MANY_REQUESTS", "status": "error",
+                                    "message": "too many requests", "details": {}})
+
+    job = settings(tmp_path, inp, concurrency=2, retry=policy(1.0), preflight=False,
+                   quiet=False)
+    err = io.StringIO()
+    result = run_job(job, live.env, transports=Transports(api=httpx.MockTransport(throttled)),
+                     stream=err)
+    assert result.exit_code == 3, (result.aborted, err.getvalue()[-1500:])
+    assert "no usable answer" in (result.aborted or "") and "TOO_MANY_REQUESTS" in result.aborted
+    assert "no usable answer from Zoho for" in err.getvalue()  # said while it waited
+    assert {r["status"] for r in read_results(tmp_path / "out.csv")} == {"not_sent"}
+    again = run_job(settings(tmp_path, inp), live.env, stream=io.StringIO())
+    assert again.exit_code == 0, again.aborted
+    assert set(live.sandbox.removed) == set(rows)

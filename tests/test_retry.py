@@ -135,8 +135,9 @@ def test_any_answer_stops_the_outage_clock():
     (TransientError("token", code="TOKEN_ENDPOINT_UNREACHABLE", unsent=True), True, True),
     (TransientError("proxy", code="HTTP_503", http_status=503), False, True),
     (TransientError("zoho", code="INTERNAL_SERVER_ERROR", http_status=500), False, False),
+    # a 429 did nothing: only 429s for the outage clock's time stop the job, resumable
     (TransientError("429", code="TOO_MANY_REQUESTS", http_status=429, throttled=True), False,
-     False),
+     True),
 ])
 def test_what_counts_as_never_sent_and_as_no_answer(exc, unsent, silent):
     assert (is_unsent(exc), no_answer(exc)) == (unsent, silent)

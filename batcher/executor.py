@@ -200,7 +200,8 @@ class Executor:
             current = stack.pop()
             answer, attempts = await self._send(current)
             if isinstance(answer, _NeverSent):
-                # its pairs were never sent: not failed; the batch stays open for the next run
+                # its pairs were never sent: not failed; the batch is open for the next run
+                await self._in_db_thread(self._journal.mark_unsent, current.batch_id, attempts)
                 self._never_sent.append((current.batch_id, answer.reason))
                 continue
             if isinstance(answer, Rejected) and not _names_one_of(current, answer):

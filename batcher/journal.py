@@ -422,6 +422,13 @@ class Journal:
                 out[batch_id] = got[0]
         return out
 
+    def mark_unsent(self, batch_id: str, sends: int) -> None:
+        """Take back the last ``sends`` :meth:`mark_sent` of a batch whose calls never left (no
+        connection could be made): it is pending again, and its rows say it was never sent."""
+        with self._tx() as db:
+            db.execute("UPDATE batches SET state = 'pending', attempts = max(attempts - ?, 0)"
+                       " WHERE batch_id = ? AND state = 'sent'", (sends, batch_id))
+
     def record_outcomes(self, batch_id: str, outcomes: Iterable[PairOutcome],
                         attempts: int | None = None, final: bool = True) -> None:
         """Store the outcome of pairs of one batch and, when ``final``, mark it answered.

@@ -496,6 +496,7 @@ def test_one_batch_never_reaching_zoho_while_others_are_answered_stays_not_sent(
     unsent = [r for r in results if r["status"] == "not_sent"]
     assert unsent and len(unsent) <= 500 and len({r["batch_id"] for r in unsent}) <= 1
     assert {r["status"] for r in results} == {"unenrolled", "not_sent"}
+    assert {(r["code"], r["attempts"]) for r in unsent} == {("", "0")}  # never sent, not NO_ANSWER
     assert set(live.sandbox.removed) == set(rows) - {pair_of(r) for r in unsent}
     assert summary_of(tmp_path / "out.csv")["calls"] == len(live.sandbox.calls)
     transport = _OneBatchDown(httpx.ConnectError, healed=True)

@@ -17,7 +17,7 @@ import contextlib
 import gc
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -88,6 +88,7 @@ class Counters:
 _GRACEFUL = (AbortError,)
 _NOT_GRACEFUL = (JournalIOError, EngineError)
 _CLEANUP_S = 1.0  # how long cancelled tasks get to unwind before the run returns anyway
+_GRACE_S = 0.5  # how long the other workers get to record answers in hand when a task fails
 
 
 class Executor:
@@ -137,7 +138,7 @@ class Executor:
         feeder = asyncio.create_task(self._feed(queue, batches, len(workers)), name="feeder")
         try:
             with _gc_frozen():
-                await _supervise(feeder, workers)
+                await _supervise(feeder, workers, self._halt)
         finally:
             for task in [feeder, *workers]:
                 task.cancel()
@@ -386,19 +387,29 @@ class Executor:
         return answer
 
 
-async def _supervise(feeder: asyncio.Task, workers: list[asyncio.Task]) -> None:
-    """Wait until every worker is done; the first task to fail stops the run with its error."""
+async def _supervise(feeder: asyncio.Task, workers: list[asyncio.Task],
+                     halt: Callable[[AbortError], Awaitable[None]]) -> None:
+    """Wait until every worker is done; the first task to fail stops the run with its error.
+    The other workers first get ``_GRACE_S`` to record the answers they hold (``halt``: no
+    call leaves meanwhile): an answer received is never dropped because another task broke."""
     waiting = {feeder, *workers}
     while any(not w.done() for w in workers):
         done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             exc = None if task.cancelled() else task.exception()
-            if isinstance(exc, BatcherError):
-                raise exc
-            if exc is not None:
-                raise EngineError(f"the {task.get_name()} task failed ({type(exc).__name__}: "
-                                  f"{exc}); the journal keeps every answer recorded — re-run "
-                                  "the same command to resume") from exc
+            if exc is None:
+                continue
+            if not isinstance(exc, BatcherError):
+                error = EngineError(f"the {task.get_name()} task failed ({type(exc).__name__}: "
+                                    f"{exc}); the journal keeps every answer recorded — re-run "
+                                    "the same command to resume")
+                error.__cause__ = exc
+                exc = error
+            if isinstance(exc, AbortError):
+                await halt(exc)
+            if others := [w for w in workers if not w.done()]:
+                await asyncio.wait(others, timeout=_GRACE_S)
+            raise exc
 
 
 class _Isolation:

@@ -351,6 +351,10 @@ class Executor:
             sent_at, clock = time.time(), time.monotonic()
             try:
                 response = await self._client.send(request, stream=True)
+                if response.history:  # answered INVALID_TOKEN, sent again with a fresh token:
+                    again = len(response.history)  # each answered call reached a server
+                    self.counters.calls += again
+                    self._journal.count(calls=again, credits=again)
                 try:
                     content = await read_answer(response)
                 finally:

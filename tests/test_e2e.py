@@ -421,3 +421,28 @@ def test_retry_rounds_keep_the_inputs_column_names(tmp_path, serve):
     assert headers[1] == headers[0] and headers[2] == headers[0]
     assert retry_headers == [["module", "record_id", "cadence_id", "status", "code",
                               "Email"]] * 3
+
+
+def test_calls_answered_invalid_token_are_counted_as_calls(tmp_path, serve):
+    """Tokens revoked mid-job: each call answered 401 INVALID_TOKEN is sent again with a fresh
+    token by the auth flow; it reached a server and counts in `calls` (it did not: the summary
+    said 4 calls fewer than the server saw)."""
+    import threading
+    import time
+
+    rows = make_rows(600, 5)
+    live = serve(World.from_pairs(rows), latency=0.02)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+
+    def revoke_once_under_way() -> None:
+        deadline = time.monotonic() + 30
+        while len(live.sandbox.calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        live.sandbox.revoke_tokens()
+
+    threading.Thread(target=revoke_once_under_way, daemon=True).start()
+    result = run_job(settings(tmp_path, inp, concurrency=4), live.env)
+    assert result.exit_code == 0, result.aborted
+    refused = [c for c in live.sandbox.calls if c.http_status == 401]
+    assert refused, "no call was answered 401: revoke earlier"
+    assert result.summary.calls == len(live.sandbox.calls)

@@ -17,6 +17,7 @@ import contextlib
 import gc
 import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -112,6 +113,11 @@ class Executor:
         #: batches whose attempts all failed before reaching a server: (batch id, why)
         self._never_sent: list[tuple[str, str]] = []
         self._premarked: dict[str, int] = {}  # batches the feeder marked sent, not yet taken
+        # per batch, this run's marks as sent, and its calls that may have been applied (they
+        # left, and no answer said they were not): a batch marked but with none of those is
+        # unmarked when the run ends, so its rows never say "sent, no answer"
+        self._marks: Counter[str] = Counter()
+        self._maybe_applied: Counter[str] = Counter()
         self._on_progress = on_progress or (lambda c: None)
         self._urls: dict[str, httpx.URL] = {}  # URL text → parsed once, not on every call
         self._extensions = {"timeout": client.timeout.as_dict()}
@@ -147,6 +153,8 @@ class Executor:
             self._db_thread.shutdown(wait=True)  # no journal write outlives the run
             with contextlib.suppress(JournalIOError):  # a failing disk is what the run reports
                 self._journal.add_counters()  # the calls counted since the last commit
+                self._journal.mark_unsent({b: n for b, n in self._marks.items()
+                                           if not self._maybe_applied[b]})
         if self._stop is not None:
             raise self._stop
         if self._never_sent:
@@ -166,6 +174,7 @@ class Executor:
             got = list(islice(it, _FEED_STEP))
             if got:
                 self._premarked.update(self._journal.mark_sent_many([b.batch_id for b in got]))
+                self._marks.update(b.batch_id for b in got)
             return got
 
         while self._stop is None and (got := await self._in_db_thread(take)):
@@ -202,7 +211,6 @@ class Executor:
             answer, attempts = await self._send(current)
             if isinstance(answer, _NeverSent):
                 # its pairs were never sent: not failed; the batch is open for the next run
-                await self._in_db_thread(self._journal.mark_unsent, current.batch_id, attempts)
                 self._never_sent.append((current.batch_id, answer.reason))
                 continue
             if isinstance(answer, Rejected) and not _names_one_of(current, answer):
@@ -330,6 +338,8 @@ class Executor:
         # reported with that doubt — but outside the slot, so the server's limit is not left idle
         # during the commit (the spare workers hold the slots meanwhile)
         premarked = self._premarked.pop(batch.batch_id, None)  # first attempts: by the feeder
+        if premarked is None:
+            self._marks[batch.batch_id] += 1
         self._sends[batch.batch_id] = premarked or await self._in_db_thread(
             self._journal.mark_sent, batch.batch_id)
         async with self._limiter:
@@ -349,6 +359,7 @@ class Executor:
             request = httpx.Request("POST", parsed, content=encode_body(body),
                                     headers=self._headers, extensions=self._extensions)
             sent_at, clock = time.time(), time.monotonic()
+            self._maybe_applied[batch.batch_id] += 1  # until an answer says otherwise
             try:
                 response = await self._client.send(request, stream=True)
                 if response.history:  # answered INVALID_TOKEN, sent again with a fresh token:
@@ -363,6 +374,7 @@ class Executor:
                 if is_unsent(exc):
                     self.counters.calls -= 1
                     self._journal.count(calls=-1, credits=-1)
+                    self._maybe_applied[batch.batch_id] -= 1
                 else:  # it reached a server: the call log keeps it, without an answer
                     self._journal.log_call(sent_at, batch.batch_id, None, False,
                                            time.monotonic() - clock)
@@ -378,6 +390,9 @@ class Executor:
         if isinstance(answer, Answered):
             self._journal.count(ignored_entries=answer.ignored_entries)
             return answer
+        if isinstance(answer, Fatal | TokenInvalid) or (isinstance(answer, Transient)
+                                                        and answer.throttled):
+            self._maybe_applied[batch.batch_id] -= 1  # refused outright: nothing was done
         if isinstance(answer, Transient):
             if answer.throttled:
                 self.counters.throttled += 1

@@ -422,12 +422,16 @@ class Journal:
                 out[batch_id] = got[0]
         return out
 
-    def mark_unsent(self, batch_id: str, sends: int) -> None:
-        """Take back the last ``sends`` :meth:`mark_sent` of a batch whose calls never left (no
-        connection could be made): it is pending again, and its rows say it was never sent."""
+    def mark_unsent(self, marks: Mapping[str, int]) -> None:
+        """Take back, per batch id, the last ``marks[id]`` :meth:`mark_sent` of a batch none of
+        whose calls of this run can have been applied (never left: no connection, a stop before
+        its turn; or refused outright: 429). It is pending again unless an earlier run sent it,
+        and its rows say so; in one transaction."""
         with self._tx() as db:
-            db.execute("UPDATE batches SET state = 'pending', attempts = max(attempts - ?, 0)"
-                       " WHERE batch_id = ? AND state = 'sent'", (sends, batch_id))
+            db.executemany("UPDATE batches SET attempts = max(attempts - ?, 0), state = CASE"
+                           " WHEN attempts - ? > 0 THEN 'sent' ELSE 'pending' END"
+                           " WHERE batch_id = ? AND state = 'sent'",
+                           [(n, n, b) for b, n in marks.items()])
 
     def record_outcomes(self, batch_id: str, outcomes: Iterable[PairOutcome],
                         attempts: int | None = None, final: bool = True) -> None:

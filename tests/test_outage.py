@@ -560,6 +560,8 @@ def test_the_orgs_credits_used_up_stop_the_job_and_the_next_day_it_resumes(tmp_p
     got = read_results(tmp_path / "out.csv")
     assert {r["status"] for r in got} == {"unenrolled", "not_sent"}
     assert sum(r["status"] == "unenrolled" for r in got) == 2 * 200  # two calls of 100 × 2
+    # the refused call did nothing, the queued batches never left: none says "sent, no answer"
+    assert {(r["code"], r["attempts"]) for r in got if r["status"] == "not_sent"} == {("", "0")}
     live.sandbox.credits_left = None  # the next day
     again = run_job(settings(tmp_path, inp, concurrency=1), live.env, stream=io.StringIO())
     assert again.exit_code == 0
@@ -590,7 +592,9 @@ def test_a_storm_of_429s_stops_the_job_resumable_and_fails_no_row(tmp_path, serv
     assert result.exit_code == 3, (result.aborted, err.getvalue()[-1500:])
     assert "no usable answer" in (result.aborted or "") and "TOO_MANY_REQUESTS" in result.aborted
     assert "no usable answer from Zoho for" in err.getvalue()  # said while it waited
-    assert {r["status"] for r in read_results(tmp_path / "out.csv")} == {"not_sent"}
+    got = read_results(tmp_path / "out.csv")
+    assert {r["status"] for r in got} == {"not_sent"}
+    assert {(r["code"], r["attempts"]) for r in got} == {("", "0")}  # a 429 did nothing
     again = run_job(settings(tmp_path, inp), live.env, stream=io.StringIO())
     assert again.exit_code == 0, again.aborted
     assert set(live.sandbox.removed) == set(rows)

@@ -209,6 +209,9 @@ class Executor:
         while stack:
             current = stack.pop()
             answer, attempts = await self._send(current)
+            # shown per row: every call that carried its pairs, this run's and earlier runs'
+            # (a batch whose answer a signal lost, sent again), and a split batch's parent's
+            attempts = max(attempts, self._sends.get(current.batch_id, 0))
             if isinstance(answer, _NeverSent):
                 # its pairs were never sent: not failed; the batch is open for the next run
                 self._never_sent.append((current.batch_id, answer.reason))

@@ -164,6 +164,26 @@ def test_rejected_cadence_fails_its_pairs_and_the_rest_is_resent(tmp_path):
     assert len(sent) == 2 and sent[1]["cadences_ids"] == [cid(0), cid(2)]
 
 
+def test_a_batch_an_earlier_run_sent_shows_every_send_and_hedges_not_enrolled(tmp_path):
+    # the earlier run sent b000000 and stopped before its answer was recorded (a signal, a
+    # kill -9): this run sends it again, and the rows say both calls carried them
+    batch = Batch("b000000", "Leads", (rid(1), rid(2)), (cid(0),))
+    j = journal_with(tmp_path, [batch])
+    j.mark_sent(batch.batch_id)
+    j.close()
+    j = Journal.open(tmp_path / "job.journal", "fp")
+    answer = success([rid(1)], [cid(0)])  # rid(2): already gone, maybe by the lost call
+    answer["data"].append({"code": "SUCCESS", "status": "success", "message": "ok",
+                           "details": {"id": rid(2), "cadences": []}})
+    _, sent = run(j, lambda body: httpx.Response(200, json=answer))
+    res = results(j)
+    assert len(sent) == 1
+    assert [res[(r, cid(0))]["status"] for r in (rid(1), rid(2))] == ["unenrolled",
+                                                                      "not_enrolled"]
+    assert {res[(r, cid(0))]["attempts"] for r in (rid(1), rid(2))} == {2}
+    assert "an earlier attempt of this call" in res[(rid(2), cid(0))]["message"]
+
+
 def test_server_errors_are_retried_then_failed_retryable(tmp_path):
     j = journal_with(tmp_path, [Batch("b000000", "Leads", (rid(1),), (cid(0),))])
     _, sent = run(j, lambda body: httpx.Response(500, json={
@@ -172,6 +192,13 @@ def test_server_errors_are_retried_then_failed_retryable(tmp_path):
     row = results(j)[(rid(1), cid(0))]
     assert len(sent) == FAST.attempts
     assert (row["status"], row["retryable"], row["attempts"]) == ("failed", True, FAST.attempts)
+    # the next night's round sends it once more: the row counts every send, not that round's
+    assert j.requeue_retryable(max_rounds=3) == 1
+    _, sent = run(j, lambda body: httpx.Response(200, json=success(body["ids"],
+                                                                   body["cadences_ids"])))
+    row = results(j)[(rid(1), cid(0))]
+    assert len(sent) == 1
+    assert (row["status"], row["attempts"]) == ("unenrolled", FAST.attempts + 1)
 
 
 def test_proxy_pages_from_everywhere_are_an_outage_not_failed_rows(tmp_path):

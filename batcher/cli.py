@@ -14,21 +14,41 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from typing import NoReturn
 
 from . import __version__
-from .errors import BatcherError
+from .errors import BatcherError, machine_limit
 from .redact import Redactor
-from .stopping import STOP_SIGNALS, Stopper, signal_handler, signals_to
+from .stopping import (
+    STOP_SIGNALS,
+    Stopper,
+    last_line,
+    signal_handler,
+    signals_to,
+    taken_signals,
+)
+from .streams import Tolerant
+
+
+class _BadUsage(Exception):
+    def __init__(self, usage: str, message: str) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on bad usage, which is already the contract's code for usage errors."""
+    """Bad usage is exit 2, the contract's code for usage errors, said by :func:`main` as the
+    command line asked: the usage and the error, or one JSON line (``--log-format json``)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(2, f"batcher: error: {message}\n")
+    def error(self, message: str) -> NoReturn:
+        raise _BadUsage(self.format_usage(), f"error: {message}")
+
+
+def _json_log(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for JSON lines, even one argparse could not read."""
+    args = list(argv)
+    return "--log-format=json" in args or any(
+        a == "--log-format" and b == "json" for a, b in zip(args, args[1:], strict=False))
 
 
 _EXIT_CODES = """exit codes:
@@ -302,7 +322,7 @@ def _interrupting() -> Iterator[None]:
     def interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, interrupt) for sig in taken_signals()}
     try:
         yield
     finally:
@@ -321,18 +341,29 @@ def main(argv: Sequence[str] | None = None, stopper: Stopper | None = None) -> i
             args = _parser().parse_args(argv)
             _own_process(args.command)
             if args.command == "run":
+                stopper.json_lines, stopper.json_stdout = args.log_format == "json", args.json
                 return _cmd_run(args, stopper)
             stopper.check()  # a signal while the command line was read
         with _interrupting():
             return _COMMANDS[args.command](args)
+    except _BadUsage as exc:
+        if _json_log(sys.argv[1:] if argv is None else argv):
+            sys.stderr.write(last_line(str(exc), 2, json_lines=True))
+        else:
+            sys.stderr.write(f"{exc.usage}batcher: {exc}\n")
+        return 2
     except BatcherError as exc:
         return _failed(args, _redactor(args)(str(exc)), exc.exit_code)
     except KeyboardInterrupt:
         return _failed(args, "interrupted; re-run the same command to resume", 3)
     except OSError as exc:  # a file the user named: unreadable, vanished, a full disk
+        if limit := machine_limit(exc):  # or no descriptor left to open it with
+            return _failed(args, str(limit), limit.exit_code)
         where = f"{exc.filename}: " if exc.filename else ""
         return _failed(args, f"{where}{exc.strerror or type(exc).__name__}", 2)
     except Exception as exc:  # a bug: one line, not a traceback (BATCHER_DEBUG=1 shows it)
+        if limit := machine_limit(exc):  # not a bug: a limit the machine set
+            return _failed(args, str(limit), limit.exit_code)
         if os.environ.get("BATCHER_DEBUG"):
             raise
         return _failed(args, f"internal error ({type(exc).__name__}: "
@@ -344,12 +375,8 @@ def main(argv: Sequence[str] | None = None, stopper: Stopper | None = None) -> i
 def _failed(args: argparse.Namespace | None, message: str, code: int) -> int:
     """Say why a command failed, as its flags asked: a line of text on stderr, or (``--log-format
     json``) a JSON object there, and with ``--json`` one on stdout too; returns ``code``."""
-    if getattr(args, "log_format", "text") == "json":
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        print(json.dumps({"event": "error", "ts": now, "message": message, "exit_code": code}),
-              file=sys.stderr)
-    else:
-        print(f"batcher: {message}", file=sys.stderr)
+    sys.stderr.write(last_line(message, code,
+                               json_lines=getattr(args, "log_format", "text") == "json"))
     if getattr(args, "json", False) and getattr(args, "command", None) == "run":
         print(json.dumps({"exit_code": code, "error": message}))
     return code
@@ -362,12 +389,19 @@ def entry() -> NoReturn:
     ignored for the few dozen milliseconds of the interpreter's shutdown."""
     stopper = Stopper()
     handler = signal_handler(stopper)
-    for sig in STOP_SIGNALS:
+    for sig in taken_signals():
         signal.signal(sig, handler)
+    # where the scheduler put them — a pipe read by `head`, a full disk, `2>&-`, an ASCII
+    # locale — they may fail; what the job did, and its exit code, stay as they are
+    out = sys.stdout = Tolerant(sys.stdout, own_descriptor=True)  # type: ignore[assignment]
+    sys.stderr = Tolerant(sys.stderr, own_descriptor=True)  # type: ignore[assignment]
     code = main(stopper=stopper)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    out.flush()
+    if out.lost is not None and not out.broken_pipe:  # `| head`: what it did not want is no loss
+        why = out.lost.strerror if isinstance(out.lost, OSError) else None
+        sys.stderr.write(f"batcher: the standard output could not be written "
+                         f"({why or out.lost}); the exit code stands\n")
+    sys.stderr.flush()
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     sys.exit(3 if stopper.requested is not None else code)

@@ -7,6 +7,8 @@ contain secrets: they are printed to users and cron logs.
 
 from __future__ import annotations
 
+import errno
+
 
 class BatcherError(Exception):
     """Root of every error batcher raises on purpose."""
@@ -68,6 +70,35 @@ class JournalIOError(AbortError):
 
 class EngineError(AbortError):
     """A task of the engine crashed (a bug): the run stopped rather than wait on it."""
+
+
+class MachineLimit(AbortError):
+    """The machine refused, not the input nor Zoho: too many open files, no memory, no thread
+    (a scheduler's ``ulimit``, a crowded host). The same command resumes once there is room."""
+
+
+#: what libraries say when the process, not the file, ran out of something
+_LIMIT_ERRNOS = {errno.ENFILE, errno.EMFILE, errno.ENOMEM, errno.EAGAIN}  # EAGAIN: no thread
+_LIMIT_TEXTS = ("too many open files", "cannot allocate memory", "out of memory",
+                "failed to launch worker thread", "can't start new thread", "bad_alloc",
+                "resource temporarily unavailable")
+
+
+def machine_limit(exc: BaseException, doing: str = "") -> MachineLimit | None:
+    """``exc`` as a :class:`MachineLimit` (``doing``: what was being done, "reading in.csv")
+    when it is the machine running out of files, memory or threads; else None."""
+    text = str(exc).lower()
+    if not (isinstance(exc, MemoryError)
+            or (isinstance(exc, OSError) and exc.errno in _LIMIT_ERRNOS)
+            or any(t in text for t in _LIMIT_TEXTS)):
+        return None
+    what = (exc.strerror if isinstance(exc, OSError) and exc.strerror
+            else str(exc).strip().splitlines()[0][:200] if str(exc).strip()
+            else type(exc).__name__)
+    where = f"{doing}: " if doing else ""
+    return MachineLimit(f"{where}the machine ran out of room ({what}); nothing is wrong with the "
+                        "job — raise the process's limits (ulimit -n, -v) or free memory, then "
+                        "re-run the same command to resume")
 
 
 class TransientError(BatcherError):

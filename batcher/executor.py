@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any
@@ -38,6 +36,7 @@ from .errors import (
     TransientError,
     ZohoUnreachable,
 )
+from .hostsettings import collector_spared
 from .limiter import AdaptiveLimiter, LimiterSettings
 from .models import Batch, OutcomeGroup, PairOutcome, Status
 from .redact import Redactor
@@ -143,7 +142,7 @@ class Executor:
                    for i in range(self._s.concurrency * 2)]
         feeder = asyncio.create_task(self._feed(queue, batches, len(workers)), name="feeder")
         try:
-            with _gc_frozen():
+            with collector_spared(_SEND_GC_THRESHOLD0):
                 await _supervise(feeder, workers, self._halt)
         finally:
             for task in [feeder, *workers]:
@@ -501,32 +500,15 @@ class _Isolation:
 _FEED_STEP = 8  # batches marked sent in one journal transaction by the feeder
 
 
-#: the youngest generation's threshold while sending: each answer parses into ~1,000 short-lived
-#: containers (freed by reference counting as soon as it is classified), so the default 700
-#: started a young collection in nearly every call, scanning the answer while it was still alive
-#: and promoting it to be scanned again by the next older collection. Cycles are rare here (an
-#: exception's traceback); they are still collected, a few thousand objects later.
+#: while sending, what lives through the send phase (modules, the input, the plan: tens of
+#: thousands of objects) is frozen: each full collection re-scanned it, stalling the event loop,
+#: and so every call in flight, for tens of milliseconds. And the youngest generation's
+#: threshold: each answer parses into ~1,000 short-lived containers (freed by reference counting
+#: as soon as it is classified), so the default 700 started a young collection in nearly every
+#: call, scanning the answer while it was still alive and promoting it to be scanned again by the
+#: next older collection. Cycles are rare here (an exception's traceback); they are still
+#: collected, a few thousand objects later.
 _SEND_GC_THRESHOLD0 = 20_000
-
-
-@contextmanager
-def _gc_frozen() -> Iterator[None]:
-    """Spare every full garbage collection of the send phase a scan of what lives through it.
-
-    Modules, the input and the plan (tens of thousands of objects) outlive the send phase; each
-    full collection re-scanned them, stalling the event loop, and so every call in flight, for
-    tens of milliseconds. Frozen, they are skipped; they are handed back to the collector after.
-    Young collections are made rarer too (:data:`_SEND_GC_THRESHOLD0`); the thresholds are put
-    back after.
-    """
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(max(thresholds[0], _SEND_GC_THRESHOLD0), *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
 
 
 def _all(batch: Batch, status: Status, code: str, message: str, http_status: int | None,

@@ -36,11 +36,14 @@ from .errors import (
     AbortError,
     BatcherError,
     Halted,
+    MachineLimit,
     PermissionDenied,
     TransientError,
     UsageError,
+    machine_limit,
 )
 from .executor import Counters, Executor, ExecutorSettings
+from .hostsettings import unraisable_ignored
 from .htmlreport import Tally, report_path, write_report
 from .htmlreport import prepare as prepare_report
 from .inputs import (
@@ -133,6 +136,11 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class JobResult:
+    """What :func:`run_job` returns: the job's ``summary`` (counts, paths of the results, retry
+    file, summary and report: :class:`~batcher.report.Summary`), the ``exit_code`` the command
+    line would exit with (0, 1, 3; see the README), and why the run stopped early
+    (``aborted``, None when it did not) — the line the command line ends with."""
+
     summary: Summary
     exit_code: int
     aborted: str | None = None
@@ -206,8 +214,15 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
 
     Raises ``UsageError`` (exit 2) before anything is sent: bad settings, an unusable input, a
     journal of another input or held by another run, a call from inside a running event loop
-    (use :func:`run_job_async` there). Raises ``AbortError`` (exit 3) when the results cannot be
-    written. SIGINT/SIGTERM (in the main thread) or ``stopper.request`` stop it with exit 3.
+    (use :func:`run_job_async` there). Raises ``AuthError`` (exit 3) when the environment holds
+    no usable credentials, before any journal. Raises ``AbortError`` (exit 3) when the results
+    cannot be written. All are :class:`~batcher.errors.BatcherError`, with ``exit_code``.
+
+    Stopping: SIGINT, SIGTERM and SIGHUP stop it with exit 3 when it runs in the main thread
+    (it takes them for the run, and gives the host's handlers back after; a signal the host
+    ignores stays ignored); from any thread, ``stopper.request(why)`` (a
+    :class:`~batcher.stopping.Stopper`, one per job) does the same — at once while sending,
+    at the end of the current step while reading or planning.
     """
     try:
         asyncio.get_running_loop()
@@ -498,7 +513,11 @@ class _Link:
 def _drive(settings: RunSettings, scan: InputScan | None, journal: Journal, link: _Link,
            log: JobLog, stopper: Stopper, redact: Redactor) -> _Stop | None:
     """The job's event loop: preflight, plan and load, send. Returns why it stopped early."""
-    runner = asyncio.Runner()
+    try:
+        loop = _new_loop()
+    except MachineLimit as exc:
+        return _Stop(str(exc), exc.exit_code)
+    runner = asyncio.Runner(loop_factory=lambda: loop)
     try:
         return runner.run(_run(settings, scan, journal, link, log, stopper, redact))
     except asyncio.CancelledError:  # cancelled before its first step
@@ -507,6 +526,20 @@ def _drive(settings: RunSettings, scan: InputScan | None, journal: Journal, link
         return _Stop(stopper.message())
     finally:
         runner.close()
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop; ``MachineLimit`` when the process has no descriptor left for it."""
+    # CPython's loop that could not make its self-pipe fails again, in __del__, with an
+    # AttributeError printed as "Exception ignored": it is freed within this block, unprinted
+    with unraisable_ignored(AttributeError):
+        try:
+            return asyncio.new_event_loop()
+        except OSError as exc:
+            limit = machine_limit(exc, "the run")
+            if limit is None:
+                raise
+    raise limit
 
 
 async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, link: _Link,
@@ -571,6 +604,8 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
         except BatcherError as exc:
             return _Stop(redact(str(exc)), exc.exit_code)
         except Exception as exc:  # a bug: the run stops, and the results still get written
+            if limit := machine_limit(exc, "the run"):  # not a bug: a limit the machine set
+                return _Stop(redact(str(limit)), limit.exit_code)
             if link.env.get("BATCHER_DEBUG"):
                 raise
             return _Stop(redact(f"internal error ({type(exc).__name__}: {exc}); the journal "

@@ -704,8 +704,15 @@ def _create_private(path: Path) -> None:
     except (OSError, sqlite3.Error) as exc:
         with suppress(OSError):
             os.unlink(tmp)
-        why = exc.strerror if isinstance(exc, OSError) else _sqlite_text(exc)
-        raise JournalError(f"cannot create journal {path}: {why}") from None
+        if isinstance(exc, sqlite3.Error):
+            raise _open_failure(path, exc) from None
+        if exc.errno in _DISK_FAILURES:  # a full disk, a scheduler's file size limit: exit 3
+            raise _disk_failure(path, f"cannot create it: {exc.strerror}") from None
+        raise JournalError(f"cannot create journal {path}: {exc.strerror}") from None
+
+
+#: what creating a journal meets when the disk, not the command, is at fault
+_DISK_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
 _PAGE_SIZE = 16384

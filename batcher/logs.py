@@ -1,20 +1,21 @@
 """A job's lines on stderr, through the stdlib's ``logging``: ``batcher: ...`` text for people,
 or one JSON object per line (``--log-format json``: event, ts, message and fields) for a
-scheduler's log collector. Each job has a logger of its own that does not propagate, so a host
-application's logging is neither used nor disturbed."""
+scheduler's log collector. Each job has a logger of its own, outside the logging hierarchy
+(nothing propagates to a host's handlers, and nothing is left in the logging registry after the
+job), so a host application's logging is neither used nor disturbed. A stream that fails (a
+reader gone, a full disk) loses the lines; the job goes on."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from .progress import Phases
+from .streams import Tolerant
 
 LOG_FORMATS = ("text", "json")
-_IDS = itertools.count()
 
 
 class _Text(logging.Formatter):
@@ -38,10 +39,11 @@ class JobLog:
     def __init__(self, stream: TextIO, fmt: str = "text", quiet: bool = False) -> None:
         if fmt not in LOG_FORMATS:
             raise ValueError(f"log format {fmt!r}: choose one of {', '.join(LOG_FORMATS)}")
+        stream = stream if isinstance(stream, Tolerant) else Tolerant(stream)
         self.stream, self.json, self.quiet = stream, fmt == "json", quiet
-        self._logger = logging.getLogger(f"batcher.job.{next(_IDS)}")
+        # made directly, not by getLogger: one per job, and none kept by the registry after it
+        self._logger = logging.Logger("batcher.job", logging.INFO)
         self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
         self._handler = logging.StreamHandler(stream)
         self._handler.setFormatter(_Json() if self.json else _Text())
         self._logger.addHandler(self._handler)

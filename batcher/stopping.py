@@ -18,18 +18,21 @@ the journal, committed answer by answer, is as a ``kill -9`` leaves it — resum
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the program's first lines must not wait for asyncio to load
     import asyncio
 
 from .errors import Interrupted
+from .hostsettings import unraisable_ignored
 
 EXIT_ABORTED = 3
 #: what stops a job: Ctrl-C, a scheduler, and a terminal or ssh session that goes away
@@ -39,22 +42,32 @@ _RESUME = "re-run the same command to resume"
 
 
 class Stopper:
-    """One job's stop request; :meth:`request` may be called from a signal handler or any
-    thread (a host cancelling :func:`batcher.job.run_job_async`)."""
+    """One job's stop request. :meth:`request` may be called from any thread (a host cancelling
+    :func:`batcher.job.run_job_async`, a scheduler's own thread) and never raises; a job that
+    reads its input in another thread stops when that phase ends. A stopper serves one job."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        #: how the line of a second signal is said: as a JSON object on stderr (``--log-format
+        #: json``), and one on stdout too (``run --json``), as every other last line
+        self.json_lines = self.json_stdout = False
         self._phase = "defer"  # until the job says what it can take
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
 
     def request(self, why: str) -> None:
+        """Ask the job to stop (``why``: said in its abort line); never raises."""
         if self.requested is None:
             self.requested = why
         loop, task = self._loop, self._task
         if self._phase == "loop" and loop is not None and task is not None:
             loop.call_soon_threadsafe(task.cancel)
-        elif self._phase == "raise" and threading.current_thread() is threading.main_thread():
+
+    def interrupt(self, why: str) -> None:
+        """:meth:`request` from a signal handler: in a ``raise`` phase, raises
+        :class:`Interrupted` where the main thread is (the job's, since it took the signals)."""
+        self.request(why)
+        if self._phase == "raise" and threading.current_thread() is threading.main_thread():
             raise Interrupted(self.message())
 
     def message(self) -> str:
@@ -84,15 +97,36 @@ class Stopper:
             self._phase, self._loop, self._task = saved
 
 
+def taken_signals() -> list[signal.Signals]:
+    """The stop signals a job takes: those the process does not ignore. One ignored when the
+    process started stays ignored (``nohup`` ignores SIGHUP so the job outlives its terminal;
+    a shell's background job ignores SIGINT)."""
+    return [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
+
+
+def last_line(message: str, code: int, *, json_lines: bool) -> str:
+    """The line a command ends with when it fails: ``batcher: message``, or (``--log-format
+    json``) a JSON object with the event ``error``, the time and the exit code."""
+    if not json_lines:
+        return f"batcher: {message}\n"
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    return json.dumps({"event": "error", "ts": now, "message": message, "exit_code": code}) + "\n"
+
+
 def signal_handler(stopper: Stopper) -> Callable[[int, object], None]:
-    """The handler that turns a signal into ``stopper.request``; a second one exits at once."""
+    """The handler that turns a signal into ``stopper.interrupt``; a second one exits at once."""
 
     def handler(signum: int, frame: object) -> None:  # noqa: ARG001
         if stopper.requested is not None:
-            os.write(2, ("batcher: second signal: stopping at once, results not rewritten; "
-                         f"{_RESUME}\n").encode())
+            why = f"second signal: stopping at once, results not rewritten; {_RESUME}"
+            with contextlib.suppress(OSError):  # a reader gone: the exit code still says it
+                os.write(2, last_line(why, EXIT_ABORTED, json_lines=stopper.json_lines).encode())
+            if stopper.json_stdout:
+                with contextlib.suppress(OSError):
+                    os.write(1, (json.dumps({"exit_code": EXIT_ABORTED, "error": why}) + "\n")
+                             .encode())
             os._exit(EXIT_ABORTED)
-        stopper.request(f"interrupted by {signal.Signals(signum).name}")
+        stopper.interrupt(f"interrupted by {signal.Signals(signum).name}")
 
     return handler
 
@@ -115,20 +149,13 @@ def signals_to(stopper: Stopper) -> Iterator[None]:
     # job ran on to the end. Ours alone, a signal waits for the read to return.
     pa.enable_signal_handlers(False)
     handler = signal_handler(stopper)
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    unraisable = sys.unraisablehook
-
-    def quiet(args: Any) -> None:
+    previous = {sig: signal.signal(sig, handler) for sig in taken_signals()}
+    try:
         # the handler's exception, lost in a finalizer: not an error to print — the phase
         # raises it again when it ends (Stopper.phase)
-        if not isinstance(args.exc_value, Interrupted):
-            unraisable(args)
-
-    sys.unraisablehook = quiet
-    try:
-        yield
+        with unraisable_ignored(Interrupted):
+            yield
     finally:
-        sys.unraisablehook = unraisable
         for sig, old in previous.items():
             signal.signal(sig, old)
         pa.enable_signal_handlers(True)  # pyarrow's default

@@ -397,6 +397,37 @@ def test_cancelling_run_job_async_returns_promptly_and_the_job_resumes(tmp_path,
     assert set(live.sandbox.removed) == set(rows)
 
 
+def test_cancelling_run_job_async_while_the_input_is_read_raises_cancelled_after_the_job(
+        tmp_path, serve):
+    """The host's cancel lands while the job reads its input (in the job's thread): the host
+    gets CancelledError — not the job's Interrupted — once the job has stopped, its lock
+    released, so the same job can run at once."""
+    from batcher.job import run_job_async
+
+    live = serve(World.from_pairs([]))
+    inp = tmp_path / "in.csv"
+    inp.write_text("module,record_id,cadence_id\n" + "".join(
+        f"Leads,{554023000001000000 + i},{554023000004000001 + i % 5}\n"
+        for i in range(300_000)))
+    lock = tmp_path / "out.journal.lock"  # taken just before the input is read
+
+    async def host() -> None:
+        task = asyncio.create_task(run_job_async(job(tmp_path, inp, preflight=False),
+                                                 live.env))
+        deadline = time.monotonic() + 20
+        while not lock.exists() and time.monotonic() < deadline and not task.done():
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.03)  # into the read (a 300k-row file's scan and plan take longer)
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(host())
+    nothing_reached(live)
+    # the job is over and its lock free: the same job starts again (and stops at its budget)
+    assert run_job(job(tmp_path, inp, max_calls=1, preflight=False), live.env).exit_code == 3
+
+
 # ---------------------------------------------------------------------- 9. kill -9 accounting
 
 

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from batcher.errors import Interrupted
 from batcher.sandbox.world import World
+from batcher.stopping import Stopper
 
 from .conftest import read_results, write_pairs
 from .test_e2e import make_rows
@@ -420,6 +422,18 @@ def test_a_signal_during_a_read_that_then_fails_is_not_lost():
     assert stopper.requested == "interrupted by SIGTERM"
 
 
+def test_a_host_request_never_raises_into_the_host_and_the_phase_stops_at_its_end():
+    """``Stopper.request`` from the main thread (a host's event loop cancelling a job that runs
+    in another thread) while the job's phase can raise: the host's code goes on; the job's
+    phase raises when it ends."""
+    stopper = Stopper()
+    went_on = []
+    with pytest.raises(Interrupted, match="cancelled by the host"), stopper.phase("raise"):
+        stopper.request("cancelled by the host")
+        went_on.append(True)
+    assert went_on == [True]
+
+
 # ---------------------------------------------------------------------------------- 2. twice
 
 
@@ -466,6 +480,52 @@ def test_a_second_signal_exits_at_once_and_the_same_command_finishes(tmp_path, s
     problems = job.finish(live)
     assert not problems, problems
     assert live.sandbox.named_pairs <= set(rows)
+
+
+def test_a_job_started_under_nohup_outlives_its_terminal(tmp_path, serve):
+    """``nohup batcher run …``: SIGHUP ignored when the process starts stays ignored — the
+    terminal closing mid-job does not stop it."""
+    rows = make_rows(400, 20, base=554023000060000000)  # ~20 calls, 3 at a time, 80 ms each
+    live = serve(World.from_pairs(rows), latency=LATENCY)
+    job = Job(tmp_path / "job", rows, live.env)
+
+    def nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    with open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "batcher", *job.argv()], cwd=ROOT,
+                                env={**os.environ, **job.env}, stdout=subprocess.DEVNULL,
+                                stderr=err, preexec_fn=nohup)
+    deadline = time.monotonic() + 60
+    while calls_of(live, rows) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the job ended before the hangup: make it longer"
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(RUN_S) == 0, (tmp_path / "err").read_text()
+    assert {r["status"] for r in read_results(job.results)} == {"unenrolled"}
+
+
+def test_a_second_signal_says_its_line_as_json_when_the_log_and_summary_are():
+    """``--log-format json --json``: the last line of a second signal is one JSON object on
+    stderr, and stdout gets the summary's stand-in, as for every other ending."""
+    child = """
+import os, signal, time
+from batcher.stopping import Stopper, signal_handler
+stopper = Stopper()
+stopper.json_lines = stopper.json_stdout = True
+signal.signal(signal.SIGTERM, signal_handler(stopper))
+stopper.request("interrupted by SIGTERM")  # the first signal, still being handled
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(10)
+"""
+    out = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 3
+    (line,) = out.stderr.splitlines()
+    said = json.loads(line)
+    assert said["event"] == "error" and said["exit_code"] == 3
+    assert "second signal" in said["message"]
+    assert json.loads(out.stdout) == {"exit_code": 3, "error": said["message"]}
 
 
 @pytest.mark.parametrize("which", ["first", "second"])

@@ -530,6 +530,28 @@ def test_resuming_on_a_full_journal_disk_is_exit_3_naming_the_journal(tmp_path, 
         assert "not a batcher journal" not in line
 
 
+def test_a_new_job_on_a_full_journal_disk_is_exit_3_and_the_same_command_starts_it_later(
+        tmp_path, serve):
+    """Exit 2 says "the input or the flags are wrong: do not retry"; a disk that is full when
+    the journal is created is neither (a scheduler's file size limit alike)."""
+    live = serve(World.from_pairs(ROWS))
+    inp = write_pairs(tmp_path / "in.csv", ROWS)
+    with tmpfs(tmp_path / "disk", "16m") as disk:
+        args = run_args(inp, tmp_path / "out.csv", disk / "job.journal")
+        filler = fill(disk, 16 << 10)  # room for the lock, not for the journal's tables
+        full = cli(tmp_path, *args, env=live.env)
+        calls_while_full = len(live.sandbox.calls)
+        filler.unlink()
+        again = cli(tmp_path, *args, env=live.env)
+
+    assert full.returncode == 3, full.stderr
+    line = one_line(full.stderr)
+    assert str(disk / "job.journal") in line and "re-run the same command" in line, line
+    assert calls_while_full == 0
+    assert again.returncode == 0, again.stderr
+    assert set(live.sandbox.removed) == set(ROWS)
+
+
 def test_a_full_disk_at_open_leaves_the_journal_unlocked_for_the_next_run(tmp_path, serve):
     """A scheduler runs jobs in one long-lived process: a run refused for a full disk must not
     keep holding the journal's lock, or every later run of the job is refused as "in use"."""

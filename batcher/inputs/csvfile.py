@@ -8,7 +8,6 @@ import codecs
 import csv
 import gzip
 import re
-import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -24,7 +23,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from ..arrays import arrow_of, strings_of
-from ..errors import InputError
+from ..errors import InputError, machine_limit
+from ..hostsettings import unraisable_ignored
 from .columns import require_columns
 from .dialect import detect
 from .kinds import HEAD_BYTES, one_line
@@ -152,6 +152,8 @@ def _csv_errors(src: Source) -> Iterator[None]:
     try:
         yield
     except (pa.ArrowException, OSError, EOFError, zlib.error, csv.Error, UnicodeError) as exc:
+        if limit := machine_limit(exc, f"reading {src.path}"):
+            raise limit from None
         msg = one_line(exc, 300)
         if isinstance(exc, UnicodeError) or "utf8" in str(exc).lower():
             msg = "it is not UTF-8 text; save it as 'CSV UTF-8'"
@@ -206,7 +208,9 @@ def _fast_parts(src: Source, types: dict[str, pa.DataType], block: int, whole: b
     while True:
         irregular = _Irregular()
         try:
-            with _undecodable_rows_quiet():
+            # pyarrow reports the UnicodeDecodeError of a ragged row it could not decode for
+            # the handler as 'Exception ignored' on stderr, then fails the read (handled below)
+            with unraisable_ignored(UnicodeDecodeError):
                 for part in _arrow_parts(src, types, block, newlines, whole, done, irregular):
                     if irregular.seen:
                         raise _NeedsExact(done)
@@ -226,23 +230,6 @@ def _fast_parts(src: Source, types: dict[str, pa.DataType], block: int, whole: b
 
 
 _RAGGED = re.compile(r"Expected \d+ columns, got \d+")
-
-
-@contextmanager
-def _undecodable_rows_quiet() -> Iterator[None]:
-    """pyarrow reports the UnicodeDecodeError of a ragged row it could not decode for the
-    handler as 'Exception ignored' on stderr, then fails the read (handled above)."""
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        if not isinstance(unraisable.exc_value, UnicodeDecodeError):
-            previous(unraisable)
-
-    sys.unraisablehook = hook
-    try:
-        yield
-    finally:
-        sys.unraisablehook = previous
 
 
 def _read_again(exc: pa.ArrowInvalid, block: int, newlines: bool) -> tuple[int, bool] | None:

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import InputError, Interrupted
+from ..errors import InputError, Interrupted, machine_limit
 from .codes import both
 from .columns import require_columns
 from .csvfile import csv_raw_parts, csv_scan_parts, csv_source
@@ -143,6 +143,8 @@ def _parquet_source(path: Path, head: bytes, options: InputOptions) -> Source:
     except Interrupted:  # a signal, not the file's fault
         raise
     except Exception as exc:  # pyarrow raises several types for damaged files
+        if limit := machine_limit(exc, f"reading {path}"):
+            raise limit from None
         raise InputError(_parquet_problem(path, head, exc)) from None
     roles = require_columns(path, schema.names, options)
     problem = parquet_problem(schema, roles)
@@ -184,6 +186,8 @@ def _parquet_errors(src: Source) -> Iterator[None]:
     except (InputError, Interrupted):
         raise
     except Exception as exc:  # pyarrow raises several types for damaged files
+        if limit := machine_limit(exc, f"reading {src.path}"):
+            raise limit from None
         with open(src.path, "rb") as fh:
             head = fh.read(4)
         raise InputError(_parquet_problem(src.path, head, exc)) from None

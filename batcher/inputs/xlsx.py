@@ -30,7 +30,7 @@ import pyarrow as pa
 from python_calamine import CalamineWorkbook, SheetVisibleEnum
 
 from ..arrays import strings_of
-from ..errors import InputError, Interrupted
+from ..errors import InputError, Interrupted, machine_limit
 from .kinds import HEAD_BYTES, one_line, sniff_kind
 
 _EXACT_DIGITS = 15  # Excel's precision: numbers of more digits are already rounded
@@ -110,6 +110,8 @@ def _load(path: Path) -> tuple[str, list[list], int, int]:
     except Interrupted:  # a signal, not the file's fault
         raise
     except Exception as exc:  # calamine raises its own errors, and ValueError on odd cells
+        if limit := machine_limit(exc, f"reading {path}"):
+            raise limit from None
         raise InputError(_unreadable(path, exc)) from None
     if not rows or end is None:
         return sheet.name, [], 0, 0

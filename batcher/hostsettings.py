@@ -1,0 +1,82 @@
+"""Process-wide settings a job changes while it runs, kept for its host.
+
+A scheduler runs jobs in its own long-lived process: one after another, or several at once in
+threads. What a job changes for the whole process — the garbage collector's thresholds and
+frozen set, the hook that prints "Exception ignored" — is changed by the first of the jobs
+running together and given back by the last, as the host had it. A setting the host changed
+meanwhile is left as the host set it.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_lock = threading.Lock()
+
+_collector_users = 0
+_collector_saved: tuple[tuple[int, ...], bool] = ((), False)
+
+
+@contextmanager
+def collector_spared(threshold0: int) -> Iterator[None]:
+    """Within the block, what lives when it starts is frozen (skipped by every collection) and
+    young collections wait for ``threshold0`` new objects (never fewer than the host's). Objects
+    a host froze itself (``gc.freeze``, before forking workers) stay frozen: nothing more is
+    frozen then, and nothing is unfrozen after."""
+    global _collector_users, _collector_saved
+    with _lock:
+        if _collector_users == 0:
+            thresholds = gc.get_threshold()
+            froze = gc.get_freeze_count() == 0
+            if froze:
+                gc.freeze()
+            gc.set_threshold(max(thresholds[0], threshold0), *thresholds[1:])
+            _collector_saved = (thresholds, froze)
+        _collector_users += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _collector_users -= 1
+            if _collector_users == 0:
+                thresholds, froze = _collector_saved
+                gc.set_threshold(*thresholds)
+                if froze:
+                    gc.unfreeze()
+
+
+_ignored: Counter[type[BaseException]] = Counter()
+_hook_saved: Any = None
+
+
+def _hook(unraisable: Any) -> None:
+    if not isinstance(unraisable.exc_value, tuple(_ignored)):
+        (_hook_saved or sys.__unraisablehook__)(unraisable)
+
+
+@contextmanager
+def unraisable_ignored(kind: type[BaseException]) -> Iterator[None]:
+    """Within the block, an exception of ``kind`` that Python cannot raise (one in a finalizer,
+    or a callback from C) is not printed as "Exception ignored"; every other one goes to the
+    hook the host has (``sys.unraisablehook``)."""
+    global _hook_saved
+    with _lock:
+        if not _ignored:
+            _hook_saved = sys.unraisablehook
+            sys.unraisablehook = _hook
+        _ignored[kind] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _ignored[kind] -= 1
+            if not _ignored[kind]:
+                del _ignored[kind]
+            if not _ignored and sys.unraisablehook is _hook:
+                sys.unraisablehook = _hook_saved

@@ -1,0 +1,79 @@
+"""Output streams that their reader cannot break.
+
+A nightly job's stdout and stderr go where its scheduler put them: a pipe whose reader stops
+early (``| head``), a full disk, a descriptor closed by ``2>&-``, a terminal with an ASCII or
+Latin-1 locale. None of that changes what the job did, so none of it may stop the job or change
+its exit code: what cannot be written is dropped, and the first error kept for one line at the
+end.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import suppress
+from typing import Any, TextIO
+
+
+class Tolerant:
+    """``stream`` (None: closed from the start) whose ``write`` and ``flush`` never raise.
+
+    The first failure (``OSError``, or ``ValueError`` for a closed file) is kept in ``lost``
+    and every later write is dropped; characters the stream's encoding cannot take are written
+    escaped (``\\xd7``). ``own_descriptor``: for the program's own stdout and stderr — after a
+    failure the descriptor is pointed at ``/dev/null``, so the interpreter's last flush of what
+    is still buffered does not fail again ("Exception ignored … BrokenPipeError"). Everything
+    else (``isatty``, ``encoding``, ``fileno``…) is the stream's.
+    """
+
+    def __init__(self, stream: TextIO | None, *, own_descriptor: bool = False) -> None:
+        self._stream = stream
+        self._own = own_descriptor
+        self.lost: BaseException | None = (
+            None if stream is not None else OSError(errno.EBADF, "closed"))
+
+    def write(self, text: str) -> int:
+        if self.lost is None and self._stream is not None:
+            try:
+                try:
+                    self._stream.write(text)
+                except UnicodeEncodeError:
+                    encoding = self._stream.encoding or "ascii"
+                    self._stream.write(text.encode(encoding, "backslashreplace")
+                                       .decode(encoding))
+            except (OSError, ValueError) as exc:
+                self._lose(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.lost is None and self._stream is not None:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError) as exc:
+                self._lose(exc)
+
+    def isatty(self) -> bool:
+        try:
+            return self.lost is None and self._stream is not None and self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    @property
+    def broken_pipe(self) -> bool:
+        """The reader went away (``| head``): what it did not want is not an error."""
+        return isinstance(self.lost, BrokenPipeError)
+
+    def __getattr__(self, name: str) -> Any:
+        if self._stream is None:
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+    def _lose(self, exc: BaseException) -> None:
+        self.lost = exc
+        if self._own and self._stream is not None:
+            with suppress(OSError, ValueError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(null, self._stream.fileno())
+                finally:
+                    os.close(null)

@@ -441,3 +441,13 @@ def test_a_column_named_twice_is_said_not_dropped_silently(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "more than one column named 'Email'" in err and "rename the others" in err
     assert read_results(tmp_path / "out.csv")[0]["Email"] == "a@x.example"
+
+
+def test_a_pipe_for_an_input_is_refused_at_once_saying_to_save_it(tmp_path, capsys):
+    """`cat list.csv | batcher run /dev/stdin …`: read once and gone, it cannot be checked,
+    planned and read again for the results; said in one line, without waiting on the pipe."""
+    fifo = tmp_path / "list.csv"
+    os.mkfifo(fifo)
+    assert main(["plan", str(fifo)]) == 2
+    err = capsys.readouterr().err
+    assert "is a pipe or a device, not a file" in err and "save the list to a file" in err

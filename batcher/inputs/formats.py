@@ -117,6 +117,10 @@ def open_source(path: Path, options: InputOptions) -> Source:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a CSV or Parquet file")
+    if not path.is_file():  # /dev/stdin, a named pipe: read once, and gone
+        raise InputError(f"{path}: is a pipe or a device, not a file; batcher reads its input "
+                         "more than once (to check, plan and write the results) and binds the "
+                         "journal to it: save the list to a file and give that")
     try:
         st = path.stat()
         with open(path, "rb") as fh:

@@ -347,10 +347,13 @@ def main(argv: Sequence[str] | None = None, stopper: Stopper | None = None) -> i
         with _interrupting():
             return _COMMANDS[args.command](args)
     except _BadUsage as exc:
-        if _json_log(sys.argv[1:] if argv is None else argv):
+        given = list(sys.argv[1:] if argv is None else argv)
+        if _json_log(given):
             sys.stderr.write(last_line(str(exc), 2, json_lines=True))
         else:
             sys.stderr.write(f"{exc.usage}batcher: {exc}\n")
+        if given[:1] == ["run"] and "--json" in given:  # a scheduler reads stdout, every time
+            print(json.dumps({"exit_code": 2, "error": str(exc)}))
         return 2
     except BatcherError as exc:
         return _failed(args, _redactor(args)(str(exc)), exc.exit_code)

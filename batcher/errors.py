@@ -81,7 +81,8 @@ class MachineLimit(AbortError):
 _LIMIT_ERRNOS = {errno.ENFILE, errno.EMFILE, errno.ENOMEM, errno.EAGAIN}  # EAGAIN: no thread
 _LIMIT_TEXTS = ("too many open files", "cannot allocate memory", "out of memory",
                 "failed to launch worker thread", "can't start new thread", "bad_alloc",
-                "resource temporarily unavailable")
+                "resource temporarily unavailable", "failed to map segment",
+                "memory allocation")
 
 
 def machine_limit(exc: BaseException, doing: str = "") -> MachineLimit | None:

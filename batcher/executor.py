@@ -35,6 +35,7 @@ from .errors import (
     JournalIOError,
     TransientError,
     ZohoUnreachable,
+    machine_limit,
 )
 from .hostsettings import collector_spared
 from .limiter import AdaptiveLimiter, LimiterSettings
@@ -300,6 +301,8 @@ class Executor:
             try:
                 answer = await self._call(batch)
             except Exception as exc:
+                if limit := machine_limit(exc, "sending"):  # no socket left: not an outage
+                    raise limit from None
                 reached = reached or not is_unsent(exc)
                 raise
             reached = True

@@ -3,8 +3,9 @@
 A scheduler runs jobs in its own long-lived process: one after another, or several at once in
 threads. What a job changes for the whole process — the garbage collector's thresholds and
 frozen set, the hook that prints "Exception ignored" — is changed by the first of the jobs
-running together and given back by the last, as the host had it. A setting the host changed
-meanwhile is left as the host set it.
+running together and given back by the last, as the host had it — unless the host set its own
+meanwhile (a threshold, a hook), which stays. Objects the host freezes while a job runs are
+unfrozen with the job's when the last job ends (the collector cannot tell them apart).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 _lock = threading.Lock()
 
 _collector_users = 0
-_collector_saved: tuple[tuple[int, ...], bool] = ((), False)
+_collector_saved: tuple[tuple[int, ...], tuple[int, ...], bool] = ((), (), False)
 
 
 @contextmanager
@@ -36,8 +37,9 @@ def collector_spared(threshold0: int) -> Iterator[None]:
             froze = gc.get_freeze_count() == 0
             if froze:
                 gc.freeze()
-            gc.set_threshold(max(thresholds[0], threshold0), *thresholds[1:])
-            _collector_saved = (thresholds, froze)
+            ours = (max(thresholds[0], threshold0), *thresholds[1:])
+            gc.set_threshold(*ours)
+            _collector_saved = (thresholds, ours, froze)
         _collector_users += 1
     try:
         yield
@@ -45,8 +47,9 @@ def collector_spared(threshold0: int) -> Iterator[None]:
         with _lock:
             _collector_users -= 1
             if _collector_users == 0:
-                thresholds, froze = _collector_saved
-                gc.set_threshold(*thresholds)
+                thresholds, ours, froze = _collector_saved
+                if gc.get_threshold() == ours:  # else the host set its own meanwhile
+                    gc.set_threshold(*thresholds)
                 if froze:
                     gc.unfreeze()
 

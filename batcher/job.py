@@ -266,8 +266,9 @@ async def run_job_async(settings: RunSettings, env: Mapping[str, str], *,
         return await asyncio.shield(job)
     except asyncio.CancelledError:
         stopper.request("cancelled by the host")
-        with contextlib.suppress(BaseException):
-            await job
+        while not job.done():  # the job ends (results written, lock released) before this does
+            with contextlib.suppress(BaseException):  # a second cancel changes nothing
+                await asyncio.shield(job)
         raise
 
 

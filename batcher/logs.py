@@ -29,7 +29,9 @@ class _Json(logging.Formatter):
         doc = {"event": getattr(record, "event", "message"),
                "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
                "message": record.getMessage(), **getattr(record, "fields", {})}
-        return json.dumps(doc, default=str, ensure_ascii=False)
+        # ASCII: a line stays JSON whatever the stream can encode (a latin-1 or ASCII locale
+        # would escape "×" as "\xd7", which no JSON parser takes)
+        return json.dumps(doc, default=str)
 
 
 class JobLog:

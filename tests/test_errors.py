@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pyarrow as pa
 import pytest
 
@@ -25,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
     pa.ArrowInvalid("Failed to open local file 'x.csv'. Detail: [errno 24] Too many open files"),
     pa.ArrowInvalid("Failed to launch worker thread"),
     RuntimeError("can't start new thread"),
+    httpx.ConnectError("[Errno 24] Too many open files"),
+    ImportError("libopenblas.so: failed to map segment from shared object"),
 ], ids=lambda e: type(e).__name__ + ":" + str(e)[:30])
 def test_what_the_machine_ran_out_of_is_a_machine_limit(exc):
     limit = machine_limit(exc, "reading in.csv")

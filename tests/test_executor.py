@@ -9,7 +9,13 @@ import httpx
 import pyarrow as pa
 import pytest
 
-from batcher.errors import BudgetExhausted, PermissionDenied, WaitTooLong, ZohoUnreachable
+from batcher.errors import (
+    BudgetExhausted,
+    MachineLimit,
+    PermissionDenied,
+    WaitTooLong,
+    ZohoUnreachable,
+)
 from batcher.executor import Executor, ExecutorSettings
 from batcher.journal import Journal
 from batcher.models import Batch
@@ -199,6 +205,21 @@ def test_server_errors_are_retried_then_failed_retryable(tmp_path):
     row = results(j)[(rid(1), cid(0))]
     assert len(sent) == 1
     assert (row["status"], row["attempts"]) == ("unenrolled", FAST.attempts + 1)
+
+
+def test_no_socket_left_stops_the_run_as_a_machine_limit_not_an_outage(tmp_path):
+    """`ulimit -n` reached: every connection fails at once, locally. Not Zoho down (retried
+    for minutes, then "Zoho gave no usable answer"): the run stops at the first, unsent."""
+    j = journal_with(tmp_path, [Batch(f"b{i:06d}", "Leads", (rid(i),), (cid(0),))
+                                for i in range(5)])
+
+    def no_socket(body):
+        raise httpx.ConnectError("[Errno 24] Too many open files")
+
+    with pytest.raises(MachineLimit, match="ran out of room"):
+        run(j, no_socket, retry=RetryPolicy(attempts=3, base=5, max_wait=5))
+    assert {v["status"] for v in results(j).values()} == {"not_sent"}
+    assert j.counters()["calls"] == 0
 
 
 def test_proxy_pages_from_everywhere_are_an_outage_not_failed_rows(tmp_path):

@@ -405,11 +405,12 @@ def test_cancelling_run_job_async_returns_promptly_and_the_job_resumes(tmp_path,
     assert set(live.sandbox.removed) == set(rows)
 
 
+@pytest.mark.parametrize("cancels", [1, 2])
 def test_cancelling_run_job_async_while_the_input_is_read_raises_cancelled_after_the_job(
-        tmp_path, serve):
+        tmp_path, serve, cancels):
     """The host's cancel lands while the job reads its input (in the job's thread): the host
     gets CancelledError — not the job's Interrupted — once the job has stopped, its lock
-    released, so the same job can run at once."""
+    released, so the same job can run at once; a host that cancels again meanwhile too."""
     from batcher.job import run_job_async
 
     live = serve(World.from_pairs([]))
@@ -426,8 +427,13 @@ def test_cancelling_run_job_async_while_the_input_is_read_raises_cancelled_after
         while not lock.exists() and time.monotonic() < deadline and not task.done():
             await asyncio.sleep(0.001)
         await asyncio.sleep(0.03)  # into the read (a 300k-row file's scan and plan take longer)
-        task.cancel()
-        await task
+        for _ in range(cancels):
+            task.cancel()
+            await asyncio.sleep(0.005)
+        try:
+            await task
+        finally:  # the host goes on at once: the job must be over by then
+            assert (tmp_path / "out.csv").exists(), "CancelledError before the job ended"
 
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(host())

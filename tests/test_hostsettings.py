@@ -50,6 +50,12 @@ def test_objects_a_host_froze_stay_frozen(host_gc):
     assert gc.get_threshold() == (700, 10, 10)
 
 
+def test_a_threshold_the_host_sets_while_a_job_runs_stays(host_gc):
+    with collector_spared(20_000):
+        gc.set_threshold(5_000, 20, 20)  # the host's own tuning, mid-job
+    assert gc.get_threshold() == (5_000, 20, 20)
+
+
 def test_overlapping_quiet_hooks_leave_the_hosts_hook_and_only_quiet_their_kind():
     heard: list[type] = []
 

@@ -110,10 +110,24 @@ def test_an_ascii_locale_escapes_what_it_cannot_show(tmp_path, serve):
         assert b"\\xd7" in out + err or b"r\\xe9sultats" in out + err
 
 
-def test_a_usage_error_is_one_json_line_when_the_log_is_json():
-    proc = batcher("run", "x.csv", "--log-format", "json")  # no --results
-    _, err = proc.communicate(timeout=60)
+def test_json_lines_stay_json_under_an_ascii_locale(tmp_path, serve):
+    args, env, rows = job(tmp_path, serve)
+    args[args.index("--results") + 1] = str(tmp_path / "résultats.csv")
+    proc = batcher(*args, "--log-format", "json", env={**env, "PYTHONIOENCODING": "ascii"})
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in err.decode("ascii").splitlines()]  # every one
+    assert lines[-1]["event"] == "end" and "résultats" in lines[-1]["summary"]["results_path"]
+
+
+@pytest.mark.parametrize("wrong", [[], ["--bogus"], ["--concurrency", "x"]])
+def test_a_usage_error_is_one_json_line_when_the_log_is_json(wrong):
+    proc = batcher("run", "x.csv", "--log-format", "json", "--json", *wrong,
+                   *(["--results", "r.csv"] if wrong else []))
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     (line,) = err.decode().splitlines()
     doc = json.loads(line)
-    assert doc["event"] == "error" and doc["exit_code"] == 2 and "--results" in doc["message"]
+    assert doc["event"] == "error" and doc["exit_code"] == 2
+    assert ("--results" if not wrong else wrong[0]) in doc["message"]
+    assert json.loads(out) == {"exit_code": 2, "error": doc["message"]}  # `run --json`: always

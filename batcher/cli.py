@@ -46,9 +46,13 @@ class _Parser(argparse.ArgumentParser):
 
 def _json_log(argv: Sequence[str]) -> bool:
     """Whether the command line asks for JSON lines, even one argparse could not read."""
-    args = list(argv)
-    return "--log-format=json" in args or any(
-        a == "--log-format" and b == "json" for a, b in zip(args, args[1:], strict=False))
+    args, chosen = list(argv), "text"
+    for a, b in zip(args, [*args[1:], ""], strict=True):  # the last one given wins
+        if a == "--log-format":
+            chosen = b
+        elif a.startswith("--log-format="):
+            chosen = a.partition("=")[2]
+    return chosen == "json"
 
 
 _EXIT_CODES = """exit codes:

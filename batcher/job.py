@@ -171,6 +171,10 @@ def _check(settings: RunSettings) -> None:
                          "this run may send)")
     if settings.max_retry_rounds < 0:
         raise UsageError("max_retry_rounds must not be negative")
+    pct = settings.halt_on_failures
+    if pct is not None and not 0 <= pct <= 100:
+        raise UsageError(f"--halt-on-failures {pct:g}: give a percentage from 0 to 100 (the "
+                         "share of answered pairs failed for good above which the job stops)")
     results = Path(settings.results)
     if results.resolve() == Path(settings.input).resolve():
         raise UsageError("--results must not be the input file")

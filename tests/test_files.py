@@ -326,7 +326,8 @@ def test_report_exits_as_run_does_for_the_job_it_describes(tmp_path, serve, caps
 
 def test_settings_a_library_caller_got_wrong_are_a_usage_error_before_any_journal(tmp_path):
     inp = write_pairs(tmp_path / "in.csv", make_rows(20, 2))
-    for wrong in (dict(log_format="xml"), dict(concurrency=0), dict(max_calls=0)):
+    for wrong in (dict(log_format="xml"), dict(concurrency=0), dict(max_calls=0),
+                  dict(halt_on_failures=200.0), dict(halt_on_failures=-1.0)):
         with pytest.raises(UsageError):
             run_job(job(tmp_path, inp, **wrong), {"ZOHO_ACCESS_TOKEN": "t"})
     assert not list(tmp_path.glob("out.*"))

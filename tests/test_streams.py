@@ -110,6 +110,13 @@ def test_an_ascii_locale_escapes_what_it_cannot_show(tmp_path, serve):
         assert b"\\xd7" in out + err or b"r\\xe9sultats" in out + err
 
 
+def test_the_last_log_format_given_decides_how_a_usage_error_is_said():
+    proc = batcher("run", "x.csv", "--log-format", "json", "--log-format=text", "--bogus")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.decode().splitlines()[-1].startswith("batcher: error: ")  # text, not JSON
+
+
 def test_json_lines_stay_json_under_an_ascii_locale(tmp_path, serve):
     args, env, rows = job(tmp_path, serve)
     args[args.index("--results") + 1] = str(tmp_path / "résultats.csv")

@@ -65,7 +65,7 @@ from .inputs.source import Source
 from .journal import Journal, utc_now
 from .logs import LOG_FORMATS, JobLog
 from .models import BatchBlock, with_date
-from .netio import accounts_transport, api_transport, tls_context
+from .netio import accounts_transport, api_transport, check_proxies, tls_context
 from .planner import Plan
 from .planreport import plan_scan
 from .progress import Phases, Progress
@@ -287,6 +287,11 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     creds = load_credentials(env) if needs_api else Credentials(access_token="-")
     endpoints = resolve_endpoints(settings.api_domain, settings.accounts_url, settings.dc, env)
     redact = Redactor(creds.secrets())
+    if needs_api and not (transports.api and transports.accounts):
+        try:
+            check_proxies((endpoints.api_domain, endpoints.accounts_url), env)
+        except ValueError as exc:
+            raise UsageError(redact(str(exc))) from None
     results = _results_path(settings, log)
     with _journal_for(settings, fingerprint(settings)) as journal:
         # a person is told when a run continues a job (its journal decides what is sent)

@@ -218,6 +218,15 @@ def accounts_transport(url: str, env: Mapping[str, str]) -> httpx.AsyncBaseTrans
     return httpx.AsyncHTTPTransport(verify=tls_context()) if proxy is None else _proxied(proxy)
 
 
+def check_proxies(urls: Iterable[str], env: Mapping[str, str]) -> None:
+    """Raise ValueError (without a proxy's password) when a proxy ``env`` names for one of
+    ``urls`` cannot be used: said before a job makes any file, not when its first call leaves."""
+    for url in urls:
+        proxy = proxy_for(url, env)
+        if proxy is not None:
+            _proxied(proxy)
+
+
 @functools.cache
 def tls_context() -> ssl.SSLContext:
     """The verifying TLS context (certifi's authorities), made once a process and shared by the

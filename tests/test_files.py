@@ -333,6 +333,16 @@ def test_settings_a_library_caller_got_wrong_are_a_usage_error_before_any_journa
     assert not list(tmp_path.glob("out.*"))
 
 
+def test_an_unusable_proxy_is_a_usage_error_before_any_file(tmp_path):
+    inp = write_pairs(tmp_path / "in.csv", make_rows(20, 2))
+    env = {"ZOHO_ACCESS_TOKEN": "t", "ZOHO_API_DOMAIN": "https://www.zohoapis.eu",
+           "HTTPS_PROXY": "ftp://user:hunter2@proxy.corp:21"}
+    with pytest.raises(UsageError, match="cannot use the proxy") as refused:
+        run_job(job(tmp_path, inp), env)
+    assert "hunter2" not in str(refused.value)
+    assert not list(tmp_path.glob("out*"))  # no journal, no results of rows never sent
+
+
 def test_run_job_inside_a_running_event_loop_is_a_usage_error_and_leaves_no_journal(
         tmp_path, serve):
     rows = make_rows(20, 2)

@@ -112,7 +112,6 @@ class Executor:
         self._sends: dict[str, int] = {}  # batch id → times sent, this run and earlier ones
         #: batches whose attempts all failed before reaching a server: (batch id, why)
         self._never_sent: list[tuple[str, str]] = []
-        self._premarked: dict[str, int] = {}  # batches the feeder marked sent, not yet taken
         # per batch, this run's marks as sent, and its calls that may have been applied (they
         # left, and no answer said they were not): a batch marked but with none of those is
         # unmarked when the run ends, so its rows never say "sent, no answer"
@@ -170,12 +169,9 @@ class Executor:
         it = iter(batches)
 
         def take() -> list[Batch]:
-            """The next few batches, marked sent together: one commit instead of one a call."""
-            got = list(islice(it, _FEED_STEP))
-            if got:
-                self._premarked.update(self._journal.mark_sent_many([b.batch_id for b in got]))
-                self._marks.update(b.batch_id for b in got)
-            return got
+            """The next few batches, read from the journal in its thread (not yet marked sent:
+            a batch is marked by the worker about to send it)."""
+            return list(islice(it, _FEED_STEP))
 
         while self._stop is None and (got := await self._in_db_thread(take)):
             for batch in got:
@@ -341,11 +337,12 @@ class Executor:
         # "sent" is committed before the call can leave — a kill -9 at any moment then leaves a
         # journal that knows the call may have been applied, so a re-send's "not enrolled" is
         # reported with that doubt — but outside the slot, so the server's limit is not left idle
-        # during the commit (the spare workers hold the slots meanwhile)
-        premarked = self._premarked.pop(batch.batch_id, None)  # first attempts: by the feeder
-        if premarked is None:
-            self._marks[batch.batch_id] += 1
-        self._sends[batch.batch_id] = premarked or await self._in_db_thread(
+        # during the commit (the spare workers hold the slots meanwhile). Marked by the worker,
+        # not ahead by the feeder: after a kill -9, the batches marked that never left are only
+        # those whose worker waited for a slot (a feeder's read-ahead left dozens; a commit a
+        # call costs no throughput in the journal's thread)
+        self._marks[batch.batch_id] += 1
+        self._sends[batch.batch_id] = await self._in_db_thread(
             self._journal.mark_sent, batch.batch_id)
         async with self._limiter:
             self._check_go()
@@ -500,7 +497,7 @@ class _Isolation:
         return children
 
 
-_FEED_STEP = 8  # batches marked sent in one journal transaction by the feeder
+_FEED_STEP = 8  # batches the feeder reads from the journal at a time
 
 
 #: while sending, what lives through the send phase (modules, the input, the plan: tens of

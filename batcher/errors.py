@@ -78,11 +78,11 @@ class MachineLimit(AbortError):
 
 
 #: what libraries say when the process, not the file, ran out of something
-_LIMIT_ERRNOS = {errno.ENFILE, errno.EMFILE, errno.ENOMEM, errno.EAGAIN}  # EAGAIN: no thread
+#: (not EAGAIN: a socket's "resource temporarily unavailable" is the network's, not a limit)
+_LIMIT_ERRNOS = {errno.ENFILE, errno.EMFILE, errno.ENOMEM}
 _LIMIT_TEXTS = ("too many open files", "cannot allocate memory", "out of memory",
                 "failed to launch worker thread", "can't start new thread", "bad_alloc",
-                "resource temporarily unavailable", "failed to map segment",
-                "memory allocation")
+                "failed to map segment", "memory allocation")
 
 
 def machine_limit(exc: BaseException, doing: str = "") -> MachineLimit | None:

@@ -41,6 +41,7 @@ def test_what_the_machine_ran_out_of_is_a_machine_limit(exc):
     OSError(errno.ENOENT, "No such file or directory"),
     ValueError("could not convert"),
     UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+    httpx.ReadError("[Errno 11] Resource temporarily unavailable"),  # the network's
 ])
 def test_a_bad_file_or_a_bug_is_not_a_machine_limit(exc):
     assert machine_limit(exc) is None

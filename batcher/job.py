@@ -63,7 +63,7 @@ from .inputs import (
 from .inputs.carry import Carried, carried_columns
 from .inputs.source import Source
 from .journal import Journal, utc_now
-from .logs import LOG_FORMATS, JobLog
+from .logs import JobLog
 from .models import BatchBlock, with_date
 from .netio import accounts_transport, api_transport, check_proxies, tls_context
 from .planner import Plan
@@ -235,9 +235,6 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
     else:
         raise UsageError("run_job was called from a running event loop; in async code, "
                          "await batcher.job.run_job_async(...) instead")
-    if settings.log_format not in LOG_FORMATS:
-        raise UsageError(f"log format {settings.log_format!r}: choose one of "
-                         f"{', '.join(LOG_FORMATS)}")
     stopper = stopper or Stopper()
     with signals_to(stopper):
         log = JobLog(stream or sys.stderr, settings.log_format, settings.quiet)

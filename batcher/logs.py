@@ -12,6 +12,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from .errors import UsageError
 from .progress import Phases
 from .streams import Tolerant
 
@@ -40,7 +41,7 @@ class JobLog:
 
     def __init__(self, stream: TextIO, fmt: str = "text", quiet: bool = False) -> None:
         if fmt not in LOG_FORMATS:
-            raise ValueError(f"log format {fmt!r}: choose one of {', '.join(LOG_FORMATS)}")
+            raise UsageError(f"log format {fmt!r}: choose one of {', '.join(LOG_FORMATS)}")
         stream = stream if isinstance(stream, Tolerant) else Tolerant(stream)
         self.stream, self.json, self.quiet = stream, fmt == "json", quiet
         # made directly, not by getLogger: one per job, and none kept by the registry after it

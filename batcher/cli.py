@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from . import __version__
 from .errors import BatcherError, machine_limit
+from .hostsettings import keep_heap
 from .redact import Redactor
 from .stopping import (
     STOP_SIGNALS,
@@ -278,7 +279,6 @@ _COMMANDS = {"plan": _cmd_plan, "cadences": _cmd_cadences, "report": _cmd_report
 
 
 _PR_SET_THP_DISABLE = 41  # linux/prctl.h
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # malloc.h
 
 
 def _own_process(command: str) -> None:
@@ -287,22 +287,16 @@ def _own_process(command: str) -> None:
     On a VM that backs guest memory lazily, the first touch of fresh memory is what a large
     plan pays for most. Transparent huge pages zero 2 MB at each first touch, milliseconds a
     fault there: 1-2 s of system time in a 10M-pair plan (Arrow's allocator and numpy both ask
-    for them); without them the plan ran 0.3-0.5 s faster and far more steadily. And glibc
-    gives every large numpy array fresh pages from mmap and unmaps them when it is freed;
-    kept in the heap instead, later arrays reuse the pages: a fifth fewer faults, ~0.1 s of a
-    plan. Only ``plan`` keeps them: a job that runs for hours keeps glibc's leaner default
-    (its peak grew by a tenth). Set before numpy is first imported."""
+    for them); without them the plan ran 0.3-0.5 s faster and far more steadily. ``plan`` and
+    ``run`` also keep large arrays in glibc's heap (:func:`hostsettings.keep_heap`; a job until
+    it starts sending). Set before numpy is first imported."""
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
     if sys.platform != "linux":
         return
-    libc = ctypes.CDLL(None)
     with contextlib.suppress(AttributeError, OSError):  # not there: keep the defaults
-        libc.prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0)
-    if command != "plan":
-        return
-    with contextlib.suppress(AttributeError, OSError):  # glibc only
-        libc.mallopt(_M_MMAP_MAX, 0)
-        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+        ctypes.CDLL(None).prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0)
+    if command in ("plan", "run"):
+        keep_heap()
 
 
 def _redactor(args: argparse.Namespace | None) -> Redactor:

@@ -6,16 +6,19 @@ frozen set, the hook that prints "Exception ignored" — is changed by the first
 running together and given back by the last, as the host had it — unless the host set its own
 meanwhile (a threshold, a hook), which stays. Objects the host freezes while a job runs are
 unfrozen with the job's when the last job ends (the collector cannot tell them apart).
+
+glibc's heap is changed only in a process the command line owns (:func:`keep_heap`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 _lock = threading.Lock()
@@ -83,3 +86,46 @@ def unraisable_ignored(kind: type[BaseException]) -> Iterator[None]:
                 del _ignored[kind]
             if not _ignored and sys.unraisablehook is _hook:
                 sys.unraisablehook = _hook_saved
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # malloc.h
+_GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's own defaults
+_TRIM_AFTER_S = 3.0
+_heap_kept = False
+
+
+def keep_heap() -> None:
+    """For a process the command line owns (never a library host's): glibc gives large arrays
+    pages of its heap instead of fresh ones from mmap, and keeps the pages freed for the next.
+
+    On a VM that backs guest memory lazily, the first touch of fresh memory is what a large
+    plan pays for most: reused, a tenth-of-a-gigabyte array costs no faults. A 10M-pair job
+    reached its first call 0.5-0.8 s sooner, a plan ~0.1 s. Until :func:`lean_heap`: a job that
+    sends for hours gives memory back (its peak grew by a tenth when the heap was kept)."""
+    global _heap_kept
+    if sys.platform != "linux":
+        return
+    with suppress(AttributeError, OSError):  # glibc only
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+        _heap_kept = True
+
+
+def lean_heap() -> None:
+    """After :func:`keep_heap`, once a job is planned and stored: large arrays get pages of their
+    own again, and what the heap holds free goes back to the system a few seconds later, while
+    calls are out (it holds glibc's lock for a tenth of a second after a 10M-pair plan: not
+    before the first call). Else nothing (a library host's heap is the host's)."""
+    global _heap_kept
+    with _lock:
+        if not _heap_kept:
+            return
+        _heap_kept = False
+    with suppress(AttributeError, OSError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
+        trim = threading.Timer(_TRIM_AFTER_S, libc.malloc_trim, (0,))
+        trim.daemon = True
+        trim.start()

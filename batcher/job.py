@@ -43,7 +43,7 @@ from .errors import (
     machine_limit,
 )
 from .executor import Counters, Executor, ExecutorSettings
-from .hostsettings import unraisable_ignored
+from .hostsettings import lean_heap, unraisable_ignored
 from .htmlreport import Tally, report_path, write_report
 from .htmlreport import prepare as prepare_report
 from .inputs import (
@@ -64,7 +64,7 @@ from .inputs.carry import Carried, carried_columns
 from .inputs.source import Source
 from .journal import Journal, utc_now
 from .logs import JobLog
-from .models import BatchBlock, with_date
+from .models import with_date
 from .netio import accounts_transport, api_transport, check_proxies, tls_context
 from .planner import Plan
 from .planreport import plan_scan
@@ -742,9 +742,9 @@ def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]
     pairs = scan.pairs if keep is None else int(keep.sum())
     plan: list[Plan] = []
 
-    def planned() -> tuple[Iterator[BatchBlock], np.ndarray, np.ndarray]:
+    def planned() -> Plan:
         plan.append(plan_scan(scan, keep))
-        return plan[0].blocks(), plan[0].pair_batch, plan[0].pair_rank
+        return plan[0]
 
     def meta() -> dict[str, Any]:
         # `input`: what `batcher report` needs to read the input again for its own columns
@@ -774,6 +774,7 @@ async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncC
         api_domain=lambda: auth.api_domain,
         on_progress=progress.update, reach=reach, redactor=redact)
     start = time.monotonic()
+    lean_heap()  # the setup's arrays are gone: hours of sending keep no more than they use
     try:
         await executor.run(journal.pending_batches())
     finally:

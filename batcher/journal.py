@@ -45,7 +45,7 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import numpy as np
@@ -70,6 +70,7 @@ from .rowstore import (
     NONE,
     BatchOutcomes,
     Ranker,
+    Stopped,
     batch_order,
     cat,
     no_answer,
@@ -79,6 +80,7 @@ from .rowstore import (
     store_rows,
 )
 
+_INSERT_BATCHES = 2000  # planned batches per INSERT statement
 _PAGE_BATCHES = 20  # a short pause for the event loop between pages
 _COUNTERS = ("calls", "retries", "throttled", "credits", "ignored_entries")
 _OPEN_STATES = ("pending", "sent")  # a 'sent' batch may or may not have been applied: re-sendable
@@ -89,9 +91,23 @@ _INSERT_OUTCOMES = (f"INSERT OR REPLACE INTO outcomes (pos, root, seq, {_OUTCOME
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-#: the plan, made by the caller while the journal stores the rows: (batches in index order,
-#: each valid row's batch index, its place in that batch's pairs)
-PlanMaker = Callable[[], tuple[Iterable[Batch | BatchBlock], np.ndarray, np.ndarray]]
+class PlannedPairs(Protocol):
+    """A plan as the journal stores it (:class:`~batcher.planner.Plan` is one): its batches in
+    index order, and for each valid row in order its batch index and its place in that batch's
+    :meth:`Batch.pairs` — read in two threads at once (the batches' text is made while the
+    pairs are placed)."""
+
+    def blocks(self) -> Iterable[Batch | BatchBlock]: ...
+
+    @property
+    def pair_batch(self) -> np.ndarray: ...
+
+    @property
+    def pair_rank(self) -> np.ndarray: ...
+
+
+#: the plan, made by the caller while the journal stores the rows
+PlanMaker = Callable[[], PlannedPairs]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -301,10 +317,8 @@ class Journal:
         tables streamed in input order. ``batches``, the plan:
 
         - a :data:`PlanMaker` — called in this thread while the rows are coded and stored in
-          another (planning and storing overlap); it returns the batches (Batch
-          objects or :class:`BatchBlock` columns, in index order) and, for each valid row in
-          order, its batch index and its place in that batch's :meth:`Batch.pairs`
-          (:attr:`Plan.pair_batch`, :attr:`Plan.pair_rank`);
+          another (planning and storing overlap); it returns the plan (:class:`PlannedPairs`),
+          whose batches' text is made in a third thread while its pairs are placed;
         - or the batches themselves, the rows then carrying ``batch_id`` (the pairs are looked
           up in ``batches``, held in memory: for small jobs and tests).
 
@@ -317,13 +331,16 @@ class Journal:
         tables = [rows] if isinstance(rows, pa.Table) else rows
         now = utc_now()
         stop = threading.Event()
-        with self._tx() as db, ThreadPoolExecutor(2, "journal-rows") as pool:
+        with self._tx() as db, ThreadPoolExecutor(2, "journal-rows") as pool, \
+                ThreadPoolExecutor(1, "journal-plan") as planning:
             for table in ("row_chunks", "batches", "outcomes"):
                 db.execute(f"DELETE FROM {table}")
             try:
                 if callable(batches):
                     storing = pool.submit(store_rows, db, tables, chunk_rows, pool, stop, None)
-                    batches, pair_batch, pair_rank = batches()
+                    planned = batches()
+                    prepared = planning.submit(_prepared, planned.blocks(), stop)
+                    pair_batch, pair_rank = planned.pair_batch, planned.pair_rank
                     stored = storing.result()
                     if len(stored.places) != len(pair_batch):
                         raise ValueError(f"plan error: {len(pair_batch)} planned pairs but "
@@ -338,13 +355,13 @@ class Journal:
 
                     stored = store_rows(db, tables, chunk_rows, pool, stop, ranker)
                     seq, rank = stored.seq, stored.rank
-                    batches = plan or batches
+                    prepared = planning.submit(_prepared, plan or batches, stop)
+                order, offsets = batch_order(seq, rank, stored.places)
+                del seq, rank
+                _insert_plan(db, prepared.result(), order, offsets)
             except BaseException:
-                stop.set()  # a signal or an error: the rows' thread stops at its next chunk
+                stop.set()  # a signal or an error: the other threads stop at their next chunk
                 raise
-            order, offsets = batch_order(seq, rank, stored.places)
-            del seq, rank
-            _insert_plan(db, batches, order, offsets)
             for key, value in (meta() if meta else {}).items():
                 _set_meta(db, "user." + key, value)
             _set_meta(db, _K_ROWS, stored.n_rows)
@@ -881,10 +898,18 @@ def _digest(module: str, records: str, cadences: str, positions: bytes) -> int:
     """What a batch was planned as — its call and the input rows it answers — as a CRC-32: it
     guards against a damaged or edited journal, not against an attacker (who could edit the
     digest too), and costs a microsecond a batch."""
+    return _digest_end(_digest_start(module, records, cadences), positions)
+
+
+def _digest_start(module: str, records: str, cadences: str) -> int:
     crc = 0
-    for part in (module.encode(), records.encode(), cadences.encode(), positions):
+    for part in (module.encode(), records.encode(), cadences.encode()):
         crc = zlib.crc32(part, zlib.crc32(len(part).to_bytes(8, "little"), crc))
     return crc
+
+
+def _digest_end(crc: int, positions: bytes) -> int:
+    return zlib.crc32(positions, zlib.crc32(len(positions).to_bytes(8, "little"), crc))
 
 
 def _json_ids(ids: Sequence[str]) -> str:
@@ -944,44 +969,64 @@ def _insert_batch(db: sqlite3.Connection, seq: int, batch: Batch, positions: np.
     _insert_rows(db, [_batch_row(seq, batch, positions, parent, root, attempts)])
 
 
-def _insert_plan(db: sqlite3.Connection, batches: Iterable[Batch | BatchBlock],
-                 order: np.ndarray, offsets: np.ndarray) -> None:
-    """Insert the planned batches (seq 1, 2, … in order), each with its rows' positions;
-    every batch must have exactly as many rows as pairs."""
-    seq = 0
-    if len(order) and int(order.max()) < 2**31:
-        order = order.astype(np.int32)  # once, not a conversion per batch
+#: a planned batch ready to store but for its positions: (batch_id, module, record_ids as
+#: JSON, cadence_ids as JSON, pairs, the digest of all but the positions)
+_Prepared = tuple[str, str, str, str, int, int]
 
-    def planned(batch_id: str, n_records: int, cadences: tuple[str, ...]
-                ) -> tuple[int, np.ndarray]:
-        lo, hi = (int(offsets[seq - 1]), int(offsets[seq])) if seq < len(offsets) else (0, 0)
-        if not n_records or not cadences:
-            raise ValueError(f"batch {batch_id} is empty")
-        n = n_records * len(cadences)
-        if n != hi - lo:
-            raise ValueError(f"plan error: batch {batch_id} has {n} pairs but {hi - lo} "
-                             "input rows")
-        return n, order[lo:hi]
 
+def _prepared(batches: Iterable[Batch | BatchBlock], stop: threading.Event) -> list[_Prepared]:
+    """The planned batches' text and most of their digest, made apart from their positions (in
+    a thread of its own while the pairs are placed). Raises ValueError for an empty batch."""
+    out: list[_Prepared] = []
     for item in batches:
-        rows = []
+        if stop.is_set():
+            raise Stopped
         if isinstance(item, BatchBlock):
             records = _block_records(item)
             sizes = np.diff(item.offsets).tolist()
+            module = item.module
+            texts: dict[tuple[str, ...], str] = {}  # a block's batches share a few cadence sets
             for batch_id, text, n_records, cadences in zip(
                     item.batch_ids, records, sizes, item.cadence_ids, strict=True):
-                seq += 1
-                n, positions = planned(batch_id, n_records, cadences)
-                rows.append(_stored_batch(seq, batch_id, item.module, text,
-                                          _json_ids(cadences), n, positions, None, seq, 0))
+                if not n_records or not cadences:
+                    raise ValueError(f"batch {batch_id} is empty")
+                if (cad_text := texts.get(cadences)) is None:
+                    cad_text = texts[cadences] = _json_ids(cadences)
+                out.append((batch_id, module, text, cad_text, n_records * len(cadences),
+                            _digest_start(module, text, cad_text)))
         else:
-            seq += 1
-            _, positions = planned(item.batch_id, len(item.record_ids), item.cadence_ids)
-            rows.append(_batch_row(seq, item, positions, None, seq))
-        _insert_rows(db, rows)
-    if seq < len(offsets) - 1:
+            if not item.record_ids or not item.cadence_ids:
+                raise ValueError(f"batch {item.batch_id} is empty")
+            text, cad_text = _json_ids(item.record_ids), _json_ids(item.cadence_ids)
+            out.append((item.batch_id, item.module, text, cad_text,
+                        len(item.record_ids) * len(item.cadence_ids),
+                        _digest_start(item.module, text, cad_text)))
+    return out
+
+
+def _insert_plan(db: sqlite3.Connection, prepared: list[_Prepared], order: np.ndarray,
+                 offsets: np.ndarray) -> None:
+    """Insert the planned batches (seq 1, 2, … in order), each with its rows' positions;
+    every batch must have exactly as many rows as pairs."""
+    if len(order) and int(order.max()) < 2**31:
+        order = order.astype(np.int32)  # once, not a conversion per batch
+    ends = offsets.tolist()  # batch s's rows: order[ends[s - 1]:ends[s]]
+    rows: list[tuple] = []
+    for seq, (batch_id, module, records, cadences, n, crc) in enumerate(prepared, 1):
+        lo, hi = (ends[seq - 1], ends[seq]) if seq < len(ends) else (0, 0)
+        if n != hi - lo:
+            raise ValueError(f"plan error: batch {batch_id} has {n} pairs but {hi - lo} "
+                             "input rows")
+        blob = order[lo:hi].tobytes()
+        rows.append((seq, batch_id, module, records, cadences, n, 0, None, seq, blob,
+                     _digest_end(crc, blob)))
+        if len(rows) == _INSERT_BATCHES:
+            _insert_rows(db, rows)
+            rows = []
+    if len(prepared) < len(ends) - 1:
         raise ValueError(f"plan error: {len(order)} valid rows but the batches hold "
-                         f"{int(offsets[seq]) if seq else 0} pairs")
+                         f"{ends[len(prepared)]} pairs")
+    _insert_rows(db, rows)
 
 
 @dataclass

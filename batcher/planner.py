@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -579,7 +580,10 @@ class Plan:
         self._record_ids = record_ids
         self._record_rep = record_rep  # code → row of record_ids, when those are per pair
         self._cadence_ids = cadence_ids
+        self._made: list[_Batches] | None = None
+        self._leaves: list[_Leaves] | None = None
         self._built: list[_Built] | None = None
+        self._batches_lock, self._built_lock = threading.Lock(), threading.Lock()
         self._pair_batch: np.ndarray | None = None
         self._pair_rank: np.ndarray | None = None
         self._width = max(6, len(str(max(self.n_batches - 1, 0))))
@@ -601,10 +605,27 @@ class Plan:
         return pc.binary_join_element_wise("b", text, "")
 
     # per record ----------------------------------------------------------------
+    def _batches(self) -> list[_Batches]:
+        """Each part's batches (their records and cadence sets), made once: what the calls
+        hold, without which pair goes where (:meth:`_build`)."""
+        with self._batches_lock:
+            if self._made is None:
+                made = [_batches_of(p) for p in self._parts]
+                self._leaves = [leaves for _, leaves in made]
+                self._made = [batches for batches, _ in made]
+            return self._made
+
     def _build(self) -> list[_Built]:
-        if self._built is None:
-            self._built = [_build_part(p) for p in self._parts]
-        return self._built
+        """Where each pair goes, made once (from the batches: :meth:`blocks` may read them in
+        another thread meanwhile)."""
+        batches = self._batches()
+        with self._built_lock:
+            if self._built is None:
+                assert self._leaves is not None
+                self._built = [_pairs_of(p, b, leaves) for p, b, leaves
+                               in zip(self._parts, batches, self._leaves, strict=True)]
+                self._leaves = None  # spent
+            return self._built
 
     @property
     def pair_batch(self) -> np.ndarray:
@@ -654,7 +675,7 @@ class Plan:
         """The batches of :meth:`iter_batches`, ``step`` at a time as columns: no Python object
         per record id (the journal stores ten million of them in a few seconds)."""
         cadence_text = _texts(self._cadence_ids)
-        for part, built, offset in zip(self._parts, self._build(), self._offsets, strict=True):
+        for part, built, offset in zip(self._parts, self._batches(), self._offsets, strict=True):
             module = self._module_names[part.module]
             n = len(built.ptr) - 1
             # a part's batches share a few dozen cadence sets: each set's ids are made once
@@ -686,19 +707,29 @@ def _bits(mask: int) -> list[int]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Built:
-    pair_pos: np.ndarray | None  # positions of the part's pairs in the input (None: all)
-    pair_batch: np.ndarray  # per pair of the part, batch index relative to the part
-    pair_rank: np.ndarray  # per pair of the part, its index in its batch's Batch.pairs()
+class _Batches:
     ptr: np.ndarray  # batch b's records are records[ptr[b]:ptr[b + 1]]
     records: np.ndarray  # local record indices, sorted within each batch
     masks: np.ndarray  # cadence set (local bits) of each batch
 
 
-def _build_part(part: _Part) -> _Built:
-    # arrays of pairs and leaves are tens of MB: a new one costs page faults comparable to the
-    # work on it, so the big ones below are few and updated in place
-    pair_pos, pair_r, pair_c = part.pairs()
+@dataclass(frozen=True, slots=True)
+class _Leaves:
+    """What placing the pairs needs of the batches' making, dropped once they are placed."""
+    rec: np.ndarray  # record of each leaf (a record's piece in one batch)
+    mask: np.ndarray  # its cadence set
+    batch: np.ndarray  # its batch, leaves in batch then record order
+    order: np.ndarray  # leaf index of each in that order
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    pair_pos: np.ndarray | None  # positions of the part's pairs in the input (None: all)
+    pair_batch: np.ndarray  # per pair of the part, batch index relative to the part
+    pair_rank: np.ndarray  # per pair of the part, its index in its batch's Batch.pairs()
+
+
+def _batches_of(part: _Part) -> tuple[_Batches, _Leaves]:
     leaf_rec, leaf_group, leaf_batch, group_masks = _leaves(part)
     n_batches = part.search.n_batches
     leaf_mask = group_masks[leaf_group]
@@ -710,6 +741,15 @@ def _build_part(part: _Part) -> _Built:
     del leaf_batch
     ptr = np.zeros(n_batches + 1, dtype=np.int64)
     np.cumsum(np.bincount(batch, minlength=n_batches), out=ptr[1:])
+    return _Batches(ptr, records, masks), _Leaves(leaf_rec, leaf_mask, batch, order)
+
+
+def _pairs_of(part: _Part, made: _Batches, leaves: _Leaves) -> _Built:
+    # arrays of pairs and leaves are tens of MB: a new one costs page faults comparable to the
+    # work on it, so the big ones below are few and updated in place (the leaves' included:
+    # they are spent here)
+    ptr, masks, batch, order = made.ptr, made.masks, leaves.batch, leaves.order
+    pair_pos, pair_r, pair_c = part.pairs()
     # a pair's place in Batch.pairs(): its record's place among the batch's records (in code
     # order) × the batch's cadences, plus its cadence's place among them (in bit order). Per
     # leaf: batch << _RANK_BITS | the rank of its first pair, back in leaf order (there records
@@ -727,8 +767,9 @@ def _build_part(part: _Part) -> _Built:
     rec_mask = np.bitwise_or.reduce(part.pieces, axis=1)[part.record_type]
     rec_start = np.zeros(len(rec_mask) + 1, dtype=np.int64)
     np.cumsum(np.bitwise_count(rec_mask), out=rec_start[1:])
-    entry = _entries(leaf_mask, rec_mask[leaf_rec], rec_start[leaf_rec], code, int(rec_start[-1]))
-    del leaf_mask, code
+    entry = _entries(leaves.mask, rec_mask[leaves.rec], rec_start[leaves.rec], code,
+                     int(rec_start[-1]))
+    del code
     # a pair's entry: its record's start + the cadences of the set below its own, counted on
     # the set shifted so that its cadence is the top bit (which must be set)
     held = rec_mask[pair_r]
@@ -742,7 +783,7 @@ def _build_part(part: _Part) -> _Built:
     del at, entry
     pair_batch = got >> _RANK_BITS
     got &= (1 << _RANK_BITS) - 1
-    return _Built(pair_pos, pair_batch, got, ptr, records, masks)
+    return _Built(pair_pos, pair_batch, got)
 
 
 #: per cadence, the left shift that makes it the top bit of a mask

@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
@@ -492,7 +493,9 @@ def _random_job(rnd):
                           "code": "INVALID_INPUT" if status == "invalid" else None,
                           "attempts": 0, "batch_id": None, "retryable": False, "done": True,
                           "pair": None})
-    return table, lambda: (plan.blocks(step=3), plan.pair_batch, plan.pair_rank), model
+    return table, lambda: SimpleNamespace(blocks=lambda: plan.blocks(step=3),
+                                          pair_batch=plan.pair_batch,
+                                          pair_rank=plan.pair_rank), model
 
 
 def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp_path):
@@ -664,7 +667,7 @@ def test_rows_coded_by_the_scan_give_the_results_the_text_rows_give(tmp_path: Pa
                                                    chunk_rows=37)),
                        ("text", scan.tables(verdicts=verdict, verdict_of_pair=refused))):
         with Journal.open(tmp_path / f"{name}.journal", "fp") as j:
-            j.load(rows, lambda: (plan.blocks(), plan.pair_batch, plan.pair_rank))
+            j.load(rows, lambda: plan)
             got.append([{k: v for k, v in r.items() if k != "finished_at"}
                         for r in results(j, chunk_rows=29)])
     coded, text = got
@@ -693,7 +696,7 @@ def test_batches_planned_from_a_scan_name_the_inputs_ids_as_text(tmp_path: Path)
     scan = scan_input(path)
     plan = plan_scan(scan)
     with Journal.open(tmp_path / "j.journal", "fp") as j:
-        j.load(scan.coded_tables(), lambda: (plan.blocks(), plan.pair_batch, plan.pair_rank))
+        j.load(scan.coded_tables(), lambda: plan)
         sent = {(r, c) for b in j.pending_batches() for r in b.record_ids for c in b.cadence_ids}
     assert sent == {(r, c) for r in ids for c in (C1, C2)}
     with sqlite3.connect(tmp_path / "j.journal") as db:

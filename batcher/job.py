@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -36,6 +37,7 @@ from .errors import (
     AbortError,
     BatcherError,
     Halted,
+    InputError,
     MachineLimit,
     PermissionDenied,
     TransientError,
@@ -202,8 +204,15 @@ def _check_results(results: Path) -> None:
 
 
 def fingerprint(settings: RunSettings) -> str:
-    """What a journal is bound to: the input's bytes and the flags that change the plan."""
-    h = hashlib.sha256(file_fingerprint(settings.input).encode())
+    """What a journal is bound to: the input's bytes and the flags that change the plan.
+    InputError (or MachineLimit) when the file cannot be read through."""
+    try:
+        h = hashlib.sha256(file_fingerprint(settings.input).encode())
+    except OSError as exc:
+        if limit := machine_limit(exc, f"reading {settings.input}"):
+            raise limit from None
+        raise InputError(f"{settings.input}: cannot be read "
+                         f"({exc.strerror or type(exc).__name__})") from None
     flags = {k: v for k, v in asdict(settings.input_options()).items()
              if v not in (None, (), False)}
     flags["module"] = settings.module  # always there: journals made before the other flags
@@ -290,7 +299,12 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
         except ValueError as exc:
             raise UsageError(redact(str(exc))) from None
     results = _results_path(settings, log)
-    with _journal_for(settings, fingerprint(settings)) as journal:
+    # the input's bytes are hashed on the spare core while a new job reads them (a resume
+    # waits for the hash: its journal is checked against it before anything)
+    hashing = ThreadPoolExecutor(1, "batcher-fingerprint")
+    hashed = hashing.submit(fingerprint, settings)
+    hashing.shutdown(wait=False)
+    with _journal_for(settings, hashed.result) as journal:
         # a person is told when a run continues a job (its journal decides what is sent)
         log.say("start", f"resuming the job of {journal.path}" if not journal.is_new else
                 f"starting {'a dry run of ' if settings.dry_run else ''}{settings.input} -> "
@@ -496,7 +510,7 @@ def next_command(settings: RunSettings, results: Path, summary: Summary, stopped
 
 
 @contextmanager
-def _journal_for(settings: RunSettings, fp: str) -> Iterator[Journal]:
+def _journal_for(settings: RunSettings, fp: Callable[[], str]) -> Iterator[Journal]:
     if settings.dry_run:  # a rehearsal must not leave a journal a real run would resume from
         with tempfile.TemporaryDirectory(prefix="batcher-dry-") as tmp, \
                 Journal.open(Path(tmp) / "dry.journal", fp) as journal:

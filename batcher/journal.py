@@ -165,8 +165,10 @@ def utc_now() -> str:
 class Journal:
     """One job's state. Use :meth:`open`; a context manager that releases the lock on exit."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection, lock_fd: int, is_new: bool) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection, lock_fd: int, is_new: bool,
+                 bind: Callable[[], str] | None = None) -> None:
         self.path = path
+        self._bind = bind  # the fingerprint a new journal takes when it is loaded
         self._db = db
         self._lock_fd = lock_fd
         self._mutex = threading.RLock()
@@ -180,12 +182,15 @@ class Journal:
     # ------------------------------------------------------------------ open / close
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], fingerprint: str | None, *,
+    def open(cls, path: str | os.PathLike[str], fingerprint: str | Callable[[], str] | None, *,
              input_name: str | None = None) -> Journal:
         """Create or open the journal and hold its lock until :meth:`close`.
 
         ``fingerprint`` binds the journal to one input; ``None`` opens an existing journal whatever
-        its input (``batcher report``). ``input_name`` is only remembered for error messages.
+        its input (``batcher report``). A function giving it is called when it is needed: at
+        once for a journal already loaded (a resume checks it before anything), at :meth:`load`
+        for a new one — so a large input is hashed while it is read. ``input_name`` is only
+        remembered for error messages.
         """
         path = Path(path)
         if path.is_symlink():
@@ -202,6 +207,7 @@ class Journal:
             db = _connect(path)
             try:
                 is_new = _prepare(db, path, fingerprint, input_name)
+                bind = fingerprint if is_new and callable(fingerprint) else None
             except BaseException as exc:
                 db.close()
                 if isinstance(exc, sqlite3.Error):
@@ -210,7 +216,7 @@ class Journal:
         except BaseException:
             _release_lock(lock_fd)
             raise
-        return cls(path, db, lock_fd, is_new)
+        return cls(path, db, lock_fd, is_new, bind)
 
     def close(self) -> None:
         with self._mutex:
@@ -362,6 +368,8 @@ class Journal:
             except BaseException:
                 stop.set()  # a signal or an error: the other threads stop at their next chunk
                 raise
+            if self._bind is not None:
+                _set_meta(db, _K_FINGERPRINT, self._bind())
             for key, value in (meta() if meta else {}).items():
                 _set_meta(db, "user." + key, value)
             _set_meta(db, _K_ROWS, stored.n_rows)
@@ -821,7 +829,7 @@ def _damaged(path: Path, what: str) -> JournalIOError:
                           "sent again; un-enrolling twice is harmless)")
 
 
-def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | None,
+def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | Callable[[], str] | None,
              input_name: str | None) -> bool:
     """Create the schema if needed and check the input binding; returns ``is_new``."""
     db.execute("BEGIN IMMEDIATE")
@@ -850,7 +858,8 @@ def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | None,
         if fingerprint is None:
             if not loaded:
                 raise JournalError(f"journal {path} holds no job (it was never loaded)")
-        elif loaded and json.loads(meta[_K_FINGERPRINT]) != fingerprint:
+        elif loaded and json.loads(meta[_K_FINGERPRINT]) != (
+                fingerprint := fingerprint() if callable(fingerprint) else fingerprint):
             was, had = json.loads(meta.get(_K_INPUT, "null")), json.loads(meta[_K_FINGERPRINT])
             if was and was == input_name:  # the same file, edited since the job began
                 raise JournalError(
@@ -867,7 +876,8 @@ def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | None,
                 "start over.")
         elif not loaded:  # nothing was done yet: (re)bind to this input
             _set_meta(db, _K_VERSION, SCHEMA_VERSION)
-            _set_meta(db, _K_FINGERPRINT, fingerprint)
+            if not callable(fingerprint):  # else taken when the journal is loaded
+                _set_meta(db, _K_FINGERPRINT, fingerprint)
             _set_meta(db, _K_INPUT, input_name)
             if _K_STARTED not in meta:
                 _set_meta(db, _K_STARTED, utc_now())

@@ -272,6 +272,27 @@ def test_another_input_is_refused(loaded: Path) -> None:
         assert j.rows == len(ROWS)
 
 
+def test_a_fingerprint_still_being_taken_binds_a_new_journal_at_load(tmp_path: Path) -> None:
+    """A new job's input is hashed while it is read (0.15 s of a 127 MB file, 0.6 s of a 527 MB
+    CSV, before its scan until then): the journal takes the fingerprint when it is loaded; a
+    journal already loaded checks it before anything."""
+    path, asked = tmp_path / "j.journal", []
+
+    def fingerprint_a() -> str:
+        asked.append("a")
+        return "fp-A"
+
+    with Journal.open(path, fingerprint_a, input_name="a.csv") as j:
+        assert j.is_new and asked == []
+        j.load(rows_table(), PLAN)
+        assert asked == ["a"]
+    with pytest.raises(JournalError, match="belongs to another input"):
+        Journal.open(path, lambda: "fp-B", input_name="b.csv")
+    with Journal.open(path, fingerprint_a) as j:
+        assert not j.is_new and asked == ["a", "a"]
+        assert [b.batch_id for b in j.pending_batches()] == ["b1", "b2"]
+
+
 def test_open_without_fingerprint_needs_an_existing_loaded_journal(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="no journal"):
         Journal.open(tmp_path / "nope.journal", None)

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -538,6 +540,11 @@ def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp
         path = tmp_path / f"j{seed}.journal"
         j = Journal.open(path, "fp")
         j.load(table, planned)
+        # what the load counted is what the table holds
+        counts = j.batch_counts()
+        with closing(sqlite3.connect(path)) as db:
+            assert counts == {s: {"batches": n, "pairs": p} for s, n, p in db.execute(
+                "SELECT state, count(*), sum(npairs) FROM batches GROUP BY state")}
 
         def settle(batch_id, pairs, result, attempts, where=where):
             status, code, message, http, retryable = result

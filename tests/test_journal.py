@@ -11,6 +11,7 @@ from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -741,3 +742,14 @@ def test_the_same_file_edited_since_the_job_began_is_named_as_such(loaded: Path)
     assert "'a.csv' as it was then" in text and "has changed since" in text
     assert "put that file back" in text and "another --journal" in text
     assert err.value.exit_code == 2
+
+
+def test_each_rows_planned_batch_is_read_from_positions_of_either_width() -> None:
+    """Positions are stored 4 bytes each while they fit, else 8 (a job past two billion rows):
+    both widths may sit in one journal."""
+    from batcher.rowstore import planned_seqs
+
+    narrow = np.array([3, 1], np.int32).tobytes()
+    wide = np.array([2, 5], np.int64).tobytes()
+    assert planned_seqs([(1, 2, narrow), (2, 2, wide)], 6).tolist() == [1, 2, 1, 0, 2, 0]
+    assert planned_seqs([], 3).tolist() == [0, 0, 0]

@@ -941,15 +941,19 @@ def test_many_rows_of_few_record_ids_are_hashed_in_parts():
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 69)), min_size=1, max_size=300),
-       st.sampled_from([3, 64, 70, 400]))
-def test_masks_and_repeats_match_a_plain_count(pairs, n_cad):
+       st.sampled_from([3, 64, 70, 400]), st.booleans())
+def test_masks_and_repeats_match_a_plain_count(pairs, n_cad, one_pair_a_record):
     """Repeats found by the packed sort are every later copy of a pair, pointing at its first;
-    the masks are those of the first copies (a repeat must not carry into another bit)."""
+    the masks are those of the first copies (a repeat must not carry into another bit). A list
+    whose every record holds one pair (out of one cadence, say) takes a path of its own."""
     from batcher.inputs.codes import masks_and_repeats
 
     rc = np.array([r for r, _ in pairs], dtype=np.int64)
+    if one_pair_a_record:
+        rc = np.random.default_rng(len(pairs)).permutation(len(pairs))
+    n_rec = len(pairs) if one_pair_a_record else 31
     cc = np.array([c % n_cad for _, c in pairs], dtype=np.int32)
-    masks, dup = masks_and_repeats(rc, cc, 31, n_cad)
+    masks, dup = masks_and_repeats(rc, cc, n_rec, n_cad)
     first: dict[tuple[int, int], int] = {}
     want = {}
     for i, key in enumerate(zip(rc.tolist(), cc.tolist(), strict=True)):
@@ -959,7 +963,7 @@ def test_masks_and_repeats_match_a_plain_count(pairs, n_cad):
     got = {} if dup is None else dict(zip(dup.at.tolist(), dup.earlier.tolist(), strict=True))
     assert got == want
     if n_cad <= 64:
-        expect = np.zeros(31, dtype=np.uint64)
+        expect = np.zeros(n_rec, dtype=np.uint64)
         for r, c in first:
             expect[r] |= np.uint64(1 << c)
         assert masks is not None and masks.tolist() == expect.tolist()

@@ -229,6 +229,12 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
     repeats. When the one-bits of all records add up to the number of pairs, no record holds
     one, and the pairs are not even counted. ``sums`` maps a table of one weight per cadence to
     its sum per record (default: one bincount)."""
+    if n_rec == len(rc):  # each record holds one pair (a list out of one cadence): none repeats
+        if n_cad > 64:
+            return None, None
+        masks = np.zeros(n_rec, dtype=np.uint64)
+        masks[rc] = np.left_shift(np.uint64(1), cc.astype(np.uint64))
+        return masks, None
     if n_cad > 8 * _SUM_BITS:  # too many passes: sort every pair
         return None, _repeats_among(np.arange(len(rc)), rc, cc, n_rec)
     grouped = sums

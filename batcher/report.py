@@ -21,6 +21,7 @@ import re
 import secrets
 import shlex
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager, suppress
@@ -45,6 +46,7 @@ from .rowstore import CHUNK_ROWS, RESULT_SCHEMA
 
 RETRY_COLUMNS = ("module", "record_id", "cadence_id")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
+_CHUNKS_AHEAD = 3  # chunks of results read ahead of the slower of the two writers
 #: the extensions ``--results`` may have
 RESULT_SUFFIXES = (".csv", *_PARQUET_SUFFIXES, ".xlsx")
 #: data rows an .xlsx sheet holds under its header (1,048,576 rows in all)
@@ -252,21 +254,23 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
         aligned = _Aligned(carried.tables(), carry_schema) if carried else None
         tally = _Tally()
         # the results and the retry file are made and encoded in threads of their own (Arrow's
-        # kernels and writers release the GIL) while the next chunk is read from the journal;
-        # one chunk ahead at most, so memory stays flat. The retry thread also counts the
-        # chunk, in order (one thread each).
+        # kernels and writers release the GIL) while the next chunks are read from the journal;
+        # a few chunks ahead at most (one writer may take longer over a chunk than the other),
+        # so memory stays flat. The retry thread also counts the chunks, in order (one thread
+        # each).
         writers = [stack.enter_context(ThreadPoolExecutor(1, f"results-{n}")) for n in "ab"]
-        written: list[Future[None]] = []
+        written: deque[list[Future[None]]] = deque()
         for chunk in journal.iter_result_chunks(chunk_rows=chunk_rows):
             if not chunk.schema.equals(RESULT_SCHEMA):
                 chunk = chunk.cast(RESULT_SCHEMA)
             beside = _carry(aligned.take, chunk.num_rows) if aligned else None
-            for done in written:
-                done.result()
-            written = [writers[0].submit(_write_chunk, out, chunk, names, beside),
-                       writers[1].submit(_write_retry, retry_out, retry_schema, chunk, beside,
-                                         tally)]
-        for done in written:
+            while len(written) >= _CHUNKS_AHEAD:
+                for done in written.popleft():
+                    done.result()
+            written.append([writers[0].submit(_write_chunk, out, chunk, names, beside),
+                            writers[1].submit(_write_retry, retry_out, retry_schema, chunk,
+                                              beside, tally)])
+        for done in (done for both in written for done in both):
             done.result()
         if aligned:
             _carry(aligned.end)

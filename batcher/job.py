@@ -311,7 +311,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
                 f"{results}", input=str(settings.input), results=str(results),
                 journal=str(journal.path), resumed=not journal.is_new, dry_run=settings.dry_run,
                 json_only=journal.is_new)
-        scan: InputScan | None = None
+        read = _Read()
         stop: _Stop | None = None
         try:
             with stopper.phase("raise"):
@@ -320,11 +320,11 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
                 # once the org's cadences are read)
                 if journal.is_new and not settings.all_cadences:
                     with log.phase(f"reading {settings.input}", "scan"):
-                        scan = scan_input(settings.input, options, source=source)
-                    check_results_capacity(results, scan.rows)
+                        read.scan = scan_input(settings.input, options, source=source)
+                    check_results_capacity(results, read.scan.rows)
                 elif not journal.is_new:
                     check_results_capacity(results, journal.rows)
-            stop = _drive(settings, scan, journal, _Link(creds, endpoints, transports, env),
+            stop = _drive(settings, read, journal, _Link(creds, endpoints, transports, env),
                           log, stopper, redact)
         except UsageError as exc:
             if journal.is_new:  # nothing planned, nothing sent: no results to write
@@ -333,7 +333,8 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
         except BatcherError as exc:  # the journal's disk, a journal that contradicts its input
             stop = _Stop(redact(str(exc)), exc.exit_code)
         with stopper.phase("defer"), _said_while_writing(stopper, log):
-            summary = _write(settings, journal, scan or source, results, stop, started, log)
+            summary = _write(settings, journal, read.scan or source, results, stop, started,
+                             log)
     if stop is None and stopper.requested is not None:  # the signal came while writing
         stop = _Stop(stopper.message())
     code = stop.exit_code if stop else summary.exit_code()
@@ -521,6 +522,14 @@ def _journal_for(settings: RunSettings, fp: Callable[[], str]) -> Iterator[Journ
             yield journal
 
 
+@dataclass
+class _Read:
+    """A new job's scan of its input, let go once the plan is stored: the journal then holds all
+    the job needs of it (a 10M-pair scan is ~300 MB a job would hold for the hours it sends)."""
+
+    scan: InputScan | None = None
+
+
 @dataclass(frozen=True)
 class _Link:
     """Everything needed to reach Zoho: credentials, endpoints, transports, environment."""
@@ -534,7 +543,7 @@ class _Link:
         return _clients(settings, self.creds, self.endpoints, self.transports, redact, self.env)
 
 
-def _drive(settings: RunSettings, scan: InputScan | None, journal: Journal, link: _Link,
+def _drive(settings: RunSettings, read: _Read, journal: Journal, link: _Link,
            log: JobLog, stopper: Stopper, redact: Redactor) -> _Stop | None:
     """The job's event loop: preflight, plan and load, send. Returns why it stopped early."""
     try:
@@ -543,7 +552,7 @@ def _drive(settings: RunSettings, scan: InputScan | None, journal: Journal, link
         return _Stop(str(exc), exc.exit_code)
     runner = asyncio.Runner(loop_factory=lambda: loop)
     try:
-        return runner.run(_run(settings, scan, journal, link, log, stopper, redact))
+        return runner.run(_run(settings, read, journal, link, log, stopper, redact))
     except asyncio.CancelledError:  # cancelled before its first step
         if stopper.requested is None:
             raise
@@ -566,7 +575,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     raise limit
 
 
-async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, link: _Link,
+async def _run(settings: RunSettings, read: _Read, journal: Journal, link: _Link,
                log: JobLog, stopper: Stopper, redact: Redactor) -> _Stop | None:
     def say(text: str, event: str = "message", *, always: bool = False) -> None:
         log.say(event, redact(text), always=always)
@@ -577,35 +586,9 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
         try:
             async with link.clients(settings, redact) as (client, auth):
                 if journal.is_new:  # preflight, plan and load it
-                    cadences = None
-                    if settings.all_cadences:
-                        cadences = await _org_cadences(client, auth, journal, settings.retry,
-                                                       reach)
-                        _say_record_list(cadences, say)
-                        journal.set_meta("record_list", _manual_by_module(cadences))
-                        with stopper.phase("raise"), \
-                                log.phase(f"reading {settings.input}", "scan"):
-                            scan = scan_input(settings.input, settings.input_options(),
-                                              records=_record_list(settings, journal))
-                        check_results_capacity(Path(settings.results), scan.rows)
-                    assert scan is not None
-                    # kept: the summary and the page of every run of the job show them; what
-                    # decides which rows are sent is said even with --quiet
-                    warnings = [(line, event) for line, event in (
-                        (scan.rounded and rounding_line(scan), "rounded_ids"),
-                        (scan.unusual_ids and unusual_line(scan), "rounded_ids"),
-                        (scan.hidden_rows and hidden_line(scan), "hidden_rows"),
-                        (swapped_columns_line(scan), "columns")) if line]
-                    for line, event in warnings:
-                        say(line, event, always=event != "columns")
-                    journal.set_meta("warnings", [line for line, _ in warnings])
-                    verdicts: list[tuple[str, str]] = []
-                    verdict_of_pair = None
-                    if settings.preflight:
-                        verdicts, verdict_of_pair = await _preflight(
-                            client, auth, scan, journal, say, settings.retry, reach, cadences)
-                    with stopper.phase("raise"):
-                        _plan_into(journal, scan, verdicts, verdict_of_pair, log.phase)
+                    await _plan_job(settings, read, journal, client, auth, log, stopper, reach,
+                                    say)
+                    read.scan = None  # stored: the journal holds all the job needs of it
                 elif not settings.dry_run:
                     requeued = journal.requeue_retryable(settings.max_retry_rounds)
                     if requeued:
@@ -635,6 +618,41 @@ async def _run(settings: RunSettings, scan: InputScan | None, journal: Journal, 
             return _Stop(redact(f"internal error ({type(exc).__name__}: {exc}); the journal "
                                 "keeps every answer recorded — re-run the same command to "
                                 "resume, and report this with BATCHER_DEBUG=1 set"))
+
+
+async def _plan_job(settings: RunSettings, read: _Read, journal: Journal,
+                    client: httpx.AsyncClient, auth: ZohoAuth, log: JobLog, stopper: Stopper,
+                    reach: Reachability, say: Callable[..., None]) -> None:
+    """A new job: the org's cadences (``--all-cadences``), the input's warnings, the preflight,
+    the plan loaded into the journal. What it made per pair is let go when it returns."""
+    cadences = None
+    if settings.all_cadences:
+        cadences = await _org_cadences(client, auth, journal, settings.retry, reach)
+        _say_record_list(cadences, say)
+        journal.set_meta("record_list", _manual_by_module(cadences))
+        with stopper.phase("raise"), log.phase(f"reading {settings.input}", "scan"):
+            read.scan = scan_input(settings.input, settings.input_options(),
+                                   records=_record_list(settings, journal))
+        check_results_capacity(Path(settings.results), read.scan.rows)
+    scan = read.scan
+    assert scan is not None
+    # kept: the summary and the page of every run of the job show them; what decides which rows
+    # are sent is said even with --quiet
+    warnings = [(line, event) for line, event in (
+        (scan.rounded and rounding_line(scan), "rounded_ids"),
+        (scan.unusual_ids and unusual_line(scan), "rounded_ids"),
+        (scan.hidden_rows and hidden_line(scan), "hidden_rows"),
+        (swapped_columns_line(scan), "columns")) if line]
+    for line, event in warnings:
+        say(line, event, always=event != "columns")
+    journal.set_meta("warnings", [line for line, _ in warnings])
+    verdicts: list[tuple[str, str]] = []
+    verdict_of_pair = None
+    if settings.preflight:
+        verdicts, verdict_of_pair = await _preflight(
+            client, auth, scan, journal, say, settings.retry, reach, cadences)
+    with stopper.phase("raise"):
+        _plan_into(journal, scan, verdicts, verdict_of_pair, log.phase)
 
 
 class _clients:

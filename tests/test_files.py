@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import io
 import json
 import os
@@ -29,11 +30,13 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from batcher.cli import main
 from batcher.errors import UsageError
-from batcher.job import RunSettings, run_job
+from batcher.inputs import InputOptions, InputScan
+from batcher.job import RunSettings, Transports, run_job
 from batcher.retry import RetryPolicy
 from batcher.sandbox.world import World
 
@@ -486,6 +489,45 @@ def test_calls_and_credits_survive_kill_9(tmp_path, serve):
     truth = len(live.sandbox.calls)
     assert abs(summary["calls"] - truth) <= concurrency, (summary["calls"], truth)
     assert summary["credits"] >= summary["calls"]
+
+
+class _CountingScans(httpx.AsyncBaseTransport):
+    """The real sandbox over loopback; at each un-enrol call, how many input scans live."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.alive: list[int] = []
+        # other tests' scans, kept (their ids are not reused)
+        self._earlier = [o for o in gc.get_objects() if isinstance(o, InputScan)]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            gc.unfreeze()  # the job froze what lived when it started sending: seen, frozen again
+            scans = [o for o in gc.get_objects() if isinstance(o, InputScan)]
+            gc.freeze()
+            self.alive.append(sum(all(o is not e for e in self._earlier) for o in scans))
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@pytest.mark.parametrize("all_cadences", [False, True])
+def test_a_job_lets_go_of_its_input_scan_once_the_plan_is_stored(tmp_path, serve, all_cadences):
+    """A 10M-pair job held its input's scan (~300 MB: 446 MB resident while sending) for the
+    hours it sent, though the journal holds all it needs of it once the plan is stored."""
+    rows = make_rows(300, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    if all_cadences:  # a record list: scanned once the org's cadences are read
+        inp.write_text("Module,Record Id\n" + "".join(f"{m},{r}\n" for m, r in
+                                                        dict.fromkeys((m, r) for m, r, _ in rows)))
+    counting = _CountingScans()
+    result = run_job(job(tmp_path, inp, reading=InputOptions(all_cadences=all_cadences)),
+                     live.env, transports=Transports(api=counting))
+    assert result.aborted is None, result.aborted
+    assert counting.alive and set(counting.alive) == {0}
+    assert len(read_results(tmp_path / "out.csv")) >= len(rows)
 
 
 def test_after_kill_9_few_batches_are_marked_sent_that_never_left(tmp_path, serve):

@@ -49,16 +49,17 @@ from .hostsettings import lean_heap, unraisable_ignored
 from .htmlreport import Tally, report_path, write_report
 from .htmlreport import prepare as prepare_report
 from .inputs import (
+    CHANGED_WHILE_READ,
     INVALID,
     InputOptions,
     InputScan,
     RecordList,
     canonical_module,
     check_input,
-    file_fingerprint,
     hidden_line,
     rounding_line,
     scan_input,
+    stamped_fingerprint,
     swapped_columns_line,
     unusual_line,
 )
@@ -206,18 +207,24 @@ def _check_results(results: Path) -> None:
 def fingerprint(settings: RunSettings) -> str:
     """What a journal is bound to: the input's bytes and the flags that change the plan.
     InputError (or MachineLimit) when the file cannot be read through."""
+    return _stamped_fingerprint(settings)[0]
+
+
+def _stamped_fingerprint(settings: RunSettings) -> tuple[str, tuple[int, int]]:
+    """:func:`fingerprint`, and the input's (size, mtime) as it was hashed (a scan's ``stamp``)."""
     try:
-        h = hashlib.sha256(file_fingerprint(settings.input).encode())
+        digest, stamp = stamped_fingerprint(settings.input)
     except OSError as exc:
         if limit := machine_limit(exc, f"reading {settings.input}"):
             raise limit from None
         raise InputError(f"{settings.input}: cannot be read "
                          f"({exc.strerror or type(exc).__name__})") from None
+    h = hashlib.sha256(digest.encode())
     flags = {k: v for k, v in asdict(settings.input_options()).items()
              if v not in (None, (), False)}
     flags["module"] = settings.module  # always there: journals made before the other flags
     h.update(json.dumps(flags, sort_keys=True).encode())
-    return h.hexdigest()
+    return h.hexdigest(), stamp
 
 
 def run_job(settings: RunSettings, env: Mapping[str, str], *,
@@ -302,16 +309,23 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     # the input's bytes are hashed on the spare core while a new job reads them (a resume
     # waits for the hash: its journal is checked against it before anything)
     hashing = ThreadPoolExecutor(1, "batcher-fingerprint")
-    hashed = hashing.submit(fingerprint, settings)
+    hashed = hashing.submit(_stamped_fingerprint, settings)
     hashing.shutdown(wait=False)
-    with _journal_for(settings, hashed.result) as journal:
+    read = _Read()
+
+    def bound() -> str:  # the fingerprint of the very bytes the scan read, or InputError
+        fp, stamp = hashed.result()
+        if read.scan is not None and read.scan.stamp != stamp:  # written to between the two
+            raise InputError(f"{settings.input}: {CHANGED_WHILE_READ}")
+        return fp
+
+    with _journal_for(settings, bound) as journal:
         # a person is told when a run continues a job (its journal decides what is sent)
         log.say("start", f"resuming the job of {journal.path}" if not journal.is_new else
                 f"starting {'a dry run of ' if settings.dry_run else ''}{settings.input} -> "
                 f"{results}", input=str(settings.input), results=str(results),
                 journal=str(journal.path), resumed=not journal.is_new, dry_run=settings.dry_run,
                 json_only=journal.is_new)
-        read = _Read()
         stop: _Stop | None = None
         try:
             with stopper.phase("raise"):

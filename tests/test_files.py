@@ -530,6 +530,62 @@ def test_a_job_lets_go_of_its_input_scan_once_the_plan_is_stored(tmp_path, serve
     assert len(read_results(tmp_path / "out.csv")) >= len(rows)
 
 
+class _EditedWhilePreflighted(httpx.AsyncBaseTransport):
+    """The real sandbox over loopback; the org's cadences GET (the preflight: after the input
+    was read, before its plan is stored) first changes one byte in the middle of the input, as
+    a person saving the file in an editor would."""
+
+    def __init__(self, path: Path) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.path = path
+        self.edited = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and not self.edited:
+            self.edited = True
+            with open(self.path, "r+b") as fh:
+                middle = fh.seek(0, os.SEEK_END) // 2
+                fh.seek(middle)
+                byte = fh.read(1)[0]
+                fh.seek(middle)
+                fh.write(bytes([byte ^ 1]))
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def test_an_input_written_to_while_it_is_hashed_never_binds_its_journal(tmp_path, serve):
+    """A new job hashes its input while it reads it. A Parquet file whose other columns are
+    large is read in a blink and hashed for longer: an edit saved after the read but before the
+    hash reached it was bound into the journal, and the re-run resumed on the changed file
+    (the old plan, the new rows). Whatever the timing, the job either refuses to load (the file
+    changed while it was read) or its journal stays bound to the bytes it read, and a re-run of
+    the edited file is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = make_rows(40, 2)
+    live = serve(World.from_pairs(rows))
+    inp = tmp_path / "in.parquet"
+    notes = [os.urandom(2_000_000) for _ in rows]  # 160 MB that only the hash reads
+    pq.write_table(pa.table({"Notes": pa.array(notes, pa.binary()),
+                             "Module": [m for m, _, _ in rows],
+                             "Record Id": [r for _, r, _ in rows],
+                             "Cadence Id": [c for _, _, c in rows]}), inp, compression="none")
+    del notes
+    edit = _EditedWhilePreflighted(inp)
+    first = run_job(job(tmp_path, inp), live.env, transports=Transports(api=edit))
+    assert edit.edited
+    if first.aborted is None:  # hashed before the edit: bound to what was read, so ...
+        again = run_job(job(tmp_path, inp), live.env)  # ... the edited file is not resumed
+        assert again.exit_code == 2 and "has changed since" in (again.aborted or ""), \
+            again.aborted
+    else:
+        assert first.exit_code == 2 and "changed while batcher was reading it" in first.aborted
+        assert live.sandbox.calls == []
+
+
 def test_after_kill_9_few_batches_are_marked_sent_that_never_left(tmp_path, serve):
     """"sent" is committed before a call leaves, so after a kill -9 the journal may name as sent
     (rows NO_ANSWER "Zoho may have applied it", an attempt counted) batches that never left.

@@ -11,6 +11,7 @@ from .ids import canonical_module
 from .options import InputOptions
 from .records import RecordList
 from .scan import (
+    CHANGED_WHILE_READ,
     InputScan,
     InputTable,
     PairCodes,
@@ -20,11 +21,12 @@ from .scan import (
     read_input,
     rounding_line,
     scan_input,
+    stamped_fingerprint,
     swapped_columns_line,
     unusual_line,
 )
 
-__all__ = ["DUPLICATE", "INVALID", "VALID", "InputOptions", "InputScan", "InputTable", "PairCodes",
-           "RecordList", "canonical_module", "check_input", "file_fingerprint", "hidden_line",
-           "read_input",
-           "rounding_line", "scan_input", "swapped_columns_line", "unusual_line"]
+__all__ = ["CHANGED_WHILE_READ", "DUPLICATE", "INVALID", "VALID", "InputOptions", "InputScan",
+           "InputTable", "PairCodes", "RecordList", "canonical_module", "check_input",
+           "file_fingerprint", "hidden_line", "read_input", "rounding_line", "scan_input",
+           "stamped_fingerprint", "swapped_columns_line", "unusual_line"]

@@ -287,10 +287,30 @@ def read_input(path: str | os.PathLike[str], options: InputOptions | str | None 
     return InputTable(scan=scan, table=table)
 
 
+#: the file was written to while batcher read it (what it read may be half of each version)
+CHANGED_WHILE_READ = "the file changed while batcher was reading it; run the command again"
+
+
 def file_fingerprint(path: str | os.PathLike[str]) -> str:
     """Content hash of an input: a journal is bound to the exact bytes it was made from."""
+    return stamped_fingerprint(path)[0]
+
+
+def stamped_fingerprint(path: str | os.PathLike[str]) -> tuple[str, tuple[int, int]]:
+    """(:func:`file_fingerprint`, the file's (size, mtime) as it was hashed: a scan's
+    ``stamp``); InputError when the file changed while it was hashed. OSError when it cannot be
+    read."""
+    stamp = _stamp(path)
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    if _stamp(path) != stamp:
+        raise InputError(f"{path}: {CHANGED_WHILE_READ}")
+    return digest, stamp
+
+
+def _stamp(path: str | os.PathLike[str]) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def check_input(path: str | os.PathLike[str], options: InputOptions | str | None = None
@@ -361,7 +381,7 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
     if rows == blank:
         raise InputError(f"{path}: has a header ({', '.join(source.found)}) but no data rows")
     if source.stamp() != stamp:
-        raise InputError(f"{path}: the file changed while batcher was reading it")
+        raise InputError(f"{path}: {CHANGED_WHILE_READ}")
     cad_index, cad_uniques = common_dictionary(cad, cad_values)
     found = {"positions": rows, "blank": blank, "records": records, "hidden_rows": source.hidden,
              "position_rows": concat(position_rows) if position_rows else None,

@@ -675,24 +675,24 @@ class Plan:
         """The batches of :meth:`iter_batches`, ``step`` at a time as columns: no Python object
         per record id (the journal stores ten million of them in a few seconds)."""
         cadence_text = _texts(self._cadence_ids)
-        for part, built, offset in zip(self._parts, self._batches(), self._offsets, strict=True):
+        for part, made, offset in zip(self._parts, self._batches(), self._offsets, strict=True):
             module = self._module_names[part.module]
-            n = len(built.ptr) - 1
+            n = len(made.ptr) - 1
             # a part's batches share a few dozen cadence sets: each set's ids are made once
             cadences_of: dict[int, tuple[str, ...]] = {}
-            for mask in np.unique(built.masks).tolist():
+            for mask in np.unique(made.masks).tolist():
                 cadences_of[mask] = tuple(cadence_text[int(part.cad_global[i])]
                                           for i in _bits(mask))
-            masks = built.masks.tolist()
+            masks = made.masks.tolist()
             for b0 in range(0, n, step):
                 b1 = min(n, b0 + step)
-                lo, hi = int(built.ptr[b0]), int(built.ptr[b1])
-                codes = part.rec_global[built.records[lo:hi]]
+                lo, hi = int(made.ptr[b0]), int(made.ptr[b1])
+                codes = part.rec_global[made.records[lo:hi]]
                 if self._record_rep is not None:
                     codes = self._record_rep[codes]
                 yield BatchBlock(
                     module, [self.batch_id_of(offset + b) for b in range(b0, b1)],
-                    built.ptr[b0:b1 + 1] - lo, self._records().take(arrow_of(np.asarray(codes))),
+                    made.ptr[b0:b1 + 1] - lo, self._records().take(arrow_of(np.asarray(codes))),
                     [cadences_of[m] for m in masks[b0:b1]])
 
 

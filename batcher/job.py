@@ -623,6 +623,8 @@ async def _run(settings: RunSettings, read: _Read, journal: Journal, link: _Link
             left = any(k in ("pending", "sent") for k in journal.batch_counts())
             return _Stop(redact(str(exc)), exc.exit_code) if left else None
         except BatcherError as exc:
+            if isinstance(exc, UsageError) and journal.is_new:  # a list for --all-cadences
+                raise  # that cannot be read, an input written to while it was read: as the scan
             return _Stop(redact(str(exc)), exc.exit_code)
         except Exception as exc:  # a bug: the run stops, and the results still get written
             if limit := machine_limit(exc, "the run"):  # not a bug: a limit the machine set

@@ -34,7 +34,7 @@ import httpx
 import pytest
 
 from batcher.cli import main
-from batcher.errors import UsageError
+from batcher.errors import InputError, UsageError
 from batcher.inputs import InputOptions, InputScan
 from batcher.job import RunSettings, Transports, run_job
 from batcher.retry import RetryPolicy
@@ -575,15 +575,17 @@ def test_an_input_written_to_while_it_is_hashed_never_binds_its_journal(tmp_path
                              "Cadence Id": [c for _, _, c in rows]}), inp, compression="none")
     del notes
     edit = _EditedWhilePreflighted(inp)
-    first = run_job(job(tmp_path, inp), live.env, transports=Transports(api=edit))
-    assert edit.edited
-    if first.aborted is None:  # hashed before the edit: bound to what was read, so ...
-        again = run_job(job(tmp_path, inp), live.env)  # ... the edited file is not resumed
+    try:
+        first = run_job(job(tmp_path, inp), live.env, transports=Transports(api=edit))
+    except InputError as exc:  # refused: nothing planned, nothing sent, no results
+        assert "changed while batcher was reading it" in str(exc)
+        assert live.sandbox.calls == [] and not (tmp_path / "out.csv").exists()
+    else:  # hashed before the edit: bound to what was read, so the edited file is not resumed
+        assert first.aborted is None, first.aborted
+        again = run_job(job(tmp_path, inp), live.env)
         assert again.exit_code == 2 and "has changed since" in (again.aborted or ""), \
             again.aborted
-    else:
-        assert first.exit_code == 2 and "changed while batcher was reading it" in first.aborted
-        assert live.sandbox.calls == []
+    assert edit.edited
 
 
 def test_after_kill_9_few_batches_are_marked_sent_that_never_left(tmp_path, serve):

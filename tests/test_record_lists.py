@@ -204,3 +204,24 @@ def test_every_invalid_row_of_a_record_list_is_invalid_once_per_cadence(tmp_path
     assert summary["by_status"] == {"unenrolled": 1, "not_enrolled": 2,
                                     "invalid": (len(rows) - 1) * 3}
     assert result.exit_code == 1
+
+
+def test_an_unusable_list_for_all_cadences_is_refused_like_any_input(tmp_path, serve):
+    """A record list is read once the org's cadences are (--all-cadences). One that held no data
+    row was not refused as any other unusable input is (exit 2, one line, no file): it went on
+    to write results. Now the same: nothing planned, nothing sent, no results."""
+    import os
+
+    world = World()
+    world.add_cadence("Leads", MANUAL)
+    live = serve(world)
+    inp = tmp_path / "offboard.csv"
+    inp.write_text("Record Id,Module\n")
+    out = subprocess.run([sys.executable, "-m", "batcher", "run", str(inp), "--all-cadences",
+                          "--results", str(tmp_path / "out.csv")], capture_output=True,
+                         text=True, env={**os.environ, **live.env})
+    assert out.returncode == 2, out.stderr
+    assert "no data rows" in out.stderr.strip().splitlines()[-1], out.stderr
+    assert "Traceback" not in out.stderr and "could not be written" not in out.stderr
+    assert not (tmp_path / "out.csv").exists()
+    assert live.sandbox.calls == []

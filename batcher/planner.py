@@ -1025,15 +1025,19 @@ def _plan_by_masks(names: list[str], rec: np.ndarray, n_rec: int, slots: _Slots,
         has = own != 0
         if not has.any():
             continue
-        ftype, tmask = _factorize(own[has])
-        tcount = np.bincount(ftype, weights=gcount[has]).astype(np.int64)
-        type_of = np.full(len(gmask), -1, dtype=np.int64)
-        type_of[has] = ftype
-        recs = np.arange(n_rec) if has.all() else np.flatnonzero(has[gtype])
+        if hi - lo == slots.n:  # the only module: its sets are the distinct masks already
+            record_type, tmask, tcount, recs = gtype, gmask, gcount, np.arange(n_rec)
+        else:
+            ftype, tmask = _factorize(own[has])
+            tcount = np.bincount(ftype, weights=gcount[has]).astype(np.int64)
+            type_of = np.full(len(gmask), -1, dtype=np.int64)
+            type_of[has] = ftype
+            recs = np.arange(n_rec) if has.all() else np.flatnonzero(has[gtype])
+            record_type = type_of[gtype[recs]]
         tmask, bits = _squeeze(tmask, hi - lo)
         cad_count = _bit_counts(tmask, tcount, len(bits))
         part = _solve_types(m, _mask_pairs(rec, n_rec, slots, recs, bits + lo, len(names) > 1),
-                            type_of[gtype[recs]], tmask, tcount, cad_count, recs,
+                            record_type, tmask, tcount, cad_count, recs,
                             slots.cadence[bits + lo])
         parts.append(part)
         size = _popcount(tmask)

@@ -971,6 +971,22 @@ def test_masks_and_repeats_match_a_plain_count(pairs, n_cad, one_pair_a_record):
         assert masks is None
 
 
+@pytest.mark.parametrize("copies", [511, 512, 5000])
+def test_a_pair_repeated_beyond_exact_sums_keeps_its_record_mask_exact(copies):
+    """A record's cadences are summed as powers of two; its repeats' powers are taken out
+    again. Past 511 pairs a record those float sums round (5000 x 2**44 hides a 2**0): such a
+    record's mask is made pair by pair."""
+    from batcher.inputs.codes import masks_and_repeats
+
+    rc = np.array([0] * copies + [0, 1, 1, 2], dtype=np.int64)
+    cc = np.array([44] * copies + [0, 3, 3, 44], dtype=np.int32)
+    masks, dup = masks_and_repeats(rc, cc, 3, 60)
+    assert masks is not None
+    assert masks.tolist() == [(1 << 44) | 1, 1 << 3, 1 << 44]
+    assert dup is not None and dup.at.tolist() == [*range(1, copies), copies + 2]
+    assert dup.earlier.tolist() == [0] * (copies - 1) + [copies + 1]
+
+
 def test_a_checked_input_is_opened_once_and_again_only_if_it_changed(tmp_path: Path):
     """`run` checks the input before its journal, then scans it: an .xlsx sheet is read whole
     when opened, so each open cost a read of the workbook (three per job)."""

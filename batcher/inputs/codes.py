@@ -225,8 +225,8 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
 
     Per record, Σ 2**cadence has as many one-bits as the record has pairs exactly when no pair
     repeats (a repeat carries), so one weighted bincount per 45 cadences finds the records that
-    may hold a repeat; only their rows are sorted, and only their masks made again without the
-    repeats. When the one-bits of all records add up to the number of pairs, no record holds
+    may hold a repeat; only their rows are sorted, and the repeats' powers taken out of the sums
+    again. When the one-bits of all records add up to the number of pairs, no record holds
     one, and the pairs are not even counted. ``sums`` maps a table of one weight per cadence to
     its sum per record (default: one bincount)."""
     if n_rec == len(rc):  # each record holds one pair (a list out of one cadence): none repeats
@@ -239,29 +239,49 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
         return None, _repeats_among(np.arange(len(rc)), rc, cc, n_rec)
     grouped = sums
     sums = sums or (lambda table: _sums(rc, cc, table, n_rec))
-    masks = np.zeros(n_rec, dtype=np.uint64) if n_cad <= 64 else None
+    lanes: list[tuple[int, np.ndarray, np.ndarray]] = []  # (first cadence, weights, sums)
     ones = np.zeros(n_rec, dtype=np.int64)
     for lo in range(0, n_cad, _SUM_BITS):
         powers = np.zeros(n_cad)  # this pass's cadences weigh a power of two, the others 0
         powers[lo:lo + _SUM_BITS] = np.ldexp(1.0, np.arange(min(n_cad, lo + _SUM_BITS) - lo))
         bits = sums(powers).astype(np.uint64)
         ones += np.bitwise_count(bits)
-        if masks is not None:
-            masks |= bits << np.uint64(lo)
-    if int(ones.sum()) == len(rc):
-        return masks, None
+        if n_cad <= 64:
+            lanes.append((lo, powers, bits))
+    if int(ones.sum()) == len(rc):  # no record holds a repeat
+        return _or_lanes(lanes, n_rec), None
     # sums are exact below 512 pairs a record (2**9 * 2**44); a record with more pairs has
-    # fewer one-bits (at most 53) than pairs anyway: comparing with the count finds them all
+    # fewer one-bits (at most 53) than pairs anyway: comparing with the count finds them
     counts = (np.bincount(rc, minlength=n_rec) if grouped is None  # grouped: cache-sized sums
               else grouped(np.ones(n_cad)).astype(np.int64))
-    suspect = ones != counts
-    rows = np.flatnonzero(suspect[rc])
+    rows = np.flatnonzero((ones != counts)[rc])
     dup = _repeats_among(rows, rc, cc, n_rec)
-    if masks is not None:  # a repeat carried into the next bit: OR the suspects' first pairs
-        masks[suspect] = 0
-        first = rows if dup is None else rows[~among(rows, dup.at)]
+    if not lanes or dup is None:
+        return _or_lanes(lanes, n_rec), dup
+    for _, powers, bits in lanes:  # each repeat added its pair's power once more: take it out
+        bits -= np.bincount(rc[dup.at], weights=powers[cc[dup.at]],
+                            minlength=n_rec).astype(np.uint64)
+    masks = _or_lanes(lanes, n_rec)
+    inexact = counts >= _EXACT_PAIRS
+    if inexact.any():  # sums of that many powers were rounded: these records' masks pair by pair
+        rows = rows[inexact[rc[rows]]]
+        first = rows[~among(rows, dup.at)]
+        masks[inexact] = 0
         np.bitwise_or.at(masks, rc[first], np.uint64(1) << cc[first].astype(np.uint64))
     return masks, dup
+
+
+_EXACT_PAIRS = 1 << (53 - (_SUM_BITS - 1))  # float64 sums of fewer powers below 2**45 are exact
+
+
+def _or_lanes(lanes: list[tuple[int, np.ndarray, np.ndarray]], n_rec: int) -> np.ndarray | None:
+    """The masks from each lane's sums (None without lanes: more than 64 cadences)."""
+    if not lanes:
+        return None
+    masks = np.zeros(n_rec, dtype=np.uint64)
+    for lo, _, bits in lanes:
+        masks |= bits << np.uint64(lo)
+    return masks
 
 
 def _sums(r: np.ndarray, c: np.ndarray, table: np.ndarray, n_rec: int) -> np.ndarray:

@@ -497,8 +497,8 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
         masks, dup = masks_and_repeats(rc, cc, n_rec, n_cad,
                                         grouping.summer(cc, pool) if grouping else None)
         if dup is not None and "rounded" not in found:
-            collapsed = _collapsed(source, options, found, pair_rows, dup, rec_uniques[rc],
-                                   cad_values[cad])
+            collapsed = _collapsed(source, options, found, pair_rows, dup,
+                                   rec_uniques[rc[dup.at]], cad_values[cad[dup.at]])
             if collapsed is not None:
                 bad, found_now = _rounded_by(collapsed[:2], rec_uniques, rc, cad, cad_values,
                                              found.get("unusual_ids", ()))
@@ -546,9 +546,10 @@ def _collapsed(source: Source, options: InputOptions, found: dict[str, Any],
     collapsed onto one id by a spreadsheet — a repeated pair whose id ends in the zeros
     rounding leaves, on a row whose other columns say otherwise (another name, another email:
     two people, one id); None when no column does. A value empty on either row contradicts
-    nothing. Reads the input's other columns again, only when such a repeat exists (genuine
-    ids seldom end in those zeros)."""
-    tailed_rec, tailed_cad = zero_tailed(rec[dup.at]), zero_tailed(cad[dup.at])
+    nothing. ``rec``, ``cad``: the ids of each repeating row (``dup.at``). Reads the input's
+    other columns again, only when such a repeat exists (genuine ids seldom end in those
+    zeros)."""
+    tailed_rec, tailed_cad = zero_tailed(rec), zero_tailed(cad)
     suspect = np.flatnonzero(tailed_rec | tailed_cad)
     if not len(suspect):
         return None
@@ -582,8 +583,7 @@ def _collapsed(source: Source, options: InputOptions, found: dict[str, Any],
         return None
     i = int(np.flatnonzero(hit)[0])
     row_of = _row_of(found.get("position_rows"))
-    ids = f"{int(rec[dup.at[suspect[i]]])}" if tailed_rec[suspect[i]] else \
-        f"{int(cad[dup.at[suspect[i]]])}"
+    ids = f"{int(rec[suspect[i]])}" if tailed_rec[suspect[i]] else f"{int(cad[suspect[i]])}"
     seen = (f"rows {row_of(int(pair_rows[dup.earlier[suspect[i]]]))} and "
             f"{row_of(int(pair_rows[dup.at[suspect[i]]]))} give {ids} with another "
             f"{differ[i]!r}: two records made one")

@@ -203,40 +203,36 @@ class _Permutation:
 
 def _first_pieces(tmask: np.ndarray, tcount: np.ndarray, n_cad: int,
                   cad_count: np.ndarray) -> np.ndarray:
-    """(types × pieces) masks, 0-padded: a type's own set, cut into ≤5-cadence pieces if larger."""
+    """(types × pieces) masks, 0-padded: a type's own set, cut into ≤5-cadence pieces if larger
+    (as few pieces as its size needs: along cadence families when that costs no extra piece,
+    else consecutive chunks of 5 in family order)."""
     size = _popcount(tmask)
     big = np.flatnonzero(size > MAX_CADENCES_PER_CALL)
     if not len(big):
         return tmask[:, None].copy()
     blocks = _cadence_families(tmask, tcount, n_cad, cad_count)
     need = -(-size[big] // MAX_CADENCES_PER_CALL)
-    width = int(max(need.max(), len(blocks)))
-    pieces = np.zeros((len(tmask), width), dtype=np.uint64)
+    pieces = np.zeros((len(tmask), int(need.max())), dtype=np.uint64)
     pieces[:, 0] = np.where(size > MAX_CADENCES_PER_CALL, 0, tmask)
     m = tmask[big]
     by_block = np.stack([m & np.uint64(b) for b in blocks], axis=1)
-    n_block = (by_block != 0).sum(axis=1)
-    fits = n_block == need  # cutting along families costs no extra piece: take it
-    # otherwise: consecutive chunks of 5 in family order
+    nz = by_block != 0
+    fits = np.flatnonzero(nz.sum(axis=1) == need)  # along families: its parts, packed left
+    rows, cols = np.nonzero(nz[fits])
+    slot = np.cumsum(nz[fits], axis=1) - 1
+    pieces[big[fits[rows]], slot[rows, cols]] = by_block[fits[rows], cols]
+    rest = np.flatnonzero(nz.sum(axis=1) != need)
     order = np.array([b for blk in blocks for b in range(n_cad) if blk >> b & 1])
     to_family, back = _Permutation(order, n_cad), _Permutation(np.argsort(order), n_cad)
-    perm = to_family(m)
-    chunks = np.zeros((len(m), width), dtype=np.uint64)
-    for j in range(width):
-        chunk = np.zeros(len(m), dtype=np.uint64)
+    perm = to_family(m[rest])
+    for j in range(pieces.shape[1]):
+        chunk = np.zeros(len(rest), dtype=np.uint64)
         for _ in range(MAX_CADENCES_PER_CALL):
             low = _lowbit(perm)
             chunk |= low
             perm ^= low
-        chunks[:, j] = back(chunk)  # back to cadence bit positions
-    packed = np.zeros((len(m), width), dtype=np.uint64)
-    nz = by_block != 0
-    slot = np.cumsum(nz, axis=1) - 1
-    rows, cols = np.nonzero(nz)
-    packed[rows, slot[rows, cols]] = by_block[rows, cols]
-    pieces[big] = np.where(fits[:, None], packed, chunks)
-    keep = (pieces != 0).any(axis=0)
-    return pieces[:, keep]
+        pieces[big[rest], j] = back(chunk)  # back to cadence bit positions
+    return pieces
 
 
 # --------------------------------------------------------------------------- search on counts

@@ -24,6 +24,7 @@ from .coded import CHUNK_ROWS as CODED_ROWS
 from .coded import VALID, coded_chunks, text_of
 from .codes import (
     Repeats,
+    both,
     cadence_codes,
     common_dictionary,
     concat,
@@ -482,6 +483,7 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
 
     with ThreadPoolExecutor(1) as pool:
         rc, rec_uniques, grouping = encode_parts(rec, pool)
+        coding = pool.submit(cadence_codes, cad, len(cad_values), mod, len(names))
         if "rounded" not in found:
             refused = _rounded(rc, rec_uniques, cad, cad_values)
             if refused is not None and refused[0] is None:  # only a warning to give
@@ -489,7 +491,7 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
             elif refused is not None:
                 return refuse(*refused, rec)
         del rec
-        cc, used = cadence_codes(cad, len(cad_values), mod, len(names))
+        cc, used = coding.result()
         cad_text = pc.cast(arrow_of(cad_values[used % len(cad_values)], pa.uint64()),
                            pa.string())
         cad_module = used // len(cad_values)
@@ -508,7 +510,8 @@ def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
             dup_rows, dup_first = pair_rows[dup.at], pair_rows[dup.earlier]
             keep = np.ones(len(rc), dtype=bool)
             keep[dup.at] = False
-            pair_rows, rc, cc, mod = pair_rows[keep], rc[keep], cc[keep], mod[keep]
+            (pair_rows, rc), (cc, mod) = both(lambda *arrays: [a[keep] for a in arrays],
+                                              [(pair_rows, rc), (cc, mod)], pool)
     return InputScan(
         source=source, options=options, rows=rows, invalid=invalid,
         invalid_examples=examples, pair_rows=pair_rows,

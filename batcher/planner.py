@@ -1021,7 +1021,7 @@ def _plan_by_masks(names: list[str], rec: np.ndarray, n_rec: int, slots: _Slots,
         has = own != 0
         if not has.any():
             continue
-        if hi - lo == slots.n:  # the only module: its sets are the distinct masks already
+        if hi - lo == slots.n and has.all():  # the only module: its sets are the masks'
             record_type, tmask, tcount, recs = gtype, gmask, gcount, np.arange(n_rec)
         else:
             ftype, tmask = _factorize(own[has])
@@ -1065,11 +1065,16 @@ def _mask_pairs(rec: np.ndarray, n_rec: int, slots: _Slots, recs: np.ndarray,
         if several_modules:
             pos = np.flatnonzero((c >= slot_of_bit[0]) & (c <= slot_of_bit[-1]))
             r, c = r[pos], c[pos]
-        local_rec = np.full(n_rec, -1, dtype=np.int64)
-        local_rec[recs] = np.arange(len(recs))
-        local_cad = np.full(slots.n, -1, dtype=np.int64)
-        local_cad[slot_of_bit] = np.arange(len(slot_of_bit))
-        return pos, local_rec[r], local_cad[c]
+        # the only module's records and cadences are mostly numbered as the part's already
+        if len(recs) != n_rec:
+            local_rec = np.full(n_rec, -1, dtype=np.int64)
+            local_rec[recs] = np.arange(len(recs))
+            r = local_rec[r]
+        if not np.array_equal(slot_of_bit, np.arange(slots.n)):
+            local_cad = np.full(slots.n, -1, dtype=np.int64)
+            local_cad[slot_of_bit] = np.arange(len(slot_of_bit))
+            c = local_cad[c]
+        return pos, r, c
     return pairs
 
 

@@ -987,6 +987,23 @@ def test_a_pair_repeated_beyond_exact_sums_keeps_its_record_mask_exact(copies):
     assert dup.earlier.tolist() == [0] * (copies - 1) + [copies + 1]
 
 
+def test_a_pair_repeated_a_million_times_warns_of_nothing_but_the_repeats():
+    """Past 2**20 copies of a pair, its record's sum of powers passes 2**64: no numpy warning
+    may reach the terminal, and the mask stays exact."""
+    import warnings
+
+    from batcher.inputs.codes import masks_and_repeats
+
+    copies = (1 << 20) + 1
+    rc = np.concatenate([np.zeros(copies, np.int64), [0, 1]])
+    cc = np.concatenate([np.full(copies, 44, np.int32), [0, 44]]).astype(np.int32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        masks, dup = masks_and_repeats(rc, cc, 2, 50)
+    assert masks is not None and masks.tolist() == [(1 << 44) | 1, 1 << 44]
+    assert dup is not None and len(dup.at) == copies - 1
+
+
 def test_a_checked_input_is_opened_once_and_again_only_if_it_changed(tmp_path: Path):
     """`run` checks the input before its journal, then scans it: an .xlsx sheet is read whole
     when opened, so each open cost a read of the workbook (three per job)."""

@@ -404,3 +404,22 @@ def test_every_record_out_of_many_cadences_takes_the_fewest_calls(records: int,
     plan = plan_of(pairs)
     check_plan(pairs, plan)
     assert plan.n_batches == -(-cadences // 5) * -(-records // 100)
+
+
+def test_a_plan_after_the_preflight_counts_only_the_records_it_still_holds(tmp_path) -> None:
+    """The preflight drops the pairs of a cadence the org lacks: a record left without any pair
+    is no record of the plan (its counts are what `batcher plan` and the summary would say)."""
+    from batcher.inputs.scan import scan_input
+    from batcher.planreport import plan_scan
+
+    rows = ["record_id,cadence_id"] + [f"55402300000123456{r},55402300000409200{c}"
+                                       for r, c in ((1, 1), (1, 3), (2, 3), (3, 1), (3, 2))]
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join(rows) + "\n")
+    scan = scan_input(path, "Leads")
+    gone = [i for i, (_, c) in enumerate(scan.cadence_keys()) if c.endswith("3")]
+    plan = plan_scan(scan, ~np.isin(scan.codes.cadence, gone))
+    assert plan.per_module["Leads"].records == 2  # record ...4562 held only the dropped cadence
+    assert plan.per_module["Leads"].pairs == 3
+    assert sorted(r for b in plan.iter_batches() for r in b.record_ids) == [
+        "554023000001234561", "554023000001234563"]

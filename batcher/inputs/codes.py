@@ -244,7 +244,7 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
     for lo in range(0, n_cad, _SUM_BITS):
         powers = np.zeros(n_cad)  # this pass's cadences weigh a power of two, the others 0
         powers[lo:lo + _SUM_BITS] = np.ldexp(1.0, np.arange(min(n_cad, lo + _SUM_BITS) - lo))
-        bits = sums(powers).astype(np.uint64)
+        bits = _as_bits(sums(powers))
         ones += np.bitwise_count(bits)
         if n_cad <= 64:
             lanes.append((lo, powers, bits))
@@ -259,8 +259,7 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
     if not lanes or dup is None:
         return _or_lanes(lanes, n_rec), dup
     for _, powers, bits in lanes:  # each repeat added its pair's power once more: take it out
-        bits -= np.bincount(rc[dup.at], weights=powers[cc[dup.at]],
-                            minlength=n_rec).astype(np.uint64)
+        bits -= _as_bits(np.bincount(rc[dup.at], weights=powers[cc[dup.at]], minlength=n_rec))
     masks = _or_lanes(lanes, n_rec)
     inexact = counts >= _EXACT_PAIRS
     if inexact.any():  # sums of that many powers were rounded: these records' masks pair by pair
@@ -272,6 +271,14 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
 
 
 _EXACT_PAIRS = 1 << (53 - (_SUM_BITS - 1))  # float64 sums of fewer powers below 2**45 are exact
+
+
+def _as_bits(sums: np.ndarray) -> np.ndarray:
+    """Float sums of powers of two as uint64. A sum of a million repeats or more may pass
+    2**64: its value is then garbage, never a warning (its record has far more pairs than
+    one-bits, so it is found as holding repeats, and its mask made pair by pair)."""
+    with np.errstate(invalid="ignore"):
+        return sums.astype(np.uint64)
 
 
 def _or_lanes(lanes: list[tuple[int, np.ndarray, np.ndarray]], n_rec: int) -> np.ndarray | None:

@@ -74,6 +74,7 @@ from .rowstore import (
     batch_order,
     cat,
     no_answer,
+    placed,
     planned_seqs,
     positions_of,
     rows_problem,
@@ -93,17 +94,14 @@ _INSERT_OUTCOMES = (f"INSERT OR REPLACE INTO outcomes (pos, root, seq, {_OUTCOME
 
 class PlannedPairs(Protocol):
     """A plan as the journal stores it (:class:`~batcher.planner.Plan` is one): its batches in
-    index order, and for each valid row in order its batch index and its place in that batch's
-    :meth:`Batch.pairs` — read in two threads at once (the batches' text is made while the
-    pairs are placed)."""
+    index order, and where each valid row goes (:meth:`~batcher.planner.Plan.placement`: its
+    place among the batches' pairs laid end to end, each batch's in :meth:`Batch.pairs` order;
+    where each batch starts there) — read in two threads at once (the batches' text is made
+    while the pairs are placed)."""
 
     def blocks(self) -> Iterable[Batch | BatchBlock]: ...
 
-    @property
-    def pair_batch(self) -> np.ndarray: ...
-
-    @property
-    def pair_rank(self) -> np.ndarray: ...
+    def placement(self) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 #: the plan, made by the caller while the journal stores the rows
@@ -350,12 +348,13 @@ class Journal:
                     storing = pool.submit(store_rows, db, tables, chunk_rows, pool, stop, None)
                     planned = batches()
                     prepared = planning.submit(_prepared, planned.blocks(), stop)
-                    pair_batch, pair_rank = planned.pair_batch, planned.pair_rank
+                    slots, offsets = planned.placement()
                     stored = storing.result()
-                    if len(stored.places) != len(pair_batch):
-                        raise ValueError(f"plan error: {len(pair_batch)} planned pairs but "
+                    if len(stored.places) != len(slots) or offsets[-1] != len(slots):
+                        raise ValueError(f"plan error: {len(slots)} planned pairs but "
                                          f"{len(stored.places)} valid rows")
-                    seq, rank = np.asarray(pair_batch) + 1, np.asarray(pair_rank)
+                    order = placed(slots, stored.places)
+                    del slots
                 else:
                     plan: list[Batch | BatchBlock] = []
 
@@ -364,10 +363,8 @@ class Journal:
                         return Ranker(plan)  # type: ignore[arg-type]
 
                     stored = store_rows(db, tables, chunk_rows, pool, stop, ranker)
-                    seq, rank = stored.seq, stored.rank
                     prepared = planning.submit(_prepared, plan or batches, stop)
-                order, offsets = batch_order(seq, rank, stored.places)
-                del seq, rank
+                    order, offsets = batch_order(stored.seq, stored.rank, stored.places)
                 _insert_plan(db, prepared.result(), order, offsets)
             except BaseException:
                 stop.set()  # a signal or an error: the other threads stop at their next chunk

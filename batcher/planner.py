@@ -580,8 +580,7 @@ class Plan:
         self._leaves: list[_Leaves] | None = None
         self._built: list[_Built] | None = None
         self._batches_lock, self._built_lock = threading.Lock(), threading.Lock()
-        self._pair_batch: np.ndarray | None = None
-        self._pair_rank: np.ndarray | None = None
+        self._placement: tuple[np.ndarray, np.ndarray] | None = None
         self._width = max(6, len(str(max(self.n_batches - 1, 0))))
 
     def __repr__(self) -> str:
@@ -623,33 +622,43 @@ class Plan:
                 self._leaves = None  # spent
             return self._built
 
+    def placement(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each pair goes, as the journal lays the batches' pairs out: the batches in index
+        order, end to end, each batch's pairs in :meth:`Batch.pairs` order (record-major).
+        Returns (for each input pair, in input order, its place there, int64; where each batch
+        starts there, ``n_batches + 1`` entries, the last the number of pairs). Made once; the
+        caller may not change them."""
+        if self._placement is None:
+            built = self._build()
+            starts, firsts, total = [np.zeros(1, dtype=np.int64)], [], 0
+            for b in built:  # the parts' batches follow each other
+                firsts.append(total)
+                starts.append(b.starts[1:] + total)
+                total += int(b.starts[-1])
+            if len(built) == 1 and built[0].pair_pos is None:
+                slots = built[0].pair_slot  # one part holding every pair: its own places
+            else:
+                slots = np.full(self.n_pairs, -1, dtype=np.int64)
+                for b, first in zip(built, firsts, strict=True):
+                    if b.pair_pos is None:
+                        np.add(b.pair_slot, first, out=slots)
+                    else:
+                        slots[b.pair_pos] = b.pair_slot + first
+            self._placement = (slots, np.concatenate(starts))
+        return self._placement
+
     @property
     def pair_batch(self) -> np.ndarray:
         """For each input pair, in input order, the index of the batch that carries it."""
-        if self._pair_batch is None:
-            out = np.full(self.n_pairs, -1, dtype=np.int64)
-            for built, offset in zip(self._build(), self._offsets, strict=True):
-                local = built.pair_batch + offset
-                if built.pair_pos is None:
-                    out[:] = local
-                else:
-                    out[built.pair_pos] = local
-            self._pair_batch = out
-        return self._pair_batch
+        slots, starts = self.placement()
+        return np.searchsorted(starts, slots, side="right") - 1
 
     @property
     def pair_rank(self) -> np.ndarray:
         """For each input pair, in input order, its index in its batch's ``Batch.pairs()``
         (record-major): with :attr:`pair_batch`, where every pair's answer belongs."""
-        if self._pair_rank is None:
-            out = np.full(self.n_pairs, -1, dtype=np.int64)
-            for built in self._build():
-                if built.pair_pos is None:
-                    out[:] = built.pair_rank
-                else:
-                    out[built.pair_pos] = built.pair_rank
-            self._pair_rank = out
-        return self._pair_rank
+        slots, starts = self.placement()
+        return slots - starts[self.pair_batch]
 
     def _records(self) -> pa.Array | pa.ChunkedArray:
         """The record ids, made on first use when the caller handed a function."""
@@ -721,8 +730,18 @@ class _Leaves:
 @dataclass(frozen=True, slots=True)
 class _Built:
     pair_pos: np.ndarray | None  # positions of the part's pairs in the input (None: all)
-    pair_batch: np.ndarray  # per pair of the part, batch index relative to the part
-    pair_rank: np.ndarray  # per pair of the part, its index in its batch's Batch.pairs()
+    pair_slot: np.ndarray  # per pair of the part, its place in the part's batches' pairs
+    starts: np.ndarray  # where each of the part's batches starts among them (+ the end)
+
+    @property
+    def pair_batch(self) -> np.ndarray:
+        """Per pair of the part, its batch index relative to the part."""
+        return np.searchsorted(self.starts, self.pair_slot, side="right") - 1
+
+    @property
+    def pair_rank(self) -> np.ndarray:
+        """Per pair of the part, its index in its batch's Batch.pairs()."""
+        return self.pair_slot - self.starts[self.pair_batch]
 
 
 def _batches_of(part: _Part) -> tuple[_Batches, _Leaves]:
@@ -746,17 +765,20 @@ def _pairs_of(part: _Part, made: _Batches, leaves: _Leaves) -> _Built:
     # they are spent here)
     ptr, masks, batch, order = made.ptr, made.masks, leaves.batch, leaves.order
     pair_pos, pair_r, pair_c = part.pairs()
-    # a pair's place in Batch.pairs(): its record's place among the batch's records (in code
-    # order) × the batch's cadences, plus its cadence's place among them (in bit order). Per
-    # leaf: batch << _RANK_BITS | the rank of its first pair, back in leaf order (there records
-    # ascend in long runs, so what follows walks memory instead of jumping)
+    # the batches' pairs laid end to end, batch by batch, each batch's in Batch.pairs() order:
+    # a pair's place there is its batch's start + its record's place among the batch's records
+    # (in code order) × the batch's cadences + its cadence's place among them (in bit order).
+    # Per leaf: the place of its first pair, back in leaf order (there records ascend in long
+    # runs, so what follows walks memory instead of jumping)
+    width = np.bitwise_count(masks).astype(np.int64)
+    starts = np.zeros(len(masks) + 1, dtype=np.int64)
+    np.cumsum(np.diff(ptr) * width, out=starts[1:])
     first = np.arange(len(order))
     first -= ptr[batch]
-    first *= np.bitwise_count(masks[batch])
-    batch <<= _RANK_BITS
-    batch |= first
-    code = np.empty_like(batch)
-    code[order] = batch
+    first *= width[batch]
+    first += starts[batch]
+    code = np.empty_like(first)
+    code[order] = first
     del batch, order, first
     # every (record, cadence) of a record's set gets one entry, record-major then in bit order:
     # the leaves fill the entries, and each pair reads its own, found from its record's set
@@ -776,17 +798,12 @@ def _pairs_of(part: _Part, made: _Batches, leaves: _Leaves) -> _Built:
     at += np.bitwise_count(held)
     got = held.view(np.int64)  # held is spent: its memory takes the entries
     np.take(entry, at, out=got, mode="clip")  # clip: in range anyway, and no buffering
-    del at, entry
-    pair_batch = got >> _RANK_BITS
-    got &= (1 << _RANK_BITS) - 1
-    return _Built(pair_pos, pair_batch, got)
+    return _Built(pair_pos, got, starts)
 
 
 #: per cadence, the left shift that makes it the top bit of a mask
 _TO_TOP = (_MASK_BITS - 1 - np.arange(_MASK_BITS)).astype(np.uint8)
 _TOP = np.uint64(1) << np.uint64(_MASK_BITS - 1)
-#: bits of a pair's rank in its batch (below 100 records × 5 cadences); batches use the rest
-_RANK_BITS = (MAX_RECORDS_PER_CALL * MAX_CADENCES_PER_CALL - 1).bit_length()
 
 
 def _entries(leaf_mask: np.ndarray, held: np.ndarray, start: np.ndarray, code: np.ndarray,

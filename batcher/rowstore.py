@@ -256,12 +256,19 @@ def batch_order(seq: np.ndarray, rank: np.ndarray, pos: np.ndarray
     offsets = np.cumsum(counts)
     if len(seq) and (rank.min() < 0 or (rank >= counts[seq]).any()):
         raise ValueError("plan error: a row's place is beyond its batch's pairs")
-    slot = offsets[seq - 1] + rank if len(seq) else seq
-    order = np.full(len(seq), -1, dtype=np.int64)
-    order[slot] = pos
+    return placed(offsets[seq - 1] + rank if len(seq) else seq, pos), offsets
+
+
+def placed(slots: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The positions ``pos`` laid out at their places ``slots`` (one each, 0 … n - 1: the
+    batches' pairs end to end). Raises when a place is out of range or taken twice."""
+    if len(slots) and (slots.min() < 0 or slots.max() >= len(slots)):
+        raise ValueError("plan error: a row's place is beyond the batches' pairs")
+    order = np.full(len(slots), -1, dtype=np.int64)
+    order[slots] = pos
     if (order < 0).any():
         raise ValueError("plan error: a pair appears twice in one batch")
-    return order, offsets
+    return order
 
 
 class BatchOutcomes:

@@ -518,8 +518,7 @@ def _random_job(rnd):
                           "attempts": 0, "batch_id": None, "retryable": False, "done": True,
                           "pair": None})
     return table, lambda: SimpleNamespace(blocks=lambda: plan.blocks(step=3),
-                                          pair_batch=plan.pair_batch,
-                                          pair_rank=plan.pair_rank), model
+                                          placement=plan.placement), model
 
 
 def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp_path):

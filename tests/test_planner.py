@@ -58,6 +58,13 @@ def check_plan(pairs: list[Pair], plan: Plan) -> list[Batch]:
     assert max(covered.values(), default=1) == 1, "some pair is in two batches"
     assert plan.pair_batch.dtype == np.int64
     assert plan.pair_batch.tolist() == [batch_of[p] for p in pairs]
+    # the journal lays the rows out by placement: each row's place is its own pair's
+    slots, starts = plan.placement()
+    assert sorted(slots.tolist()) == list(range(len(pairs)))
+    assert np.diff(starts).tolist() == [len(b.record_ids) * len(b.cadence_ids) for b in batches]
+    for (_, r, c), place in zip(pairs, slots.tolist(), strict=True):
+        b = batch_of[(_, r, c)]
+        assert batches[b].pairs()[place - int(starts[b])] == (r, c)
     assert plan.lower_bound <= plan.n_batches <= plan.naive_batches
     assert plan.n_batches == sum(s.batches for s in plan.per_module.values())
     assert plan.lower_bound == sum(s.lower_bound for s in plan.per_module.values())

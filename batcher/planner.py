@@ -217,11 +217,12 @@ def _first_pieces(tmask: np.ndarray, tcount: np.ndarray, n_cad: int,
     m = tmask[big]
     by_block = np.stack([m & np.uint64(b) for b in blocks], axis=1)
     nz = by_block != 0
-    fits = np.flatnonzero(nz.sum(axis=1) == need)  # along families: its parts, packed left
+    along = nz.sum(axis=1) == need  # along families costs no extra piece: its parts, packed
+    fits = np.flatnonzero(along)
     rows, cols = np.nonzero(nz[fits])
     slot = np.cumsum(nz[fits], axis=1) - 1
     pieces[big[fits[rows]], slot[rows, cols]] = by_block[fits[rows], cols]
-    rest = np.flatnonzero(nz.sum(axis=1) != need)
+    rest = np.flatnonzero(~along)
     order = np.array([b for blk in blocks for b in range(n_cad) if blk >> b & 1])
     to_family, back = _Permutation(order, n_cad), _Permutation(np.argsort(order), n_cad)
     perm = to_family(m[rest])

@@ -218,13 +218,12 @@ def _notes(coded: pa.Table, status: np.ndarray) -> pa.Table:
     """``code`` only on invalid rows (``INVALID_INPUT`` when none is given), ``reason`` on all
     but valid ones; ``status``: each row's index into :data:`STATUSES`."""
     null = pa.scalar(None, pa.string())
-    invalid = status == _INVALID
-    # no text under the rows a note leaves null: if_else keeps its other side's values there
-    # (a chunk's every row would carry 'INVALID_INPUT', 4 bytes a row once compressed)
-    code = pc.coalesce(coded.column("code"), pa.scalar("INVALID_INPUT")) if invalid.any() \
-        else None
-    coded = coded.set_column(_CODE, "code", pa.nulls(len(status), pa.string()) if code is None
-                             else pc.if_else(arrow_of(invalid), code, null))
+    invalid = arrow_of(status == _INVALID)
+    # no text under the rows a note leaves null (if_else keeps its other side's values there:
+    # 'INVALID_INPUT' under every valid row, 4 bytes a row once compressed)
+    code = pc.coalesce(coded.column("code"), pa.scalar("INVALID_INPUT")).filter(invalid)
+    coded = coded.set_column(_CODE, "code", pc.replace_with_mask(
+        pa.nulls(len(status), pa.string()), invalid, code.combine_chunks()))
     return coded.set_column(_REASON, "reason", pc.if_else(arrow_of(status == _VALID), null,
                                                           coded.column("reason")))
 

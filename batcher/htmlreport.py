@@ -21,6 +21,7 @@ import functools
 import math
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -155,9 +156,10 @@ class Tally:
     def counters(self) -> dict[str, int]:
         return self.source.counters()
 
-    def iter_result_chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
+    def iter_result_chunks(self, chunk_rows: int = CHUNK_ROWS,
+                           until: threading.Event | None = None) -> Iterator[pa.Table]:
         counts, self.complete = Counts(), False
-        for chunk in self.source.iter_result_chunks(chunk_rows):
+        for chunk in self.source.iter_result_chunks(chunk_rows, until=until):
             counts.add(chunk)
             yield chunk
         self.counts, self.complete = counts, True

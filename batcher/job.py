@@ -312,6 +312,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     hashed = hashing.submit(_stamped_fingerprint, settings)
     hashing.shutdown(wait=False)
     read = _Read()
+    ahead = _ResultsAhead(settings, results, started, log)
 
     def bound() -> str:  # the fingerprint of the very bytes the scan read, or InputError
         fp, stamp = hashed.result()
@@ -319,7 +320,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
             raise InputError(f"{settings.input}: {CHANGED_WHILE_READ}")
         return fp
 
-    with _journal_for(settings, bound) as journal:
+    with ahead.let_go(), _journal_for(settings, bound) as journal:
         # a person is told when a run continues a job (its journal decides what is sent)
         log.say("start", f"resuming the job of {journal.path}" if not journal.is_new else
                 f"starting {'a dry run of ' if settings.dry_run else ''}{settings.input} -> "
@@ -339,7 +340,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
                 elif not journal.is_new:
                     check_results_capacity(results, journal.rows)
             stop = _drive(settings, read, journal, _Link(creds, endpoints, transports, env),
-                          log, stopper, redact)
+                          log, stopper, redact, ahead)
         except UsageError as exc:
             if journal.is_new:  # nothing planned, nothing sent: no results to write
                 raise
@@ -348,7 +349,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
             stop = _Stop(redact(str(exc)), exc.exit_code)
         with stopper.phase("defer"), _said_while_writing(stopper, log):
             summary = _write(settings, journal, read.scan or source, results, stop, started,
-                             log)
+                             log, ahead)
     if stop is None and stopper.requested is not None:  # the signal came while writing
         stop = _Stop(stopper.message())
     code = stop.exit_code if stop else summary.exit_code()
@@ -424,10 +425,12 @@ def _results_path(settings: RunSettings, log: JobLog) -> Path:
 
 
 def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | None,
-           results: Path, stop: _Stop | None, started: float, log: JobLog) -> Summary:
+           results: Path, stop: _Stop | None, started: float, log: JobLog,
+           ahead: _ResultsAhead) -> Summary:
     """Results, retry file and summary from the journal (or from the scan when the journal was
     never loaded: ``scan`` is the input's scan, or the input as opened when the scan did not
-    end); a failure to write them says how to get them later."""
+    end), finished by ``ahead`` when it began them while the calls went; a failure to write
+    them says how to get them later."""
     source = journal
     reason = stop.reason if stop else None
     try:
@@ -445,14 +448,17 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
             ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None),
             ("warnings", []))}
         blank = scan.blank if scan is not None else journal.get_meta("blank", 0)
-        tally = Tally(source)  # counts for the report, as the results are written
+        extra = {"dry_run": settings.dry_run, "aborted": reason, **meta}
         with log.phase(f"writing the results to {results}", "results"):
             # the run's time includes writing its results: a 10M-row job's take seconds
-            summary = write_results(
-                tally, results, duration_s=lambda: time.monotonic() - started,
-                extra={"dry_run": settings.dry_run, "aborted": reason, **meta},
-                blank=blank, carried=_carried(settings, journal, log),
-                cadence_names=journal.get_meta("cadence_names", {}))
+            if ahead.begun:
+                tally, summary = ahead.end(extra)
+            else:
+                tally = Tally(source)  # counts for the report, as the results are written
+                summary = write_results(
+                    tally, results, duration_s=lambda: time.monotonic() - started,
+                    extra=extra, blank=blank, carried=_carried(settings, journal, log),
+                    cadence_names=journal.get_meta("cadence_names", {}))
         with contextlib.suppress(BatcherError):  # `batcher report`: the job's time, all runs
             journal.set_meta("run_s", journal.get_meta("run_s", 0.0) + summary.duration_s)
     except (OSError, BatcherError, ValueError) as exc:
@@ -477,6 +483,77 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
         if stop is None:  # else the abort line says what is wrong (a damaged journal, a disk)
             log.say("report", f"the report could not be written ({exc})", always=True)
     return summary
+
+
+class _ResultsAhead:
+    """A run's results written by a thread of their own while it sends, each chunk of rows
+    once they are all settled (:meth:`Journal.iter_result_chunks`), and ended by :meth:`end`
+    once it stops: a list sent in about its own order has its results a moment after the last
+    answer, not the seconds all its rows take. CSV and Parquet only: Arrow writes them without
+    the interpreter's lock, while an .xlsx is written cell by cell in Python and would slow the
+    loop that sends."""
+
+    def __init__(self, settings: RunSettings, results: Path, started: float,
+                 log: JobLog) -> None:
+        self._settings, self._results, self._started, self._log = settings, results, started, log
+        self._until = threading.Event()  # set once the run has stopped sending
+        self._extra: dict[str, Any] = {}
+        self._thread: threading.Thread | None = None
+        self._done: tuple[Tally, Summary] | BaseException | None = None
+
+    @property
+    def begun(self) -> bool:
+        return self._thread is not None
+
+    def begin(self, journal: Journal) -> None:
+        """Start writing the loaded journal's results (called as the sending starts)."""
+        if self._results.suffix.lower() == ".xlsx":
+            return
+        self._thread = threading.Thread(target=self._write, args=(journal,),
+                                        name="batcher-results", daemon=True)
+        self._thread.start()
+
+    def _write(self, journal: Journal) -> None:
+        try:
+            # not before the first calls are on their way: they are what a run waits for
+            self._until.wait(_AHEAD_AFTER_S)
+            tally = Tally(journal)
+            summary = write_results(
+                tally, self._results, duration_s=lambda: time.monotonic() - self._started,
+                extra=lambda: self._extra, blank=journal.get_meta("blank", 0),
+                carried=_carried(self._settings, journal, self._log),
+                cadence_names=journal.get_meta("cadence_names", {}), until=self._until)
+            self._done = (tally, summary)
+        except BaseException as exc:  # handed to end(), in the caller's thread
+            self._done = exc
+
+    def end(self, extra: dict[str, Any]) -> tuple[Tally, Summary]:
+        """The rows left written with the journal as it now stands, and the summary with
+        ``extra``; raises what the writing raised."""
+        assert self._thread is not None
+        self._extra = extra
+        self._until.set()
+        self._thread.join()
+        done, self._done = self._done, None
+        if isinstance(done, BaseException):
+            raise done
+        assert done is not None
+        return done
+
+    @contextmanager
+    def let_go(self) -> Iterator[None]:
+        """Around the journal's block: a run that leaves it without :meth:`end` (an error, a
+        second signal) lets the thread go once the journal is closed: it wakes, meets the
+        journal closed, and its temporary files are removed."""
+        try:
+            yield
+        finally:
+            self._until.set()
+            if self._thread is not None:
+                self._thread.join()
+
+
+_AHEAD_AFTER_S = 0.5  # the results thread's start, after the sending's
 
 
 def _carried(settings: RunSettings, journal: Journal, log: JobLog) -> Carried | None:
@@ -558,15 +635,17 @@ class _Link:
 
 
 def _drive(settings: RunSettings, read: _Read, journal: Journal, link: _Link,
-           log: JobLog, stopper: Stopper, redact: Redactor) -> _Stop | None:
-    """The job's event loop: preflight, plan and load, send. Returns why it stopped early."""
+           log: JobLog, stopper: Stopper, redact: Redactor, ahead: _ResultsAhead
+           ) -> _Stop | None:
+    """The job's event loop: preflight, plan and load, send (``ahead`` begins the results as
+    the sending starts). Returns why it stopped early."""
     try:
         loop = _new_loop()
     except MachineLimit as exc:
         return _Stop(str(exc), exc.exit_code)
     runner = asyncio.Runner(loop_factory=lambda: loop)
     try:
-        return runner.run(_run(settings, read, journal, link, log, stopper, redact))
+        return runner.run(_run(settings, read, journal, link, log, stopper, redact, ahead))
     except asyncio.CancelledError:  # cancelled before its first step
         if stopper.requested is None:
             raise
@@ -590,7 +669,8 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 async def _run(settings: RunSettings, read: _Read, journal: Journal, link: _Link,
-               log: JobLog, stopper: Stopper, redact: Redactor) -> _Stop | None:
+               log: JobLog, stopper: Stopper, redact: Redactor, ahead: _ResultsAhead
+               ) -> _Stop | None:
     def say(text: str, event: str = "message", *, always: bool = False) -> None:
         log.say(event, redact(text), always=always)
 
@@ -614,6 +694,7 @@ async def _run(settings: RunSettings, read: _Read, journal: Journal, link: _Link
                             "them again, run its retry file as a new job")
                 if settings.dry_run:
                     return None
+                ahead.begin(journal)
                 return await _execute(settings, journal, client, auth, log, reach, redact)
         except asyncio.CancelledError:
             if stopper.requested is None:

@@ -85,9 +85,15 @@ _INSERT_BATCHES = 2000  # planned batches per INSERT statement
 _PAGE_BATCHES = 20  # a short pause for the event loop between pages
 _COUNTERS = ("calls", "retries", "throttled", "credits", "ignored_entries")
 _OPEN_STATES = ("pending", "sent")  # a 'sent' batch may or may not have been applied: re-sendable
+_OPEN = "state IN ('pending', 'sent')"  # as the batches_open index has it
 #: status (member or its text) → the text stored, for the statuses an answer may give a pair
 _OUTCOME_STATUS = {s.value: s.value for s in Status if s not in (Status.NOT_SENT, Status.DUPLICATE)}
 _OUTCOME = "status, code, message, http_status, retryable, attempts, finished_at"
+#: a batch's outcome as the results join it (:class:`~batcher.rowstore.BatchOutcomes`)
+_BATCH_OUTCOME = ("seq, batch_id, state, status, code, message, http_status, retryable,"
+                  " answered_attempts, finished_at, attempts")
+#: how soon a chunk of results is looked at again while its rows are unsettled (doubling)
+_SETTLE_PAUSE_S, _SETTLE_PAUSE_MAX_S = 0.1, 1.0
 _INSERT_OUTCOMES = (f"INSERT OR REPLACE INTO outcomes (pos, root, seq, {_OUTCOME})"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -645,19 +651,22 @@ class Journal:
 
     # ------------------------------------------------------------------ results
 
-    def iter_result_chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
+    def iter_result_chunks(self, chunk_rows: int = CHUNK_ROWS, *,
+                           until: threading.Event | None = None) -> Iterator[pa.Table]:
         """Every row in input order, as tables of :data:`RESULT_SCHEMA`: the stored rows, each
         planned row joined with its batch's outcome unless a pair outcome of its own overrides
-        it."""
-        batches = self._query(
-            "SELECT seq, batch_id, state, status, code, message, http_status, retryable,"
-            " answered_attempts, finished_at, attempts FROM batches ORDER BY seq")
-        outcome = BatchOutcomes(batches)
-        # pairs moved to a batch that was sent and never answered say so, as its own pairs do
-        unanswered = {row[0]: row[10] for row in batches if row[2] == "sent"}
+        it.
+
+        ``until``: while the run still sends, unset; each chunk then waits until its rows are
+        settled — every batch they are in answered, which nothing later in the run changes (a
+        batch answered is never sent again, and retry rounds are planned only as a run starts)
+        — or until it is set, and comes as the journal then stands. So the results are written
+        while the calls go: the rows of a list sent in about its own order are written long
+        before the last answer. Without it, every chunk comes as the journal stands now."""
         loaded = self._meta(_K_LOADED)
         seq = planned_seqs(self._query("SELECT seq, npairs, positions FROM batches"
                                        " WHERE parent IS NULL"), self.rows)
+        every: tuple[BatchOutcomes, dict[int, int]] | None = None  # read once the run stopped
         first = 0
         while True:
             got = self._query("SELECT first, data FROM row_chunks WHERE first > ?"
@@ -668,15 +677,63 @@ class Journal:
             stored = text_of(ipc.open_stream(data).read_all())
             for start in range(0, stored.num_rows, chunk_rows):
                 part = stored.slice(start, chunk_rows)
-                p0 = first + start
-                own = self._query(f"SELECT pos, seq, {_OUTCOME} FROM outcomes"
-                                  " WHERE pos >= ? AND pos < ? ORDER BY pos",
-                                  (p0, p0 + part.num_rows))
-                if unanswered:
-                    own = [no_answer(o, unanswered[o[1]])
-                           if o[2] == Status.NOT_SENT.value and o[1] in unanswered else o
-                           for o in own]
-                yield outcome.results(part, seq[p0 - 1:p0 - 1 + part.num_rows], p0, own, loaded)
+                p0, p1 = first + start, first + start + part.num_rows
+                planned = seq[p0 - 1:p1 - 1]
+                settled = None
+                if until is not None and not until.is_set():
+                    settled = self._settled(p0, p1, np.unique(planned[planned > 0]), until)
+                if settled is None:  # the run has stopped sending: all as it stands
+                    if every is None:
+                        batches = self._query(f"SELECT {_BATCH_OUTCOME} FROM batches"
+                                              " ORDER BY seq")
+                        every = (BatchOutcomes(batches),
+                                 {row[0]: row[10] for row in batches if row[2] == "sent"})
+                    own = self._query(f"SELECT pos, seq, {_OUTCOME} FROM outcomes"
+                                      " WHERE pos >= ? AND pos < ? ORDER BY pos", (p0, p1))
+                    outcome, unanswered = every
+                    # pairs moved to a batch sent and never answered say so, as its own do
+                    if unanswered:
+                        own = [no_answer(o, unanswered[o[1]])
+                               if o[2] == Status.NOT_SENT.value and o[1] in unanswered else o
+                               for o in own]
+                else:
+                    own, outcome = settled
+                yield outcome.results(part, planned, p0, own, loaded)
+
+    def _settled(self, p0: int, p1: int, roots: np.ndarray, until: threading.Event
+                 ) -> tuple[list[tuple], BatchOutcomes] | None:
+        """The pair outcomes of positions ``p0`` … ``p1 - 1`` and the outcomes of their batches
+        (``roots``: the rows' planned ones, and those the pair outcomes name), read at one
+        instant once none of those batches is open; None when ``until`` is set first. Looked
+        at again after a pause that doubles up to a second."""
+        pause = _SETTLE_PAUSE_S
+        while not until.wait(pause):
+            pause = min(2 * pause, _SETTLE_PAUSE_MAX_S)
+            with self._mutex, self._disk_errors():  # one instant: no answer lands between
+                if self._lock_fd < 0:
+                    raise ValueError("journal is closed")
+                own = self._db.execute(f"SELECT pos, seq, {_OUTCOME} FROM outcomes"
+                                       " WHERE pos >= ? AND pos < ? ORDER BY pos",
+                                       (p0, p1)).fetchall()
+                seqs = np.union1d(roots, np.array([o[1] for o in own], dtype=np.int64))
+                if not len(seqs):
+                    return own, BatchOutcomes([])
+                span = (int(seqs[0]), int(seqs[-1]))
+                # the last of them first: the batches go about in order, and while it is open
+                # (all the sending long, for a chunk of a list in random order) one lookup says
+                # so, not a read of every open batch
+                if self._db.execute(f"SELECT 1 FROM batches WHERE seq = ? AND {_OPEN}",
+                                    (span[1],)).fetchone():
+                    continue
+                still = self._db.execute(f"SELECT seq FROM batches WHERE {_OPEN}"
+                                         " AND seq BETWEEN ? AND ?", span).fetchall()
+                if still and np.isin(seqs, np.array(still, dtype=np.int64).ravel()).any():
+                    continue
+                batches = self._db.execute(f"SELECT {_BATCH_OUTCOME} FROM batches"
+                                           " WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                                           span).fetchall()
+            return own, BatchOutcomes(batches)
+        return None
 
 # ---------------------------------------------------------------------- helpers
 

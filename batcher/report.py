@@ -21,6 +21,7 @@ import re
 import secrets
 import shlex
 import shutil
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -71,7 +72,8 @@ class ResultSource(Protocol):
     rows: int
     started_at: str
 
-    def iter_result_chunks(self, chunk_rows: int = ...) -> Iterator[pa.Table]: ...
+    def iter_result_chunks(self, chunk_rows: int = ...,
+                           until: threading.Event | None = None) -> Iterator[pa.Table]: ...
 
     def counters(self) -> dict[str, int]: ...
 
@@ -192,9 +194,10 @@ def check_results_capacity(results_path: str | os.PathLike[str], rows: int) -> N
 
 def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *,
                   duration_s: float | Callable[[], float],
-                  extra: dict[str, Any] | None = None,
+                  extra: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
                   chunk_rows: int = CHUNK_ROWS, blank: int = 0, carried: Carried | None = None,
-                  cadence_names: Mapping[str, str] | None = None) -> Summary:
+                  cadence_names: Mapping[str, str] | None = None,
+                  until: threading.Event | None = None) -> Summary:
     """Write results (CSV; Parquet for ``.parquet``/``.pq``; a sheet for ``.xlsx``), retry file
     and summary.
 
@@ -203,7 +206,10 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     ``carried.tables()`` must stream exactly one row per results row, in order, in chunks of any
     size. ``blank``: the input's all-empty rows, counted apart from its data rows.
     ``duration_s``: the run's seconds, or a clock read once the results and retry file are
-    written (the summary then counts the time they took).
+    written (the summary then counts the time they took). ``extra``: the summary's extra
+    fields, or a function giving them once every row is written. ``until``: for the results
+    of a run still sending, set once it stops: the rows are written as they settle
+    (:meth:`~batcher.journal.Journal.iter_result_chunks`), and the files end once it is set.
 
     When ``carried``'s stream cannot be read to its end in step with the results (the input
     unreadable in part, or not lining up), the results are written again without it, and
@@ -216,12 +222,17 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     try:
         return _write_results(journal, results_path, duration_s=duration_s, extra=extra,
                               chunk_rows=chunk_rows, blank=blank, carried=carried,
-                              cadence_names=cadence_names)
+                              cadence_names=cadence_names, until=until)
     except _CarryFailed as exc:
-        extra = {**(extra or {}), "input_columns_left_out": str(exc)}
-        return _write_results(journal, results_path, duration_s=duration_s, extra=extra,
+        given, why = extra, str(exc)
+
+        def left_out() -> dict[str, Any]:
+            return {**((given() if callable(given) else given) or {}),
+                    "input_columns_left_out": why}
+
+        return _write_results(journal, results_path, duration_s=duration_s, extra=left_out,
                               chunk_rows=chunk_rows, blank=blank, carried=None,
-                              cadence_names=cadence_names)
+                              cadence_names=cadence_names, until=until)
 
 
 class _CarryFailed(Exception):
@@ -229,9 +240,11 @@ class _CarryFailed(Exception):
 
 
 def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], *,
-                   duration_s: float | Callable[[], float], extra: dict[str, Any] | None,
+                   duration_s: float | Callable[[], float],
+                   extra: dict[str, Any] | Callable[[], dict[str, Any]] | None,
                    chunk_rows: int, blank: int, carried: Carried | None,
-                   cadence_names: Mapping[str, str] | None) -> Summary:
+                   cadence_names: Mapping[str, str] | None,
+                   until: threading.Event | None) -> Summary:
     results = Path(os.path.abspath(results_path))
     check_results_capacity(results, journal.rows)
     retry, summary_file = side_paths(results)
@@ -260,7 +273,7 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
         # each).
         writers = [stack.enter_context(ThreadPoolExecutor(1, f"results-{n}")) for n in "ab"]
         written: deque[list[Future[None]]] = deque()
-        for chunk in journal.iter_result_chunks(chunk_rows=chunk_rows):
+        for chunk in journal.iter_result_chunks(chunk_rows=chunk_rows, until=until):
             if not chunk.schema.equals(RESULT_SCHEMA):
                 chunk = chunk.cast(RESULT_SCHEMA)
             beside = _carry(aligned.take, chunk.num_rows) if aligned else None
@@ -274,6 +287,8 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
             done.result()
         if aligned:
             _carry(aligned.end)
+        if callable(extra):
+            extra = extra()
         if isinstance(out, _XlsxFile) and out.cut:
             extra = {**(extra or {}), "xlsx_cells_cut": out.cut}
         summary = tally.summary(journal, duration_s=duration_s() if callable(duration_s)
@@ -837,7 +852,9 @@ class UnplannedResults:
         """What was spent before the stop (the preflight's reads, say)."""
         return self._counters()
 
-    def iter_result_chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Table]:
+    def iter_result_chunks(self, chunk_rows: int = CHUNK_ROWS,
+                           until: threading.Event | None = None) -> Iterator[pa.Table]:
+        """Every row, as the reader gave it (nothing was sent: none waits for ``until``)."""
         for t in self._tables():
             valid = pc.equal(t["status"], "valid")
             n = t.num_rows

@@ -6,16 +6,19 @@ tests prove exactness and completeness from the server's side, not from the clie
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import random
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
-from batcher.job import RunSettings, run_job
+from batcher.job import RunSettings, Transports, run_job
 from batcher.retry import RetryPolicy
 from batcher.sandbox.world import CUSTOM_VIEW, World
 
@@ -446,3 +449,53 @@ def test_calls_answered_invalid_token_are_counted_as_calls(tmp_path, serve):
     refused = [c for c in live.sandbox.calls if c.http_status == 401]
     assert refused, "no call was answered 401: revoke earlier"
     assert result.summary.calls == len(live.sandbox.calls)
+
+
+class _LastCallHeld(httpx.AsyncBaseTransport):
+    """The sandbox over loopback; the calls naming ``record`` (the list's last) wait, up to
+    20 s, until the results being written beside ``results`` hold ``rows`` rows."""
+
+    def __init__(self, record: str, results: Path, rows: int) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._record, self._results, self._rows = record.encode(), results, rows
+        self.seen = 0  # rows the results being written held while the last call waited
+
+    def _written(self) -> int:
+        rows = 0
+        for tmp in self._results.parent.glob(f".{self._results.name}.*.tmp"):
+            with open(tmp, "rb") as fh:
+                rows = max(rows, sum(1 for _ in fh) - 1)
+        return rows
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and self._record in request.content:
+            deadline = time.monotonic() + 20
+            while self.seen < self._rows and time.monotonic() < deadline:
+                self.seen = self._written()
+                await asyncio.sleep(0.05)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@pytest.mark.slow
+def test_the_results_are_written_while_the_last_calls_are_still_unanswered(tmp_path, serve):
+    """A list sent in about its own order has the results of its first rows written while its
+    last call waits for an answer — not all written after it — and the results are the same
+    as ever: every row, in order, with its outcome."""
+    cadences = [str(554023000004000000 + j) for j in range(5)]
+    rows = [("Leads", str(554023000001000000 + i), c) for i in range(12_000) for c in cadences]
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    held = _LastCallHeld(rows[-1][1], tmp_path / "out.csv", 50_000)
+
+    result = run_job(settings(tmp_path, inp), live.env, transports=Transports(api=held))
+
+    assert result.exit_code == 0, result.aborted
+    assert held.seen >= 50_000  # a chunk of rows was written before the last answer
+    results = read_results(tmp_path / "out.csv")
+    assert [(r["module"], r["record_id"], r["cadence_id"]) for r in results] == rows
+    assert {r["status"] for r in results} == {"unenrolled"}
+    assert [r["row"] for r in results] == [str(i) for i in range(1, len(rows) + 1)]
+    assert set(live.sandbox.removed) == set(rows)

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -521,6 +522,54 @@ def _random_job(rnd):
                                           placement=plan.placement), model
 
 
+def _answer_at_random(j: Journal, b: Batch, attempts: int, rnd, settle=lambda *a: None,
+                      moved=lambda *a: None) -> None:
+    """Answer sent batch ``b`` as Zoho might: lost (nothing recorded), shared or mixed groups,
+    per-pair outcomes in one or two parts, or a rejection that settles some pairs and re-plans
+    the rest per record; ``settle(batch_id, pairs, result, attempts)`` and ``moved(parent,
+    child)`` are told what was recorded."""
+    op = rnd.random()
+    if op < 0.1:
+        return  # the answer was lost: the batch is sent again later
+    if op < 0.4:
+        results = rnd.sample(_RESULTS, rnd.randint(1, 3))
+        groups = []
+        for r in b.record_ids:
+            cut = rnd.randint(0, len(b.cadence_ids))
+            for part in (b.cadence_ids[:cut], b.cadence_ids[cut:]):
+                if part:
+                    groups.append(OutcomeGroup((r,), part, *rnd.choice(results)))
+        if len(results) == 1 and rnd.random() < 0.5:
+            groups = [OutcomeGroup(b.record_ids, b.cadence_ids, *results[0])]
+        j.record_groups(b.batch_id, groups, attempts)
+        for g in groups:
+            settle(b.batch_id, [(r, c) for r in g.record_ids for c in g.cadence_ids],
+                   (g.status, g.code, g.message, g.http_status, g.retryable), attempts)
+    elif op < 0.7:
+        results = rnd.sample(_RESULTS, rnd.randint(1, 2))
+        outs = [PairOutcome(r, c, *rnd.choice(results)) for r, c in b.pairs()]
+        cut = rnd.randint(0, len(outs))
+        if cut:
+            j.record_outcomes(b.batch_id, outs[:cut], attempts, final=False)
+        j.record_outcomes(b.batch_id, outs[cut:], attempts)
+        for o in outs:
+            settle(b.batch_id, [(o.record_id, o.cadence_id)],
+                   (o.status, o.code, o.message, o.http_status, o.retryable), attempts)
+    else:  # a rejection: some pairs settled, the rest re-planned per record
+        failed = [PairOutcome(r, c, *_RESULTS[3]) for r, c in b.pairs() if rnd.random() < 0.3]
+        settled = {(o.record_id, o.cadence_id) for o in failed}
+        children = []
+        for r in b.record_ids:
+            left = tuple(c for c in b.cadence_ids if (r, c) not in settled)
+            if left:
+                children.append(Batch(f"{b.batch_id}.{len(children) + 1}", b.module, (r,),
+                                      left))
+        j.settle_and_split(b.batch_id, failed, children, attempts)
+        settle(b.batch_id, settled, _RESULTS[3], attempts)
+        for child in children:
+            moved(b, child)
+
+
 def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp_path):
     """Random plans answered at random — shared answers, mixed groups, per-pair answers given in
     two parts, splits, lost answers (re-sent later), retry rounds, a reopen — give every row the
@@ -553,6 +602,12 @@ def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp
                     status=status.value, code=code, message=message, http_status=http,
                     retryable=retryable, attempts=attempts, done=True)
 
+        def moved(parent, child, where=where):
+            for r, c in child.pairs():
+                entry = where.pop((parent.batch_id, r, c))
+                entry.update(batch_id=child.batch_id)
+                where[(child.batch_id, r, c)] = entry
+
         for _step in range(80):
             pending = list(j.pending_batches())
             if not pending:
@@ -573,50 +628,7 @@ def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp
             marked.add(b.batch_id)
             attempts = sent[b.batch_id] = j.mark_sent(b.batch_id)
             assert attempts == sent.get(b.batch_id)
-            op = rnd.random()
-            if op < 0.1:
-                continue  # the answer was lost: the batch is sent again later
-            if op < 0.4:
-                results = rnd.sample(_RESULTS, rnd.randint(1, 3))
-                groups = []
-                for r in b.record_ids:
-                    cut = rnd.randint(0, len(b.cadence_ids))
-                    for part in (b.cadence_ids[:cut], b.cadence_ids[cut:]):
-                        if part:
-                            groups.append(OutcomeGroup((r,), part, *rnd.choice(results)))
-                if len(results) == 1 and rnd.random() < 0.5:
-                    groups = [OutcomeGroup(b.record_ids, b.cadence_ids, *results[0])]
-                j.record_groups(b.batch_id, groups, attempts)
-                for g in groups:
-                    settle(b.batch_id, [(r, c) for r in g.record_ids for c in g.cadence_ids],
-                           (g.status, g.code, g.message, g.http_status, g.retryable), attempts)
-            elif op < 0.7:
-                results = rnd.sample(_RESULTS, rnd.randint(1, 2))
-                outs = [PairOutcome(r, c, *rnd.choice(results)) for r, c in b.pairs()]
-                cut = rnd.randint(0, len(outs))
-                if cut:
-                    j.record_outcomes(b.batch_id, outs[:cut], attempts, final=False)
-                j.record_outcomes(b.batch_id, outs[cut:], attempts)
-                for o in outs:
-                    settle(b.batch_id, [(o.record_id, o.cadence_id)],
-                           (o.status, o.code, o.message, o.http_status, o.retryable), attempts)
-            else:  # a rejection: some pairs settled, the rest re-planned per record
-                failed = [PairOutcome(r, c, *_RESULTS[3]) for r, c in b.pairs()
-                          if rnd.random() < 0.3]
-                settled = {(o.record_id, o.cadence_id) for o in failed}
-                children = []
-                for r in b.record_ids:
-                    left = tuple(c for c in b.cadence_ids if (r, c) not in settled)
-                    if left:
-                        children.append(Batch(f"{b.batch_id}.{len(children) + 1}", b.module,
-                                              (r,), left))
-                j.settle_and_split(b.batch_id, failed, children, attempts)
-                settle(b.batch_id, settled, _RESULTS[3], attempts)
-                for child in children:
-                    for r, c in child.pairs():
-                        entry = where.pop((b.batch_id, r, c))
-                        entry.update(batch_id=child.batch_id)
-                        where[(child.batch_id, r, c)] = entry
+            _answer_at_random(j, b, attempts, rnd, settle, moved)
             if rnd.random() < 0.05:
                 j.close()
                 j = Journal.open(path, "fp")
@@ -637,6 +649,105 @@ def test_per_batch_outcomes_equal_the_per_pair_model_for_random_answer_mixes(tmp
         assert j.retryable_failures() == sum(e["status"] == "failed" and e["retryable"]
                                              for e in model), seed
         j.close()
+
+
+def test_results_read_while_the_answers_land_are_the_results_read_after_them(
+        tmp_path, monkeypatch):
+    """The results a run writes while it sends (``until`` unset) take a chunk only once every
+    batch of its rows is answered — never a row that an answer still to come would change —
+    and, with the rest read once the run stops, equal the results read after every answer, for
+    random plans answered at random (shared and mixed answers, splits, lost answers) as a
+    reader thread reads them."""
+    import random
+
+    from batcher import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "_SETTLE_PAUSE_S", 0.0005)
+    monkeypatch.setattr(journal_module, "_SETTLE_PAUSE_MAX_S", 0.002)
+    early_chunks = 0
+    for seed in range(30):
+        rnd = random.Random(seed)
+        table, planned, _ = _random_job(rnd)
+        j = Journal.open(tmp_path / f"j{seed}.journal", "fp")
+        j.load(table, planned)
+        chunk_rows = rnd.randint(1, 30)
+        until = threading.Event()
+        read: list[tuple[bool, list[dict]]] = []  # (read before the run stopped, rows)
+        failed: list[BaseException] = []
+
+        def reader(j=j, chunk_rows=chunk_rows, until=until, read=read, failed=failed):
+            try:
+                for t in j.iter_result_chunks(chunk_rows, until=until):
+                    read.append((not until.is_set(), t.to_pylist()))
+            except BaseException as exc:  # pragma: no cover - reported below
+                failed.append(exc)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        for _step in range(60):
+            pending = list(j.pending_batches())
+            if not pending:
+                break
+            b = rnd.choice(pending)
+            _answer_at_random(j, b, j.mark_sent(b.batch_id), rnd)
+            time.sleep(rnd.choice([0, 0.0005, 0.002]))
+        until.set()
+        thread.join(30)
+        assert not thread.is_alive() and not failed, (seed, failed)
+        after = results(j, chunk_rows)
+        assert [r for _, rows in read for r in rows] == after, seed
+        for early, rows in read:
+            if early:
+                early_chunks += 1
+                assert all(r["status"] != "not_sent" for r in rows), seed
+        j.close()
+    assert early_chunks > 20  # the property held on chunks read early, not only at the end
+
+
+def test_a_chunk_of_results_waits_for_every_batch_of_its_rows_and_those_they_moved_to(
+        path: Path, monkeypatch) -> None:
+    """Rows 1-4 are b1's, row 7 b2's. Read two rows at a time while the run sends: nothing
+    comes while b1 is open; once b1 is split (a pair settled, the rest moved to new batches)
+    still nothing, since its moved pairs wait for their new batches; once those are answered
+    the rows 1-6 come (5, 6: a duplicate and an invalid row, settled from the start) and row 7
+    waits for b2 until the run stops, then comes as not_sent."""
+    from batcher import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "_SETTLE_PAUSE_S", 0.001)
+    monkeypatch.setattr(journal_module, "_SETTLE_PAUSE_MAX_S", 0.002)
+    with Journal.open(path, "fp-A") as j:
+        j.load(rows_table(), PLAN)
+        until = threading.Event()
+        chunks = j.iter_result_chunks(2, until=until)
+        got: list[dict] = []
+        def reader() -> None:
+            for t in chunks:
+                got.extend(t.to_pylist())
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        time.sleep(0.05)
+        assert got == []
+        j.settle_and_split("b1", [ok(R1, C1, Status.FAILED, code="INVALID_DATA")],
+                           [Batch("b1.1", "Leads", (R1,), (C2,)),
+                            Batch("b1.2", "Leads", (R2,), (C1, C2))], j.mark_sent("b1"))
+        time.sleep(0.05)
+        assert got == []
+        j.record_outcomes("b1.1", [ok(R1, C2)], j.mark_sent("b1.1"))
+        j.record_groups("b1.2", [OutcomeGroup((R2,), (C1, C2), Status.NOT_ENROLLED,
+                                              "SUCCESS", "not in it", 200)],
+                        j.mark_sent("b1.2"))
+        deadline = time.monotonic() + 10
+        while len(got) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        assert [(r["row"], r["status"]) for r in got] == [
+            (1, "failed"), (2, "unenrolled"), (3, "not_enrolled"), (4, "not_enrolled"),
+            (5, "duplicate"), (6, "invalid")]
+        until.set()
+        thread.join(10)
+        assert [(r["row"], r["status"]) for r in got[6:]] == [(7, "not_sent"), (8, "invalid")]
+        assert got == results(j, 2)
 
 
 @pytest.mark.parametrize("damage", ["flip", "drop"])

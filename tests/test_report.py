@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,8 +202,10 @@ class _Source:
     def counters(self) -> dict[str, int]:
         return self.real.counters()
 
-    def iter_result_chunks(self, chunk_rows: int = 50_000) -> Iterator[pa.Table]:
-        for i, chunk in enumerate(self.real.iter_result_chunks(chunk_rows=chunk_rows)):
+    def iter_result_chunks(self, chunk_rows: int = 50_000,
+                           until: threading.Event | None = None) -> Iterator[pa.Table]:
+        for i, chunk in enumerate(self.real.iter_result_chunks(chunk_rows=chunk_rows,
+                                                               until=until)):
             if self.fail_after is not None and i >= self.fail_after:
                 raise OSError("disk full")
             self.chunks += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,8 +237,9 @@ class Undercounted:
     def counters(self) -> dict[str, int]:
         return self.real.counters()
 
-    def iter_result_chunks(self, chunk_rows: int = 50_000) -> Iterator[pa.Table]:
-        return self.real.iter_result_chunks(chunk_rows)
+    def iter_result_chunks(self, chunk_rows: int = 50_000,
+                           until: threading.Event | None = None) -> Iterator[pa.Table]:
+        return self.real.iter_result_chunks(chunk_rows, until=until)
 
 
 def test_xlsx_rows_past_the_sheet_are_refused_not_dropped(journal: Journal, tmp_path: Path,

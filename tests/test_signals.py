@@ -285,7 +285,8 @@ def phase_of(job: Job, live) -> str:
     """Where a run is, seen from outside."""
     if job.results.exists():  # renamed into place once complete: the run is on its way out
         return EXITING
-    if job.writing():
+    # CSV results are written while the calls go: writing them is a phase once all are answered
+    if job.writing() and set(journal_batches(job)) <= {"answered"}:
         return "writing results"
     if not job.journal.exists():
         return "start-up"  # interpreter, imports, checks of the flags and the input
@@ -651,13 +652,22 @@ def test_a_signal_while_a_file_is_read_is_a_signal_not_a_damaged_file(tmp_path, 
 def writing_results(tmp_path, serve, n_records: int, base: int, cadence_base: int
                     ) -> tuple[list[tuple[str, str, str]], object, Job, subprocess.Popen]:
     """A job of ``n_records`` x 5 pairs started and caught once every call is answered and its
-    results are being written: (rows, live sandbox, job, process)."""
+    results are being written: (rows, live sandbox, job, process). Its rows are shuffled, so
+    none of its results is written before the last answer (CSV results are written while the
+    calls go, each 50,000 rows once they are all answered): all of them are written after it."""
     rows = square_rows(n_records, base, cadence_base)
+    random.Random(n_records).shuffle(rows)
+    calls = n_records // 100  # 100 records x 5 cadences a call
     live = serve(World.from_pairs(rows), concurrency_limit=None)
     job = Job(tmp_path / "job", rows, live.env)
     proc = job.start()
     deadline = time.monotonic() + 120
-    while not job.writing() and proc.poll() is None and time.monotonic() < deadline:
+
+    def answered() -> bool:
+        return (len(live.sandbox.calls) >= calls and job.writing()
+                and journal_batches(job) == {"answered": calls})
+
+    while not answered() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.001)
     assert proc.poll() is None and job.writing(), "never saw the results being written"
     return rows, live, job, proc

@@ -451,9 +451,10 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
         extra = {"dry_run": settings.dry_run, "aborted": reason, **meta}
         with log.phase(f"writing the results to {results}", "results"):
             # the run's time includes writing its results: a 10M-row job's take seconds
-            if ahead.begun:
+            try:  # written while the calls went; else (or when that failed: a disk full
+                # for a while, a folder replaced) from the journal now
                 tally, summary = ahead.end(extra)
-            else:
+            except (OSError, BatcherError, ValueError, _NotAhead):
                 tally = Tally(source)  # counts for the report, as the results are written
                 summary = write_results(
                     tally, results, duration_s=lambda: time.monotonic() - started,
@@ -529,8 +530,9 @@ class _ResultsAhead:
 
     def end(self, extra: dict[str, Any]) -> tuple[Tally, Summary]:
         """The rows left written with the journal as it now stands, and the summary with
-        ``extra``; raises what the writing raised."""
-        assert self._thread is not None
+        ``extra``; raises what the writing raised, or _NotAhead when it never began."""
+        if self._thread is None:
+            raise _NotAhead
         self._extra = extra
         self._until.set()
         self._thread.join()
@@ -551,6 +553,10 @@ class _ResultsAhead:
             self._until.set()
             if self._thread is not None:
                 self._thread.join()
+
+
+class _NotAhead(Exception):
+    """The results were not begun while the calls went."""
 
 
 _AHEAD_AFTER_S = 0.5  # the results thread's start, after the sending's

@@ -712,6 +712,12 @@ class Journal:
             with self._mutex, self._disk_errors():  # one instant: no answer lands between
                 if self._lock_fd < 0:
                     raise ValueError("journal is closed")
+                # the last planned batch first: the batches go about in order, and while it is
+                # open (all the sending long, for a list in random order) one lookup says so
+                if len(roots) and self._db.execute(
+                        f"SELECT 1 FROM batches WHERE seq = ? AND {_OPEN}",
+                        (int(roots[-1]),)).fetchone():
+                    continue
                 own = self._db.execute(f"SELECT pos, seq, {_OUTCOME} FROM outcomes"
                                        " WHERE pos >= ? AND pos < ? ORDER BY pos",
                                        (p0, p1)).fetchall()
@@ -719,9 +725,6 @@ class Journal:
                 if not len(seqs):
                     return own, BatchOutcomes([])
                 span = (int(seqs[0]), int(seqs[-1]))
-                # the last of them first: the batches go about in order, and while it is open
-                # (all the sending long, for a chunk of a list in random order) one lookup says
-                # so, not a read of every open batch
                 if self._db.execute(f"SELECT 1 FROM batches WHERE seq = ? AND {_OPEN}",
                                     (span[1],)).fetchone():
                     continue

@@ -287,6 +287,8 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
             done.result()
         if aligned:
             _carry(aligned.end)
+        if until is not None:  # every row settled before the run stopped: the run's end is
+            until.wait()  # what the summary tells (its time, why it stopped)
         if callable(extra):
             extra = extra()
         if isinstance(out, _XlsxFile) and out.cut:

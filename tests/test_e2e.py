@@ -499,3 +499,35 @@ def test_the_results_are_written_while_the_last_calls_are_still_unanswered(tmp_p
     assert {r["status"] for r in results} == {"unenrolled"}
     assert [r["row"] for r in results] == [str(i) for i in range(1, len(rows) + 1)]
     assert set(live.sandbox.removed) == set(rows)
+
+
+class _TempRemovedOnLastCall(_LastCallHeld):
+    """As :class:`_LastCallHeld`, then the results' hidden file is removed (a clean-up job, a
+    folder swapped): the writing done while the calls went is lost."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if request.method == "POST" and self._record in request.content:
+            for tmp in self._results.parent.glob(f".{self._results.name}.*.tmp"):
+                tmp.unlink()
+        return response
+
+
+@pytest.mark.slow
+def test_results_lost_while_the_calls_went_are_written_again_from_the_journal(tmp_path, serve):
+    """What was written while the calls went can fail (a disk full for a while, a folder
+    replaced); the run still ends with every row's results, written from the journal."""
+    cadences = [str(554023000004000000 + j) for j in range(5)]
+    rows = [("Leads", str(554023000001000000 + i), c) for i in range(12_000) for c in cadences]
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    held = _TempRemovedOnLastCall(rows[-1][1], tmp_path / "out.csv", 50_000)
+
+    result = run_job(settings(tmp_path, inp), live.env, transports=Transports(api=held))
+
+    assert result.exit_code == 0, result.aborted
+    assert held.seen >= 50_000
+    results = read_results(tmp_path / "out.csv")
+    assert [(r["module"], r["record_id"], r["cadence_id"]) for r in results] == rows
+    assert {r["status"] for r in results} == {"unenrolled"}
+    assert not list(tmp_path.glob(".out.csv.*.tmp"))

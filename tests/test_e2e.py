@@ -479,18 +479,24 @@ class _LastCallHeld(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+def _held_job(tmp_path, serve, held_by: type[_LastCallHeld]):
+    """A job of 12,000 records x 5 cadences, in order (60,000 rows), whose last call is held by
+    ``held_by`` until 50,000 results rows are written: (rows, live, transport, result)."""
+    cadences = [str(554023000004000000 + j) for j in range(5)]
+    rows = [("Leads", str(554023000001000000 + i), c) for i in range(12_000) for c in cadences]
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    held = held_by(rows[-1][1], tmp_path / "out.csv", 50_000)
+    result = run_job(settings(tmp_path, inp), live.env, transports=Transports(api=held))
+    return rows, live, held, result
+
+
 @pytest.mark.slow
 def test_the_results_are_written_while_the_last_calls_are_still_unanswered(tmp_path, serve):
     """A list sent in about its own order has the results of its first rows written while its
     last call waits for an answer — not all written after it — and the results are the same
     as ever: every row, in order, with its outcome."""
-    cadences = [str(554023000004000000 + j) for j in range(5)]
-    rows = [("Leads", str(554023000001000000 + i), c) for i in range(12_000) for c in cadences]
-    live = serve(World.from_pairs(rows))
-    inp = write_pairs(tmp_path / "in.csv", rows)
-    held = _LastCallHeld(rows[-1][1], tmp_path / "out.csv", 50_000)
-
-    result = run_job(settings(tmp_path, inp), live.env, transports=Transports(api=held))
+    rows, live, held, result = _held_job(tmp_path, serve, _LastCallHeld)
 
     assert result.exit_code == 0, result.aborted
     assert held.seen >= 50_000  # a chunk of rows was written before the last answer
@@ -517,13 +523,7 @@ class _TempRemovedOnLastCall(_LastCallHeld):
 def test_results_lost_while_the_calls_went_are_written_again_from_the_journal(tmp_path, serve):
     """What was written while the calls went can fail (a disk full for a while, a folder
     replaced); the run still ends with every row's results, written from the journal."""
-    cadences = [str(554023000004000000 + j) for j in range(5)]
-    rows = [("Leads", str(554023000001000000 + i), c) for i in range(12_000) for c in cadences]
-    live = serve(World.from_pairs(rows))
-    inp = write_pairs(tmp_path / "in.csv", rows)
-    held = _TempRemovedOnLastCall(rows[-1][1], tmp_path / "out.csv", 50_000)
-
-    result = run_job(settings(tmp_path, inp), live.env, transports=Transports(api=held))
+    rows, live, held, result = _held_job(tmp_path, serve, _TempRemovedOnLastCall)
 
     assert result.exit_code == 0, result.aborted
     assert held.seen >= 50_000

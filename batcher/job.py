@@ -502,10 +502,6 @@ class _ResultsAhead:
         self._thread: threading.Thread | None = None
         self._done: tuple[Tally, Summary] | BaseException | None = None
 
-    @property
-    def begun(self) -> bool:
-        return self._thread is not None
-
     def begin(self, journal: Journal) -> None:
         """Start writing the loaded journal's results (called as the sending starts)."""
         if self._results.suffix.lower() == ".xlsx":

@@ -387,7 +387,7 @@ def entry() -> NoReturn:
     """The ``batcher`` program. Its signals go to one stopper from its first line to its last:
     before :func:`main` takes them and after it gave them back, a signal is kept (exit 3)
     rather than a death by that signal or a traceback; once everything is said, they are
-    ignored for the few dozen milliseconds of the interpreter's shutdown."""
+    ignored, and the process exits with the code said, without the interpreter's teardown."""
     stopper = Stopper()
     handler = signal_handler(stopper)
     for sig in taken_signals():
@@ -405,7 +405,11 @@ def entry() -> NoReturn:
     sys.stderr.flush()
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    sys.exit(3 if stopper.requested is not None else code)
+    # Everything is said, written and closed: the process ends here rather than in the
+    # interpreter's teardown, where a thread a library left behind could still change the exit
+    # code just said (an Arrow pool thread calling into a finalizing interpreter aborts it:
+    # "Fatal Python error: PyGILState_Release", about once in a thousand runs) or hang it.
+    os._exit(3 if stopper.requested is not None else code)
 
 
 if __name__ == "__main__":  # pragma: no cover

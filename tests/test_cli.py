@@ -29,6 +29,22 @@ def batcher(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.parametrize(("given", "code"), [("sample", 1), ("missing", 2)])
+def test_the_program_exits_with_its_code_whatever_thread_a_library_left_running(given, code):
+    """A worker thread still running when the command is done (an Arrow pool's, an executor's)
+    neither hangs the program in the interpreter's teardown nor changes its exit code."""
+    program = ("import sys, threading\n"
+               "from batcher.cli import entry\n"
+               "threading.Thread(target=threading.Event().wait, name='a library worker').start()\n"
+               "sys.argv[0] = 'batcher'\n"
+               "entry()\n")
+    path = SAMPLE if given == "sample" else ROOT / "no-such-list.csv"
+    done = subprocess.run([sys.executable, "-c", program, "plan", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr and "Fatal" not in done.stderr
+
+
 def test_plan_json_counts_the_sample(capsys):
     code = main(["plan", str(SAMPLE), "--json"])
     doc = json.loads(capsys.readouterr().out)

@@ -312,7 +312,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     hashed = hashing.submit(_stamped_fingerprint, settings)
     hashing.shutdown(wait=False)
     read = _Read()
-    ahead = _ResultsAhead(settings, results, started, log)
+    ahead = _ResultsAhead(settings, results, started)
 
     def bound() -> str:  # the fingerprint of the very bytes the scan read, or InputError
         fp, stamp = hashed.result()
@@ -458,7 +458,8 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
                 tally = Tally(source)  # counts for the report, as the results are written
                 summary = write_results(
                     tally, results, duration_s=lambda: time.monotonic() - started,
-                    extra=extra, blank=blank, carried=_carried(settings, journal, log),
+                    extra=extra, blank=blank,
+                    carried=_carried(settings, journal, ahead.notes),
                     cadence_names=journal.get_meta("cadence_names", {}))
         with contextlib.suppress(BatcherError):  # `batcher report`: the job's time, all runs
             journal.set_meta("run_s", journal.get_meta("run_s", 0.0) + summary.duration_s)
@@ -470,8 +471,11 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
             log.say("abort", f"aborted: {reason}", always=True)
         raise AbortError(f"the results could not be written to {results} ({why}); the journal "
                          f"keeps every answer: once that is fixed, {how}") from None
-    if left_out := left_out_line(summary):
-        log.say("results", left_out, always=True)
+    # once, after the progress (the results may have been begun while the calls went, and
+    # written again from the journal)
+    for note in dict.fromkeys([*ahead.notes, left_out_line(summary)]):
+        if note:
+            log.say("results", note, always=True)
     cut = cut_cells_line(summary, None if settings.dry_run else journal.path)
     if cut:  # a cut text is said, never silent
         log.say("results", cut, always=True, cells_cut=summary.extra["xlsx_cells_cut"])
@@ -494,13 +498,14 @@ class _ResultsAhead:
     the interpreter's lock, while an .xlsx is written cell by cell in Python and would slow the
     loop that sends."""
 
-    def __init__(self, settings: RunSettings, results: Path, started: float,
-                 log: JobLog) -> None:
-        self._settings, self._results, self._started, self._log = settings, results, started, log
+    def __init__(self, settings: RunSettings, results: Path, started: float) -> None:
+        self._settings, self._results, self._started = settings, results, started
         self._until = threading.Event()  # set once the run has stopped sending
         self._extra: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
         self._done: tuple[Tally, Summary] | BaseException | None = None
+        #: what the results leave out, for the caller to say once they are written
+        self.notes: list[str] = []
 
     def begin(self, journal: Journal) -> None:
         """Start writing the loaded journal's results (called as the sending starts)."""
@@ -518,7 +523,7 @@ class _ResultsAhead:
             summary = write_results(
                 tally, self._results, duration_s=lambda: time.monotonic() - self._started,
                 extra=lambda: self._extra, blank=journal.get_meta("blank", 0),
-                carried=_carried(self._settings, journal, self._log),
+                carried=_carried(self._settings, journal, self.notes),
                 cadence_names=journal.get_meta("cadence_names", {}), until=self._until)
             self._done = (tally, summary)
         except BaseException as exc:  # handed to end(), in the caller's thread
@@ -558,20 +563,20 @@ class _NotAhead(Exception):
 _AHEAD_AFTER_S = 0.5  # the results thread's start, after the sending's
 
 
-def _carried(settings: RunSettings, journal: Journal, log: JobLog) -> Carried | None:
+def _carried(settings: RunSettings, journal: Journal, notes: list[str]) -> Carried | None:
     """The input's own columns for the results, read again; without them when the input
-    cannot be read any more (the results still say what happened to every row)."""
+    cannot be read any more (the results still say what happened to every row). What the
+    results leave out is added to ``notes``, said once they are written."""
     try:
         carried = carried_columns(settings.input, settings.input_options(),
                                   _record_list(settings, journal))
     except BatcherError as exc:
-        log.say("results", f"the input's own columns are left out of the results: {exc}",
-                always=True)
+        notes.append(f"the input's own columns are left out of the results: {exc}")
         return None
     if carried and carried.repeated:
-        log.say("results", f"{settings.input} has more than one column named "
-                f"{', '.join(map(repr, carried.repeated))}: the results carry the first of each "
-                "(rename the others to keep them)", always=True)
+        notes.append(f"{settings.input} has more than one column named "
+                     f"{', '.join(map(repr, carried.repeated))}: the results carry the first of "
+                     "each (rename the others to keep them)")
     return carried
 
 
@@ -955,14 +960,14 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
                                   for k, v in made.get("options", {}).items()})
         settings = RunSettings(input=made.get("path", "INPUT"), results=results,
                                journal=str(path), module=options.module, reading=options)
-        carried = None
+        carried, notes = None, []
         if made and Path(settings.input).exists() \
                 and journal.fingerprint == fingerprint(settings):  # the very input, unchanged
-            carried = _carried(settings, journal, JobLog(sys.stderr))
+            carried = _carried(settings, journal, notes)
         elif made:  # the results say what happened to every row all the same
             why = "is gone" if not Path(settings.input).exists() else "has changed since"
-            print(f"batcher: the input's own columns are left out of the results: "
-                  f"{settings.input} {why}", file=sys.stderr)
+            notes.append(f"the input's own columns are left out of the results: "
+                         f"{settings.input} {why}")
         try:
             summary = write_results(tally, Path(results),
                                     duration_s=journal.get_meta("run_s", 0.0),
@@ -973,7 +978,7 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
         except (OSError, ValueError) as exc:
             raise AbortError(f"the results could not be written to {results} "
                              f"({getattr(exc, 'strerror', None) or exc})") from None
-        for line in (left_out_line(summary), cut_cells_line(summary, path)):
+        for line in dict.fromkeys([*notes, left_out_line(summary), cut_cells_line(summary, path)]):
             if line:
                 print(f"batcher: {line}", file=sys.stderr)
         unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()

@@ -479,15 +479,23 @@ class _LastCallHeld(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def _held_job(tmp_path, serve, held_by: type[_LastCallHeld]):
+def _held_job(tmp_path, serve, held_by: type[_LastCallHeld], *, header: str = "", **kw):
     """A job of 12,000 records x 5 cadences, in order (60,000 rows), whose last call is held by
-    ``held_by`` until 50,000 results rows are written: (rows, live, transport, result)."""
+    ``held_by`` until 50,000 results rows are written: (rows, live, transport, result).
+    ``header``: more columns (",a,b"), their values the row's number; ``kw``: run_job's
+    ``stream``, and settings."""
     cadences = [str(554023000004000000 + j) for j in range(5)]
     rows = [("Leads", str(554023000001000000 + i), c) for i in range(12_000) for c in cadences]
     live = serve(World.from_pairs(rows))
     inp = write_pairs(tmp_path / "in.csv", rows)
+    if header:
+        more = header.count(",")
+        inp.write_text(f"module,record_id,cadence_id{header}\n" + "".join(
+            ",".join((*row, *[str(i)] * more)) + "\n" for i, row in enumerate(rows)))
     held = held_by(rows[-1][1], tmp_path / "out.csv", 50_000)
-    result = run_job(settings(tmp_path, inp), live.env, transports=Transports(api=held))
+    stream = kw.pop("stream", None)
+    result = run_job(settings(tmp_path, inp, **kw), live.env, transports=Transports(api=held),
+                     stream=stream)
     return rows, live, held, result
 
 
@@ -531,3 +539,18 @@ def test_results_lost_while_the_calls_went_are_written_again_from_the_journal(tm
     assert [(r["module"], r["record_id"], r["cadence_id"]) for r in results] == rows
     assert {r["status"] for r in results} == {"unenrolled"}
     assert not list(tmp_path.glob(".out.csv.*.tmp"))
+
+
+@pytest.mark.slow
+def test_what_the_results_leave_out_is_said_once_after_the_progress(tmp_path, serve):
+    """A column named twice: said once, after the progress lines — not amid them by the results
+    written while the calls went, nor again when they were written once more at the end."""
+    log = io.StringIO()
+    _, _, _, result = _held_job(tmp_path, serve, _TempRemovedOnLastCall, header=",Email,Email",
+                                stream=log, quiet=False, log_format="json")
+
+    assert result.exit_code == 0, result.aborted
+    events = [json.loads(line) for line in log.getvalue().splitlines()]
+    said = [i for i, e in enumerate(events) if "more than one column named" in e["message"]]
+    assert len(said) == 1, said
+    assert said[0] > max(i for i, e in enumerate(events) if e["event"] == "progress")

@@ -866,13 +866,16 @@ def _group_of(masks: np.ndarray, levels: dict[int, _Level]) -> tuple[np.ndarray,
 
 
 def _ranks(key: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Each item's index among the items of its key (0..len(counts)-1), in array order."""
+    """Each item's index among the items of its key (0..len(counts)-1), in array order;
+    ``counts``: how many items each key has."""
     small = key.astype(np.uint16) if len(counts) <= 1 << 16 else key  # radix sort
     order = np.argsort(small, kind="stable")
     starts = np.zeros(len(counts), dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
+    within = np.arange(len(key))
+    within -= np.repeat(starts, counts)  # in key order the keys are runs: no gather of them
     rank = np.empty(len(key), dtype=np.int64)
-    rank[order] = np.arange(len(key)) - starts[small[order]]
+    rank[order] = within
     return rank
 
 

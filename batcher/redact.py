@@ -4,6 +4,10 @@ A Zoho answer may echo the request's ``Authorization`` header, a proxy page may 
 exception may carry a header value. Every server-supplied text and every message batcher prints or
 stores passes through one :class:`Redactor`, which knows the run's secrets (client secret, refresh
 token, every access token obtained) and also masks anything shaped like a Zoho credential.
+
+A server may change what it echoes: a code is upper-cased (Zoho's codes are; batcher upper-cases
+them too), a token cut in two lands in two fields. Secrets are found whatever their case, and a
+word that is a piece of a secret (12 characters or more) is masked as the secret is.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ _SHAPES = re.compile(
     r"[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;)]+")
 #: Zoho's OAuth tokens, ``1000.<hex>.<hex>``, also when a text cut short ends inside one
 _ZOHO_TOKEN = re.compile(
-    r"\b1000\.[0-9a-f]{16,}\.[0-9a-f]{16,}\b|\b1000\.[0-9a-f]{8,}(?:\.[0-9a-f]*)?$")
+    r"(?i)\b1000\.[0-9a-f]{16,}\.[0-9a-f]{16,}\b|\b1000\.[0-9a-f]{8,}(?:\.[0-9a-f]*)?$")
 _SHORTEST = 4  # shorter "secrets" would mask ordinary words
-#: the shortest start of a secret masked at the end of a text cut short: shorter ones cannot be
-#: told from ordinary text (every Zoho token starts ``1000.``; a message may end in ``1000``)
+#: the shortest piece of a secret masked on its own (a word of the text, or its end when the
+#: text was cut short): shorter ones cannot be told from ordinary text (every Zoho token starts
+#: ``1000.``; a message may end in ``1000``)
 _SHORTEST_CUT = 12
+#: a word as a piece of a secret may stand in a text: between quotes, spaces, ``=`` or ``:``
+_WORD = re.compile(rf"[\w.~+/-]{{{_SHORTEST_CUT},}}")
 
 
 #: texts up to this long are remembered with their redaction: a server repeats the same few codes
@@ -42,7 +49,7 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         self._secrets: tuple[str, ...] = ()
-        self._known: tuple[tuple[str, ...], dict[str, str]] = ((), {})  # secrets, their memo
+        self._known: tuple[_Secrets, dict[str, str]] = (_Secrets(()), {})  # secrets, their memo
         for secret in secrets:
             self.add(secret)
 
@@ -51,7 +58,7 @@ class Redactor:
             return
         # longest first: a secret that contains another is masked whole
         self._secrets = tuple(sorted({*self._secrets, secret}, key=len, reverse=True))
-        self._known = (self._secrets, {})
+        self._known = (_Secrets(self._secrets), {})
 
     def __call__(self, text: str) -> str:
         if not text:
@@ -67,15 +74,32 @@ class Redactor:
         return done
 
     @staticmethod
-    def _redact(text: str, secrets: tuple[str, ...]) -> str:
-        for secret in secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-            # a message cut to a length may end with the start of a secret
-            start = text.rfind(secret[:_SHORTEST_CUT], max(0, len(text) - len(secret)))
-            if start >= 0 and len(secret) > _SHORTEST_CUT and secret.startswith(text[start:]):
-                text = text[:start] + MASK
+    def _redact(text: str, secrets: _Secrets) -> str:
+        if secrets.anywhere is not None:
+            text = secrets.anywhere.sub(MASK, text)
+            low = text.lower()
+            for secret in secrets.lowered:  # a message cut to a length may end with one's start
+                start = low.rfind(secret[:_SHORTEST_CUT], max(0, len(low) - len(secret)))
+                if start >= 0 and len(secret) > _SHORTEST_CUT and secret.startswith(low[start:]):
+                    text = text[:start] + MASK
+                    low = text.lower()
+            text = _WORD.sub(secrets.piece, text)
         return _ZOHO_TOKEN.sub(MASK, _SHAPES.sub(rf"\1{MASK}", text))
 
     def __repr__(self) -> str:
         return f"Redactor({len(self._secrets)} secrets)"
+
+
+class _Secrets:
+    """One set of secrets (longest first: one that contains another is masked whole) as the
+    redaction looks for them: anywhere in any case, and as pieces (a word of a text that is part
+    of one)."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self.lowered = tuple(s.lower() for s in secrets)
+        self.anywhere = re.compile("|".join(map(re.escape, secrets)), re.IGNORECASE) \
+            if secrets else None
+
+    def piece(self, word: re.Match[str]) -> str:
+        low = word.group().lower()
+        return MASK if any(low in secret for secret in self.lowered) else word.group()

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from batcher.cli import main
-from batcher.job import RunSettings, run_job
+from batcher.job import RunSettings, Transports, run_job
 from batcher.retry import RetryPolicy
 from batcher.sandbox.world import World
 
@@ -222,6 +222,17 @@ def test_redactor_masks_a_secret_cut_at_the_end_of_a_truncated_message(secret):
         assert masked.startswith("invalid oauth token (request had Authorization: ")
 
 
+@pytest.mark.parametrize("secret", KNOWN)
+def test_redactor_masks_a_secret_in_any_case_and_its_pieces_standing_as_words(secret):
+    r = redactor()
+    for text in (f"code {secret.upper()} here", f"{secret.swapcase()}",
+                 f"details (a={secret[:12]}, b={secret[12:]})",
+                 f'{{"x": "{secret[:-12].upper()}", "y": "{secret[-12:]}"}}'):
+        masked = r(text).lower()
+        assert not any(piece.lower() in masked for piece in pieces(secret)), (text, masked)
+    assert r(f"code {ACCESS.upper()} here") == "code *** here"
+
+
 @pytest.mark.parametrize("text,expected", [
     ("request had Authorization: Zoho-oauthtoken 1000.abc.def",
      "request had Authorization: Zoho-oauthtoken ***"),
@@ -306,3 +317,48 @@ def test_summary_and_results_json_are_still_valid_after_redaction(tmp_path, serv
     assert len(read_results(tmp_path / "out.csv")) == summary["rows"]
     assert_echo_was_redacted(tmp_path / "out.csv")
     assert leaks(folder_blobs(tmp_path), [SECRET, REFRESH, *issued_tokens(live)]) == []
+
+
+def _echoing_api(how: str) -> httpx.MockTransport:
+    """Zoho's un-enrol call answered with the request's own access token echoed back the way a
+    server may change it: as the code (which batcher upper-cases), upper-cased in the message,
+    cut in two details fields, as each record's code."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        token = request.headers["Authorization"].split()[-1]
+        ids = json.loads(request.content)["ids"]
+        error = {"status": "error", "message": "m", "details": {}}
+        if how == "record code":
+            return httpx.Response(207, json={"data": [
+                {**error, "code": token, "details": {"id": i}} for i in ids]})
+        error |= {"code": {"code": token}.get(how, "INVALID_DATA"),
+                  "message": "token " + token.upper() if how == "upper message" else "m"}
+        if how == "split":
+            error["details"] = {"a": token[:20], "b": token[20:]}
+        return httpx.Response(400, json=error)
+
+    return httpx.MockTransport(answer)
+
+
+@pytest.mark.parametrize("how", ["code", "upper message", "split", "record code"])
+def test_a_token_echoed_changed_is_still_redacted_everywhere(tmp_path, serve, capsys, how):
+    """Found by trying: a code is upper-cased after the server sent it, so an access token
+    echoed as the code reached stderr, the summary, the results, the journal and the report."""
+    rows = make_rows(40, 4, seed=2, max_k=2)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    live = serve(World.from_pairs(rows))
+    stream = io.StringIO()
+
+    result = run_job(RunSettings(input=inp, results=tmp_path / "out.csv", preflight=False,
+                                 quiet=False, timeout=2.0, retry=FAST_RETRY), live.env,
+                     transports=Transports(api=_echoing_api(how)), stream=stream)
+
+    assert result.exit_code == 1
+    failed = [r for r in read_results(tmp_path / "out.csv") if r["status"] == "failed"]
+    assert len(failed) == len(rows)
+    assert all("***" in r["code"] + r["message"] for r in failed), failed[:2]  # it was echoed
+    blobs = folder_blobs(tmp_path) | {"stream": stream.getvalue().encode(),
+                                      "stdout": capsys.readouterr().out.encode()}
+    found = [(where, needle) for secret in issued_tokens(live) for needle in pieces(secret)
+             for where, blob in blobs.items() if needle.lower().encode() in blob.lower()]
+    assert found == []

@@ -407,20 +407,25 @@ _WATCH_S = 0.1  # how soon a signal during the writing is said
 
 
 def _results_path(settings: RunSettings, log: JobLog) -> Path:
-    """Where the results go: a dry run never replaces the results of a real job."""
+    """Where the results go: a dry run never replaces the results of a real job — those it
+    finds, nor those of a real job whose journal is there (running, or stopped before its
+    results were written)."""
     results = Path(settings.results)
-    if not settings.dry_run or not results.exists():
+    if not settings.dry_run:
         return results
     summary = results.with_name(results.stem + ".summary.json")
     try:
         real = json.loads(summary.read_text(encoding="utf-8")).get("dry_run") is False
     except (OSError, ValueError, AttributeError):
         real = False
-    if not (real or settings.journal_path().exists()):
+    journal = settings.journal_path()
+    if not (real and results.exists() or journal.exists()):
         return results
     beside = results.with_name(f"{results.stem}.dry-run{results.suffix}")
-    log.say("dry_run", f"{results} holds the results of a real job; this dry run writes "
-            f"{beside}", always=True, results=str(beside))
+    whose = "holds the results of a real job" if results.exists() else \
+        f"is where the real job of {journal} writes its results"
+    log.say("dry_run", f"{results} {whose}; this dry run writes {beside}", always=True,
+            results=str(beside))
     return beside
 
 

@@ -276,6 +276,34 @@ def test_a_dry_run_never_overwrites_a_real_jobs_results(tmp_path, serve, monkeyp
     assert len(live.sandbox.calls) == calls
 
 
+def test_a_dry_run_never_takes_the_place_of_a_real_job_that_has_no_results_yet(
+        tmp_path, serve, monkeypatch, capsys):
+    """Found by trying: a real job killed before it wrote its results (or still running) left
+    its journal and no results; a dry run to the same path wrote there, and beside them the
+    retry file and summary of 'every row not_sent'."""
+    rows = make_rows(30, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    use_env(monkeypatch, live.env)
+    assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"),
+                 "--max-calls", "2"]) == 3
+    for name in ("out.csv", "out.retry.csv", "out.summary.json", "out.report.html"):
+        (tmp_path / name).unlink()  # as a kill -9 before they were written leaves it
+    capsys.readouterr()
+
+    code = main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--dry-run"])
+
+    err = capsys.readouterr().err
+    assert code == 0, err
+    beside = tmp_path / "out.dry-run.csv"
+    assert str(beside) in err and str(tmp_path / "out.journal") in err
+    assert not any((tmp_path / n).exists() for n in ("out.csv", "out.retry.csv",
+                                                       "out.summary.json"))
+    # the real job goes on from its journal, and its results are its own
+    assert main(["run", str(inp), "--results", str(tmp_path / "out.csv")]) == 0
+    assert "not_sent" not in {r["status"] for r in read_results(tmp_path / "out.csv")}
+
+
 # ---------------------------------------------------------------------- 6. --max-calls < 1
 
 

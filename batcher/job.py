@@ -80,6 +80,7 @@ from .report import (
     check_results_capacity,
     cut_cells_line,
     left_out_line,
+    side_paths,
     with_report,
     write_results,
 )
@@ -179,9 +180,29 @@ def _check(settings: RunSettings) -> None:
         raise UsageError(f"--halt-on-failures {pct:g}: give a percentage from 0 to 100 (the "
                          "share of answered pairs failed for good above which the job stops)")
     results = Path(settings.results)
-    if results.resolve() == Path(settings.input).resolve():
-        raise UsageError("--results must not be the input file")
     _check_results(results)
+    journal = settings.journal_path()
+    written = {journal: "journal", journal.with_name(journal.name + ".lock"): "journal's lock"}
+    for beside in (results, results.with_name(f"{results.stem}.dry-run{results.suffix}")):
+        written |= _written_beside(beside)
+    _not_the_input(Path(settings.input), written, f"--results {results}")
+
+
+def _written_beside(results: Path) -> dict[Path, str]:
+    """The files a job writes for these results: path → what it is."""
+    retry, summary = side_paths(results)
+    return {results: "results", retry: "retry file", summary: "summary",
+            report_path(results): "report"}
+
+
+def _not_the_input(source: Path, written: Mapping[Path, str], flag: str) -> None:
+    """UsageError when a file the command would write is its input (re-running a retry file
+    beside its own results would replace it, and its job could not be resumed)."""
+    source = source.resolve()
+    for path, what in written.items():
+        if path.resolve() == source:
+            raise UsageError(f"{flag}: the {what} would be written to {path}, which is the "
+                             "input file; give the results another name")
 
 
 def _check_results(results: Path) -> None:
@@ -961,6 +982,9 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
     with Journal.open(path, None) as journal:
         tally = Tally(journal)
         made = journal.get_meta("input") or {}
+        if made.get("path"):
+            _not_the_input(Path(made["path"]), _written_beside(Path(results)),
+                           f"--results {results}")
         options = InputOptions(**{k: tuple(v) if isinstance(v, list) else v
                                   for k, v in made.get("options", {}).items()})
         settings = RunSettings(input=made.get("path", "INPUT"), results=results,

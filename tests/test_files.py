@@ -220,6 +220,52 @@ def test_an_unusable_results_path_is_refused_before_any_call(tmp_path, serve, mo
     assert not list(tmp_path.glob("*.journal")) and not list(tmp_path.glob("out/*"))
 
 
+@pytest.mark.parametrize("input_name,args", [
+    ("job.retry.csv", ["--results", "job.csv"]),
+    ("job.csv", ["--results", "job.csv"]),
+    ("in.csv", ["--results", "job.csv", "--journal", "in.csv"]),
+    ("job.dry-run.retry.csv", ["--results", "job.csv", "--dry-run"]),
+])
+def test_no_file_a_job_writes_may_be_its_input(tmp_path, serve, monkeypatch, capsys, input_name,
+                                               args):
+    """Found by trying: `batcher run d/job.retry.csv --results d/job.csv` (a retry file run
+    beside its own results) replaced its input with the new retry file, and the same command
+    then refused to resume ('the file has changed since')."""
+    rows = make_rows(20, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / input_name, rows)
+    before = inp.read_bytes()
+    use_env(monkeypatch, live.env)
+
+    code = main(["run", str(inp), "--max-calls", "1",
+                 *[str(tmp_path / a) if a.endswith((".csv", ".journal")) else a for a in args]])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "which is the input file" in err and str(inp) in err
+    nothing_reached(live)
+    assert inp.read_bytes() == before
+
+
+def test_report_writes_no_file_over_its_jobs_input(tmp_path, serve, monkeypatch, capsys):
+    rows = make_rows(20, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "job.retry.csv", rows)
+    use_env(monkeypatch, live.env)
+    assert main(["run", str(inp), "--results", str(tmp_path / "first.csv")]) == 0
+    before = inp.read_bytes()
+    capsys.readouterr()
+
+    code = main(["report", "--journal", str(tmp_path / "first.journal"),
+                 "--results", str(tmp_path / "job.csv")])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "which is the input file" in err and "Traceback" not in err
+    assert inp.read_bytes() == before and not (tmp_path / "job.csv").exists()
+
+
 @pytest.fixture
 def read_only_folder(tmp_path):
     folder = tmp_path / "ro"

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import httpx
 import numpy as np
@@ -56,6 +56,7 @@ from .inputs import (
     RecordList,
     canonical_module,
     check_input,
+    file_stamp,
     hidden_line,
     rounding_line,
     scan_input,
@@ -89,6 +90,9 @@ from .stopping import Stopper, signals_to
 from .zoho.auth import ZohoAuth
 from .zoho.cadences import MANUAL, Cadence, fetch_cadences, preflight
 from .zoho.tokencache import default_cache
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _PREFLIGHT_LINES = 10  # cadence problems printed one per line; the rest as a count
 
@@ -333,7 +337,8 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     hashed = hashing.submit(_stamped_fingerprint, settings)
     hashing.shutdown(wait=False)
     read = _Read()
-    ahead = _ResultsAhead(settings, results, started)
+    # the input's (size, mtime) when its bytes were found to be the journal's
+    ahead = _ResultsAhead(settings, results, started, stamp=lambda: hashed.result()[1])
 
     def bound() -> str:  # the fingerprint of the very bytes the scan read, or InputError
         fp, stamp = hashed.result()
@@ -485,7 +490,7 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
                 summary = write_results(
                     tally, results, duration_s=lambda: time.monotonic() - started,
                     extra=extra, blank=blank,
-                    carried=_carried(settings, journal, ahead.notes),
+                    carried=_carried(settings, journal, ahead.notes, ahead.stamp),
                     cadence_names=journal.get_meta("cadence_names", {}))
         with contextlib.suppress(BatcherError):  # `batcher report`: the job's time, all runs
             journal.set_meta("run_s", journal.get_meta("run_s", 0.0) + summary.duration_s)
@@ -524,8 +529,11 @@ class _ResultsAhead:
     the interpreter's lock, while an .xlsx is written cell by cell in Python and would slow the
     loop that sends."""
 
-    def __init__(self, settings: RunSettings, results: Path, started: float) -> None:
+    def __init__(self, settings: RunSettings, results: Path, started: float,
+                 stamp: Callable[[], tuple[int, int]] | None = None) -> None:
         self._settings, self._results, self._started = settings, results, started
+        #: the input's (size, mtime) when its bytes were found to be the journal's
+        self.stamp = stamp
         self._until = threading.Event()  # set once the run has stopped sending
         self._extra: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
@@ -549,7 +557,7 @@ class _ResultsAhead:
             summary = write_results(
                 tally, self._results, duration_s=lambda: time.monotonic() - self._started,
                 extra=lambda: self._extra, blank=journal.get_meta("blank", 0),
-                carried=_carried(self._settings, journal, self.notes),
+                carried=_carried(self._settings, journal, self.notes, self.stamp),
                 cadence_names=journal.get_meta("cadence_names", {}), until=self._until)
             self._done = (tally, summary)
         except BaseException as exc:  # handed to end(), in the caller's thread
@@ -589,21 +597,53 @@ class _NotAhead(Exception):
 _AHEAD_AFTER_S = 0.5  # the results thread's start, after the sending's
 
 
-def _carried(settings: RunSettings, journal: Journal, notes: list[str]) -> Carried | None:
+def _carried(settings: RunSettings, journal: Journal, notes: list[str],
+             stamp: Callable[[], tuple[int, int]] | None = None) -> Carried | None:
     """The input's own columns for the results, read again; without them when the input
-    cannot be read any more (the results still say what happened to every row). What the
-    results leave out is added to ``notes``, said once they are written."""
+    cannot be read any more (the results still say what happened to every row), or is no more
+    the journal's. What the results leave out is added to ``notes``, said once they are written.
+
+    ``stamp()``: the input's (size, mtime) when this run found its bytes to be the journal's
+    (None: they are hashed now). The file is looked at again before and after it is read: when
+    it has changed since (a row's Email would be another row's), the bytes are hashed again, and
+    unless they are the journal's, the results are written without its columns."""
     try:
+        if stamp is None:
+            bound, at = _stamped_fingerprint(settings)
+            if bound != journal.fingerprint:
+                raise InputError(f"{settings.input} has changed since the job began")
+        else:
+            at = stamp()
         carried = carried_columns(settings.input, settings.input_options(),
                                   _record_list(settings, journal))
     except BatcherError as exc:
         notes.append(f"the input's own columns are left out of the results: {exc}")
         return None
-    if carried and carried.repeated:
+    if carried is None:
+        return None
+    if carried.repeated:
         notes.append(f"{settings.input} has more than one column named "
                      f"{', '.join(map(repr, carried.repeated))}: the results carry the first of "
                      "each (rename the others to keep them)")
-    return carried
+    checked = {"stamp": at}
+
+    def unchanged() -> None:
+        """InputError unless the file holds the journal's bytes (as it did at ``stamp``)."""
+        try:
+            now = file_stamp(settings.input)
+        except OSError as exc:
+            raise InputError(f"{settings.input}: cannot be read ({exc.strerror})") from None
+        if now != checked["stamp"]:
+            bound, checked["stamp"] = _stamped_fingerprint(settings)
+            if bound != journal.fingerprint:
+                raise InputError(f"{settings.input} has changed since the job began")
+
+    def tables() -> Iterator[pa.Table]:
+        unchanged()
+        yield from carried.tables()
+        unchanged()  # written to while it was read: the rows read may not be the journal's
+
+    return replace(carried, tables=tables)
 
 
 def next_command(settings: RunSettings, results: Path, summary: Summary, stopped: bool) -> str:
@@ -990,13 +1030,11 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
         settings = RunSettings(input=made.get("path", "INPUT"), results=results,
                                journal=str(path), module=options.module, reading=options)
         carried, notes = None, []
-        if made and Path(settings.input).exists() \
-                and journal.fingerprint == fingerprint(settings):  # the very input, unchanged
+        if made and Path(settings.input).exists():  # its columns, if it is the very input
             carried = _carried(settings, journal, notes)
         elif made:  # the results say what happened to every row all the same
-            why = "is gone" if not Path(settings.input).exists() else "has changed since"
             notes.append(f"the input's own columns are left out of the results: "
-                         f"{settings.input} {why}")
+                         f"{settings.input} is gone")
         try:
             summary = write_results(tally, Path(results),
                                     duration_s=journal.get_meta("run_s", 0.0),

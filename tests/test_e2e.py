@@ -541,6 +541,54 @@ def test_results_lost_while_the_calls_went_are_written_again_from_the_journal(tm
     assert not list(tmp_path.glob(".out.csv.*.tmp"))
 
 
+class _InputEdited(_LastCallHeld):
+    """As :class:`_LastCallHeld`; the input, next to the results, is written again with its
+    data rows reversed (a list edited in place while its job runs): at the first call, or once
+    the last is answered (most results rows written, their columns read from the file)."""
+
+    at_last = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        last = request.method == "POST" and self._record in request.content
+        if request.method == "POST" and not self.at_last and not getattr(self, "done", False):
+            self._reverse()
+        response = await super().handle_async_request(request)
+        if last and self.at_last:
+            self._reverse()
+        return response
+
+    def _reverse(self) -> None:
+        self.done = True
+        path = self._results.parent / "in.csv"
+        header, *lines = path.read_text().splitlines(keepends=True)
+        path.write_text(header + "".join(reversed(lines)))
+
+
+class _InputEditedAtLast(_InputEdited):
+    at_last = True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edited", [_InputEdited, _InputEditedAtLast])
+def test_an_input_edited_while_its_job_runs_gives_no_row_another_rows_columns(tmp_path, serve,
+                                                                            edited):
+    """Found by trying: a list shuffled while its job ran gave every row of the results the
+    Email of another row, and said nothing. The calls' results stand; the input's own columns
+    are left out, and that is said."""
+    log = io.StringIO()
+    rows, _, held, result = _held_job(tmp_path, serve, edited, header=",Email", stream=log,
+                                      quiet=False)
+
+    assert result.exit_code == 0, result.aborted
+    assert held.done
+    results = read_results(tmp_path / "out.csv")
+    assert [(r["module"], r["record_id"], r["cadence_id"]) for r in results] == rows
+    assert {r["status"] for r in results} == {"unenrolled"}
+    assert "Email" not in results[0]
+    said = [line for line in log.getvalue().splitlines() if "left out" in line]
+    assert len(said) == 1 and "has changed since the job began" in said[0], said
+
+
 @pytest.mark.slow
 def test_what_the_results_leave_out_is_said_once_after_the_progress(tmp_path, serve):
     """A column named twice: said once, after the progress lines — not amid them by the results

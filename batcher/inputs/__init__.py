@@ -17,6 +17,7 @@ from .scan import (
     PairCodes,
     check_input,
     file_fingerprint,
+    file_stamp,
     hidden_line,
     read_input,
     rounding_line,
@@ -28,5 +29,5 @@ from .scan import (
 
 __all__ = ["CHANGED_WHILE_READ", "DUPLICATE", "INVALID", "VALID", "InputOptions", "InputScan",
            "InputTable", "PairCodes", "RecordList", "canonical_module", "check_input",
-           "file_fingerprint", "hidden_line", "read_input", "rounding_line", "scan_input",
-           "stamped_fingerprint", "swapped_columns_line", "unusual_line"]
+           "file_fingerprint", "file_stamp", "hidden_line", "read_input", "rounding_line",
+           "scan_input", "stamped_fingerprint", "swapped_columns_line", "unusual_line"]

@@ -301,15 +301,17 @@ def stamped_fingerprint(path: str | os.PathLike[str]) -> tuple[str, tuple[int, i
     """(:func:`file_fingerprint`, the file's (size, mtime) as it was hashed: a scan's
     ``stamp``); InputError when the file changed while it was hashed. OSError when it cannot be
     read."""
-    stamp = _stamp(path)
+    stamp = file_stamp(path)
     with open(path, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    if _stamp(path) != stamp:
+    if file_stamp(path) != stamp:
         raise InputError(f"{path}: {CHANGED_WHILE_READ}")
     return digest, stamp
 
 
-def _stamp(path: str | os.PathLike[str]) -> tuple[int, int]:
+def file_stamp(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """The file's (size, mtime in ns): when it is the same, so are its bytes, short of a
+    writer that restores both. OSError when it is gone."""
     st = os.stat(path)
     return st.st_size, st.st_mtime_ns
 

@@ -230,11 +230,19 @@ class Executor:
     async def _record(self, batch: Batch, answer: Answered, attempts: int) -> None:
         """The usual answer, recorded in the journal's thread, off the event loop."""
         groups = answer.groups
-        if self._sends.pop(batch.batch_id, 1) > 1:
+        if self._unconfirmed_before(batch.batch_id):
             groups = tuple(map(_hedge, groups))
         await self._in_db_thread(self._journal.record_groups, batch.batch_id, groups, attempts)
         self._done(batch, answer.pairs)
         await self._judge((len(g.record_ids) * len(g.cadence_ids), g) for g in groups)
+
+    def _unconfirmed_before(self, batch_id: str) -> bool:
+        """Whether a send of the batch before the one answered may have been applied without
+        an answer saying so: one of an earlier run (or of the batch a requeue came from), or one
+        of this run that reached a server and was not refused outright (a timeout, a 5xx; not a
+        429, nor an expired token)."""
+        sends = self._sends.pop(batch_id, 1)
+        return sends > self._marks[batch_id] or self._maybe_applied[batch_id] > 1
 
     async def _settle(self, batch: Batch, answer, attempts: int,
                       isolation: _Isolation | None) -> list[Batch]:
@@ -517,12 +525,19 @@ def _all(batch: Batch, status: Status, code: str, message: str, http_status: int
             for r, c in batch.pairs()]
 
 
+#: the code of a "not enrolled" that an earlier send of the call, unanswered, may have caused
+AFTER_UNANSWERED_SEND = "AFTER_UNANSWERED_SEND"
+
+
 def _hedge(group: OutcomeGroup) -> OutcomeGroup:
-    """A re-sent call's "not enrolled" may be the work of an earlier send whose answer was lost."""
+    """A re-sent call's "not enrolled" may be the work of an earlier send whose answer was lost:
+    its own code, so that the counts by code tell these rows from records that were never in
+    the cadence (invariant 8: without the answer, they are not claimed as un-enrolled)."""
     if group.status != Status.NOT_ENROLLED:
         return group
-    return replace(group, message=(group.message + "; " if group.message else "") +
-                   "an earlier attempt of this call, whose answer was lost, may have removed it")
+    return replace(group, code=AFTER_UNANSWERED_SEND, message=(
+        group.message + "; " if group.message else "") +
+        "an earlier attempt of this call, whose answer was lost, may have removed it")
 
 
 def _names_one_of(batch: Batch, answer: Rejected) -> bool:

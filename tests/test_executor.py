@@ -188,6 +188,31 @@ def test_a_batch_an_earlier_run_sent_shows_every_send_and_hedges_not_enrolled(tm
                                                                       "not_enrolled"]
     assert {res[(r, cid(0))]["attempts"] for r in (rid(1), rid(2))} == {2}
     assert "an earlier attempt of this call" in res[(rid(2), cid(0))]["message"]
+    # counted apart from records that were never in the cadence
+    assert [res[(r, cid(0))]["code"] for r in (rid(1), rid(2))] == ["SUCCESS",
+                                                                    "AFTER_UNANSWERED_SEND"]
+
+
+@pytest.mark.parametrize("first,hedged", [
+    (httpx.Response(500, json={"code": "INTERNAL_ERROR", "status": "error"}), True),
+    (httpx.Response(429, json={"code": "TOO_MANY_REQUESTS", "status": "error"},
+                    headers={"Retry-After": "0"}), False),
+])
+def test_not_enrolled_is_hedged_only_after_a_send_that_may_have_been_applied(tmp_path, first,
+                                                                             hedged):
+    """Found by trying: rows a lost answer's call removed ended `not_enrolled` `SUCCESS`,
+    counted with records that were never in the cadence. A send refused outright (429) did
+    nothing, and casts no doubt."""
+    j = journal_with(tmp_path, [Batch("b000000", "Leads", (rid(1), rid(2)), (cid(0),))])
+    answer = success([rid(1)], [cid(0)])
+    answer["data"].append({"code": "SUCCESS", "status": "success", "message": "ok",
+                           "details": {"id": rid(2), "cadences": []}})
+    answers = iter([first])
+    _, sent = run(j, lambda body: next(answers, None) or httpx.Response(200, json=answer))
+    row = results(j)[(rid(2), cid(0))]
+    assert len(sent) == 2 and row["status"] == "not_enrolled"
+    assert row["code"] == ("AFTER_UNANSWERED_SEND" if hedged else "SUCCESS")
+    assert ("an earlier attempt" in row["message"]) is hedged
 
 
 def test_server_errors_are_retried_then_failed_retryable(tmp_path):

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import re
 import shlex
 import socket
 import sys
@@ -184,6 +185,11 @@ def _check(settings: RunSettings) -> None:
         raise UsageError(f"--halt-on-failures {pct:g}: give a percentage from 0 to 100 (the "
                          "share of answered pairs failed for good above which the job stops)")
     results = Path(settings.results)
+    for flag, path in (("--results", settings.results), ("--journal", settings.journal)):
+        # a nightly recipe's typo ({DATE}, {time}) would name one file every night
+        if path and (brace := re.search(r"\{[^{}]*\}", str(path))):
+            raise UsageError(f"{flag} {path}: {brace.group()} is not filled in; {{date}} is the "
+                             "one placeholder (today's UTC date, YYYY-MM-DD)")
     _check_results(results)
     journal = settings.journal_path()
     written = {journal: "journal", journal.with_name(journal.name + ".lock"): "journal's lock"}

@@ -356,6 +356,29 @@ def test_run_json_prints_the_summary_on_stdout_and_results_take_the_date(tmp_pat
     assert not list(tmp_path.glob("*{date}*"))
 
 
+@pytest.mark.parametrize("flag,name", [("--results", "nightly-{DATE}.csv"),
+                                       ("--results", "nightly-{time}.csv"),
+                                       ("--journal", "nightly-{Date}.journal")])
+def test_a_placeholder_other_than_date_is_refused_before_anything(tmp_path, serve, monkeypatch,
+                                                                  capsys, flag, name):
+    """Found by trying: `--results 'out/{DATE}.csv'` was taken literally — one file every night,
+    whose journal then refused the next night's list."""
+    rows = make_rows(10, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    args = ["--results", str(tmp_path / "out.csv")] if flag == "--journal" else []
+
+    code = main(["run", str(inp), *args, flag, str(tmp_path / name)])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "{date}" in err and name[name.index("{"):name.index("}") + 1] in err
+    assert len(err.strip().splitlines()) == 1 and not live.sandbox.calls
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
 def test_config_file_names_the_variables_that_hold_the_credentials(tmp_path, serve, monkeypatch):
     rows = make_rows(10, 2)
     live = serve(World.from_pairs(rows))

@@ -286,7 +286,7 @@ class Journal:
         except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
             raise
         except sqlite3.Error as exc:
-            raise _disk_failure(self.path, _sqlite_text(exc)) from None
+            raise _sqlite_failure(self.path, exc) from None
 
     # ------------------------------------------------------------------ counters
 
@@ -871,6 +871,15 @@ def _open_failure(path: Path, exc: sqlite3.Error) -> JournalError | JournalIOErr
         return JournalError(f"{path} is not a batcher journal ({exc})")
     if name.startswith("SQLITE_CANTOPEN"):
         return JournalError(f"cannot open journal {path}: {_sqlite_text(exc)}")
+    return _sqlite_failure(path, exc)
+
+
+def _sqlite_failure(path: Path, exc: sqlite3.Error) -> JournalIOError:
+    """A damaged file (SQLITE_CORRUPT: a journal cut short, pages overwritten) is said as such,
+    not as a disk to fix; any other failure as the disk's."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_CORRUPT"):
+        return _damaged(path, name)
     return _disk_failure(path, _sqlite_text(exc))
 
 

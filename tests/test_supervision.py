@@ -619,6 +619,27 @@ def test_results_that_cannot_be_written_name_the_command_that_recovers_them(
 # ---------------------------------------------------------------------- 7. a damaged journal
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_a_journal_cut_short_is_said_damaged_not_a_disk_to_fix(tmp_path, serve, keep):
+    """Found by trying: a journal cut short (a copy that stopped, a restore gone wrong) was
+    reported as a disk failure ('free space or fix the disk, then re-run'), which no re-run
+    fixes."""
+    live = serve(World.from_pairs(ROWS))
+    inp = write_pairs(tmp_path / "in.csv", ROWS)
+    journal = settings(tmp_path, inp).journal_path()
+    assert job(settings(tmp_path, inp, max_calls=3), live.env)[0].exit_code == 3
+    with open(journal, "r+b") as fh:
+        fh.truncate(int(journal.stat().st_size * keep))
+    calls_before = len(live.sandbox.calls)
+
+    run = cli(tmp_path, *run_args(inp, tmp_path / "out.csv", journal), env=live.env)
+
+    line = one_line(run.stderr)
+    assert run.returncode == 3 and str(journal) in line, line
+    assert "damaged journal" in line and "free space" not in line, line
+    assert len(live.sandbox.calls) == calls_before
+
+
 def damage(journal: Path, table: str) -> list[int]:
     """Overwrite the pages of one table (leaves and interior) with seeded garbage."""
     db = sqlite3.connect(journal)

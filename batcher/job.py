@@ -196,6 +196,24 @@ def _check(settings: RunSettings) -> None:
     for beside in (results, results.with_name(f"{results.stem}.dry-run{results.suffix}")):
         written |= _written_beside(beside)
     _not_the_input(Path(settings.input), written, f"--results {results}")
+    if not settings.dry_run and not journal.exists() and _real_results(results):
+        # their journal deleted, a new job would send every call again and replace them: the
+        # record of what was done (un-enrolled rows would come back as 'not enrolled')
+        raise UsageError(f"--results {results} holds the results of a real job whose journal "
+                         f"{journal} is gone; a new job would replace them: move them away, or "
+                         "give other --results")
+
+
+def _real_results(results: Path) -> bool:
+    """Whether ``results`` are there, written by a real job (its summary says so: a run's
+    ``extra.dry_run``; ``batcher report`` writes only a real job's, from its journal)."""
+    summary = side_paths(results)[1]
+    try:
+        extra = json.loads(summary.read_text(encoding="utf-8")).get("extra") or {}
+        real = extra.get("dry_run") is False or "rewritten_from_journal" in extra
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
+    return real and results.exists()
 
 
 def _written_beside(results: Path) -> dict[Path, str]:
@@ -445,13 +463,8 @@ def _results_path(settings: RunSettings, log: JobLog) -> Path:
     results = Path(settings.results)
     if not settings.dry_run:
         return results
-    summary = results.with_name(results.stem + ".summary.json")
-    try:
-        real = json.loads(summary.read_text(encoding="utf-8")).get("dry_run") is False
-    except (OSError, ValueError, AttributeError):
-        real = False
     journal = settings.journal_path()
-    if not (real and results.exists() or journal.exists()):
+    if not (_real_results(results) or journal.exists()):
         return results
     beside = results.with_name(f"{results.stem}.dry-run{results.suffix}")
     whose = "holds the results of a real job" if results.exists() else \

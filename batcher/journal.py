@@ -947,8 +947,8 @@ def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | Callable[[],
             raise JournalError(
                 f"journal {path} belongs to another input: it was made for "
                 f"{repr(was) if was else 'another file'} (fingerprint {had[:12]}), but {now} has "
-                f"fingerprint {fingerprint[:12]}. Use another --journal, or delete this one to "
-                "start over.")
+                f"fingerprint {fingerprint[:12]}. Use other --results (or another --journal), or "
+                "move this journal and its results away to start over.")
         elif not loaded:  # nothing was done yet: (re)bind to this input
             _set_meta(db, _K_VERSION, SCHEMA_VERSION)
             if not callable(fingerprint):  # else taken when the journal is loaded

@@ -350,6 +350,38 @@ def test_a_dry_run_never_takes_the_place_of_a_real_job_that_has_no_results_yet(
     assert "not_sent" not in {r["status"] for r in read_results(tmp_path / "out.csv")}
 
 
+def test_a_new_job_never_replaces_a_real_jobs_results_whose_journal_is_gone(
+        tmp_path, serve, monkeypatch, capsys):
+    """Found by trying: the journal of a finished job deleted, the same command started a new
+    job: every call sent again, and the results that said 'unenrolled' replaced by 'not
+    enrolled' — the record of what was done, lost, exit 0."""
+    rows = make_rows(30, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    use_env(monkeypatch, live.env)
+    args = ["run", str(inp), "--results", str(tmp_path / "out.csv")]
+    assert main(args) == 0
+    done = {n: (tmp_path / n).read_bytes() for n in ("out.csv", "out.summary.json")}
+    calls = len(live.sandbox.calls)
+    (tmp_path / "out.journal").unlink()
+    capsys.readouterr()
+
+    code = main(args)
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and str(tmp_path / "out.journal") in err
+    assert {n: (tmp_path / n).read_bytes() for n in done} == done
+    assert len(live.sandbox.calls) == calls
+    # nor does a dry run, journal or not
+    assert main([*args, "--dry-run"]) == 0
+    assert {n: (tmp_path / n).read_bytes() for n in done} == done
+    assert (tmp_path / "out.dry-run.csv").exists()
+    # a dry run's results are no real job's: a real run replaces them
+    assert main(["run", str(inp), "--results", str(tmp_path / "dry.csv"), "--dry-run"]) == 0
+    assert main(["run", str(inp), "--results", str(tmp_path / "dry.csv")]) == 0
+
+
 # ---------------------------------------------------------------------- 6. --max-calls < 1
 
 

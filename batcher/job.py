@@ -644,18 +644,20 @@ def _carried(settings: RunSettings, journal: Journal, notes: list[str],
         notes.append(f"{settings.input} has more than one column named "
                      f"{', '.join(map(repr, carried.repeated))}: the results carry the first of "
                      "each (rename the others to keep them)")
-    checked = {"stamp": at}
 
     def unchanged() -> None:
-        """InputError unless the file holds the journal's bytes (as it did at ``stamp``)."""
+        """InputError unless the file holds the journal's bytes (as it did at ``at``)."""
+        nonlocal at
         try:
-            now = file_stamp(settings.input)
+            if file_stamp(settings.input) == at:
+                return
+            bound, at = _stamped_fingerprint(settings)
         except OSError as exc:
             raise InputError(f"{settings.input}: cannot be read ({exc.strerror})") from None
-        if now != checked["stamp"]:
-            bound, checked["stamp"] = _stamped_fingerprint(settings)
-            if bound != journal.fingerprint:
-                raise InputError(f"{settings.input} has changed since the job began")
+        except BatcherError as exc:  # a machine limit, a change while it was hashed
+            raise InputError(str(exc)) from None
+        if bound != journal.fingerprint:
+            raise InputError(f"{settings.input} has changed since the job began")
 
     def tables() -> Iterator[pa.Table]:
         unchanged()

@@ -10,6 +10,7 @@ import asyncio
 import csv
 import io
 import json
+import os
 import random
 import time
 from dataclasses import replace
@@ -568,6 +569,14 @@ class _InputEditedAtLast(_InputEdited):
     at_last = True
 
 
+class _InputTouchedAtLast(_InputEditedAtLast):
+    """Its time changed, its bytes the same (a copy over itself, a sync that sets times)."""
+
+    def _reverse(self) -> None:
+        self.done = True
+        os.utime(self._results.parent / "in.csv")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("edited", [_InputEdited, _InputEditedAtLast])
 def test_an_input_edited_while_its_job_runs_gives_no_row_another_rows_columns(tmp_path, serve,
@@ -587,6 +596,20 @@ def test_an_input_edited_while_its_job_runs_gives_no_row_another_rows_columns(tm
     assert "Email" not in results[0]
     said = [line for line in log.getvalue().splitlines() if "left out" in line]
     assert len(said) == 1 and "has changed since the job began" in said[0], said
+
+
+@pytest.mark.slow
+def test_an_input_touched_while_its_job_runs_keeps_its_columns(tmp_path, serve):
+    """Only its time changed: its bytes are hashed again, found to be the job's, and carried."""
+    log = io.StringIO()
+    rows, _, held, result = _held_job(tmp_path, serve, _InputTouchedAtLast, header=",Email",
+                                      stream=log, quiet=False)
+
+    assert result.exit_code == 0, result.aborted
+    assert held.done
+    results = read_results(tmp_path / "out.csv")
+    assert [r["Email"] for r in results] == [str(i) for i in range(len(rows))]
+    assert "left out" not in log.getvalue()
 
 
 @pytest.mark.slow

@@ -192,10 +192,13 @@ def _check(settings: RunSettings) -> None:
                              "one placeholder (today's UTC date, YYYY-MM-DD)")
     _check_results(results)
     journal = settings.journal_path()
-    written = {journal: "journal", journal.with_name(journal.name + ".lock"): "journal's lock"}
+    written: dict[Path, str] = {}
     for beside in (results, results.with_name(f"{results.stem}.dry-run{results.suffix}")):
         written |= _written_beside(beside)
-    _not_the_input(Path(settings.input), written, f"--results {results}")
+    journals = {journal: "journal", journal.with_name(journal.name + ".lock"): "journal's lock"}
+    for path, what in journals.items():  # the results written over the journal would end the job
+        _not_the_input(path, written, f"--journal {journal}", what)
+    _not_the_input(Path(settings.input), written | journals, f"--results {results}")
     if not settings.dry_run and not journal.exists() and _real_results(results):
         # their journal deleted, a new job would send every call again and replace them: the
         # record of what was done (un-enrolled rows would come back as 'not enrolled')
@@ -223,14 +226,17 @@ def _written_beside(results: Path) -> dict[Path, str]:
             report_path(results): "report"}
 
 
-def _not_the_input(source: Path, written: Mapping[Path, str], flag: str) -> None:
-    """UsageError when a file the command would write is its input (re-running a retry file
-    beside its own results would replace it, and its job could not be resumed)."""
-    source = source.resolve()
+def _not_the_input(source: Path, written: Mapping[Path, str], flag: str,
+                   role: str = "input file") -> None:
+    """UsageError when a file the command would write is ``source``, its input (re-running a
+    retry file beside its own results would replace it, and its job could not be resumed) or
+    another file it keeps (``role``: its journal)."""
+    resolved = source.resolve()
     for path, what in written.items():
-        if path.resolve() == source:
+        if path.resolve() == resolved:
             raise UsageError(f"{flag}: the {what} would be written to {path}, which is the "
-                             "input file; give the results another name")
+                             f"{role}; give {'the results' if role == 'input file' else 'it'} "
+                             "another name")
 
 
 def _check_results(results: Path) -> None:
@@ -1040,6 +1046,7 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
     if not path.exists():
         raise UsageError(f"{path}: no such journal")
     _check_results(Path(results))
+    _not_the_input(path, _written_beside(Path(results)), f"--results {results}", "journal")
     with Journal.open(path, None) as journal:
         tally = Tally(journal)
         made = journal.get_meta("input") or {}

@@ -248,6 +248,26 @@ def test_no_file_a_job_writes_may_be_its_input(tmp_path, serve, monkeypatch, cap
     assert inp.read_bytes() == before
 
 
+@pytest.mark.parametrize("journal", ["out.csv", "out.retry.csv", "out.summary.json",
+                                     "out.report.html"])
+def test_no_file_a_job_writes_may_be_its_journal(tmp_path, serve, monkeypatch, capsys, journal):
+    """The results written over the journal (`--journal out.csv --results out.csv`) would end
+    the job: nothing left to resume from."""
+    rows = make_rows(20, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    use_env(monkeypatch, live.env)
+
+    code = main(["run", str(inp), "--results", str(tmp_path / "out.csv"),
+                 "--journal", str(tmp_path / journal)])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "which is the journal" in err and len(err.strip().splitlines()) == 1
+    nothing_reached(live)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
 def test_report_writes_no_file_over_its_jobs_input(tmp_path, serve, monkeypatch, capsys):
     rows = make_rows(20, 2)
     live = serve(World.from_pairs(rows))
@@ -264,6 +284,13 @@ def test_report_writes_no_file_over_its_jobs_input(tmp_path, serve, monkeypatch,
     assert code == 2, err
     assert "which is the input file" in err and "Traceback" not in err
     assert inp.read_bytes() == before and not (tmp_path / "job.csv").exists()
+    # nor over the journal it reads (copied under a results-like name)
+    journal = tmp_path / "copy.summary.json"
+    journal.write_bytes((tmp_path / "first.journal").read_bytes())
+    assert main(["report", "--journal", str(journal), "--results", str(tmp_path / "copy.csv")]
+                ) == 2
+    assert "which is the journal" in capsys.readouterr().err
+    assert journal.read_bytes() == (tmp_path / "first.journal").read_bytes()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from batcher.errors import InputError, UsageError
 from batcher.inputs import InputOptions, InputScan, read_input, scan_input
+from batcher.inputs.carry import carried_columns
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 BAD = SAMPLE / "bad"
@@ -462,6 +463,23 @@ def test_malformed_module_names_are_invalid(tmp_path: Path, bad_module: str):
     # shown as written, like a bad id: a typo must be findable from the results
     assert rows[0]["module"] == bad_module and repr(bad_module) in rows[0]["reason"]
     assert rows[1]["status"] == "valid"
+
+
+@pytest.mark.parametrize("far", [False, True], ids=["in the first 64 KiB", "beyond"])
+def test_a_stray_nul_byte_is_data_not_a_binary_file(tmp_path: Path, far: bool):
+    """Found by trying: one NUL byte in a text field refused the whole CSV as 'UTF-16 or
+    binary' — when it was in the file's first 64 KiB; further on, the file was read. Now a few
+    NULs are data wherever they are: in an id, that row is invalid (its reason printable); in
+    another column, carried as it is."""
+    filler = "".join(f"Leads,{554023000002000000 + i},{CAD},x\n" for i in range(5000 * far))
+    path = write(tmp_path, "module,record_id,cadence_id,Note\n" + filler
+                 + f"Leads,{REC},{CAD},a\x00b\nLeads,{REC2}\x0077,{CAD},c\n")
+    rows = rows_of(path)[-2:]
+    assert [r["status"] for r in rows] == ["valid", "invalid"]
+    assert "\\x00" in rows[1]["reason"] and "\x00" not in rows[1]["reason"]
+    carried = carried_columns(path, InputOptions())
+    notes = [n for t in carried.tables() for n in t.column("Note").to_pylist()]
+    assert notes[-2:] == ["a\x00b", "c"]
 
 
 # --------------------------------------------------------------------------- invalid ids

@@ -27,7 +27,7 @@ from ..errors import InputError, machine_limit
 from ..hostsettings import unraisable_ignored
 from .columns import require_columns
 from .dialect import detect
-from .kinds import HEAD_BYTES, one_line
+from .kinds import HEAD_BYTES, not_text, one_line
 from .options import InputOptions
 from .source import Source, empty_values, table_parts
 
@@ -39,7 +39,7 @@ def csv_source(path: Path, head: bytes, kind: str, options: InputOptions) -> Sou
     compression = None
     if kind == "csv.gz":
         compression, head = "gzip", _gunzipped_head(path)
-    if b"\x00" in head:
+    if not_text(head):
         raise InputError(f"{path}: is not UTF-8 text (it contains NUL bytes: a binary file or "
                          "UTF-16 text); save it as 'CSV UTF-8' or Parquet")
     try:
@@ -139,7 +139,7 @@ def _gunzipped_head(path: Path) -> bytes:
         raise InputError(f"{path}: a damaged or truncated gzip file ({one_line(exc)})") from None
     if not head.strip(b"\xef\xbb\xbf \t\r\n"):
         raise InputError(f"{path}: the file is empty (a gzip of nothing)")
-    if b"\x00" in head:  # Parquet, zip, another gzip, UTF-16…
+    if not_text(head):  # Parquet, zip, another gzip, UTF-16…
         raise InputError(f"{path}: a gzip of something that is not CSV text (binary data or "
                          "UTF-16 text); decompress it and pass a CSV UTF-8 or Parquet file")
     return head

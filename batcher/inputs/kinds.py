@@ -107,10 +107,25 @@ def _foreign(data: bytes) -> tuple[str, str] | None:
     return None
 
 
+#: every byte but the control characters text does not hold (all of C0 but tab, LF, CR)
+_NOT_CONTROL = bytes(b for b in range(256) if b >= 32 or b in b"\t\n\r")
+
+
+def not_text(data: bytes) -> bool:
+    """Whether bytes holding a NUL are UTF-16 (no byte-order mark) or binary data rather than
+    text: NULs two in a row (binary headers, padding), or control characters one in twenty or
+    more (UTF-16 of digits and commas has a NUL every other byte; binary data has them
+    everywhere). A stray NUL is data: an export may carry one in a text field, and refusing
+    the file for it would refuse it for one cell (or not, past its first 64 KiB)."""
+    if b"\x00" not in data:
+        return False
+    return b"\x00\x00" in data or len(data.translate(None, _NOT_CONTROL)) * 20 >= len(data)
+
+
 def _not_csv_text(data: bytes) -> tuple[str, str] | None:
-    """(found, what to do) when text-looking bytes are not CSV: NUL bytes (UTF-16 without a
-    byte-order mark, or binary data) or a web page / XML document."""
-    if b"\x00" in data:
+    """(found, what to do) when text-looking bytes are not CSV: UTF-16 without a byte-order
+    mark, or binary data (:func:`not_text`), or a web page / XML document."""
+    if not_text(data):
         return "UTF-16 text or binary data (it has NUL bytes)", "save it as CSV UTF-8"
     if _MARKUP.match(data.removeprefix(b"\xef\xbb\xbf")):
         return ("an HTML or XML document (some 'Excel' exports are web pages)",

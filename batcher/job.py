@@ -95,6 +95,8 @@ from .zoho.tokencache import default_cache
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from .inputs.source import Stamp
+
 _PREFLIGHT_LINES = 10  # cadence problems printed one per line; the rest as a count
 
 
@@ -265,8 +267,8 @@ def fingerprint(settings: RunSettings) -> str:
     return _stamped_fingerprint(settings)[0]
 
 
-def _stamped_fingerprint(settings: RunSettings) -> tuple[str, tuple[int, int]]:
-    """:func:`fingerprint`, and the input's (size, mtime) as it was hashed (a scan's ``stamp``)."""
+def _stamped_fingerprint(settings: RunSettings) -> tuple[str, Stamp]:
+    """:func:`fingerprint`, and the input's stamp as it was hashed (a scan's ``stamp``)."""
     try:
         digest, stamp = stamped_fingerprint(settings.input)
     except OSError as exc:
@@ -367,7 +369,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     hashed = hashing.submit(_stamped_fingerprint, settings)
     hashing.shutdown(wait=False)
     read = _Read()
-    # the input's (size, mtime) when its bytes were found to be the journal's
+    # the input's stamp (size, times, inode) when its bytes were found to be the journal's
     ahead = _ResultsAhead(settings, results, started, stamp=lambda: hashed.result()[1])
 
     def bound() -> str:  # the fingerprint of the very bytes the scan read, or InputError
@@ -555,9 +557,9 @@ class _ResultsAhead:
     loop that sends."""
 
     def __init__(self, settings: RunSettings, results: Path, started: float,
-                 stamp: Callable[[], tuple[int, int]] | None = None) -> None:
+                 stamp: Callable[[], Stamp] | None = None) -> None:
         self._settings, self._results, self._started = settings, results, started
-        #: the input's (size, mtime) when its bytes were found to be the journal's
+        #: the input's stamp when its bytes were found to be the journal's
         self.stamp = stamp
         self._until = threading.Event()  # set once the run has stopped sending
         self._extra: dict[str, Any] = {}
@@ -623,15 +625,15 @@ _AHEAD_AFTER_S = 0.5  # the results thread's start, after the sending's
 
 
 def _carried(settings: RunSettings, journal: Journal, notes: list[str],
-             stamp: Callable[[], tuple[int, int]] | None = None) -> Carried | None:
+             stamp: Callable[[], Stamp] | None = None) -> Carried | None:
     """The input's own columns for the results, read again; without them when the input
     cannot be read any more (the results still say what happened to every row), or is no more
     the journal's. What the results leave out is added to ``notes``, said once they are written.
 
-    ``stamp()``: the input's (size, mtime) when this run found its bytes to be the journal's
-    (None: they are hashed now). The file is looked at again before and after it is read: when
-    it has changed since (a row's Email would be another row's), the bytes are hashed again, and
-    unless they are the journal's, the results are written without its columns."""
+    ``stamp()``: the input's :func:`file_stamp` when this run found its bytes to be the
+    journal's (None: they are hashed now). The file is looked at again before and after it is
+    read: when it has changed since (a row's Email would be another row's), the bytes are hashed
+    again, and unless they are the journal's, the results are written without its columns."""
     try:
         if stamp is None:
             bound, at = _stamped_fingerprint(settings)

@@ -48,7 +48,7 @@ from .ids import (
 from .options import InputOptions
 from .records import RecordList, expanded
 from .rounding import EXPORT_AS_TEXT, ROUNDED_ID, among, rounding_evidence, zero_tailed
-from .source import Source
+from .source import Source, Stamp, file_stamp
 
 _NO_IDS = np.zeros(0, dtype=np.uint64)
 
@@ -154,7 +154,7 @@ class InputScan:
     #: 0-based rows that repeat an earlier pair, ascending, and the row each repeats
     dup_rows: np.ndarray = field(repr=False)
     dup_first: np.ndarray = field(repr=False)
-    stamp: tuple[int, int] = (0, 0)
+    stamp: Stamp = (0, 0, 0, 0)
     #: module code of each cadence code (a cadence code never spans two modules)
     cadence_modules: np.ndarray | None = field(default=None, repr=False)
     #: per record code, the OR of ``1 << cadence code`` of its pairs (64 cadences or fewer)
@@ -297,7 +297,7 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
     return stamped_fingerprint(path)[0]
 
 
-def stamped_fingerprint(path: str | os.PathLike[str]) -> tuple[str, tuple[int, int]]:
+def stamped_fingerprint(path: str | os.PathLike[str]) -> tuple[str, Stamp]:
     """(:func:`file_fingerprint`, the file's (size, mtime) as it was hashed: a scan's
     ``stamp``); InputError when the file changed while it was hashed. OSError when it cannot be
     read."""
@@ -308,12 +308,6 @@ def stamped_fingerprint(path: str | os.PathLike[str]) -> tuple[str, tuple[int, i
         raise InputError(f"{path}: {CHANGED_WHILE_READ}")
     return digest, stamp
 
-
-def file_stamp(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """The file's (size, mtime in ns): when it is the same, so are its bytes, short of a
-    writer that restores both. OSError when it is gone."""
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
 
 
 def check_input(path: str | os.PathLike[str], options: InputOptions | str | None = None
@@ -460,7 +454,7 @@ def _invalid_rows(cols: dict[str, Any], bad: np.ndarray, default_module: str | N
     ], schema=_INVALID_SCHEMA)
 
 
-def _finish_scan(source: Source, options: InputOptions, stamp: tuple[int, int],
+def _finish_scan(source: Source, options: InputOptions, stamp: Stamp,
                  rows: int, invalid: int, examples: tuple, pair_rows: np.ndarray,
                  rec: np.ndarray, cad: np.ndarray, cad_values: np.ndarray, mod: np.ndarray,
                  names: list[str], found: dict[str, Any]) -> InputScan:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,17 @@ import pyarrow.compute as pc
 
 from ..arrays import numpy_of
 from .dialect import Dialect
+
+#: a file's (size, mtime, inode, ctime): see :func:`file_stamp`
+Stamp = tuple[int, int, int, int]
+
+
+def file_stamp(path: str | os.PathLike[str]) -> Stamp:
+    """The file's (size, mtime in ns, inode, ctime in ns): while it is the same, so are its
+    bytes — a writer can set the mtime back, not the ctime, and a file put in its place by a
+    rename has another inode. OSError when it is gone."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
 @dataclass(frozen=True)
@@ -38,11 +50,10 @@ class Source:
     #: an .xlsx sheet's rows hidden (a filter, or by hand) that hold data, as Excel numbers them
     hidden: tuple[int, ...] = field(default=(), repr=False, compare=False)
     #: the file's :meth:`stamp` when it was opened: a Source is reused only while it holds
-    opened: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    opened: Stamp | None = field(default=None, repr=False, compare=False)
 
-    def stamp(self) -> tuple[int, int]:
-        st = self.path.stat()
-        return st.st_size, st.st_mtime_ns
+    def stamp(self) -> Stamp:
+        return file_stamp(self.path)
 
     def still_current(self) -> bool:
         """Whether the file is as it was when opened (its kind, header and dialect hold)."""

@@ -20,7 +20,7 @@ from .csvfile import csv_raw_parts, csv_scan_parts, csv_source
 from .kinds import HEAD_BYTES, one_line, parquet_problem, parquet_text, sniff_kind
 from .options import InputOptions
 from .rounding import EXPORT_AS_TEXT
-from .source import Source, empty_values, table_parts
+from .source import Source, empty_values, file_stamp, table_parts
 
 _PARQUET_MAGIC = b"PAR1"
 _BATCH_ROWS = 1 << 18  # rows a batch of the second pass holds: memory stays flat
@@ -122,7 +122,7 @@ def open_source(path: Path, options: InputOptions) -> Source:
                          "more than once (to check, plan and write the results) and binds the "
                          "journal to it: save the list to a file and give that")
     try:
-        st = path.stat()
+        stamp = file_stamp(path)
         with open(path, "rb") as fh:
             head = fh.read(HEAD_BYTES)
     except OSError as exc:
@@ -136,7 +136,7 @@ def open_source(path: Path, options: InputOptions) -> Source:
         src = _xlsx_source(path, options)
     else:
         src = csv_source(path, head, kind, options)
-    return replace(src, opened=(st.st_size, st.st_mtime_ns))
+    return replace(src, opened=stamp)
 
 
 def _parquet_source(path: Path, head: bytes, options: InputOptions) -> Source:

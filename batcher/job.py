@@ -201,24 +201,30 @@ def _check(settings: RunSettings) -> None:
     for path, what in journals.items():  # the results written over the journal would end the job
         _not_the_input(path, written, f"--journal {journal}", what)
     _not_the_input(Path(settings.input), written | journals, f"--results {results}")
-    if not settings.dry_run and not journal.exists() and _real_results(results):
+    real = _real_results(results)
+    if not settings.dry_run and not journal.exists() and real:
         # their journal deleted, a new job would send every call again and replace them: the
         # record of what was done (un-enrolled rows would come back as 'not enrolled')
-        raise UsageError(f"--results {results} holds the results of a real job whose journal "
-                         f"{journal} is gone; a new job would replace them: move them away, or "
-                         "give other --results")
+        raise UsageError(f"--results {results}: {real} holds the results of a real job whose "
+                         f"journal {journal} is gone; a new job would replace them (and their "
+                         "summary, retry file and report): move them away, or give other "
+                         "--results")
 
 
-def _real_results(results: Path) -> bool:
-    """Whether ``results`` are there, written by a real job (its summary says so: a run's
-    ``extra.dry_run``; ``batcher report`` writes only a real job's, from its journal)."""
+def _real_results(results: Path) -> Path | None:
+    """The results of a real job that writing ``results`` would replace, or whose summary,
+    retry file and report it would (every extension of a stem shares them); else None. Real:
+    its summary says so (a run's ``extra.dry_run``; ``batcher report`` writes only a real
+    job's, from its journal), and the results it names are there."""
     summary = side_paths(results)[1]
     try:
-        extra = json.loads(summary.read_text(encoding="utf-8")).get("extra") or {}
+        doc = json.loads(summary.read_text(encoding="utf-8"))
+        extra = doc.get("extra") or {}
         real = extra.get("dry_run") is False or "rewritten_from_journal" in extra
+        named = Path(doc.get("results") or results)
     except (OSError, ValueError, AttributeError, TypeError):
-        return False
-    return real and results.exists()
+        return None
+    return next((p for p in (results, named) if real and p.exists()), None)
 
 
 def _written_beside(results: Path) -> dict[Path, str]:
@@ -475,8 +481,10 @@ def _results_path(settings: RunSettings, log: JobLog) -> Path:
     if not (_real_results(results) or journal.exists()):
         return results
     beside = results.with_name(f"{results.stem}.dry-run{results.suffix}")
-    whose = "holds the results of a real job" if results.exists() else \
-        f"is where the real job of {journal} writes its results"
+    real = _real_results(results)
+    whose = f"is where the real job of {journal} writes its results" if real is None else \
+        "holds the results of a real job" if real == results else \
+        f"shares its summary, retry file and report with the real job's results {real}"
     log.say("dry_run", f"{results} {whose}; this dry run writes {beside}", always=True,
             results=str(beside))
     return beside

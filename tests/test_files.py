@@ -404,6 +404,14 @@ def test_a_new_job_never_replaces_a_real_jobs_results_whose_journal_is_gone(
     assert main([*args, "--dry-run"]) == 0
     assert {n: (tmp_path / n).read_bytes() for n in done} == done
     assert (tmp_path / "out.dry-run.csv").exists()
+    # nor, under another extension, their summary, retry file and report (the stem's own)
+    for ext in (".xlsx", ".parquet"):
+        other = ["run", str(inp), "--results", str(tmp_path / f"out{ext}")]
+        assert main(other) == 2
+        assert main([*other, "--dry-run"]) == 0
+        assert (tmp_path / f"out.dry-run{ext}").exists() and not (tmp_path / f"out{ext}").exists()
+    assert {n: (tmp_path / n).read_bytes() for n in done} == done
+    assert main(args) == 2 and len(live.sandbox.calls) == calls
     # a dry run's results are no real job's: a real run replaces them
     assert main(["run", str(inp), "--results", str(tmp_path / "dry.csv"), "--dry-run"]) == 0
     assert main(["run", str(inp), "--results", str(tmp_path / "dry.csv")]) == 0

@@ -97,9 +97,26 @@ class _Secrets:
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         self.lowered = tuple(s.lower() for s in secrets)
+        #: every stretch of _SHORTEST_CUT characters of every secret
+        self.windows = {s[i:i + _SHORTEST_CUT] for s in self.lowered
+                        for i in range(len(s) - _SHORTEST_CUT + 1)}
         self.anywhere = re.compile("|".join(map(re.escape, secrets)), re.IGNORECASE) \
             if secrets else None
 
     def piece(self, word: re.Match[str]) -> str:
-        low = word.group().lower()
-        return MASK if any(low in secret for secret in self.lowered) else word.group()
+        """The word with every stretch that is a piece of a secret masked: a piece is found by
+        its windows of ``_SHORTEST_CUT`` characters, wherever it stands in the word (cut short
+        with "...", two halves glued with "_")."""
+        text = word.group()
+        low, n = text.lower(), _SHORTEST_CUT
+        hits = [i for i in range(len(low) - n + 1) if low[i:i + n] in self.windows]
+        if not hits:
+            return text
+        out: list[str] = []
+        end: int | None = None  # where the stretch masked last ends
+        for i in hits:
+            if end is None or i > end:  # a new stretch: the text before it, then the mask
+                out += [text[end or 0:i], MASK]
+            end = i + n
+        out.append(text[end:])
+        return "".join(out)

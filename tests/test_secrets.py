@@ -223,11 +223,13 @@ def test_redactor_masks_a_secret_cut_at_the_end_of_a_truncated_message(secret):
 
 
 @pytest.mark.parametrize("secret", KNOWN)
-def test_redactor_masks_a_secret_in_any_case_and_its_pieces_standing_as_words(secret):
+def test_redactor_masks_a_secret_in_any_case_and_its_pieces_wherever_they_stand(secret):
     r = redactor()
     for text in (f"code {secret.upper()} here", f"{secret.swapcase()}",
                  f"details (a={secret[:12]}, b={secret[12:]})",
-                 f'{{"x": "{secret[:-12].upper()}", "y": "{secret[-12:]}"}}'):
+                 f'{{"x": "{secret[:-12].upper()}", "y": "{secret[-12:]}"}}',
+                 f"cut {secret[:-2]}... (more)", f"it was {secret[2:]}.",
+                 f"glued {secret[:12]}_{secret[-12:]} here", f"in{secret[1:-1]}side"):
         masked = r(text).lower()
         assert not any(piece.lower() in masked for piece in pieces(secret)), (text, masked)
     assert r(f"code {ACCESS.upper()} here") == "code *** here"
@@ -335,12 +337,15 @@ def _echoing_api(how: str) -> httpx.MockTransport:
                   "message": "token " + token.upper() if how == "upper message" else "m"}
         if how == "split":
             error["details"] = {"a": token[:20], "b": token[20:]}
+        if how == "cut and glued":
+            error["message"] = f"token {token[:30]}... or {token[:14]}_{token[-14:]}."
         return httpx.Response(400, json=error)
 
     return httpx.MockTransport(answer)
 
 
-@pytest.mark.parametrize("how", ["code", "upper message", "split", "record code"])
+@pytest.mark.parametrize("how", ["code", "upper message", "split", "record code",
+                                 "cut and glued"])
 def test_a_token_echoed_changed_is_still_redacted_everywhere(tmp_path, serve, capsys, how):
     """Found by trying: a code is upper-cased after the server sent it, so an access token
     echoed as the code reached stderr, the summary, the results, the journal and the report."""

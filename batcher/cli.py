@@ -257,14 +257,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .job import report_from_journal
     from .models import with_date
 
-    return report_from_journal(with_date(args.journal), with_date(args.results))
+    return report_from_journal(with_date(args.journal, flag="--journal"),
+                               with_date(args.results, flag="--results"))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from .models import with_date
     from .status import print_status
 
-    return print_status(with_date(args.journal), as_json=args.json)
+    return print_status(with_date(args.journal, flag="--journal"), as_json=args.json)
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:

@@ -15,7 +15,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import re
 import shlex
 import socket
 import sys
@@ -187,11 +186,6 @@ def _check(settings: RunSettings) -> None:
         raise UsageError(f"--halt-on-failures {pct:g}: give a percentage from 0 to 100 (the "
                          "share of answered pairs failed for good above which the job stops)")
     results = Path(settings.results)
-    for flag, path in (("--results", settings.results), ("--journal", settings.journal)):
-        # a nightly recipe's typo ({DATE}, {time}) would name one file every night
-        if path and (brace := re.search(r"\{[^{}]*\}", str(path))):
-            raise UsageError(f"{flag} {path}: {brace.group()} is not filled in; {{date}} is the "
-                             "one placeholder (today's UTC date, YYYY-MM-DD)")
     _check_results(results)
     journal = settings.journal_path()
     written: dict[Path, str] = {}
@@ -326,9 +320,9 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
 def dated(settings: RunSettings, now: datetime | None = None) -> RunSettings:
     """``{date}`` in the results (and journal) path → today's UTC date, YYYY-MM-DD: a nightly
     job writes a file per night, and its journal follows its results."""
-    return replace(settings, results=with_date(settings.results, now),
+    return replace(settings, results=with_date(settings.results, now, "--results"),
                    journal=None if settings.journal is None
-                   else with_date(settings.journal, now))
+                   else with_date(settings.journal, now, "--journal"))
 
 
 async def run_job_async(settings: RunSettings, env: Mapping[str, str], *,

@@ -6,10 +6,13 @@ IDs are ``str`` everywhere: Zoho ids exceed 2**53 and a float anywhere corrupts 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from .errors import UsageError
 
 
 class Status(StrEnum):
@@ -104,7 +107,13 @@ class OutcomeGroup:
                             self.retryable) for r in self.record_ids for c in self.cadence_ids]
 
 
-def with_date(path: str | os.PathLike[str], now: datetime | None = None) -> str:
+def with_date(path: str | os.PathLike[str], now: datetime | None = None, flag: str = "") -> str:
     """``path`` with ``{date}`` as today's UTC date (YYYY-MM-DD): a nightly job's results and
-    journal, as ``run`` names them and ``status`` and ``report`` find them."""
-    return str(path).replace("{date}", (now or datetime.now(UTC)).strftime("%Y-%m-%d"))
+    journal, as ``run`` names them and ``status`` and ``report`` find them. UsageError for any
+    other ``{…}`` (``{DATE}``, ``{time}``): taken as it is, a nightly recipe's typo would name
+    one file every night. ``flag``: the option that gave the path, for the message."""
+    text = str(path)
+    if brace := re.search(r"\{[^{}]*\}", text.replace("{date}", "")):
+        raise UsageError(f"{flag + ' ' if flag else ''}{text}: {brace.group()} is not filled "
+                         "in; {date} is the one placeholder (today's UTC date, YYYY-MM-DD)")
+    return text.replace("{date}", (now or datetime.now(UTC)).strftime("%Y-%m-%d"))

@@ -6,8 +6,8 @@ stores passes through one :class:`Redactor`, which knows the run's secrets (clie
 token, every access token obtained) and also masks anything shaped like a Zoho credential.
 
 A server may change what it echoes: a code is upper-cased (Zoho's codes are; batcher upper-cases
-them too), a token cut in two lands in two fields. Secrets are found whatever their case, and a
-word that is a piece of a secret (12 characters or more) is masked as the secret is.
+them too), a token cut in two lands in two fields, a message is cut short. Secrets are found
+whatever their case, and any piece of one (12 characters or more) within a word is masked.
 """
 
 from __future__ import annotations

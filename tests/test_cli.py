@@ -379,6 +379,21 @@ def test_a_placeholder_other_than_date_is_refused_before_anything(tmp_path, serv
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
 
 
+@pytest.mark.parametrize("argv", [["report", "--journal", "j-{date}.journal", "--results",
+                                   "{DATE}.csv"],
+                                  ["report", "--journal", "{time}.journal", "--results", "r.csv"],
+                                  ["status", "--journal", "{Date}.journal"]])
+def test_report_and_status_refuse_a_placeholder_other_than_date(tmp_path, capsys, argv):
+    """Found by trying: `batcher report --results 'o1/{DATE}.csv'` wrote o1/{DATE}.csv."""
+    code = main([a if a.startswith("--") or a in ("report", "status") else str(tmp_path / a)
+                 for a in argv])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "{date} is the one placeholder" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_config_file_names_the_variables_that_hold_the_credentials(tmp_path, serve, monkeypatch):
     rows = make_rows(10, 2)
     live = serve(World.from_pairs(rows))

@@ -185,6 +185,9 @@ def _check(settings: RunSettings) -> None:
     if pct is not None and not 0 <= pct <= 100:
         raise UsageError(f"--halt-on-failures {pct:g}: give a percentage from 0 to 100 (the "
                          "share of answered pairs failed for good above which the job stops)")
+    if settings.all_cadences and settings.input_options().cadences:
+        raise UsageError("--cadence and --all-cadences: give one or the other (a record list "
+                         "leaves the cadences named, or every manual cadence of its module)")
     results = Path(settings.results)
     _check_results(results)
     journal = settings.journal_path()

@@ -394,6 +394,20 @@ def test_report_and_status_refuse_a_placeholder_other_than_date(tmp_path, capsys
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cadence_with_all_cadences_is_refused_not_one_of_them_ignored(tmp_path, capsys):
+    """Found by trying: `--cadence X --all-cadences` dropped X without a word."""
+    inp = tmp_path / "records.csv"
+    inp.write_text("record_id,module\n554023000001000001,Leads\n")
+
+    code = main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--dry-run",
+                 "--cadence", "554023000004000001", "--all-cadences"])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--cadence and --all-cadences" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["records.csv"]
+
+
 def test_config_file_names_the_variables_that_hold_the_credentials(tmp_path, serve, monkeypatch):
     rows = make_rows(10, 2)
     live = serve(World.from_pairs(rows))

@@ -56,6 +56,11 @@ class Interrupted(AbortError):
     """Ctrl-C or a termination signal."""
 
 
+class ProxyRefused(AbortError):
+    """The proxy from the environment asks for credentials it was not given, or refused the
+    ones it was (407): no call can pass until its URL is fixed."""
+
+
 class ZohoUnreachable(AbortError):
     """Zoho (or the network to it) stayed down longer than the job waits for it."""
 

@@ -26,6 +26,8 @@ import httpcore
 import httpx
 from httpcore._utils import is_socket_readable
 
+from .errors import ProxyRefused
+
 _FLUSH_AT = 64 * 1024
 _CLOSE_WAIT = 5.0  # seconds a closing connection may take to say goodbye (TLS close_notify)
 _EXTRA_KEYS = {"client_addr": "sockname", "server_addr": "peername"}  # httpcore's → asyncio's
@@ -234,12 +236,42 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _proxied(proxy: str, **options: Any) -> httpx.AsyncHTTPTransport:
+def _proxied(proxy: str, **options: Any) -> httpx.AsyncBaseTransport:
     try:
-        return httpx.AsyncHTTPTransport(proxy=proxy, verify=tls_context(), **options)
+        return _Proxied(httpx.AsyncHTTPTransport(proxy=proxy, verify=tls_context(), **options),
+                        _shown(proxy))
     except (ImportError, ValueError, httpx.InvalidURL) as exc:
         raise ValueError(f"cannot use the proxy {_shown(proxy)} from the environment: "
                          f"{_shown(str(exc))}") from None
+
+
+class _Proxied(httpx.AsyncBaseTransport):
+    """httpx's transport through a proxy; a proxy asking for credentials (407) stops the run
+    (:class:`ProxyRefused`) instead of being retried as an outage for minutes: no call passes
+    until its URL carries the right ones."""
+
+    def __init__(self, inner: httpx.AsyncHTTPTransport, shown: str) -> None:
+        self._inner, self._shown = inner, shown
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await self._inner.handle_async_request(request)
+        except httpx.ProxyError as exc:  # the CONNECT of an https:// request
+            if str(exc).startswith("407"):
+                raise self._refused() from None
+            raise
+        if response.status_code == 407:  # a plain http:// request, answered by the proxy
+            await response.aclose()
+            raise self._refused()
+        return response
+
+    def _refused(self) -> ProxyRefused:
+        return ProxyRefused(f"the proxy {self._shown} from the environment asks for credentials "
+                            "(407 Proxy Authentication Required): give them in its URL "
+                            "(http://user:password@host:port), then re-run the same command")
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def _shown(text: str) -> str:

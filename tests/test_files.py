@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import io
@@ -759,10 +760,12 @@ def test_after_kill_9_few_batches_are_marked_sent_that_never_left(tmp_path, serv
 
 
 class ProxyRecorder:
-    """A "proxy" on loopback that records the first line of every request and hangs up."""
+    """A "proxy" on loopback that records the first line of every request and hangs up, after
+    sending ``answer`` if given."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes = b"") -> None:
         self.lines: list[str] = []
+        self._answer = answer
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -786,6 +789,8 @@ class ProxyRecorder:
                 except OSError:
                     pass
                 self.lines.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+                with contextlib.suppress(OSError):
+                    conn.sendall(self._answer)
 
     def close(self) -> None:
         self._sock.close()
@@ -819,6 +824,34 @@ def test_both_clients_go_through_the_proxy_of_the_environment(tmp_path, proxy, c
     assert proxy.lines, f"the {client} client never tried the proxy"
     assert all(line.startswith(seen) for line in proxy.lines), proxy.lines
     assert time.monotonic() - started < 15
+    assert {r["status"] for r in read_results(tmp_path / "out.csv")} == {"not_sent"}
+
+
+@pytest.mark.parametrize("client,credentials", [
+    ("api", {"ZOHO_ACCESS_TOKEN": "1000.not-a-real-token"}),
+    ("accounts", {"ZOHO_CLIENT_ID": "1000.CLIENT", "ZOHO_CLIENT_SECRET": "not-a-real-secret",
+                  "ZOHO_REFRESH_TOKEN": "1000.not-a-real-refresh-token"}),
+])
+def test_a_proxy_asking_for_credentials_stops_the_run_at_once_saying_so(tmp_path, client,
+                                                                         credentials):
+    """Found by trying: a proxy answering 407 was retried as an outage for two minutes, then
+    reported as Zoho unreachable. No call passes until its URL carries credentials: one try,
+    and a line that says so (without the password it was given)."""
+    proxy = ProxyRecorder(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                          b'Proxy-Authenticate: Basic realm="corp"\r\nContent-Length: 0\r\n\r\n')
+    inp = write_pairs(tmp_path / "in.csv", make_rows(5, 1))
+    env = {**credentials, "HTTPS_PROXY": f"http://ops:pr0xy-pw@127.0.0.1:{proxy.port}"}
+    try:
+        result = run_job(job(tmp_path, inp, api_domain="https://www.zohoapis.com",
+                             retry=policy(attempts=4, outage_after=2.0)),
+                         env, stream=io.StringIO())
+    finally:
+        proxy.close()
+
+    assert result.exit_code == 3
+    assert len(proxy.lines) == 1, proxy.lines
+    assert "407" in result.aborted and "pr0xy-pw" not in result.aborted, result.aborted
+    assert "unreachable" not in result.aborted
     assert {r["status"] for r in read_results(tmp_path / "out.csv")} == {"not_sent"}
 
 

@@ -824,8 +824,9 @@ def _acquire_lock(path: Path) -> int:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise JournalError(
                 f"journal {path} is in use by another batcher run (pid {holder}): wait for it "
-                "to finish, then re-run this command (a second journal for the same job would "
-                "send every call twice and both runs would write the same results)") from None
+                "to finish, then re-run this command (one run of a job at a time: two would "
+                "send calls twice and write the same files; `batcher status` reads it "
+                "meanwhile)") from None
         raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
     try:  # the holder's pid, for the message of a run refused meanwhile
         os.ftruncate(fd, 0)

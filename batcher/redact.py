@@ -24,9 +24,9 @@ _SHAPES = re.compile(
 _ZOHO_TOKEN = re.compile(
     r"(?i)\b1000\.[0-9a-f]{16,}\.[0-9a-f]{16,}\b|\b1000\.[0-9a-f]{8,}(?:\.[0-9a-f]*)?$")
 _SHORTEST = 4  # shorter "secrets" would mask ordinary words
-#: the shortest piece of a secret masked on its own (a word of the text, or its end when the
-#: text was cut short): shorter ones cannot be told from ordinary text (every Zoho token starts
-#: ``1000.``; a message may end in ``1000``)
+#: the shortest piece of a secret masked on its own (within a word of the text, or at its end
+#: when the text was cut short): shorter ones cannot be told from ordinary text (every Zoho
+#: token starts ``1000.``; a message may end in ``1000``)
 _SHORTEST_CUT = 12
 #: a word as a piece of a secret may stand in a text: between quotes, spaces, ``=`` or ``:``
 _WORD = re.compile(rf"[\w.~+/-]{{{_SHORTEST_CUT},}}")
@@ -92,8 +92,8 @@ class Redactor:
 
 class _Secrets:
     """One set of secrets (longest first: one that contains another is masked whole) as the
-    redaction looks for them: anywhere in any case, and as pieces (a word of a text that is part
-    of one)."""
+    redaction looks for them: anywhere in any case, and as pieces (any stretch of 12 characters
+    of one, within a word of the text)."""
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         self.lowered = tuple(s.lower() for s in secrets)

@@ -15,13 +15,14 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import shlex
 import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -82,6 +83,7 @@ from .report import (
     cut_cells_line,
     left_out_line,
     side_paths,
+    temp_path,
     with_report,
     write_results,
 )
@@ -198,6 +200,8 @@ def _check(settings: RunSettings) -> None:
     for path, what in journals.items():  # the results written over the journal would end the job
         _not_the_input(path, written, f"--journal {journal}", what)
     _not_the_input(Path(settings.input), written | journals, f"--results {results}")
+    _names_fit(results.parent, [temp_path(p) for p in written] + [
+        journal.with_name(journal.name + end) for end in ("", "-wal", "-shm", ".lock")])
     real = _real_results(results)
     if not settings.dry_run and not journal.exists() and real:
         # their journal deleted, a new job would send every call again and replace them: the
@@ -206,6 +210,21 @@ def _check(settings: RunSettings) -> None:
                          f"journal {journal} is gone; a new job would replace them (and their "
                          "summary, retry file and report): move them away, or give other "
                          "--results")
+
+
+def _names_fit(folder: Path, paths: Iterable[Path]) -> None:
+    """UsageError when a file the job would write has a name longer than its folder takes: a
+    results name that fits while the hidden file it is written to first does not would let the
+    calls go and the results never be written."""
+    for path in paths:
+        try:
+            longest = os.pathconf(path.parent if path.parent.is_dir() else folder, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            longest = 255
+        if len(os.fsencode(path.name)) > longest:
+            raise UsageError(f"a file batcher writes beside the results or journal would be "
+                             f"named {path.name!r}, longer than the {longest} bytes a name may "
+                             "have there; give a shorter --results (or --journal)")
 
 
 def _real_results(results: Path) -> Path | None:

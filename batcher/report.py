@@ -783,7 +783,7 @@ def _status_rank(item: tuple[str, Any]) -> tuple[int, str]:
 
 # ---------------------------------------------------------------------- temporary files
 
-def _temp_path(target: Path) -> Path:
+def temp_path(target: Path) -> Path:
     """A hidden name beside ``target`` that carries our pid (see :func:`_remove_stale_temps`)."""
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
@@ -794,7 +794,7 @@ def _atomic(target: Path) -> Iterator[Path]:
 
     Nested blocks rename in reverse order of entry, so the results file (entered first) lands last.
     """
-    tmp = _temp_path(target)
+    tmp = temp_path(target)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         yield tmp
@@ -809,7 +809,7 @@ def _atomic(target: Path) -> Iterator[Path]:
 def _scratch_dir(target: Path) -> Iterator[Path]:
     """A private folder beside ``target`` for a writer's own temporary files, removed after the
     block."""
-    path = _temp_path(target)
+    path = temp_path(target)
     path.mkdir(mode=0o700)
     try:
         yield path

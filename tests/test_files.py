@@ -294,6 +294,30 @@ def test_report_writes_no_file_over_its_jobs_input(tmp_path, serve, monkeypatch,
     assert journal.read_bytes() == (tmp_path / "first.journal").read_bytes()
 
 
+@pytest.mark.parametrize("flag", ["--results", "--journal"])
+def test_a_name_too_long_for_the_files_written_beside_it_is_refused_before_any_call(
+        tmp_path, serve, monkeypatch, capsys, flag):
+    """Found by trying: results named with 229 bytes fit, the hidden file they are written to
+    first (22 bytes more) did not: the calls went, and no run or report could ever write the
+    results. The name is refused before anything, and nothing is left behind."""
+    rows = make_rows(20, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    use_env(monkeypatch, live.env)
+    name = "離職者リスト" * 12 + "離職者"  # 75 characters, 225 bytes
+    journal = "j" * 244 + ".journal"  # 252 bytes: its -wal file would not fit
+    args = (["--results", str(tmp_path / f"{name}.csv")] if flag == "--results" else
+            ["--results", str(tmp_path / "out.csv"), "--journal", str(tmp_path / journal)])
+
+    code = main(["run", str(inp), *args])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "shorter --results" in err and len(err.strip().splitlines()) == 1
+    nothing_reached(live)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
 @pytest.fixture
 def read_only_folder(tmp_path):
     folder = tmp_path / "ro"

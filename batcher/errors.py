@@ -43,6 +43,9 @@ class Halted(AbortError):
 class AuthError(AbortError):
     """Credentials missing, refused, or a refresh failed."""
 
+    #: raised before the request it was for could leave (no token could be had): no call
+    unsent = False
+
 
 class PermissionDenied(AbortError):
     """The token lacks a scope or the user a permission (OAUTH_SCOPE_MISMATCH, NO_PERMISSION)."""

@@ -117,6 +117,10 @@ class Executor:
         # unmarked when the run ends, so its rows never say "sent, no answer"
         self._marks: Counter[str] = Counter()
         self._maybe_applied: Counter[str] = Counter()
+        # calls counted whose request is still on its way out (or back), and the event set
+        # (then replaced) each time one settles
+        self._leaving = 0
+        self._left = asyncio.Event()
         self._on_progress = on_progress or (lambda c: None)
         self._urls: dict[str, httpx.URL] = {}  # URL text → parsed once, not on every call
         self._extensions = {"timeout": client.timeout.as_dict()}
@@ -196,7 +200,14 @@ class Executor:
         """Stop taking batches and wake every worker that sleeps or waits for a slot."""
         self._stop = self._stop or exc
         self._stopping.set()
+        self._left.set()
         await self._limiter.wake()
+
+    def _settled(self) -> None:
+        """A call has left or found it could not: wake the workers waiting for the budget."""
+        self._leaving -= 1
+        self._left.set()
+        self._left = asyncio.Event()
 
     async def _process(self, batch: Batch) -> None:
         """Send a batch; re-send what is left after rejections or splits until all is answered."""
@@ -328,13 +339,25 @@ class Executor:
                 await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _check_go(self) -> None:
-        """Raise the abort that stopped the job, or the spent budget, before another call."""
+        """Raise the abort that stopped the job, or the spent budget, before another call: spent
+        once the calls counted fill it and none of them is still leaving (one that finds no
+        connection gives its call back: an outage spends no budget, and is said as one)."""
         if self._stop is not None:  # an abort came while this worker waited
             raise self._stop
         budget = self._s.max_calls
-        if budget is not None and self.counters.calls >= budget:  # a budget per run
+        if budget is not None and self.counters.calls >= budget and not self._leaving:
             raise BudgetExhausted(
                 f"--max-calls {budget} reached; re-run the same command to continue")
+
+    async def _budget_room(self) -> None:
+        """Return once one more call fits the budget (a budget per run); while the calls that
+        fill it are still leaving, wait for them (:meth:`_check_go` raises when it is spent)."""
+        budget = self._s.max_calls
+        while True:
+            self._check_go()
+            if budget is None or self.counters.calls < budget:
+                return
+            await self._left.wait()
 
     def _on_retry(self, attempt: int, exc: BaseException, wait: float) -> None:
         if isinstance(exc, TransientError) and exc.throttled:
@@ -353,7 +376,7 @@ class Executor:
         self._sends[batch.batch_id] = await self._in_db_thread(
             self._journal.mark_sent, batch.batch_id)
         async with self._limiter:
-            self._check_go()
+            await self._budget_room()
             # counted before the await, so no other worker overspends, and journalled with the
             # next commit, so a kill -9 does not lose the calls in flight; taken back when the
             # request never left (no connection, no token): such a call costs no credit
@@ -370,6 +393,7 @@ class Executor:
                                     headers=self._headers, extensions=self._extensions)
             sent_at, clock = time.time(), time.monotonic()
             self._maybe_applied[batch.batch_id] += 1  # until an answer says otherwise
+            self._leaving += 1
             try:
                 response = await self._client.send(request, stream=True)
                 if response.history:  # answered INVALID_TOKEN, sent again with a fresh token:
@@ -389,6 +413,8 @@ class Executor:
                     self._journal.log_call(sent_at, batch.batch_id, None, False,
                                            time.monotonic() - clock)
                 raise
+            finally:
+                self._settled()
             seconds = time.monotonic() - clock
         # the worker woken by the freed slot sends its call first; this answer is read after
         await asyncio.sleep(0)

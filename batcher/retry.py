@@ -24,7 +24,7 @@ from typing import TypeVar
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from batcher.errors import TransientError, WaitTooLong, ZohoUnreachable
+from batcher.errors import AuthError, TransientError, WaitTooLong, ZohoUnreachable
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ def seconds_text(seconds: float) -> str:
 
 def is_unsent(exc: BaseException) -> bool:
     """The request never left: no connection could be made, or no token could be had."""
-    if isinstance(exc, TransientError):
+    if isinstance(exc, TransientError | AuthError):
         return exc.unsent
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
 

@@ -215,6 +215,35 @@ def test_not_enrolled_is_hedged_only_after_a_send_that_may_have_been_applied(tmp
     assert ("an earlier attempt" in row["message"]) is hedged
 
 
+def test_a_call_whose_token_could_not_be_had_is_no_call_and_costs_no_credit(tmp_path):
+    """Found by trying: once the refreshes were locked out, every run aborted — and logged a
+    call and a credit that never left the machine (status said 17 calls, Zoho had seen 10)."""
+    from batcher.config import Credentials, Endpoints
+    from batcher.errors import AuthError
+    from batcher.zoho.auth import ZohoAuth
+
+    j = journal_with(tmp_path, [Batch("b000000", "Leads", (rid(1),), (cid(0),))])
+    seen: list[httpx.Request] = []
+    refused = httpx.MockTransport(lambda r: httpx.Response(400, json={"error": "invalid_code"}))
+    auth = ZohoAuth(Credentials(client_id="1000.C", client_secret="s3cr3t-value",
+                                refresh_token="1000.refresh-value"),
+                    Endpoints(api_domain=API, accounts_url="https://accounts.zoho.com"),
+                    transport=refused)
+
+    async def go() -> Executor:
+        api = httpx.MockTransport(lambda r: seen.append(r) or httpx.Response(200, json={}))
+        async with httpx.AsyncClient(transport=api, auth=auth) as client:
+            ex = Executor(client, j, ExecutorSettings(retry=FAST), api_domain=lambda: API)
+            with pytest.raises(AuthError):
+                await ex.run(j.pending_batches())
+            return ex
+
+    ex = asyncio.run(go())
+    assert seen == []
+    assert ex.counters.calls == 0
+    assert j.counters().get("calls", 0) == 0 and j.counters().get("credits", 0) == 0
+
+
 def test_server_errors_are_retried_then_failed_retryable(tmp_path):
     j = journal_with(tmp_path, [Batch("b000000", "Leads", (rid(1),), (cid(0),))])
     _, sent = run(j, lambda body: httpx.Response(500, json={

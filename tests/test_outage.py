@@ -150,6 +150,27 @@ def test_cli_dead_api_host_exits_3_with_every_row_not_sent_and_one_line(tmp_path
     assert live.sandbox.calls == []
 
 
+@pytest.mark.parametrize("budget", ["1", "2"])
+def test_an_outage_under_a_small_budget_is_said_as_an_outage_not_a_spent_budget(tmp_path, serve,
+                                                                                budget):
+    """Found by trying: with --max-calls 1 and Zoho down, the run stopped within a second saying
+    '--max-calls 1 reached' — the budget taken by a call in flight that then found no
+    connection. A nightly job would report a spent budget every night, never the outage."""
+    rows = make_rows(30, 3)
+    api = dead_url()
+    live = serve(World.from_pairs(rows), api_domain=api)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    results = tmp_path / "out.csv"
+    argv = [str(inp), "--results", str(results), "--no-preflight", "--max-calls", budget]
+
+    proc, _ = _cli(tmp_path, argv, {**live.env, "ZOHO_API_DOMAIN": api}, outage_after=1.0)
+
+    assert proc.returncode == 3, proc.stderr
+    [line] = abort_lines(proc.stderr)
+    assert DEAD_HOST in line and "--max-calls" not in line, line
+    assert (summary_of(results)["calls"], summary_of(results)["credits"]) == (0, 0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preflight", [True, False], ids=["preflight", "no-preflight"])
 def test_dead_accounts_host_exits_3_and_costs_no_call(tmp_path, serve, preflight):

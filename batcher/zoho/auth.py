@@ -97,7 +97,11 @@ class ZohoAuth(httpx.Auth):
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
                                                                                httpx.Response]:
-        token, generation = await self._valid_token()
+        try:
+            token, generation = await self._valid_token()
+        except AuthError as exc:  # a refresh refused or locked out: this request never left
+            exc.unsent = True
+            raise
         self._prepare(request, token)
         response = yield request
         if not await self._token_invalid(response):

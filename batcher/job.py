@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import shlex
 import socket
@@ -330,6 +331,7 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
     else:
         raise UsageError("run_job was called from a running event loop; in async code, "
                          "await batcher.job.run_job_async(...) instead")
+    _check_kinds(settings, env)
     stopper = stopper or Stopper()
     with signals_to(stopper):
         log = JobLog(stream or sys.stderr, settings.log_format, settings.quiet)
@@ -337,6 +339,30 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
             return _run_job(dated(settings), env, transports, log, stopper)
         finally:
             log.close()
+
+
+def _check_kinds(settings: RunSettings, env: Mapping[str, str]) -> None:
+    """UsageError when a library caller's settings are not of their kinds: a count that is not
+    a whole number, seconds that are not a positive number, a path that is not one (the command
+    line's flags are parsed into them; a scheduler's code may hand anything)."""
+    if not isinstance(settings, RunSettings) or not isinstance(env, Mapping):
+        raise UsageError("run_job takes RunSettings and a mapping of environment variables")
+    for name in ("input", "results", "journal"):
+        value = getattr(settings, name)
+        if not isinstance(value, str | os.PathLike) and (value is not None or name != "journal"):
+            raise UsageError(f"{name} must be a path, not {value!r}")
+    for name in ("concurrency", "max_calls", "max_retry_rounds"):
+        value = getattr(settings, name)
+        if (type(value) is not int) and (value is not None or name != "max_calls"):
+            raise UsageError(f"{name} must be a whole number, not {value!r}")
+    for name in ("timeout", "calm_seconds", "halt_on_failures"):
+        value = getattr(settings, name)
+        if value is None and name == "halt_on_failures":
+            continue  # its range is checked with the flags'
+        if type(value) not in (int, float) or name == "timeout" and not 0 < value < math.inf \
+                or value != value:  # NaN
+            raise UsageError(f"{name} must be a number{' above 0' * (name == 'timeout')}, not "
+                             f"{value!r}")
 
 
 def dated(settings: RunSettings, now: datetime | None = None) -> RunSettings:

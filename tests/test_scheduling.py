@@ -79,3 +79,33 @@ def test_the_bash_operator_and_the_cron_line_give_the_scheduler_the_right_exit(
     subprocess.run(["bash", "-c", f"cd {tmp_path} && {cron_command()}"], env=env,
                    capture_output=True, text=True, timeout=120)
     assert mail.exists() == (task_rc >= 2)
+
+
+@pytest.mark.parametrize("change", [
+    {"timeout": 0}, {"timeout": -1}, {"timeout": "30"}, {"timeout": float("nan")},
+    {"concurrency": "4"}, {"concurrency": 2.5}, {"max_calls": 1.5}, {"max_calls": "10"},
+    {"max_retry_rounds": None}, {"halt_on_failures": "5"}, {"calm_seconds": None},
+    {"input": None}, {"input": 5}, {"results": None},
+])
+def test_a_scheduler_handing_settings_of_the_wrong_kind_gets_a_usage_error(tmp_path, change):
+    """Found by trying: `timeout=0` made a dry run wait two minutes and blame Zoho; a string
+    for a count raised a bare TypeError, or 'internal error, re-run to resume'."""
+    from dataclasses import replace
+
+    from batcher.errors import UsageError
+    from batcher.job import RunSettings, run_job
+
+    settings = replace(RunSettings(input=tmp_path / "in.csv", results=tmp_path / "out.csv",
+                                   dry_run=True, preflight=False), **change)
+    with pytest.raises(UsageError) as err:
+        run_job(settings, {})
+    assert str(next(iter(change))) in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_job_wants_a_mapping_for_the_environment(tmp_path):
+    from batcher.errors import UsageError
+    from batcher.job import RunSettings, run_job
+
+    with pytest.raises(UsageError):
+        run_job(RunSettings(input=tmp_path / "in.csv", results=tmp_path / "o.csv"), None)

@@ -729,12 +729,20 @@ def next_command(settings: RunSettings, results: Path, summary: Summary, stopped
     """The command that finishes the job: the same one while rows are left to send (or for a
     dry run, the real one), else the run of its retry file, else the same one (it re-sends
     what failed for a reason worth retrying, up to the job's retry rounds)."""
+    # where Zoho is and how the run talks: a command printed without them would send to the
+    # default data centre
+    reach = [*[a for flag, value in (("--api-domain", settings.api_domain),
+                                      ("--accounts-url", settings.accounts_url),
+                                      ("--dc", settings.dc)) if value for a in (flag, value)],
+             *["--no-token-cache"] * (not settings.token_cache),
+             *["--log-format", settings.log_format] * (settings.log_format != "text")]
     left = summary.by_status.get("not_sent", 0)
     if summary.retry_rows and not left and not stopped and not settings.dry_run:
         retry = Path(summary.retry_path)
         return shlex.join(["batcher", "run", str(retry), "--results",
-                           str(results.with_name(f"{results.stem}-retry{results.suffix}"))])
-    args = ["batcher", "run", str(settings.input), "--results", str(settings.results)]
+                           str(results.with_name(f"{results.stem}-retry{results.suffix}")),
+                           *reach])
+    args = ["batcher", "run", str(settings.input), "--results", str(settings.results), *reach]
     flags = {"--journal": settings.journal, "--module": settings.module,
              "--concurrency": settings.concurrency
              if settings.concurrency != RunSettings.concurrency else None,

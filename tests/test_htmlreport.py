@@ -268,6 +268,22 @@ def test_the_command_that_resumes_a_job_keeps_its_sending_flags(tmp_path, serve)
         assert args[args.index(flag) + 1] == value, command.group(1)
 
 
+def test_the_command_that_resumes_a_job_keeps_where_zoho_is(tmp_path, serve):
+    """Found by trying: a job whose API domain came from --api-domain printed a command without
+    it, which sent to the default data centre."""
+    rows = make_rows(300, 20, seed=5, max_k=3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    env = {k: v for k, v in live.env.items() if k != "ZOHO_API_DOMAIN"}
+    result = run_job(RunSettings(input=inp, results=tmp_path / "out.csv", max_calls=1,
+                                 api_domain=live.base_url, token_cache=False, quiet=True), env)
+    assert result.exit_code == 3
+    html = report_path(tmp_path / "out.csv").read_text()
+    args = re.search(r'data-metric="command">([^<]*)<', html).group(1).split()
+    assert args[args.index("--api-domain") + 1] == live.base_url
+    assert "--no-token-cache" in args
+
+
 def test_the_summary_file_names_the_report_beside_it(tmp_path, serve):
     """summary.json said "report_path": null although the page was written (after it)."""
     rows = make_rows(40, 3)

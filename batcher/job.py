@@ -195,7 +195,7 @@ def _check(settings: RunSettings) -> None:
     _check_results(results)
     journal = settings.journal_path()
     written: dict[Path, str] = {}
-    for beside in (results, results.with_name(f"{results.stem}.dry-run{results.suffix}")):
+    for beside in (results, _dry_run_beside(results)):
         written |= _written_beside(beside)
     journals = {journal: "journal", journal.with_name(journal.name + ".lock"): "journal's lock"}
     for path, what in journals.items():  # the results written over the journal would end the job
@@ -242,6 +242,11 @@ def _real_results(results: Path) -> Path | None:
     except (OSError, ValueError, AttributeError, TypeError):
         return None
     return next((p for p in (results, named) if real and p.exists()), None)
+
+
+def _dry_run_beside(results: Path) -> Path:
+    """Where a dry run writes when ``results`` belong to a real job: ``<stem>.dry-run<ext>``."""
+    return results.with_name(f"{results.stem}.dry-run{results.suffix}")
 
 
 def _written_beside(results: Path) -> dict[Path, str]:
@@ -520,10 +525,10 @@ def _results_path(settings: RunSettings, log: JobLog) -> Path:
     if not settings.dry_run:
         return results
     journal = settings.journal_path()
-    if not (_real_results(results) or journal.exists()):
-        return results
-    beside = results.with_name(f"{results.stem}.dry-run{results.suffix}")
     real = _real_results(results)
+    if not (real or journal.exists()):
+        return results
+    beside = _dry_run_beside(results)
     whose = f"is where the real job of {journal} writes its results" if real is None else \
         "holds the results of a real job" if real == results else \
         f"shares its summary, retry file and report with the real job's results {real}"

@@ -6,7 +6,9 @@ for plain numpy data: the reader and the planner go through the buffers instead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -75,3 +77,15 @@ def searchsorted(table: np.ndarray, x: np.ndarray) -> np.ndarray:
     out = np.empty(len(x), dtype=np.int64)
     out[order] = np.searchsorted(table, x[order])
     return out
+
+
+def both(fn: Callable[..., Any], args: list[tuple],
+          pool: ThreadPoolExecutor | None = None) -> list[Any]:
+    """[``fn(*args[0])``, ``fn(*args[1])``], the second on ``pool`` (or a thread of its own)
+    while the first runs here: Arrow's and numpy's kernels release the GIL."""
+    if pool is None:
+        with ThreadPoolExecutor(1) as own:
+            return both(fn, args, own)
+    later = pool.submit(fn, *args[1])
+    first = fn(*args[0])
+    return [first, later.result()]

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrays import arrow_of, numpy_of, searchsorted
+from .arrays import arrow_of, both, numpy_of, searchsorted
 from .models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch, BatchBlock
 
 _MASK_BITS = 64
@@ -280,6 +280,7 @@ def _pool_lookup(pool: tuple[np.ndarray, np.ndarray], masks: np.ndarray) -> np.n
 #: C(b, i) for a bit position b < 64 and i ≤ 5: the colex rank of a set is Σ C(bit, i)
 _BINOM = np.array([[math.comb(b, i) for i in range(MAX_CADENCES_PER_CALL + 1)]
                    for b in range(_MASK_BITS)], dtype=np.int64)
+_BINOM_OF = [np.ascontiguousarray(_BINOM[:, i]) for i in range(MAX_CADENCES_PER_CALL + 1)]
 #: a pool is a dense table when it has at most this many possible sets a piece, or this few
 #: at all (else sorted): its memory stays a small multiple of the pieces'
 _DENSE_PER_PIECE, _DENSE_MIN = 4, 1 << 16
@@ -293,7 +294,7 @@ def _rank(masks: np.ndarray, size: int) -> np.ndarray:
     for i in range(1, size + 1):
         low = _lowbit(left)
         left ^= low
-        rank += _BINOM[np.bitwise_count(low - np.uint64(1)), i]
+        rank += _BINOM_OF[i].take(np.bitwise_count(low - np.uint64(1)))
     return rank
 
 
@@ -376,7 +377,7 @@ def _choose_split(parents: np.ndarray, size: int, pools: dict[int, _Pool]) -> np
         left ^= low
         bits.append(low)
         pos = np.bitwise_count(low - np.uint64(1))
-        binom.append([None] + [_BINOM[pos, i] for i in range(1, size)])
+        binom.append([None] + [_BINOM_OF[i].take(pos) for i in range(1, size)])
 
     def rank_of(members: list[int]) -> Callable[[], np.ndarray]:
         """The colex rank of the parents' subset of these bits: Σ C(its i-th bit, i)."""
@@ -395,9 +396,9 @@ def _choose_split(parents: np.ndarray, size: int, pools: dict[int, _Pool]) -> np
         part_pool = pools[len(members)].lookup(part, rank_of(members))
         low = np.minimum(rest_pool, part_pool)
         better = (low > best_min) | ((low == best_min) & (rest_pool > best_rest))
-        best_min = np.where(better, low, best_min)
-        best_rest = np.where(better, rest_pool, best_rest)
-        chosen = np.where(better, part, chosen)
+        np.copyto(best_min, low, where=better)
+        np.copyto(best_rest, rest_pool, where=better)
+        np.copyto(chosen, part, where=better)
     return chosen
 
 
@@ -443,16 +444,22 @@ def _search(first: dict[int, _Pool], threshold: int, memo: dict[int, np.ndarray]
 
 def _best_search(piece_masks: np.ndarray, piece_counts: np.ndarray) -> _Search:
     """The cheapest threshold (the lowest among equals). The highest is searched first: where
-    the searches first split, it splits a superset of what every other does (see ``memo``)."""
-    best: _Search | None = None
-    memo: dict[int, np.ndarray] = {}
+    the searches first split, it splits a superset of what every other does (see ``memo``);
+    the others then run on two threads (numpy's kernels release the GIL), each taking its
+    thresholds in descending order with a memo of its own, so that what it reads from the memo
+    was written by a search with a higher threshold."""
     first = _Pool.first(piece_masks, piece_counts)
-    for threshold in sorted(_THRESHOLDS, reverse=True):
-        found = _search(first, threshold, memo)
-        if best is None or found.n_batches <= best.n_batches:
-            best = found
-    assert best is not None
-    return best
+    highest, *others = sorted(_THRESHOLDS, reverse=True)
+    memo: dict[int, np.ndarray] = {}
+    found = [_search(first, highest, memo)]
+
+    def searches(thresholds: list[int]) -> list[_Search]:
+        own = dict(memo)
+        return [_search(first, t, own) for t in thresholds]
+
+    for done in both(searches, [(others[0::2],), (others[1::2],)]):
+        found += done
+    return min(found, key=lambda s: (s.n_batches, s.threshold))
 
 
 # --------------------------------------------------------------------------- one block of a module

@@ -378,6 +378,33 @@ def test_dense_and_sorted_pools_give_the_same_plan(pairs: list[Pair]) -> None:
     assert sorted_.pair_batch.tolist() == dense.pair_batch.tolist()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_search_keeps_the_cheapest_threshold_as_if_each_were_searched_alone(seed) -> None:
+    """The thresholds after the first are searched on two threads, sharing what the first
+    chose: the result is the cheapest threshold (the lowest among equals), with the same
+    levels as that threshold searched alone from scratch."""
+    rng = np.random.default_rng(seed)
+    n_bits = int(rng.integers(6, 30))
+    sizes = rng.integers(1, MAX_CADENCES_PER_CALL + 1, 3000)
+    masks = np.array([sum(1 << int(b) for b in rng.choice(n_bits, int(k), replace=False))
+                      for k in sizes], dtype=np.uint64)
+    counts = rng.integers(1, 260, len(masks))
+    if seed % 2:  # five-cadence remainders of 61-99 records: only a threshold of 500 splits
+        # them, so the others first split at four cadences, and choose there on their own
+        five = np.flatnonzero(sizes == MAX_CADENCES_PER_CALL)
+        counts[five] = 100 * rng.integers(0, 3, len(five)) + rng.integers(61, 100, len(five))
+    best = planner._best_search(masks, counts)
+    alone = [planner._search(planner._Pool.first(masks, counts), t, {})
+             for t in planner._THRESHOLDS]
+    cheapest = min(s.n_batches for s in alone)
+    assert best.n_batches == cheapest
+    assert best.threshold == min(s.threshold for s in alone if s.n_batches == cheapest)
+    same = next(s for s in alone if s.threshold == best.threshold)
+    for size, level in best.levels.items():
+        for name in ("masks", "counts", "keep", "peel", "base"):
+            assert getattr(level, name).tolist() == getattr(same.levels[size], name).tolist()
+
+
 def test_colex_rank_is_dense_and_in_mask_order() -> None:
     for size in range(1, MAX_CADENCES_PER_CALL + 1):
         masks = np.array(sorted(sum(1 << b for b in c)

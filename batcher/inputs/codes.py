@@ -8,13 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..arrays import arrow_of, numpy_of
+from ..arrays import arrow_of, both, numpy_of
 from .rounding import among
 
 
@@ -200,18 +199,6 @@ def _partition(values: np.ndarray, n_parts: int) -> tuple[np.ndarray, np.ndarray
     bounds = np.zeros(n_parts + 1, dtype=np.int64)
     np.cumsum(np.bincount(part, minlength=n_parts), out=bounds[1:])
     return order, bounds, arrow_of(values).take(arrow_of(order))
-
-
-def both(fn: Callable[..., Any], args: list[tuple],
-          pool: ThreadPoolExecutor | None = None) -> list[Any]:
-    """[``fn(*args[0])``, ``fn(*args[1])``], the second on ``pool`` (or a thread of its own)
-    while the first runs here: Arrow's and numpy's kernels release the GIL."""
-    if pool is None:
-        with ThreadPoolExecutor(1) as own:
-            return both(fn, args, own)
-    later = pool.submit(fn, *args[1])
-    first = fn(*args[0])
-    return [first, later.result()]
 
 
 _SUM_BITS = 45  # float64 sums of < 512 powers of two below 2**45 stay exact (< 2**53)

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..arrays import both
 from ..errors import InputError, Interrupted, machine_limit
-from .codes import both
 from .columns import require_columns
 from .csvfile import csv_raw_parts, csv_scan_parts, csv_source
 from .kinds import HEAD_BYTES, one_line, parquet_problem, parquet_text, sniff_kind

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..arrays import arrow_of, numpy_of, strings_of
-from .codes import HALVES_MIN, both, first_of_code, take
+from ..arrays import arrow_of, both, numpy_of, strings_of
+from .codes import HALVES_MIN, first_of_code, take
 from .formats import as_strings
 from .rounding import EXPORT_AS_TEXT, ROUNDED_ID
 

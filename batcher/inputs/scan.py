@@ -17,14 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..arrays import arrow_of, numpy_of
+from ..arrays import arrow_of, both, numpy_of
 from ..errors import InputError
 from .carry import carried_columns
 from .coded import CHUNK_ROWS as CODED_ROWS
 from .coded import VALID, coded_chunks, text_of
 from .codes import (
     Repeats,
-    both,
     cadence_codes,
     common_dictionary,
     concat,

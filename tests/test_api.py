@@ -601,6 +601,23 @@ def test_no_pair_is_unenrolled_without_an_entry_naming_its_record_and_cadence():
     check()
 
 
+def test_each_usual_entry_is_judged_on_the_cadences_it_lists_itself():
+    """Entries in Zoho's usual shape are judged in short, and an entry listing what the one
+    before listed is not judged again; one listing fewer cadences, or none, than the entry
+    before leaves its other pairs not un-enrolled all the same."""
+    def entry(record, cadences):
+        return {"code": "SUCCESS", "status": "success", "message": "records manually unenrolled",
+                "details": {"cadences": [{"name": "x", "id": c} for c in cadences],
+                            "id": record}}
+
+    for listed in ([C, C[:1], ()], [(), C, C], [C[:1], C[:1], C]):
+        body = json.dumps({"data": [entry(r, cs) for r, cs in zip(R, listed, strict=True)]})
+        answer = classify(R, C, 200, {}, body.encode())
+        removed = {(o.record_id, o.cadence_id) for o in answer.outcomes
+                   if o.status == Status.UNENROLLED}
+        assert removed == {(r, c) for r, cs in zip(R, listed, strict=True) for c in cs}
+
+
 # --- answers too large to read ------------------------------------------------------------------
 
 class _Chunks(httpx.AsyncByteStream):

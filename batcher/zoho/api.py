@@ -448,6 +448,7 @@ def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequ
     every = tuple(cadence_ids)
     wanted = frozenset(every)
     groups: dict[tuple, list[str]] = {}
+    covering = None  # the last list of cadences found to name every cadence of the call
     for i, record_id in enumerate(record_ids):
         entry = by_record.get(i)
         if entry is None or entry is _CONTRADICTED:
@@ -461,7 +462,9 @@ def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequ
         if (type(cadences) is list and details.keys() == _PLAIN_DETAILS
                 and entry.get("status") == "success" and entry.get("code") == "SUCCESS"
                 and type(message := entry.get("message")) is str
-                and wanted <= {c.get("id") for c in cadences if type(c) is dict}):
+                and (cadences == covering  # most entries list the same: compared in C
+                     or wanted <= {c.get("id") for c in cadences if type(c) is dict})):
+            covering = cadences
             # the usual entry, in short: what the general path below would make of it. It was
             # matched by its id (an entry carrying an id is matched by nothing else), or by
             # position where position is allowed (see _match_entries)

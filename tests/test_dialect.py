@@ -153,7 +153,7 @@ def test_a_bad_delimiter_is_one_clear_line(given: str):
 
 def test_detect_notices_quoted_line_breaks_and_leading_empty_lines():
     head = f'\n\nrecord_id,notes\n{REC},"two\nlines"\n'.encode()
-    assert detect(head, None) == Dialect(",", 2, True, ("record_id", "notes"))
+    assert detect(head, None) == Dialect(",", 2, True, ("record_id", "notes"), rows_above=2)
 
 
 def test_detect_copes_with_a_head_cut_inside_a_quoted_note():
@@ -317,6 +317,23 @@ def test_empty_lines_keep_later_row_numbers(tmp_path: Path):
     """``row + 1`` is the line a spreadsheet shows: 2, 4 and 7 here."""
     assert seen(_empty_lines_file(tmp_path)) == [
         (1, "valid", rec(0)), (3, "valid", rec(1)), (6, "valid", rec(2))]
+
+
+@pytest.mark.parametrize("above", ["\n\n", ",,,\n", "\r\n;;;\r\n \r\n", "sep=,\n\n"])
+def test_rows_above_the_header_keep_the_row_numbers_a_spreadsheet_shows(tmp_path: Path, above):
+    """Empty rows above the header, as Excel saves them (",,,"), are shown by a spreadsheet:
+    ``row + 1`` is still the row it shows the record on (Excel hides a sep= line), for the
+    rows themselves and for the row a repeat names."""
+    path = tmp_path / "above.csv"
+    path.write_text(above + "record_id,cadence_id,module,owner\n"
+                    f"{rec(0)},{CAD},Leads,ana\nbad,{CAD},Leads,bo\n{rec(0)},{CAD},Leads,ana\n")
+    shown = len([line for line in above.splitlines() if not line.startswith("sep=")])
+    header_row = 1 + shown
+    rows = seen(path)
+    assert [row for row, _, _ in rows] == [header_row, header_row + 1, header_row + 2]
+    assert [status for _, status, _ in rows] == ["valid", "invalid", "duplicate"]
+    table = read_input(path).table
+    assert table["reason"][2].as_py() == f"same pair as row {header_row}"
 
 
 @pytest.mark.parametrize("chunk_rows", [None, 20, 1 << 24])

@@ -27,7 +27,9 @@ _SAMPLE_RECORDS = 200  # header included: enough to see a delimiter's consistenc
 
 _SEP_LINE = re.compile(r'sep=([^"\r\n])(?:\r\n|\n|\r|$)', re.IGNORECASE)  # Excel's first line
 
-_EMPTY_LINES = re.compile(r"(?:\r\n|\n|\r)*")
+#: lines before the header with nothing in them: empty, or only delimiters and spaces (how
+#: Excel saves a sheet's empty first rows: ",,")
+_EMPTY_LINES = re.compile(r"(?:[ \t,;|]*(?:\r\n|\n|\r))*")
 
 _LINE_END = re.compile(r"\r\n|\n|\r")
 #: what makes a line a data record: a Zoho id (15-19 digits) among its fields
@@ -39,7 +41,9 @@ class Dialect:
     """How to read a CSV file.
 
     ``delimiter``: one character. ``skip_rows``: lines before the header (Excel's ``sep=`` line,
-    empty lines). ``newlines_in_values``: a quoted field of the sample spans lines (the reader
+    empty lines); ``rows_above``: those of them a spreadsheet shows as rows (the empty ones:
+    Excel hides a ``sep=`` line), so data record ``i`` (1-based) is on its row
+    ``i + 1 + rows_above``. ``newlines_in_values``: a quoted field of the sample spans lines (the reader
     must find records quote-aware). ``header``: the header's fields, as they are (may be empty
     when the sample holds no line).
     """
@@ -48,6 +52,7 @@ class Dialect:
     skip_rows: int = 0
     newlines_in_values: bool = False
     header: tuple[str, ...] = ()
+    rows_above: int = 0
 
 
 def detect(head: bytes, delimiter: str | None) -> Dialect:
@@ -68,14 +73,15 @@ def detect(head: bytes, delimiter: str | None) -> Dialect:
     if sep:
         skip, text = 1, text[sep.end():]
     empty = _EMPTY_LINES.match(text).group()  # the header is the first line with something
-    skip += len(_LINE_END.findall(empty))
+    above = len(_LINE_END.findall(empty))
+    skip += above
     text = text[len(empty):]
     chosen = given or (sep.group(1) if sep else _best(text))
     records = _records(text, chosen)
     if records:
         _refuse_unclosed_quote(text, chosen, len(records[0]), skip)
     return Dialect(chosen, skip, any("\n" in f or "\r" in f for r in records for f in r),
-                   tuple(records[0]) if records else ())
+                   tuple(records[0]) if records else (), above)
 
 
 def _refuse_unclosed_quote(text: str, delimiter: str, width: int, skip: int) -> None:

@@ -70,10 +70,21 @@ def scan_chunks(src: Source, chunk_rows: int) -> Iterator[dict[str, Any]]:
             if chunk:
                 yield _parquet_chunk(src, encoded, chunk, wanted)
         return
-    if src.kind == "table":
-        yield from table_parts(src, 0, chunk_rows)
-        return
-    yield from csv_scan_parts(src, encoded, wanted, chunk_rows)
+    parts = (table_parts(src, 0, chunk_rows) if src.kind == "table"
+             else csv_scan_parts(src, encoded, wanted, chunk_rows))
+    yield from _numbered(parts, src.dialect.rows_above)
+
+
+def _numbered(parts: Iterable[dict[str, Any]], above: int) -> Iterator[dict[str, Any]]:
+    """The parts of a CSV whose header a spreadsheet shows below empty rows, each with the
+    ``row`` of its records: ``row + 1`` is then still the row the spreadsheet shows."""
+    at = 1 + above
+    for cols in parts:
+        n = len(cols["record_id"])
+        if above:
+            cols["row"] = np.arange(at, at + n, dtype=np.int64)
+        at += n
+        yield cols
 
 
 def _parquet_chunk(src: Source, encoded: list[str], groups: list[int], wanted: list[str]

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batcher.cli import main
@@ -533,17 +535,26 @@ def test_a_job_whose_list_was_edited_since_says_so_and_sends_nothing(tmp_path, s
     assert len(live.sandbox.calls) == calls
 
 
-def test_a_column_named_twice_is_said_not_dropped_silently(tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_a_column_named_twice_is_said_not_dropped_silently(tmp_path, capsys, kind):
     """Two "Email" columns: the results carry the first, and stderr says so (before, the second
-    column's values vanished without a word)."""
-    inp = tmp_path / "in.csv"
-    inp.write_text("Module,Record Id,Cadence Id,Email,Email\n"
-                   "Leads,554023000001798649,554023000004092008,a@x.example,b@x.example\n")
+    column's values vanished without a word; in Parquet, every column of the input was left
+    out, the file said damaged)."""
+    inp = tmp_path / f"in.{kind}"
+    names = ["Module", "Record Id", "Cadence Id", "Email", "Email", "Owner"]
+    values = ["Leads", "554023000001798649", "554023000004092008", "a@x.example", "b@x.example",
+              "ana"]
+    if kind == "csv":
+        inp.write_text(",".join(names) + "\n" + ",".join(values) + "\n")
+    else:
+        pq.write_table(pa.Table.from_arrays([pa.array([v]) for v in values], names=names), inp)
     main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--dry-run",
           "--no-preflight"])
     err = capsys.readouterr().err
     assert "more than one column named 'Email'" in err and "rename the others" in err
-    assert read_results(tmp_path / "out.csv")[0]["Email"] == "a@x.example"
+    assert "damaged" not in err and "left out" not in err
+    row = read_results(tmp_path / "out.csv")[0]
+    assert (row["Email"], row["Owner"]) == ("a@x.example", "ana")
 
 
 def test_a_pipe_for_an_input_is_refused_at_once_saying_to_save_it(tmp_path, capsys):

@@ -43,9 +43,9 @@ class Dialect:
     ``delimiter``: one character. ``skip_rows``: lines before the header (Excel's ``sep=`` line,
     empty lines); ``rows_above``: those of them a spreadsheet shows as rows (the empty ones:
     Excel hides a ``sep=`` line), so data record ``i`` (1-based) is on its row
-    ``i + 1 + rows_above``. ``newlines_in_values``: a quoted field of the sample spans lines (the reader
-    must find records quote-aware). ``header``: the header's fields, as they are (may be empty
-    when the sample holds no line).
+    ``i + 1 + rows_above``. ``newlines_in_values``: a quoted field of the sample spans lines
+    (the reader must find records quote-aware). ``header``: the header's fields, as they are
+    (may be empty when the sample holds no line).
     """
 
     delimiter: str = ","

@@ -225,7 +225,10 @@ def raw_batches(src: Source) -> Iterator[dict[str, Any]]:
             every = set(wanted) >= set(src.found)  # blank rows are judged on every field
             for batch in pq.ParquetFile(src.path).iter_batches(batch_size=_BATCH_ROWS,
                                                                 columns=wanted):
-                out = {role: as_strings(batch.column(name)) for role, name in src.roles.items()}
+                # by the first column of each name: a name the file holds twice is no key
+                first = {n: i for i, n in reversed(list(enumerate(batch.schema.names)))}
+                out = {role: as_strings(batch.column(first[name]))
+                       for role, name in src.roles.items()}
                 blank = all_empty(batch.columns) if every else None
                 if blank is not None and blank.any():
                     out["blank"] = blank

@@ -285,6 +285,30 @@ def test_a_hidden_first_sheet_is_not_the_list(tmp_path):
     assert sheet.table["Cadence Id"].to_pylist()[1] == "#N/A"
 
 
+def test_a_chart_sheet_first_is_not_the_list(tmp_path):
+    """A chart sheet before the list (where Excel's F11 puts one): it has no cells, so the list
+    is the sheet after it, its error and hidden-row marks too (the workbook was refused as
+    having an empty first sheet)."""
+    book = openpyxl.Workbook()
+    leavers = book.active
+    leavers.title = "Leavers"
+    leavers.append(["Record Id", "Cadence Id", "Module"])
+    leavers.append(["1990117000000120345", "5540230000040000001", "Leads"])
+    leavers.append(["1990117000000120346", "=NA()", "Leads"])
+    leavers["B3"].value = "#N/A"
+    leavers["B3"].data_type = "e"
+    leavers.append(["1990117000000120347", "5540230000040000001", "Leads"])
+    leavers.row_dimensions[4].hidden = True
+    book.create_chartsheet("Chart", 0)
+    path = tmp_path / "chart.xlsx"
+    book.save(path)
+    sheet = read_xlsx(path)
+    assert sheet.table["Record Id"].to_pylist() == [
+        "1990117000000120345", "1990117000000120346", "1990117000000120347"]
+    assert sheet.table["Cadence Id"].to_pylist()[1] == "#N/A"
+    assert sheet.hidden == (4,)
+
+
 @pytest.mark.parametrize("numbers", ["Record Id", "Cadence Id"])
 def test_an_id_column_of_number_cells_only_is_refused_before_any_call(tmp_path, serve, numbers):
     """DESIGN: "xlsx without a text id column" is exit 2 with one line. Every id of such a

@@ -27,7 +27,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pyarrow as pa
-from python_calamine import CalamineWorkbook, SheetVisibleEnum
+from python_calamine import CalamineWorkbook, SheetTypeEnum, SheetVisibleEnum
 
 from ..arrays import strings_of
 from ..errors import InputError, Interrupted, machine_limit
@@ -257,9 +257,11 @@ def _parse_errors(data: bytes) -> dict[tuple[int, int], str]:
 
 
 def _first_visible(sheets: list) -> int:
-    """The index of the first sheet a user sees (a hidden lookup sheet often comes first: its
-    ids are not the list), else 0."""
-    return next((i for i, m in enumerate(sheets) if m.visible == SheetVisibleEnum.Visible), 0)
+    """The index of the first sheet of cells a user sees (a hidden lookup sheet often comes
+    first: its ids are not the list; a chart sheet, as Excel's F11 puts it, has no cells),
+    else 0."""
+    return next((i for i, m in enumerate(sheets) if m.visible == SheetVisibleEnum.Visible
+                 and m.typ == SheetTypeEnum.WorkSheet), 0)
 
 
 def _first_sheet_part(zf: zipfile.ZipFile) -> str:
@@ -267,9 +269,15 @@ def _first_sheet_part(zf: zipfile.ZipFile) -> str:
     first ``<sheet>`` of xl/workbook.xml without a hidden state, through its relationship id in
     xl/_rels/workbook.xml.rels."""
     sheets = list(ElementTree.fromstring(zf.read("xl/workbook.xml")).iterfind(".//{*}sheet"))
-    sheet = next((s for s in sheets if s.get("state", "visible") == "visible"), sheets[0])
-    # r:id, in the transitional or the strict relationships namespace
-    rid = next(v for k, v in sheet.attrib.items() if k.endswith("}id"))
-    rels = ElementTree.fromstring(zf.read("xl/_rels/workbook.xml.rels"))
-    target = next(r.get("Target") for r in rels.iterfind("{*}Relationship") if r.get("Id") == rid)
+    rels = {r.get("Id"): (r.get("Type") or "", r.get("Target") or "") for r in
+            ElementTree.fromstring(zf.read("xl/_rels/workbook.xml.rels")).iterfind(
+                "{*}Relationship")}
+
+    def rel(sheet: ElementTree.Element) -> tuple[str, str]:
+        # r:id, in the transitional or the strict relationships namespace
+        return rels[next(v for k, v in sheet.attrib.items() if k.endswith("}id"))]
+
+    sheet = next((s for s in sheets if s.get("state", "visible") == "visible"
+                  and rel(s)[0].endswith("/worksheet")), sheets[0])
+    target = rel(sheet)[1]
     return target[1:] if target.startswith("/") else posixpath.normpath(f"xl/{target}")

@@ -386,18 +386,18 @@ def _choose_split(parents: np.ndarray, size: int, pools: dict[int, _Pool]) -> np
     candidates = [[j] for j in range(size)]
     if size >= 4:
         candidates += [[a, b] for a in range(size) for b in range(a + 1, size)]
-    best_min = np.full(len(parents), -1, dtype=np.int64)
-    best_rest = np.full(len(parents), -1, dtype=np.int64)
+    # (smaller pool, rest pool) compared as one key: pools count records, far below 2**31
+    best = np.full(len(parents), -1, dtype=np.int64)
     chosen = np.zeros(len(parents), dtype=np.uint64)
     for members in candidates:
         part = bits[members[0]] if len(members) == 1 else bits[members[0]] | bits[members[1]]
         rest = [j for j in range(size) if j not in members]
         rest_pool = pools[len(rest)].lookup(parents ^ part, rank_of(rest))
-        part_pool = pools[len(members)].lookup(part, rank_of(members))
-        low = np.minimum(rest_pool, part_pool)
-        better = (low > best_min) | ((low == best_min) & (rest_pool > best_rest))
-        np.copyto(best_min, low, where=better)
-        np.copyto(best_rest, rest_pool, where=better)
+        key = np.minimum(rest_pool, pools[len(members)].lookup(part, rank_of(members)))
+        key <<= 32
+        key |= rest_pool
+        better = key > best
+        np.copyto(best, key, where=better)
         np.copyto(chosen, part, where=better)
     return chosen
 

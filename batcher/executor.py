@@ -416,8 +416,18 @@ class Executor:
             finally:
                 self._settled()
             seconds = time.monotonic() - clock
+            if response.status_code >= 400:
+                # an error may stop the job (LIMIT_EXCEEDED, NO_PERMISSION): judged while the
+                # slot is held, so that no other call leaves after an answer that stops them all
+                return self._judged(batch, response, content, sent_at, seconds)
         # the worker woken by the freed slot sends its call first; this answer is read after
         await asyncio.sleep(0)
+        return self._judged(batch, response, content, sent_at, seconds)
+
+    def _judged(self, batch: Batch, response: httpx.Response, content: bytes | None,
+                sent_at: float, seconds: float):
+        """The answer to a call, classified and logged; raises what it means for the run (a
+        429 or 5xx to retry, an abort, an expired token after its refresh)."""
         answer = _redacted(classify_answer(batch.record_ids, batch.cadence_ids,
                                            response.status_code, response.headers, content),
                            self._redact)

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from batcher.errors import (
+    BatcherError,
     BudgetExhausted,
     MachineLimit,
     PermissionDenied,
@@ -305,6 +306,34 @@ def test_scope_mismatch_aborts_the_job(tmp_path):
             "code": "OAUTH_SCOPE_MISMATCH", "details": {}, "message": "invalid oauth scope",
             "status": "error"}))
     assert results(j)[(rid(1), cid(0))]["status"] == "not_sent"
+
+
+@pytest.mark.parametrize("code, status", [("LIMIT_EXCEEDED", 400), ("NO_PERMISSION", 403),
+                                          ("OAUTH_SCOPE_MISMATCH", 401)])
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_no_call_leaves_after_an_answer_that_stops_the_job(tmp_path, code, status, concurrency):
+    """An answer that stops the job (credits spent, no permission) is judged before its slot is
+    taken by another call: with every slot's call answered so, no call more leaves (one did:
+    the worker woken by the freed slot sent its call before the answer was read)."""
+    batches = [Batch(f"b{i:06d}", "Leads", (rid(i),), (cid(0),)) for i in range(20)]
+    j = journal_with(tmp_path, batches)
+    sent = []
+
+    async def refuse(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        await asyncio.sleep(0.02)  # the other workers wait for a slot meanwhile
+        return httpx.Response(status, json={"code": code, "details": {}, "message": "refused",
+                                            "status": "error"})
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
+            await Executor(client, j, ExecutorSettings(retry=FAST, concurrency=concurrency),
+                           api_domain=lambda: API).run(j.pending_batches())
+
+    with pytest.raises(BatcherError):
+        asyncio.run(go())
+    assert len(sent) == concurrency
+    assert {r["status"] for r in results(j).values()} == {"not_sent"}
 
 
 def test_429_lowers_concurrency(tmp_path):

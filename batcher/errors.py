@@ -45,6 +45,9 @@ class AuthError(AbortError):
 
     #: raised before the request it was for could leave (no token could be had): no call
     unsent = False
+    #: raised on Zoho's answer refusing the token (INVALID_TOKEN): the call left, and was
+    #: refused outright (nothing was done)
+    refused_token = False
 
 
 class PermissionDenied(AbortError):

@@ -409,6 +409,12 @@ class Executor:
                     self.counters.calls -= 1
                     self._journal.count(calls=-1, credits=-1)
                     self._maybe_applied[batch.batch_id] -= 1
+                elif isinstance(exc, AuthError) and exc.refused_token:
+                    # answered INVALID_TOKEN (and no fresh token could be had or was taken):
+                    # refused outright, nothing was done
+                    self._journal.log_call(sent_at, batch.batch_id, 401, False,
+                                           time.monotonic() - clock)
+                    self._maybe_applied[batch.batch_id] -= 1
                 else:  # it reached a server: the call log keeps it, without an answer
                     self._journal.log_call(sent_at, batch.batch_id, None, False,
                                            time.monotonic() - clock)

@@ -107,17 +107,20 @@ class ZohoAuth(httpx.Auth):
         if not await self._token_invalid(response):
             return
         if not self._credentials.can_refresh:
-            raise AuthError("Zoho rejected the access token (INVALID_TOKEN): it expired or was "
-                            "revoked and cannot be refreshed; set ZOHO_REFRESH_TOKEN, "
-                            "ZOHO_CLIENT_ID and ZOHO_CLIENT_SECRET (or a new ZOHO_ACCESS_TOKEN), "
-                            f"{_RESUME}")
-        token, _ = await self._refresh(stale_generation=generation, rejected=True)
+            raise _refused(AuthError(
+                "Zoho rejected the access token (INVALID_TOKEN): it expired or was revoked and "
+                "cannot be refreshed; set ZOHO_REFRESH_TOKEN, ZOHO_CLIENT_ID and "
+                f"ZOHO_CLIENT_SECRET (or a new ZOHO_ACCESS_TOKEN), {_RESUME}"))
+        try:
+            token, _ = await self._refresh(stale_generation=generation, rejected=True)
+        except AuthError as exc:  # the call was answered INVALID_TOKEN: nothing was done
+            raise _refused(exc) from None
         self._prepare(request, token)
         response = yield request
         if await self._token_invalid(response):
-            raise AuthError("Zoho rejected a freshly refreshed access token (INVALID_TOKEN): check "
-                            "that ZOHO_DC / --api-domain match the data centre of the account; "
-                            f"{_RESUME}")
+            raise _refused(AuthError(
+                "Zoho rejected a freshly refreshed access token (INVALID_TOKEN): check that "
+                f"ZOHO_DC / --api-domain match the data centre of the account; {_RESUME}"))
 
     @staticmethod
     async def _token_invalid(response: httpx.Response) -> bool:
@@ -293,3 +296,9 @@ def _refusal_message(body: dict[str, Any], token_url: str, latest: str) -> str:
                 f"token, wait 10 minutes (until {latest}), {_RESUME}")
     detail = f" ({description})" if description else ""
     return f"Zoho refused the token refresh: {error}{detail}; {_RESUME}"
+
+
+def _refused(exc: AuthError) -> AuthError:
+    """``exc``, marked as raised on an answer that refused the call's token (nothing done)."""
+    exc.refused_token = True
+    return exc

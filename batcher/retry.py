@@ -145,7 +145,9 @@ class Reachability:
 
     def check(self) -> None:
         if self._since is not None and self.remaining() <= 0:
-            where = "" if " to " in self._what else self._where
+            # the API's place, unless the failure names its own (a host, the accounts server)
+            where = "" if " to " in self._what or "accounts server" in self._what \
+                else self._where
             raise ZohoUnreachable(
                 f"Zoho{where} gave no usable answer for "
                 f"{seconds_text(self._clock() - self._since)} "

@@ -99,6 +99,22 @@ def test_while_nobody_gets_an_answer_the_outage_clock_decides_not_the_attempts()
     assert 120.0 <= clock.now <= 121.0  # woken when the clock ran out, not a backoff later
 
 
+@pytest.mark.parametrize("failure", [
+    "could not reach the Zoho accounts server http://127.0.0.1:9/oauth/v2/token (ConnectError)",
+    "the Zoho accounts server answered HTTP 503"])
+def test_an_outage_of_the_accounts_server_is_not_said_as_the_apis(failure):
+    """Only the token endpoint down: the stop names it, not the API host that answered fine
+    (it said "Zoho at <API> gave no usable answer … (last: could not reach the accounts
+    server …)")."""
+    clock = Clock()
+    reach = Reachability(10.0, clock=clock, where="https://www.zohoapis.com")
+    reach.failed(TransientError(failure, code="TOKEN_ENDPOINT_UNREACHABLE", unsent=True))
+    clock.now = 11.0
+    with pytest.raises(ZohoUnreachable) as stopped:
+        reach.check()
+    assert "zohoapis" not in str(stopped.value) and "accounts server" in str(stopped.value)
+
+
 def test_a_call_that_fails_while_others_get_answers_fails_after_its_attempts():
     clock = Clock()
     reach = Reachability(120.0, clock=clock)

@@ -384,15 +384,18 @@ def _failed(args: argparse.Namespace | None, message: str, code: int) -> int:
     return code
 
 
-def entry() -> NoReturn:
+def entry(early: Sequence[int] = ()) -> NoReturn:
     """The ``batcher`` program. Its signals go to one stopper from its first line to its last:
     before :func:`main` takes them and after it gave them back, a signal is kept (exit 3)
     rather than a death by that signal or a traceback; once everything is said, they are
-    ignored, and the process exits with the code said, without the interpreter's teardown."""
+    ignored, and the process exits with the code said, without the interpreter's teardown.
+    ``early``: the stop signals that came while the program was loading (:mod:`.program`)."""
     stopper = Stopper()
     handler = signal_handler(stopper)
     for sig in taken_signals():
         signal.signal(sig, handler)
+    for sig in early[:1]:
+        handler(sig, None)
     # where the scheduler put them — a pipe read by `head`, a full disk, `2>&-`, an ASCII
     # locale — they may fail; what the job did, and its exit code, stay as they are
     out = sys.stdout = Tolerant(sys.stdout, own_descriptor=True)  # type: ignore[assignment]

@@ -47,6 +47,32 @@ def test_the_program_exits_with_its_code_whatever_thread_a_library_left_running(
     assert "Traceback" not in done.stderr and "Fatal" not in done.stderr
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("command", [["plan", str(SAMPLE)], ["status", "--journal", "x.journal"]])
+def test_a_signal_while_the_program_loads_stops_it_with_exit_3_and_no_traceback(sig, command):
+    """Ctrl-C in the program's first tens of milliseconds gave a KeyboardInterrupt traceback
+    through an import (SIGTERM: a death by the signal, 143). Loading is made slow here (the
+    command line's module takes a second to import) so the signal lands inside it."""
+    program = ("import importlib.abc, sys, time\n"
+               "class Slow(importlib.abc.MetaPathFinder):\n"
+               "    def find_spec(self, name, path, target=None):\n"
+               "        if name == 'batcher.cli':\n"
+               "            time.sleep(1.5)\n"
+               "sys.meta_path.insert(0, Slow())\n"
+               "sys.argv[0] = 'batcher'\n"
+               "from batcher.program import entry\n"
+               "print('loading', flush=True)\n"
+               "entry()\n")
+    proc = subprocess.Popen([sys.executable, "-c", program, *command], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == "loading\n"
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "Traceback" not in err and f"interrupted by {sig.name}" in err
+
+
 def test_plan_json_counts_the_sample(capsys):
     code = main(["plan", str(SAMPLE), "--json"])
     doc = json.loads(capsys.readouterr().out)

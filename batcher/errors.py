@@ -75,6 +75,11 @@ class WaitTooLong(AbortError):
     """Zoho asked to wait (``Retry-After``) longer than the job may wait."""
 
 
+class NotPlanned(AbortError):
+    """The journal's job stopped before its plan was loaded: no un-enrol call was sent, and
+    re-running the job's command plans and sends it."""
+
+
 class JournalIOError(AbortError):
     """The journal's disk failed (full, read-only, damaged pages): nothing more can be recorded."""
 

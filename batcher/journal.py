@@ -55,7 +55,7 @@ import pyarrow.ipc as ipc
 
 from .arrays import arrow_of
 from .counts import SCHEMA_VERSION, STORED_STATUSES, status_counts
-from .errors import JournalError, JournalIOError
+from .errors import JournalError, JournalIOError, NotPlanned
 from .inputs.coded import CHUNK_ROWS, text_of
 from .models import (
     MAX_CADENCES_PER_CALL,
@@ -933,7 +933,10 @@ def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | Callable[[],
                 raise _damaged(path, problem)
         if fingerprint is None:
             if not loaded:
-                raise JournalError(f"journal {path} holds no job (it was never loaded)")
+                raise NotPlanned(
+                    f"journal {path} holds no plan: its job stopped before the plan was made "
+                    "(no un-enrol call was sent, so there are no results to write); re-run the "
+                    "job's command to plan and send it")
         elif loaded and json.loads(meta[_K_FINGERPRINT]) != (
                 fingerprint := fingerprint() if callable(fingerprint) else fingerprint):
             was, had = json.loads(meta.get(_K_INPUT, "null")), json.loads(meta[_K_FINGERPRINT])

@@ -117,10 +117,14 @@ class JobStatus:
 
     def human(self) -> str:
         counts = ", ".join(f"{s} {n:,}" for s, n in self.by_status.items() if n)
-        lines = [f"journal {self.journal}: {self._state_text()}",
-                 f"rows {self.rows:,}" + (f": {counts}" if counts else ""),
-                 f"left: {self.batches_left:,} batches ({self.pairs_left:,} pairs)"
-                 + self._pace_text(),
+        # before its plan is loaded, a journal knows neither the rows nor what is left
+        # (everything is): its zeros would read as a job with nothing left to send
+        held = [f"rows {self.rows:,}" + (f": {counts}" if counts else ""),
+                f"left: {self.batches_left:,} batches ({self.pairs_left:,} pairs)"
+                + self._pace_text()] if self.loaded else [
+                "rows and calls left: not known until its plan is loaded (no un-enrol call "
+                "was sent: every pair is left)"]
+        lines = [f"journal {self.journal}: {self._state_text()}", *held,
                  f"calls {self.calls:,}, retries {self.retries:,}, 429s {self.throttled:,}, "
                  f"credits {self.credits:,}",
                  f"started {self.started_at or '-'}, last call {self.last_call_at or '-'}"]

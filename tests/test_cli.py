@@ -297,6 +297,25 @@ def test_report_rewrites_results_from_the_journal(tmp_path, serve, monkeypatch):
     assert {r["status"] for r in again} == {"unenrolled"}
 
 
+def test_report_and_status_of_a_job_stopped_before_its_plan_was_loaded(tmp_path, capsys):
+    """A job stopped before its plan was loaded (a signal while it planned, a preflight that
+    met only 429s) is one to resume: `report` exits 3 saying so (it was 2, "holds no job": a
+    wrong input, do not retry), and `status` does not show it as holding nothing left."""
+    from batcher.journal import Journal
+
+    journal = tmp_path / "out.journal"
+    with Journal.open(journal, "fp"):
+        pass
+    assert main(["report", "--journal", str(journal), "--results",
+                 str(tmp_path / "again.csv")]) == 3
+    err = capsys.readouterr().err
+    assert "holds no plan" in err and "re-run the job's command" in err
+    assert not (tmp_path / "again.csv").exists()
+    assert main(["status", "--journal", str(journal)]) == 0
+    out = capsys.readouterr().out
+    assert "stopped before its plan was loaded" in out and "left: 0" not in out
+
+
 def test_report_says_when_the_input_is_gone_and_its_columns_are_left_out(
         tmp_path, serve, monkeypatch, capsys):
     rows = make_rows(20, 2)

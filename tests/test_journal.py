@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batcher.errors import JournalError, JournalIOError
+from batcher.errors import JournalError, JournalIOError, NotPlanned
 from batcher.journal import Journal
 from batcher.models import RESULT_COLUMNS, Batch, OutcomeGroup, PairOutcome, Status
 from batcher.rowstore import NO_ANSWER, NO_ANSWER_TEXT, RESULT_SCHEMA
@@ -302,8 +302,9 @@ def test_open_without_fingerprint_needs_an_existing_loaded_journal(tmp_path: Pat
         Journal.open(tmp_path / "nope.journal", None)
     with Journal.open(tmp_path / "empty.journal", "fp"):
         pass
-    with pytest.raises(JournalError, match="never loaded"):
+    with pytest.raises(NotPlanned, match="holds no plan") as stopped:
         Journal.open(tmp_path / "empty.journal", None)
+    assert stopped.value.exit_code == 3  # its job is to be resumed, not a wrong journal
 
 
 def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:

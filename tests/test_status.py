@@ -155,6 +155,9 @@ def test_a_journal_whose_plan_is_not_loaded_yet(tmp_path):
     st = read_status(path)
     assert (st.state, st.eta_s) == ("stopped", None)
     assert "stopped before its plan was loaded" in st.human()
+    # not "rows 0 / left: 0 batches (0 pairs)": a job with nothing left to send
+    assert "rows 0" not in st.human() and "left: 0" not in st.human()
+    assert "every pair is left" in st.human()
 
 
 def test_a_journal_file_its_run_has_just_created(tmp_path):

@@ -40,6 +40,7 @@ from .errors import (
     BatcherError,
     Halted,
     InputError,
+    JournalError,
     MachineLimit,
     PermissionDenied,
     TransientError,
@@ -68,7 +69,7 @@ from .inputs import (
 )
 from .inputs.carry import Carried, carried_columns
 from .inputs.source import Source
-from .journal import Journal, utc_now
+from .journal import Journal, meta_of, utc_now
 from .logs import JobLog
 from .models import with_date
 from .netio import accounts_transport, api_transport, check_proxies, tls_context
@@ -773,9 +774,45 @@ def _journal_for(settings: RunSettings, fp: Callable[[], str]) -> Iterator[Journ
                 Journal.open(Path(tmp) / "dry.journal", fp) as journal:
             yield journal
     else:
-        with Journal.open(settings.journal_path(), fp,
-                          input_name=str(Path(settings.input).resolve())) as journal:
+        path, input_name = settings.journal_path(), str(Path(settings.input).resolve())
+        try:
+            journal = Journal.open(path, fp, input_name=input_name)
+        except JournalError:
+            if changed := _flags_changed(settings, meta_of(path, "input") or {}, input_name):
+                raise JournalError(
+                    f"journal {path} was made for {input_name!r} with {changed[0]}; this "
+                    f"command gives {changed[1]}. A job resumes only with the flags it began "
+                    "with: give them again to finish it, or give another --journal to run "
+                    "this as a new job") from None
+            raise
+        with journal:
             yield journal
+
+
+def _flags_changed(settings: RunSettings, made: Mapping[str, Any], input_name: str
+                   ) -> tuple[str, str] | None:
+    """(the job's input flags, this command's) where they differ, for the same input file;
+    None when they are the same (or the journal says nothing of them)."""
+    then = made.get("options")
+    if made.get("path") != input_name or not isinstance(then, dict):
+        return None
+    now = json.loads(json.dumps(asdict(settings.input_options())))  # tuples as JSON lists
+    keys = [k for k in now if now[k] != then.get(k, now[k])]
+
+    def said(options: Mapping[str, Any]) -> str:
+        parts = []
+        for k in keys:
+            flag, value = "--" + k.replace("_", "-"), options.get(k)
+            if k == "all_cadences":
+                parts.append("--all-cadences" if value else "no --all-cadences")
+            elif k == "cadences":
+                parts.append(" ".join(f"--cadence {c}" for c in value) if value
+                             else "no --cadence")
+            else:
+                parts.append(f"{flag} {value}" if value is not None else f"no {flag}")
+        return ", ".join(parts)
+
+    return (said(then), said(now)) if keys else None
 
 
 @dataclass

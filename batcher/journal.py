@@ -161,6 +161,20 @@ _K_ROUNDS = "batcher.retry_rounds"
 _K_KEPT = STORED_STATUSES
 
 
+def meta_of(path: Path, key: str) -> Any:
+    """A value :meth:`Journal.set_meta` stored, read without opening the journal for a run (no
+    lock, read-only); None when it has none or cannot be read."""
+    try:
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            got = db.execute("SELECT value FROM meta WHERE key = ?", ("user." + key,)).fetchall()
+        finally:
+            db.close()
+        return json.loads(got[0][0]) if got else None
+    except (sqlite3.Error, ValueError, OSError):
+        return None
+
+
 def utc_now() -> str:
     """UTC, ISO 8601, millisecond precision, ``Z`` suffix."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

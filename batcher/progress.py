@@ -32,6 +32,7 @@ class Progress:
         self.total_pairs = total_pairs
         self.total_batches = total_batches
         self._bar: Any = None  # rich's, made at the first update on a terminal
+        self._shown: tuple | None = None  # the counts of the last line written
 
     def update(self, counters, *, force: bool = False) -> None:
         if not self._enabled:
@@ -40,10 +41,11 @@ class Progress:
         if not force and now - self._last < self._interval:
             return
         self._last = now
+        c = counters
+        self._shown = (c.pairs_done, c.batches_done, c.calls, c.throttled, c.retries)
         if self._tty:
             self._draw(counters, now - self._start)
         elif self._emit is not None:
-            c = counters
             self._emit(self.line(c, now - self._start), {
                 "pairs_done": c.pairs_done, "pairs": self.total_pairs, "calls": c.calls,
                 "batches_done": c.batches_done, "batches": self.total_batches,
@@ -80,8 +82,10 @@ class Progress:
         return f"{c.pairs_done:,}/{self.total_pairs:,} pairs  {self._stats(c, elapsed)}"
 
     def close(self, counters) -> None:
-        if self._enabled:
-            self.update(counters, force=True)
+        c = counters
+        if self._enabled and (self._bar is not None or self._shown != (
+                c.pairs_done, c.batches_done, c.calls, c.throttled, c.retries)):
+            self.update(counters, force=True)  # the end, unless its line was the last written
             if self._bar is not None:
                 self._bar.stop()
 

@@ -28,6 +28,23 @@ def test_plain_lines_every_interval_when_not_a_terminal():
     assert "\r" not in out.getvalue()
 
 
+def test_the_end_is_one_line_even_when_the_last_update_said_it():
+    """The last figures are said once: a run whose last answer was just printed ended with the
+    same line (the same JSON event) twice; one whose figures moved since ends with them."""
+    now = [0.0]
+    out = io.StringIO()
+    p = Progress(300, 3, stream=out, clock=lambda: now[0])
+    done = Counters(calls=3, batches_done=3, pairs_done=300)
+    now[0] = 6.0
+    p.update(done)
+    p.close(done)
+    assert [line.split()[0] for line in out.getvalue().splitlines()] == ["300/300"]
+    p = Progress(300, 3, stream=(out := io.StringIO()), clock=lambda: now[0])
+    p.update(Counters(calls=2, batches_done=2, pairs_done=200), force=True)
+    p.close(done)
+    assert [line.split()[0] for line in out.getvalue().splitlines()] == ["200/300", "300/300"]
+
+
 def test_a_terminal_gets_a_bar_that_ends_on_its_last_figures():
     now = [0.0]
     out = FakeTTY()

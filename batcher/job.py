@@ -1014,10 +1014,11 @@ def _manual_by_module(cadences: list[Cadence]) -> dict[str, list[str]]:
 
 def _record_list(settings: RunSettings, journal: Journal) -> RecordList | None:
     """The cadences a record list leaves with --all-cadences, as the job read them from the org
-    (an empty list when it never could: every row then says it has no cadence)."""
+    (``unread`` when it never could: no row then names a cadence, and none is sent)."""
     if not settings.all_cadences:
         return None
-    return RecordList(journal.get_meta("record_list", {}))
+    read = journal.get_meta("record_list")
+    return RecordList(read or {}, unread=read is None)
 
 
 def _say_record_list(cadences: list[Cadence], say) -> None:

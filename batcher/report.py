@@ -41,6 +41,7 @@ from .arrays import arrow_of, numpy_of
 from .errors import InputError, UsageError
 from .inputs.carry import Carried
 from .inputs.columns import _ALIASES, _normalise_header
+from .inputs.records import UNREAD
 from .journal import utc_now
 from .models import SUCCESS_STATUSES, Status
 from .rowstore import CHUNK_ROWS, RESULT_SCHEMA
@@ -858,14 +859,17 @@ class UnplannedResults:
                            until: threading.Event | None = None) -> Iterator[pa.Table]:
         """Every row, as the reader gave it (nothing was sent: none waits for ``until``)."""
         for t in self._tables():
-            valid = pc.equal(t["status"], "valid")
+            # a record list's rows whose cadences were never read were not sent either
             n = t.num_rows
+            unread = pc.fill_null(pc.equal(t["reason"], UNREAD), False)
+            valid = pc.or_(pc.equal(t["status"], "valid"), unread)
             yield pa.table({
                 "row": t["row"], "module": t["module"], "record_id": t["record_id"],
                 "cadence_id": t["cadence_id"],
                 "status": pc.if_else(valid, Status.NOT_SENT.value, t["status"]),
-                "code": t["code"],
-                "message": pc.if_else(valid, self._message, t["reason"]),
+                "code": pc.if_else(unread, pa.nulls(n, pa.string()), t["code"]),
+                "message": pc.if_else(unread, f"{self._message}; {UNREAD}",
+                                      pc.if_else(valid, self._message, t["reason"])),
                 "http_status": pa.nulls(n, pa.int64()), "attempts": pa.array([0] * n, pa.int64()),
                 "batch_id": pa.nulls(n, pa.string()),
                 "retryable": pc.if_else(valid, True, False),

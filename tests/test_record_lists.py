@@ -107,6 +107,34 @@ def test_all_cadences_leaves_every_manual_cadence_of_the_records_module(tmp_path
     assert summary["reconciled"] and summary["rows"] == len(results)
 
 
+def test_a_job_stopped_before_it_read_the_orgs_cadences_sends_nothing_and_claims_nothing(
+        tmp_path, serve):
+    """--all-cadences with a token that may not read the org's cadences: the job stops (exit 3)
+    and its rows are ``not_sent`` — they were all ``invalid`` "this org has no
+    manual_enrollment cadence in module Leads", the retry file empty, as if nobody needed
+    removing. The same command, once the token may, finishes the job."""
+    world = World()
+    leads = [world.add_cadence("Leads", MANUAL).id for _ in range(3)]
+    listed = records("Leads", 5, 1990117000000120345)
+    for module, rec in listed:
+        for c in leads:
+            world.enroll(module, rec, c)
+    inp = write_list(tmp_path / "everything.csv", listed)
+    live = serve(world, scopes=("ZohoCRM.modules.ALL",))
+    result = run_job(settings(tmp_path, inp, reading=EVERY), live.env)
+    assert result.exit_code == 3 and live.sandbox.calls == []
+    rows = read_results(tmp_path / "out.csv")
+    assert [r["status"] for r in rows] == ["not_sent"] * len(listed)
+    assert not any("no manual_enrollment cadence" in r["message"] for r in rows)
+    assert all("read the org's cadences" in r["message"] for r in rows)
+    assert "invalid" not in result.summary.human()
+    live = serve(world)  # the token may read them now
+    assert run_job(settings(tmp_path, inp, reading=EVERY), live.env).exit_code == 0
+    rows = read_results(tmp_path / "out.csv")
+    assert len(rows) == len(listed) * len(leads)
+    assert {r["status"] for r in rows} == {"unenrolled"}
+
+
 def test_a_record_list_with_a_cadence_column_or_without_cadences_is_refused(tmp_path):
     inp = tmp_path / "in.csv"
     inp.write_text("record_id,cadence_id,module\n1990117000000120345,5540230000040000001,Leads\n")

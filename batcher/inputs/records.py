@@ -20,6 +20,10 @@ from .ids import canonical_module, clean_ids, dictionary
 
 #: the key of a record list's cadences for every module (``--cadence``)
 ANY_MODULE = ""
+#: why a row of an ``--all-cadences`` list names no cadence when the job stopped before it read
+#: the org's cadences: the row is not sent (:class:`~batcher.report.UnplannedResults`), not
+#: invalid, and no claim is made about the org's cadences
+UNREAD = "no cadence named: the run stopped before it read the org's cadences"
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,9 @@ class RecordList:
     """module API name (or ``ANY_MODULE``) → the cadence ids each of its records leaves."""
 
     cadences: Mapping[str, Sequence[str]]
+    #: the org's cadences were never read (``--all-cadences``, a job stopped before): no row
+    #: has a cadence, and none is said to be without one in the org
+    unread: bool = False
 
     @classmethod
     def given(cls, cadences: Sequence[str]) -> RecordList:
@@ -68,7 +75,7 @@ class RecordList:
                 said |= batch[key] if key == "blank" else np.asarray(batch[key].is_valid())
         none = ~has & ~said[take]
         if none.any():  # why a row has no cadence: its module, not a "missing cadence id"
-            why = [_no_cadence(m) for m in modules]
+            why = [UNREAD if self.unread else _no_cadence(m) for m in modules]
             out["problem"] = strings_of([why[c] if lack else None for c, lack in
                                          zip(code[take].tolist(), none.tolist(), strict=True)])
         cadence = pa.DictionaryArray.from_arrays(arrow_of(index), strings_of(flat))

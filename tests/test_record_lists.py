@@ -178,6 +178,23 @@ def test_all_cadences_says_why_a_row_has_no_cadence(tmp_path):
     assert rows[2]["reason"].startswith("missing module")
 
 
+def test_all_cadences_finds_a_custom_modules_cadences_whatever_its_case(tmp_path):
+    """The org lists its cadences under ``Vendors_X__c``; a list that says ``vendors_x__c``
+    (Zoho takes either) leaves them — its rows were invalid, "no manual_enrollment cadence in
+    module vendors_x__c", while the preflight and `batcher cadences` took the two as one."""
+    from batcher.inputs import scan_input
+
+    path = tmp_path / "list.csv"
+    path.write_text("record_id,module\n1990117000000120345,vendors_x__c\n"
+                    "1990117000000120346,VENDORS_X__C\n")
+    cadences = ["5540230000040000001", "5540230000040000002"]
+    scan = scan_input(path, EVERY, records=RecordList({"Vendors_X__c": cadences}))
+    rows = [r for t in scan.tables() for r in t.to_pylist()]
+    assert [(r["row"], r["cadence_id"], r["status"]) for r in rows] == [
+        (1, cadences[0], "valid"), (1, cadences[1], "valid"),
+        (2, cadences[0], "valid"), (2, cadences[1], "valid")]
+
+
 def _list_file(tmp_path: Path, kind: str, rows: list[list[str]]) -> Path:
     """A record list (record_id, module, note) as CSV, .xlsx or Parquet; a CSV row may be
     ragged (another number of fields)."""

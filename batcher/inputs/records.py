@@ -45,9 +45,17 @@ class RecordList:
         return cls({ANY_MODULE: tuple(dict.fromkeys(cleaned.to_pylist()))})
 
     def of_module(self, module: str | None) -> Sequence[str]:
+        """The cadences a record of ``module`` leaves. A module's name is matched ignoring case,
+        as Zoho matches it (a custom module given as ``vendors_x__c`` is ``Vendors_X__c``)."""
         if ANY_MODULE in self.cadences:
             return self.cadences[ANY_MODULE]
-        return self.cadences.get(module or "", ()) if module else ()
+        if not module:
+            return ()
+        found = self.cadences.get(module)
+        if found is None:
+            folded = module.casefold()
+            found = next((c for m, c in self.cadences.items() if m.casefold() == folded), ())
+        return found
 
     def expand(self, batch: dict[str, Any], row0: int, default_module: str | None,
                encoded: bool = True) -> dict[str, Any]:

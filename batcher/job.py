@@ -369,6 +369,17 @@ def _check_kinds(settings: RunSettings, env: Mapping[str, str]) -> None:
                 or value != value:  # NaN
             raise UsageError(f"{name} must be a number{' above 0' * (name == 'timeout')}, not "
                              f"{value!r}")
+    for name in ("dry_run", "preflight", "quiet", "token_cache"):
+        if type(getattr(settings, name)) is not bool:
+            raise UsageError(f"{name} must be True or False, not {getattr(settings, name)!r}")
+    for name in ("module", "api_domain", "accounts_url", "dc", "log_format"):
+        value = getattr(settings, name)
+        if not isinstance(value, str) and (value is not None or name == "log_format"):
+            raise UsageError(f"{name} must be text, not {value!r}")
+    for name, kind in (("retry", RetryPolicy), ("reading", InputOptions)):
+        if not isinstance(getattr(settings, name), kind):
+            raise UsageError(f"{name} must be a {kind.__name__}, not "
+                             f"{type(getattr(settings, name)).__name__}")
 
 
 def dated(settings: RunSettings, now: datetime | None = None) -> RunSettings:

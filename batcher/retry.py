@@ -14,6 +14,7 @@ pages) and stops it at any answer. While it runs, a batch out of attempts keeps 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,7 +25,13 @@ from typing import TypeVar
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from batcher.errors import AuthError, TransientError, WaitTooLong, ZohoUnreachable
+from batcher.errors import (
+    AuthError,
+    TransientError,
+    UsageError,
+    WaitTooLong,
+    ZohoUnreachable,
+)
 
 T = TypeVar("T")
 
@@ -51,11 +58,19 @@ class RetryPolicy:
     outage_after: float = 120.0
 
     def __post_init__(self) -> None:
-        if self.attempts < 1 or self.throttled_attempts < 1:
-            raise ValueError("attempts must be at least 1")
-        if min(self.base, self.max_wait, self.min_wait_on_zero_retry_after, self.longest_wait,
-               self.outage_after) < 0:
-            raise ValueError("waits must not be negative")
+        """UsageError (exit 2) for a value a job cannot run with: a library caller's."""
+        for name in ("attempts", "throttled_attempts"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise UsageError(f"{name} must be a whole number of at least 1, not {value!r}")
+        for name in ("base", "max_wait", "min_wait_on_zero_retry_after", "longest_wait",
+                     "outage_after"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not 0 <= value < math.inf:
+                raise UsageError(f"{name} must be a number of seconds, 0 or more, not "
+                                 f"{value!r}")
+        if type(self.jitter) is not bool:
+            raise UsageError(f"jitter must be True or False, not {self.jitter!r}")
 
 
 def seconds_text(seconds: float) -> str:

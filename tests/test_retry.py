@@ -235,9 +235,17 @@ def test_first_try_success_counts_one_attempt():
     assert (result, attempts, sleeps) == ("ok", 1, [])
 
 
-def test_policy_validates():
-    with pytest.raises(ValueError):
-        RetryPolicy(attempts=0)
+@pytest.mark.parametrize("change", [
+    {"attempts": 0}, {"attempts": "3"}, {"attempts": 2.0}, {"throttled_attempts": True},
+    {"longest_wait": -1}, {"outage_after": "120"}, {"base": float("nan")},
+    {"max_wait": float("inf")}, {"jitter": "yes"}])
+def test_policy_refuses_what_a_job_cannot_run_with_as_a_usage_error(change):
+    """A scheduler's policy of the wrong kind: a UsageError naming it (exit 2), not a bare
+    ValueError or a TypeError deep in the first retry."""
+    from batcher.errors import UsageError
+
+    with pytest.raises(UsageError, match=next(iter(change))):
+        RetryPolicy(**change)
 
 
 def test_429s_get_their_own_larger_budget():

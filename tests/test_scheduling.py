@@ -86,6 +86,8 @@ def test_the_bash_operator_and_the_cron_line_give_the_scheduler_the_right_exit(
     {"concurrency": "4"}, {"concurrency": 2.5}, {"max_calls": 1.5}, {"max_calls": "10"},
     {"max_retry_rounds": None}, {"halt_on_failures": "5"}, {"calm_seconds": None},
     {"input": None}, {"input": 5}, {"results": None},
+    {"retry": None}, {"retry": {"attempts": 3}}, {"reading": {"module": "Leads"}},
+    {"module": 123}, {"api_domain": 5}, {"dry_run": "yes"}, {"log_format": None},
 ])
 def test_a_scheduler_handing_settings_of_the_wrong_kind_gets_a_usage_error(tmp_path, change):
     """Found by trying: `timeout=0` made a dry run wait two minutes and blame Zoho; a string
@@ -101,6 +103,19 @@ def test_a_scheduler_handing_settings_of_the_wrong_kind_gets_a_usage_error(tmp_p
         run_job(settings, {})
     assert str(next(iter(change))) in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("change", [{"all_cadences": "yes"}, {"cadences": "554023000004092008"},
+                                    {"cadences": [554023000004092008]}, {"module": 5},
+                                    {"delimiter": b";"}])
+def test_input_options_of_the_wrong_kind_are_a_usage_error(change):
+    """Found by trying: all_cadences="yes" let the calls go out, then raised a TypeError; one
+    string of cadences was read a character at a time ("--cadence '5' is not ...")."""
+    from batcher.errors import UsageError
+    from batcher.inputs import InputOptions
+
+    with pytest.raises(UsageError, match=next(iter(change))):
+        InputOptions(**change)
 
 
 def test_run_job_wants_a_mapping_for_the_environment(tmp_path):

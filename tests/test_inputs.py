@@ -922,8 +922,24 @@ def test_valid_pairs_of_a_file_with_blank_rows_mid_file(tmp_path: Path):
     assert table.scan.blank == 2 and [r["row"] for r in table.table.to_pylist()] == [2, 4]
 
 
-def test_two_columns_of_one_name_are_refused_naming_their_positions(tmp_path: Path):
-    path = write(tmp_path, f"Record Id,Owner,Record Id,cadence_id\n{REC},x,{REC2},{CAD}\n")
+@pytest.mark.parametrize("kind", ["csv", "xlsx", "parquet"])
+def test_two_columns_of_one_name_are_refused_naming_their_positions(tmp_path: Path, kind):
+    """Which of two "Record Id" columns holds the ids cannot be known: refused in every kind
+    of file (an .xlsx took the first, the second carried as "Record Id (2)", exit 0)."""
+    header = ["Record Id", "Owner", "Record Id", "cadence_id"]
+    row = [REC, "x", REC2, CAD]
+    if kind == "csv":
+        path = write(tmp_path, ",".join(header) + "\n" + ",".join(row) + "\n")
+    elif kind == "xlsx":
+        import openpyxl
+
+        book = openpyxl.Workbook()
+        book.active.append(header)
+        book.active.append(row)
+        book.save(path := tmp_path / "in.xlsx")
+    else:
+        pq.write_table(pa.Table.from_arrays([pa.array([v]) for v in row], names=header),
+                       path := tmp_path / "in.parquet")
     for options in ("Leads", InputOptions(module="Leads", record_column="Record Id")):
         message = input_error(path, options)
         assert_one_clear_line(message, path)

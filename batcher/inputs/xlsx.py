@@ -56,6 +56,10 @@ class XlsxSheet:
     no_text: frozenset[str] = frozenset()
     #: sheet rows (1-based, as Excel numbers them) hidden by a filter or by hand, with data
     hidden: tuple[int, ...] = ()
+    #: the header as the sheet gives it (``header`` before a repeated name is suffixed): the
+    #: columns are matched to their roles on it, so two ``record_id`` columns are refused as in
+    #: a CSV, not the first taken and the other carried as ``record_id (2)``
+    given: tuple[str, ...] = ()
 
 
 def read_xlsx(path: Path) -> XlsxSheet:
@@ -83,8 +87,8 @@ def read_xlsx(path: Path) -> XlsxSheet:
                          "put the column names on row 1")
     while len(rows) > 1 and all(v == "" for v in rows[-1]):
         rows.pop()
-    names = _distinct([h if h.strip() else f"column_{first_col + j + 1}"
-                       for j, h in enumerate(header)])
+    given = tuple(h if h.strip() else f"column_{first_col + j + 1}" for j, h in enumerate(header))
+    names = _distinct(list(given))
     columns = [_column(map(itemgetter(j), rows[1:])) for j in range(len(names))]
     no_text = frozenset(name for j, name in enumerate(names)
                         if not any(v.__class__ is str and v.strip() for v in
@@ -93,7 +97,8 @@ def read_xlsx(path: Path) -> XlsxSheet:
     # hidden rows (a filter, or hidden by hand) that hold data: sheet lines, as Excel shows them
     hidden_data = tuple(r + 1 for r in sorted(hidden) if 1 <= r < len(rows)
                         and any(v != "" for v in rows[r]))
-    return XlsxSheet(names, pa.Table.from_arrays(columns, names=names), no_text, hidden_data)
+    return XlsxSheet(names, pa.Table.from_arrays(columns, names=names), no_text, hidden_data,
+                     given)
 
 
 def _load(path: Path) -> tuple[str, list[list], int, int]:

@@ -92,6 +92,11 @@ _CLEANUP_S = 1.0  # how long cancelled tasks get to unwind before the run return
 _GRACE_S = 0.5  # how long the other workers get to record answers in hand when a task fails
 
 
+#: an answer this short is judged while its call's slot is held (see Executor._call): every
+#: whole-request answer is (a code, a message), and an answer of entries for 100 records is not
+_SHORT = 2048
+
+
 class Executor:
     def __init__(self, client: httpx.AsyncClient, journal, settings: ExecutorSettings, *,
                  api_domain: Callable[[], str],
@@ -422,9 +427,11 @@ class Executor:
             finally:
                 self._settled()
             seconds = time.monotonic() - clock
-            if response.status_code >= 400:
-                # an error may stop the job (LIMIT_EXCEEDED, NO_PERMISSION): judged while the
-                # slot is held, so that no other call leaves after an answer that stops them all
+            if response.status_code >= 400 or content is None or len(content) <= _SHORT:
+                # an error may stop the job (LIMIT_EXCEEDED, NO_PERMISSION; under any status):
+                # judged while the slot is held, so that no other call leaves after an answer
+                # that stops them all. Such answers are short, and so cheap to judge here;
+                # a long one (entries for many records) is judged once the slot is taken again
                 return self._judged(batch, response, content, sent_at, seconds)
         # the worker woken by the freed slot sends its call first; this answer is read after
         await asyncio.sleep(0)

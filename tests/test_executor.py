@@ -345,12 +345,14 @@ def test_scope_mismatch_aborts_the_job(tmp_path):
 
 
 @pytest.mark.parametrize("code, status", [("LIMIT_EXCEEDED", 400), ("NO_PERMISSION", 403),
-                                          ("OAUTH_SCOPE_MISMATCH", 401)])
+                                          ("OAUTH_SCOPE_MISMATCH", 401), ("NO_PERMISSION", 200),
+                                          ("LIMIT_EXCEEDED", 207)])
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_no_call_leaves_after_an_answer_that_stops_the_job(tmp_path, code, status, concurrency):
-    """An answer that stops the job (credits spent, no permission) is judged before its slot is
-    taken by another call: with every slot's call answered so, no call more leaves (one did:
-    the worker woken by the freed slot sent its call before the answer was read)."""
+    """An answer that stops the job (credits spent, no permission; under an error status or
+    not) is judged before its slot is taken by another call: with every slot's call answered
+    so, no call more leaves (one did: the worker woken by the freed slot sent its call before
+    the answer was read)."""
     batches = [Batch(f"b{i:06d}", "Leads", (rid(i),), (cid(0),)) for i in range(20)]
     j = journal_with(tmp_path, batches)
     sent = []

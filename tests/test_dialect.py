@@ -319,21 +319,25 @@ def test_empty_lines_keep_later_row_numbers(tmp_path: Path):
         (1, "valid", rec(0)), (3, "valid", rec(1)), (6, "valid", rec(2))]
 
 
-@pytest.mark.parametrize("above", ["\n\n", ",,,\n", "\r\n;;;\r\n \r\n", "sep=,\n\n"])
+@pytest.mark.parametrize("above", ["\n\n", ",,,\n", "\r\n;;;\r\n \r\n", "sep=,\n\n",
+                                   '"","","",""\n'])
 def test_rows_above_the_header_keep_the_row_numbers_a_spreadsheet_shows(tmp_path: Path, above):
     """Empty rows above the header, as Excel saves them (",,,"), are shown by a spreadsheet:
     ``row + 1`` is still the row it shows the record on (Excel hides a sep= line), for the
     rows themselves and for the row a repeat names."""
     path = tmp_path / "above.csv"
     path.write_text(above + "record_id,cadence_id,module,owner\n"
-                    f"{rec(0)},{CAD},Leads,ana\nbad,{CAD},Leads,bo\n{rec(0)},{CAD},Leads,ana\n")
+                    f"{rec(0)},{CAD},Leads,ana\nbad,{CAD},Leads,bo\n{rec(0)},{CAD},Leads,ana\n"
+                    f"{rec(1)},{CAD},Leads\n")
     shown = len([line for line in above.splitlines() if not line.startswith("sep=")])
     header_row = 1 + shown
     rows = seen(path)
-    assert [row for row, _, _ in rows] == [header_row, header_row + 1, header_row + 2]
-    assert [status for _, status, _ in rows] == ["valid", "invalid", "duplicate"]
+    assert [row for row, _, _ in rows] == [header_row + i for i in range(4)]
+    assert [status for _, status, _ in rows] == ["valid", "invalid", "duplicate", "invalid"]
     table = read_input(path).table
     assert table["reason"][2].as_py() == f"same pair as row {header_row}"
+    # the ragged row's line is the one a spreadsheet shows it on: its row + 1
+    assert f"line {header_row + 4} has 3 fields" in table["reason"][3].as_py()
 
 
 @pytest.mark.parametrize("chunk_rows", [None, 20, 1 << 24])

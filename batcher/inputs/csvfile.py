@@ -361,7 +361,9 @@ def _exact_source(src: Source) -> Source:
                 # the row's own text, so the results still say whose row it was
                 text = src.dialect.delimiter.join(fields)
                 text = text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
-                ragged[pos] = (f"line {pos + 2} has {len(fields)} fields, the header has "
+                # the spreadsheet's row: below the header and the empty rows above it
+                line = pos + 2 + src.dialect.rows_above
+                ragged[pos] = (f"line {line} has {len(fields)} fields, the header has "
                                f"{width}: {text!r}")
             rows.append(row)
             if len(rows) == _TABLE_CHUNK:

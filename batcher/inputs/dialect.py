@@ -27,9 +27,9 @@ _SAMPLE_RECORDS = 200  # header included: enough to see a delimiter's consistenc
 
 _SEP_LINE = re.compile(r'sep=([^"\r\n])(?:\r\n|\n|\r|$)', re.IGNORECASE)  # Excel's first line
 
-#: lines before the header with nothing in them: empty, or only delimiters and spaces (how
-#: Excel saves a sheet's empty first rows: ",,")
-_EMPTY_LINES = re.compile(r"(?:[ \t,;|]*(?:\r\n|\n|\r))*")
+#: lines before the header with nothing in them: empty, or only delimiters, spaces and empty
+#: quoted fields (how Excel saves a sheet's empty first rows: ",,"; other tools: '"",""')
+_EMPTY_LINES = re.compile(r'(?:(?:[ \t,;|]|"")*(?:\r\n|\n|\r))*')
 
 _LINE_END = re.compile(r"\r\n|\n|\r")
 #: what makes a line a data record: a Zoho id (15-19 digits) among its fields

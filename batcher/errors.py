@@ -14,6 +14,9 @@ class BatcherError(Exception):
     """Root of every error batcher raises on purpose."""
 
     exit_code = 1
+    #: sends of the request it was raised for that Zoho answered INVALID_TOKEN (the call left,
+    #: and was refused outright): raised by the token's refresh after them
+    refused_calls = 0
 
 
 class UsageError(BatcherError):
@@ -45,9 +48,6 @@ class AuthError(AbortError):
 
     #: raised before the request it was for could leave (no token could be had): no call
     unsent = False
-    #: raised on Zoho's answer refusing the token (INVALID_TOKEN): the call left, and was
-    #: refused outright (nothing was done)
-    refused_token = False
 
 
 class PermissionDenied(AbortError):

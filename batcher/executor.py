@@ -410,15 +410,17 @@ class Executor:
                 finally:
                     await response.aclose()
             except Exception as exc:
-                if is_unsent(exc):
-                    self.counters.calls -= 1
-                    self._journal.count(calls=-1, credits=-1)
-                    self._maybe_applied[batch.batch_id] -= 1
-                elif isinstance(exc, AuthError) and exc.refused_token:
-                    # answered INVALID_TOKEN (and no fresh token could be had or was taken):
-                    # refused outright, nothing was done
+                if refused := getattr(exc, "refused_calls", 0):
+                    # answered INVALID_TOKEN (once, or again with a fresh token) and no token
+                    # to send it with: refused outright, nothing done; each send was a call
+                    self.counters.calls += refused - 1
+                    self._journal.count(calls=refused - 1, credits=refused - 1)
                     self._journal.log_call(sent_at, batch.batch_id, 401, False,
                                            time.monotonic() - clock)
+                    self._maybe_applied[batch.batch_id] -= 1
+                elif is_unsent(exc):
+                    self.counters.calls -= 1
+                    self._journal.count(calls=-1, credits=-1)
                     self._maybe_applied[batch.batch_id] -= 1
                 else:  # it reached a server: the call log keeps it, without an answer
                     self._journal.log_call(sent_at, batch.batch_id, None, False,

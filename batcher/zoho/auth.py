@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from batcher.config import Credentials, Endpoints, accept_api_domain
-from batcher.errors import AuthError, TransientError
+from batcher.errors import AuthError, BatcherError, TransientError
 from batcher.redact import Redactor
 from batcher.retry import parse_retry_after
 from batcher.zoho.api import error_code
@@ -110,17 +110,17 @@ class ZohoAuth(httpx.Auth):
             raise _refused(AuthError(
                 "Zoho rejected the access token (INVALID_TOKEN): it expired or was revoked and "
                 "cannot be refreshed; set ZOHO_REFRESH_TOKEN, ZOHO_CLIENT_ID and "
-                f"ZOHO_CLIENT_SECRET (or a new ZOHO_ACCESS_TOKEN), {_RESUME}"))
+                f"ZOHO_CLIENT_SECRET (or a new ZOHO_ACCESS_TOKEN), {_RESUME}"), 1)
         try:
             token, _ = await self._refresh(stale_generation=generation, rejected=True)
-        except AuthError as exc:  # the call was answered INVALID_TOKEN: nothing was done
-            raise _refused(exc) from None
+        except BatcherError as exc:  # refused, or the accounts server down: either way the
+            raise _refused(exc, 1) from None  # call was answered INVALID_TOKEN, nothing done
         self._prepare(request, token)
         response = yield request
         if await self._token_invalid(response):
             raise _refused(AuthError(
                 "Zoho rejected a freshly refreshed access token (INVALID_TOKEN): check that "
-                f"ZOHO_DC / --api-domain match the data centre of the account; {_RESUME}"))
+                f"ZOHO_DC / --api-domain match the data centre of the account; {_RESUME}"), 2)
 
     @staticmethod
     async def _token_invalid(response: httpx.Response) -> bool:
@@ -298,7 +298,10 @@ def _refusal_message(body: dict[str, Any], token_url: str, latest: str) -> str:
     return f"Zoho refused the token refresh: {error}{detail}; {_RESUME}"
 
 
-def _refused(exc: AuthError) -> AuthError:
-    """``exc``, marked as raised on an answer that refused the call's token (nothing done)."""
-    exc.refused_token = True
+def _refused(exc: BatcherError, calls: int) -> BatcherError:
+    """``exc``, raised after ``calls`` sends of the request were answered INVALID_TOKEN: they
+    left (each a call), and were refused outright (nothing done)."""
+    exc.refused_calls = calls
+    if isinstance(exc, TransientError):
+        exc.unsent = False  # the token it could not get was for a call that had left
     return exc

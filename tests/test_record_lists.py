@@ -195,6 +195,18 @@ def test_all_cadences_finds_a_custom_modules_cadences_whatever_its_case(tmp_path
         (2, cadences[0], "valid"), (2, cadences[1], "valid")]
 
 
+def test_a_cadence_id_typed_on_the_command_line_is_not_judged_rounded(tmp_path):
+    """`--cadence 555000000000001000`: an id that ends in 000 (one in a thousand 18-digit ids
+    does) made every row ROUNDED_ID, "this file's ids show that rounding" — it was typed, not
+    read from a spreadsheet. The records of the list are still judged."""
+    from batcher.inputs import scan_input
+
+    path = tmp_path / "list.csv"
+    path.write_text("record_id,module\n1990117000000120345,Leads\n1990117000000120346,Leads\n")
+    scan = scan_input(path, InputOptions(cadences=("555000000000001000",)))
+    assert (scan.pairs, scan.rounded, scan.invalid) == (2, 0, 0)
+
+
 def _list_file(tmp_path: Path, kind: str, rows: list[list[str]]) -> Path:
     """A record list (record_id, module, note) as CSV, .xlsx or Parquet; a CSV row may be
     ragged (another number of fields)."""

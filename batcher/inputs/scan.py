@@ -480,7 +480,8 @@ def _finish_scan(source: Source, options: InputOptions, stamp: Stamp,
         rc, rec_uniques, grouping = encode_parts(rec, pool)
         coding = pool.submit(cadence_codes, cad, len(cad_values), mod, len(names))
         if "rounded" not in found:
-            refused = _rounded(rc, rec_uniques, cad, cad_values)
+            refused = _rounded(rc, rec_uniques, cad, cad_values,
+                               typed=found["records"] is not None)
             if refused is not None and refused[0] is None:  # only a warning to give
                 found = {**found, **refused[1]}
             elif refused is not None:
@@ -515,14 +516,15 @@ def _finish_scan(source: Source, options: InputOptions, stamp: Stamp,
         cadence_modules=cad_module, record_masks=masks, **found)
 
 
-def _rounded(rc: np.ndarray, rec_uniques: np.ndarray, cad: np.ndarray, cad_values: np.ndarray
-             ) -> tuple[np.ndarray | None, dict[str, Any]] | None:
+def _rounded(rc: np.ndarray, rec_uniques: np.ndarray, cad: np.ndarray, cad_values: np.ndarray,
+             typed: bool = False) -> tuple[np.ndarray | None, dict[str, Any]] | None:
     """(valid rows to refuse, the refused record and cadence ids) when the record or the
     cadence column shows spreadsheet rounding; (None, the unusual ids to warn of) when one only
-    looks odd; else None."""
+    looks odd; else None. ``typed``: the cadences are a record list's (``--cadence`` ids, or
+    the org's own): no spreadsheet held them, so only the records are judged."""
     used = cad_values[np.bincount(cad, minlength=len(cad_values)) > 0]
-    (records, odd_records), (cadences, odd_cadences) = (rounding_evidence(rec_uniques),
-                                                        rounding_evidence(used))
+    (records, odd_records), (cadences, odd_cadences) = (
+        rounding_evidence(rec_uniques), (None, None) if typed else rounding_evidence(used))
     unusual = tuple(str(v) for odd in (odd_records, odd_cadences) if odd is not None
                     for v in odd.tolist())
     if records is None and cadences is None:
@@ -548,6 +550,8 @@ def _collapsed(source: Source, options: InputOptions, found: dict[str, Any],
     other columns again, only when such a repeat exists (genuine ids seldom end in those
     zeros)."""
     tailed_rec, tailed_cad = zero_tailed(rec), zero_tailed(cad)
+    if found["records"] is not None:  # a record list's cadences held by no spreadsheet
+        tailed_cad[:] = False
     suspect = np.flatnonzero(tailed_rec | tailed_cad)
     if not len(suspect):
         return None

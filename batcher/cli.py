@@ -56,6 +56,17 @@ def _json_log(argv: Sequence[str]) -> bool:
     return chosen == "json"
 
 
+def _port(value: str) -> int:
+    """A TCP port (argparse says a bad one as usage: exit 2)."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (0-65535)")
+    return port
+
+
 _EXIT_CODES = """exit codes:
   0  every row ended unenrolled, not_enrolled, scheduled or duplicate
   1  the job finished but some rows are failed or invalid
@@ -190,7 +201,8 @@ def _parser() -> argparse.ArgumentParser:
     sb = command("sandbox", help="serve a local Zoho-shaped sandbox for rehearsals",
                  description="Serve a Zoho-shaped API and accounts server on loopback, with "
                              "the records of --from enrolled, to rehearse a job.")
-    sb.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
+    sb.add_argument("--port", type=_port, default=8765,
+                    help="port on 127.0.0.1, 0-65535 (default 8765; 0: any free one)")
     sb.add_argument("--from", dest="from_input", help="enroll every valid pair of this input")
     sb.add_argument("--faults", default="none",
                     help="none, flaky, throttled, lossy, slow, short_tokens, mix")

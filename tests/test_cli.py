@@ -256,6 +256,15 @@ def test_kill_9_then_the_same_command_resumes_without_resending_answers(tmp_path
         assert SECRET not in blob and REFRESH not in blob
 
 
+@pytest.mark.parametrize("port", ["-1", "70000", "8o80"])
+def test_a_sandbox_port_out_of_range_is_bad_usage(capsys, port):
+    """`batcher sandbox --port -1` said "internal error (OverflowError …) … re-run to resume",
+    exit 3: a port out of range is bad usage, exit 2, one line."""
+    assert main(["sandbox", "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert "is not a port" in err and "internal error" not in err
+
+
 def test_second_run_on_the_same_journal_is_refused_while_the_first_runs(tmp_path, serve):
     rows = make_rows(800, 60, seed=2, max_k=2)  # ~60 calls, one at a time, 0.1 s each: ~6 s
     live = serve(World.from_pairs(rows), latency=0.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import httpx
 import pyarrow as pa
@@ -274,8 +275,8 @@ def test_a_call_answered_invalid_token_was_refused_not_maybe_applied(tmp_path, r
             "code": "INVALID_TOKEN", "details": {}, "message": "invalid oauth token",
             "status": "error"}))
         async with httpx.AsyncClient(transport=api, auth=auth) as client:
-            with pytest.raises(BatcherError):
-                await Executor(client, j, ExecutorSettings(retry=FAST),
+            with pytest.raises(BatcherError):  # an accounts server down: a short outage
+                await Executor(client, j, ExecutorSettings(retry=replace(FAST, outage_after=0.3)),
                                api_domain=lambda: API).run(j.pending_batches())
 
     asyncio.run(go())

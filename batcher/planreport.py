@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from .inputs import InputOptions, InputScan, rounding_line, scan_input, unusual_line
 from .planner import Plan, plan_codes
@@ -75,7 +76,8 @@ def summarise(scan: InputScan, plan: Plan) -> PlanReport:
         pairs=plan.n_pairs,
         invalid=scan.invalid,
         duplicates=scan.duplicates,
-        cadences=sum(s["cadences"] for s in module_stats.values()),
+        # distinct ids: a record list's --cadence ids stand for every module's records
+        cadences=pc.count_distinct(scan.cadence_text).as_py() if plan.n_pairs else 0,
         batches=plan.n_batches,
         lower_bound=plan.lower_bound,
         naive_batches=plan.naive_batches,

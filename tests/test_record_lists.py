@@ -207,6 +207,21 @@ def test_a_cadence_id_typed_on_the_command_line_is_not_judged_rounded(tmp_path):
     assert (scan.pairs, scan.rounded, scan.invalid) == (2, 0, 0)
 
 
+def test_plan_counts_a_record_lists_cadences_once_whatever_the_modules(tmp_path):
+    """Two --cadence ids over records of four modules: "over 2 cadences", not 8 (one per
+    module and id)."""
+    from batcher.planreport import plan_input
+
+    path = tmp_path / "list.csv"
+    path.write_text("record_id,module\n" + "".join(
+        f"{1990117000000120345 + i},{m}\n" for i, m in enumerate(
+            ["Leads", "Contacts", "Deals", "Vendors_X__c"])))
+    report = plan_input(str(path), InputOptions(cadences=("554023000004092008",
+                                                          "554023000004092009")))
+    assert (report.pairs, report.cadences) == (8, 2)
+    assert "over 2 cadences" in report.human()
+
+
 def _list_file(tmp_path: Path, kind: str, rows: list[list[str]]) -> Path:
     """A record list (record_id, module, note) as CSV, .xlsx or Parquet; a CSV row may be
     ragged (another number of fields)."""

@@ -112,12 +112,8 @@ class JobStatus:
         return "finished" if self.loaded and not self.batches_left else "stopped"
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: the fields, plus ``state`` and ``rows``. Before the plan is loaded the
-        rows and what is left are unknown (everything is left): null, not 0."""
-        out = {"state": self.state, "rows": self.rows, **asdict(self)}
-        if not self.loaded:
-            out.update(rows=None, batches_left=None, pairs_left=None)
-        return out
+        """JSON-ready: the fields, plus ``state`` and ``rows``."""
+        return {"state": self.state, "rows": self.rows, **asdict(self)}
 
     def human(self) -> str:
         counts = ", ".join(f"{s} {n:,}" for s, n in self.by_status.items() if n)

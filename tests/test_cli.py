@@ -323,9 +323,6 @@ def test_report_and_status_of_a_job_stopped_before_its_plan_was_loaded(tmp_path,
     assert main(["status", "--journal", str(journal)]) == 0
     out = capsys.readouterr().out
     assert "stopped before its plan was loaded" in out and "left: 0" not in out
-    assert main(["status", "--journal", str(journal), "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert (doc["state"], doc["rows"], doc["pairs_left"]) == ("stopped", None, None)
 
 
 def test_report_says_when_the_input_is_gone_and_its_columns_are_left_out(

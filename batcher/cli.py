@@ -416,8 +416,9 @@ def entry(early: Sequence[int] = ()) -> NoReturn:
     out.flush()
     if out.lost is not None and not out.broken_pipe:  # `| head`: what it did not want is no loss
         why = out.lost.strerror if isinstance(out.lost, OSError) else None
-        sys.stderr.write(f"batcher: the standard output could not be written "
-                         f"({why or out.lost}); the exit code stands\n")
+        sys.stderr.write(last_line(f"the standard output could not be written "
+                                   f"({why or out.lost}); the exit code stands", code,
+                                   json_lines=stopper.json_lines, event="stdout_lost"))
     sys.stderr.flush()
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)

@@ -342,9 +342,24 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
     with signals_to(stopper):
         log = JobLog(stream or sys.stderr, settings.log_format, settings.quiet)
         try:
-            return _run_job(dated(settings), env, transports, log, stopper)
+            tonight = dated(settings)
+            return _run_job(tonight, env, transports, log, stopper,
+                            _resume_tonight(settings, tonight))
         finally:
             log.close()
+
+
+def _resume_tonight(settings: RunSettings, tonight: RunSettings) -> str | None:
+    """What a stopped run adds to "re-run the same command" when ``{date}`` names its files
+    (``tonight``: the settings with it filled in): after midnight UTC the same command is the
+    next night's new job, which would send every call of this one again; None without it."""
+    if "{date}" not in f"{settings.results}{settings.journal or ''}":
+        return None
+    return (f"the same command does so before midnight UTC; after it, {{date}} makes it a new "
+            f"job: resume this one with --results {tonight.results}"
+            + (f" --journal {tonight.journal}" if settings.journal is not None else "")
+            + (" (a job spread over nights by --max-calls needs --results without {date})"
+               if settings.max_calls is not None else ""))
 
 
 def _check_kinds(settings: RunSettings, env: Mapping[str, str]) -> None:
@@ -412,7 +427,7 @@ async def run_job_async(settings: RunSettings, env: Mapping[str, str], *,
 
 
 def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transports,
-             log: JobLog, stopper: Stopper) -> JobResult:
+             log: JobLog, stopper: Stopper, resume_note: str | None = None) -> JobResult:
     _check(settings)
     options = settings.input_options()
     source = check_input(settings.input, options)  # an unusable file stops before any journal
@@ -478,6 +493,8 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     code = stop.exit_code if stop else summary.exit_code()
     if settings.dry_run and not stop:
         code = 1 if summary.by_status.get(INVALID) else 0
+    if stop is not None and code == 3 and resume_note:  # {date}: "the same command" expires
+        stop = _Stop(f"{stop.reason} — {resume_note}", code)
     log.say("end", summary.human(), bare=True, exit_code=code, summary=summary.to_dict())
     if stop is not None:
         log.say("abort", f"aborted: {stop.reason}", always=True, exit_code=code)
@@ -569,6 +586,9 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
         if reason:  # for `batcher status`: why the last run stopped
             with contextlib.suppress(BatcherError):
                 journal.set_meta("aborted", reason)
+        if not settings.dry_run:  # for `batcher report`'s page: the command that resumes it
+            with contextlib.suppress(BatcherError):
+                journal.set_meta("run_flags", {k: getattr(settings, k) for k in _RUN_FLAGS})
         meta = {k: journal.get_meta(k, d) for k, d in (
             ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None),
             ("warnings", []))}
@@ -613,6 +633,12 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
         if stop is None:  # else the abort line says what is wrong (a damaged journal, a disk)
             log.say("report", f"the report could not be written ({exc})", always=True)
     return summary
+
+
+#: the flags of a run (not of its input) that the command resuming it gives again: a page
+#: `batcher report` rewrites names the nightly --max-calls budget, the API domain... as the run's
+_RUN_FLAGS = ("max_calls", "concurrency", "halt_on_failures", "preflight", "api_domain",
+              "accounts_url", "dc", "token_cache", "log_format")
 
 
 class _ResultsAhead:
@@ -896,7 +922,10 @@ async def _run(settings: RunSettings, read: _Read, journal: Journal, link: _Link
                     await _plan_job(settings, read, journal, client, auth, log, stopper, reach,
                                     say)
                     read.scan = None  # stored: the journal holds all the job needs of it
-                elif not settings.dry_run:
+                elif not settings.dry_run and not _left_to_send(journal):
+                    # a retry round is for a finished job: one stopped early (a nightly
+                    # --max-calls budget, a signal, an outage) first sends what it has left,
+                    # or each night's resume would spend a round before the job is done
                     requeued = journal.requeue_retryable(settings.max_retry_rounds)
                     if requeued:
                         say(f"sending again {requeued} pairs that failed for a reason worth "
@@ -914,8 +943,7 @@ async def _run(settings: RunSettings, read: _Read, journal: Journal, link: _Link
                 raise
             return _Stop(stopper.message())
         except Halted as exc:  # nothing left to send: the job is finished, not halted
-            left = any(k in ("pending", "sent") for k in journal.batch_counts())
-            return _Stop(redact(str(exc)), exc.exit_code) if left else None
+            return _Stop(redact(str(exc)), exc.exit_code) if _left_to_send(journal) else None
         except BatcherError as exc:
             if isinstance(exc, UsageError) and journal.is_new:  # a list for --all-cadences
                 raise  # that cannot be read, an input written to while it was read: as the scan
@@ -928,6 +956,11 @@ async def _run(settings: RunSettings, read: _Read, journal: Journal, link: _Link
             return _Stop(redact(f"internal error ({type(exc).__name__}: {exc}); the journal "
                                 "keeps every answer recorded — re-run the same command to "
                                 "resume, and report this with BATCHER_DEBUG=1 set"))
+
+
+def _left_to_send(journal: Journal) -> bool:
+    """Whether batches of the job are still to be sent (pending, or sent without an answer)."""
+    return any(k in ("pending", "sent") for k in journal.batch_counts())
 
 
 async def _plan_job(settings: RunSettings, read: _Read, journal: Journal,
@@ -1169,8 +1202,10 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
                            f"--results {results}")
         options = InputOptions(**{k: tuple(v) if isinstance(v, list) else v
                                   for k, v in made.get("options", {}).items()})
+        flags = journal.get_meta("run_flags") or {}
         settings = RunSettings(input=made.get("path", "INPUT"), results=results,
-                               journal=str(path), module=options.module, reading=options)
+                               journal=str(path), module=options.module, reading=options,
+                               **{k: flags[k] for k in _RUN_FLAGS if k in flags})
         carried, notes = None, []
         if made and Path(settings.input).exists():  # its columns, if it is the very input
             carried = _carried(settings, journal, notes)

@@ -553,8 +553,9 @@ class Journal:
     def requeue_retryable(self, max_rounds: int) -> int:
         """Plan the pairs answered ``failed`` with ``retryable`` true as new pending batches.
 
-        Run at the start of a resumed job, so the same command re-sends what may succeed now and
-        a nightly re-run converges; at most ``max_rounds`` times per job. A pair goes back only
+        Run at the start of a re-run of a finished job (nothing left to send), so the same
+        command re-sends what may succeed now and a nightly re-run converges; at most
+        ``max_rounds`` times per job. A pair goes back only
         with the cadences its record failed in within one batch, so every new batch is again
         records × cadences that were all asked for. Its ``attempts`` start at the old batch's,
         so a re-send's "not enrolled" carries the doubt that an earlier attempt may have removed
@@ -807,8 +808,9 @@ def _create_private(path: Path) -> None:
             db.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
         os.rename(tmp, path)
     except (OSError, sqlite3.Error) as exc:
-        with suppress(OSError):
-            os.unlink(tmp)
+        for part in ("", "-wal", "-shm"):  # SQLite's files of it too: none left behind
+            with suppress(OSError):
+                os.unlink(f"{tmp}{part}")
         if isinstance(exc, sqlite3.Error):
             raise _open_failure(path, exc) from None
         if exc.errno in _DISK_FAILURES:  # a full disk, a scheduler's file size limit: exit 3

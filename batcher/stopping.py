@@ -104,13 +104,13 @@ def taken_signals() -> list[signal.Signals]:
     return [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
 
 
-def last_line(message: str, code: int, *, json_lines: bool) -> str:
+def last_line(message: str, code: int, *, json_lines: bool, event: str = "error") -> str:
     """The line a command ends with when it fails: ``batcher: message``, or (``--log-format
-    json``) a JSON object with the event ``error``, the time and the exit code."""
+    json``) a JSON object with the ``event`` (``error``), the time and the exit code."""
     if not json_lines:
         return f"batcher: {message}\n"
     now = datetime.now(UTC).isoformat(timespec="milliseconds")
-    return json.dumps({"event": "error", "ts": now, "message": message, "exit_code": code}) + "\n"
+    return json.dumps({"event": event, "ts": now, "message": message, "exit_code": code}) + "\n"
 
 
 def signal_handler(stopper: Stopper) -> Callable[[int, object], None]:

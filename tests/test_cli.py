@@ -306,6 +306,25 @@ def test_report_rewrites_results_from_the_journal(tmp_path, serve, monkeypatch):
     assert {r["status"] for r in again} == {"unenrolled"}
 
 
+def test_report_of_a_budget_stopped_job_names_the_budget_in_its_resume_command(
+        tmp_path, serve, monkeypatch):
+    """Found by trying: a job stopped by its nightly `--max-calls`, its results rewritten by
+    `batcher report` (the way the run says to get them after a full disk), got a page whose
+    "command that resumes" had no `--max-calls`: copied, it would send the whole rest of the
+    job at once. The page now gives the run's own flags again."""
+    rows = make_rows(300, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--quiet",
+                 "--max-calls", "2", "--concurrency", "3", "--no-preflight"]) == 3
+    assert main(["report", "--journal", str(tmp_path / "out.journal"),
+                 "--results", str(tmp_path / "again.csv")]) == 3
+    page = (tmp_path / "again.report.html").read_text()
+    assert "--max-calls 2" in page and "--concurrency 3" in page and "--no-preflight" in page
+
+
 def test_report_and_status_of_a_job_stopped_before_its_plan_was_loaded(tmp_path, capsys):
     """A job stopped before its plan was loaded (a signal while it planned, a preflight that
     met only 429s) is one to resume: `report` exits 3 saying so (it was 2, "holds no job": a

@@ -364,6 +364,36 @@ def test_the_same_command_resends_retryable_failures_and_converges(tmp_path, ser
     assert_exact(live.sandbox, rows)
 
 
+def test_a_budget_stopped_job_keeps_its_retry_rounds_for_when_it_is_finished(tmp_path, serve):
+    """A job sent over several nights (--max-calls) spends no retry round while it still has
+    batches to send: each night's resume used to re-send the failures so far and spend a round,
+    so once the job finished, the same command no longer retried what failed on its last
+    nights (the nightly re-run did not converge)."""
+    rows = make_rows(120, 10, seed=5, max_k=3)
+    live = serve(World.from_pairs(rows), fault_profile="flaky", seed=4)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    once = RetryPolicy(attempts=1, base=0.01, max_wait=0.05)
+    nightly = settings(tmp_path, inp, retry=once, max_retry_rounds=1, max_calls=4,
+                       concurrency=1)
+    nights = [run_job(nightly, live.env) for _ in range(2)]
+    assert [n.exit_code for n in nights] == [3, 3]
+    assert nights[0].summary.by_status.get("failed")  # failed before the job was finished
+    while (last := run_job(nightly, live.env)).exit_code == 3:
+        nights.append(last)
+        assert len(nights) < 40
+    failed = {(r["module"], r["record_id"], r["cadence_id"])
+              for r in read_results(tmp_path / "out.csv") if r["status"] == "failed"}
+    assert failed and last.exit_code == 1  # finished, with failures worth retrying
+    calls_before = len(live.sandbox.calls)
+    err = io.StringIO()
+    run_job(replace(nightly, quiet=False), live.env, stream=err)
+    resent = {(c.module, r, k) for c in live.sandbox.calls[calls_before:]
+              for r in c.record_ids for k in c.cadence_ids}
+    assert "spent its 1 retry round" not in err.getvalue()
+    assert resent and resent <= failed  # the job's one round, on the finished job's failures
+    assert_exact(live.sandbox, rows)
+
+
 def test_halt_on_failures_stops_a_list_of_unknown_ids_and_says_what_it_spent(tmp_path, serve):
     known = make_rows(10, 1)
     world = World.from_pairs(known)

@@ -782,6 +782,26 @@ def test_an_emptied_journal_is_refused_not_started_over(loaded: Path) -> None:
         "fresh.journal", "fresh.journal.lock"]
 
 
+def test_a_journal_that_cannot_be_made_leaves_no_file_of_it_behind(tmp_path: Path) -> None:
+    """A scheduler's file size limit (``ulimit -f``) below SQLite's shared memory file: making
+    the journal fails (exit 3, resumable), and neither the half-made journal nor SQLite's
+    ``-wal``/``-shm`` files of it stay behind, one pair a night."""
+    script = textwrap.dedent(f"""
+        import resource
+        from batcher.errors import JournalIOError
+        from batcher.journal import Journal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, resource.RLIM_INFINITY))
+        try:
+            Journal.open({str(tmp_path / "job.journal")!r}, "fp")
+        except JournalIOError as exc:
+            print(exc.exit_code)
+    """)
+    got = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=30)
+    assert got.stdout.strip() == "3", got.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.journal.lock"]
+
+
 def test_rows_coded_by_the_scan_give_the_results_the_text_rows_give(tmp_path: Path) -> None:
     """The scan's coded rows (ids as integers, no second read) and the reader's text rows of
     the same messy file (odd ids, blank, ragged and repeated rows, zcrm_ prefixes, a bad

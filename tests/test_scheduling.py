@@ -124,3 +124,26 @@ def test_run_job_wants_a_mapping_for_the_environment(tmp_path):
 
     with pytest.raises(UsageError):
         run_job(RunSettings(input=tmp_path / "in.csv", results=tmp_path / "o.csv"), None)
+
+
+def test_a_dated_job_stopped_early_says_how_to_resume_it_after_midnight(tmp_path, serve):
+    """Found by trying: a nightly `--results 'out/{date}.csv' --max-calls N` stopped with
+    "re-run the same command to continue" — after midnight UTC that command is the next
+    night's new job, which sends this one's calls again from the first; the line now names the
+    dated results that resume it (a fixed path says what it always said)."""
+    import time
+
+    from batcher.job import RunSettings, run_job
+
+    rows = make_rows(300, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    dated = run_job(RunSettings(input=inp, results=tmp_path / "{date}.csv", max_calls=1,
+                                quiet=True), live.env)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert dated.exit_code == 3 and "--max-calls 1 reached" in dated.aborted
+    assert f"resume this one with --results {tmp_path / today}.csv" in dated.aborted
+    assert "after it, {date} makes it a new job" in dated.aborted
+    fixed = run_job(RunSettings(input=inp, results=tmp_path / "fixed.csv", max_calls=1,
+                                quiet=True), live.env)
+    assert fixed.exit_code == 3 and "midnight" not in fixed.aborted

@@ -91,6 +91,23 @@ def test_a_summary_that_cannot_be_printed_is_said_and_the_exit_code_stands(tmp_p
     finished(tmp_path, rows)
 
 
+def test_a_summary_that_cannot_be_printed_is_said_as_json_with_json_lines(tmp_path, serve):
+    """With ``--log-format json`` every stderr line is one JSON object: the line saying that
+    ``--json``'s summary was lost (stdout on a full disk) too, not a line of text a log
+    collector cannot parse."""
+    args, env, rows = job(tmp_path, serve)
+    with open("/dev/full", "w") as full:
+        proc = batcher(*args, "--json", "--log-format", "json", env=env, stdout=full)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    no_crash(err)
+    lines = [json.loads(line) for line in err.decode().splitlines()]
+    assert lines[-1]["event"] == "stdout_lost" and lines[-1]["exit_code"] == 0
+    assert "standard output could not be written (No space left on device)" in \
+        lines[-1]["message"]
+    finished(tmp_path, rows)
+
+
 def test_an_ascii_locale_escapes_what_it_cannot_show(tmp_path, serve):
     args, env, rows = job(tmp_path, serve)
     ascii_env = {**env, "PYTHONIOENCODING": "ascii"}

@@ -41,7 +41,7 @@ from .hostsettings import collector_spared
 from .limiter import AdaptiveLimiter, LimiterSettings
 from .models import Batch, OutcomeGroup, PairOutcome, Status
 from .redact import Redactor
-from .retry import Reachability, RetryPolicy, call_with_retries, is_unsent
+from .retry import NETWORK_ERRORS, Reachability, RetryPolicy, call_with_retries, is_unsent
 from .zoho.api import (
     JSON_HEADERS,
     Answered,
@@ -331,7 +331,7 @@ class Executor:
         try:
             answer, _ = await call_with_retries(once, self._s.retry, on_retry=self._on_retry,
                                                 sleep=self._nap, reach=self._reach)
-        except (TransientError, httpx.TransportError) as exc:
+        except (TransientError, *NETWORK_ERRORS) as exc:
             if not reached and is_unsent(exc):
                 return _NeverSent(_unsent_reason(exc)), attempts
             return (exc if isinstance(exc, TransientError) else _transport_failure(exc)), attempts
@@ -638,6 +638,6 @@ def _unsent_reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, TransientError) else type(exc).__name__
 
 
-def _transport_failure(exc: httpx.TransportError) -> TransientError:
+def _transport_failure(exc: httpx.HTTPError) -> TransientError:
     code = "TIMEOUT" if isinstance(exc, httpx.TimeoutException) else "CONNECTION_ERROR"
     return TransientError(f"no answer from Zoho after retries: {type(exc).__name__}", code=code)

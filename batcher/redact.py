@@ -6,14 +6,17 @@ stores passes through one :class:`Redactor`, which knows the run's secrets (clie
 token, every access token obtained) and also masks anything shaped like a Zoho credential.
 
 A server may change what it echoes: a code is upper-cased (Zoho's codes are; batcher upper-cases
-them too), a token cut in two lands in two fields, a message is cut short. Secrets are found
-whatever their case, and any piece of one (12 characters or more) within a word is masked.
+them too), a token cut in two lands in two fields, a message is cut short, a proxy quotes a
+header base64- or URL-encoded. Secrets are found whatever their case, also in those encodings,
+and any piece of one (12 characters or more) within a word is masked.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 #: a credential after its scheme word or parameter name, whoever issued it
@@ -56,9 +59,11 @@ class Redactor:
     def add(self, secret: str | None) -> None:
         if not secret or len(secret) < _SHORTEST or secret in self._secrets:
             return
+        self._secrets = (*self._secrets, secret)
         # longest first: a secret that contains another is masked whole
-        self._secrets = tuple(sorted({*self._secrets, secret}, key=len, reverse=True))
-        self._known = (_Secrets(self._secrets), {})
+        forms = {*self._secrets, *(f for s in self._secrets for f in _url_forms(s))}
+        self._known = (_Secrets(tuple(sorted(forms, key=len, reverse=True)),
+                                tuple(c for s in self._secrets for c in _base64_cores(s))), {})
 
     def __call__(self, text: str) -> str:
         if not text:
@@ -90,15 +95,35 @@ class Redactor:
         return f"Redactor({len(self._secrets)} secrets)"
 
 
+def _url_forms(secret: str) -> set[str]:
+    """``secret`` URL-encoded, as a form body or a query string echoed back carries it."""
+    return {quote(secret, safe=""), quote_plus(secret)} - {secret}
+
+
+def _base64_cores(secret: str) -> list[str]:
+    """What the base64 (standard or URL-safe alphabet) of any text that holds ``secret`` holds of
+    it — a proxy page quoting the header ``Zoho-oauthtoken <token>`` encoded, or a form body.
+    Where the secret starts in that text decides how its bytes fall into base64's groups of
+    three, so each of the three alignments gives a core (the groups made of the secret's bytes
+    only) that the encoding holds whatever stands around it. Masked as pieces are (any stretch of
+    12 characters, within a word): base64 is one word."""
+    raw, cores = secret.encode("utf-8"), []
+    for start in range(3):
+        core = raw[start:len(raw) - (len(raw) - start) % 3]
+        cores += [base64.b64encode(core).decode("ascii"),
+                  base64.urlsafe_b64encode(core).decode("ascii")]
+    return [c for c in cores if len(c) >= _SHORTEST_CUT]
+
+
 class _Secrets:
     """One set of secrets (longest first: one that contains another is masked whole) as the
     redaction looks for them: anywhere in any case, and as pieces (any stretch of 12 characters
-    of one, within a word of the text)."""
+    of one, within a word of the text); ``encoded`` forms (base64) as pieces only."""
 
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    def __init__(self, secrets: tuple[str, ...], encoded: tuple[str, ...] = ()) -> None:
         self.lowered = tuple(s.lower() for s in secrets)
-        #: every stretch of _SHORTEST_CUT characters of every secret
-        self.windows = {s[i:i + _SHORTEST_CUT] for s in self.lowered
+        #: every stretch of _SHORTEST_CUT characters of every secret and encoded form
+        self.windows = {s[i:i + _SHORTEST_CUT] for s in (*self.lowered, *map(str.lower, encoded))
                         for i in range(len(s) - _SHORTEST_CUT + 1)}
         self.anywhere = re.compile("|".join(map(re.escape, secrets)), re.IGNORECASE) \
             if secrets else None

@@ -37,6 +37,11 @@ T = TypeVar("T")
 
 #: httpx errors that say something about this client, not the network: retrying cannot help
 _NOT_TRANSIENT = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+#: failures of the way to Zoho rather than of an answer: no connection, an exchange cut or timed
+#: out, and a body whose Content-Encoding (a gzip stream) cannot be decoded — a damaged answer is
+#: no answer, as a cut one is. Every caller that meets the network catches these, never only
+#: ``httpx.TransportError``: httpx raises a ``DecodingError`` outside that class
+NETWORK_ERRORS = (httpx.TransportError, httpx.DecodingError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +106,7 @@ def no_answer(exc: BaseException) -> bool:
         # a 5xx in Zoho's own words (INTERNAL_SERVER_ERROR) is an answer; a proxy page is not
         status = exc.http_status
         return status >= 500 and exc.code in ("", f"HTTP_{status}", f"TOKEN_HTTP_{status}")
-    return isinstance(exc, httpx.TransportError) and not isinstance(exc, _NOT_TRANSIENT)
+    return isinstance(exc, NETWORK_ERRORS) and not isinstance(exc, _NOT_TRANSIENT)
 
 
 def _what(exc: BaseException) -> str:
@@ -182,9 +187,11 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     value = lowered.get("retry-after")
     if value:
         try:
-            return max(0.0, float(value))
+            seconds = float(value)
         except ValueError:
-            pass
+            seconds = math.nan
+        if math.isfinite(seconds):  # "inf" is no delay a job can honour, nor "nan" one at all
+            return max(0.0, seconds)
         try:
             return max(0.0, parsedate_to_datetime(value).timestamp() - now)
         except (TypeError, ValueError, IndexError, OverflowError):
@@ -194,6 +201,8 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         try:
             number = float(value)
         except ValueError:
+            return None
+        if not math.isfinite(number):
             return None
         if number > 1e11:
             return max(0.0, number / 1000.0 - now)
@@ -206,7 +215,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, TransientError):
         return True
-    return isinstance(exc, httpx.TransportError) and not isinstance(exc, _NOT_TRANSIENT)
+    return isinstance(exc, NETWORK_ERRORS) and not isinstance(exc, _NOT_TRANSIENT)
 
 
 def compute_wait(policy: RetryPolicy, attempt: int, exc: BaseException | None,

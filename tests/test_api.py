@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -195,6 +196,21 @@ CASES = [
 def test_classify_table(name, status, body, headers, expected):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     assert summary(classify(R, C, status, headers, raw, now=NOW)) == expected
+
+
+@pytest.mark.parametrize("status, body", [(301, b""), (302, b"<html>moved</html>"),
+                                          (307, json.dumps({"data": [ok(r) for r in R]}))])
+def test_a_redirect_fails_the_call_at_once_naming_where_it_points(status, body):
+    """Found by trying: a 3xx (another data centre's domain, http → https, a captive portal)
+    was an UNPARSEABLE_ANSWER "with empty body", sent again and again (each send a call) before
+    its rows failed. It is never followed (the token stays with the configured domain)."""
+    raw = body if isinstance(body, bytes) else body.encode()
+    headers = {"Location": "https://login.example.net/sso?token=abc#x"}
+    answer = classify(R, C, status, headers, raw)
+    assert summary(answer) == every(F, f"HTTP_{status}", True)
+    message = answer.groups[0].message
+    assert "redirect to https://login.example.net, not followed" in message
+    assert "token=abc" not in message and "/sso" not in message
 
 
 def test_answered_outcomes_keep_ids_messages_and_http_status():
@@ -444,6 +460,15 @@ HOSTILE = [
                                                          "cadences": [{"id": c} for c in C]}},
                ok(R[2])]},
      {**pairs(R, C, (U, "SUCCESS", False)), (1, 0): MISSING, (1, 1): MISSING}, 1),
+    # found by trying: an id that is a list or an object in the usual entry's cadences made
+    # the whole run stop as a crashed task (TypeError: unhashable), and again on every re-run
+    ("cadence ids that are lists or objects", R, C, 200,
+     {"data": [{**ok(R[0]), "details": {"id": R[0], "cadences": [{"id": [c]} for c in C]}},
+               {**ok(R[1]), "details": {"id": R[1], "cadences": [{"id": {"id": C[0]}},
+                                                                {"id": C[1]}]}},
+               ok(R[2])]},
+     {**pairs(R, C, (U, "SUCCESS", False)), (0, 0): (N, "SUCCESS", False),
+      (0, 1): (N, "SUCCESS", False), (1, 0): (N, "SUCCESS", False)}, 0),
     # --- non-dict entries
     ("non-dict entries among entries with ids", R, C, 200,
      {"data": [ok(R[0]), "junk", None, 7, [ok(R[1])], ok(R[1]), ok(R[2])]},
@@ -681,6 +706,31 @@ def test_read_answer_limits_the_decoded_body_not_the_compressed_one():
     assert body is None
     body, _ = _read(content=packed, limit=200_000, headers={"Content-Encoding": "gzip"})
     assert body == b" " * 200_000
+
+
+def test_read_answer_times_out_a_body_that_trickles_in():
+    """Found by trying: the read timeout bounds each read, so a body arriving a byte at a time
+    (a broken proxy) held the call for as long as it trickled; the whole body now arrives within
+    BODY_TIMEOUTS read timeouts, or the call timed out (and is retried as one)."""
+    class Trickle(_Chunks):
+        async def __aiter__(self):
+            for _ in range(self.count):
+                self.sent += 1
+                await asyncio.sleep(0.02)
+                yield b" "
+
+    stream = Trickle(count=1000)
+
+    async def go():
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=stream))
+        async with httpx.AsyncClient(transport=transport, timeout=0.1) as client:
+            request = client.build_request("POST", "https://www.zohoapis.com/x")
+            return await read_answer(await client.send(request, stream=True))
+
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout, match="body took longer than 0.2 s"):
+        asyncio.run(go())
+    assert time.monotonic() - started < 1.0 and stream.closed and stream.sent < 50
 
 
 def test_read_answer_reads_a_response_already_read():

@@ -188,6 +188,66 @@ def test_token_endpoint_outage_is_transient_and_recovers():
     assert auth.refreshes == 1 and len(accounts.forms) == 2
 
 
+def test_a_token_answer_whose_gzip_cannot_be_decoded_is_transient():
+    """Found by trying: httpx's DecodingError escaped as an "internal error" (a bug's words)."""
+    broken = httpx.Response(200, headers={"Content-Encoding": "gzip"},
+                            stream=httpx.ByteStream(b"\x1f\x8b\x08\x00" + b"x" * 40))
+    accounts, api = Accounts(answers=[broken]), Api()
+    auth, client = make(accounts, api)
+
+    async def go():
+        with pytest.raises(TransientError):
+            await client.post(API_URL)
+        return await client.post(API_URL)
+
+    assert asyncio.run(go()).status_code == 200 and auth.refreshes == 1
+
+
+@pytest.mark.parametrize("expires_in", [0, "0", -5, "NaN", None, "soon"])
+def test_a_lifetime_that_is_no_duration_is_taken_as_an_hour(expires_in):
+    """Found by trying: ``expires_in: 0`` (or negative, or NaN) made every request refresh the
+    token, spending Zoho's 10 refreshes in 10 calls and stopping the job as if another job
+    kept revoking it."""
+    clock = Clock()
+    accounts, api = Accounts(expires_in=expires_in), Api()
+    auth, client = make(accounts, api, clock=clock)
+
+    async def go():
+        for _ in range(12):
+            await client.post(API_URL)
+            clock.now += 60
+        # by the hour, refreshed ahead of its end
+        clock.now = 1000.0 + 3600 - 30
+        await client.post(API_URL)
+
+    asyncio.run(go())
+    assert auth.refreshes == 2 and len(api.seen) == 13
+
+
+@pytest.mark.parametrize("token", ["tok-1\n", "  tok-1 "])
+def test_a_refreshed_token_with_surrounding_whitespace_is_trimmed(token):
+    """Found by trying: a token answered with a line break after it made every call fail in
+    the HTTP layer (LocalProtocolError), its rows "failed, CONNECTION_ERROR" as if Zoho were
+    down; the environment's credentials were trimmed, the accounts server's were not."""
+    accounts = Accounts(answers=[{"access_token": token, "expires_in": 3600}])
+    api = Api()
+    auth, client = make(accounts, api)
+    assert asyncio.run(client.post(API_URL)).status_code == 200
+    assert api.seen == [("www.zohoapis.com", "tok-1")]
+
+
+@pytest.mark.parametrize("token", ["QQZ\r\nX-Injected: 1", "QQZ k\t1", "QQZé",
+                                   12345678901234567890, {"token": "QQZ-1"}, ["QQZ-1"]])
+def test_a_refreshed_token_that_cannot_be_sent_stops_without_showing_it(token):
+    accounts = Accounts(answers=[{"access_token": token, "expires_in": 3600}])
+    api = Api()
+    auth, client = make(accounts, api)
+    with pytest.raises(AuthError, match="cannot be sent") as info:
+        asyncio.run(client.post(API_URL))
+    assert "QQZ" not in str(info.value) and "1234567890" not in str(info.value)
+    assert api.seen == []
+
+
 def test_never_more_than_ten_refreshes_in_ten_minutes():
     clock = Clock()
     accounts, api = Accounts(expires_in=30), Api()   # every token already inside refresh_ahead

@@ -5,7 +5,7 @@ import asyncio
 import httpx
 import pytest
 
-from batcher.errors import AuthError, PermissionDenied, ZohoUnreachable
+from batcher.errors import AbortError, AuthError, PermissionDenied, ZohoUnreachable
 from batcher.retry import RetryPolicy
 from batcher.zoho.cadences import Cadence, CadencesUnavailable, fetch_cadences, preflight
 
@@ -70,6 +70,34 @@ def test_stops_when_a_page_is_empty_even_if_more_records_is_claimed():
     assert cadences == [] and len(calls) == 1
 
 
+def test_a_page_repeated_while_more_records_is_claimed_stops_at_once():
+    """Found by trying: a server (or proxy) that ignores ``page=`` and answers the same page with
+    ``more_records: true`` forever made 1000 GETs (1000 credits), then went on with a list cut
+    short, in which the org's other cadences were "unknown"."""
+    body = {"cadences": [raw("554023000004092008")], "info": {"more_records": True}}
+    with pytest.raises(AbortError, match="page 2 repeats cadences") as info:
+        fetch(lambda r: httpx.Response(200, json=body))
+    assert not isinstance(info.value, PermissionDenied)  # not a preflight skipped on a warning
+    calls = []
+    with pytest.raises(AbortError):
+        fetch(lambda r: calls.append(r) or httpx.Response(200, json=body))
+    assert len(calls) == 2
+
+
+def test_overlapping_pages_that_bring_new_cadences_are_read_on():
+    pages = {"1": [raw("554023000004092008"), raw("554023000004092009")],
+             "2": [raw("554023000004092009"), raw("554023000004092010")],
+             "3": [raw("554023000004092011")]}
+
+    def handler(request):
+        page = request.url.params["page"]
+        return httpx.Response(200, json={"cadences": pages[page],
+                                         "info": {"more_records": page != "3"}})
+
+    cadences, calls, _ = fetch(handler)
+    assert len(cadences) == 4 and len(calls) == 3
+
+
 def test_ids_stay_strings_and_float_ids_are_dropped():
     body = {"cadences": [raw(554023000004092008), raw(5.54023e17), {"name": "no id"}],
             "info": {"more_records": False}}
@@ -84,6 +112,16 @@ def test_transient_errors_are_retried():
                httpx.Response(200, json={"cadences": [raw("554023000004092008")]})]
     cadences, calls, sleeps = fetch(lambda r: answers.pop(0))
     assert len(cadences) == 1 and len(calls) == 3 and sleeps == [0.5, 4.0]
+
+
+def test_a_page_whose_gzip_cannot_be_decoded_is_retried():
+    """Found by trying: the DecodingError escaped the retries and stopped the job as an
+    "internal error" (report this with BATCHER_DEBUG=1)."""
+    answers = [httpx.Response(200, headers={"Content-Encoding": "gzip"},
+                              stream=httpx.ByteStream(b"\x1f\x8b\x08\x00" + b"x" * 40)),
+               httpx.Response(200, json={"cadences": [raw("554023000004092008")]})]
+    cadences, calls, _ = fetch(lambda r: answers.pop(0))
+    assert [c.id for c in cadences] == ["554023000004092008"] and len(calls) == 2
 
 
 def test_persistent_outage_is_zoho_unreachable_naming_what_came_back():

@@ -302,6 +302,30 @@ def test_server_errors_are_retried_then_failed_retryable(tmp_path):
     assert (row["status"], row["attempts"]) == ("unenrolled", FAST.attempts + 1)
 
 
+#: a body that says it is gzip and is not: what a broken proxy or a damaged transfer gives
+BROKEN_GZIP = {"headers": {"Content-Encoding": "gzip"},
+               "stream": httpx.ByteStream(b"\x1f\x8b\x08\x00" + b"x" * 40)}
+
+
+def test_an_answer_whose_gzip_cannot_be_decoded_is_retried_like_a_cut_one(tmp_path):
+    """Found by trying: httpx's DecodingError is no TransportError, so one damaged body stopped
+    the whole run as "the worker task failed" (a bug's words) instead of being retried."""
+    j = journal_with(tmp_path, [Batch("b000000", "Leads", (rid(1),), (cid(0),))])
+    answers = [httpx.Response(200, **BROKEN_GZIP)]
+    _, sent = run(j, lambda body: answers.pop(0) if answers else httpx.Response(
+        200, json=success(body["ids"], body["cadences_ids"])))
+    row = results(j)[(rid(1), cid(0))]
+    assert (row["status"], row["attempts"], len(sent)) == ("unenrolled", 2, 2)
+
+
+def test_answers_that_never_decode_are_an_outage_not_a_crash(tmp_path):
+    j = journal_with(tmp_path, [Batch("b000000", "Leads", (rid(1),), (cid(0),))])
+    policy = RetryPolicy(attempts=3, base=0.001, max_wait=0.01, outage_after=0.2)
+    with pytest.raises(ZohoUnreachable, match="DecodingError"):
+        run(j, lambda body: httpx.Response(200, **BROKEN_GZIP), retry=policy)
+    assert {r["status"] for r in results(j).values()} == {"not_sent"}
+
+
 def test_no_socket_left_stops_the_run_as_a_machine_limit_not_an_outage(tmp_path):
     """`ulimit -n` reached: every connection fails at once, locally. Not Zoho down (retried
     for minutes, then "Zoho gave no usable answer"): the run stops at the first, unsent."""

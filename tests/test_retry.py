@@ -34,6 +34,14 @@ NOW = 1_700_000_000.0
     ({"x-ratelimit-reset": str(int(NOW + 5))}, 5.0),              # epoch seconds
     ({"X-RateLimit-Reset": "20"}, 20.0),                         # seconds to wait
     ({"Retry-After": "2", "X-RATELIMIT-RESET": "20"}, 2.0),
+    # found by trying: "inf" stopped the job, "Zoho asked to wait inf h"; "nan" was a 0 s wait.
+    # Neither is a delay: the reset header, else the backoff, decides
+    ({"Retry-After": "inf"}, None),
+    ({"Retry-After": "NaN"}, None),
+    ({"Retry-After": "1e400"}, None),
+    ({"Retry-After": "Infinity", "X-RATELIMIT-RESET": "20"}, 20.0),
+    ({"X-RATELIMIT-RESET": "inf"}, None),
+    ({"X-RATELIMIT-RESET": "nan"}, None),
 ])
 def test_parse_retry_after(headers, expected):
     got = parse_retry_after(headers, NOW)

@@ -9,12 +9,14 @@ results): a scan that finds nothing because the server said nothing would prove 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
@@ -235,6 +237,41 @@ def test_redactor_masks_a_secret_in_any_case_and_its_pieces_wherever_they_stand(
     assert r(f"code {ACCESS.upper()} here") == "code *** here"
 
 
+def encoded(text: str) -> list[str]:
+    """``text`` as a proxy may quote it: base64 (both alphabets, with and without padding) and
+    URL-encoded."""
+    raw = text.encode()
+    return [base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("="),
+            quote(text, safe=""), quote_plus(text)]
+
+
+def encoded_pieces(secret: str) -> set[str]:
+    """What an encoded text would give away of ``secret``: the start and end of the base64 of
+    each of its three alignments (12 characters: 9 of its bytes), and its URL-encoded form."""
+    raw, out = secret.encode(), {quote(secret, safe="")}
+    for start in range(3):
+        core = raw[start:len(raw) - (len(raw) - start) % 3]
+        for text in (base64.b64encode(core).decode(), base64.urlsafe_b64encode(core).decode()):
+            out |= {text[:12], text[-12:]}
+    return out
+
+
+@pytest.mark.parametrize("secret", [*KNOWN, "sec/ret+with=odd chars&more"])
+def test_redactor_masks_a_secret_base64_or_url_encoded_within_any_text(secret):
+    """Found by trying: a 400 whose message quoted the request's header base64-encoded (as
+    proxies and gateways log ``Authorization``), or a token endpoint echoing the posted form
+    base64-encoded, put a readable token, client secret or refresh token in the results, the
+    journal, the report and on stderr."""
+    from batcher.redact import Redactor
+
+    r = Redactor([*KNOWN, secret])
+    for before in ("", "a", "Zoho-oauthtoken ", "client_id=x&client_secret="):
+        for text in encoded(before + secret + "&grant_type=refresh_token"[:len(before) % 4]):
+            masked = r(f"request was {text}; denied")
+            assert not any(piece in masked for piece in encoded_pieces(secret)), (text, masked)
+            assert masked.startswith("request was ") and masked.endswith("; denied")
+
+
 @pytest.mark.parametrize("text,expected", [
     ("request had Authorization: Zoho-oauthtoken 1000.abc.def",
      "request had Authorization: Zoho-oauthtoken ***"),
@@ -339,13 +376,17 @@ def _echoing_api(how: str) -> httpx.MockTransport:
             error["details"] = {"a": token[:20], "b": token[20:]}
         if how == "cut and glued":
             error["message"] = f"token {token[:30]}... or {token[:14]}_{token[-14:]}."
+        if how == "base64 header":
+            header = request.headers["Authorization"].encode()
+            error["message"] = f"denied: {base64.b64encode(header).decode()}"
+            error["details"] = {"t": base64.urlsafe_b64encode(token.encode()).decode()}
         return httpx.Response(400, json=error)
 
     return httpx.MockTransport(answer)
 
 
 @pytest.mark.parametrize("how", ["code", "upper message", "split", "record code",
-                                 "cut and glued"])
+                                 "cut and glued", "base64 header"])
 def test_a_token_echoed_changed_is_still_redacted_everywhere(tmp_path, serve, capsys, how):
     """Found by trying: a code is upper-cased after the server sent it, so an access token
     echoed as the code reached stderr, the summary, the results, the journal and the report."""
@@ -366,4 +407,7 @@ def test_a_token_echoed_changed_is_still_redacted_everywhere(tmp_path, serve, ca
                                       "stdout": capsys.readouterr().out.encode()}
     found = [(where, needle) for secret in issued_tokens(live) for needle in pieces(secret)
              for where, blob in blobs.items() if needle.lower().encode() in blob.lower()]
+    found += [(where, needle) for secret in issued_tokens(live)
+              for needle in encoded_pieces(secret) for where, blob in blobs.items()
+              if needle.encode() in blob]
     assert found == []

@@ -17,6 +17,7 @@ success entry for its cadence in the per-cadence shape).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -64,6 +65,8 @@ _ENTRY_STATUSES = frozenset({200, 202, 207, 400})
 _OK, _ERROR = "success", "error"
 #: answer bodies larger than this are not read (a Zoho answer for 100 records is a few dozen KB)
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
+#: an answer's body arrives within this many read timeouts, or the call timed out
+BODY_TIMEOUTS = 2
 _PLAIN_DETAILS = {"cadences": None, "id": None}.keys()
 #: headers of an un-enrol call whose body is already encoded (see :func:`encode_body`)
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -201,8 +204,27 @@ async def read_answer(response: httpx.Response, limit: int = MAX_ANSWER_BYTES) -
 
     Stops reading, and closes the response, as soon as more than ``limit`` bytes arrived or the
     ``Content-Length`` header announces more: an answer that large is not a Zoho answer, and
-    reading it would only cost memory. Transport errors propagate (the response closed).
+    reading it would only cost memory. Transport errors propagate (the response closed); so
+    does an ``httpx.ReadTimeout`` when the body as a whole takes longer than
+    :data:`BODY_TIMEOUTS` times the request's read timeout: that timeout bounds each read
+    only, and a body trickling in a byte at a time held a call (and its worker) for minutes.
     """
+    try:
+        request: httpx.Request | None = response.request
+    except RuntimeError:  # a response made without a request (tests): no timeout to go by
+        request = None
+    timeout = request.extensions.get("timeout", {}).get("read") if request else None
+    if timeout is None:
+        return await _read_answer(response, limit)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUTS * timeout):
+            return await _read_answer(response, limit)
+    except TimeoutError:
+        raise httpx.ReadTimeout(f"the answer's body took longer than {BODY_TIMEOUTS * timeout:g} "
+                                "s to arrive", request=request) from None
+
+
+async def _read_answer(response: httpx.Response, limit: int) -> bytes | None:
     announced = response.headers.get("Content-Length")
     if announced is not None:
         try:
@@ -432,12 +454,29 @@ def _without_answer(record_ids: Sequence[str], cadence_ids: Sequence[str], statu
     retry_after = parse_retry_after(headers, now)
     if status == 429 or code == "TOO_MANY_REQUESTS":
         return Transient(code or "TOO_MANY_REQUESTS", message, status, retry_after, True)
+    if 300 <= status < 400:
+        # a redirect is never followed (the token goes to the configured domain only), and
+        # sending again meets it again: said as what it is, not as an unreadable answer
+        return _all(record_ids, cadence_ids, Status.FAILED, code or f"HTTP_{status}",
+                    _redirect_message(status, headers), status, True)
     if 400 <= status < 500 and status not in (408, 425):
         # a proxy or wrong URL answered; not worth hammering now, but a re-run may succeed
         return _all(record_ids, cadence_ids, Status.FAILED, code or f"HTTP_{status}", message,
                     status, True)
     fallback = f"HTTP_{status}" if status >= 400 else "UNPARSEABLE_ANSWER"
     return Transient(code or fallback, message, status, retry_after, False)
+
+
+def _redirect_message(status: int, headers: Mapping[str, str]) -> str:
+    """What a 3xx said, naming only the scheme and host it points to (never its path or query)."""
+    location = next((str(v) for k, v in headers.items() if str(k).lower() == "location"), "")
+    try:
+        target = httpx.URL(location.strip())
+        where = f" to {target.scheme}://{target.host}" if target.host else ""
+    except (httpx.InvalidURL, TypeError):
+        where = ""
+    return (f"HTTP {status} redirect{where}, not followed (the token is sent to the configured "
+            "API domain only): check ZOHO_API_DOMAIN / --api-domain / --dc")
 
 
 def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequence[str],
@@ -463,7 +502,7 @@ def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequ
                 and entry.get("status") == "success" and entry.get("code") == "SUCCESS"
                 and type(message := entry.get("message")) is str
                 and (cadences == covering  # most entries list the same: compared in C
-                     or wanted <= {c.get("id") for c in cadences if type(c) is dict})):
+                     or _lists_every(wanted, cadences))):
             covering = cadences
             # the usual entry, in short: what the general path below would make of it. It was
             # matched by its id (an entry carrying an id is matched by nothing else), or by
@@ -600,6 +639,16 @@ def _path_index(details: Mapping[str, Any], array: str, size: int) -> int | None
         index = int(match.group(2))
         return index if index < size else None
     return None
+
+
+def _lists_every(wanted: frozenset[str], cadences: list[Any]) -> bool:
+    """Whether the usual entry's ``details.cadences`` names every cadence ``wanted``; False
+    when an id there cannot even be compared (a list, an object): the general reading of the
+    entry (:func:`_removed_cadences`) then decides, as it does for every odd entry."""
+    try:
+        return wanted <= {c.get("id") for c in cadences if type(c) is dict}
+    except TypeError:  # an unhashable id
+        return False
 
 
 def _removed_cadences(details: Mapping[str, Any]) -> frozenset[str] | set[str]:

@@ -25,9 +25,9 @@ import httpx
 from batcher.config import Credentials, Endpoints, accept_api_domain
 from batcher.errors import AuthError, BatcherError, TransientError
 from batcher.redact import Redactor
-from batcher.retry import parse_retry_after
+from batcher.retry import NETWORK_ERRORS, parse_retry_after
 from batcher.zoho.api import error_code
-from batcher.zoho.tokencache import TokenCache, cache_key
+from batcher.zoho.tokencache import TOKEN_SHAPE, TokenCache, cache_key
 
 _RESUME = "then re-run the same command to resume"
 
@@ -234,7 +234,7 @@ class ZohoAuth(httpx.Auth):
                 "refresh_token": creds.refresh_token or ""}
         try:
             response = await self._client.post(self._token_url, data=form)
-        except httpx.TransportError as exc:
+        except NETWORK_ERRORS as exc:
             raise TransientError(f"could not reach the Zoho accounts server {self._token_url} "
                                  f"({type(exc).__name__})", code="TOKEN_ENDPOINT_UNREACHABLE",
                                  unsent=True) from None
@@ -256,15 +256,30 @@ class ZohoAuth(httpx.Auth):
             # then at the latest
             latest = _utc_in(self._window)
             raise AuthError(self._redact(_refusal_message(body, self._token_url, latest)))
-        return body
+        token = body["access_token"]
+        token = token.strip() if isinstance(token, str) else token
+        if not isinstance(token, str) or not TOKEN_SHAPE.fullmatch(token):
+            # sent as it is, every call would fail in the HTTP layer, unsent, as if Zoho were
+            # down (a line break after it), or carry a stranger's text in the header
+            raise AuthError(f"the Zoho accounts server {self._token_url} answered HTTP {status} "
+                            "with an access token that cannot be sent (not a text of printable "
+                            "ASCII without spaces; it is not printed here): check "
+                            f"ZOHO_ACCOUNTS_URL / ZOHO_DC and any proxy on the way; {_RESUME}")
+        return {**body, "access_token": token}
 
 
 def _expires_in(body: dict[str, Any]) -> float:
-    """Seconds the token lives; older answers give ``expires_in`` in ms next to ``_sec``."""
+    """Seconds the token lives; older answers give ``expires_in`` in ms next to ``_sec``.
+
+    A lifetime that is no duration (0, negative, NaN) is taken as Zoho's documented hour: read
+    as given, it made every request refresh the token until the 10 refreshes a 10 minutes were
+    spent. A token that dies sooner is answered INVALID_TOKEN, which refreshes it once."""
     for key in ("expires_in_sec", "expires_in"):
         try:
             value = float(body[key])
         except (KeyError, TypeError, ValueError):
+            continue
+        if not 0 < value < math.inf:
             continue
         return value / 1000.0 if value > 86_400 else value
     return 3600.0

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from batcher.errors import AbortError, PermissionDenied
-from batcher.retry import Reachability, RetryPolicy, call_with_retries, is_unsent
+from batcher.retry import NETWORK_ERRORS, Reachability, RetryPolicy, call_with_retries, is_unsent
 from batcher.zoho.api import Fatal, TokenInvalid, Transient, classify
 
 MANUAL = "manual_enrollment"
@@ -59,7 +59,7 @@ async def fetch_cadences(client: httpx.AsyncClient, api_domain: str, *,
         async def get(page: int = page) -> dict[str, Any] | None:
             try:
                 response = await client.get(url, params={"page": page})
-            except httpx.TransportError as exc:  # cut after it left: it may have cost a credit
+            except NETWORK_ERRORS as exc:  # cut after it left: it may have cost a credit
                 if not is_unsent(exc):
                     on_call()
                 raise
@@ -67,15 +67,27 @@ async def fetch_cadences(client: httpx.AsyncClient, api_domain: str, *,
             return _payload(response)
 
         payload, _ = await call_with_retries(get, policy, sleep=sleep, reach=reach)
-        if payload is None:
-            break
+        if payload is None:  # 204: no (more) cadences
+            return list(found.values())
         parsed = [c for c in map(_cadence, payload["cadences"]) if c is not None]
+        before = len(found)
         for cadence in parsed:
             found.setdefault(cadence.id, cadence)
         info = payload.get("info")
         if not parsed or not (isinstance(info, dict) and info.get("more_records") is True):
-            break
-    return list(found.values())
+            return list(found.values())
+        if len(found) == before:
+            # a page of cadences already read that still claims more (a proxy dropping
+            # ``page=``, a server ignoring it): the rest can never be read, and every further
+            # GET is a credit; a list cut short would call real cadences unknown
+            raise AbortError(
+                f"could not read the org's cadences: page {page} repeats cadences of the pages "
+                f"before it while saying there are more (after {len(found)} cadences): the "
+                "server or a proxy on the way ignores the page asked for; fix that (or run "
+                "without --all-cadences, with --no-preflight), then re-run the same command")
+    raise AbortError(f"could not read the org's cadences: still more after {_MAX_PAGES} pages "
+                     f"({len(found)} cadences); re-run the same command, or run with "
+                     "--no-preflight")
 
 
 def preflight(pairs_cadence_module: Iterable[tuple[str, str]],

@@ -39,8 +39,9 @@ WINDOW = 600.0
 DIR_VAR, OFF_VAR = "BATCHER_TOKEN_CACHE_DIR", "BATCHER_NO_TOKEN_CACHE"
 
 _KEY = re.compile(r"[0-9a-f]{64}")
-#: a token goes into an HTTP header: printable ASCII without spaces, or it is not used
-_TOKEN = re.compile(r"[!-~]{1,4096}")
+#: a token goes into an HTTP header: printable ASCII without spaces, or it is not used (also
+#: one the accounts server answers: :mod:`batcher.zoho.auth`)
+TOKEN_SHAPE = re.compile(r"[!-~]{1,4096}")
 _MAX_BYTES = 64 * 1024
 _MAX_TIMES = 100  # refresh times kept: far more than Zoho's 10 per window
 # O_NOFOLLOW refuses a symbolic link; O_NONBLOCK keeps a FIFO planted there from hanging the open
@@ -188,7 +189,7 @@ def _parse(data: Any) -> _Entry:
     times = data.get("refreshed")
     refreshed = tuple(float(t) for t in times if _number(t)) if isinstance(times, list) else ()
     token, expires_at, domain = (data.get(k) for k in ("access_token", "expires_at", "api_domain"))
-    if not (isinstance(token, str) and _TOKEN.fullmatch(token) and _number(expires_at)
+    if not (isinstance(token, str) and TOKEN_SHAPE.fullmatch(token) and _number(expires_at)
             and (domain is None or isinstance(domain, str))):
         return _Entry(None, refreshed)
     return _Entry(CachedToken(token, float(expires_at), domain), refreshed)

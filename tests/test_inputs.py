@@ -233,6 +233,10 @@ def test_quoted_ids_are_read_as_plain_ids(tmp_path: Path):
         ("Record_Id", "CADENCES ID", "Module"),
         (" record id ", " cadence_id ", " module "),
         ("recordid", "cadenceid", "mOdUlE"),
+        # headers pasted from a web page or another file: a zero-width space, a word joiner,
+        # a non-breaking space, a BOM inside; they read "Module" and were carried instead
+        ("Record\u00a0Id", "Cadence\u200b Id", "\u200bModule"),
+        ("\u2060Record Id", "Cadence Id\ufeff", "Mod\u200dule"),
     ],
 )
 def test_header_variants(tmp_path: Path, record_header: str, cadence_header: str,
@@ -382,6 +386,72 @@ def test_parquet_dictionary_of_integers(tmp_path: Path):
     }), path)
     assert list(read_input(path, "Leads").valid_pairs()) == [
         ("Leads", REC, CAD), ("Leads", REC2, CAD)]
+
+
+def test_parquet_view_columns_read_like_strings(tmp_path: Path):
+    """Polars and pyarrow write string_view / binary_view columns: an invalid row among them
+    is reported (not an internal error), a whitespace-only row is blank, and the carried
+    columns line up with the rows."""
+    sv = pa.string_view()
+    path = tmp_path / "views.parquet"
+    pq.write_table(pa.table({
+        "record_id": pa.array([REC, "  ", None, "bad"], sv),
+        "cadence_id": pa.array([CAD, " ", None, CAD], sv),
+        "module": pa.array(["Leads", "", None, "Leads"], sv),
+        "Email": pa.array(["a@x", " ", None, "c"], sv),
+        "Blob": pa.array([b"x", b"", None, b"z"], pa.binary_view()),
+    }), path, row_group_size=2)
+    scan = scan_input(path)
+    assert (scan.rows, scan.blank) == (2, 2)
+    rows = read_input(path).table.to_pylist()
+    assert [(r["row"], r["status"]) for r in rows] == [(1, "valid"), (4, "invalid")]
+    assert "'bad'" in rows[1]["reason"]
+    carried = carried_columns(path, InputOptions())
+    assert pa.concat_tables(carried.tables()).to_pydict() == {"Email": ["a@x", "c"],
+                                                               "Blob": ["x", "z"]}
+
+
+@pytest.mark.parametrize("module", [
+    pa.array([None, "Contacts", None]),
+    pa.array([None, "Contacts", None]).dictionary_encode(),
+    pa.nulls(3),  # an all-empty column, as pandas writes one of None
+])
+def test_parquet_rows_without_a_module_take_the_module_flag(tmp_path: Path, module):
+    """A null module (pandas' None) on a valid row stopped the job with an internal error
+    when --module gave the module: each such row takes --module, the others keep theirs."""
+    path = tmp_path / "modules.parquet"
+    pq.write_table(pa.table({"record_id": [REC, REC2, REC3], "cadence_id": [CAD] * 3,
+                             "module": module}), path)
+    given = [m or "Leads" for m in module.to_pylist()]
+    assert list(read_input(path, "Leads").valid_pairs()) == [
+        (given[0], REC, CAD), (given[1], REC2, CAD), (given[2], REC3, CAD)]
+    assert scan_input(path, "Leads").pairs == 3
+
+
+def _unchecked_text(values: list[bytes]) -> pa.Array:
+    """A string column holding the bytes as they are, as writers that do not check UTF-8
+    (Spark, hand-made files) store them."""
+    raw = pa.array(values, pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(values), raw.buffers())
+
+
+def test_parquet_text_that_is_not_utf8_is_that_rows_reason_not_a_crash(tmp_path: Path):
+    """A string column with bytes that are not UTF-8 made the job an 'internal error' (exit 3,
+    'resume'), every time: the value is named as not UTF-8, in the ids, the module (also
+    dictionary-encoded) and the carried columns alike."""
+    path = tmp_path / "latin1.parquet"
+    pq.write_table(pa.table({
+        "record_id": _unchecked_text([REC.encode(), REC2.encode()[:-1] + b"\xe9"]),
+        "cadence_id": [CAD, CAD],
+        "module": _unchecked_text([b"Leads", b"Lead\xe9"]),
+        "Name": _unchecked_text([b"Caf\xe9", b"ok"]),
+    }), path)
+    rows = read_input(path).table.to_pylist()
+    assert [(r["row"], r["status"]) for r in rows] == [(1, "valid"), (2, "invalid")]
+    assert "not UTF-8" in rows[1]["reason"] and "\\xe9" in rows[1]["reason"]
+    carried = carried_columns(path, InputOptions())
+    assert pa.concat_tables(carried.tables())["Name"].to_pylist() == [
+        "<not UTF-8: Caf\\xe9>", "ok"]
 
 
 def test_parquet_nulls_are_reported_not_dropped(tmp_path: Path):
@@ -971,6 +1041,29 @@ def test_many_rows_of_few_record_ids_are_hashed_in_parts():
     with ThreadPoolExecutor(1) as pool:
         codes, uniques, _ = encode_parts(ids, pool)
     assert len(uniques) == 40 and np.array_equal(uniques[codes], ids)
+
+
+@pytest.mark.parametrize("n_cad", [40, 60])
+def test_sums_part_by_part_give_the_masks_and_repeats_of_one_plain_count(n_cad):
+    """Past HALVES_MIN rows the records' sums and counts are made part by part of the hashed
+    ids (on two threads): the masks and repeats equal those of one bincount over the rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from batcher.inputs.codes import HALVES_MIN, encode_parts, masks_and_repeats
+
+    rng = np.random.default_rng(n_cad)
+    n = HALVES_MIN + 7
+    ids = (5_540_230_000_000_000_000 + 7919 * rng.integers(0, n // 3, n)).astype(np.uint64)
+    cc = rng.integers(0, n_cad, n).astype(np.int32)
+    with ThreadPoolExecutor(1) as pool:
+        rc, uniques, grouping = encode_parts(ids, pool)
+        assert grouping is not None
+        parted = masks_and_repeats(rc, cc, len(uniques), n_cad, grouping.summer(cc, pool))
+    plain = masks_and_repeats(rc, cc, len(uniques), n_cad)
+    assert parted[1] is not None and plain[1] is not None and len(plain[1].at) > 1000
+    assert np.array_equal(parted[1].at, plain[1].at)
+    assert np.array_equal(parted[1].earlier, plain[1].earlier)
+    assert parted[0] is not None and np.array_equal(parted[0], plain[0])
 
 
 @settings(max_examples=60, deadline=None)

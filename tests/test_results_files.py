@@ -220,6 +220,26 @@ def test_input_columns_that_cannot_be_carried_are_left_out_and_the_results_still
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_more_input_columns_than_a_sheet_holds_are_left_out_of_xlsx_not_cut(
+        journal: Journal, tmp_path: Path) -> None:
+    """A stray cell in a sheet's last column (XFD) makes 16,000 carried columns: xlsxwriter
+    would drop the cells past XFD without a word (the stray value among them); the .xlsx
+    results leave the input's columns out and say so, CSV results keep every one."""
+    names = [f"column_{n}" for n in range(5, 16_385)]
+    last = [None, None, "stray", None, None, None, None, None]
+    wide = pa.table({**{n: pa.nulls(8, pa.string()) for n in names[:-1]},
+                     names[-1]: pa.array(last, pa.string())})
+    source = Carried(tuple(names), lambda: iter([wide]))
+    summary = write_results(journal, tmp_path / "r.xlsx", duration_s=0, carried=source)
+    assert "16,380 columns do not fit" in summary.extra["input_columns_left_out"]
+    _, rows = read_sheet(tmp_path / "r.xlsx")
+    assert [c.value for c in rows[0]] == list(OUTPUT_SCHEMA.names)
+    summary = write_results(journal, tmp_path / "r.csv", duration_s=0, carried=source)
+    assert "input_columns_left_out" not in summary.extra
+    assert [r["column_16384"] for r in read_csv(tmp_path / "r.csv")] == [
+        v or "" for v in last]
+
+
 def test_xlsx_is_refused_for_more_rows_than_a_sheet_holds(journal: Journal,
                                                          tmp_path: Path) -> None:
     check_results_capacity(tmp_path / "r.xlsx", XLSX_MAX_ROWS)

@@ -156,6 +156,47 @@ def test_a_formula_error_shows_its_cached_error_text(tmp_path):
     assert _column(path, "Cadence Id") == ["#N/A"]
 
 
+def test_formulas_without_a_saved_value_are_named_never_blank_rows(tmp_path):
+    """openpyxl (and pandas through it) saves formulas without their values: calamine read
+    such cells as empty, so a row of them was counted blank and got no results row, and a
+    last row of them was not even that. Each is its formula, and its row invalid, saying so;
+    a formula with a saved value is its value."""
+    from batcher.inputs import read_input
+
+    path = _workbook(tmp_path / "formulas.xlsx", [
+        ['="554023000001798647"', '="554023000004092008"', "=1+1"],
+        ["554023000001798648", "554023000004092008", "plain"],
+        ["=Lookup!A3", '="554023000004092008"', '=B3&"x"'],
+    ], header=["Record Id", "Cadence Id", "Note"])
+    _rewrite(path, '<c r="A3" t="inlineStr"><is><t>554023000001798648</t></is></c>',
+             '<c r="A3" t="str"><f>Lookup!A2</f><v>554023000001798648</v></c>')
+    sheet = read_xlsx(path)
+    assert sheet.table["Record Id"].to_pylist() == [
+        '="554023000001798647"', "554023000001798648", "=Lookup!A3"]
+    assert sheet.table["Note"].to_pylist() == ["=1+1", "plain", '=B3&"x"']
+    rows = read_input(path, "Leads").table.to_pylist()
+    assert [(r["row"], r["status"]) for r in rows] == [(1, "invalid"), (2, "valid"),
+                                                       (3, "invalid")]
+    assert "'=\"554023000001798647\"' is a formula, not its value" in rows[0]["reason"]
+
+
+def test_formulas_excel_saved_as_empty_text_leave_their_rows_blank(tmp_path):
+    """A formula filled down past the list (``=IF(Data!A4="","",Data!A4)``) is saved by Excel
+    with its value, the empty text (``t="str"`` and an empty ``<v>``): those rows are blank
+    rows as the user sees them, not formulas without a value."""
+    from batcher.inputs import read_input
+
+    path = _workbook(tmp_path / "filled.xlsx", [
+        ["554023000001798647", "554023000004092008"], ["x", "y"], ["x", "y"]])
+    for row in (3, 4):
+        for col in "AB":
+            _rewrite(path, f'<c r="{col}{row}" t="inlineStr"><is><t>{"x" if col == "A" else "y"}'
+                     '</t></is></c>', f'<c r="{col}{row}" t="str"><f>IF(Data!{col}{row}="",""'
+                     f',Data!{col}{row})</f><v></v></c>')
+    assert _column(path) == ["554023000001798647"]
+    assert [r["status"] for r in read_input(path, "Leads").table.to_pylist()] == ["valid"]
+
+
 def test_error_cells_cut_by_a_chunk_end_are_found(tmp_path, monkeypatch):
     path = _workbook(tmp_path / "e.xlsx", [["#N/A", "#REF!"] for _ in range(50)])
     monkeypatch.setattr(xlsx, "_CHUNK", 37)

@@ -6,6 +6,7 @@ fingerprint, so the second read sees the rows the job was planned from."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,5 +52,6 @@ def carried_columns(path: str | os.PathLike[str], options: InputOptions,
             blank = batch.get("blank")
             yield table if blank is None else table.filter(arrow_of(~np.asarray(blank)))
 
-    repeated = tuple(n for n in names if src.found.count(n) > 1)
+    counts = Counter(src.found)
+    repeated = tuple(n for n in names if counts[n] > 1)
     return Carried(names, tables, repeated)

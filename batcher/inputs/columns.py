@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 from ..errors import InputError
@@ -20,7 +21,10 @@ _FLAGS = {"record_id": "--record-column", "cadence_id": "--cadence-column",
 
 
 def _normalise_header(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "", str(name).strip().lstrip("\ufeff")).lower()
+    # invisible format characters too (a zero-width space or a BOM pasted with a header from
+    # a web page or another file): a header that reads "Module" is the module column
+    return "".join(c for c in re.sub(r"[\s_\-]+", "", str(name))
+                   if unicodedata.category(c) != "Cf").lower()
 
 
 def _named(options: InputOptions) -> dict[str, str]:

@@ -31,6 +31,37 @@ def _columns(src: Source, table: pa.Table) -> dict[str, pa.ChunkedArray]:
     return {role: table[name] for role, name in src.roles.items()}
 
 
+def _readable(table: Any) -> Any:
+    """``table`` (a Table or a RecordBatch read from Parquet) in the types every kernel of the
+    reader takes: view columns (``string_view``, ``binary_view``: what Polars and pyarrow's
+    view types write; ``take`` has no kernel for them) as plain ``string`` / ``binary``, and a
+    text column holding bytes that are not UTF-8 (Parquet writers do not all check) as binary,
+    so ``parquet_text`` names each such value instead of the job failing on it."""
+    fields = list(table.schema)
+    kinds = [_readable_kind(f.type, table.column(i)) for i, f in enumerate(fields)]
+    if kinds == [f.type for f in fields]:
+        return table
+    return table.cast(pa.schema([f.with_type(k) for f, k in zip(fields, kinds, strict=True)]))
+
+
+def _readable_kind(kind: pa.DataType, column: Any) -> pa.DataType:
+    if pa.types.is_dictionary(kind):
+        value = _readable_kind(kind.value_type, pa.chunked_array(
+            [c.dictionary for c in getattr(column, "chunks", [column])], kind.value_type))
+        return kind if value == kind.value_type else pa.dictionary(kind.index_type, value)
+    if pa.types.is_binary_view(kind):
+        return pa.binary()
+    text = (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_string_view(kind))
+    if not text:
+        return kind
+    try:
+        column.validate(full=True)  # UTF-8 checked: about 50 ms for 10 million ids
+    except pa.ArrowInvalid:
+        return pa.large_binary() if pa.types.is_large_string(kind) else pa.binary()
+    return pa.string() if pa.types.is_string_view(kind) else kind
+
+
 def _read_row_groups(src: Source, encoded: list[str], groups: list[int], columns: list[str]
                      ) -> pa.Table:
     """Row groups read in two halves on two threads: Arrow decodes each column on one thread,
@@ -39,7 +70,7 @@ def _read_row_groups(src: Source, encoded: list[str], groups: list[int], columns
 
     def read(part: list[int]) -> pa.Table:
         pf = pq.ParquetFile(src.path, read_dictionary=encoded)  # one reader per thread
-        return pf.read_row_groups(part, columns=columns)
+        return _readable(pf.read_row_groups(part, columns=columns))
 
     if len(groups) < 2:
         return read(groups)
@@ -102,7 +133,7 @@ def _parquet_chunk(src: Source, encoded: list[str], groups: list[int], wanted: l
     if blank is not None and others:
         import pyarrow.parquet as pq
 
-        rest = pq.ParquetFile(src.path).read_row_groups(groups, columns=others)
+        rest = _readable(pq.ParquetFile(src.path).read_row_groups(groups, columns=others))
         also = all_empty(rest.columns)
         blank = None if also is None else blank & also
     if blank is not None and blank.any():
@@ -225,8 +256,8 @@ def raw_batches(src: Source) -> Iterator[dict[str, Any]]:
 
         with _parquet_errors(src):
             every = set(wanted) >= set(src.found)  # blank rows are judged on every field
-            for batch in pq.ParquetFile(src.path).iter_batches(batch_size=_BATCH_ROWS,
-                                                                columns=wanted):
+            for batch in map(_readable, pq.ParquetFile(src.path).iter_batches(
+                    batch_size=_BATCH_ROWS, columns=wanted)):
                 # by the first column of each name: a name the file holds twice is no key
                 first = {n: i for i, n in reversed(list(enumerate(batch.schema.names)))}
                 out = {role: as_strings(batch.column(first[name]))

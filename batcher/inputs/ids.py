@@ -162,7 +162,8 @@ def dictionary_modules(col: Any, n: int, default_module: str | None
 
 def in_order_of_use(index: np.ndarray, names: list[str | None]) -> tuple[list[str], np.ndarray]:
     """Distinct names of the valid rows in order of first row, and each row's index into them
-    (the order modules were always numbered in)."""
+    (the order modules were always numbered in). ``index``: into ``names``, -1 for a null (a
+    row that takes ``--module``: the last of ``names``)."""
     if not len(index):
         return [], np.zeros(0, np.int32)
     no_null = index.min() >= 0
@@ -175,7 +176,8 @@ def in_order_of_use(index: np.ndarray, names: list[str | None]) -> tuple[list[st
         local[i] = out.setdefault(names[i], len(out))  # type: ignore[arg-type]
     if no_null and len(out) == len(order) and np.array_equal(order, np.arange(len(out))):
         return list(out), index  # numbered as they come: keep the column as it is
-    return list(out), take(local, index)
+    # Arrow's take refuses -1: a null (a Parquet row without a module) is then numpy's
+    return list(out), take(local, index) if no_null else local[index]
 
 
 def _clean(col: pa.Array) -> pa.Array:
@@ -229,6 +231,10 @@ def id_reasons(col: pa.ChunkedArray, bad: np.ndarray, what: str
             code = ROUNDED_ID
             reason = (f"bad {what}: {v!r} is a number rounded by a spreadsheet (it keeps 15 "
                       f"significant digits); {EXPORT_AS_TEXT}")
+        elif v.startswith("="):
+            reason = (f"bad {what}: {v!r} is a formula, not its value; save the sheet from "
+                      "Excel or LibreOffice (which store each formula's value), or paste the "
+                      "ids as values, and run these rows again")
         else:
             reason = f"bad {what}: {v!r} is not a 15-19 digit Zoho id"
         reasons[i] = (code, reason)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 from xml.etree import ElementTree
+from xml.sax.saxutils import unescape
 
 import numpy as np
 import pyarrow as pa
@@ -76,11 +77,8 @@ def read_xlsx(path: Path) -> XlsxSheet:
     if not rows:
         raise InputError(f"{path}: the first sheet ({one_line(sheet, 80)!r}) is empty; put the "
                          "list on the first sheet, with the column names on row 1")
-    errors, hidden = marks.result()
-    for (row, col), text in errors.items():
-        i, j = row - first_row, col - first_col
-        if 0 <= i < len(rows) and 0 <= j < len(rows[i]) and rows[i][j] == "":
-            rows[i][j] = text
+    texts, hidden = marks.result()
+    _fill(rows, {(row - first_row, col - first_col): text for (row, col), text in texts.items()})
     header = [cell_text(v) for v in rows[0]]
     if first_row or not any(h.strip() for h in header):
         raise InputError(f"{path}: row 1 of the first sheet ({one_line(sheet, 80)!r}) is blank; "
@@ -125,6 +123,22 @@ def _load(path: Path) -> tuple[str, list[list], int, int]:
     return sheet.name, rows, end[0] + 1 - len(rows), end[1] + 1 - len(rows[0])
 
 
+def _fill(rows: list[list], texts: dict[tuple[int, int], str]) -> None:
+    """Put each text at its (row, column) of ``rows`` where calamine left the cell empty, the
+    rows made longer and wider when it lies past them: calamine leaves out a formula that has
+    no saved value, and so a last row of them (a row it would otherwise count as blank)."""
+    texts = {at: text for at, text in texts.items() if at[0] >= 0 and at[1] >= 0}
+    if not texts:
+        return
+    width = max(len(rows[0]), 1 + max(j for _, j in texts))
+    for row in rows:
+        row.extend([""] * (width - len(row)))
+    rows.extend([""] * width for _ in range(1 + max(i for i, _ in texts) - len(rows)))
+    for (i, j), text in texts.items():
+        if rows[i][j] == "":
+            rows[i][j] = text
+
+
 def _unreadable(path: Path, exc: BaseException) -> str:
     """The refusal of a file that is no workbook at all (named by its magic bytes), else a
     damaged-workbook line with the library's reason."""
@@ -148,7 +162,8 @@ def cell_text(value: object) -> str:
     trailing zeros dropped); another whole number as its digits (``123456789012345``); any
     other number as its shortest repr (``0.5``); dates, datetimes and times in ISO 8601
     (``2024-01-31``, ``2024-01-31T08:30:00``, ``08:30:00``); durations as ISO 8601
-    ``[-]PnDTnHnMnS``. Error cells (``#N/A``) reach here as their text (see ``_sheet_marks``).
+    ``[-]PnDTnHnMnS``. Error cells (``#N/A``) reach here as their text, and formulas without
+    a saved value as their formula (``="554…"``; see ``_sheet_marks``).
     """
     if isinstance(value, str):
         return value
@@ -216,7 +231,19 @@ def _distinct(names: list[str]) -> list[str]:
 #: an error cell (t="e", not self-closing) and what it holds; any namespace prefix
 _ERROR_CELL = re.compile(
     rb"<(?:\w+:)?c\s(?=[^>]*\bt=[\"']e[\"'])([^>]*?)(?<!/)>(.*?)</(?:\w+:)?c>", re.S)
+#: a formula cell without a saved value (openpyxl writes ``<f>…</f><v/>``; Excel and
+#: LibreOffice save every value): its attributes and its formula
+_UNVALUED_CELL = re.compile(
+    rb"<(?:\w+:)?c\s([^>]*?)(?<!/)>\s*<(?:\w+:)?f\b[^>]*?(?:/>|>([^<]*)</(?:\w+:)?f>)\s*"
+    rb"(?:<(?:\w+:)?v\s*/>|<(?:\w+:)?v>\s*</(?:\w+:)?v>)?\s*</(?:\w+:)?c>")
+#: what only such a cell holds (a value-less <v>, or a formula closing its cell): a chunk
+#: without any of these is not parsed for them
+_UNVALUED_HINTS = (b"<v/>", b"<v />", b"<v></v>", b"f></c>", b"/></c>", b":v/>", b":v />",
+                   b":f></")
 _CELL_REF = re.compile(rb"\br=[\"']([A-Z]{1,3})([0-9]{1,7})[\"']")
+#: a cell's type other than a number's: Excel saves a formula whose value is "" (an IF that
+#: leaves a row empty, filled down past the list) as ``t="str"`` with an empty ``<v>``
+_TYPED = re.compile(rb"\bt=[\"'](?!n[\"'])")
 _CELL_VALUE = re.compile(rb"<(?:\w+:)?v>([^<]*)</")
 #: a hidden row's opening tag, and its number
 _HIDDEN_ROW = re.compile(
@@ -228,7 +255,10 @@ _OVERLAP = 1 << 16  # longer than any cell: a formula is at most 8,192 character
 def _sheet_marks(path: Path) -> tuple[dict[tuple[int, int], str], set[int]]:
     """What calamine does not tell of the first sheet: (0-based row, column) → text of its
     error cells (``#N/A``, ``#REF!``…), which it reads as empty (python-calamine issue #105: a
-    VLOOKUP that found nothing must show as ``#N/A``, not as a missing id); and its hidden rows
+    VLOOKUP that found nothing must show as ``#N/A``, not as a missing id), and of its formulas
+    without a saved value (a sheet a program wrote and no spreadsheet saved), which it leaves
+    out: ``=`` and the formula, so such an id is invalid, named, and its row never taken for
+    a blank one; and its hidden rows
     (0-based), which a filter hides from the person who hands the file over. The sheet's XML is
     streamed; only chunks that hold an error cell or a hidden row are parsed. Best effort:
     nothing when the sheet's part cannot be found."""
@@ -241,6 +271,8 @@ def _sheet_marks(path: Path) -> tuple[dict[tuple[int, int], str], set[int]]:
                 data = tail + chunk
                 if b't="e"' in data or b"t='e'" in data:  # memchr-fast, unlike a regex
                     found.update(_parse_errors(data))
+                if any(hint in data for hint in _UNVALUED_HINTS):
+                    found.update(_parse_unvalued(data))
                 if b"hidden=" in data:
                     hidden.update(int(m[1]) - 1 for m in _HIDDEN_ROW.finditer(data))
                 tail = data[-_OVERLAP:]  # a cell cut by the chunk's end is whole in the next
@@ -254,11 +286,28 @@ def _parse_errors(data: bytes) -> dict[tuple[int, int], str]:
     for cell in _ERROR_CELL.finditer(data):
         ref, value = _CELL_REF.search(cell[1]), _CELL_VALUE.search(cell[2])
         if ref and value:
-            col = 0
-            for letter in ref[1]:
-                col = col * 26 + letter - 64
-            found[int(ref[2]) - 1, col - 1] = value[1].decode("utf-8", "replace")
+            found[_position(ref)] = value[1].decode("utf-8", "replace")
     return found
+
+
+def _parse_unvalued(data: bytes) -> dict[tuple[int, int], str]:
+    found = {}
+    for cell in _UNVALUED_CELL.finditer(data):
+        if _TYPED.search(cell[1]):  # a value of a type was saved: "" (an IF)
+            continue
+        if ref := _CELL_REF.search(cell[1]):
+            formula = unescape((cell[2] or b"").decode("utf-8", "replace"),
+                               {"&quot;": '"', "&apos;": "'"})
+            found[_position(ref)] = "=" + formula
+    return found
+
+
+def _position(ref: re.Match) -> tuple[int, int]:
+    """(0-based row, column) of a cell reference such as ``B12``."""
+    col = 0
+    for letter in ref[1]:
+        col = col * 26 + letter - 64
+    return int(ref[2]) - 1, col - 1
 
 
 def _first_visible(sheets: list) -> int:

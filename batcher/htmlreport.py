@@ -295,11 +295,14 @@ def _reader(path: Path) -> Iterator[sqlite3.Connection]:
 
 def _most_retried(db: sqlite3.Connection) -> list[dict[str, Any]]:
     """Batches sent more than once, most attempts first: [{batch_id, module, pairs, attempts,
-    state}]."""
+    state}]. A batch's ``attempts`` are recorded with its answer, so a batch still open when
+    its run stopped (429s, 5xx, a signal) has none: its calls in the log count for it."""
     return [dict(zip(("batch_id", "module", "pairs", "attempts", "state"), r, strict=True))
             for r in db.execute(
-                "SELECT batch_id, module, npairs, attempts, state FROM batches WHERE attempts > 1"
-                " ORDER BY attempts DESC, seq LIMIT ?", (_TOP_BATCHES,))]
+                "SELECT b.batch_id, b.module, b.npairs, max(b.attempts, coalesce(c.n, 0)) AS tries,"
+                " b.state FROM batches b LEFT JOIN (SELECT batch_id, count(*) AS n FROM calls"
+                " GROUP BY batch_id) c ON c.batch_id = b.batch_id WHERE tries > 1"
+                " ORDER BY tries DESC, b.seq LIMIT ?", (_TOP_BATCHES,))]
 
 
 def _slowest(db: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -414,6 +417,8 @@ def _duration(seconds: float) -> str:
 def _next_step(summary: Summary) -> str:
     """What the next command does, in a phrase."""
     left = summary.by_status.get(Status.NOT_SENT, 0)
+    if left and summary.extra.get("dry_run"):  # no job to resume: the real one, from the start
+        return f"runs the real job: sends the {left:,} rows this dry run planned"
     if left:
         return f"sends the {left:,} rows not sent yet (resumes the job)"
     if summary.retry_rows:

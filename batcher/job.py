@@ -91,6 +91,7 @@ from .report import (
 )
 from .retry import Reachability, RetryPolicy
 from .stopping import Stopper, signals_to
+from .streams import printable
 from .zoho.auth import ZohoAuth
 from .zoho.cadences import MANUAL, Cadence, fetch_cadences, preflight
 from .zoho.tokencache import default_cache
@@ -812,6 +813,7 @@ def _journal_for(settings: RunSettings, fp: Callable[[], str]) -> Iterator[Journ
             yield journal
     else:
         path, input_name = settings.journal_path(), str(Path(settings.input).resolve())
+        made_here = not path.exists()
         try:
             journal = Journal.open(path, fp, input_name=input_name)
         except JournalError:
@@ -823,7 +825,14 @@ def _journal_for(settings: RunSettings, fp: Callable[[], str]) -> Iterator[Journ
                     "this as a new job") from None
             raise
         with journal:
-            yield journal
+            try:
+                yield journal
+            except UsageError:
+                # the input proved unusable once read (no data rows, not UTF-8 past its start):
+                # exit 2, nothing sent; a journal made for it would read as a job to resume
+                if made_here:
+                    journal.discard_unplanned()
+                raise
 
 
 def _flags_changed(settings: RunSettings, made: Mapping[str, Any], input_name: str
@@ -1224,7 +1233,7 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
                              f"({getattr(exc, 'strerror', None) or exc})") from None
         for line in dict.fromkeys([*notes, left_out_line(summary), cut_cells_line(summary, path)]):
             if line:
-                print(f"batcher: {line}", file=sys.stderr)
+                print(f"batcher: {printable(line)}", file=sys.stderr)
         unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()
                          if k in ("pending", "sent"))
         try:
@@ -1235,7 +1244,7 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
             summary = with_report(summary, page)
         except (OSError, BatcherError) as exc:
             print(f"batcher: the report could not be written ({exc})", file=sys.stderr)
-    print(summary.human(), file=stream)
+    print(printable(summary.human()), file=stream)  # its codes are the server's
     if unfinished:
         print(f"batcher: the job is not finished: {unfinished} pairs are not sent yet; re-run "
               "its command to resume", file=stream)
@@ -1270,7 +1279,7 @@ def list_cadences(args, env: Mapping[str, str], *, transports: Transports = Tran
         print(json.dumps([asdict(c) for c in cadences]), file=stream)
     else:
         for c in cadences:
-            print(f"{c.id}  {c.module:<12} {c.type:<18} {'active' if c.active else 'inactive':<8}"
-                  f" {c.name}", file=stream)
+            print(printable(f"{c.id}  {c.module:<12} {c.type:<18} "
+                            f"{'active' if c.active else 'inactive':<8} {c.name}"), file=stream)
         print(f"{len(cadences)} cadences", file=stream)
     return 0

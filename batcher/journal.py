@@ -251,6 +251,29 @@ class Journal:
                 _release_lock(self._lock_fd)
                 self._lock_fd = -1
 
+    def discard_unplanned(self) -> bool:
+        """Close and delete the journal, its SQLite side files and its lock file when it holds
+        no plan (its run stopped with a usage or input error before the input was loaded:
+        nothing was planned or sent), so no `batcher status` takes it for a job to resume;
+        returns whether it did. A planned journal is only closed and kept."""
+        with self._mutex:
+            if self._lock_fd < 0:
+                return False
+            if self._meta(_K_LOADED) is not None:
+                self.close()
+                return False
+            try:
+                if self._checkpointer is not None:
+                    self._checkpointer.join()
+                self._db.close()
+                for part in ("", "-wal", "-shm", ".lock"):  # the lock last, while still held
+                    with suppress(OSError):
+                        os.unlink(f"{self.path}{part}")
+            finally:
+                _release_lock(self._lock_fd)
+                self._lock_fd = -1
+            return True
+
     def __enter__(self) -> Journal:
         return self
 

@@ -14,14 +14,14 @@ from typing import Any, TextIO
 
 from .errors import UsageError
 from .progress import Phases
-from .streams import Tolerant
+from .streams import Tolerant, printable
 
 LOG_FORMATS = ("text", "json")
 
 
 class _Text(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = printable(record.getMessage())  # a server's text may hold ESC sequences
         return message if getattr(record, "bare", False) else f"batcher: {message}"
 
 

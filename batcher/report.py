@@ -769,9 +769,19 @@ class _XlsxFile:
 
 def _summary_figures(summary: Summary) -> list[tuple[str, str | int | float | bool | None]]:
     """(label, value) lines of the summary sheet."""
+    extra = summary.extra
     lines: list[tuple[str, str | int | float | bool | None]] = [
         ("rows", summary.rows), ("reconcile", summary.reconcile),
         ("reconciled", summary.reconciled)]
+    # why rows are not_sent, and what the input looked like, as the JSON summary and the page
+    # say it: a sheet of not_sent rows alone reads as a job that failed to send them
+    if extra.get("dry_run"):
+        lines.append(("dry run", "nothing was sent"))
+    if extra.get("aborted"):
+        lines.append(("aborted", str(extra["aborted"])))
+    lines += [("warning", str(w)) for w in extra.get("warnings") or []]
+    if extra.get("input_columns_left_out"):
+        lines.append(("input columns left out", str(extra["input_columns_left_out"])))
     lines += [(f"status {s}", n) for s, n in sorted(summary.by_status.items(), key=_status_rank)]
     lines += [(f"code {s} {c}", n) for s, codes in sorted(summary.by_code.items(), key=_status_rank)
               for c, n in sorted(codes.items())]

@@ -36,6 +36,7 @@ from typing import Any, TextIO
 from .counts import SCHEMA_VERSION, status_counts
 from .errors import UsageError
 from .models import Status
+from .streams import printable
 
 # the journal's own meta keys and format (batcher.journal; a test keeps them equal): importing
 # that module would load pyarrow, half a second of every status poll
@@ -131,7 +132,7 @@ class JobStatus:
         if self.last_error:
             e = self.last_error
             message = " ".join((e.message or "").split())  # a server's text on one line
-            lines.append(f"last error: {e.code or '-'} {message} ({e.at})")
+            lines.append(printable(f"last error: {e.code or '-'} {message} ({e.at})"))
         return "\n".join(lines)
 
     def _state_text(self) -> str:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # the program's first lines must not wait for asyncio to load
 
 from .errors import Interrupted
 from .hostsettings import unraisable_ignored
+from .streams import printable
 
 EXIT_ABORTED = 3
 #: what stops a job: Ctrl-C, a scheduler, and a terminal or ssh session that goes away
@@ -108,7 +109,7 @@ def last_line(message: str, code: int, *, json_lines: bool, event: str = "error"
     """The line a command ends with when it fails: ``batcher: message``, or (``--log-format
     json``) a JSON object with the ``event`` (``error``), the time and the exit code."""
     if not json_lines:
-        return f"batcher: {message}\n"
+        return f"batcher: {printable(message)}\n"
     now = datetime.now(UTC).isoformat(timespec="milliseconds")
     return json.dumps({"event": event, "ts": now, "message": message, "exit_code": code}) + "\n"
 

@@ -14,6 +14,20 @@ import os
 from contextlib import suppress
 from typing import Any, TextIO
 
+#: the control characters a terminal obeys (C0 but tab and line feed, DEL, C1), as escapes;
+#: and the bidirectional overrides and isolates, which make the rest of a line read backwards
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0b, 0x20), 0x7f,
+                                                 *range(0x80, 0xa0))}
+_CONTROL_ESCAPES.update({c: f"\\u{c:04x}" for c in (*range(0x202a, 0x202f),
+                                                     *range(0x2066, 0x206a))})
+
+
+def printable(text: str) -> str:
+    """``text`` for a person's terminal: a control character (ESC, BEL, CR, ...) that a server's
+    message, a cadence's name or an input cell carried is shown escaped (``\\x1b``) rather
+    than obeyed — it would recolour, clear or rewrite the screen; line breaks and tabs stay."""
+    return text.translate(_CONTROL_ESCAPES)
+
 
 class Tolerant:
     """``stream`` (None: closed from the start) whose ``write`` and ``flush`` never raise.

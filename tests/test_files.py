@@ -463,6 +463,31 @@ def test_max_calls_below_one_is_a_usage_error_and_sends_nothing(tmp_path, serve,
     assert not (tmp_path / "out.journal").exists() and not (tmp_path / "out.csv").exists()
 
 
+
+
+@pytest.mark.parametrize("content", [
+    b"record_id,cadence_id,module\n,,\n,,\n",  # a header and blank rows: no data rows
+    b"record_id,cadence_id,module,Name\n" + b"".join(
+        b"%d,554023000004092008,Leads,ok\n" % (554023000001000001 + i) for i in range(300))
+    + b"554023000001999999,554023000004092008,Leads,Ren\xe9e\n",  # not UTF-8, far down
+], ids=["no-data-rows", "latin1-past-its-start"])
+def test_an_input_found_unusable_once_read_leaves_no_journal_to_resume(
+        tmp_path, serve, monkeypatch, capsys, content):
+    live = serve(World.from_pairs(make_rows(20, 2)))
+    inp = tmp_path / "in.csv"
+    inp.write_bytes(content)
+    use_env(monkeypatch, live.env)
+
+    code = main(["run", str(inp), "--results", str(tmp_path / "out.csv")])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(inp) in err and "Traceback" not in err
+    nothing_reached(live)
+    # no journal that `batcher status` would call "stopped: re-run its command to resume"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+    assert main(["status", "--journal", str(tmp_path / "out.journal")]) == 2
+    assert "no journal" in capsys.readouterr().err
 # ---------------------------------------------------------------------- 7. report's exit code
 
 

@@ -147,6 +147,32 @@ def test_many_cadences_are_cut_and_still_add_up(tmp_path, monkeypatch, listed):
     assert "No call was logged." in html and 'data-metric="exit_code">3<' in html  # not sent
 
 
+def test_most_retried_batches_count_the_calls_of_a_batch_its_stopped_run_left_open(tmp_path):
+    """Found by trying: a job stopped (signal, --max-calls) in a storm of 429s said "No batch was
+    sent more than once" beside a "Slowest batches" line of the same batch with 2 calls: its
+    attempts are recorded with its answer, and it had none."""
+    records = [str(554023000001000000 + i) for i in range(3)]
+    rows = [("Leads", r, "554023000004000001", "valid", None, b)
+            for r, b in zip(records, ("b1", "b1", "b2"), strict=True)]
+    with Journal.open(tmp_path / "j.journal", "fp") as journal:
+        journal.load(_rows_table(rows), [
+            Batch("b1", "Leads", tuple(records[:2]), ("554023000004000001",)),
+            Batch("b2", "Leads", (records[2],), ("554023000004000001",))])
+        for at in (1000.0, 1001.0, 1002.5):  # b1: three calls answered 429, then the stop
+            journal.log_call(at, "b1", 429, True, 0.01)
+        journal.add_counters(calls=3, throttled=3, retries=2)
+        tally = Tally(journal)
+        summary = write_results(tally, tmp_path / "out.csv", duration_s=3.0,
+                                extra={"aborted": "interrupted by SIGTERM"})
+        html = write_report(tally, summary, tmp_path / "out.report.html",
+                            command="batcher run in.csv --results out.csv").read_text()
+
+    assert "No batch was sent more than once" not in html
+    retried = html.split("Most retried batches", 1)[1].split("Slowest batches", 1)[0]
+    assert re.search(r"<code>b1</code>.*?<td class=\"n\">3</td>", retried, re.S), retried
+    assert "<code>b2</code>" not in retried
+
+
 def test_counts_group_messages_by_reason_with_the_first_examples_across_chunks(monkeypatch):
     ids = [f"x{i}" for i in range(5)]
     rows = [(i + 1, "invalid", "INVALID_INPUT", f"bad record id: '{r}' is not a Zoho id", r)
@@ -294,3 +320,18 @@ def test_the_summary_file_names_the_report_beside_it(tmp_path, serve):
     page = report_path(tmp_path / "out.csv")
     assert doc["report_path"] == result.summary.report_path == str(page)
     assert page.exists() and doc["rows"] == len(rows)
+
+
+def test_a_dry_runs_page_says_its_command_runs_the_real_job_not_a_resume(tmp_path, serve):
+    """Found by trying: a dry run's page said its command "resumes the job" — there is no job
+    to resume (a dry run keeps no journal): the command runs the real one from the start."""
+    rows = make_rows(40, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    result = run_job(RunSettings(input=inp, results=tmp_path / "out.csv", dry_run=True,
+                                 quiet=True), live.env)
+    assert result.exit_code == 0
+    html = report_path(tmp_path / "out.csv").read_text()
+    assert "resumes the job" not in html
+    assert f"runs the real job: sends the {len(rows):,} rows this dry run planned" in html
+    assert len(live.sandbox.calls) == 0

@@ -108,6 +108,24 @@ def test_xlsx_results_hold_ids_as_text_a_frozen_filtered_header_and_a_summary(
     assert os.stat(out).st_mode & 0o777 == 0o600
 
 
+def test_the_xlsx_summary_sheet_says_why_rows_are_not_sent_and_the_inputs_warnings(
+        journal: Journal, tmp_path: Path) -> None:
+    """Found by trying: the summary sheet of a job stopped (a signal, --max-calls) or of a dry run
+    listed its not_sent rows without saying it was stopped, or never meant to send; nor did it
+    carry the warnings (ids that look rounded) that summary.json and the page show."""
+    stopped = "interrupted by SIGTERM; re-run the same command to resume"
+    warning = "2 rows have ids that look rounded by a spreadsheet"
+    for name, extra, said in (
+            ("stopped.xlsx", {"aborted": stopped, "warnings": [warning]},
+             {"aborted": stopped, "warning": warning}),
+            ("dry.xlsx", {"dry_run": True}, {"dry run": "nothing was sent"})):
+        write_results(journal, tmp_path / name, duration_s=0.5, extra=extra)
+        book = openpyxl.load_workbook(tmp_path / name)
+        figures = {row[0].value: row[1].value for row in book["summary"].iter_rows()}
+        assert {k: figures.get(k) for k in said} == said, figures
+        assert figures["status not_sent"] == 1
+
+
 def test_text_that_a_spreadsheet_would_evaluate_is_defused_in_csv_and_xlsx_not_parquet(
         journal: Journal, tmp_path: Path) -> None:
     defused = ["a", "b", "'" + DDE, "'-5", "'+1", "'@me", "'\tx", "ok"]

@@ -15,12 +15,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 import batcher.journal as journal_module
 from batcher import status as status_module
 from batcher.errors import UsageError
-from batcher.job import run_job
+from batcher.job import Transports, run_job
 from batcher.journal import Journal
 from batcher.models import Status
 from batcher.sandbox.world import World
@@ -274,3 +275,44 @@ def test_what_is_not_a_readable_journal_is_one_line_exit_2(tmp_path, answered, k
                                                (11_100, "3 h 05 min")])
 def test_an_eta_reads_in_seconds_minutes_or_hours(seconds, text):
     assert status_module._duration(seconds) == text
+
+
+#: what a terminal obeys: clear the screen, set the window's title, ring, go back to column 0
+TERMINAL_CONTROL = "\x1b[2J\x1b]0;pwned\x07\rall is well \u202edelif"
+
+
+def test_a_servers_control_characters_reach_no_terminal_as_such(tmp_path):
+    """Found by trying: a message with ESC sequences (from Zoho or a proxy in front of it) was
+    printed as it came by `batcher status` (its last error) and in a run's abort line, where the
+    operator's terminal obeyed it (cleared, retitled, the line rewritten)."""
+    records = [str(554023000001000001 + i) for i in range(2)]
+    rows = [("Leads", r, "554023000004000001") for r in records]
+    inp = write_pairs(tmp_path / "in.csv", rows)
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        ids = json.loads(request.content)["ids"]
+        return httpx.Response(207, json={"data": [
+            {"code": "INVALID_DATA", "details": {"id": i}, "message": TERMINAL_CONTROL,
+             "status": "error"} for i in ids]})
+
+    env = {"ZOHO_ACCESS_TOKEN": "t", "ZOHO_API_DOMAIN": "http://127.0.0.1:9"}
+    run_job(settings(tmp_path, inp, preflight=False), env,
+            transports=Transports(api=httpx.MockTransport(refusing)))
+    out = io.StringIO()
+    print_status(tmp_path / "out.journal", stream=out)
+    assert "last error: INVALID_DATA" in out.getvalue()
+    assert "\\x1b[2J" in out.getvalue()  # said, escaped
+    assert not {"\x1b", "\x07", "\r", "\u202e"} & set(out.getvalue()), out.getvalue()
+
+    def denying(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"code": "NO_PERMISSION", "details": {},
+                                         "message": TERMINAL_CONTROL, "status": "error"})
+
+    err = io.StringIO()
+    two = tmp_path / "two"
+    two.mkdir()
+    stopped = run_job(settings(two, inp, preflight=False), env,
+                      transports=Transports(api=httpx.MockTransport(denying)), stream=err)
+    assert stopped.exit_code == 3
+    assert "NO_PERMISSION" in err.getvalue()
+    assert not {"\x1b", "\x07", "\r", "\u202e"} & set(err.getvalue()), err.getvalue()

@@ -780,6 +780,12 @@ def next_command(settings: RunSettings, results: Path, summary: Summary, stopped
                                       ("--dc", settings.dc)) if value for a in (flag, value)],
              *["--no-token-cache"] * (not settings.token_cache),
              *["--log-format", settings.log_format] * (settings.log_format != "text")]
+    # how the job runs (its budget, pace and checks): the retry file's job runs the same way
+    pace = {"--concurrency": settings.concurrency
+            if settings.concurrency != RunSettings.concurrency else None,
+            "--halt-on-failures": settings.halt_on_failures, "--max-calls": settings.max_calls}
+    reach += [a for flag, value in pace.items() if value is not None for a in (flag, str(value))]
+    reach += ["--no-preflight"] * (not settings.preflight)
     left = summary.by_status.get("not_sent", 0)
     if summary.retry_rows and not left and not stopped and not settings.dry_run:
         retry = Path(summary.retry_path)
@@ -788,10 +794,7 @@ def next_command(settings: RunSettings, results: Path, summary: Summary, stopped
                            *reach])
     args = ["batcher", "run", str(settings.input), "--results", str(settings.results), *reach]
     flags = {"--journal": settings.journal, "--module": settings.module,
-             "--concurrency": settings.concurrency
-             if settings.concurrency != RunSettings.concurrency else None,
-             "--halt-on-failures": settings.halt_on_failures,
-             "--max-calls": settings.max_calls, "--delimiter": settings.reading.delimiter,
+             "--delimiter": settings.reading.delimiter,
              "--record-column": settings.reading.record_column,
              "--cadence-column": settings.reading.cadence_column,
              "--module-column": settings.reading.module_column}
@@ -801,7 +804,6 @@ def next_command(settings: RunSettings, results: Path, summary: Summary, stopped
     for cadence in settings.reading.cadences:
         args += ["--cadence", cadence]
     args += ["--all-cadences"] * settings.all_cadences
-    args += ["--no-preflight"] * (not settings.preflight)
     return shlex.join(args)
 
 

@@ -294,6 +294,33 @@ def test_the_command_that_resumes_a_job_keeps_its_sending_flags(tmp_path, serve)
         assert args[args.index(flag) + 1] == value, command.group(1)
 
 
+def test_the_command_that_runs_the_retry_file_keeps_the_jobs_sending_flags(tmp_path):
+    """Found by trying: a finished job's page named the run of its retry file without the
+    job's --max-calls budget, --concurrency and --no-preflight: copied as shown, it ran the
+    retry file at full pace and unchecked."""
+    import httpx
+
+    from batcher.job import Transports
+
+    rows = make_rows(30, 2)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+
+    def answers_nobody(request: httpx.Request) -> httpx.Response:  # every id MISSING_IN_ANSWER
+        return httpx.Response(200, json={"data": []})
+
+    env = {"ZOHO_ACCESS_TOKEN": "t", "ZOHO_API_DOMAIN": "http://127.0.0.1:9"}
+    result = run_job(RunSettings(input=inp, results=tmp_path / "out.csv", concurrency=2,
+                                 max_calls=500, preflight=False, quiet=True), env,
+                     transports=Transports(api=httpx.MockTransport(answers_nobody)))
+    assert result.exit_code == 1 and result.summary.retry_rows == len(rows)
+    html = report_path(tmp_path / "out.csv").read_text()
+    args = re.search(r'data-metric="command">([^<]*)<', html).group(1).split()
+    assert args[2] == str(tmp_path / "out.retry.csv"), args
+    assert args[args.index("--concurrency") + 1] == "2"
+    assert args[args.index("--max-calls") + 1] == "500"
+    assert "--no-preflight" in args
+
+
 def test_the_command_that_resumes_a_job_keeps_where_zoho_is(tmp_path, serve):
     """Found by trying: a job whose API domain came from --api-domain printed a command without
     it, which sent to the default data centre."""

@@ -102,6 +102,25 @@ def test_not_enrolled_bad_rows_and_duplicates(tmp_path, serve):
     assert_exact(live.sandbox, rows)
 
 
+def test_a_custom_module_in_two_letter_cases_sends_each_pair_once(tmp_path, serve):
+    """Zoho takes ``partners__c`` for ``Partners__c``: a pair asked under both spellings is one
+    pair, sent once (the later row a duplicate), and the records of both share a call."""
+    rec, rec2, cad = "554023000001000001", "554023000001000002", "554023000004000001"
+    world = World.from_pairs([("Partners__c", rec, cad), ("Partners__c", rec2, cad)])
+    live = serve(world)
+    inp = write_pairs(tmp_path / "in.csv", [("Partners__c", rec, cad), ("partners__c", rec, cad),
+                                            ("PARTNERS__C", rec2, cad)])
+
+    result = run_job(settings(tmp_path, inp), live.env)
+
+    assert result.exit_code == 0
+    assert [(c.record_ids, c.cadence_ids) for c in live.sandbox.calls] == [((rec, rec2), (cad,))]
+    results = read_results(tmp_path / "out.csv")
+    assert [(r["module"], r["status"]) for r in results] == [
+        ("Partners__c", "unenrolled"), ("Partners__c", "duplicate"),
+        ("Partners__c", "unenrolled")]
+
+
 def test_preflight_marks_unknown_and_non_manual_cadences_invalid_without_a_call(tmp_path, serve):
     rows = make_rows(20, 2)
     world = World.from_pairs(rows)

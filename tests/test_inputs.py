@@ -1148,3 +1148,20 @@ def test_a_checked_input_is_opened_once_and_again_only_if_it_changed(tmp_path: P
     os.utime(path)
     again = scan_input(path, source=src)
     assert again.source is not src and again.source.found[-1] == "owner" and again.pairs == 2
+
+
+def test_a_custom_module_spelled_in_other_cases_is_one_module(tmp_path: Path):
+    # Zoho matches a module's API name ignoring case: the same pair under partners__c and
+    # Partners__c is one pair (sent once, the later row a duplicate), and their records share calls
+    rows = [(REC, CAD, "partners__c"), (REC2, CAD, "Leads")] * 3
+    rows += [(REC, CAD, "Partners__c"), (REC2, CAD, "PARTNERS__C"), (REC, CAD2, "Partners__C")]
+    _, pq_path = _write_both(tmp_path, rows)
+    for scan in (scan_input(pq_path), scan_input(pq_path, chunk_rows=2)):
+        assert scan.codes.module_names == ["partners__c", "Leads"]
+        assert _scan_summary(scan)[-1] == [
+            ("partners__c", REC, CAD), ("Leads", REC2, CAD), ("partners__c", REC2, CAD),
+            ("partners__c", REC, CAD2)]
+        assert scan.dup_rows.tolist() == [2, 3, 4, 5, 6] and scan.dup_first.tolist()[2] == 0
+    table = read_input(pq_path)
+    assert [r["status"] for r in table.table.to_pylist()] == ["valid", "valid"] + [
+        "duplicate"] * 5 + ["valid", "valid"]

@@ -399,6 +399,14 @@ def test_world_round_trips_through_json_and_generate_is_reproducible(tmp_path):
     assert all(len(r) == 18 and r.isdigit() for _, r, _ in a.enrollments)
 
 
+def test_a_world_from_pairs_takes_a_module_in_any_case_as_one_module():
+    world = World.from_pairs([("Partners__c", R1, C1), ("partners__c", R2, C1),
+                              ("LEADS", R3, C2)])
+    assert world.records == {"Partners__c": {R1, R2}, "Leads": {R3}}
+    assert world.enrollments == {("Partners__c", R1, C1), ("Partners__c", R2, C1),
+                                 ("Leads", R3, C2)}
+
+
 # ---------------------------------------------------------------------------- faults
 
 

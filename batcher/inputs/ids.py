@@ -35,6 +35,12 @@ def canonical_module(name: str) -> str | None:
     return _CANONICAL_MODULES.get(name.lower(), name)
 
 
+def module_key(name: str) -> str:
+    """What makes two module names one module: Zoho matches a module's API name ignoring case
+    (``partners__c`` is ``Partners__c``), so a pair under both spellings is one pair, once."""
+    return name.casefold()
+
+
 def all_of(masks: list[np.ndarray]) -> np.ndarray | None:
     """The rows every mask keeps (None when there is no mask: every row)."""
     if not masks:
@@ -170,14 +176,17 @@ def in_order_of_use(index: np.ndarray, names: list[str | None]) -> tuple[list[st
     first = first_of_code(index, len(names), len(names) - 1 if no_null else None)
     order = np.flatnonzero(first < len(index))
     order = order[np.argsort(first[order], kind="stable")]
-    out: dict[str, int] = {}
+    out: dict[str, int] = {}  # module_key → number
+    spelled: list[str] = []
     local = np.zeros(len(names), dtype=np.int32)
     for i in order.tolist():
-        local[i] = out.setdefault(names[i], len(out))  # type: ignore[arg-type]
+        local[i] = out.setdefault(module_key(names[i]), len(out))  # type: ignore[arg-type]
+        if len(spelled) < len(out):
+            spelled.append(names[i])  # type: ignore[arg-type]
     if no_null and len(out) == len(order) and np.array_equal(order, np.arange(len(out))):
-        return list(out), index  # numbered as they come: keep the column as it is
+        return spelled, index  # numbered as they come: keep the column as it is
     # Arrow's take refuses -1: a null (a Parquet row without a module) is then numpy's
-    return list(out), take(local, index) if no_null else local[index]
+    return spelled, take(local, index) if no_null else local[index]
 
 
 def _clean(col: pa.Array) -> pa.Array:

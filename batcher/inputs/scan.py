@@ -42,6 +42,7 @@ from .ids import (
     id_reasons,
     in_order_of_use,
     module_column,
+    module_key,
     record_ids,
 )
 from .options import InputOptions
@@ -344,7 +345,8 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
     invalid_rows: list[pa.Table] = []
     blank_rows: list[np.ndarray] = []
     cad_values: list[np.ndarray] = []
-    module_names: dict[str, int] = {}
+    module_names: dict[str, int] = {}  # module_key → number (first spelling: names_seen)
+    names_seen: list[str] = []
     records = records or (RecordList.given(options.cadences) if options.cadences else None)
     if options.all_cadences and records is None:
         raise InputError("--all-cadences needs the org's cadences: `batcher run` reads them "
@@ -368,8 +370,10 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
         rec.append(part.record)
         cad.append(part.cadence)
         cad_values.append(part.cadence_values)
-        local = np.array([module_names.setdefault(m, len(module_names)) for m in part.modules],
-                         dtype=np.int32)
+        for m in part.modules:
+            if module_names.setdefault(module_key(m), len(module_names)) == len(names_seen):
+                names_seen.append(m)
+        local = np.array([module_names[module_key(m)] for m in part.modules], dtype=np.int32)
         same = np.array_equal(local, np.arange(len(local)))
         mod.append(part.module.astype(np.int32, copy=False) if same
                    else take(local, part.module))
@@ -385,7 +389,7 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
              else _INVALID_SCHEMA.empty_table(), "blank_rows": concat(blank_rows)}
     return _finish_scan(source, options, stamp, rows - blank, invalid, tuple(examples),
                         concat(pair_rows), concat(rec), cad_index, cad_uniques, concat(mod),
-                        list(module_names), found)
+                        names_seen, found)
 
 
 @dataclass(frozen=True)

@@ -87,11 +87,16 @@ class World:
         """Every (module, record_id, cadence_id) enrolled; each new cadence a manual one.
 
         A cadence id seen under two modules keeps the first module; pairs naming it under the other
-        module stay un-enrollable (INVALID_DATA), as they would in a real org.
+        module stay un-enrollable (INVALID_DATA), as they would in a real org. A module is one
+        module in any letter case (``partners__c`` is ``Partners__c``), as Zoho names it.
         """
         world = cls()
+        spelled: dict[str, str] = {}
         for module, record_id, cadence_id in pairs:
             module, record_id, cadence_id = str(module), str(record_id), str(cadence_id)
+            if module not in spelled:
+                spelled[module] = world.module_named(module) or module
+            module = spelled[module]
             if cadence_id not in world.cadences:
                 world.add_cadence(module, MANUAL, cadence_id=cadence_id)
             world.enroll(module, record_id, cadence_id)

@@ -56,6 +56,12 @@ def _json_log(argv: Sequence[str]) -> bool:
     return chosen == "json"
 
 
+def _user_path(value: str) -> str:
+    """A path as typed: a leading ``~`` the shell left alone (quoted, or from a crontab's
+    variable) is the home folder, as the user meant, not a folder named ``~``."""
+    return os.path.expanduser(value)
+
+
 def _port(value: str) -> int:
     """A TCP port (argparse says a bad one as usage: exit 2)."""
     try:
@@ -88,8 +94,15 @@ _SANDBOX_EXIT = "exit codes:\n  0  stopped by Ctrl-C or SIGTERM\n  2  bad input,
 
 _STATUS_EXIT = ("exit codes:\n  0  the journal was read (the job's own state is in what is "
                 "printed)\n  2  no journal there, or it cannot be read")
+_PLAN_EXIT = ("exit codes:\n  0  every row is a pair to send (or a duplicate of one)\n"
+              "  1  some rows are invalid (listed; the others would be sent)\n"
+              "  2  the input or the flags cannot be used: nothing to plan")
+_CADENCES_EXIT = ("exit codes:\n  0  the cadences were listed\n"
+                  "  2  usage error (a --module with no cadence, a bad flag)\n"
+                  "  3  credentials, permission or Zoho unreachable: fix it and run it again")
 #: the commands whose exit codes are not run's
-_OWN_EXIT = {"sandbox": _SANDBOX_EXIT, "status": _STATUS_EXIT}
+_OWN_EXIT = {"sandbox": _SANDBOX_EXIT, "status": _STATUS_EXIT, "plan": _PLAN_EXIT,
+             "cadences": _CADENCES_EXIT}
 
 
 def _epilog(command: str) -> str:
@@ -108,8 +121,9 @@ def _parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
 
     def where(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", help="TOML file naming the data centre and the environment "
-                        "variables that hold the credentials (never the secrets themselves)")
+        sp.add_argument("--config", type=_user_path,
+                        help="TOML file naming the data centre and the environment variables "
+                             "that hold the credentials (never the secrets themselves)")
         sp.add_argument("--api-domain", help="Zoho API domain (else ZOHO_API_DOMAIN or --dc)")
         sp.add_argument("--accounts-url", help="Zoho accounts URL (else ZOHO_ACCOUNTS_URL or --dc)")
         sp.add_argument("--dc", help="data centre: us, eu, in, au, jp, cn, ca, sa, uk")
@@ -134,12 +148,14 @@ def _parser() -> argparse.ArgumentParser:
     run = command("run", help="un-enroll every (record, cadence) pair of INPUT",
                   description="Un-enroll every (record, cadence) pair of INPUT, resumably: the "
                               "same command continues an interrupted job.")
-    run.add_argument("input", help="CSV (.csv, .csv.gz), Excel .xlsx or Parquet list of "
-                                   "record ids, cadence ids and modules")
-    run.add_argument("--results", required=True,
+    run.add_argument("input", type=_user_path,
+                     help="CSV (.csv, .csv.gz), Excel .xlsx or Parquet list of record ids, "
+                          "cadence ids and modules")
+    run.add_argument("--results", required=True, type=_user_path,
                      help="results file (.csv, .xlsx or .parquet); {date} becomes today's UTC "
                           "date; a dry run never replaces a real job's results")
-    run.add_argument("--journal", help="job journal (default: <results stem>.journal)")
+    run.add_argument("--journal", type=_user_path,
+                     help="job journal (default: <results stem>.journal)")
     reading(run, "module for rows without a module column")
     run.add_argument("--all-cadences", action="store_true",
                      help="INPUT is a list of records (no cadence column): un-enroll each from "
@@ -169,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
                    description="Read INPUT, report its invalid and duplicate rows, and plan "
                                "the calls a run would make; sends nothing (exit 1: invalid "
                                "rows, 2: nothing usable).")
-    plan.add_argument("input", help="CSV, .xlsx or Parquet input, as for run")
+    plan.add_argument("input", type=_user_path, help="CSV, .xlsx or Parquet input, as for run")
     reading(plan, "module for rows without a module column")
     plan.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
@@ -184,18 +200,18 @@ def _parser() -> argparse.ArgumentParser:
                   description="Write a job's results, retry file and summary from its journal "
                               "(e.g. after a disk problem); the exit code follows run's rules "
                               "for the job it describes.")
-    rep.add_argument("--journal", required=True, help="the job's journal file ({date}: today's "
-                                                      "UTC date, as run makes it)")
-    rep.add_argument("--results", required=True, help="results file to write (.csv, .xlsx or "
-                                                      ".parquet; {date} as in run)")
+    rep.add_argument("--journal", required=True, type=_user_path,
+                     help="the job's journal file ({date}: today's UTC date, as run makes it)")
+    rep.add_argument("--results", required=True, type=_user_path,
+                     help="results file to write (.csv, .xlsx or .parquet; {date} as in run)")
 
     st = command("status", help="show a job's progress from its journal, also while it runs",
                  description="Read a job's journal without writing it or waiting for its lock "
                              "(a running job is not disturbed) and show its rows by status, the "
                              "batches left, calls, 429s, call rate and ETA, the last error, and "
                              "whether a run holds it (its pid).")
-    st.add_argument("--journal", required=True, help="the job's journal file ({date}: today's "
-                                                     "UTC date, as run makes it)")
+    st.add_argument("--journal", required=True, type=_user_path,
+                    help="the job's journal file ({date}: today's UTC date, as run makes it)")
     st.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     sb = command("sandbox", help="serve a local Zoho-shaped sandbox for rehearsals",
@@ -203,7 +219,8 @@ def _parser() -> argparse.ArgumentParser:
                              "the records of --from enrolled, to rehearse a job.")
     sb.add_argument("--port", type=_port, default=8765,
                     help="port on 127.0.0.1, 0-65535 (default 8765; 0: any free one)")
-    sb.add_argument("--from", dest="from_input", help="enroll every valid pair of this input")
+    sb.add_argument("--from", dest="from_input", type=_user_path,
+                    help="enroll every valid pair of this input")
     sb.add_argument("--faults", default="none",
                     help="none, flaky, throttled, lossy, slow, short_tokens, mix")
     sb.add_argument("--seed", type=int, default=0,

@@ -119,6 +119,11 @@ def _check_url(url: str, source: str) -> str:
         raise UsageError(f"{source}: {url!r} must be an https:// URL with a host name")
     if parsed.query or parsed.fragment:
         raise UsageError(f"{source}: {url!r} must not carry a query or fragment")
+    origin = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}"
+    # /crm/v7 or /oauth/v2/token pasted from Zoho's pages (a gateway's own prefix is kept)
+    if parsed.path.strip("/").split("/")[0].lower() in ("crm", "oauth"):
+        raise UsageError(f"{source}: {url!r} must be the server's address only, without the "
+                         f"path {parsed.path}: give {origin}")
     if parsed.scheme == "http" and not is_loopback(parsed.host):
         raise UsageError(
             f"{source}: plain http:// is refused for {parsed.host} (tokens would travel "
@@ -147,21 +152,44 @@ def resolve_endpoints(api_domain: str | None, accounts_url: str | None, dc: str 
     default_urls = DATA_CENTRES[DEFAULT_DC]
 
     def pick(flag: str | None, flag_name: str, env_value: str | None, env_name: str,
-             index: int) -> str:
+             index: int) -> tuple[str, str | None]:
+        """The URL, and None for its source when it is only the default data centre's."""
         candidates = (
             (flag, flag_name),
             (flag_dc_urls[index] if flag_dc_urls else None, "--dc"),
             (env_value, env_name),
             (env_dc_urls[index] if env_dc_urls else None, "ZOHO_DC"),
-            (default_urls[index], "default data centre"),
         )
-        value, source = next((v, s) for v, s in candidates if v)
-        return _check_url(value, source)
+        value, source = next(((v, s) for v, s in candidates if v), (None, None))
+        if value is None:
+            return default_urls[index], None
+        return _check_url(value, source), source
 
-    return Endpoints(
-        api_domain=pick(api_domain, "--api-domain", env_api, "ZOHO_API_DOMAIN", 1),
-        accounts_url=pick(accounts_url, "--accounts-url", env_accounts, "ZOHO_ACCOUNTS_URL", 0),
-    )
+    api, api_source = pick(api_domain, "--api-domain", env_api, "ZOHO_API_DOMAIN", 1)
+    accounts, accounts_source = pick(accounts_url, "--accounts-url", env_accounts,
+                                     "ZOHO_ACCOUNTS_URL", 0)
+    # one URL given and the other not: the other is its data centre's (a refresh token of
+    # zohoapis.eu is refused by accounts.zoho.com), or the same loopback server (a sandbox)
+    if accounts_source is None and api_source is not None:
+        accounts = _same_place(api, 0) or accounts
+    elif api_source is None and accounts_source is not None:
+        api = _same_place(accounts, 1) or api
+    return Endpoints(api_domain=api, accounts_url=accounts)
+
+
+def _same_place(url: str, index: int) -> str | None:
+    """The accounts server (``index`` 0) or API domain (1) that goes with ``url``, the other of
+    the two: the same loopback server, or the URL of the data centre of a Zoho host."""
+    host = (httpx.URL(url).host or "").lower()
+    if is_loopback(host):
+        return url
+    for accounts, api in DATA_CENTRES.values():
+        if index == 0 and _ZOHO_API_HOST.match(host) and \
+                host.split("zohoapis.", 1)[1] == api.split("zohoapis.", 1)[1]:
+            return accounts
+        if index == 1 and host == httpx.URL(accounts).host:
+            return api
+    return None
 
 
 def accept_api_domain(configured: str, returned: str | None) -> str:

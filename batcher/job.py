@@ -71,7 +71,7 @@ from .inputs.carry import Carried, carried_columns
 from .inputs.source import Source
 from .journal import Journal, meta_of, utc_now
 from .logs import JobLog
-from .models import with_date
+from .models import where_journals_are, with_date
 from .netio import accounts_transport, api_transport, check_proxies, tls_context
 from .planner import Plan
 from .planreport import plan_scan
@@ -282,7 +282,8 @@ def _check_results(results: Path) -> None:
                          f"{', '.join(RESULT_SUFFIXES)}")
     folder = results.parent
     if not folder.is_dir():
-        raise UsageError(f"--results: folder {folder} does not exist")
+        raise UsageError(f"--results: folder {folder} does not exist; create it first "
+                         f"(mkdir -p {folder})")
     try:  # the only sure test of writability (permissions, read-only mounts, quotas)
         with tempfile.TemporaryFile(dir=folder, prefix=".batcher-probe-"):
             pass
@@ -357,8 +358,9 @@ def _resume_tonight(settings: RunSettings, tonight: RunSettings) -> str | None:
     if "{date}" not in f"{settings.results}{settings.journal or ''}":
         return None
     return (f"the same command does so before midnight UTC; after it, {{date}} makes it a new "
-            f"job: resume this one with --results {tonight.results}"
-            + (f" --journal {tonight.journal}" if settings.journal is not None else "")
+            f"job: resume this one with --results {shlex.quote(str(tonight.results))}"
+            + (f" --journal {shlex.quote(str(tonight.journal))}"
+               if settings.journal is not None else "")
             + (" (a job spread over nights by --max-calls needs --results without {date})"
                if settings.max_calls is not None else ""))
 
@@ -1202,7 +1204,7 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
     stream = stream or sys.stdout
     path = Path(journal_path)
     if not path.exists():
-        raise UsageError(f"{path}: no such journal")
+        raise UsageError(f"no journal at {path}{where_journals_are(path)}")
     _check_results(Path(results))
     _not_the_input(path, _written_beside(Path(results)), f"--results {results}", "journal")
     with Journal.open(path, None) as journal:

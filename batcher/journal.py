@@ -65,6 +65,7 @@ from .models import (
     OutcomeGroup,
     PairOutcome,
     Status,
+    where_journals_are,
 )
 from .rowstore import (
     NONE,
@@ -218,10 +219,10 @@ class Journal:
             raise JournalError(f"journal {path} is a symbolic link; batcher does not follow links "
                                "for its own files: give the real path with --journal")
         if fingerprint is None and not path.is_file():
-            raise JournalError(f"no journal at {path}")
+            raise JournalError(f"no journal at {path}{where_journals_are(path)}")
         if not path.parent.is_dir():
-            raise JournalError(
-                f"cannot create journal {path}: directory {path.parent} does not exist")
+            raise JournalError(f"cannot create journal {path}: directory {path.parent} does not "
+                               f"exist; create it first (mkdir -p {path.parent})")
         lock_fd = _acquire_lock(path)
         try:
             _create_private(path)
@@ -908,7 +909,7 @@ def _open_failure(path: Path, exc: sqlite3.Error) -> JournalError | JournalIOErr
     (full, read-only, I/O, damaged pages) is an abort the same command resumes once fixed."""
     name = getattr(exc, "sqlite_errorname", "") or ""
     if name == "SQLITE_NOTADB":
-        return JournalError(f"{path} is not a batcher journal ({exc})")
+        return JournalError(f"{path} is not a batcher journal ({exc}){where_journals_are(path)}")
     if name.startswith("SQLITE_CANTOPEN"):
         return JournalError(f"cannot open journal {path}: {_sqlite_text(exc)}")
     return _sqlite_failure(path, exc)

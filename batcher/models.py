@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
@@ -117,3 +119,19 @@ def with_date(path: str | os.PathLike[str], now: datetime | None = None, flag: s
         raise UsageError(f"{flag + ' ' if flag else ''}{text}: {brace.group()} is not filled "
                          "in; {date} is the one placeholder (today's UTC date, YYYY-MM-DD)")
     return text.replace("{date}", (now or datetime.now(UTC)).strftime("%Y-%m-%d"))
+
+
+def where_journals_are(path: Path) -> str:
+    """What to give as ``--journal`` instead of ``path``, which is no journal: the journal of
+    the results it names, else the journals in its folder, else where a run puts one."""
+    beside = path.with_suffix(".journal") if path.name else path
+    if path.suffix != ".journal" and beside.is_file():
+        return f"; that is a job's results: its journal is {beside}"
+    with suppress(OSError):
+        found = sorted((p for p in path.parent.glob("*.journal") if p.is_file()),
+                       key=lambda p: -p.stat().st_mtime)
+        if found:
+            more = ", …" if len(found) > 5 else ""
+            return (f"; journals in {path.parent}, newest first: "
+                    f"{', '.join(p.name for p in found[:5])}{more}")
+    return "; a run writes its journal beside its results, as <results stem>.journal"

@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 from .counts import SCHEMA_VERSION, status_counts
 from .errors import UsageError
-from .models import Status
+from .models import Status, where_journals_are
 from .streams import printable
 
 # the journal's own meta keys and format (batcher.journal; a test keeps them equal): importing
@@ -160,7 +160,7 @@ def read_status(path: str | os.PathLike[str]) -> JobStatus:
     """
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"no journal at {path}" if not path.exists()
+        raise UsageError(f"no journal at {path}{where_journals_are(path)}" if not path.exists()
                          else f"{path} is not a batcher journal (not a file)")
     running, pid = _holder(path)
     try:
@@ -289,5 +289,5 @@ def _duration(seconds: float) -> str:
 
 def _unreadable(path: Path, exc: sqlite3.Error) -> UsageError:
     if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
-        return UsageError(f"{path} is not a batcher journal ({exc})")
+        return UsageError(f"{path} is not a batcher journal ({exc}){where_journals_are(path)}")
     return UsageError(f"cannot read journal {path}: {exc}")

@@ -213,7 +213,8 @@ def test_results_folder_must_exist(tmp_path, capsys):
     inp = write_pairs(tmp_path / "in.csv", make_rows(5, 1))
     code = main(["run", str(inp), "--results", str(tmp_path / "nope" / "out.csv")])
     assert code == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert f"does not exist; create it first (mkdir -p {tmp_path / 'nope'})" in \
+        capsys.readouterr().err
 
 
 def test_kill_9_then_the_same_command_resumes_without_resending_answers(tmp_path, serve):
@@ -398,6 +399,32 @@ def test_every_command_and_flag_has_help_an_example_and_the_exit_codes(name):
     text = sp.format_help()
     assert "example:" in text and f"batcher {name}" in text.split("example:")[1]
     assert "exit codes:" in text
+
+
+def test_plan_and_cadences_help_give_their_own_exit_codes():
+    """Found by trying: `plan --help` and `cadences --help` listed run's codes ("the job
+    finished but some rows are failed", "re-run to resume") for commands that send nothing."""
+    plan, cadences = (_subcommands()[n].format_help().split("exit codes:")[1]
+                      for n in ("plan", "cadences"))
+    assert "some rows are invalid" in plan and "failed" not in plan and "3" not in plan
+    assert "cadences were listed" in cadences and "rows" not in cadences
+
+
+def test_a_tilde_the_shell_left_in_a_path_is_the_home_folder(tmp_path, serve, capsys,
+                                                              monkeypatch):
+    """Found by trying: `--results "~/out/{date}.csv"` (quoted, or a crontab variable) said
+    "folder ~/out does not exist"; `plan "~/leavers.csv"` "no such file"."""
+    rows = make_rows(5, 1)
+    for k, v in {**serve(World.from_pairs(rows)).env, "HOME": str(tmp_path)}.items():
+        monkeypatch.setenv(k, v)
+    write_pairs(tmp_path / "in.csv", rows)
+    assert main(["plan", "~/in.csv"]) == 0
+    assert main(["run", "~/in.csv", "--results", "~/out.csv", "--quiet",
+                 "--journal", "~/job.journal"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "out.csv").is_file() and (tmp_path / "job.journal").is_file()
+    assert main(["status", "--journal", "~/job.journal"]) == 0
+    assert main(["report", "--journal", "~/job.journal", "--results", "~/again.csv"]) == 0
+    assert (tmp_path / "again.csv").is_file()
 
 
 def test_run_json_prints_the_summary_on_stdout_and_results_take_the_date(tmp_path, serve):

@@ -90,6 +90,36 @@ def test_flags_beat_env():
     assert ends == Endpoints("http://127.0.0.1:8123", "http://localhost:8123")
 
 
+@pytest.mark.parametrize("env, expected", [
+    ({"ZOHO_API_DOMAIN": "https://www.zohoapis.eu"},
+     ("https://www.zohoapis.eu", "https://accounts.zoho.eu")),
+    ({"ZOHO_API_DOMAIN": "https://sandbox.zohoapis.com.au/"},
+     ("https://sandbox.zohoapis.com.au", "https://accounts.zoho.com.au")),
+    ({"ZOHO_ACCOUNTS_URL": "https://accounts.zohocloud.ca"},
+     ("https://www.zohoapis.ca", "https://accounts.zohocloud.ca")),
+    ({"ZOHO_API_DOMAIN": "http://127.0.0.1:8765"},
+     ("http://127.0.0.1:8765", "http://127.0.0.1:8765")),
+    ({"ZOHO_API_DOMAIN": "https://www.zohoapis.eu", "ZOHO_DC": "in"},
+     ("https://www.zohoapis.eu", "https://accounts.zoho.in")),
+    ({"ZOHO_API_DOMAIN": "https://zoho-proxy.example.com"},
+     ("https://zoho-proxy.example.com", "https://accounts.zoho.com")),
+])
+def test_one_url_set_brings_its_data_centres_other(env, expected):
+    # README: "ZOHO_DC=eu  # or ZOHO_API_DOMAIN / ZOHO_ACCOUNTS_URL": an EU API domain alone
+    # must not send the EU refresh token to accounts.zoho.com
+    assert resolve_endpoints(None, None, None, env) == Endpoints(*expected)
+
+
+@pytest.mark.parametrize("url, origin", [
+    ("https://www.zohoapis.eu/crm/v7", "https://www.zohoapis.eu"),
+    ("https://accounts.zoho.eu/oauth/v2/token", "https://accounts.zoho.eu"),
+    ("http://127.0.0.1:8765/crm/v7/", "http://127.0.0.1:8765"),
+])
+def test_url_with_a_path_refused_naming_the_address_to_give(url, origin):
+    with pytest.raises(UsageError, match=f"without the path .*: give {origin}$"):
+        resolve_endpoints(None, None, None, {"ZOHO_API_DOMAIN": url})
+
+
 def test_unknown_dc_lists_valid_ones():
     with pytest.raises(UsageError, match="us, eu, in, au, jp, cn, ca, sa, uk"):
         resolve_endpoints(None, None, "mars", {})
@@ -177,3 +207,13 @@ def test_bad_config_files_are_usage_errors(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UsageError, match="cannot read"):
         env_with_config_file(tmp_path / "nope.toml", {})
+
+
+def test_a_gateways_own_path_prefix_is_kept():
+    """Only a path pasted from Zoho's pages is refused: a gateway in front of Zoho may serve it
+    under a prefix of its own."""
+    ends = resolve_endpoints(None, None, None, {
+        "ZOHO_API_DOMAIN": "https://gateway.example.com/zoho",
+        "ZOHO_ACCOUNTS_URL": "https://gateway.example.com/zoho-accounts"})
+    assert ends == Endpoints("https://gateway.example.com/zoho",
+                             "https://gateway.example.com/zoho-accounts")

@@ -147,3 +147,20 @@ def test_a_dated_job_stopped_early_says_how_to_resume_it_after_midnight(tmp_path
     fixed = run_job(RunSettings(input=inp, results=tmp_path / "fixed.csv", max_calls=1,
                                 quiet=True), live.env)
     assert fixed.exit_code == 3 and "midnight" not in fixed.aborted
+
+
+def test_the_dated_resume_line_quotes_a_path_with_spaces_for_the_shell():
+    """Found by trying: `--results 'Équipe Ops/départs {date}.xlsx'` stopped early named
+    `--results Équipe Ops/départs 2026-…xlsx` unquoted: pasted, the shell split it in three."""
+    import shlex
+
+    from batcher.job import RunSettings, _resume_tonight, dated
+
+    settings = RunSettings(input="in.csv", results="Équipe Ops/départs {date}.xlsx",
+                           journal="Équipe Ops/j {date}.journal", max_calls=1)
+    tonight = dated(settings)
+    line = _resume_tonight(settings, tonight)
+    assert f"--results {shlex.quote(str(tonight.results))} " in line
+    assert f"--journal {shlex.quote(str(tonight.journal))} " in line
+    assert shlex.split(line.split("resume this one with ", 1)[1].split(" (")[0]) == [
+        "--results", str(tonight.results), "--journal", str(tonight.journal)]

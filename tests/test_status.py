@@ -271,6 +271,25 @@ def test_what_is_not_a_readable_journal_is_one_line_exit_2(tmp_path, answered, k
         assert "format 1" in text
 
 
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_a_wrong_journal_path_says_which_journal_to_give(tmp_path, capsys, command):
+    """A new user gives the results (or mistypes the stem): the message names the journal to
+    give instead of only saying that this is none."""
+    from batcher.cli import main
+
+    (tmp_path / "leavers.journal").write_bytes(b"")
+    (tmp_path / "leavers.csv").write_text("row,status\n1,unenrolled\n")
+    more = ["--results", str(tmp_path / "again.csv")] if command == "report" else []
+    for given, hint in [("leavers.csv", f"its journal is {tmp_path / 'leavers.journal'}"),
+                        ("leaver.journal", f"journals in {tmp_path}, newest first: "
+                                           "leavers.journal")]:
+        assert main([command, "--journal", str(tmp_path / given), *more]) == 2
+        err = capsys.readouterr().err
+        assert hint in err and err.count("\n") == 1, err
+    assert main([command, "--journal", str(tmp_path / "nowhere" / "x.journal"), *more]) == 2
+    assert "beside its results, as <results stem>.journal" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("seconds", "text"), [(3.2, "3 s"), (89, "89 s"), (1000, "17 min"),
                                                (11_100, "3 h 05 min")])
 def test_an_eta_reads_in_seconds_minutes_or_hours(seconds, text):

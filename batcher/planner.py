@@ -442,12 +442,28 @@ def _search(first: dict[int, _Pool], threshold: int, memo: dict[int, np.ndarray]
     return _Search(threshold, total, levels)
 
 
-def _best_search(piece_masks: np.ndarray, piece_counts: np.ndarray) -> _Search:
+#: a search of fewer pieces runs on one thread (a thread costs more than it saves), and is
+#: remembered for a block of the same pieces (a file of thousands of small modules)
+_SMALL_SEARCH = 1 << 10
+_KNOWN_SEARCHES = 1 << 14  # most small searches remembered in one plan
+
+
+def _best_search(piece_masks: np.ndarray, piece_counts: np.ndarray,
+                 known: dict[bytes, _Search] | None = None) -> _Search:
     """The cheapest threshold (the lowest among equals). The highest is searched first: where
     the searches first split, it splits a superset of what every other does (see ``memo``);
     the others then run on two threads (numpy's kernels release the GIL), each taking its
     thresholds in descending order with a memo of its own, so that what it reads from the memo
-    was written by a search with a higher threshold."""
+    was written by a search with a higher threshold.
+
+    ``known``: the plan's small searches by their pieces; a search depends on nothing else."""
+    small = len(piece_masks) < _SMALL_SEARCH
+    key = b""
+    if small and known is not None:
+        key = (np.ascontiguousarray(piece_masks, np.uint64).tobytes() + b"|"
+               + np.ascontiguousarray(piece_counts, np.int64).tobytes())
+        if (hit := known.get(key)) is not None:
+            return hit
     first = _Pool.first(piece_masks, piece_counts)
     highest, *others = sorted(_THRESHOLDS, reverse=True)
     memo: dict[int, np.ndarray] = {}
@@ -457,9 +473,13 @@ def _best_search(piece_masks: np.ndarray, piece_counts: np.ndarray) -> _Search:
         own = dict(memo)
         return [_search(first, t, own) for t in thresholds]
 
-    for done in both(searches, [(others[0::2],), (others[1::2],)]):
+    halves = [(others[0::2],), (others[1::2],)]
+    for done in ([searches(*h) for h in halves] if small else both(searches, halves)):
         found += done
-    return min(found, key=lambda s: (s.n_batches, s.threshold))
+    best = min(found, key=lambda s: (s.n_batches, s.threshold))
+    if small and known is not None and len(known) < _KNOWN_SEARCHES:
+        known[key] = best
+    return best
 
 
 # --------------------------------------------------------------------------- one block of a module
@@ -514,22 +534,23 @@ def _bit_counts(tmask: np.ndarray, tcount: np.ndarray, n_bits: int) -> np.ndarra
 
 def _solve_types(module: int, pairs: _PairSource, record_type: np.ndarray, tmask: np.ndarray,
                  tcount: np.ndarray, cad_count: np.ndarray, rec_global: np.ndarray,
-                 cad_global: np.ndarray) -> _Part:
+                 cad_global: np.ndarray, known: dict[bytes, _Search] | None = None) -> _Part:
     """Plan one block from its distinct cadence sets (``tmask``, local bits) and their counts."""
     pieces = _first_pieces(tmask, tcount, len(cad_global), cad_count)
     nz = pieces != 0
-    search = _best_search(pieces[nz], np.broadcast_to(tcount[:, None], pieces.shape)[nz])
+    search = _best_search(pieces[nz], np.broadcast_to(tcount[:, None], pieces.shape)[nz], known)
     return _Part(module, pairs, rec_global, cad_global, record_type, pieces, search)
 
 
 def _solve(module: int, pair_pos: np.ndarray | None, r: np.ndarray, rec_global: np.ndarray,
-           c_local: np.ndarray, cad_global: np.ndarray) -> _Part:
+           c_local: np.ndarray, cad_global: np.ndarray,
+           known: dict[bytes, _Search] | None = None) -> _Part:
     """Plan one block from its pairs; ``r`` are dense local records (0..n-1)."""
     n_cad = len(cad_global)
     record_type, tmask = _factorize(_record_masks(r, c_local, len(rec_global), n_cad))
     tcount = np.bincount(record_type, minlength=len(tmask))
     return _solve_types(module, lambda: (pair_pos, r, c_local), record_type, tmask, tcount,
-                        np.bincount(c_local, minlength=n_cad), rec_global, cad_global)
+                        np.bincount(c_local, minlength=n_cad), rec_global, cad_global, known)
 
 
 def _strategy(threshold: int) -> str:
@@ -1043,6 +1064,7 @@ def _plan_by_masks(names: list[str], rec: np.ndarray, n_rec: int, slots: _Slots,
     bounds = np.searchsorted(slots.module, np.arange(len(names) + 1))
     parts: list[_Part] = []
     stats: dict[str, ModulePlanStats] = {}
+    known: dict[bytes, _Search] = {}
     for m in range(len(names)):
         lo, hi = int(bounds[m]), int(bounds[m + 1])
         own = (gmask >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
@@ -1062,7 +1084,7 @@ def _plan_by_masks(names: list[str], rec: np.ndarray, n_rec: int, slots: _Slots,
         cad_count = _bit_counts(tmask, tcount, len(bits))
         part = _solve_types(m, _mask_pairs(rec, n_rec, slots, recs, bits + lo, len(names) > 1),
                             record_type, tmask, tcount, cad_count, recs,
-                            slots.cadence[bits + lo])
+                            slots.cadence[bits + lo], known)
         parts.append(part)
         size = _popcount(tmask)
         stats[names[m]] = _stats(names[m], [part], int((size * tcount).sum()), len(recs),
@@ -1122,6 +1144,7 @@ def _plan_by_blocks(names: list[str], mod: np.ndarray, rec: np.ndarray, n_rec: i
                   if bounds[m + 1] > bounds[m]]
     parts: list[_Part | _LazyPart] = []
     stats: dict[str, ModulePlanStats] = {}
+    known: dict[bytes, _Search] = {}
     for m, pos in groups:
         r_glob = rec if pos is None else rec[pos]
         c_glob = cad if pos is None else cad[pos]
@@ -1141,14 +1164,15 @@ def _plan_by_blocks(names: list[str], mod: np.ndarray, rec: np.ndarray, n_rec: i
         module_parts = []
         for lo in range(0, len(cad_global), _BLOCK_CADENCES):
             if len(cad_global) <= _MASK_BITS:
-                module_parts.append(_solve(m, pos, r_local, rec_global, c_local, cad_global))
+                module_parts.append(_solve(m, pos, r_local, rec_global, c_local, cad_global,
+                                           known))
                 break
             hi = lo + _BLOCK_CADENCES
             sel = (c_local >= lo) & (c_local < hi)
             r_block, rec_block = _dense(r_local[sel], len(rec_global))
             module_parts.append(_solve(
                 m, np.flatnonzero(sel) if pos is None else pos[sel], r_block,
-                rec_global[rec_block], c_local[sel] - lo, cad_global[lo:hi]))
+                rec_global[rec_block], c_local[sel] - lo, cad_global[lo:hi], known))
         parts.extend(module_parts)
         stats[names[m]] = _stats(names[m], module_parts, len(r_glob), len(k),
                                  int((-(-k // MAX_CADENCES_PER_CALL)).sum()),

@@ -454,6 +454,51 @@ def test_parquet_text_that_is_not_utf8_is_that_rows_reason_not_a_crash(tmp_path:
         "<not UTF-8: Caf\\xe9>", "ok"]
 
 
+def test_parquet_of_many_tiny_row_groups_reads_as_one_group(tmp_path: Path):
+    """A streaming writer's file of one-row groups is read with its chunks joined (a Python
+    step per row group made 1M rows cost 20 s): every row keeps its verdict, reason, row
+    number and carried values — a blank row, a bad id, a repeat, a module dictionary that
+    differs per group, bytes that are not UTF-8 in one group."""
+    n = 60
+    recs = [str(554023000001798647 + i) for i in range(n)]
+    recs[7], recs[20], recs[44] = "", "12x", recs[32]
+    cads = [CAD if i % 3 else CAD2 for i in range(n)]
+    cads[7] = None
+    mods = ["Leads" if i % 4 else "Contacts" for i in range(n)]
+    mods[7] = None
+    notes = [f"n{i}".encode() for i in range(n)]
+    notes[7], notes[45] = None, b"caf\xe9"
+    table = pa.table({"record_id": recs, "cadence_id": cads,
+                      "module": pa.array(mods).dictionary_encode(),
+                      "note": _unchecked_text([b"" if v is None else v for v in notes])})
+    one, tiny = tmp_path / "one.parquet", tmp_path / "tiny.parquet"
+    pq.write_table(table, one)
+    pq.write_table(table, tiny, row_group_size=1)
+    assert pq.ParquetFile(tiny).num_row_groups == n
+    got, want = read_input(tiny).table, read_input(one).table
+    assert got.to_pylist() == want.to_pylist()
+    assert [r["status"] for r in got.to_pylist()].count("invalid") == 1
+    assert (scan_input(tiny).blank, scan_input(tiny).duplicates) == (1, 1)
+    carried = [pa.concat_tables(carried_columns(p, InputOptions()).tables()).to_pylist()
+               for p in (tiny, one)]
+    assert carried[0] == carried[1] and len(carried[0]) == n - 1
+    assert carried[0][44]["note"].startswith("<not UTF-8")
+
+
+def test_parquet_row_group_of_blank_rows_is_blank_not_a_damaged_file(tmp_path: Path):
+    """A row group whose cadence column is all null reads as a dictionary with no values: the
+    blank check indexed into it and the file was refused as 'truncated or damaged' (exit 2)."""
+    n = 4096
+    path = tmp_path / "tail.parquet"
+    pq.write_table(pa.table({
+        "record_id": [str(554023000001000000 + i) for i in range(n)] + [None, None],
+        "cadence_id": [CAD] * n + [None, None],
+        "module": ["Leads"] * n + [None, None]}), path, row_group_size=n)
+    assert pq.ParquetFile(path).num_row_groups == 2
+    scan = scan_input(path)
+    assert (scan.rows, scan.blank, scan.pairs) == (n, 2, n)
+
+
 def test_parquet_nulls_are_reported_not_dropped(tmp_path: Path):
     path = tmp_path / "nulls.parquet"
     pq.write_table(pa.table({

@@ -175,6 +175,26 @@ def test_several_modules_are_planned_apart_and_reach_the_bound() -> None:
     assert {b.module for b in batches} == set(plan.per_module)
 
 
+def test_many_small_modules_of_alike_shapes_plan_as_each_alone() -> None:
+    """A file of thousands of modules (a module column holding something else) planned module
+    by module took a search on two threads each: 200k one-pair modules cost 6 minutes. Small
+    searches are remembered by their pieces within a plan: a module whose pieces look alike
+    but whose counts differ must still get its own plan, the same as when planned alone."""
+    rng = random.Random(5)
+    shapes = [(n_rec, cads) for n_rec in (1, 3, 99, 100, 101, 130)
+              for cads in ((0,), (0, 1), (0, 1, 2, 3, 4, 5, 6))]
+    pairs: list[Pair] = []
+    for m in range(120):
+        n_rec, cads = rng.choice(shapes)
+        pairs += [(f"Mod{m}__c", rid(10_000 * m + i), cid(c)) for i in range(n_rec) for c in cads]
+    batches = check_plan(pairs, plan_of(pairs))
+    for m in range(120):
+        own = [p for p in pairs if p[0] == f"Mod{m}__c"]
+        alone = {(b.record_ids, b.cadence_ids) for b in plan_of(own).iter_batches()}
+        assert {(b.record_ids, b.cadence_ids) for b in batches
+                if b.module == f"Mod{m}__c"} == alone
+
+
 def test_same_record_id_in_two_modules_is_two_records() -> None:
     pairs = [("Leads", rid(1), cid(0)), ("Contacts", rid(1), cid(0))]
     batches = check_plan(pairs, plan_of(pairs))

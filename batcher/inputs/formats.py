@@ -25,6 +25,9 @@ from .source import Source, empty_values, file_stamp, table_parts
 _PARQUET_MAGIC = b"PAR1"
 _BATCH_ROWS = 1 << 18  # rows a batch of the second pass holds: memory stays flat
 CHUNK_ROWS = 1 << 24  # rows the first pass reads at once, on Arrow's threads: ~0.5 GB at most
+#: a Parquet column read from many row groups is joined into one chunk up to this size: a text
+#: column of long values stays within a string array's 2 GB
+_JOIN_BYTES = 1 << 30
 
 
 def _columns(src: Source, table: pa.Table) -> dict[str, pa.ChunkedArray]:
@@ -73,9 +76,44 @@ def _read_row_groups(src: Source, encoded: list[str], groups: list[int], columns
         return _readable(pf.read_row_groups(part, columns=columns))
 
     if len(groups) < 2:
-        return read(groups)
+        return _fewer_chunks(read(groups))
     half = len(groups) // 2
-    return pa.concat_tables(both(read, [(groups[:half],), (groups[half:],)]))
+    return _fewer_chunks(pa.concat_tables(both(read, [(groups[:half],), (groups[half:],)])))
+
+
+def _fewer_chunks(table: pa.Table) -> pa.Table:
+    """``table`` with a column of many small chunks (one per row group) made one chunk: a file
+    of many tiny row groups (a streaming writer's) then costs the reader's per-chunk steps
+    once, not once per group. A column of more than ``_JOIN_BYTES`` keeps its chunks."""
+    cols = [pa.chunked_array([col.combine_chunks()], col.type)
+            if col.num_chunks > 1 + len(col) // 4096 and col.nbytes <= _JOIN_BYTES else col
+            for col in table.columns]
+    return pa.Table.from_arrays(cols, schema=table.schema)
+
+
+def _joined_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Consecutive batches joined into about ``_BATCH_ROWS`` rows, in order: rows, values and
+    types as they were (batches too big to join stay as they are)."""
+    held: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        if held and rows + batch.num_rows > _BATCH_ROWS:
+            yield from _joined(held)
+            held, rows = [], 0
+        held.append(batch)
+        rows += batch.num_rows
+    if held:
+        yield from _joined(held)
+
+
+def _joined(batches: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+    if len(batches) == 1:
+        return batches
+    try:
+        one = pa.Table.from_batches(batches).combine_chunks().to_batches()
+    except (pa.ArrowInvalid, pa.ArrowCapacityError):  # text over a string array's 2 GB
+        return batches
+    return one if len(one) == 1 else batches
 
 
 def scan_chunks(src: Source, chunk_rows: int) -> Iterator[dict[str, Any]]:
@@ -133,7 +171,8 @@ def _parquet_chunk(src: Source, encoded: list[str], groups: list[int], wanted: l
     if blank is not None and others:
         import pyarrow.parquet as pq
 
-        rest = _readable(pq.ParquetFile(src.path).read_row_groups(groups, columns=others))
+        rest = _fewer_chunks(_readable(pq.ParquetFile(src.path).read_row_groups(
+            groups, columns=others)))
         also = all_empty(rest.columns)
         blank = None if also is None else blank & also
     if blank is not None and blank.any():
@@ -256,8 +295,8 @@ def raw_batches(src: Source) -> Iterator[dict[str, Any]]:
 
         with _parquet_errors(src):
             every = set(wanted) >= set(src.found)  # blank rows are judged on every field
-            for batch in map(_readable, pq.ParquetFile(src.path).iter_batches(
-                    batch_size=_BATCH_ROWS, columns=wanted)):
+            for batch in map(_readable, _joined_batches(pq.ParquetFile(src.path).iter_batches(
+                    batch_size=_BATCH_ROWS, columns=wanted))):
                 # by the first column of each name: a name the file holds twice is no key
                 first = {n: i for i, n in reversed(list(enumerate(batch.schema.names)))}
                 out = {role: as_strings(batch.column(first[name]))

@@ -80,7 +80,7 @@ def _empty_chunk(arr: pa.Array) -> np.ndarray | None:
     null = numpy_of(arr.is_null()) if arr.null_count else None
     if pa.types.is_dictionary(arr.type):  # judged on its distinct values
         values = _empty_chunk(arr.dictionary)
-        if values is None:
+        if values is None or not len(values):  # no values: every row is null (or none is)
             return null
         found = values[numpy_of(pc.fill_null(arr.indices, 0))]
         return found if null is None else found | null

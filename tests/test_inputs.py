@@ -1074,7 +1074,7 @@ def test_a_ragged_row_that_is_not_utf8_refuses_the_file_without_a_traceback(tmp_
 
 
 def test_many_rows_of_few_record_ids_are_hashed_in_parts():
-    """Past HALVES_MIN rows ids are hashed in 64 parts; with 40 ids most parts are empty (a
+    """Past HALVES_MIN rows ids are hashed in 256 parts; with 40 ids most parts are empty (a
     file whose record and cadence columns are swapped), and codes stay exact."""
     from concurrent.futures import ThreadPoolExecutor
 

@@ -298,6 +298,19 @@ def test_values_are_trimmed_and_zcrm_prefix_removed(tmp_path: Path):
     ]
 
 
+def test_a_csv_id_written_as_a_formula_is_told_to_give_the_id_not_to_save_a_sheet(
+        tmp_path: Path):
+    """Found by trying: a CSV's ``="554…"`` (Excel's way to keep an id as text) was told to
+    "save the sheet from Excel or LibreOffice", advice for a workbook a program wrote: a CSV
+    has no formula value to save. The reason says to give the id itself, for any format."""
+    path = write(tmp_path, f'record_id,cadence_id\n="{REC}",{CAD}\n')
+    (row,) = rows_of(path, "Leads")
+    assert row["status"] == "invalid"
+    assert "is a formula, not its value; give the id itself" in row["reason"]
+    assert "save the sheet" not in row["reason"]
+
+
+
 @pytest.mark.parametrize("rid", ["9223372036854775807", "1234567890123456789",
                                  "9999999999999999999", "100000000000000"])
 def test_long_ids_survive_exactly_as_strings_csv(tmp_path: Path, rid: str):
@@ -1120,10 +1133,11 @@ def test_masks_and_repeats_match_a_plain_count(pairs, n_cad, one_pair_a_record):
     whose every record holds one pair (out of one cadence, say) takes a path of its own."""
     from batcher.inputs.codes import masks_and_repeats
 
-    rc = np.array([r for r, _ in pairs], dtype=np.int64)
+    # record codes as the reader makes them: dense, every code 0..n_rec-1 held by a row
+    _, rc = np.unique([r for r, _ in pairs], return_inverse=True)
     if one_pair_a_record:
         rc = np.random.default_rng(len(pairs)).permutation(len(pairs))
-    n_rec = len(pairs) if one_pair_a_record else 31
+    n_rec = int(rc.max()) + 1
     cc = np.array([c % n_cad for _, c in pairs], dtype=np.int32)
     masks, dup = masks_and_repeats(rc, cc, n_rec, n_cad)
     first: dict[tuple[int, int], int] = {}

@@ -211,6 +211,8 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
                        ) -> tuple[np.ndarray | None, Repeats | None]:
     """(per record, the OR of ``1 << cadence`` of its pairs when there are at most 64 cadences,
     else None; the positions that repeat an earlier pair — None when no pair repeats).
+    ``rc``: dense record codes, each of 0..n_rec-1 held by a row (as the reader's hashing makes
+    them), so ``n_rec == len(rc)`` means each record holds one pair.
 
     Per record, Σ 2**cadence has as many one-bits as the record has pairs exactly when no pair
     repeats (a repeat carries), so one weighted bincount per 45 cadences finds the records that

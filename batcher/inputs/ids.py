@@ -241,9 +241,12 @@ def id_reasons(col: pa.ChunkedArray, bad: np.ndarray, what: str
             reason = (f"bad {what}: {v!r} is a number rounded by a spreadsheet (it keeps 15 "
                       f"significant digits); {EXPORT_AS_TEXT}")
         elif v.startswith("="):
-            reason = (f"bad {what}: {v!r} is a formula, not its value; save the sheet from "
-                      "Excel or LibreOffice (which store each formula's value), or paste the "
-                      "ids as values, and run these rows again")
+            # a workbook a program wrote keeps no formula's value; a CSV's ="…" is text
+            # (Excel's way to keep an id as text): either way, the id alone is what to give
+            reason = (f"bad {what}: {v!r} is a formula, not its value; give the id itself "
+                      "(a workbook a program wrote keeps no formula's value: open and save it "
+                      "in Excel or LibreOffice, or paste the ids as values), and run these "
+                      "rows again")
         else:
             reason = f"bad {what}: {v!r} is not a 15-19 digit Zoho id"
         reasons[i] = (code, reason)

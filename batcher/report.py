@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -684,6 +685,17 @@ class _CsvFile:
         self._writer.close()
 
 
+def _write_text(sheet: Any, row: int, col: int, text: str) -> None:
+    """A text cell. xlsxwriter's streaming mode writes a text that starts with ``<r>`` and ends
+    with ``</r>`` as raw XML (its own rich strings look so): a note ``<r>a & b</r>`` made the
+    whole workbook unreadable. Such a text is written as runs of itself (three: xlsxwriter
+    takes no fewer), escaped; every reader joins them into the same text."""
+    if text.startswith("<r>") and text.endswith("</r>"):
+        sheet.write_rich_string(row, col, text[:1], text[1:2], text[2:])
+    else:
+        sheet.write_string(row, col, text)
+
+
 class _XlsxFile:
     """A "results" sheet streamed row by row (xlsxwriter's constant_memory mode: one row in
     memory), its header frozen and filtered, and a "summary" sheet.
@@ -707,7 +719,7 @@ class _XlsxFile:
         #: cells whose text was cut to fit (header included)
         self.cut = 0
         for col, name in enumerate(self._schema.names):
-            self._sheet.write_string(0, col, self._fitted_text(name))
+            _write_text(self._sheet, 0, col, self._fitted_text(name))
         self._sheet.freeze_panes(1, 0)
 
     def _cell_writer(self, kind: pa.DataType) -> Callable[[int, int, Any], Any]:
@@ -715,7 +727,7 @@ class _XlsxFile:
             return self._sheet.write_boolean
         if pa.types.is_integer(kind):
             return self._sheet.write_number
-        return self._sheet.write_string
+        return partial(_write_text, self._sheet)
 
     def write(self, table: pa.Table) -> None:
         """Append the rows; UsageError past the sheet's last row (xlsxwriter would drop them)."""
@@ -754,9 +766,9 @@ class _XlsxFile:
         sheet = self._book.add_worksheet("summary")
         sheet.set_column(0, 0, 28)
         for row, (label, value) in enumerate(_summary_figures(summary)):
-            sheet.write_string(row, 0, _defused_text(label))
+            _write_text(sheet, row, 0, _defused_text(label))
             if isinstance(value, str):
-                sheet.write_string(row, 1, _defused_text(value))
+                _write_text(sheet, row, 1, _defused_text(value))
             elif isinstance(value, bool):
                 sheet.write_boolean(row, 1, value)
             elif value is not None:

@@ -58,7 +58,8 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 
 def carried(sizes: tuple[int, ...] = (3, 1, 0, 4), data: dict | None = None) -> Carried:
     """The input's own columns streamed in chunks of ``sizes`` rows (not the results' chunks)."""
-    table = pa.table(data or CARRIED, schema=pa.schema([(n, pa.string()) for n in CARRIED]))
+    names = data or CARRIED
+    table = pa.table(names, schema=pa.schema([(n, pa.string()) for n in names]))
 
     def tables() -> Iterator[pa.Table]:
         at = 0
@@ -148,6 +149,20 @@ def test_text_that_a_spreadsheet_would_evaluate_is_defused_in_csv_and_xlsx_not_p
 
     retry = read_csv(side_paths(tmp_path / "r.csv")[0])
     assert [r["Note"] for r in retry] == [DDE, "\tx"]  # an input again: values as given
+
+
+def test_an_xlsx_cell_that_reads_like_rich_text_xml_is_a_text_and_the_book_opens(
+        journal: Journal, tmp_path: Path) -> None:
+    """xlsxwriter's streaming mode wrote a text that starts with ``<r>`` and ends with ``</r>``
+    as raw XML: one such note (``<r>a & b</r>``) made the whole results file unreadable; a
+    header of that shape too."""
+    notes = ["<r>a & b</r>", "<r>x</r>", "a < b & c > d", *CARRIED["Note"][3:]]
+    write_results(journal, tmp_path / "r.xlsx", duration_s=0,
+                  carried=carried(data={**CARRIED, "Note": notes, "<r>&</r>": ["y"] * 8}))
+    _, cells = read_sheet(tmp_path / "r.xlsx")
+    assert [r[OUT_NAMES.index("Note")].value for r in cells[1:]] == [
+        *notes[:3], "'-5", "'+1", "'@me", "'\tx", "ok"]
+    assert cells[0][-1].value == "<r>&</r>" and [r[-1].value for r in cells[1:]] == ["y"] * 8
 
 
 def test_a_header_that_would_be_evaluated_is_defused_too(journal: Journal,

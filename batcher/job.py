@@ -1269,7 +1269,7 @@ def list_cadences(args, env: Mapping[str, str], *, transports: Transports = Tran
         link = _Link(creds, endpoints, transports, env)
         async with link.clients(settings, redact) as (client, auth):
             reach = Reachability(settings.retry.outage_after, on_down=lambda text: print(
-                f"batcher: {redact(text)}", file=sys.stderr))
+                f"batcher: {printable(redact(text))}", file=sys.stderr))
             return await fetch_cadences(client, auth.api_domain, reach=reach)
 
     cadences = asyncio.run(fetch())

@@ -604,6 +604,12 @@ def test_plan_hints_at_swapped_columns_only_when_cadences_look_like_records(tmp_
     assert len(err.strip().splitlines()) == 1
     main(["plan", str(write_pairs(tmp_path / "fine.csv", make_rows(200, 12))), "--json"])
     assert "swapped" not in capsys.readouterr().err
+    # found by trying: one cadence under as many modules (a module column holding another
+    # column's values) is one cadence id, not a thousand: no hint
+    modules = [(f"M{i}__c", records[i % 3], "554023000004092008")
+               for i in range(ORG_CADENCES_MAX + 1)]
+    main(["plan", str(write_pairs(tmp_path / "modules.csv", modules)), "--json"])
+    assert "swapped" not in capsys.readouterr().err
     # and `run` says it before it plans
     main(["run", str(tmp_path / "swapped.csv"), "--results", str(tmp_path / "out.csv"),
           "--dry-run", "--no-preflight", "--quiet"])

@@ -95,8 +95,11 @@ def swapped_columns_line(scan: InputScan) -> str | None:
     """One hint line for stderr when the cadence ids look like record ids (more distinct ones
     than an org can have cadences: ``ORG_CADENCES_MAX``), else None; naming the columns the
     other way round is what fixes a file whose headers were mixed up."""
-    n_cadences = len(scan.cadence_text)
-    if scan.records is not None or n_cadences <= ORG_CADENCES_MAX:
+    if scan.records is not None or len(scan.cadence_text) <= ORG_CADENCES_MAX:
+        return None
+    # a cadence under two modules is two codes, one id
+    n_cadences = pc.count_distinct(scan.cadence_text).as_py()
+    if n_cadences <= ORG_CADENCES_MAX:
         return None
     roles = scan.source.roles
     record, cadence = roles.get("record_id", "record_id"), roles.get("cadence_id", "cadence_id")

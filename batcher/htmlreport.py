@@ -39,6 +39,7 @@ from .journal import Journal
 from .models import Status
 from .report import ResultSource, Summary, _atomic, _remove_stale_temps
 from .rowstore import CHUNK_ROWS
+from .streams import printable
 
 #: the report's name beside the results: ``out/job.csv`` → ``out/job.report.html``
 REPORT_SUFFIX = ".report.html"
@@ -182,7 +183,10 @@ def write_report(source: ResultSource, summary: Summary, path: str | os.PathLike
     journal = tally.source if isinstance(tally.source, Journal) else None
     names = (journal.get_meta("cadence_names", {}) or {}) if journal else {}
     facts = _read_journal(journal) if journal else None
-    html = _template().render(_view(summary, tally.counts, names, facts, command, exit_code))
+    # a server's or an input's control characters shown, not obeyed: a right-to-left override
+    # in a message would show the rest of its line reversed (the template holds none)
+    html = printable(_template().render(_view(summary, tally.counts, names, facts, command,
+                                              exit_code)))
     target = Path(os.path.abspath(path))
     _remove_stale_temps(target)
     with _atomic(target) as tmp, open(tmp, "w", encoding="utf-8") as fh:

@@ -55,7 +55,7 @@ def job(tmp_path, serve):
                                  quiet=True, timeout=2.0), live.env)
     summary = json.loads((tmp_path / "out.summary.json").read_text())
     with Journal.open(tmp_path / "out.journal", None) as journal:
-        journal.set_meta("cadence_names", {rows[0][2]: f"Onboarding {HOSTILE} & co"})
+        journal.set_meta("cadence_names", {rows[0][2]: f"Onboarding {HOSTILE} & co\u202eXX"})
         page = write_report(journal, result.summary, report_path(results),
                             command=f"batcher run {inp} --results {results}",
                             exit_code=result.exit_code)
@@ -70,6 +70,7 @@ def test_report_is_self_contained_escaped_and_small(job):
     assert "<script" not in html.lower()  # no script at all, the hostile texts escaped
     assert f"<code>{ESCAPED}</code>" in html  # the example row's record id
     assert f"Onboarding {ESCAPED} &amp; co" in html  # the cadence's name
+    assert "\u202e" not in html and "co\\u202eXX" in html  # an RTL override said, not obeyed
     assert not NETWORK_LOAD.search(html), NETWORK_LOAD.search(html)
     assert "@import" not in html and "<link" not in html
     assert len(html) < 100_000  # aggregates only

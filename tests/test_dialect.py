@@ -560,3 +560,20 @@ def test_a_note_of_line_breaks_and_delimiters_is_not_taken_for_an_unclosed_quote
                      + f"\t{rec(1)}\t{CAD}\tLeads\t".encode() + b'"\n\t\t\t\t"\r\n')
     assert [(r["status"], r["record_id"]) for r in read_input(path).table.to_pylist()] == [
         ("valid", rec(1))]
+
+
+@pytest.mark.parametrize(("text", "row", "header"), [
+    ("Leavers March,,\r\nRecord Id,Cadence Id,Module\r\n", 2, "Record Id"),
+    # a title without a delimiter, an empty line, then the semicolon header
+    ("Leavers March 2024\r\n\r\nrecord_id;cadence_id\r\n", 3, "record_id"),
+    # Excel hides the sep= line: the title is row 1
+    ("sep=;\r\nLeavers\r\nid;cadence\r\n", 2, "id"),
+])
+def test_a_title_above_the_column_names_is_named_with_their_row(tmp_path: Path, text: str,
+                                                                 row: int, header: str):
+    path = tmp_path / "titled.csv"
+    path.write_text(text + "5540230000017986100,5540230000040000001,Leads\r\n")
+    with pytest.raises(InputError) as info:
+        open_source(path, InputOptions())
+    assert f"row {row} looks like them ({header!r}" in str(info.value)
+    assert "delete the rows above it" in str(info.value)

@@ -1224,3 +1224,17 @@ def test_a_custom_module_spelled_in_other_cases_is_one_module(tmp_path: Path):
     table = read_input(pq_path)
     assert [r["status"] for r in table.table.to_pylist()] == ["valid", "valid"] + [
         "duplicate"] * 5 + ["valid", "valid"]
+
+
+@pytest.mark.parametrize("sep", [",", ".", " ", "\u00a0", "'"])
+def test_ids_written_with_digit_groups_are_numbers_a_spreadsheet_rounded(tmp_path: Path,
+                                                                         sep: str):
+    """Excel's "Number, use 1000 separator" saves 554,023,000,001,798,000: a number it kept to
+    15 digits, never the id's own digits."""
+    grouped = sep.join(["554", "023", "000", "001", "798", "000"])
+    path = write(tmp_path, f"record_id;cadence_id;module\n{REC2};{CAD};Leads\n"
+                           f"{grouped};{CAD};Leads\n")
+    rows = read_input(path).table.to_pylist()
+    assert [r["status"] for r in rows] == ["valid", "invalid"]
+    assert rows[1]["code"] == "ROUNDED_ID"
+    assert f"{grouped!r} is a number a spreadsheet wrote with digit groups" in rows[1]["reason"]

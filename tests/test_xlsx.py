@@ -14,7 +14,8 @@ import openpyxl
 import pytest
 
 from batcher.errors import InputError
-from batcher.inputs import xlsx
+from batcher.inputs import InputOptions, xlsx
+from batcher.inputs.formats import open_source
 from batcher.inputs.xlsx import cell_text, read_xlsx
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -432,3 +433,37 @@ def test_a_job_says_that_a_filter_hid_rows_it_sends(tmp_path, serve, capsys):
     assert "3 rows of the sheet are hidden (a filter, or hidden by hand: sheet rows 3, 5, 7)" in err
     summary = json.loads((tmp_path / "out.summary.json").read_text())
     assert any("rows of the sheet are hidden" in w for w in summary["extra"]["warnings"])
+
+
+def test_a_title_on_row_1_names_the_row_of_the_column_names(tmp_path):
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["Leavers, March 2024"])
+    ws.merge_cells("A1:C1")
+    ws.append([None])
+    ws.append(["Record Id", "Cadence Id", "Module"])
+    ws.append(["5540230000017986100", "5540230000040000001", "Leads"])
+    wb.save(tmp_path / "titled.xlsx")
+    with pytest.raises(InputError) as info:
+        open_source(tmp_path / "titled.xlsx", InputOptions())
+    assert ("row 1 ('Leavers, March 2024', 'column_2', 'column_3') is not the column names; "
+            "row 3 looks like them ('Record Id', 'Cadence Id', 'Module'): delete the rows above "
+            "it") in str(info.value)
+
+
+def test_an_id_merged_down_rows_is_each_rows_id_as_the_sheet_shows(tmp_path):
+    """Excel keeps a merged cell's value in its top cell only; the rows it spans show it."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["Record Id", "Cadence Id", "Note"])
+    ws.append(["5540230000017986100", "5540230000040000001", "across"])
+    ws.append([None, "5540230000040000002", None])
+    ws.append([None, "5540230000040000003", None])
+    ws.append(["5540230000017986101", "5540230000040000001", None])
+    ws.merge_cells("A2:A4")
+    ws.merge_cells("C2:D2")  # across columns: never copied into another column
+    wb.save(tmp_path / "merged.xlsx")
+    sheet = read_xlsx(tmp_path / "merged.xlsx")
+    assert sheet.table["Record Id"].to_pylist() == ["5540230000017986100"] * 3 + [
+        "5540230000017986101"]
+    assert sheet.header == ["Record Id", "Cadence Id", "Note"]

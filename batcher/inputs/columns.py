@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable, Sequence
+from itertools import islice
 from pathlib import Path
 
 from ..errors import InputError
@@ -41,11 +43,20 @@ def _refuse_twice(path: Path, names: list[str], name: str) -> None:
                          f"{', '.join(map(str, at))}); rename all but the one that holds the ids")
 
 
-def require_columns(path: Path, names: list[str], options: InputOptions
+#: how many rows under a header that names no id column are looked at for the real one
+_ROWS_BELOW = 10
+
+
+def require_columns(path: Path, names: list[str], options: InputOptions,
+                    below: Iterable[tuple[int, Sequence[str]]] = (), header_row: int = 1
                     ) -> dict[str, str]:
     """role → column name. A column named by a flag must exist exactly; otherwise a role is the
     one header among its aliases. Raises InputError for a missing column, a role two headers
-    match, or a cadence column in a record list (``--cadence`` / ``--all-cadences``)."""
+    match, or a cadence column in a record list (``--cadence`` / ``--all-cadences``).
+
+    ``below``: (row number as a spreadsheet shows it, its cells) of the rows under the header
+    (row ``header_row``), read lazily: when the header names no id column and one of the first
+    of them would (a title above the column names), the refusal names that row."""
     shown = ", ".join(repr(n) for n in names[:20]) or "none"
     roles: dict[str, str] = {}
     for role, name in _named(options).items():
@@ -73,6 +84,12 @@ def require_columns(path: Path, names: list[str], options: InputOptions
     missing = [r for r in ("record_id", "cadence_id") if r not in roles
                and not (r == "cadence_id" and record_list)]
     if missing:
+        at = _header_below(path, below, options)
+        if at is not None:
+            raise InputError(
+                f"{path}: row {header_row} ({shown}) is not the column names; row {at[0]} looks "
+                f"like them ({', '.join(repr(n) for n in at[1][:20])}): delete the rows above "
+                "it, so the column names are the first row, and run again")
         hint = (" For a list of records without cadences, pass --cadence ID or --all-cadences."
                 if missing == ["cadence_id"] else "")
         raise InputError(
@@ -81,3 +98,15 @@ def require_columns(path: Path, names: list[str], options: InputOptions
             f"optionally module; or name them with {', '.join(_FLAGS.values())}.{hint}"
         )
     return roles
+
+
+def _header_below(path: Path, below: Iterable[tuple[int, Sequence[str]]],
+                  options: InputOptions) -> tuple[int, Sequence[str]] | None:
+    """The first of the rows ``below`` (row number, cells) that would make a usable header."""
+    for at, cells in islice(below, _ROWS_BELOW):
+        try:
+            require_columns(path, [str(c) for c in cells], options)
+        except InputError:
+            continue
+        return at, cells
+    return None

@@ -26,7 +26,7 @@ from ..arrays import arrow_of, strings_of
 from ..errors import InputError, machine_limit
 from ..hostsettings import unraisable_ignored
 from .columns import require_columns
-from .dialect import detect
+from .dialect import Dialect, detect
 from .kinds import HEAD_BYTES, not_text, one_line
 from .options import InputOptions
 from .source import Source, empty_values, table_parts
@@ -47,8 +47,22 @@ def csv_source(path: Path, head: bytes, kind: str, options: InputOptions) -> Sou
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
     header = list(dialect.header)
-    return Source(path, "csv", require_columns(path, header, options), tuple(header), dialect,
-                  compression)
+    roles = require_columns(path, header, options, _rows_below(head, dialect, options),
+                            dialect.rows_above + 1)
+    return Source(path, "csv", roles, tuple(header), dialect, compression)
+
+
+def _rows_below(head: bytes, dialect: Dialect, options: InputOptions
+                ) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """(row as a spreadsheet shows it, fields) of the lines under the header, each split as if
+    it were the header (a title line above the column names has no delimiter to detect)."""
+    lines = head.splitlines(keepends=True)[dialect.skip_rows:]
+    given = options.delimiter or (dialect.delimiter if dialect.skip_rows > dialect.rows_above
+                                  else None)  # a sep= line names it
+    for k in range(1, len(lines)):
+        below = detect(b"".join(lines[k:]), given)
+        if below.header:
+            yield dialect.rows_above + 1 + k + below.rows_above, below.header
 
 
 def csv_scan_parts(src: Source, encoded: list[str], wanted: list[str], chunk_rows: int

@@ -245,7 +245,9 @@ def _xlsx_source(path: Path, options: InputOptions) -> Source:
     sheet = read_xlsx(path)
     # matched on the names as given: a role's name is then one the sheet holds once, which is
     # also its column's name in the table (only later repeats are renamed)
-    roles = require_columns(path, list(sheet.given or sheet.header), options)
+    roles = require_columns(path, list(sheet.given or sheet.header), options,
+                            below=((i + 2, [c[i].as_py() for c in sheet.table.columns])
+                                   for i in range(sheet.table.num_rows)))
     numbers = [roles[r] for r in ("record_id", "cadence_id") if roles.get(r) in sheet.no_text]
     if numbers:  # DESIGN: an .xlsx without a text id column is not an input
         raise InputError(f"{path}: column {numbers[0]!r} holds numbers, not text: Excel keeps 15 "

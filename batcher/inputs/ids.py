@@ -25,6 +25,10 @@ _MODULE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
 
 #: a number as a spreadsheet writes it (a decimal comma in European locales): 1.99012E+18
 _SCI_RE = r"^[+-]?[0-9]+([.,][0-9]*)?[eE][+-]?[0-9]+$"
+#: a number a spreadsheet wrote in a number format with digit groups (``#,##0``), in any
+#: locale's separator (, . space, no-break spaces, ')
+_GROUPED_RE = re.compile(
+    r"^[1-9][0-9]{0,2}(?P<sep>[,. \u00a0\u202f'])[0-9]{3}(?:(?P=sep)[0-9]{3})+$")
 
 
 def canonical_module(name: str) -> str | None:
@@ -240,6 +244,11 @@ def id_reasons(col: pa.ChunkedArray, bad: np.ndarray, what: str
             code = ROUNDED_ID
             reason = (f"bad {what}: {v!r} is a number rounded by a spreadsheet (it keeps 15 "
                       f"significant digits); {EXPORT_AS_TEXT}")
+        elif _GROUPED_RE.match(v) and len(re.sub(r"[^0-9]", "", v)) > 15:
+            # a number cell formatted with thousands separators: kept to 15 digits, like any
+            code = ROUNDED_ID
+            reason = (f"bad {what}: {v!r} is a number a spreadsheet wrote with digit groups "
+                      f"(it keeps 15 significant digits of a number); {EXPORT_AS_TEXT}")
         elif v.startswith("="):
             # a workbook a program wrote keeps no formula's value; a CSV's ="…" is text
             # (Excel's way to keep an id as text): either way, the id alone is what to give

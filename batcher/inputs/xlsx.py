@@ -18,7 +18,7 @@ import math
 import posixpath
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import itemgetter
@@ -77,8 +77,10 @@ def read_xlsx(path: Path) -> XlsxSheet:
     if not rows:
         raise InputError(f"{path}: the first sheet ({one_line(sheet, 80)!r}) is empty; put the "
                          "list on the first sheet, with the column names on row 1")
-    texts, hidden = marks.result()
+    texts, hidden, merged = marks.result()
     _fill(rows, {(row - first_row, col - first_col): text for (row, col), text in texts.items()})
+    _fill_down(rows, [(top - first_row, bottom - first_row, col - first_col)
+                      for top, bottom, col in merged])
     header = [cell_text(v) for v in rows[0]]
     if first_row or not any(h.strip() for h in header):
         raise InputError(f"{path}: row 1 of the first sheet ({one_line(sheet, 80)!r}) is blank; "
@@ -137,6 +139,21 @@ def _fill(rows: list[list], texts: dict[tuple[int, int], str]) -> None:
     for (i, j), text in texts.items():
         if rows[i][j] == "":
             rows[i][j] = text
+
+
+def _fill_down(rows: list[list], merged: list[tuple[int, int, int]]) -> None:
+    """Give each empty cell of a merge down one column (an id merged over the rows of its
+    cadences: Excel keeps the value in the top cell only) the top cell's value, as the sheet
+    shows it. (top row, bottom row, column), 0-based in ``rows``; a merge that starts in the
+    header, or spans columns (a value shown across an id column would name another), is left
+    as it is."""
+    for top, bottom, col in merged:
+        if top < 1 or top >= len(rows) or col < 0 or col >= len(rows[top]):
+            continue
+        value = rows[top][col]
+        for row in rows[top + 1:bottom + 1]:
+            if col < len(row) and row[col] == "":
+                row[col] = value
 
 
 def _unreadable(path: Path, exc: BaseException) -> str:
@@ -248,22 +265,28 @@ _CELL_VALUE = re.compile(rb"<(?:\w+:)?v>([^<]*)</")
 #: a hidden row's opening tag, and its number
 _HIDDEN_ROW = re.compile(
     rb"<(?:\w+:)?row\s(?=[^>]*\bhidden=[\"'](?:1|true)[\"'])[^>]*?\br=[\"']([0-9]{1,7})[\"']")
+#: a merged range of one column (``A2:A4``), after the sheet's cells
+_MERGED_COLUMN = re.compile(
+    rb"<(?:\w+:)?mergeCell\s[^>]*?\bref=[\"']([A-Z]{1,3})([0-9]{1,7}):\1([0-9]{1,7})[\"']")
 _CHUNK = 1 << 22
 _OVERLAP = 1 << 16  # longer than any cell: a formula is at most 8,192 characters
 
 
-def _sheet_marks(path: Path) -> tuple[dict[tuple[int, int], str], set[int]]:
+def _sheet_marks(path: Path
+                 ) -> tuple[dict[tuple[int, int], str], set[int], list[tuple[int, int, int]]]:
     """What calamine does not tell of the first sheet: (0-based row, column) → text of its
     error cells (``#N/A``, ``#REF!``…), which it reads as empty (python-calamine issue #105: a
     VLOOKUP that found nothing must show as ``#N/A``, not as a missing id), and of its formulas
     without a saved value (a sheet a program wrote and no spreadsheet saved), which it leaves
     out: ``=`` and the formula, so such an id is invalid, named, and its row never taken for
-    a blank one; and its hidden rows
-    (0-based), which a filter hides from the person who hands the file over. The sheet's XML is
+    a blank one; its hidden rows
+    (0-based), which a filter hides from the person who hands the file over; and its merges
+    down one column, as (top row, bottom row, column), 0-based. The sheet's XML is
     streamed; only chunks that hold an error cell or a hidden row are parsed. Best effort:
     nothing when the sheet's part cannot be found."""
     found: dict[tuple[int, int], str] = {}
     hidden: set[int] = set()
+    merged: set[tuple[int, int, int]] = set()
     try:
         with zipfile.ZipFile(path) as zf, zf.open(_first_sheet_part(zf)) as fh:
             tail = b""
@@ -275,10 +298,18 @@ def _sheet_marks(path: Path) -> tuple[dict[tuple[int, int], str], set[int]]:
                     found.update(_parse_unvalued(data))
                 if b"hidden=" in data:
                     hidden.update(int(m[1]) - 1 for m in _HIDDEN_ROW.finditer(data))
+                if b"mergeCell" in data:  # a merge the overlap holds twice is one
+                    merged.update(_merges(data))
                 tail = data[-_OVERLAP:]  # a cell cut by the chunk's end is whole in the next
     except Exception:  # calamine read the sheet: without the part, nothing is marked
-        return {}, set()
-    return found, hidden
+        return {}, set(), []
+    return found, hidden, sorted(merged)
+
+
+def _merges(data: bytes) -> Iterator[tuple[int, int, int]]:
+    for m in _MERGED_COLUMN.finditer(data):
+        top, col = _position(m)
+        yield top, int(m[3]) - 1, col
 
 
 def _parse_errors(data: bytes) -> dict[tuple[int, int], str]:

@@ -60,7 +60,10 @@ def _rows_below(head: bytes, dialect: Dialect, options: InputOptions
     given = options.delimiter or (dialect.delimiter if dialect.skip_rows > dialect.rows_above
                                   else None)  # a sep= line names it
     for k in range(1, len(lines)):
-        below = detect(b"".join(lines[k:]), given)
+        try:
+            below = detect(b"".join(lines[k:]), given)
+        except InputError:  # a line no header can be read from: the refusal stands as it is
+            continue
         if below.header:
             yield dialect.rows_above + 1 + k + below.rows_above, below.header
 

@@ -69,7 +69,7 @@ from .inputs import (
 )
 from .inputs.carry import Carried, carried_columns
 from .inputs.source import Source
-from .journal import Journal, meta_of, utc_now
+from .journal import OPEN_STATES, Journal, meta_of, utc_now
 from .logs import JobLog
 from .models import where_journals_are, with_date
 from .netio import accounts_transport, api_transport, check_proxies, tls_context
@@ -973,7 +973,7 @@ async def _run(settings: RunSettings, read: _Read, journal: Journal, link: _Link
 
 def _left_to_send(journal: Journal) -> bool:
     """Whether batches of the job are still to be sent (pending, or sent without an answer)."""
-    return any(k in ("pending", "sent") for k in journal.batch_counts())
+    return any(k in OPEN_STATES for k in journal.batch_counts())
 
 
 async def _plan_job(settings: RunSettings, read: _Read, journal: Journal,
@@ -1151,7 +1151,7 @@ def _plan_into(journal: Journal, scan: InputScan, verdicts: list[tuple[str, str]
 async def _execute(settings: RunSettings, journal: Journal, client: httpx.AsyncClient,
                    auth: ZohoAuth, log: JobLog, reach: Reachability,
                    redact: Redactor) -> _Stop | None:
-    waiting = {k: v for k, v in journal.batch_counts().items() if k in ("pending", "sent")}
+    waiting = {k: v for k, v in journal.batch_counts().items() if k in OPEN_STATES}
     progress = Progress(total_pairs=sum(v["pairs"] for v in waiting.values()),
                         total_batches=sum(v["batches"] for v in waiting.values()),
                         stream=log.stream, enabled=not settings.quiet,
@@ -1239,7 +1239,7 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
             if line:
                 print(f"batcher: {printable(line)}", file=sys.stderr)
         unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()
-                         if k in ("pending", "sent"))
+                         if k in OPEN_STATES)
         try:
             page = write_report(tally, summary, report_path(Path(results)),
                                 command=next_command(settings, Path(results), summary,

@@ -85,7 +85,7 @@ from .rowstore import (
 _INSERT_BATCHES = 2000  # planned batches per INSERT statement
 _PAGE_BATCHES = 20  # a short pause for the event loop between pages
 _COUNTERS = ("calls", "retries", "throttled", "credits", "ignored_entries")
-_OPEN_STATES = ("pending", "sent")  # a 'sent' batch may or may not have been applied: re-sendable
+OPEN_STATES = ("pending", "sent")  # a 'sent' batch may or may not have been applied: re-sendable
 _OPEN = "state IN ('pending', 'sent')"  # as the batches_open index has it
 #: status (member or its text) → the text stored, for the statuses an answer may give a pair
 _OUTCOME_STATUS = {s.value: s.value for s in Status if s not in (Status.NOT_SENT, Status.DUPLICATE)}
@@ -1180,7 +1180,7 @@ class _Open:
         if got is None:
             raise ValueError(f"unknown batch {batch_id!r}")
         seq, state, attempts, module, records, cadences, positions, root, parent = got
-        if open_only and state not in _OPEN_STATES:
+        if open_only and state not in OPEN_STATES:
             raise ValueError(f"batch {batch_id} is already {state}; it must not be sent again")
         records, cadences = tuple(json.loads(records)), tuple(json.loads(cadences))
         return cls(seq, batch_id, module, records, cadences,

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .arrays import arrow_of, both, numpy_of, searchsorted
+from .hashing import encode, encode_many
 from .models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch, BatchBlock
 
 _MASK_BITS = 64
@@ -498,12 +499,6 @@ def _dense(codes: np.ndarray, universe: int) -> tuple[np.ndarray, np.ndarray]:
     return local.astype(np.int64, copy=False), glob
 
 
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(codes in first-seen order, distinct values) of uint64 values (Arrow's hash table)."""
-    enc = pc.dictionary_encode(arrow_of(values, pa.uint64()))
-    return numpy_of(enc.indices), numpy_of(enc.dictionary)
-
-
 #: (positions of the part's pairs in the input, None for all; local record; local cadence)
 _PairSource = Callable[[], tuple[np.ndarray | None, np.ndarray, np.ndarray]]
 
@@ -547,7 +542,7 @@ def _solve(module: int, pair_pos: np.ndarray | None, r: np.ndarray, rec_global: 
            known: dict[bytes, _Search] | None = None) -> _Part:
     """Plan one block from its pairs; ``r`` are dense local records (0..n-1)."""
     n_cad = len(cad_global)
-    record_type, tmask = _factorize(_record_masks(r, c_local, len(rec_global), n_cad))
+    record_type, tmask = encode(_record_masks(r, c_local, len(rec_global), n_cad))
     tcount = np.bincount(record_type, minlength=len(tmask))
     return _solve_types(module, lambda: (pair_pos, r, c_local), record_type, tmask, tcount,
                         np.bincount(c_local, minlength=n_cad), rec_global, cad_global, known)
@@ -1059,7 +1054,8 @@ def _plan_by_masks(names: list[str], rec: np.ndarray, n_rec: int, slots: _Slots,
     masks; each module then works on its distinct cadence sets, never on pairs."""
     if masks is None:
         masks = _record_masks(rec, slots.of_pair, n_rec, slots.n)
-    gtype, gmask = _factorize(masks)
+    with ThreadPoolExecutor(1) as pool:
+        gtype, gmask = encode_many(masks, pool)
     gcount = np.bincount(gtype, minlength=len(gmask))
     bounds = np.searchsorted(slots.module, np.arange(len(names) + 1))
     parts: list[_Part] = []
@@ -1074,7 +1070,7 @@ def _plan_by_masks(names: list[str], rec: np.ndarray, n_rec: int, slots: _Slots,
         if hi - lo == slots.n and has.all():  # the only module: its sets are the masks'
             record_type, tmask, tcount, recs = gtype, gmask, gcount, np.arange(n_rec)
         else:
-            ftype, tmask = _factorize(own[has])
+            ftype, tmask = encode(own[has])
             tcount = np.bincount(ftype, weights=gcount[has]).astype(np.int64)
             type_of = np.full(len(gmask), -1, dtype=np.int64)
             type_of[has] = ftype

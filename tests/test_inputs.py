@@ -1091,7 +1091,7 @@ def test_many_rows_of_few_record_ids_are_hashed_in_parts():
     file whose record and cadence columns are swapped), and codes stay exact."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from batcher.inputs.codes import HALVES_MIN, encode_parts
+    from batcher.hashing import HALVES_MIN, encode_parts
 
     rng = np.random.default_rng(0)
     ids = (5_540_230_000_004_092_008 + 7919 * rng.integers(0, 40, HALVES_MIN + 5)).astype(
@@ -1107,7 +1107,8 @@ def test_sums_part_by_part_give_the_masks_and_repeats_of_one_plain_count(n_cad):
     ids (on two threads): the masks and repeats equal those of one bincount over the rows."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from batcher.inputs.codes import HALVES_MIN, encode_parts, masks_and_repeats
+    from batcher.hashing import HALVES_MIN, encode_parts
+    from batcher.inputs.codes import masks_and_repeats
 
     rng = np.random.default_rng(n_cad)
     n = HALVES_MIN + 7
@@ -1116,7 +1117,9 @@ def test_sums_part_by_part_give_the_masks_and_repeats_of_one_plain_count(n_cad):
     with ThreadPoolExecutor(1) as pool:
         rc, uniques, grouping = encode_parts(ids, pool)
         assert grouping is not None
-        parted = masks_and_repeats(rc, cc, len(uniques), n_cad, grouping.summer(cc, pool))
+        parted = masks_and_repeats(rc, cc, len(uniques), n_cad, grouping.summer(cc, pool),
+                                   lambda: grouping.counts(pool))
+        assert np.array_equal(grouping.counts(pool), np.bincount(rc, minlength=len(uniques)))
     plain = masks_and_repeats(rc, cc, len(uniques), n_cad)
     assert parted[1] is not None and plain[1] is not None and len(plain[1].at) > 1000
     assert np.array_equal(parted[1].at, plain[1].at)
@@ -1155,6 +1158,65 @@ def test_masks_and_repeats_match_a_plain_count(pairs, n_cad, one_pair_a_record):
         assert masks is not None and masks.tolist() == expect.tolist()
     else:
         assert masks is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 500)), min_size=1, max_size=300),
+       st.integers(1, 400))
+def test_the_repeats_table_and_the_sort_find_the_same_repeats(pairs, n_cad):
+    """The rows of records holding a repeat are looked up in a table of first rows when it is
+    small, else sorted: both give every later copy of a pair, pointing at its first, in order."""
+    from batcher.inputs.codes import _repeats_by_table, _repeats_sorted
+
+    _, rc = np.unique([r for r, _ in pairs], return_inverse=True)
+    cc = np.array([c % n_cad for _, c in pairs], dtype=np.int32)
+    n_rec = int(rc.max()) + 1
+    sub = np.flatnonzero(np.random.default_rng(len(pairs)).random(len(pairs)) < 0.8)
+    if not len(sub):
+        return
+    table, ordered = (find(sub, rc, cc, n_rec) for find in (_repeats_by_table, _repeats_sorted))
+    assert table is not False
+    first: dict[tuple[int, int], int] = {}
+    want = []
+    for i in sub.tolist():
+        key = (int(rc[i]), int(cc[i]))
+        if key in first:
+            want.append((i, first[key]))
+        first.setdefault(key, i)
+    for found in (table, ordered):
+        assert (found is None) == (not want)
+        if found is not None:
+            assert list(zip(found.at.tolist(), found.earlier.tolist(), strict=True)) == want
+
+
+def test_a_repeats_table_too_big_for_its_rows_gives_way_to_the_sort():
+    """Thousands of cadences over rows of one pair each: the table would be mostly empty."""
+    from batcher.inputs.codes import _repeats_among, _repeats_by_table
+
+    rc = np.arange(300_000) % 200_000
+    cc = (np.arange(300_000) % 4999).astype(np.int32)
+    cc[250_000] = cc[50_000]
+    sub = np.arange(len(rc))
+    assert _repeats_by_table(sub, rc, cc, 200_000) is False
+    dup = _repeats_among(sub, rc, cc, 200_000)
+    assert dup is not None and dup.at.tolist() == [250_000]
+    assert dup.earlier.tolist() == [50_000]
+
+
+@pytest.mark.parametrize("distinct", [1, 3000, 2_000_000])
+def test_many_values_are_coded_the_same_whether_few_or_many_are_distinct(distinct):
+    """Past HALVES_MIN values the masks are hashed on two threads, by halves when few are
+    distinct, by parts when many are: every value gets one code, and codes are dense."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from batcher.hashing import HALVES_MIN, encode_many
+
+    rng = np.random.default_rng(distinct)
+    values = (rng.integers(0, distinct, 2 * HALVES_MIN) * 0x9E3779B1).astype(np.uint64)
+    with ThreadPoolExecutor(1) as pool:
+        codes, uniques = encode_many(values, pool)
+    assert len(np.unique(uniques)) == len(uniques) == len(np.unique(values))
+    assert np.array_equal(uniques[codes], values)
 
 
 @pytest.mark.parametrize("copies", [511, 512, 5000])

@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..arrays import arrow_of, both, numpy_of, strings_of
-from .codes import HALVES_MIN, first_of_code, take
+from ..hashing import HALVES_MIN, take
+from .codes import first_of_code
 from .formats import as_strings
 from .rounding import EXPORT_AS_TEXT, ROUNDED_ID
 
@@ -165,7 +166,8 @@ def dictionary_modules(col: Any, n: int, default_module: str | None
     names = [canonical_module(v) if v.strip() else default for v in values.to_pylist()]
     names.append(default)  # null
     ok = np.array([m is not None for m in names])
-    if ok.all():
+    # the last name (a null's) is only used by null rows: without them, no pass over the rows
+    if ok[:-1].all() and (ok[-1] or not len(index) or index.min() >= 0):
         return index, names, None
     return np.where(ok[index], index, 0), names, ok[index]
 

@@ -19,19 +19,11 @@ import pyarrow.compute as pc
 
 from ..arrays import arrow_of, both, numpy_of
 from ..errors import InputError
+from ..hashing import concat, encode_parts, take
 from .carry import carried_columns
 from .coded import CHUNK_ROWS as CODED_ROWS
 from .coded import VALID, coded_chunks, text_of
-from .codes import (
-    Repeats,
-    cadence_codes,
-    common_dictionary,
-    concat,
-    encode_parts,
-    first_of_code,
-    masks_and_repeats,
-    take,
-)
+from .codes import Repeats, cadence_codes, common_dictionary, first_of_code, masks_and_repeats
 from .formats import CHUNK_ROWS, as_strings, open_source, scan_chunks
 from .ids import (
     all_of,
@@ -499,8 +491,9 @@ def _finish_scan(source: Source, options: InputOptions, stamp: Stamp,
                            pa.string())
         cad_module = used // len(cad_values)
         n_rec, n_cad = len(rec_uniques), len(cad_text)
-        masks, dup = masks_and_repeats(rc, cc, n_rec, n_cad,
-                                        grouping.summer(cc, pool) if grouping else None)
+        masks, dup = masks_and_repeats(
+            rc, cc, n_rec, n_cad, grouping.summer(cc, pool) if grouping else None,
+            (lambda: grouping.counts(pool)) if grouping else None)
         if dup is not None and "rounded" not in found:
             collapsed = _collapsed(source, options, found, pair_rows, dup,
                                    rec_uniques[rc[dup.at]], cad_values[cad[dup.at]])

@@ -163,6 +163,8 @@ class Executor:
                 self._journal.add_counters()  # the calls counted since the last commit
                 self._journal.mark_unsent({b: n for b, n in self._marks.items()
                                            if not self._maybe_applied[b]})
+        if isinstance(self._stop, Halted):  # the answers that came after it tripped count too
+            self._stop = Halted(self._halted_text())
         if self._stop is not None:
             raise self._stop
         if self._never_sent:
@@ -294,13 +296,19 @@ class Executor:
         pct = self._s.halt_on_failures
         if pct is not None and c.pairs_answered >= HALT_AFTER and self._stop is None \
                 and c.pairs_refused * 100 > pct * c.pairs_answered:
-            share = 100 * c.pairs_refused / c.pairs_answered
-            await self._halt(Halted(
-                f"halted by --halt-on-failures {pct:g}: {c.pairs_refused} of the "
-                f"{c.pairs_answered} pairs answered so far ({share:.0f}%) failed for a reason a "
-                f"re-send does not cure (see the results' codes), after {c.calls} calls (credits) "
-                "this run; nothing more is sent — fix "
-                "the input (module, org) or re-run the same command to go on"))
+            await self._halt(Halted(self._halted_text()))
+
+    def _halted_text(self) -> str:
+        """Why --halt-on-failures stopped the run, in the counts of the whole run: told again
+        once the calls in flight when it tripped are answered, so its figures are the results'
+        (a first run's) and the summary's."""
+        c, pct = self.counters, self._s.halt_on_failures
+        share = 100 * c.pairs_refused / max(c.pairs_answered, 1)
+        return (f"halted by --halt-on-failures {pct:g}: {c.pairs_refused} of the "
+                f"{c.pairs_answered} pairs answered this run ({share:.0f}%) failed for a reason "
+                f"a re-send does not cure (see the results' codes), after {c.calls} calls "
+                "(credits) this run; nothing more is sent — fix the input (module, org) or "
+                "re-run the same command to go on")
 
     def _done(self, batch: Batch, pairs: int) -> None:
         self.counters.batches_done += 1

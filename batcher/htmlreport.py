@@ -331,7 +331,7 @@ def _view(summary: Summary, counts: Counts, names: dict[str, Any], facts: _Facts
     return {
         "s": summary, "exit_code": code, "exit_meaning": _EXIT_MEANING.get(code, "unknown"),
         "lower_bound": facts.lower_bound if facts else None, "lowest_concurrency": lowest,
-        "duration": _duration(summary.duration_s),
+        "duration": _duration(summary.duration_s), "ended": _ended(summary, code),
         "status_bars": _bars([(f"status.{s}", s, n) for s, n in _by_status(summary) if n]),
         "code_bars": _bars(_by_code(summary)),
         "cadences": _cadence_table(summary, names), "errors": counts.top_errors(),
@@ -339,6 +339,14 @@ def _view(summary: Summary, counts: Counts, names: dict[str, Any], facts: _Facts
         "timeline": _timeline(facts.per_second) if facts else None,
         "command": command, "next": _next_step(summary),
     }
+
+
+def _ended(summary: Summary, exit_code: int) -> str:
+    """How the job's last run ended, and when: a job that stopped unfinished (exit 3) is not
+    "finished", and a run killed before recording its end has no end to show."""
+    if summary.finished_at is None:
+        return "its last run never recorded its end"
+    return f"{'stopped' if exit_code == 3 else 'finished'} {summary.finished_at}"
 
 
 def _exit_code(summary: Summary) -> int:

@@ -71,7 +71,7 @@ from .inputs.carry import Carried, carried_columns
 from .inputs.source import Source
 from .journal import OPEN_STATES, Journal, meta_of, utc_now
 from .logs import JobLog
-from .models import where_journals_are, with_date
+from .models import utc_at, where_journals_are, with_date
 from .netio import accounts_transport, api_transport, check_proxies, tls_context
 from .planner import Plan
 from .planreport import plan_scan
@@ -468,6 +468,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
                 f"{results}", input=str(settings.input), results=str(results),
                 journal=str(journal.path), resumed=not journal.is_new, dry_run=settings.dry_run,
                 json_only=journal.is_new)
+        _run_begins(settings, journal)
         stop: _Stop | None = None
         try:
             with stopper.phase("raise"):
@@ -586,12 +587,8 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
             source = UnplannedResults(scan.rows, scan.tables, utc_now(), f"not sent: {reason}",
                                       journal.counters)
         scan = scan if isinstance(scan, InputScan) else None
-        if reason:  # for `batcher status`: why the last run stopped
-            with contextlib.suppress(BatcherError):
-                journal.set_meta("aborted", reason)
-        if not settings.dry_run:  # for `batcher report`'s page: the command that resumes it
-            with contextlib.suppress(BatcherError):
-                journal.set_meta("run_flags", {k: getattr(settings, k) for k in _RUN_FLAGS})
+        with contextlib.suppress(BatcherError):  # why the last run stopped (None: it did not)
+            journal.set_meta("aborted", reason)
         meta = {k: journal.get_meta(k, d) for k, d in (
             ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None),
             ("warnings", []))}
@@ -611,10 +608,13 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
                     cadence_names=journal.get_meta("cadence_names", {}))
         with contextlib.suppress(BatcherError):  # `batcher report`: the job's time, all runs
             journal.set_meta("run_s", journal.get_meta("run_s", 0.0) + summary.duration_s)
+            journal.set_meta("run_ended", summary.finished_at)
     except (OSError, BatcherError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        how = (f"re-run the same command, or `batcher report --journal {journal.path} "
-               f"--results {results}`") if not settings.dry_run else "re-run the dry run"
+        report = shlex.join(["batcher", "report", "--journal", str(journal.path), "--results",
+                             str(results)])  # pasted as it is: a path may hold a space
+        how = (f"re-run the same command, or `{report}`") if not settings.dry_run \
+            else "re-run the dry run"
         if reason and reason != why:  # not twice the same line
             log.say("abort", f"aborted: {reason}", always=True)
         raise AbortError(f"the results could not be written to {results} ({why}); the journal "
@@ -636,6 +636,43 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
         if stop is None:  # else the abort line says what is wrong (a damaged journal, a disk)
             log.say("report", f"the report could not be written ({exc})", always=True)
     return summary
+
+
+def _run_begins(settings: RunSettings, journal: Journal) -> None:
+    """Record, as a real run begins, what `batcher report` needs of it should it never end (a
+    kill -9, a machine stopped): its flags (the command that resumes it keeps its --max-calls
+    budget, its API domain...) and its start, which a run's end (``run_ended``) follows. Best
+    effort: a journal's failing disk is met, and said, where the run writes next."""
+    if settings.dry_run:
+        return
+    with contextlib.suppress(BatcherError):
+        run_s, _, never_ended = _run_times(journal)
+        if never_ended:  # the killed run's known time stays in the job's
+            journal.set_meta("run_s", run_s)
+        journal.set_meta("run_flags", {k: getattr(settings, k) for k in _RUN_FLAGS})
+        journal.set_meta("run_began", utc_now())
+        journal.set_meta("aborted", None)  # the last run's reason is not this one's
+
+
+def _run_times(journal: Journal) -> tuple[float, str | None, str | None]:
+    """(the job's seconds over its runs, when its last run ended, a note) for `batcher report`.
+
+    A run that began and never recorded its end (killed, its machine stopped, its results never
+    written) has no duration of its own: it counts from its start to its last logged call
+    (nothing after it is known), its end is None — the time of the report is not when the job
+    ended — and the note says so."""
+    run_s, began = journal.get_meta("run_s", 0.0), journal.get_meta("run_began")
+    ended = journal.get_meta("run_ended")
+    if began is None or (ended is not None and ended >= began):  # ISO 8601 UTC: text order
+        return run_s, ended, None
+    start = datetime.fromisoformat(began).timestamp()
+    last = journal.last_call_end()
+    seen = max(start, last or start)
+    return run_s + (seen - start), None, (
+        f"the run that began at {began} never recorded its end (killed, or its machine "
+        f"stopped): its time is counted to its last recorded call"
+        + (f" at {utc_at(last)}" if last and last > start else " (none was recorded)")
+        + ", so the duration is a lower bound")
 
 
 #: the flags of a run (not of its input) that the command resuming it gives again: a page
@@ -1225,17 +1262,22 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
         elif made:  # the results say what happened to every row all the same
             notes.append(f"the input's own columns are left out of the results: "
                          f"{settings.input} is gone")
+        run_s, ended, never_ended = _run_times(journal)
+        extra = {"rewritten_from_journal": str(path),
+                 "warnings": journal.get_meta("warnings", []),
+                 "aborted": journal.get_meta("aborted")}
+        if never_ended:
+            extra["run_never_ended"] = never_ended
         try:
-            summary = write_results(tally, Path(results),
-                                    duration_s=journal.get_meta("run_s", 0.0),
-                                    extra={"rewritten_from_journal": str(path),
-                                           "warnings": journal.get_meta("warnings", [])},
+            summary = write_results(tally, Path(results), duration_s=run_s, extra=extra,
                                     blank=journal.get_meta("blank", 0), carried=carried,
-                                    cadence_names=journal.get_meta("cadence_names", {}))
+                                    cadence_names=journal.get_meta("cadence_names", {}),
+                                    finished_at=ended)
         except (OSError, ValueError) as exc:
             raise AbortError(f"the results could not be written to {results} "
                              f"({getattr(exc, 'strerror', None) or exc})") from None
-        for line in dict.fromkeys([*notes, left_out_line(summary), cut_cells_line(summary, path)]):
+        for line in dict.fromkeys([*notes, left_out_line(summary), cut_cells_line(summary, path),
+                                   never_ended]):
             if line:
                 print(f"batcher: {printable(line)}", file=sys.stderr)
         unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()

@@ -662,6 +662,11 @@ class Journal:
         return self._query("SELECT CAST(at AS INTEGER) AS s, count(*), sum(throttled)"
                            " FROM calls GROUP BY s ORDER BY s")
 
+    def last_call_end(self) -> float | None:
+        """When the latest logged un-enrol call ended (unix seconds), None without one: the
+        last trace a run killed without recording its end left."""
+        return self._query("SELECT max(at + seconds) FROM calls")[0][0]
+
     @property
     def started_at(self) -> str:
         return self._meta(_K_STARTED)

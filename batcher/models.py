@@ -135,3 +135,9 @@ def where_journals_are(path: Path) -> str:
             return (f"; journals in {path.parent}, newest first: "
                     f"{', '.join(p.name for p in found[:5])}{more}")
     return "; a run writes its journal beside its results, as <results stem>.journal"
+
+
+def utc_at(unix_s: float) -> str:
+    """Unix seconds as the journal writes a time: UTC, ISO 8601, milliseconds, ``Z``."""
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")

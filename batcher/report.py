@@ -70,6 +70,10 @@ _FORMULA_BYTES = np.zeros(256, dtype=bool)
 _FORMULA_BYTES[[ord(c) for c in "=+-@\t\r"]] = True
 
 
+class NOW:
+    """``write_results(finished_at=NOW)``: the run ends as its summary is written."""
+
+
 class ResultSource(Protocol):
     """What :func:`write_results` needs from a journal."""
 
@@ -201,7 +205,8 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
                   extra: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
                   chunk_rows: int = CHUNK_ROWS, blank: int = 0, carried: Carried | None = None,
                   cadence_names: Mapping[str, str] | None = None,
-                  until: threading.Event | None = None) -> Summary:
+                  until: threading.Event | None = None,
+                  finished_at: str | None | type[NOW] = NOW) -> Summary:
     """Write results (CSV; Parquet for ``.parquet``/``.pq``; a sheet for ``.xlsx``), retry file
     and summary.
 
@@ -214,6 +219,9 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     fields, or a function giving them once every row is written. ``until``: for the results
     of a run still sending, set once it stops: the rows are written as they settle
     (:meth:`~batcher.journal.Journal.iter_result_chunks`), and the files end once it is set.
+    ``finished_at``: when the job's run ended (UTC, ISO 8601), :class:`NOW` for a run ending
+    now; ``batcher report`` gives the end its journal recorded, or None for a run that never
+    recorded one (killed): the time the files are rewritten is not when the job ended.
 
     When ``carried``'s stream cannot be read to its end in step with the results (the input
     unreadable in part, or not lining up), the results are written again without it, and
@@ -226,7 +234,8 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     try:
         return _write_results(journal, results_path, duration_s=duration_s, extra=extra,
                               chunk_rows=chunk_rows, blank=blank, carried=carried,
-                              cadence_names=cadence_names, until=until)
+                              cadence_names=cadence_names, until=until,
+                              finished_at=finished_at)
     except _CarryFailed as exc:
         given, why = extra, str(exc)
 
@@ -236,7 +245,8 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
 
         return _write_results(journal, results_path, duration_s=duration_s, extra=left_out,
                               chunk_rows=chunk_rows, blank=blank, carried=None,
-                              cadence_names=cadence_names, until=until)
+                              cadence_names=cadence_names, until=until,
+                              finished_at=finished_at)
 
 
 class _CarryFailed(Exception):
@@ -248,7 +258,8 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
                    extra: dict[str, Any] | Callable[[], dict[str, Any]] | None,
                    chunk_rows: int, blank: int, carried: Carried | None,
                    cadence_names: Mapping[str, str] | None,
-                   until: threading.Event | None) -> Summary:
+                   until: threading.Event | None,
+                   finished_at: str | None | type[NOW]) -> Summary:
     results = Path(os.path.abspath(results_path))
     check_results_capacity(results, journal.rows)
     retry, summary_file = side_paths(results)
@@ -304,7 +315,8 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
             extra = {**(extra or {}), "xlsx_cells_cut": out.cut}
         summary = tally.summary(journal, duration_s=duration_s() if callable(duration_s)
                                 else duration_s, results=results, retry=retry,
-                                summary_file=summary_file, blank=blank, extra=extra)
+                                summary_file=summary_file, blank=blank, extra=extra,
+                                finished_at=utc_now() if finished_at is NOW else finished_at)
         out.finish(summary)
         if callable(duration_s):  # an .xlsx is written out by finish(): its time counts too
             summary = replace(summary, duration_s=round(duration_s(), 3))
@@ -494,7 +506,8 @@ class _Tally:
         return _Counts(by_status, by_code, lines, other)
 
     def summary(self, journal: ResultSource, *, duration_s: float, results: Path, retry: Path,
-                summary_file: Path, blank: int, extra: dict[str, Any] | None) -> Summary:
+                summary_file: Path, blank: int, extra: dict[str, Any] | None,
+                finished_at: str | None) -> Summary:
         """The summary, its counts reconciled against the rows the journal loaded."""
         rows = journal.rows
         counts = self.counts()
@@ -511,7 +524,7 @@ class _Tally:
             reconcile=line, reconciled=ok, started_at=journal.started_at,
             ignored_entries=counters.get("ignored_entries", 0), blank=blank,
             by_cadence=counts.by_cadence, other_cadences=counts.other_cadences,
-            finished_at=utc_now(), extra=dict(extra or {}))
+            finished_at=finished_at, extra=dict(extra or {}))
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,12 @@ import sqlite3
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from .counts import SCHEMA_VERSION, status_counts
 from .errors import UsageError
-from .models import Status, where_journals_are
+from .models import Status, utc_at, where_journals_are
 from .streams import printable
 
 # the journal's own meta keys and format (batcher.journal; a test keeps them equal): importing
@@ -271,10 +270,7 @@ def _eta(batches_left: int, rate: float | None) -> float | None:
 
 def _iso(unix_s: float | None) -> str | None:
     """Unix seconds → UTC ISO 8601 with milliseconds and ``Z``, as the journal writes times."""
-    if unix_s is None:
-        return None
-    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return None if unix_s is None else utc_at(unix_s)
 
 
 def _duration(seconds: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -324,6 +325,34 @@ def test_report_of_a_budget_stopped_job_names_the_budget_in_its_resume_command(
                  "--results", str(tmp_path / "again.csv")]) == 3
     page = (tmp_path / "again.report.html").read_text()
     assert "--max-calls 2" in page and "--concurrency 3" in page and "--no-preflight" in page
+
+
+def test_report_says_why_a_job_stopped_and_never_calls_a_stopped_job_finished(
+        tmp_path, serve, monkeypatch):
+    """Found by trying: the page of a job stopped by its budget said "finished <time>" beside
+    exit 3, and `batcher report` dropped why it stopped (the journal kept it, never read); a
+    stop reason must not outlive the run that had it either."""
+    rows = make_rows(300, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    run = ["run", str(inp), "--results", str(tmp_path / "out.csv"), "--quiet"]
+    report = ["report", "--journal", str(tmp_path / "out.journal"),
+              "--results", str(tmp_path / "again.csv")]
+    assert main([*run, "--max-calls", "1"]) == 3
+    for page in ("out", "again"):
+        if page == "again":
+            assert main(report) == 3
+        html = (tmp_path / f"{page}.report.html").read_text()
+        assert re.search(r"stopped \d{4}-", html) and not re.search(r"finished \d{4}-", html)
+        assert "--max-calls 1 reached" in html, page
+    assert main(run) == 0
+    assert main(report) == 0
+    html = (tmp_path / "again.report.html").read_text()
+    assert re.search(r"finished \d{4}-", html) and "--max-calls 1 reached" not in html
+    summary = json.loads((tmp_path / "again.summary.json").read_text())
+    assert summary["extra"]["aborted"] is None
 
 
 def test_report_and_status_of_a_job_stopped_before_its_plan_was_loaded(tmp_path, capsys):

@@ -433,6 +433,33 @@ def test_halt_on_failures_stops_a_list_of_unknown_ids_and_says_what_it_spent(tmp
     assert result.summary.credits >= calls
 
 
+def test_the_halt_message_counts_the_answers_the_results_hold(tmp_path, serve):
+    """Found by trying: at --concurrency 4 the halt line said "407 of the 556 pairs answered so
+    far" while the results held 611 failed of 850 answered: the calls in flight when it
+    tripped were answered (and recorded) after the line was made. It now counts them."""
+    import re
+
+    known = make_rows(10, 1)
+    cadence = known[0][2]
+    unknown = [("Leads", str(554023000009000000 + i), cadence) for i in range(3000)]
+    live = serve(World.from_pairs(known), latency=0.05)
+    inp = write_pairs(tmp_path / "in.csv", unknown)
+
+    result = run_job(settings(tmp_path, inp, halt_on_failures=50.0, concurrency=4), live.env)
+
+    assert result.exit_code == 3
+    said = re.search(r"(\d+) of the (\d+) pairs answered (?:so far|this run) .* after (\d+) calls",
+                     result.aborted)
+    assert said, result.aborted
+    refused, answered, calls = map(int, said.groups())
+    statuses = [r["status"] for r in read_results(tmp_path / "out.csv")]
+    assert refused == statuses.count("failed") == result.summary.by_status["failed"]
+    assert answered == len(statuses) - statuses.count("not_sent")
+    assert calls == result.summary.calls == len(live.sandbox.calls)
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert summary["extra"]["aborted"] == result.aborted
+
+
 def test_a_run_that_continues_a_job_says_so(tmp_path, serve):
     rows = make_rows(300, 3)
     live = serve(World.from_pairs(rows))

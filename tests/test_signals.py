@@ -11,9 +11,12 @@ trial is never confused with another's.
 from __future__ import annotations
 
 import fcntl
+import html
 import json
 import os
 import random
+import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -878,3 +881,63 @@ def test_kill_9_while_the_results_are_written_loses_no_answer(tmp_path, serve):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     finishes_without_sending_again(job, live)
+
+
+def test_the_report_of_a_job_killed_by_kill_9_says_so_and_its_command_resumes_it(tmp_path,
+                                                                                  serve):
+    """Found by trying: ``kill -9`` mid-send, then ``batcher report``: its duration said 0.0 s,
+    its ``finished_at`` (and the page's "finished") was the report's own time, and its resume
+    command had lost the run's flags (``--max-calls``, ``--concurrency``, ``--no-preflight``:
+    recorded only at a run's end), so pasted it would spend the whole budget at once. Now the
+    killed run counts to its last logged call (a lower bound, said so), it has no end, and the
+    command on the page — pasted as it is, from a folder with a space — resumes and finishes
+    the job, whose time then keeps the killed run's."""
+    from batcher.cli import main
+
+    rows = make_rows(300, 10, seed=31, base=554023000031000000, max_k=2)
+    live = serve(World.from_pairs(rows), latency=0.1)
+    folder = tmp_path / "night jobs"
+    job = Job(folder, rows, live.env)
+    flags = ["--concurrency", "1", "--max-calls", "40", "--no-preflight"]
+    proc = subprocess.Popen([sys.executable, "-m", "batcher", *job.argv()[:4], *flags],
+                            env={**os.environ, **live.env}, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+
+    def logged() -> int:
+        try:
+            with sqlite3.connect(f"file:{job.journal}?mode=ro", uri=True) as db:
+                return db.execute("SELECT count(*) FROM calls").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    while logged() < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL, "the job ended before the kill"
+
+    again = folder / "again.csv"
+    assert main(["report", "--journal", str(job.journal), "--results", str(again)]) == 3
+    summary = json.loads((folder / "again.summary.json").read_text())
+    assert summary["finished_at"] is None
+    assert summary["duration_s"] >= 0.2  # three calls of 0.1 s at one at a time, at least
+    assert "never recorded its end" in summary["extra"]["run_never_ended"]
+    page = (folder / "again.report.html").read_text()
+    assert "never recorded its end" in page
+    assert not re.search(r"finished \d{4}-", page), "a killed run's page says it finished"
+    command = html.unescape(re.search(r'data-metric="command">([^<]*)<', page).group(1))
+    args = shlex.split(command)
+    for flag, value in (("--concurrency", "1"), ("--max-calls", "40")):
+        assert args[args.index(flag) + 1] == value, command
+    assert "--no-preflight" in args, command
+
+    assert args[:2] == ["batcher", "run"]
+    resumed = subprocess.run([sys.executable, "-m", "batcher", *args[1:], "--quiet"],
+                             env={**os.environ, **live.env}, cwd=ROOT, capture_output=True,
+                             text=True, timeout=RUN_S)
+    assert resumed.returncode == 0, resumed.stderr
+    assert set(rows) <= live.sandbox.removed
+    assert main(["report", "--journal", str(job.journal), "--results", str(again)]) == 0
+    done = json.loads((folder / "again.summary.json").read_text())
+    assert done["finished_at"] is not None and "run_never_ended" not in done["extra"]
+    assert done["duration_s"] >= summary["duration_s"]  # the killed run's time is kept

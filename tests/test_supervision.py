@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -581,10 +582,12 @@ def test_a_full_disk_at_open_leaves_the_journal_unlocked_for_the_next_run(tmp_pa
 @pytest.mark.parametrize("how", ["read-only", "full"])
 def test_results_that_cannot_be_written_name_the_command_that_recovers_them(
         tmp_path, serve, how):
+    """The command is pasted as it is: found by trying, paths with a space (a folder "night
+    jobs", `{date}` results named "out 2024-05-01.csv") were printed unquoted."""
     live = serve(World.from_pairs(ROWS), latency=0.03)
     inp = write_pairs(tmp_path / "in.csv", ROWS)
-    journal = tmp_path / "job.journal"
-    with tmpfs(tmp_path / "res", "4m") as res:
+    journal = tmp_path / "the job.journal"
+    with tmpfs(tmp_path / "night results", "4m") as res:
         results_csv = res / "out.csv"
         proc = start_cli(tmp_path, *run_args(inp, results_csv, journal), env=live.env)
         wait_for_calls(live.sandbox, 5, proc)
@@ -599,7 +602,8 @@ def test_results_that_cannot_be_written_name_the_command_that_recovers_them(
         assert str(results_csv) in line
         command = re.search(r"`(batcher report --journal [^`]+)`", line)
         assert command, line
-        assert command.group(1) == f"batcher report --journal {journal} --results {results_csv}"
+        assert shlex.split(command.group(1)) == ["batcher", "report", "--journal", str(journal),
+                                                 "--results", str(results_csv)]
         assert not results_csv.exists()
         assert set(live.sandbox.removed) == set(ROWS)  # the job itself was done
 
@@ -607,7 +611,7 @@ def test_results_that_cannot_be_written_name_the_command_that_recovers_them(
             subprocess.run(["mount", "-o", "remount,rw", str(res)], check=True)
         else:
             filler.unlink()
-        report = cli(tmp_path, *command.group(1).split()[1:], env={})
+        report = cli(tmp_path, *shlex.split(command.group(1))[1:], env={})
 
         assert report.returncode == 0, report.stderr
         got = read_results(results_csv)

@@ -322,7 +322,8 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
 
     Raises ``UsageError`` (exit 2) before anything is sent: bad settings, an unusable input, a
     journal of another input or held by another run, a call from inside a running event loop
-    (use :func:`run_job_async` there). Raises ``AuthError`` (exit 3) when the environment holds
+    (use :func:`run_job_async` there), a ``stopper`` that served another job, an ``env`` whose
+    values are not all text. Raises ``AuthError`` (exit 3) when the environment holds
     no usable credentials, before any journal. Raises ``AbortError`` (exit 3) when the results
     cannot be written. All are :class:`~batcher.errors.BatcherError`, with ``exit_code``.
 
@@ -340,7 +341,18 @@ def run_job(settings: RunSettings, env: Mapping[str, str], *,
         raise UsageError("run_job was called from a running event loop; in async code, "
                          "await batcher.job.run_job_async(...) instead")
     _check_kinds(settings, env)
-    stopper = stopper or Stopper()
+    if stopper is None:
+        stopper = Stopper()
+    elif not isinstance(stopper, Stopper):
+        raise UsageError(f"stopper must be a batcher.stopping.Stopper, not "
+                         f"{type(stopper).__name__}")
+    if stream is not None and not callable(getattr(stream, "write", None)):
+        raise UsageError(f"stream must be a text stream (with write), not "
+                         f"{type(stream).__name__}")
+    if not isinstance(transports, Transports):
+        raise UsageError(f"transports must be batcher.job.Transports, not "
+                         f"{type(transports).__name__}")
+    stopper.take()  # one job a stopper: UsageError for a second
     with signals_to(stopper):
         log = JobLog(stream or sys.stderr, settings.log_format, settings.quiet)
         try:
@@ -371,9 +383,19 @@ def _check_kinds(settings: RunSettings, env: Mapping[str, str]) -> None:
     line's flags are parsed into them; a scheduler's code may hand anything)."""
     if not isinstance(settings, RunSettings) or not isinstance(env, Mapping):
         raise UsageError("run_job takes RunSettings and a mapping of environment variables")
+    # the variable's name only: its value may be a secret
+    wrong = sorted(str(k) for k, v in env.items()
+                   if not (isinstance(k, str) and isinstance(v, str)))
+    if wrong:
+        raise UsageError(f"the environment must map names to text: {', '.join(wrong[:5])} "
+                         "is not (its value is not printed here)")
     for name in ("input", "results", "journal"):
         value = getattr(settings, name)
-        if not isinstance(value, str | os.PathLike) and (value is not None or name != "journal"):
+        if value is None and name == "journal":
+            continue
+        # a path the system cannot take (bytes, a NUL) would fail deep inside, as a ValueError
+        text = os.fspath(value) if isinstance(value, str | os.PathLike) else None
+        if not isinstance(text, str) or "\0" in text:
             raise UsageError(f"{name} must be a path, not {value!r}")
     for name in ("concurrency", "max_calls", "max_retry_rounds"):
         value = getattr(settings, name)
@@ -384,9 +406,9 @@ def _check_kinds(settings: RunSettings, env: Mapping[str, str]) -> None:
         if value is None and name == "halt_on_failures":
             continue  # its range is checked with the flags'
         if type(value) not in (int, float) or name == "timeout" and not 0 < value < math.inf \
-                or value != value:  # NaN
-            raise UsageError(f"{name} must be a number{' above 0' * (name == 'timeout')}, not "
-                             f"{value!r}")
+                or value != value or name == "calm_seconds" and value < 0:  # NaN
+            raise UsageError(f"{name} must be a number{' above 0' * (name == 'timeout')}"
+                             f"{' of 0 or more' * (name == 'calm_seconds')}, not {value!r}")
     for name in ("dry_run", "preflight", "quiet", "token_cache"):
         if type(getattr(settings, name)) is not bool:
             raise UsageError(f"{name} must be True or False, not {getattr(settings, name)!r}")

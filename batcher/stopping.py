@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the program's first lines must not wait for asyncio to load
     import asyncio
 
-from .errors import Interrupted
+from .errors import Interrupted, UsageError
 from .hostsettings import unraisable_ignored
 from .streams import printable
 
@@ -45,16 +45,30 @@ _RESUME = "re-run the same command to resume"
 class Stopper:
     """One job's stop request. :meth:`request` may be called from any thread (a host cancelling
     :func:`batcher.job.run_job_async`, a scheduler's own thread) and never raises; a job that
-    reads its input in another thread stops when that phase ends. A stopper serves one job."""
+    reads its input in another thread stops when that phase ends. A stopper serves one job:
+    given to a second, it is refused (:meth:`take`)."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self._taken = False
+        self._taking = threading.Lock()
         #: how the line of a second signal is said: as a JSON object on stderr (``--log-format
         #: json``), and one on stdout too (``run --json``), as every other last line
         self.json_lines = self.json_stdout = False
         self._phase = "defer"  # until the job says what it can take
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
+
+    def take(self) -> None:
+        """Bind the stopper to the job about to run. UsageError when it served a job already:
+        a stop asked of that one would stop this one at once (exit 3, nothing sent, every run
+        of a scheduler's retries), and two jobs at once would take each other's phases, so a
+        request could reach the wrong one or neither."""
+        with self._taking:
+            if self._taken:
+                raise UsageError("this Stopper has served a job already; give each run_job its "
+                                 "own batcher.stopping.Stopper()")
+            self._taken = True
 
     def request(self, why: str) -> None:
         """Ask the job to stop (``why``: said in its abort line); never raises."""

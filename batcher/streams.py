@@ -37,7 +37,10 @@ class Tolerant:
     escaped (``\\xd7``). ``own_descriptor``: for the program's own stdout and stderr — after a
     failure the descriptor is pointed at ``/dev/null``, so the interpreter's last flush of what
     is still buffered does not fail again ("Exception ignored … BrokenPipeError"). Everything
-    else (``isatty``, ``encoding``, ``fileno``…) is the stream's.
+    else (``isatty``, ``encoding``, ``fileno``…) is the stream's. A host's stream may be a bare
+    writer (a scheduler's log proxy with ``write`` alone): one without ``flush`` is not
+    flushed, one without ``isatty`` is no terminal, and one without ``encoding`` that refuses a
+    character gets it escaped as ASCII.
     """
 
     def __init__(self, stream: TextIO | None, *, own_descriptor: bool = False) -> None:
@@ -52,7 +55,7 @@ class Tolerant:
                 try:
                     self._stream.write(text)
                 except UnicodeEncodeError:
-                    encoding = self._stream.encoding or "ascii"
+                    encoding = getattr(self._stream, "encoding", None) or "ascii"
                     self._stream.write(text.encode(encoding, "backslashreplace")
                                        .decode(encoding))
             except (OSError, ValueError) as exc:
@@ -60,15 +63,17 @@ class Tolerant:
         return len(text)
 
     def flush(self) -> None:
-        if self.lost is None and self._stream is not None:
+        flush = getattr(self._stream, "flush", None)
+        if self.lost is None and flush is not None:
             try:
-                self._stream.flush()
+                flush()
             except (OSError, ValueError) as exc:
                 self._lose(exc)
 
     def isatty(self) -> bool:
+        isatty = getattr(self._stream, "isatty", None)
         try:
-            return self.lost is None and self._stream is not None and self._stream.isatty()
+            return self.lost is None and isatty is not None and bool(isatty())
         except (OSError, ValueError):
             return False
 

@@ -88,6 +88,10 @@ def test_the_bash_operator_and_the_cron_line_give_the_scheduler_the_right_exit(
     {"input": None}, {"input": 5}, {"results": None},
     {"retry": None}, {"retry": {"attempts": 3}}, {"reading": {"module": "Leads"}},
     {"module": 123}, {"api_domain": 5}, {"dry_run": "yes"}, {"log_format": None},
+    # found by trying: a NUL in a path raised a bare ValueError ("embedded null byte"), bytes
+    # a TypeError; a negative calm_seconds was taken
+    {"input": "in\0.csv"}, {"results": "out\0.csv"}, {"journal": "j\0.journal"},
+    {"input": b"in.csv"}, {"calm_seconds": -1},
 ])
 def test_a_scheduler_handing_settings_of_the_wrong_kind_gets_a_usage_error(tmp_path, change):
     """Found by trying: `timeout=0` made a dry run wait two minutes and blame Zoho; a string
@@ -118,12 +122,107 @@ def test_input_options_of_the_wrong_kind_are_a_usage_error(change):
         InputOptions(**change)
 
 
+@pytest.mark.parametrize("value", [5, None, b"s3cr3t-value-in-bytes"])
+def test_an_environment_value_that_is_not_text_is_a_usage_error_naming_only_the_variable(
+        tmp_path, value):
+    """Found by trying: `env={**os.environ, "ZOHO_CLIENT_SECRET": 5}` raised a bare
+    AttributeError ('int' object has no attribute 'strip') from deep in the credentials."""
+    from batcher.errors import UsageError
+    from batcher.job import RunSettings, run_job
+
+    inp = write_pairs(tmp_path / "in.csv", make_rows(2, 1))
+    env = {"ZOHO_CLIENT_ID": "id", "ZOHO_CLIENT_SECRET": value, "ZOHO_REFRESH_TOKEN": "r"}
+    with pytest.raises(UsageError, match="ZOHO_CLIENT_SECRET") as err:
+        run_job(RunSettings(input=inp, results=tmp_path / "out.csv", quiet=True), env)
+    assert "s3cr3t" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_a_stopper_serves_one_job_and_a_second_is_refused_not_stopped_at_once(tmp_path, serve):
+    """Found by trying: a scheduler that kept one Stopper for a task and stopped its first run
+    saw every later run "aborted: host says stop" at once, exit 3, nothing sent — its retries
+    never got anywhere. A stopper given to a second job is now a UsageError (nothing written);
+    a new one runs the job to the end."""
+    import threading
+
+    from batcher.errors import UsageError
+    from batcher.job import RunSettings, run_job
+    from batcher.stopping import Stopper
+
+    rows = make_rows(400, 5)
+    live = serve(World.from_pairs(rows), latency=0.05)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    settings = RunSettings(input=inp, results=tmp_path / "out.csv", quiet=True, concurrency=1)
+    stopper = Stopper()
+    threading.Timer(0.3, stopper.request, ("the host stops it",)).start()
+    first = run_job(settings, live.env, stopper=stopper)
+    assert first.exit_code == 3 and "the host stops it" in first.aborted
+    assert first.summary.by_status.get("not_sent")
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    with pytest.raises(UsageError, match="Stopper"):
+        run_job(settings, live.env, stopper=stopper)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+    again = run_job(settings, live.env, stopper=Stopper())
+    assert again.exit_code == 0 and again.aborted is None
+    assert set(live.sandbox.removed) == set(rows)
+
+
+def test_a_hosts_bare_log_writer_takes_the_jobs_lines(tmp_path, serve):
+    """Found by trying: a scheduler's log proxy with `write` alone (no `isatty`, `flush` or
+    `encoding`) given as `stream=`, or put in `sys.stderr`, made run_job raise AttributeError —
+    or, with JSON lines, end every run "internal error", exit 3, nothing sent."""
+    import json
+    import sys
+
+    from batcher.job import RunSettings, run_job
+
+    class Writer:
+        def __init__(self) -> None:
+            self.text = ""
+
+        def write(self, text: str) -> int:
+            self.text += text
+            return len(text)
+
+    rows = make_rows(30, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    given = Writer()
+    result = run_job(RunSettings(input=inp, results=tmp_path / "a.csv"), live.env, stream=given)
+    assert result.exit_code == 0, result.aborted
+    assert f"{len(rows)} rows = {len(rows)} unenrolled" in given.text
+    host, sys.stderr = sys.stderr, Writer()
+    try:
+        result = run_job(RunSettings(input=inp, results=tmp_path / "b.csv", log_format="json"),
+                         live.env)
+        said = sys.stderr.text
+    finally:
+        sys.stderr = host
+    assert result.exit_code == 0, result.aborted
+    events = [json.loads(line)["event"] for line in said.splitlines()]
+    assert events[0] == "start" and events[-1] == "end"
+
+
 def test_run_job_wants_a_mapping_for_the_environment(tmp_path):
     from batcher.errors import UsageError
     from batcher.job import RunSettings, run_job
 
     with pytest.raises(UsageError):
         run_job(RunSettings(input=tmp_path / "in.csv", results=tmp_path / "o.csv"), None)
+
+
+@pytest.mark.parametrize("keyword", [{"stream": "job.log"}, {"transports": None},
+                                     {"stopper": "stop"}])
+def test_run_jobs_keywords_of_the_wrong_kind_are_a_usage_error(tmp_path, keyword):
+    """Found by trying: `stream="job.log"` (a path for the log) raised a bare AttributeError
+    ('str' object has no attribute 'write') from the job's first line."""
+    from batcher.errors import UsageError
+    from batcher.job import RunSettings, run_job
+
+    with pytest.raises(UsageError, match=next(iter(keyword))):
+        run_job(RunSettings(input=tmp_path / "in.csv", results=tmp_path / "o.csv",
+                            dry_run=True, preflight=False), {}, **keyword)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_dated_job_stopped_early_says_how_to_resume_it_after_midnight(tmp_path, serve):

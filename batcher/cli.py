@@ -39,7 +39,15 @@ class _BadUsage(Exception):
 
 class _Parser(argparse.ArgumentParser):
     """Bad usage is exit 2, the contract's code for usage errors, said by :func:`main` as the
-    command line asked: the usage and the error, or one JSON line (``--log-format json``)."""
+    command line asked: the usage and the error, or one JSON line (``--log-format json``).
+
+    Flags are taken only as spelled in full: with argparse's prefix matching, ``--res`` would
+    be ``--results`` today and an error (or another flag) once a ``--resume`` exists, so a
+    nightly script would change meaning with an upgrade."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise _BadUsage(self.format_usage(), f"error: {message}")
@@ -58,8 +66,21 @@ def _json_log(argv: Sequence[str]) -> bool:
 
 def _user_path(value: str) -> str:
     """A path as typed: a leading ``~`` the shell left alone (quoted, or from a crontab's
-    variable) is the home folder, as the user meant, not a folder named ``~``."""
+    variable) is the home folder, as the user meant, not a folder named ``~``. An empty one
+    (``"$RESULTS"`` of an unset variable) is refused: taken as ``.`` or as no flag at all, it
+    would name the current folder or the default journal instead of saying what is wrong."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset or empty variable?)")
     return os.path.expanduser(value)
+
+
+def _input_path(value: str) -> str:
+    """An input file: ``-`` is not standard input here (a list is read more than once, as for
+    a pipe), and no file of that name is what the user meant."""
+    if value == "-":
+        raise argparse.ArgumentTypeError("'-' (standard input) cannot be read: a list is read "
+                                         "more than once; save it to a file and name that")
+    return _user_path(value)
 
 
 def _port(value: str) -> int:
@@ -71,6 +92,22 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{value!r} is not a port (0-65535)")
     return port
+
+
+def _percentage(value: str) -> float:
+    """A share from 0 to 100 (``nan`` is a float, but no share: argparse says it as usage)."""
+    try:
+        pct = float(value)
+    except ValueError:
+        pct = -1.0
+    if not 0 <= pct <= 100:  # False for nan
+        raise argparse.ArgumentTypeError(f"{value!r} is not a percentage (0-100)")
+    return pct
+
+
+#: --module fills a module only where the input has none: a module column's values win
+_MODULE_HELP = ("module of rows that name none: every row when there is no module column, else "
+                "the rows whose module cell is empty (the column's values win)")
 
 
 _EXIT_CODES = """exit codes:
@@ -148,26 +185,29 @@ def _parser() -> argparse.ArgumentParser:
     run = command("run", help="un-enroll every (record, cadence) pair of INPUT",
                   description="Un-enroll every (record, cadence) pair of INPUT, resumably: the "
                               "same command continues an interrupted job.")
-    run.add_argument("input", type=_user_path,
+    run.add_argument("input", type=_input_path,
                      help="CSV (.csv, .csv.gz), Excel .xlsx or Parquet list of record ids, "
                           "cadence ids and modules")
     run.add_argument("--results", required=True, type=_user_path,
-                     help="results file (.csv, .xlsx or .parquet); {date} becomes today's UTC "
+                     help="results file (.csv, .xlsx, .parquet or .pq); {date} becomes today's UTC "
                           "date; a dry run never replaces a real job's results")
     run.add_argument("--journal", type=_user_path,
                      help="job journal (default: <results stem>.journal)")
-    reading(run, "module for rows without a module column")
+    reading(run, _MODULE_HELP)
     run.add_argument("--all-cadences", action="store_true",
                      help="INPUT is a list of records (no cadence column): un-enroll each from "
                           "every manual_enrollment cadence of its module, read from the org "
                           "(a dry run shows which)")
     run.add_argument("--concurrency", type=int, default=4,
-                     help="most calls in flight at once (default 4: leaves room for other apps)")
+                     help="most calls in flight at once, 1-25 (default 4: leaves room for other "
+                          "apps)")
     run.add_argument("--max-calls", type=int,
                      help="send at most this many un-enrol calls this run, at least 1 (the same "
                           "command continues)")
-    run.add_argument("--dry-run", action="store_true", help="plan and preflight only")
-    run.add_argument("--halt-on-failures", type=float, metavar="PCT",
+    run.add_argument("--dry-run", action="store_true",
+                     help="plan and preflight only: nothing is sent (a --max-calls budget is not "
+                          "spent)")
+    run.add_argument("--halt-on-failures", type=_percentage, metavar="PCT",
                      help="stop (exit 3, resumable) when, after 500 answered pairs, more than "
                           "PCT %% of them failed for a reason a re-send does not cure (a wrong "
                           "module, a list from another org)")
@@ -185,8 +225,8 @@ def _parser() -> argparse.ArgumentParser:
                    description="Read INPUT, report its invalid and duplicate rows, and plan "
                                "the calls a run would make; sends nothing (exit 1: invalid "
                                "rows, 2: nothing usable).")
-    plan.add_argument("input", type=_user_path, help="CSV, .xlsx or Parquet input, as for run")
-    reading(plan, "module for rows without a module column")
+    plan.add_argument("input", type=_input_path, help="CSV, .xlsx or Parquet input, as for run")
+    reading(plan, _MODULE_HELP)
     plan.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     cad = command("cadences", help="list the org's cadences",
@@ -219,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
                              "the records of --from enrolled, to rehearse a job.")
     sb.add_argument("--port", type=_port, default=8765,
                     help="port on 127.0.0.1, 0-65535 (default 8765; 0: any free one)")
-    sb.add_argument("--from", dest="from_input", type=_user_path,
+    sb.add_argument("--from", dest="from_input", type=_input_path,
                     help="enroll every valid pair of this input")
     sb.add_argument("--faults", default="none",
                     help="none, flaky, throttled, lossy, slow, short_tokens, mix")

@@ -202,7 +202,11 @@ def _check(settings: RunSettings) -> None:
     journals = {journal: "journal", journal.with_name(journal.name + ".lock"): "journal's lock"}
     for path, what in journals.items():  # the results written over the journal would end the job
         _not_the_input(path, written, f"--journal {journal}", what)
-    _not_the_input(Path(settings.input), written | journals, f"--results {results}")
+    _not_the_input(Path(settings.input), written, f"--results {results}")
+    # the journal and its lock are named by --journal when it is given, else by the results
+    _not_the_input(Path(settings.input), journals,
+                   f"--journal {journal}" if settings.journal else f"--results {results}",
+                   give="the journal" if settings.journal else "the results")
     _names_fit(results.parent, [temp_path(p) for p in written] + [
         journal.with_name(journal.name + end) for end in ("", "-wal", "-shm", ".lock")])
     real = _real_results(results)
@@ -259,16 +263,16 @@ def _written_beside(results: Path) -> dict[Path, str]:
 
 
 def _not_the_input(source: Path, written: Mapping[Path, str], flag: str,
-                   role: str = "input file") -> None:
+                   role: str = "input file", give: str | None = None) -> None:
     """UsageError when a file the command would write is ``source``, its input (re-running a
     retry file beside its own results would replace it, and its job could not be resumed) or
-    another file it keeps (``role``: its journal)."""
+    another file it keeps (``role``: its journal). ``give``: what to rename (the flag's file)."""
     resolved = source.resolve()
+    give = give or ("the results" if role == "input file" else "it")
     for path, what in written.items():
         if path.resolve() == resolved:
             raise UsageError(f"{flag}: the {what} would be written to {path}, which is the "
-                             f"{role}; give {'the results' if role == 'input file' else 'it'} "
-                             "another name")
+                             f"{role}; give {give} another name")
 
 
 def _check_results(results: Path) -> None:
@@ -370,8 +374,8 @@ def _resume_tonight(settings: RunSettings, tonight: RunSettings) -> str | None:
     if "{date}" not in f"{settings.results}{settings.journal or ''}":
         return None
     return (f"the same command does so before midnight UTC; after it, {{date}} makes it a new "
-            f"job: resume this one with --results {shlex.quote(str(tonight.results))}"
-            + (f" --journal {shlex.quote(str(tonight.journal))}"
+            f"job: resume this one with --results {shlex.quote(_pasted(tonight.results))}"
+            + (f" --journal {shlex.quote(_pasted(tonight.journal))}"
                if settings.journal is not None else "")
             + (" (a job spread over nights by --max-calls needs --results without {date})"
                if settings.max_calls is not None else ""))
@@ -633,8 +637,8 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
             journal.set_meta("run_ended", summary.finished_at)
     except (OSError, BatcherError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        report = shlex.join(["batcher", "report", "--journal", str(journal.path), "--results",
-                             str(results)])  # pasted as it is: a path may hold a space
+        report = shlex.join(["batcher", "report", "--journal", _pasted(journal.path),
+                             "--results", _pasted(results)])  # pasted as it is, from anywhere
         how = (f"re-run the same command, or `{report}`") if not settings.dry_run \
             else "re-run the dry run"
         if reason and reason != why:  # not twice the same line
@@ -830,6 +834,12 @@ def _carried(settings: RunSettings, journal: Journal, notes: list[str],
     return replace(carried, tables=tables)
 
 
+def _pasted(path: str | os.PathLike[str]) -> str:
+    """A path for a command the user pastes: absolute, so it names the same file from any
+    folder (a report opened elsewhere, a new terminal) and never reads as a flag (``-x.csv``)."""
+    return str(Path(path).absolute())
+
+
 def next_command(settings: RunSettings, results: Path, summary: Summary, stopped: bool) -> str:
     """The command that finishes the job: the same one while rows are left to send (or for a
     dry run, the real one), else the run of its retry file, else the same one (it re-sends
@@ -850,11 +860,13 @@ def next_command(settings: RunSettings, results: Path, summary: Summary, stopped
     left = summary.by_status.get("not_sent", 0)
     if summary.retry_rows and not left and not stopped and not settings.dry_run:
         retry = Path(summary.retry_path)
-        return shlex.join(["batcher", "run", str(retry), "--results",
-                           str(results.with_name(f"{results.stem}-retry{results.suffix}")),
+        return shlex.join(["batcher", "run", _pasted(retry), "--results",
+                           _pasted(results.with_name(f"{results.stem}-retry{results.suffix}")),
                            *reach])
-    args = ["batcher", "run", str(settings.input), "--results", str(settings.results), *reach]
-    flags = {"--journal": settings.journal, "--module": settings.module,
+    args = ["batcher", "run", _pasted(settings.input), "--results", _pasted(settings.results),
+            *reach]
+    flags = {"--journal": settings.journal and _pasted(settings.journal),
+             "--module": settings.module,
              "--delimiter": settings.reading.delimiter,
              "--record-column": settings.reading.record_column,
              "--cadence-column": settings.reading.cadence_column,

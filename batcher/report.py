@@ -172,8 +172,9 @@ def cut_cells_line(summary: Summary, journal: str | os.PathLike[str] | None = No
     if not n:
         return None
     whole = Path(summary.results_path).with_suffix(".csv")
-    how = (f": `batcher report --journal {shlex.quote(str(journal))} --results "
-           f"{shlex.quote(str(whole))}` writes them" if journal else "")
+    # absolute: the command is pasted from wherever the user reads it
+    how = (f": `batcher report --journal {shlex.quote(str(Path(journal).absolute()))} "
+           f"--results {shlex.quote(str(whole.absolute()))}` writes them" if journal else "")
     return (f"{n:,} cell(s) of {summary.results_path} held more than the {XLSX_CELL_MAX:,} "
             "characters an .xlsx cell holds: each is cut to fit and ends in "
             f"'…[cut: N chars]' (N: its whole length); .csv or .parquet results keep every "

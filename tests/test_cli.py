@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -733,3 +735,133 @@ def test_a_pipe_for_an_input_is_refused_at_once_saying_to_save_it(tmp_path, caps
     assert main(["plan", str(fifo)]) == 2
     err = capsys.readouterr().err
     assert "is a pipe or a device, not a file" in err and "save the list to a file" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", str(SAMPLE), "--res", "out.csv", "--dry-run"],
+    ["run", str(SAMPLE), "--results", "out.csv", "--dry", "--no-pre"],
+    ["run", str(SAMPLE), "--results", "out.csv", "--dry-run", "--max", "5"],
+    ["plan", str(SAMPLE), "--deli", ","],
+    ["status", "--jour", "out.journal"],
+    ["report", "--journal", "out.journal", "--res", "again.csv"],
+    ["cadences", "--mod", "Leads"],
+    ["sandbox", "--po", "0"],
+    ["--vers"],
+])
+def test_a_flag_is_taken_only_spelled_in_full(tmp_path, capsys, monkeypatch, argv):
+    """Found by trying: `--res out.csv`, `--max 5`, `--conc 3` were taken as --results,
+    --max-calls, --concurrency (argparse's prefix matching), so a script's meaning would change
+    the day a flag sharing the prefix (a --resume) is added. Exit 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_abbreviated_flag_is_refused_by_the_program_too(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "batcher", "run", str(SAMPLE), "--res",
+                           str(tmp_path / "out.csv"), "--conc", "3", "--dry-run"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "error:" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("empty", ["input", "--results", "--journal", "--config"])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder_or_the_default(
+        tmp_path, capsys, monkeypatch, empty):
+    """Found by trying: `--journal "$JOURNAL"` with the variable unset ran the job on the
+    default journal; `--results ""` said "--results . is a folder", an input "" said ".: is a
+    directory". An empty path is bad usage (exit 2) naming the flag."""
+    monkeypatch.chdir(tmp_path)
+    inp = write_pairs(tmp_path / "in.csv", make_rows(3, 1))
+    given = {"input": str(inp), "--results": str(tmp_path / "out.csv"),
+             "--journal": str(tmp_path / "out.journal"), "--config": None, empty: ""}
+    argv = ["run", given.pop("input"), "--dry-run", "--no-preflight"]
+    argv += [a for flag, value in given.items() if value is not None for a in (flag, value)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "an empty path" in err and (empty == "input" or f"argument {empty}" in err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_halt_on_failures_nan_is_bad_usage_naming_the_flag(capsys):
+    """Found by trying: `--halt-on-failures nan` said "halt_on_failures must be a number", the
+    library's name for it, not the flag's."""
+    assert main(["run", str(SAMPLE), "--results", "out.csv", "--halt-on-failures", "nan"]) == 2
+    assert "argument --halt-on-failures: 'nan' is not a percentage" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--record-column", "Record Id", "--cadence-column", "Record Id"],
+     "--record-column and --cadence-column both name the column 'Record Id'"),
+    (["--cadence-column", "Cadence Id", "--module-column", "Cadence Id"],
+     "--cadence-column and --module-column both name the column 'Cadence Id'"),
+    (["--module-column", "Record Id"],
+     "--module-column takes 'Record Id', the record_id column by its name"),
+])
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_one_column_named_for_two_roles_is_refused(tmp_path, capsys, flags, said, command):
+    """Found by trying: `--record-column 'Record Id' --cadence-column 'Record Id'` planned calls
+    un-enrolling each record from a "cadence" of its own id (a run without preflight would send
+    them); `--module-column 'Record Id'` said "no usable record_id column" of a file that has
+    one. Exit 2, one line naming the flags."""
+    argv = [command, str(SAMPLE), *flags]
+    if command == "run":
+        argv += ["--results", str(tmp_path / "out.csv"), "--no-preflight"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_journal_that_is_the_input_is_refused_naming_the_journal_flag(tmp_path, capsys):
+    """Found by trying: `--journal in.csv` (the input) said "--results out.csv: …; give the
+    results another name" — the wrong flag and the wrong advice."""
+    inp = write_pairs(tmp_path / "in.csv", make_rows(3, 1))
+    code = main(["run", str(inp), "--results", str(tmp_path / "out.csv"),
+                 "--journal", str(inp), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--journal {inp}: the journal would be written to {inp}" in err
+    assert "give the journal another name" in err
+
+
+def test_the_resume_command_of_the_report_works_pasted_in_another_folder(tmp_path, serve):
+    """Found by trying: the report's resume command named the files as they were typed
+    (`batcher run ./-x.csv --results -out.csv`): pasted in another folder it named other
+    files, and a name with a leading dash was read as a flag. The command pasted into a shell
+    elsewhere resumes the job."""
+    rows = make_rows(30, 5, seed=4)
+    live = serve(World.from_pairs(rows))
+    work, elsewhere = tmp_path / "my jobs", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    write_pairs(work / "-leavers é's.csv", rows)
+    env = {**os.environ, **live.env, "PYTHONPATH": str(ROOT)}
+    first = subprocess.run([sys.executable, "-m", "batcher", "run", "./-leavers é's.csv",
+                            "--results=-out.csv", "--max-calls", "1", "--quiet"], cwd=work,
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 3, first.stderr
+    page = (work / "-out.report.html").read_text(encoding="utf-8")
+    command = html.unescape(re.search(r"batcher run [^<]*", page).group())
+    assert command.startswith(f"batcher run {shlex.quote(str(work / '-leavers é'))}")
+    shell = command.replace("batcher", f"{shlex.quote(sys.executable)} -m batcher", 1)
+    again = subprocess.run(shell + " --quiet", shell=True, cwd=elsewhere, env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 3, again.stderr  # the budget again: resumed, one call more
+    assert "resuming" in again.stderr or again.stderr.count("--max-calls 1 reached") == 1
+    assert len(live.sandbox.calls) == 2
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["run", "-", "--results", "out.csv"], ["plan", "-"],
+                                  ["sandbox", "--from", "-"]])
+def test_a_dash_for_the_input_says_standard_input_is_not_read(tmp_path, capsys, monkeypatch,
+                                                              argv):
+    """Found by trying: `batcher plan - < list.csv` said "-: no such file"."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert "'-' (standard input) cannot be read" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -259,7 +259,9 @@ def test_the_dated_resume_line_quotes_a_path_with_spaces_for_the_shell():
                            journal="Équipe Ops/j {date}.journal", max_calls=1)
     tonight = dated(settings)
     line = _resume_tonight(settings, tonight)
-    assert f"--results {shlex.quote(str(tonight.results))} " in line
-    assert f"--journal {shlex.quote(str(tonight.journal))} " in line
+    # absolute: the line is read in a log and pasted in whatever folder the reader is
+    results, journal = (str(Path(p).absolute()) for p in (tonight.results, tonight.journal))
+    assert f"--results {shlex.quote(results)} " in line
+    assert f"--journal {shlex.quote(journal)} " in line
     assert shlex.split(line.split("resume this one with ", 1)[1].split(" (")[0]) == [
-        "--results", str(tonight.results), "--journal", str(tonight.journal)]
+        "--results", results, "--journal", journal]

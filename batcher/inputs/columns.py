@@ -60,6 +60,10 @@ def require_columns(path: Path, names: list[str], options: InputOptions,
     shown = ", ".join(repr(n) for n in names[:20]) or "none"
     roles: dict[str, str] = {}
     for role, name in _named(options).items():
+        if name in roles.values():  # one column cannot hold two of the ids (or an id and a module)
+            other = next(r for r, n in roles.items() if n == name)
+            raise InputError(f"{path}: {_FLAGS[other]} and {_FLAGS[role]} both name the column "
+                             f"{name!r}; each names its own column")
         if name not in names:
             raise InputError(f"{path}: {_FLAGS[role]} {name!r}: no such column; columns found: "
                              f"{shown}")
@@ -90,6 +94,12 @@ def require_columns(path: Path, names: list[str], options: InputOptions,
                 f"{path}: row {header_row} ({shown}) is not the column names; row {at[0]} looks "
                 f"like them ({', '.join(repr(n) for n in at[1][:20])}): delete the rows above "
                 "it, so the column names are the first row, and run again")
+        for role in missing:  # its column by name went to a flag of another role
+            for other, name in roles.items():
+                if _ALIASES.get(_normalise_header(name)) == role:
+                    raise InputError(f"{path}: {_FLAGS[other]} takes {name!r}, the {role} "
+                                     f"column by its name; name the {role} column with "
+                                     f"{_FLAGS[role]}, or give {_FLAGS[other]} another column")
         hint = (" For a list of records without cadences, pass --cadence ID or --all-cadences."
                 if missing == ["cadence_id"] else "")
         raise InputError(

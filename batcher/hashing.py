@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -130,42 +131,84 @@ class _Grouping:
         both(scatter, [(0,), (1,)], pool)
         return codes
 
-    def counts(self, pool: ThreadPoolExecutor) -> np.ndarray:
-        """The rows of each code, counted part by part (the counts of a part stay in cache)."""
-        out = np.zeros(int(self.offsets[-1]), dtype=np.int64)
-        n_parts = len(self.offsets) - 1
+    def by_code(self, c: np.ndarray, pool: ThreadPoolExecutor) -> ByCode:
+        """What a second column ``c`` (small integers: a cadence per row) says per code, worked
+        out part by part; ``c`` taken in the rows' part order once, for every question."""
+        return ByCode(self, both(lambda h: c[slice(*self.halves[h])][self.order[h]],
+                                 [(0,), (1,)], pool), pool)
+
+
+#: most entries of a part's first-row table (``ByCode.repeats``): 4M int32, 16 MB a thread
+_FIRST_ROWS_MAX = 1 << 22
+
+
+@dataclass(frozen=True)
+class ByCode:
+    """Per code, what the rows' values of a second column say (:meth:`_Grouping.by_code`): the
+    work of a part stays in cache, instead of passes over the rows scattering into millions of
+    bins. ``in_order``: per half, the column in the part order of the rows."""
+
+    grouping: _Grouping
+    in_order: list[np.ndarray]
+    pool: ThreadPoolExecutor
+
+    def _parts(self, run: Callable[[int, int], Any]) -> list[Any]:
+        """``run(first part, last part)`` over each half of the parts, on two threads."""
+        n_parts = len(self.grouping.offsets) - 1
+        return both(run, [(0, n_parts // 2), (n_parts // 2, n_parts)], self.pool)
+
+    def sums(self, table: np.ndarray) -> np.ndarray:
+        """Σ ``table[c]`` per code, for any table (float64)."""
+        g = self.grouping
+        out = np.zeros(int(g.offsets[-1]))
+        weights = [take(table, c_half) for c_half in self.in_order]
 
         def run(first: int, last: int) -> None:
             for p in range(first, last):
-                lo, hi = self.offsets[p], self.offsets[p + 1]
-                for b, local in zip(self.bounds, self.local, strict=True):
-                    out[lo:hi] += np.bincount(local[b[p]:b[p + 1]], minlength=hi - lo)
+                lo, hi = g.offsets[p], g.offsets[p + 1]
+                for b, local, w in zip(g.bounds, g.local, weights, strict=True):
+                    out[lo:hi] += np.bincount(local[b[p]:b[p + 1]],
+                                              weights=w[b[p]:b[p + 1]], minlength=hi - lo)
 
-        both(run, [(0, n_parts // 2), (n_parts // 2, n_parts)], pool)
+        self._parts(run)
         return out
 
-    def summer(self, c: np.ndarray, pool: ThreadPoolExecutor
-               ) -> Callable[[np.ndarray], np.ndarray]:
-        """Σ ``table[c]`` per code, for any table: summed part by part, where the sums of a
-        part stay in cache, not by one pass over the rows scattering into millions of bins."""
-        in_order = both(lambda h: c[slice(*self.halves[h])][self.order[h]], [(0,), (1,)], pool)
-        n_parts = len(self.offsets) - 1
+    def repeats(self, n_c: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rows whose (code, c) an earlier row has, ascending; the first row of each), found
+        per part in a table of first rows that stays in cache (``c`` below ``n_c``); None when
+        a part's table would pass ``_FIRST_ROWS_MAX`` entries."""
+        g = self.grouping
+        per_part = np.diff(g.offsets)
+        if not len(per_part) or int(per_part.max()) * n_c > _FIRST_ROWS_MAX:
+            return None
 
-        def sums(table: np.ndarray) -> np.ndarray:
-            out = np.zeros(int(self.offsets[-1]))
-            weights = [take(table, c_half) for c_half in in_order]
+        def run(first: int, last: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+            table = np.empty(int(per_part[first:last].max(initial=0)) * n_c, dtype=np.int32)
+            ats, firsts = [], []
+            for p in range(first, last):
+                # the part's rows in row order: each half's are (a stable sort), half by half
+                spans = [(h, b[p], b[p + 1]) for h, b in enumerate(g.bounds) if b[p + 1] > b[p]]
+                if not spans:
+                    continue
+                key = np.concatenate([g.local[h][lo:hi] for h, lo, hi in spans])
+                key *= n_c  # below _FIRST_ROWS_MAX: int32 holds it
+                key += np.concatenate([self.in_order[h][lo:hi] for h, lo, hi in spans])
+                index = np.arange(len(key), dtype=np.int32)
+                table[key[::-1]] = index[::-1]  # the last write wins: each key's first row
+                earliest = table[key]
+                again = np.flatnonzero(earliest != index)
+                if len(again):
+                    rows = np.concatenate([g.order[h][lo:hi] + g.halves[h][0]
+                                           for h, lo, hi in spans])
+                    ats.append(rows[again])
+                    firsts.append(rows[earliest[again]])
+            return ats, firsts
 
-            def run(first: int, last: int) -> None:
-                for p in range(first, last):
-                    lo, hi = self.offsets[p], self.offsets[p + 1]
-                    for b, local, w in zip(self.bounds, self.local, weights, strict=True):
-                        out[lo:hi] += np.bincount(local[b[p]:b[p + 1]],
-                                                  weights=w[b[p]:b[p + 1]], minlength=hi - lo)
-
-            both(run, [(0, n_parts // 2), (n_parts // 2, n_parts)], pool)
-            return out
-
-        return sums
+        found = self._parts(run)
+        at = concat([a for ats, _ in found for a in ats] or [np.zeros(0, np.intp)])
+        first = concat([f for _, firsts in found for f in firsts] or [np.zeros(0, np.intp)])
+        order = np.argsort(at)
+        return at[order], first[order]
 
 
 def _partition(values: np.ndarray, n_parts: int) -> tuple[np.ndarray, np.ndarray, pa.Array]:

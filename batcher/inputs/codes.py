@@ -6,14 +6,13 @@ Arrow kernels, most of it on two threads (the kernels release the GIL)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.compute as pc
 
 from ..arrays import arrow_of, numpy_of
-from ..hashing import concat, encode, take
+from ..hashing import ByCode, concat, encode, take
 from .rounding import among
 
 
@@ -79,8 +78,7 @@ _SUM_BITS = 45  # float64 sums of < 512 powers of two below 2**45 stay exact (< 
 
 
 def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
-                       sums: Callable[[np.ndarray], np.ndarray] | None = None,
-                       counts: Callable[[], np.ndarray] | None = None
+                       by_code: ByCode | None = None
                        ) -> tuple[np.ndarray | None, Repeats | None]:
     """(per record, the OR of ``1 << cadence`` of its pairs when there are at most 64 cadences,
     else None; the positions that repeat an earlier pair — None when no pair repeats).
@@ -88,20 +86,25 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
     them), so ``n_rec == len(rc)`` means each record holds one pair.
 
     Per record, Σ 2**cadence has as many one-bits as the record has pairs exactly when no pair
-    repeats (a repeat carries), so one weighted bincount per 45 cadences finds the records that
-    may hold a repeat; only their rows are sorted, and the repeats' powers taken out of the sums
-    again. When the one-bits of all records add up to the number of pairs, no record holds
-    one, and the pairs are not even counted. ``sums`` maps a table of one weight per cadence to
-    its sum per record, ``counts`` gives the pairs of each record (default: one bincount each)."""
+    repeats (a repeat carries): when the one-bits of all records add up to the number of pairs,
+    no pair repeats. Else the repeats are found, and their powers taken out of the sums again.
+    ``by_code``: the cadences as the records' hashing grouped them, when it did (many rows):
+    sums and repeats are then worked out part by part of the records, in cache; without it, one
+    weighted bincount per 45 cadences, and the rows of the records that may hold a repeat (one-
+    bits short of their pairs) looked at again."""
     if n_rec == len(rc):  # each record holds one pair (a list out of one cadence): none repeats
         if n_cad > 64:
             return None, None
         masks = np.empty(n_rec, dtype=np.uint64)
         masks[rc] = take(_ONE_BIT[:n_cad], cc)  # every record is written once
         return masks, None
-    if n_cad > 8 * _SUM_BITS:  # too many passes: sort every pair
-        return None, _repeats_among(np.arange(len(rc)), rc, cc, n_rec)
-    sums = sums or (lambda table: _sums(rc, cc, table, n_rec))
+    if n_cad > 64:  # no masks to make: the repeats alone
+        found = by_code.repeats(n_cad) if by_code is not None else None
+        if found is not None:
+            return None, _repeats_of(*found)
+        if n_cad > 8 * _SUM_BITS:  # too many passes: every pair looked at
+            return None, _repeats_among(np.arange(len(rc)), rc, cc, n_rec)
+    sums = by_code.sums if by_code is not None else (lambda table: _sums(rc, cc, table, n_rec))
     lanes: list[tuple[int, np.ndarray, np.ndarray]] = []  # (first cadence, weights, sums)
     ones = np.zeros(n_rec, dtype=np.int64)
     for lo in range(0, n_cad, _SUM_BITS):
@@ -113,23 +116,36 @@ def masks_and_repeats(rc: np.ndarray, cc: np.ndarray, n_rec: int, n_cad: int,
             lanes.append((lo, powers, bits))
     if int(ones.sum()) == len(rc):  # no record holds a repeat
         return _or_lanes(lanes, n_rec), None
-    # sums are exact below 512 pairs a record (2**9 * 2**44); a record with more pairs has
-    # fewer one-bits (at most 53) than pairs anyway: comparing with the count finds them
-    n_pairs = np.bincount(rc, minlength=n_rec) if counts is None else counts()
-    rows = np.flatnonzero((ones != n_pairs)[rc])
-    dup = _repeats_among(rows, rc, cc, n_rec)
+    found = by_code.repeats(n_cad) if by_code is not None else None
+    if found is not None:
+        dup = _repeats_of(*found)
+    else:
+        # sums are exact below 512 pairs a record (2**9 * 2**44); a record with more pairs has
+        # fewer one-bits (at most 53) than pairs anyway: comparing with the count finds them
+        held = (ones != np.bincount(rc, minlength=n_rec))[rc]
+        dup = _repeats_among(np.flatnonzero(held), rc, cc, n_rec)
     if not lanes or dup is None:
         return _or_lanes(lanes, n_rec), dup
+    r_at, c_at = rc[dup.at], cc[dup.at]
     for _, powers, bits in lanes:  # each repeat added its pair's power once more: take it out
-        bits -= _as_bits(np.bincount(rc[dup.at], weights=powers[cc[dup.at]], minlength=n_rec))
+        np.subtract.at(bits, r_at, powers.astype(np.uint64)[c_at])  # a few rows: no n_rec pass
     masks = _or_lanes(lanes, n_rec)
-    inexact = n_pairs >= _EXACT_PAIRS
-    if inexact.any():  # sums of that many powers were rounded: these records' masks pair by pair
-        rows = rows[inexact[rc[rows]]]
+    # sums of _EXACT_PAIRS powers or more were rounded: such a record (n_cad pairs at most, the
+    # rest repeats) has its mask made pair by pair
+    held = pc.value_counts(arrow_of(r_at))
+    many = numpy_of(held.field("values"))[numpy_of(held.field("counts")) >= _EXACT_PAIRS - n_cad]
+    if len(many):
+        inexact = np.zeros(n_rec, dtype=bool)
+        inexact[many] = True
+        rows = np.flatnonzero(inexact[rc])
         first = rows[~among(rows, dup.at)]
         masks[inexact] = 0
         np.bitwise_or.at(masks, rc[first], np.uint64(1) << cc[first].astype(np.uint64))
     return masks, dup
+
+
+def _repeats_of(at: np.ndarray, earlier: np.ndarray) -> Repeats | None:
+    return Repeats(at, earlier) if len(at) else None
 
 
 _EXACT_PAIRS = 1 << (53 - (_SUM_BITS - 1))  # float64 sums of fewer powers below 2**45 are exact
@@ -147,6 +163,8 @@ def _or_lanes(lanes: list[tuple[int, np.ndarray, np.ndarray]], n_rec: int) -> np
     """The masks from each lane's sums (None without lanes: more than 64 cadences)."""
     if not lanes:
         return None
+    if len(lanes) == 1:  # the first lane's bits are the masks as they are
+        return lanes[0][2]
     masks = np.zeros(n_rec, dtype=np.uint64)
     for lo, _, bits in lanes:
         masks |= bits << np.uint64(lo)

@@ -491,9 +491,8 @@ def _finish_scan(source: Source, options: InputOptions, stamp: Stamp,
                            pa.string())
         cad_module = used // len(cad_values)
         n_rec, n_cad = len(rec_uniques), len(cad_text)
-        masks, dup = masks_and_repeats(
-            rc, cc, n_rec, n_cad, grouping.summer(cc, pool) if grouping else None,
-            (lambda: grouping.counts(pool)) if grouping else None)
+        masks, dup = masks_and_repeats(rc, cc, n_rec, n_cad,
+                                        grouping.by_code(cc, pool) if grouping else None)
         if dup is not None and "rounded" not in found:
             collapsed = _collapsed(source, options, found, pair_rows, dup,
                                    rec_uniques[rc[dup.at]], cad_values[cad[dup.at]])

@@ -80,6 +80,9 @@ def _ole2(stream_name: str) -> bytes:
     ("list", gzip.compress(CSV), "csv.gz"),
     ("list.parquet", b"not really parquet\n", "parquet"),  # its reader reports the damage
     ("list.PQ", b"\x00\x01garbage", "parquet"),
+    # a header that starts as a SYLK or DIF file does, in a CSV: still CSV
+    ("list.csv", b"ID;Phone\r\n1990117000000120345;555\r\n", "csv"),
+    ("list.csv", b"TABLE,id\n0,1\n", "csv"),
 ])
 def test_kinds_of_plain_files(tmp_path, name, data, kind):
     assert _sniff(tmp_path, name, data) == kind
@@ -150,6 +153,11 @@ ODS_MIMETYPE = b"application/vnd.oasis.opendocument.spreadsheet"
     ("report.xls", b"\r\n<!DOCTYPE html><html><table><tr><td>id</td></tr></table>",
      "an HTML or XML document", "open it in Excel and save it as .xlsx or CSV UTF-8"),
     ("report.xls", b'<?xml version="1.0"?><Workbook/>', "an HTML or XML document", "Excel"),
+    # Excel's "SYLK (Symbolic Link)" and "DIF (Data Interchange Format)" save-as formats
+    ("list.slk", b'ID;PWXL;N;E\r\nP;PGeneral\r\nC;Y1;X1;K"record_id"\r\nE\r\n',
+     "a SYLK spreadsheet (.slk)", "save it as .xlsx or CSV UTF-8"),
+    ("list.dif", b'TABLE\r\n0,1\r\n"EXCEL"\r\nVECTORS\r\n0,2\r\n""\r\n',
+     "a DIF spreadsheet (.dif)", "save it as .xlsx or CSV UTF-8"),
 ])
 def test_refusals_name_the_file_the_format_and_what_to_do(tmp_path, name, data, found, todo):
     message = _refusal(tmp_path, name, data)

@@ -7,6 +7,8 @@ import datetime as dt
 import importlib.util
 import io
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -467,3 +469,54 @@ def test_an_id_merged_down_rows_is_each_rows_id_as_the_sheet_shows(tmp_path):
     assert sheet.table["Record Id"].to_pylist() == ["5540230000017986100"] * 3 + [
         "5540230000017986101"]
     assert sheet.header == ["Record Id", "Cadence Id", "Note"]
+
+
+#: the note Apple Numbers puts at the top of its "Export Summary" sheet (Export To > Excel,
+#: "Include a summary worksheet", on by default)
+NUMBERS_NOTE = ("This document was exported from Numbers.  Each table was converted to an Excel "
+                "worksheet. All other objects on each Numbers sheet were placed on separate "
+                "worksheets. Please be aware that formula calculations may differ in Excel.")
+
+
+def _numbers_export(path: Path) -> Path:
+    """An .xlsx as Apple Numbers exports it: a summary sheet first, then a sheet per table."""
+    wb = openpyxl.Workbook()
+    summary = wb.active
+    summary.title = "Export Summary"
+    summary["A1"] = NUMBERS_NOTE
+    summary.append([])
+    summary.append(["Numbers Sheet Name", "Numbers Table Name", "Excel Worksheet Name"])
+    summary.append(["Sheet 1", "Table 1", "Sheet 1 - Table 1"])
+    table = wb.create_sheet("Sheet 1 - Table 1")
+    table.append(["Record Id", "Cadence Id", "Name"])
+    table.append(["1990117000000120345", "1990117000000099001", "Ana"])
+    table.append(["1990117000000120346", "#N/A", "Bo"])  # an error cell: its marks are read
+    table.row_dimensions[3].hidden = True                 # from this sheet, not the summary
+    wb.save(path)
+    return path
+
+
+def test_an_apple_numbers_export_summary_is_skipped_for_the_table_after_it(tmp_path):
+    sheet = read_xlsx(_numbers_export(tmp_path / "numbers.xlsx"))
+    assert sheet.table.to_pylist() == [
+        {"Record Id": "1990117000000120345", "Cadence Id": "1990117000000099001", "Name": "Ana"},
+        {"Record Id": "1990117000000120346", "Cadence Id": "#N/A", "Name": "Bo"}]
+    assert sheet.hidden == (3,)
+
+
+def test_a_numbers_summary_alone_is_still_the_sheet_read(tmp_path):
+    wb = openpyxl.Workbook()
+    wb.active["A1"] = NUMBERS_NOTE
+    wb.save(tmp_path / "summary.xlsx")
+    assert read_xlsx(tmp_path / "summary.xlsx").header == [NUMBERS_NOTE]
+
+
+def test_plan_reads_a_numbers_export_end_to_end(tmp_path):
+    path = _numbers_export(tmp_path / "numbers.xlsx")
+    done = subprocess.run([sys.executable, "-m", "batcher", "plan", str(path), "--module",
+                           "Leads"], cwd=Path(__file__).parents[1], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stderr  # the #N/A row is invalid, the other planned
+    assert done.stdout.startswith("2 rows: 1 pairs to un-enroll, 1 invalid")
+    assert "'#N/A' is not a 15-19 digit Zoho id" in done.stdout
+    assert "Traceback" not in done.stderr

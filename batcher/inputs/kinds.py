@@ -3,8 +3,9 @@
 ``sniff_kind`` names the reader (CSV, gzipped CSV, Parquet, .xlsx) from the file's first bytes,
 and refuses, in one line naming the format found and what to do, the files people pass by
 mistake: zips, legacy or password-protected Office files, OpenDocument, other compressors, PDFs,
-UTF-16 text. ``parquet_problem`` and ``parquet_text`` let the Parquet reader take a role column
-of any type without crashing: nested columns are refused by name, scalar ones become text.
+UTF-16 text, Excel's SYLK and DIF formats. ``parquet_problem`` and ``parquet_text`` let the
+Parquet reader take a role column of any type without crashing: nested columns are refused by
+name, scalar ones become text.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ _FOREIGN = tuple((re.compile(magic, re.S), found, todo) for magic, found, todo i
     # UTF-32 before UTF-16: FF FE 00 00 starts with the UTF-16 little-endian mark
     (rb"\xff\xfe\x00\x00|\x00\x00\xfe\xff", "UTF-32 text", "save it as CSV UTF-8"),
     (rb"\xff\xfe|\xfe\xff", "UTF-16 text", "save it as CSV UTF-8"),
+    # Excel's other text save-as formats: read as CSV, their first line would be taken for
+    # a header ("ID;PWXL;N;E", "TABLE") and the file refused for its columns
+    (rb"ID;P[^\r\n]*\r?\n[A-Z];", "a SYLK spreadsheet (.slk)", _RESAVE),
+    (rb"TABLE\r?\n0,1\r?\n", "a DIF spreadsheet (.dif)", _RESAVE),
 ))
 
 #: what a gzip may hold besides CSV text, for naming it

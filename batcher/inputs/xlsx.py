@@ -73,11 +73,13 @@ def read_xlsx(path: Path) -> XlsxSheet:
     with ThreadPoolExecutor(1) as pool:
         # calamine and zlib release the GIL: the scan for error cells costs no time
         marks = pool.submit(_sheet_marks, path)
-        sheet, rows, first_row, first_col = _load(path)
+        sheet, rows, first_row, first_col, skipped_to = _load(path)
     if not rows:
         raise InputError(f"{path}: the first sheet ({one_line(sheet, 80)!r}) is empty; put the "
                          "list on the first sheet, with the column names on row 1")
-    texts, hidden, merged = marks.result()
+    # past an export summary, the marks are the list sheet's (rare: read again, not in parallel)
+    texts, hidden, merged = marks.result() if skipped_to is None else _sheet_marks(path,
+                                                                                   skipped_to)
     _fill(rows, {(row - first_row, col - first_col): text for (row, col), text in texts.items()})
     _fill_down(rows, [(top - first_row, bottom - first_row, col - first_col)
                       for top, bottom, col in merged])
@@ -101,16 +103,24 @@ def read_xlsx(path: Path) -> XlsxSheet:
                      given)
 
 
-def _load(path: Path) -> tuple[str, list[list], int, int]:
+def _load(path: Path) -> tuple[str, list[list], int, int, int | None]:
     """(first sheet's name, its rows as calamine values, 0-based sheet row and column of
-    ``rows[0][0]``). Rows are none for an empty sheet."""
+    ``rows[0][0]``, the sheet's index when an export summary before it was skipped, else
+    None). Rows are none for an empty sheet."""
+    skipped_to = None
     try:
         # from a file object calamine tells the format by content, not by the file's name
         with open(path, "rb") as fh, CalamineWorkbook.from_filelike(fh) as book:
             if not book.sheet_names:
                 raise LookupError("the workbook has no sheets")
-            sheet = book.get_sheet_by_index(_first_visible(book.sheets_metadata))
+            index = _first_visible(book.sheets_metadata) or 0
+            sheet = book.get_sheet_by_index(index)
             rows = list(sheet.iter_rows())
+            if _export_summary(rows) and (after := _first_visible(
+                    book.sheets_metadata, index + 1)) is not None:
+                skipped_to = after
+                sheet = book.get_sheet_by_index(after)
+                rows = list(sheet.iter_rows())
             end = sheet.end
     except Interrupted:  # a signal, not the file's fault
         raise
@@ -119,10 +129,20 @@ def _load(path: Path) -> tuple[str, list[list], int, int]:
             raise limit from None
         raise InputError(_unreadable(path, exc)) from None
     if not rows or end is None:
-        return sheet.name, [], 0, 0
+        return sheet.name, [], 0, 0, skipped_to
     # rows end at ``end``; where they start differs between calamine versions (row 1 or the
     # first used row; the first used column)
-    return sheet.name, rows, end[0] + 1 - len(rows), end[1] + 1 - len(rows[0])
+    return sheet.name, rows, end[0] + 1 - len(rows), end[1] + 1 - len(rows[0]), skipped_to
+
+
+#: what Apple Numbers writes at the top of the "Export Summary" sheet it puts before the
+#: tables ("Include a summary worksheet"): a note and a list of the tables, never the list
+_NUMBERS_SUMMARY = "This document was exported from Numbers."
+
+
+def _export_summary(rows: list[list]) -> bool:
+    first = rows[0][0] if rows and rows[0] else None
+    return isinstance(first, str) and first.lstrip().startswith(_NUMBERS_SUMMARY)
 
 
 def _fill(rows: list[list], texts: dict[tuple[int, int], str]) -> None:
@@ -272,7 +292,7 @@ _CHUNK = 1 << 22
 _OVERLAP = 1 << 16  # longer than any cell: a formula is at most 8,192 characters
 
 
-def _sheet_marks(path: Path
+def _sheet_marks(path: Path, index: int | None = None
                  ) -> tuple[dict[tuple[int, int], str], set[int], list[tuple[int, int, int]]]:
     """What calamine does not tell of the first sheet: (0-based row, column) → text of its
     error cells (``#N/A``, ``#REF!``…), which it reads as empty (python-calamine issue #105: a
@@ -282,13 +302,14 @@ def _sheet_marks(path: Path
     a blank one; its hidden rows
     (0-based), which a filter hides from the person who hands the file over; and its merges
     down one column, as (top row, bottom row, column), 0-based. The sheet's XML is
-    streamed; only chunks that hold an error cell or a hidden row are parsed. Best effort:
-    nothing when the sheet's part cannot be found."""
+    streamed; only chunks that hold an error cell or a hidden row are parsed. ``index``: of
+    the workbook's ``index``-th sheet instead. Best effort: nothing when the sheet's part
+    cannot be found."""
     found: dict[tuple[int, int], str] = {}
     hidden: set[int] = set()
     merged: set[tuple[int, int, int]] = set()
     try:
-        with zipfile.ZipFile(path) as zf, zf.open(_first_sheet_part(zf)) as fh:
+        with zipfile.ZipFile(path) as zf, zf.open(_first_sheet_part(zf, index)) as fh:
             tail = b""
             while chunk := fh.read(_CHUNK):
                 data = tail + chunk
@@ -341,18 +362,18 @@ def _position(ref: re.Match) -> tuple[int, int]:
     return int(ref[2]) - 1, col - 1
 
 
-def _first_visible(sheets: list) -> int:
-    """The index of the first sheet of cells a user sees (a hidden lookup sheet often comes
-    first: its ids are not the list; a chart sheet, as Excel's F11 puts it, has no cells),
-    else 0."""
-    return next((i for i, m in enumerate(sheets) if m.visible == SheetVisibleEnum.Visible
-                 and m.typ == SheetTypeEnum.WorkSheet), 0)
+def _first_visible(sheets: list, start: int = 0) -> int | None:
+    """The index of the first sheet of cells a user sees, from ``start`` on (a hidden lookup
+    sheet often comes first: its ids are not the list; a chart sheet, as Excel's F11 puts it,
+    has no cells); None when there is none."""
+    return next((i for i, m in enumerate(sheets) if i >= start and m.typ == SheetTypeEnum.
+                 WorkSheet and m.visible == SheetVisibleEnum.Visible), None)
 
 
-def _first_sheet_part(zf: zipfile.ZipFile) -> str:
+def _first_sheet_part(zf: zipfile.ZipFile, index: int | None = None) -> str:
     """The zip path of the workbook's first visible sheet (as ``_first_visible`` picks it): the
     first ``<sheet>`` of xl/workbook.xml without a hidden state, through its relationship id in
-    xl/_rels/workbook.xml.rels."""
+    xl/_rels/workbook.xml.rels; or of its ``index``-th ``<sheet>`` (calamine's order)."""
     sheets = list(ElementTree.fromstring(zf.read("xl/workbook.xml")).iterfind(".//{*}sheet"))
     rels = {r.get("Id"): (r.get("Type") or "", r.get("Target") or "") for r in
             ElementTree.fromstring(zf.read("xl/_rels/workbook.xml.rels")).iterfind(
@@ -362,7 +383,8 @@ def _first_sheet_part(zf: zipfile.ZipFile) -> str:
         # r:id, in the transitional or the strict relationships namespace
         return rels[next(v for k, v in sheet.attrib.items() if k.endswith("}id"))]
 
-    sheet = next((s for s in sheets if s.get("state", "visible") == "visible"
-                  and rel(s)[0].endswith("/worksheet")), sheets[0])
+    sheet = sheets[index] if index is not None else next(
+        (s for s in sheets if s.get("state", "visible") == "visible"
+         and rel(s)[0].endswith("/worksheet")), sheets[0])
     target = rel(sheet)[1]
     return target[1:] if target.startswith("/") else posixpath.normpath(f"xl/{target}")

@@ -83,6 +83,7 @@ from .report import (
     UnplannedResults,
     check_results_capacity,
     cut_cells_line,
+    defused_cells_line,
     left_out_line,
     side_paths,
     temp_path,
@@ -653,6 +654,9 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
     cut = cut_cells_line(summary, None if settings.dry_run else journal.path)
     if cut:  # a cut text is said, never silent
         log.say("results", cut, always=True, cells_cut=summary.extra["xlsx_cells_cut"])
+    defused = defused_cells_line(summary)
+    if defused:  # a cell that differs from its input's by a ' is said too
+        log.say("results", defused, cells_defused=summary.extra["formula_cells_defused"])
     try:
         page = write_report(tally, summary, report_path(results),
                             command=next_command(settings, results, summary, stop is not None),
@@ -1311,7 +1315,7 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
             raise AbortError(f"the results could not be written to {results} "
                              f"({getattr(exc, 'strerror', None) or exc})") from None
         for line in dict.fromkeys([*notes, left_out_line(summary), cut_cells_line(summary, path),
-                                   never_ended]):
+                                   defused_cells_line(summary), never_ended]):
             if line:
                 print(f"batcher: {printable(line)}", file=sys.stderr)
         unfinished = sum(v["pairs"] for k, v in journal.batch_counts().items()

@@ -181,6 +181,17 @@ def cut_cells_line(summary: Summary, journal: str | os.PathLike[str] | None = No
             f"text whole{how}")
 
 
+def defused_cells_line(summary: Summary) -> str | None:
+    """One line for stderr when text cells of the results were given a leading ``'``, else
+    None: those cells differ from the input's (and from a server's message) by it."""
+    n = summary.extra.get("formula_cells_defused")
+    if not n:
+        return None
+    return (f"{n:,} text cell(s) of {summary.results_path} start with =, +, -, @, a tab or a "
+            "CR and were given a leading ' so that no spreadsheet evaluates them (a phone "
+            "number '+49…' too); the Parquet results and the retry file keep them as given")
+
+
 def reconcile_line(rows: int, by_status: dict[str, int]) -> tuple[str, bool]:
     """``1000 rows = 900 unenrolled + 100 failed`` and whether the parts add up to ``rows``."""
     parts = [f"{by_status[s]} {s}" for s in _STATUS_ORDER if by_status.get(s)]
@@ -314,6 +325,8 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
             extra = extra()
         if isinstance(out, _XlsxFile) and out.cut:
             extra = {**(extra or {}), "xlsx_cells_cut": out.cut}
+        if getattr(out, "defused", 0):  # said: a results cell that differs from its input's
+            extra = {**(extra or {}), "formula_cells_defused": out.defused}
         summary = tally.summary(journal, duration_s=duration_s() if callable(duration_s)
                                 else duration_s, results=results, retry=retry,
                                 summary_file=summary_file, blank=blank, extra=extra,
@@ -348,16 +361,19 @@ def carried_names(names: Iterable[str], columns: Iterable[str] = OUTPUT_SCHEMA.n
     """The names the input's other columns get beside a file's own ``columns`` (the results';
     the retry file's: :data:`RETRY_COLUMNS`).
 
-    A name that is one of ``columns``, or that batcher would read as a module, record id or
-    cadence column (``ID``, ``Cadence``: the retry file would then be an ambiguous input), or
-    that an earlier one took, gets ``input_`` in front until it is free. So the retry file
+    A name that is one of ``columns`` as batcher matches headers (``Status``, ``Finished At``:
+    Excel's tables, SQL and batcher itself take them for ``status``, ``finished_at``), or that
+    batcher would read as a module, record id or cadence column (``ID``, ``Cadence``: the retry
+    file would then be an ambiguous input), or that an earlier one took, gets ``input_`` in
+    front until it is free. So the retry file
     keeps a column such as ``status`` as it is: read again, it is carried under the same name,
     and the next round's results name it as this round's do (``input_status``).
     """
     taken = set(columns)
+    own = {_normalise_header(c) for c in taken} | set(_ALIASES)
     out = []
     for name in names:
-        while name in taken or _normalise_header(name) in _ALIASES:
+        while name in taken or _normalise_header(name) in own:
             name = "input_" + name
         taken.add(name)
         out.append(name)
@@ -590,25 +606,34 @@ def _defused_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f.with_name(_defused_text(f.name)) for f in schema])
 
 
-def _defused(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` under ``schema`` (its defused twin) with every text column defused, vectorised."""
-    return pa.Table.from_arrays(
-        [_defused_column(c) if pa.types.is_string(c.type) else c for c in table.columns],
-        schema=schema)
+def _defused(table: pa.Table, schema: pa.Schema) -> tuple[pa.Table, int]:
+    """``table`` under ``schema`` (its defused twin) with every text column defused, vectorised,
+    and how many cells were."""
+    columns, cells = [], 0
+    for c in table.columns:
+        if pa.types.is_string(c.type):
+            c, n = _defused_column(c)
+            cells += n
+        columns.append(c)
+    return pa.Table.from_arrays(columns, schema=schema), cells
 
 
-def _defused_column(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """A text column defused. The texts that start like a formula are found from their first
-    bytes; only those go through the regular expression (most columns have none, and are
-    returned as they are)."""
+def _defused_column(column: pa.Array | pa.ChunkedArray
+                    ) -> tuple[pa.Array | pa.ChunkedArray, int]:
+    """A text column defused, and how many of its texts were. The texts that start like a
+    formula are found from their first bytes; only those go through the regular expression
+    (most columns have none, and are returned as they are)."""
     if isinstance(column, pa.ChunkedArray):
-        return pa.chunked_array([_defused_column(c) for c in column.chunks], column.type)
+        parts = [_defused_column(c) for c in column.chunks]
+        return (pa.chunked_array([c for c, _ in parts], column.type),
+                sum(n for _, n in parts))
     hit = _formula_rows(column)
-    if not hit.any():
-        return column
+    cells = int(hit.sum())
+    if not cells:
+        return column, 0
     mask = arrow_of(hit)
     fixed = pc.replace_substring_regex(column.filter(mask), _FORMULA_START, _DEFUSED)
-    return pc.replace_with_mask(column, mask, fixed)
+    return pc.replace_with_mask(column, mask, fixed), cells
 
 
 def _formula_rows(column: pa.Array) -> np.ndarray:
@@ -681,13 +706,16 @@ class _CsvFile:
     def __init__(self, path: Path, schema: pa.Schema, defuse: bool = True) -> None:
         self._defuse = defuse
         self._schema = _defused_schema(schema) if defuse else schema
+        #: cells (header included) given a leading ' so that no spreadsheet evaluates them
+        self.defused = sum(a != b for a, b in zip(schema.names, self._schema.names, strict=True))
         plain = not any(set(n) & set(',"\r\n') for n in self._schema.names)
         self._writer = pacsv.CSVWriter(path, self._schema, write_options=pacsv.WriteOptions(
             quoting_header="none" if plain else "needed"))
 
     def write(self, table: pa.Table) -> None:
         if self._defuse:
-            table = _defused(table, self._schema)
+            table, cells = _defused(table, self._schema)
+            self.defused += cells
         elif not table.schema.equals(self._schema):
             table = table.cast(self._schema)
         self._writer.write_table(table)
@@ -728,6 +756,8 @@ class _XlsxFile:
         self._sheet = self._book.add_worksheet("results")
         self._results = results
         self._schema = _defused_schema(schema)
+        #: cells (header included) given a leading ' so that no spreadsheet evaluates them
+        self.defused = sum(a != b for a, b in zip(schema.names, self._schema.names, strict=True))
         self._cells = [self._cell_writer(f.type) for f in schema]
         self._rows = 0
         #: cells whose text was cut to fit (header included)
@@ -746,7 +776,9 @@ class _XlsxFile:
     def write(self, table: pa.Table) -> None:
         """Append the rows; UsageError past the sheet's last row (xlsxwriter would drop them)."""
         check_results_capacity(self._results, self._rows + table.num_rows)
-        columns = [self._fitted(c) for c in _defused(table, self._schema).columns]
+        table, cells = _defused(table, self._schema)
+        self.defused += cells
+        columns = [self._fitted(c) for c in table.columns]
         cells = self._cells
         for row, values in enumerate(zip(*columns, strict=True), start=self._rows + 1):
             for col, value in enumerate(values):
@@ -808,6 +840,8 @@ def _summary_figures(summary: Summary) -> list[tuple[str, str | int | float | bo
     lines += [("warning", str(w)) for w in extra.get("warnings") or []]
     if extra.get("input_columns_left_out"):
         lines.append(("input columns left out", str(extra["input_columns_left_out"])))
+    if extra.get("formula_cells_defused"):
+        lines.append(("cells given a leading '", extra["formula_cells_defused"]))
     lines += [(f"status {s}", n) for s, n in sorted(summary.by_status.items(), key=_status_rank)]
     lines += [(f"code {s} {c}", n) for s, codes in sorted(summary.by_code.items(), key=_status_rank)
               for c, n in sorted(codes.items())]

@@ -58,3 +58,17 @@ def test_parquet_columns_of_any_type_become_text_and_none_means_none(tmp_path: P
     bare = tmp_path / "bare.csv"
     bare.write_text("record_id,cadence_id,module\n1990117000000120345,5540230000040000001,Leads\n")
     assert carried_columns(bare, InputOptions()) is None
+
+
+def test_a_parquet_float_column_of_whole_numbers_is_carried_as_its_digits(tmp_path: Path):
+    # pandas stores whole numbers with one missing as float64: a phone of 12 digits must read
+    # 491511234567, never 4.91511234567e+11; a fraction or a number past 2**53 keeps its text
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"record_id": ["1990117000000120345"] * 4,
+                             "cadence_id": ["5540230000040000001"] * 4, "module": ["Leads"] * 4,
+                             "phone": [491511234567.0, None, 1.5, 1e20],
+                             "zip": pa.array([2134.0, -3.0, None, 0.0], pa.float32())}), path)
+    assert carried(path) == [{"phone": "491511234567", "zip": "2134"},
+                             {"phone": None, "zip": "-3"},
+                             {"phone": "1.5", "zip": None},
+                             {"phone": "1e+20", "zip": "0"}]

@@ -151,6 +151,24 @@ def test_text_that_a_spreadsheet_would_evaluate_is_defused_in_csv_and_xlsx_not_p
     assert [r["Note"] for r in retry] == [DDE, "\tx"]  # an input again: values as given
 
 
+def test_the_cells_given_a_leading_quote_are_counted_in_the_summary_and_its_sheet(
+        journal: Journal, tmp_path: Path) -> None:
+    # an input '+49 30' reads "'+49 30" in the results, as an input "'+49 30" would: the user
+    # must be told that the ' is ours, and how many cells have it (1 message, 5 notes)
+    csv_summary = write_results(journal, tmp_path / "r.csv", duration_s=0, carried=carried())
+    assert csv_summary.extra["formula_cells_defused"] == 6
+    line = report.defused_cells_line(csv_summary)
+    assert line and line.startswith("6 text cell(s) of ") and "leading '" in line
+    xlsx_summary = write_results(journal, tmp_path / "r.xlsx", duration_s=0,
+                                 carried=carried())
+    assert xlsx_summary.extra["formula_cells_defused"] == 6
+    book, _ = read_sheet(tmp_path / "r.xlsx")
+    figures = {row[0].value: row[1].value for row in book["summary"].iter_rows()}
+    assert figures["cells given a leading '"] == 6
+    raw = write_results(journal, tmp_path / "r.parquet", duration_s=0, carried=carried())
+    assert "formula_cells_defused" not in raw.extra and report.defused_cells_line(raw) is None
+
+
 def test_an_xlsx_cell_that_reads_like_rich_text_xml_is_a_text_and_the_book_opens(
         journal: Journal, tmp_path: Path) -> None:
     """xlsxwriter's streaming mode wrote a text that starts with ``<r>`` and ends with ``</r>``
@@ -210,6 +228,19 @@ def test_names_that_clash_or_read_as_a_role_get_input_prefix() -> None:
                           "cadence_name"]) == (
         "Email", "input_status", "input_input_status", "input_ID", "input_Cadence",
         "input_Module Name", "input_cadence_name")
+
+
+def test_names_that_differ_from_the_results_own_only_in_case_or_spacing_are_prefixed_too(
+        ) -> None:
+    # Excel's tables, SQL and batcher's own header matching take "Status" for "status": a
+    # results file with both would hold two columns of one name for them
+    assert carried_names(["Status", "ROW", "Finished At", "Batch-ID", "Email", "input_Status"]
+                         ) == ("input_Status", "input_ROW", "input_Finished At",
+                               "input_Batch-ID", "Email", "input_input_Status")
+    # the input's own names that differ in case stay as they are (they clash with no column
+    # of ours), and the retry file keeps them all
+    assert carried_names(["Email", "EMAIL"]) == ("Email", "EMAIL")
+    assert carried_names(["Status", "Row"], report.RETRY_COLUMNS) == ("Status", "Row")
 
 
 def test_retry_file_names_read_back_as_they_are_so_rounds_converge() -> None:
@@ -367,3 +398,51 @@ def test_a_job_says_once_on_stderr_that_xlsx_cells_were_cut(tmp_path: Path, serv
     _, cells = read_sheet(tmp_path / "out.xlsx")
     notes = [r[-1].value for r in cells[1:]]
     assert sum(1 for n in notes if n.endswith("…[cut: 40000 chars]")) == long_rows
+
+
+def test_a_jobs_results_carry_a_pandas_parquets_columns_as_a_user_reads_them(
+        tmp_path: Path, serve) -> None:
+    # a real job over loopback: a phone stored as float64 (pandas, one missing), a "Status"
+    # column beside the results' status, and a phone '+49…' that the CSV defuses, said on stderr
+    import io
+    import json
+    from dataclasses import replace
+
+    from batcher.job import run_job
+    from batcher.sandbox.world import World
+
+    from .test_e2e import make_rows, settings
+
+    rows = make_rows(6, 1)
+    live = serve(World.from_pairs(rows))
+    inp = tmp_path / "in.parquet"
+    pq.write_table(pa.table({
+        "module": [m for m, _, _ in rows], "record_id": [r for _, r, _ in rows],
+        "cadence_id": [c for _, _, c in rows],
+        "Status": ["hot", "cold", None, "", "new", "old"],
+        "phone": [491511234567.0, None, 4930123456.0, 1.5, 0.0, 12345678901.0],
+        "intl": ["+49 30 1234", "0049301234", "x", "-", "", None]}), inp)
+    err = io.StringIO()
+    for name in ("out.csv", "out.xlsx"):
+        result = run_job(replace(settings(tmp_path, inp, quiet=False),
+                                 results=tmp_path / name), live.env, stream=err)
+        assert result.exit_code == 0
+    said = [line for line in err.getvalue().splitlines() if "leading '" in line]
+    assert len(said) == 2 and said[0].startswith("batcher: 2 text cell(s) of ")
+
+    want_phone = ["491511234567", "", "4930123456", "1.5", "0", "12345678901"]
+    got = read_csv(tmp_path / "out.csv")
+    assert [r["record_id"] for r in got] == [r for _, r, _ in rows]
+    assert [r["phone"] for r in got] == want_phone
+    assert [r["input_Status"] for r in got] == ["hot", "cold", "", "", "new", "old"]
+    assert [r["status"] for r in got] == ["unenrolled"] * 6
+    assert [r["intl"] for r in got] == ["'+49 30 1234", "0049301234", "x", "'-", "", ""]
+    assert json.loads((tmp_path / "out.summary.json").read_text())["extra"][
+        "formula_cells_defused"] == 2
+
+    _, cells = read_sheet(tmp_path / "out.xlsx")
+    header = [c.value for c in cells[0]]
+    phone = header.index("phone")
+    assert [r[phone].value for r in cells[1:]] == [p or None for p in want_phone]
+    assert all(r[phone].data_type == "s" for r in cells[1:] if r[phone].value)
+    assert header.count("input_Status") == 1 and "Status" not in header

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..arrays import arrow_of
-from .formats import open_source, raw_batches
+from .formats import as_strings, open_source, raw_batches
 from .options import InputOptions
 from .records import RecordList, expanded
 
@@ -47,7 +48,8 @@ def carried_columns(path: str | os.PathLike[str], options: InputOptions,
     src = replace(src, roles={**src.roles, **{_CARRY + n: n for n in names}})
 
     def tables() -> Iterator[pa.Table]:
-        for batch in expanded(raw_batches(src), records, options.module, encoded=False):
+        texts = {_CARRY + n: carried_text for n in names}
+        for batch in expanded(raw_batches(src, texts), records, options.module, encoded=False):
             table = pa.table({n: batch[_CARRY + n] for n in names})
             blank = batch.get("blank")
             yield table if blank is None else table.filter(arrow_of(~np.asarray(blank)))
@@ -55,3 +57,25 @@ def carried_columns(path: str | os.PathLike[str], options: InputOptions,
     counts = Counter(src.found)
     repeated = tuple(n for n in names if counts[n] > 1)
     return Carried(names, tables, repeated)
+
+
+#: floats below this are whole numbers exactly (2**53): their digits are the number's
+_EXACT_WHOLE = float(2**53)
+
+
+def carried_text(col: pa.Array) -> pa.Array:
+    """A Parquet column as the text a user reads in it. A whole float is its digits: pandas
+    stores a column of whole numbers with one missing as floats, and Arrow's text of a phone
+    number 491511234567.0 is ``4.91511234567e+11``; other values as :func:`as_strings`."""
+    if not pa.types.is_floating(col.type):
+        return as_strings(col)
+    values = pc.cast(col, pa.float64())
+    text = pc.cast(values, pa.string())
+    x = values.to_numpy(zero_copy_only=False)  # nulls as NaN: never whole
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(x) & (np.abs(x) < _EXACT_WHOLE) & (x == np.trunc(x))
+    if not whole.any():
+        return text
+    mask = arrow_of(whole)
+    digits = pc.cast(pc.cast(values.filter(mask), pa.int64()), pa.string())
+    return pc.replace_with_mask(text, mask, digits)

@@ -3,7 +3,7 @@ in two passes that give every data record once, in file order."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -284,14 +284,17 @@ def _parquet_errors(src: Source) -> Iterator[None]:
 
 
 
-def raw_batches(src: Source) -> Iterator[dict[str, Any]]:
+def raw_batches(src: Source, texts: Mapping[str, Callable[[pa.Array], pa.Array]] | None = None
+                ) -> Iterator[dict[str, Any]]:
     """The id and module columns, as strings, a batch at a time: every data record of the file
     once, in file order. A CSV's batch may also hold, when there is something to say about its
     rows, ``ragged`` (a string array: for a ragged row, why, naming its spreadsheet line; null
     for the others; a ragged row's role values are "") and ``blank`` (a numpy bool array: the
     row's fields, all of them, are empty or whitespace). Raises InputError when the file
-    cannot be read."""
+    cannot be read. ``texts``: role → how a Parquet column of that role becomes text, instead
+    of :func:`as_strings`."""
     wanted = list(dict.fromkeys(src.roles.values()))
+    texts = texts or {}
     if src.kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -301,7 +304,7 @@ def raw_batches(src: Source) -> Iterator[dict[str, Any]]:
                     batch_size=_BATCH_ROWS, columns=wanted))):
                 # by the first column of each name: a name the file holds twice is no key
                 first = {n: i for i, n in reversed(list(enumerate(batch.schema.names)))}
-                out = {role: as_strings(batch.column(first[name]))
+                out = {role: texts.get(role, as_strings)(batch.column(first[name]))
                        for role, name in src.roles.items()}
                 blank = all_empty(batch.columns) if every else None
                 if blank is not None and blank.any():

@@ -188,6 +188,17 @@ CASES = [
            400)),
     ("LIMIT_EXCEEDED wrapped, no details", 400, {"data": [err("LIMIT_EXCEEDED", "x")]}, {},
      Fatal("LIMIT_EXCEEDED", "x", 400)),
+    # the page's "or both" (too many cadence ids and record ids): limit_due_to as a list or as
+    # paths is still the call's own limit; a list there was a TypeError out of classify
+    ("LIMIT_EXCEEDED due to both arrays, as a list", 400,
+     err("LIMIT_EXCEEDED", limit_due_to=["ids", "cadences_ids"]), {},
+     every(F, "LIMIT_EXCEEDED")),
+    ("LIMIT_EXCEEDED due to a path", 400, err("LIMIT_EXCEEDED", limit_due_to="$.cadences_ids"),
+     {}, every(F, "LIMIT_EXCEEDED")),
+    ("LIMIT_EXCEEDED due to an object", 400, err("LIMIT_EXCEEDED", "x", limit_due_to={"a": 1}),
+     {}, Fatal("LIMIT_EXCEEDED", "x", 400)),
+    ("LIMIT_EXCEEDED due to an empty list", 400, err("LIMIT_EXCEEDED", "x", limit_due_to=[]),
+     {}, Fatal("LIMIT_EXCEEDED", "x", 400)),
 ]
 
 

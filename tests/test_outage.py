@@ -572,7 +572,8 @@ def test_the_orgs_credits_used_up_stop_the_job_and_the_next_day_it_resumes(tmp_p
     left to send. It stops the job, resumable; nothing is failed for it."""
     rows = [("Leads", r, c) for r in (str(554023000007000000 + i) for i in range(500))
             for c in ("554023000004092008", "554023000004092009")]
-    live = serve(World.from_pairs(rows), daily_credits=2)
+    # three credits: the preflight's GET of the cadences, then two un-enrol calls
+    live = serve(World.from_pairs(rows), daily_credits=3, credits_exhausted="limit_exceeded")
     inp = write_pairs(tmp_path / "in.csv", rows)
     err = io.StringIO()
     first = run_job(settings(tmp_path, inp, concurrency=1), live.env, stream=err)
@@ -589,6 +590,29 @@ def test_the_orgs_credits_used_up_stop_the_job_and_the_next_day_it_resumes(tmp_p
     assert {r["status"] for r in read_results(tmp_path / "out.csv")} == {"unenrolled"}
     assert_exact(live.sandbox, rows)
     assert set(live.sandbox.removed) == set(rows)
+
+
+def test_credits_used_up_answered_429_as_design_says_stop_the_job_resumable(tmp_path, serve):
+    """DESIGN.md §1, Limits: over the org's credits Zoho answers HTTP 429 TOO_MANY_REQUESTS
+    (the sandbox answered a 400 LIMIT_EXCEEDED no Zoho page documents, so no test saw this
+    form). Only 429s after the credits: the job stops (exit 3), resumable, the rows not sent
+    `not_sent`, none `failed`; the next day the same command finishes."""
+    rows = make_rows(400, 2)
+    live = serve(World.from_pairs(rows), daily_credits=3)  # the preflight's GET + two calls
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    first = run_job(settings(tmp_path, inp, concurrency=1, retry=policy(1.0)), live.env,
+                    stream=io.StringIO())
+    assert first.exit_code == 3, first.aborted
+    assert "TOO_MANY_REQUESTS" in (first.aborted or "")
+    assert {c.http_status for c in live.sandbox.calls} == {200, 429}
+    got = read_results(tmp_path / "out.csv")
+    assert {r["status"] for r in got} == {"unenrolled", "not_sent"}
+    assert sum(r["status"] == "unenrolled" for r in got) == 2 * 200
+    live.sandbox.credits_left = None  # the next day
+    again = run_job(settings(tmp_path, inp, concurrency=1), live.env, stream=io.StringIO())
+    assert again.exit_code == 0, again.aborted
+    assert set(live.sandbox.removed) == set(rows)
+    assert_exact(live.sandbox, rows)
 
 
 def test_a_storm_of_429s_stops_the_job_resumable_and_fails_no_row(tmp_path, serve):

@@ -292,6 +292,24 @@ def test_scopes_general_and_per_module():
                    ).status_code == 200
 
 
+def test_credits_used_up_answer_429_too_many_requests_and_a_get_costs_one():
+    """DESIGN.md §1, Limits: every call costs a credit (the cadence listing too) and a call over
+    a limit is HTTP 429 TOO_MANY_REQUESTS; the sandbox answered an undocumented 400
+    LIMIT_EXCEEDED and listed cadences for free."""
+    app, sb = make(daily_credits=2)
+    token = sb.issue_token()
+    assert send(app, "GET", "/crm/v7/settings/automation/cadences", token).status_code == 200
+    assert unenrol(app, token, [R2], [C1]).status_code == 200
+    for answer in (unenrol(app, token, [R1], [C1]),
+                   send(app, "GET", "/crm/v7/settings/automation/cadences", token)):
+        assert answer.status_code == 429 and whole_error(answer.json())["code"] == \
+            "TOO_MANY_REQUESTS"
+    assert sb.removed == {("Leads", R2, C1)}
+    app, sb = make(daily_credits=0, credits_exhausted="limit_exceeded")  # the opt-in reading
+    answer = unenrol(app, sb.issue_token(), [R2], [C1])
+    assert answer.status_code == 400 and answer.json()["code"] == "LIMIT_EXCEEDED"
+
+
 def test_no_permission_switch_answers_403():
     app, sb = make(no_permission=True)
     answer = unenrol(app, sb.issue_token(), [R2], [C1])

@@ -167,6 +167,8 @@ async def _cadences(request: Request) -> Response:
         return _auth_error("OAUTH_SCOPE_MISMATCH")
     if decision.kind == F.ERROR_500:
         return _json(500, error("INTERNAL_SERVER_ERROR", "Internal Server Error"))
+    if not sb.spend_credit():  # a GET costs a credit as any call does (DESIGN.md §1, Limits)
+        return _json(*_credits_refusal(sb))
     page = _positive_int(request.query_params.get("page"), 1)
     per_page = min(_positive_int(request.query_params.get("per_page"), 200),
                    sb.config.cadence_page_size, 200)
@@ -276,9 +278,18 @@ def _refusal(request: Request, sb: Sandbox, given: str, module: str) -> tuple[in
         return 403, error("NO_PERMISSION", "permission denied",
                           {"permissions": ["Crm_Implied_Manage_Cadences"]})
     if not sb.spend_credit():
+        return _credits_refusal(sb)
+    return None
+
+
+def _credits_refusal(sb: Sandbox) -> tuple[int, dict]:
+    """A call past the org's API credits (SandboxConfig.credits_exhausted)."""
+    if sb.config.credits_exhausted == "limit_exceeded":
         return 400, error("LIMIT_EXCEEDED", "the API credits of the day are used up",
                           {"limit": sb.config.daily_credits, "limit_due_to": "API credits per day"})
-    return None
+    # DESIGN.md §1, Limits: over a limit (credits or concurrency), HTTP 429 TOO_MANY_REQUESTS
+    return 429, error("TOO_MANY_REQUESTS", "You have made too many requests. Please try again "
+                                           "later.")
 
 
 async def _truth(request: Request) -> Response:

@@ -8,6 +8,7 @@ DEFAULT_SCOPES = ("ZohoCRM.modules.ALL", "ZohoCRM.settings.cadences.READ")
 ANSWER_SHAPES = ("v7", "v8")
 SCHEDULED_MODES = ("off", "now", "later")
 ERROR_WRAPPINGS = ("mixed", "top", "wrapped")
+CREDITS_EXHAUSTED = ("429", "limit_exceeded")
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,14 @@ class SandboxConfig:
     error_wrapping: str = "mixed"
     #: answer every un-enrol call 403 NO_PERMISSION (the user lacks the permission)
     no_permission: bool = False
-    #: un-enrol calls the org's API credits allow; past them every call answers 400
-    #: LIMIT_EXCEEDED ("API credits per day"). None = unlimited
+    #: API calls (un-enrol calls and cadence listings: each costs a credit) the org's credits
+    #: allow; past them every call is refused as ``credits_exhausted`` says. None = unlimited
     daily_credits: int | None = None
+    #: how a call past the credits is answered: "429" is DESIGN.md §1 ("Over a limit: HTTP 429,
+    #: TOO_MANY_REQUESTS"); "limit_exceeded" is a 400 LIMIT_EXCEEDED "due to" the credits, a
+    #: reading no Zoho page documents (the un-enrol page's LIMIT_EXCEEDED is about the call's
+    #: arrays), kept to prove the client stops on it too
+    credits_exhausted: str = "429"
     #: delay of a "slow" fault: make it longer than the client's timeout
     slow_seconds: float = 3.0
     #: largest Retry-After the sandbox sends (seconds)
@@ -65,6 +71,8 @@ class SandboxConfig:
     def __post_init__(self) -> None:
         for name, value, allowed in (("answer_shape", self.answer_shape, ANSWER_SHAPES),
                                      ("scheduled", self.scheduled, SCHEDULED_MODES),
-                                     ("error_wrapping", self.error_wrapping, ERROR_WRAPPINGS)):
+                                     ("error_wrapping", self.error_wrapping, ERROR_WRAPPINGS),
+                                     ("credits_exhausted", self.credits_exhausted,
+                                      CREDITS_EXHAUSTED)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {value!r}")

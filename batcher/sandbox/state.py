@@ -84,7 +84,7 @@ class Sandbox:
         self.refresh_count = 0
         self.tokens_issued = 0
         self.max_concurrency_seen = 0
-        #: un-enrol calls the day's credits still allow (None: no limit); a test sets it to
+        #: API calls the day's credits still allow (None: no limit); a test sets it to
         #: move to the next day
         self.credits_left: int | None = config.daily_credits
 
@@ -197,7 +197,8 @@ class Sandbox:
     # ------------------------------------------------------------------ truth
 
     def spend_credit(self) -> bool:
-        """Take a credit for an un-enrol call; False when the day's are used up."""
+        """Take a credit for an API call (un-enrol or cadence listing); False when the day's
+        are used up."""
         with self._lock:
             if self.credits_left is None:
                 return True

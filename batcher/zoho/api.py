@@ -392,7 +392,7 @@ def _whole(entry: Mapping[str, Any], record_ids: Sequence[str], cadence_ids: Seq
         return TokenInvalid(status)
     if code in FATAL_CODES:
         return Fatal(code, message, status)
-    if code == "LIMIT_EXCEEDED" and _details(entry).get("limit_due_to") not in _CALL_ARRAYS:
+    if code == "LIMIT_EXCEEDED" and not _due_to_call(_details(entry).get("limit_due_to")):
         return Fatal(code, message, status)
     if code in TRANSIENT_CODES:
         return Transient(code, message, status, parse_retry_after(headers, now),
@@ -407,6 +407,20 @@ def _whole(entry: Mapping[str, Any], record_ids: Sequence[str], cadence_ids: Seq
     if status in (401, 403):
         return Fatal(code, message, status)
     return _all(record_ids, cadence_ids, Status.FAILED, code, message, status, False)
+
+
+def _due_to_call(due: Any) -> bool:
+    """Whether a LIMIT_EXCEEDED's ``limit_due_to`` names only the call's own arrays.
+
+    The un-enrol page (v7, "Possible Errors") says the code means more than 5 cadence ids,
+    more than 100 record ids, "or both", and points to ``limit_due_to`` without showing it: read
+    as one name or a list of names, each bare (``ids``) or as a path (``$.ids``). Anything
+    else (a text about credits, an object) is the org's limit. Never raises: a list there made
+    ``in frozenset`` a TypeError that crashed the classification of the whole answer.
+    """
+    names = due if isinstance(due, list) else [due]
+    return bool(names) and all(
+        isinstance(n, str) and n.strip().removeprefix("$.") in _CALL_ARRAYS for n in names)
 
 
 def _locate(details: Mapping[str, Any], record_ids: Sequence[str],

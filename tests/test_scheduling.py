@@ -265,3 +265,63 @@ def test_the_dated_resume_line_quotes_a_path_with_spaces_for_the_shell():
     assert f"--journal {shlex.quote(journal)} " in line
     assert shlex.split(line.split("resume this one with ", 1)[1].split(" (")[0]) == [
         "--results", results, "--journal", journal]
+
+
+#: a few pairs whose ids end in no zeros (a warning about rounding would be mail from cron)
+CRON_ROWS = make_rows(5, 2, base=554023000001234501)
+
+
+def _cron_run(tmp_path: Path, live, home: Path | None, cwd: Path, umask: int = 0o022,
+              **extra: str) -> subprocess.CompletedProcess:
+    """``batcher run`` as cron starts it: an empty environment but PATH and the credentials,
+    started in ``cwd``, stdin closed, with the token cache on."""
+    inp = write_pairs(tmp_path / "in.csv", CRON_ROWS)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+           **{k: v for k, v in live.env.items() if k != "BATCHER_NO_TOKEN_CACHE"},
+           **({"HOME": str(home)} if home is not None else {}), **extra}
+    return subprocess.run(
+        [sys.executable, "-m", "batcher", "run", str(inp), "--results",
+         str(tmp_path / "out" / "{date}.csv"), "--quiet"], env=env, cwd=cwd,
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: os.umask(umask))
+
+
+def test_a_home_that_does_not_exist_is_never_created_for_the_token_cache(tmp_path, serve):
+    """Found by trying: with HOME at a missing folder (a service account's /nonexistent),
+    the token cache created it, and ~/.cache/batcher in it."""
+    live = serve(World.from_pairs(CRON_ROWS))
+    home, cwd = tmp_path / "nonexistent", tmp_path / "cwd"
+    cwd.mkdir()
+    done = _cron_run(tmp_path, live, home, cwd)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("", "")
+    assert not home.exists() and list(cwd.iterdir()) == []
+
+
+def test_a_relative_cache_folder_is_not_made_in_the_folder_cron_starts_in(tmp_path, serve):
+    """Found by trying: BATCHER_TOKEN_CACHE_DIR=rel/cache, run from cron's current folder
+    (/), made /rel/cache and kept tokens there (a relative XDG_CACHE_HOME is already ignored
+    by platformdirs, as the XDG spec says)."""
+    live = serve(World.from_pairs(CRON_ROWS))
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    done = _cron_run(tmp_path, live, home, cwd, BATCHER_TOKEN_CACHE_DIR="rel/cache")
+    assert done.returncode == 0, done.stderr
+    assert list(cwd.iterdir()) == [] and list(home.iterdir()) == []
+
+
+def test_under_umask_000_the_token_caches_folders_are_private(tmp_path, serve):
+    """Found by trying: a job run with umask 000 made ~/.cache world-writable (mkdir's parents
+    follow the umask), where anyone could swap the cache folder for their own."""
+    live = serve(World.from_pairs(CRON_ROWS))
+    home = tmp_path / "home"
+    home.mkdir()
+    done = _cron_run(tmp_path, live, home, home, umask=0o000)
+    assert done.returncode == 0, done.stderr
+    cache = home / ".cache" / "batcher"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (home / ".cache", cache)}
+    assert modes == {".cache": 0o700, "batcher": 0o700}
+    assert [p.stat().st_mode & 0o777 for p in cache.iterdir()] == [0o600]  # the token, cached
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == {0o600}

@@ -254,6 +254,21 @@ def test_the_lock_out_names_when_the_next_refresh_is_allowed(cache):
     assert 0 <= allowed - (now - 540 + 600) <= 1  # when the oldest leaves the window, rounded up
 
 
+def test_refreshes_made_before_the_clock_was_set_back_still_count(cache):
+    """Found by trying: a VM resumed or an NTP step set the clock back 5 minutes after ten
+    refreshes; their times, now ahead of the clock, were dropped as if never made, and the next
+    command refreshed into Zoho's lock-out instead of refusing."""
+    ahead = time.time() + 300
+    for n in range(10):
+        cache.note_refresh(KEY, ahead + n)
+    assert len(cache.refreshes(KEY)) == 10
+    accounts, api = Accounts(), Api()
+    auth, client = make(accounts, api, cache=cache)
+    with pytest.raises(AuthError, match="refusing to refresh"):
+        asyncio.run(client.post(API_URL))
+    assert accounts.forms == []
+
+
 def test_zohos_own_lock_out_says_until_when_to_wait(cache):
     accounts = Accounts(answers=[{"error": "Access Denied", "error_description":
                                   "You have made too many requests continuously."}])

@@ -73,11 +73,25 @@ def cache_key(accounts_url: str, client_id: str, refresh_token: str) -> str:
 def default_cache(env: Mapping[str, str], *, enabled: bool = True) -> TokenCache | None:
     """The job's cache: None when ``enabled`` is False (``--no-token-cache``) or
     ``BATCHER_NO_TOKEN_CACHE`` is set to anything but ``0``; else in ``BATCHER_TOKEN_CACHE_DIR``,
-    or the user's cache directory (``platformdirs.user_cache_dir("batcher")``)."""
+    or the user's cache directory (``platformdirs.user_cache_dir("batcher")``).
+
+    Also None (each command refreshes) for a directory that is not absolute — a relative
+    ``BATCHER_TOKEN_CACHE_DIR``, or a ``~`` no home resolves (no HOME, a uid without a passwd
+    entry) — which
+    would land in whatever folder a scheduler starts the job in (cron's ``/``), and for the
+    default directory of a home that does not exist (a service account's ``/nonexistent``):
+    a cache never creates a user's home folder."""
     if not enabled or (env.get(OFF_VAR) or "").strip() not in ("", "0"):
         return None
-    directory = (env.get(DIR_VAR) or "").strip() or platformdirs.user_cache_dir("batcher")
-    return TokenCache(Path(directory))
+    given = (env.get(DIR_VAR) or "").strip()
+    directory = Path(given or platformdirs.user_cache_dir("batcher"))
+    if not directory.is_absolute():
+        return None
+    if not given:
+        home = Path(os.path.expanduser("~"))
+        if home.is_absolute() and directory.is_relative_to(home) and not home.is_dir():
+            return None
+    return TokenCache(directory)
 
 
 class TokenCache:
@@ -126,7 +140,9 @@ class TokenCache:
 
     def _recent(self, times: tuple[float, ...]) -> tuple[float, ...]:
         now = time.time()
-        return tuple(sorted(t for t in times if now - self._window < t <= now))
+        # a time ahead of the clock is a refresh made before the clock was set back (an NTP
+        # step, a VM resumed): it still counts at Zoho, so it counts as now, not as never
+        return tuple(sorted(min(t, now) for t in times if now - self._window < t))
 
     def _path(self, key: str) -> Path:
         if not _KEY.fullmatch(key):
@@ -152,7 +168,7 @@ class TokenCache:
         path = self._path(key)
         tmp = self.directory / f".{key}.{secrets.token_hex(8)}.tmp"
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_dirs(self.directory)
             fd = os.open(tmp, _CREATE, 0o600)
         except OSError:
             return  # the next command refreshes: nothing worse
@@ -164,6 +180,20 @@ class TokenCache:
         except OSError:
             with suppress(OSError):
                 tmp.unlink()
+
+
+def _private_dirs(directory: Path) -> None:
+    """``directory`` and each missing folder above it, created 0700: ``mkdir(parents=True)``
+    makes the parents by the umask, and a job run with ``umask 000`` made ``~/.cache``
+    world-writable."""
+    missing = []
+    for path in (directory, *directory.parents):
+        if path.is_dir():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        with suppress(FileExistsError):  # another job made it meanwhile
+            path.mkdir(mode=0o700)
 
 
 def _private(st: os.stat_result) -> bool:

@@ -856,9 +856,11 @@ def next_command(settings: RunSettings, results: Path, summary: Summary, stopped
              *["--no-token-cache"] * (not settings.token_cache),
              *["--log-format", settings.log_format] * (settings.log_format != "text")]
     # how the job runs (its budget, pace and checks): the retry file's job runs the same way
+    halt = settings.halt_on_failures
     pace = {"--concurrency": settings.concurrency
             if settings.concurrency != RunSettings.concurrency else None,
-            "--halt-on-failures": settings.halt_on_failures, "--max-calls": settings.max_calls}
+            "--halt-on-failures": None if halt is None else f"{halt:g}",  # as typed: 20, not 20.0
+            "--max-calls": settings.max_calls}
     reach += [a for flag, value in pace.items() if value is not None for a in (flag, str(value))]
     reach += ["--no-preflight"] * (not settings.preflight)
     left = summary.by_status.get("not_sent", 0)

@@ -41,6 +41,7 @@ from .streams import printable
 # that module would load pyarrow, half a second of every status poll
 _K_VERSION, _K_LOADED, _K_STARTED = ("batcher.schema_version", "batcher.loaded",
                                      "batcher.started_at")
+_K_STOPPED = "user.aborted"  # why the last run stopped, as job.py keeps it (Journal.set_meta)
 _TABLES = frozenset({"meta", "counters", "batches", "row_chunks", "outcomes"})
 RATE_WINDOW_S = 60.0
 
@@ -79,7 +80,9 @@ class JobStatus:
     journal or it has no call log. ``eta_s``: seconds until the batches left are sent at that
     rate (0 when none is left, None when unknown or before the plan is loaded); a split or
     retried batch makes it optimistic. ``running``: a batcher process holds the journal's lock
-    (``pid``: its pid, None when it wrote none). The counts default to 0: a journal its run has
+    (``pid``: its pid, None when it wrote none). ``stopped_by``: why its last run stopped before
+    the end, as that run said it (``--max-calls`` reached, a signal, an outage…); None when it
+    did not, or while a run holds the journal. The counts default to 0: a journal its run has
     just created holds none.
     """
 
@@ -99,6 +102,7 @@ class JobStatus:
     rate: float | None = None
     eta_s: float | None = None
     last_error: LastError | None = None
+    stopped_by: str | None = None
 
     @property
     def rows(self) -> int:
@@ -124,7 +128,9 @@ class JobStatus:
                 + self._pace_text()] if self.loaded else [
                 "rows and calls left: not known until its plan is loaded (no un-enrol call "
                 "was sent: every pair is left)"]
-        lines = [f"journal {self.journal}: {self._state_text()}", *held,
+        lines = [f"journal {self.journal}: {self._state_text()}",
+                 *([printable(f"its last run stopped: {self.stopped_by}")]
+                   if self.stopped_by and not self.running else []), *held,
                  f"calls {self.calls:,}, retries {self.retries:,}, 429s {self.throttled:,}, "
                  f"credits {self.credits:,}",
                  f"started {self.started_at or '-'}, last call {self.last_call_at or '-'}"]
@@ -223,7 +229,8 @@ def _snapshot(db: sqlite3.Connection, path: Path, running: bool, pid: int | None
     if not _TABLES.issubset(tables):
         raise UsageError(f"{path} is not a batcher journal (no job tables in it)")
     meta = {k: json.loads(v) for k, v in db.execute(
-        "SELECT key, value FROM meta WHERE key IN (?, ?, ?)", (_K_VERSION, _K_LOADED, _K_STARTED))}
+        "SELECT key, value FROM meta WHERE key IN (?, ?, ?, ?)",
+        (_K_VERSION, _K_LOADED, _K_STARTED, _K_STOPPED))}
     version = meta.get(_K_VERSION, SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise UsageError(f"journal {path} has format {version}; this batcher reads format "
@@ -244,7 +251,8 @@ def _snapshot(db: sqlite3.Connection, path: Path, running: bool, pid: int | None
         throttled=counters.get("throttled", 0), credits=counters.get("credits", 0),
         started_at=meta.get(_K_STARTED), last_call_at=_iso(last_end), rate=rate,
         eta_s=_eta(batches_left, rate) if loaded else None,
-        last_error=LastError(code, message, failed_at) if failed_at else None)
+        last_error=LastError(code, message, failed_at) if failed_at else None,
+        stopped_by=None if running else meta.get(_K_STOPPED))
 
 
 def _call_log(db: sqlite3.Connection, tables: set[str], running: bool

@@ -291,7 +291,7 @@ def test_the_command_that_resumes_a_job_keeps_its_sending_flags(tmp_path, serve)
     assert command, "no command on the page"
     args = command.group(1).split()
     for flag, value in (("--concurrency", "1"), ("--max-calls", "1"),
-                        ("--halt-on-failures", "20.0")):
+                        ("--halt-on-failures", "20")):  # as typed, not "20.0"
         assert args[args.index(flag) + 1] == value, command.group(1)
 
 

@@ -87,6 +87,30 @@ def test_a_finished_job_reads_as_finished_without_touching_its_journal(tmp_path,
     assert run_job(settings(tmp_path, inp), live.env).exit_code == 1
 
 
+def test_a_job_stopped_by_its_budget_says_why_until_a_run_finishes_it(tmp_path, serve):
+    """`status` of a job whose last run stopped early says why, as that run said it (the journal
+    keeps it); once a run finishes the job, it says nothing of the earlier stop."""
+    rows = make_rows(300, 5)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    stopped = run_job(settings(tmp_path, inp, max_calls=1), live.env)
+    assert stopped.exit_code == 3 and stopped.aborted
+    journal = tmp_path / "out.journal"
+
+    st = read_status(journal)
+    assert (st.state, st.stopped_by) == ("stopped", stopped.aborted)
+    assert "--max-calls 1" in st.stopped_by
+    assert st.human().splitlines()[1] == f"its last run stopped: {stopped.aborted}"
+    out = io.StringIO()
+    print_status(journal, as_json=True, stream=out)
+    assert json.loads(out.getvalue())["stopped_by"] == stopped.aborted
+
+    assert run_job(settings(tmp_path, inp), live.env).exit_code == 0
+    st = read_status(journal)
+    assert (st.state, st.stopped_by) == ("finished", None)
+    assert "its last run stopped" not in st.human()
+
+
 # ---------------------------------------------------------------------------------- held here
 
 

@@ -61,6 +61,7 @@ from .inputs import (
     check_input,
     file_stamp,
     hidden_line,
+    module_named_line,
     rounding_line,
     scan_input,
     stamped_fingerprint,
@@ -1075,6 +1076,7 @@ async def _plan_job(settings: RunSettings, read: _Read, journal: Journal,
         (scan.rounded and rounding_line(scan), "rounded_ids"),
         (scan.unusual_ids and unusual_line(scan), "rounded_ids"),
         (scan.hidden_rows and hidden_line(scan), "hidden_rows"),
+        (scan.module_named and module_named_line(scan), "module"),
         (swapped_columns_line(scan), "columns")) if line]
     for line, event in warnings:
         say(line, event, always=event != "columns")

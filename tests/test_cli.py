@@ -865,3 +865,38 @@ def test_a_dash_for_the_input_says_standard_input_is_not_read(tmp_path, capsys, 
     assert main(argv) == 2
     assert "'-' (standard input) cannot be read" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_module_flag_over_a_module_column_says_which_pairs_go_elsewhere(tmp_path, serve, capsys):
+    """--module fills only the rows without a module (DESIGN: "optional module (else
+    --module)"): an operator who passed --module Contacts for a file whose column says Leads
+    was told nothing, and the pairs went to Leads. Said by plan and by run (even --quiet, kept in
+    the summary), naming the column and the modules; rows without a module take the flag."""
+    from batcher.sandbox.world import World
+
+    ids = [str(5540230000017986471 + i) for i in range(5)]
+    lead, contact = "5540230000012345671", "5540230000012345672"  # a cadence is of one module
+    rows = [("Leads", lead), ("Leads", lead), ("", contact), ("leads", lead), ("Contacts", contact)]
+    inp = tmp_path / "in.csv"
+    inp.write_text("module,record_id,cadence_id\n" + "".join(
+        f"{m},{r},{c}\n" for (m, c), r in zip(rows, ids, strict=True)))
+    assert main(["plan", str(inp), "--module", "Contacts"]) == 0
+    err = capsys.readouterr().err
+    assert ("--module Contacts fills only the rows without a module: 3 pairs name their own in "
+            "column 'module' and are sent to it (3 to Leads)") in err
+    assert main(["plan", str(inp), "--module", "Leads"]) == 0
+    assert "1 pair names its own in column 'module' and is sent to it (1 to Contacts)" in (
+        capsys.readouterr().err)
+    assert main(["plan", str(inp)]) == 1  # without the flag: the empty module is invalid
+    assert "fills only" not in capsys.readouterr().err
+
+    live = serve(World.from_pairs([("Leads", r, lead) for r in ids[:2] + ids[3:4]]
+                                  + [("Contacts", r, contact) for r in ids[2:3] + ids[4:]]))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in live.env.items():
+            mp.setenv(k, v)
+        assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--module",
+                     "Contacts", "--quiet"]) == 0
+    assert "3 pairs name their own in column 'module'" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    assert any("fills only the rows without a module" in w for w in summary["extra"]["warnings"])

@@ -19,6 +19,7 @@ from .scan import (
     file_fingerprint,
     file_stamp,
     hidden_line,
+    module_named_line,
     read_input,
     rounding_line,
     scan_input,
@@ -29,5 +30,6 @@ from .scan import (
 
 __all__ = ["CHANGED_WHILE_READ", "DUPLICATE", "INVALID", "VALID", "InputOptions", "InputScan",
            "InputTable", "PairCodes", "RecordList", "canonical_module", "check_input",
-           "file_fingerprint", "file_stamp", "hidden_line", "read_input", "rounding_line",
-           "scan_input", "stamped_fingerprint", "swapped_columns_line", "unusual_line"]
+           "file_fingerprint", "file_stamp", "hidden_line", "module_named_line", "read_input",
+           "rounding_line", "scan_input", "stamped_fingerprint", "swapped_columns_line",
+           "unusual_line"]

@@ -9,7 +9,7 @@ import os
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,8 @@ class InputScan:
     collapsed: str | None = None
     #: an .xlsx sheet's hidden rows with data, as Excel numbers them: they are sent all the same
     hidden_rows: tuple[int, ...] = ()
+    #: (module, pairs) a module column names over ``--module`` (:func:`module_named_line`)
+    module_named: tuple[tuple[str, int], ...] = ()
 
     def record_id_array(self) -> pa.Array:
         """The id of each record code, as uint64 (a valid id is canonical digits: its text is
@@ -382,9 +384,38 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
              "position_rows": concat(position_rows) if position_rows else None,
              "invalid_rows": pa.concat_tables(invalid_rows) if invalid_rows
              else _INVALID_SCHEMA.empty_table(), "blank_rows": concat(blank_rows)}
-    return _finish_scan(source, options, stamp, rows - blank, invalid, tuple(examples),
+    scan = _finish_scan(source, options, stamp, rows - blank, invalid, tuple(examples),
                         concat(pair_rows), concat(rec), cad_index, cad_uniques, concat(mod),
                         names_seen, found)
+    return replace(scan, module_named=_module_named(scan))
+
+
+def _module_named(scan: InputScan) -> tuple[tuple[str, int], ...]:
+    """(module, pairs) of the pairs whose module column names another module than
+    ``--module``: the flag fills only rows without one, so those go to the column's module."""
+    given = scan.options.module
+    if given is None or "module" not in scan.source.roles:
+        return ()
+    names = scan.codes.module_names
+    other = [m for m, name in enumerate(names) if module_key(name) != module_key(given)]
+    if not other:
+        return ()
+    pairs = np.bincount(scan.codes.module, minlength=len(names))
+    return tuple((names[m], int(pairs[m])) for m in other if pairs[m])
+
+
+def module_named_line(scan: InputScan) -> str:
+    """One warning line for the pairs sent to the module their column names, not to
+    ``--module``'s (which fills only the rows without one)."""
+    column = scan.source.roles["module"]
+    total = sum(n for _, n in scan.module_named)
+    shown = ", ".join(f"{n:,} to {m}" for m, n in scan.module_named[:5]) + (
+        ", ..." if len(scan.module_named) > 5 else "")
+    these = "1 pair names its own" if total == 1 else f"{total:,} pairs name their own"
+    return (f"warning: --module {scan.options.module} fills only the rows without a module: "
+            f"{these} in column {column!r} and {'is' if total == 1 else 'are'} sent to it "
+            f"({shown}); to send {'it' if total == 1 else 'them'} to {scan.options.module}, "
+            "empty that column or drop it")
 
 
 @dataclass(frozen=True)

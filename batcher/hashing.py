@@ -1,6 +1,8 @@
 """Integer codes for many uint64 values (ids, cadence sets): Arrow's hash table, and for
 millions of values the same in cache-sized parts on two threads, with how the rows were
-grouped. Everything here is numpy and Arrow kernels (which release the GIL)."""
+grouped — so that what a second column says per code (sums, repeated pairs) is worked out part
+by part too (:class:`ByCode`). Everything here is numpy and Arrow kernels (which release the
+GIL)."""
 
 from __future__ import annotations
 

@@ -50,6 +50,9 @@ from .rowstore import CHUNK_ROWS, RESULT_SCHEMA
 RETRY_COLUMNS = ("module", "record_id", "cadence_id")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _CHUNKS_AHEAD = 3  # chunks of results read ahead of the slower of the two writers
+#: bytes of carried columns written at once: a results chunk beside long notes or hundreds of
+#: columns is cut into pieces of about this size, so memory stays flat whatever a row holds
+CARRY_BYTES = 1 << 26
 #: the extensions ``--results`` may have
 RESULT_SUFFIXES = (".csv", *_PARQUET_SUFFIXES, ".xlsx")
 #: data rows an .xlsx sheet holds under its header (1,048,576 rows in all)
@@ -308,13 +311,13 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
         for chunk in journal.iter_result_chunks(chunk_rows=chunk_rows, until=until):
             if not chunk.schema.equals(RESULT_SCHEMA):
                 chunk = chunk.cast(RESULT_SCHEMA)
-            beside = _carry(aligned.take, chunk.num_rows) if aligned else None
-            while len(written) >= _CHUNKS_AHEAD:
-                for done in written.popleft():
-                    done.result()
-            written.append([writers[0].submit(_write_chunk, out, chunk, names, beside),
-                            writers[1].submit(_write_retry, retry_out, retry_schema, chunk,
-                                              beside, tally)])
+            for piece, beside in _beside(chunk, aligned):
+                while len(written) >= _CHUNKS_AHEAD:
+                    for done in written.popleft():
+                        done.result()
+                written.append([writers[0].submit(_write_chunk, out, piece, names, beside),
+                                writers[1].submit(_write_retry, retry_out, retry_schema, piece,
+                                                  beside, tally)])
         for done in (done for both in written for done in both):
             done.result()
         if aligned:
@@ -415,17 +418,22 @@ class _Aligned:
         self._head = schema.empty_table()
         self._taken = 0
 
-    def take(self, n: int) -> pa.Table:
-        """The next ``n`` rows, as strings named by the schema; ValueError when the stream ends
-        first."""
-        parts = []
-        while n:
+    def take(self, n: int, max_bytes: int | None = None) -> pa.Table:
+        """The next ``n`` rows, as strings named by the schema, or fewer (one at least) once
+        they hold ``max_bytes``; ValueError when the stream ends first."""
+        parts, held = [], 0
+        while n and (max_bytes is None or held < max_bytes):
             if not self._head.num_rows:
                 self._head = self._next()
                 continue
-            part = self._head.slice(0, n)
+            k = n
+            if max_bytes is not None:  # rows of this table that fit, at its mean row size
+                per_row = max(self._head.nbytes / self._head.num_rows, 1.0)
+                k = min(n, max(1, int((max_bytes - held) / per_row)))
+            part = self._head.slice(0, k)
             self._head = self._head.slice(part.num_rows)
             parts.append(part)
+            held += part.nbytes
             n -= part.num_rows
             self._taken += part.num_rows
         return pa.concat_tables(parts) if parts else self._schema.empty_table()
@@ -447,6 +455,22 @@ class _Aligned:
                              f"not {len(self._schema)}")
         return pa.Table.from_arrays([c.cast(pa.string()) for c in table.columns],
                                     schema=self._schema)
+
+
+def _beside(chunk: pa.Table, aligned: _Aligned | None
+            ) -> Iterator[tuple[pa.Table, pa.Table | None]]:
+    """A journal chunk in pieces, each with its rows' carried columns (``CARRY_BYTES`` of them
+    at most, one row at least): the whole chunk at once when nothing is carried."""
+    if aligned is None:
+        yield chunk, None
+        return
+    start = 0
+    if not chunk.num_rows:
+        yield chunk, _carry(aligned.take, 0)
+    while start < chunk.num_rows:
+        beside = _carry(aligned.take, chunk.num_rows - start, CARRY_BYTES)
+        yield chunk.slice(start, beside.num_rows), beside
+        start += beside.num_rows
 
 
 def _results_table(chunk: pa.Table, names: _CadenceNames, extra: pa.Table | None) -> pa.Table:

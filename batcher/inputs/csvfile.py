@@ -400,7 +400,7 @@ def _flush(rows: list[tuple[str, ...]], chunks: list[list[pa.Array]]) -> None:
     """Rows of role values → one Arrow chunk per role column."""
     if rows:
         for out, values in zip(chunks, zip(*rows, strict=True), strict=True):
-            out.append(strings_of(values))
+            out.append(pa.array(values, pa.string()))  # in C: the exact reader's rows are many
         rows.clear()
 
 

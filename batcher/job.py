@@ -72,7 +72,7 @@ from .inputs.carry import Carried, carried_columns
 from .inputs.source import Source
 from .journal import OPEN_STATES, Journal, meta_of, utc_now
 from .logs import JobLog
-from .models import utc_at, where_journals_are, with_date
+from .models import pasted, utc_at, where_journals_are, with_date
 from .netio import accounts_transport, api_transport, check_proxies, tls_context
 from .planner import Plan
 from .planreport import plan_scan
@@ -376,8 +376,8 @@ def _resume_tonight(settings: RunSettings, tonight: RunSettings) -> str | None:
     if "{date}" not in f"{settings.results}{settings.journal or ''}":
         return None
     return (f"the same command does so before midnight UTC; after it, {{date}} makes it a new "
-            f"job: resume this one with --results {shlex.quote(_pasted(tonight.results))}"
-            + (f" --journal {shlex.quote(_pasted(tonight.journal))}"
+            f"job: resume this one with --results {shlex.quote(pasted(tonight.results))}"
+            + (f" --journal {shlex.quote(pasted(tonight.journal))}"
                if settings.journal is not None else "")
             + (" (a job spread over nights by --max-calls needs --results without {date})"
                if settings.max_calls is not None else ""))
@@ -639,8 +639,8 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
             journal.set_meta("run_ended", summary.finished_at)
     except (OSError, BatcherError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        report = shlex.join(["batcher", "report", "--journal", _pasted(journal.path),
-                             "--results", _pasted(results)])  # pasted as it is, from anywhere
+        report = shlex.join(["batcher", "report", "--journal", pasted(journal.path),
+                             "--results", pasted(results)])  # pasted as it is, from anywhere
         how = (f"re-run the same command, or `{report}`") if not settings.dry_run \
             else "re-run the dry run"
         if reason and reason != why:  # not twice the same line
@@ -839,12 +839,6 @@ def _carried(settings: RunSettings, journal: Journal, notes: list[str],
     return replace(carried, tables=tables)
 
 
-def _pasted(path: str | os.PathLike[str]) -> str:
-    """A path for a command the user pastes: absolute, so it names the same file from any
-    folder (a report opened elsewhere, a new terminal) and never reads as a flag (``-x.csv``)."""
-    return str(Path(path).absolute())
-
-
 def next_command(settings: RunSettings, results: Path, summary: Summary, stopped: bool) -> str:
     """The command that finishes the job: the same one while rows are left to send (or for a
     dry run, the real one), else the run of its retry file, else the same one (it re-sends
@@ -867,12 +861,12 @@ def next_command(settings: RunSettings, results: Path, summary: Summary, stopped
     left = summary.by_status.get("not_sent", 0)
     if summary.retry_rows and not left and not stopped and not settings.dry_run:
         retry = Path(summary.retry_path)
-        return shlex.join(["batcher", "run", _pasted(retry), "--results",
-                           _pasted(results.with_name(f"{results.stem}-retry{results.suffix}")),
+        return shlex.join(["batcher", "run", pasted(retry), "--results",
+                           pasted(results.with_name(f"{results.stem}-retry{results.suffix}")),
                            *reach])
-    args = ["batcher", "run", _pasted(settings.input), "--results", _pasted(settings.results),
+    args = ["batcher", "run", pasted(settings.input), "--results", pasted(settings.results),
             *reach]
-    flags = {"--journal": settings.journal and _pasted(settings.journal),
+    flags = {"--journal": settings.journal and pasted(settings.journal),
              "--module": settings.module,
              "--delimiter": settings.reading.delimiter,
              "--record-column": settings.reading.record_column,

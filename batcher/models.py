@@ -141,3 +141,9 @@ def utc_at(unix_s: float) -> str:
     """Unix seconds as the journal writes a time: UTC, ISO 8601, milliseconds, ``Z``."""
     return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
+
+
+def pasted(path: str | os.PathLike[str]) -> str:
+    """A path for a command the user pastes: absolute, so it names the same file from any
+    folder (a report opened elsewhere, a new terminal) and never reads as a flag (``-x.csv``)."""
+    return str(Path(path).absolute())

@@ -44,7 +44,7 @@ from .inputs.carry import Carried
 from .inputs.columns import _ALIASES, _normalise_header
 from .inputs.records import UNREAD
 from .journal import utc_now
-from .models import SUCCESS_STATUSES, Status
+from .models import SUCCESS_STATUSES, Status, pasted
 from .rowstore import CHUNK_ROWS, RESULT_SCHEMA
 
 RETRY_COLUMNS = ("module", "record_id", "cadence_id")
@@ -175,9 +175,8 @@ def cut_cells_line(summary: Summary, journal: str | os.PathLike[str] | None = No
     if not n:
         return None
     whole = Path(summary.results_path).with_suffix(".csv")
-    # absolute: the command is pasted from wherever the user reads it
-    how = (f": `batcher report --journal {shlex.quote(str(Path(journal).absolute()))} "
-           f"--results {shlex.quote(str(whole.absolute()))}` writes them" if journal else "")
+    how = (f": `batcher report --journal {shlex.quote(pasted(journal))} "
+           f"--results {shlex.quote(pasted(whole))}` writes them" if journal else "")
     return (f"{n:,} cell(s) of {summary.results_path} held more than the {XLSX_CELL_MAX:,} "
             "characters an .xlsx cell holds: each is cut to fit and ends in "
             f"'…[cut: N chars]' (N: its whole length); .csv or .parquet results keep every "

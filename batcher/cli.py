@@ -274,12 +274,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .inputs import hidden_line, module_named_line, scan_input, swapped_columns_line
+    from .inputs import module_named_line, scan_input, sheet_lines, swapped_columns_line
     from .planreport import plan_scan, summarise
 
     scan = scan_input(args.input, input_options(args))
     # before the plan: a plan of swapped columns is long and useless
-    for line in (swapped_columns_line(scan), scan.hidden_rows and hidden_line(scan),
+    for line in (swapped_columns_line(scan), *(line for line, _ in sheet_lines(scan)),
                  scan.module_named and module_named_line(scan)):
         if line:
             print(line, file=sys.stderr, flush=True)

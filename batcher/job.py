@@ -60,10 +60,10 @@ from .inputs import (
     canonical_module,
     check_input,
     file_stamp,
-    hidden_line,
     module_named_line,
     rounding_line,
     scan_input,
+    sheet_lines,
     stamped_fingerprint,
     swapped_columns_line,
     unusual_line,
@@ -1069,7 +1069,7 @@ async def _plan_job(settings: RunSettings, read: _Read, journal: Journal,
     warnings = [(line, event) for line, event in (
         (scan.rounded and rounding_line(scan), "rounded_ids"),
         (scan.unusual_ids and unusual_line(scan), "rounded_ids"),
-        (scan.hidden_rows and hidden_line(scan), "hidden_rows"),
+        *sheet_lines(scan),
         (scan.module_named and module_named_line(scan), "module"),
         (swapped_columns_line(scan), "columns")) if line]
     for line, event in warnings:

@@ -7,6 +7,8 @@ import gzip
 import io
 import lzma
 import struct
+import subprocess
+import sys
 import zipfile
 from decimal import Decimal
 from pathlib import Path
@@ -101,6 +103,11 @@ def test_a_damaged_workbook_is_left_to_the_xlsx_reader(tmp_path):
     assert _sniff(tmp_path, "list.bin", cut) == "xlsx"  # an xl/ part in the head says so
 
 
+#: a dBASE III table of one 19-character field and one record, as LibreOffice saves one
+DBF = (struct.pack("<BBBBIHH20x", 3, 124, 5, 17, 1, 65, 20)
+       + struct.pack("<11sc4xBB14x", b"RECORD_ID", b"C", 19, 0) + b"\r"
+       + b" 5540230000017986100\x1a")
+
 ODS_MIMETYPE = b"application/vnd.oasis.opendocument.spreadsheet"
 
 
@@ -158,6 +165,22 @@ ODS_MIMETYPE = b"application/vnd.oasis.opendocument.spreadsheet"
      "a SYLK spreadsheet (.slk)", "save it as .xlsx or CSV UTF-8"),
     ("list.dif", b'TABLE\r\n0,1\r\n"EXCEL"\r\nVECTORS\r\n0,2\r\n""\r\n',
      "a DIF spreadsheet (.dif)", "save it as .xlsx or CSV UTF-8"),
+    # Excel's "Single File Web Page" and "XML Spreadsheet 2003"; LibreOffice's flat .fods
+    # and dBASE; an XPS print: each named, not read as a CSV of one odd column
+    ("list.mht", b'MIME-Version: 1.0\r\nX-Document-Type: Workbook\r\nContent-Type: '
+     b'multipart/related; boundary="----=_NextPart"\r\n\r\n', "a single-file web page (.mht",
+     "open it in Excel and save it as .xlsx or CSV UTF-8"),
+    ("list.mhtml", b"From: <Saved by Blink>\r\nSubject: list\r\nMIME-Version: 1.0\r\n",
+     "a single-file web page", "save it as .xlsx"),
+    ("list.xml", b'<?xml version="1.0"?>\r\n<?mso-application progid="Excel.Sheet"?>\r\n'
+     b'<Workbook xmlns="urn:schemas-microsoft-com:office:spreadsheet">',
+     "an Excel XML Spreadsheet 2003 (.xml)", "open it in Excel and save it as .xlsx"),
+    ("list.fods", b'<?xml version="1.0" encoding="UTF-8"?>\n<office:document office:mimetype='
+     b'"application/vnd.oasis.opendocument.spreadsheet">', "an OpenDocument flat XML "
+     "spreadsheet (.fods)", "save it as .xlsx or CSV UTF-8"),
+    ("list.dbf", DBF, "a dBASE table (.dbf)", "save it as .xlsx or CSV UTF-8"),
+    ("list.xps", _zip({"FixedDocumentSequence.fdseq": b"", "Documents/1/FixedDocument.fdoc":
+                       b""}), "an XPS document", "export the list"),
 ])
 def test_refusals_name_the_file_the_format_and_what_to_do(tmp_path, name, data, found, todo):
     message = _refusal(tmp_path, name, data)
@@ -258,3 +281,61 @@ def test_types_arrow_cannot_cast_still_become_text():
     assert parquet_text(interval).to_pylist() == ["MonthDayNano(months=1, days=2, nanoseconds=3)"]
     nested = pa.array([{"a": 1}], pa.struct([("a", pa.int64())]))
     assert parquet_text(nested).to_pylist() == ["{'a': 1}"]
+
+
+#: Excel's "Formatted Text (Space delimited)" (.prn): columns padded to their widths
+PRN = ("Record Id           Cadence Id          Module\r\n"
+       "5540230000017986100 5540230000040000001 Leads \r\n"
+       "5540230000017986101 5540230000040000001 Leads \r\n")
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("list.prn", PRN),
+    ("list.txt", PRN),  # by its content, whatever its name
+    ("list.prn", "record_id cadence_id\n5540230000017986100 5540230000040000001\n"),
+    ("list.prn", "Leavers March\n\nRecord Id   Cadence Id\n5540230000017986100  "
+                 "5540230000040000001\n5540230000017986101  5540230000040000001\n"),
+])
+def test_space_aligned_text_is_named_and_refused(tmp_path, name, text):
+    """A .prn was read as a CSV of one column named 'Record Id     Cadence Id     Module'
+    and refused for its columns, which says nothing of the file's format."""
+    from batcher.inputs import InputOptions
+    from batcher.inputs.formats import open_source
+
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InputError) as info:
+        open_source(path, InputOptions(module="Leads"))
+    assert str(info.value) == (
+        f"{path}: is space-aligned text (Excel's 'Formatted Text (Space delimited)', .prn): "
+        "its columns are padded with spaces, not delimited, so they cannot be told apart "
+        "safely; save it as .xlsx or CSV UTF-8")
+
+
+@pytest.mark.parametrize("text", [
+    "Record Id\n5540230000017986100\n5540230000017986101  \n",  # one column, padded
+    "Record Id,Cadence Id\n5540230000017986100,5540230000040000001\n",
+    "Record  Id;Cadence  Id\n5540230000017986100;5540230000040000001\n",
+])
+def test_one_column_lists_and_delimited_files_are_not_space_aligned(tmp_path, text):
+    from batcher.inputs import InputOptions
+    from batcher.inputs.formats import open_source
+
+    path = tmp_path / "list.prn"
+    path.write_text(text)
+    src = open_source(path, InputOptions(module="Leads", cadences=("5540230000040000001",))
+                      if "Cadence" not in text else InputOptions(module="Leads"))
+    assert src.kind == "csv" and "record_id" in src.roles
+
+
+def test_plan_of_a_prn_file_exits_2_in_one_line(tmp_path):
+    path = tmp_path / "leavers.prn"
+    path.write_text(PRN)
+    done = subprocess.run([sys.executable, "-m", "batcher", "plan", str(path)],
+                          cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == (f"batcher: {path}: is space-aligned text (Excel's 'Formatted Text "
+                           "(Space delimited)', .prn): its columns are padded with spaces, not "
+                           "delimited, so they cannot be told apart safely; save it as .xlsx "
+                           "or CSV UTF-8\n")

@@ -518,5 +518,158 @@ def test_plan_reads_a_numbers_export_end_to_end(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 1, done.stderr  # the #N/A row is invalid, the other planned
     assert done.stdout.startswith("2 rows: 1 pairs to un-enroll, 1 invalid")
-    assert "'#N/A' is not a 15-19 digit Zoho id" in done.stdout
+    assert "'#N/A' is a spreadsheet error value, not an id (a lookup" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+def _table_with_totals(path: Path, merged: bool = False) -> Path:
+    """A list made an Excel table (Insert > Table) with its Total Row on: "Total" under the
+    ids, a count under the cadences, as Excel saves it (the row is in the table's ``ref``)."""
+    from openpyxl.worksheet.table import Table
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["Record Id", "Cadence Id", "Module", "Note"])
+    for i in range(3):
+        ws.append([str(5540230000017986100 + i), "5540230000040000001", "Leads", "x"])
+    ws.append(["Total", None, None, None])
+    ws["B5"] = "=SUBTOTAL(103,Leavers[Cadence Id])"
+    table = Table(displayName="Leavers", ref="A1:D5", totalsRowCount=1)
+    table._initialise_columns()
+    table.tableColumns[0].totalsRowLabel = "Total"
+    table.tableColumns[1].totalsRowFunction = "count"
+    ws.add_table(table)
+    if merged:  # one cadence for two records: its cell merged down their rows
+        ws["B3"] = None
+        ws.merge_cells("B2:B3")
+    wb.save(path)
+    # Excel saves the count with its value
+    _rewrite(path, '<c r="B5"><f>SUBTOTAL(103,Leavers[Cadence Id])</f><v /></c>',
+             '<c r="B5"><f>SUBTOTAL(103,Leavers[Cadence Id])</f><v>3</v></c>')
+    return path
+
+
+def test_an_excel_tables_totals_row_is_not_a_data_row(tmp_path):
+    """The totals row Excel adds under a table ("Total", a count) was read as a data row:
+    'Total' came out invalid and a clean list exited 1. It is a blank row now, and said."""
+    sheet = read_xlsx(_table_with_totals(tmp_path / "t.xlsx"))
+    assert sheet.totals == (5,)
+    assert sheet.table["Record Id"].to_pylist() == [
+        "5540230000017986100", "5540230000017986101", "5540230000017986102", ""]
+    assert sheet.table["Cadence Id"].to_pylist()[-1] == ""
+    done = subprocess.run([sys.executable, "-m", "batcher", "plan", str(tmp_path / "t.xlsx")],
+                          cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("3 rows: 3 pairs to un-enroll, 0 invalid, 0 duplicates, "
+                                  "1 blank rows skipped")
+    assert ("warning: sheet row 5 is the totals row of an Excel table (Table Design > Total "
+            "Row)") in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_a_table_without_a_totals_row_keeps_its_last_row(tmp_path):
+    from openpyxl.worksheet.table import Table
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["Record Id", "Cadence Id"])
+    ws.append(["Total", "5540230000040000001"])  # a data row, whatever its text
+    ws.add_table(Table(displayName="Plain", ref="A1:B2"))
+    wb.save(tmp_path / "plain.xlsx")
+    sheet = read_xlsx(tmp_path / "plain.xlsx")
+    assert sheet.totals == () and _column(tmp_path / "plain.xlsx") == ["Total"]
+
+
+def test_totals_rows_and_merges_are_said_and_kept_with_the_jobs_warnings(tmp_path, serve,
+                                                                          capsys):
+    """A table's totals row and a cadence merged down two rows: the job does what the sheet
+    shows (3 pairs, no 'Total' row) and says both, even with --quiet; the summary keeps them."""
+    import json
+
+    from batcher.cli import main
+    from batcher.sandbox.world import World
+
+    path = _table_with_totals(tmp_path / "t.xlsx", merged=True)
+    assert read_xlsx(path).merged == ("B2:B3",)
+    live = serve(World.from_pairs([("Leads", str(554023000001798610 * 10 + i),
+                                    "5540230000040000001") for i in range(3)]))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in live.env.items():
+            mp.setenv(k, v)
+        assert main(["run", str(path), "--results", str(tmp_path / "out.csv"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "sheet row 5 is the totals row of an Excel table" in err
+    assert ("warning: 1 merged cell spans rows of one column (B2:B3); batcher gives each row "
+            "the merged value") in err
+    summary = json.loads((tmp_path / "out.summary.json").read_text())
+    warnings = summary["extra"]["warnings"]
+    assert any("totals row" in w for w in warnings)
+    assert any("merged cell" in w for w in warnings)
+    assert summary["blank"] == 1
+
+
+def _without_references(path: Path) -> Path:
+    """The sheet as some writers save it: no ``r`` on its rows and cells (it is optional; a
+    cell's place is then after the one before it)."""
+    with zipfile.ZipFile(path) as zf:
+        parts = {i.filename: zf.read(i) for i in zf.infolist()}
+    parts[SHEET], n = re.subn(rb'\s(?:r|spans)="[A-Z]*[0-9:]+"', b"", parts[SHEET])
+    assert n and b' r="' not in parts[SHEET]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, body in parts.items():
+            zf.writestr(name, body)
+    return path
+
+
+def test_error_cells_and_formulas_without_references_are_invalid_and_named(tmp_path):
+    """Error cells and formulas without a saved value were found by their ``r`` only: in a
+    sheet without references, a row of them was read as blank (no results row) and a last
+    row of them vanished. Each is now its row's invalid id, the error named."""
+    from batcher.inputs import read_input
+
+    path = _workbook(tmp_path / "norefs.xlsx", [
+        ["5540230000017986100", "5540230000040000001", "ok"],
+        ["#N/A", "#REF!", None],                                  # a failed lookup
+        ["5540230000017986101", "#VALUE!", "x"],
+        ["=Lookup!A3", "5540230000040000001", None],                # no saved value
+        ["=Lookup!A4", "=Lookup!B4", None],
+    ], header=["Record Id", "Cadence Id", "Note"])
+    _without_references(path)
+    rows = read_input(path, "Leads").table.to_pylist()
+    assert [(r["row"], r["status"]) for r in rows] == [
+        (1, "valid"), (2, "invalid"), (3, "invalid"), (4, "invalid"), (5, "invalid")]
+    assert rows[1]["reason"].startswith(
+        "bad record id: '#N/A' is a spreadsheet error value, not an id (a lookup such as "
+        "VLOOKUP or XLOOKUP found nothing); fix the formula, or put the record id itself")
+    assert "'#VALUE!' is a spreadsheet error value" in rows[2]["reason"]
+    assert "'=Lookup!A3' is a formula, not its value" in rows[3]["reason"]
+    assert "'=Lookup!A4' is a formula, not its value" in rows[4]["reason"]
+
+
+def test_hidden_rows_without_references_are_found(tmp_path):
+    path = _without_references(_filtered(tmp_path / "f.xlsx"))
+    assert read_xlsx(path).hidden == (3, 5, 7)
+
+
+@pytest.mark.parametrize("error", ["#N/A", "#REF!", "#VALUE!", "#NAME?", "#DIV/0!"])
+def test_an_error_value_in_an_id_column_says_it_is_one(tmp_path, error):
+    """From a workbook's error cell or a CSV Excel wrote from one: the reason names the error
+    and what made it, not just 'not a Zoho id'."""
+    from batcher.inputs import read_input
+    from batcher.inputs.ids import EXCEL_ERRORS
+
+    csv = tmp_path / "e.csv"
+    csv.write_text(f"Record Id,Cadence Id\n{error},5540230000040000001\n")
+    xlsx_path = _workbook(tmp_path / "e.xlsx", [[error, "5540230000040000001"]])
+    for path in (csv, xlsx_path):
+        row, = read_input(path, "Leads").table.to_pylist()
+        assert row["status"] == "invalid"
+        assert row["reason"] == (f"bad record id: {error!r} is a spreadsheet error value, not "
+                                 f"an id ({EXCEL_ERRORS[error]}); fix the formula, or put the "
+                                 "record id itself in the cell, and run these rows again")
+    csv.write_text(f"Record Id,Cadence Id,Module\n5540230000017986100,5540230000040000001,"
+                   f"{error}\n")
+    row, = read_input(csv, None).table.to_pylist()
+    assert row["reason"].startswith(f"bad module name: {error!r} is a spreadsheet error value, "
+                                    f"not a module ({EXCEL_ERRORS[error]})")

@@ -23,6 +23,7 @@ from .scan import (
     read_input,
     rounding_line,
     scan_input,
+    sheet_lines,
     stamped_fingerprint,
     swapped_columns_line,
     unusual_line,
@@ -31,5 +32,5 @@ from .scan import (
 __all__ = ["CHANGED_WHILE_READ", "DUPLICATE", "INVALID", "VALID", "InputOptions", "InputScan",
            "InputTable", "PairCodes", "RecordList", "canonical_module", "check_input",
            "file_fingerprint", "file_stamp", "hidden_line", "module_named_line", "read_input",
-           "rounding_line", "scan_input", "stamped_fingerprint", "swapped_columns_line",
-           "unusual_line"]
+           "rounding_line", "scan_input", "sheet_lines", "stamped_fingerprint",
+           "swapped_columns_line", "unusual_line"]

@@ -27,7 +27,7 @@ from ..errors import InputError, machine_limit
 from ..hostsettings import unraisable_ignored
 from .columns import require_columns
 from .dialect import Dialect, detect
-from .kinds import HEAD_BYTES, not_text, one_line
+from .kinds import HEAD_BYTES, not_text, one_line, space_aligned
 from .options import InputOptions
 from .source import Source, empty_values, table_parts
 
@@ -47,6 +47,10 @@ def csv_source(path: Path, head: bytes, kind: str, options: InputOptions) -> Sou
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
     header = list(dialect.header)
+    if options.delimiter is None and len(header) == 1:  # no delimiter splits the header
+        lines = head.decode("utf-8", "replace").splitlines()[dialect.skip_rows:][:50]
+        if aligned := space_aligned(lines):
+            raise InputError(f"{path}: {aligned}")
     roles = require_columns(path, header, options, _rows_below(head, dialect, options),
                             dialect.rows_above + 1)
     return Source(path, "csv", roles, tuple(header), dialect, compression)

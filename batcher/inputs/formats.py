@@ -257,7 +257,7 @@ def _xlsx_source(path: Path, options: InputOptions) -> Source:
     # every column kept (the sheet is in memory anyway): the results carry the others
     return Source(path, "table", roles, tuple(sheet.header), table=sheet.table,
                   blank=blank if blank is not None and blank.any() else None,
-                  hidden=sheet.hidden)
+                  hidden=sheet.hidden, totals=sheet.totals, merged=sheet.merged)
 
 
 

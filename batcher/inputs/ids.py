@@ -227,6 +227,36 @@ def clean_ids(col: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     return col, ok
 
 
+#: the error values a spreadsheet shows (and writes to CSV) for a formula that failed, and
+#: what each most often means
+EXCEL_ERRORS = {
+    "#N/A": "a lookup such as VLOOKUP or XLOOKUP found nothing",
+    "#REF!": "a formula refers to a cell or sheet that was deleted",
+    "#VALUE!": "a formula got a value of the wrong type",
+    "#NAME?": "a formula names a function or range that does not exist",
+    "#DIV/0!": "a division by zero",
+    "#NUM!": "a number out of range",
+    "#NULL!": "two ranges that do not meet",
+    "#SPILL!": "a formula's results had no room to spill",
+    "#CALC!": "a formula could not be calculated",
+    "#GETTING_DATA": "the value was still being fetched when the file was saved",
+    "#FIELD!": "a data type has no such field",
+    "#BLOCKED!": "a blocked external connection",
+    "#CONNECT!": "an external source could not be reached",
+    "#BUSY!": "the value was still being calculated when the file was saved",
+    "#UNKNOWN!": "a data type this version of the spreadsheet does not know",
+}
+
+
+def error_value_reason(what: str, value: str, wanted: str) -> str | None:
+    """Why ``value`` is unusable when it is a spreadsheet's error value (``#N/A``), else None."""
+    meaning = EXCEL_ERRORS.get(value.strip().upper())
+    if meaning is None:
+        return None
+    return (f"bad {what}: {value!r} is a spreadsheet error value, not {wanted} ({meaning}); "
+            f"fix the formula, or put the {what} itself in the cell, and run these rows again")
+
+
 def id_reasons(col: pa.ChunkedArray, bad: np.ndarray, what: str
                ) -> dict[int, tuple[str, str]]:
     """Row index → (code, why its id is unusable), for the (few) rows flagged bad: a number
@@ -251,6 +281,8 @@ def id_reasons(col: pa.ChunkedArray, bad: np.ndarray, what: str
             code = ROUNDED_ID
             reason = (f"bad {what}: {v!r} is a number a spreadsheet wrote with digit groups "
                       f"(it keeps 15 significant digits of a number); {EXPORT_AS_TEXT}")
+        elif error := error_value_reason(what, v, "an id"):
+            reason = error
         elif v.startswith("="):
             # a workbook a program wrote keeps no formula's value; a CSV's ="…" is text
             # (Excel's way to keep an id as text): either way, the id alone is what to give

@@ -3,7 +3,9 @@
 ``sniff_kind`` names the reader (CSV, gzipped CSV, Parquet, .xlsx) from the file's first bytes,
 and refuses, in one line naming the format found and what to do, the files people pass by
 mistake: zips, legacy or password-protected Office files, OpenDocument, other compressors, PDFs,
-UTF-16 text, Excel's SYLK and DIF formats. ``parquet_problem`` and ``parquet_text`` let the
+UTF-16 text, Excel's SYLK, DIF, XML Spreadsheet 2003 and single-file web page formats, dBASE
+tables; ``space_aligned`` names Excel's space-padded text (.prn), which has no delimiter.
+``parquet_problem`` and ``parquet_text`` let the
 Parquet reader take a role column of any type without crashing: nested columns are refused by
 name, scalar ones become text.
 """
@@ -48,6 +50,9 @@ _FOREIGN = tuple((re.compile(magic, re.S), found, todo) for magic, found, todo i
     # a header ("ID;PWXL;N;E", "TABLE") and the file refused for its columns
     (rb"ID;P[^\r\n]*\r?\n[A-Z];", "a SYLK spreadsheet (.slk)", _RESAVE),
     (rb"TABLE\r?\n0,1\r?\n", "a DIF spreadsheet (.dif)", _RESAVE),
+    # Excel's "Single File Web Page": a MIME message, its headers first
+    (rb"(?:[A-Za-z][A-Za-z0-9-]*:[^\r\n]*\r?\n){0,20}(?i:mime-version):",
+     "a single-file web page (.mht, .mhtml)", f"open it in Excel and {_RESAVE}"),
 ))
 
 #: what a gzip may hold besides CSV text, for naming it
@@ -90,7 +95,7 @@ def sniff_kind(path: Path, head: bytes) -> str:
         raise _refuse(path, *_ole2_found(path, head))
     if head.startswith(_GZIP):
         return _gzip_kind(path, head)
-    found = _foreign(head)
+    found = _foreign(head) or _dbase(head)
     if found:
         raise _refuse(path, *found)
     if path.suffix.lower() in _PARQUET_SUFFIXES:
@@ -110,6 +115,27 @@ def _foreign(data: bytes) -> tuple[str, str] | None:
         if magic.match(data):
             return found, todo
     return None
+
+
+#: the version bytes a dBASE table starts with (III, IV, V, FoxPro, Visual FoxPro; with memos)
+_DBASE_VERSIONS = frozenset(b"\x02\x03\x04\x05\x30\x31\x32\x43\x63\x83\x8b\xcb\xf5\xfb")
+
+
+_DBASE_TYPES = frozenset(bytes([c]) for c in b"CNFLDMBGPYTIV@O+0")
+
+
+def _dbase(head: bytes) -> tuple[str, str] | None:
+    """A dBASE table (.dbf, which LibreOffice still saves a sheet as): a version byte, a last
+    update date (YY MM DD), and a header of 32-byte field descriptors ended by 0x0D, the
+    first one's name NUL-padded (text never holds a NUL) and its type a dBASE letter."""
+    if len(head) < 66 or head[0] not in _DBASE_VERSIONS or not (
+            1 <= head[2] <= 12 and 1 <= head[3] <= 31) or b"\x00" not in head[33:43] or \
+            head[43:44] not in _DBASE_TYPES:
+        return None
+    size, = struct.unpack_from("<H", head, 8)
+    if size < 65 or size > len(head) or head[size - 1] != 0x0D:
+        return None
+    return "a dBASE table (.dbf)", f"open it in a spreadsheet and {_RESAVE}"
 
 
 #: every byte but the control characters text does not hold (all of C0 but tab, LF, CR)
@@ -133,9 +159,39 @@ def _not_csv_text(data: bytes) -> tuple[str, str] | None:
     if not_text(data):
         return "UTF-16 text or binary data (it has NUL bytes)", "save it as CSV UTF-8"
     if _MARKUP.match(data.removeprefix(b"\xef\xbb\xbf")):
-        return ("an HTML or XML document (some 'Excel' exports are web pages)",
-                f"open it in Excel and {_RESAVE}")
+        found = next((name for mark, name in _XML_SHEETS if mark in data),
+                     "an HTML or XML document (some 'Excel' exports are web pages)")
+        return found, f"open it in Excel and {_RESAVE}"
     return None
+
+
+#: spreadsheets saved as one XML document, by a mark in their first bytes
+_XML_SHEETS = ((b"urn:schemas-microsoft-com:office:spreadsheet",
+                "an Excel XML Spreadsheet 2003 (.xml)"),
+               (b"opendocument.spreadsheet", "an OpenDocument flat XML spreadsheet (.fods)"))
+
+#: Excel's "Formatted Text (Space delimited)": columns padded with spaces to their width
+_PRN = "space-aligned text (Excel's 'Formatted Text (Space delimited)', .prn)"
+
+
+def space_aligned(lines: list[str]) -> str | None:
+    """What the first ``lines`` of a text file whose header no delimiter splits (a header,
+    then records) are, and what to do, when they are columns padded with spaces, as a .prn's
+    are: the header (or most lines, under a title) has values apart by two spaces or more, or
+    the header and every record split at spaces into as many values, more than one; else
+    None. A one-column list (``Record Id`` over ids) is not that."""
+    lines = [line.strip() for line in lines if line.strip()]
+    if not lines:
+        return None
+    header, records = lines[0], lines[1:]
+    gaps = [len(re.split(r" {2,}", line)) > 1 for line in lines]
+    padded = gaps[0] or sum(gaps) * 2 > len(gaps)
+    width = len(header.split())
+    spaced = width > 1 and bool(records) and all(len(r.split()) == width for r in records)
+    if not (padded or spaced):
+        return None
+    return (f"is {_PRN}: its columns are padded with spaces, not delimited, so they cannot be "
+            f"told apart safely; {_RESAVE}")
 
 
 def _zip_kind(path: Path, head: bytes) -> str:
@@ -174,6 +230,8 @@ def _zip_found(names: list[str], mimetype: str) -> tuple[str, str] | None:
         return "a Word document (.docx)", _EXPORT
     if "ppt/presentation.xml" in names:
         return "a PowerPoint presentation (.pptx)", _EXPORT
+    if "FixedDocumentSequence.fdseq" in names:
+        return "an XPS document", _EXPORT
     if "Index/Document.iwa" in names:
         return "an Apple Numbers document", "export it as .xlsx or CSV UTF-8"
     files = [n for n in names if not n.endswith("/")]

@@ -31,6 +31,7 @@ from .ids import (
     clean_ids,
     dictionary_ids,
     dictionary_modules,
+    error_value_reason,
     id_reasons,
     in_order_of_use,
     module_column,
@@ -75,6 +76,35 @@ def hidden_line(scan: InputScan) -> str:
     return (f"warning: {len(rows)} rows of the sheet are hidden (a filter, or hidden by hand: "
             f"sheet rows {shown}); batcher reads them like the others and sends them — delete "
             "them from the sheet if they are not part of the list")
+
+
+def totals_line(scan: InputScan) -> str:
+    """One warning line for the totals rows of the sheet's Excel tables, read as blank rows."""
+    rows = scan.totals_rows
+    which = (f"sheet row {rows[0]} is the totals row" if len(rows) == 1 else
+             f"sheet rows {', '.join(map(str, rows))} are the totals rows")
+    return (f"warning: {which} of an Excel table (Table Design > Total Row): a sum of the "
+            "list, not a row of it, so batcher does not read it as a data row (no results "
+            "row; counted with the blank rows)")
+
+
+def merged_line(scan: InputScan) -> str:
+    """One warning line for the merges down a column whose value each row they span took."""
+    cells = scan.merged_cells
+    shown = ", ".join(cells[:5]) + (f" and {len(cells) - 5} more" if len(cells) > 5 else "")
+    these = "1 merged cell spans" if len(cells) == 1 else f"{len(cells)} merged cells span"
+    return (f"warning: {these} rows of one column ({shown}); batcher gives each row the "
+            "merged value, as the sheet shows it — if a row is not meant to have it, unmerge "
+            "the cells and fill them in")
+
+
+def sheet_lines(scan: InputScan) -> list[tuple[str, str]]:
+    """(line, log event) of what the reader did with a sheet's hidden rows, tables' totals rows
+    and merged cells: said even with --quiet, and kept with the job's warnings."""
+    return [(line, event) for line, event in (
+        (scan.hidden_rows and hidden_line(scan), "hidden_rows"),
+        (scan.totals_rows and totals_line(scan), "totals_rows"),
+        (scan.merged_cells and merged_line(scan), "merged_cells")) if line]
 
 
 #: more distinct cadence ids than any Zoho org has cadences: a Zoho org has at most a few
@@ -174,6 +204,10 @@ class InputScan:
     collapsed: str | None = None
     #: an .xlsx sheet's hidden rows with data, as Excel numbers them: they are sent all the same
     hidden_rows: tuple[int, ...] = ()
+    #: an .xlsx sheet's Excel-table totals rows, as Excel numbers them: counted as blank rows
+    totals_rows: tuple[int, ...] = ()
+    #: an .xlsx sheet's merges down a column whose top value each row they span was given
+    merged_cells: tuple[str, ...] = ()
     #: (module, pairs) a module column names over ``--module`` (:func:`module_named_line`)
     module_named: tuple[tuple[str, int], ...] = ()
 
@@ -381,6 +415,7 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
         raise InputError(f"{path}: {CHANGED_WHILE_READ}")
     cad_index, cad_uniques = common_dictionary(cad, cad_values)
     found = {"positions": rows, "blank": blank, "records": records, "hidden_rows": source.hidden,
+             "totals_rows": source.totals, "merged_cells": source.merged,
              "position_rows": concat(position_rows) if position_rows else None,
              "invalid_rows": pa.concat_tables(invalid_rows) if invalid_rows
              else _INVALID_SCHEMA.empty_table(), "blank_rows": concat(blank_rows)}
@@ -706,8 +741,9 @@ def _check(raw: dict[str, Any], row0: int, default_module: str | None) -> _Check
         problems[i] = ("INVALID_INPUT", "missing module (add a module column or pass --module)")
         name = given[i].as_py() if given is not None else None
         if name:
-            problems[i] = ("INVALID_INPUT", f"bad module name: {_shown(name)} is not a Zoho "
-                           "module API name (Leads, Contacts, Deals…)")
+            problems[i] = ("INVALID_INPUT", error_value_reason(
+                "module name", name, "a module") or f"bad module name: {_shown(name)} is not "
+                "a Zoho module API name (Leads, Contacts, Deals…)")
     valid = rec_ok & cad_ok & ~module_bad
     for key, prefix in (("problem", ""), ("ragged", "ragged row: ")):
         said = raw.get(key)

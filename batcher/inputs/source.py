@@ -49,6 +49,10 @@ class Source:
     blank: np.ndarray | None = field(default=None, repr=False, compare=False)
     #: an .xlsx sheet's rows hidden (a filter, or by hand) that hold data, as Excel numbers them
     hidden: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    #: an .xlsx sheet's Excel-table totals rows (read as blank rows), as Excel numbers them
+    totals: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    #: an .xlsx sheet's merges down a column whose value was given to each row (``A2:A4``)
+    merged: tuple[str, ...] = field(default=(), repr=False, compare=False)
     #: the file's :meth:`stamp` when it was opened: a Source is reused only while it holds
     opened: Stamp | None = field(default=None, repr=False, compare=False)
 

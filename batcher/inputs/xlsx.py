@@ -57,6 +57,11 @@ class XlsxSheet:
     no_text: frozenset[str] = frozenset()
     #: sheet rows (1-based, as Excel numbers them) hidden by a filter or by hand, with data
     hidden: tuple[int, ...] = ()
+    #: sheet rows (1-based) that are an Excel table's totals row (Table Design > Total Row: a
+    #: "Total" label, a count or SUBTOTAL): not data, so read as blank rows
+    totals: tuple[int, ...] = ()
+    #: merges down one column whose value was given to every row they span (``A2:A4``)
+    merged: tuple[str, ...] = ()
     #: the header as the sheet gives it (``header`` before a repeated name is suffixed): the
     #: columns are matched to their roles on it, so two ``record_id`` columns are refused as in
     #: a CSV, not the first taken and the other carried as ``record_id (2)``
@@ -78,17 +83,20 @@ def read_xlsx(path: Path) -> XlsxSheet:
         raise InputError(f"{path}: the first sheet ({one_line(sheet, 80)!r}) is empty; put the "
                          "list on the first sheet, with the column names on row 1")
     # past an export summary, the marks are the list sheet's (rare: read again, not in parallel)
-    texts, hidden, merged = marks.result() if skipped_to is None else _sheet_marks(path,
-                                                                                   skipped_to)
+    texts, hidden, merged, totals = (marks.result() if skipped_to is None
+                                     else _sheet_marks(path, skipped_to))
     _fill(rows, {(row - first_row, col - first_col): text for (row, col), text in texts.items()})
-    _fill_down(rows, [(top - first_row, bottom - first_row, col - first_col)
-                      for top, bottom, col in merged])
+    filled = _fill_down(rows, [(top - first_row, bottom - first_row, col - first_col)
+                               for top, bottom, col in merged])
     header = [cell_text(v) for v in rows[0]]
     if first_row or not any(h.strip() for h in header):
         raise InputError(f"{path}: row 1 of the first sheet ({one_line(sheet, 80)!r}) is blank; "
                          "put the column names on row 1")
     while len(rows) > 1 and all(v == "" for v in rows[-1]):
         rows.pop()
+    # after the trailing blank rows go: a totals row emptied here stays, counted as blank
+    total_rows = _clear_totals(rows, [(r - first_row, left - first_col, right - first_col)
+                                      for r, left, right in totals])
     given = tuple(h if h.strip() else f"column_{first_col + j + 1}" for j, h in enumerate(header))
     names = _distinct(list(given))
     columns = [_column(map(itemgetter(j), rows[1:])) for j in range(len(names))]
@@ -100,7 +108,10 @@ def read_xlsx(path: Path) -> XlsxSheet:
     hidden_data = tuple(r + 1 for r in sorted(hidden) if 1 <= r < len(rows)
                         and any(v != "" for v in rows[r]))
     return XlsxSheet(names, pa.Table.from_arrays(columns, names=names), no_text, hidden_data,
-                     given)
+                     tuple(r + first_row + 1 for r in total_rows),
+                     tuple(f"{_letters(first_col + col)}{first_row + top + 1}:"
+                           f"{_letters(first_col + col)}{first_row + bottom + 1}"
+                           for top, bottom, col in filled), given)
 
 
 def _load(path: Path) -> tuple[str, list[list], int, int, int | None]:
@@ -161,19 +172,57 @@ def _fill(rows: list[list], texts: dict[tuple[int, int], str]) -> None:
             rows[i][j] = text
 
 
-def _fill_down(rows: list[list], merged: list[tuple[int, int, int]]) -> None:
+def _fill_down(rows: list[list], merged: list[tuple[int, int, int]]
+               ) -> list[tuple[int, int, int]]:
     """Give each empty cell of a merge down one column (an id merged over the rows of its
     cadences: Excel keeps the value in the top cell only) the top cell's value, as the sheet
     shows it. (top row, bottom row, column), 0-based in ``rows``; a merge that starts in the
     header, or spans columns (a value shown across an id column would name another), is left
-    as it is."""
+    as it is. Returns the merges that gave a value to a cell (the user is told: a merge can
+    also be a layout habit, not a statement that each row holds the value)."""
+    filled = []
     for top, bottom, col in merged:
         if top < 1 or top >= len(rows) or col < 0 or col >= len(rows[top]):
             continue
         value = rows[top][col]
+        if value == "":
+            continue
+        gave = False
         for row in rows[top + 1:bottom + 1]:
             if col < len(row) and row[col] == "":
                 row[col] = value
+                gave = True
+        if gave:
+            filled.append((top, min(bottom, len(rows) - 1), col))
+    return filled
+
+
+def _clear_totals(rows: list[list], totals: list[tuple[int, int, int]]) -> list[int]:
+    """Empty each Excel table's totals row, (row, first column, last column) 0-based in
+    ``rows``, over the table's columns: the row Excel adds under a table ("Total", a count of
+    the ids) is a sum of the list, not a row of it. Returns the rows (0-based) that held
+    something."""
+    cleared = []
+    for r, left, right in totals:
+        if not 1 <= r < len(rows):  # never the header; past the end: nothing in it
+            continue
+        row = rows[r]
+        span = range(max(left, 0), min(right + 1, len(row)))
+        if any(row[j] != "" for j in span):
+            cleared.append(r)
+        for j in span:
+            row[j] = ""
+    return sorted(set(cleared))
+
+
+def _letters(col: int) -> str:
+    """The letters of a 0-based column (0 → A, 26 → AA)."""
+    out = ""
+    col += 1
+    while col:
+        col, rest = divmod(col - 1, 26)
+        out = chr(65 + rest) + out
+    return out
 
 
 def _unreadable(path: Path, exc: BaseException) -> str:
@@ -271,7 +320,7 @@ _ERROR_CELL = re.compile(
 #: a formula cell without a saved value (openpyxl writes ``<f>…</f><v/>``; Excel and
 #: LibreOffice save every value): its attributes and its formula
 _UNVALUED_CELL = re.compile(
-    rb"<(?:\w+:)?c\s([^>]*?)(?<!/)>\s*<(?:\w+:)?f\b[^>]*?(?:/>|>([^<]*)</(?:\w+:)?f>)\s*"
+    rb"<(?:\w+:)?c\b([^>]*?)(?<!/)>\s*<(?:\w+:)?f\b[^>]*?(?:/>|>([^<]*)</(?:\w+:)?f>)\s*"
     rb"(?:<(?:\w+:)?v\s*/>|<(?:\w+:)?v>\s*</(?:\w+:)?v>)?\s*</(?:\w+:)?c>")
 #: what only such a cell holds (a value-less <v>, or a formula closing its cell): a chunk
 #: without any of these is not parsed for them
@@ -282,6 +331,10 @@ _CELL_REF = re.compile(rb"\br=[\"']([A-Z]{1,3})([0-9]{1,7})[\"']")
 #: leaves a row empty, filled down past the list) as ``t="str"`` with an empty ``<v>``
 _TYPED = re.compile(rb"\bt=[\"'](?!n[\"'])")
 _CELL_VALUE = re.compile(rb"<(?:\w+:)?v>([^<]*)</")
+_CELL_REF_TEXT = re.compile(r"([A-Z]{1,3})([0-9]{1,7})")
+_RANGE = re.compile(r"\$?([A-Z]{1,3})\$?([0-9]{1,7}):\$?([A-Z]{1,3})\$?([0-9]{1,7})")
+#: a hidden row's opening tag, with its number or without (:func:`_positional_marks`)
+_ANY_HIDDEN_ROW = re.compile(rb"<(?:\w+:)?row\s[^>]*\bhidden=[\"'](?:1|true)[\"']")
 #: a hidden row's opening tag, and its number
 _HIDDEN_ROW = re.compile(
     rb"<(?:\w+:)?row\s(?=[^>]*\bhidden=[\"'](?:1|true)[\"'])[^>]*?\br=[\"']([0-9]{1,7})[\"']")
@@ -292,39 +345,137 @@ _CHUNK = 1 << 22
 _OVERLAP = 1 << 16  # longer than any cell: a formula is at most 8,192 characters
 
 
-def _sheet_marks(path: Path, index: int | None = None
-                 ) -> tuple[dict[tuple[int, int], str], set[int], list[tuple[int, int, int]]]:
+#: (0-based row, column) → text; hidden rows; merges down a column; tables' totals rows
+_Marks = tuple[dict[tuple[int, int], str], set[int], list[tuple[int, int, int]],
+               list[tuple[int, int, int]]]
+
+
+def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
     """What calamine does not tell of the first sheet: (0-based row, column) → text of its
     error cells (``#N/A``, ``#REF!``…), which it reads as empty (python-calamine issue #105: a
     VLOOKUP that found nothing must show as ``#N/A``, not as a missing id), and of its formulas
     without a saved value (a sheet a program wrote and no spreadsheet saved), which it leaves
     out: ``=`` and the formula, so such an id is invalid, named, and its row never taken for
     a blank one; its hidden rows
-    (0-based), which a filter hides from the person who hands the file over; and its merges
-    down one column, as (top row, bottom row, column), 0-based. The sheet's XML is
-    streamed; only chunks that hold an error cell or a hidden row are parsed. ``index``: of
+    (0-based), which a filter hides from the person who hands the file over; its merges
+    down one column, as (top row, bottom row, column), 0-based; and its Excel tables' totals
+    rows, as (row, first column, last column), 0-based. The sheet's XML is
+    streamed; only chunks that hold an error cell or a hidden row are parsed; a sheet whose
+    such cells or rows carry no reference (``r``: optional, and some writers leave it out) is
+    parsed again whole, counting cells and rows. ``index``: of
     the workbook's ``index``-th sheet instead. Best effort: nothing when the sheet's part
     cannot be found."""
     found: dict[tuple[int, int], str] = {}
     hidden: set[int] = set()
     merged: set[tuple[int, int, int]] = set()
+    positional = False
     try:
-        with zipfile.ZipFile(path) as zf, zf.open(_first_sheet_part(zf, index)) as fh:
-            tail = b""
-            while chunk := fh.read(_CHUNK):
-                data = tail + chunk
-                if b't="e"' in data or b"t='e'" in data:  # memchr-fast, unlike a regex
-                    found.update(_parse_errors(data))
-                if any(hint in data for hint in _UNVALUED_HINTS):
-                    found.update(_parse_unvalued(data))
-                if b"hidden=" in data:
-                    hidden.update(int(m[1]) - 1 for m in _HIDDEN_ROW.finditer(data))
-                if b"mergeCell" in data:  # a merge the overlap holds twice is one
-                    merged.update(_merges(data))
-                tail = data[-_OVERLAP:]  # a cell cut by the chunk's end is whole in the next
+        with zipfile.ZipFile(path) as zf:
+            part = _first_sheet_part(zf, index)
+            with zf.open(part) as fh:
+                tail = b""
+                while chunk := fh.read(_CHUNK):
+                    data = tail + chunk
+                    if b't="e"' in data or b"t='e'" in data:  # memchr-fast, unlike a regex
+                        positional |= _found(found, _parse_errors(data))
+                    if any(hint in data for hint in _UNVALUED_HINTS):
+                        positional |= _found(found, _parse_unvalued(data))
+                    if b"hidden=" in data:
+                        rows = [int(m[1]) - 1 for m in _HIDDEN_ROW.finditer(data)]
+                        hidden.update(rows)
+                        positional |= len(_ANY_HIDDEN_ROW.findall(data)) > len(rows)
+                    if b"mergeCell" in data:  # a merge the overlap holds twice is one
+                        merged.update(_merges(data))
+                    tail = data[-_OVERLAP:]  # a cell cut by the chunk's end is whole in the next
+            if positional:
+                with zf.open(part) as fh:
+                    found, hidden = _positional_marks(fh)
+            try:
+                totals = _table_totals(zf, part)
+            except Exception:  # a damaged table part: the rows are read as they are
+                totals = []
     except Exception:  # calamine read the sheet: without the part, nothing is marked
-        return {}, set(), []
-    return found, hidden, sorted(merged)
+        return {}, set(), [], []
+    return found, hidden, sorted(merged), totals
+
+
+def _found(found: dict[tuple[int, int], str],
+           parsed: dict[tuple[int, int] | None, str]) -> bool:
+    """Add the cells ``parsed`` placed to ``found``; whether one of them had no reference."""
+    unplaced = parsed.pop(None, None) is not None
+    found.update(parsed)  # type: ignore[arg-type]  # None popped
+    return unplaced
+
+
+def _positional_marks(fh) -> tuple[dict[tuple[int, int], str], set[int]]:
+    """The error cells, formulas without a value and hidden rows of a sheet part, each cell and
+    row placed by its ``r`` when it has one, else after the one before it (as Excel reads a
+    sheet whose writer left the references out)."""
+    found: dict[tuple[int, int], str] = {}
+    hidden: set[int] = set()
+    row = col = -1
+    for event, el in ElementTree.iterparse(fh, events=("start", "end")):
+        tag = el.tag.rpartition("}")[2]
+        if event == "start" and tag == "row":
+            r = el.get("r")
+            row = int(r) - 1 if r and r.isdigit() else row + 1
+            col = -1
+            if el.get("hidden") in ("1", "true"):
+                hidden.add(row)
+        elif event == "end" and tag == "c":
+            ref = _CELL_REF_TEXT.fullmatch(el.get("r") or "")
+            col = _column_index(ref[1]) if ref else col + 1
+            text = _marked_text(el)
+            if text is not None:
+                found[(row, col)] = text
+            el.clear()
+        elif event == "end" and tag == "row":
+            el.clear()
+    return found, hidden
+
+
+def _marked_text(cell: ElementTree.Element) -> str | None:
+    """The text calamine leaves out of a cell: an error's, or ``=`` and a formula without a
+    saved value; None for any other cell."""
+    children = {child.tag.rpartition("}")[2]: child for child in cell}
+    value = children.get("v")
+    typ = cell.get("t", "n")
+    if typ == "e":
+        return value.text if value is not None and value.text else None
+    formula = children.get("f")
+    if formula is None or (value is not None and value.text) or typ != "n":
+        return None  # a value was saved (t="str" with an empty one: "", an IF's)
+    return "=" + (formula.text or "")
+
+
+#: a table part's relationship, from its sheet's
+_TABLE_REL = "/table"
+
+
+def _table_totals(zf: zipfile.ZipFile, part: str) -> list[tuple[int, int, int]]:
+    """(row, first column, last column), 0-based, of the totals rows of the sheet's Excel
+    tables (Insert > Table, then Table Design > Total Row): a table's ``ref`` ends with its
+    ``totalsRowCount`` totals rows."""
+    folder, name = posixpath.split(part)
+    rels_part = posixpath.join(folder, "_rels", name + ".rels")
+    if rels_part not in zf.namelist():
+        return []
+    out = []
+    for rel in ElementTree.fromstring(zf.read(rels_part)).iterfind("{*}Relationship"):
+        target = rel.get("Target") or ""
+        if not (rel.get("Type") or "").endswith(_TABLE_REL) or rel.get("TargetMode"):
+            continue
+        target = target[1:] if target.startswith("/") else posixpath.normpath(
+            posixpath.join(folder, target))
+        table = ElementTree.fromstring(zf.read(target))
+        count = int(table.get("totalsRowCount") or 0)
+        ref = _RANGE.fullmatch(table.get("ref") or "")
+        if not count or not ref:
+            continue
+        left, right = _column_index(ref[1]), _column_index(ref[3])
+        bottom = int(ref[4]) - 1
+        out += [(r, left, right) for r in range(bottom - count + 1, bottom + 1)]
+    return out
 
 
 def _merges(data: bytes) -> Iterator[tuple[int, int, int]]:
@@ -333,33 +484,38 @@ def _merges(data: bytes) -> Iterator[tuple[int, int, int]]:
         yield top, int(m[3]) - 1, col
 
 
-def _parse_errors(data: bytes) -> dict[tuple[int, int], str]:
+def _parse_errors(data: bytes) -> dict[tuple[int, int] | None, str]:
     found = {}
     for cell in _ERROR_CELL.finditer(data):
         ref, value = _CELL_REF.search(cell[1]), _CELL_VALUE.search(cell[2])
-        if ref and value:
-            found[_position(ref)] = value[1].decode("utf-8", "replace")
+        if value:  # without a reference: placed by counting (None)
+            found[_position(ref) if ref else None] = value[1].decode("utf-8", "replace")
     return found
 
 
-def _parse_unvalued(data: bytes) -> dict[tuple[int, int], str]:
+def _parse_unvalued(data: bytes) -> dict[tuple[int, int] | None, str]:
     found = {}
     for cell in _UNVALUED_CELL.finditer(data):
         if _TYPED.search(cell[1]):  # a value of a type was saved: "" (an IF)
             continue
-        if ref := _CELL_REF.search(cell[1]):
-            formula = unescape((cell[2] or b"").decode("utf-8", "replace"),
-                               {"&quot;": '"', "&apos;": "'"})
-            found[_position(ref)] = "=" + formula
+        ref = _CELL_REF.search(cell[1])
+        formula = unescape((cell[2] or b"").decode("utf-8", "replace"),
+                           {"&quot;": '"', "&apos;": "'"})
+        found[_position(ref) if ref else None] = "=" + formula
     return found
 
 
 def _position(ref: re.Match) -> tuple[int, int]:
     """(0-based row, column) of a cell reference such as ``B12``."""
+    return int(ref[2]) - 1, _column_index(ref[1].decode())
+
+
+def _column_index(letters: str) -> int:
+    """The 0-based column of a reference's letters (A → 0, AA → 26)."""
     col = 0
-    for letter in ref[1]:
-        col = col * 26 + letter - 64
-    return int(ref[2]) - 1, col - 1
+    for letter in letters:
+        col = col * 26 + ord(letter) - 64
+    return col - 1
 
 
 def _first_visible(sheets: list, start: int = 0) -> int | None:

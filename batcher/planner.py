@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrays import arrow_of, both, numpy_of, searchsorted
+from .arrays import arrow_of, both, numpy_of, searchsorted, stable_order
 from .hashing import encode, encode_many
 from .models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch, BatchBlock
 
@@ -691,8 +691,8 @@ class Plan:
         return self._record_ids
 
     def iter_batches(self) -> Iterator[Batch]:
-        """Every batch in index order, its records in the order of their codes (first-seen input
-        order, unless the reader hashed a large input in two halves)."""
+        """Every batch in index order, its records in the order the plan placed them (an order
+        that depends on the input only)."""
         for block in self.blocks():
             texts = _texts(block.record_ids)
             for i, (batch_id, cadences) in enumerate(zip(block.batch_ids, block.cadence_ids,
@@ -738,7 +738,7 @@ def _bits(mask: int) -> list[int]:
 @dataclass(frozen=True, slots=True)
 class _Batches:
     ptr: np.ndarray  # batch b's records are records[ptr[b]:ptr[b + 1]]
-    records: np.ndarray  # local record indices, sorted within each batch
+    records: np.ndarray  # local record indices, batch by batch
     masks: np.ndarray  # cadence set (local bits) of each batch
 
 
@@ -775,8 +775,8 @@ def _batches_of(part: _Part) -> tuple[_Batches, _Leaves]:
     del leaf_group
     masks = np.zeros(n_batches, dtype=np.uint64)
     masks[leaf_batch] = leaf_mask
-    # batch → records, records in code order
-    batch, records, order = _by_batch(leaf_batch, leaf_rec, len(part.rec_global), n_batches)
+    # batch → records
+    batch, records, order = _by_batch(leaf_batch, leaf_rec, n_batches)
     del leaf_batch
     ptr = np.zeros(n_batches + 1, dtype=np.int64)
     np.cumsum(np.bincount(batch, minlength=n_batches), out=ptr[1:])
@@ -791,7 +791,7 @@ def _pairs_of(part: _Part, made: _Batches, leaves: _Leaves) -> _Built:
     pair_pos, pair_r, pair_c = part.pairs()
     # the batches' pairs laid end to end, batch by batch, each batch's in Batch.pairs() order:
     # a pair's place there is its batch's start + its record's place among the batch's records
-    # (in code order) × the batch's cadences + its cadence's place among them (in bit order).
+    # × the batch's cadences + its cadence's place among them (in bit order).
     # Per leaf: the place of its first pair, back in leaf order (there records ascend in long
     # runs, so what follows walks memory instead of jumping)
     width = np.bitwise_count(masks).astype(np.int64)
@@ -858,24 +858,12 @@ def _entries(leaf_mask: np.ndarray, held: np.ndarray, start: np.ndarray, code: n
     return entry
 
 
-def _by_batch(batch: np.ndarray, rec: np.ndarray, n_rec: int, n_batches: int
+def _by_batch(batch: np.ndarray, rec: np.ndarray, n_batches: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(batch, record, leaf index) of the leaves by batch then record: a leaf's (batch, record)
-    is distinct, so one sort of batch | record | index packed in 63 bits is the lexsort."""
-    rec_bits, idx_bits = max(n_rec - 1, 1).bit_length(), max(len(rec) - 1, 1).bit_length()
-    if max(n_batches - 1, 1).bit_length() + rec_bits + idx_bits > 63:
-        order = np.lexsort((rec, batch))
-        return batch[order], rec[order], order
-    key = batch.astype(np.int64) << rec_bits
-    key |= rec
-    key <<= idx_bits
-    key |= np.arange(len(rec))
-    key.sort()
-    by_batch = key >> (rec_bits + idx_bits)
-    records = key >> idx_bits
-    records &= (1 << rec_bits) - 1
-    key &= (1 << idx_bits) - 1
-    return by_batch, records, key
+    """(batch, record, leaf index) of the leaves by batch, each batch's in the order the replay
+    made them: a stable grouping by radix, not a sort of ten million keys."""
+    order = stable_order(batch, n_batches)
+    return batch[order], rec[order], order
 
 
 def _group_of(masks: np.ndarray, levels: dict[int, _Level]) -> tuple[np.ndarray, np.ndarray]:
@@ -891,8 +879,7 @@ def _group_of(masks: np.ndarray, levels: dict[int, _Level]) -> tuple[np.ndarray,
 def _ranks(key: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Each item's index among the items of its key (0..len(counts)-1), in array order;
     ``counts``: how many items each key has."""
-    small = key.astype(np.uint16) if len(counts) <= 1 << 16 else key  # radix sort
-    order = np.argsort(small, kind="stable")
+    order = stable_order(key, len(counts))
     starts = np.zeros(len(counts), dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
     within = np.arange(len(key))

@@ -60,12 +60,12 @@ def reference_leaves(part: planner._Part) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def reference_build(part: planner._Part) -> dict[str, np.ndarray | None]:
-    """Batch membership as first written: a lexsort, then each pair's leaf found one leaf of
-    its record at a time."""
+    """Batch membership as first written, but for the order of a batch's records (the replay's,
+    no longer ascending): each pair's leaf found one leaf of its record at a time."""
     pair_pos, pair_r, pair_c = part.pairs()
     leaf_rec, leaf_mask, leaf_batch = reference_leaves(part)
     n_batches = part.search.n_batches
-    order = np.lexsort((leaf_rec, leaf_batch))
+    order = np.argsort(leaf_batch, kind="stable")
     ptr = np.zeros(n_batches + 1, dtype=np.int64)
     np.cumsum(np.bincount(leaf_batch, minlength=n_batches), out=ptr[1:])
     masks = np.zeros(n_batches, dtype=np.uint64)
@@ -150,17 +150,17 @@ def test_same_sets_fill_full_calls_and_keep_the_remainder() -> None:
     assert plan._build()[0].pair_rank.max() == 100 * 4 - 1
 
 
-def test_by_batch_without_room_to_pack_falls_back_to_a_lexsort() -> None:
+@pytest.mark.parametrize("n_keys", [50, 70_000, 1 << 33])
+def test_by_batch_groups_leaves_by_batch_keeping_their_order(n_keys: int) -> None:
+    # one radix pass for 16-bit batch numbers, two for 32-bit ones, numpy's own sort beyond
     rng = np.random.default_rng(3)
-    batch = rng.integers(0, 50, 1000)
-    rec = rng.permutation(5000)[:1000]
-    packed = planner._by_batch(batch, rec, 5000, 50)
-    lexsorted = planner._by_batch(batch, rec, 1 << 62, 50)  # 62 record bits: no room
-    for a, b in zip(packed, lexsorted, strict=True):
-        assert a.dtype == b.dtype == np.int64
-        assert np.array_equal(a, b)
-    order = np.lexsort((rec, batch))
-    assert np.array_equal(packed[2], order)
+    batch = rng.integers(0, n_keys, 5000)
+    batch[:2500] = batch[2500:]  # every batch of two leaves or more
+    rec = rng.permutation(8000)[:5000]
+    got_batch, got_rec, order = planner._by_batch(batch, rec, n_keys)
+    want = np.argsort(batch, kind="stable")
+    assert np.array_equal(order, want)
+    assert np.array_equal(got_batch, batch[want]) and np.array_equal(got_rec, rec[want])
 
 
 def test_ranks_count_earlier_items_of_the_same_key() -> None:

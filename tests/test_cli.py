@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batcher.cli import main
+from batcher.journal import stored_ids
 from batcher.sandbox.world import World
 
 from .conftest import REFRESH, SECRET, read_results, write_pairs
@@ -236,7 +237,7 @@ def test_kill_9_then_the_same_command_resumes_without_resending_answers(tmp_path
     calls_at_kill = len(live.sandbox.calls)
 
     db = sqlite3.connect(tmp_path / "out.journal")
-    answered = {(json.dumps(json.loads(r)), json.dumps(json.loads(c))) for r, c in db.execute(
+    answered = {(json.dumps(list(stored_ids(r))), json.dumps(json.loads(c))) for r, c in db.execute(
         "SELECT record_ids, cadence_ids FROM batches WHERE state = 'answered'")}
     db.close()
     assert answered, "the kill came before any answer was recorded; make the job longer"

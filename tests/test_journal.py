@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from batcher.errors import JournalError, JournalIOError, NotPlanned
-from batcher.journal import Journal
+from batcher.journal import Journal, stored_ids
 from batcher.models import RESULT_COLUMNS, Batch, OutcomeGroup, PairOutcome, Status
 from batcher.rowstore import NO_ANSWER, NO_ANSWER_TEXT, RESULT_SCHEMA
 
@@ -840,10 +840,9 @@ def test_rows_coded_by_the_scan_give_the_results_the_text_rows_give(tmp_path: Pa
 
 
 def test_batches_planned_from_a_scan_name_the_inputs_ids_as_text(tmp_path: Path) -> None:
-    """The plan hands the journal its records as integers (their text made a block at a time):
-    the batches handed out, and the JSON the journal keeps, name the input's ids exactly —
+    """The plan hands the journal its records as integers, which it keeps as such (8 bytes an
+    id): the batches handed out, and the ids the journal keeps, name the input's ids exactly —
     one above 2**63 too, which an int64 or a float would change."""
-    import json
     import sqlite3
 
     from batcher.inputs import scan_input
@@ -860,7 +859,7 @@ def test_batches_planned_from_a_scan_name_the_inputs_ids_as_text(tmp_path: Path)
         sent = {(r, c) for b in j.pending_batches() for r in b.record_ids for c in b.cadence_ids}
     assert sent == {(r, c) for r in ids for c in (C1, C2)}
     with sqlite3.connect(tmp_path / "j.journal") as db:
-        stored = [json.loads(t) for (t,) in db.execute("SELECT record_ids FROM batches")]
+        stored = [stored_ids(t) for (t,) in db.execute("SELECT record_ids FROM batches")]
     assert sorted(r for records in stored for r in records) == sorted(ids)
 
 
@@ -907,3 +906,34 @@ def test_each_rows_planned_batch_is_read_from_positions_of_either_width() -> Non
     wide = np.array([2, 5], np.int64).tobytes()
     assert planned_seqs([(1, 2, narrow), (2, 2, wide)], 6).tolist() == [1, 2, 1, 0, 2, 0]
     assert planned_seqs([], 3).tolist() == [0, 0, 0]
+
+
+def test_a_journal_keeping_its_record_ids_as_json_text_still_resumes(tmp_path: Path) -> None:
+    """Journals made before the ids were kept as integers hold JSON text: a resume reads the
+    same batches from either, each checked against its digest."""
+    import json
+    import sqlite3
+
+    from batcher.inputs import scan_input
+    from batcher.journal import _digest
+    from batcher.planreport import plan_scan
+
+    ids = ["9999999999999999999", R1, R2]
+    path = tmp_path / "ids.csv"
+    path.write_text("module,record_id,cadence_id\n"
+                    + "".join(f"Leads,{r},{c}\n" for r in ids for c in (C1, C2)))
+    scan = scan_input(path)
+    with Journal.open(tmp_path / "j.journal", "fp") as j:
+        j.load(scan.coded_tables(), lambda: plan_scan(scan))
+        want = [(b.batch_id, b.record_ids, b.cadence_ids) for b in j.pending_batches()]
+    with sqlite3.connect(tmp_path / "j.journal") as db:
+        rows = db.execute("SELECT batch_id, module, record_ids, cadence_ids, positions"
+                          " FROM batches").fetchall()
+        assert all(isinstance(r[2], bytes) for r in rows)
+        for batch_id, module, records, cadences, positions in rows:
+            text = json.dumps(list(stored_ids(records)))
+            db.execute("UPDATE batches SET record_ids = ?, digest = ? WHERE batch_id = ?",
+                       (text, _digest(module, text, cadences, positions), batch_id))
+    with Journal.open(tmp_path / "j.journal", "fp") as j:
+        got = [(b.batch_id, b.record_ids, b.cadence_ids) for b in j.pending_batches()]
+    assert got == want and {r for _, records, _ in got for r in records} == set(ids)

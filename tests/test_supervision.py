@@ -41,7 +41,7 @@ from batcher.counts import status_counts
 from batcher.errors import BatcherError, EngineError, JournalIOError
 from batcher.executor import Executor, ExecutorSettings
 from batcher.job import run_job
-from batcher.journal import Journal
+from batcher.journal import Journal, stored_ids
 from batcher.models import Batch
 from batcher.sandbox.world import World
 
@@ -424,7 +424,7 @@ def test_a_journal_that_contradicts_its_input_is_exit_2_and_never_sent(tmp_path,
         "SELECT batch_id, record_ids, cadence_ids FROM batches WHERE state IN ('pending', 'sent')"
         " ORDER BY seq LIMIT 1 OFFSET 24").fetchone()
     stranger = "554023000001999999"
-    changed = [stranger, *json.loads(records)[1:]]
+    changed = [stranger, *stored_ids(records)[1:]]
     with db:
         db.execute("UPDATE batches SET record_ids = ? WHERE batch_id = ?",
                    (json.dumps(changed), batch_id))

@@ -213,12 +213,9 @@ def _check(settings: RunSettings) -> None:
         journal.with_name(journal.name + end) for end in ("", "-wal", "-shm", ".lock")])
     real = _real_results(results)
     if not settings.dry_run and not journal.exists() and real:
-        # their journal deleted, a new job would send every call again and replace them: the
-        # record of what was done (un-enrolled rows would come back as 'not enrolled')
-        raise UsageError(f"--results {results}: {real} holds the results of a real job whose "
-                         f"journal {journal} is gone; a new job would replace them (and their "
-                         "summary, retry file and report): move them away, or give other "
-                         "--results")
+        # a new job would replace the record of what another one did (un-enrolled rows would
+        # come back as 'not enrolled'), or the summary, retry file and report beside it
+        raise UsageError(_other_jobs_files(results, journal, real))
 
 
 def _names_fit(folder: Path, paths: Iterable[Path]) -> None:
@@ -234,6 +231,46 @@ def _names_fit(folder: Path, paths: Iterable[Path]) -> None:
             raise UsageError(f"a file batcher writes beside the results or journal would be "
                              f"named {path.name!r}, longer than the {longest} bytes a name may "
                              "have there; give a shorter --results (or --journal)")
+
+
+def _other_jobs_files(results: Path, journal: Path, real: Path) -> str:
+    """Why a new job (``journal`` holds none) may not write ``results``: ``real``, the results
+    of a real job, are there or share their stem (and so summary, retry file and report) with
+    them; whose journal that job has, when its summary says; and what to do."""
+    retry, summary = side_paths(results)
+    theirs = _summary_journal(summary)
+    if real == results:
+        what = f"{results} holds the results of a real job"
+    else:
+        what = (f"{real} holds the results of another, real job, and its summary, retry file and "
+                f"report ({summary.name}, {retry.name}, {report_path(results).name}) are named "
+                f"by the stem {results.stem!r} that --results {results.name} shares: this job "
+                "would write over them")
+    if theirs is None or theirs.resolve() == journal.resolve():
+        whose = (f"its journal {journal} is gone" if theirs else
+                 f"this job's journal {journal} does not exist")
+        if real == results:
+            whose += ", so a new job would send every call again and replace them"
+        keep = ""
+    else:
+        whose = (f"its journal is {theirs}" + (" (gone)" if not theirs.exists() else "")
+                 + f", not this job's {journal}")
+        keep = f", or give --journal {theirs} to continue that job" if theirs.exists() else ""
+    names = (results.with_name(f"{results.stem}-{n}{results.suffix}") for n in range(2, 1000))
+    free = next((p for p in names if not any(f.exists() for f in (p, *side_paths(p)))), real)
+    return (f"--results {results}: {what}; {whose}. Give --results a name of its own (such as "
+            f"{free.name}), or move that job's files away{keep}")
+
+
+def _summary_journal(summary: Path) -> Path | None:
+    """The journal a job's summary names (a run's ``extra.journal``; ``batcher report``'s
+    ``extra.rewritten_from_journal``); None when it names none (an older summary)."""
+    try:
+        extra = json.loads(summary.read_text(encoding="utf-8")).get("extra") or {}
+        named = extra.get("journal") or extra.get("rewritten_from_journal")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(named) if isinstance(named, str) and named else None
 
 
 def _real_results(results: Path) -> Path | None:
@@ -621,7 +658,8 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
             ("send_s", 0.0), ("token_refreshes", 0), ("lowest_concurrency", None),
             ("warnings", []))}
         blank = scan.blank if scan is not None else journal.get_meta("blank", 0)
-        extra = {"dry_run": settings.dry_run, "aborted": reason, **meta}
+        extra = {"dry_run": settings.dry_run, "aborted": reason,
+                 "journal": str(settings.journal_path().resolve()), **meta}
         with log.phase(f"writing the results to {results}", "results"):
             # the run's time includes writing its results: a 10M-row job's take seconds
             try:  # written while the calls went; else (or when that failed: a disk full
@@ -812,10 +850,6 @@ def _carried(settings: RunSettings, journal: Journal, notes: list[str],
         return None
     if carried is None:
         return None
-    if carried.repeated:
-        notes.append(f"{settings.input} has more than one column named "
-                     f"{', '.join(map(repr, carried.repeated))}: the results carry the first of "
-                     "each (rename the others to keep them)")
 
     def unchanged() -> None:
         """InputError unless the file holds the journal's bytes (as it did at ``at``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import json
 import os
@@ -192,6 +193,43 @@ def test_a_file_excel_saved_as_plain_csv_is_refused_before_any_call(tmp_path, se
     inp.write_text(inp.read_bytes().decode("cp1252"), encoding="utf-8", newline="")  # re-saved
     assert main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--quiet"]) == 0
     assert {r["Name"] for r in read_results(tmp_path / "out.csv")} == {"Müller"}
+
+
+def test_results_sharing_a_stem_with_another_jobs_are_refused_saying_what_and_whose(
+        tmp_path, serve, capsys, monkeypatch):
+    """--results r.csv beside a finished job's r.parquet (its summary, retry file and report
+    are named by the stem both share), under another --journal: refused before any call, and
+    the reason says so: the other job's results and files, and its journal — not, as before,
+    "r.parquet holds the results of a real job whose journal other.journal is gone" (a journal
+    that never belonged to it, and is not gone: it is new)."""
+    rows = make_rows(5, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    for k, v in live.env.items():
+        monkeypatch.setenv(k, v)
+    first = tmp_path / "r.parquet"
+    assert main(["run", str(inp), "--results", str(first), "--quiet"]) == 0
+    calls = len(live.sandbox.calls)
+    capsys.readouterr()
+
+    theirs, ours = tmp_path / "r.journal", tmp_path / "other.journal"
+    assert main(["run", str(inp), "--results", str(tmp_path / "r.csv"), "--journal", str(ours),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{first} holds the results of another, real job" in err
+    assert "r.summary.json, r.retry.csv, r.report.html" in err and "stem 'r'" in err
+    assert f"its journal is {theirs}, not this job's {ours}" in err
+    assert f"--journal {theirs} to continue that job" in err and "is gone" not in err
+    assert "such as r-2.csv" in err
+
+    theirs.rename(tmp_path / "kept.journal")  # its journal moved away: now that is said
+    assert main(["run", str(inp), "--results", str(tmp_path / "r.csv"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"its journal {theirs} is gone" in err and "--journal" not in err
+    assert len(live.sandbox.calls) == calls and not (tmp_path / "r.csv").exists()
+    # the name it suggests is free
+    assert main(["run", str(inp), "--results", str(tmp_path / "r-2.csv"), "--quiet"]) == 0
 
 
 def test_run_without_credentials_is_exit_3_and_names_the_variables(tmp_path, capsys):
@@ -706,26 +744,101 @@ def test_a_flag_changed_on_resume_is_named_not_taken_for_a_changed_file(
     assert main(["run", str(inp), *first, "--results", out, "--quiet"]) == 0
 
 
-@pytest.mark.parametrize("kind", ["csv", "parquet"])
-def test_a_column_named_twice_is_said_not_dropped_silently(tmp_path, capsys, kind):
-    """Two "Email" columns: the results carry the first, and stderr says so (before, the second
-    column's values vanished without a word; in Parquet, every column of the input was left
-    out, the file said damaged)."""
+@pytest.mark.parametrize("kind", ["csv", "parquet", "xlsx"])
+def test_a_column_named_twice_is_carried_twice_as_an_xlsx_sheet_names_it(tmp_path, capsys, kind):
+    """Two "Email" columns (Excel exports them happily): every column is carried, the later
+    one as "Email (2)" in every input format alike (before, a CSV or Parquet input carried only
+    the first, while an .xlsx carried both), "(3)" when the header holds an "Email (2)" of its
+    own; and the retry file stays an input whose run carries them under the same names."""
     inp = tmp_path / f"in.{kind}"
-    names = ["Module", "Record Id", "Cadence Id", "Email", "Email", "Owner"]
+    names = ["Module", "Record Id", "Cadence Id", "Email", "Email", "Owner", "Email (2)", "Email"]
     values = ["Leads", "554023000001798649", "554023000004092008", "a@x.example", "b@x.example",
-              "ana"]
+              "ana", "c@x.example", "d@x.example"]
     if kind == "csv":
         inp.write_text(",".join(names) + "\n" + ",".join(values) + "\n")
-    else:
+    elif kind == "parquet":
         pq.write_table(pa.Table.from_arrays([pa.array([v]) for v in values], names=names), inp)
-    main(["run", str(inp), "--results", str(tmp_path / "out.csv"), "--dry-run",
-          "--no-preflight"])
+    else:
+        import openpyxl
+
+        book = openpyxl.Workbook()
+        book.active.append(names)
+        book.active.append(values)
+        book.save(inp)
+    out = tmp_path / "out.csv"
+    main(["run", str(inp), "--results", str(out), "--dry-run", "--no-preflight"])
     err = capsys.readouterr().err
-    assert "more than one column named 'Email'" in err and "rename the others" in err
-    assert "damaged" not in err and "left out" not in err
-    row = read_results(tmp_path / "out.csv")[0]
-    assert (row["Email"], row["Owner"]) == ("a@x.example", "ana")
+    assert "more than one column" not in err and "left out" not in err and "damaged" not in err
+    carried = {"Email": "a@x.example", "Email (3)": "b@x.example", "Owner": "ana",
+               "Email (2)": "c@x.example", "Email (4)": "d@x.example"}
+    (row,) = read_results(out)
+    assert {k: row[k] for k in carried} == carried
+    assert list(row)[-5:] == list(carried)  # in the input's order
+    retry = tmp_path / "out.retry.csv"
+    (again,) = read_results(retry)
+    assert {k: again[k] for k in carried} == carried
+    # the retry file is an input: its run carries the same columns under the same names
+    main(["run", str(retry), "--results", str(tmp_path / "round2.csv"), "--dry-run",
+          "--no-preflight"])
+    capsys.readouterr()
+    (round2,) = read_results(tmp_path / "round2.csv")
+    assert {k: round2[k] for k in carried} == carried
+
+
+def test_an_xlsx_inputs_carried_cells_read_in_the_results_as_the_sheet_shows_them(tmp_path,
+                                                                                    capsys):
+    """A zip code 02134 formatted 00000 came out 2134, 3.50 as 3.5, a date as ISO: each carried
+    cell now reads as the sheet shows it, in CSV and .xlsx results alike. Codes it does not
+    render (a fraction) keep the value's text; the ids are read from their values as ever."""
+    import openpyxl
+
+    cells = [("Zip", 2134, "00000"), ("Score", 3.5, "0.00"), ("Share", 0.256, "0%"),
+             ("Joined", dt.datetime(2024, 1, 31), "dd/mm/yyyy"), ("At", dt.time(14, 30),
+                                                                  "h:mm AM/PM"),
+             ("Amount", -1234.5, "#,##0.00;(#,##0.00)"), ("Plain", 0.5, "General"),
+             ("Active", True, "General"), ("Half", 1.5, "# ?/?")]
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Module", "Record Id", "Cadence Id", *(c[0] for c in cells)])
+    sheet.append(["Leads", "554023000001798649", "554023000004092008", *(c[1] for c in cells)])
+    for j, (_, _, code) in enumerate(cells):
+        sheet.cell(row=2, column=4 + j).number_format = code
+    inp = tmp_path / "in.xlsx"
+    book.save(inp)
+    looks = {"Zip": "02134", "Score": "3.50", "Share": "26%", "Joined": "31/01/2024",
+             "At": "2:30 PM", "Amount": "(1,234.50)", "Plain": "0.5", "Active": "TRUE",
+             "Half": "1.5"}
+    for out in (tmp_path / "out.csv", tmp_path / "out.xlsx"):
+        assert main(["run", str(inp), "--results", str(out), "--dry-run", "--no-preflight",
+                     "--quiet"]) == 0
+        if out.suffix == ".csv":
+            (row,) = read_results(out)
+        else:
+            header, values = openpyxl.load_workbook(out).active.iter_rows(values_only=True)
+            row = dict(zip(header, values, strict=True))
+        assert {k: row[k] for k in looks} == looks
+        assert row["record_id"] == "554023000001798649"
+    capsys.readouterr()
+
+
+def test_a_ragged_row_carries_its_own_fields_so_its_row_can_be_told(tmp_path, capsys):
+    """A row of too few or too many fields is invalid with its line, and the results carry the
+    fields it has by position (before: every carried cell of it empty), "" for those it lacks;
+    fields past the header's count have no column (its message quotes the line). Its id
+    columns stay empty: shifted fields are never taken for ids."""
+    inp = tmp_path / "in.csv"
+    inp.write_text("Module,Record Id,Cadence Id,Name,Notes\n"
+                   "Leads,554023000001798649,554023000004092008,Ana,ok\n"
+                   "Leads,554023000001798650,554023000004092008,Bo\n"
+                   "Leads,554023000001798651,554023000004092008,Cy,a note,with a comma\n")
+    out = tmp_path / "out.csv"
+    assert main(["run", str(inp), "--results", str(out), "--dry-run", "--no-preflight"]) == 1
+    capsys.readouterr()
+    rows = read_results(out)
+    assert [(r["status"], r["Name"], r["Notes"]) for r in rows] == [
+        ("not_sent", "Ana", "ok"), ("invalid", "Bo", ""), ("invalid", "Cy", "a note")]
+    assert "line 4 has 6 fields" in rows[2]["message"] and "with a comma" in rows[2]["message"]
+    assert [r["record_id"] for r in rows[1:]] == ["", ""]
 
 
 def test_a_pipe_for_an_input_is_refused_at_once_saying_to_save_it(tmp_path, capsys):

@@ -704,16 +704,22 @@ def test_an_input_touched_while_its_job_runs_keeps_its_columns(tmp_path, serve):
     assert "left out" not in log.getvalue()
 
 
+class _InputEditedTempRemoved(_TempRemovedOnLastCall, _InputEdited):
+    """The input edited at the first call, and the results' hidden file removed at the last:
+    the results are written twice, each time without the input's columns."""
+
+
 @pytest.mark.slow
 def test_what_the_results_leave_out_is_said_once_after_the_progress(tmp_path, serve):
-    """A column named twice: said once, after the progress lines — not amid them by the results
-    written while the calls went, nor again when they were written once more at the end."""
+    """The input's columns left out: said once, after the progress lines — not amid them by
+    the results written while the calls went, nor again when they were written once more at
+    the end."""
     log = io.StringIO()
-    _, _, _, result = _held_job(tmp_path, serve, _TempRemovedOnLastCall, header=",Email,Email",
+    _, _, _, result = _held_job(tmp_path, serve, _InputEditedTempRemoved, header=",Email",
                                 stream=log, quiet=False, log_format="json")
 
     assert result.exit_code == 0, result.aborted
     events = [json.loads(line) for line in log.getvalue().splitlines()]
-    said = [i for i, e in enumerate(events) if "more than one column named" in e["message"]]
+    said = [i for i, e in enumerate(events) if "left out" in e["message"]]
     assert len(said) == 1, said
     assert said[0] > max(i for i, e in enumerate(events) if e["event"] == "progress")

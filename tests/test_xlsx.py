@@ -124,10 +124,31 @@ def test_header_quirks(tmp_path):
     header = ["Record Id", None, "Record Id", 2024, "  ", "Record Id (2)", "Record Id"]
     path = _workbook(tmp_path / "h.xlsx", [list(range(7))], header)
     sheet = read_xlsx(path)
-    assert sheet.header == ["Record Id", "column_2", "Record Id (2)", "2024", "column_5",
-                            "Record Id (2) (2)", "Record Id (3)"]
+    # a name the header holds itself ("Record Id (2)") stays its column's: a repeat of "Record
+    # Id" takes the next number free (before, the repeat took it, and the column so named was
+    # "Record Id (2) (2)": --record-column "Record Id (2)" named the wrong column)
+    assert sheet.header == ["Record Id", "column_2", "Record Id (3)", "2024", "column_5",
+                            "Record Id (2)", "Record Id (4)"]
     assert sheet.table.column_names == sheet.header
     assert sheet.table.to_pylist() == [dict(zip(sheet.header, "0123456", strict=True))]
+
+
+@pytest.mark.parametrize("kind", ["xlsx", "csv"])
+def test_a_column_named_by_a_flag_is_that_column_whatever_the_header_repeats(tmp_path, kind):
+    """--record-column "Record Id (2)" names the column so headed, not the second "Record Id"
+    (before, an .xlsx renamed that repeat "Record Id (2)" and took its values for the ids)."""
+    header = ["Record Id", "Record Id", "Record Id (2)", "Cadence Id", "Module"]
+    row = ["1990117000000120345", "1990117000000120346", "1990117000000120347",
+           "5540230000040000001", "Leads"]
+    if kind == "xlsx":
+        path = _workbook(tmp_path / "h.xlsx", [row], header)
+    else:
+        path = tmp_path / "h.csv"
+        path.write_text(",".join(header) + "\n" + ",".join(row) + "\n")
+    from batcher.inputs import read_input
+
+    table = read_input(path, InputOptions(record_column="Record Id (2)")).table
+    assert table["record_id"].to_pylist() == ["1990117000000120347"]
 
 
 def test_empty_header_cells_are_named_by_their_sheet_column(tmp_path):

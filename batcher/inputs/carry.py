@@ -6,7 +6,6 @@ fingerprint, so the second read sees the rows the job was planned from."""
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,18 +30,18 @@ class Carried:
 
     names: tuple[str, ...]
     tables: Callable[[], Iterator[pa.Table]]
-    #: names the header holds more than once: only the first such column is carried
-    repeated: tuple[str, ...] = ()
 
 
 def carried_columns(path: str | os.PathLike[str], options: InputOptions,
                     records: RecordList | None = None) -> Carried | None:
     """The input's columns other than record id, cadence id and module; None when it has none.
+    Every column is carried, a name the header holds again made distinct as an .xlsx sheet's
+    is (``Notes``, ``Notes (2)``: :attr:`Source.names`).
     ``records``: a record list's cadences as the scan had them (``--cadence`` ids are taken
     from ``options``). Raises InputError when the file cannot be read."""
     records = records or (RecordList.given(options.cadences) if options.cadences else None)
     src = open_source(Path(path), options)
-    names = tuple(dict.fromkeys(n for n in src.found if n not in src.roles.values()))
+    names = tuple(n for n in src.names if n not in src.roles.values())
     if not names:
         return None
     src = replace(src, roles={**src.roles, **{_CARRY + n: n for n in names}})
@@ -54,9 +53,7 @@ def carried_columns(path: str | os.PathLike[str], options: InputOptions,
             blank = batch.get("blank")
             yield table if blank is None else table.filter(arrow_of(~np.asarray(blank)))
 
-    counts = Counter(src.found)
-    repeated = tuple(n for n in names if counts[n] > 1)
-    return Carried(names, tables, repeated)
+    return Carried(names, tables)
 
 
 #: floats below this are whole numbers exactly (2**53): their digits are the number's

@@ -29,6 +29,24 @@ def _normalise_header(name: str) -> str:
                    if unicodedata.category(c) != "Cf").lower()
 
 
+def distinct_names(names: Iterable[str]) -> tuple[str, ...]:
+    """The columns' names made distinct, as the results carry them: a name the header holds
+    again gets `` (2)``, `` (3)``… (the first number whose name the header does not hold
+    itself), the first occurrence keeping it. A name the header holds once always keeps it,
+    so a column named by a flag or matched to a role is the column of that name."""
+    names = list(names)
+    given, taken = set(names), set()
+    out = []
+    for name in names:
+        unique, n = name, 1
+        while unique in taken or (unique != name and unique in given):
+            n += 1
+            unique = f"{name} ({n})"
+        taken.add(unique)
+        out.append(unique)
+    return tuple(out)
+
+
 def _named(options: InputOptions) -> dict[str, str]:
     return {role: name for role, name in (
         ("record_id", options.record_column), ("cadence_id", options.cadence_column),

@@ -29,7 +29,7 @@ from .columns import require_columns
 from .dialect import Dialect, detect
 from .kinds import HEAD_BYTES, not_text, one_line, space_aligned
 from .options import InputOptions
-from .source import Source, empty_values, table_parts
+from .source import ID_ROLES, Source, empty_values, table_parts
 
 
 def csv_source(path: Path, head: bytes, kind: str, options: InputOptions) -> Source:
@@ -267,8 +267,12 @@ def _read_again(exc: pa.ArrowInvalid, block: int, newlines: bool) -> tuple[int, 
 def _arrow_parts(src: Source, types: dict[str, pa.DataType], block: int, newlines: bool,
                  whole: bool, start: int, irregular: _Irregular) -> Iterator[Any]:
     """Tables (or record batches) of the ``types`` columns from data position ``start`` on."""
-    read = pacsv.ReadOptions(block_size=block, skip_rows=src.dialect.skip_rows,
-                             skip_rows_after_names=start)
+    if src.names == src.found:
+        read = pacsv.ReadOptions(block_size=block, skip_rows=src.dialect.skip_rows,
+                                 skip_rows_after_names=start)
+    else:  # a name the header holds twice: each column by its distinct name, the header skipped
+        read = pacsv.ReadOptions(block_size=block, skip_rows=src.dialect.skip_rows,
+                                 column_names=list(src.names), skip_rows_after_names=start + 1)
     convert = pacsv.ConvertOptions(column_types=types, include_columns=list(types),
                                    strings_can_be_null=False, quoted_strings_can_be_null=False)
     with pa.input_stream(src.path, compression=src.compression) as stream:
@@ -301,7 +305,7 @@ def _with_blank(src: Source, part: Any, at: int, blanks: list[tuple[int, np.ndar
     empty = _empty_roles(part, list(dict.fromkeys(src.roles.values())))
     if empty is None:
         return cols
-    others = [i for i, name in enumerate(src.found) if name not in src.roles.values()]
+    others = [i for i, name in enumerate(src.names) if name not in src.roles.values()]
     if others:
         rows = np.flatnonzero(empty)
         if not blanks:
@@ -362,23 +366,31 @@ def _blank_rows(src: Source, start: int, others: list[int]) -> np.ndarray | None
 
 def _exact_source(src: Source) -> Source:
     """The CSV read whole by the stdlib's reader, which takes rows of any length: a "table"
-    Source of the role columns, ragged rows (role values "") and blank rows."""
-    at = [src.found.index(name) for name in src.roles.values()]
+    Source of the role columns, ragged rows and blank rows. A ragged row's id and module
+    values are "" (its fields may be shifted: none is taken for an id); the columns carried
+    to the results (other roles) hold its fields by position, "" past its end — fields past
+    the header's count have no column (its reason quotes the line)."""
+    at = [src.names.index(name) for name in src.roles.values()]
     pick = itemgetter(*at) if len(at) > 1 else lambda fields: (fields[at[0]],)
     width = len(src.found)
-    unread = ("",) * len(at)  # the role values of a ragged row
+    kept = {i for i, role in zip(at, src.roles, strict=True) if role not in ID_ROLES}
+
+    def unread(fields: list[str]) -> tuple[str, ...]:
+        """A ragged row's role values: only what the results carry beside it."""
+        return tuple(fields[i] if i in kept and i < len(fields) else "" for i in at)
     rows: list[tuple[str, ...]] = []
     chunks: list[list[pa.Array]] = [[] for _ in at]
     blank: list[int] = []
     ragged: dict[int, str] = {}
     with _exact_records(src) as records:
         for pos, fields in enumerate(records):
-            row = pick(fields) if len(fields) == width else unread
+            regular = len(fields) == width
+            row = pick(fields) if regular else unread(fields)
             # whitespace joined is whitespace: one strip judges a row, the whole row only
             # when its role fields say nothing
             if not "".join(row).strip() and not "".join(fields).strip():
                 blank.append(pos)
-            elif row is unread:
+            elif not regular:
                 # the row's own text, so the results still say whose row it was
                 text = src.dialect.delimiter.join(fields)
                 text = text if len(text) <= _SHOWN else text[:_SHOWN] + "…"

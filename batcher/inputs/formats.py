@@ -167,7 +167,7 @@ def _parquet_chunk(src: Source, encoded: list[str], groups: list[int], wanted: l
     roles = sorted(dict.fromkeys(src.roles), key=lambda r: not pa.types.is_dictionary(
         cols[r].type))
     blank = all_empty(cols[r] for r in roles)
-    others = [n for n in src.found if n not in wanted]
+    others = [n for n in dict.fromkeys(src.found) if n not in wanted]
     if blank is not None and others:
         import pyarrow.parquet as pq
 
@@ -254,8 +254,13 @@ def _xlsx_source(path: Path, options: InputOptions) -> Source:
                          "digits of a number, so its ids are rounded (another record's, often); "
                          f"{EXPORT_AS_TEXT}")
     blank = all_empty(sheet.table.columns)
-    # every column kept (the sheet is in memory anyway): the results carry the others
-    return Source(path, "table", roles, tuple(sheet.header), table=sheet.table,
+    # every column kept (the sheet is in memory anyway): the results carry the others, as the
+    # sheet shows them; the ids are read from their values
+    table = sheet.table
+    for name, looks in sheet.shown.items():
+        if name not in roles.values():
+            table = table.set_column(table.schema.get_field_index(name), name, looks)
+    return Source(path, "table", roles, tuple(sheet.header), table=table,
                   blank=blank if blank is not None and blank.any() else None,
                   hidden=sheet.hidden, totals=sheet.totals, merged=sheet.merged)
 
@@ -299,12 +304,19 @@ def raw_batches(src: Source, texts: Mapping[str, Callable[[pa.Array], pa.Array]]
         import pyarrow.parquet as pq
 
         with _parquet_errors(src):
-            every = set(wanted) >= set(src.found)  # blank rows are judged on every field
+            every = set(wanted) >= set(src.names)  # blank rows are judged on every field
+            # read by the file's names: a name read gives every column of that name, in file
+            # order, so a column is its name's n-th (a name the file holds twice is no key)
+            given = list(dict.fromkeys(src.found[i] for i, n in enumerate(src.names)
+                                       if n in wanted))
+            nth = {n: (src.found[i], src.found[:i].count(src.found[i]))
+                   for i, n in enumerate(src.names)}
             for batch in map(_readable, _joined_batches(pq.ParquetFile(src.path).iter_batches(
-                    batch_size=_BATCH_ROWS, columns=wanted))):
-                # by the first column of each name: a name the file holds twice is no key
-                first = {n: i for i, n in reversed(list(enumerate(batch.schema.names)))}
-                out = {role: texts.get(role, as_strings)(batch.column(first[name]))
+                    batch_size=_BATCH_ROWS, columns=given))):
+                read = batch.schema.names
+                at = {n: [i for i, r in enumerate(read) if r == name][k]
+                      for n, (name, k) in nth.items() if n in wanted}
+                out = {role: texts.get(role, as_strings)(batch.column(at[name]))
                        for role, name in src.roles.items()}
                 blank = all_empty(batch.columns) if every else None
                 if blank is not None and blank.any():

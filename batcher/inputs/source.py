@@ -13,7 +13,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..arrays import numpy_of
+from .columns import distinct_names
 from .dialect import Dialect
+
+#: the roles the reader takes from a row (the others are columns carried to the results)
+ID_ROLES = frozenset({"record_id", "cadence_id", "module"})
 
 #: a file's (size, mtime, inode, ctime): see :func:`file_stamp`
 Stamp = tuple[int, int, int, int]
@@ -32,7 +36,8 @@ class Source:
     """An input file that was opened far enough to know its kind and columns.
 
     ``kind``: "csv", "parquet", or "table" for rows already read into memory (an .xlsx sheet,
-    or a CSV the exact reader took): ``table`` holds the role columns as strings, ``ragged``
+    or a CSV the exact reader took): ``table`` holds the role columns as strings (each under
+    its name in :attr:`names`), ``ragged``
     why each row is ragged (null for a good row; None when none is) and ``blank`` which rows
     have only empty fields (None when none has). A CSV's ``dialect`` says how to read it (its
     header is ``found``); ``compression`` is "gzip" for a gzipped one.
@@ -55,6 +60,12 @@ class Source:
     merged: tuple[str, ...] = field(default=(), repr=False, compare=False)
     #: the file's :meth:`stamp` when it was opened: a Source is reused only while it holds
     opened: Stamp | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Each column's name as the readers address it: ``found`` made distinct
+        (``columns.distinct_names``), so a name the header holds twice names two columns."""
+        return distinct_names(self.found)
 
     def stamp(self) -> Stamp:
         return file_stamp(self.path)

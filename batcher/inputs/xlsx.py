@@ -18,11 +18,13 @@ import math
 import posixpath
 import re
 import zipfile
+from array import array
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
+from typing import NamedTuple
 from xml.etree import ElementTree
 from xml.sax.saxutils import unescape
 
@@ -32,7 +34,9 @@ from python_calamine import CalamineWorkbook, SheetTypeEnum, SheetVisibleEnum
 
 from ..arrays import strings_of
 from ..errors import InputError, Interrupted, machine_limit
+from .columns import distinct_names
 from .kinds import HEAD_BYTES, one_line, sniff_kind
+from .numfmt import BUILTIN, shown
 
 _EXACT_DIGITS = 15  # Excel's precision: numbers of more digits are already rounded
 _EXACT_LIMIT = 10**_EXACT_DIGITS  # the first number whose integer part has 16 digits
@@ -44,11 +48,11 @@ class XlsxSheet:
 
     ``header``: row 1's cells as text, one per column from the sheet's first used column. An
     empty (or blank) header cell is named ``column_N``, N being its column's number in the
-    sheet (A = 1); a repeated name is kept distinct by suffixing `` (2)``, `` (3)``…, the first
-    occurrence keeping the name. ``table``: one string column per header name, in order; one
-    row per sheet row after the header, in sheet order, so row i is sheet row i + 2 (a result's
-    ``row + 1`` is the line Excel shows); blank rows are kept as rows of ``""``, trailing ones
-    dropped. Cells become text as ``cell_text`` says.
+    sheet (A = 1); a repeated name is kept distinct as ``columns.distinct_names`` says
+    (`` (2)``, `` (3)``…), as a CSV's or a Parquet file's is. ``table``: one string column per
+    header name, in order; one row per sheet row after the header, in sheet order, so row i
+    is sheet row i + 2 (a result's ``row + 1`` is the line Excel shows); blank rows are kept
+    as rows of ``""``, trailing ones dropped. Cells become text as ``cell_text`` says.
     """
 
     header: list[str]
@@ -66,6 +70,11 @@ class XlsxSheet:
     #: columns are matched to their roles on it, so two ``record_id`` columns are refused as in
     #: a CSV, not the first taken and the other carried as ``record_id (2)``
     given: tuple[str, ...] = ()
+    #: column name → its cells as the sheet shows them (``numfmt``: ``02134`` formatted
+    #: ``00000``, ``3.50``, ``25%``, ``31/01/2024``), for the columns where a number format
+    #: changes a cell's text: what the results carry. The id columns are read from ``table``,
+    #: the values (a number formatted ``0`` shows a rounded id as digits)
+    shown: dict[str, pa.Array] = field(default_factory=dict)
 
 
 def read_xlsx(path: Path) -> XlsxSheet:
@@ -83,8 +92,8 @@ def read_xlsx(path: Path) -> XlsxSheet:
         raise InputError(f"{path}: the first sheet ({one_line(sheet, 80)!r}) is empty; put the "
                          "list on the first sheet, with the column names on row 1")
     # past an export summary, the marks are the list sheet's (rare: read again, not in parallel)
-    texts, hidden, merged, totals = (marks.result() if skipped_to is None
-                                     else _sheet_marks(path, skipped_to))
+    texts, hidden, merged, totals, formats = (marks.result() if skipped_to is None
+                                              else _sheet_marks(path, skipped_to))
     _fill(rows, {(row - first_row, col - first_col): text for (row, col), text in texts.items()})
     filled = _fill_down(rows, [(top - first_row, bottom - first_row, col - first_col)
                                for top, bottom, col in merged])
@@ -98,7 +107,7 @@ def read_xlsx(path: Path) -> XlsxSheet:
     total_rows = _clear_totals(rows, [(r - first_row, left - first_col, right - first_col)
                                       for r, left, right in totals])
     given = tuple(h if h.strip() else f"column_{first_col + j + 1}" for j, h in enumerate(header))
-    names = _distinct(list(given))
+    names = list(distinct_names(given))
     columns = [_column(map(itemgetter(j), rows[1:])) for j in range(len(names))]
     no_text = frozenset(name for j, name in enumerate(names)
                         if not any(v.__class__ is str and v.strip() for v in
@@ -107,11 +116,46 @@ def read_xlsx(path: Path) -> XlsxSheet:
     # hidden rows (a filter, or hidden by hand) that hold data: sheet lines, as Excel shows them
     hidden_data = tuple(r + 1 for r in sorted(hidden) if 1 <= r < len(rows)
                         and any(v != "" for v in rows[r]))
+    shown = {names[j]: _column(looks) for j, looks in _looks(
+        rows, columns, {(col - first_col, code): [r - first_row for r in at]
+                        for (col, code), at in formats.items()}).items()}
     return XlsxSheet(names, pa.Table.from_arrays(columns, names=names), no_text, hidden_data,
                      tuple(r + first_row + 1 for r in total_rows),
                      tuple(f"{_letters(first_col + col)}{first_row + top + 1}:"
                            f"{_letters(first_col + col)}{first_row + bottom + 1}"
-                           for top, bottom, col in filled), given)
+                           for top, bottom, col in filled), given, shown)
+
+
+def _looks(rows: list[list], columns: list[pa.Array],
+           formats: dict[tuple[int, str], Iterable[int]]) -> dict[int, list[str]]:
+    """column → its cells as text, those of a number format as the sheet shows them
+    (``numfmt``), for the columns with a number or date cell of such a format. ``formats``:
+    (column, format code) → the rows of its cells, 0-based in ``rows`` (the header first)."""
+    looks: dict[int, list[str]] = {}
+    seen: dict[tuple[str, type, object], str | None] = {}  # zips, dates: values repeat
+    for (j, code), at in formats.items():
+        if not 0 <= j < len(columns):
+            continue
+        texts = looks.get(j)
+        for i in at:
+            if not (1 <= i < len(rows) and j < len(rows[i])):
+                continue
+            value = rows[i][j]
+            kind = value.__class__
+            if kind is str or kind is bool:  # text (an error cell, a formula), TRUE: as is
+                continue
+            if len(seen) > _SEEN:
+                seen.clear()
+            key = (code, kind, value)
+            text = seen[key] if key in seen else seen.setdefault(key, shown(value, code))
+            if text is not None:
+                if texts is None:
+                    texts = looks[j] = columns[j].to_pylist()
+                texts[i - 1] = text
+    return looks
+
+
+_SEEN = 1 << 14  # values whose look is kept for their repeats
 
 
 def _load(path: Path) -> tuple[str, list[list], int, int, int | None]:
@@ -301,19 +345,6 @@ def _column(values: Iterable[object]) -> pa.Array:
                                                     pa.py_buffer(data)])
 
 
-def _distinct(names: list[str]) -> list[str]:
-    taken: set[str] = set()
-    out = []
-    for name in names:
-        unique, n = name, 1
-        while unique in taken:
-            n += 1
-            unique = f"{name} ({n})"
-        taken.add(unique)
-        out.append(unique)
-    return out
-
-
 #: an error cell (t="e", not self-closing) and what it holds; any namespace prefix
 _ERROR_CELL = re.compile(
     rb"<(?:\w+:)?c\s(?=[^>]*\bt=[\"']e[\"'])([^>]*?)(?<!/)>(.*?)</(?:\w+:)?c>", re.S)
@@ -345,9 +376,15 @@ _CHUNK = 1 << 22
 _OVERLAP = 1 << 16  # longer than any cell: a formula is at most 8,192 characters
 
 
-#: (0-based row, column) → text; hidden rows; merges down a column; tables' totals rows
-_Marks = tuple[dict[tuple[int, int], str], set[int], list[tuple[int, int, int]],
-               list[tuple[int, int, int]]]
+class _Marks(NamedTuple):
+    texts: dict[tuple[int, int], str]
+    hidden: set[int]
+    merged: list[tuple[int, int, int]]
+    #: the sheet's Excel tables' totals rows: (row, first column, last column), 0-based
+    totals: list[tuple[int, int, int]]
+    #: (0-based column, number format code) → the 0-based rows of the cells styled with it: a
+    #: format other than General or text (``@``)
+    formats: dict[tuple[int, str], array[int]]
 
 
 def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
@@ -359,8 +396,10 @@ def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
     a blank one; its hidden rows
     (0-based), which a filter hides from the person who hands the file over; its merges
     down one column, as (top row, bottom row, column), 0-based; and its Excel tables' totals
-    rows, as (row, first column, last column), 0-based. The sheet's XML is
-    streamed; only chunks that hold an error cell or a hidden row are parsed; a sheet whose
+    rows, as (row, first column, last column), 0-based; and the number format of each cell
+    whose style has one (``numfmt``: a carried cell is shown as the sheet shows it). The
+    sheet's XML is streamed; only chunks that hold an error cell, a hidden row or a formatted
+    style are parsed; a sheet whose
     such cells or rows carry no reference (``r``: optional, and some writers leave it out) is
     parsed again whole, counting cells and rows. ``index``: of
     the workbook's ``index``-th sheet instead. Best effort: nothing when the sheet's part
@@ -368,14 +407,22 @@ def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
     found: dict[tuple[int, int], str] = {}
     hidden: set[int] = set()
     merged: set[tuple[int, int, int]] = set()
+    # a cell the chunks' overlap holds twice is here twice: harmless, it looks the same
+    formats: dict[tuple[int, str], array[int]] = {}
     positional = False
     try:
         with zipfile.ZipFile(path) as zf:
             part = _first_sheet_part(zf, index)
+            styles = _number_formats(zf)
+            styled = _styled_cell(styles)
+            needles = [q % k for k in styles for q in (b' s="%d"', b" s='%d'")]
             with zf.open(part) as fh:
                 tail = b""
                 while chunk := fh.read(_CHUNK):
                     data = tail + chunk
+                    if styled is not None and (len(styles) > _NEEDLES
+                                               or any(n in data for n in needles)):
+                        _parse_formats(data, styled, styles, formats)
                     if b't="e"' in data or b"t='e'" in data:  # memchr-fast, unlike a regex
                         positional |= _found(found, _parse_errors(data))
                     if any(hint in data for hint in _UNVALUED_HINTS):
@@ -395,8 +442,8 @@ def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
             except Exception:  # a damaged table part: the rows are read as they are
                 totals = []
     except Exception:  # calamine read the sheet: without the part, nothing is marked
-        return {}, set(), [], []
-    return found, hidden, sorted(merged), totals
+        return _Marks({}, set(), [], [], {})
+    return _Marks(found, hidden, sorted(merged), totals, formats)
 
 
 def _found(found: dict[tuple[int, int], str],
@@ -476,6 +523,61 @@ def _table_totals(zf: zipfile.ZipFile, part: str) -> list[tuple[int, int, int]]:
         bottom = int(ref[4]) - 1
         out += [(r, left, right) for r in range(bottom - count + 1, bottom + 1)]
     return out
+
+
+#: a chunk is searched for formatted cells when it holds one of their styles' ``s="N"``
+#: (memchr-fast), up to this many styles; a workbook of more is searched chunk by chunk
+_NEEDLES = 16
+
+
+def _number_formats(zf: zipfile.ZipFile) -> dict[int, str]:
+    """Cell style (``s``) → its number format code, for the styles of a format that is not
+    General or text: xl/styles.xml's ``cellXfs``, their ``numFmtId`` a custom ``numFmt`` or
+    a built-in one (``numfmt.BUILTIN``; a locale-dependent built-in is left out)."""
+    try:
+        root = ElementTree.fromstring(zf.read("xl/styles.xml"))
+    except Exception:  # no styles, or damaged ones: the values' own text, the rest marked
+        return {}
+    custom = {int(f.get("numFmtId")): f.get("formatCode", "")
+              for f in root.iterfind("{*}numFmts/{*}numFmt")
+              if (f.get("numFmtId") or "").isdigit()}
+    out = {}
+    for k, xf in enumerate(root.iterfind("{*}cellXfs/{*}xf")):
+        fmt = int(xf.get("numFmtId") or 0) if (xf.get("numFmtId") or "0").isdigit() else 0
+        code = custom.get(fmt, BUILTIN.get(fmt, ""))
+        if code and code not in ("General", "@"):
+            out[k] = code
+    return out
+
+
+def _styled_cell(styles: dict[int, str]
+                 ) -> tuple[re.Pattern[bytes], re.Pattern[bytes]] | None:
+    """A cell whose ``s`` is one of ``styles``, its reference and style: its ``r`` first and
+    ``s`` next (as nearly every writer has them), and in any order."""
+    if not styles:
+        return None
+    alternatives = b"|".join(b"%d" % k for k in sorted(styles))
+    plain = re.compile(rb"<(?:\w+:)?c r=\"([A-Z]{1,3})([0-9]{1,7})\" s=\"(" + alternatives
+                       + rb")\"")
+    return plain, re.compile(rb"<(?:\w+:)?c\s(?=[^>]*?\bs=[\"'](" + alternatives + rb")[\"'])"
+                      rb"[^>]*?\br=[\"']([A-Z]{1,3})([0-9]{1,7})[\"']|"
+                      rb"<(?:\w+:)?c\s[^>]*?\br=[\"']([A-Z]{1,3})([0-9]{1,7})[\"']"
+                      rb"(?=[^>]*?\bs=[\"'](" + alternatives + rb")[\"'])")
+
+
+def _parse_formats(data: bytes, styled: tuple[re.Pattern[bytes], re.Pattern[bytes]],
+                   styles: dict[int, str], into: dict[tuple[int, str], array[int]]) -> None:
+    # Excel, LibreOffice, openpyxl and xlsxwriter write r before s: found by a plain pattern
+    cells = styled[0].findall(data) or [
+        (m[2], m[3], m[1]) if m[1] is not None else (m[4], m[5], m[6])
+        for m in styled[1].finditer(data)]
+    columns: dict[tuple[bytes, bytes], array[int]] = {}  # few: each decoded once
+    for col, row, style in cells:
+        rows = columns.get((col, style))
+        if rows is None:
+            at = _position(re.match(rb"([A-Z]+)([0-9]+)", col + b"1"))[1]
+            rows = columns[col, style] = into.setdefault((at, styles[int(style)]), array("i"))
+        rows.append(int(row) - 1)
 
 
 def _merges(data: bytes) -> Iterator[tuple[int, int, int]]:

@@ -52,6 +52,7 @@ from .zoho.api import (
     Unlocated,
     build_request,
     encode_body,
+    origin,
     read_answer,
 )
 from .zoho.api import classify as classify_answer
@@ -468,7 +469,7 @@ class Executor:
                 self._journal.count(throttled=1)
             raise answer.to_error()
         if isinstance(answer, Fatal):
-            raise answer.to_error(batch.module)
+            raise answer.to_error(batch.module, origin(response.request.url))
         if isinstance(answer, TokenInvalid):
             raise AuthError("Zoho still answers INVALID_TOKEN after a token refresh; check that "
                             "the refresh token is valid and belongs to this data centre")

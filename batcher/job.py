@@ -73,7 +73,7 @@ from .inputs.source import Source
 from .journal import OPEN_STATES, Journal, meta_of, utc_now
 from .logs import JobLog
 from .models import pasted, utc_at, where_journals_are, with_date
-from .netio import accounts_transport, api_transport, check_proxies, tls_context
+from .netio import accounts_transport, api_transport, check_proxies, env_tls_context
 from .planner import Plan
 from .planreport import plan_scan
 from .progress import Phases, Progress
@@ -500,7 +500,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     options = settings.input_options()
     source = check_input(settings.input, options)  # an unusable file stops before any journal
     started = time.monotonic()
-    threading.Thread(target=_ready_ahead, name="batcher-ready", daemon=True).start()
+    threading.Thread(target=_ready_ahead, args=(env,), name="batcher-ready", daemon=True).start()
     needs_api = not settings.dry_run or settings.preflight or settings.all_cadences
     creds = load_credentials(env) if needs_api else Credentials(access_token="-")
     endpoints = resolve_endpoints(settings.api_domain, settings.accounts_url, settings.dc, env)
@@ -526,7 +526,7 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
             raise InputError(f"{settings.input}: {CHANGED_WHILE_READ}")
         return fp
 
-    with ahead.let_go(), _journal_for(settings, bound) as journal:
+    with ahead.let_go(), _journal_for(settings, bound, env) as journal:
         # a person is told when a run continues a job (its journal decides what is sent)
         log.say("start", f"resuming the job of {journal.path}" if not journal.is_new else
                 f"starting {'a dry run of ' if settings.dry_run else ''}{settings.input} -> "
@@ -570,12 +570,12 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     return JobResult(summary=summary, exit_code=code, aborted=stop.reason if stop else None)
 
 
-def _ready_ahead() -> None:
+def _ready_ahead(env: Mapping[str, str]) -> None:
     """What the job loads on first use, readied on the spare core while the input is read
-    rather than before the first call or after the last answer: its clients' TLS context, the
-    report's template and grouping engine."""
+    rather than before the first call or after the last answer: its clients' TLS context (of
+    the authorities its environment names), the report's template and grouping engine."""
     with contextlib.suppress(Exception):  # met, and reported, where it is used
-        tls_context()
+        env_tls_context(env)
     prepare_report()
 
 
@@ -916,9 +916,10 @@ def next_command(settings: RunSettings, results: Path, summary: Summary, stopped
 
 
 @contextmanager
-def _journal_for(settings: RunSettings, fp: Callable[[], str]) -> Iterator[Journal]:
+def _journal_for(settings: RunSettings, fp: Callable[[], str],
+                 env: Mapping[str, str]) -> Iterator[Journal]:
     if settings.dry_run:  # a rehearsal must not leave a journal a real run would resume from
-        with tempfile.TemporaryDirectory(prefix="batcher-dry-") as tmp, \
+        with tempfile.TemporaryDirectory(prefix="batcher-dry-", dir=_temp_dir(env)) as tmp, \
                 Journal.open(Path(tmp) / "dry.journal", fp) as journal:
             yield journal
     else:
@@ -943,6 +944,16 @@ def _journal_for(settings: RunSettings, fp: Callable[[], str]) -> Iterator[Journ
                 if made_here:
                     journal.discard_unplanned()
                 raise
+
+
+def _temp_dir(env: Mapping[str, str]) -> str | None:
+    """The temporary folder ``env`` names (TMPDIR, TEMP, TMP: the first that is a folder), for
+    a dry run's journal — as large as a real one's; None: the process's (``tempfile``'s)."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        folder = (env.get(name) or "").strip()
+        if folder and os.path.isdir(folder):
+            return folder
+    return None
 
 
 def _flags_changed(settings: RunSettings, made: Mapping[str, Any], input_name: str

@@ -8,6 +8,9 @@ asyncio directly; the pool, HTTP/1.1, TLS and httpx's error classes stay those o
 Proxies: httpx reads HTTP(S)_PROXY only for a client without an explicit transport, so every batcher
 client decides here instead, the same way (``proxy_for``), and gets its transport from
 ``api_transport`` / ``accounts_transport``; the clients are built with ``trust_env=False``.
+The authorities TLS trusts are decided here too, from the job's environment (``ca_locations``):
+httpx and OpenSSL would read SSL_CERT_FILE / SSL_CERT_DIR from the process's, which a library
+host's ``env=`` does not reach.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import asyncio
 import contextlib
 import functools
 import ipaddress
+import os
+import re
 import ssl
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -130,7 +135,7 @@ class AsyncioTransport(httpx.AsyncHTTPTransport):
         # the parent's only state is its pool; it is built here with another network backend
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=tls_context() if verify is True else httpx.create_ssl_context(
-                verify=verify),
+                verify=verify, trust_env=False),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -205,41 +210,84 @@ def api_transport(url: str, env: Mapping[str, str], *, limits: httpx.Limits | No
 
     Raises ValueError when the proxy chosen cannot be used (unknown scheme, SOCKS without socksio).
     """
-    proxy = proxy_for(url, env)
+    proxy, tls = proxy_for(url, env), env_tls_context(env)
     if proxy is None:
-        return AsyncioTransport(limits=limits, socket_options=socket_options)
-    return _proxied(proxy, limits=limits or httpx.Limits(), socket_options=socket_options)
+        return AsyncioTransport(limits=limits, verify=tls, socket_options=socket_options)
+    return _proxied(proxy, tls, limits=limits or httpx.Limits(), socket_options=socket_options)
 
 
 def accounts_transport(url: str, env: Mapping[str, str]) -> httpx.AsyncBaseTransport:
     """The accounts (token) client's transport, through the proxy ``proxy_for`` picks if any.
 
-    Raises ValueError when the proxy chosen cannot be used.
+    Raises ValueError when the proxy chosen, or the authorities ``env`` names, cannot be used.
     """
-    proxy = proxy_for(url, env)
-    return httpx.AsyncHTTPTransport(verify=tls_context()) if proxy is None else _proxied(proxy)
+    proxy, tls = proxy_for(url, env), env_tls_context(env)
+    return (httpx.AsyncHTTPTransport(verify=tls, trust_env=False) if proxy is None
+            else _proxied(proxy, tls))
 
 
 def check_proxies(urls: Iterable[str], env: Mapping[str, str]) -> None:
-    """Raise ValueError (without a proxy's password) when a proxy ``env`` names for one of
-    ``urls`` cannot be used: said before a job makes any file, not when its first call leaves."""
+    """Raise ValueError (without a proxy's password) when the authorities ``env`` names, or a
+    proxy it names for one of ``urls``, cannot be used: said before a job makes any file, not
+    when its first call leaves."""
+    tls = env_tls_context(env)
     for url in urls:
         proxy = proxy_for(url, env)
         if proxy is not None:
-            _proxied(proxy)
+            _proxied(proxy, tls)
+
+
+#: the variables naming the authorities TLS trusts, in the order httpx reads them
+CA_FILE_VAR, CA_DIR_VAR = "SSL_CERT_FILE", "SSL_CERT_DIR"
+
+
+def ca_locations(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(cafile, capath) that ``env`` names, as httpx reads them from the process's environment:
+    ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``; (None, None) means certifi's authorities."""
+    cafile = (env.get(CA_FILE_VAR) or "").strip() or None
+    capath = None if cafile else (env.get(CA_DIR_VAR) or "").strip() or None
+    return cafile, capath
+
+
+def env_tls_context(env: Mapping[str, str]) -> ssl.SSLContext:
+    """The verifying TLS context of a job whose environment is ``env``. ValueError, naming the
+    variable, when the file or folder it names cannot be used (a traceback, or "internal
+    error" once the journal was made, before)."""
+    cafile, capath = ca_locations(env)
+    name, where = (CA_FILE_VAR, cafile) if cafile else (CA_DIR_VAR, capath)
+    try:
+        # a bundle replaced (a CA rotated) in a long-lived host is loaded again
+        stamp = os.stat(where) if where else None
+        return tls_context(cafile, capath, stamp and (stamp.st_mtime_ns, stamp.st_size))
+    except OSError as exc:  # ssl.SSLError too: "[X509: ...] no certificate ... (_ssl.c:4154)"
+        why = re.sub(r"^\[[^]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", str(exc.strerror or exc))
+        what = "a PEM file of authorities" if name == CA_FILE_VAR else \
+            "a folder of authorities' certificates (as c_rehash makes)"
+        raise ValueError(f"{name}={where} (from the environment) cannot be used for TLS "
+                         f"({why}): point it at {what}, or unset it") from None
 
 
 @functools.cache
-def tls_context() -> ssl.SSLContext:
-    """The verifying TLS context (certifi's authorities), made once a process and shared by the
-    API and accounts clients: loading the authorities takes tens of milliseconds."""
-    return httpx.create_ssl_context()
+def tls_context(cafile: str | None = None, capath: str | None = None,
+                stamp: object = None) -> ssl.SSLContext:  # noqa: ARG001 (the cache's key)
+    """The verifying TLS context — certifi's authorities, or those of ``cafile`` / ``capath``
+    — made once a process for each and shared by the API and accounts clients: loading the
+    authorities takes tens of milliseconds. Never reads the process's environment."""
+    if cafile is None and capath is None:
+        return httpx.create_ssl_context(trust_env=False)
+    return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
-def _proxied(proxy: str, **options: Any) -> httpx.AsyncBaseTransport:
+def _proxied(proxy: str, tls: ssl.SSLContext | None = None, **options: Any
+             ) -> httpx.AsyncBaseTransport:
+    tls = tls or tls_context()
     try:
-        return _Proxied(httpx.AsyncHTTPTransport(proxy=proxy, verify=tls_context(), **options),
-                        _shown(proxy))
+        # an https:// proxy's own certificate is checked against the same authorities (httpcore
+        # would load OpenSSL's defaults, which read the process's environment)
+        via = httpx.Proxy(proxy, ssl_context=tls) if proxy.lower().startswith("https://") \
+            else proxy
+        return _Proxied(httpx.AsyncHTTPTransport(proxy=via, verify=tls, trust_env=False,
+                                                 **options), _shown(proxy))
     except (ImportError, ValueError, httpx.InvalidURL) as exc:
         raise ValueError(f"cannot use the proxy {_shown(proxy)} from the environment: "
                          f"{_shown(str(exc))}") from None

@@ -1,6 +1,7 @@
-"""Progress for people: a rich progress bar on a terminal, a plain line every few seconds in
-cron logs (no control characters there); a spinner for the long phases before and after the
-calls."""
+"""Progress for people: a rich progress bar on a terminal, a few plain lines in cron logs (no
+control characters there, and fewer the longer the job: a log is read after the fact); a
+spinner for the long phases before and after the calls (in a log, a line when a long one
+begins and one when it ends)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+#: a log's progress lines (not a terminal): the first once the sending has gone on this long
+#: (seconds), each next one twice as far as the last, at most LOG_GAP_MOST apart — a job of a
+#: minute writes one or two, one of eight hours about fifty, never one every few seconds
+LOG_FIRST, LOG_GAP_MOST = 30.0, 600.0
+#: a setup or closing phase that lasts this long (seconds) is said in a log: as it begins
+#: to look long, and with its duration when it ends
+LOG_PHASE = 10.0
+
 
 class Progress:
     """``update(counters)`` as the executor goes (calls, batches, pairs done, 429s, retries);
     ``close(counters)`` once at the end. ``enabled=False`` prints nothing. ``emit(line,
-    fields)`` takes the timed lines instead of the stream (a JSON log: never a bar)."""
+    fields)`` takes the timed lines instead of the stream (a JSON log: never a bar).
+
+    On a terminal the bar is redrawn every ``interval`` (0.2 s); in a log (a plain stream or
+    ``emit``) lines come at :data:`LOG_FIRST` and then ever further apart, or every
+    ``interval`` when one is given."""
 
     def __init__(self, total_pairs: int, total_batches: int, *, stream: TextIO = sys.stderr,
                  interval: float | None = None, enabled: bool = True,
@@ -24,11 +37,13 @@ class Progress:
         self._stream = stream
         self._emit = emit
         self._tty = stream.isatty() and emit is None
-        self._interval = interval if interval is not None else (0.2 if self._tty else 5.0)
+        self._fixed = interval is not None or self._tty  # else a log's widening gaps
+        self._gap = interval if interval is not None else (0.2 if self._tty else LOG_FIRST)
         self._enabled = enabled
         self._clock = clock
         self._start = clock()
-        self._last = 0.0
+        # a terminal's bar shows at the first update; a log's first line waits its gap
+        self._next = self._start + (0.0 if self._tty else self._gap)
         self.total_pairs = total_pairs
         self.total_batches = total_batches
         self._bar: Any = None  # rich's, made at the first update on a terminal
@@ -38,9 +53,11 @@ class Progress:
         if not self._enabled:
             return
         now = self._clock()
-        if not force and now - self._last < self._interval:
+        if not force and now < self._next:
             return
-        self._last = now
+        if not self._fixed and not force:
+            self._gap = min(self._gap * 2, LOG_GAP_MOST)
+        self._next = now + self._gap
         c = counters
         self._shown = (c.pairs_done, c.batches_done, c.calls, c.throttled, c.retries)
         if self._tty:
@@ -95,13 +112,18 @@ class Phases:
     writing the results): on a terminal a spinner once a phase has taken ``delay`` seconds and a
     line with its duration when it ends — so a ten-million-row job never sits silent for a
     minute — and nothing for quick ones; ``emit(line, fields)`` gets every phase's duration
-    (the JSON log's ``phase`` events). Nothing on a plain stream: cron logs stay short."""
+    (the JSON log's ``phase`` events). On a plain stream (a cron log) only a phase that lasts
+    ``log_delay`` seconds is said: a line then (``planning 9,600,000 pairs …``), so a log shows
+    what a job that seems stuck is doing, and one with its duration when it ends."""
 
     def __init__(self, *, stream: TextIO = sys.stderr, enabled: bool = True,
                  emit: Callable[[str, dict], None] | None = None, delay: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._stream, self._emit, self._delay, self._clock = stream, emit, delay, clock
+                 clock: Callable[[], float] = time.monotonic,
+                 log_delay: float | None = None) -> None:
+        self._stream, self._emit, self._clock = stream, emit, clock
         self._tty = enabled and emit is None and stream.isatty()
+        self._plain = enabled and emit is None and not self._tty
+        self._delay = delay if self._tty else LOG_PHASE if log_delay is None else log_delay
         self._lock = threading.Lock()
 
     @contextmanager
@@ -110,7 +132,7 @@ class Phases:
         start = self._clock()
         shown: list[Any] = []
         timer = None
-        if self._tty:
+        if self._tty or self._plain:
             timer = threading.Timer(self._delay, self._spin, (what, shown))
             timer.daemon = True
             timer.start()
@@ -133,11 +155,23 @@ class Phases:
                 self._emit(line, {"phase": name, "seconds": round(seconds, 3)})
 
     def _spin(self, what: str, shown: list[Any]) -> None:
-        from rich.console import Console
-
         with self._lock:
             if shown:  # the phase ended meanwhile
                 return
+            if self._plain:  # a log: one line, never a spinner's redrawing
+                self._stream.write(f"{what} …\n")
+                self._stream.flush()
+                shown.append(_Said())
+                return
+            from rich.console import Console
+
             status = Console(file=self._stream).status(what + " …")
             status.start()
             shown.append(status)
+
+
+class _Said:
+    """A phase's first line in a log: nothing to stop at its end."""
+
+    def stop(self) -> None:
+        return None

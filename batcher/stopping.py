@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # the program's first lines must not wait for asyncio to load
     import asyncio
@@ -40,6 +40,7 @@ EXIT_ABORTED = 3
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
 _RESUME = "re-run the same command to resume"
+T = TypeVar("T")
 
 
 class Stopper:
@@ -115,8 +116,10 @@ class Stopper:
 def taken_signals() -> list[signal.Signals]:
     """The stop signals a job takes: those the process does not ignore. One ignored when the
     process started stays ignored (``nohup`` ignores SIGHUP so the job outlives its terminal;
-    a shell's background job ignores SIGINT)."""
-    return [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
+    a shell's background job ignores SIGINT). One handled by C code (an embedding host's:
+    ``getsignal`` says None) stays its own: Python could not put it back after the job."""
+    return [sig for sig in STOP_SIGNALS
+            if signal.getsignal(sig) not in (signal.SIG_IGN, None)]
 
 
 def last_line(message: str, code: int, *, json_lines: bool, event: str = "error") -> str:
@@ -148,21 +151,20 @@ def signal_handler(stopper: Stopper) -> Callable[[int, object], None]:
 
 @contextmanager
 def signals_to(stopper: Stopper) -> Iterator[None]:
-    """SIGINT and SIGTERM become ``stopper.request`` for the block; a second one exits at once.
+    """SIGINT, SIGTERM and SIGHUP become ``stopper.request`` for the block; a second one exits
+    at once. The host's handlers are given back after it; a signal the host ignores stays
+    ignored, and one whose handler Python did not install (C code's: Python could not give it
+    back) stays the host's.
 
     Only the main thread can set signal handlers; elsewhere (a scheduler's worker thread) the
-    host's own handling stays, and the host stops the job through the stopper.
+    host's own handling stays, and the host stops the job through the stopper. pyarrow's own
+    switch (``enable_signal_handlers``) is never touched: it cannot be read, so it could not be
+    given back as the host had it — the job's CSV reads go round its handlers instead
+    (:func:`read_aside`).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    import pyarrow as pa  # loaded by then; not at this module's import (the program's first lines)
-
-    # pyarrow swaps in C handlers of its own for SIGINT and SIGTERM around a read (to cancel it)
-    # and hands the signal back only when the read ends well or cancelled: one that fails for
-    # another reason (a block too small for a record, a disk error) swallowed the signal, and the
-    # job ran on to the end. Ours alone, a signal waits for the read to return.
-    pa.enable_signal_handlers(False)
     handler = signal_handler(stopper)
     previous = {sig: signal.signal(sig, handler) for sig in taken_signals()}
     try:
@@ -173,4 +175,59 @@ def signals_to(stopper: Stopper) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-        pa.enable_signal_handlers(True)  # pyarrow's default
+
+
+def read_aside(read: Callable[[], T]) -> T:
+    """``read()`` — a pyarrow call that would hook the stop signals — where pyarrow hooks none.
+
+    In the main thread, pyarrow's ``read_csv`` swaps in C handlers of its own for SIGINT and
+    SIGTERM around the read (to cancel it) and hands the signal back only when the read ends
+    well or cancelled: one that fails for another reason (a record longer than a block, read
+    again with larger ones; a disk error) swallowed the signal, and the job ran on to the end.
+    It does so in the main thread only: there, the read runs in a thread of its own while the
+    main thread waits, and takes a signal as Python delivers it — its handler's exception
+    (``Interrupted``, a host's ``KeyboardInterrupt``) is raised once the read has returned, as
+    the stream it reads is closed only then."""
+    if threading.current_thread() is not threading.main_thread():
+        return read()
+    outcome: list[tuple[bool, Any]] = []
+    done, gate = threading.Event(), threading.Lock()
+    state = ["new"]  # → "reading" (by the thread) or "given up" (by the waiting thread)
+
+    def run() -> None:
+        try:
+            with gate:
+                if state[0] == "given up":  # before the thread began: nothing to read
+                    return
+                state[0] = "reading"
+            outcome.append((True, read()))
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    reader = threading.Thread(target=run, name="batcher-read", daemon=True)
+    stop: BaseException | None = None
+    try:
+        reader.start()
+    except RuntimeError:  # no thread to be had: read here, hooked as pyarrow does
+        return read()
+    except BaseException as exc:  # a signal's, while the thread started: did the read begin?
+        stop = exc
+        with gate:
+            if state[0] == "new":  # it never will: nothing to wait for
+                state[0] = "given up"
+                raise
+    # an Event, not join(): a join that a signal handler's exception interrupts may take the
+    # thread for ended while it still runs (CPython's bpo-45274 fix releases its lock)
+    while not done.is_set():
+        try:
+            done.wait()
+        except BaseException as exc:  # a signal's: taken once the read has returned
+            stop = stop or exc
+    ok, value = outcome.pop()
+    if stop is not None:
+        raise stop
+    if not ok:
+        raise value
+    return value

@@ -118,13 +118,27 @@ CASES = [
      every(F, "LIMIT_EXCEEDED")),
     ("INVALID_MODULE", 400, err("INVALID_MODULE", "the module name given seems to be invalid"),
      {}, every(F, "INVALID_MODULE")),
-    ("INVALID_URL_PATTERN", 404, err("INVALID_URL_PATTERN"), {}, every(F, "INVALID_URL_PATTERN")),
     ("unknown 4xx code", 400, err("SOMETHING_NEW"), {}, every(F, "SOMETHING_NEW")),
+    # --- the URL is wrong (another data centre's domain, no Zoho API there): every call would
+    # get the same, whatever the body says; the run stops (found by reading: a JSON
+    # INVALID_URL_PATTERN failed each call's rows for good, a proxy's 404 page failed them
+    # retryably, call after call)
+    ("INVALID_URL_PATTERN", 404, err("INVALID_URL_PATTERN"), {},
+     Fatal("INVALID_URL_PATTERN", "m", 404, wrong_url=True)),
+    ("INVALID_URL_PATTERN wrapped, under 400", 400, {"data": [err("INVALID_URL_PATTERN")]}, {},
+     Fatal("INVALID_URL_PATTERN", "m", 400, wrong_url=True)),
     ("404 HTML page from a proxy", 404, b"<html>not found</html>", {},
-     every(F, "HTTP_404", True)),
+     Fatal("HTTP_404", "HTTP 404 with an HTML page", 404, wrong_url=True)),
+    ("404 empty", 404, b"", {}, Fatal("HTTP_404", "HTTP 404 with empty body", 404, wrong_url=True)),
+    ("404 JSON of another code", 404, err("NOT_FOUND", "no such thing"), {},
+     Fatal("NOT_FOUND", "no such thing", 404, wrong_url=True)),
+    ("405 from a host that is no Zoho API", 405, b"Method Not Allowed", {},
+     Fatal("HTTP_405", "HTTP 405 with a body that is not a Zoho answer", 405, wrong_url=True)),
+    ("410 for a retired API version", 410, b"", {},
+     Fatal("HTTP_410", "HTTP 410 with empty body", 410, wrong_url=True)),
     # success entries under a status Zoho does not answer entries with are no evidence
     ("404 carrying success entries", 404, {"data": [ok(r) for r in R]}, {},
-     every(F, "HTTP_404", True)),
+     Fatal("HTTP_404", "HTTP 404 with a body that is not a Zoho answer", 404, wrong_url=True)),
     ("201 carrying success entries", 201, {"data": [ok(r) for r in R]}, {},
      Transient("UNPARSEABLE_ANSWER", "HTTP 201 with a body that is not a Zoho answer", 201)),
     # --- located rejections
@@ -211,16 +225,18 @@ def test_classify_table(name, status, body, headers, expected):
 
 @pytest.mark.parametrize("status, body", [(301, b""), (302, b"<html>moved</html>"),
                                           (307, json.dumps({"data": [ok(r) for r in R]}))])
-def test_a_redirect_fails_the_call_at_once_naming_where_it_points(status, body):
+def test_a_redirect_stops_the_run_at_once_naming_where_it_points(status, body):
     """Found by trying: a 3xx (another data centre's domain, http → https, a captive portal)
     was an UNPARSEABLE_ANSWER "with empty body", sent again and again (each send a call) before
-    its rows failed. It is never followed (the token stays with the configured domain)."""
+    its rows failed. It is never followed (the token stays with the configured domain), and
+    every call would meet it: the run stops, as for a wrong URL."""
     raw = body if isinstance(body, bytes) else body.encode()
     headers = {"Location": "https://login.example.net/sso?token=abc#x"}
     answer = classify(R, C, status, headers, raw)
-    assert summary(answer) == every(F, f"HTTP_{status}", True)
-    message = answer.groups[0].message
+    assert isinstance(answer, Fatal) and answer.wrong_url and answer.code == f"HTTP_{status}"
+    message = str(answer.to_error("Leads", "https://www.zohoapis.com"))
     assert "redirect to https://login.example.net, not followed" in message
+    assert "https://www.zohoapis.com" in message and "ZOHO_DC" in message
     assert "token=abc" not in message and "/sso" not in message
 
 

@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 import shutil
 import socket
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import httpcore
 import httpx
 import pytest
 
-from batcher.netio import AsyncioTransport, accounts_transport, api_transport, proxy_for
+from batcher.netio import (
+    AsyncioTransport,
+    accounts_transport,
+    api_transport,
+    check_proxies,
+    proxy_for,
+)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -181,6 +189,58 @@ def test_https_refuses_an_untrusted_certificate(server_tls):
 
     with pytest.raises(httpx.ConnectError, match="(?i)certificate"):
         asyncio.run(_with_server(handler, go, server_tls))
+
+
+@pytest.mark.parametrize("variable", ["SSL_CERT_FILE", "SSL_CERT_DIR"])
+def test_the_authorities_are_those_the_jobs_env_names_never_the_processs(
+        certificate, server_tls, tmp_path, monkeypatch, variable):
+    """A library host passes ``env=``: found by trying, SSL_CERT_FILE / SSL_CERT_DIR were read
+    from the process's environment (httpx's ``create_ssl_context``, once a process), so a host
+    naming its corporate authority in ``env`` was refused, and one that did not was given the
+    process's. Both clients, direct; each way round."""
+    if variable == "SSL_CERT_DIR":  # a folder of hashed names, as c_rehash makes
+        folder = tmp_path / "authorities"
+        folder.mkdir()
+        name = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", certificate[0]],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        (folder / f"{name}.0").write_bytes(Path(certificate[0]).read_bytes())
+        where = str(folder)
+    else:
+        where = certificate[0]
+    handler, _ = _echo()
+
+    def call(env: dict[str, str]):
+        async def go(url: str) -> str:
+            for transport in (api_transport(url, env), accounts_transport(url, env)):
+                async with httpx.AsyncClient(transport=transport, trust_env=False,
+                                             timeout=5) as client:
+                    answer = (await client.post(url, content=b"hi")).text
+            return answer
+
+        return asyncio.run(_with_server(handler, go, server_tls))
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    assert call({variable: where}) == "echo:hi"
+    monkeypatch.setenv(variable, where)  # the process's, not the job's: certifi's alone
+    with pytest.raises(httpx.ConnectError, match="(?i)certificate"):
+        call({})
+
+
+@pytest.mark.parametrize("env, said", [
+    ({"SSL_CERT_FILE": "/no/such/bundle.pem"}, "SSL_CERT_FILE=/no/such/bundle.pem"),
+    ({"SSL_CERT_DIR": "/no/such/folder"}, "SSL_CERT_DIR=/no/such/folder"),
+    ({"SSL_CERT_FILE": "{junk}"}, "no certificate"),
+])
+def test_unusable_authorities_are_a_value_error_naming_the_variable(tmp_path, env, said):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    env = {k: v.format(junk=junk) for k, v in env.items()}
+    for make in (lambda: api_transport(ZOHO, env), lambda: accounts_transport(ZOHO, env),
+                 lambda: check_proxies([ZOHO], env)):
+        with pytest.raises(ValueError, match=re.escape(said)) as caught:
+            make()
+        assert "_ssl.c" not in str(caught.value)
 
 
 # ---------------------------------------------------------------------------- proxies

@@ -39,7 +39,7 @@ import httpx
 import pytest
 
 import batcher
-from batcher.job import Transports, run_job
+from batcher.job import RunSettings, Transports, run_job
 from batcher.retry import RetryPolicy
 from batcher.sandbox.world import World
 
@@ -643,3 +643,48 @@ def test_a_storm_of_429s_stops_the_job_resumable_and_fails_no_row(tmp_path, serv
     again = run_job(settings(tmp_path, inp), live.env, stream=io.StringIO())
     assert again.exit_code == 0, again.aborted
     assert set(live.sandbox.removed) == set(rows)
+
+
+def _wrong_url(answer: httpx.Response, seen: list[str]) -> httpx.MockTransport:
+    """An API domain that is wrong (another data centre's, or no Zoho API at all): every call,
+    un-enrol or cadence listing, gets ``answer``."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        return answer
+    return httpx.MockTransport(handle)
+
+
+_NOT_HERE = {
+    "json": httpx.Response(404, json={"code": "INVALID_URL_PATTERN", "details": {},
+                                      "message": "Please check if the URL trying to access is a "
+                                                 "correct one", "status": "error"}),
+    "html": httpx.Response(404, html="<html><body><h1>404 Not Found</h1></body></html>"),
+    "redirect": httpx.Response(301, headers={"Location": "https://www.zohoapis.eu/crm/v7"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("answer", list(_NOT_HERE))
+@pytest.mark.parametrize("preflight", [False, True], ids=["sending", "preflight"])
+def test_a_wrong_api_domain_stops_the_run_at_once_naming_it(tmp_path, serve, answer, preflight):
+    """Found by reading: Zoho's JSON INVALID_URL_PATTERN failed every call's rows for good (not
+    retryable: a re-run after fixing --dc would not send them), while a proxy's 404 page
+    failed them retryably — each call after the other, the whole list. Both say the URL is
+    wrong, and every call would get the same: the run stops (exit 3) after the first answer,
+    naming the domain; no row is failed, and the same command resumes once the domain is right."""
+    rows = make_rows(300, 3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    seen: list[str] = []
+    err = io.StringIO()
+
+    result = run_job(settings(tmp_path, inp, preflight=preflight, quiet=False),
+                     live.env, transports=Transports(api=_wrong_url(_NOT_HERE[answer], seen)),
+                     stream=err)
+
+    assert result.exit_code == 3, result.aborted
+    [line] = abort_lines(err.getvalue())
+    assert live.base_url in line and "ZOHO_DC" in line and "URL is wrong" in line, line
+    assert len(seen) <= RunSettings.concurrency  # the calls already in flight, at most
+    assert seen[0] == ("GET" if preflight else "POST")
+    assert_all_not_sent(tmp_path / "out.csv", len(rows))

@@ -14,10 +14,10 @@ class FakeTTY(io.StringIO):
         return True
 
 
-def test_plain_lines_every_interval_when_not_a_terminal():
+def test_plain_lines_every_interval_given_when_not_a_terminal():
     now = [0.0]
     out = io.StringIO()
-    p = Progress(1000, 10, stream=out, clock=lambda: now[0])
+    p = Progress(1000, 10, stream=out, clock=lambda: now[0], interval=5.0)
     c = Counters(calls=2, batches_done=2, pairs_done=200, throttled=1)
     for t in (1.0, 2.0, 6.0, 7.0, 12.0):
         now[0] = t
@@ -96,3 +96,49 @@ def test_phases_go_to_the_json_log_and_never_to_a_plain_stream():
     with Phases(stream=plain, delay=0.0)("writing", "results"):
         pass
     assert plain.getvalue() == ""
+
+
+def test_a_log_gets_a_few_lines_ever_further_apart_never_one_every_few_seconds():
+    """Found by trying: with stderr in a cron log, an eight-hour job wrote a line every 5 s
+    (5,760 lines, one a few seconds from its start): a log is read after the fact; it wants to
+    see the job alive and how far it got, at a pace that stays readable."""
+    for emit in (None, "json"):
+        assert 20 <= len(times := _log_line_times(emit)) <= 60, len(times)
+        assert times[0] >= 30  # a job of half a minute says only its end
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert gaps == sorted(gaps) and max(gaps) <= 600  # never silent for more than 10 min
+
+
+def _log_line_times(emit: str | None) -> list[int]:
+    """The seconds at which an eight-hour job, updated each second, wrote a log line."""
+    now = [0.0]
+    out, events = io.StringIO(), []
+    p = Progress(10**6, 10**4, stream=out, clock=lambda: now[0],
+                 emit=(lambda line, f: events.append(line)) if emit else None)
+    times = []
+    for second in range(8 * 3600):
+        now[0] = float(second)
+        before = len(out.getvalue().splitlines()) + len(events)
+        p.update(Counters(calls=second, batches_done=second, pairs_done=second * 100))
+        if len(out.getvalue().splitlines()) + len(events) > before:
+            times.append(second)
+    return times
+
+
+def test_a_long_phase_is_said_in_a_log_as_it_begins_to_look_long_and_when_it_ends():
+    """A ten-million-row job read and planned for minutes wrote nothing to a cron log: one
+    that seemed stuck could not be told from one at work. Quick phases stay unsaid."""
+    import time as clock
+
+    from batcher.progress import Phases
+
+    out = io.StringIO()
+    phase = Phases(stream=out, log_delay=0.05)
+    with phase("planning 9,600,000 pairs", "plan"):
+        clock.sleep(0.4)
+    with phase("reading a small file", "scan"):
+        pass
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "planning 9,600,000 pairs …"
+    assert re.fullmatch(r"planning 9,600,000 pairs: 0\.[3-9] s", lines[1])
+    assert len(lines) == 2 and "\x1b" not in out.getvalue() and "\r" not in out.getvalue()

@@ -325,3 +325,84 @@ def test_under_umask_000_the_token_caches_folders_are_private(tmp_path, serve):
     assert modes == {".cache": 0o700, "batcher": 0o700}
     assert [p.stat().st_mode & 0o777 for p in cache.iterdir()] == [0o600]  # the token, cached
     assert {p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()} == {0o600}
+
+
+def test_a_cron_log_gets_a_few_plain_lines_and_the_long_phases(tmp_path, serve):
+    """``batcher run`` with stderr in a file, as cron's ``>> log 2>&1``: found by trying, it
+    wrote a progress line at its first answer and every 5 s after (an eight-hour job, 5,760
+    lines) and said nothing of a setup phase of minutes. Here the log's pacing is shrunk (the
+    first line at 60 s: after this job's end) and the reading made slow, to see both."""
+    rows = make_rows(400, 3)
+    live = serve(World.from_pairs(rows), latency=0.05)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    program = ("import sys, time\n"
+               "import batcher.progress as progress, batcher.job as job\n"
+               "progress.LOG_FIRST, progress.LOG_PHASE = 60.0, 0.2\n"
+               "scan = job.scan_input\n"
+               "def slow(*a, **k):\n"
+               "    time.sleep(0.6)\n"
+               "    return scan(*a, **k)\n"
+               "job.scan_input = slow\n"
+               "from batcher.cli import entry\n"
+               "sys.argv[0] = 'batcher'\n"
+               "entry()\n")
+    log = tmp_path / "batcher.log"
+    with open(log, "w") as err:
+        done = subprocess.run(
+            [sys.executable, "-c", program, "run", str(inp), "--results",
+             str(tmp_path / "out.csv"), "--concurrency", "2"],
+            env={**os.environ, **live.env}, cwd=ROOT, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=err, text=True, timeout=120)
+    text = log.read_text()
+    assert done.returncode == 0, text
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", text)  # no bar, no colour, no \r
+    lines = text.splitlines()
+    reading = [line for line in lines if line.startswith(f"reading {inp}")]
+    assert reading[0] == f"reading {inp} …" and re.fullmatch(r".*: [0-9.]+ s", reading[1])
+    progress = [line for line in lines if " pairs  batches " in line]
+    assert len(progress) == 1 and progress[0].startswith(f"{len(rows):,}/{len(rows):,} pairs")
+
+
+def test_a_hosts_env_alone_names_the_authorities_tls_trusts(tmp_path, serve, monkeypatch):
+    """``run_job(settings, env)`` reads SSL_CERT_FILE / SSL_CERT_DIR from ``env`` only: found by
+    trying, the process's were used (so a bad one the host never passed broke its job, as an
+    "internal error" after the journal was made) and the host's were ignored. One the host
+    passes that cannot be used is exit 2 naming it, before any file is made."""
+    from batcher.errors import UsageError
+    from batcher.job import RunSettings, run_job
+
+    rows = make_rows(10, 2)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    (out := tmp_path / "out").mkdir()
+    with pytest.raises(UsageError, match="SSL_CERT_FILE=/no/such/bundle.pem") as err:
+        run_job(RunSettings(input=inp, results=out / "a.csv", quiet=True),
+                {**live.env, "SSL_CERT_FILE": "/no/such/bundle.pem"})
+    assert err.value.exit_code == 2 and list(out.iterdir()) == []
+    monkeypatch.setenv("SSL_CERT_FILE", "/no/such/bundle.pem")  # the host's own, not the job's
+    result = run_job(RunSettings(input=inp, results=out / "b.csv", quiet=True), live.env)
+    assert result.exit_code == 0, result.aborted
+
+
+def test_a_dry_runs_journal_goes_to_the_temporary_folder_the_hosts_env_names(tmp_path):
+    """A dry run's journal (as large as the real one's) was made in the process's temporary
+    folder whatever TMPDIR the host passed in ``env``."""
+    from batcher.job import RunSettings, run_job
+
+    rows = make_rows(10, 2)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    (temp := tmp_path / "job-temp").mkdir()
+
+    class Looking:
+        seen: list[list[str]] = []
+
+        def write(self, text: str) -> int:  # at each line, what the folder holds
+            self.seen.append(sorted(p.name for p in temp.iterdir()))
+            return len(text)
+
+    result = run_job(RunSettings(input=inp, results=tmp_path / "out.csv", dry_run=True,
+                                 preflight=False, log_format="json"),
+                     {"TMPDIR": str(temp)}, stream=Looking())
+    assert result.exit_code == 0, result.aborted
+    assert any(names and names[0].startswith("batcher-dry-") for names in Looking.seen)
+    assert list(temp.iterdir()) == []  # and gone after it

@@ -361,3 +361,133 @@ def test_a_cached_token_the_server_revoked_costs_one_refresh(tmp_path, serve):
 
     assert [r.aborted for r in results] == [None] * 3
     assert live.sandbox.refresh_count == 2
+
+
+@pytest.mark.parametrize("given, under", [
+    ({"HOME": "{h}"}, "{h}/.cache/batcher"),
+    ({"HOME": "{h}", "XDG_CACHE_HOME": "{h}/xdg"}, "{h}/xdg/batcher"),
+    ({"HOME": "{h}", "XDG_CACHE_HOME": "relative/xdg"}, "{h}/.cache/batcher"),
+])
+def test_the_default_cache_is_where_the_hosts_environment_puts_it(tmp_path, monkeypatch,
+                                                                   given, under):
+    """A library host's ``env=`` decides the cache's place: found by trying, HOME and
+    XDG_CACHE_HOME were read from the process's environment (platformdirs, expanduser), so a
+    host passing the job's own HOME had its tokens kept in its own."""
+    if sys.platform in ("win32", "darwin"):
+        pytest.skip("the XDG layout")
+    monkeypatch.setenv("HOME", str(tmp_path / "process-home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "process-xdg"))
+    home = tmp_path / "job-home"
+    home.mkdir()
+    env = {k: v.format(h=home) for k, v in given.items()}
+    assert default_cache(env).directory == Path(under.format(h=home))
+    # a home of the host's that does not exist is never created, whatever the process's is
+    assert default_cache({"HOME": str(tmp_path / "nonexistent")}) is None
+
+
+@pytest.mark.slow
+def test_a_hosts_env_home_holds_the_cached_token_not_the_processs(tmp_path, monkeypatch, serve):
+    if sys.platform in ("win32", "darwin"):
+        pytest.skip("the XDG layout")
+    live = serve(World.from_pairs(ROWS))
+    process_cache = tmp_path / "process-xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(process_cache))
+    home = tmp_path / "job-home"
+    home.mkdir()
+    env = {**{k: v for k, v in live.env.items() if k != "BATCHER_NO_TOKEN_CACHE"},
+           "HOME": str(home)}
+    assert [r.aborted for r in dry_runs(tmp_path, env, 2)] == [None, None]
+    assert live.sandbox.refresh_count == 1  # the second run took the cached token
+    key = cache_key(live.base_url, live.env["ZOHO_CLIENT_ID"], live.env["ZOHO_REFRESH_TOKEN"])
+    assert [p.name for p in (home / ".cache" / "batcher").iterdir()] == [f"{key}.json"]
+    assert not process_cache.exists()
+
+
+# ------------------------------------------------------------------- a clock stepped between two
+
+
+def _step_clock(cache: TokenCache, seconds: float, key: str = KEY) -> None:
+    """As if the wall clock moved by ``-seconds`` since the file was written: its times shift
+    by ``seconds`` (an NTP step back is a file whose times are ahead of the clock)."""
+    path = cache.directory / f"{key}.json"
+    doc = json.loads(path.read_text())
+    doc.update(expires_at=doc["expires_at"] + seconds, cached_at=doc["cached_at"] + seconds,
+               refreshed=[t + seconds for t in doc["refreshed"]])
+    path.write_text(json.dumps(doc))
+
+
+def test_after_the_clock_is_set_back_a_token_is_believed_for_its_lifetime_at_most(cache):
+    """Found by reading: the cache kept a token's expiry on the wall clock alone, so with the
+    clock set back two hours a token issued an hour ago (and dead) was lent as alive for two
+    more hours. Its remaining life is now never more than it was issued with."""
+    cache.put(KEY, TOKEN, time.time() + 3600, None)
+    _step_clock(cache, 7200)
+    got = cache.get(KEY)
+    assert got is not None and got.expires_at - time.time() <= 3600 + 1
+
+
+def test_after_the_clock_is_set_forward_a_token_looks_expired_and_is_not_lent(cache):
+    cache.put(KEY, TOKEN, time.time() + 3600, None)
+    _step_clock(cache, -7200)
+    assert cache.get(KEY) is None
+
+
+def test_a_token_cached_without_its_time_of_caching_is_not_lent(cache):
+    """A file of an earlier version: its lifetime is unknown (one refresh, then it is known)."""
+    cache.directory.mkdir(mode=0o700)
+    entry_file(cache).write_text(json.dumps({"access_token": TOKEN,
+                                             "expires_at": time.time() + 3000}))
+    entry_file(cache).chmod(0o600)
+    assert cache.get(KEY) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", [0, 7200], ids=["revoked", "clock-set-back-2h"])
+def test_a_stale_cached_token_costs_one_refused_call_and_one_refresh(tmp_path, serve, step):
+    """A token the cache lends may be dead (revoked; or issued before the clock was set back,
+    so it looks alive): found by trying, every call in flight (8 at --concurrency 8) was sent
+    with it and refused INVALID_TOKEN. One call tries it; the others wait for its answer."""
+    rows = make_rows(2000, 2)
+    live = serve(World.from_pairs(rows), latency=0.02, concurrency_limit=None)
+    env = cached_env(live, tmp_path / "cache")
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    (tmp_path / "dry").mkdir()
+    assert run_job(settings(tmp_path / "dry", inp, dry_run=True), env,
+                   stream=io.StringIO()).aborted is None  # a token cached
+    if step:
+        _step_clock(TokenCache(tmp_path / "cache"), step,
+                    cache_key(live.base_url, live.env["ZOHO_CLIENT_ID"], REFRESH_SANDBOX))
+    live.sandbox.revoke_tokens()  # dead at Zoho, whatever the times say
+
+    result = run_job(settings(tmp_path, inp, preflight=False, concurrency=8), env,
+                     stream=io.StringIO())
+    assert result.exit_code == 0, result.aborted
+    refused = [c for c in live.sandbox.calls if c.code == "INVALID_TOKEN"]
+    assert len(refused) == 1 and live.sandbox.refresh_count == 2
+
+
+@pytest.mark.slow
+def test_after_the_clock_is_set_forward_the_next_commands_refresh_once_not_each(tmp_path, serve):
+    """A live token that looks expired (the clock set forward) costs one refresh: the token
+    that refresh gets is cached on the new time line, and the commands after it use it."""
+    live = serve(World.from_pairs(ROWS))
+    env = cached_env(live, tmp_path / "cache")
+    assert dry_runs(tmp_path, env, 1)[0].aborted is None
+    _step_clock(TokenCache(tmp_path / "cache"), -7200,
+                cache_key(live.base_url, live.env["ZOHO_CLIENT_ID"], REFRESH_SANDBOX))
+    assert [r.aborted for r in dry_runs(tmp_path, env, 5, first=1)] == [None] * 5
+    assert live.sandbox.refresh_count == 2
+
+
+def test_token_lifetimes_are_timed_on_a_clock_that_counts_time_asleep():
+    """``time.monotonic`` stops while a machine sleeps (a suspended laptop, a paused VM): a
+    token held across a night of sleep was still taken for fresh, every call in flight then
+    refused. Where the system has a clock that counts sleep, lifetimes are timed on it."""
+    from batcher.zoho.auth import awake_or_asleep
+
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:
+        pytest.skip("no clock that counts time asleep here")
+    assert abs(awake_or_asleep() - time.clock_gettime(boottime)) < 1.0
+    auth, _ = make(Accounts(), Api())
+    assert auth._clock is awake_or_asleep

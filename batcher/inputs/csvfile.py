@@ -25,6 +25,7 @@ import pyarrow.csv as pacsv
 from ..arrays import arrow_of, strings_of
 from ..errors import InputError, machine_limit
 from ..hostsettings import unraisable_ignored
+from ..stopping import read_aside
 from .columns import require_columns
 from .dialect import Dialect, detect
 from .kinds import HEAD_BYTES, not_text, one_line, space_aligned
@@ -278,9 +279,10 @@ def _arrow_parts(src: Source, types: dict[str, pa.DataType], block: int, newline
     with pa.input_stream(src.path, compression=src.compression) as stream:
         # an explicit stream: the content, not a ".gz" name, says whether to inflate
         parse = _parse_options(src, newlines, irregular)
-        if whole:
-            yield pacsv.read_csv(stream, read_options=read, parse_options=parse,
-                                 convert_options=convert)
+        if whole:  # the streaming reader hooks no signal; the whole read does (read_aside)
+            yield read_aside(lambda: pacsv.read_csv(stream, read_options=read,
+                                                    parse_options=parse,
+                                                    convert_options=convert))
         else:
             yield from pacsv.open_csv(stream, read_options=read, parse_options=parse,
                                       convert_options=convert)

@@ -38,6 +38,11 @@ from batcher.models import (
 from batcher.retry import parse_retry_after
 
 FATAL_CODES = frozenset({"OAUTH_SCOPE_MISMATCH", "NO_PERMISSION", "AUTHENTICATION_FAILURE"})
+#: answers that say the URL is wrong — an API domain of another data centre, a host that is no
+#: Zoho API, a retired API version — whatever the call: every call would get the same, so the
+#: run stops (exit 3, resumable once the domain is right) rather than fail its rows one by one
+WRONG_URL_CODES = frozenset({"INVALID_URL_PATTERN"})
+_WRONG_URL_STATUSES = frozenset({404, 405, 410})
 TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "INTERNAL_ERROR", "TOO_MANY_REQUESTS"})
 LOCATABLE_CODES = frozenset({"INVALID_DATA", "NOT_ALLOWED"})
 #: codes that can only concern the whole request, never one record
@@ -140,11 +145,24 @@ class Fatal:
     code: str
     message: str
     http_status: int
+    #: the answer says the URL called is wrong (:data:`WRONG_URL_CODES`, a 404, a redirect)
+    wrong_url: bool = False
 
-    def to_error(self, module: str | None = None) -> AbortError:
-        """An abort whose message says what the user must fix before re-running."""
+    def to_error(self, module: str | None = None, where: str | None = None) -> AbortError:
+        """An abort whose message says what the user must fix before re-running; ``where``:
+        the scheme and host the call went to."""
         mod = module or "{module}"
         resume = "then re-run the same command to resume"
+        if self.wrong_url:
+            at = f" at {where}" if where else ""
+            said = self.message if self.code.startswith("HTTP_") else \
+                f"{self.code} (HTTP {self.http_status}: {self.message})"
+            return AbortError(
+                f"the API{at} answered {said} — the URL is wrong, and every call would get "
+                f"the same: check that ZOHO_DC / "
+                f"--dc / ZOHO_API_DOMAIN / --api-domain name the data centre of the account "
+                f"(https://www.zohoapis.<its domain>); nothing more is sent and no row is "
+                f"failed for it, {resume}")
         if self.code == "LIMIT_EXCEEDED":
             # a call never exceeds a per-call limit (100 records, 5 cadences): this is the
             # org's, most often its API credits for the day; every further call would be refused
@@ -392,6 +410,8 @@ def _whole(entry: Mapping[str, Any], record_ids: Sequence[str], cadence_ids: Seq
         return TokenInvalid(status)
     if code in FATAL_CODES:
         return Fatal(code, message, status)
+    if code in WRONG_URL_CODES:
+        return Fatal(code, message or "the URL is not one of the API's", status, wrong_url=True)
     if code == "LIMIT_EXCEEDED" and not _due_to_call(_details(entry).get("limit_due_to")):
         return Fatal(code, message, status)
     if code in TRANSIENT_CODES:
@@ -406,6 +426,8 @@ def _whole(entry: Mapping[str, Any], record_ids: Sequence[str], cadence_ids: Seq
         return _without_answer(record_ids, cadence_ids, status, headers, b"", None, now)
     if status in (401, 403):
         return Fatal(code, message, status)
+    if status in _WRONG_URL_STATUSES:  # no such endpoint there, whatever the code says
+        return Fatal(code, message, status, wrong_url=True)
     return _all(record_ids, cadence_ids, Status.FAILED, code, message, status, False)
 
 
@@ -470,15 +492,23 @@ def _without_answer(record_ids: Sequence[str], cadence_ids: Sequence[str], statu
         return Transient(code or "TOO_MANY_REQUESTS", message, status, retry_after, True)
     if 300 <= status < 400:
         # a redirect is never followed (the token goes to the configured domain only), and
-        # sending again meets it again: said as what it is, not as an unreadable answer
-        return _all(record_ids, cadence_ids, Status.FAILED, code or f"HTTP_{status}",
-                    _redirect_message(status, headers), status, True)
+        # every call meets it again: said as what it is, not as an unreadable answer
+        return Fatal(code or f"HTTP_{status}", _redirect_message(status, headers), status,
+                     wrong_url=True)
+    if status in _WRONG_URL_STATUSES:  # no such endpoint there (a proxy's page, or no Zoho)
+        return Fatal(code or f"HTTP_{status}", message, status, wrong_url=True)
     if 400 <= status < 500 and status not in (408, 425):
         # a proxy or wrong URL answered; not worth hammering now, but a re-run may succeed
         return _all(record_ids, cadence_ids, Status.FAILED, code or f"HTTP_{status}", message,
                     status, True)
     fallback = f"HTTP_{status}" if status >= 400 else "UNPARSEABLE_ANSWER"
     return Transient(code or fallback, message, status, retry_after, False)
+
+
+def origin(url: httpx.URL | str) -> str:
+    """``scheme://host[:port]`` of ``url``: where a call went, without path, query or user."""
+    url = httpx.URL(url)
+    return f"{url.scheme}://{url.netloc.decode('ascii')}"
 
 
 def _redirect_message(status: int, headers: Mapping[str, str]) -> str:
@@ -489,8 +519,8 @@ def _redirect_message(status: int, headers: Mapping[str, str]) -> str:
         where = f" to {target.scheme}://{target.host}" if target.host else ""
     except (httpx.InvalidURL, TypeError):
         where = ""
-    return (f"HTTP {status} redirect{where}, not followed (the token is sent to the configured "
-            "API domain only): check ZOHO_API_DOMAIN / --api-domain / --dc")
+    return (f"HTTP {status} redirect{where}, not followed: the token is sent to the configured "
+            "API domain only")
 
 
 def _per_record(entries: list[Any], record_ids: Sequence[str], cadence_ids: Sequence[str],

@@ -7,7 +7,14 @@ rather than getting the refresh token throttled. Token endpoint failures come as
 ``{"error": ...}``; they become messages that say what to fix and never carry a secret.
 
 With a :class:`TokenCache`, a command first reuses the token an earlier command got, and the
-window starts with the refreshes earlier commands made, so a lock-out names when it ends.
+window starts with the refreshes earlier commands made, so a lock-out names when it ends. A lent
+token may be stale (revoked, or its times off after the wall clock was stepped): it is tried by
+one request at a time until an answer accepts it, so it costs at most one refused call before
+the one shared refresh — not one per request in flight.
+
+Expiry and the window are timed on a clock that goes on while the machine sleeps (a laptop
+suspended, a VM paused): ``time.monotonic`` stops then, and a token held across a night of sleep
+would still be taken for fresh.
 """
 
 from __future__ import annotations
@@ -32,6 +39,18 @@ from batcher.zoho.tokencache import TOKEN_SHAPE, TokenCache, cache_key
 _RESUME = "then re-run the same command to resume"
 
 
+def awake_or_asleep() -> float:
+    """Seconds on a clock that is never set (as ``time.monotonic``) and counts time asleep:
+    ``CLOCK_BOOTTIME`` where there is one (Linux), else ``time.monotonic``."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+#: answers Zoho gives without judging the token (the URL, the limits), or a proxy's: they say
+#: nothing of a token being tried
+_SAY_NOTHING_OF_TOKEN = frozenset({404, 429})
+
+
 class ZohoAuth(httpx.Auth):
     """``Authorization: Zoho-oauthtoken …`` on every request, refreshed when needed.
 
@@ -48,7 +67,7 @@ class ZohoAuth(httpx.Auth):
     def __init__(self, credentials: Credentials, endpoints: Endpoints, *,
                  client: httpx.AsyncClient | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = awake_or_asleep,
                  refresh_ahead: float = 60.0, max_refreshes: int = 10,
                  window: float = 600.0, redactor: Redactor | None = None,
                  cache: TokenCache | None = None) -> None:
@@ -76,6 +95,10 @@ class ZohoAuth(httpx.Auth):
         self._token = credentials.access_token
         self._expires_at: float | None = None  # unknown for a token given by the user
         self._generation = 0
+        #: the generation of a token the cache lent that no answer has accepted yet; requests
+        #: try it one at a time (``_trying``)
+        self._unproven: int | None = None
+        self._trying = asyncio.Lock()
         self._failure: AuthError | None = None
         self.api_domain = endpoints.api_domain
         self.refreshes = 0
@@ -98,29 +121,51 @@ class ZohoAuth(httpx.Auth):
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
                                                                                httpx.Response]:
         try:
-            token, generation = await self._valid_token()
+            token, generation, trying = await self._token_to_send()
         except AuthError as exc:  # a refresh refused or locked out: this request never left
             exc.unsent = True
             raise
-        self._prepare(request, token)
-        response = yield request
-        if not await self._token_invalid(response):
+        try:
+            self._prepare(request, token)
+            response = yield request
+            invalid = await self._token_invalid(response)
+            if trying and not invalid and response.status_code < 500 \
+                    and response.status_code not in _SAY_NOTHING_OF_TOKEN:
+                self._unproven = None  # accepted: every request may use it now
+            if invalid and self._credentials.can_refresh:
+                try:  # before the requests waiting for the lent token's verdict go on
+                    token, _ = await self._refresh(stale_generation=generation, rejected=True)
+                except BatcherError as exc:  # refused, or the accounts server down: either
+                    raise _refused(exc, 1) from None  # way the call was answered INVALID_TOKEN
+        finally:
+            if trying:
+                self._trying.release()
+        if not invalid:
             return
         if not self._credentials.can_refresh:
             raise _refused(AuthError(
                 "Zoho rejected the access token (INVALID_TOKEN): it expired or was revoked and "
                 "cannot be refreshed; set ZOHO_REFRESH_TOKEN, ZOHO_CLIENT_ID and "
                 f"ZOHO_CLIENT_SECRET (or a new ZOHO_ACCESS_TOKEN), {_RESUME}"), 1)
-        try:
-            token, _ = await self._refresh(stale_generation=generation, rejected=True)
-        except BatcherError as exc:  # refused, or the accounts server down: either way the
-            raise _refused(exc, 1) from None  # call was answered INVALID_TOKEN, nothing done
         self._prepare(request, token)
         response = yield request
         if await self._token_invalid(response):
             raise _refused(AuthError(
                 "Zoho rejected a freshly refreshed access token (INVALID_TOKEN): check that "
                 f"ZOHO_DC / --api-domain match the data centre of the account; {_RESUME}"), 2)
+
+    async def _token_to_send(self) -> tuple[str, int, bool]:
+        """(token, its generation, whether this request is the one trying it). A token the
+        cache lent is tried by one request at a time (holding ``_trying``), the others waiting
+        for an answer that accepts it — or for the token the refresh its rejection made."""
+        token, generation = await self._valid_token()
+        while generation == self._unproven:
+            await self._trying.acquire()
+            if generation == self._unproven:
+                return token, generation, True
+            self._trying.release()
+            token, generation = await self._valid_token()
+        return token, generation, False
 
     @staticmethod
     async def _token_invalid(response: httpx.Response) -> bool:
@@ -187,6 +232,7 @@ class ZohoAuth(httpx.Auth):
         self._ahead = min(self._refresh_ahead, lifetime / 5)
         self._expires_at = self._clock() + lifetime
         self._generation += 1
+        self._unproven = None  # the lent one, if any, is no longer sent
         self.api_domain = accept_api_domain(self._configured_domain, api_domain)
         return token, self._generation
 
@@ -195,8 +241,10 @@ class ZohoAuth(httpx.Auth):
         cached = self._cache.get(self._key) if self._cache else None
         if cached is None or cached.access_token == self._token:
             return None
-        return self._take(cached.access_token, cached.expires_at - time.time(),
-                          cached.api_domain)
+        taken = self._take(cached.access_token, cached.expires_at - time.time(),
+                           cached.api_domain)
+        self._unproven = taken[1]  # stale (revoked, or its times off a stepped clock) maybe
+        return taken
 
     def _cached_refreshes(self) -> list[float]:
         """The refreshes earlier commands noted in the cache, on ``clock``'s time line."""

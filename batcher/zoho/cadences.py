@@ -16,7 +16,7 @@ import httpx
 
 from batcher.errors import AbortError, PermissionDenied
 from batcher.retry import NETWORK_ERRORS, Reachability, RetryPolicy, call_with_retries, is_unsent
-from batcher.zoho.api import Fatal, TokenInvalid, Transient, classify
+from batcher.zoho.api import Fatal, TokenInvalid, Transient, classify, origin
 
 MANUAL = "manual_enrollment"
 SETTINGS_SCOPE = "ZohoCRM.settings.cadences.READ"
@@ -132,7 +132,9 @@ def _payload(response: httpx.Response) -> dict[str, Any] | None:
             f"cannot read the org's cadences ({answer.code}): the token needs scope "
             f"{SETTINGS_SCOPE} and the user access to cadences; without it batcher cannot check "
             "cadences before sending")
-    if isinstance(answer, Fatal | TokenInvalid):
+    if isinstance(answer, Fatal):
+        raise answer.to_error(where=origin(response.request.url))
+    if isinstance(answer, TokenInvalid):
         raise answer.to_error()
     if isinstance(answer, Transient):
         raise answer.to_error()

@@ -3,10 +3,19 @@ token refreshes per refresh token.
 
 One JSON file per (accounts server, client id, refresh token), named by the sha256 of the three (a
 name that reveals nothing), in a per-user directory created 0700. A file holds the last access
-token, its expiry, its ``api_domain`` and the times of the recent refreshes, so the next command
-knows when Zoho will issue a token again. Files are written 0600 through a temporary file renamed
-over the old one: a reader never sees half a file, and two jobs writing at once leave one whole
-file (the other's update is lost, which costs at most a refresh or one refresh time).
+token, when it was cached and its expiry, its ``api_domain`` and the times of the recent
+refreshes, so the next command knows when Zoho will issue a token again.
+
+The times are the wall clock's, which an NTP step or a resumed VM moves between two commands. A
+clock set forward makes a token look older than it is: it is not lent, and the next command
+refreshes once (never a storm: the token it gets is cached on the new time line). A clock set
+back makes it look younger: it is believed for no longer than it was issued for, and
+:class:`~batcher.zoho.auth.ZohoAuth` tries a lent token with one call before any other uses it,
+so a stale one costs one refused call and one refresh.
+
+Files are written 0600 through a temporary file renamed over the old one: a reader never sees
+half a file, and two jobs writing at once leave one whole file (the other's update is lost,
+which costs at most a refresh or one refresh time).
 
 A file that is corrupt, a symbolic link, not a regular file, not the user's own, or readable by
 anyone else is ignored, and nothing here raises on a file system problem: a cache must never stop
@@ -22,10 +31,11 @@ import os
 import re
 import secrets
 import stat
+import sys
 import time
 from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +61,13 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 @dataclass(frozen=True, slots=True)
 class CachedToken:
-    """An access token from the cache; ``expires_at`` in epoch seconds (``time.time()``)."""
+    """An access token from the cache; ``expires_at`` and ``cached_at`` (when it was put, just
+    after Zoho issued it) in epoch seconds (``time.time()``)."""
 
     access_token: str = field(repr=False)
     expires_at: float
     api_domain: str | None
+    cached_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,25 +85,54 @@ def cache_key(accounts_url: str, client_id: str, refresh_token: str) -> str:
 def default_cache(env: Mapping[str, str], *, enabled: bool = True) -> TokenCache | None:
     """The job's cache: None when ``enabled`` is False (``--no-token-cache``) or
     ``BATCHER_NO_TOKEN_CACHE`` is set to anything but ``0``; else in ``BATCHER_TOKEN_CACHE_DIR``,
-    or the user's cache directory (``platformdirs.user_cache_dir("batcher")``).
+    or the user's cache directory as ``env`` places it (:func:`user_cache_dir`).
 
     Also None (each command refreshes) for a directory that is not absolute — a relative
-    ``BATCHER_TOKEN_CACHE_DIR``, or a ``~`` no home resolves (no HOME, a uid without a passwd
-    entry) — which
-    would land in whatever folder a scheduler starts the job in (cron's ``/``), and for the
-    default directory of a home that does not exist (a service account's ``/nonexistent``):
-    a cache never creates a user's home folder."""
+    ``BATCHER_TOKEN_CACHE_DIR``, or a home that does not resolve (no HOME, a uid without a
+    passwd entry) — which would land in whatever folder a scheduler starts the job in (cron's
+    ``/``), and for the default directory of a home that does not exist (a service account's
+    ``/nonexistent``): a cache never creates a user's home folder."""
     if not enabled or (env.get(OFF_VAR) or "").strip() not in ("", "0"):
         return None
     given = (env.get(DIR_VAR) or "").strip()
-    directory = Path(given or platformdirs.user_cache_dir("batcher"))
-    if not directory.is_absolute():
+    if given:
+        directory = Path(given)
+        return TokenCache(directory) if directory.is_absolute() else None
+    found = user_cache_dir(env)
+    if found is None:
         return None
-    if not given:
-        home = Path(os.path.expanduser("~"))
-        if home.is_absolute() and directory.is_relative_to(home) and not home.is_dir():
-            return None
+    directory, home = found
+    if home is not None and directory.is_relative_to(home) and not home.is_dir():
+        return None
     return TokenCache(directory)
+
+
+def user_cache_dir(env: Mapping[str, str]) -> tuple[Path, Path | None] | None:
+    """(``batcher``'s folder in the user's cache directory, the user's home or None) as
+    ``platformdirs.user_cache_dir`` finds it for a process whose environment is ``env``: it
+    would read ``XDG_CACHE_HOME`` and ``HOME`` from this process's, and a library host's
+    ``env=`` decides. An absolute ``XDG_CACHE_HOME`` (a relative one is ignored, as the XDG
+    spec says), else ``~/.cache`` (macOS: ``~/Library/Caches``), ``~`` being an absolute
+    ``HOME``, else the user's passwd entry (as ``expanduser`` does). None when neither resolves.
+    On Windows, platformdirs' (the system's known folder)."""
+    if sys.platform == "win32":  # pragma: no cover
+        return Path(platformdirs.user_cache_dir("batcher")), None
+    home: str | None = (env.get("HOME") or "").strip()
+    if not os.path.isabs(home or ""):
+        try:
+            import pwd
+
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except (ImportError, KeyError):
+            home = None
+        home = home if home and os.path.isabs(home) else None
+    xdg = (env.get("XDG_CACHE_HOME") or "").strip()
+    if os.path.isabs(xdg):
+        return Path(xdg) / "batcher", home and Path(home)
+    if home is None:
+        return None
+    under = ("Library", "Caches") if sys.platform == "darwin" else (".cache",)
+    return Path(home).joinpath(*under, "batcher"), Path(home)
 
 
 class TokenCache:
@@ -111,16 +152,24 @@ class TokenCache:
         return f"TokenCache({str(self.directory)!r})"
 
     def get(self, key: str) -> CachedToken | None:
-        """The cached token if it lives at least ``margin`` seconds more, else None."""
+        """The cached token if it lives at least ``margin`` seconds more, else None; its
+        ``expires_at`` is at most its lifetime (as cached) from now — after the clock was set
+        back, more would be a token believed alive for longer than Zoho ever issued it."""
         token = self._load(key).token
-        if token is None or token.expires_at - time.time() < self._margin:
+        if token is None:
             return None
-        return token
+        now = time.time()
+        expires_at = min(token.expires_at, now + (token.expires_at - token.cached_at))
+        if expires_at - now < self._margin:
+            return None
+        return replace(token, expires_at=expires_at)
 
     def put(self, key: str, token: str, expires_at: float, api_domain: str | None) -> None:
-        """Cache ``token`` (expiring at ``expires_at``, epoch seconds), keeping refresh times."""
+        """Cache ``token`` (expiring at ``expires_at``, epoch seconds; issued just now),
+        keeping refresh times."""
         entry = self._load(key)
-        self._store(key, _Entry(CachedToken(token, expires_at, api_domain), entry.refreshed))
+        self._store(key, _Entry(CachedToken(token, expires_at, api_domain, time.time()),
+                                entry.refreshed))
 
     def drop(self, key: str) -> None:
         """Forget the token (Zoho rejected it), keeping refresh times."""
@@ -207,6 +256,7 @@ def _dump(entry: _Entry) -> bytes:
     token = entry.token
     data = {"access_token": token and token.access_token,
             "expires_at": token and token.expires_at,
+            "cached_at": token and token.cached_at,
             "api_domain": token and token.api_domain,
             "refreshed": list(entry.refreshed)}
     return json.dumps(data).encode("utf-8")
@@ -218,11 +268,15 @@ def _parse(data: Any) -> _Entry:
         return _Entry()
     times = data.get("refreshed")
     refreshed = tuple(float(t) for t in times if _number(t)) if isinstance(times, list) else ()
-    token, expires_at, domain = (data.get(k) for k in ("access_token", "expires_at", "api_domain"))
+    token, expires_at, cached_at, domain = (data.get(k) for k in (
+        "access_token", "expires_at", "cached_at", "api_domain"))
+    # without when it was cached (a file of an earlier version), a token's lifetime is unknown:
+    # not lent (one refresh)
     if not (isinstance(token, str) and TOKEN_SHAPE.fullmatch(token) and _number(expires_at)
+            and _number(cached_at) and cached_at < expires_at
             and (domain is None or isinstance(domain, str))):
         return _Entry(None, refreshed)
-    return _Entry(CachedToken(token, float(expires_at), domain), refreshed)
+    return _Entry(CachedToken(token, float(expires_at), domain, float(cached_at)), refreshed)
 
 
 def _number(value: Any) -> bool:

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 from .errors import JournalIOError
 from .journal import Journal
 from .models import Status
+from .readonly import connect_read_only
 from .report import ResultSource, Summary, _atomic, _remove_stale_temps
 from .rowstore import CHUNK_ROWS
 from .streams import printable
@@ -280,7 +281,7 @@ class _Facts:
 
 
 def _read_journal(journal: Journal) -> _Facts:
-    with _reader(journal.path) as db:
+    with _reader(journal) as db:
         return _Facts(retried=_most_retried(db), slowest=_slowest(db),
                       per_second=journal.calls_per_second(),
                       lower_bound=journal.get_meta("lower_bound"),
@@ -288,13 +289,15 @@ def _read_journal(journal: Journal) -> _Facts:
 
 
 @contextmanager
-def _reader(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to the journal (WAL: it sees every commit of the writer)."""
+def _reader(journal: Journal) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the journal (WAL: it sees every commit of the writer); one
+    opened to read is read as it was opened (immutable where it lies read-only)."""
     try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        with closing(connect_read_only(journal.path, nobody_writes=journal.read_only)) as db:
             yield db
     except sqlite3.Error as exc:
-        raise JournalIOError(f"journal {path}: cannot read it for the report ({exc})") from None
+        raise JournalIOError(f"journal {journal.path}: cannot read it for the report "
+                             f"({exc})") from None
 
 
 def _most_retried(db: sqlite3.Connection) -> list[dict[str, Any]]:

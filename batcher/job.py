@@ -90,6 +90,7 @@ from .report import (
     temp_path,
     with_report,
     write_results,
+    written_through,
 )
 from .retry import Reachability, RetryPolicy
 from .stopping import Stopper, signals_to
@@ -204,18 +205,40 @@ def _check(settings: RunSettings) -> None:
     journals = {journal: "journal", journal.with_name(journal.name + ".lock"): "journal's lock"}
     for path, what in journals.items():  # the results written over the journal would end the job
         _not_the_input(path, written, f"--journal {journal}", what)
+    if settings.journal and not os.path.lexists(journal) \
+            and journal.suffix.lower() in _DATA_SUFFIXES:
+        # a new journal takes any name SQLite is given: this one is a slip for --results
+        raise UsageError(
+            f"--journal {journal}: {journal.suffix} names data (an input, results, a summary "
+            "or a report), not a journal; batcher would make a new SQLite journal under that "
+            "name. Did you mean --results? Give the journal a .journal name (without --journal "
+            f"it is {replace(settings, journal=None).journal_path()}, beside the results)")
     _not_the_input(Path(settings.input), written, f"--results {results}")
     # the journal and its lock are named by --journal when it is given, else by the results
     _not_the_input(Path(settings.input), journals,
                    f"--journal {journal}" if settings.journal else f"--results {results}",
                    give="the journal" if settings.journal else "the results")
-    _names_fit(results.parent, [temp_path(p) for p in written] + [
+    _names_fit(results.parent, [temp_path(_landing(p)) for p in written] + [
         journal.with_name(journal.name + end) for end in ("", "-wal", "-shm", ".lock")])
     real = _real_results(results)
     if not settings.dry_run and not journal.exists() and real:
         # a new job would replace the record of what another one did (un-enrolled rows would
         # come back as 'not enrolled'), or the summary, retry file and report beside it
         raise UsageError(_other_jobs_files(results, journal, real))
+
+
+#: extensions of the files batcher reads or writes as data (inputs, results, summary, report)
+_DATA_SUFFIXES = frozenset({*RESULT_SUFFIXES, ".xlsm", ".xls", ".xlsb", ".ods", ".tsv", ".txt",
+                            ".gz", ".json", ".html", ".htm"})
+
+
+def _landing(path: Path) -> Path:
+    """Where a file written to ``path`` lands (through the user's links); ``path`` itself when
+    its links cannot be followed (said by :func:`_check_results` for the files it checks)."""
+    try:
+        return written_through(path)
+    except OSError:
+        return path
 
 
 def _names_fit(folder: Path, paths: Iterable[Path]) -> None:
@@ -315,7 +338,9 @@ def _not_the_input(source: Path, written: Mapping[Path, str], flag: str,
 
 
 def _check_results(results: Path) -> None:
-    """A results path is a file with a known extension in a folder batcher can write to."""
+    """A results path is a file with a known extension in a folder batcher can write to; a
+    symbolic link among the files written (results, retry file, summary, report) is written
+    through, to a file in such a folder."""
     if results.is_dir():
         raise UsageError(f"--results {results} is a folder; give a file in it, such as "
                          f"{results / 'results.csv'}")
@@ -323,16 +348,32 @@ def _check_results(results: Path) -> None:
         raise UsageError(f"--results {results}: unknown extension "
                          f"{results.suffix or '(none)'}; use one of "
                          f"{', '.join(RESULT_SUFFIXES)}")
-    folder = results.parent
-    if not folder.is_dir():
-        raise UsageError(f"--results: folder {folder} does not exist; create it first "
-                         f"(mkdir -p {folder})")
-    try:  # the only sure test of writability (permissions, read-only mounts, quotas)
-        with tempfile.TemporaryFile(dir=folder, prefix=".batcher-probe-"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"--results: cannot write in folder {folder} ({exc.strerror}); "
-                         "nothing was sent") from None
+    folders: dict[Path, str] = {}
+    for path, what in _written_beside(results).items():
+        try:
+            real = written_through(path)
+        except OSError as exc:
+            raise UsageError(f"--results: the {what} {path} is a symbolic link that cannot be "
+                             f"followed ({exc.strerror})") from None
+        if real.is_symlink():
+            raise UsageError(f"--results: the {what} {path} is a symbolic link owned by another "
+                             "user; batcher writes through your own links only: remove it, or "
+                             "give other --results")
+        if real.is_dir():  # found only once the calls are made, when it is written
+            raise UsageError(f"--results: the {what} {path} is a folder" if real == path else
+                             f"--results: the {what} {path} links to a folder, {real}")
+        where = "" if real == path else f" (where {path.name} links to)"
+        folders.setdefault(real.parent, where)
+    for folder, where in folders.items():
+        if not folder.is_dir():
+            raise UsageError(f"--results: folder {folder}{where} does not exist; create it "
+                             f"first (mkdir -p {folder})")
+        try:  # the only sure test of writability (permissions, read-only mounts, quotas)
+            with tempfile.TemporaryFile(dir=folder, prefix=".batcher-probe-"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"--results: cannot write in folder {folder}{where} "
+                             f"({exc.strerror}); nothing was sent") from None
 
 
 def fingerprint(settings: RunSettings) -> str:

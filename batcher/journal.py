@@ -18,7 +18,12 @@ paged.
 
 Concurrency: one process per journal, enforced by ``flock`` on ``<journal>.lock`` (the kernel drops
 it when the process dies, so ``kill -9`` leaves no stale lock). Within the process, methods may be
-called from worker threads (``asyncio.to_thread``); a mutex serialises them.
+called from worker threads (``asyncio.to_thread``); a mutex serialises them. A lock file this
+open made is removed again when the open is refused (a path that is no journal keeps nothing of
+batcher's); a run that opened it meanwhile finds it gone once it holds it, and locks anew.
+
+A journal in a place batcher cannot write (an archive copy, a read-only mount) is opened to read
+(``batcher report``): its lock held shared, so no run starts meanwhile, and nothing written.
 
 Caller mistakes (outcomes for pairs outside a batch, children that do not cover a parent, re-sending
 an answered batch) raise ``ValueError`` and roll back: they are bugs, never user errors. A failing
@@ -67,6 +72,7 @@ from .models import (
     Status,
     where_journals_are,
 )
+from .readonly import connect_read_only
 from .rowstore import (
     NONE,
     BatchOutcomes,
@@ -184,12 +190,16 @@ def utc_now() -> str:
 class Journal:
     """One job's state. Use :meth:`open`; a context manager that releases the lock on exit."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection, lock_fd: int, is_new: bool,
-                 bind: Callable[[], str] | None = None) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection, lock_fd: int | None, is_new: bool,
+                 bind: Callable[[], str] | None = None, *, read_only: bool = False) -> None:
         self.path = path
         self._bind = bind  # the fingerprint a new journal takes when it is loaded
         self._db = db
+        #: the lock's descriptor (None: opened to read where no run ever made a lock file)
         self._lock_fd = lock_fd
+        self._closed = False
+        #: opened to read (:meth:`open` of a journal batcher cannot write): nothing is written
+        self.read_only = read_only
         self._mutex = threading.RLock()
         self._unsaved: dict[str, int] = {}  # counter deltas waiting for the next commit
         self._unsaved_calls: list[tuple] = []  # call log rows waiting for the next commit
@@ -209,10 +219,14 @@ class Journal:
         """Create or open the journal and hold its lock until :meth:`close`.
 
         ``fingerprint`` binds the journal to one input; ``None`` opens an existing journal whatever
-        its input (``batcher report``). A function giving it is called when it is needed: at
-        once for a journal already loaded (a resume checks it before anything), at :meth:`load`
-        for a new one — so a large input is hashed while it is read. ``input_name`` is only
-        remembered for error messages.
+        its input (``batcher report``) — to read (:attr:`read_only`, its lock held shared) when
+        batcher cannot write it or its folder. A function giving it is called when it is needed:
+        at once for a journal already loaded (a resume checks it before anything), at
+        :meth:`load` for a new one — so a large input is hashed while it is read.
+        ``input_name`` is only remembered for error messages.
+
+        A file that is no batcher journal is refused as found: not made private, not put in
+        WAL mode, and no lock file left beside it.
         """
         path = Path(path)
         if path.is_symlink():
@@ -223,7 +237,9 @@ class Journal:
         if not path.parent.is_dir():
             raise JournalError(f"cannot create journal {path}: directory {path.parent} does not "
                                f"exist; create it first (mkdir -p {path.parent})")
-        lock_fd = _acquire_lock(path)
+        if fingerprint is None and not _writable(path):
+            return cls._opened_to_read(path)
+        lock_fd, made = _acquire_lock(path)
         try:
             _create_private(path)
             db = _connect(path)
@@ -235,22 +251,53 @@ class Journal:
                 if isinstance(exc, sqlite3.Error):
                     raise _open_failure(path, exc) from None
                 raise
+            _make_private(path)  # a journal made by an older batcher was 0644
         except BaseException:
-            _release_lock(lock_fd)
+            _release_lock(lock_fd, remove=path if made else None)
             raise
         return cls(path, db, lock_fd, is_new, bind)
 
+    @classmethod
+    def _opened_to_read(cls, path: Path) -> Journal:
+        lock_fd = _share_lock(path)
+        try:
+            try:
+                db = connect_read_only(path, nobody_writes=True)
+            except sqlite3.Error as exc:
+                raise _open_failure(path, exc) from None
+            try:
+                _prepare(db, path, None, None, read_only=True)
+            except BaseException as exc:
+                db.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise _open_failure(path, exc) from None
+                raise
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        return cls(path, db, lock_fd, False, read_only=True)
+
     def close(self) -> None:
         with self._mutex:
-            if self._lock_fd < 0:
+            if self._closed:
                 return
             try:
                 if self._checkpointer is not None:  # nothing of ours touches it once unlocked
                     self._checkpointer.join()
                 self._db.close()
             finally:
-                _release_lock(self._lock_fd)
-                self._lock_fd = -1
+                self._closed = True
+                self._unlock()
+
+    def _unlock(self, remove: Path | None = None) -> None:
+        if self._lock_fd is None:
+            return
+        if self.read_only:  # held shared, opened to read: it is not ours to empty
+            os.close(self._lock_fd)
+        else:
+            _release_lock(self._lock_fd, remove=remove)
+        self._lock_fd = None
 
     def discard_unplanned(self) -> bool:
         """Close and delete the journal, its SQLite side files and its lock file when it holds
@@ -258,7 +305,7 @@ class Journal:
         nothing was planned or sent), so no `batcher status` takes it for a job to resume;
         returns whether it did. A planned journal is only closed and kept."""
         with self._mutex:
-            if self._lock_fd < 0:
+            if self._closed or self.read_only:
                 return False
             if self._meta(_K_LOADED) is not None:
                 self.close()
@@ -267,12 +314,12 @@ class Journal:
                 if self._checkpointer is not None:
                     self._checkpointer.join()
                 self._db.close()
-                for part in ("", "-wal", "-shm", ".lock"):  # the lock last, while still held
+                for part in ("", "-wal", "-shm"):
                     with suppress(OSError):
                         os.unlink(f"{self.path}{part}")
             finally:
-                _release_lock(self._lock_fd)
-                self._lock_fd = -1
+                self._closed = True
+                self._unlock(remove=self.path)  # the lock last, while still held
             return True
 
     def __enter__(self) -> Journal:
@@ -288,8 +335,10 @@ class Journal:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One transaction; it also writes the counter deltas counted since the last one."""
         with self._mutex, self._disk_errors():
-            if self._lock_fd < 0:
+            if self._closed:
                 raise ValueError("journal is closed")
+            if self.read_only:
+                raise ValueError(f"journal {self.path} was opened to read")
             self._loaded_counts = None  # any write may change a batch's state
             self._db.execute("BEGIN IMMEDIATE")
             deltas: dict[str, int] = {}
@@ -312,7 +361,7 @@ class Journal:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._mutex, self._disk_errors():
-            if self._lock_fd < 0:
+            if self._closed:
                 raise ValueError("journal is closed")
             return self._db.execute(sql, params).fetchall()
 
@@ -753,7 +802,7 @@ class Journal:
         while not until.wait(pause):
             pause = min(2 * pause, _SETTLE_PAUSE_MAX_S)
             with self._mutex, self._disk_errors():  # one instant: no answer lands between
-                if self._lock_fd < 0:
+                if self._closed:
                     raise ValueError("journal is closed")
                 # the last planned batch first: the batches go about in order, and while it is
                 # open (all the sending long, for a list in random order) one lookup says so
@@ -803,7 +852,7 @@ def _sqlite_text(exc: sqlite3.Error) -> str:
 
 def _create_private(path: Path) -> None:
     """Make a new journal at ``path`` with mode 0600, never through a symbolic link; an existing
-    one is only made private (a journal made by an older batcher was 0644).
+    one is only checked (:func:`_make_private` once it proves a journal).
 
     A new journal is made whole — its tables written — under another name and renamed into
     place, so batcher never leaves an empty journal behind, and an empty one found (truncated, or
@@ -816,8 +865,6 @@ def _create_private(path: Path) -> None:
     except OSError as exc:
         raise JournalError(f"cannot open journal {path}: {exc.strerror}") from None
     if fd >= 0:
-        with suppress(OSError):
-            os.fchmod(fd, 0o600)
         size = os.fstat(fd).st_size
         os.close(fd)
         if size == 0:
@@ -846,6 +893,32 @@ def _create_private(path: Path) -> None:
         raise JournalError(f"cannot create journal {path}: {exc.strerror}") from None
 
 
+def _make_private(path: Path) -> None:
+    """Mode 0600 for a journal found with another (made by an older batcher, or copied)."""
+    with suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+
+
+def _writable(path: Path) -> bool:
+    """Whether a run could open the journal at ``path`` as it opens it: the journal, its lock
+    and SQLite's side files writable, or made in a folder that is (permissions and read-only
+    mounts alike)."""
+    ids = os.access in os.supports_effective_ids
+    folder = os.access(path.parent, os.W_OK, effective_ids=ids)
+    if not os.access(path, os.W_OK, effective_ids=ids):
+        return False
+    for end in (".lock", "-wal", "-shm"):
+        beside = Path(f"{path}{end}")
+        if not (os.access(beside, os.W_OK, effective_ids=ids) if os.path.lexists(beside)
+                else folder):
+            return False
+    return True
+
+
 #: what creating a journal meets when the disk, not the command, is at fault
 _DISK_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
@@ -853,39 +926,130 @@ _DISK_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 _PAGE_SIZE = 16384
 
 
-def _acquire_lock(path: Path) -> int:
+def _acquire_lock(path: Path) -> tuple[int, bool]:
+    """The journal's lock, held: (its descriptor, whether this call made the lock file)."""
     lock_path = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        what = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
-        raise JournalError(f"cannot lock journal {path}: {lock_path.name} {what}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise JournalError(
-                f"journal {path} is in use by another batcher run (pid {holder}): wait for it "
-                "to finish, then re-run this command (one run of a job at a time: two would "
-                "send calls twice and write the same files; `batcher status` reads it "
-                "meanwhile)") from None
-        raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
+    while True:
+        try:
+            fd, made = os.open(lock_path, _LOCK_FLAGS | os.O_CREAT | os.O_EXCL, 0o600), True
+        except FileExistsError:  # a symbolic link too: refused below (ELOOP)
+            try:
+                fd, made = os.open(lock_path, _LOCK_FLAGS), False
+            except FileNotFoundError:  # removed between the two opens: make it
+                continue
+            except OSError as exc:
+                raise _lock_failure(path, lock_path, exc) from None
+        except OSError as exc:
+            raise _lock_failure(path, lock_path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            here = holder == str(os.getpid()) and _open_here(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise _in_use(path, holder, here) from None
+            raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
+        if not _same_file(fd, lock_path):  # removed by a refused open before we locked it
+            os.close(fd)
+            continue
+        break
     try:  # the holder's pid, for the message of a run refused meanwhile
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     except OSError as exc:
-        os.close(fd)
+        _release_lock(fd, remove=path if made else None)
         raise _disk_failure(path, f"cannot write its lock file {lock_path.name} "
                                   f"({exc.strerror})") from None
-    return fd
+    return fd, made
 
 
-def _release_lock(fd: int) -> None:
+_LOCK_FLAGS = os.O_RDWR | os.O_NOFOLLOW
+
+
+def _lock_failure(path: Path, lock_path: Path, exc: OSError) -> JournalError:
+    what = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+    # a run of an archived journal: say where it can run, and what reads it where it is
+    how = ("; a run writes to its journal: copy it to a place you can write and give that "
+           "with --journal (`batcher report` and `batcher status` read it where it is)"
+           if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else "")
+    return JournalError(f"cannot lock journal {path}: {lock_path.name} {what}{how}")
+
+
+def _in_use(path: Path, holder: str, here: bool) -> JournalError:
+    """The journal's lock is held: by a run of this very process (a host that started a second
+    run of one journal before the first returned), or by another batcher process."""
+    if here:
+        return JournalError(
+            f"journal {path} is in use by another run of this same process (pid {holder}): "
+            "the program that runs jobs started a second run of this journal before the first "
+            "returned; let the first finish, then run it again (one run of a job at a time: "
+            "two would send calls twice and write the same files)")
+    return JournalError(
+        f"journal {path} is in use by another batcher run (pid {holder}): wait for it "
+        "to finish, then re-run this command (one run of a job at a time: two would "
+        "send calls twice and write the same files; `batcher status` reads it "
+        "meanwhile)")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _open_here(fd: int) -> bool:
+    """Whether another descriptor of this process is open on the lock file of ``fd`` (Linux's
+    /proc; elsewhere the pid alone is taken as this process's): the holder whose pid the lock
+    names is this process, not a process of another pid namespace with the same number."""
+    held = os.fstat(fd)
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return True
+    for name in fds:
+        if name.isdigit() and int(name) != fd:
+            with suppress(OSError):
+                st = os.fstat(int(name))
+                if (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino):
+                    return True
+    return False
+
+
+def _release_lock(fd: int, remove: Path | None = None) -> None:
+    """Drop the lock; ``remove``: the journal whose lock file goes too (removed while held)."""
+    if remove is not None:
+        with suppress(OSError):
+            os.unlink(remove.with_name(remove.name + ".lock"))
     with suppress(OSError):
         os.ftruncate(fd, 0)
     os.close(fd)  # closing the descriptor drops the flock
+
+
+def _share_lock(path: Path) -> int | None:
+    """The journal's lock held shared, for reading it where batcher cannot write: no run starts
+    meanwhile. None when there is no lock file (never run there, or a copy without it: a place
+    no run can write to either). JournalError when a run holds it."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _lock_failure(path, lock_path, exc) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        here = holder == str(os.getpid()) and _open_here(fd)
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise _in_use(path, holder, here) from None
+        raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
+    return fd
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -894,6 +1058,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise _open_failure(path, exc) from None
     try:
+        _tables(db, path)  # before WAL mode, which another SQLite file would keep
         db.execute("PRAGMA journal_mode = WAL")
         # NORMAL with WAL: every commit survives a crash or kill -9 of this process; only a power
         # loss can drop the last answers, and then their batches are merely sent again (a re-send
@@ -902,10 +1067,20 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA cache_size = -32000")  # bounded: 32 MB whatever the job size
         db.execute("PRAGMA journal_size_limit = 67108864")
-    except sqlite3.Error as exc:
+    except BaseException as exc:
         db.close()
-        raise _open_failure(path, exc) from None
+        if isinstance(exc, sqlite3.Error):
+            raise _open_failure(path, exc) from None
+        raise
     return db
+
+
+def _tables(db: sqlite3.Connection, path: Path) -> set[str]:
+    """The tables of the SQLite file; JournalError for one of another program."""
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and "meta" not in tables:
+        raise JournalError(f"{path} is an SQLite file but not a batcher journal")
+    return tables
 
 
 def _open_failure(path: Path, exc: sqlite3.Error) -> JournalError | JournalIOError:
@@ -950,18 +1125,20 @@ def _damaged(path: Path, what: str) -> JournalIOError:
 
 
 def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | Callable[[], str] | None,
-             input_name: str | None) -> bool:
-    """Create the schema if needed and check the input binding; returns ``is_new``."""
-    db.execute("BEGIN IMMEDIATE")
+             input_name: str | None, *, read_only: bool = False) -> bool:
+    """Create the schema if needed and check the input binding; returns ``is_new``.
+    ``read_only``: only check (a journal opened to read; its fingerprint is None)."""
+    db.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
     try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and "meta" not in tables:
-            raise JournalError(f"{path} is an SQLite file but not a batcher journal")
-        if not tables:
+        tables = _tables(db, path)
+        if not tables and not read_only:
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 db.execute(statement)
-        db.execute(_CALLS_TABLE)
-        meta = dict(db.execute("SELECT key, value FROM meta"))
+        if not read_only:
+            db.execute(_CALLS_TABLE)
+        elif "calls" not in tables:  # an older journal's call log, empty, for this reading
+            db.execute(_CALLS_TABLE.replace("TABLE", "TEMP TABLE", 1))
+        meta = dict(db.execute("SELECT key, value FROM meta")) if tables else {}
         version = json.loads(meta.get(_K_VERSION, str(SCHEMA_VERSION)))
         if version != SCHEMA_VERSION:
             raise JournalError(f"journal {path} has format {version}; this batcher reads "
@@ -1004,8 +1181,9 @@ def _prepare(db: sqlite3.Connection, path: Path, fingerprint: str | Callable[[],
             _set_meta(db, _K_INPUT, input_name)
             if _K_STARTED not in meta:
                 _set_meta(db, _K_STARTED, utc_now())
-        db.execute("INSERT INTO counters (name, value) VALUES ('runs', 1) ON CONFLICT (name)"
-                   " DO UPDATE SET value = value + 1")
+        if not read_only:
+            db.execute("INSERT INTO counters (name, value) VALUES ('runs', 1) ON CONFLICT (name)"
+                       " DO UPDATE SET value = value + 1")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")

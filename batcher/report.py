@@ -15,12 +15,14 @@ does the retry CSV, an input for the next run that must give back the values it 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import secrets
 import shlex
 import shutil
+import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -885,6 +887,28 @@ def _status_rank(item: tuple[str, Any]) -> tuple[int, str]:
 
 # ---------------------------------------------------------------------- temporary files
 
+_MAX_LINKS = 40  # as many links in a row as Linux follows
+
+
+def written_through(target: Path) -> Path:
+    """Where writing ``target`` lands: through a symbolic link (``latest.csv ->
+    /data/2026-12-01.csv``), the file it names, so a write updates that file and keeps the link —
+    as a shell's ``>`` does. Link by link, only links owned by this user or by the owner of
+    their folder (as the kernel's protected_symlinks, for a link planted in a shared folder
+    such as /tmp); the path returned is a link only when it is one not followed."""
+    for _ in range(_MAX_LINKS):
+        try:
+            st = os.lstat(target)
+            if not stat.S_ISLNK(st.st_mode):
+                return target
+            if st.st_uid not in (os.geteuid(), os.stat(target.parent).st_uid):
+                return target
+            target = target.parent / os.readlink(target)
+        except OSError:  # not there (a dangling link's target): written as named
+            return target
+    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(target))
+
+
 def temp_path(target: Path) -> Path:
     """A hidden name beside ``target`` that carries our pid (see :func:`_remove_stale_temps`)."""
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -895,7 +919,9 @@ def _atomic(target: Path) -> Iterator[Path]:
     """A temporary path beside ``target``, renamed onto it if the block succeeds, else removed.
 
     Nested blocks rename in reverse order of entry, so the results file (entered first) lands last.
+    A symbolic link is written through (:func:`written_through`).
     """
+    target = written_through(target)
     tmp = temp_path(target)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
@@ -911,7 +937,7 @@ def _atomic(target: Path) -> Iterator[Path]:
 def _scratch_dir(target: Path) -> Iterator[Path]:
     """A private folder beside ``target`` for a writer's own temporary files, removed after the
     block."""
-    path = temp_path(target)
+    path = temp_path(written_through(target))
     path.mkdir(mode=0o700)
     try:
         yield path
@@ -922,6 +948,7 @@ def _scratch_dir(target: Path) -> Iterator[Path]:
 def _remove_stale_temps(target: Path) -> None:
     """Remove the temporary files (and folders) of ``target`` that a killed run left (their pid
     is gone)."""
+    target = written_through(target)
     for tmp in target.parent.glob(f".{target.name}.*.tmp"):
         pid = tmp.name[len(target.name) + 2:].split(".", 1)[0]
         if not pid.isdigit():

@@ -4,7 +4,8 @@ Nothing here writes to the journal or waits for its lock. The SQLite file is ope
 (``mode=ro``) and read in one transaction, so every number comes from one snapshot; in WAL mode a
 reader never blocks the writer's commits. On a finished journal SQLite creates its empty
 ``-wal``/``-shm`` files beside it (mode copied from the journal) and leaves them: the next run
-uses them as its own.
+uses them as its own. Where it cannot (a read-only folder: an archive copy), a journal no run
+holds is read as immutable (:mod:`batcher.readonly`).
 
 Whether a run holds the journal is told by its lock file (``<journal>.lock``), where
 :mod:`batcher.journal` writes the holder's pid while it holds the ``flock`` and empties it on
@@ -35,6 +36,7 @@ from typing import Any, TextIO
 from .counts import SCHEMA_VERSION, status_counts
 from .errors import UsageError
 from .models import Status, utc_at, where_journals_are
+from .readonly import connect_read_only
 from .streams import printable
 
 # the journal's own meta keys and format (batcher.journal; a test keeps them equal): importing
@@ -169,8 +171,7 @@ def read_status(path: str | os.PathLike[str]) -> JobStatus:
                          else f"{path} is not a batcher journal (not a file)")
     running, pid = _holder(path)
     try:
-        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True,
-                             isolation_level=None)
+        db = connect_read_only(path, nobody_writes=not running)
     except sqlite3.Error as exc:
         raise _unreadable(path, exc) from None
     try:

@@ -432,8 +432,9 @@ class Journal:
         tables = [rows] if isinstance(rows, pa.Table) else rows
         now = utc_now()
         stop = threading.Event()
-        with self._tx() as db, ThreadPoolExecutor(2, "journal-rows") as pool, \
-                ThreadPoolExecutor(1, "journal-plan") as planning:
+        with self._tx() as db, \
+                ThreadPoolExecutor(2, "journal-rows", initializer=_yielding) as pool, \
+                ThreadPoolExecutor(1, "journal-plan", initializer=_yielding) as planning:
             for table in ("row_chunks", "batches", "outcomes"):
                 db.execute(f"DELETE FROM {table}")
             try:
@@ -1203,6 +1204,14 @@ def _checkpoint(path: Path) -> None:
     uri = f"file:{quote(str(path))}?mode=rw"
     with suppress(sqlite3.Error), closing(sqlite3.connect(uri, uri=True, timeout=0)) as db:
         db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def _yielding() -> None:
+    """Lower this thread's priority (Linux: a thread's own nice value): the load's rows and
+    batch texts are done long before the pairs are placed, which the first call waits for, so
+    on a machine of few cores they give way to it."""
+    with suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _digest(module: str, records: str | bytes, cadences: str, positions: bytes) -> int:

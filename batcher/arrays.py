@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 _NUMPY_OF_ARROW = {pa.int8(): np.int8, pa.int16(): np.int16, pa.int32(): np.int32,
                    pa.int64(): np.int64, pa.uint8(): np.uint8, pa.uint16(): np.uint16,
@@ -77,6 +78,18 @@ def searchsorted(table: np.ndarray, x: np.ndarray) -> np.ndarray:
     out = np.empty(len(x), dtype=np.int64)
     out[order] = np.searchsorted(table, x[order])
     return out
+
+
+def index_in(table: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The index in ``table`` (distinct values) of each of ``x`` (any shape), -1 where absent:
+    Arrow's hash lookup, one pass over ``x`` (2.4M keys in 360k: 0.07 s against 0.16 s for
+    binary searches, which must sort the keys first)."""
+    found = pc.index_in(arrow_of(x.ravel()), value_set=arrow_of(table))
+    index = np.frombuffer(found.buffers()[1], np.int32, count=len(found),
+                          offset=found.offset * 4).astype(np.int64)
+    if found.null_count:
+        index[~numpy_of(found.is_valid())] = -1
+    return index.reshape(x.shape)
 
 
 def stable_order(key: np.ndarray, n_keys: int) -> np.ndarray:

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrays import arrow_of, both, numpy_of, searchsorted, stable_order
+from .arrays import arrow_of, both, index_in, numpy_of, stable_order
 from .hashing import encode, encode_many
 from .models import MAX_CADENCES_PER_CALL, MAX_RECORDS_PER_CALL, Batch, BatchBlock
 
@@ -866,16 +866,6 @@ def _by_batch(batch: np.ndarray, rec: np.ndarray, n_batches: int
     return batch[order], rec[order], order
 
 
-def _group_of(masks: np.ndarray, levels: dict[int, _Level]) -> tuple[np.ndarray, np.ndarray]:
-    """(size, index among its level's sets) of each mask; sizes outside the levels get 0."""
-    size = np.bitwise_count(masks)
-    group = np.zeros(masks.shape, dtype=np.int64)
-    for s, lv in levels.items():
-        at = size == s
-        group[at] = searchsorted(lv.masks, masks[at])
-    return size, group
-
-
 def _ranks(key: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Each item's index among the items of its key (0..len(counts)-1), in array order;
     ``counts``: how many items each key has."""
@@ -902,6 +892,26 @@ def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
                       strict=False))
     # pieces waiting at each level, in the search's order: records and their set's index
     pend: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {s: ([], []) for s in sizes}
+    group_masks = np.concatenate([lv.masks for lv in levels.values()])
+    # every set a piece can have — the records' own, and each level's split halves — looked
+    # up at once among all levels' sets (a set's size says its level): (size, index in level)
+    first = np.zeros(_MASK_BITS + 1, dtype=np.int64)
+    first[list(group0)] = list(group0.values())
+    kids = [child for lv in levels.values() for child in (lv.masks ^ lv.peel, lv.peel)]
+    query = np.concatenate([part.pieces.T.ravel(), *kids])
+    size = np.bitwise_count(query)
+    group = index_in(group_masks, query)
+    group -= first[size]
+    group[size == 0] = 0
+    if (group < 0).any():
+        raise RuntimeError("planner: replay diverged from the search")  # internal invariant
+    n_types = part.pieces.size
+    type_size = size[:n_types].reshape(part.pieces.shape[::-1])
+    type_group = group[:n_types].reshape(part.pieces.shape[::-1])
+    bounds = np.cumsum([n_types] + [len(k) for k in kids]).tolist()
+    kid_groups = {s: [(size[bounds[2 * i + j]:bounds[2 * i + j + 1]],
+                       group[bounds[2 * i + j]:bounds[2 * i + j + 1]]) for j in (0, 1)]
+                  for i, s in enumerate(levels)}
 
     def add(rec: np.ndarray | None, size: np.ndarray, group: np.ndarray, below: int) -> None:
         by_size = np.argsort(size, kind="stable")  # radix: one pass over bytes
@@ -911,7 +921,6 @@ def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
             pend[s][0].append(sel if rec is None else rec[sel])
             pend[s][1].append(group[sel])
 
-    type_size, type_group = _group_of(np.ascontiguousarray(part.pieces.T), levels)
     for j in range(part.pieces.shape[1]):  # the records themselves (rec None), slot by slot
         add(None, type_size[j][part.record_type], type_group[j][part.record_type],
             MAX_CADENCES_PER_CALL + 1)
@@ -943,10 +952,8 @@ def _leaves(part: _Part) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
         moved = np.flatnonzero((call >= full) & ~lv.keep[g])
         if len(moved):  # split: the rest and the peeled cadence wait at smaller sizes
             rec, g = rec[moved], g[moved]
-            for child in (lv.masks ^ lv.peel, lv.peel):
-                child_size, child_group = _group_of(child, levels)
+            for child_size, child_group in kid_groups[s]:
                 add(rec, child_size[g], child_group[g], s)
-    group_masks = np.concatenate([lv.masks for lv in levels.values()])
     return (np.concatenate(out_rec), np.concatenate(out_group), np.concatenate(out_batch),
             group_masks)
 

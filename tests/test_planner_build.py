@@ -192,3 +192,15 @@ def test_building_parts_made_from_signatures_takes_memory_of_the_pairs_not_parts
     finally:
         tracemalloc.stop()
     assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MB to build {len(plan._parts)} parts"
+
+
+def test_index_in_finds_every_key_and_marks_the_absent() -> None:
+    from batcher.arrays import index_in
+
+    rng = np.random.default_rng(4)
+    table = rng.permutation(np.arange(1, 5000, dtype=np.uint64) * np.uint64(2**40))[:3000]
+    keys = np.concatenate([table[rng.integers(0, 3000, 2000)], np.array([0, 7], np.uint64)])
+    got = index_in(table, keys.reshape(2, -1))
+    assert got.shape == (2, 1001)
+    flat = got.ravel()
+    assert np.array_equal(table[flat[:2000]], keys[:2000]) and flat[2000:].tolist() == [-1, -1]

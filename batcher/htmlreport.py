@@ -27,9 +27,8 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,6 +40,9 @@ from .readonly import connect_read_only
 from .report import ResultSource, Summary, _atomic, _remove_stale_temps
 from .rowstore import CHUNK_ROWS
 from .streams import printable
+
+if TYPE_CHECKING:  # imported where the page is made: not on the way to a job's first call
+    import jinja2
 
 #: the report's name beside the results: ``out/job.csv`` → ``out/job.report.html``
 REPORT_SUFFIX = ".report.html"
@@ -216,6 +218,8 @@ def prepare() -> None:
 
 @functools.cache
 def _template() -> jinja2.Template:
+    import jinja2
+
     env = jinja2.Environment(loader=jinja2.PackageLoader("batcher", "templates"),
                              autoescape=True, trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined)

@@ -38,7 +38,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-import xlsxwriter
 
 from .arrays import arrow_of, numpy_of
 from .errors import InputError, UsageError
@@ -774,6 +773,8 @@ class _XlsxFile:
     """
 
     def __init__(self, results: Path, path: Path, schema: pa.Schema, scratch: Path) -> None:
+        import xlsxwriter  # here: most jobs write no .xlsx, and none before its first call
+
         # ZIP64 only when a part passes 4 GiB; the parts go to scratch beside the results, not
         # to a /tmp that may be small or held in memory
         self._book = xlsxwriter.Workbook(str(path), {

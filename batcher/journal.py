@@ -942,15 +942,7 @@ def _acquire_lock(path: Path) -> tuple[int, bool]:
                 raise _lock_failure(path, lock_path, exc) from None
         except OSError as exc:
             raise _lock_failure(path, lock_path, exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            here = holder == str(os.getpid()) and _open_here(fd)
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise _in_use(path, holder, here) from None
-            raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
+        _flock(fd, path, fcntl.LOCK_EX)
         if not _same_file(fd, lock_path):  # removed by a refused open before we locked it
             os.close(fd)
             continue
@@ -1041,8 +1033,15 @@ def _share_lock(path: Path) -> int | None:
         return None
     except OSError as exc:
         raise _lock_failure(path, lock_path, exc) from None
+    _flock(fd, path, fcntl.LOCK_SH)
+    return fd
+
+
+def _flock(fd: int, path: Path, how: int) -> None:
+    """Take ``how`` (``LOCK_EX``, or ``LOCK_SH`` to read) on the journal's lock ``fd`` without
+    waiting; when a run holds it, close ``fd`` and raise JournalError naming the holder."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
     except OSError as exc:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
         here = holder == str(os.getpid()) and _open_here(fd)
@@ -1050,7 +1049,6 @@ def _share_lock(path: Path) -> int | None:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise _in_use(path, holder, here) from None
         raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
-    return fd
 
 
 def _connect(path: Path) -> sqlite3.Connection:

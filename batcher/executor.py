@@ -414,6 +414,9 @@ class Executor:
                     again = len(response.history)  # each answered call reached a server
                     self.counters.calls += again
                     self._journal.count(calls=again, credits=again)
+                    for refused in response.history:  # and is in the log the page counts
+                        self._journal.log_call(sent_at, batch.batch_id, refused.status_code,
+                                               False, time.monotonic() - clock)
                 try:
                     content = await read_answer(response)
                 finally:
@@ -424,8 +427,9 @@ class Executor:
                     # to send it with: refused outright, nothing done; each send was a call
                     self.counters.calls += refused - 1
                     self._journal.count(calls=refused - 1, credits=refused - 1)
-                    self._journal.log_call(sent_at, batch.batch_id, 401, False,
-                                           time.monotonic() - clock)
+                    for _ in range(refused):  # each in the log, as each is counted
+                        self._journal.log_call(sent_at, batch.batch_id, 401, False,
+                                               time.monotonic() - clock)
                     self._maybe_applied[batch.batch_id] -= 1
                 elif is_unsent(exc):
                     self.counters.calls -= 1
@@ -434,6 +438,13 @@ class Executor:
                 else:  # it reached a server: the call log keeps it, without an answer
                     self._journal.log_call(sent_at, batch.batch_id, None, False,
                                            time.monotonic() - clock)
+                raise
+            except asyncio.CancelledError:
+                # the run stops (a signal, an abort) with the call out: counted, so logged
+                # too, without an answer (the run's last commit writes both); only a kill -9
+                # leaves a counted call out of the log
+                self._journal.log_call(sent_at, batch.batch_id, None, False,
+                                       time.monotonic() - clock)
                 raise
             finally:
                 self._settled()

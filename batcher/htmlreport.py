@@ -37,7 +37,7 @@ from .errors import JournalIOError
 from .journal import Journal
 from .models import Status
 from .readonly import connect_read_only
-from .report import ResultSource, Summary, _atomic, _remove_stale_temps
+from .report import ResultSource, Summary, _atomic, _remove_stale_temps, unknown_calls_line
 from .rowstore import CHUNK_ROWS
 from .streams import printable
 
@@ -345,6 +345,7 @@ def _view(summary: Summary, counts: Counts, names: dict[str, Any], facts: _Facts
         "untracked": counts.untracked, "facts": facts,
         "timeline": _timeline(facts.per_second) if facts else None,
         "command": command, "next": _next_step(summary),
+        "unknown_calls": unknown_calls_line(summary),
     }
 
 

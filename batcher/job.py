@@ -757,8 +757,9 @@ def _run_begins(settings: RunSettings, journal: Journal) -> None:
         return
     with contextlib.suppress(BatcherError):
         run_s, _, never_ended = _run_times(journal)
-        if never_ended:  # the killed run's known time stays in the job's
+        if never_ended:  # the killed run's known time stays in the job's, a lower bound
             journal.set_meta("run_s", run_s)
+            journal.set_meta("run_s_lower_bound", True)
         journal.set_meta("run_flags", {k: getattr(settings, k) for k in _RUN_FLAGS})
         journal.set_meta("run_began", utc_now())
         journal.set_meta("aborted", None)  # the last run's reason is not this one's
@@ -1394,7 +1395,9 @@ def report_from_journal(journal_path: str, results: str, stream: TextIO | None =
             summary = write_results(tally, Path(results), duration_s=run_s, extra=extra,
                                     blank=journal.get_meta("blank", 0), carried=carried,
                                     cadence_names=journal.get_meta("cadence_names", {}),
-                                    finished_at=ended)
+                                    finished_at=ended,
+                                    duration_lower_bound=bool(
+                                        never_ended or journal.get_meta("run_s_lower_bound")))
         except (OSError, ValueError) as exc:
             raise AbortError(f"the results could not be written to {results} "
                              f"({getattr(exc, 'strerror', None) or exc})") from None

@@ -702,8 +702,12 @@ class Journal:
             pass
 
     def counters(self) -> dict[str, int]:
+        """The job's counters over all its runs, and ``calls_logged``: the calls in the call
+        log. A call is counted as it leaves and logged once answered (or failed): the calls a
+        ``kill -9`` caught in flight are counted and never logged."""
         got = dict(self._query("SELECT name, value FROM counters"))
-        return {k: int(got.get(k, 0)) for k in (*_COUNTERS, "runs")}
+        logged = self._query("SELECT count(*) FROM calls")[0][0]
+        return {k: int(got.get(k, 0)) for k in (*_COUNTERS, "runs")} | {"calls_logged": logged}
 
     def calls_per_second(self) -> list[tuple[int, int, int]]:
         """The call log per second: (unix second, calls sent, calls answered 429), in time

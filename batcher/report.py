@@ -121,6 +121,13 @@ class Summary:
     extra: dict[str, Any] = field(default_factory=dict)
     #: the HTML report beside the results, once it was written
     report_path: str | None = None
+    #: of ``calls``, those a run killed (``kill -9``, a machine stopped) had in flight: counted
+    #: as they left, never answered in its journal, so not in the call log (the page's
+    #: timeline); whether Zoho applied them is unknown (their pairs are re-sent, with that doubt)
+    calls_outcome_unknown: int = 0
+    #: ``duration_s`` is a lower bound: a run of the job never recorded its end (it counts to
+    #: its last logged call)
+    duration_lower_bound: bool = False
 
     def exit_code(self) -> int:
         """0 when every row ended well, else 1 (aborts, exit 3, are the caller's to decide)."""
@@ -142,7 +149,10 @@ class Summary:
         if problems:
             lines.append("; ".join(problems))
         lines.append(f"{self.calls} calls, {self.retries} retries, {self.throttled} × 429, "
-                     f"{self.credits} credits, {self.duration_s:.1f} s")
+                     f"{self.credits} credits, {duration_text(self)}")
+        unknown = unknown_calls_line(self)
+        if unknown:
+            lines.append(unknown)
         if self.ignored_entries:
             lines.append(f"{self.ignored_entries} answer entries named records or cadences "
                          "that were not in their call: ignored, never taken as evidence")
@@ -153,6 +163,25 @@ class Summary:
         if self.report_path:
             lines.append(f"report:  {self.report_path}")
         return "\n".join(lines)
+
+
+def duration_text(summary: Summary) -> str:
+    """``12.3 s``, or ``at least 12.3 s (...)`` when a run never recorded its end."""
+    if summary.duration_lower_bound:
+        return (f"at least {summary.duration_s:.1f} s (a run never recorded its end: "
+                "counted to its last logged call)")
+    return f"{summary.duration_s:.1f} s"
+
+
+def unknown_calls_line(summary: Summary) -> str | None:
+    """What the calls in flight when a run was killed mean, said once wherever the calls are."""
+    n = summary.calls_outcome_unknown
+    if not n:
+        return None
+    return (f"{n} of the {summary.calls} calls were in flight when a run was killed: their "
+            f"answer was never recorded, so whether Zoho applied them is unknown (their pairs "
+            f"are sent again, or said to be in doubt); the call log and its timeline hold the "
+            f"other {summary.calls - n}")
 
 
 def side_paths(results_path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -221,7 +250,8 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
                   chunk_rows: int = CHUNK_ROWS, blank: int = 0, carried: Carried | None = None,
                   cadence_names: Mapping[str, str] | None = None,
                   until: threading.Event | None = None,
-                  finished_at: str | None | type[NOW] = NOW) -> Summary:
+                  finished_at: str | None | type[NOW] = NOW,
+                  duration_lower_bound: bool = False) -> Summary:
     """Write results (CSV; Parquet for ``.parquet``/``.pq``; a sheet for ``.xlsx``), retry file
     and summary.
 
@@ -237,6 +267,8 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     ``finished_at``: when the job's run ended (UTC, ISO 8601), :class:`NOW` for a run ending
     now; ``batcher report`` gives the end its journal recorded, or None for a run that never
     recorded one (killed): the time the files are rewritten is not when the job ended.
+    ``duration_lower_bound``: the job's time holds a run that never recorded its end, so
+    ``duration_s`` is at least that (the summary, its line and the page say so).
 
     When ``carried``'s stream cannot be read to its end in step with the results (the input
     unreadable in part, or not lining up), the results are written again without it, and
@@ -250,7 +282,8 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
         return _write_results(journal, results_path, duration_s=duration_s, extra=extra,
                               chunk_rows=chunk_rows, blank=blank, carried=carried,
                               cadence_names=cadence_names, until=until,
-                              finished_at=finished_at)
+                              finished_at=finished_at,
+                              duration_lower_bound=duration_lower_bound)
     except _CarryFailed as exc:
         given, why = extra, str(exc)
 
@@ -261,7 +294,8 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
         return _write_results(journal, results_path, duration_s=duration_s, extra=left_out,
                               chunk_rows=chunk_rows, blank=blank, carried=None,
                               cadence_names=cadence_names, until=until,
-                              finished_at=finished_at)
+                              finished_at=finished_at,
+                              duration_lower_bound=duration_lower_bound)
 
 
 class _CarryFailed(Exception):
@@ -274,7 +308,8 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
                    chunk_rows: int, blank: int, carried: Carried | None,
                    cadence_names: Mapping[str, str] | None,
                    until: threading.Event | None,
-                   finished_at: str | None | type[NOW]) -> Summary:
+                   finished_at: str | None | type[NOW],
+                   duration_lower_bound: bool = False) -> Summary:
     results = Path(os.path.abspath(results_path))
     check_results_capacity(results, journal.rows)
     retry, summary_file = side_paths(results)
@@ -333,7 +368,8 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
         summary = tally.summary(journal, duration_s=duration_s() if callable(duration_s)
                                 else duration_s, results=results, retry=retry,
                                 summary_file=summary_file, blank=blank, extra=extra,
-                                finished_at=utc_now() if finished_at is NOW else finished_at)
+                                finished_at=utc_now() if finished_at is NOW else finished_at,
+                                duration_lower_bound=duration_lower_bound)
         out.finish(summary)
         if callable(duration_s):  # an .xlsx is written out by finish(): its time counts too
             summary = replace(summary, duration_s=round(duration_s(), 3))
@@ -548,7 +584,7 @@ class _Tally:
 
     def summary(self, journal: ResultSource, *, duration_s: float, results: Path, retry: Path,
                 summary_file: Path, blank: int, extra: dict[str, Any] | None,
-                finished_at: str | None) -> Summary:
+                finished_at: str | None, duration_lower_bound: bool = False) -> Summary:
         """The summary, its counts reconciled against the rows the journal loaded."""
         rows = journal.rows
         counts = self.counts()
@@ -556,16 +592,21 @@ class _Tally:
         if self.written != rows:
             line, ok = f"{line}; {self.written} rows written", False
         counters = journal.counters()
+        calls = counters.get("calls", 0)
+        # a source without a call log (no plan loaded) has none in doubt
+        logged = counters.get("calls_logged", calls)
         return Summary(
             rows=rows, by_status=counts.by_status, by_code=counts.by_code,
-            calls=counters.get("calls", 0), retries=counters.get("retries", 0),
+            calls=calls, retries=counters.get("retries", 0),
             throttled=counters.get("throttled", 0), credits=counters.get("credits", 0),
+            calls_outcome_unknown=max(0, calls - logged),
             duration_s=round(float(duration_s), 3), results_path=str(results),
             retry_path=str(retry), summary_path=str(summary_file), retry_rows=self.retry_rows,
             reconcile=line, reconciled=ok, started_at=journal.started_at,
             ignored_entries=counters.get("ignored_entries", 0), blank=blank,
             by_cadence=counts.by_cadence, other_cadences=counts.other_cadences,
-            finished_at=finished_at, extra=dict(extra or {}))
+            finished_at=finished_at, extra=dict(extra or {}),
+            duration_lower_bound=duration_lower_bound)
 
 
 @dataclass(frozen=True)
@@ -873,7 +914,10 @@ def _summary_figures(summary: Summary) -> list[tuple[str, str | int | float | bo
               for c, n in sorted(codes.items())]
     lines += [("calls", summary.calls), ("retries", summary.retries),
               ("throttled (429)", summary.throttled), ("credits", summary.credits),
-              ("duration_s", summary.duration_s), ("rows to retry", summary.retry_rows),
+              ("duration_s", summary.duration_s),
+              ("duration is a lower bound", summary.duration_lower_bound),
+              ("calls whose outcome is unknown", summary.calls_outcome_unknown),
+              ("rows to retry", summary.retry_rows),
               ("blank rows", summary.blank), ("ignored answer entries", summary.ignored_entries),
               ("started_at", summary.started_at), ("finished_at", summary.finished_at),
               ("retry file", summary.retry_path)]

@@ -223,6 +223,45 @@ def test_classify_table(name, status, body, headers, expected):
     assert summary(classify(R, C, status, headers, raw, now=NOW)) == expected
 
 
+@pytest.mark.parametrize("records, cadences", [(101, 1), (1, 6), (101, 6)],
+                         ids=["ids", "cadences_ids", "both"])
+@pytest.mark.parametrize("wrapped", [False, True], ids=["top", "wrapped"])
+def test_the_sandboxs_limit_exceeded_for_a_calls_own_arrays_fails_the_call_not_the_job(
+        records, cadences, wrapped):
+    """The sandbox answers a call over 100 record ids, over 5 cadence ids, or both, as the
+    page says (``limit_due_to`` names one array, or both: it named the ids alone when both
+    were over): each form is the call's own limit — its pairs fail, never an abort that says
+    the org's credits are used up and stops the job."""
+    from batcher.sandbox.unenrol import Answer, parse_body
+
+    body = {"ids": [R[0]] * records, "cadences_ids": [C[0]] * cadences}
+    answer = parse_body(json.dumps(body).encode(), lambda key: wrapped)
+    assert isinstance(answer, Answer) and answer.code == "LIMIT_EXCEEDED"
+    entry = answer.body["data"][0] if wrapped else answer.body
+    due = entry["details"]["limit_due_to"]
+    assert due == (["ids", "cadences_ids"] if records > 100 and cadences > 5
+                   else "ids" if records > 100 else "cadences_ids")
+    got = classify(R, C, answer.status, {}, json.dumps(answer.body).encode(), now=NOW)
+    assert summary(got) == every(F, "LIMIT_EXCEEDED")
+
+
+@pytest.mark.parametrize("due", [["$.ids", "$.cadences_ids"], "ids,cadences_ids",
+                                 "ids, cadences_ids", "ids and cadences_ids", " ids "])
+def test_limit_due_to_naming_the_calls_arrays_in_any_spelling_is_the_calls_own(due):
+    """Both arrays named in one text ("ids,cadences_ids"), or as paths in a list, are still the
+    call's own limit: read as the org's, the job stopped saying its credits were used up."""
+    got = classify(R, C, 400, {}, json.dumps(err("LIMIT_EXCEEDED", limit_due_to=due)).encode(),
+                   now=NOW)
+    assert summary(got) == every(F, "LIMIT_EXCEEDED")
+
+
+@pytest.mark.parametrize("due", ["API credits per day", "ids per day", "records, credits", ""])
+def test_limit_due_to_naming_anything_else_is_the_orgs(due):
+    got = classify(R, C, 400, {}, json.dumps(err("LIMIT_EXCEEDED", "x", limit_due_to=due)
+                                             ).encode(), now=NOW)
+    assert isinstance(got, Fatal) and got.code == "LIMIT_EXCEEDED"
+
+
 @pytest.mark.parametrize("status, body", [(301, b""), (302, b"<html>moved</html>"),
                                           (307, json.dumps({"data": [ok(r) for r in R]}))])
 def test_a_redirect_stops_the_run_at_once_naming_where_it_points(status, body):

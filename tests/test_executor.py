@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from dataclasses import replace
 
 import httpx
@@ -283,6 +284,45 @@ def test_a_call_answered_invalid_token_was_refused_not_maybe_applied(tmp_path, r
     row = results(j)[(rid(1), cid(0))]
     assert row["status"] == "not_sent" and "may have applied" not in (row["message"] or ""), row
     assert j.counters().get("calls", 0) == len(seen) >= 1  # each left, and was answered
+    # and each is in the call log, the page's timeline: it held one of two
+    assert j.counters()["calls_logged"] == len(seen)
+
+
+def test_a_call_sent_again_with_a_fresh_token_is_two_calls_in_the_log_too(tmp_path):
+    """Found by trying: a call answered INVALID_TOKEN and sent again with a fresh token counted
+    two calls (and credits) but logged one: the page's calls and its timeline disagreed."""
+    from batcher.config import Credentials, Endpoints
+    from batcher.zoho.auth import ZohoAuth
+
+    j = journal_with(tmp_path, [Batch("b000000", "Leads", (rid(1),), (cid(0),))])
+    token = httpx.MockTransport(lambda r: httpx.Response(200, json={
+        "access_token": "1000.fresh-token-value", "expires_in": 3600}))
+    auth = ZohoAuth(Credentials(client_id="1000.C", client_secret="s3cr3t-value",
+                                refresh_token="1000.refresh-value",
+                                access_token="1000.stale-token-value"),
+                    Endpoints(api_domain=API, accounts_url="https://accounts.zoho.com"),
+                    transport=token)
+    seen: list[httpx.Request] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if "stale" in request.headers["Authorization"]:
+            return httpx.Response(401, json={"code": "INVALID_TOKEN", "details": {},
+                                             "message": "invalid oauth token",
+                                             "status": "error"})
+        return httpx.Response(200, json=success([rid(1)], [cid(0)]))
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(api), auth=auth) as client:
+            await Executor(client, j, ExecutorSettings(retry=FAST),
+                           api_domain=lambda: API).run(j.pending_batches())
+
+    asyncio.run(go())
+    assert results(j)[(rid(1), cid(0))]["status"] == "unenrolled"
+    counters = j.counters()
+    assert len(seen) == counters["calls"] == counters["calls_logged"] == 2
+    with sqlite3.connect(j.path) as db:
+        assert sorted(r[0] for r in db.execute("SELECT http_status FROM calls")) == [200, 401]
 
 
 def test_server_errors_are_retried_then_failed_retryable(tmp_path):

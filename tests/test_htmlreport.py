@@ -363,3 +363,75 @@ def test_a_dry_runs_page_says_its_command_runs_the_real_job_not_a_resume(tmp_pat
     assert "resumes the job" not in html
     assert f"runs the real job: sends the {len(rows):,} rows this dry run planned" in html
     assert len(live.sandbox.calls) == 0
+
+
+def _journal_calls(journal: Path) -> tuple[int, int]:
+    """(calls counted, calls in the call log) as the journal holds them now; (0, 0) before
+    they exist."""
+    try:
+        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
+            counted = db.execute("SELECT coalesce(max(value), 0) FROM counters"
+                                 " WHERE name = 'calls'").fetchone()[0]
+            return counted, db.execute("SELECT count(*) FROM calls").fetchone()[0]
+    except sqlite3.Error:
+        return 0, 0
+
+
+@needs_browser
+def test_a_job_killed_with_calls_in_flight_says_the_same_calls_everywhere(tmp_path, serve):
+    """Found by trying: ``kill -9`` while calls were out, then ``batcher report``: the summary,
+    its line and the page's card counted the calls in flight (counted as they leave), which the
+    call log — the page's timeline — never got (logged once answered): 12 calls, 9 on the
+    timeline, and nothing said why; the duration, counted to the last logged call, showed as a
+    plain figure. Now every figure agrees: the timeline's calls plus the calls whose outcome is
+    unknown are the calls, said in summary.json, on stderr and on the page; and the duration
+    says it is a lower bound."""
+    import os
+    import signal
+    import sys
+    import time
+
+    rows = make_rows(300, 10, seed=37, base=554023000037000000, max_k=2)
+    live = serve(World.from_pairs(rows), latency=0.4)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    journal = tmp_path / "out.journal"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "batcher", "run", str(inp), "--results",
+                             str(tmp_path / "out.csv"), "--concurrency", "3", "--no-preflight"],
+                            env={**os.environ, **live.env}, cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        counted, logged = _journal_calls(journal)
+        if logged >= 2 and counted > logged:  # answered calls, and counted ones still out
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the job ended before the kill"
+    counted, logged = _journal_calls(journal)
+    assert counted > logged >= 2, (counted, logged)
+
+    got = subprocess.run([sys.executable, "-m", "batcher", "report", "--journal", str(journal),
+                          "--results", str(tmp_path / "again.csv")],
+                         env={**os.environ, **live.env}, cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert got.returncode == 3, got.stderr
+    summary = json.loads((tmp_path / "again.summary.json").read_text())
+    assert summary["calls"] == counted
+    assert summary["calls_outcome_unknown"] == counted - logged
+    assert summary["duration_lower_bound"] is True
+    said = got.stdout + got.stderr
+    assert f"{counted - logged} of the {counted} calls were in flight when a run was killed" \
+        in said, said
+    assert f"at least {summary['duration_s']:.1f} s" in said, said
+
+    page = tmp_path / "again.report.html"
+    shown = _metrics(_browse(tmp_path, "--dump-dom", page.as_uri()))
+    assert _int(shown["calls"]) == summary["calls"]
+    assert _int(shown["calls_outcome_unknown"]) == summary["calls_outcome_unknown"]
+    assert _int(shown["timeline.calls"]) + _int(shown["calls_outcome_unknown"]) == \
+        _int(shown["calls"])
+    assert "whether Zoho applied them is unknown" in shown["unknown_calls"][0]
+    assert shown["duration_s"][0].strip().startswith("at least ")
+    assert float(shown["duration_s"][1]) == summary["duration_s"]
+    assert "lower bound" in shown["duration_lower_bound"][0]

@@ -126,7 +126,7 @@ def test_reopen_resumes_pending_batches_counters_and_meta(loaded: Path) -> None:
         assert not j.is_new
         assert list(j.pending_batches()) == [PLAN[1]]
         assert j.counters() == {"calls": 3, "retries": 1, "throttled": 1, "credits": 3,
-                                  "ignored_entries": 0, "runs": 3}
+                                  "ignored_entries": 0, "runs": 3, "calls_logged": 0}
         assert j.get_meta("settings") == {"concurrency": 4}
         assert j.get_meta("missing", "dflt") == "dflt"
         assert j.started_at == started

@@ -259,6 +259,9 @@ def test_whole_request_errors_come_both_bare_and_wrapped_stably_per_seed():
      {"limit": 100, "limit_due_to": "ids"}),
     ({"cadences_ids": [C1] * 6, "ids": [R1]}, "LIMIT_EXCEEDED",
      {"limit": 5, "limit_due_to": "cadences_ids"}),
+    # the page's "or both": limit_due_to names both arrays (it named the ids alone)
+    ({"cadences_ids": [C1] * 6, "ids": [R3] * 101}, "LIMIT_EXCEEDED",
+     {"limit": [100, 5], "limit_due_to": ["ids", "cadences_ids"]}),
     ({"cadences_ids": [C1], "ids": [R2, 554023000000100001]}, "INVALID_DATA",
      {"json_path": "$.ids[1]", "expected_data_type": "string"}),
 ])

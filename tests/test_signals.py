@@ -982,3 +982,43 @@ def test_the_report_of_a_job_killed_by_kill_9_says_so_and_its_command_resumes_it
     done = json.loads((folder / "again.summary.json").read_text())
     assert done["finished_at"] is not None and "run_never_ended" not in done["extra"]
     assert done["duration_s"] >= summary["duration_s"]  # the killed run's time is kept
+
+
+def test_a_signal_with_calls_in_flight_leaves_them_in_the_call_log(tmp_path, serve):
+    """Found by trying: SIGTERM while calls were out cancelled them after they were counted
+    (as they leave) and before they were logged (once answered): the summary's calls and the
+    page's timeline disagreed after a plain signal, and the calls looked like a kill -9's. A
+    call the run stops with is logged as it is counted, without an answer: the summary's
+    calls are the call log's, and none is said to be of unknown outcome."""
+    rows = make_rows(300, 10, seed=41, base=554023000041000000, max_k=2)
+    live = serve(World.from_pairs(rows), latency=0.4)
+    job = Job(tmp_path / "job", rows, live.env)
+
+    def calls() -> tuple[int, int]:
+        try:
+            with sqlite3.connect(f"file:{job.journal}?mode=ro", uri=True) as db:
+                counted = db.execute("SELECT coalesce(max(value), 0) FROM counters"
+                                     " WHERE name = 'calls'").fetchone()[0]
+                return counted, db.execute("SELECT count(*) FROM calls").fetchone()[0]
+        except sqlite3.Error:
+            return 0, 0
+
+    proc = job.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        counted, logged = calls()
+        if logged >= 2 and counted > logged:  # calls counted and still out
+            break
+        time.sleep(0.005)
+    since = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, stop_s = wait_exit(proc, since)
+    assert not stop_problems(job, code, stop_s, "SIGTERM")
+    summary = json.loads((job.folder / "out.summary.json").read_text())
+    counted, logged = calls()
+    assert summary["calls"] == counted == logged > 2
+    assert summary["calls_outcome_unknown"] == 0
+    assert "in flight when a run was killed" not in job.stderr()
+    with sqlite3.connect(f"file:{job.journal}?mode=ro", uri=True) as db:
+        unanswered = db.execute("SELECT count(*) FROM calls WHERE http_status IS NULL").fetchone()
+    assert unanswered[0] >= 1  # the calls the signal caught: logged, without an answer

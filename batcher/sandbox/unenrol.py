@@ -74,13 +74,23 @@ def parse_body(raw: bytes, wrap: Callable[[str], bool]) -> Parsed | Answer:
                 {"api_name": key, "json_path": f"$.{key}", "expected_data_type": "jsonarray"},
                 wrap(key))
     ids, cadence_ids = body["ids"], body["cadences_ids"]
-    for key, value, limit in (("ids", ids, MAX_RECORDS_PER_CALL),
-                              ("cadences_ids", cadence_ids, MAX_CADENCES_PER_CALL)):
-        if len(value) > limit:
-            return whole_request_error(
-                "LIMIT_EXCEEDED", f"more than {limit} {key} given",
-                {"api_name": key, "json_path": f"$.{key}", "limit": limit, "limit_due_to": key},
-                wrap(f"limit:{key}"))
+    over = [(key, limit) for key, value, limit in (
+        ("ids", ids, MAX_RECORDS_PER_CALL), ("cadences_ids", cadence_ids, MAX_CADENCES_PER_CALL))
+        if len(value) > limit]
+    if len(over) == 1:
+        (key, limit), = over
+        return whole_request_error(
+            "LIMIT_EXCEEDED", f"more than {limit} {key} given",
+            {"api_name": key, "json_path": f"$.{key}", "limit": limit, "limit_due_to": key},
+            wrap(f"limit:{key}"))
+    if over:
+        # the page: more than 5 cadence ids "or more than 100 record ids or both", see
+        # limit_due_to — which then names both arrays (a list, their limits in step)
+        return whole_request_error(
+            "LIMIT_EXCEEDED", f"more than {MAX_RECORDS_PER_CALL} ids and more than "
+            f"{MAX_CADENCES_PER_CALL} cadences_ids given",
+            {"limit": [limit for _, limit in over], "limit_due_to": [key for key, _ in over]},
+            wrap("limit:both"))
     for key, value in (("ids", ids), ("cadences_ids", cadence_ids)):
         for i, item in enumerate(value):
             if not isinstance(item, str):

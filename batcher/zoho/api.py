@@ -54,6 +54,7 @@ WHOLE_REQUEST_CODES = FATAL_CODES | TRANSIENT_CODES | frozenset({
 #: batcher never sends): its pairs fail; any other limit is the org's, and stops the job
 _CALL_ARRAYS = frozenset({"ids", "cadences_ids"})
 _PATH = re.compile(r"^\$\.(ids|cadences_ids)(?:\[(\d+)\])?$")
+_DUE_SPLIT = re.compile(r"[\s,;&/|+]+")  # names joined in one limit_due_to text
 _MODULE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _MAX_MESSAGE = 300
 _UNENROLLED, _NOT_ENROLLED = Status.UNENROLLED, Status.NOT_ENROLLED
@@ -436,13 +437,16 @@ def _due_to_call(due: Any) -> bool:
 
     The un-enrol page (v7, "Possible Errors") says the code means more than 5 cadence ids,
     more than 100 record ids, "or both", and points to ``limit_due_to`` without showing it: read
-    as one name or a list of names, each bare (``ids``) or as a path (``$.ids``). Anything
-    else (a text about credits, an object) is the org's limit. Never raises: a list there made
-    ``in frozenset`` a TypeError that crashed the classification of the whole answer.
+    as one name, names joined in one text (``ids,cadences_ids``, ``ids and cadences_ids``) or
+    a list of names, each bare (``ids``) or as a path (``$.ids``). Anything else (a text about
+    credits, an object) is the org's limit. Never raises: a list there made ``in frozenset`` a
+    TypeError that crashed the classification of the whole answer.
     """
     names = due if isinstance(due, list) else [due]
-    return bool(names) and all(
-        isinstance(n, str) and n.strip().removeprefix("$.") in _CALL_ARRAYS for n in names)
+    if not names or not all(isinstance(n, str) for n in names):
+        return False
+    words = [w for n in names for w in _DUE_SPLIT.split(n) if w and w.lower() != "and"]
+    return bool(words) and all(w.removeprefix("$.") in _CALL_ARRAYS for w in words)
 
 
 def _locate(details: Mapping[str, Any], record_ids: Sequence[str],

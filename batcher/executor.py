@@ -221,6 +221,7 @@ class Executor:
         """Send a batch; re-send what is left after rejections or splits until all is answered."""
         stack = [batch]
         isolation: _Isolation | None = None
+        left_open = False  # a piece never reached a server: the batch stays for the next run
         while stack:
             current = stack.pop()
             answer, attempts = await self._send(current)
@@ -230,6 +231,7 @@ class Executor:
             if isinstance(answer, _NeverSent):
                 # its pairs were never sent: not failed; the batch is open for the next run
                 self._never_sent.append((current.batch_id, answer.reason))
+                left_open = True
                 continue
             if isinstance(answer, Rejected) and not _names_one_of(current, answer):
                 answer = Unlocated(answer.code, answer.message, answer.http_status)
@@ -241,6 +243,10 @@ class Executor:
                 if isinstance(answer, Unlocated) and isolation is None:
                     isolation = _Isolation(batch)
                 stack.extend(await self._settle(current, answer, attempts, isolation))
+            if not stack and not left_open:
+                # once, however many pieces its refusals split it into: progress counts the
+                # batches handed out, and a split's pieces are none of them
+                self.counters.batches_done += 1
             self._on_progress(self.counters)
 
     def _in_db_thread(self, fn: Callable[..., Any], *args: object) -> asyncio.Future[Any]:
@@ -252,7 +258,7 @@ class Executor:
         if self._unconfirmed_before(batch.batch_id):
             groups = tuple(map(_hedge, groups))
         await self._in_db_thread(self._journal.record_groups, batch.batch_id, groups, attempts)
-        self._done(batch, answer.pairs)
+        self.counters.pairs_done += answer.pairs
         await self._judge((len(g.record_ids) * len(g.cadence_ids), g) for g in groups)
 
     def _unconfirmed_before(self, batch_id: str) -> bool:
@@ -276,15 +282,13 @@ class Executor:
             outcomes = _all(batch, Status.FAILED, answer.code or "TRANSIENT_ERROR",
                             self._redact(str(answer)), answer.http_status, retryable=True)
             await self._in_db_thread(j.record_outcomes, batch.batch_id, outcomes, attempts)
-            self._done(batch, len(outcomes))
+            self.counters.pairs_done += len(outcomes)
             return []
         else:  # pragma: no cover
             raise TypeError(f"unexpected answer {answer!r}")
         await self._in_db_thread(j.settle_and_split, batch.batch_id, failed, children, attempts)
         self.counters.pairs_done += len(failed)
         await self._judge((1, o) for o in failed)
-        if not children:
-            self.counters.batches_done += 1
         return children
 
     async def _judge(self, outcomes: Iterable[tuple[int, Any]]) -> None:
@@ -310,10 +314,6 @@ class Executor:
                 f"a re-send does not cure (see the results' codes), after {c.calls} calls "
                 "(credits) this run; nothing more is sent — fix the input (module, org) or "
                 "re-run the same command to go on")
-
-    def _done(self, batch: Batch, pairs: int) -> None:
-        self.counters.batches_done += 1
-        self.counters.pairs_done += pairs
 
     async def _send(self, batch: Batch):
         """One batch through the retry policy: (answer, attempts); a ``_NeverSent`` when its

@@ -1224,11 +1224,16 @@ def _digest(module: str, records: str | bytes, cadences: str, positions: bytes) 
 
 
 def _digest_start(module: str, records: str | bytes, cadences: str) -> int:
-    crc = 0
+    # ids kept as integers are tagged: text read back as integers (or the reverse) is another
+    # batch, not the same bytes
+    crc = zlib.crc32(_INTEGER_IDS) if isinstance(records, bytes) else 0
     for part in (module.encode(), records if isinstance(records, bytes) else records.encode(),
                  cadences.encode()):
         crc = zlib.crc32(part, zlib.crc32(len(part).to_bytes(8, "little"), crc))
     return crc
+
+
+_INTEGER_IDS = b"uint64 ids"
 
 
 def _digest_end(crc: int, positions: bytes) -> int:
@@ -1240,9 +1245,16 @@ def stored_ids(stored: str | bytes) -> tuple[str, ...]:
     made of the reader's ids) their uint64 values, 8 bytes each, little-endian — a third of
     the text's bytes, which a ten-million-pair load writes once and commits before its first
     call."""
-    if isinstance(stored, bytes):
-        return tuple(map(str, np.frombuffer(stored, dtype="<u8").tolist()))
-    return tuple(json.loads(stored))
+    try:
+        if isinstance(stored, bytes):
+            return tuple(map(str, np.frombuffer(stored, dtype="<u8").tolist()))
+        ids = json.loads(stored)
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ValueError("not a list of ids")
+        return tuple(ids)
+    except (ValueError, TypeError):  # not a whole number of ids, or not JSON of them
+        raise JournalError("the journal is damaged: a batch's record ids cannot be read; "
+                           "re-run the job from its input with a new journal") from None
 
 
 def _json_ids(ids: Sequence[str]) -> str:

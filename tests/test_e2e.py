@@ -12,6 +12,9 @@ import io
 import json
 import os
 import random
+import re
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -723,3 +726,37 @@ def test_what_the_results_leave_out_is_said_once_after_the_progress(tmp_path, se
     said = [i for i, e in enumerate(events) if "left out" in e["message"]]
     assert len(said) == 1, said
     assert said[0] > max(i for i, e in enumerate(events) if e["event"] == "progress")
+
+
+@pytest.mark.slow
+def test_a_log_counts_a_split_batch_once_and_never_shows_more_batches_done_than_planned(
+        tmp_path, serve):
+    """Found by trying: refusals naming no id (INVALID_DATA without a json_path) split
+    batches, and each piece answered counted as a batch done, so a cron log read
+    ``batches 215/76 … ETA -12s``. A batch is done once, when all of its pieces are."""
+    rows = make_rows(400, 8, max_k=3)
+    unknown = {rows[0][1], rows[len(rows) // 2][1]}
+    live = serve(World.from_pairs([t for t in rows if t[1] not in unknown]),
+                 answer_shape="v8", error_paths=False)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    err_path = tmp_path / "run.err"
+    with open(err_path, "w") as err:  # a log: stderr is a file, not a terminal
+        proc = subprocess.run(
+            [sys.executable, "-m", "batcher", "run", str(inp), "--results",
+             str(tmp_path / "out.csv"), "--no-preflight"],
+            cwd=Path(__file__).resolve().parent.parent, env={**os.environ, **live.env},
+            stdout=subprocess.DEVNULL, stderr=err, timeout=120)
+    log = err_path.read_text()
+
+    assert proc.returncode == 1, log  # the unknown records' pairs failed
+    lines = re.findall(r"^([\d,]+)/([\d,]+) pairs  batches ([\d,]+)/([\d,]+) .* ETA (\S+)$",
+                       log, re.M)
+    assert lines, log
+    for _, _, done, planned, eta in lines:
+        assert int(done.replace(",", "")) <= int(planned.replace(",", "")), log
+        assert not eta.startswith("-"), log
+    assert lines[-1][0] == lines[-1][1] and lines[-1][2] == lines[-1][3], log
+    assert_exact(live.sandbox, rows)
+    failed = {(r["record_id"], r["code"]) for r in read_results(tmp_path / "out.csv")
+              if r["status"] != "unenrolled"}
+    assert failed == {(r, "INVALID_DATA") for r in unknown}

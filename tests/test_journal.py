@@ -944,3 +944,18 @@ def test_a_journal_keeping_its_record_ids_as_json_text_still_resumes(tmp_path: P
     with Journal.open(tmp_path / "j.journal", "fp") as j:
         got = [(b.batch_id, b.record_ids, b.cadence_ids) for b in j.pending_batches()]
     assert got == want and {r for _, records, _ in got for r in records} == set(ids)
+
+
+@pytest.mark.parametrize("stored", [b"\x01\x02\x03", "not json", '{"a": 1}', "[1, 2]"])
+def test_record_ids_that_cannot_be_read_say_the_journal_is_damaged(stored) -> None:
+    from batcher.errors import JournalError
+
+    with pytest.raises(JournalError, match="damaged"):
+        stored_ids(stored)
+
+
+def test_the_digest_tells_ids_kept_as_integers_from_the_same_bytes_as_text() -> None:
+    from batcher.journal import _digest
+
+    text = '["1234567890123456"]'
+    assert _digest("Leads", text, '["1"]', b"") != _digest("Leads", text.encode(), '["1"]', b"")

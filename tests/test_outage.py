@@ -660,6 +660,12 @@ _NOT_HERE = {
                                                  "correct one", "status": "error"}),
     "html": httpx.Response(404, html="<html><body><h1>404 Not Found</h1></body></html>"),
     "redirect": httpx.Response(301, headers={"Location": "https://www.zohoapis.eu/crm/v7"}),
+    # found by trying: a plain web server at the domain (python -m http.server, a static site)
+    # answers a POST 501 "Unsupported method"; taken for an outage, every batch was sent six
+    # times (a credit each) for two minutes before the run stopped
+    "not_implemented": httpx.Response(
+        501, html="<html><body><h1>Error response</h1><p>Error code: 501</p>"
+                  "<p>Message: Unsupported method ('POST').</p></body></html>"),
 }
 
 

@@ -62,6 +62,9 @@ class SandboxConfig:
     retry_after_max: int = 2
     #: ``api_domain`` returned with tokens; None = the base URL the request came to
     api_domain: str | None = None
+    #: whole-call refusals (INVALID_DATA, NOT_ALLOWED) name the refused id's ``json_path``;
+    #: False: they name none, as some Zoho answers do, so the client must split to find it
+    error_paths: bool = True
     #: every error answer echoes the request's secrets: API errors carry the whole Authorization
     #: header in ``message`` and ``details.echo``, token refusals the posted client_secret and
     #: refresh_token in ``error_description``; proves a client redacts all server text. Success

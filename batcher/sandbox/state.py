@@ -19,7 +19,7 @@ from itertools import product
 
 from .config import SandboxConfig
 from .faults import FaultDice, profile_named
-from .unenrol import Answer, Parsed, answer_unenrol
+from .unenrol import Answer, Parsed, answer_unenrol, without_paths
 from .world import World
 
 Triple = tuple[str, str, str]
@@ -218,6 +218,8 @@ class Sandbox:
             answer = answer_unenrol(self.world, module, parsed.ids, parsed.cadence_ids,
                                     shape=cfg.answer_shape, scheduled=cfg.scheduled != "off",
                                     wrap=self.wrap)
+            if not cfg.error_paths:
+                answer = without_paths(answer)
             if cfg.scheduled == "later":
                 if answer.remove:
                     self._pending.append((self.clock() + cfg.scheduled_delay, answer.remove))

@@ -7,7 +7,7 @@ whole or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 
 import orjson
@@ -45,6 +45,21 @@ def whole_request_error(code: str, message: str, details: dict, wrapped: bool) -
     """A 400 refusing the whole call; Zoho sends it bare or as the single entry of ``data[]``."""
     body = error(code, message, details)
     return Answer(400, {"data": [body]} if wrapped else body, code)
+
+
+def without_paths(answer: Answer) -> Answer:
+    """A whole-call refusal (a bare error, or the single entry of ``data[]``) naming no element:
+    ``json_path`` and ``api_name`` dropped from its details."""
+    if answer.status != 400:
+        return answer
+    body = answer.body
+    entries = body.get("data") if "data" in body else [body]
+    if len(entries) != 1 or entries[0].get("status") != "error":
+        return answer
+    details = {k: v for k, v in entries[0]["details"].items()
+               if k not in ("json_path", "api_name")}
+    entry = {**entries[0], "details": details}
+    return replace(answer, body={"data": [entry]} if "data" in body else entry)
 
 
 def listed(body: object, key: str) -> list | None:

@@ -42,7 +42,9 @@ FATAL_CODES = frozenset({"OAUTH_SCOPE_MISMATCH", "NO_PERMISSION", "AUTHENTICATIO
 #: Zoho API, a retired API version — whatever the call: every call would get the same, so the
 #: run stops (exit 3, resumable once the domain is right) rather than fail its rows one by one
 WRONG_URL_CODES = frozenset({"INVALID_URL_PATTERN"})
-_WRONG_URL_STATUSES = frozenset({404, 405, 410})
+#: and the statuses of a server with no such endpoint: 501 is a plain web server's answer to a
+#: POST (no proxy outage says it), as lasting as a 405
+_WRONG_URL_STATUSES = frozenset({404, 405, 410, 501})
 TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "INTERNAL_ERROR", "TOO_MANY_REQUESTS"})
 LOCATABLE_CODES = frozenset({"INVALID_DATA", "NOT_ALLOWED"})
 #: codes that can only concern the whole request, never one record

@@ -27,7 +27,8 @@ bench: $(STAMP)  # prints every figure; exits non-zero if any target is missed
 	$(BIN)/python bench/bench_executor.py; e=$$?; \
 	$(BIN)/python bench/bench_report.py; r=$$?; \
 	$(BIN)/python bench/bench_job.py; j=$$?; \
-	exit $$(( p || e || r || j ))
+	$(BIN)/python bench/bench_xlsx.py; x=$$?; \
+	exit $$(( p || e || r || j || x ))
 
 screenshot: $(STAMP)  # docs/report.png: the sample job's report in headless chromium
 	$(BIN)/python scripts/report_screenshot.py docs/report.png

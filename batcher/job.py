@@ -559,7 +559,8 @@ def _run_job(settings: RunSettings, env: Mapping[str, str], transports: Transpor
     hashing.shutdown(wait=False)
     read = _Read()
     # the input's stamp (size, times, inode) when its bytes were found to be the journal's
-    ahead = _ResultsAhead(settings, results, started, stamp=lambda: hashed.result()[1])
+    ahead = _ResultsAhead(settings, results, started, stamp=lambda: hashed.result()[1],
+                          source=source)
 
     def bound() -> str:  # the fingerprint of the very bytes the scan read, or InputError
         fp, stamp = hashed.result()
@@ -711,7 +712,8 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
                 summary = write_results(
                     tally, results, duration_s=lambda: time.monotonic() - started,
                     extra=extra, blank=blank,
-                    carried=_carried(settings, journal, ahead.notes, ahead.stamp),
+                    carried=_carried(settings, journal, ahead.notes, ahead.stamp,
+                                     ahead.source),
                     cadence_names=journal.get_meta("cadence_names", {}))
         with contextlib.suppress(BatcherError):  # `batcher report`: the job's time, all runs
             journal.set_meta("run_s", journal.get_meta("run_s", 0.0) + summary.duration_s)
@@ -801,10 +803,13 @@ class _ResultsAhead:
     loop that sends."""
 
     def __init__(self, settings: RunSettings, results: Path, started: float,
-                 stamp: Callable[[], Stamp] | None = None) -> None:
+                 stamp: Callable[[], Stamp] | None = None, source: Source | None = None
+                 ) -> None:
         self._settings, self._results, self._started = settings, results, started
         #: the input's stamp when its bytes were found to be the journal's
         self.stamp = stamp
+        #: the input as the run opened it (an .xlsx sheet's rows: not read again)
+        self.source = source
         self._until = threading.Event()  # set once the run has stopped sending
         self._extra: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
@@ -828,7 +833,8 @@ class _ResultsAhead:
             summary = write_results(
                 tally, self._results, duration_s=lambda: time.monotonic() - self._started,
                 extra=lambda: self._extra, blank=journal.get_meta("blank", 0),
-                carried=_carried(self._settings, journal, self.notes, self.stamp),
+                carried=_carried(self._settings, journal, self.notes, self.stamp,
+                                 self.source),
                 cadence_names=journal.get_meta("cadence_names", {}), until=self._until)
             self._done = (tally, summary)
         except BaseException as exc:  # handed to end(), in the caller's thread
@@ -869,7 +875,8 @@ _AHEAD_AFTER_S = 0.5  # the results thread's start, after the sending's
 
 
 def _carried(settings: RunSettings, journal: Journal, notes: list[str],
-             stamp: Callable[[], Stamp] | None = None) -> Carried | None:
+             stamp: Callable[[], Stamp] | None = None, source: Source | None = None
+             ) -> Carried | None:
     """The input's own columns for the results, read again; without them when the input
     cannot be read any more (the results still say what happened to every row), or is no more
     the journal's. What the results leave out is added to ``notes``, said once they are written.
@@ -877,7 +884,9 @@ def _carried(settings: RunSettings, journal: Journal, notes: list[str],
     ``stamp()``: the input's :func:`file_stamp` when this run found its bytes to be the
     journal's (None: they are hashed now). The file is looked at again before and after it is
     read: when it has changed since (a row's Email would be another row's), the bytes are hashed
-    again, and unless they are the journal's, the results are written without its columns."""
+    again, and unless they are the journal's, the results are written without its columns.
+    ``source``: the input as this run opened it: an .xlsx sheet's rows are taken from it, not
+    read again, when it was opened from the journal's bytes (its stamp is ``at``'s)."""
     try:
         if stamp is None:
             bound, at = _stamped_fingerprint(settings)
@@ -886,7 +895,8 @@ def _carried(settings: RunSettings, journal: Journal, notes: list[str],
         else:
             at = stamp()
         carried = carried_columns(settings.input, settings.input_options(),
-                                  _record_list(settings, journal))
+                                  _record_list(settings, journal),
+                                  source if source is not None and source.opened == at else None)
     except BatcherError as exc:
         notes.append(f"the input's own columns are left out of the results: {exc}")
         return None

@@ -74,3 +74,60 @@ def test_a_parquet_float_column_of_whole_numbers_is_carried_as_its_digits(tmp_pa
                              {"phone": None, "zip": "-3"},
                              {"phone": "1.5", "zip": None},
                              {"phone": "1e+20", "zip": "0"}]
+
+
+def _sheet(path: Path, email: str) -> Path:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    book.active.append(["Module", "Record Id", "Cadence Id", "Email", "Zip"])
+    book.active.append(["Leads", "554023000001798649", "554023000004092008", email, 2134])
+    book.active["E2"].number_format = "00000"
+    book.save(path)
+    return path
+
+
+def test_a_sheet_held_in_memory_gives_its_columns_without_being_read_again(tmp_path: Path,
+                                                                          monkeypatch):
+    """An .xlsx is read whole when opened: its columns come from that read (seconds saved on
+    a large sheet), as the sheet shows them, while the file is as it was."""
+    from batcher.inputs import xlsx
+    from batcher.inputs.formats import open_source
+
+    path = _sheet(tmp_path / "in.xlsx", "ana@example.com")
+    source = open_source(path, InputOptions())
+
+    def read_again(path):
+        raise AssertionError("the sheet was read again")
+
+    monkeypatch.setattr(xlsx, "read_xlsx", read_again)
+    found = carried_columns(path, InputOptions(), source=source)
+    assert found is not None
+    assert pa.concat_tables(list(found.tables())).to_pylist() == [
+        {"Email": "ana@example.com", "Zip": "02134"}]
+
+
+def test_a_sheet_changed_since_it_was_opened_is_read_again_for_its_columns(tmp_path: Path):
+    """Never the rows of a sheet as it was: once the file changed, it is read again."""
+    from batcher.inputs.formats import open_source
+
+    path = _sheet(tmp_path / "in.xlsx", "ana@example.com")
+    source = open_source(path, InputOptions())
+    _sheet(tmp_path / "new.xlsx", "bo@example.com").replace(path)
+    found = carried_columns(path, InputOptions(), source=source)
+    assert found is not None
+    assert pa.concat_tables(list(found.tables())).to_pylist() == [
+        {"Email": "bo@example.com", "Zip": "02134"}]
+
+
+def test_a_csv_held_in_memory_with_its_id_columns_only_is_read_again_for_the_others():
+    """A CSV the exact reader took holds only its id columns: the others are read again."""
+    from batcher.inputs.csvfile import _exact_source
+    from batcher.inputs.formats import open_source
+
+    path = ROOT / "sample_data" / "spreadsheet_made.csv"
+    source = _exact_source(open_source(path, InputOptions()))
+    assert source.kind == "table" and "Name" not in source.table.column_names
+    found = carried_columns(path, InputOptions(), source=source)
+    assert found is not None
+    assert pa.concat_tables(list(found.tables())).to_pylist() == carried(path)

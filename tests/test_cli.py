@@ -821,6 +821,37 @@ def test_an_xlsx_inputs_carried_cells_read_in_the_results_as_the_sheet_shows_the
     capsys.readouterr()
 
 
+def test_a_run_reads_its_xlsx_sheet_once(tmp_path, capsys, monkeypatch):
+    """An .xlsx is read whole to check and plan it: the results' carried columns come from
+    that read, not a second one (seconds on a large sheet), and still as the sheet shows
+    them; so do those of two people's rows collapsed onto one id, told apart by them."""
+    import openpyxl
+
+    from batcher.inputs import xlsx
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Module", "Record Id", "Cadence Id", "Email", "Zip"])
+    people = [("ana@x.com", "1990117000000120345"), ("bo@x.com", "1990117000000120346"),
+              ("chen@x.com", "1990117000000120000"), ("dee@x.com", "1990117000000120000")]
+    for row, (email, rec) in enumerate(people, start=2):
+        sheet.append(["Leads", rec, "554023000004092008", email, 2134])
+        sheet.cell(row=row, column=5).number_format = "00000"
+    inp = tmp_path / "in.xlsx"
+    book.save(inp)
+    reads = []
+    read = xlsx.read_xlsx
+    monkeypatch.setattr(xlsx, "read_xlsx", lambda path: reads.append(path) or read(path))
+    out = tmp_path / "out.csv"
+    assert main(["run", str(inp), "--results", str(out), "--dry-run", "--no-preflight",
+                 "--quiet"]) == 1
+    capsys.readouterr()
+    assert [(r["Email"], r["Zip"], r["code"]) for r in read_results(out)] == [
+        ("ana@x.com", "02134", ""), ("bo@x.com", "02134", ""),
+        ("chen@x.com", "02134", "ROUNDED_ID"), ("dee@x.com", "02134", "ROUNDED_ID")]
+    assert reads == [inp]
+
+
 def test_a_ragged_row_carries_its_own_fields_so_its_row_can_be_told(tmp_path, capsys):
     """A row of too few or too many fields is invalid with its line, and the results carry the
     fields it has by position (before: every carried cell of it empty), "" for those it lacks;

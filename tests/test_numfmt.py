@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from batcher.inputs.numfmt import shown
+from batcher.inputs.numfmt import shown, shown_all
 
 MONEY = '"$"#,##0.00_);[Red]\\("$"#,##0.00\\)'  # Excel's currency, negatives in parentheses
 
@@ -44,3 +44,28 @@ MONEY = '"$"#,##0.00_);[Red]\\("$"#,##0.00\\)'  # Excel's currency, negatives in
 ])
 def test_common_number_formats_show_as_the_sheet_does(value, code, text):
     assert shown(value, code) == text
+
+
+#: values a whole column of numbers holds, and those that must not be placed by position:
+#: half-up rounding from the shortest text (2.675), past 2**51 units, -0.0, huge and tiny
+EDGES = [0.0, -0.0, 3.5, 2.675, 1.005, 0.125, -0.001, 0.005, 9.995, 2134.0, 19.99, -1234.5,
+         0.0049999, 1e-7, 5e-324, 123456789012.345, 1e15, 1e16, float(2**51), float(2**52) + 1,
+         4503599627370495.5, 1e300, -1e300, 7, -7, 10**20, 0]
+
+
+@pytest.mark.parametrize("code", [
+    "00000", "0", "0.00", "#,##0", "#,##0.00", "#,###", "0%", "0.00%", "0.0%;-0.0%", MONEY,
+    "0.00;(0.00)", '#,##0;-#,##0;"-"', '0.00;"neg"', '"Q1 "0.00', "#,##0.00 [$€-407]",
+    "0.000000000000000", "#.00", "000-00-0000", "0.00E+00", "dd/mm/yyyy", "General"])
+def test_a_column_shows_each_value_as_that_value_alone_shows(code):
+    """A column of numbers is placed all at once: each cell reads exactly as it does by
+    itself, the rounding of 2.675 and the numbers past the exact range included."""
+    import random
+
+    rnd = random.Random(code)
+    values = EDGES + [round(rnd.uniform(-1e6, 1e6), rnd.randrange(5)) for _ in range(2000)] + [
+        rnd.uniform(-1e4, 1e4) for _ in range(500)] + [float(rnd.randrange(10**6))
+                                                      for _ in range(500)]
+    assert shown_all(values, code) == [shown(v, code) for v in values]
+    mixed = values[:50] + [True, False, "text", "", dt.date(2024, 1, 31), 1, 1.0]
+    assert shown_all(mixed, code) == [shown(v, code) for v in mixed]

@@ -694,3 +694,43 @@ def test_an_error_value_in_an_id_column_says_it_is_one(tmp_path, error):
     row, = read_input(csv, None).table.to_pylist()
     assert row["reason"].startswith(f"bad module name: {error!r} is a spreadsheet error value, "
                                     f"not a module ({EXCEL_ERRORS[error]})")
+
+
+def test_a_whole_column_of_formatted_cells_reads_as_each_cell_alone(tmp_path):
+    """The columns are made text a column at a time (numbers placed all at once, a repeated
+    value once): each cell reads exactly as it does by itself, under its own format (two in
+    one column), beside blanks, text, TRUE, a rounded half (2.675) and numbers past 10**15."""
+    import random
+
+    from python_calamine import CalamineWorkbook
+
+    from batcher.inputs.numfmt import shown
+
+    rnd = random.Random(7)
+    codes = {"Zip": ["00000"], "Amount": ["0.00", "#,##0.00;(#,##0.00)"],
+             "Joined": ["dd/mm/yyyy", "General"], "Plain": ["General"]}
+    pick = [lambda: float(rnd.randrange(100, 99999)), lambda: round(rnd.uniform(-1e5, 1e5), 2),
+            lambda: rnd.uniform(-10, 10), lambda: 2.675, lambda: 1e16, lambda: -0.001,
+            lambda: True, lambda: "n/a", lambda: None, lambda: 0,
+            lambda: dt.datetime(2024, 1, 1) + dt.timedelta(hours=rnd.randrange(20000))]
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["Record Id", "Cadence Id", *codes])
+    for i in range(400):
+        ws.append([str(554023000001798649 + i), "554023000004092008",
+                   *(rnd.choice(pick)() for _ in codes)])
+        for j, options in enumerate(codes.values()):
+            ws.cell(row=i + 2, column=3 + j).number_format = rnd.choice(options)
+    path = tmp_path / "formats.xlsx"
+    wb.save(path)
+    sheet = read_xlsx(path)
+    values = CalamineWorkbook.from_path(str(path)).get_sheet_by_index(0).to_python()[1:]
+    for j, name in enumerate(codes):
+        want = []
+        for i, row in enumerate(values):
+            value, code = row[2 + j], ws.cell(row=i + 2, column=3 + j).number_format
+            look = None if isinstance(value, str | bool) else shown(value, code)
+            want.append(cell_text(value) if look is None else look)
+        got = (sheet.shown[name] if name in sheet.shown else sheet.table[name]).to_pylist()
+        assert got == want, name
+    assert "Plain" not in sheet.shown and {"Zip", "Amount", "Joined"} <= set(sheet.shown)

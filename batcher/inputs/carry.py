@@ -1,7 +1,8 @@
 """The input's own columns (Email, Name, Owner…), carried to the results by reading the input
 again when they are written: nothing of them is held or stored in the meantime, so a job of
 tens of millions of rows keeps its memory flat. The journal is bound to the input's
-fingerprint, so the second read sees the rows the job was planned from."""
+fingerprint, so the second read sees the rows the job was planned from. An .xlsx sheet, held
+whole in memory since it was opened, is not read again (seconds for a large sheet)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..arrays import arrow_of
 from .formats import as_strings, open_source, raw_batches
 from .options import InputOptions
 from .records import RecordList, expanded
+from .source import Source
 
 _CARRY = "carry:"  # role names of carried columns: never a role of the reader's own
 
@@ -33,14 +35,18 @@ class Carried:
 
 
 def carried_columns(path: str | os.PathLike[str], options: InputOptions,
-                    records: RecordList | None = None) -> Carried | None:
+                    records: RecordList | None = None, source: Source | None = None
+                    ) -> Carried | None:
     """The input's columns other than record id, cadence id and module; None when it has none.
     Every column is carried, a name the header holds again made distinct as an .xlsx sheet's
     is (``Notes``, ``Notes (2)``: :attr:`Source.names`).
     ``records``: a record list's cadences as the scan had them (``--cadence`` ids are taken
-    from ``options``). Raises InputError when the file cannot be read."""
+    from ``options``). ``source``: the input as opened with these ``options``: its rows are
+    taken from it when it holds all its columns in memory (an .xlsx sheet) and the file is as
+    it was then. Raises InputError when the file cannot be read."""
     records = records or (RecordList.given(options.cadences) if options.cadences else None)
-    src = open_source(Path(path), options)
+    src = source if source is not None and _whole(source, Path(path)) else \
+        open_source(Path(path), options)
     names = tuple(n for n in src.names if n not in src.roles.values())
     if not names:
         return None
@@ -54,6 +60,13 @@ def carried_columns(path: str | os.PathLike[str], options: InputOptions,
             yield table if blank is None else table.filter(arrow_of(~np.asarray(blank)))
 
     return Carried(names, tables)
+
+
+def _whole(source: Source, path: Path) -> bool:
+    """Whether ``source`` is the file at ``path`` as it is now, every column of it in memory
+    (a CSV the exact reader took holds only its role columns)."""
+    return (source.kind == "table" and source.table is not None and source.path == path
+            and set(source.names) <= set(source.table.column_names) and source.still_current())
 
 
 #: floats below this are whole numbers exactly (2**53): their digits are the number's

@@ -17,9 +17,13 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 #: built-in format ids (ECMA-376 18.8.30) with the same look everywhere; the others (5-8
 #: currencies, 14 and 22 short dates, 27-36 and 50-58 East Asian) follow the user's locale
@@ -48,6 +52,9 @@ _ENGLISH = {"409", "809", "C09", "1009", "1409", "1809", "2009", "2409", "2809",
             "3009", "3409", "4009", "4409", "4809", "F800", "F400"}
 
 Renderer = Callable[[object], "str | None"]
+#: a number section's renderer of many numbers ≥ 0 at once: each one's text, or None where
+#: the value is left to the one-at-a-time renderer
+Many = Callable[[np.ndarray], np.ndarray]
 
 
 def shown(value: object, code: str) -> str | None:
@@ -60,6 +67,46 @@ def shown(value: object, code: str) -> str | None:
         render = _compiled(code)
         return None if render is None else render(value)
     except (ArithmeticError, LookupError, ValueError):  # a code of an odd shape: not ours
+        return None
+
+
+def shown_all(values: Sequence[object], code: str) -> list[str | None]:
+    """``[shown(v, code) for v in values]``: a column of numbers under a plain code
+    (``0.00``, ``00000``, ``#,##0``, ``0%``) placed all at once (a sheet's 300,000 amounts in
+    a few array steps, not a Decimal each), any other value rendered once however often it
+    repeats (a date, a zip code under ``000-00``)."""
+    render = _compiled_or_none(code)
+    if render is None:
+        return [None] * len(values)
+    kinds = set(map(type, values))
+    many: Many | None = getattr(render, "many", None)
+    if many is None or not kinds <= {float, int}:
+        return _each(values, code, bool in kinds)
+    try:
+        out = many(np.array(values, dtype=np.float64))
+    except (ArithmeticError, LookupError, ValueError):  # as shown(): each value on its own
+        return _each(values, code)
+    left = np.flatnonzero(np.equal(out, None))
+    if len(left):
+        out[left] = _each([values[i] for i in left], code)
+    return out.tolist()
+
+
+def _each(values: Sequence[object], code: str, typed: bool = False) -> list[str | None]:
+    """shown() of each value, each distinct one rendered once. ``typed``: told apart by type
+    too (True == 1 == 1.0, and a boolean keeps its own text; 1 and 1.0 look the same)."""
+    keys: Sequence[object] = list(zip(map(type, values), values, strict=True)) if typed \
+        else values
+    looks: dict[object, str | None] = dict.fromkeys(keys)
+    for key in looks:
+        looks[key] = shown(key[1] if typed else key, code)  # type: ignore[index]
+    return list(map(looks.__getitem__, keys))
+
+
+def _compiled_or_none(code: str) -> Renderer | None:
+    try:
+        return _compiled(code)
+    except (ArithmeticError, LookupError, ValueError):
         return None
 
 
@@ -162,7 +209,38 @@ def _number_renderer(sections: list[list[tuple[str, str]]]) -> Renderer | None:
         # one section: a minus first, unless the number rounds to nothing shown (-0.001: 0.00)
         return "-" + text if value < 0 and any(c in "123456789" for c in text) else text
 
+    def many(x: np.ndarray) -> np.ndarray:
+        """render() of each of ``x`` (floats), None where a section has no many()."""
+        out = np.full(len(x), None, dtype=object)
+        with np.errstate(invalid="ignore"):
+            finite, negative, zero = np.isfinite(x), x < 0, x == 0
+        rest = finite.copy()
+        if len(parts) >= 2:
+            _many_into(out, parts[1], negative & finite, -x)
+            rest &= ~negative
+        if len(parts) >= 3:
+            _many_into(out, parts[2], zero, x)
+            rest &= ~zero
+        _many_into(out, parts[0], rest, np.abs(x))
+        if len(parts) == 1:
+            signed = np.flatnonzero(rest & negative & (out != None))  # noqa: E711
+            if len(signed):
+                texts = pa.array(out[signed], pa.string())
+                minus = pc.match_substring_regex(texts, "[1-9]").to_numpy(zero_copy_only=False)
+                out[signed[minus]] = pc.binary_join_element_wise(
+                    "-", texts.filter(minus), "").to_numpy(zero_copy_only=False)
+        return out
+
+    render.many = many  # type: ignore[attr-defined]
     return render
+
+
+def _many_into(out: np.ndarray, part: Callable[[float], str], where: np.ndarray,
+               x: np.ndarray) -> None:
+    """out[where] = the section's texts of x[where], where it renders many at once."""
+    many: Many | None = getattr(part, "many", None)
+    if many is not None and where.any():
+        out[where] = many(x[where])
 
 
 def _number_part(tokens: list[tuple[str, str]]) -> Callable[[float], str] | None:
@@ -171,7 +249,12 @@ def _number_part(tokens: list[tuple[str, str]]) -> Callable[[float], str] | None
     percent = sum(1 for k, v in tokens if k == "num" and v == "%")
     if not at:  # text only ("-" for zero)
         text = "".join(v for _, v in tokens)
-        return lambda x: text
+
+        def constant(x: float) -> str:
+            return text
+
+        constant.many = lambda x: np.full(len(x), text, dtype=object)  # type: ignore[attr-defined]
+        return constant
     before = "".join(v for _, v in tokens[:at[0]])
     after = "".join(v for _, v in tokens[at[-1] + 1:])
     inner = tokens[at[0]:at[-1] + 1]
@@ -214,7 +297,69 @@ def _fixed(inner: list[tuple[str, str]], before: str, after: str, percent: int
             text += "." + _decimals(frac, decimals)
         return before + text + after
 
+    if plain and places + 2 * percent <= _EXACT_PLACES:
+        render.many = lambda x: _plain_many(  # type: ignore[attr-defined]
+            x, before, after, places, percent, grouping, zeros)
     return render
+
+
+#: the most decimals (a percent's two more included) a number is placed with at once: 10**q
+#: is then an exact float
+_EXACT_PLACES = 15
+#: below this many units of 10**-q, floats lie closer together than a unit: the one whole
+#: number of units that rounds to a float is its shortest text's
+_EXACT_UNITS = float(2**51)
+
+
+def _plain_many(x: np.ndarray, before: str, after: str, places: int, percent: int,
+                grouping: bool, zeros: int) -> np.ndarray:
+    """The plain ``_fixed`` render() of each of ``x`` (≥ 0): the value a number of at most
+    ``places`` decimals (as typed: 3.5, 2134, 19.99), None for any other (2.675 is rounded
+    half up from its shortest text, one at a time). N = x · 10**q, a whole number below 2**51
+    whose N / 10**q is x again, is exactly the shortest text's digits: no other number of q
+    decimals lies as near x (its floats are closer together than 10**-q)."""
+    q = places + 2 * percent
+    scale = 10.0 ** q
+    with np.errstate(invalid="ignore", over="ignore"):
+        units = np.rint(x * scale)
+        exact = (units < _EXACT_UNITS) & (units / scale == x)
+    out = np.full(len(x), None, dtype=object)
+    n = units[exact].astype(np.int64)
+    if not len(n):
+        return out
+    whole, frac = np.divmod(n, 10 ** places)
+    ints = _thousands(whole) if grouping else pc.cast(pa.array(whole), pa.string())
+    # format(): 0.50's whole part "0" goes, and zeros put back as many as the code shows
+    ints = pc.if_else(pa.array(whole == 0), pa.scalar("", pa.string()), ints)
+    if zeros:
+        ints = pc.utf8_lpad(ints, width=zeros, padding="0")
+    pieces: list = [before, ints] if before else [ints]
+    if places:
+        pieces += [".", pc.utf8_lpad(pc.cast(pa.array(frac), pa.string()), width=places,
+                                     padding="0")]
+    if after:
+        pieces.append(after)
+    text = pc.binary_join_element_wise(*pieces, "") if len(pieces) > 1 else ints
+    out[exact] = text.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _thousands(n: np.ndarray) -> pa.Array:
+    """Each of ``n`` (≥ 0) in digits with thousands separators (1,234,567)."""
+    groups, rest = [], n
+    while True:
+        rest, group = np.divmod(rest, 1000)
+        groups.append(group)
+        if not rest.any():
+            break
+    parts = []
+    for k, group in enumerate(groups):
+        digits = pc.cast(pa.array(group), pa.string())
+        shown_as = np.where(n >= 1000 ** (k + 1), 2, np.where((n >= 1000 ** k) | (k == 0), 1, 0))
+        # a group below the first is 3 digits (001); the first as it is; past it, none
+        parts.append(pc.case_when(pc.make_struct(pa.array(shown_as == 2), pa.array(shown_as == 1)),
+                                  pc.utf8_lpad(digits, width=3, padding="0"), digits))
+    return pc.binary_join_element_wise(*reversed(parts), ",", null_handling="skip")
 
 
 def _integer(tokens: list[tuple[str, str]], digits: str, grouping: bool) -> str:

@@ -620,7 +620,7 @@ def _collapsed(source: Source, options: InputOptions, found: dict[str, Any],
     suspect = np.flatnonzero(tailed_rec | tailed_cad)
     if not len(suspect):
         return None
-    carried = carried_columns(source.path, options, found["records"])
+    carried = carried_columns(source.path, options, found["records"], source)
     if carried is None:  # nothing but the ids: the rows cannot be told apart
         return None
     blank = found["blank_rows"]

@@ -18,11 +18,11 @@ import math
 import posixpath
 import re
 import zipfile
-from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import compress, repeat
+from operator import is_not, itemgetter
 from pathlib import Path
 from typing import NamedTuple
 from xml.etree import ElementTree
@@ -34,9 +34,10 @@ from python_calamine import CalamineWorkbook, SheetTypeEnum, SheetVisibleEnum
 
 from ..arrays import strings_of
 from ..errors import InputError, Interrupted, machine_limit
+from ..hostsettings import collector_spared
 from .columns import distinct_names
 from .kinds import HEAD_BYTES, one_line, sniff_kind
-from .numfmt import BUILTIN, shown
+from .numfmt import BUILTIN, shown_all
 
 _EXACT_DIGITS = 15  # Excel's precision: numbers of more digits are already rounded
 _EXACT_LIMIT = 10**_EXACT_DIGITS  # the first number whose integer part has 16 digits
@@ -84,6 +85,17 @@ def read_xlsx(path: Path) -> XlsxSheet:
     read (damaged, password-protected, not a workbook), has no sheets, its first sheet is
     empty, or the sheet's row 1 (the header) is blank.
     """
+    # a sheet's rows become Python lists by the hundred thousand: a young collection every
+    # 700 of them would walk them again and again
+    with collector_spared(_READ_GC_THRESHOLD0):
+        return _read(path)
+
+
+#: objects made between two young collections while a sheet is read
+_READ_GC_THRESHOLD0 = 200_000
+
+
+def _read(path: Path) -> XlsxSheet:
     with ThreadPoolExecutor(1) as pool:
         # calamine and zlib release the GIL: the scan for error cells costs no time
         marks = pool.submit(_sheet_marks, path)
@@ -108,17 +120,25 @@ def read_xlsx(path: Path) -> XlsxSheet:
                                       for r, left, right in totals])
     given = tuple(h if h.strip() else f"column_{first_col + j + 1}" for j, h in enumerate(header))
     names = list(distinct_names(given))
-    columns = [_column(map(itemgetter(j), rows[1:])) for j in range(len(names))]
-    no_text = frozenset(name for j, name in enumerate(names)
-                        if not any(v.__class__ is str and v.strip() for v in
-                                   map(itemgetter(j), rows[1:]))
-                        and any(v != "" for v in map(itemgetter(j), rows[1:])))
     # hidden rows (a filter, or hidden by hand) that hold data: sheet lines, as Excel shows them
     hidden_data = tuple(r + 1 for r in sorted(hidden) if 1 <= r < len(rows)
                         and any(v != "" for v in rows[r]))
-    shown = {names[j]: _column(looks) for j, looks in _looks(
-        rows, columns, {(col - first_col, code): [r - first_row for r in at]
-                        for (col, code), at in formats.items()}).items()}
+    body = rows[1:]
+    cells = [list(map(itemgetter(j), body)) for j in range(len(names))]  # a list per column
+    del rows, body  # the row lists (the values stay, in cells)
+    formats = {(col - first_col, code): at - (first_row + 1)
+               for (col, code), at in formats.items()}
+    formatted = {j for j, _ in formats}
+    texts_of: dict[int, list[str]] = {}  # of the formatted columns, for their looks
+    columns = []
+    for j, values in enumerate(cells):
+        made = _texts(values)
+        columns.append(_strings(made))
+        if j in formatted:
+            texts_of[j] = made
+    no_text = frozenset(name for name, values in zip(names, cells, strict=True)
+                        if _no_text(values))
+    shown = {names[j]: _strings(looks) for j, looks in _looks(cells, texts_of, formats).items()}
     return XlsxSheet(names, pa.Table.from_arrays(columns, names=names), no_text, hidden_data,
                      tuple(r + first_row + 1 for r in total_rows),
                      tuple(f"{_letters(first_col + col)}{first_row + top + 1}:"
@@ -126,36 +146,45 @@ def read_xlsx(path: Path) -> XlsxSheet:
                            for top, bottom, col in filled), given, shown)
 
 
-def _looks(rows: list[list], columns: list[pa.Array],
-           formats: dict[tuple[int, str], Iterable[int]]) -> dict[int, list[str]]:
+def _no_text(values: list) -> bool:
+    """Whether a column has values and not one text cell among them (numbers, dates…)."""
+    if str not in set(map(type, values)):
+        return bool(values)  # an empty cell is ""
+    return not any(v.__class__ is str and v.strip() for v in values) and any(
+        v != "" for v in values)
+
+
+#: cells that look the same under any number format: text (an error cell, a formula, an empty
+#: one) and TRUE
+_AS_IS = frozenset({str, bool})
+
+
+def _looks(cells: list[list], texts: dict[int, list[str]],
+           formats: dict[tuple[int, str], np.ndarray]) -> dict[int, list[str]]:
     """column → its cells as text, those of a number format as the sheet shows them
-    (``numfmt``), for the columns with a number or date cell of such a format. ``formats``:
-    (column, format code) → the rows of its cells, 0-based in ``rows`` (the header first)."""
+    (``numfmt``), for the columns with a number or date cell of such a format. ``cells``: the
+    values, a list per column; ``texts``: the texts of those of ``formats``' columns;
+    ``formats``: (column, format code) → the positions in those lists of its cells."""
     looks: dict[int, list[str]] = {}
-    seen: dict[tuple[str, type, object], str | None] = {}  # zips, dates: values repeat
     for (j, code), at in formats.items():
-        if not 0 <= j < len(columns):
+        if not 0 <= j < len(cells):
             continue
-        texts = looks.get(j)
-        for i in at:
-            if not (1 <= i < len(rows) and j < len(rows[i])):
-                continue
-            value = rows[i][j]
-            kind = value.__class__
-            if kind is str or kind is bool:  # text (an error cell, a formula), TRUE: as is
-                continue
-            if len(seen) > _SEEN:
-                seen.clear()
-            key = (code, kind, value)
-            text = seen[key] if key in seen else seen.setdefault(key, shown(value, code))
-            if text is not None:
-                if texts is None:
-                    texts = looks[j] = columns[j].to_pylist()
-                texts[i - 1] = text
+        column = cells[j]
+        at = at[(at >= 0) & (at < len(column))]
+        values = column if len(at) == len(column) else [column[i] for i in at.tolist()]
+        shows = ~np.fromiter(map(_AS_IS.__contains__, map(type, values)), bool, len(values))
+        if not shows.all():
+            at, values = at[shows], list(compress(values, shows))
+        shown = shown_all(values, code)
+        rendered = np.fromiter(map(is_not, shown, repeat(None)), bool, len(shown))
+        if not rendered.any():
+            continue
+        out = looks.get(j)
+        if out is None:
+            out = looks[j] = list(texts[j])
+        for i, text in zip(at[rendered].tolist(), compress(shown, rendered), strict=True):
+            out[i] = text
     return looks
-
-
-_SEEN = 1 << 14  # values whose look is kept for their repeats
 
 
 def _load(path: Path) -> tuple[str, list[list], int, int, int | None]:
@@ -325,10 +354,53 @@ def _duration_text(td: dt.timedelta) -> str:
     return f"{sign}P{td.days}DT{hours}H{minutes}M{secs}S"
 
 
-def _column(values: Iterable[object]) -> pa.Array:
-    # cells are nearly all text, else numbers: test for those two before calling anything
-    texts = [v if (t := v.__class__) is str else _number_text(v) if t is float else cell_text(v)
-             for v in values]
+def _texts(values: list) -> list[str]:
+    """Each cell's text (:func:`cell_text`): the numbers all at once, another value made once
+    however often it repeats (a date)."""
+    kinds = set(map(type, values))
+    if kinds <= {str}:
+        return values
+    if kinds == {float}:
+        return _number_texts(values)
+    if float not in kinds:
+        return _each_text(values, bool in kinds)
+    floats = np.fromiter(map(_FLOAT.__contains__, map(type, values)), bool, len(values))
+    out = np.empty(len(values), dtype=object)
+    out[floats] = _number_texts(list(compress(values, floats)))
+    out[~floats] = _each_text(list(compress(values, ~floats)), bool in kinds)
+    return out.tolist()
+
+
+_FLOAT = frozenset({float})
+
+
+def _each_text(values: list, typed: bool) -> list[str]:
+    """cell_text() of each value, each distinct one made once. ``typed``: told apart by type
+    too (TRUE is among them: True == 1 == 1.0)."""
+    keys = list(zip(map(type, values), values, strict=True)) if typed else values
+    texts: dict = dict.fromkeys(keys)
+    for key in texts:
+        texts[key] = cell_text(key[1] if typed else key)
+    return list(map(texts.__getitem__, keys))
+
+
+def _number_texts(numbers: list[float]) -> list[str]:
+    """``_number_text`` of each float: digits of the whole ones, repr of the others below
+    10**15 (a float's own text, each made in C), and Excel's scientific text past that."""
+    x = np.array(numbers, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        exact = np.abs(x) < _EXACT_LIMIT  # NaN and infinities too: not
+    out = np.empty(len(x), dtype=object)
+    whole = exact & (x == np.trunc(x))
+    out[whole] = list(map(str, x[whole].astype(np.int64).tolist()))
+    part = exact & ~whole
+    out[part] = list(map(repr, x[part].tolist()))
+    for i in np.flatnonzero(~exact).tolist():
+        out[i] = _number_text(numbers[i])
+    return out.tolist()
+
+
+def _strings(texts: list[str]) -> pa.Array:
     joined = "".join(texts)
     data = joined.encode()
     if len(data) != len(joined):
@@ -382,9 +454,9 @@ class _Marks(NamedTuple):
     merged: list[tuple[int, int, int]]
     #: the sheet's Excel tables' totals rows: (row, first column, last column), 0-based
     totals: list[tuple[int, int, int]]
-    #: (0-based column, number format code) → the 0-based rows of the cells styled with it: a
-    #: format other than General or text (``@``)
-    formats: dict[tuple[int, str], array[int]]
+    #: (0-based column, number format code) → the 0-based rows of the cells styled with it
+    #: (ascending): a format other than General or text (``@``)
+    formats: dict[tuple[int, str], np.ndarray]
 
 
 def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
@@ -407,8 +479,8 @@ def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
     found: dict[tuple[int, int], str] = {}
     hidden: set[int] = set()
     merged: set[tuple[int, int, int]] = set()
-    # a cell the chunks' overlap holds twice is here twice: harmless, it looks the same
-    formats: dict[tuple[int, str], array[int]] = {}
+    # a cell the chunks' overlap holds twice is here twice, till the rows are made distinct
+    formats: dict[tuple[int, str], list[np.ndarray]] = {}
     positional = False
     try:
         with zipfile.ZipFile(path) as zf:
@@ -425,7 +497,9 @@ def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
                         _parse_formats(data, styled, styles, formats)
                     if b't="e"' in data or b"t='e'" in data:  # memchr-fast, unlike a regex
                         positional |= _found(found, _parse_errors(data))
-                    if any(hint in data for hint in _UNVALUED_HINTS):
+                    # a formula's <f> first (2 searches, not 8: a sheet has none, or values)
+                    if (b"<f" in data or b":f" in data) and any(
+                            hint in data for hint in _UNVALUED_HINTS):
                         positional |= _found(found, _parse_unvalued(data))
                     if b"hidden=" in data:
                         rows = [int(m[1]) - 1 for m in _HIDDEN_ROW.finditer(data)]
@@ -443,7 +517,14 @@ def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
                 totals = []
     except Exception:  # calamine read the sheet: without the part, nothing is marked
         return _Marks({}, set(), [], [], {})
-    return _Marks(found, hidden, sorted(merged), totals, formats)
+    return _Marks(found, hidden, sorted(merged), totals,
+                  {key: _distinct(np.concatenate(rows)) for key, rows in formats.items()})
+
+
+def _distinct(rows: np.ndarray) -> np.ndarray:
+    """The rows once each, ascending: np.unique hashes, 10x slower on rows nearly in order."""
+    rows = np.sort(rows, kind="stable")  # runs in order: merged, not sorted again
+    return rows[np.concatenate(([True], rows[1:] != rows[:-1]))]
 
 
 def _found(found: dict[tuple[int, int], str],
@@ -552,13 +633,14 @@ def _number_formats(zf: zipfile.ZipFile) -> dict[int, str]:
 
 def _styled_cell(styles: dict[int, str]
                  ) -> tuple[re.Pattern[bytes], re.Pattern[bytes]] | None:
-    """A cell whose ``s`` is one of ``styles``, its reference and style: its ``r`` first and
-    ``s`` next (as nearly every writer has them), and in any order."""
+    """A cell whose ``s`` is one of ``styles``: ``<c r="B12" s="3"`` as nearly every writer has
+    it (the reference and style, ``B12" s="3``: a pattern that starts with its literal text is
+    searched for as fast as a string), and its reference and style in any order, of any
+    namespace prefix."""
     if not styles:
         return None
     alternatives = b"|".join(b"%d" % k for k in sorted(styles))
-    plain = re.compile(rb"<(?:\w+:)?c r=\"([A-Z]{1,3})([0-9]{1,7})\" s=\"(" + alternatives
-                       + rb")\"")
+    plain = re.compile(rb"<c r=\"([A-Z]{1,3}[0-9]{1,7}\" s=\"(?:" + alternatives + rb"))\"")
     return plain, re.compile(rb"<(?:\w+:)?c\s(?=[^>]*?\bs=[\"'](" + alternatives + rb")[\"'])"
                       rb"[^>]*?\br=[\"']([A-Z]{1,3})([0-9]{1,7})[\"']|"
                       rb"<(?:\w+:)?c\s[^>]*?\br=[\"']([A-Z]{1,3})([0-9]{1,7})[\"']"
@@ -566,18 +648,41 @@ def _styled_cell(styles: dict[int, str]
 
 
 def _parse_formats(data: bytes, styled: tuple[re.Pattern[bytes], re.Pattern[bytes]],
-                   styles: dict[int, str], into: dict[tuple[int, str], array[int]]) -> None:
-    # Excel, LibreOffice, openpyxl and xlsxwriter write r before s: found by a plain pattern
-    cells = styled[0].findall(data) or [
-        (m[2], m[3], m[1]) if m[1] is not None else (m[4], m[5], m[6])
-        for m in styled[1].finditer(data)]
-    columns: dict[tuple[bytes, bytes], array[int]] = {}  # few: each decoded once
-    for col, row, style in cells:
-        rows = columns.get((col, style))
-        if rows is None:
-            at = _position(re.match(rb"([A-Z]+)([0-9]+)", col + b"1"))[1]
-            rows = columns[col, style] = into.setdefault((at, styles[int(style)]), array("i"))
-        rows.append(int(row) - 1)
+                   styles: dict[int, str], into: dict[tuple[int, str], list[np.ndarray]]
+                   ) -> None:
+    # Excel, LibreOffice, openpyxl and xlsxwriter write <c r="B12" s="3": a plain pattern
+    cells = styled[0].findall(data)
+    if cells:
+        col, row, style = _refs_and_styles(cells)
+    else:
+        found = [(m[2], m[3], m[1]) if m[1] is not None else (m[4], m[5], m[6])
+                 for m in styled[1].finditer(data)]
+        if not found:
+            return
+        col = np.array([_column_index(c.decode()) for c, _, _ in found], dtype=np.int64)
+        row = np.array([int(r) - 1 for _, r, _ in found], dtype=np.int64)
+        style = np.array([int(s) for _, _, s in found], dtype=np.int64)
+    keys, group = np.unique(col << 32 | style, return_inverse=True)
+    for k, key in enumerate(keys.tolist()):
+        into.setdefault((key >> 32, styles[key & 0xFFFFFFFF]), []).append(row[group == k])
+
+
+def _refs_and_styles(cells: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(0-based column, 0-based row, style) of each ``B12" s="3``, as arrays: read by
+    position in a byte matrix, not a cell at a time."""
+    found = np.array(cells)  # fixed width, zero-padded
+    m = found.view(np.uint8).reshape(len(found), found.dtype.itemsize).astype(np.int64)
+    letters = ((m[:, :3] >= 65) & (m[:, :3] <= 90)).sum(axis=1)  # A-Z: 1 to 3
+    quote = (m == 34).argmax(axis=1)  # the reference's closing "
+    col = np.zeros(len(m), np.int64)
+    row = np.zeros(len(m), np.int64)
+    style = np.zeros(len(m), np.int64)
+    for k in range(m.shape[1]):
+        c = m[:, k]
+        col = np.where(k < letters, col * 26 + c - 64, col)
+        row = np.where((k >= letters) & (k < quote), row * 10 + c - 48, row)
+        style = np.where((k > quote + 4) & (c != 0), style * 10 + c - 48, style)  # past " s="
+    return col - 1, row - 1, style
 
 
 def _merges(data: bytes) -> Iterator[tuple[int, int, int]]:

@@ -262,7 +262,8 @@ def _xlsx_source(path: Path, options: InputOptions) -> Source:
             table = table.set_column(table.schema.get_field_index(name), name, looks)
     return Source(path, "table", roles, tuple(sheet.header), table=table,
                   blank=blank if blank is not None and blank.any() else None,
-                  hidden=sheet.hidden, totals=sheet.totals, merged=sheet.merged)
+                  hidden=sheet.hidden, totals=sheet.totals, merged=sheet.merged,
+                  notes=sheet.notes)
 
 
 

@@ -104,7 +104,8 @@ def sheet_lines(scan: InputScan) -> list[tuple[str, str]]:
     return [(line, event) for line, event in (
         (scan.hidden_rows and hidden_line(scan), "hidden_rows"),
         (scan.totals_rows and totals_line(scan), "totals_rows"),
-        (scan.merged_cells and merged_line(scan), "merged_cells")) if line]
+        (scan.merged_cells and merged_line(scan), "merged_cells"),
+        *scan.sheet_notes) if line]
 
 
 #: more distinct cadence ids than any Zoho org has cadences: a Zoho org has at most a few
@@ -208,6 +209,8 @@ class InputScan:
     totals_rows: tuple[int, ...] = ()
     #: an .xlsx sheet's merges down a column whose top value each row they span was given
     merged_cells: tuple[str, ...] = ()
+    #: (line, log event) of the .xlsx reader's other odd cells (``XlsxSheet.notes``)
+    sheet_notes: tuple[tuple[str, str], ...] = ()
     #: (module, pairs) a module column names over ``--module`` (:func:`module_named_line`)
     module_named: tuple[tuple[str, int], ...] = ()
 
@@ -416,6 +419,7 @@ def scan_input(path: str | os.PathLike[str], options: InputOptions | str | None 
     cad_index, cad_uniques = common_dictionary(cad, cad_values)
     found = {"positions": rows, "blank": blank, "records": records, "hidden_rows": source.hidden,
              "totals_rows": source.totals, "merged_cells": source.merged,
+             "sheet_notes": source.notes,
              "position_rows": concat(position_rows) if position_rows else None,
              "invalid_rows": pa.concat_tables(invalid_rows) if invalid_rows
              else _INVALID_SCHEMA.empty_table(), "blank_rows": concat(blank_rows)}

@@ -58,6 +58,8 @@ class Source:
     totals: tuple[int, ...] = field(default=(), repr=False, compare=False)
     #: an .xlsx sheet's merges down a column whose value was given to each row (``A2:A4``)
     merged: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    #: (line, log event) of what the .xlsx reader did with other odd cells (``XlsxSheet.notes``)
+    notes: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
     #: the file's :meth:`stamp` when it was opened: a Source is reused only while it holds
     opened: Stamp | None = field(default=None, repr=False, compare=False)
 

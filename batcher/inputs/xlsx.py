@@ -38,6 +38,7 @@ from ..hostsettings import collector_spared
 from .columns import distinct_names
 from .kinds import HEAD_BYTES, one_line, sniff_kind
 from .numfmt import BUILTIN, shown_all
+from .xlsxcells import CellFault, PlainSheet, column_index, letters
 
 _EXACT_DIGITS = 15  # Excel's precision: numbers of more digits are already rounded
 _EXACT_LIMIT = 10**_EXACT_DIGITS  # the first number whose integer part has 16 digits
@@ -76,6 +77,10 @@ class XlsxSheet:
     #: changes a cell's text: what the results carry. The id columns are read from ``table``,
     #: the values (a number formatted ``0`` shows a rounded id as digits)
     shown: dict[str, pa.Array] = field(default_factory=dict)
+    #: (line, log event) of what else the reader did with odd cells, said like the merges:
+    #: cells read as their plain value, merges over several columns left in their top-left
+    #: cell, totals rows read for their cells outside the table
+    notes: tuple[tuple[str, str], ...] = ()
 
 
 def read_xlsx(path: Path) -> XlsxSheet:
@@ -99,7 +104,7 @@ def _read(path: Path) -> XlsxSheet:
     with ThreadPoolExecutor(1) as pool:
         # calamine and zlib release the GIL: the scan for error cells costs no time
         marks = pool.submit(_sheet_marks, path)
-        sheet, rows, first_row, first_col, skipped_to = _load(path)
+        sheet, (rows, first_row, first_col, faults), skipped_to = _load(path)
     if not rows:
         raise InputError(f"{path}: the first sheet ({one_line(sheet, 80)!r}) is empty; put the "
                          "list on the first sheet, with the column names on row 1")
@@ -107,8 +112,11 @@ def _read(path: Path) -> XlsxSheet:
     texts, hidden, merged, totals, formats = (marks.result() if skipped_to is None
                                               else _sheet_marks(path, skipped_to))
     _fill(rows, {(row - first_row, col - first_col): text for (row, col), text in texts.items()})
-    filled = _fill_down(rows, [(top - first_row, bottom - first_row, col - first_col)
-                               for top, bottom, col in merged])
+    merged = [(top - first_row, bottom - first_row, left - first_col, right - first_col)
+              for top, bottom, left, right in merged]
+    filled = _fill_down(rows, [(top, bottom, left) for top, bottom, left, right in merged
+                               if left == right])
+    unfilled = _unfilled(rows, merged, filled)
     header = [cell_text(v) for v in rows[0]]
     if first_row or not any(h.strip() for h in header):
         raise InputError(f"{path}: row 1 of the first sheet ({one_line(sheet, 80)!r}) is blank; "
@@ -116,8 +124,11 @@ def _read(path: Path) -> XlsxSheet:
     while len(rows) > 1 and all(v == "" for v in rows[-1]):
         rows.pop()
     # after the trailing blank rows go: a totals row emptied here stays, counted as blank
-    total_rows = _clear_totals(rows, [(r - first_row, left - first_col, right - first_col)
-                                      for r, left, right in totals])
+    total_rows, beside = _clear_totals(rows, [(r - first_row, left - first_col,
+                                               right - first_col) for r, left, right in totals])
+    notes = tuple(note for note in (
+        _faults_line(faults), _beside_totals_line(beside, first_row, first_col),
+        _unfilled_line(unfilled, first_row, first_col)) if note)
     given = tuple(h if h.strip() else f"column_{first_col + j + 1}" for j, h in enumerate(header))
     names = list(distinct_names(given))
     # hidden rows (a filter, or hidden by hand) that hold data: sheet lines, as Excel shows them
@@ -141,9 +152,9 @@ def _read(path: Path) -> XlsxSheet:
     shown = {names[j]: _strings(looks) for j, looks in _looks(cells, texts_of, formats).items()}
     return XlsxSheet(names, pa.Table.from_arrays(columns, names=names), no_text, hidden_data,
                      tuple(r + first_row + 1 for r in total_rows),
-                     tuple(f"{_letters(first_col + col)}{first_row + top + 1}:"
-                           f"{_letters(first_col + col)}{first_row + bottom + 1}"
-                           for top, bottom, col in filled), given, shown)
+                     tuple(f"{letters(first_col + col)}{first_row + top + 1}:"
+                           f"{letters(first_col + col)}{first_row + bottom + 1}"
+                           for top, bottom, col in filled), given, shown, notes)
 
 
 def _no_text(values: list) -> bool:
@@ -187,10 +198,10 @@ def _looks(cells: list[list], texts: dict[int, list[str]],
     return looks
 
 
-def _load(path: Path) -> tuple[str, list[list], int, int, int | None]:
-    """(first sheet's name, its rows as calamine values, 0-based sheet row and column of
-    ``rows[0][0]``, the sheet's index when an export summary before it was skipped, else
-    None). Rows are none for an empty sheet."""
+def _load(path: Path) -> tuple[str, PlainSheet, int | None]:
+    """(first sheet's name, its rows as calamine values with the 0-based sheet row and column
+    of ``rows[0][0]`` and the cells read as their plain value, the sheet's index when an
+    export summary before it was skipped, else None). Rows are none for an empty sheet."""
     skipped_to = None
     try:
         # from a file object calamine tells the format by content, not by the file's name
@@ -198,25 +209,55 @@ def _load(path: Path) -> tuple[str, list[list], int, int, int | None]:
             if not book.sheet_names:
                 raise LookupError("the workbook has no sheets")
             index = _first_visible(book.sheets_metadata) or 0
-            sheet = book.get_sheet_by_index(index)
-            rows = list(sheet.iter_rows())
-            if _export_summary(rows) and (after := _first_visible(
+            rows = _iterated(book, path, index)
+            if _export_summary(rows.rows) and (after := _first_visible(
                     book.sheets_metadata, index + 1)) is not None:
                 skipped_to = after
-                sheet = book.get_sheet_by_index(after)
-                rows = list(sheet.iter_rows())
-            end = sheet.end
+                rows = _iterated(book, path, after)
     except Interrupted:  # a signal, not the file's fault
         raise
-    except Exception as exc:  # calamine raises its own errors, and ValueError on odd cells
+    except BaseException as exc:  # calamine's errors, ValueError on odd cells, Rust panics
+        if not _calamine_fault(exc):
+            raise
         if limit := machine_limit(exc, f"reading {path}"):
             raise limit from None
         raise InputError(_unreadable(path, exc)) from None
+    return book.sheet_names[skipped_to if skipped_to is not None else index], rows, skipped_to
+
+
+def _calamine_fault(exc: BaseException) -> bool:
+    """Whether calamine raised ``exc`` for the file: its errors, or a Rust panic (pyo3's
+    PanicException is a BaseException, past ``except Exception``), not a signal."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def _iterated(book: CalamineWorkbook, path: Path, index: int) -> PlainSheet:
+    """The ``index``-th sheet's rows. calamine converts every cell as it goes and refuses the
+    whole sheet for one it cannot (a duration past its range, a shared text the workbook
+    lacks…): then its cells are read one by one from the XML, each odd one kept as its plain
+    value and named (``xlsxcells``)."""
+    from .xlsxcells import read_plain  # only for such a sheet
+
+    try:
+        sheet = book.get_sheet_by_index(index)  # its cells are parsed here…
+        rows = list(sheet.iter_rows())  # …and made Python values here
+    except Interrupted:
+        raise
+    except BaseException as exc:
+        if not _calamine_fault(exc) or machine_limit(exc):
+            raise
+        try:
+            with zipfile.ZipFile(path) as zf:
+                part = _first_sheet_part(zf, index)
+            return read_plain(path, part)
+        except Exception:  # the XML cannot be read either: calamine's reason is the one
+            raise exc from None
+    end = sheet.end
     if not rows or end is None:
-        return sheet.name, [], 0, 0, skipped_to
+        return PlainSheet([], 0, 0, ())
     # rows end at ``end``; where they start differs between calamine versions (row 1 or the
     # first used row; the first used column)
-    return sheet.name, rows, end[0] + 1 - len(rows), end[1] + 1 - len(rows[0]), skipped_to
+    return PlainSheet(rows, end[0] + 1 - len(rows), end[1] + 1 - len(rows[0]), ())
 
 
 #: what Apple Numbers writes at the top of the "Export Summary" sheet it puts before the
@@ -270,32 +311,88 @@ def _fill_down(rows: list[list], merged: list[tuple[int, int, int]]
     return filled
 
 
-def _clear_totals(rows: list[list], totals: list[tuple[int, int, int]]) -> list[int]:
+def _clear_totals(rows: list[list], totals: list[tuple[int, int, int]]
+                  ) -> tuple[list[int], dict[int, list[int]]]:
     """Empty each Excel table's totals row, (row, first column, last column) 0-based in
     ``rows``, over the table's columns: the row Excel adds under a table ("Total", a count of
     the ids) is a sum of the list, not a row of it. Returns the rows (0-based) that held
-    something."""
-    cleared = []
+    something and now hold nothing (blank rows), and row → its columns outside the tables
+    that still hold something: such a row stays a data row (what is beside a table may be a
+    record), and is said."""
+    cleared = set()
     for r, left, right in totals:
         if not 1 <= r < len(rows):  # never the header; past the end: nothing in it
             continue
         row = rows[r]
         span = range(max(left, 0), min(right + 1, len(row)))
         if any(row[j] != "" for j in span):
-            cleared.append(r)
+            cleared.add(r)
         for j in span:
             row[j] = ""
-    return sorted(set(cleared))
+    beside = {r: [j for j, v in enumerate(rows[r]) if v != ""] for r in sorted(cleared)}
+    beside = {r: cols for r, cols in beside.items() if cols}
+    return sorted(cleared - beside.keys()), beside
 
 
-def _letters(col: int) -> str:
-    """The letters of a 0-based column (0 → A, 26 → AA)."""
-    out = ""
-    col += 1
-    while col:
-        col, rest = divmod(col - 1, 26)
-        out = chr(65 + rest) + out
+def _unfilled(rows: list[list], merged: list[tuple[int, int, int, int]],
+              filled: list[tuple[int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """The merges over several rows whose value stays in their top-left cell alone: those over
+    several columns too (a value shown across an id column and the next would give an id to
+    rows and a column that never had it: only the sheet's author knows which cell it is
+    meant for), and those that start in the header. Merges with an empty top-left cell show
+    nothing, and are left out."""
+    done = {(top, col) for top, _, col in filled}
+    out = []
+    for top, bottom, left, right in merged:
+        if bottom <= top or bottom < 1 or (top, left) in done or not (
+                0 <= top < len(rows) and 0 <= left < len(rows[top])):
+            continue
+        if rows[top][left] != "" and (left != right or top < 1):
+            out.append((top, bottom, left, right))
     return out
+
+
+def _shortlist(items: list[str]) -> str:
+    return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+
+def _faults_line(faults: tuple[CellFault, ...]) -> tuple[str, str] | None:
+    if not faults:
+        return None
+    these = "1 cell" if len(faults) == 1 else f"{len(faults)} cells"
+    return (f"warning: {these} could not be read as the sheet's format says "
+            f"({_shortlist([f'{f.ref}: {f.why}' for f in faults])}); batcher reads each as its "
+            "plain value (a row whose id is such a cell is invalid) — check these cells",
+            "unreadable_cells")
+
+
+def _beside_totals_line(beside: dict[int, list[int]], first_row: int, first_col: int
+                        ) -> tuple[str, str] | None:
+    if not beside:
+        return None
+    rows = [r + first_row + 1 for r in beside]
+    cells = [f"{letters(first_col + j)}{first_row + r + 1}" for r, cols in beside.items()
+             for j in cols]
+    which = (f"sheet row {rows[0]} is the totals row" if len(rows) == 1 else
+             f"sheet rows {', '.join(map(str, rows))} are the totals rows")
+    return (f"warning: {which} of an Excel table but also {'has' if len(rows) == 1 else 'have'}"
+            f" cells outside the table ({_shortlist(cells)}): batcher leaves out the table's "
+            "totals and reads the rest of the row as a data row — move those cells off the "
+            "totals row if they are not a record", "totals_beside")
+
+
+def _unfilled_line(unfilled: list[tuple[int, int, int, int]], first_row: int, first_col: int
+                   ) -> tuple[str, str] | None:
+    if not unfilled:
+        return None
+    refs = [f"{letters(first_col + left)}{first_row + top + 1}:"
+            f"{letters(first_col + right)}{first_row + bottom + 1}"
+            for top, bottom, left, right in unfilled]
+    these = "1 merged cell spans" if len(refs) == 1 else f"{len(refs)} merged cells span"
+    return (f"warning: {these} several rows and columns, or starts in the header "
+            f"({_shortlist(refs)}); batcher reads the value in its top-left cell only, the "
+            "other rows it covers as empty there — if they are meant to have it, unmerge the "
+            "cells and fill them in", "merged_unfilled")
 
 
 def _unreadable(path: Path, exc: BaseException) -> str:
@@ -441,9 +538,9 @@ _ANY_HIDDEN_ROW = re.compile(rb"<(?:\w+:)?row\s[^>]*\bhidden=[\"'](?:1|true)[\"'
 #: a hidden row's opening tag, and its number
 _HIDDEN_ROW = re.compile(
     rb"<(?:\w+:)?row\s(?=[^>]*\bhidden=[\"'](?:1|true)[\"'])[^>]*?\br=[\"']([0-9]{1,7})[\"']")
-#: a merged range of one column (``A2:A4``), after the sheet's cells
-_MERGED_COLUMN = re.compile(
-    rb"<(?:\w+:)?mergeCell\s[^>]*?\bref=[\"']([A-Z]{1,3})([0-9]{1,7}):\1([0-9]{1,7})[\"']")
+#: a merged range (``A2:A4``, ``C2:D5``), after the sheet's cells
+_MERGED_RANGE = re.compile(rb"<(?:\w+:)?mergeCell\s[^>]*?\bref=[\"']([A-Z]{1,3})([0-9]{1,7}):"
+                           rb"([A-Z]{1,3})([0-9]{1,7})[\"']")
 _CHUNK = 1 << 22
 _OVERLAP = 1 << 16  # longer than any cell: a formula is at most 8,192 characters
 
@@ -451,7 +548,8 @@ _OVERLAP = 1 << 16  # longer than any cell: a formula is at most 8,192 character
 class _Marks(NamedTuple):
     texts: dict[tuple[int, int], str]
     hidden: set[int]
-    merged: list[tuple[int, int, int]]
+    #: (top row, bottom row, left column, right column), 0-based
+    merged: list[tuple[int, int, int, int]]
     #: the sheet's Excel tables' totals rows: (row, first column, last column), 0-based
     totals: list[tuple[int, int, int]]
     #: (0-based column, number format code) → the 0-based rows of the cells styled with it
@@ -478,7 +576,7 @@ def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
     cannot be found."""
     found: dict[tuple[int, int], str] = {}
     hidden: set[int] = set()
-    merged: set[tuple[int, int, int]] = set()
+    merged: set[tuple[int, int, int, int]] = set()
     # a cell the chunks' overlap holds twice is here twice, till the rows are made distinct
     formats: dict[tuple[int, str], list[np.ndarray]] = {}
     positional = False
@@ -552,7 +650,7 @@ def _positional_marks(fh) -> tuple[dict[tuple[int, int], str], set[int]]:
                 hidden.add(row)
         elif event == "end" and tag == "c":
             ref = _CELL_REF_TEXT.fullmatch(el.get("r") or "")
-            col = _column_index(ref[1]) if ref else col + 1
+            col = column_index(ref[1]) if ref else col + 1
             text = _marked_text(el)
             if text is not None:
                 found[(row, col)] = text
@@ -600,7 +698,7 @@ def _table_totals(zf: zipfile.ZipFile, part: str) -> list[tuple[int, int, int]]:
         ref = _RANGE.fullmatch(table.get("ref") or "")
         if not count or not ref:
             continue
-        left, right = _column_index(ref[1]), _column_index(ref[3])
+        left, right = column_index(ref[1]), column_index(ref[3])
         bottom = int(ref[4]) - 1
         out += [(r, left, right) for r in range(bottom - count + 1, bottom + 1)]
     return out
@@ -659,7 +757,7 @@ def _parse_formats(data: bytes, styled: tuple[re.Pattern[bytes], re.Pattern[byte
                  for m in styled[1].finditer(data)]
         if not found:
             return
-        col = np.array([_column_index(c.decode()) for c, _, _ in found], dtype=np.int64)
+        col = np.array([column_index(c.decode()) for c, _, _ in found], dtype=np.int64)
         row = np.array([int(r) - 1 for _, r, _ in found], dtype=np.int64)
         style = np.array([int(s) for _, _, s in found], dtype=np.int64)
     keys, group = np.unique(col << 32 | style, return_inverse=True)
@@ -685,10 +783,10 @@ def _refs_and_styles(cells: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.nda
     return col - 1, row - 1, style
 
 
-def _merges(data: bytes) -> Iterator[tuple[int, int, int]]:
-    for m in _MERGED_COLUMN.finditer(data):
-        top, col = _position(m)
-        yield top, int(m[3]) - 1, col
+def _merges(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    for m in _MERGED_RANGE.finditer(data):
+        top, left = _position(m)
+        yield top, int(m[4]) - 1, left, column_index(m[3].decode())
 
 
 def _parse_errors(data: bytes) -> dict[tuple[int, int] | None, str]:
@@ -714,15 +812,7 @@ def _parse_unvalued(data: bytes) -> dict[tuple[int, int] | None, str]:
 
 def _position(ref: re.Match) -> tuple[int, int]:
     """(0-based row, column) of a cell reference such as ``B12``."""
-    return int(ref[2]) - 1, _column_index(ref[1].decode())
-
-
-def _column_index(letters: str) -> int:
-    """The 0-based column of a reference's letters (A → 0, AA → 26)."""
-    col = 0
-    for letter in letters:
-        col = col * 26 + ord(letter) - 64
-    return col - 1
+    return int(ref[2]) - 1, column_index(ref[1].decode())
 
 
 def _first_visible(sheets: list, start: int = 0) -> int | None:

@@ -34,3 +34,15 @@ def status_counts(db: sqlite3.Connection) -> dict[str, int]:
         for status, n in db.execute(sql):
             counts[status] = counts.get(status, 0) + sign * n
     return {k: v for k, v in counts.items() if v}
+
+
+def unknown_calls_text(calls: int, unknown: int) -> str | None:
+    """What ``unknown`` of a job's ``calls``, counted as they left and never logged (a run
+    killed with them in flight), mean; said once, the same in the summary, the page and
+    `batcher status`. None when there are none."""
+    if not unknown:
+        return None
+    return (f"{unknown} of the {calls} calls were in flight when a run was killed: their "
+            f"answer was never recorded, so whether Zoho applied them is unknown (their pairs "
+            f"are sent again, or said to be in doubt); the call log and its timeline hold the "
+            f"other {calls - unknown}")

@@ -46,6 +46,7 @@ from .zoho.api import (
     JSON_HEADERS,
     Answered,
     Fatal,
+    ForeignStreak,
     Rejected,
     TokenInvalid,
     Transient,
@@ -133,6 +134,8 @@ class Executor:
         # the request's own headers, normalised once: each request copies them (the auth flow
         # adds its header to the copy) instead of encoding a dict again through a Mapping check
         self._headers = httpx.Headers(JSON_HEADERS)
+        #: answers no Zoho API gives, in a row: the domain is wrong (stops the run)
+        self._foreign = ForeignStreak()
 
     @property
     def lowest_concurrency(self) -> int:
@@ -463,9 +466,9 @@ class Executor:
                 sent_at: float, seconds: float):
         """The answer to a call, classified and logged; raises what it means for the run (a
         429 or 5xx to retry, an abort, an expired token after its refresh)."""
-        answer = _redacted(classify_answer(batch.record_ids, batch.cadence_ids,
-                                           response.status_code, response.headers, content),
-                           self._redact)
+        answer = _redacted(self._foreign.judge(classify_answer(
+            batch.record_ids, batch.cadence_ids, response.status_code, response.headers,
+            content)), self._redact)
         self._journal.log_call(sent_at, batch.batch_id, response.status_code,
                                isinstance(answer, Transient) and answer.throttled, seconds)
         if isinstance(answer, Answered):

@@ -338,7 +338,8 @@ def _view(summary: Summary, counts: Counts, names: dict[str, Any], facts: _Facts
     return {
         "s": summary, "exit_code": code, "exit_meaning": _EXIT_MEANING.get(code, "unknown"),
         "lower_bound": facts.lower_bound if facts else None, "lowest_concurrency": lowest,
-        "duration": _duration(summary.duration_s), "ended": _ended(summary, code),
+        "duration": _duration(summary.duration_s),
+        "run_duration": _duration(summary.run_duration_s or 0.0), "ended": _ended(summary, code),
         "status_bars": _bars([(f"status.{s}", s, n) for s, n in _by_status(summary) if n]),
         "code_bars": _bars(_by_code(summary)),
         "cadences": _cadence_table(summary, names), "errors": counts.top_errors(),

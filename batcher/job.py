@@ -453,11 +453,13 @@ def _resume_tonight(settings: RunSettings, tonight: RunSettings) -> str | None:
     next night's new job, which would send every call of this one again; None without it."""
     if "{date}" not in f"{settings.results}{settings.journal or ''}":
         return None
+    if settings.journal is not None and "{date}" not in str(settings.journal):
+        return None  # a fixed journal carries the job over midnight: the same command resumes
     return (f"the same command does so before midnight UTC; after it, {{date}} makes it a new "
             f"job: resume this one with --results {shlex.quote(pasted(tonight.results))}"
             + (f" --journal {shlex.quote(pasted(tonight.journal))}"
                if settings.journal is not None else "")
-            + (" (a job spread over nights by --max-calls needs --results without {date})"
+            + (" (a job spread over nights by --max-calls needs a --journal without {date})"
                if settings.max_calls is not None else ""))
 
 
@@ -711,12 +713,12 @@ def _write(settings: RunSettings, journal: Journal, scan: InputScan | Source | N
                 tally = Tally(source)  # counts for the report, as the results are written
                 summary = write_results(
                     tally, results, duration_s=lambda: time.monotonic() - started,
-                    extra=extra, blank=blank,
+                    extra=extra, blank=blank, **_earlier(journal),
                     carried=_carried(settings, journal, ahead.notes, ahead.stamp,
                                      ahead.source),
                     cadence_names=journal.get_meta("cadence_names", {}))
         with contextlib.suppress(BatcherError):  # `batcher report`: the job's time, all runs
-            journal.set_meta("run_s", journal.get_meta("run_s", 0.0) + summary.duration_s)
+            journal.set_meta("run_s", summary.duration_s)  # the job's: its earlier runs' too
             journal.set_meta("run_ended", summary.finished_at)
     except (OSError, BatcherError, ValueError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -765,6 +767,17 @@ def _run_begins(settings: RunSettings, journal: Journal) -> None:
         journal.set_meta("run_flags", {k: getattr(settings, k) for k in _RUN_FLAGS})
         journal.set_meta("run_began", utc_now())
         journal.set_meta("aborted", None)  # the last run's reason is not this one's
+
+
+def _earlier(journal: Journal) -> dict[str, Any]:
+    """A run's summary counts the job's time as it counts its calls, over every run: the
+    seconds of its earlier runs (a killed one's known part folded in by ``_run_begins``, and
+    then a lower bound), for :func:`write_results`."""
+    earlier, lower = 0.0, False
+    with contextlib.suppress(BatcherError):  # a failing disk is said where the run writes
+        earlier = float(journal.get_meta("run_s", 0.0))
+        lower = bool(journal.get_meta("run_s_lower_bound"))
+    return {"earlier_s": earlier, "duration_lower_bound": lower}
 
 
 def _run_times(journal: Journal) -> tuple[float, str | None, str | None]:
@@ -833,6 +846,7 @@ class _ResultsAhead:
             summary = write_results(
                 tally, self._results, duration_s=lambda: time.monotonic() - self._started,
                 extra=lambda: self._extra, blank=journal.get_meta("blank", 0),
+                **_earlier(journal),
                 carried=_carried(self._settings, journal, self.notes, self.stamp,
                                  self.source),
                 cadence_names=journal.get_meta("cadence_names", {}), until=self._until)

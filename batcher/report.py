@@ -40,6 +40,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .arrays import arrow_of, numpy_of
+from .counts import unknown_calls_text
 from .errors import InputError, UsageError
 from .inputs.carry import Carried
 from .inputs.columns import _ALIASES, _normalise_header
@@ -128,6 +129,9 @@ class Summary:
     #: ``duration_s`` is a lower bound: a run of the job never recorded its end (it counts to
     #: its last logged call)
     duration_lower_bound: bool = False
+    #: this run's own seconds (``duration_s`` is the job's, over all its runs, as ``calls``,
+    #: ``credits`` and ``throttled`` are); None for ``batcher report``, which is of no run
+    run_duration_s: float | None = None
 
     def exit_code(self) -> int:
         """0 when every row ended well, else 1 (aborts, exit 3, are the caller's to decide)."""
@@ -167,21 +171,17 @@ class Summary:
 
 def duration_text(summary: Summary) -> str:
     """``12.3 s``, or ``at least 12.3 s (...)`` when a run never recorded its end."""
+    run = "" if summary.run_duration_s in (None, summary.duration_s) \
+        else f" (this run {summary.run_duration_s:.1f} s)"
     if summary.duration_lower_bound:
-        return (f"at least {summary.duration_s:.1f} s (a run never recorded its end: "
+        return (f"at least {summary.duration_s:.1f} s{run} (a run never recorded its end: "
                 "counted to its last logged call)")
-    return f"{summary.duration_s:.1f} s"
+    return f"{summary.duration_s:.1f} s{run}"
 
 
 def unknown_calls_line(summary: Summary) -> str | None:
     """What the calls in flight when a run was killed mean, said once wherever the calls are."""
-    n = summary.calls_outcome_unknown
-    if not n:
-        return None
-    return (f"{n} of the {summary.calls} calls were in flight when a run was killed: their "
-            f"answer was never recorded, so whether Zoho applied them is unknown (their pairs "
-            f"are sent again, or said to be in doubt); the call log and its timeline hold the "
-            f"other {summary.calls - n}")
+    return unknown_calls_text(summary.calls, summary.calls_outcome_unknown)
 
 
 def side_paths(results_path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -251,7 +251,8 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
                   cadence_names: Mapping[str, str] | None = None,
                   until: threading.Event | None = None,
                   finished_at: str | None | type[NOW] = NOW,
-                  duration_lower_bound: bool = False) -> Summary:
+                  duration_lower_bound: bool = False,
+                  earlier_s: float | None = None) -> Summary:
     """Write results (CSV; Parquet for ``.parquet``/``.pq``; a sheet for ``.xlsx``), retry file
     and summary.
 
@@ -267,6 +268,9 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
     ``finished_at``: when the job's run ended (UTC, ISO 8601), :class:`NOW` for a run ending
     now; ``batcher report`` gives the end its journal recorded, or None for a run that never
     recorded one (killed): the time the files are rewritten is not when the job ended.
+    ``earlier_s``: the job's seconds over its earlier runs, for a run: ``duration_s`` is then
+    this run's (``run_duration_s``) and the summary's ``duration_s`` the job's, both; None
+    (``batcher report``): ``duration_s`` is the job's.
     ``duration_lower_bound``: the job's time holds a run that never recorded its end, so
     ``duration_s`` is at least that (the summary, its line and the page say so).
 
@@ -283,7 +287,7 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
                               chunk_rows=chunk_rows, blank=blank, carried=carried,
                               cadence_names=cadence_names, until=until,
                               finished_at=finished_at,
-                              duration_lower_bound=duration_lower_bound)
+                              duration_lower_bound=duration_lower_bound, earlier_s=earlier_s)
     except _CarryFailed as exc:
         given, why = extra, str(exc)
 
@@ -295,7 +299,7 @@ def write_results(journal: ResultSource, results_path: str | os.PathLike[str], *
                               chunk_rows=chunk_rows, blank=blank, carried=None,
                               cadence_names=cadence_names, until=until,
                               finished_at=finished_at,
-                              duration_lower_bound=duration_lower_bound)
+                              duration_lower_bound=duration_lower_bound, earlier_s=earlier_s)
 
 
 class _CarryFailed(Exception):
@@ -309,7 +313,8 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
                    cadence_names: Mapping[str, str] | None,
                    until: threading.Event | None,
                    finished_at: str | None | type[NOW],
-                   duration_lower_bound: bool = False) -> Summary:
+                   duration_lower_bound: bool = False,
+                   earlier_s: float | None = None) -> Summary:
     results = Path(os.path.abspath(results_path))
     check_results_capacity(results, journal.rows)
     retry, summary_file = side_paths(results)
@@ -365,16 +370,30 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
             extra = {**(extra or {}), "xlsx_cells_cut": out.cut}
         if getattr(out, "defused", 0):  # said: a results cell that differs from its input's
             extra = {**(extra or {}), "formula_cells_defused": out.defused}
-        summary = tally.summary(journal, duration_s=duration_s() if callable(duration_s)
-                                else duration_s, results=results, retry=retry,
+        summary = tally.summary(journal, duration_s=_job_s(duration_s, earlier_s),
+                                run_duration_s=_run_s(duration_s, earlier_s),
+                                results=results, retry=retry,
                                 summary_file=summary_file, blank=blank, extra=extra,
                                 finished_at=utc_now() if finished_at is NOW else finished_at,
                                 duration_lower_bound=duration_lower_bound)
         out.finish(summary)
         if callable(duration_s):  # an .xlsx is written out by finish(): its time counts too
-            summary = replace(summary, duration_s=round(duration_s(), 3))
+            summary = replace(summary, duration_s=_job_s(duration_s, earlier_s),
+                              run_duration_s=_run_s(duration_s, earlier_s))
         _dump_summary(summary, tmp_summary)
     return summary
+
+
+def _job_s(duration_s: float | Callable[[], float], earlier_s: float | None) -> float:
+    """The job's seconds: this run's (read now, when a clock) after its earlier runs'."""
+    return round((earlier_s or 0.0) + (duration_s() if callable(duration_s) else duration_s), 3)
+
+
+def _run_s(duration_s: float | Callable[[], float], earlier_s: float | None) -> float | None:
+    """This run's seconds, or None when ``duration_s`` is the job's (``batcher report``)."""
+    if earlier_s is None:
+        return None
+    return round(duration_s() if callable(duration_s) else duration_s, 3)
 
 
 def with_report(summary: Summary, page: str | os.PathLike[str]) -> Summary:
@@ -584,7 +603,8 @@ class _Tally:
 
     def summary(self, journal: ResultSource, *, duration_s: float, results: Path, retry: Path,
                 summary_file: Path, blank: int, extra: dict[str, Any] | None,
-                finished_at: str | None, duration_lower_bound: bool = False) -> Summary:
+                finished_at: str | None, duration_lower_bound: bool = False,
+                run_duration_s: float | None = None) -> Summary:
         """The summary, its counts reconciled against the rows the journal loaded."""
         rows = journal.rows
         counts = self.counts()
@@ -606,7 +626,7 @@ class _Tally:
             ignored_entries=counters.get("ignored_entries", 0), blank=blank,
             by_cadence=counts.by_cadence, other_cadences=counts.other_cadences,
             finished_at=finished_at, extra=dict(extra or {}),
-            duration_lower_bound=duration_lower_bound)
+            duration_lower_bound=duration_lower_bound, run_duration_s=run_duration_s)
 
 
 @dataclass(frozen=True)
@@ -914,7 +934,7 @@ def _summary_figures(summary: Summary) -> list[tuple[str, str | int | float | bo
               for c, n in sorted(codes.items())]
     lines += [("calls", summary.calls), ("retries", summary.retries),
               ("throttled (429)", summary.throttled), ("credits", summary.credits),
-              ("duration_s", summary.duration_s),
+              ("duration_s", summary.duration_s), ("run_duration_s", summary.run_duration_s),
               ("duration is a lower bound", summary.duration_lower_bound),
               ("calls whose outcome is unknown", summary.calls_outcome_unknown),
               ("rows to retry", summary.retry_rows),

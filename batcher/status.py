@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .counts import SCHEMA_VERSION, status_counts
+from .counts import SCHEMA_VERSION, status_counts, unknown_calls_text
 from .errors import UsageError
 from .models import Status, utc_at, where_journals_are
 from .readonly import connect_read_only
@@ -55,7 +55,7 @@ _LAST_FAILED_SQL = ("SELECT max(finished_at), code, message FROM ("
                     " UNION ALL SELECT finished_at, code, message FROM batches"
                     " WHERE status = 'failed' AND state = 'answered')")
 _CALLS_SQL = ("SELECT count(*) FILTER (WHERE at >= :since), min(at) FILTER (WHERE at >= :since),"
-              " max(at + seconds) FROM calls")
+              " max(at + seconds), count(*) FROM calls")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,9 @@ class JobStatus:
     :class:`~batcher.models.Status` order. ``batches_left``/``pairs_left``: planned calls not yet
     answered (pending, or sent without a recorded answer) and the pairs they hold. ``calls``,
     ``retries``, ``throttled`` (429s), ``credits``: the job's counters over all its runs.
+    ``calls_outcome_unknown``: of ``calls``, those never logged, as in the summary: a run killed
+    (``kill -9``) with them in flight, so whether Zoho applied them is unknown; while a run holds
+    the journal it also counts that run's calls in flight (their answers not committed yet).
     ``last_call_at``: when the latest un-enrol call ended (UTC, ISO 8601; None without a call
     log). ``rate``: un-enrol calls per second over the last minute of the call log (from its
     first call in that minute, when the run began within it); None when no run holds the
@@ -99,6 +102,7 @@ class JobStatus:
     retries: int = 0
     throttled: int = 0
     credits: int = 0
+    calls_outcome_unknown: int = 0
     started_at: str | None = None
     last_call_at: str | None = None
     rate: float | None = None
@@ -134,13 +138,25 @@ class JobStatus:
                  *([printable(f"its last run stopped: {self.stopped_by}")]
                    if self.stopped_by and not self.running else []), *held,
                  f"calls {self.calls:,}, retries {self.retries:,}, 429s {self.throttled:,}, "
-                 f"credits {self.credits:,}",
+                 f"credits {self.credits:,}", *self._unknown_calls(),
                  f"started {self.started_at or '-'}, last call {self.last_call_at or '-'}"]
         if self.last_error:
             e = self.last_error
             message = " ".join((e.message or "").split())  # a server's text on one line
             lines.append(printable(f"last error: {e.code or '-'} {message} ({e.at})"))
         return "\n".join(lines)
+
+    def _unknown_calls(self) -> list[str]:
+        """The summary's line on calls of unknown outcome; while a run holds the journal its
+        own calls in flight are among them, and said so."""
+        n = self.calls_outcome_unknown
+        if not n:
+            return []
+        if self.running:
+            return [f"{n} of the {self.calls:,} calls have no answer in the journal yet: in "
+                    "flight now, or in flight when an earlier run was killed (whether Zoho "
+                    "applied those is unknown)"]
+        return [unknown_calls_text(self.calls, n) or ""]
 
     def _state_text(self) -> str:
         if self.running:
@@ -242,13 +258,16 @@ def _snapshot(db: sqlite3.Connection, path: Path, running: bool, pid: int | None
         " WHERE state IN ('pending', 'sent')").fetchone()
     counts = status_counts(db)
     failed_at, code, message = db.execute(_LAST_FAILED_SQL).fetchone()
-    rate, last_end = _call_log(db, tables, running)
+    rate, last_end, logged = _call_log(db, tables, running)
     loaded = _K_LOADED in meta
+    calls = counters.get("calls", 0)
     return JobStatus(
         journal=str(path), running=running, pid=pid, loaded=loaded,
         by_status={s: counts.get(s, 0) for s in _STATUSES},
         batches_left=batches_left, pairs_left=pairs_left,
-        calls=counters.get("calls", 0), retries=counters.get("retries", 0),
+        calls=calls, retries=counters.get("retries", 0),
+        # a journal without a call log (no plan loaded) has no call in doubt, as in the summary
+        calls_outcome_unknown=max(0, calls - (calls if logged is None else logged)),
         throttled=counters.get("throttled", 0), credits=counters.get("credits", 0),
         started_at=meta.get(_K_STARTED), last_call_at=_iso(last_end), rate=rate,
         eta_s=_eta(batches_left, rate) if loaded else None,
@@ -257,18 +276,19 @@ def _snapshot(db: sqlite3.Connection, path: Path, running: bool, pid: int | None
 
 
 def _call_log(db: sqlite3.Connection, tables: set[str], running: bool
-              ) -> tuple[float | None, float | None]:
+              ) -> tuple[float | None, float | None, int | None]:
     """(calls per second over the last minute, None unless ``running``; when the latest call
-    ended, unix seconds); (None, None) without a call log. The rate counts from the minute's first
-    call, so a run that began within it is not under-counted; over 1 s at least, so one call
-    just sent is not read as a burst."""
+    ended, unix seconds; the calls logged); (None, None, None) without a call log. The rate
+    counts from the minute's first call, so a run that began within it is not under-counted;
+    over 1 s at least, so one call just sent is not read as a burst."""
     if "calls" not in tables:
-        return None, None
+        return None, None, None
     now = time.time()
-    recent, first, last_end = db.execute(_CALLS_SQL, {"since": now - RATE_WINDOW_S}).fetchone()
+    recent, first, last_end, logged = db.execute(
+        _CALLS_SQL, {"since": now - RATE_WINDOW_S}).fetchone()
     if not running:
-        return None, last_end
-    return (recent / max(now - first, 1.0) if recent else 0.0), last_end
+        return None, last_end, logged
+    return (recent / max(now - first, 1.0) if recent else 0.0), last_end, logged
 
 
 def _eta(batches_left: int, rate: float | None) -> float | None:

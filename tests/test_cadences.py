@@ -184,3 +184,33 @@ def test_preflight_with_no_cadences_flags_everything_unknown():
     result = preflight([("Leads", "1001")], [])
     assert result == {
         ("Leads", "1001"): ("INVALID_DATA", "cadence 1001 does not exist in this org")}
+
+
+_NOT_ZOHO = {
+    "400 HTML": lambda: httpx.Response(400, html="<html><h1>400 Bad Request</h1></html>"),
+    "400 JSON of another API": lambda: httpx.Response(400, json={"error": "bad_request"}),
+    "200 HTML": lambda: httpx.Response(200, html="<!doctype html><title>Welcome</title>"),
+    "200 JSON of another API": lambda: httpx.Response(200, json={"items": []}),
+}
+
+
+@pytest.mark.parametrize("policy", [FAST, RetryPolicy(attempts=1)], ids=["3 tries", "1 try"])
+@pytest.mark.parametrize("answer", list(_NOT_ZOHO))
+def test_a_host_that_is_no_zoho_api_is_said_as_a_wrong_domain(answer, policy):
+    """The preflight on a wrong domain said "could not read the org's cadences: HTTP_400" or
+    "UNPARSEABLE_ANSWER ... HTML page": nothing a user can act on. It says, as the un-enrol
+    path does, that the domain looks wrong and what to check — also when a caller's attempts
+    run out before the streak that stops a run (one try)."""
+    with pytest.raises(AbortError) as stop:
+        fetch(lambda r: _NOT_ZOHO[answer](), policy)
+    text = str(stop.value)
+    assert DOMAIN in text and "URL is wrong" in text and "no answer of Zoho's API" in text, text
+    assert "ZOHO_DC" in text and "--dc" in text and "ZOHO_API_DOMAIN" in text, text
+    assert "HTTP_400" not in text and "UNPARSEABLE_ANSWER" not in text, text
+
+
+def test_a_one_off_page_before_the_cadences_is_retried():
+    answers = [httpx.Response(200, html="<html>please wait</html>"),
+               httpx.Response(200, json={"cadences": [raw("554023000004092008")]})]
+    cadences, calls, _ = fetch(lambda r: answers.pop(0))
+    assert [c.id for c in cadences] == ["554023000004092008"] and len(calls) == 2

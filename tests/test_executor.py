@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from batcher.errors import (
+    AbortError,
     BatcherError,
     BudgetExhausted,
     MachineLimit,
@@ -391,6 +392,72 @@ def test_proxy_pages_from_everywhere_are_an_outage_not_failed_rows(tmp_path):
             retry=policy)
     assert {r["status"] for r in results(j).values()} == {"not_sent"}
     assert j.counters()["calls"] > 3  # they reached a proxy: calls and credits all the same
+
+
+#: what a host at the API domain that is no Zoho API answers an un-enrol POST with, under a
+#: status Zoho itself answers with
+_FOREIGN = {
+    "400 HTML": lambda: httpx.Response(400, html="<html><h1>400 Bad Request</h1></html>"),
+    "400 text": lambda: httpx.Response(400, text="Bad Request"),
+    "400 JSON of another API": lambda: httpx.Response(400, json={"error": "invalid_request"}),
+    "200 HTML": lambda: httpx.Response(200, html="<!doctype html><title>Welcome</title>"),
+    "200 JSON of another API": lambda: httpx.Response(200, json={"ok": True}),
+    "403 HTML of a web filter": lambda: httpx.Response(403, html="<html>Blocked</html>"),
+}
+
+
+@pytest.mark.parametrize("answer", list(_FOREIGN))
+def test_answers_no_zoho_api_gives_stop_the_run_as_a_wrong_domain(tmp_path, answer):
+    """Found by trying --no-preflight against a host that is no Zoho API: a 400 page failed
+    every row (one call each, exit 1), a 200 page was retried six times a batch before failing
+    its rows. Three such answers in a row say the domain is wrong: the run stops, naming it and
+    what to check, with no row failed (re-running resumes once the domain is right)."""
+    batches = [Batch(f"b{i:06d}", "Leads", (rid(i),), (cid(0),)) for i in range(20)]
+    j = journal_with(tmp_path, batches)
+    with pytest.raises(AbortError) as stop:
+        _, sent = run(j, lambda body: _FOREIGN[answer](),
+                      retry=RetryPolicy(attempts=6, base=0.001, max_wait=0.01), concurrency=2)
+    text = str(stop.value)
+    assert API in text and "ZOHO_DC" in text and "URL is wrong" in text, text
+    assert "3 calls in a row" in text and "no answer of Zoho's API" in text, text
+    assert {r["status"] for r in results(j).values()} == {"not_sent"}
+    assert j.counters()["calls"] <= 4  # the streak, and a call already in flight
+
+
+def test_a_one_off_page_from_a_proxy_is_retried_not_a_wrong_domain(tmp_path):
+    """Zoho answers, with now and then a page from something on the way (even twice in a row):
+    retried, every row unenrolled, the run not stopped."""
+    batches = [Batch(f"b{i:06d}", "Leads", (rid(i),), (cid(0),)) for i in range(10)]
+    j = journal_with(tmp_path, batches)
+    calls = {"n": 0}
+
+    def handler(body):
+        calls["n"] += 1
+        if calls["n"] % 4 in (1, 2):  # two pages in a row, then two answers of Zoho's
+            return httpx.Response(400 if calls["n"] % 8 == 1 else 200, html="<html>oops</html>")
+        return httpx.Response(200, json=success(body["ids"], body["cadences_ids"]))
+
+    run(j, handler, retry=RetryPolicy(attempts=6, base=0.001, max_wait=0.01), concurrency=1)
+    assert {r["status"] for r in results(j).values()} == {"unenrolled"}
+
+
+def test_proxy_5xx_pages_between_foreign_answers_neither_count_nor_excuse_them(tmp_path):
+    """A 502 page says nothing of the domain: between two foreign 400 pages, the streak goes
+    on; the 5xx pages themselves never make one (an outage, per DESIGN §1)."""
+    batches = [Batch(f"b{i:06d}", "Leads", (rid(i),), (cid(0),)) for i in range(4)]
+    j = journal_with(tmp_path, batches)
+    calls = {"n": 0}
+
+    def handler(body):
+        calls["n"] += 1
+        if calls["n"] % 2:
+            return httpx.Response(400, html="<html>Bad Request</html>")
+        return httpx.Response(502, html="<html>Bad Gateway</html>")
+
+    with pytest.raises(AbortError, match="3 calls in a row"):
+        run(j, handler, retry=RetryPolicy(attempts=6, base=0.001, max_wait=0.01),
+            concurrency=1)
+    assert calls["n"] == 5
 
 
 def test_budget_stops_cleanly_and_keeps_the_answers_in_flight(tmp_path):

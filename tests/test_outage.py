@@ -694,3 +694,90 @@ def test_a_wrong_api_domain_stops_the_run_at_once_naming_it(tmp_path, serve, ans
     assert len(seen) <= RunSettings.concurrency  # the calls already in flight, at most
     assert seen[0] == ("GET" if preflight else "POST")
     assert_all_not_sent(tmp_path / "out.csv", len(rows))
+
+
+# ------------------------------------------------------------------- a host that is no Zoho API
+
+
+class _NotZoho(BaseHTTPRequestHandler):
+    """A real web server at the API domain that is no Zoho API (a company site, a web filter):
+    what it answers has none of Zoho's JSON, under statuses Zoho answers with."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self.server.requests[self.command] = self.server.requests.get(self.command, 0) + 1
+        status, kind, page = self.server.answer
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+#: ports of this worktree's test servers (others' sessions share the machine)
+_PORTS = range(24150, 24200)
+
+
+@pytest.fixture
+def not_zoho():
+    for port in _PORTS:
+        try:
+            server = ThreadingHTTPServer(("127.0.0.1", port), _NotZoho)
+            break
+        except OSError:
+            continue
+    else:
+        pytest.skip("no free port for the test server")
+    server.daemon_threads = True
+    server.requests = {}
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+_NOT_ZOHO_ANSWERS = {
+    "400 HTML": (400, "text/html", b"<html><body><h1>400 Bad Request</h1></body></html>"),
+    "200 HTML": (200, "text/html", b"<!doctype html><html><title>Welcome</title></html>"),
+    "400 JSON of another API": (400, "application/json", b'{"error": "no such route"}'),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("answer", list(_NOT_ZOHO_ANSWERS))
+@pytest.mark.parametrize("preflight", [False, True], ids=["no-preflight", "preflight"])
+def test_cli_a_host_that_is_no_zoho_api_stops_the_run_as_a_wrong_domain(tmp_path, not_zoho,
+                                                                         answer, preflight):
+    """Found by trying: with --no-preflight, a 400 page failed every row retryably (exit 1, a
+    call per batch), a 200 page was retried six times a batch; the preflight said "could not
+    read the org's cadences: HTTP_400". Now: exit 3, one line naming the domain and what to
+    check, every row not_sent, and no more than a few calls."""
+    not_zoho.answer = _NOT_ZOHO_ANSWERS[answer]
+    api = f"http://127.0.0.1:{not_zoho.server_address[1]}"
+    rows = make_rows(60, 2)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    results = tmp_path / "out.csv"
+    argv = [str(inp), "--results", str(results), "--concurrency", "2",
+            *([] if preflight else ["--no-preflight"])]
+
+    proc, _ = _cli(tmp_path, argv, {"ZOHO_API_DOMAIN": api, "ZOHO_ACCESS_TOKEN": "tok-123"},
+                   outage_after=5.0)
+
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    [line] = abort_lines(proc.stderr)
+    assert api in line and "ZOHO_DC" in line and "ZOHO_API_DOMAIN" in line, line
+    assert "no answer of Zoho's API" in line and "URL is wrong" in line, line
+    assert_all_not_sent(results, len(rows))
+    posts, gets = not_zoho.requests.get("POST", 0), not_zoho.requests.get("GET", 0)
+    assert (posts == 0) == preflight and 0 < posts + gets <= 4, not_zoho.requests

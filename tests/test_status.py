@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -359,3 +360,70 @@ def test_a_servers_control_characters_reach_no_terminal_as_such(tmp_path):
     assert stopped.exit_code == 3
     assert "NO_PERMISSION" in err.getvalue()
     assert not {"\x1b", "\x07", "\r", "\u202e"} & set(err.getvalue()), err.getvalue()
+
+
+# ------------------------------------------------------------------ calls a kill -9 left in doubt
+
+
+def _killed_with_calls_in_flight(path: Path) -> Path:
+    """A journal as a run killed by kill -9 leaves it: 5 calls counted as they left, 3 of them
+    logged with their answers (the 2 others were in flight), and its pid in the lock."""
+    with Journal.open(path, "fp", input_name="a.csv") as j:
+        j.load(rows_table(), PLAN)
+        j.mark_sent("b1")
+        now = time.time()
+        for k in range(3):
+            j.log_call(now - 10 + k, "b1", 200, False, 0.2)
+        j.count(calls=5, credits=5)
+        j.add_counters()
+    lock_file(path).write_text("999999\n")
+    return path
+
+
+def test_status_says_calls_of_unknown_outcome_as_the_summary_does(tmp_path):
+    """`batcher status` showed "calls 5" after a kill -9, where the summary and the page say
+    that 2 of them were in flight and whether Zoho applied them is unknown: the same words,
+    and the same number under the same key in --json."""
+    journal = _killed_with_calls_in_flight(tmp_path / "job.journal")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+
+    def batcher(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "batcher", *argv], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+
+    text, as_json = batcher("status", "--journal", str(journal)), \
+        batcher("status", "--journal", str(journal), "--json")
+    report = batcher("report", "--journal", str(journal), "--results", str(tmp_path / "r.csv"))
+
+    assert (text.returncode, as_json.returncode) == (0, 0), text.stderr + as_json.stderr
+    summary = json.loads((tmp_path / "r.summary.json").read_text())
+    assert summary["calls_outcome_unknown"] == 2
+    said = "2 of the 5 calls were in flight when a run was killed"
+    assert said in report.stdout + report.stderr
+    [line] = [x for x in text.stdout.splitlines() if said in x]
+    assert line in report.stdout + report.stderr  # word for word the summary's line
+    got = json.loads(as_json.stdout)
+    assert (got["calls"], got["calls_outcome_unknown"]) == (summary["calls"], 2)
+
+
+def test_status_while_a_run_holds_the_journal_counts_its_calls_in_flight_apart(tmp_path):
+    """While a run holds the journal, calls not logged yet are also its own in flight: said
+    as such, not as calls a killed run left in doubt."""
+    journal = _killed_with_calls_in_flight(tmp_path / "job.journal")
+    with Journal.open(journal, None):
+        st = read_status(journal)
+    assert st.running and st.calls_outcome_unknown == 2
+    text = st.human()
+    assert "2 of the 5 calls have no answer in the journal yet: in flight now" in text, text
+    assert "were in flight when a run was killed" not in text
+
+
+def test_status_of_a_job_with_every_call_logged_says_nothing_of_unknown_calls(answered):
+    with Journal.open(answered, None) as j:
+        j.log_call(time.time() - 5, "b1", 200, False, 0.1)
+        j.add_counters()
+    st = read_status(answered)
+    assert st.calls_outcome_unknown == 0 and "outcome" not in st.human()
+    assert "unknown" not in st.human()
+    assert st.as_dict()["calls_outcome_unknown"] == 0

@@ -45,6 +45,11 @@ WRONG_URL_CODES = frozenset({"INVALID_URL_PATTERN"})
 #: and the statuses of a server with no such endpoint: 501 is a plain web server's answer to a
 #: POST (no proxy outage says it), as lasting as a 405
 _WRONG_URL_STATUSES = frozenset({404, 405, 410, 501})
+#: calls in a row answered, under the same status Zoho answers with, by something that cannot be
+#: Zoho's API (an HTML page, a body without Zoho's JSON shape): the domain is wrong, and the run
+#: stops as for a 404. One or two in a row are retried: a proxy's odd page now and then is not
+#: the domain's fault (DESIGN.md §1: proxy pages are retried)
+FOREIGN_STREAK = 3
 TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "INTERNAL_ERROR", "TOO_MANY_REQUESTS"})
 LOCATABLE_CODES = frozenset({"INVALID_DATA", "NOT_ALLOWED"})
 #: codes that can only concern the whole request, never one record
@@ -126,6 +131,9 @@ class Transient:
     http_status: int
     retry_after: float | None = None
     throttled: bool = False
+    #: the body cannot be Zoho's (HTML, no JSON of Zoho's shape) under a status below 500 that
+    #: is no throttle or timeout: a host that is no Zoho API answered (see :class:`ForeignStreak`)
+    foreign: bool = False
 
     def to_error(self) -> TransientError:
         return TransientError(f"{self.code}: {self.message} (HTTP {self.http_status})",
@@ -196,6 +204,50 @@ class Fatal:
 
 
 Answer = Answered | Rejected | Unlocated | Transient | TokenInvalid | Fatal
+
+
+class ForeignStreak:
+    """Counts the answers that cannot be Zoho's (:attr:`Transient.foreign`) arriving in a row
+    under one HTTP status, across every call of a job: at :data:`FOREIGN_STREAK` the domain is
+    wrong (a host that is no Zoho API, a web filter answering in its place), and every call would
+    get the same. Any answer in Zoho's words breaks the streak; a 5xx, a 429 or a dropped
+    connection says nothing of the domain and leaves it as it is."""
+
+    def __init__(self, limit: int = FOREIGN_STREAK) -> None:
+        self._limit = limit
+        self._status: int | None = None
+        self._count = 0
+        self._last: Transient | None = None  # the streak's latest answer
+        self._latest: Answer | None = None  # the latest answer judged
+
+    def judge(self, answer: Answer) -> Answer:
+        """``answer``, or a wrong-URL :class:`Fatal` when it completes the streak."""
+        if not isinstance(answer, Transient):
+            self.reset()
+            return answer
+        self._latest = answer
+        if not answer.foreign:
+            return answer
+        same = answer.http_status == self._status
+        self._status, self._last = answer.http_status, answer
+        self._count = self._count + 1 if same else 1
+        return self.fatal() if self._count >= self._limit else answer
+
+    def reset(self) -> None:
+        self._status, self._count, self._last, self._latest = None, 0, None, None
+
+    def fatal(self) -> Fatal | None:
+        """The streak so far as a wrong-URL :class:`Fatal`, or None unless the latest answer
+        was foreign: also what a caller out of attempts says, the domain the likely cause."""
+        last = self._last
+        if last is None or self._latest is not last:
+            return None
+        calls = f" on {self._count} calls in a row" if self._count > 1 else ""
+        said = last.message if last.message.startswith("HTTP ") else \
+            f"HTTP {last.http_status} ({last.message})"
+        return Fatal(f"HTTP_{last.http_status}",
+                     f"{said}{calls}, which is no answer of Zoho's API",
+                     last.http_status, wrong_url=True)
 
 
 def build_request(api_domain: str, module: str, record_ids: Sequence[str],
@@ -306,7 +358,8 @@ def classify(record_ids: Sequence[str], cadence_ids: Sequence[str], status_code:
                          throttled=status_code == 429)
     payload = _parse_json(body)
     if status_code == 429 or status_code >= 500 or not isinstance(payload, dict):
-        return _without_answer(record_ids, cadence_ids, status_code, headers, body, payload, now)
+        return _without_answer(record_ids, cadence_ids, status_code, headers, body, payload, now,
+                               foreign=not isinstance(payload, dict))
     whole = _whole_request_entry(payload, status_code, len(record_ids))
     if whole is not None:
         return _whole(whole, record_ids, cadence_ids, status_code, headers, now)
@@ -316,7 +369,9 @@ def classify(record_ids: Sequence[str], cadence_ids: Sequence[str], status_code:
         return _per_record(payload["data"], record_ids, cadence_ids, status_code)
     if isinstance(payload.get("cadences"), list):
         return _per_cadence(payload["cadences"], record_ids, cadence_ids, status_code)
-    return _without_answer(record_ids, cadence_ids, status_code, headers, body, None, now)
+    # JSON, but none of Zoho's shapes (no code, no data[], no cadences[]): another server's
+    return _without_answer(record_ids, cadence_ids, status_code, headers, body, payload, now,
+                           foreign=True)
 
 
 def _parse_json(body: bytes) -> Any:
@@ -481,8 +536,9 @@ def _all(record_ids: Sequence[str], cadence_ids: Sequence[str], status: Status, 
 
 def _without_answer(record_ids: Sequence[str], cadence_ids: Sequence[str], status: int,
                     headers: Mapping[str, str], body: bytes, payload: Any,
-                    now: float | None) -> Answer:
-    """429, 5xx, and bodies that are not a Zoho answer: nothing known about any pair."""
+                    now: float | None, foreign: bool = False) -> Answer:
+    """429, 5xx, and bodies that are not a Zoho answer: nothing known about any pair.
+    ``foreign``: the body has none of Zoho's shapes (not JSON, or JSON without them)."""
     data = payload.get("data") if isinstance(payload, dict) else None
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
         payload = data[0]
@@ -503,6 +559,11 @@ def _without_answer(record_ids: Sequence[str], cadence_ids: Sequence[str], statu
                      wrong_url=True)
     if status in _WRONG_URL_STATUSES:  # no such endpoint there (a proxy's page, or no Zoho)
         return Fatal(code or f"HTTP_{status}", message, status, wrong_url=True)
+    if foreign and status < 500 and status not in (408, 425):
+        # Zoho answers these statuses in JSON of its shape: another server answered. Retried,
+        # so a one-off page fails nothing; the same again, call after call, stops the run
+        return Transient(code or ("UNPARSEABLE_ANSWER" if status < 400 else f"HTTP_{status}"),
+                         message, status, retry_after, False, foreign=True)
     if 400 <= status < 500 and status not in (408, 425):
         # a proxy or wrong URL answered; not worth hammering now, but a re-run may succeed
         return _all(record_ids, cadence_ids, Status.FAILED, code or f"HTTP_{status}", message,

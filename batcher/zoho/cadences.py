@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 
-from batcher.errors import AbortError, PermissionDenied
+from batcher.errors import AbortError, PermissionDenied, TransientError
 from batcher.retry import NETWORK_ERRORS, Reachability, RetryPolicy, call_with_retries, is_unsent
-from batcher.zoho.api import Fatal, TokenInvalid, Transient, classify, origin
+from batcher.zoho.api import Fatal, ForeignStreak, TokenInvalid, Transient, classify, origin
 
 MANUAL = "manual_enrollment"
 SETTINGS_SCOPE = "ZohoCRM.settings.cadences.READ"
@@ -55,6 +55,8 @@ async def fetch_cadences(client: httpx.AsyncClient, api_domain: str, *,
     reach = reach or Reachability(policy.outage_after)
     url = f"{api_domain.rstrip('/')}/crm/v7/settings/automation/cadences"
     found: dict[str, Cadence] = {}
+    # answers no Zoho API gives (an HTML page under 200 or 400), in a row: the domain is wrong
+    foreign = ForeignStreak()
     for page in range(1, _MAX_PAGES + 1):
         async def get(page: int = page) -> dict[str, Any] | None:
             try:
@@ -64,9 +66,15 @@ async def fetch_cadences(client: httpx.AsyncClient, api_domain: str, *,
                     on_call()
                 raise
             on_call()
-            return _payload(response)
+            return _payload(response, foreign)
 
-        payload, _ = await call_with_retries(get, policy, sleep=sleep, reach=reach)
+        try:
+            payload, _ = await call_with_retries(get, policy, sleep=sleep, reach=reach)
+        except TransientError:
+            # out of attempts on answers another server gave: said as the domain, not a code
+            if (wrong := foreign.fatal()) is not None:
+                raise wrong.to_error(where=origin(url)) from None
+            raise
         if payload is None:  # 204: no (more) cadences
             return list(found.values())
         parsed = [c for c in map(_cadence, payload["cadences"]) if c is not None]
@@ -116,8 +124,9 @@ def preflight(pairs_cadence_module: Iterable[tuple[str, str]],
     return problems
 
 
-def _payload(response: httpx.Response) -> dict[str, Any] | None:
+def _payload(response: httpx.Response, foreign: ForeignStreak) -> dict[str, Any] | None:
     if response.status_code == 204:
+        foreign.reset()
         return None
     try:
         body = response.json()
@@ -125,8 +134,10 @@ def _payload(response: httpx.Response) -> dict[str, Any] | None:
         body = None
     if response.status_code == 200 and isinstance(body, dict) \
             and isinstance(body.get("cadences"), list):
+        foreign.reset()
         return body
-    answer = classify((), (), response.status_code, response.headers, response.content)
+    answer = foreign.judge(classify((), (), response.status_code, response.headers,
+                                    response.content))
     if isinstance(answer, Fatal) and answer.code in ("OAUTH_SCOPE_MISMATCH", "NO_PERMISSION"):
         raise CadencesUnavailable(
             f"cannot read the org's cadences ({answer.code}): the token needs scope "

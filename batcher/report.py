@@ -370,30 +370,28 @@ def _write_results(journal: ResultSource, results_path: str | os.PathLike[str], 
             extra = {**(extra or {}), "xlsx_cells_cut": out.cut}
         if getattr(out, "defused", 0):  # said: a results cell that differs from its input's
             extra = {**(extra or {}), "formula_cells_defused": out.defused}
-        summary = tally.summary(journal, duration_s=_job_s(duration_s, earlier_s),
-                                run_duration_s=_run_s(duration_s, earlier_s),
+        job_s, run_s = _durations(duration_s, earlier_s)
+        summary = tally.summary(journal, duration_s=job_s, run_duration_s=run_s,
                                 results=results, retry=retry,
                                 summary_file=summary_file, blank=blank, extra=extra,
                                 finished_at=utc_now() if finished_at is NOW else finished_at,
                                 duration_lower_bound=duration_lower_bound)
         out.finish(summary)
         if callable(duration_s):  # an .xlsx is written out by finish(): its time counts too
-            summary = replace(summary, duration_s=_job_s(duration_s, earlier_s),
-                              run_duration_s=_run_s(duration_s, earlier_s))
+            job_s, run_s = _durations(duration_s, earlier_s)
+            summary = replace(summary, duration_s=job_s, run_duration_s=run_s)
         _dump_summary(summary, tmp_summary)
     return summary
 
 
-def _job_s(duration_s: float | Callable[[], float], earlier_s: float | None) -> float:
-    """The job's seconds: this run's (read now, when a clock) after its earlier runs'."""
-    return round((earlier_s or 0.0) + (duration_s() if callable(duration_s) else duration_s), 3)
-
-
-def _run_s(duration_s: float | Callable[[], float], earlier_s: float | None) -> float | None:
-    """This run's seconds, or None when ``duration_s`` is the job's (``batcher report``)."""
+def _durations(duration_s: float | Callable[[], float], earlier_s: float | None
+               ) -> tuple[float, float | None]:
+    """(the job's seconds: this run's after its earlier runs'; this run's, or None when
+    ``duration_s`` is the job's — ``batcher report``), a clock read once for both."""
+    run = round(duration_s() if callable(duration_s) else duration_s, 3)
     if earlier_s is None:
-        return None
-    return round(duration_s() if callable(duration_s) else duration_s, 3)
+        return run, None
+    return round(earlier_s + run, 3), run
 
 
 def with_report(summary: Summary, page: str | os.PathLike[str]) -> Summary:

@@ -38,7 +38,7 @@ from ..hostsettings import collector_spared
 from .columns import distinct_names
 from .kinds import HEAD_BYTES, one_line, sniff_kind
 from .numfmt import BUILTIN, shown_all
-from .xlsxcells import CellFault, PlainSheet, column_index, letters
+from .xlsxcells import CellFault, PlainSheet, column_index, letters, placed_cells
 
 _EXACT_DIGITS = 15  # Excel's precision: numbers of more digits are already rounded
 _EXACT_LIMIT = 10**_EXACT_DIGITS  # the first number whose integer part has 16 digits
@@ -531,7 +531,6 @@ _CELL_REF = re.compile(rb"\br=[\"']([A-Z]{1,3})([0-9]{1,7})[\"']")
 #: leaves a row empty, filled down past the list) as ``t="str"`` with an empty ``<v>``
 _TYPED = re.compile(rb"\bt=[\"'](?!n[\"'])")
 _CELL_VALUE = re.compile(rb"<(?:\w+:)?v>([^<]*)</")
-_CELL_REF_TEXT = re.compile(r"([A-Z]{1,3})([0-9]{1,7})")
 _RANGE = re.compile(r"\$?([A-Z]{1,3})\$?([0-9]{1,7}):\$?([A-Z]{1,3})\$?([0-9]{1,7})")
 #: a hidden row's opening tag, with its number or without (:func:`_positional_marks`)
 _ANY_HIDDEN_ROW = re.compile(rb"<(?:\w+:)?row\s[^>]*\bhidden=[\"'](?:1|true)[\"']")
@@ -639,24 +638,15 @@ def _positional_marks(fh) -> tuple[dict[tuple[int, int], str], set[int]]:
     sheet whose writer left the references out)."""
     found: dict[tuple[int, int], str] = {}
     hidden: set[int] = set()
-    row = col = -1
-    for event, el in ElementTree.iterparse(fh, events=("start", "end")):
-        tag = el.tag.rpartition("}")[2]
-        if event == "start" and tag == "row":
-            r = el.get("r")
-            row = int(r) - 1 if r and r.isdigit() else row + 1
-            col = -1
-            if el.get("hidden") in ("1", "true"):
-                hidden.add(row)
-        elif event == "end" and tag == "c":
-            ref = _CELL_REF_TEXT.fullmatch(el.get("r") or "")
-            col = column_index(ref[1]) if ref else col + 1
-            text = _marked_text(el)
-            if text is not None:
-                found[(row, col)] = text
-            el.clear()
-        elif event == "end" and tag == "row":
-            el.clear()
+
+    def on_row(row: int, el: ElementTree.Element) -> None:
+        if el.get("hidden") in ("1", "true"):
+            hidden.add(row)
+
+    for row, col, el in placed_cells(fh, on_row):
+        text = _marked_text(el)
+        if text is not None:
+            found[(row, col)] = text
     return found, hidden
 
 

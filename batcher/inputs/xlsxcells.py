@@ -18,8 +18,9 @@ import math
 import posixpath
 import re
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 from xml.etree import ElementTree
 
 from .ids import EXCEL_ERRORS
@@ -64,24 +65,11 @@ def read_plain(path: Path, part: str) -> PlainSheet:
         epoch = _EPOCH[_date1904(zf)]
         cells: dict[tuple[int, int], object] = {}
         faults: list[CellFault] = []
-        row = col = -1
         with zf.open(part) as fh:
-            for event, el in ElementTree.iterparse(fh, events=("start", "end")):
-                tag = el.tag.rpartition("}")[2]
-                if event == "start" and tag == "row":
-                    r = el.get("r")
-                    row = int(r) - 1 if r and r.isdigit() else row + 1
-                    col = -1
-                elif event == "end" and tag == "c":
-                    ref = _REF.fullmatch(el.get("r") or "")
-                    col = column_index(ref[1]) if ref else col + 1
-                    value = _value(el, f"{letters(col)}{row + 1}", strings, kinds, epoch,
-                                   faults)
-                    if value != "":
-                        cells[(row, col)] = value
-                    el.clear()
-                elif event == "end" and tag == "row":
-                    el.clear()
+            for row, col, el in placed_cells(fh):
+                value = _value(el, f"{letters(col)}{row + 1}", strings, kinds, epoch, faults)
+                if value != "":
+                    cells[(row, col)] = value
     if not cells:
         return PlainSheet([], 0, 0, tuple(faults))
     top = min(r for r, _ in cells)
@@ -91,6 +79,30 @@ def read_plain(path: Path, part: str) -> PlainSheet:
     for (r, c), value in cells.items():
         rows[r - top][c - left] = value
     return PlainSheet(rows, top, left, tuple(faults))
+
+
+def placed_cells(fh: IO[bytes], on_row: Callable[[int, ElementTree.Element], None] | None = None
+                 ) -> Iterator[tuple[int, int, ElementTree.Element]]:
+    """Each cell of a sheet part with its 0-based (row, column): by its ``r`` when it has one,
+    else after the one before it (``r`` is optional: Excel reads a sheet whose writer left it
+    out so). ``on_row(row, element)`` sees each row as it starts; a cell is cleared once the
+    caller has taken it."""
+    row = col = -1
+    for event, el in ElementTree.iterparse(fh, events=("start", "end")):
+        tag = el.tag.rpartition("}")[2]
+        if event == "start" and tag == "row":
+            r = el.get("r")
+            row = int(r) - 1 if r and r.isdigit() else row + 1
+            col = -1
+            if on_row is not None:
+                on_row(row, el)
+        elif event == "end" and tag == "c":
+            ref = _REF.fullmatch(el.get("r") or "")
+            col = column_index(ref[1]) if ref else col + 1
+            yield row, col, el
+            el.clear()
+        elif event == "end" and tag == "row":
+            el.clear()
 
 
 def _value(cell: ElementTree.Element, ref: str, strings: list[str], kinds: dict[int, str],

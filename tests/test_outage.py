@@ -32,6 +32,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -355,20 +357,20 @@ def test_an_outage_shorter_than_outage_after_costs_nothing(tmp_path, serve_resta
 # ------------------------------------------------------------------- a proxy's 503 pages
 
 
-class _Proxy503(BaseHTTPRequestHandler):
-    """What a corporate proxy or a load balancer answers when Zoho is down: HTML, 503."""
+class _Canned(BaseHTTPRequestHandler):
+    """A real web server at the API domain that answers every request with one page,
+    ``server.answer`` (status, content type, body), and counts them by method."""
 
     protocol_version = "HTTP/1.1"
-    requests: dict[str, int]  # set per server
 
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
         self.server.requests[self.command] = self.server.requests.get(self.command, 0) + 1
-        page = b"<html><body><h1>503 Service Unavailable</h1>upstream down</body></html>"
-        self.send_response(503)
-        self.send_header("Content-Type", "text/html")
+        status, kind, page = self.server.answer
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(page)))
         self.end_headers()
         self.wfile.write(page)
@@ -379,16 +381,26 @@ class _Proxy503(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def proxy_503():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Proxy503)
+@contextmanager
+def _canned(answer: tuple[int, str, bytes]) -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
     server.daemon_threads = True
-    server.requests = {}
+    server.requests, server.answer = {}, answer
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def proxy_503():
+    """What a corporate proxy or a load balancer answers when Zoho is down: HTML, 503."""
+    with _canned((503, "text/html", b"<html><body><h1>503 Service Unavailable</h1>upstream "
+                  b"down</body></html>")) as server:
+        yield server
 
 
 @pytest.mark.slow
@@ -699,51 +711,12 @@ def test_a_wrong_api_domain_stops_the_run_at_once_naming_it(tmp_path, serve, ans
 # ------------------------------------------------------------------- a host that is no Zoho API
 
 
-class _NotZoho(BaseHTTPRequestHandler):
-    """A real web server at the API domain that is no Zoho API (a company site, a web filter):
-    what it answers has none of Zoho's JSON, under statuses Zoho answers with."""
-
-    protocol_version = "HTTP/1.1"
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        self.server.requests[self.command] = self.server.requests.get(self.command, 0) + 1
-        status, kind, page = self.server.answer
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(page)))
-        self.end_headers()
-        self.wfile.write(page)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-#: ports of this worktree's test servers (others' sessions share the machine)
-_PORTS = range(24150, 24200)
-
-
 @pytest.fixture
 def not_zoho():
-    for port in _PORTS:
-        try:
-            server = ThreadingHTTPServer(("127.0.0.1", port), _NotZoho)
-            break
-        except OSError:
-            continue
-    else:
-        pytest.skip("no free port for the test server")
-    server.daemon_threads = True
-    server.requests = {}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    """A real web server at the API domain that is no Zoho API (a company site, a web filter):
+    what it answers has none of Zoho's JSON, under statuses Zoho answers with (set per test)."""
+    with _canned((200, "text/html", b"")) as server:
+        yield server
 
 
 _NOT_ZOHO_ANSWERS = {

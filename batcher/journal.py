@@ -42,6 +42,7 @@ import json
 import os
 import shutil
 import sqlite3
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1211,7 +1212,9 @@ def _checkpoint(path: Path) -> None:
 def _yielding() -> None:
     """Lower this thread's priority (Linux: a thread's own nice value): the load's rows and
     batch texts are done long before the pairs are placed, which the first call waits for, so
-    on a machine of few cores they give way to it."""
+    on a machine of few cores they give way to it. Elsewhere the id would name a process."""
+    if sys.platform != "linux":
+        return
     with suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 

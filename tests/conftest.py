@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +104,15 @@ def write_pairs(path: Path, rows: list[tuple[str, str, str]]) -> Path:
 def read_results(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def journal_calls(journal: Path) -> tuple[int, int]:
+    """(calls counted, calls in the call log) as the journal holds them now, read while a run
+    may write it; (0, 0) before they exist."""
+    try:
+        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
+            counted = db.execute("SELECT coalesce(max(value), 0) FROM counters"
+                                 " WHERE name = 'calls'").fetchone()[0]
+            return counted, db.execute("SELECT count(*) FROM calls").fetchone()[0]
+    except sqlite3.Error:
+        return 0, 0

@@ -24,7 +24,7 @@ from batcher.report import UnplannedResults, write_results
 from batcher.retry import RetryPolicy
 from batcher.sandbox.world import World
 
-from .conftest import write_pairs
+from .conftest import journal_calls, write_pairs
 from .test_e2e import make_rows
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -365,18 +365,6 @@ def test_a_dry_runs_page_says_its_command_runs_the_real_job_not_a_resume(tmp_pat
     assert len(live.sandbox.calls) == 0
 
 
-def _journal_calls(journal: Path) -> tuple[int, int]:
-    """(calls counted, calls in the call log) as the journal holds them now; (0, 0) before
-    they exist."""
-    try:
-        with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
-            counted = db.execute("SELECT coalesce(max(value), 0) FROM counters"
-                                 " WHERE name = 'calls'").fetchone()[0]
-            return counted, db.execute("SELECT count(*) FROM calls").fetchone()[0]
-    except sqlite3.Error:
-        return 0, 0
-
-
 @needs_browser
 def test_a_job_killed_with_calls_in_flight_says_the_same_calls_everywhere(tmp_path, serve):
     """Found by trying: ``kill -9`` while calls were out, then ``batcher report``: the summary,
@@ -402,13 +390,13 @@ def test_a_job_killed_with_calls_in_flight_says_the_same_calls_everywhere(tmp_pa
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        counted, logged = _journal_calls(journal)
+        counted, logged = journal_calls(journal)
         if logged >= 2 and counted > logged:  # answered calls, and counted ones still out
             break
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the job ended before the kill"
-    counted, logged = _journal_calls(journal)
+    counted, logged = journal_calls(journal)
     assert counted > logged >= 2, (counted, logged)
 
     got = subprocess.run([sys.executable, "-m", "batcher", "report", "--journal", str(journal),

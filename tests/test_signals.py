@@ -33,7 +33,7 @@ from batcher.errors import Interrupted
 from batcher.sandbox.world import World
 from batcher.stopping import Stopper
 
-from .conftest import read_results, write_pairs
+from .conftest import journal_calls, read_results, write_pairs
 from .test_e2e import make_rows
 
 pytestmark = pytest.mark.slow  # every test starts the sandbox and batcher processes
@@ -994,19 +994,10 @@ def test_a_signal_with_calls_in_flight_leaves_them_in_the_call_log(tmp_path, ser
     live = serve(World.from_pairs(rows), latency=0.4)
     job = Job(tmp_path / "job", rows, live.env)
 
-    def calls() -> tuple[int, int]:
-        try:
-            with sqlite3.connect(f"file:{job.journal}?mode=ro", uri=True) as db:
-                counted = db.execute("SELECT coalesce(max(value), 0) FROM counters"
-                                     " WHERE name = 'calls'").fetchone()[0]
-                return counted, db.execute("SELECT count(*) FROM calls").fetchone()[0]
-        except sqlite3.Error:
-            return 0, 0
-
     proc = job.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        counted, logged = calls()
+        counted, logged = journal_calls(job.journal)
         if logged >= 2 and counted > logged:  # calls counted and still out
             break
         time.sleep(0.005)
@@ -1015,7 +1006,7 @@ def test_a_signal_with_calls_in_flight_leaves_them_in_the_call_log(tmp_path, ser
     code, stop_s = wait_exit(proc, since)
     assert not stop_problems(job, code, stop_s, "SIGTERM")
     summary = json.loads((job.folder / "out.summary.json").read_text())
-    counted, logged = calls()
+    counted, logged = journal_calls(job.journal)
     assert summary["calls"] == counted == logged > 2
     assert summary["calls_outcome_unknown"] == 0
     assert "in flight when a run was killed" not in job.stderr()

@@ -24,6 +24,8 @@ batcher's); a run that opened it meanwhile finds it gone once it holds it, and l
 
 A journal in a place batcher cannot write (an archive copy, a read-only mount) is opened to read
 (``batcher report``): its lock held shared, so no run starts meanwhile, and nothing written.
+A run kept out by a reader says so, naming it: the holder's pid is in the lock file (a report
+holding it exclusively writes ``<pid> report``), a shared holder's in Linux's /proc/locks.
 
 Caller mistakes (outcomes for pairs outside a batch, children that do not cover a parent, re-sending
 an answered batch) raise ``ValueError`` and roll back: they are bugs, never user errors. A failing
@@ -44,6 +46,7 @@ import shutil
 import sqlite3
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -240,7 +243,8 @@ class Journal:
                                f"exist; create it first (mkdir -p {path.parent})")
         if fingerprint is None and not _writable(path):
             return cls._opened_to_read(path)
-        lock_fd, made = _acquire_lock(path)
+        # no fingerprint: `batcher report`, said as such to a run it keeps waiting
+        lock_fd, made = _acquire_lock(path, "" if fingerprint is not None else "report")
         try:
             _create_private(path)
             db = _connect(path)
@@ -932,8 +936,9 @@ _DISK_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 _PAGE_SIZE = 16384
 
 
-def _acquire_lock(path: Path) -> tuple[int, bool]:
-    """The journal's lock, held: (its descriptor, whether this call made the lock file)."""
+def _acquire_lock(path: Path, role: str = "") -> tuple[int, bool]:
+    """The journal's lock, held: (its descriptor, whether this call made the lock file).
+    ``role``: what holds it when it is not a run (``report``), written after the pid."""
     lock_path = path.with_name(path.name + ".lock")
     while True:
         try:
@@ -954,7 +959,7 @@ def _acquire_lock(path: Path) -> tuple[int, bool]:
         break
     try:  # the holder's pid, for the message of a run refused meanwhile
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}{' ' + role if role else ''}\n".encode(), 0)
     except OSError as exc:
         _release_lock(fd, remove=path if made else None)
         raise _disk_failure(path, f"cannot write its lock file {lock_path.name} "
@@ -974,15 +979,21 @@ def _lock_failure(path: Path, lock_path: Path, exc: OSError) -> JournalError:
     return JournalError(f"cannot lock journal {path}: {lock_path.name} {what}{how}")
 
 
-def _in_use(path: Path, holder: str, here: bool) -> JournalError:
+def _in_use(path: Path, holder: str, here: bool, role: str = "") -> JournalError:
     """The journal's lock is held: by a run of this very process (a host that started a second
-    run of one journal before the first returned), or by another batcher process."""
+    run of one journal before the first returned), by another batcher process's run, or by a
+    `batcher report` reading it (``role``)."""
     if here:
         return JournalError(
             f"journal {path} is in use by another run of this same process (pid {holder}): "
             "the program that runs jobs started a second run of this journal before the first "
             "returned; let the first finish, then run it again (one run of a job at a time: "
             "two would send calls twice and write the same files)")
+    if role:
+        return JournalError(
+            f"journal {path} is being read by `batcher {role}` (pid {holder}), which keeps "
+            "runs out until it ends so that what it reads is one job's state: wait for it to "
+            "finish, then re-run this command")
     return JournalError(
         f"journal {path} is in use by another batcher run (pid {holder}): wait for it "
         "to finish, then re-run this command (one run of a job at a time: two would "
@@ -1044,16 +1055,63 @@ def _share_lock(path: Path) -> int | None:
 
 def _flock(fd: int, path: Path, how: int) -> None:
     """Take ``how`` (``LOCK_EX``, or ``LOCK_SH`` to read) on the journal's lock ``fd`` without
-    waiting; when a run holds it, close ``fd`` and raise JournalError naming the holder."""
-    try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        here = holder == str(os.getpid()) and _open_here(fd)
+    waiting on a run; when one holds it, close ``fd`` and raise JournalError naming the holder.
+    Readers (held shared) are waited for a moment: `batcher status` holds it for microseconds
+    (to tell a live run from a pid a ``kill -9`` left), a read-only `batcher report` longer."""
+    deadline = time.monotonic() + _READER_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            busy = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+            if not busy:
+                os.close(fd)
+                raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
+        readers = how == fcntl.LOCK_EX and _only_readers(fd)
+        if not readers or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    if readers:  # the lock file names nobody (or a run kill -9 left): the kernel's table does
+        pids = _readers_of(fd)
         os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise _in_use(path, holder, here) from None
-        raise JournalError(f"cannot lock journal {path}: {exc.strerror}") from None
+        raise _in_use(path, ", ".join(pids) or "unknown", False, "report") from None
+    said = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+    holder = said[0] if said and said[0].isdigit() else "unknown"
+    here = holder == str(os.getpid()) and _open_here(fd)
+    os.close(fd)
+    raise _in_use(path, holder, here, " ".join(said[1:2])) from None
+
+
+_READER_WAIT_S = 1.0
+
+
+def _only_readers(fd: int) -> bool:
+    """Whether the lock ``fd`` could not take exclusively is held shared only (readers)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
+def _readers_of(fd: int) -> list[str]:
+    """The pids holding the lock file of ``fd`` shared, from Linux's /proc/locks (a reader
+    writes nothing in a lock file it may not write); empty elsewhere or when unreadable."""
+    st = os.fstat(fd)
+    pids: list[str] = []
+    with suppress(OSError, ValueError, IndexError), open("/proc/locks") as table:
+        for line in table:
+            # "1: FLOCK  ADVISORY  READ 4242 fd:01:1234 0 EOF" (a waiter's line has "->")
+            parts = line.split()
+            if "->" in parts or parts[1] != "FLOCK" or parts[3] != "READ":
+                continue
+            major, minor, inode = parts[5].split(":")
+            if (int(inode) == st.st_ino and int(major, 16) == os.major(st.st_dev)
+                    and int(minor, 16) == os.minor(st.st_dev) and parts[4] != "0"):
+                pids.append(parts[4])
+    return list(dict.fromkeys(pids))
 
 
 def _connect(path: Path) -> sqlite3.Connection:

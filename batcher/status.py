@@ -12,8 +12,8 @@ Whether a run holds the journal is told by its lock file (``<journal>.lock``), w
 release. An empty file: nobody holds it. A pid: the lock is tried shared and non-blocking —
 refused means that process holds it (the try never waits, and a holder's lock and commits do
 not depend on it); granted means a run killed by ``kill -9`` left its pid, and the lock is
-dropped at once. Only a run starting within those microseconds after a ``kill -9`` could find
-the lock taken: it stops with exit 2 "in use", sending nothing, and its command works again.
+dropped at once; a run starting within those microseconds waits them out (:mod:`batcher.journal`
+waits a moment for readers). A `batcher report` holding it writes ``<pid> report``.
 
 Cost: the counts come from the batches and the pair outcomes that differ from their batch's
 (:mod:`batcher.counts`), never from the rows, so a poll of a ten-million-row job takes about as
@@ -222,7 +222,8 @@ def _holder(path: Path) -> tuple[bool, int | None]:
         what = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
         raise UsageError(f"cannot read journal {path}: its lock {lock.name} {what}") from None
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        said = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+        text = said[0] if said else ""  # the pid; a `batcher report` adds its name after it
         if not text:  # emptied on release: nobody holds it, nothing to try
             return False, None
         try:

@@ -13,6 +13,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
+from contextlib import closing
 from pathlib import Path
 
 import pyarrow as pa
@@ -1045,3 +1047,111 @@ def test_module_flag_over_a_module_column_says_which_pairs_go_elsewhere(tmp_path
     assert "3 pairs name their own in column 'module'" in capsys.readouterr().err
     summary = json.loads((tmp_path / "out.summary.json").read_text())
     assert any("fills only the rows without a module" in w for w in summary["extra"]["warnings"])
+
+
+#: holds a job's journal as `batcher report` does: where it can write (``report``: the lock
+#: exclusive), or where it cannot (``shared``: the lock shared, read-only)
+_READER = """
+import sys
+from pathlib import Path
+from batcher.journal import Journal
+path = Path(sys.argv[1])
+j = Journal.open(path, None) if sys.argv[2] == "report" else Journal._opened_to_read(path)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("how", ["report", "shared"])
+def test_a_run_kept_out_by_a_report_reading_its_journal_names_the_report_and_its_pid(
+        tmp_path, serve, how):
+    """Found by trying: a nightly `batcher run` started while a `batcher report` read the job's
+    journal said "in use by another batcher run (pid unknown)" (a read-only report holds the
+    lock shared and writes no pid) or named the report as a run. It now names what holds the
+    journal and its pid, sends nothing, and the same command resumes once the report ends."""
+    rows = make_rows(60, 4, seed=3)
+    live = serve(World.from_pairs(rows))
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    args = ["run", str(inp), "--results", str(tmp_path / "out.csv"), "--max-calls", "1"]
+    first = batcher(*args, env=live.env)
+    first.communicate(timeout=120)
+    assert first.returncode == 3
+    journal = tmp_path / "out.journal"
+    holder = subprocess.Popen([sys.executable, "-c", _READER, str(journal), how],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        sent = len(live.sandbox.calls)
+        second = batcher(*args, env=live.env)
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 2, err
+        assert f"is being read by `batcher report` (pid {holder.pid})" in err, err
+        assert "unknown" not in err and "another batcher run" not in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert len(live.sandbox.calls) == sent
+        if how == "report":  # status names the holder's pid too
+            status = batcher("status", "--journal", str(journal), "--json")
+            out, _ = status.communicate(timeout=60)
+            assert json.loads(out)["pid"] == holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+    third = batcher(*args, env=live.env)  # the report ended: the same command resumes
+    _, err = third.communicate(timeout=120)
+    assert third.returncode == 3 and "--max-calls 1 reached" in err, err
+    assert len(live.sandbox.calls) == sent + 1
+
+
+def test_a_killed_jobs_journal_copied_with_its_wal_but_not_its_shm_loses_no_answer(
+        tmp_path, serve):
+    """A nightly job killed by kill -9 leaves answers in ``<journal>-wal`` only; an operator
+    who copies the journal and that file elsewhere (not the ``-shm`` index, which is no data)
+    and gives the copy with --journal must find every answer: `status` and `report` count
+    them, and the run from the copy sends none of them again and finishes the job."""
+    rows = make_rows(1500, 5, seed=11)
+    live = serve(World.from_pairs(rows), latency=0.05, concurrency_limit=10)
+    inp = write_pairs(tmp_path / "in.csv", rows)
+    proc = batcher("run", str(inp), "--results", str(tmp_path / "out.csv"), "--concurrency",
+                   "3", env=live.env)
+    deadline = time.monotonic() + 60
+    while len(live.sandbox.calls) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    calls_at_kill = len(live.sandbox.calls)
+    original = tmp_path / "out.journal"
+    assert Path(f"{original}-wal").stat().st_size > 0  # the answers are in the WAL
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "job.journal"
+    for end in ("", "-wal"):  # journal first, as a `cp out.journal* ` would; no -shm
+        Path(f"{copy}{end}").write_bytes(Path(f"{original}{end}").read_bytes())
+    with closing(sqlite3.connect(f"file:{original}?mode=ro", uri=True)) as db:
+        answered = {(json.dumps(list(stored_ids(r))), json.dumps(json.loads(c)))
+                    for r, c in db.execute("SELECT record_ids, cadence_ids FROM batches"
+                                           " WHERE state = 'answered'")}
+    assert answered, "the kill came before any answer was recorded; make the job longer"
+
+    def status(journal: Path) -> dict:
+        got = batcher("status", "--journal", str(journal), "--json")
+        out, err = got.communicate(timeout=60)
+        assert got.returncode == 0, err
+        return json.loads(out)
+
+    told = status(original)
+    assert status(copy)["by_status"] == told["by_status"]
+    assert sum(v for k, v in told["by_status"].items() if k != "not_sent") > 0
+    report = batcher("report", "--journal", str(copy), "--results", str(tmp_path / "rep.csv"))
+    _, err = report.communicate(timeout=60)
+    assert report.returncode == 3, err  # not finished: batches left to send
+    assert Counter(r["status"] for r in read_results(tmp_path / "rep.csv")) == Counter(
+        {k: v for k, v in told["by_status"].items() if v})
+
+    proc = batcher("run", str(inp), "--results", str(tmp_path / "out.csv"), "--journal",
+                   str(copy), env=live.env)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert set(live.sandbox.removed) == set(rows)
+    for call in live.sandbox.calls[calls_at_kill:]:
+        key = (json.dumps(list(call.record_ids)), json.dumps(list(call.cadence_ids)))
+        assert key not in answered, "a batch answered before the kill was sent again"

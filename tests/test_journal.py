@@ -959,3 +959,26 @@ def test_the_digest_tells_ids_kept_as_integers_from_the_same_bytes_as_text() -> 
 
     text = '["1234567890123456"]'
     assert _digest("Leads", text, '["1"]', b"") != _digest("Leads", text.encode(), '["1"]', b"")
+
+
+def test_a_run_waits_out_a_reader_that_holds_the_lock_a_moment(loaded: Path) -> None:
+    """`batcher status` holds the lock shared for microseconds (to tell a live run from a pid a
+    kill -9 left): a run starting then was refused "in use by another batcher run (pid <the
+    killed run's>)". A reader that lets go within a moment is waited for."""
+    lock = loaded.with_name(loaded.name + ".lock")
+    lock.write_text("999999\n")  # the pid a run killed by kill -9 left
+    reader = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import fcntl, os, sys, time
+            fd = os.open(sys.argv[1], os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            print("ready", flush=True)
+            time.sleep(0.3)
+        """), str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        with Journal.open(loaded, "fp-A") as j:
+            assert list(j.pending_batches()) == PLAN
+    finally:
+        reader.wait(timeout=10)
+        reader.stdout.close()

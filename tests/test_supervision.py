@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import resource
 import shlex
 import shutil
 import sqlite3
@@ -501,6 +502,40 @@ def test_a_journal_disk_that_fills_mid_run_is_exit_3_then_the_same_command_finis
         assert_exact(live.sandbox, ROWS)
         assert {r["status"] for r in read_results(results_csv)} <= {"unenrolled",
                                                                      "not_enrolled"}
+
+
+def test_a_journal_write_refused_mid_run_is_exit_3_then_the_same_command_finishes(
+        tmp_path, serve):
+    """The sibling of a full disk a nightly job meets where no tmpfs can be mounted: the
+    journal's writes refused under the run (here the kernel's file-size limit: EFBIG at the
+    WAL's next page, as a quota or a share gone read-only refuses it). One line naming the
+    journal, exit 3, the results written from it; the same command finishes afterwards."""
+    live = serve(World.from_pairs(ROWS), latency=0.03)
+    inp = write_pairs(tmp_path / "in.csv", ROWS)
+    journal, results_csv = tmp_path / "job.journal", tmp_path / "out.csv"
+    args = run_args(inp, results_csv, journal)
+    assert cli(tmp_path, *args, "--max-calls", "3", env=live.env).returncode == 3
+    limit = journal.stat().st_size + (256 << 10)  # the WAL outgrows it after some answers
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-m", "batcher", *args], cwd=tmp_path,
+                          env={**os.environ, **live.env, "PYTHONPATH": path},
+                          capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert proc.returncode == 3, proc.stderr
+    line = one_line(proc.stderr)
+    assert str(journal) in line and "re-run the same command" in line, line
+    sent = len(live.sandbox.calls)
+    assert 3 < sent < 60  # stopped mid-run, not at its start or end
+    got = read_results(results_csv)
+    assert len(got) == len(ROWS) and any(r["status"] == "not_sent" for r in got)
+
+    proc = cli(tmp_path, *args, env=live.env)
+    assert proc.returncode == 0, proc.stderr
+    assert set(live.sandbox.removed) == set(ROWS)
+    assert_exact(live.sandbox, ROWS)
 
 
 @pytest.mark.parametrize("leave", [0, 16 << 10], ids=["no-byte-left", "16-KiB-left"])

@@ -106,6 +106,12 @@ def stable_order(key: np.ndarray, n_keys: int) -> np.ndarray:
     return low[np.argsort(high.astype(np.uint16), kind="stable")]
 
 
+def kept(values: np.ndarray, keep: pa.Array) -> np.ndarray:
+    """``values[keep]`` (``keep``: a boolean Arrow array, :func:`arrow_of` of a mask) by
+    Arrow's filter: 2-3 times faster than numpy's boolean indexing on millions of rows."""
+    return numpy_of(pc.filter(arrow_of(values), keep))
+
+
 def both(fn: Callable[..., Any], args: list[tuple],
           pool: ThreadPoolExecutor | None = None) -> list[Any]:
     """[``fn(*args[0])``, ``fn(*args[1])``], the second on ``pool`` (or a thread of its own)

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..arrays import arrow_of, both, numpy_of
+from ..arrays import arrow_of, both, kept, numpy_of
 from ..errors import InputError
 from ..hashing import concat, encode_parts, take
 from .carry import carried_columns
@@ -575,7 +575,8 @@ def _finish_scan(source: Source, options: InputOptions, stamp: Stamp,
             dup_rows, dup_first = pair_rows[dup.at], pair_rows[dup.earlier]
             keep = np.ones(len(rc), dtype=bool)
             keep[dup.at] = False
-            (pair_rows, rc), (cc, mod) = both(lambda *arrays: [a[keep] for a in arrays],
+            mask = arrow_of(keep)
+            (pair_rows, rc), (cc, mod) = both(lambda *arrays: [kept(a, mask) for a in arrays],
                                               [(pair_rows, rc), (cc, mod)], pool)
     return InputScan(
         source=source, options=options, rows=rows, invalid=invalid,

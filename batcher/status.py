@@ -29,7 +29,7 @@ import os
 import sqlite3
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -87,8 +87,9 @@ class JobStatus:
     retried batch makes it optimistic. ``running``: a batcher process holds the journal's lock
     (``pid``: its pid, None when it wrote none). ``stopped_by``: why its last run stopped before
     the end, as that run said it (``--max-calls`` reached, a signal, an outage…); None when it
-    did not, or while a run holds the journal. The counts default to 0: a journal its run has
-    just created holds none.
+    did not, or while a run holds the journal. ``read_by``: the pid of a `batcher report` that
+    holds the journal's lock to read it (a run started meanwhile is refused); None otherwise.
+    The counts default to 0: a journal its run has just created holds none.
     """
 
     journal: str
@@ -109,6 +110,7 @@ class JobStatus:
     eta_s: float | None = None
     last_error: LastError | None = None
     stopped_by: str | None = None
+    read_by: int | None = None
 
     @property
     def rows(self) -> int:
@@ -140,6 +142,9 @@ class JobStatus:
                  f"calls {self.calls:,}, retries {self.retries:,}, 429s {self.throttled:,}, "
                  f"credits {self.credits:,}", *self._unknown_calls(),
                  f"started {self.started_at or '-'}, last call {self.last_call_at or '-'}"]
+        if self.read_by is not None:
+            lines.insert(1, f"being read by `batcher report` (pid {self.read_by}): a run started "
+                            "before it ends is refused")
         if self.last_error:
             e = self.last_error
             message = " ".join((e.message or "").split())  # a server's text on one line
@@ -185,14 +190,15 @@ def read_status(path: str | os.PathLike[str]) -> JobStatus:
     if not path.is_file():
         raise UsageError(f"no journal at {path}{where_journals_are(path)}" if not path.exists()
                          else f"{path} is not a batcher journal (not a file)")
-    running, pid = _holder(path)
+    running, pid, report = _holder(path)
     try:
         db = connect_read_only(path, nobody_writes=not running)
     except sqlite3.Error as exc:
         raise _unreadable(path, exc) from None
     try:
         db.execute("BEGIN")  # one snapshot for every query; released by close
-        return _snapshot(db, path, running, pid)
+        return replace(_snapshot(db, path, running and not report, None if report else pid),
+                       read_by=pid if report else None)
     except sqlite3.Error as exc:
         raise _unreadable(path, exc) from None
     except ValueError as exc:  # meta values that are not the journal's JSON
@@ -211,13 +217,14 @@ def print_status(journal_path: str | os.PathLike[str], as_json: bool = False,
     return 0
 
 
-def _holder(path: Path) -> tuple[bool, int | None]:
-    """(whether a process holds the journal's lock, its pid when it wrote one)."""
+def _holder(path: Path) -> tuple[bool, int | None, bool]:
+    """(whether a process holds the journal's lock, its pid when it wrote one, whether it is
+    a `batcher report` reading it rather than a run)."""
     lock = path.with_name(path.name + ".lock")
     try:
         fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        return False, None  # never run, or made by a copy
+        return False, None, False  # never run, or made by a copy
     except OSError as exc:
         what = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
         raise UsageError(f"cannot read journal {path}: its lock {lock.name} {what}") from None
@@ -225,16 +232,16 @@ def _holder(path: Path) -> tuple[bool, int | None]:
         said = os.pread(fd, 64, 0).decode("ascii", "replace").split()
         text = said[0] if said else ""  # the pid; a `batcher report` adds its name after it
         if not text:  # emptied on release: nobody holds it, nothing to try
-            return False, None
+            return False, None, False
         try:
             # shared: a read-only descriptor can take it on every filesystem (NFS included)
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True, int(text) if text.isdigit() else None
+            return True, int(text) if text.isdigit() else None, said[1:2] == ["report"]
         except OSError as exc:
             raise UsageError(f"cannot tell whether a run holds journal {path}: its lock "
                              f"{lock.name}: {exc.strerror}") from None
-        return False, None  # a pid left by a run killed with kill -9
+        return False, None, False  # a pid left by a run killed with kill -9
     finally:
         os.close(fd)  # drops the lock at once when the try took it
 

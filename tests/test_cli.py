@@ -1089,10 +1089,16 @@ def test_a_run_kept_out_by_a_report_reading_its_journal_names_the_report_and_its
         assert "unknown" not in err and "another batcher run" not in err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
         assert len(live.sandbox.calls) == sent
-        if how == "report":  # status names the holder's pid too
+        if how == "report":  # status names the report and its pid, and no run
             status = batcher("status", "--journal", str(journal), "--json")
             out, _ = status.communicate(timeout=60)
-            assert json.loads(out)["pid"] == holder.pid
+            said = json.loads(out)
+            assert (said["read_by"], said["running"], said["state"]) == (
+                holder.pid, False, "stopped"), said
+            status = batcher("status", "--journal", str(journal))
+            out, _ = status.communicate(timeout=60)
+            assert "running" not in out, out
+            assert f"being read by `batcher report` (pid {holder.pid})" in out, out
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)

@@ -135,7 +135,7 @@ def answered(tmp_path: Path) -> Path:
 
 
 def test_a_journal_held_by_a_run_reads_as_running_with_its_pid_rate_and_eta(answered):
-    with Journal.open(answered, None) as j:
+    with Journal.open(answered, "fp") as j:
         now = time.time()
         for k in range(10):  # 10 calls over the last 20 s: 0.5 calls/s
             j.log_call(now - 20 + 2 * k, "b1", 200, False, 0.5)
@@ -168,7 +168,7 @@ def test_a_stopped_job_and_a_pid_left_by_kill_9(answered):
     assert (st.state, st.running, st.pid, st.rate, st.eta_s) == ("stopped", False, None,
                                                                  None, None)
     assert "stopped: re-run its command to resume" in st.human()
-    with Journal.open(answered, None):  # the probe left the lock free
+    with Journal.open(answered, "fp"):  # the probe left the lock free
         assert read_status(answered).running
 
 
@@ -411,7 +411,7 @@ def test_status_while_a_run_holds_the_journal_counts_its_calls_in_flight_apart(t
     """While a run holds the journal, calls not logged yet are also its own in flight: said
     as such, not as calls a killed run left in doubt."""
     journal = _killed_with_calls_in_flight(tmp_path / "job.journal")
-    with Journal.open(journal, None):
+    with Journal.open(journal, "fp"):
         st = read_status(journal)
     assert st.running and st.calls_outcome_unknown == 2
     text = st.human()

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from . import __version__
 from .errors import BatcherError, machine_limit
-from .hostsettings import keep_heap
+from .hostsettings import keep_heap, own_stderr
 from .redact import Redactor
 from .stopping import (
     STOP_SIGNALS,
@@ -362,6 +362,7 @@ def _own_process(command: str) -> None:
     ``run`` also keep large arrays in glibc's heap (:func:`hostsettings.keep_heap`; a job until
     it starts sending). Set before numpy is first imported."""
     os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+    own_stderr()  # a library's panic text held back from the terminal
     if sys.platform != "linux":
         return
     with contextlib.suppress(AttributeError, OSError):  # not there: keep the defaults

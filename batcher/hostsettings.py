@@ -7,7 +7,8 @@ running together and given back by the last, as the host had it — unless the h
 meanwhile (a threshold, a hook), which stays. Objects the host freezes while a job runs are
 unfrozen with the job's when the last job ends (the collector cannot tell them apart).
 
-glibc's heap is changed only in a process the command line owns (:func:`keep_heap`).
+glibc's heap, and stderr's descriptor, are changed only in a process the command line owns
+(:func:`keep_heap`, :func:`own_stderr`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,19 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # malloc.h
 _GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's own defaults
 _TRIM_AFTER_S = 3.0
 _heap_kept = False
+_stderr_owned = False
+
+
+def own_stderr() -> None:
+    """For a process the command line owns: its stderr descriptor may be held back for a moment
+    (:func:`batcher.streams.without_rust_panics`). A host's stays the host's: its other
+    threads' lines are never delayed or filtered."""
+    global _stderr_owned
+    _stderr_owned = True
+
+
+def stderr_owned() -> bool:
+    return _stderr_owned
 
 
 def keep_heap() -> None:

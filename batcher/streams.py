@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import errno
 import os
-from contextlib import suppress
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any, TextIO
+
+from .hostsettings import stderr_owned
 
 #: the control characters a terminal obeys (C0 but tab and line feed, DEL, C1), as escapes;
 #: and the bidirectional overrides and isolates, which make the rest of a line read backwards
@@ -96,3 +102,59 @@ class Tolerant:
                     os.dup2(null, self._stream.fileno())
                 finally:
                     os.close(null)
+
+
+#: the lines a Rust panic writes on stderr (the hook prints them before pyo3 raises): its
+#: "thread '…' panicked at" line, the message, a backtrace if RUST_BACKTRACE asks, and its note
+_PANIC_START = re.compile(r"^thread '[^\n]*' [^\n]*?panicked at ", re.M)
+_PANIC_END = re.compile(r"^note: .*RUST_BACKTRACE.*\n?", re.M)
+
+
+@contextmanager
+def without_rust_panics() -> Iterator[None]:
+    """Run the block with stderr's descriptor held back, then write what it got except a Rust
+    panic's lines: a library's panic (calamine on an odd cell) is a PanicException the caller
+    answers in one line of its own; the hook's text, a backtrace to a user, must not show.
+    Only in a process the command line owns (:func:`~batcher.hostsettings.own_stderr`)."""
+    if not stderr_owned():
+        yield
+        return
+    with suppress(OSError, ValueError, AttributeError):
+        sys.stderr.flush()
+    try:
+        held = tempfile.TemporaryFile()  # noqa: SIM115  # closed below, past the yield
+    except OSError:  # no room for it: the panic's text shows, the read goes on
+        held = None
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (2>&-): nothing to hold back
+        saved = None
+    if held is None or saved is None:
+        if held is not None:
+            held.close()
+        if saved is not None:
+            os.close(saved)
+        yield
+        return
+    with held:
+        try:
+            os.dup2(held.fileno(), 2)
+            yield
+        finally:
+            with suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)  # what else was said meanwhile is said, the block raised or not
+            _write_but_panics(held.read().decode("utf-8", "replace"))
+
+
+def _write_but_panics(text: str) -> None:
+    while (start := _PANIC_START.search(text)) is not None:
+        end = _PANIC_END.search(text, start.end())
+        text = text[:start.start()].rstrip("\n") + ("\n" if start.start() else "") + (
+            text[end.end():] if end else "")
+    if text.strip():
+        with suppress(OSError, ValueError, AttributeError):
+            sys.stderr.write(text)
+            sys.stderr.flush()

@@ -39,11 +39,32 @@ MONEY = '"$"#,##0.00_);[Red]\\("$"#,##0.00\\)'  # Excel's currency, negatives in
     (45000.0, "yyyy-mm-dd", "2023-03-15"),  # a serial number under a date format
     # left to the value's own text: General, text, booleans, and codes not rendered here
     (0.3, "General", None), (42.0, "@", None), (True, "0.00", None), (1.5, "# ?/?", None),
-    (5, "[<=9999999]###-####", None), (1000, "0,", None),
+    (5, "[<=9999999]###-####", None),
     (dt.date(2024, 1, 31), "[$-407]mmmm yyyy", None),  # German month names
 ])
 def test_common_number_formats_show_as_the_sheet_does(value, code, text):
     assert shown(value, code) == text
+
+
+@pytest.mark.parametrize(("value", "code", "text"), [
+    # scaling commas: each one at the number's end, or just before its point, shows the value
+    # in thousands (Excel: "a comma that follows a digit placeholder scales by 1,000")
+    (12345678, "#,##0,", "12,346"), (12345, '#,##0,"K"', "12K"), (1500, "0,", "2"),
+    (12345678, '0.0,,"M"', "12.3M"), (12345678, "#,##0.00,,", "12.35"),
+    (-1500, "#,##0,", "-2"), (1234567, "0,.00", "1234.57"),
+    # a text section (@, the last of 2-4, or any 4th): text cells alone use it, numbers the rest
+    (dt.datetime(2024, 1, 31, 14, 5), "[$-409]m/d/yy\\ h:mm\\ AM/PM;@", "1/31/24 2:05 PM"),
+    (dt.date(2024, 1, 31), "[$-409]mmmm d, yyyy;@", "January 31, 2024"),
+    (3.5, "0.00;-0.00;0;@", "3.50"), (-3.5, "0.00;@", "-3.50"), (0.25, "0%;@", "25%"),
+    (0, '0.00;-0.00;"zero";@', "zero"), (1234.5, '#,##0.00_);(#,##0.00);"-"??_);@_)',
+                                         "1,234.50 "),
+    (-7, '0;"minus "0;0;"text"', "minus 7"),
+])
+def test_scaling_commas_and_text_sections_show_as_excel_shows_them(value, code, text):
+    """These kept the value's own text (12345678 under #,##0, carried as 12345678, the sheet
+    showing 12,346; a date of Excel's [$-409]…;@ formats as 2024-01-31T14:05:00)."""
+    assert shown(value, code) == text
+    assert shown_all([value, value], code) == [text, text]
 
 
 #: values a whole column of numbers holds, and those that must not be placed by position:
@@ -56,7 +77,8 @@ EDGES = [0.0, -0.0, 3.5, 2.675, 1.005, 0.125, -0.001, 0.005, 9.995, 2134.0, 19.9
 @pytest.mark.parametrize("code", [
     "00000", "0", "0.00", "#,##0", "#,##0.00", "#,###", "0%", "0.00%", "0.0%;-0.0%", MONEY,
     "0.00;(0.00)", '#,##0;-#,##0;"-"', '0.00;"neg"', '"Q1 "0.00', "#,##0.00 [$€-407]",
-    "0.000000000000000", "#.00", "000-00-0000", "0.00E+00", "dd/mm/yyyy", "General"])
+    "0.000000000000000", "#.00", "000-00-0000", "0.00E+00", "dd/mm/yyyy", "General",
+    "#,##0,", '0.0,,"M"', "0.00;-0.00;0;@"])
 def test_a_column_shows_each_value_as_that_value_alone_shows(code):
     """A column of numbers is placed all at once: each cell reads exactly as it does by
     itself, the rounding of 2.675 and the numbers past the exact range included."""

@@ -155,3 +155,25 @@ def test_a_usage_error_is_one_json_line_when_the_log_is_json(wrong):
     assert doc["event"] == "error" and doc["exit_code"] == 2
     assert ("--results" if not wrong else wrong[0]) in doc["message"]
     assert json.loads(out) == {"exit_code": 2, "error": doc["message"]}  # `run --json`: always
+
+
+def test_a_library_hosts_stderr_is_never_held_back_only_the_command_lines():
+    """The Rust panic filter points stderr's descriptor at a file while calamine reads: in a
+    process the command line owns. A scheduler calling the library keeps its stderr as it is
+    (its other threads' lines neither delayed nor filtered)."""
+    code = """
+import os
+from batcher import hostsettings
+from batcher.streams import without_rust_panics
+before = os.fstat(2).st_ino
+with without_rust_panics():
+    host = os.fstat(2).st_ino
+hostsettings.own_stderr()
+with without_rust_panics():
+    owned = os.fstat(2).st_ino
+print(host == before, owned == before)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.stdout.split() == ["True", "False"], done.stderr

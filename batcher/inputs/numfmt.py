@@ -3,11 +3,12 @@ results carry: a zip code ``02134`` formatted ``00000``, ``3.50`` formatted ``0.
 ``31/01/2024`` formatted ``dd/mm/yyyy``.
 
 Not a whole Excel formatter: the common codes are rendered (digit placeholders ``0 # ?``,
-thousands separators, decimals, percent, scientific ``0.00E+00``, literal text and currency
-signs, sections for negative and zero values, colours; dates and times in ``y m d h s AM/PM``
-and elapsed ``[h]``); for anything else :func:`shown` says None, and the cell keeps the text
+thousands separators, scaling commas ``#,##0,``, decimals, percent, scientific ``0.00E+00``,
+literal text and currency signs, sections for negative and zero values, a text section
+``;@`` (numbers use the others), colours; dates and times in ``y m d h s AM/PM`` and elapsed
+``[h]``); for anything else :func:`shown` says None, and the cell keeps the text
 ``xlsx.cell_text`` gives it (the value, not its look): fractions (``# ?/?``), conditions
-(``[<=9999999]``), scaling commas (``0,``), fills, locale-dependent codes (the short date
+(``[<=9999999]``), fills, locale-dependent codes (the short date
 14 and 22, Excel's ``m/d/yyyy`` shown in each user's own order, and the built-in currencies
 5-8; dates keep ISO 8601 there) and month or day names of another language than English.
 """
@@ -117,6 +118,10 @@ def _compiled(code: str) -> Renderer | None:
     sections = _sections(code)
     if sections is None or len(sections) > 4:
         return None
+    if len(sections) > 1 and (len(sections) == 4 or _is_text(sections[-1])):
+        # the text section (Excel's [$-409]m/d/yy h:mm AM/PM;@, 0.00;-0.00;0;@): text cells
+        # alone use it, and they never reach here; numbers are shown by the others
+        sections = sections[:-1]
     parsed = [_section(s) for s in sections]
     if any(p is None for p in parsed):
         return None
@@ -135,6 +140,11 @@ def _sections(code: str) -> list[str] | None:
             start = m.end()
     out.append(code[start:])
     return out
+
+
+def _is_text(section: str) -> bool:
+    """Whether ``section`` is a text section: it places the text (``@``, not quoted)."""
+    return any(m.group() == "@" for m in _TOKEN.finditer(section))
 
 
 def _section(section: str) -> tuple[str, list[tuple[str, str]]] | None:
@@ -258,14 +268,20 @@ def _number_part(tokens: list[tuple[str, str]]) -> Callable[[float], str] | None
     before = "".join(v for _, v in tokens[:at[0]])
     after = "".join(v for _, v in tokens[at[-1] + 1:])
     inner = tokens[at[0]:at[-1] + 1]
-    if inner[-1][1] == ",":
-        return None  # a scaling comma (0, shows thousands): rare, the value kept
+    # a comma at the number's end or just before its point scales by a thousand each
+    # (#,##0, shows 12,345,678 as 12,346; 0.0,,"M" as 12.3M), the one between digits groups
+    scale = 0
+    while inner[-1] == ("num", ","):
+        inner, scale = inner[:-1], scale + 1
+    while (point := inner.index(("num", ".")) if ("num", ".") in inner else 0) and \
+            inner[point - 1] == ("num", ","):
+        inner, scale = inner[:point - 1] + inner[point:], scale + 1
     if any(v in "Ee" for k, v in inner if k == "num"):
-        return _scientific(inner, before, after, percent)
-    return _fixed(inner, before, after, percent)
+        return None if scale else _scientific(inner, before, after, percent)
+    return _fixed(inner, before, after, percent, scale)
 
 
-def _fixed(inner: list[tuple[str, str]], before: str, after: str, percent: int
+def _fixed(inner: list[tuple[str, str]], before: str, after: str, percent: int, scale: int = 0
            ) -> Callable[[float], str] | None:
     points = [i for i, (k, v) in enumerate(inner) if k == "num" and v == "."]
     if len(points) > 1:
@@ -287,7 +303,9 @@ def _fixed(inner: list[tuple[str, str]], before: str, after: str, percent: int
 
     def render(x: float) -> str:
         # the float's shortest text, so 2.675 formatted 0.00 is 2.68 as Excel shows it
-        value = (Decimal(repr(float(x))) * 100 ** percent).quantize(step, ROUND_HALF_UP)
+        # the percent's hundreds and the scaling commas' thousands, exactly (no float product)
+        value = Decimal(repr(float(x))).scaleb(2 * percent - 3 * scale).quantize(
+            step, ROUND_HALF_UP)
         if plain:
             int_digits, point, decimals = format(value, spec).partition(".")
             return before + int_digits.lstrip("0").rjust(zeros, "0") + point + decimals + after
@@ -297,7 +315,7 @@ def _fixed(inner: list[tuple[str, str]], before: str, after: str, percent: int
             text += "." + _decimals(frac, decimals)
         return before + text + after
 
-    if plain and places + 2 * percent <= _EXACT_PLACES:
+    if plain and not scale and places + 2 * percent <= _EXACT_PLACES:
         render.many = lambda x: _plain_many(  # type: ignore[attr-defined]
             x, before, after, places, percent, grouping, zeros)
     return render

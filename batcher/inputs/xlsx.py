@@ -35,10 +35,11 @@ from python_calamine import CalamineWorkbook, SheetTypeEnum, SheetVisibleEnum
 from ..arrays import strings_of
 from ..errors import InputError, Interrupted, machine_limit
 from ..hostsettings import collector_spared
+from ..streams import without_rust_panics
 from .columns import distinct_names
 from .kinds import HEAD_BYTES, one_line, sniff_kind
 from .numfmt import BUILTIN, shown_all
-from .xlsxcells import CellFault, PlainSheet, column_index, letters, placed_cells
+from .xlsxcells import CellFault, PlainSheet, column_index, date_styles, letters, placed_cells
 
 _EXACT_DIGITS = 15  # Excel's precision: numbers of more digits are already rounded
 _EXACT_LIMIT = 10**_EXACT_DIGITS  # the first number whose integer part has 16 digits
@@ -104,14 +105,16 @@ def _read(path: Path) -> XlsxSheet:
     with ThreadPoolExecutor(1) as pool:
         # calamine and zlib release the GIL: the scan for error cells costs no time
         marks = pool.submit(_sheet_marks, path)
-        sheet, (rows, first_row, first_col, faults), skipped_to = _load(path)
+        sheet, (rows, first_row, first_col, read_faults), skipped_to = _load(path)
+    faults = tuple(read_faults)
     if not rows:
         raise InputError(f"{path}: the first sheet ({one_line(sheet, 80)!r}) is empty; put the "
                          "list on the first sheet, with the column names on row 1")
     # past an export summary, the marks are the list sheet's (rare: read again, not in parallel)
-    texts, hidden, merged, totals, formats = (marks.result() if skipped_to is None
-                                              else _sheet_marks(path, skipped_to))
+    texts, hidden, merged, totals, formats, undated = (marks.result() if skipped_to is None
+                                                       else _sheet_marks(path, skipped_to))
     _fill(rows, {(row - first_row, col - first_col): text for (row, col), text in texts.items()})
+    faults += _plain_undated(rows, undated, first_row, first_col, faults)
     merged = [(top - first_row, bottom - first_row, left - first_col, right - first_col)
               for top, bottom, left, right in merged]
     filled = _fill_down(rows, [(top, bottom, left) for top, bottom, left, right in merged
@@ -204,8 +207,10 @@ def _load(path: Path) -> tuple[str, PlainSheet, int | None]:
     export summary before it was skipped, else None). Rows are none for an empty sheet."""
     skipped_to = None
     try:
-        # from a file object calamine tells the format by content, not by the file's name
-        with open(path, "rb") as fh, CalamineWorkbook.from_filelike(fh) as book:
+        # from a file object calamine tells the format by content, not by the file's name; a
+        # panic of its is answered here, in one line: its hook's text is not shown
+        with without_rust_panics(), open(path, "rb") as fh, \
+                CalamineWorkbook.from_filelike(fh) as book:
             if not book.sheet_names:
                 raise LookupError("the workbook has no sheets")
             index = _first_visible(book.sheets_metadata) or 0
@@ -286,6 +291,26 @@ def _fill(rows: list[list], texts: dict[tuple[int, int], str]) -> None:
             rows[i][j] = text
 
 
+def _plain_undated(rows: list[list], undated: dict[tuple[int, int], str], first_row: int,
+                   first_col: int, faults: tuple[CellFault, ...]) -> tuple[CellFault, ...]:
+    """Put back the plain number of each date-formatted cell that is no date (negative, NaN):
+    calamine makes -3 ``00:00:00`` and NaN 1899-12-30 without a word, a made-up value (an id
+    or a module among them) where Excel shows ``#######``. Returns the cells, named."""
+    known = {f.ref for f in faults}  # read by ``xlsxcells`` already, as their plain value
+    out = []
+    for (row, col), raw in sorted(undated.items()):
+        ref = f"{letters(col)}{row + 1}"
+        i, j = row - first_row, col - first_col
+        if ref in known or not (0 <= i < len(rows) and 0 <= j < len(rows[i])):
+            continue
+        try:
+            rows[i][j] = float(raw)
+        except ValueError:  # no number ("-."): calamine's reading stays
+            continue
+        out.append(CellFault(ref, f"{raw} is out of range for its date format"))
+    return tuple(out)
+
+
 def _fill_down(rows: list[list], merged: list[tuple[int, int, int]]
                ) -> list[tuple[int, int, int]]:
     """Give each empty cell of a merge down one column (an id merged over the rows of its
@@ -336,15 +361,15 @@ def _clear_totals(rows: list[list], totals: list[tuple[int, int, int]]
 
 def _unfilled(rows: list[list], merged: list[tuple[int, int, int, int]],
               filled: list[tuple[int, int, int]]) -> list[tuple[int, int, int, int]]:
-    """The merges over several rows whose value stays in their top-left cell alone: those over
-    several columns too (a value shown across an id column and the next would give an id to
-    rows and a column that never had it: only the sheet's author knows which cell it is
+    """The merges whose value stays in their top-left cell alone: those over several columns,
+    on one row or several (a value shown across an id column and the next would give an id
+    to a column, and rows, that never had it: only the sheet's author knows which cell it is
     meant for), and those that start in the header. Merges with an empty top-left cell show
     nothing, and are left out."""
     done = {(top, col) for top, _, col in filled}
     out = []
     for top, bottom, left, right in merged:
-        if bottom <= top or bottom < 1 or (top, left) in done or not (
+        if (bottom <= top and right <= left) or bottom < 1 or (top, left) in done or not (
                 0 <= top < len(rows) and 0 <= left < len(rows[top])):
             continue
         if rows[top][left] != "" and (left != right or top < 1):
@@ -389,9 +414,9 @@ def _unfilled_line(unfilled: list[tuple[int, int, int, int]], first_row: int, fi
             f"{letters(first_col + right)}{first_row + bottom + 1}"
             for top, bottom, left, right in unfilled]
     these = "1 merged cell spans" if len(refs) == 1 else f"{len(refs)} merged cells span"
-    return (f"warning: {these} several rows and columns, or starts in the header "
+    return (f"warning: {these} several columns, or starts in the header "
             f"({_shortlist(refs)}); batcher reads the value in its top-left cell only, the "
-            "other rows it covers as empty there — if they are meant to have it, unmerge the "
+            "other cells it covers as empty — if they are meant to have it, unmerge the "
             "cells and fill them in", "merged_unfilled")
 
 
@@ -530,6 +555,13 @@ _CELL_REF = re.compile(rb"\br=[\"']([A-Z]{1,3})([0-9]{1,7})[\"']")
 #: a cell's type other than a number's: Excel saves a formula whose value is "" (an IF that
 #: leaves a row empty, filled down past the list) as ``t="str"`` with an empty ``<v>``
 _TYPED = re.compile(rb"\bt=[\"'](?!n[\"'])")
+_CELL_STYLE = re.compile(rb"\bs=[\"']([0-9]{1,6})[\"']")
+#: a number cell whose saved value no date can be (negative, NaN): its attributes and value
+_NO_DATE_CELL = re.compile(
+    rb"<(?:\w+:)?c\s([^>]*?)(?<!/)>\s*(?:<(?:\w+:)?f\b[^>]*?(?:/>|>[^<]*</(?:\w+:)?f>)\s*)?"
+    rb"<(?:\w+:)?v>\s*(-[0-9.Ee+-]+|[Nn][Aa][Nn])\s*</")
+#: what only a chunk with such a value holds (memchr-fast, unlike a regex)
+_NO_DATE_HINTS = (b"v>-", b"v>N", b"v>n")
 _CELL_VALUE = re.compile(rb"<(?:\w+:)?v>([^<]*)</")
 _RANGE = re.compile(r"\$?([A-Z]{1,3})\$?([0-9]{1,7}):\$?([A-Z]{1,3})\$?([0-9]{1,7})")
 #: a hidden row's opening tag, with its number or without (:func:`_positional_marks`)
@@ -554,6 +586,9 @@ class _Marks(NamedTuple):
     #: (0-based column, number format code) → the 0-based rows of the cells styled with it
     #: (ascending): a format other than General or text (``@``)
     formats: dict[tuple[int, str], np.ndarray]
+    #: (0-based row, column) → the saved value of each date-formatted number no date can be
+    #: (negative, NaN), which calamine turns into a made-up time or date
+    undated: dict[tuple[int, int], str]
 
 
 def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
@@ -578,12 +613,15 @@ def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
     merged: set[tuple[int, int, int, int]] = set()
     # a cell the chunks' overlap holds twice is here twice, till the rows are made distinct
     formats: dict[tuple[int, str], list[np.ndarray]] = {}
+    undated: dict[tuple[int, int], str] = {}
     positional = False
     try:
         with zipfile.ZipFile(path) as zf:
             part = _first_sheet_part(zf, index)
             styles = _number_formats(zf)
             styled = _styled_cell(styles)
+            dated = frozenset(k for k, kind in date_styles(zf).items() if kind == "date")
+            undated_cell = _undated_cell(dated)
             needles = [q % k for k in styles for q in (b' s="%d"', b" s='%d'")]
             with zf.open(part) as fh:
                 tail = b""
@@ -598,6 +636,8 @@ def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
                     if (b"<f" in data or b":f" in data) and any(
                             hint in data for hint in _UNVALUED_HINTS):
                         positional |= _found(found, _parse_unvalued(data))
+                    if undated_cell is not None and any(h in data for h in _NO_DATE_HINTS):
+                        undated.update(_parse_undated(data, undated_cell, dated))
                     if b"hidden=" in data:
                         rows = [int(m[1]) - 1 for m in _HIDDEN_ROW.finditer(data)]
                         hidden.update(rows)
@@ -613,9 +653,10 @@ def _sheet_marks(path: Path, index: int | None = None) -> _Marks:
             except Exception:  # a damaged table part: the rows are read as they are
                 totals = []
     except Exception:  # calamine read the sheet: without the part, nothing is marked
-        return _Marks({}, set(), [], [], {})
+        return _Marks({}, set(), [], [], {}, {})
     return _Marks(found, hidden, sorted(merged), totals,
-                  {key: _distinct(np.concatenate(rows)) for key, rows in formats.items()})
+                  {key: _distinct(np.concatenate(rows)) for key, rows in formats.items()},
+                  undated)
 
 
 def _distinct(rows: np.ndarray) -> np.ndarray:
@@ -777,6 +818,32 @@ def _merges(data: bytes) -> Iterator[tuple[int, int, int, int]]:
     for m in _MERGED_RANGE.finditer(data):
         top, left = _position(m)
         yield top, int(m[4]) - 1, left, column_index(m[3].decode())
+
+
+def _undated_cell(dated: frozenset[int]) -> re.Pattern[bytes] | None:
+    """A number cell of a style in ``dated`` whose value no date can be, as nearly every writer
+    has it (``<c r="B12" s="3"><v>-2</v>``: searched as fast as a string, as ``_styled_cell``);
+    None without such styles."""
+    if not dated:
+        return None
+    alternatives = b"|".join(b"%d" % k for k in sorted(dated))
+    return re.compile(rb'<c r="([A-Z]{1,3})([0-9]{1,7})" s="(?:' + alternatives +
+                      rb')"(?: t="n")?>(?:<f>[^<]*</f>|<f [^>]*/>)?<v>(-[0-9.Ee+-]+|[Nn][Aa][Nn])'
+                      rb'</v>')
+
+
+def _parse_undated(data: bytes, plain: re.Pattern[bytes], dated: frozenset[int]
+                   ) -> dict[tuple[int, int], str]:
+    """(0-based row, column) → saved value of the number cells of a date style in ``dated``
+    whose value is negative or NaN (a cell without a reference is left: best effort)."""
+    if b'<c r="' in data:  # the plain way of writing cells: the fast pattern finds them all
+        return {_position(m): m[3].decode("ascii") for m in plain.finditer(data)}
+    found = {}
+    for cell in _NO_DATE_CELL.finditer(data):
+        ref, style = _CELL_REF.search(cell[1]), _CELL_STYLE.search(cell[1])
+        if ref and style and int(style[1]) in dated and not _TYPED.search(cell[1]):
+            found[_position(ref)] = cell[2].decode("ascii", "replace")
+    return found
 
 
 def _parse_errors(data: bytes) -> dict[tuple[int, int] | None, str]:

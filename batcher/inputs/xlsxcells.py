@@ -61,7 +61,7 @@ def read_plain(path: Path, part: str) -> PlainSheet:
     kept as its plain value and named."""
     with zipfile.ZipFile(path) as zf:
         strings = _shared_strings(zf)
-        kinds = _date_styles(zf)
+        kinds = date_styles(zf)
         epoch = _EPOCH[_date1904(zf)]
         cells: dict[tuple[int, int], object] = {}
         faults: list[CellFault] = []
@@ -179,7 +179,7 @@ def _shared_strings(zf: zipfile.ZipFile) -> list[str]:
     return out
 
 
-def _date_styles(zf: zipfile.ZipFile) -> dict[int, str]:
+def date_styles(zf: zipfile.ZipFile) -> dict[int, str]:
     """Cell style → "date" or "duration", for the styles whose number format is one."""
     try:
         root = ElementTree.fromstring(zf.read("xl/styles.xml"))

@@ -627,22 +627,26 @@ def _ready_ahead(env: Mapping[str, str]) -> None:
 def _said_while_writing(stopper: Stopper, log: JobLog) -> Iterator[None]:
     """A signal that comes while the results are written is said at once, by a thread: the
     writing goes on (an .xlsx of many rows takes minutes), and nothing else would show why the
-    process has not exited. Said at the end at the latest; a stop that came before is said by
-    its own line."""
-    if stopper.requested is not None:
-        yield
-        return
+    process has not exited. Said at the end at the latest. A signal that came before (while
+    reading, planning or sending) is said once the writing has taken _SLOW_WRITE_S: a quick
+    writing needs no line, a long one would otherwise look like a signal ignored."""
+    before = stopper.requested is not None
     done, lock, said = threading.Event(), threading.Lock(), []
 
     def say() -> None:
         with lock:
             if stopper.requested is not None and not said:
                 said.append(True)
-                log.say("signal", f"{stopper.requested} while the results are written: they "
-                        "are finished first (a second signal stops at once; the journal keeps "
-                        "every answer)", always=True)
+                what = ("; the results are being written: they are finished first" if before
+                        else " while the results are written: they are finished first")
+                log.say("signal", f"{stopper.requested}{what} (a second signal stops at once; "
+                        "the journal keeps every answer)", always=True)
 
     def watch() -> None:
+        if before:
+            if not done.wait(_SLOW_WRITE_S):
+                say()
+            return
         while not done.wait(_WATCH_S):
             say()
 
@@ -653,10 +657,12 @@ def _said_while_writing(stopper: Stopper, log: JobLog) -> Iterator[None]:
     finally:
         done.set()
         watcher.join()
-        say()
+        if not before:
+            say()
 
 
 _WATCH_S = 0.1  # how soon a signal during the writing is said
+_SLOW_WRITE_S = 1.0  # how long a writing after a signal goes unsaid
 
 
 def _results_path(settings: RunSettings, log: JobLog) -> Path:

@@ -747,6 +747,32 @@ def test_a_signal_while_the_results_are_written_keeps_every_answer(tmp_path, ser
     finishes_without_sending_again(job, live)
 
 
+
+def test_a_signal_before_a_long_writing_of_the_results_says_why_the_run_goes_on(tmp_path, serve):
+    """Found by trying: SIGTERM while the calls went, results to .xlsx (40k rows: seconds of
+    writing, minutes for a million): the run wrote them for 5-12 s after the signal without a
+    line, as if the signal were ignored (a person presses Ctrl-C again, a supervisor kills).
+    A writing that takes more than a second after the signal is now said as it goes on."""
+    rows = square_rows(8_000, 554023000090000000, 554023000098000000)  # 40k pairs, 80 calls
+    live = serve(World.from_pairs(rows), concurrency_limit=None, latency=0.05)
+    job = Job(tmp_path / "job", rows, live.env, concurrency=2)
+    job.results = job.folder / "out.xlsx"
+    proc = job.start()
+    deadline = time.monotonic() + 60
+    while not live.sandbox.calls and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert proc.poll() is None, "the job ended before its signal"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, stop_s = wait_exit(proc, sent)
+    err = job.stderr()
+    assert code == 3 and "Traceback" not in err, tail(err)
+    assert job.results.exists()
+    line = "interrupted by SIGTERM; the results are being written: they are finished first"
+    assert stop_s > 1.5, "the writing was quick: give the job more rows"
+    assert line in err, tail(err)
+    assert err.index(line) < err.index(" rows = "), "said only after the writing"
+
 # ------------------------------------------------------------------------------- 4b. throttled
 
 THROTTLED_STOPS = 3

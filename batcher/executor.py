@@ -55,6 +55,7 @@ from .zoho.api import (
     encode_body,
     origin,
     read_answer,
+    redacted,
 )
 from .zoho.api import classify as classify_answer
 
@@ -466,7 +467,7 @@ class Executor:
                 sent_at: float, seconds: float):
         """The answer to a call, classified and logged; raises what it means for the run (a
         429 or 5xx to retry, an abort, an expired token after its refresh)."""
-        answer = _redacted(self._foreign.judge(classify_answer(
+        answer = redacted(self._foreign.judge(classify_answer(
             batch.record_ids, batch.cadence_ids, response.status_code, response.headers,
             content)), self._redact)
         self._journal.log_call(sent_at, batch.batch_id, response.status_code,
@@ -632,22 +633,6 @@ def _reject(batch: Batch, answer: Rejected) -> tuple[list[PairOutcome], list[Bat
     if records and cadences:
         children.append(Batch(f"{batch.batch_id}.1", batch.module, records, cadences))
     return failed, children
-
-
-def _redacted(answer, redact: Redactor):
-    """The answer with every server-supplied text (codes, messages) redacted of secrets."""
-    if isinstance(answer, Answered):
-        def clean(group: OutcomeGroup) -> OutcomeGroup:
-            code, message = redact(group.code), redact(group.message)
-            if (code, message) == (group.code, group.message):
-                return group
-            return replace(group, code=code, message=message)
-
-        groups = tuple(map(clean, answer.groups))
-        return answer if groups == answer.groups else replace(answer, groups=groups)
-    if isinstance(answer, Rejected | Unlocated | Transient | Fatal):
-        return replace(answer, code=redact(answer.code), message=redact(answer.message))
-    return answer
 
 
 @dataclass(frozen=True)

@@ -1467,7 +1467,7 @@ def list_cadences(args, env: Mapping[str, str], *, transports: Transports = Tran
         async with link.clients(settings, redact) as (client, auth):
             reach = Reachability(settings.retry.outage_after, on_down=lambda text: print(
                 f"batcher: {printable(redact(text))}", file=sys.stderr))
-            return await fetch_cadences(client, auth.api_domain, reach=reach)
+            return await fetch_cadences(client, auth.api_domain, reach=reach, redact=redact)
 
     cadences = asyncio.run(fetch())
     if args.module:

@@ -317,3 +317,26 @@ def test_accepts_a_ready_accounts_client():
 def test_no_credentials_at_all():
     with pytest.raises(AuthError):
         ZohoAuth(Credentials(), ENDS)
+
+
+_ZOHO_SAID = {"code": "INVALID_URL_PATTERN", "details": {},
+              "message": "Please check if the URL trying to access is a correct one",
+              "status": "error"}
+
+
+@pytest.mark.parametrize("form", ["top", "wrapped"])
+@pytest.mark.parametrize("status, error", [(400, AuthError), (404, AuthError), (200, AuthError),
+                                           (500, TransientError), (429, TransientError)])
+def test_a_zoho_shaped_answer_of_the_token_endpoint_is_said_in_zohos_words(form, status, error):
+    """Found by trying: an accounts URL answering in Zoho's API words (an API domain given as
+    the accounts URL) said "no access_token in the answer" or "answered HTTP 500" only."""
+    said = {**_ZOHO_SAID, "message": f"{_ZOHO_SAID['message']} ({SECRET})"}
+    body = {"data": [said]} if form == "wrapped" else said
+    accounts, api = Accounts(answers=[httpx.Response(status, json=body)]), Api()
+    auth, client = make(accounts, api)
+
+    with pytest.raises(error) as info:
+        asyncio.run(client.post(API_URL))
+    text = str(info.value)
+    assert "INVALID_URL_PATTERN" in text and "Please check if the URL" in text, text
+    assert SECRET not in text and api.seen == []

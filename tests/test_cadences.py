@@ -207,6 +207,7 @@ def test_a_host_that_is_no_zoho_api_is_said_as_a_wrong_domain(answer, policy):
     assert DOMAIN in text and "URL is wrong" in text and "no answer of Zoho's API" in text, text
     assert "ZOHO_DC" in text and "--dc" in text and "ZOHO_API_DOMAIN" in text, text
     assert "HTTP_400" not in text and "UNPARSEABLE_ANSWER" not in text, text
+    assert "proxy, captive portal or web filter" in text, text  # the network may be the cause
 
 
 def test_a_one_off_page_before_the_cadences_is_retried():
@@ -214,3 +215,38 @@ def test_a_one_off_page_before_the_cadences_is_retried():
                httpx.Response(200, json={"cadences": [raw("554023000004092008")]})]
     cadences, calls, _ = fetch(lambda r: answers.pop(0))
     assert [c.id for c in cadences] == ["554023000004092008"] and len(calls) == 2
+
+
+_ZOHO_ERROR = {"code": "INVALID_MODULE", "details": {"api_name": "module"},
+               "message": "the module name given seems to be invalid", "status": "error"}
+
+
+@pytest.mark.parametrize("form", ["top", "wrapped"])
+@pytest.mark.parametrize("status, code", [(400, "INVALID_MODULE"), (400, "SOMETHING_NEW"),
+                                          (200, "INVALID_MODULE"), (404, "INVALID_MODULE")])
+def test_a_zoho_error_on_the_cadence_read_is_said_in_zohos_words(form, status, code):
+    """Found by trying: a Zoho-shaped 400 on the cadence read said "could not read the org's
+    cadences: HTTP_400", hiding the code and message Zoho gave."""
+    error = {**_ZOHO_ERROR, "code": code}
+    body = {"data": [error]} if form == "wrapped" else error
+
+    with pytest.raises(AbortError) as stop:
+        fetch(lambda r: httpx.Response(status, json=body))
+    text = str(stop.value)
+    assert code in text and "the module name given seems to be invalid" in text, text
+    assert "HTTP_" not in text, text
+
+
+def test_a_server_text_in_a_cadence_error_is_redacted():
+    """``redact`` (the run's Redactor) cleans every server text an error of the read carries."""
+    echoed = {**_ZOHO_ERROR, "message": "module unknown to token tok-ZZQ-secret-value-1234"}
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(
+                lambda r: httpx.Response(400, json=echoed))) as client:
+            await fetch_cadences(client, DOMAIN, policy=FAST,
+                                 redact=lambda t: t.replace("tok-ZZQ-secret-value-1234", "***"))
+
+    with pytest.raises(AbortError) as stop:
+        asyncio.run(go())
+    assert "token ***" in str(stop.value) and "tok-ZZQ" not in str(stop.value)

@@ -96,9 +96,9 @@ def assert_all_not_sent(results: Path, n_rows: int) -> None:
 # ------------------------------------------------------------------- unreachable at the start
 
 
-def _cli(tmp_path: Path, argv: list[str], env: dict[str, str], outage_after: float
-         ) -> tuple[subprocess.CompletedProcess, float]:
-    """``python -m batcher run ...`` in a subprocess, running this very batcher.
+def _cli(tmp_path: Path, argv: list[str], env: dict[str, str], outage_after: float,
+         command: str = "run") -> tuple[subprocess.CompletedProcess, float]:
+    """``python -m batcher run ...`` (or ``command``) in a subprocess, running this very batcher.
 
     The CLI has no flag for ``outage_after`` (its default is 120 s), so a ``sitecustomize`` on
     the subprocess's path only changes that default; everything else is the real command line.
@@ -120,7 +120,7 @@ def _cli(tmp_path: Path, argv: list[str], env: dict[str, str], outage_after: flo
     full_env = {**base, **env, "PYTHONPATH": f"{shim}{os.pathsep}{root}",
                 "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "batcher", "run", *argv], env=full_env,
+    proc = subprocess.run([sys.executable, "-m", "batcher", command, *argv], env=full_env,
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     return proc, time.monotonic() - started
 
@@ -359,7 +359,9 @@ def test_an_outage_shorter_than_outage_after_costs_nothing(tmp_path, serve_resta
 
 class _Canned(BaseHTTPRequestHandler):
     """A real web server at the API domain that answers every request with one page,
-    ``server.answer`` (status, content type, body), and counts them by method."""
+    ``server.answer`` (status, content type, body), and counts them by method. ``{token}`` in
+    the page is the request's access token (a server echoing it back); with ``server.issues``
+    it is also a token endpoint, issuing that token."""
 
     protocol_version = "HTTP/1.1"
 
@@ -369,6 +371,11 @@ class _Canned(BaseHTTPRequestHandler):
             self.rfile.read(length)
         self.server.requests[self.command] = self.server.requests.get(self.command, 0) + 1
         status, kind, page = self.server.answer
+        if getattr(self.server, "issues", None) and self.path.startswith("/oauth/v2/token"):
+            status, kind = 200, "application/json"
+            page = json.dumps({"access_token": self.server.issues, "expires_in": 3600}).encode()
+        token = (self.headers.get("Authorization") or "").removeprefix("Zoho-oauthtoken ")
+        page = page.replace(b"{token}", token.encode())
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(page)))
@@ -751,6 +758,7 @@ def test_cli_a_host_that_is_no_zoho_api_stops_the_run_as_a_wrong_domain(tmp_path
     [line] = abort_lines(proc.stderr)
     assert api in line and "ZOHO_DC" in line and "ZOHO_API_DOMAIN" in line, line
     assert "no answer of Zoho's API" in line and "URL is wrong" in line, line
+    assert "proxy, captive portal or web filter" in line, line  # the network may be the cause
     assert_all_not_sent(results, len(rows))
     posts, gets = not_zoho.requests.get("POST", 0), not_zoho.requests.get("GET", 0)
     assert (posts == 0) == preflight and 0 < posts + gets <= 4, not_zoho.requests

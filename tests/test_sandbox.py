@@ -49,6 +49,13 @@ def small_world() -> World:
     return world
 
 
+def entry(answer: httpx.Response) -> dict:
+    """A whole-request error, in either of its forms (SandboxConfig.error_wrapping)."""
+    body = answer.json()
+    data = body.get("data")
+    return data[0] if isinstance(data, list) and len(data) == 1 else body
+
+
 def make(world: World | None = None, clock: FakeClock | None = None, **config):
     app = create_app(world or small_world(), SandboxConfig(**config), clock or time.monotonic)
     return app, app.state.sandbox
@@ -131,11 +138,11 @@ def test_token_expires_after_ttl_and_revocation_kills_it():
     assert unenrol(app, token, [R3], [C1]).status_code == 200
     clock.now += 60
     expired = unenrol(app, token, [R2], [C1])
-    assert expired.status_code == 401 and expired.json()["code"] == "INVALID_TOKEN"
+    assert expired.status_code == 401 and entry(expired)["code"] == "INVALID_TOKEN"
     fresh = sb.issue_token()
     sb.revoke_tokens()
     revoked = unenrol(app, fresh, [R2], [C1])
-    assert revoked.status_code == 401 and revoked.json()["code"] == "INVALID_TOKEN"
+    assert revoked.status_code == 401 and entry(revoked)["code"] == "INVALID_TOKEN"
     assert (("Leads", R2, C1)) in sb.enrolled  # refused calls changed nothing
 
 
@@ -145,9 +152,9 @@ def test_authorization_header_must_be_zoho_oauthtoken():
     path = "/crm/v7/Leads/actions/unenrol_from_cadences"
     body = {"cadences_ids": [C1], "ids": [R2]}
     bearer = send(app, "POST", path, json=body, headers={"Authorization": f"Bearer {token}"})
-    assert bearer.status_code == 401 and bearer.json()["code"] == "INVALID_TOKEN"
+    assert bearer.status_code == 401 and entry(bearer)["code"] == "INVALID_TOKEN"
     missing = send(app, "POST", path, json=body)
-    assert missing.status_code == 401 and missing.json()["code"] == "AUTHENTICATION_FAILURE"
+    assert missing.status_code == 401 and entry(missing)["code"] == "AUTHENTICATION_FAILURE"
 
 
 # ---------------------------------------------------------------------------- cadences
@@ -188,7 +195,7 @@ def test_cadences_need_the_settings_scope():
     app, sb = make()
     token = sb.issue_token(scopes=["ZohoCRM.modules.ALL"])
     answer = send(app, "GET", "/crm/v7/settings/automation/cadences", token)
-    assert answer.status_code == 401 and answer.json()["code"] == "OAUTH_SCOPE_MISMATCH"
+    assert answer.status_code == 401 and entry(answer)["code"] == "OAUTH_SCOPE_MISMATCH"
 
 
 # ---------------------------------------------------------------------------- un-enrol
@@ -280,7 +287,7 @@ def test_module_is_checked_and_matched_ignoring_case():
     app, sb = make()
     token = sb.issue_token()
     bad = unenrol(app, token, [R2], [C1], module="Nonsense")
-    assert bad.status_code == 400 and bad.json()["code"] == "INVALID_MODULE"
+    assert bad.status_code == 400 and entry(bad)["code"] == "INVALID_MODULE"
     assert unenrol(app, token, [R2], [C1], module="leads").status_code == 200
     assert sb.removed == {("Leads", R2, C1)}
 
@@ -289,7 +296,7 @@ def test_scopes_general_and_per_module():
     app, sb = make()
     contacts_only = sb.issue_token(scopes=["ZohoCRM.modules.Contacts.CREATE"])
     refused = unenrol(app, contacts_only, [R2], [C1])
-    assert refused.status_code == 401 and refused.json()["code"] == "OAUTH_SCOPE_MISMATCH"
+    assert refused.status_code == 401 and entry(refused)["code"] == "OAUTH_SCOPE_MISMATCH"
     assert unenrol(app, contacts_only, [R4], [C4], module="Contacts").status_code == 200
     assert unenrol(app, sb.issue_token(scopes=["ZohoCRM.modules.CREATE"]), [R2], [C1]
                    ).status_code == 200
@@ -310,13 +317,13 @@ def test_credits_used_up_answer_429_too_many_requests_and_a_get_costs_one():
     assert sb.removed == {("Leads", R2, C1)}
     app, sb = make(daily_credits=0, credits_exhausted="limit_exceeded")  # the opt-in reading
     answer = unenrol(app, sb.issue_token(), [R2], [C1])
-    assert answer.status_code == 400 and answer.json()["code"] == "LIMIT_EXCEEDED"
+    assert answer.status_code == 400 and entry(answer)["code"] == "LIMIT_EXCEEDED"
 
 
 def test_no_permission_switch_answers_403():
     app, sb = make(no_permission=True)
     answer = unenrol(app, sb.issue_token(), [R2], [C1])
-    assert answer.status_code == 403 and answer.json()["code"] == "NO_PERMISSION"
+    assert answer.status_code == 403 and entry(answer)["code"] == "NO_PERMISSION"
     assert sb.removed == set()
 
 
@@ -347,7 +354,7 @@ def test_scheduled_answers_202_and_applies_now_or_later():
 def test_unknown_path_is_invalid_url_pattern():
     app, sb = make()
     answer = send(app, "GET", "/crm/v7/Leads/nothing", sb.issue_token())
-    assert answer.status_code == 404 and answer.json()["code"] == "INVALID_URL_PATTERN"
+    assert answer.status_code == 404 and entry(answer)["code"] == "INVALID_URL_PATTERN"
 
 
 # ---------------------------------------------------------------------------- limits
@@ -369,7 +376,7 @@ def test_concurrency_over_limit_answers_429_and_applies_nothing():
     answers = asyncio.run(burst())
     statuses = sorted(a.status_code for a in answers)
     assert statuses == [200, 200, 429, 429, 429, 429]
-    assert all(a.json()["code"] == "TOO_MANY_REQUESTS" for a in answers if a.status_code == 429)
+    assert all(entry(a)["code"] == "TOO_MANY_REQUESTS" for a in answers if a.status_code == 429)
     assert sb.max_concurrency_seen == 3  # two in progress plus each refused newcomer
     assert len(sb.removed) == 2
     assert {c.applied for c in sb.calls if c.http_status == 429} == {False}
@@ -477,7 +484,8 @@ def test_flaky_answers_json_500_and_html_proxy_pages_without_applying():
         if status in (502, 503, 504):
             assert headers["content-type"].startswith("text/html") and text.startswith("<html>")
         if status == 500:
-            assert json.loads(text)["code"] == "INTERNAL_SERVER_ERROR"
+            body = json.loads(text)
+            assert body.get("data", [body])[0]["code"] == "INTERNAL_SERVER_ERROR"
     assert len(removed) == sum(1 for s in seen if s[0] == 200)
 
 
@@ -511,7 +519,7 @@ def test_short_tokens_die_within_seconds():
     body = send(app, "POST", "/oauth/v2/token", data=CREDS).json()
     assert body["expires_in"] <= 5
     clock.now += body["expires_in"]
-    assert unenrol(app, body["access_token"], [R2], [C1]).json()["code"] == "INVALID_TOKEN"
+    assert entry(unenrol(app, body["access_token"], [R2], [C1]))["code"] == "INVALID_TOKEN"
 
 
 def test_faults_never_apply_a_call_partially():
@@ -792,9 +800,9 @@ def test_echo_auth_over_loopback_and_main_accepts_it():
                          headers={"Authorization": "Zoho-oauthtoken 1000.dead.beef"}, timeout=5)
         refused = httpx.post(f"{base_url}/oauth/v2/token", data={**CREDS, "client_id": "x"},
                              timeout=5)
-    assert bad.status_code == 401 and bad.json()["code"] == "INVALID_TOKEN"
-    assert "Zoho-oauthtoken 1000.dead.beef" in bad.json()["message"]
-    assert "Zoho-oauthtoken 1000.dead.beef" in bad.json()["details"]["echo"]
+    assert bad.status_code == 401 and entry(bad)["code"] == "INVALID_TOKEN"
+    assert "Zoho-oauthtoken 1000.dead.beef" in entry(bad)["message"]
+    assert "Zoho-oauthtoken 1000.dead.beef" in entry(bad)["details"]["echo"]
     assert CREDS["client_secret"] in refused.json()["error_description"]
     assert "echo_auth" in inspect.signature(main).parameters
 

@@ -411,3 +411,56 @@ def test_a_token_echoed_changed_is_still_redacted_everywhere(tmp_path, serve, ca
               for needle in encoded_pieces(secret) for where, blob in blobs.items()
               if needle.encode() in blob]
     assert found == []
+
+
+# --------------------------------------------- a server at the API domain echoing the token
+
+#: answers of a server that repeats the request's access token: what is no Zoho answer, and a
+#: Zoho-shaped error (read on the cadence path, whose abort line names its code and message)
+_ECHOES = {
+    "HTML page": (400, "text/html",
+                  b"<html><body><h1>Blocked</h1><p>token {token} is not allowed</p></body></html>"),
+    "JSON message": (400, "application/json", b'{"message": "no route for token {token}"}'),
+    "header-like text": (400, "text/plain",
+                         b"Authorization: Zoho-oauthtoken {token}\r\nX-Seen-Token: {token}"),
+    "Zoho-shaped JSON": (400, "application/json",
+                         b'{"data": [{"code": "INVALID_MODULE", "details": {}, "status": "error",'
+                         b' "message": "module of token {token} not found"}]}'),
+}
+#: neither is shaped as Zoho's tokens (``1000.<hex>.<hex>``): only knowing them can mask them
+_ISSUED, _GIVEN = "tok-refreshed-ZZQ-0123456789abcdef", "tok-given-ZZQ-fedcba9876543210"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["run", "cadences"])
+@pytest.mark.parametrize("token", ["refreshed", "given"])
+@pytest.mark.parametrize("echo", list(_ECHOES))
+def test_a_server_echoing_the_token_on_the_cadence_path_leaks_nothing(tmp_path, command, token,
+                                                                      echo):
+    """Found by trying: ``batcher cadences`` printed a refreshed token that the server repeated
+    in its answer — the command's last line was redacted only of the environment's secrets."""
+    from .test_outage import _canned, _cli
+
+    with _canned(_ECHOES[echo]) as server:
+        api = f"http://127.0.0.1:{server.server_address[1]}"
+        env = {"ZOHO_API_DOMAIN": api, "ZOHO_ACCOUNTS_URL": api, "BATCHER_NO_TOKEN_CACHE": "1"}
+        if token == "refreshed":
+            server.issues = _ISSUED
+            env |= {"ZOHO_CLIENT_ID": "1000.CLIENTID", "ZOHO_CLIENT_SECRET": SECRET,
+                    "ZOHO_REFRESH_TOKEN": REFRESH}
+        else:
+            env["ZOHO_ACCESS_TOKEN"] = _GIVEN
+        argv = []
+        if command == "run":
+            _, inp = echo_input(tmp_path)
+            argv = [str(inp), "--results", str(tmp_path / "out.csv")]
+        proc, _ = _cli(tmp_path, argv, env, outage_after=5.0, command=command)
+
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    said = proc.stderr.strip().splitlines()[-1]
+    if "JSON" in echo:  # the server's words reach the line: the echo happened, redacted
+        assert "token ***" in said, said
+    blobs = folder_blobs(tmp_path) | {"stderr": proc.stderr.encode(),
+                                      "stdout": proc.stdout.encode()}
+    assert leaks(blobs, [_ISSUED, _GIVEN, SECRET, REFRESH]) == []

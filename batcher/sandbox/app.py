@@ -89,7 +89,7 @@ def _html(status: int) -> Response:
     return HTMLResponse(page, status_code=status)
 
 
-def _too_many(retry_after: str | None, ratelimit_headers: bool,
+def _too_many(sb: Sandbox, retry_after: str | None, ratelimit_headers: bool,
               limit: float | None) -> Response:
     headers = {}
     if retry_after is not None:
@@ -100,7 +100,7 @@ def _too_many(retry_after: str | None, ratelimit_headers: bool,
         headers["X-RATELIMIT-REMAINING"] = "0"
         headers["X-RATELIMIT-RESET"] = str(int((time.time() + max(wait, 1)) * 1000))
     body = error("TOO_MANY_REQUESTS", "You have made too many requests. Please try again later.")
-    return _json(429, body, headers)
+    return _json(429, sb.whole(body), headers)
 
 
 _AUTH_MESSAGES = {"AUTHENTICATION_FAILURE": "Authentication failed",
@@ -108,18 +108,22 @@ _AUTH_MESSAGES = {"AUTHENTICATION_FAILURE": "Authentication failed",
                   "OAUTH_SCOPE_MISMATCH": "invalid oauth scope to access this URL"}
 
 
-def _auth_error(code: str) -> Response:
-    return _json(401, error(code, _AUTH_MESSAGES[code]))
+def _auth_error(sb: Sandbox, code: str) -> Response:
+    return _json(401, sb.whole(error(code, _AUTH_MESSAGES[code])))
 
 
-def _fault_response(decision: F.Decision) -> Response | None:
+def _server_error(sb: Sandbox) -> Response:
+    return _json(500, sb.whole(error("INTERNAL_SERVER_ERROR", "Internal Server Error")))
+
+
+def _fault_response(sb: Sandbox, decision: F.Decision) -> Response | None:
     """The answer a fault gives instead of the call (None: the call goes ahead)."""
     if decision.kind in (F.HTML_502, F.HTML_503, F.HTML_504):
         return _html(int(decision.kind[-3:]))
     if decision.kind == F.DROP_BEFORE:
         return _DropResponse("before")
     if decision.kind == F.THROTTLE:
-        return _too_many(decision.retry_after, decision.ratelimit_headers, None)
+        return _too_many(sb, decision.retry_after, decision.ratelimit_headers, None)
     return None
 
 
@@ -155,20 +159,21 @@ async def _cadences(request: Request) -> Response:
     sb: Sandbox = request.app.state.sandbox
     decision = sb.dice.decide()
     await _delay(sb, decision, 0.0)
-    early = _fault_response(decision)
+    early = _fault_response(sb, decision)
     if early is not None:
         return early
     if request.path_params["version"] not in API_VERSIONS:
         return await _not_found(request, None)
     problem, scopes = sb.check_token(request.headers.get("authorization"))
     if problem:
-        return _auth_error(problem)
+        return _auth_error(sb, problem)
     if not scopes & set(CADENCE_READ_SCOPES):
-        return _auth_error("OAUTH_SCOPE_MISMATCH")
+        return _auth_error(sb, "OAUTH_SCOPE_MISMATCH")
     if decision.kind == F.ERROR_500:
-        return _json(500, error("INTERNAL_SERVER_ERROR", "Internal Server Error"))
+        return _server_error(sb)
     if not sb.spend_credit():  # a GET costs a credit as any call does (DESIGN.md §1, Limits)
-        return _json(*_credits_refusal(sb))
+        status, body = _credits_refusal(sb)
+        return _json(status, sb.whole(body))
     page = _positive_int(request.query_params.get("page"), 1)
     per_page = min(_positive_int(request.query_params.get("per_page"), 200),
                    sb.config.cadence_page_size, 200)
@@ -221,13 +226,13 @@ async def _unenrol_call(request: Request, sb: Sandbox, decision: F.Decision,
 
     if decision.kind == F.THROTTLE:
         record(429, "TOO_MANY_REQUESTS", fault=decision.kind)
-        return _fault_response(decision)
+        return _fault_response(sb, decision)
     limit = sb.over_limit(in_flight)
     if limit is not None:
         record(429, "TOO_MANY_REQUESTS")
         retry_after, headers = sb.dice.limit_headers()
         bound = sb.concurrency_limit if limit == "concurrency" else sb.rate_limit
-        return _too_many(retry_after, headers, bound)
+        return _too_many(sb, retry_after, headers, bound)
     response, truth = _carry_out(request, sb, decision, given, module, raw)
     try:
         await _delay_until(sb, decision, arrived + sb.config.latency)
@@ -243,16 +248,15 @@ async def _unenrol_call(request: Request, sb: Sandbox, decision: F.Decision,
 def _carry_out(request: Request, sb: Sandbox, decision: F.Decision, given: str, module: str,
                raw: bytes) -> tuple[Response, tuple]:
     """The answer to an admitted call, and what the truth log records about it."""
-    early = _fault_response(decision)
+    early = _fault_response(sb, decision)
     if early is not None:
         status = None if decision.kind == F.DROP_BEFORE else early.status_code
         return early, (status, decision.kind, None, decision.kind)
     refusal = _refusal(request, sb, given, module)
     if refusal is not None:
-        return _json(*refusal), (refusal[0], refusal[1]["code"])
+        return _json(refusal[0], sb.whole(refusal[1])), (refusal[0], refusal[1]["code"])
     if decision.kind == F.ERROR_500:
-        return (_json(500, error("INTERNAL_SERVER_ERROR", "Internal Server Error")),
-                (500, "INTERNAL_SERVER_ERROR", None, decision.kind))
+        return _server_error(sb), (500, "INTERNAL_SERVER_ERROR", None, decision.kind)
     parsed = parse_body(raw, sb.wrap)
     answer = sb.unenrol(module, parsed) if isinstance(parsed, Parsed) else parsed
     if decision.kind == F.DROP_AFTER:
@@ -261,7 +265,8 @@ def _carry_out(request: Request, sb: Sandbox, decision: F.Decision, given: str, 
 
 
 def _refusal(request: Request, sb: Sandbox, given: str, module: str) -> tuple[int, dict] | None:
-    """Version, token, module, scope and permission checks, in the order Zoho makes them."""
+    """Version, token, module, scope and permission checks, in the order Zoho makes them; the
+    error top level (the caller wraps it as ``error_wrapping`` says)."""
     if request.path_params["version"] not in API_VERSIONS:
         return 404, error("INVALID_URL_PATTERN",
                           "Please check if the URL trying to access is a correct one")
@@ -303,8 +308,9 @@ async def _revoke(request: Request) -> Response:
 
 
 async def _not_found(request: Request, exc: Exception | None) -> Response:
-    return _json(404, error("INVALID_URL_PATTERN",
-                            "Please check if the URL trying to access is a correct one"))
+    sb: Sandbox = request.app.state.sandbox
+    return _json(404, sb.whole(error("INVALID_URL_PATTERN",
+                                     "Please check if the URL trying to access is a correct one")))
 
 
 # ---------------------------------------------------------------------- echo_auth

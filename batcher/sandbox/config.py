@@ -43,8 +43,9 @@ class SandboxConfig:
     #: ``scheduled_delay`` seconds
     scheduled: str = "off"
     scheduled_delay: float = 1.0
-    #: whole-request 400 errors as a top-level object, wrapped in ``data[]``, or "mixed" (chosen
-    #: per error from the seed, stable across runs)
+    #: whole-request errors (400s, INVALID_TOKEN, OAUTH_SCOPE_MISMATCH, NO_PERMISSION, 429,
+    #: credits, INVALID_MODULE, INVALID_URL_PATTERN, 500) as a top-level object, wrapped in
+    #: ``data[]``, or "mixed" (chosen per error from the seed, stable across runs)
     error_wrapping: str = "mixed"
     #: answer every un-enrol call 403 NO_PERMISSION (the user lacks the permission)
     no_permission: bool = False

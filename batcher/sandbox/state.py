@@ -107,6 +107,10 @@ class Sandbox:
         mode = self.config.error_wrapping
         return mode == "wrapped" or (mode == "mixed" and coin(self.config.seed, key))
 
+    def whole(self, body: dict) -> dict:
+        """``body``, a whole-request error, in the form ``error_wrapping`` gives its code."""
+        return {"data": [body]} if self.wrap(f"code:{body['code']}") else body
+
     # ------------------------------------------------------------------ tokens
 
     def issue_token(self, scopes: Iterable[str] | None = None) -> str:

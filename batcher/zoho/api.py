@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -158,6 +158,8 @@ class Fatal:
     http_status: int
     #: the answer says the URL called is wrong (:data:`WRONG_URL_CODES`, a 404, a redirect)
     wrong_url: bool = False
+    #: what answered was no Zoho API at all (:class:`ForeignStreak`): maybe not the domain's fault
+    foreign: bool = False
 
     def to_error(self, module: str | None = None, where: str | None = None) -> AbortError:
         """An abort whose message says what the user must fix before re-running; ``where``:
@@ -172,8 +174,8 @@ class Fatal:
                 f"the API{at} answered {said} — the URL is wrong, and every call would get "
                 f"the same: check that ZOHO_DC / "
                 f"--dc / ZOHO_API_DOMAIN / --api-domain name the data centre of the account "
-                f"(https://www.zohoapis.<its domain>); nothing more is sent and no row is "
-                f"failed for it, {resume}")
+                f"(https://www.zohoapis.<its domain>){_FOREIGN_HINT if self.foreign else ''}; "
+                f"nothing more is sent and no row is failed for it, {resume}")
         if self.code == "LIMIT_EXCEEDED":
             # a call never exceeds a per-call limit (100 records, 5 cadences): this is the
             # org's, most often its API credits for the day; every further call would be refused
@@ -204,6 +206,27 @@ class Fatal:
 
 
 Answer = Answered | Rejected | Unlocated | Transient | TokenInvalid | Fatal
+
+#: pages that are no API's answer, call after call, come as often from the network in between
+_FOREIGN_HINT = (" — or a proxy, captive portal or web filter on this network answers in Zoho's "
+                 "place: open the API domain in a browser from this machine, or ask the network's "
+                 "administrators to let it through")
+
+
+def redacted(answer: Answer, redact: Callable[[str], str]) -> Answer:
+    """The answer with every server-supplied text (codes, messages) redacted of secrets."""
+    if isinstance(answer, Answered):
+        def clean(group: OutcomeGroup) -> OutcomeGroup:
+            code, message = redact(group.code), redact(group.message)
+            if (code, message) == (group.code, group.message):
+                return group
+            return replace(group, code=code, message=message)
+
+        groups = tuple(map(clean, answer.groups))
+        return answer if groups == answer.groups else replace(answer, groups=groups)
+    if isinstance(answer, Rejected | Unlocated | Transient | Fatal):
+        return replace(answer, code=redact(answer.code), message=redact(answer.message))
+    return answer
 
 
 class ForeignStreak:
@@ -247,7 +270,7 @@ class ForeignStreak:
             f"HTTP {last.http_status} ({last.message})"
         return Fatal(f"HTTP_{last.http_status}",
                      f"{said}{calls}, which is no answer of Zoho's API",
-                     last.http_status, wrong_url=True)
+                     last.http_status, wrong_url=True, foreign=True)
 
 
 def build_request(api_domain: str, module: str, record_ids: Sequence[str],
@@ -345,6 +368,20 @@ def error_code(body: bytes) -> str | None:
     entry = data[0] if isinstance(data, list) and len(data) == 1 else payload
     code = entry.get("code") if isinstance(entry, dict) else None
     return str(code).upper() if code else None
+
+
+def whole_request_said(body: bytes | None) -> str | None:
+    """``CODE: message`` of a Zoho-shaped whole-request answer (top level or the single entry
+    of ``data[]``), for paths that read no per-record entries; None when it has no code."""
+    payload = _parse_json(body or b"")
+    if not isinstance(payload, dict):
+        return None
+    data = payload.get("data")
+    entry = data[0] if isinstance(data, list) and len(data) == 1 else payload
+    if not isinstance(entry, dict) or not _code(entry):
+        return None
+    message = _message(entry)
+    return f"{_code(entry)}: {message}" if message else _code(entry)
 
 
 def classify(record_ids: Sequence[str], cadence_ids: Sequence[str], status_code: int,

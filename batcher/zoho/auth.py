@@ -33,7 +33,7 @@ from batcher.config import Credentials, Endpoints, accept_api_domain
 from batcher.errors import AuthError, BatcherError, TransientError
 from batcher.redact import Redactor
 from batcher.retry import NETWORK_ERRORS, parse_retry_after
-from batcher.zoho.api import error_code
+from batcher.zoho.api import error_code, whole_request_said
 from batcher.zoho.tokencache import TOKEN_SHAPE, TokenCache, cache_key
 
 _RESUME = "then re-run the same command to resume"
@@ -287,8 +287,11 @@ class ZohoAuth(httpx.Auth):
                                  f"({type(exc).__name__})", code="TOKEN_ENDPOINT_UNREACHABLE",
                                  unsent=True) from None
         status = response.status_code
+        # a Zoho-shaped error ({"code", "message"}, bare or in data[]) is said in Zoho's words
+        said = whole_request_said(response.content)
         if status == 429 or status >= 500:
-            raise TransientError(f"the Zoho accounts server answered HTTP {status}",
+            raise TransientError(self._redact(f"the Zoho accounts server answered HTTP {status}"
+                                              + (f" ({said})" if said else "")),
                                  code=f"TOKEN_HTTP_{status}", http_status=status,
                                  retry_after=parse_retry_after(response.headers),
                                  throttled=status == 429, unsent=True)
@@ -303,7 +306,7 @@ class ZohoAuth(httpx.Auth):
             # Zoho counts refreshes this job cannot see (other machines): its window ends by
             # then at the latest
             latest = _utc_in(self._window)
-            raise AuthError(self._redact(_refusal_message(body, self._token_url, latest)))
+            raise AuthError(self._redact(_refusal_message(body, self._token_url, latest, said)))
         token = body["access_token"]
         token = token.strip() if isinstance(token, str) else token
         if not isinstance(token, str) or not TOKEN_SHAPE.fullmatch(token):
@@ -339,10 +342,11 @@ def _utc_in(seconds: float) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _refusal_message(body: dict[str, Any], token_url: str, latest: str) -> str:
+def _refusal_message(body: dict[str, Any], token_url: str, latest: str,
+                     said: str | None = None) -> str:
     """What to do about the token endpoint's refusal ``body``; ``latest``: when a lock-out of
-    too many refreshes has ended at the latest."""
-    error = str(body.get("error") or "no access_token in the answer")[:100]
+    too many refreshes has ended at the latest; ``said``: its Zoho code and message, if any."""
+    error = str(body.get("error") or said or "no access_token in the answer")[:300]
     description = str(body.get("error_description") or "")[:200]
     if error == "invalid_code":
         return ("Zoho refused the refresh token: invalid_code — create a new refresh token (Zoho "

@@ -16,7 +16,16 @@ import httpx
 
 from batcher.errors import AbortError, PermissionDenied, TransientError
 from batcher.retry import NETWORK_ERRORS, Reachability, RetryPolicy, call_with_retries, is_unsent
-from batcher.zoho.api import Fatal, ForeignStreak, TokenInvalid, Transient, classify, origin
+from batcher.zoho.api import (
+    Fatal,
+    ForeignStreak,
+    TokenInvalid,
+    Transient,
+    classify,
+    origin,
+    redacted,
+    whole_request_said,
+)
 
 MANUAL = "manual_enrollment"
 SETTINGS_SCOPE = "ZohoCRM.settings.cadences.READ"
@@ -43,13 +52,15 @@ async def fetch_cadences(client: httpx.AsyncClient, api_domain: str, *,
                          sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
                          on_call: Callable[[], object] = lambda: None,
                          reach: Reachability | None = None,
+                         redact: Callable[[str], str] = str,
                          ) -> list[Cadence]:
     """Every cadence of the org, all pages; ``[]`` when Zoho answers 204.
 
     ``on_call`` is told of every GET that reached a server, retries included: each one costs the
     org a credit. ``reach`` is the job's outage clock: while Zoho does not answer, the GET is
     retried until it runs out (``ZohoUnreachable``, an abort); without one, a clock of
-    ``policy.outage_after`` of its own.
+    ``policy.outage_after`` of its own. ``redact`` cleans every server text an error carries
+    (the run's :class:`~batcher.redact.Redactor`: it knows the tokens refreshed meanwhile).
     """
     policy = policy or RetryPolicy()
     reach = reach or Reachability(policy.outage_after)
@@ -66,7 +77,7 @@ async def fetch_cadences(client: httpx.AsyncClient, api_domain: str, *,
                     on_call()
                 raise
             on_call()
-            return _payload(response, foreign)
+            return _payload(response, foreign, redact)
 
         try:
             payload, _ = await call_with_retries(get, policy, sleep=sleep, reach=reach)
@@ -124,7 +135,8 @@ def preflight(pairs_cadence_module: Iterable[tuple[str, str]],
     return problems
 
 
-def _payload(response: httpx.Response, foreign: ForeignStreak) -> dict[str, Any] | None:
+def _payload(response: httpx.Response, foreign: ForeignStreak,
+             redact: Callable[[str], str] = str) -> dict[str, Any] | None:
     if response.status_code == 204:
         foreign.reset()
         return None
@@ -136,8 +148,8 @@ def _payload(response: httpx.Response, foreign: ForeignStreak) -> dict[str, Any]
             and isinstance(body.get("cadences"), list):
         foreign.reset()
         return body
-    answer = foreign.judge(classify((), (), response.status_code, response.headers,
-                                    response.content))
+    answer = redacted(foreign.judge(classify((), (), response.status_code, response.headers,
+                                             response.content)), redact)
     if isinstance(answer, Fatal) and answer.code in ("OAUTH_SCOPE_MISMATCH", "NO_PERMISSION"):
         raise CadencesUnavailable(
             f"cannot read the org's cadences ({answer.code}): the token needs scope "
@@ -149,8 +161,10 @@ def _payload(response: httpx.Response, foreign: ForeignStreak) -> dict[str, Any]
         raise answer.to_error()
     if isinstance(answer, Transient):
         raise answer.to_error()
-    code = getattr(answer, "code", "") or f"HTTP_{response.status_code}"
-    raise AbortError(f"could not read the org's cadences: {code} (HTTP {response.status_code})")
+    # a Zoho error with no meaning for a listing (INVALID_MODULE, a 400 of any code): its words
+    said = whole_request_said(response.content) or f"HTTP_{response.status_code}"
+    raise AbortError(f"could not read the org's cadences: Zoho answered {redact(said)} "
+                     f"(HTTP {response.status_code})")
 
 
 def _cadence(raw: Any) -> Cadence | None:
